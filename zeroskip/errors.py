@@ -1,0 +1,21 @@
+"""The errors zeroskip raises on bad input.
+
+Every error a user can cause is a ``ZeroskipError``; anything else escaping the package is a bug.
+Messages name the tensor, node or input at fault and the rule it broke.
+"""
+
+
+class ZeroskipError(ValueError):
+    """Base class of every error caused by bad input (a file, a model, or the arrays given to run)."""
+
+
+class ModelFormatError(ZeroskipError):
+    """A ``.zsk`` or ONNX file is malformed, corrupt, or breaks a rule of the format or the graph."""
+
+
+class UnsupportedModelError(ZeroskipError):
+    """A well-formed model uses ops, attributes, domains or dtypes that zeroskip does not run."""
+
+
+class InputError(ZeroskipError):
+    """The arrays given to ``Session.run`` do not match the model's inputs."""

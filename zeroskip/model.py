@@ -1,0 +1,327 @@
+"""The model IR: tensors (``Dense``, ``CSR``) with optional ``QuantParams``, and ``Node``/``Graph``/``Model``.
+
+Every step of the data path takes a ``Model`` and returns one: ONNX import, pruning, quantization,
+``.zsk`` save and load, and the Session's planner. Nodes are kept in topological order, ops and their
+attributes follow ``zeroskip.ops``, and values are named by strings as in ONNX.
+
+Tensors loaded from a ``.zsk`` file are views on the file's memory map. Their contents (checksums, CSR
+invariants) are verified once, on first access to any of their arrays, so loading costs the same for a
+100 KB and a 100 MB file and no unverified array ever reaches a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import numpy as np
+
+from .errors import ModelFormatError
+from .ops import OPS, VARIADIC
+
+DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int16", "uint16", "int32", "int64",
+          "bool")
+"""Element types a tensor or a graph value may have (numpy names)."""
+
+
+def index_dtype(limit: int) -> np.dtype:
+    """The smallest index type that holds every value in [0, limit]: uint8, uint16, int32 or int64.
+
+    uint16 and smaller stay exact when Numba promotes them to int64; uint32/uint64 are avoided because
+    Numba mixes uint64 with int64 into float64.
+    """
+    if limit <= 0xFF:
+        return np.dtype(np.uint8)
+    if limit <= 0xFFFF:
+        return np.dtype(np.uint16)
+    if limit <= 0x7FFFFFFF:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """``real = scale·(q − zero_point)``, per tensor (``axis`` None, 0-d arrays) or per ``axis``.
+
+    scale [C] or [] float32 — finite and > 0
+    zero_point [C] or [] — the quantized tensor's own integer type
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    def broadcast_shape(self, ndim: int) -> tuple[int, ...]:
+        """Shape to reshape scale/zero_point to so they broadcast against an ``ndim`` tensor."""
+        if self.axis is None:
+            return ()
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return tuple(shape)
+
+
+class _Tensor:
+    """Shared behaviour of the tensor layouts: lazy verification, quantization, statistics."""
+
+    layout = "?"
+
+    def __init__(self, quant: QuantParams | None, verify: Callable[[], None] | None):
+        self.quant = quant
+        self._verify = verify
+
+    def _checked(self):
+        if self._verify is not None:
+            verify, self._verify = self._verify, None
+            try:
+                verify()
+            except BaseException:
+                self._verify = verify  # stay unverified: the next access raises again
+                raise
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.size if self.size else 1.0
+
+    def dequantize(self) -> np.ndarray:
+        """The real values as float64: ``scale·(q − zero_point)``, or the stored values if unquantized."""
+        q = self.to_numpy()
+        if self.quant is None:
+            return q.astype(np.float64)
+        shape = self.quant.broadcast_shape(q.ndim)
+        scale = self.quant.scale.astype(np.float64).reshape(shape)
+        zp = self.quant.zero_point.astype(np.int64).reshape(shape)
+        return scale * (q.astype(np.int64) - zp)
+
+
+class Dense(_Tensor):
+    """A tensor stored whole: ``array`` of any shape."""
+
+    layout = "dense"
+
+    def __init__(self, array, quant: QuantParams | None = None, *, verify=None):
+        super().__init__(quant, verify)
+        self._array = np.asarray(array)
+
+    @property
+    def array(self) -> np.ndarray:
+        self._checked()
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.array))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._array.nbytes)
+
+    def to_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class CSR(_Tensor):
+    """A tensor of shape (N, d1, d2, ...) stored as the CSR matrix (N, d1·d2·...).
+
+    Rows are the first axis (output channels of a weight), as in SciPy:
+    indptr [N+1] — row n's nonzeros are ``data[indptr[n]:indptr[n+1]]``
+    indices [nnz] — their column numbers, sorted and unique within each row
+    data [nnz] — their values
+    """
+
+    layout = "csr"
+
+    def __init__(self, indptr, indices, data, shape, quant: QuantParams | None = None, *,
+                 verify=None):
+        super().__init__(quant, verify)
+        self._indptr = np.asarray(indptr)
+        self._indices = np.asarray(indices)
+        self._data = np.asarray(data)
+        self._shape = tuple(int(d) for d in shape)
+
+    @classmethod
+    def from_dense(cls, array, quant: QuantParams | None = None) -> "CSR":
+        """The CSR form of ``array`` (ndim >= 1), with the smallest index types that fit."""
+        array = np.asarray(array)
+        matrix = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+        rows, cols = np.nonzero(matrix)  # row-major order: rows ascending, columns sorted per row
+        counts = np.bincount(rows, minlength=matrix.shape[0])
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype(len(rows)))
+        indices = cols.astype(index_dtype(max(matrix.shape[1] - 1, 0)))
+        return cls(indptr, indices, matrix[rows, cols], array.shape, quant)
+
+    @property
+    def indptr(self) -> np.ndarray:
+        self._checked()
+        return self._indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        self._checked()
+        return self._indices
+
+    @property
+    def data(self) -> np.ndarray:
+        self._checked()
+        return self._data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        rows = self._shape[0] if self._shape else 1
+        return rows, (self.size // rows if rows else 0)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self._data.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._indptr.nbytes + self._indices.nbytes + self._data.nbytes)
+
+    def to_numpy(self) -> np.ndarray:
+        rows, cols = self.matrix_shape
+        dense = np.zeros((rows, cols), dtype=self.dtype)
+        row_of = np.repeat(np.arange(rows), np.diff(self.indptr.astype(np.int64)))
+        dense[row_of, self.indices.astype(np.int64)] = self.data
+        return dense.reshape(self._shape)
+
+
+Tensor = Union[Dense, CSR]
+
+
+@dataclass
+class ValueInfo:
+    """A graph input or output: its name, shape (None for a dynamic dimension) and dtype name."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+@dataclass
+class Node:
+    """One op application. ``inputs`` may hold ``""`` for an optional input that is left out."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    inputs: list[ValueInfo]
+    outputs: list[ValueInfo]
+    initializers: dict[str, Tensor] = field(default_factory=dict)
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def check(self) -> None:
+        """Raise ModelFormatError unless the graph is well formed.
+
+        Rules: node names and value names are unique; every op is known and has its arity; every node
+        input is a graph input, an initializer or an earlier node's output (so the graph is acyclic and
+        in topological order); every graph output is produced.
+        """
+        defined = set()
+        for vi in self.inputs:
+            if vi.name in defined or vi.name in self.initializers:
+                raise ModelFormatError(f"graph input {vi.name!r}: name is defined twice")
+            defined.add(vi.name)
+        defined.update(self.initializers)
+        later = {out: node.name for node in self.nodes for out in node.outputs}
+        names = set()
+        for node in self.nodes:
+            where = f"node {node.name!r} ({node.op})"
+            if node.name in names:
+                raise ModelFormatError(f"{where}: node name is used twice")
+            names.add(node.name)
+            spec = OPS.get(node.op)
+            if spec is None:
+                raise ModelFormatError(f"{where}: unknown op {node.op!r}")
+            _check_arity(where, "inputs", len(node.inputs), spec.inputs)
+            _check_arity(where, "outputs", len(node.outputs), spec.outputs)
+            unknown = sorted(set(node.attrs) - set(spec.attrs))
+            if unknown:
+                raise ModelFormatError(f"{where}: unknown attribute {unknown[0]!r}")
+            for i, name in enumerate(node.inputs):
+                if name == "":
+                    if i < spec.inputs[0]:
+                        raise ModelFormatError(f"{where}: required input {i} is empty")
+                    continue
+                if name not in defined:
+                    if name in later:
+                        raise ModelFormatError(
+                            f"{where}: input {name!r} is produced by node {later[name]!r}, which does "
+                            f"not come before it (nodes must be acyclic and in topological order)")
+                    raise ModelFormatError(f"{where}: input {name!r} is not defined in the graph")
+            for name in node.outputs:
+                if not name or name in defined:
+                    raise ModelFormatError(f"{where}: output {name!r} is empty or defined twice")
+                defined.add(name)
+        for vi in self.outputs:
+            if vi.name not in defined:
+                raise ModelFormatError(f"graph output {vi.name!r} is not produced by any node")
+
+
+def _check_arity(where, what, count, bounds):
+    low, high = bounds
+    if not low <= count <= high:
+        want = f"at least {low}" if high == VARIADIC else (
+            f"{low}" if low == high else f"{low} to {high}")
+        raise ModelFormatError(f"{where}: has {count} {what}, expected {want}")
+
+
+@dataclass
+class Model:
+    """A graph and its metadata.
+
+    ``metadata`` keys: ``producer`` (what wrote it), ``source`` (where it came from: format, name,
+    opset, producer), and ``weights``: for each initializer, how it was made (``origin``, and later
+    ``sparsity``, ``pruning``, ``calibration``).
+    """
+
+    graph: Graph
+    metadata: dict = field(default_factory=dict)
+
+    def infer_shapes(self) -> dict[str, ValueInfo]:
+        """Shape and dtype of every value in the graph; the batch dimension (None) stays dynamic."""
+        from .shapes import infer_shapes
+
+        return infer_shapes(self.graph)
+
+    def weight_rows(self) -> list[dict]:
+        """One row per (node, weight input): what ``zeroskip inspect`` prints."""
+        rows = []
+        for node in self.graph.nodes:
+            for name in node.inputs:
+                tensor = self.graph.initializers.get(name)
+                if tensor is None:
+                    continue
+                rows.append(dict(node=node.name, op=node.op, tensor=name, shape=tensor.shape,
+                                 layout=tensor.layout, dtype=str(tensor.dtype),
+                                 density=tensor.density, nbytes=tensor.nbytes,
+                                 quantized=tensor.quant is not None))
+        return rows

@@ -1,0 +1,110 @@
+"""The op set of the zeroskip IR: each op's arity and its attributes with their defaults.
+
+The IR speaks a subset of ONNX, normalized to one form per op whatever opset the model came from:
+attributes that later opsets moved into inputs (Clip's bounds, Pad's pads, Squeeze's axes, ...) are
+attributes here, and every attribute is present with a concrete value once a node is built with
+``normalize_attrs``. Attribute values are JSON-friendly: int, float, str, None, or lists of those.
+
+This table is the single source for the ONNX importer (which refuses what is not here), the ``.zsk``
+validator (which checks arity and attribute names), shape inference and the reference executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+REQUIRED = object()
+"""Marks an attribute that has no default and must be given."""
+
+VARIADIC = 1 << 30
+"""Upper arity bound of ops that take any number of inputs (Sum, Concat)."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What a node of one op type must look like.
+
+    ``inputs``/``outputs`` are (min, max) counts; an optional input left out in the middle is the
+    empty string ``""``. ``attrs`` maps every attribute the op accepts to its default (or REQUIRED).
+    """
+
+    name: str
+    inputs: tuple[int, int]
+    outputs: tuple[int, int] = (1, 1)
+    attrs: dict = field(default_factory=dict)
+
+
+def _spec(name, inputs, outputs=(1, 1), **attrs):
+    return OpSpec(name, inputs, outputs, attrs)
+
+
+_POOL = dict(auto_pad="NOTSET", kernel_shape=REQUIRED, strides=None, pads=None, dilations=None,
+             ceil_mode=0)
+
+OPS: dict[str, OpSpec] = {s.name: s for s in [
+    # Linear algebra. Conv's spatial attributes are lists with one entry per spatial axis (pads has
+    # two: all begins, then all ends, as in ONNX); None means the ONNX default (1s, 0s).
+    _spec("Conv", (2, 3), auto_pad="NOTSET", kernel_shape=None, strides=None, pads=None,
+          dilations=None, group=1),
+    _spec("Gemm", (2, 3), alpha=1.0, beta=1.0, transA=0, transB=0),
+    _spec("MatMul", (2, 2)),
+    # Elementwise with numpy broadcasting.
+    _spec("Add", (2, 2)),
+    _spec("Sub", (2, 2)),
+    _spec("Mul", (2, 2)),
+    _spec("Div", (2, 2)),
+    _spec("Sum", (1, VARIADIC)),
+    # Activations. Clip's bounds are attributes here (None = unbounded on that side).
+    _spec("Relu", (1, 1)),
+    _spec("Clip", (1, 1), min=None, max=None),
+    _spec("LeakyRelu", (1, 1), alpha=0.01),
+    _spec("Sigmoid", (1, 1)),
+    _spec("Tanh", (1, 1)),
+    # coerce_2d=1 is the opset < 13 meaning: softmax over all axes from `axis` on, flattened.
+    _spec("Softmax", (1, 1), axis=-1, coerce_2d=0),
+    # Pooling.
+    _spec("MaxPool", (1, 1), **_POOL),
+    _spec("AveragePool", (1, 1), **_POOL, count_include_pad=0),
+    _spec("GlobalAveragePool", (1, 1)),
+    _spec("GlobalMaxPool", (1, 1)),
+    # Normalization, inference mode: inputs x, scale, bias, mean, var.
+    _spec("BatchNormalization", (5, 5), epsilon=1e-5),
+    _spec("LRN", (1, 1), alpha=1e-4, beta=0.75, bias=1.0, size=REQUIRED),
+    # Layout.
+    _spec("Flatten", (1, 1), axis=1),
+    _spec("Reshape", (2, 2), allowzero=0),
+    _spec("Transpose", (1, 1), perm=None),
+    _spec("Concat", (1, VARIADIC), axis=REQUIRED),
+    # pads: begins then ends for every axis; mode: constant, reflect or edge.
+    _spec("Pad", (1, 1), mode="constant", pads=REQUIRED, value=0.0),
+    _spec("Identity", (1, 1)),
+    _spec("Dropout", (1, 1)),
+    # Shape arithmetic that stays in the graph when it depends on a dynamic dimension.
+    _spec("Shape", (1, 1), start=0, end=None),
+    _spec("Gather", (2, 2), axis=0),
+    _spec("Unsqueeze", (1, 1), axes=REQUIRED),
+    _spec("Squeeze", (1, 1), axes=None),
+    _spec("Cast", (1, 1), to=REQUIRED),  # `to` is a numpy dtype name, e.g. "float32"
+    _spec("ConstantOfShape", (1, 1), value=0.0, dtype="float32"),
+]}
+
+
+def normalize_attrs(op: str, attrs: dict) -> dict:
+    """Return ``attrs`` completed with the defaults of ``op``, in the table's order.
+
+    Raises KeyError naming an unknown attribute, or a required one that is missing; callers turn
+    that into the error type of their layer (ModelFormatError, UnsupportedModelError).
+    """
+    spec = OPS[op]
+    unknown = sorted(set(attrs) - set(spec.attrs))
+    if unknown:
+        raise KeyError(f"unknown attribute {unknown[0]!r}")
+    out = {}
+    for name, default in spec.attrs.items():
+        if name in attrs:
+            out[name] = attrs[name]
+        elif default is REQUIRED:
+            raise KeyError(f"missing required attribute {name!r}")
+        else:
+            out[name] = default
+    return out
