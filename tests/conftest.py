@@ -1,0 +1,10 @@
+"""Shared test set-up: Hypothesis profiles ("dev" by default, "ci" bounded; pick with HYPOTHESIS_PROFILE)."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

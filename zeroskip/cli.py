@@ -1,0 +1,167 @@
+"""The ``zeroskip`` command: convert, inspect, run, demo.
+
+Any ``ZeroskipError`` (and any unreadable input file) prints one line and exits with code 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import zeroskip
+from zeroskip.report import shape_text as _shape, size_text as _size, summary, weight_table
+
+EXIT_ERROR = 2
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _open_model(path: str) -> "zeroskip.Model":
+    if not os.path.exists(path):
+        raise zeroskip.ModelFormatError(f"{path}: no such file")
+    if path.lower().endswith(".onnx"):
+        return zeroskip.import_onnx(path)
+    return zeroskip.load(path)
+
+
+def _read_inputs(specs: list[str], session) -> dict:
+    """``--input`` values: ``x.npy`` (the next unnamed input), ``name=x.npy``, or ``x.npz`` (by name)."""
+    feeds = {}
+    unnamed = [v.name for v in session.inputs]
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = None, spec
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise zeroskip.InputError(f"--input {spec}: cannot read {path} ({err})") from None
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                feeds.update({key: loaded[key] for key in loaded.files})
+            continue
+        if name is None:
+            remaining = [n for n in unnamed if n not in feeds]
+            if not remaining:
+                raise zeroskip.InputError(f"--input {spec}: every model input already has a value")
+            name = remaining[0]
+        feeds[name] = loaded
+    return feeds
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_convert(args) -> int:
+    model = _open_model(args.input)
+    zeroskip.save(model, args.output)
+    print(f"wrote {args.output}: {len(model.graph.nodes)} nodes, "
+          f"{_size(os.path.getsize(args.output))}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    model = _open_model(args.file)
+    print(summary(model))
+    print()
+    print(weight_table(model))
+    return 0
+
+
+def cmd_run(args) -> int:
+    session = zeroskip.Session(_open_model(args.file), mode=args.mode, threads=args.threads)
+    feeds = _read_inputs(args.input, session)
+    start = time.perf_counter()
+    outputs = session.run(feeds)
+    elapsed = time.perf_counter() - start
+    for name, value in outputs.items():
+        line = f"{name}: shape {_shape(value.shape)} {value.dtype}"
+        if value.size and value.dtype.kind in "fiu":
+            line += f"  min {value.min():.6g}  max {value.max():.6g}  mean {value.mean():.6g}"
+        if value.ndim == 2 and value.shape[1] > 1:
+            top = value.argmax(axis=1)[:10]
+            line += "  argmax[:10] " + " ".join(str(int(t)) for t in top)
+        print(line)
+    print(f"ran in {elapsed * 1e3:.2f} ms (mode {session.mode})")
+    if args.output:
+        _save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    """Write an .npz atomically, so an existing file is never left half-written."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo()
+
+
+# -- entry point --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeroskip", description="Run pruned and int8-quantized MLPs and CNNs on the CPU.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"zeroskip {zeroskip.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("convert", help="convert an ONNX model to .zsk",
+                            description="Import an ONNX model and save it as a validated .zsk file.")
+    p.add_argument("input", help="model.onnx")
+    p.add_argument("output", help="model.zsk (written atomically)")
+    p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("inspect", help="print a model's nodes and weights",
+                            description="Print a model's summary and a table of its weights: node, "
+                                        "op, shape, layout, density, dtype and bytes.")
+    p.add_argument("file", help="a .zsk or .onnx file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser("run", help="run a model on .npy inputs",
+                            description="Run a model and print its output shapes and a summary.")
+    p.add_argument("file", help="a .zsk or .onnx file")
+    p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE",
+                   help="an .npy for the next input, NAME=x.npy for a named one, or an .npz "
+                        "holding inputs by name; repeat for several inputs")
+    p.add_argument("--output", metavar="FILE", help="write the outputs to this .npz")
+    p.add_argument("--mode", default="reference", help="execution mode (default: reference)")
+    p.add_argument("--threads", type=int, default=None, help="number of threads")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("demo", help="run the bundled digits model",
+                            description="Run the bundled digits MLP on its bundled test images and "
+                                        "print its summary, accuracy and timing.")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (zeroskip.ZeroskipError, OSError) as err:
+        if args.debug:
+            raise
+        kind = type(err).__name__
+        print(f"zeroskip: error: {kind}: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""``Session``: validate the inputs, run the graph node by node, return the outputs.
+
+This first version runs ``mode="reference"``: every node calls its float64 NumPy reference op from
+``zeroskip.reference``. The planner and the Numba modes (dense-f32, sparse-f32, dense-i8, sparse-i8,
+auto) plug in here: a plan is one callable per node, built once, and ``run`` only walks the plan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, ZeroskipError
+from ..model import Model, Tensor
+from ..reference import OPS as REFERENCE_OPS
+
+MODES = ("reference",)
+"""Modes this Session can run."""
+
+@dataclass(frozen=True)
+class IOInfo:
+    """A model input or output as a user sees it: name, shape (None = any size), dtype."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype
+
+
+def _open(model_or_path) -> Model:
+    if isinstance(model_or_path, Model):
+        return model_or_path
+    if isinstance(model_or_path, (bytes, bytearray, memoryview)):
+        from ..formats.zsk import loads
+
+        return loads(bytes(model_or_path))
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        if path.lower().endswith(".onnx"):
+            from ..formats.onnx import import_onnx
+
+            return import_onnx(path)
+        from ..formats.zsk import load
+
+        return load(path)
+    raise TypeError(f"Session needs a Model, a .zsk/.onnx path or .zsk bytes, "
+                    f"not {type(model_or_path).__name__}")
+
+
+def _reference_value(tensor: Tensor) -> np.ndarray:
+    """An initializer as the reference ops take it: real values in float64, integers in int64."""
+    if tensor.quant is not None or tensor.dtype.kind == "f":
+        return tensor.dequantize()
+    if tensor.dtype.kind in "iu":
+        return tensor.to_numpy().astype(np.int64)
+    return np.asarray(tensor.to_numpy())
+
+
+class Session:
+    """Run a model: ``Session(model_or_path, mode="reference", threads=None).run({name: array})``.
+
+    model_or_path — a ``Model``, a path to a ``.zsk`` (or ``.onnx``) file, or ``.zsk`` bytes.
+    mode — how to run it; see ``MODES`` and DESIGN.md's table of modes.
+    threads — Numba threads for this session's runs (None: Numba's default).
+
+    A Session pickles as its model's ``.zsk`` bytes, its mode and its thread count, and ``run`` is a
+    pure function of its inputs, so it can be shipped to workers and mapped over chunks of a batch.
+    """
+
+    def __init__(self, model_or_path, mode: str = "reference", threads: int | None = None):
+        if mode not in MODES:
+            raise ZeroskipError(f"mode {mode!r} is not available; choose one of: {', '.join(MODES)}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ZeroskipError(f"threads must be a positive integer or None, not {threads!r}")
+        self.model = _open(model_or_path)
+        self.mode = mode
+        self.threads = threads
+        graph = self.model.graph
+        graph.check()
+        self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
+        self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
+        self._constants = {name: _reference_value(t) for name, t in graph.initializers.items()}
+        self._last_use = {}
+        for i, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                self._last_use[name] = i
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[IOInfo]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[IOInfo]:
+        return list(self._outputs)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order."""
+        values = dict(self._constants)
+        values.update(self._check_feeds(feeds))
+        keep = {v.name for v in self._outputs}
+        for i, node in enumerate(self.model.graph.nodes):
+            args = [values[name] if name else None for name in node.inputs]
+            try:
+                result = REFERENCE_OPS[node.op](*args, **node.attrs)
+            except InputError as err:
+                raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+            except (ValueError, IndexError, TypeError) as err:
+                if isinstance(err, ZeroskipError):
+                    raise
+                raise InputError(f"node {node.name!r} ({node.op}) cannot run on these inputs: "
+                                 f"{err}") from None
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(node.outputs, results):
+                values[name] = value
+            for name in node.inputs:  # free activations once their last reader has run
+                if self._last_use.get(name) == i and name not in keep and name not in self._constants:
+                    values.pop(name, None)
+        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=False)
+                for v in self._outputs}
+
+    def _check_feeds(self, feeds) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError(f"run() takes a dict of input name -> array, not {type(feeds).__name__}")
+        expected = {v.name: v for v in self._inputs}
+        unknown = [name for name in feeds if name not in expected]
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are: "
+                             f"{', '.join(repr(n) for n in expected)}")
+        missing = [name for name in expected if name not in feeds]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r} "
+                             f"(expected shape {_show_shape(expected[missing[0]].shape)}, "
+                             f"dtype {expected[missing[0]].dtype})")
+        checked = {}
+        for name, info in expected.items():
+            checked[name] = _check_array(info, feeds[name])
+        return checked
+
+    # -- pickling (Dask and friends) ------------------------------------------------------------
+    def __getstate__(self):
+        from ..formats.zsk import dumps
+
+        return {"model": dumps(self.model), "mode": self.mode, "threads": self.threads}
+
+    def __setstate__(self, state):
+        self.__init__(state["model"], mode=state["mode"], threads=state["threads"])
+
+    def __repr__(self):
+        ins = ", ".join(f"{v.name}{_show_shape(v.shape)}" for v in self._inputs)
+        return f"Session(mode={self.mode!r}, inputs=[{ins}], nodes={len(self.model.graph.nodes)})"
+
+
+def _show_shape(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ("," if len(shape) == 1
+                                                                          else "") + ")"
+
+
+def _check_array(info: IOInfo, value) -> np.ndarray:
+    """Check one fed array against its declaration and return it as the reference ops take it."""
+    try:
+        array = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - anything numpy cannot turn into an array
+        raise InputError(f"input {info.name!r}: cannot be read as an array ({err})") from None
+    want = f"expected dtype {info.dtype} and shape {_show_shape(info.shape)}"
+    if info.dtype.kind == "f":
+        if array.dtype.kind != "f":
+            raise InputError(f"input {info.name!r}: {want}, got dtype {array.dtype}")
+    elif array.dtype != info.dtype:
+        raise InputError(f"input {info.name!r}: {want}, got dtype {array.dtype}")
+    if array.ndim != len(info.shape):
+        raise InputError(f"input {info.name!r}: {want}, got rank {array.ndim} "
+                         f"shape {_show_shape(array.shape)}")
+    for axis, (want_dim, got_dim) in enumerate(zip(info.shape, array.shape)):
+        if want_dim is not None and want_dim != got_dim:
+            raise InputError(f"input {info.name!r}: {want}, got shape {_show_shape(array.shape)} "
+                             f"(dimension {axis} is {got_dim}, not {want_dim})")
+    if array.dtype.kind == "f":
+        # Round to the declared precision first, so float64 feeds give float32 models' answers.
+        return array.astype(info.dtype).astype(np.float64)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64)
+    return array
+
+
+__all__ = ["IOInfo", "MODES", "Session"]
