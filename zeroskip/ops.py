@@ -67,6 +67,11 @@ OPS: dict[str, OpSpec] = {s.name: s for s in [
     _spec("AveragePool", (1, 1), **_POOL, count_include_pad=0),
     _spec("GlobalAveragePool", (1, 1)),
     _spec("GlobalMaxPool", (1, 1)),
+    # Reductions (torch's exporter writes adaptive_avg_pool2d(1) and mean((2, 3)) as ReduceMean).
+    # axes None means all axes (noop_with_empty_axes=1 then means: return the input unchanged).
+    _spec("ReduceMean", (1, 1), axes=None, keepdims=1, noop_with_empty_axes=0),
+    _spec("ReduceSum", (1, 1), axes=None, keepdims=1, noop_with_empty_axes=0),
+    _spec("ReduceMax", (1, 1), axes=None, keepdims=1, noop_with_empty_axes=0),
     # Normalization, inference mode: inputs x, scale, bias, mean, var.
     _spec("BatchNormalization", (5, 5), epsilon=1e-5),
     _spec("LRN", (1, 1), alpha=1e-4, beta=0.75, bias=1.0, size=REQUIRED),

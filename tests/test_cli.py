@@ -1,0 +1,164 @@
+"""The ``zeroskip`` command, run as a user runs it: in a subprocess, reading exit codes and files."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import zeroskip
+
+
+def zeroskip_cmd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "zeroskip", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def write_mlp_onnx(path, *, op="Gemm"):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    w[rng.random(w.shape) < 0.75] = 0
+    b = rng.standard_normal(4).astype(np.float32)
+    nodes = [helper.make_node(op, ["x", "w", "b"], ["h"], name="fc", transB=1),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "cli_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if op == "Gemm":
+        onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return model
+
+
+@pytest.fixture
+def mlp_files(tmp_path):
+    onnx_path = tmp_path / "mlp.onnx"
+    write_mlp_onnx(onnx_path)
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path, onnx_path, x
+
+
+def assert_clean_error(result, kind):
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert f"zeroskip: error: {kind}:" in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["convert"], ["inspect"], ["run"], ["demo"]])
+def test_help(command):
+    result = zeroskip_cmd(*command, "--help")
+    assert result.returncode == 0 and "usage: zeroskip" in result.stdout
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "zeroskip")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"zeroskip {zeroskip.__version__}"
+
+
+def test_convert_inspect_run(mlp_files):
+    tmp, onnx_path, x = mlp_files
+    out = tmp / "mlp.zsk"
+    result = zeroskip_cmd("convert", onnx_path, out)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and "wrote" in result.stdout
+
+    for path in (out, onnx_path):
+        result = zeroskip_cmd("inspect", path)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        header = next(line for line in lines if line.startswith("node"))
+        assert header.split() == ["node", "op", "weight", "shape", "layout", "density", "dtype", "bytes"]
+        fc = next(line for line in lines if line.startswith("fc "))
+        assert fc.split()[:3] == ["fc", "Gemm", "w"] and "4×8" in fc
+        assert any(line.startswith("total") for line in lines)
+
+    result = zeroskip_cmd("run", out, "--input", tmp / "x.npy", "--output", tmp / "y.npz")
+    assert result.returncode == 0, result.stderr
+    assert "y: shape 3×4 float32" in result.stdout
+    want = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with np.load(tmp / "y.npz") as got:
+        np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-6)
+
+    result = zeroskip_cmd("run", onnx_path, "--input", f"x={tmp / 'x.npy'}")
+    assert result.returncode == 0, result.stderr
+
+
+def test_inspect_reports_density(mlp_files):
+    tmp, onnx_path, _ = mlp_files
+    result = zeroskip_cmd("inspect", onnx_path)
+    fc = next(line for line in result.stdout.splitlines() if line.startswith("fc "))
+    w = numpy_helper.to_array(onnx.load(onnx_path).graph.initializer[0])
+    assert f"{np.count_nonzero(w) / w.size:.3f}" in fc.split()
+
+
+def test_errors_exit_2_without_traceback(mlp_files):
+    tmp, onnx_path, x = mlp_files
+    garbage = tmp / "garbage.zsk"
+    garbage.write_bytes(b"not a model at all" * 10)
+    assert_clean_error(zeroskip_cmd("inspect", garbage), "ModelFormatError")
+    assert_clean_error(zeroskip_cmd("inspect", tmp / "missing.zsk"), "ModelFormatError")
+
+    np.save(tmp / "bad.npy", np.zeros((3, 7), np.float32))
+    result = zeroskip_cmd("run", onnx_path, "--input", tmp / "bad.npy")
+    assert_clean_error(result, "InputError")
+    assert "input 'x'" in result.stderr
+    assert_clean_error(zeroskip_cmd("run", onnx_path, "--input", tmp / "nope.npy"), "InputError")
+
+    unsupported = tmp / "lstm.onnx"
+    graph = helper.make_graph([helper.make_node("Celu", ["x"], ["y"], name="c1")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), unsupported)
+    result = zeroskip_cmd("convert", unsupported, tmp / "out.zsk")
+    assert_clean_error(result, "UnsupportedModelError")
+    assert "Celu" in result.stderr and "'c1'" in result.stderr
+    assert not (tmp / "out.zsk").exists()
+
+    result = zeroskip_cmd("--debug", "inspect", garbage)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_failed_convert_leaves_existing_output_untouched(mlp_files):
+    tmp, _, _ = mlp_files
+    out = tmp / "keep.zsk"
+    out.write_bytes(b"precious")
+    bad = tmp / "bad.onnx"
+    bad.write_bytes(b"\x00\x01 definitely not protobuf")
+    assert_clean_error(zeroskip_cmd("convert", bad, out), "ModelFormatError")
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(["bad.onnx", "keep.zsk", "mlp.onnx", "x.npy"])
+
+
+def test_demo_runs_the_bundled_model():
+    result = zeroskip_cmd("demo")
+    assert result.returncode == 0, result.stderr
+    assert "digits_mlp.zsk" in result.stdout and "inputs:" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("reference"))
+    accuracy = float(row.split()[1].rstrip("%"))
+    assert accuracy >= 90.0, result.stdout
+
+
+def test_demo_accuracy_matches_a_numpy_forward_pass():
+    from zeroskip.demo import data_path, load_images
+
+    x, labels = load_images()
+    model = zeroskip.load(data_path("digits_mlp.zsk"))
+    init = model.graph.initializers
+    h = x.astype(np.float64)
+    layers = sorted(name[:-len(".weight")] for name in init if name.endswith(".weight"))
+    for i, layer in enumerate(layers):
+        h = h @ init[layer + ".weight"].to_numpy().T.astype(np.float64) + init[layer + ".bias"].to_numpy()
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    session = zeroskip.Session(model)
+    got = session.run({session.inputs[0].name: x})[session.outputs[0].name]
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-5)
+    assert (got.argmax(1) == labels).mean() == (h.argmax(1) == labels).mean()

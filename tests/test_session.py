@@ -1,0 +1,140 @@
+"""Session: input checks with exact messages, outputs, pickling, and the ways to open a model."""
+
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+import zeroskip
+from zeroskip import CSR, Dense, Graph, InputError, Model, Node, Session, ValueInfo, ZeroskipError
+from zeroskip.ops import OPS, normalize_attrs
+
+
+def node(name, op, inputs, outputs, **attrs):
+    return Node(name, op, inputs, outputs, normalize_attrs(op, attrs))
+
+
+def mlp_model(seed=0, density=1.0) -> Model:
+    """x (N, 6) -> Gemm(transB) -> Relu -> Gemm -> y (N, 3), with numpy-computable expectations."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((5, 6)).astype(np.float32)
+    w1[rng.random(w1.shape) >= density] = 0
+    w2 = rng.standard_normal((3, 5)).astype(np.float32)
+    graph = Graph(
+        nodes=[node("fc1", "Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+               node("relu", "Relu", ["h"], ["r"]),
+               node("fc2", "Gemm", ["r", "w2", ""], ["y"], transB=1)],
+        inputs=[ValueInfo("x", (None, 6), "float32")],
+        outputs=[ValueInfo("y", (None, 3), "float32")],
+        initializers={"w1": CSR.from_dense(w1), "b1": Dense(rng.standard_normal(5).astype(np.float32)),
+                      "w2": Dense(w2)})
+    return Model(graph, {"producer": "tests"})
+
+
+def expected_mlp(model, x):
+    init = model.graph.initializers
+    w1, b1, w2 = (init[k].to_numpy().astype(np.float64) for k in ("w1", "b1", "w2"))
+    return (np.maximum(x.astype(np.float64) @ w1.T + b1, 0) @ w2.T).astype(np.float32)
+
+
+def test_run_matches_numpy_and_keeps_declared_dtype():
+    model = mlp_model(density=0.5)
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    y = Session(model).run({"x": x})
+    assert list(y) == ["y"]
+    assert y["y"].dtype == np.float32 and y["y"].shape == (4, 3)
+    np.testing.assert_allclose(y["y"], expected_mlp(model, x), rtol=1e-6, atol=1e-6)
+
+
+def test_float64_feed_is_rounded_to_the_declared_float32():
+    model = mlp_model()
+    x64 = np.random.default_rng(2).standard_normal((2, 6))
+    session = Session(model)
+    assert np.array_equal(session.run({"x": x64})["y"],
+                          session.run({"x": x64.astype(np.float32)})["y"])
+
+
+def test_inputs_and_outputs_describe_the_model():
+    session = Session(mlp_model())
+    assert [(v.name, v.shape, v.dtype) for v in session.inputs] == [("x", (None, 6), np.float32)]
+    assert [(v.name, v.shape, v.dtype) for v in session.outputs] == [("y", (None, 3), np.float32)]
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"z": np.zeros((1, 6), np.float32)},
+     "unknown input 'z'; the model's inputs are: 'x'"),
+    ({}, "missing input 'x' (expected shape (N, 6), dtype float32)"),
+    ({"x": np.zeros(6, np.float32)},
+     "input 'x': expected dtype float32 and shape (N, 6), got rank 1 shape (6,)"),
+    ({"x": np.zeros((2, 5), np.float32)},
+     "input 'x': expected dtype float32 and shape (N, 6), got shape (2, 5) (dimension 1 is 5, not 6)"),
+    ({"x": np.zeros((2, 6), np.int32)},
+     "input 'x': expected dtype float32 and shape (N, 6), got dtype int32"),
+    ({"x": np.array([["a"] * 6])},
+     "input 'x': expected dtype float32 and shape (N, 6), got dtype <U1"),
+])
+def test_bad_feeds_raise_input_error_naming_the_input(feeds, message):
+    with pytest.raises(InputError) as info:
+        Session(mlp_model()).run(feeds)
+    assert str(info.value) == message
+
+
+def test_feeds_must_be_a_dict():
+    with pytest.raises(InputError, match=re.escape("run() takes a dict of input name -> array, not list")):
+        Session(mlp_model()).run([np.zeros((1, 6), np.float32)])
+
+
+def test_run_time_shape_errors_name_the_node():
+    graph = Graph(nodes=[node("add", "Add", ["a", "b"], ["c"])],
+                  inputs=[ValueInfo("a", (None, 3), "float32"), ValueInfo("b", (None, 3), "float32")],
+                  outputs=[ValueInfo("c", (None, 3), "float32")])
+    with pytest.raises(InputError, match=r"^node 'add' \(Add\)"):
+        Session(Model(graph)).run({"a": np.zeros((2, 3), np.float32), "b": np.zeros((3, 3), np.float32)})
+
+
+def test_unknown_mode_and_bad_threads_are_refused():
+    with pytest.raises(ZeroskipError, match="mode 'fast' is not available"):
+        Session(mlp_model(), mode="fast")
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(ZeroskipError, match="threads must be a positive integer or None"):
+            Session(mlp_model(), threads=threads)
+
+
+def test_session_pickles_and_runs_the_same():
+    model = mlp_model(density=0.3)
+    session = Session(model)
+    clone = pickle.loads(pickle.dumps(session))
+    x = np.random.default_rng(3).standard_normal((5, 6)).astype(np.float32)
+    assert np.array_equal(clone.run({"x": x})["y"], session.run({"x": x})["y"])
+    assert clone.mode == session.mode and clone.threads == session.threads
+
+
+def test_session_opens_paths_and_bytes(tmp_path):
+    from zeroskip.formats.zsk import dumps
+
+    model = mlp_model()
+    path = tmp_path / "m.zsk"
+    zeroskip.save(model, path)
+    x = np.ones((1, 6), np.float32)
+    want = Session(model).run({"x": x})["y"]
+    assert np.array_equal(Session(path).run({"x": x})["y"], want)
+    assert np.array_equal(Session(str(path)).run({"x": x})["y"], want)
+    assert np.array_equal(Session(dumps(model)).run({"x": x})["y"], want)
+    with pytest.raises(TypeError):
+        Session(42)
+
+
+def test_run_is_pure():
+    session = Session(mlp_model())
+    x = np.random.default_rng(4).standard_normal((3, 6)).astype(np.float32)
+    keep = x.copy()
+    first = session.run({"x": x})["y"]
+    second = session.run({"x": x})["y"]
+    assert np.array_equal(first, second) and np.array_equal(x, keep)
+
+
+def test_every_ir_op_has_a_reference():
+    from zeroskip.reference import OPS as REFERENCE_OPS
+
+    assert set(REFERENCE_OPS) == set(OPS)
