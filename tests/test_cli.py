@@ -74,7 +74,7 @@ def test_convert_inspect_run(mlp_files):
         result = zeroskip_cmd("inspect", path)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        header = next(line for line in lines if line.startswith("node"))
+        header = next(line for line in lines if line.split()[:1] == ["node"])
         assert header.split() == ["node", "op", "weight", "shape", "layout", "density", "dtype", "bytes"]
         fc = next(line for line in lines if line.startswith("fc "))
         assert fc.split()[:3] == ["fc", "Gemm", "w"] and "4×8" in fc

@@ -86,6 +86,7 @@ def test_reshape_of_a_different_dimension_stays_dynamic():
     assert node_named(m, "Unsqueeze").attrs == {"axes": [0]}
     assert node_named(m, "Concat").inputs == ["head", "dim1"]
     assert m.graph.initializers["head"].dtype == np.int64
+    assert m.graph.initializers["idx"].shape == ()  # a 0-d index stays 0-d
 
 
 def test_reshape_target_from_another_tensor_stays_dynamic():
@@ -254,6 +255,16 @@ def test_dropout_batchnorm_maxpool_drop_training_details():
     assert n.outputs == ["y"]
     assert n.attrs == {"auto_pad": "NOTSET", "kernel_shape": [2, 2], "strides": None,
                        "pads": None, "dilations": None, "ceil_mode": 0}
+
+
+def test_reduction_axes():
+    assert one("ReduceMean", 13, {"axes": [2, 3]}).attrs == {
+        "axes": [2, 3], "keepdims": 1, "noop_with_empty_axes": 0}
+    n = one("ReduceMean", 18, {"keepdims": 0}, {"a": np.array([-1], np.int64)}, ["a"])
+    assert (n.inputs, n.attrs) == (["x"], {"axes": [-1], "keepdims": 0, "noop_with_empty_axes": 0})
+    n = one("ReduceSum", 13, {"noop_with_empty_axes": 1})
+    assert n.attrs == {"axes": None, "keepdims": 1, "noop_with_empty_axes": 1}
+    assert one("ReduceMax", 12, {"keepdims": 0}).attrs["axes"] is None
 
 
 def test_conv_gemm_cast_reshape():

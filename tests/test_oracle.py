@@ -292,6 +292,34 @@ for _size, _extra in ((3, {}), (5, {"alpha": 1e-3, "beta": 0.5, "bias": 2.0}), (
                                                               positive=False))
 add("lrn_opset_9", lambda: op_case("LRN", (1, 5, 3, 3), {"size": 3, "alpha": 0.01}, opset=9))
 
+for _op, _since in (("ReduceMean", 18), ("ReduceSum", 13), ("ReduceMax", 18)):
+    _old = 11 if _op != "ReduceMax" else 12
+    _key = _op[6:].lower()
+    add(f"reduce{_key}_opset_{_old}_axes_attr", lambda op=_op, o=_old: op_case(
+        op, (2, 3, 4, 5), {"axes": [2, 3]}, opset=o))
+    add(f"reduce{_key}_opset_13_keepdims_0", lambda op=_op: op_case(
+        op, (2, 3, 4), {"keepdims": 0, **({"axes": [-1]} if op != "ReduceSum" else {})},
+        [("a", np.array([-1], np.int64))] if op == "ReduceSum" else [], opset=13))
+    add(f"reduce{_key}_opset_{_since}_axes_input", lambda op=_op, o=_since: op_case(
+        op, (2, 3, 4, 5), {"keepdims": 1}, [("a", np.array([2, 3], np.int64))], opset=o))
+    add(f"reduce{_key}_opset_{_since}_all_axes_static", lambda op=_op, o=_since: op_case(
+        op, (2, 3, 4), {"keepdims": 0}, opset=o, dynamic=False))
+    add(f"reduce{_key}_opset_{_since}_noop_empty_axes", lambda op=_op, o=_since: op_case(
+        op, (2, 3), {"noop_with_empty_axes": 1}, opset=o))
+add("reducemax_opset_20", lambda: op_case("ReduceMax", (2, 3, 4), {"keepdims": 0},
+                                          [("a", np.array([1], np.int64))], opset=20))
+
+# N-d windows: 1-D and 3-D convolutions and pools
+add("conv_3d", _conv((1, 2, 5, 6, 4), (3, 2, 3, 3, 2), pads=[1, 0, 1, 1, 1, 0], strides=[2, 1, 1]))
+add("conv_3d_same_upper_depthwise", _conv((1, 4, 5, 5, 5), (4, 1, 2, 2, 2), group=4,
+                                          auto_pad="SAME_UPPER"))
+add("maxpool_3d", lambda: op_case("MaxPool", (1, 2, 5, 6, 4), {"kernel_shape": [2, 3, 2],
+                                                               "strides": [2, 2, 1]}))
+add("averagepool_3d_pads", lambda: op_case("AveragePool", (1, 2, 5, 5, 4),
+                                           {"kernel_shape": [3, 3, 2], "pads": [1, 1, 0, 1, 1, 1]}))
+add("averagepool_1d_ceil", lambda: op_case("AveragePool", (1, 2, 10), {"kernel_shape": [3],
+                                                                       "strides": [2], "ceil_mode": 1}))
+
 
 # --------------------------------------------------------------------------------------------------
 # Layout
@@ -509,7 +537,16 @@ def torch_cnn(flatten="Flatten", opset=17, density=0.1, pool="GlobalAveragePool"
         helper.make_node("Relu", ["c2"], ["r2"], name="/relu2/Relu"),
     ]
     feat = "r2"
-    if pool != "none":
+    if pool == "ReduceMean":  # torch's x.mean((2, 3), keepdim=True)
+        if opset >= 18:
+            inits["/Constant_3_output_0"] = np.array([2, 3], np.int64)
+            nodes.append(helper.make_node("ReduceMean", ["r2", "/Constant_3_output_0"], ["g"],
+                                          name="/ReduceMean", keepdims=1))
+        else:
+            nodes.append(helper.make_node("ReduceMean", ["r2"], ["g"], name="/ReduceMean",
+                                          axes=[2, 3], keepdims=1))
+        feat = "g"
+    elif pool != "none":
         nodes.append(helper.make_node(pool, ["r2"], ["g"], name="/gap/GlobalAveragePool"))
         feat = "g"
     if flatten == "Flatten":
@@ -565,6 +602,10 @@ add("model_torch_cnn_flatten", torch_cnn)
 add("model_torch_cnn_view_dynamic", lambda: torch_cnn(flatten="view"))
 add("model_torch_cnn_view_opset_11", lambda: torch_cnn(flatten="view", opset=11))
 add("model_torch_cnn_view_no_pool", lambda: torch_cnn(flatten="view", pool="none", opset=14))
+add("model_torch_cnn_reducemean_opset_13", lambda: torch_cnn(pool="ReduceMean", opset=13))
+add("model_torch_cnn_reducemean_view_opset_18", lambda: torch_cnn(flatten="view", pool="ReduceMean",
+                                                                  opset=18))
+add("model_torch_cnn_globalmaxpool_opset_21", lambda: torch_cnn(pool="GlobalMaxPool", opset=21))
 add("model_zoo_cnn_opset_9", zoo_cnn_opset_9)
 
 

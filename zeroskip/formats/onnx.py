@@ -10,8 +10,8 @@ rewrites it into the zeroskip IR of ``zeroskip.ops``, one normalized form per op
 2. **Sort** the nodes topologically (stable: the file's order where it is already valid) and give
    every unnamed node the name ``{op}_{index}`` (its position in the file). Value names are kept.
 3. **Normalize** each node: fill defaults; turn inputs that later opsets added but that must be
-   constants (Clip's bounds, Pad's pads/constant_value/axes, Squeeze/Unsqueeze's axes, Dropout's ratio
-   and training_mode) into IR attributes; drop attributes that mean nothing at inference
+   constants (Clip's bounds, Pad's pads/constant_value/axes, Squeeze/Unsqueeze's and reductions' axes,
+   Dropout's ratio and training_mode) into IR attributes; drop attributes that mean nothing at inference
    (BatchNormalization's momentum, MaxPool's storage_order when Indices is unused, Dropout's seed).
 4. **Fold constants.** Constant, ConstantOfShape, Shape (of a fully static shape), Gather, Unsqueeze,
    Squeeze, Concat, Cast, Reshape, Identity and Dropout whose inputs are all constant are evaluated
@@ -34,10 +34,10 @@ Choices:
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-import heapq
 
 import numpy as np
 
@@ -345,6 +345,20 @@ def _axes_op(n):
     return n.op, n.inputs[:1], attrs
 
 
+_AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18}
+"""From this opset on, a reduction's axes are an (optional) input rather than an attribute."""
+
+
+def _reduce(n):
+    attrs = n.take_ir(n.op)
+    if n.opset >= _AXES_INPUT_SINCE[n.op]:
+        axes = n.const_input(1, "axes")
+        attrs["axes"] = None if axes is None else _as_ints(axes)
+    elif attrs.get("axes") is not None:
+        attrs["axes"] = _as_ints(attrs["axes"])
+    return n.op, n.inputs[:1], attrs
+
+
 def _cast(n):
     to = n.take("to")
     n.take("saturate")  # only affects float8 targets, which are refused anyway
@@ -377,7 +391,8 @@ _HANDLERS.update({
     "Conv": _conv, "Gemm": _gemm, "Clip": _clip, "Softmax": _softmax, "MaxPool": _pool,
     "AveragePool": _pool, "BatchNormalization": _batchnorm, "Reshape": _reshape, "Pad": _pad,
     "Dropout": _dropout, "Shape": _shape, "Unsqueeze": _axes_op, "Squeeze": _axes_op, "Cast": _cast,
-    "ConstantOfShape": _constant_of_shape,
+    "ConstantOfShape": _constant_of_shape, "ReduceMean": _reduce, "ReduceSum": _reduce,
+    "ReduceMax": _reduce,
 })
 
 
@@ -556,7 +571,7 @@ class _Importer:
             if array.dtype.name not in DTYPES:
                 issues.append(("dtypes", f"{array.dtype} tensor", name))
                 continue
-            initializers[name] = Dense(np.ascontiguousarray(array))
+            initializers[name] = Dense(np.array(array, order="C"))  # keeps 0-d tensors 0-d
         if issues:
             raise UnsupportedModelError(f"{self.where}: " + _issue_message(issues))
 

@@ -1,0 +1,109 @@
+"""Pooling, N-d: max and average over sliding windows, and their global (whole-plane) forms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ._windows import geometry, pad_for_windows, windows
+
+
+@dataclass
+class _Geometry:
+    """One pooling's resolved windows: per spatial axis, input size, kernel, stride, dilation, pads,
+    output size."""
+
+    spatial: list
+    kernel: list
+    strides: list
+    dilations: list
+    begins: list
+    ends: list
+    out: list
+
+    @property
+    def extents(self) -> list:
+        return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+
+    @property
+    def window_axes(self) -> tuple:
+        return tuple(range(-len(self.kernel), 0))
+
+
+def _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode) -> _Geometry:
+    kernel = [int(k) for k in kernel_shape]
+    if x.ndim != len(kernel) + 2:
+        raise InputError(f"expected an input [N,C,*spatial] with {len(kernel)} spatial axes "
+                         f"(kernel_shape {kernel}), got shape {x.shape}")
+    strides = list(strides or [1] * len(kernel))
+    dilations = list(dilations or [1] * len(kernel))
+    spatial = list(x.shape[2:])
+    begins, ends, out = geometry(spatial, kernel, strides, dilations, pads, auto_pad, ceil_mode)
+    return _Geometry(spatial, kernel, strides, dilations, begins, ends, out)
+
+
+def _windows_of(x, g: _Geometry, fill):
+    """The windows (N, C, *out, *kernel) of x padded with ``fill``."""
+    xp = pad_for_windows(x, g.begins, g.out, g.strides, g.extents, fill)
+    return windows(xp, g.kernel, g.strides, g.dilations, g.out)
+
+
+def max_pool(x, *, auto_pad="NOTSET", kernel_shape, strides=None, pads=None, dilations=None,
+             ceil_mode=0):
+    """y[n,c,o] = max_j x[n,c, o·s + j·d − pad]  (pads never win: they are −inf).
+
+    x [N,C,*spatial] float64; attributes as ONNX MaxPool (None = 1s / 0s).
+    Work: N·C·prod(out)·prod(kernel) comparisons.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    g = _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
+    return np.max(_windows_of(x, g, -np.inf), axis=g.window_axes)
+
+
+def _window_counts(g: _Geometry, count_include_pad) -> np.ndarray:
+    """What each output window's sum is divided by: [*out] float64.
+
+    count_include_pad=0 counts the input positions in the window; 1 counts input and declared pad
+    positions, but not the ceil_mode overhang past the end pads (onnxruntime's rule).
+    """
+    counted = np.ones(())
+    for size, b, e, o, s, extent in zip(g.spatial, g.begins, g.ends, g.out, g.strides, g.extents):
+        position = np.arange((o - 1) * s + extent)  # padded coordinate, as far as the windows reach
+        lo, hi = (0, size + b + e) if count_include_pad else (b, b + size)
+        counted = np.multiply.outer(counted, (position >= lo) & (position < hi))
+    per_window = windows(counted[None, None].astype(np.float64), g.kernel, g.strides, g.dilations,
+                         g.out)
+    return np.sum(per_window, axis=g.window_axes)[0, 0]
+
+
+def average_pool(x, *, auto_pad="NOTSET", kernel_shape, strides=None, pads=None, dilations=None,
+                 ceil_mode=0, count_include_pad=0):
+    """y[n,c,o] = Σ_j x[n,c, o·s + j·d − pad] / count[o]  (pads add 0).
+
+    count[o] — the window's input positions (count_include_pad=0), or its input and declared pad
+    positions (count_include_pad=1; the ceil_mode overhang past the end pads is never counted).
+    Work: N·C·prod(out)·prod(kernel) additions.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    g = _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
+    total = np.sum(_windows_of(x, g, 0.0), axis=g.window_axes)
+    return total / _window_counts(g, count_include_pad)
+
+
+def _check_global(x):
+    if np.ndim(x) < 3:
+        raise InputError(f"expected an input [N,C,*spatial] with a spatial axis, got shape "
+                         f"{np.shape(x)}")
+    return tuple(range(2, np.ndim(x)))
+
+
+def global_average_pool(x):
+    """y[n,c,1,..,1] = mean over all spatial positions of x[n,c]."""
+    return np.mean(x, axis=_check_global(x), keepdims=True)
+
+
+def global_max_pool(x):
+    """y[n,c,1,..,1] = max over all spatial positions of x[n,c]."""
+    return np.max(x, axis=_check_global(x), keepdims=True)
