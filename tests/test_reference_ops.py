@@ -71,7 +71,7 @@ def full_attrs(op, **attrs):
 
 def check(op, inputs, onnx_attrs=None, ir_attrs=None, opset=17, onnx_inputs=None, out_dtype=None,
           oracle="ort"):
-    """Compare onnxruntime's ``op`` with the reference on the same inputs; returns the reference result.
+    """Compare onnxruntime's ``op`` with the reference on the same inputs; return the reference's.
 
     onnx_inputs — the ONNX node's inputs when they differ from the reference's (attributes that
     later opsets pass as inputs).
@@ -224,9 +224,10 @@ def test_average_pool_dilated(x_shape, attrs, count_include_pad):
 
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
-@pytest.mark.parametrize("auto_pad, pads", [("SAME_UPPER", [2, 1, 2, 2]), ("SAME_LOWER", [2, 2, 2, 1])])
+@pytest.mark.parametrize("auto_pad, pads", [("SAME_UPPER", [2, 1, 2, 2]),
+                                            ("SAME_LOWER", [2, 2, 2, 1])])
 def test_pool_same_dilated(op, auto_pad, pads):
-    """SAME with dilations, per the spec: out = ceil(in / s), total pad = (out−1)·s + (k−1)·d + 1 − in.
+    """SAME with dilations, per the spec: out = ceil(in / s), pads (out−1)·s + (k−1)·d + 1 − in.
 
     onnxruntime sizes these pads from the undilated kernel (so its out != ceil(in / s)) and onnx's
     reference evaluator gets dilated pools wrong, so the oracle is onnxruntime with the spec's pads
@@ -459,7 +460,8 @@ def test_shape(start, end):
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
-@pytest.mark.parametrize("indices", [np.array(1), np.array([0, 2, -1]), np.array([[1, 0], [-2, 2]])])
+@pytest.mark.parametrize("indices", [np.array(1), np.array([0, 2, -1]),
+                                     np.array([[1, 0], [-2, 2]])])
 def test_gather(axis, indices):
     check("Gather", [rand((3, 4, 3), 1), indices.astype(np.int64)], dict(axis=axis),
           dict(axis=axis))

@@ -7,9 +7,9 @@ unknown is an error; a static inconsistency (conv channels, matmul K, broadcasti
 
 Inside, an unknown size may carry a *name* (a str such as ``"x:0"``, "axis 0 of input x"): two
 sizes with the same name are equal. Small integer tensors also carry their *elements* when known,
-so shape arithmetic works symbolically: Shape of x (N,16,4,4) is [x:0, 16, 4, 4]; Gather 0 of that is
-[x:0]; Concat with [-1] gives [x:0, -1]; and Reshape of x by it gives (x:0, 256), since the x:0 on
-both sides cancels. Names become None in the result.
+so shape arithmetic works symbolically: Shape of x (N,16,4,4) is [x:0, 16, 4, 4]; Gather 0 of that
+is [x:0]; Concat with [-1] gives [x:0, -1]; and Reshape of x by it gives (x:0, 256), since the x:0
+on both sides cancels. Names become None in the result.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def infer_shapes(graph: Graph) -> dict[str, ValueInfo]:
     values: dict[str, _Value] = {}
     for vi in graph.inputs:
         shape = None if vi.shape is None else tuple(
-            d if isinstance(d, int) else f"{vi.name}:{axis}" for axis, d in enumerate(vi.shape))
+            int(d) if isinstance(d, (int, np.integer)) else f"{vi.name}:{axis}"
+            for axis, d in enumerate(vi.shape))
         values[vi.name] = _Value(shape, str(vi.dtype))
     for name, tensor in graph.initializers.items():
         values[name] = _initializer_value(tensor)
@@ -319,7 +320,7 @@ def _reshape(x, target, *, allowzero):
 
 
 def _inferred_dim(shape, others):
-    """The size a -1 stands for: prod(shape) / prod(others), names cancelling; None if unknowable."""
+    """The size a -1 stands for: prod(shape) / prod(others), names cancelling (None: unknowable)."""
     if shape is None or None in shape or None in others:
         return None
     names = Counter(d for d in shape if not _known(d))
@@ -353,7 +354,8 @@ def _concat(*xs, axis):
         return _Value(None, xs[0].dtype)
     rank = len(shapes[0])
     if any(len(s) != rank for s in shapes) or rank == 0:
-        raise _Rule(f"inputs must have one rank >= 1, got shapes {[_public_shape(s) for s in shapes]}")
+        raise _Rule(f"inputs must have one rank >= 1, got shapes "
+                    f"{[_public_shape(s) for s in shapes]}")
     axis = _axis(axis, rank, "Concat axis")
     out = []
     for i in range(rank):
@@ -425,7 +427,8 @@ def _squeeze(x, *, axes):
     drop = {_axis(a, len(x.shape), "Squeeze axis") for a in axes}
     wide = [a for a in sorted(drop) if _known(x.shape[a]) and x.shape[a] != 1]
     if wide:
-        raise _Rule(f"cannot squeeze axis {wide[0]} of shape {_public_shape(x.shape)}: size is not 1")
+        raise _Rule(f"cannot squeeze axis {wide[0]} of shape {_public_shape(x.shape)}: "
+                    f"its size is not 1")
     return _Value(tuple(d for i, d in enumerate(x.shape) if i not in drop), x.dtype, x.elements)
 
 

@@ -86,7 +86,7 @@ def pad_for_windows(x, begins, out, strides, extents, fill):
 
 
 def windows(xp, kernel, strides, dilations, out):
-    """The view (N, C, *out, *kernel) of the windows of padded xp: [n,c,o,j] = xp[n,c, o·s + j·d]."""
+    """The windows of padded xp as a view (N, C, *out, *kernel): [n,c,o,j] = xp[n,c, o·s + j·d]."""
     n = len(kernel)
     extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     axes = tuple(range(2, 2 + n))

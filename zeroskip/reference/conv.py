@@ -1,4 +1,4 @@
-"""Convolution, N-d (1-D, 2-D, 3-D), grouped, by im2col: gather the windows, then one matmul per group."""
+"""Convolution, N-d (1-D, 2-D, 3-D) and grouped, by im2col: gather the windows, then matmul."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from ._windows import geometry, pad_for_windows, windows
 
 def conv(x, w, b=None, *, auto_pad="NOTSET", kernel_shape=None, strides=None, pads=None,
          dilations=None, group=1):
-    """y[n,m,o] = b[m] + Σ_c Σ_j w[m,c,j]·xpad[n, g(m)·C/G + c, o·s + j·d]  (o, j spatial multi-indices).
+    """y[n,m,o] = b[m] + Σ_c Σ_j w[m,c,j]·xpad[n, g(m)·C/G + c, o·s + j·d]  (o, j multi-indices).
 
     x [N,C,*spatial] float64 — input; w [M,C/G,*kernel] float64 — weights; b [M] — optional bias
-    auto_pad, kernel_shape, strides, pads, dilations, group — as ONNX Conv; None = 1s / 0s / w's kernel
+    auto_pad, kernel_shape, strides, pads, dilations, group — as ONNX Conv (None = 1s / 0s /
+    the weight's kernel)
     Preconditions: C and M divisible by G, w's second axis = C/G, window fits the padded input.
     Work: 2·N·M·(C/G)·prod(kernel)·prod(out) flops; the im2col copy is that over M times the input.
     """
@@ -28,8 +29,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", kernel_shape=None, strides=None, pa
         raise InputError(f"expected kernel_shape {list(kernel_shape)} to match the weight's "
                          f"spatial shape {kernel}")
     if group < 1 or channels % group or m_out % group or channels // group != c_group:
-        raise InputError(f"expected input channels C = group·(weight's C/group) with M divisible by "
-                         f"group; got C = {channels}, weight shape {w.shape}, group = {group}")
+        raise InputError(f"expected input channels C = group·(weight's C/group) with M "
+                         f"divisible by group; got C = {channels}, weight shape {w.shape}, "
+                         f"group = {group}")
     if b is not None and np.shape(b) != (m_out,):
         raise InputError(f"expected a bias of shape ({m_out},), got {np.shape(b)}")
     strides_ = strides or [1] * len(kernel)
@@ -37,7 +39,7 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", kernel_shape=None, strides=None, pa
     begins, _, out = geometry(x.shape[2:], kernel, strides_, dilations_, pads, auto_pad)
     extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations_)]
     xp = pad_for_windows(x, begins, out, strides_, extents, 0.0)
-    # im2col: windows (N, C, *out, *kernel) -> cols (N, G, P, C/G·K)  with P = prod(out), K = prod(kernel)
+    # im2col: windows (N,C,*out,*kernel) -> cols (N,G,P,C/G·K), P = prod(out), K = prod(kernel)
     cols = windows(xp, kernel, strides_, dilations_, out)
     pixels, taps = int(np.prod(out)), int(np.prod(kernel))
     cols = cols.reshape(n_batch, group, c_group, pixels, taps).transpose(0, 1, 3, 2, 4)

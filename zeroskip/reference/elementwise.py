@@ -1,4 +1,4 @@
-"""Elementwise ops and activations: numpy broadcasting, float64 in and out (int64 for shape arithmetic)."""
+"""Elementwise ops and activations: numpy broadcasting, float64 in and out (int64 for shapes)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def mul(a, b):
 
 
 def div(a, b):
-    """y = a / b, broadcast; on integers the quotient truncates toward zero, as in ONNX (C division).
+    """y = a / b, broadcast; on integers the quotient truncates toward zero (C division, as ONNX).
 
     a, b — float64 (true division, b = 0 gives ±inf/nan as IEEE says) or int64 (b must be nonzero)
     """
@@ -94,8 +94,9 @@ def tanh(x):
 def softmax(x, *, axis=-1, coerce_2d=0):
     """y = e^(x − max) / Σ e^(x − max) along ``axis``.
 
-    coerce_2d=1 is the opset < 13 meaning: x is viewed as 2-D (prod(shape[:axis]), prod(shape[axis:]))
-    and the softmax runs over all axes from ``axis`` on together.
+    coerce_2d=1 is the opset < 13 meaning: x is viewed as 2-D
+    (prod(shape[:axis]), prod(shape[axis:])), and the softmax runs over all axes from ``axis`` on
+    together.
     """
     x = np.asarray(x, dtype=np.float64)
     ndim = max(x.ndim, 1)

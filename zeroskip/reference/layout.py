@@ -25,7 +25,7 @@ def flatten(x, *, axis=1):
 
 
 def reshape(x, shape, *, allowzero=0):
-    """y = x with shape ``shape``: a 0 copies x's dimension there (unless allowzero), −1 is inferred.
+    """y = x with shape ``shape``: a 0 copies x's dimension (unless allowzero), −1 is inferred.
 
     shape [r] int64 — the target; at most one −1; the element count must match.
     """
@@ -54,7 +54,10 @@ def reshape(x, shape, *, allowzero=0):
 
 
 def transpose(x, *, perm=None):
-    """y[i_perm[0], ..., i_perm[r-1]] = x[i_0, ..., i_{r-1}]: y's axis k is x's axis perm[k] (None: reverse)."""
+    """y[i_perm[0], ..., i_perm[r-1]] = x[i_0, ..., i_{r-1}]: y's axis k is x's axis perm[k].
+
+    perm None reverses the axes.
+    """
     x = np.asarray(x)
     if perm is None:
         perm = list(range(x.ndim))[::-1]
@@ -90,10 +93,10 @@ def pad(x, *, mode="constant", pads, value=0.0):
         raise InputError(f"expected {2 * x.ndim} pads (begins then ends) for shape {x.shape}, "
                          f"got {pads}")
     begins, ends = pads[:x.ndim], pads[x.ndim:]
-    crop = tuple(slice(max(-b, 0), x.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(zip(begins, ends)))
+    crop = tuple(slice(max(-b, 0), size - max(-e, 0)) for size, b, e in zip(x.shape, begins, ends))
     if any(c.start > c.stop for c in crop):
-        raise InputError(f"expected negative pads to remove at most the whole axis, got pads {pads} "
-                         f"for shape {x.shape}")
+        raise InputError(f"expected negative pads to remove at most the whole axis, got pads "
+                         f"{pads} for shape {x.shape}")
     x = x[crop]
     widths = [(max(b, 0), max(e, 0)) for b, e in zip(begins, ends)]
     if mode == "constant":
@@ -123,7 +126,7 @@ def dropout(x):
 
 
 def shape(x, *, start=0, end=None):
-    """y = x.shape[start:end] as int64 (Python slice rules: negatives count from the end, clamped)."""
+    """y = x.shape[start:end] as int64 (slice rules: negatives count from the end, clamped)."""
     return np.array(np.shape(x)[start:end], dtype=np.int64)
 
 
@@ -144,7 +147,7 @@ def gather(data, indices, *, axis=0):
 
 
 def unsqueeze(x, *, axes):
-    """y = x with size-1 axes inserted at ``axes`` (positions in y; negatives count from y's end)."""
+    """y = x with size-1 axes inserted at ``axes`` (positions in y; negatives from y's end)."""
     x = np.asarray(x)
     rank = x.ndim + len(axes)
     bad = [a for a in axes if not -rank <= a < rank]

@@ -21,7 +21,8 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N80
     b = b.T if transB else b
     if a.shape[1] != b.shape[0]:
         raise InputError(f"expected A's K = {a.shape[1]} (after transA={transA}) to equal B's "
-                         f"K = {b.shape[0]} (after transB={transB}); got shapes {a.shape}, {b.shape}")
+                         f"K = {b.shape[0]} (after transB={transB}); got shapes {a.shape}, "
+                         f"{b.shape}")
     # A (M,K) @ B (K,N) -> y (M,N)
     y = alpha * (a @ b)
     if c is not None:
@@ -44,7 +45,8 @@ def matmul(a, b):
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim == 0 or b.ndim == 0:
-        raise InputError(f"expected MatMul operands of rank >= 1, got shapes {a.shape} and {b.shape}")
+        raise InputError(f"expected MatMul operands of rank >= 1, got shapes {a.shape} and "
+                         f"{b.shape}")
     k_a = a.shape[-1]
     k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
     if k_a != k_b:

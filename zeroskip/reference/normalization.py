@@ -29,7 +29,8 @@ def batch_normalization(x, scale, bias, mean, var, *, epsilon=1e-5):
 
 
 def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size):
-    """y[n,c,...] = x[n,c,...] / (bias + alpha/size · Σ_{i=c−⌊(size−1)/2⌋}^{c+⌈(size−1)/2⌉} x[n,i,...]²)^beta.
+    """y[n,c,...] = x[n,c,...] / (bias + alpha/size · Σ_i x[n,i,...]²)^beta,
+    i from c − ⌊(size−1)/2⌋ to c + ⌈(size−1)/2⌉.
 
     The sum runs over the channels in range (out-of-range channels add 0). x [N,C,...] float64.
     Loops over the ``size`` channel offsets.

@@ -1,4 +1,4 @@
-"""Reductions over a list of axes (None = all axes), keeping the reduced axes as size 1 if keepdims."""
+"""Reductions over a list of axes (None = all axes), keeping reduced axes as size 1 if keepdims."""
 
 from __future__ import annotations
 
@@ -44,5 +44,6 @@ def reduce_max(x, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     if reduced is None:
         return np.asarray(x)
     if any(np.shape(x)[a] == 0 for a in reduced):
-        raise InputError(f"expected non-empty axes to take the maximum over, got shape {np.shape(x)}")
+        raise InputError(f"expected non-empty axes to take the maximum over, got shape "
+                         f"{np.shape(x)}")
     return np.asarray(np.max(x, axis=reduced, keepdims=bool(keepdims)))
