@@ -186,6 +186,13 @@ add("sum_opset_8", lambda: op_case("Sum", (2, 3), inits=[("c", randn(3)), ("d", 
 
 for _op in ("Relu", "Sigmoid", "Tanh", "Identity"):
     add(_op.lower(), lambda op=_op: op_case(op, (2, 3, 4)))
+add("pow_square_const", lambda: op_case("Pow", (2, 3, 4), inits=[("e", np.float32(2.0))]))
+add("pow_fractional_positive", lambda: op_case("Pow", (2, 5), inits=[("e", np.float32(0.75))],
+                                               positive=True))
+add("pow_broadcast_exponents", lambda: op_case("Pow", (2, 3), inits=[("e", np.float32([1, 2, 3]))]))
+add("sqrt", lambda: op_case("Sqrt", (2, 3, 4), positive=True))
+add("exp", lambda: op_case("Exp", (2, 3, 4)))
+add("exp_opset_7", lambda: op_case("Exp", (3, 2), opset=7))
 add("relu_opset_7", lambda: op_case("Relu", (2, 5), opset=7))
 add("sigmoid_opset_9", lambda: op_case("Sigmoid", (2, 5), opset=9))
 add("leakyrelu_default", lambda: op_case("LeakyRelu", (2, 3, 4)))

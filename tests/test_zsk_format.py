@@ -131,10 +131,17 @@ def tensor_arrays(tensor):
 
 
 def touch_all(model: Model):
-    """Access every tensor's arrays, which runs any pending verification."""
+    """Access every tensor's arrays, which runs any pending verification, and use them.
+
+    A CSR tensor's dense form is as large as its declared shape, which the file's size does not
+    bound (a few nonzeros may claim 2**40 columns): densifying is the consumer's call, so it is
+    done here only for shapes of reasonable size.
+    """
     for tensor in model.graph.initializers.values():
         tensor_arrays(tensor)
-        tensor.to_numpy()
+        if tensor.size <= 1 << 24:
+            tensor.to_numpy()
+            tensor.dequantize()
 
 
 # -- round trips ---------------------------------------------------------------------------------
@@ -433,3 +440,458 @@ def test_numpy_scalars_in_attrs_and_metadata_are_saved_as_json_numbers():
     loaded = zsk.loads(zsk.dumps(model))
     assert loaded.graph.nodes[1].attrs["alpha"] == 0.25
     assert loaded.metadata == {"sparsity": 0.5, "rows": 3, "shape": [1, 2]}
+
+
+# -- crafted bad files: one per validation rule --------------------------------------------------
+# The good file: tensors b (dense f32 [8]), q (dense int8 [4,8], quant axis 0), qb (dense int32 [4],
+# quant axis 0) and w (csr f32 [8,16], nnz 10, uint8 indptr/indices); data section of 384 bytes:
+# b @0, q @64, qb @128, w.indptr @192, w.indices @256, w.data @320.
+
+def good() -> bytes:
+    return zsk.dumps(sample_model())
+
+
+def split(data: bytes):
+    """(header JSON, data section) of a well-formed file."""
+    length = struct.unpack_from("<Q", data, 16)[0]
+    start = (24 + length + 63) // 64 * 64
+    return json.loads(data[24:24 + length]), bytearray(data[start:])
+
+
+def assemble(header, section, raw=None, version=1) -> bytes:
+    """A file from a header (or raw header bytes) and a data section, with a correct header CRC."""
+    if raw is None:
+        raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    head = struct.pack("<8sIIQ", zsk.MAGIC, version, zlib.crc32(raw), len(raw)) + raw
+    return head + bytes(-len(head) % 64) + bytes(section)
+
+
+def edit_header(edit) -> bytes:
+    header, section = split(good())
+    edit(header)
+    return assemble(header, section)
+
+
+def raw_header(raw: bytes) -> bytes:
+    return assemble(None, split(good())[1], raw=raw)
+
+
+def patch_bytes(data: bytes, offset: int, new: bytes) -> bytes:
+    data = bytearray(data)
+    data[offset:offset + len(new)] = new
+    return bytes(data)
+
+
+def tensor(name):
+    """An editor that applies ``change`` to the header entry of tensor ``name``."""
+    def edit(change):
+        return edit_header(lambda h: change(h["tensors"][name]))
+    return edit
+
+
+def buf(name, role):
+    def edit(change):
+        return edit_header(lambda h: change(h["tensors"][name]["buffers"][role]))
+    return edit
+
+
+def quant(name):
+    def edit(change):
+        return edit_header(lambda h: change(h["tensors"][name]["quant"]))
+    return edit
+
+
+def graph(change):
+    return edit_header(lambda h: change(h["graph"]))
+
+
+def nodes(change):
+    return graph(lambda g: change({n["name"]: n for n in g["nodes"]}))
+
+
+def setter(key, value):
+    def change(obj):
+        obj[key] = value
+    return change
+
+
+def deleter(key):
+    def change(obj):
+        del obj[key]
+    return change
+
+
+def trailing_bytes():
+    return good() + bytes(64)
+
+
+ALLOWED = "float32, float64, float16, int8, uint8, int16, uint16, int32, int64, bool"
+HEADER_LENGTH = 1684  # of the good file; its CRC-32 values are written as 8 hex digits
+RELU_ORDER = ("node 'relu' (Relu): input 'h' is produced by node 'fc1', which does not come before "
+              "it (nodes must be acyclic and in topological order)")
+
+BAD_FILES = {
+    # prefix and header framing
+    "empty file": (lambda: b"", "file is 0 bytes, shorter than the 24-byte prefix"),
+    "short file": (lambda: good()[:23], "file is 23 bytes, shorter than the 24-byte prefix"),
+    "bad magic": (lambda: b"PK\x03\x04" + good()[4:], "not a .zsk file: bad magic bytes"),
+    "unknown version": (lambda: patch_bytes(good(), 8, struct.pack("<I", 2)),
+                        "unsupported format version 2 (this reader knows version 1)"),
+    "header over limit": (lambda: patch_bytes(good(), 16, struct.pack("<Q", (64 << 20) + 1)),
+                          "header length 67108865 exceeds the limit of 67108864 bytes"),
+    "header past end": (lambda: good()[:1000],
+                        f"header length {HEADER_LENGTH} runs past the end of the file (1000 bytes)"),
+    "huge header length": (lambda: patch_bytes(good(), 16, struct.pack("<Q", 2 ** 64 - 1)),
+                           f"header length {2 ** 64 - 1} exceeds the limit of 67108864 bytes"),
+    "header crc": (lambda: patch_bytes(good(), 40, b"X"),
+                   re.compile(r"header CRC-32 mismatch \(stored [0-9a-f]{8}, computed [0-9a-f]{8}\)")),
+    # header JSON
+    "not utf-8": (lambda: raw_header(b'{"format":"\xff"}'),
+                  "header is not valid UTF-8: 'utf-8' codec can't decode byte 0xff in position 11: "
+                  "invalid start byte"),
+    "not json": (lambda: raw_header(b"{nope"), re.compile(r"header is not valid JSON: Expecting .*")),
+    "NaN in json": (lambda: raw_header(b'{"data_length":NaN}'),
+                    "header is not valid JSON: NaN is not allowed"),
+    "1e400 in json": (lambda: raw_header(b'{"data_length":1e400}'),
+                      "header is not valid JSON: number 1e400 is out of range"),
+    "duplicate key": (lambda: raw_header(b'{"format":"zsk","format":"zsk"}'),
+                      "header is not valid JSON: duplicate key 'format'"),
+    "deep nesting": (lambda: raw_header(b"[" * 200_000 + b"]" * 200_000),
+                     re.compile(r"header is not valid JSON: .*recursion.*")),
+    "not an object": (lambda: raw_header(b"[1,2]"), "header: expected a JSON object, got array"),
+    "missing key": (lambda: edit_header(deleter("tensors")), "header: missing key 'tensors'"),
+    "unknown key": (lambda: edit_header(setter("extra", 1)), "header: unknown key 'extra'"),
+    "tensors not object": (lambda: edit_header(setter("tensors", [])),
+                           "header: key 'tensors' must be an object, got array"),
+    "metadata not object": (lambda: edit_header(setter("metadata", "x")),
+                            "header: key 'metadata' must be an object, got string"),
+    "format name": (lambda: edit_header(setter("format", "zip")),
+                    "header: key 'format' must be \"zsk\", got 'zip'"),
+    "header version": (lambda: edit_header(setter("version", 2)),
+                       "header: version 2 does not match the prefix's version 1"),
+    "data_length type": (lambda: edit_header(setter("data_length", "384")),
+                         "header: key 'data_length' must be an integer, got string"),
+    "data_length bool": (lambda: edit_header(setter("data_length", True)),
+                         "header: key 'data_length' must be an integer, got boolean"),
+    "data_length too big": (lambda: edit_header(setter("data_length", 448)),
+                            "data section: the header declares 448 bytes but the file holds 384"),
+    "truncated data": (lambda: good()[:-1],
+                       "data section: the header declares 384 bytes but the file holds 383"),
+    "trailing bytes": (trailing_bytes,
+                       "data section: the header declares 384 bytes but the file holds 448"),
+    # tensor entries
+    "unknown layout": (lambda: tensor("w")(setter("layout", "bsr")),
+                       "tensor 'w': unknown layout 'bsr' (this reader knows dense, csr)"),
+    "layout type": (lambda: tensor("w")(setter("layout", 1)),
+                    "tensor 'w': key 'layout' must be a string, got number"),
+    "tensor not object": (lambda: edit_header(lambda h: h["tensors"].update(b=[1])),
+                          "tensor 'b': expected a JSON object, got array"),
+    "tensor missing key": (lambda: tensor("b")(deleter("quant")), "tensor 'b': missing key 'quant'"),
+    "tensor unknown key": (lambda: tensor("b")(setter("stride", 1)),
+                           "tensor 'b': unknown key 'stride'"),
+    "empty tensor name": (lambda: edit_header(lambda h: h["tensors"].update({"": h["tensors"]["b"]})),
+                          "tensor '': a tensor name must not be empty"),
+    "dtype not allowed": (lambda: tensor("b")(setter("dtype", "complex64")),
+                          f"tensor 'b': dtype 'complex64' is not allowed (allowed: {ALLOWED})"),
+    "dtype not string": (lambda: tensor("b")(setter("dtype", None)),
+                         f"tensor 'b': dtype None is not allowed (allowed: {ALLOWED})"),
+    "negative dim": (lambda: tensor("b")(setter("shape", [-8])),
+                     "tensor 'b': shape must be a list of at most 32 non-negative integers (each at "
+                     "most 2**62), got [-8]"),
+    "float dim": (lambda: tensor("b")(setter("shape", [8.0])),
+                  "tensor 'b': shape must be a list of at most 32 non-negative integers (each at "
+                  "most 2**62), got [8.0]"),
+    "shape not list": (lambda: tensor("b")(setter("shape", "8")),
+                       "tensor 'b': shape must be a list of at most 32 non-negative integers (each "
+                       "at most 2**62), got \"8\""),
+    "too many dims": (lambda: tensor("b")(setter("shape", [1] * 33)),
+                      "tensor 'b': shape must be a list of at most 32 non-negative integers (each at "
+                      "most 2**62), got [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,..."),
+    "huge dim": (lambda: tensor("b")(setter("shape", [2 ** 80])),
+                 "tensor 'b': shape must be a list of at most 32 non-negative integers (each at most "
+                 "2**62), got [1208925819614629174706176]"),
+    # buffers
+    "buffers missing role": (lambda: tensor("w")(lambda t: t["buffers"].pop("indices")),
+                             "tensor 'w' buffers: missing key 'indices'"),
+    "buffers extra role": (lambda: tensor("b")(lambda t: t["buffers"].update(indptr={})),
+                           "tensor 'b' buffers: unknown key 'indptr'"),
+    "offset type": (lambda: buf("b", "data")(setter("offset", "0")),
+                    "tensor 'b' buffer 'data': key 'offset' must be an integer, got string"),
+    "negative offset": (lambda: buf("b", "data")(setter("offset", -64)),
+                        "tensor 'b' buffer 'data': key 'offset' must be >= 0, got -64"),
+    "crc over 32 bits": (lambda: buf("b", "data")(setter("crc32", 2 ** 32)),
+                         "tensor 'b' buffer 'data': crc32 4294967296 does not fit in 32 bits"),
+    "unaligned offset": (lambda: buf("q", "data")(setter("offset", 65)),
+                         "tensor 'q' buffer 'data': offset 65 is not a multiple of 64"),
+    "buffer outside file": (lambda: buf("w", "data")(setter("offset", 384)),
+                            "tensor 'w' buffer 'data': bytes [384, 424) lie outside the data section "
+                            "(384 bytes)"),
+    "buffer far outside": (lambda: buf("w", "data")(setter("offset", 2 ** 70)),
+                           f"tensor 'w' buffer 'data': bytes [{2 ** 70}, {2 ** 70 + 40}) lie outside "
+                           f"the data section (384 bytes)"),
+    "overlapping buffers": (lambda: buf("qb", "data")(setter("offset", 64)),
+                            "tensor 'q' buffer 'data' overlaps tensor 'qb' buffer 'data'"),
+    "dense length": (lambda: tensor("b")(setter("shape", [9])),
+                     "tensor 'b' buffer 'data': length 32 != 9 elements × 4 bytes"),
+    "absurd shape": (lambda: tensor("b")(setter("shape", [2 ** 62] * 32)),
+                     f"tensor 'b' buffer 'data': length 32 != {2 ** (62 * 32)} elements × 4 bytes"),
+    "data dtype": (lambda: buf("b", "data")(setter("dtype", "int32")),
+                   "tensor 'b' buffer 'data': dtype 'int32' differs from the tensor's dtype 'float32'"),
+    # CSR structure
+    "csr without axes": (lambda: tensor("w")(setter("shape", [])),
+                         "tensor 'w': a csr tensor needs at least one axis"),
+    "csr too many elements": (lambda: tensor("w")(setter("shape", [8, 2 ** 60])),
+                              f"tensor 'w': shape [8, {2 ** 60}] has {2 ** 63} elements, more than "
+                              f"2**62"),
+    "indptr length": (lambda: tensor("w")(setter("shape", [9, 16])),
+                      "tensor 'w' buffer 'indptr': length 9 != 10 elements (rows + 1) × 1 bytes"),
+    "index dtype": (lambda: buf("w", "indices")(setter("dtype", "int8")),
+                    "tensor 'w' buffer 'indices': index dtype 'int8' is not allowed (allowed: uint8, "
+                    "uint16, int32, int64)"),
+    "indices length": (lambda: buf("w", "indices")(setter("dtype", "int32")),
+                       "tensor 'w' buffer 'indices': length 10 is not a multiple of 4 bytes"),
+    "data length": (lambda: buf("w", "data")(setter("length", 36)),
+                    "tensor 'w': data holds 9 values but indices holds 10"),
+    "nnz over size": (lambda: tensor("w")(setter("shape", [8, 1])),
+                      "tensor 'w': 10 nonzeros exceed rows × cols = 8"),
+    # quantization
+    "quant on float": (lambda: tensor("b")(setter("quant", {"axis": None, "scale": [1.0],
+                                                            "zero_point": [0]})),
+                       "tensor 'b' quant: only integer tensors may be quantized, not float32"),
+    "quant missing key": (lambda: quant("q")(deleter("axis")), "tensor 'q' quant: missing key 'axis'"),
+    "axis out of range": (lambda: quant("q")(setter("axis", 2)),
+                          "tensor 'q' quant: axis 2 is out of range for a 2-d tensor"),
+    "negative axis": (lambda: quant("q")(setter("axis", -1)),
+                      "tensor 'q' quant: axis -1 is out of range for a 2-d tensor"),
+    "axis type": (lambda: quant("q")(setter("axis", 0.0)),
+                  "tensor 'q' quant: key 'axis' must be an integer, got number"),
+    "scale length": (lambda: quant("q")(setter("scale", [1.0] * 8)),
+                     "tensor 'q' quant: scale has 8 values, expected 4 (shape[0])"),
+    "per-tensor length": (lambda: quant("q")(setter("axis", None)),
+                          "tensor 'q' quant: scale has 4 values, expected 1 (per tensor)"),
+    "zero_point length": (lambda: quant("q")(setter("zero_point", [0])),
+                          "tensor 'q' quant: zero_point has 1 values, expected 4 (shape[0])"),
+    "scale zero": (lambda: quant("q")(lambda q: q["scale"].__setitem__(2, 0.0)),
+                   "tensor 'q' quant: scale[2] = 0.0 is not finite and > 0 (as float32)"),
+    "scale negative": (lambda: quant("q")(lambda q: q["scale"].__setitem__(0, -0.5)),
+                       "tensor 'q' quant: scale[0] = -0.5 is not finite and > 0 (as float32)"),
+    "scale float32 overflow": (lambda: quant("q")(lambda q: q["scale"].__setitem__(1, 1e39)),
+                               "tensor 'q' quant: scale[1] = 1e+39 is not finite and > 0 (as "
+                               "float32)"),
+    "scale float32 underflow": (lambda: quant("q")(lambda q: q["scale"].__setitem__(1, 1e-50)),
+                                "tensor 'q' quant: scale[1] = 1e-50 is not finite and > 0 (as "
+                                "float32)"),
+    "scale huge int": (lambda: quant("q")(lambda q: q["scale"].__setitem__(0, 10 ** 400)),
+                       f"tensor 'q' quant: scale[0] = {str(10 ** 400)[:57]}... is not finite and > 0 "
+                       f"(as float32)"),
+    "scale not number": (lambda: quant("q")(lambda q: q["scale"].__setitem__(3, "1")),
+                         "tensor 'q' quant: scale[3] is a string, not a number"),
+    "scale bool": (lambda: quant("q")(lambda q: q["scale"].__setitem__(3, True)),
+                   "tensor 'q' quant: scale[3] is a boolean, not a number"),
+    "zero point float": (lambda: quant("q")(lambda q: q["zero_point"].__setitem__(1, 0.5)),
+                         "tensor 'q' quant: zero_point[1] = 0.5 is not an integer"),
+    "zero point bool": (lambda: quant("q")(lambda q: q["zero_point"].__setitem__(1, False)),
+                        "tensor 'q' quant: zero_point[1] = false is not an integer"),
+    "zero point range": (lambda: quant("q")(lambda q: q["zero_point"].__setitem__(3, 128)),
+                         "tensor 'q' quant: zero_point[3] = 128 is outside the range of int8 "
+                         "[-128, 127]"),
+    "zero point range int32": (lambda: quant("qb")(lambda q: q["zero_point"].__setitem__(0, -2 ** 31 - 1)),
+                               "tensor 'qb' quant: zero_point[0] = -2147483649 is outside the range "
+                               "of int32 [-2147483648, 2147483647]"),
+    # graph
+    "missing tensor": (lambda: nodes(lambda n: n["fc1"].update(inputs=["x", "nope", "b"])),
+                       "node 'fc1' (Gemm): input 'nope' is not defined in the graph"),
+    "node order": (lambda: graph(lambda g: g.update(nodes=[g["nodes"][1], g["nodes"][0],
+                                                           g["nodes"][2]])), RELU_ORDER),
+    "cycle": (lambda: nodes(lambda n: n["fc1"].update(inputs=["r", "w", "b"])),
+              "node 'fc1' (Gemm): input 'r' is produced by node 'relu', which does not come before "
+              "it (nodes must be acyclic and in topological order)"),
+    "arity": (lambda: nodes(lambda n: n["fc1"].update(inputs=["x"])),
+              "node 'fc1' (Gemm): has 1 inputs, expected 2 to 3"),
+    "unknown op": (lambda: nodes(lambda n: n["relu"].update(op="Frobnicate")),
+                   "node 'relu' (Frobnicate): unknown op 'Frobnicate'"),
+    "unknown attribute": (lambda: nodes(lambda n: n["fc1"]["attrs"].update(gamma=2)),
+                          "node 'fc1' (Gemm): unknown attribute 'gamma'"),
+    "missing required attribute": (lambda: nodes(lambda n: n["relu"].update(op="Concat")),
+                                   "node 'relu' (Concat): missing required attribute 'axis'"),
+    "node inputs type": (lambda: nodes(lambda n: n["fc1"].update(inputs=["x", 1])),
+                         "node 'fc1': key 'inputs' must be a list of strings"),
+    "node attrs type": (lambda: nodes(lambda n: n["fc1"].update(attrs=[])),
+                        "node 'fc1': key 'attrs' must be an object, got array"),
+    "node name type": (lambda: graph(lambda g: g["nodes"][0].update(name=7)),
+                       "node 0: key 'name' must be a string, got number"),
+    "output not produced": (lambda: graph(lambda g: g["outputs"][0].update(name="zz")),
+                            "graph output 'zz' is not produced by any node"),
+    "input dtype": (lambda: graph(lambda g: g["inputs"][0].update(dtype="complex64")),
+                    f"graph input 'x': dtype 'complex64' is not allowed (allowed: {ALLOWED})"),
+    "output dtype": (lambda: graph(lambda g: g["outputs"][0].update(dtype="object")),
+                     f"graph output 'y': dtype 'object' is not allowed (allowed: {ALLOWED})"),
+    "input shape": (lambda: graph(lambda g: g["inputs"][0].update(shape=[None, -1])),
+                    "graph input 'x': shape must be a list of at most 32 non-negative integers or "
+                    "null (each at most 2**62), got [null, -1]"),
+    "graph missing key": (lambda: graph(deleter("nodes")), "graph: missing key 'nodes'"),
+    "input defined twice": (lambda: graph(lambda g: g["inputs"].append(g["inputs"][0])),
+                            "graph input 'x': name is defined twice"),
+}
+
+
+def assert_message(err, message):
+    if isinstance(message, re.Pattern):
+        assert message.fullmatch(str(err.value)), str(err.value)
+    else:
+        assert str(err.value) == message
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_refused_with_its_rule(case, tmp_path):
+    build, message = BAD_FILES[case]
+    data = build()
+    with pytest.raises(ModelFormatError) as err:
+        zsk.loads(data)
+    assert_message(err, message)
+    path = tmp_path / "bad.zsk"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError) as err:
+        zsk.load(path)
+    assert_message(err, message)
+
+
+def test_the_crafting_helpers_make_a_good_file_from_a_good_file():
+    header, section = split(good())
+    assert assemble(header, section) == good()
+    assert struct.unpack_from("<Q", good(), 16)[0] == HEADER_LENGTH
+
+
+# -- crafted bad contents: found on first access (lazy) or at load (eager) ------------------------
+
+def edit_buffer(name, role, change, fix_crc=True) -> bytes:
+    """Apply ``change`` to a copy of a buffer's array, write it back, and (by default) fix its CRC."""
+    header, section = split(good())
+    entry = header["tensors"][name]["buffers"][role]
+    offset, length = entry["offset"], entry["length"]
+    array = np.frombuffer(bytes(section[offset:offset + length]), dtype=entry["dtype"]).copy()
+    change(array)
+    section[offset:offset + length] = array.tobytes()
+    if fix_crc:
+        entry["crc32"] = zlib.crc32(array.tobytes())
+    return assemble(header, section)
+
+
+def put(index, value):
+    def change(array):
+        array[index] = value
+    return change
+
+
+def flip_byte(array):
+    array.view(np.uint8)[0] ^= 0x10
+
+
+BAD_CONTENTS = {
+    "dense crc": (lambda: edit_buffer("b", "data", flip_byte, fix_crc=False), "b",
+                  re.compile(r"tensor 'b' buffer 'data': CRC-32 mismatch \(stored [0-9a-f]{8}, "
+                             r"computed [0-9a-f]{8}\)")),
+    "csr data crc": (lambda: edit_buffer("w", "data", flip_byte, fix_crc=False), "w",
+                     re.compile(r"tensor 'w' buffer 'data': CRC-32 mismatch .*")),
+    "csr indices crc": (lambda: edit_buffer("w", "indices", put(0, 200), fix_crc=False), "w",
+                        re.compile(r"tensor 'w' buffer 'indices': CRC-32 mismatch .*")),
+    "indptr[0]": (lambda: edit_buffer("w", "indptr", put(0, 1)), "w",
+                  "tensor 'w': indptr[0] = 1, expected 0"),
+    "indptr decreasing": (lambda: edit_buffer("w", "indptr", put(2, 2)), "w",
+                          "tensor 'w': indptr decreases at row 1 (3 -> 2)"),
+    "indptr end": (lambda: edit_buffer("w", "indptr", put(8, 9)), "w",
+                   "tensor 'w': indptr[-1] = 9, expected nnz = 10"),
+    "indptr beyond nnz": (lambda: edit_buffer("w", "indptr", put(8, 250)), "w",
+                          "tensor 'w': indptr[-1] = 250, expected nnz = 10"),
+    "column out of range": (lambda: edit_buffer("w", "indices", put(3, 16)), "w",
+                            "tensor 'w': column index 16 at position 3 (row 2) is out of range "
+                            "[0, 16)"),
+    "unsorted row": (lambda: edit_buffer("w", "indices", put(slice(0, 3), [0, 7, 3])), "w",
+                     "tensor 'w': row 0: column indices are not strictly increasing (unsorted or "
+                     "duplicate) at position 2"),
+    "duplicate column": (lambda: edit_buffer("w", "indices", put(5, 1)), "w",
+                         "tensor 'w': row 3: column indices are not strictly increasing (unsorted "
+                         "or duplicate) at position 5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONTENTS))
+def test_bad_contents_are_refused_on_first_access_and_by_eager_load(case, tmp_path):
+    build, name, message = BAD_CONTENTS[case]
+    path = tmp_path / "bad.zsk"
+    path.write_bytes(build())
+    model = zsk.load(path)  # lazy: the header is fine
+    for other, t in model.graph.initializers.items():
+        if other != name:
+            tensor_arrays(t)
+    for _ in range(2):  # a failed verification is not forgotten
+        with pytest.raises(ModelFormatError) as err:
+            tensor_arrays(model.graph.initializers[name])
+        assert_message(err, message)
+    with pytest.raises(ModelFormatError) as err:
+        zsk.load(path, verify="eager")
+    assert_message(err, message)
+    with pytest.raises(ModelFormatError) as err:
+        zsk.loads(path.read_bytes(), verify="eager")
+    assert_message(err, message)
+
+
+def test_rows_may_start_lower_than_the_previous_row_ends():
+    # indices [0 3 7 | 15 | 1 2 | ...]: the drop from 15 to 1 is a row change, not a violation.
+    model = zsk.loads(good(), verify="eager")
+    assert list(model.graph.initializers["w"].indices[:6]) == [0, 3, 7, 15, 1, 2]
+
+
+# -- fuzzing: only ModelFormatError may ever escape -------------------------------------------
+
+def _mutations(seed: int, count: int):
+    """Seeded corruptions of the good file: byte flips anywhere, truncations, and header edits with a
+    recomputed CRC (so they reach the JSON and structure checks)."""
+    rnd = random.Random(seed)
+    data = good()
+    header, section = split(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    leaves = [b"0", b"-1", b"1e30", b"null", b"true", b'"x"', b"[]", b"{}", b"4294967296", b"64",
+              b'"float32"', b'"csr"', b"[0]", b"1.5", b"4611686018427387904",
+              b"-9223372036854775809", b"1e-45", b"255", b"65536"]
+    for _ in range(count):
+        kind = rnd.randrange(4)
+        if kind == 0:
+            mutated = bytearray(data)
+            for _ in range(rnd.randint(1, 4)):
+                mutated[rnd.randrange(len(mutated))] ^= 1 << rnd.randrange(8)
+            yield bytes(mutated)
+        elif kind == 1:
+            yield data[:rnd.randrange(len(data))]
+        elif kind == 2:
+            mutated = bytearray(raw)
+            for _ in range(rnd.randint(1, 3)):
+                mutated[rnd.randrange(len(mutated))] = rnd.randrange(256)
+            yield assemble(None, section, raw=bytes(mutated))
+        else:  # replace a JSON number with another value: structure stays JSON, values go wrong
+            spots = [m.span() for m in re.finditer(rb"-?\d+(\.\d+)?(e[+-]?\d+)?", raw)]
+            start, end = spots[rnd.randrange(len(spots))]
+            yield assemble(None, section, raw=raw[:start] + rnd.choice(leaves) + raw[end:])
+
+
+def test_fuzzed_files_raise_only_model_format_error():
+    outcomes = {"refused": 0, "loaded": 0}
+    for data in _mutations(seed=1234, count=3000):
+        try:
+            model = zsk.loads(data)
+            touch_all(model)
+        except ModelFormatError:
+            outcomes["refused"] += 1
+        else:
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > 2000, outcomes  # most corruptions are caught, none crash
+
+
+def test_fuzzed_files_from_disk_with_eager_verification(tmp_path):
+    path = tmp_path / "fuzz.zsk"
+    for data in _mutations(seed=99, count=200):
+        path.write_bytes(data)
+        try:
+            touch_all(zsk.load(path, verify="eager"))
+        except ModelFormatError:
+            pass

@@ -54,6 +54,9 @@ OPS: dict[str, OpSpec] = {s.name: s for s in [
     _spec("Mul", (2, 2)),
     _spec("Div", (2, 2)),
     _spec("Sum", (1, VARIADIC)),
+    _spec("Pow", (2, 2)),
+    _spec("Sqrt", (1, 1)),
+    _spec("Exp", (1, 1)),
     # Activations. Clip's bounds are attributes here (None = unbounded on that side).
     _spec("Relu", (1, 1)),
     _spec("Clip", (1, 1), min=None, max=None),

@@ -150,6 +150,11 @@ def _elementwise(op):
     return rule
 
 
+def _pow(x, y):
+    """Pow broadcasts like the other elementwise ops but keeps the base's dtype."""
+    return _Value(_broadcast(x.shape, y.shape), x.dtype)
+
+
 def _combine(op, xs, shape):
     """Known elements of an integer Add/Sub/Mul/Div of 0-d/1-d tensors (names become None)."""
     if op is None or shape is None or len(shape) > 1 or any(x.elements is None for x in xs):
@@ -458,6 +463,9 @@ _RULES = {
     "Mul": _elementwise("mul"),
     "Div": _elementwise("div"),
     "Sum": _elementwise(None),
+    "Pow": _pow,
+    "Sqrt": _same,
+    "Exp": _same,
     "Relu": _same,
     "Clip": _same,
     "LeakyRelu": _same,

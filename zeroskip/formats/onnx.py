@@ -384,7 +384,7 @@ def _shape(n):
 
 
 _HANDLERS = {op: _same for op in (
-    "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Relu", "LeakyRelu", "Sigmoid", "Tanh",
+    "MatMul", "Add", "Sub", "Mul", "Div", "Sum", "Pow", "Sqrt", "Exp", "Relu", "LeakyRelu", "Sigmoid", "Tanh",
     "GlobalAveragePool", "GlobalMaxPool", "LRN", "Flatten", "Transpose", "Concat", "Identity",
     "Gather")}
 _HANDLERS.update({

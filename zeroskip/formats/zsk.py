@@ -325,6 +325,9 @@ def _check_csr_buffers(where, buffers, dtype, shape):
     if not shape:
         raise ModelFormatError(f"{where}: a csr tensor needs at least one axis")
     rows, cols = shape[0], math.prod(shape[1:])
+    if rows * cols > MAX_DIM:  # NumPy's sizes and flat indices are int64
+        raise ModelFormatError(f"{where}: shape {list(shape)} has {rows * cols} elements, more than "
+                               f"2**62")
     for role in ("indptr", "indices"):
         _parse_dtype(buffers[role][2], f"{where} buffer {role!r}", INDEX_DTYPES, "index dtype")
     _check_length(f"{where} buffer 'indptr'", buffers["indptr"], rows + 1, "elements (rows + 1)")

@@ -59,6 +59,32 @@ def sum(*xs):  # noqa: A001 - the op is called Sum
     return np.asarray(y)
 
 
+def pow(x, y):  # noqa: A001 - the op is called Pow
+    """z = x ** y, broadcast (torch writes LocalResponseNorm and some norms with it).
+
+    x — float64 (or int64); y — float64 or int64 exponent; the result has x's kind, as in ONNX
+    """
+    _broadcast_shape(x, y)
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind in "iu":
+        if np.any(y < 0):
+            raise InputError("expected non-negative exponents for an integer base, got a negative one")
+        return np.asarray(np.power(x, y.astype(np.int64))).astype(x.dtype)
+    return np.asarray(np.power(x, y.astype(np.float64)))
+
+
+def sqrt(x):
+    """y = √x (NaN below 0, as IEEE says)."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x)
+
+
+def exp(x):
+    """y = eˣ (inf on overflow, as IEEE says)."""
+    with np.errstate(over="ignore"):
+        return np.exp(x)
+
+
 def relu(x):
     """y = max(x, 0)."""
     return np.asarray(np.maximum(x, 0))
