@@ -681,8 +681,8 @@ BAD_FILES = {
     "scale float32 underflow": (lambda: quant("q")(lambda q: q["scale"].__setitem__(1, 1e-50)),
                                 "tensor 'q' quant: scale[1] = 1e-50 is not finite and > 0 (as "
                                 "float32)"),
-    "scale huge int": (lambda: quant("q")(lambda q: q["scale"].__setitem__(0, 10 ** 400)),
-                       f"tensor 'q' quant: scale[0] = {str(10 ** 400)[:57]}... is not finite and > 0 "
+    "scale huge int": (lambda: quant("q")(lambda q: q["scale"].__setitem__(2, 10 ** 400)),
+                       f"tensor 'q' quant: scale[2] = {str(10 ** 400)[:57]}... is not finite and > 0 "
                        f"(as float32)"),
     "scale not number": (lambda: quant("q")(lambda q: q["scale"].__setitem__(3, "1")),
                          "tensor 'q' quant: scale[3] is a string, not a number"),

@@ -372,17 +372,19 @@ def _parse_quant(where, quant, dtype, shape):
             per = "per tensor" if axis is None else f"shape[{axis}]"
             raise ModelFormatError(f"{where}: {key} has {len(values)} values, expected {count} "
                                    f"({per})")
+    values = []
     for i, value in enumerate(scale):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ModelFormatError(f"{where}: scale[{i}] is a {_json_type(value)}, not a number")
-    with np.errstate(over="ignore", under="ignore"):
         try:
-            scales = np.array(scale, dtype=np.float64).astype(np.float32)
+            values.append(float(value))
         except OverflowError:  # an integer too large for a float
-            scales = np.array([math.inf], dtype=np.float32)
+            values.append(math.inf)
+    with np.errstate(over="ignore", under="ignore"):
+        scales = np.array(values, dtype=np.float64).astype(np.float32)
     bad = np.flatnonzero(~(np.isfinite(scales) & (scales > 0)))
     if bad.size:
-        i = int(bad[0]) if scales.size == len(scale) else 0
+        i = int(bad[0])
         raise ModelFormatError(f"{where}: scale[{i}] = {_short(scale[i])} is not finite and > 0 "
                                f"(as float32)")
     info = np.iinfo(dtype)
