@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from zeroskip import ops as ir_ops
-from zeroskip.errors import InputError
+from zeroskip.errors import InputError, ModelFormatError
+from zeroskip.ops import normalize_attrs
 from zeroskip.reference import OPS
 from zeroskip.reference import conv as conv_module
 from zeroskip.reference import elementwise, layout, matmul, normalization, pool, reduce
@@ -545,7 +546,6 @@ def test_layout_errors():
 
 
 # -- shape inference ---------------------------------------------------------------------------
-from zeroskip.errors import ModelFormatError  # noqa: E402
 from zeroskip.model import Dense, Graph, Node, ValueInfo  # noqa: E402
 from zeroskip.shapes import infer_shapes  # noqa: E402
 
@@ -749,3 +749,65 @@ def pool_cases(draw):
 def test_pool_property(case):
     op, x_shape, attrs = case
     check(op, [rand(x_shape, 4)], attrs, attrs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Regressions found by fuzzing the reference and shape inference against onnxruntime
+# --------------------------------------------------------------------------------------------------
+
+def _one_node_graph(op, x_shape, attrs, inits=None, extra_inputs=()):
+    from zeroskip.model import Dense, Graph, Node, ValueInfo
+    from zeroskip.ops import normalize_attrs
+
+    inits = inits or {}
+    node = Node("n", op, ["x", *extra_inputs, *inits], ["y"], normalize_attrs(op, attrs))
+    return Graph([node], [ValueInfo("x", x_shape, "float32")], [ValueInfo("y", (None,), "float32")],
+                 {k: Dense(v) for k, v in inits.items()})
+
+
+def test_reshape_minus_one_with_a_dynamic_dim_left_is_not_refused():
+    from zeroskip.shapes import infer_shapes
+
+    graph = _one_node_graph("Reshape", (None, 3, 2), {}, {"s": np.array([-1, 4], np.int64)})
+    assert infer_shapes(graph)["y"].shape == (None, 4)
+
+
+def test_pad_that_crops_below_zero_is_a_format_error():
+    from zeroskip.shapes import infer_shapes
+
+    graph = _one_node_graph("Pad", (None, 4), {"pads": [0, -3, 0, -3]})
+    with pytest.raises(ModelFormatError, match="negative size"):
+        infer_shapes(graph)
+
+
+@pytest.mark.parametrize("op, attrs", [("Cast", {"to": "complex64"}), ("Cast", {"to": "nope"})])
+def test_bad_dtype_attribute_is_a_format_error(op, attrs):
+    with pytest.raises(ModelFormatError, match=r"attribute to='.*' is not one of the dtypes"):
+        _one_node_graph(op, (None, 4), attrs).check()
+
+
+def test_constant_of_shape_bad_dtype_is_an_input_error():
+    with pytest.raises(InputError, match="expected a numpy dtype name"):
+        OPS["ConstantOfShape"](np.array([2], np.int64), value=0.0, dtype="nope")
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_pads_not_smaller_than_kernel_are_refused(op):
+    attrs = normalize_attrs(op, {"kernel_shape": [2], "pads": [2, 0]})
+    with pytest.raises(InputError, match="expected pads smaller than the kernel"):
+        OPS[op](np.ones((1, 1, 5)), **attrs)
+
+
+@pytest.mark.parametrize("op, extra", [("MaxPool", {}), ("AveragePool", {"count_include_pad": 0})])
+def test_dilated_window_on_padding_only_matches_onnxruntime(op, extra):
+    attrs = dict(kernel_shape=[2, 1], pads=[1, 0, 1, 0], dilations=[2, 1], strides=[1, 1], **extra)
+    x = np.random.default_rng(0).random((1, 1, 1, 3)).astype(np.float32)
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                          [1, 1, 1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = OPS[op](x.astype(np.float64), **normalize_attrs(op, attrs))
+    np.testing.assert_allclose(got, want, rtol=1e-6)

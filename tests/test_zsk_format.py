@@ -199,6 +199,14 @@ def test_arrays_outlive_everything_but_themselves(tmp_path):
     assert np.array_equal(w, dense_model().graph.initializers["w"].array)
 
 
+def test_loads_takes_any_bytes_like_and_copies_mutable_ones():
+    data = bytearray(zsk.dumps(dense_model()))
+    model = zsk.loads(data)
+    data[-64:] = bytes(64)  # changing the caller's buffer cannot reach the loaded model
+    assert_same_model(model, dense_model())
+    assert_same_model(zsk.loads(memoryview(zsk.dumps(dense_model()))), dense_model())
+
+
 def test_bad_verify_mode_is_refused():
     with pytest.raises(ValueError, match="verify must be one of"):
         zsk.loads(zsk.dumps(dense_model()), verify="sometimes")
@@ -267,6 +275,23 @@ def test_csr_in_memory_is_written_dense_when_that_is_smaller():
     model.graph.initializers["w"] = CSR.from_dense(w)
     loaded = zsk.loads(zsk.dumps(model)).graph.initializers["w"]
     assert loaded.layout == "dense" and np.array_equal(loaded.to_numpy(), w)
+
+
+def test_csr_is_written_canonically_whatever_its_form_in_memory():
+    dense = big_sparse_model(density=0.1)
+    w = dense.graph.initializers["w"].to_numpy()
+    wide = big_sparse_model(density=0.1)  # int64 indices: narrowed on write
+    ref = CSR.from_dense(w)
+    wide.graph.initializers["w"] = CSR(ref.indptr.astype(np.int64), ref.indices.astype(np.int64),
+                                       ref.data, w.shape)
+    zeros = big_sparse_model(density=0.1)  # explicit zeros stored in row 0: dropped on write
+    row0 = np.arange(w.shape[1])
+    rest = CSR.from_dense(w[1:])
+    indptr = np.concatenate([[0], rest.indptr.astype(np.int64) + len(row0)])
+    zeros.graph.initializers["w"] = CSR(indptr, np.concatenate([row0, rest.indices]),
+                                        np.concatenate([w[0], rest.data]), w.shape)
+    assert zeros.graph.initializers["w"].nnz > ref.nnz
+    assert zsk.dumps(wide) == zsk.dumps(dense) == zsk.dumps(zeros)
 
 
 @pytest.mark.parametrize("array", [

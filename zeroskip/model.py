@@ -17,7 +17,7 @@ from typing import Callable, Union
 import numpy as np
 
 from .errors import ModelFormatError
-from .ops import OPS, VARIADIC
+from .ops import OPS, REQUIRED, VARIADIC
 
 DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int16", "uint16", "int32", "int64",
           "bool")
@@ -266,6 +266,13 @@ class Graph:
             unknown = sorted(set(node.attrs) - set(spec.attrs))
             if unknown:
                 raise ModelFormatError(f"{where}: unknown attribute {unknown[0]!r}")
+            missing = [k for k, v in spec.attrs.items() if v is REQUIRED and k not in node.attrs]
+            if missing:
+                raise ModelFormatError(f"{where}: missing required attribute {missing[0]!r}")
+            for key in _DTYPE_ATTRS.get(node.op, ()):
+                if key in node.attrs and node.attrs[key] not in DTYPES:
+                    raise ModelFormatError(f"{where}: attribute {key}={node.attrs[key]!r} is not "
+                                           f"one of the dtypes {', '.join(DTYPES)}")
             for i, name in enumerate(node.inputs):
                 if name == "":
                     if i < spec.inputs[0]:
@@ -284,6 +291,10 @@ class Graph:
         for vi in self.outputs:
             if vi.name not in defined:
                 raise ModelFormatError(f"graph output {vi.name!r} is not produced by any node")
+
+
+_DTYPE_ATTRS = {"Cast": ("to",), "ConstantOfShape": ("dtype",)}
+"""Attributes that name a dtype, which must be in DTYPES."""
 
 
 def _check_arity(where, what, count, bounds):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, ModelFormatError
-from .model import Graph, ValueInfo
+from .model import DTYPES, Graph, ValueInfo
 from .ops import OPS, normalize_attrs
 from .reference._windows import geometry
 
@@ -336,6 +336,8 @@ def _inferred_dim(shape, others):
     numerator = math.prod(d for d in shape if _known(d))
     denominator = math.prod(d for d in others if _known(d))
     if denominator == 0 or numerator % denominator:
+        if left:
+            return None  # the dynamic dimension may make it divide at run time
         raise _Rule(f"cannot reshape {_public_shape(shape)} to {list(others)} plus a -1: "
                     f"{numerator} elements are not divisible by {denominator}")
     quotient = numerator // denominator
@@ -384,8 +386,11 @@ def _pad(x, *, mode, pads, value):
     rank = len(x.shape)
     if len(pads) != 2 * rank:
         raise _Rule(f"pads {list(pads)} must have {2 * rank} entries for rank {rank}")
-    return _Value(tuple(d + pads[i] + pads[rank + i] if _known(d) else None
-                        for i, d in enumerate(x.shape)), x.dtype)
+    dims = tuple(d + pads[i] + pads[rank + i] if _known(d) else None
+                 for i, d in enumerate(x.shape))
+    if any(d is not None and d < 0 for d in dims):
+        raise _Rule(f"pads {list(pads)} crop {_public_shape(x.shape)} to a negative size")
+    return _Value(dims, x.dtype)
 
 
 def _shape(x, *, start, end):
@@ -437,12 +442,19 @@ def _squeeze(x, *, axes):
     return _Value(tuple(d for i, d in enumerate(x.shape) if i not in drop), x.dtype, x.elements)
 
 
+def _dtype(name) -> np.dtype:
+    if name not in DTYPES:
+        raise _Rule(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return np.dtype(name)
+
+
 def _cast(x, *, to):
-    keeps = np.dtype(to).kind in "iu" and x.dtype.startswith("int")
+    keeps = _dtype(to).kind in "iu" and x.dtype.startswith("int")
     return _Value(x.shape, str(np.dtype(to)), x.elements if keeps else None)
 
 
 def _constant_of_shape(target, *, value, dtype):
+    _dtype(dtype)
     if target.elements is None:
         length = target.shape[0] if target.shape else None
         return _Value((None,) * length if _known(length) else None, str(np.dtype(dtype)))

@@ -624,16 +624,15 @@ def _encode(model: Model) -> tuple[bytes, list, int]:
 
 def _dump_json(value, where: str) -> bytes:
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                          ensure_ascii=False, default=_json_default)
-    except ValueError as err:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          ensure_ascii=False, default=_json_default).encode("utf-8")
+    except ValueError as err:  # also UnicodeEncodeError, for a lone surrogate
         why = "NaN and infinities are not allowed" if "float" in str(err) else str(err)
         raise ModelFormatError(f"{where}: not serializable as JSON: {why}") from None
     except TypeError as err:
         raise ModelFormatError(f"{where}: not serializable as JSON: {err}") from None
     except RecursionError:
         raise ModelFormatError(f"{where}: not serializable as JSON: nested too deeply") from None
-    return text.encode("utf-8")
 
 
 def _json_default(value):
@@ -669,8 +668,9 @@ def _encode_node(node: Node) -> dict:
 def _encode_tensor(name: str, tensor):
     """Check an in-memory tensor; return (layout, dtype, shape, {role: LE array}, quant JSON).
 
-    A weight (ndim >= 2, float, int8 or uint8) is stored dense or CSR, whichever is smaller on disk;
-    CSR is rebuilt from the values, so the bytes depend on the values only, not the layout in memory.
+    A weight (ndim >= 2, float, int8 or uint8) is stored dense or CSR, whichever is smaller on disk.
+    The CSR written is canonical (no stored zeros, narrowest index types), so the bytes depend on the
+    values only, not on the layout in memory.
     """
     where = f"tensor {name!r}"
     if not isinstance(tensor, (Dense, CSR)):
@@ -679,32 +679,41 @@ def _encode_tensor(name: str, tensor):
     if dtype not in DTYPES:
         raise ModelFormatError(f"{where}: dtype {dtype!r} is not allowed "
                                f"(allowed: {', '.join(DTYPES)})")
+    shape = tuple(tensor.shape)
+    csr = None
     if isinstance(tensor, CSR):
         _check_csr_in_memory(name, tensor)
-    shape = tuple(tensor.shape)
+        if np.count_nonzero(tensor.data) == tensor.nnz:  # already canonical but for index widths
+            csr = tensor
     quant = _encode_quant(name, tensor.quant, len(shape))
-    values = np.ascontiguousarray(tensor.to_numpy(), dtype=_le(dtype))
-    if _csr_is_smaller(values):
-        csr = CSR.from_dense(values)
-        buffers = {"indptr": csr.indptr, "indices": csr.indices, "data": csr.data}
+    values = None if csr is not None else tensor.to_numpy()
+    nnz = csr.nnz if csr is not None else int(np.count_nonzero(values))
+    if _csr_is_smaller(shape, tensor.dtype, nnz):
+        csr = csr if csr is not None else CSR.from_dense(values)
+        rows, cols = csr.matrix_shape
+        buffers = {"indptr": csr.indptr.astype(index_dtype(nnz), copy=False),
+                   "indices": csr.indices.astype(index_dtype(max(cols - 1, 0)), copy=False),
+                   "data": csr.data}
         layout = "csr"
     else:
-        buffers, layout = {"data": values}, "dense"
+        buffers, layout = {"data": tensor.to_numpy() if values is None else values}, "dense"
     buffers = {role: np.ascontiguousarray(a, dtype=_le(a.dtype)).reshape(-1)
                for role, a in buffers.items()}
     return layout, dtype, shape, buffers, quant
 
 
-def _csr_is_smaller(values: np.ndarray) -> bool:
-    """Whether CSR takes fewer bytes than dense, padding included (a tie stays dense)."""
-    if values.ndim < 2 or not (values.dtype.kind == "f" or values.dtype.name in ("int8", "uint8")):
+def _csr_is_smaller(shape: tuple, dtype: np.dtype, nnz: int) -> bool:
+    """Whether CSR takes fewer bytes than dense, padding included (a tie stays dense).
+
+    Only weights may become CSR: ndim >= 2, and a float, int8 or uint8 dtype.
+    """
+    if len(shape) < 2 or not (dtype.kind == "f" or dtype.name in ("int8", "uint8")):
         return False
-    rows, cols = values.shape[0], values.size // values.shape[0] if values.shape[0] else 0
-    nnz = int(np.count_nonzero(values))
+    rows, cols = shape[0], math.prod(shape[1:])
     csr = (_pad((rows + 1) * index_dtype(nnz).itemsize)
            + _pad(nnz * index_dtype(max(cols - 1, 0)).itemsize)
-           + _pad(nnz * values.dtype.itemsize))
-    return csr < _pad(values.nbytes)
+           + _pad(nnz * dtype.itemsize))
+    return csr < _pad(rows * cols * dtype.itemsize)
 
 
 def _check_csr_in_memory(name: str, tensor: CSR):

@@ -206,7 +206,10 @@ def constant_of_shape(shape, *, value=0.0, dtype="float32"):
     dims = [int(d) for d in np.asarray(shape).reshape(-1)]
     if any(d < 0 for d in dims):
         raise InputError(f"expected non-negative dimensions, got {dims}")
-    target = np.dtype(dtype)
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"expected a numpy dtype name, got {dtype!r}") from None
     if target.kind == "f":
         return np.full(dims, np.asarray(value, dtype=target), dtype=np.float64)
     return np.full(dims, value, dtype=target)

@@ -41,6 +41,9 @@ def _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mod
     dilations = list(dilations or [1] * len(kernel))
     spatial = list(x.shape[2:])
     begins, ends, out = geometry(spatial, kernel, strides, dilations, pads, auto_pad, ceil_mode)
+    if any(p >= k for p, k in zip(begins, kernel)) or any(p >= k for p, k in zip(ends, kernel)):
+        # A window made of padding only would have no value (onnxruntime refuses these too).
+        raise InputError(f"expected pads smaller than the kernel {kernel}, got pads {begins + ends}")
     return _Geometry(spatial, kernel, strides, dilations, begins, ends, out)
 
 
@@ -59,7 +62,9 @@ def max_pool(x, *, auto_pad="NOTSET", kernel_shape, strides=None, pads=None, dil
     """
     x = np.asarray(x, dtype=np.float64)
     g = _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
-    return np.max(_windows_of(x, g, -np.inf), axis=g.window_axes)
+    y = np.max(_windows_of(x, g, -np.inf), axis=g.window_axes)
+    # A dilated window can still fall on padding only; onnxruntime gives float32's lowest there.
+    return np.where(_window_counts(g, 0) == 0, np.finfo(np.float32).min, y)
 
 
 def _window_counts(g: _Geometry, count_include_pad) -> np.ndarray:
@@ -89,7 +94,9 @@ def average_pool(x, *, auto_pad="NOTSET", kernel_shape, strides=None, pads=None,
     x = np.asarray(x, dtype=np.float64)
     g = _pool_geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
     total = np.sum(_windows_of(x, g, 0.0), axis=g.window_axes)
-    return total / _window_counts(g, count_include_pad)
+    count = _window_counts(g, count_include_pad)
+    # A dilated window on padding only sums nothing; onnxruntime gives 0 there.
+    return total / np.maximum(count, 1)
 
 
 def _check_global(x):
