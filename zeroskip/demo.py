@@ -27,7 +27,7 @@ def load_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_demo() -> int:
-    from . import load
+    from .formats.zsk import load
     from .report import summary
     from .engine.session import Session
 
