@@ -38,14 +38,24 @@ def _spec(name, inputs, outputs=(1, 1), **attrs):
     return OpSpec(name, inputs, outputs, attrs)
 
 
+_CONV = dict(auto_pad="NOTSET", kernel_shape=None, strides=None, pads=None, dilations=None, group=1)
+
+# Quantized ops carry their activations' quantization in attributes: x_* for the input, y_* for the
+# output (y_dtype "uint8" or "int8"); real = scale·(q − zero_point). Weights are int8 initializers
+# whose QuantParams hold one scale per output channel (axis 0, zero point 0) or one per tensor; a bias
+# is int32 with scale x_scale·w_scale[n] and zero point 0. clip_min/clip_max (real units, None = open)
+# are a fused activation, which the requantization's clamp applies (docs/quantization.md).
+_Q_IN = dict(x_scale=REQUIRED, x_zero_point=REQUIRED)
+_Q_OUT = dict(y_scale=REQUIRED, y_zero_point=REQUIRED, y_dtype=REQUIRED)
+_Q_CLIP = dict(clip_min=None, clip_max=None)
+
 _POOL = dict(auto_pad="NOTSET", kernel_shape=REQUIRED, strides=None, pads=None, dilations=None,
              ceil_mode=0)
 
 OPS: dict[str, OpSpec] = {s.name: s for s in [
     # Linear algebra. Conv's spatial attributes are lists with one entry per spatial axis (pads has
     # two: all begins, then all ends, as in ONNX); None means the ONNX default (1s, 0s).
-    _spec("Conv", (2, 3), auto_pad="NOTSET", kernel_shape=None, strides=None, pads=None,
-          dilations=None, group=1),
+    _spec("Conv", (2, 3), **_CONV),
     _spec("Gemm", (2, 3), alpha=1.0, beta=1.0, transA=0, transB=0),
     _spec("MatMul", (2, 2)),
     # Elementwise with numpy broadcasting.
@@ -94,7 +104,22 @@ OPS: dict[str, OpSpec] = {s.name: s for s in [
     _spec("Squeeze", (1, 1), axes=None),
     _spec("Cast", (1, 1), to=REQUIRED),  # `to` is a numpy dtype name, e.g. "float32"
     _spec("ConstantOfShape", (1, 1), value=0.0, dtype="float32"),
+    # Quantized ops: float <-> integer at the edges, then integer-only arithmetic inside.
+    _spec("QuantizeLinear", (1, 1), **_Q_OUT),  # q = clamp(round_half_even(x / y_scale) + zp)
+    _spec("DequantizeLinear", (1, 1), **_Q_IN),  # x = x_scale·(q − x_zero_point), float32
+    # QGemm: y (M,N) = x (M,K) · w (N,K)ᵀ + b (N), i.e. Gemm with transB=1.
+    _spec("QGemm", (2, 3), **_Q_IN, **_Q_OUT, **_Q_CLIP),
+    _spec("QConv", (2, 3), **_CONV, **_Q_IN, **_Q_OUT, **_Q_CLIP),
+    _spec("QAdd", (2, 2), a_scale=REQUIRED, a_zero_point=REQUIRED, b_scale=REQUIRED,
+          b_zero_point=REQUIRED, **_Q_OUT, **_Q_CLIP),
+    _spec("QMaxPool", (1, 1), **_POOL),  # the same scale and zero point in and out
+    _spec("QAveragePool", (1, 1), **_POOL, count_include_pad=0, **_Q_IN, **_Q_OUT),
+    _spec("QGlobalAveragePool", (1, 1), **_Q_IN, **_Q_OUT),
 ]}
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QGemm", "QConv", "QAdd",
+                           "QMaxPool", "QAveragePool", "QGlobalAveragePool"})
+"""Ops that only appear in quantized models."""
 
 
 def normalize_attrs(op: str, attrs: dict) -> dict:

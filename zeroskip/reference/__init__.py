@@ -55,4 +55,30 @@ OPS = {
 }
 """Op name -> reference function."""
 
-__all__ = ["OPS"]
+
+def _collect_references() -> dict:
+    """The union of the ``REFERENCES`` dicts of this package's modules: kernel name -> reference.
+
+    A kernel's reference lives in the module of the same name as the kernel's module
+    (``kernels/matmul_csr.py`` <-> ``reference/matmul_csr.py``) and computes the same result in
+    float64 (f32 kernels) or spells out the integer arithmetic in int64 (i8 kernels).
+    """
+    import importlib
+    import pkgutil
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, function in getattr(module, "REFERENCES", {}).items():
+            if name in found:
+                raise RuntimeError(f"reference {name!r} is defined twice")
+            found[name] = function
+    return found
+
+
+REFERENCES = _collect_references()
+"""Kernel name -> its reference (same keys as ``zeroskip.kernels.KERNELS``)."""
+
+__all__ = ["OPS", "REFERENCES"]
