@@ -17,6 +17,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -68,9 +69,11 @@ def load(path, *, verify: str = "lazy") -> Model:
     """Memory-map and validate the ``.zsk`` file at ``path``; tensors are read-only views of the map."""
     _check_verify_mode(verify)
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < PREFIX.size:  # mmap refuses empty files; such a file is refused anyway
-            return _read(f.read(), verify)
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):  # a device or pipe: reading it may never end
+            raise ModelFormatError(f"{os.fspath(path)!r} is not a regular file")
+        if info.st_size < PREFIX.size:  # mmap refuses empty files; such a file is refused anyway
+            return _read(f.read(PREFIX.size), verify)
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     # The arrays keep the map alive (and the map keeps its own handle on the file).
     return _read(buf, verify)
@@ -295,7 +298,17 @@ def _parse_tensor(name: str, entry, data_length: int) -> _TensorSpec:
         if role == "data" and parsed[role][2] != dtype:
             raise ModelFormatError(f"{where} buffer 'data': dtype {parsed[role][2]!r} differs from "
                                    f"the tensor's dtype {dtype!r}")
+    _check_representable(where, shape, dtype)
     return _TensorSpec(name, layout, dtype, shape, parsed, _parse_quant(where, quant, dtype, shape))
+
+
+def _check_representable(where, shape, dtype):
+    """NumPy refuses a shape whose byte count overflows even if an axis is 0 (it counts 0 as 1), so
+    an empty tensor of shape [0, 2**62, 2**62] would pass the length rules and fail in ``reshape``."""
+    nbytes = math.prod(max(d, 1) for d in shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_DIM:
+        raise ModelFormatError(f"{where}: shape {_short(list(shape))} is too large: {nbytes} bytes "
+                               f"with zero-length axes counted as 1, more than 2**62")
 
 
 def _parse_buffer(where: str, entry, data_length: int) -> tuple[int, int, str, int]:
@@ -416,12 +429,14 @@ def _build_tensor(buf, data_start: int, spec: _TensorSpec):
     if spec.layout == "dense":
         def verify():
             _check_crcs(spec.name, crcs)
+            _check_bools(spec.name, views["data"])
 
         return Dense(views["data"].reshape(spec.shape), spec.quant, verify=verify)
     cols = math.prod(spec.shape[1:])
 
     def verify():
         _check_crcs(spec.name, crcs)
+        _check_bools(spec.name, views["data"])
         _check_csr_contents(spec.name, views["indptr"], views["indices"], cols)
 
     return CSR(views["indptr"], views["indices"], views["data"], spec.shape, spec.quant,
@@ -434,6 +449,17 @@ def _check_crcs(name, crcs):
         if got != stored:
             raise ModelFormatError(f"tensor {name!r} buffer {role!r}: CRC-32 mismatch "
                                    f"(stored {stored:08x}, computed {got:08x})")
+
+
+def _check_bools(name, data: np.ndarray):
+    """A bool buffer holds only the bytes 0 and 1 (NumPy's logic assumes so)."""
+    if data.dtype != np.bool_ or data.size == 0:
+        return
+    raw = data.view(np.uint8)
+    if int(raw.max()) > 1:
+        k = int(np.flatnonzero(raw > 1)[0])
+        raise ModelFormatError(f"tensor {name!r}: bool value at position {k} is the byte "
+                               f"{int(raw[k])}, not 0 or 1")
 
 
 def _check_csr_contents(name, indptr: np.ndarray, indices: np.ndarray, cols: int):

@@ -1,0 +1,65 @@
+"""The one place kernel tolerances live (STYLE.md: "Tolerances live in one helper").
+
+- int8 paths: exactly equal (``assert_exact``).
+- f32 against the float64 reference: ``|got − want| ≤ (K + 2)·2⁻²⁴·(|W|·|X|)[i] + 1e-30``, the classic
+  bound on a K-term float32 dot product, taken per element from the magnitudes that went into it
+  (``assert_f32_close``).
+
+Both check shape and dtype first, and a failure prints the first bad index, the context (M, N, K,
+density, seed, ...), expected and got, and any extra arrays given (the int32 accumulator, the scales).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32_UNIT = 2.0 ** -24
+
+
+def _describe(context: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in context.items())
+
+
+def _check_shape_dtype(got, want, dtype, context):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"shape: got {got.shape}, want {want.shape} ({_describe(context)})"
+    if dtype is not None:
+        assert got.dtype == np.dtype(dtype), \
+            f"dtype: got {got.dtype}, want {np.dtype(dtype)} ({_describe(context)})"
+    return got, want
+
+
+def assert_exact(got, want, *, dtype=None, extra: dict | None = None, **context) -> None:
+    """Integer results must be identical; on failure show the first mismatch and its neighbours."""
+    got, want = _check_shape_dtype(got, want, dtype, context)
+    bad = np.argwhere(got.astype(np.int64) != want.astype(np.int64))
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        lines = [f"{len(bad)} of {got.size} elements differ ({_describe(context)})",
+                 f"first at {index}: expected {want[index]}, got {got[index]}"]
+        for name, array in (extra or {}).items():
+            array = np.asarray(array)
+            try:
+                value = array[index[:array.ndim]] if array.ndim else array
+            except IndexError:
+                value = array
+            lines.append(f"{name} there: {value}")
+        raise AssertionError("\n".join(lines))
+
+
+def assert_f32_close(got, want, *, K: int, magnitude, dtype=np.float32, **context) -> None:
+    """``got`` (float32) within the K-term dot-product bound of the float64 reference ``want``.
+
+    magnitude — per output element, Σ|w·x| over the terms that made it (e.g. ``abs(W) @ abs(X)``),
+    broadcastable to the output; K — the number of terms.
+    """
+    got, want = _check_shape_dtype(got, want, dtype, context)
+    bound = (K + 2) * F32_UNIT * np.asarray(magnitude, dtype=np.float64) + 1e-30
+    error = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    bad = np.argwhere(~(error <= bound))  # NaN fails too
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        raise AssertionError(
+            f"{len(bad)} of {got.size} elements outside the f32 bound ({_describe(context)}, K={K})\n"
+            f"first at {index}: expected {want[index]!r}, got {got[index]!r}, "
+            f"error {error[index]:.3g} > bound {np.broadcast_to(bound, error.shape)[index]:.3g}")

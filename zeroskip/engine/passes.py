@@ -1,0 +1,177 @@
+"""Graph passes: each takes a ``Model`` and returns a new ``Model`` that computes the same function.
+
+- ``drop_identities``: Identity and inference-mode Dropout disappear; their readers read the input.
+- ``fold_constants``: a float node whose inputs are all initializers becomes an initializer.
+- ``fold_batchnorm``: BatchNormalization right after a float Conv or Gemm is folded into its weights:
+  ``w'[n] = w[n]·γ[n]/√(σ²[n]+ε)``, ``b'[n] = (b[n] − μ[n])·γ[n]/√(σ²[n]+ε) + β[n]``.
+
+Activation fusion (Relu/Clip into the producing Conv/Gemm or its requantization) is a planning
+decision, made in ``zeroskip.engine.plan``, because it changes which kernel runs, not the graph.
+Passes never modify their input model; untouched tensors are shared, not copied.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from ..model import Dense, Graph, Model, Node
+from ..ops import QUANTIZED_OPS
+from ..reference import OPS as REFERENCE_OPS
+
+_PASSTHROUGH = ("Identity", "Dropout")
+
+
+def _clone(model: Model, nodes, initializers) -> Model:
+    graph = Graph(nodes=nodes, inputs=list(model.graph.inputs), outputs=list(model.graph.outputs),
+                  initializers=initializers)
+    metadata = copy.deepcopy(model.metadata)
+    return Model(graph, metadata)
+
+
+def _readers(graph: Graph) -> dict[str, list[Node]]:
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, []).append(node)
+    return readers
+
+
+def drop_identities(model: Model) -> Model:
+    """Remove Identity/Dropout nodes, unless their output is a graph output fed straight from a
+    graph input or an initializer (then there is no producer to rename)."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    rename: dict[str, str] = {}
+    producer_of = graph.producers()
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        inputs = [rename.get(name, name) for name in node.inputs]
+        if node.op in _PASSTHROUGH:
+            source, target = inputs[0], node.outputs[0]
+            if target not in outputs:
+                rename[target] = source
+                continue
+            if source in producer_of and source not in outputs and _single_reader(graph, source):
+                # Let the producer write the graph output directly.
+                for i, kept in enumerate(nodes):
+                    if source in kept.outputs:
+                        nodes[i] = Node(kept.name, kept.op, kept.inputs,
+                                        [target if o == source else o for o in kept.outputs],
+                                        kept.attrs)
+                rename[source] = target
+                continue
+        nodes.append(Node(node.name, node.op, inputs, list(node.outputs), node.attrs))
+    return _clone(model, nodes, dict(graph.initializers))
+
+
+def _single_reader(graph: Graph, name: str) -> bool:
+    return sum(node.inputs.count(name) for node in graph.nodes) == 1
+
+
+def fold_constants(model: Model) -> Model:
+    """Evaluate float nodes whose inputs are all initializers, once, into new initializers."""
+    from ..shapes import infer_shapes
+
+    graph = model.graph
+    dtypes = {name: info.dtype for name, info in infer_shapes(graph).items()}
+    initializers = dict(graph.initializers)
+    values: dict[str, np.ndarray] = {}
+    nodes, weights_meta = [], {}
+    for node in graph.nodes:
+        names = [n for n in node.inputs if n]
+        if node.op in QUANTIZED_OPS or not names or not all(n in initializers for n in names):
+            nodes.append(node)
+            continue
+        args = [_value(initializers[n], values, n) if n else None for n in node.inputs]
+        result = np.asarray(REFERENCE_OPS[node.op](*args, **node.attrs))
+        out = node.outputs[0]
+        initializers[out] = Dense(np.ascontiguousarray(result.astype(dtypes.get(out, result.dtype))))
+        weights_meta[out] = {"origin": f"folded {node.op} {node.name!r}"}
+    if not weights_meta:
+        return model
+    result = _clone(model, nodes, initializers)
+    result.metadata.setdefault("weights", {}).update(weights_meta)
+    return _prune_unused(result)
+
+
+def _value(tensor, cache, name):
+    if name not in cache:
+        if tensor.quant is not None or tensor.dtype.kind == "f":
+            cache[name] = tensor.dequantize()
+        else:
+            cache[name] = tensor.to_numpy().astype(np.int64)
+    return cache[name]
+
+
+def fold_batchnorm(model: Model) -> Model:
+    """Fold each BatchNormalization that alone reads a float Conv's or Gemm's output into it."""
+    graph = model.graph
+    readers = _readers(graph)
+    producer = graph.producers()
+    outputs = {v.name for v in graph.outputs}
+    init = graph.initializers
+    initializers = dict(init)
+    replaced: dict[str, Node] = {}  # producer name -> rewritten producer
+    dropped: set[str] = set()
+    weights_meta = {}
+    for bn in graph.nodes:
+        if bn.op != "BatchNormalization":
+            continue
+        x = bn.inputs[0]
+        prev = producer.get(x)
+        if prev is None or prev.op not in ("Conv", "Gemm") or x in outputs \
+                or len(readers.get(x, [])) != 1 or prev.name in replaced:
+            continue
+        w_name = prev.inputs[1]
+        if w_name not in init or not all(n in init for n in bn.inputs[1:]) \
+                or init[w_name].quant is not None or init[w_name].dtype.kind != "f":
+            continue
+        gamma, beta, mean, var = (init[n].dequantize() for n in bn.inputs[1:])
+        scale = gamma / np.sqrt(var + bn.attrs["epsilon"])
+        w = init[w_name].dequantize()
+        b_name = prev.inputs[2] if len(prev.inputs) > 2 and prev.inputs[2] else ""
+        if prev.op == "Gemm":
+            if prev.attrs["transA"] or w.ndim != 2 or (b_name and init.get(b_name) is None):
+                continue
+            # y = alpha·x·W' + beta·C: scale the output columns, and C must be a vector over them.
+            w = w * (scale[:, None] if prev.attrs["transB"] else scale[None, :])
+            c = init[b_name].dequantize() if b_name else np.zeros_like(scale)
+            if c.shape not in ((), (1,), scale.shape):
+                continue
+            bias = (np.broadcast_to(c, scale.shape) * prev.attrs["beta"] - mean) * scale + beta
+            attrs = dict(prev.attrs, beta=1.0)
+        else:
+            if w.shape[0] != scale.shape[0] or (b_name and init.get(b_name) is None):
+                continue
+            w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+            b = init[b_name].dequantize() if b_name else np.zeros_like(scale)
+            bias = (b - mean) * scale + beta
+            attrs = dict(prev.attrs)
+        new_w, new_b = f"{w_name}:bn", f"{bn.name}:bias"
+        initializers[new_w] = Dense(w.astype(np.float32))
+        initializers[new_b] = Dense(bias.astype(np.float32))
+        weights_meta[new_w] = {"origin": f"{w_name} with {bn.name!r} folded in"}
+        weights_meta[new_b] = {"origin": f"{bn.name!r} folded into {prev.name!r}"}
+        replaced[prev.name] = Node(prev.name, prev.op, [prev.inputs[0], new_w, new_b],
+                                   [bn.outputs[0]], attrs)
+        dropped.add(bn.name)
+    if not replaced:
+        return model
+    nodes = [replaced.get(n.name, n) for n in graph.nodes if n.name not in dropped]
+    result = _clone(model, nodes, initializers)
+    result.metadata.setdefault("weights", {}).update(weights_meta)
+    return _prune_unused(result)
+
+
+def _prune_unused(model: Model) -> Model:
+    used = {name for node in model.graph.nodes for name in node.inputs}
+    model.graph.initializers = {k: v for k, v in model.graph.initializers.items() if k in used}
+    return model
+
+
+def optimize(model: Model) -> Model:
+    """The passes every non-reference mode runs, in order."""
+    return fold_batchnorm(fold_constants(drop_identities(model)))
