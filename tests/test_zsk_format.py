@@ -660,6 +660,13 @@ BAD_FILES = {
                      "tensor 'b' buffer 'data': length 32 != 9 elements × 4 bytes"),
     "absurd shape": (lambda: tensor("b")(setter("shape", [2 ** 62] * 32)),
                      f"tensor 'b' buffer 'data': length 32 != {2 ** (62 * 32)} elements × 4 bytes"),
+    "empty but unrepresentable": (lambda: tensor("b")(lambda t: (
+        t.update(shape=[0, 2 ** 62, 2 ** 62]), t["buffers"]["data"].update(length=0, crc32=0))),
+        f"tensor 'b': shape [0, {2 ** 62}, {2 ** 62}] is too large: {2 ** 126} bytes with "
+        f"zero-length axes counted as 1, more than 2**62"),
+    "csr bytes overflow": (lambda: tensor("w")(setter("shape", [8, 2 ** 59])),  # 2**62 elements
+                           f"tensor 'w': shape [8, {2 ** 59}] is too large: {2 ** 64} bytes with "
+                           f"zero-length axes counted as 1, more than 2**62"),
     "data dtype": (lambda: buf("b", "data")(setter("dtype", "int32")),
                    "tensor 'b' buffer 'data': dtype 'int32' differs from the tensor's dtype 'float32'"),
     # CSR structure
@@ -920,3 +927,90 @@ def test_fuzzed_files_from_disk_with_eager_verification(tmp_path):
             touch_all(zsk.load(path, verify="eager"))
         except ModelFormatError:
             pass
+
+
+# -- reading from things that are not files, bool contents, concurrent first access ------------
+
+def test_a_device_is_refused_without_reading_it():
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with pytest.raises(ModelFormatError) as err:
+        zsk.load("/dev/zero")  # reading it to the end would never finish
+    assert str(err.value) == "'/dev/zero' is not a regular file"
+
+
+def bool_model() -> Model:
+    flags = Dense(np.array([True, False, True]))
+    graph = Graph([node("id", "Identity", ["x"], ["y"])], [ValueInfo("x", (None, 2), "float32")],
+                  [ValueInfo("y", (None, 2), "float32")], {"flags": flags})
+    return Model(graph)
+
+
+def test_bool_bytes_other_than_0_and_1_are_refused(tmp_path):
+    header, section = split(zsk.dumps(bool_model()))
+    good_flags = zsk.loads(assemble(header, section), verify="eager").graph.initializers["flags"]
+    assert good_flags.array.tolist() == [True, False, True]
+    section[2] = 7
+    header["tensors"]["flags"]["buffers"]["data"]["crc32"] = zlib.crc32(bytes(section[:3]))
+    model = zsk.loads(assemble(header, section))
+    message = "tensor 'flags': bool value at position 2 is the byte 7, not 0 or 1"
+    with pytest.raises(ModelFormatError, match=re.escape(message)):
+        model.graph.initializers["flags"].array
+    with pytest.raises(ModelFormatError, match=re.escape(message)):
+        zsk.loads(assemble(header, section), verify="eager")
+
+
+def test_tensor_names_must_be_non_empty_strings():
+    model = dense_model()
+    model.graph.initializers[7] = Dense(np.ones(2, np.float32))
+    message = "tensor 7: a tensor name must be a non-empty string"
+    with pytest.raises(ModelFormatError, match=re.escape(message)):
+        zsk.dumps(model)
+
+
+def test_new_files_follow_the_umask_and_replaced_files_keep_their_mode(tmp_path):
+    old = os.umask(0o077)
+    try:
+        zsk.save(dense_model(), tmp_path / "new.zsk")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "new.zsk").st_mode & 0o777 == 0o600
+    target = tmp_path / "old.zsk"
+    target.write_bytes(b"x")
+    os.chmod(target, 0o640)
+    zsk.save(dense_model(), target)
+    assert os.stat(target).st_mode & 0o777 == 0o640
+
+
+def test_no_thread_gets_arrays_while_another_is_verifying_them():
+    """Lazy verification runs once, under a lock: a second thread waits for its verdict."""
+    import threading
+    import time
+
+    header, section = split(good())
+    section[header["tensors"]["w"]["buffers"]["data"]["offset"]] ^= 1  # a CRC mismatch
+    data = assemble(header, section)
+    for _ in range(20):
+        w = zsk.loads(data).graph.initializers["w"]
+        verify = w._verify
+
+        def slow_verify(verify=verify):
+            time.sleep(0.002)  # widen the window in which the other thread asks
+            verify()
+
+        w._verify = slow_verify
+        outcomes = []
+
+        def first_access():
+            try:
+                w.data
+                outcomes.append("arrays")
+            except ModelFormatError:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=first_access) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes == ["refused", "refused"]

@@ -11,6 +11,7 @@ invariants) are verified once, on first access to any of their arrays, so loadin
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
@@ -60,6 +61,10 @@ class QuantParams:
         return tuple(shape)
 
 
+_VERIFY_LOCK = threading.RLock()
+"""Held while a tensor's lazy verification runs (one lock for all: verification runs once)."""
+
+
 class _Tensor:
     """Shared behaviour of the tensor layouts: lazy verification, quantization, statistics."""
 
@@ -68,15 +73,23 @@ class _Tensor:
     def __init__(self, quant: QuantParams | None, verify: Callable[[], None] | None):
         self.quant = quant
         self._verify = verify
+        self._verifying = False
 
     def _checked(self):
-        if self._verify is not None:
-            verify, self._verify = self._verify, None
+        # ``_verify`` is cleared only once verification has passed, so a second thread waits on the
+        # lock instead of getting unverified arrays; a failure leaves it set (the next access raises
+        # again). The callback may read its own tensor's arrays: the re-entrant call returns at once.
+        if self._verify is None:
+            return
+        with _VERIFY_LOCK:
+            if self._verify is None or self._verifying:
+                return
+            self._verifying = True
             try:
-                verify()
-            except BaseException:
-                self._verify = verify  # stay unverified: the next access raises again
-                raise
+                self._verify()
+            finally:
+                self._verifying = False
+            self._verify = None
 
     @property
     def size(self) -> int:

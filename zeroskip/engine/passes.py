@@ -16,7 +16,7 @@ import copy
 
 import numpy as np
 
-from ..model import Dense, Graph, Model, Node
+from ..model import Dense, Graph, Model, Node, ValueInfo
 from ..ops import QUANTIZED_OPS
 from ..reference import OPS as REFERENCE_OPS
 
@@ -175,3 +175,48 @@ def _prune_unused(model: Model) -> Model:
 def optimize(model: Model) -> Model:
     """The passes every non-reference mode runs, in order."""
     return fold_batchnorm(fold_constants(drop_identities(model)))
+
+
+_FLOAT_TWIN = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QMaxPool": "MaxPool",
+               "QAveragePool": "AveragePool", "QGlobalAveragePool": "GlobalAveragePool",
+               "QuantizeLinear": "Identity", "DequantizeLinear": "Identity"}
+"""The float op each quantized op computes once activations stay real."""
+
+
+def dequantize_model(model: Model) -> Model:
+    """The float model an f32 mode runs on a quantized one: weights dequantized once, activations
+    float throughout (QuantizeLinear/DequantizeLinear become Identity, fused clips become Clip)."""
+    from ..ops import OPS, normalize_attrs
+
+    graph = model.graph
+    if not any(node.op in QUANTIZED_OPS for node in graph.nodes):
+        return model
+    initializers = dict(graph.initializers)
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        twin = _FLOAT_TWIN.get(node.op)
+        if twin is None:
+            nodes.append(node)
+            continue
+        inputs = list(node.inputs)
+        for name in inputs[1:] if node.op in ("QConv", "QGemm") else []:
+            if name and initializers[name].quant is not None:
+                real = f"{name}:real"
+                initializers[real] = Dense(initializers[name].dequantize().astype(np.float32))
+                inputs[inputs.index(name)] = real
+        attrs = {k: v for k, v in node.attrs.items() if k in OPS[twin].attrs}
+        if twin == "Gemm":
+            attrs["transB"] = 1
+        clip = (node.attrs.get("clip_min"), node.attrs.get("clip_max"))
+        outputs = list(node.outputs)
+        if clip != (None, None):
+            outputs = [f"{node.outputs[0]}:unclipped"]
+        nodes.append(Node(node.name, twin, inputs, outputs, normalize_attrs(twin, attrs)))
+        if clip != (None, None):
+            nodes.append(Node(f"{node.name}:clip", "Clip", outputs, list(node.outputs),
+                              {"min": clip[0], "max": clip[1]}))
+    result = _clone(model, nodes, initializers)
+    # Activations stay real in the f32 modes, so integer graph outputs become float32.
+    result.graph.outputs = [ValueInfo(vi.name, vi.shape, "float32" if vi.dtype in ("uint8", "int8")
+                                      else vi.dtype) for vi in result.graph.outputs]
+    return drop_identities(_prune_unused(result))

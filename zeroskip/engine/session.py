@@ -1,23 +1,20 @@
 """``Session``: validate the inputs, run the graph node by node, return the outputs.
 
-This first version runs ``mode="reference"``: every node calls its float64 NumPy reference op from
-``zeroskip.reference``. The planner and the Numba modes (dense-f32, sparse-f32, dense-i8, sparse-i8,
-auto) plug in here: a plan is one callable per node, built once, and ``run`` only walks the plan.
+The planner (``zeroskip.engine.plan``) turns the model into one step per node once, for the chosen
+mode; ``run`` checks the feeds, walks the steps and frees each activation after its last reader.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError, ZeroskipError
-from ..model import Model, Tensor
-from ..reference import OPS as REFERENCE_OPS
-
-MODES = ("reference",)
-"""Modes this Session can run."""
+from ..model import Model, ValueInfo
+from .plan import MODES, build_plan
 
 @dataclass(frozen=True)
 class IOInfo:
@@ -48,15 +45,6 @@ def _open(model_or_path) -> Model:
                     f"not {type(model_or_path).__name__}")
 
 
-def _reference_value(tensor: Tensor) -> np.ndarray:
-    """An initializer as the reference ops take it: real values in float64, integers in int64."""
-    if tensor.quant is not None or tensor.dtype.kind == "f":
-        return tensor.dequantize()
-    if tensor.dtype.kind in "iu":
-        return tensor.to_numpy().astype(np.int64)
-    return np.asarray(tensor.to_numpy())
-
-
 class Session:
     """Run a model: ``Session(model_or_path, mode="reference", threads=None).run({name: array})``.
 
@@ -71,6 +59,7 @@ class Session:
     def __init__(self, model_or_path, mode: str = "reference", threads: int | None = None):
         if mode not in MODES:
             raise ZeroskipError(f"mode {mode!r} is not available; choose one of: {', '.join(MODES)}")
+        self._float = np.float64 if mode == "reference" else np.float32
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ZeroskipError(f"threads must be a positive integer or None, not {threads!r}")
@@ -81,10 +70,12 @@ class Session:
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
-        self._constants = {name: _reference_value(t) for name, t in graph.initializers.items()}
+        self._plan = build_plan(self.model, mode)
+        self._outputs = [IOInfo(v.name, v.shape, np.dtype(v.dtype)) for v in
+                         _plan_outputs(self.model, self._plan)]
         self._last_use = {}
-        for i, node in enumerate(graph.nodes):
-            for name in node.inputs:
+        for i, step in enumerate(self._plan.steps):
+            for name in step.node.inputs:
                 self._last_use[name] = i
 
     # -- description ---------------------------------------------------------------------------
@@ -99,28 +90,22 @@ class Session:
     # -- running -------------------------------------------------------------------------------
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order."""
-        values = dict(self._constants)
+        constants = self._plan.constants
+        values = dict(constants)
         values.update(self._check_feeds(feeds))
         keep = {v.name for v in self._outputs}
-        for i, node in enumerate(self.model.graph.nodes):
-            args = [values[name] if name else None for name in node.inputs]
-            try:
-                result = REFERENCE_OPS[node.op](*args, **node.attrs)
-            except InputError as err:
-                raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
-            except (ValueError, IndexError, TypeError) as err:
-                if isinstance(err, ZeroskipError):
-                    raise
-                raise InputError(f"node {node.name!r} ({node.op}) cannot run on these inputs: "
-                                 f"{err}") from None
-            results = result if isinstance(result, tuple) else (result,)
-            for name, value in zip(node.outputs, results):
-                values[name] = value
-            for name in node.inputs:  # free activations once their last reader has run
-                if self._last_use.get(name) == i and name not in keep and name not in self._constants:
-                    values.pop(name, None)
+        with _threads(self.threads):
+            for i, step in enumerate(self._plan.steps):
+                step.run(values)
+                for name in step.node.inputs:  # free activations once their last reader has run
+                    if self._last_use.get(name) == i and name not in keep and name not in constants:
+                        values.pop(name, None)
         return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=False)
                 for v in self._outputs}
+
+    def explain(self) -> list[dict]:
+        """One row per node: op, weight density, the kernel chosen, and why."""
+        return self._plan.explain()
 
     def _check_feeds(self, feeds) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):
@@ -137,7 +122,7 @@ class Session:
                              f"dtype {expected[missing[0]].dtype})")
         checked = {}
         for name, info in expected.items():
-            checked[name] = _check_array(info, feeds[name])
+            checked[name] = _check_array(info, feeds[name], self._float)
         return checked
 
     # -- pickling (Dask and friends) ------------------------------------------------------------
@@ -154,12 +139,36 @@ class Session:
         return f"Session(mode={self.mode!r}, inputs=[{ins}], nodes={len(self.model.graph.nodes)})"
 
 
+def _plan_outputs(model: Model, plan):
+    """The graph outputs with the dtypes the plan produces (f32 modes turn int8 outputs real)."""
+    if plan.mode in ("dense-f32", "sparse-f32"):
+        return [ValueInfo(v.name, v.shape, "float32" if v.dtype in ("uint8", "int8") else v.dtype)
+                for v in model.graph.outputs]
+    return model.graph.outputs
+
+
+@contextmanager
+def _threads(count: int | None):
+    """Run with ``count`` Numba threads (None: leave Numba's setting alone)."""
+    if count is None:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def _show_shape(shape) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ("," if len(shape) == 1
                                                                           else "") + ")"
 
 
-def _check_array(info: IOInfo, value) -> np.ndarray:
+def _check_array(info: IOInfo, value, float_dtype=np.float64) -> np.ndarray:
     """Check one fed array against its declaration and return it as the reference ops take it."""
     try:
         array = np.asarray(value)
@@ -180,7 +189,7 @@ def _check_array(info: IOInfo, value) -> np.ndarray:
                              f"(dimension {axis} is {got_dim}, not {want_dim})")
     if array.dtype.kind == "f":
         # Round to the declared precision first, so float64 feeds give float32 models' answers.
-        return array.astype(info.dtype).astype(np.float64)
+        return array.astype(info.dtype).astype(float_dtype, copy=False)
     if array.dtype.kind in "iu":
         return array.astype(np.int64)
     return array

@@ -570,22 +570,34 @@ def save(model: Model, path) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        mode = os.stat(path).st_mode & 0o777
+        mode = os.stat(path).st_mode & 0o777  # replacing a file keeps its permissions
     except OSError:
-        mode = 0o644
+        mode = None  # a new file gets what open() would give it: 0o666 less the umask
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_chunks(f, _chunks(head, arrays, data_length))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, _default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _default_mode() -> int:
+    """0o666 less the process's umask (read from /proc where possible: os.umask sets it too)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_chunks(f, chunks):
@@ -622,6 +634,9 @@ def _encode(model: Model) -> tuple[bytes, list, int]:
         raise TypeError(f"expected a zeroskip Model, not {type(model).__name__}")
     graph = model.graph
     _check_graph(graph)
+    for name in graph.initializers:
+        if not isinstance(name, str) or not name:
+            raise ModelFormatError(f"tensor {name!r}: a tensor name must be a non-empty string")
     tensors, arrays, position = {}, [], 0
     for name in sorted(graph.initializers):
         layout, dtype, shape, buffers, quant = _encode_tensor(name, graph.initializers[name])

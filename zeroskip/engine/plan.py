@@ -1,0 +1,297 @@
+"""The planner: one step per node, chosen once per Session, with everything precomputable done once.
+
+A ``Plan`` is a list of ``Step``s in graph order. Each step reads its inputs from a dict of values,
+runs one kernel (or a NumPy routine, or the reference op) and stores its outputs. Planning does, once:
+the graph passes, the kernel choice for each node and the reason for it (``Session.explain``), weight
+prepacking (CSR with the narrowest indices, transposes, dequantized copies) and validation of every
+array that a Numba kernel will index.
+
+Modes (DESIGN.md): ``reference`` runs ``zeroskip.reference``; ``dense-f32`` runs float32 with numpy
+BLAS for Conv/Gemm/MatMul; ``sparse-f32`` runs the CSR kernels for weights; ``dense-i8``/``sparse-i8``
+run a quantized model's integer kernels; ``auto`` picks per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedModelError, ZeroskipError
+from ..model import Model, Node
+from ..ops import QUANTIZED_OPS
+from ..reference import OPS as REFERENCE_OPS
+
+MODES = ("reference", "dense-f32", "sparse-f32", "dense-i8", "sparse-i8", "auto")
+FLOAT_MODES = ("dense-f32", "sparse-f32")
+INT8_MODES = ("dense-i8", "sparse-i8")
+
+
+@dataclass
+class Step:
+    """One node's work: ``run(values)`` reads ``node.inputs`` and writes ``node.outputs``."""
+
+    node: Node
+    kernel: str
+    reason: str
+    run: Callable[[dict], None]
+    density: float | None = None
+
+
+@dataclass
+class Plan:
+    mode: str
+    steps: list[Step] = field(default_factory=list)
+    constants: dict = field(default_factory=dict)
+
+    def explain(self) -> list[dict]:
+        return [dict(node=s.node.name, op=s.node.op,
+                     density=None if s.density is None else round(s.density, 4),
+                     kernel=s.kernel, reason=s.reason) for s in self.steps]
+
+
+def is_quantized(model: Model) -> bool:
+    return any(node.op in QUANTIZED_OPS for node in model.graph.nodes)
+
+
+def check_mode(model: Model, mode: str) -> None:
+    if mode not in MODES:
+        raise ZeroskipError(f"mode {mode!r} is not available; choose one of: {', '.join(MODES)}")
+    if mode in INT8_MODES and not is_quantized(model):
+        raise UnsupportedModelError(
+            f"mode {mode!r} runs int8 kernels, but this model is float (it has no quantized ops); "
+            f"quantize it first (zeroskip.quantize), or use mode 'dense-f32', 'sparse-f32' or 'auto'")
+
+
+def reference_step(node: Node, constants: dict, reason: str = "reference op (float64 NumPy)",
+                   cast: str | None = None) -> Step:
+    """A step that runs the float64 reference op; ``cast`` rounds float outputs to that dtype."""
+    function = REFERENCE_OPS[node.op]
+    inputs, outputs, attrs = list(node.inputs), list(node.outputs), dict(node.attrs)
+
+    def run(values):
+        args = [values[name] if name else None for name in inputs]
+        try:
+            result = function(*args, **attrs)
+        except InputError as err:
+            raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+        except (ValueError, IndexError, TypeError) as err:
+            if isinstance(err, ZeroskipError):
+                raise
+            raise InputError(f"node {node.name!r} ({node.op}) cannot run on these inputs: "
+                             f"{err}") from None
+        results = result if isinstance(result, tuple) else (result,)
+        for name, value in zip(outputs, results):
+            value = np.asarray(value)
+            if cast is not None and value.dtype.kind == "f":
+                value = value.astype(cast)
+            values[name] = value
+
+    return Step(node, "reference", reason, run, _density(node, constants))
+
+
+def _density(node: Node, constants: dict) -> float | None:
+    tensor = constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    return None if tensor is None else tensor.density
+
+
+# -- building a plan ------------------------------------------------------------------------------
+class _Context:
+    """What the step builders share: the (optimized) model, its constants, fusions, the mode."""
+
+    def __init__(self, model: Model, mode: str, float_dtype):
+        self.model = model
+        self.mode = mode
+        self.float_dtype = np.dtype(float_dtype)
+        self.tensors = model.graph.initializers
+        self.constants = {name: _constant(t, self.float_dtype) for name, t in self.tensors.items()}
+        self.fused = _find_fusions(model)  # producer name -> (activation node, lo, hi)
+        self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
+
+    def const(self, name: str):
+        return self.constants.get(name) if name else None
+
+
+def _constant(tensor, float_dtype) -> np.ndarray:
+    if tensor.quant is not None or tensor.dtype.kind == "f":
+        return np.ascontiguousarray(tensor.dequantize().astype(float_dtype))
+    if tensor.dtype.kind in "iu":
+        return tensor.to_numpy().astype(np.int64)
+    return np.asarray(tensor.to_numpy())
+
+
+_FUSABLE_PRODUCERS = ("Conv", "Gemm")
+
+
+def _find_fusions(model: Model) -> dict:
+    """Conv/Gemm whose only reader is a Relu or Clip (and whose output is not a graph output): the
+    activation becomes the clamp [lo, hi] of the producer's epilogue."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    readers: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    fused = {}
+    for node in graph.nodes:
+        if node.op not in _FUSABLE_PRODUCERS or node.outputs[0] in outputs:
+            continue
+        reader = readers.get(node.outputs[0], [])
+        if len(reader) != 1 or reader[0].op not in ("Relu", "Clip"):
+            continue
+        act = reader[0]
+        lo, hi = (0.0, None) if act.op == "Relu" else (act.attrs["min"], act.attrs["max"])
+        fused[node.name] = (act, lo, hi)
+    return fused
+
+
+def build_plan(model: Model, mode: str) -> Plan:
+    """The steps that run ``model`` in ``mode`` (the model is not modified)."""
+    from .passes import dequantize_model, optimize
+
+    check_mode(model, mode)
+    if mode == "reference":
+        constants = {name: _reference_constant(t) for name, t in model.graph.initializers.items()}
+        steps = [reference_step(node, model.graph.initializers) for node in model.graph.nodes]
+        return Plan(mode, steps, constants)
+    if mode in INT8_MODES or mode == "auto":
+        raise ZeroskipError(f"mode {mode!r} is not implemented yet; use 'reference', "
+                            f"'dense-f32' or 'sparse-f32'")
+    model = optimize(dequantize_model(model))
+    ctx = _Context(model, mode, np.float32)
+    steps = []
+    for node in model.graph.nodes:
+        if node.name in ctx.fused_into:
+            producer = ctx.fused_into[node.name]
+            steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
+                              lambda values: None))
+            continue
+        builder = _F32_BUILDERS.get(node.op)
+        step = builder(node, ctx) if builder else None
+        if step is None:
+            step = reference_step(node, ctx.tensors, "no kernel for this op: reference op, float32 "
+                                  "result", cast="float32")
+        steps.append(step)
+    return Plan(mode, steps, ctx.constants)
+
+
+def _reference_constant(tensor) -> np.ndarray:
+    if tensor.quant is not None or tensor.dtype.kind == "f":
+        return tensor.dequantize()
+    if tensor.dtype.kind in "iu":
+        return tensor.to_numpy().astype(np.int64)
+    return np.asarray(tensor.to_numpy())
+
+
+def _epilogue(y: np.ndarray, bias, lo, hi, channel_axis: int) -> np.ndarray:
+    """y += bias (per channel along ``channel_axis``), then clamp to [lo, hi], in place."""
+    if bias is not None:
+        shape = [1] * y.ndim
+        shape[channel_axis] = -1
+        y += bias.reshape(shape)
+    if lo is not None or hi is not None:
+        np.clip(y, lo, hi, out=y)
+    return y
+
+
+def _activation(ctx: _Context, node: Node):
+    """(output name, lo, hi) of a node, after the fusion of its activation if any."""
+    if node.name in ctx.fused:
+        act, lo, hi = ctx.fused[node.name]
+        return act.outputs[0], lo, hi
+    return node.outputs[0], None, None
+
+
+def _gemm_f32(node: Node, ctx: _Context):
+    """y = alpha·A·B + beta·C with constant B: prepacked once as alpha·B (K,N) contiguous."""
+    w = ctx.const(node.inputs[1])
+    if w is None or w.ndim != 2:
+        return None
+    attrs = node.attrs
+    b = np.ascontiguousarray((w.T if attrs["transB"] else w) * np.float32(attrs["alpha"]))
+    c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) > 2 and node.inputs[2] and c is None:
+        return None  # C computed at run time: leave it to the reference op
+    c = None if c is None else (c * np.float32(attrs["beta"])).astype(np.float32)
+    trans_a = attrs["transA"]
+    out, lo, hi = _activation(ctx, node)
+    x_name = node.inputs[0]
+    density = ctx.tensors[node.inputs[1]].density
+
+    def run(values):
+        x = values[x_name]
+        x = x.T if trans_a else x
+        if x.ndim != 2 or x.shape[1] != b.shape[0]:
+            raise InputError(f"node {node.name!r} (Gemm): expected A with K = {b.shape[0]}, got "
+                             f"shape {values[x_name].shape}")
+        y = np.asarray(x, dtype=np.float32) @ b
+        if c is not None:
+            y += c
+        if lo is not None or hi is not None:
+            np.clip(y, lo, hi, out=y)
+        values[out] = y
+
+    return Step(node, "gemm_dense_f32 (numpy BLAS)", "dense-f32: weights as a dense float32 (K,N) "
+                "panel, one sgemm" + (", activation fused" if node.name in ctx.fused else ""), run,
+                density)
+
+
+def _matmul_f32(node: Node, ctx: _Context):
+    w = ctx.const(node.inputs[1])
+    if w is None or w.dtype != np.float32:
+        return None
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        values[out] = np.matmul(np.asarray(values[x_name], dtype=np.float32), w)
+
+    return Step(node, "matmul_dense_f32 (numpy BLAS)", "dense-f32: constant B, numpy matmul", run,
+                ctx.tensors[node.inputs[1]].density)
+
+
+def _conv_f32(node: Node, ctx: _Context):
+    """Conv by im2col + one sgemm per group (1×1 stride-1 unpadded convs skip the im2col)."""
+    from ..reference._windows import geometry, pad_for_windows, windows
+
+    w = ctx.const(node.inputs[1])
+    if w is None or w.ndim != 4:
+        return None  # 1-D and 3-D convs run on the reference op
+    b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) > 2 and node.inputs[2] and b is None:
+        return None
+    attrs = node.attrs
+    group, (n_out, c_group, kh, kw) = attrs["group"], w.shape
+    wmat = np.ascontiguousarray(w.reshape(group, n_out // group, c_group * kh * kw))
+    strides = attrs["strides"] or [1, 1]
+    dilations = attrs["dilations"] or [1, 1]
+    extents = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilations)]
+    out, lo, hi = _activation(ctx, node)
+    x_name = node.inputs[0]
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim != 4 or x.shape[1] != group * c_group:
+            raise InputError(f"node {node.name!r} (Conv): expected input (N, {group * c_group}, H, "
+                             f"W), got shape {x.shape}")
+        begins, _, (oh, ow) = geometry(x.shape[2:], [kh, kw], strides, dilations, attrs["pads"],
+                                       attrs["auto_pad"])
+        batch = x.shape[0]
+        if (kh, kw) == (1, 1) and strides == [1, 1] and begins == [0, 0] and (oh, ow) == x.shape[2:]:
+            cols = x.reshape(batch, group, c_group, oh * ow)  # (B,G,K,P): already columns
+        else:
+            xp = pad_for_windows(x, begins, (oh, ow), strides, extents, 0.0)
+            win = windows(xp, [kh, kw], strides, dilations, (oh, ow))  # (B,C,OH,OW,kh,kw)
+            cols = win.reshape(batch, group, c_group, oh * ow, kh * kw).transpose(0, 1, 2, 4, 3)
+            cols = cols.reshape(batch, group, c_group * kh * kw, oh * ow)
+        # W (G, N/G, K) @ cols (B, G, K, P) -> y (B, G, N/G, P)
+        y = np.matmul(wmat, cols).reshape(batch, n_out, oh, ow)
+        values[out] = _epilogue(y, b, lo, hi, channel_axis=1)
+
+    return Step(node, "conv2d_dense_f32 (im2col + numpy BLAS)",
+                "dense-f32: im2col then one sgemm per group"
+                + (", activation fused" if node.name in ctx.fused else ""), run,
+                ctx.tensors[node.inputs[1]].density)
+
+
+_F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32}
