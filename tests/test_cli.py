@@ -99,6 +99,19 @@ def test_inspect_reports_density(mlp_files):
     assert f"{np.count_nonzero(w) / w.size:.3f}" in fc.split()
 
 
+def test_inspect_plan(mlp_files):
+    tmp, onnx_path, _ = mlp_files
+    result = zeroskip_cmd("inspect", onnx_path, "--plan", "--mode", "dense-f32")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("plan for mode dense-f32:")
+    assert lines[start + 1].split() == ["node", "op", "density", "kernel", "reason"]
+    rows = [line.split()[:2] for line in lines[start + 3:]]
+    assert rows == [["fc", "Gemm"], ["relu", "Relu"]]
+    assert_clean_error(zeroskip_cmd("inspect", onnx_path, "--plan", "--mode", "dense-i8"),
+                       "UnsupportedModelError")
+
+
 def test_errors_exit_2_without_traceback(mlp_files):
     tmp, onnx_path, x = mlp_files
     garbage = tmp / "garbage.zsk"

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import zeroskip
-from zeroskip.report import shape_text as _shape, size_text as _size, summary, weight_table
+from zeroskip.report import plan_table, shape_text as _shape, size_text as _size, summary, weight_table
 
 EXIT_ERROR = 2
 
@@ -67,6 +67,11 @@ def cmd_inspect(args) -> int:
     print(summary(model))
     print()
     print(weight_table(model))
+    if args.plan:
+        rows = zeroskip.Session(model, mode=args.mode).explain()
+        print()
+        print(f"plan for mode {args.mode}:")
+        print(plan_table(rows))
     return 0
 
 
@@ -131,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Print a model's summary and a table of its weights: node, "
                                         "op, shape, layout, density, dtype and bytes.")
     p.add_argument("file", help="a .zsk or .onnx file")
+    p.add_argument("--plan", action="store_true",
+                   help="also print the execution plan: the kernel chosen for each node, and why")
+    p.add_argument("--mode", default="reference",
+                   help="the mode to plan for, with --plan (default: reference)")
     p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("run", help="run a model on .npy inputs",

@@ -68,3 +68,10 @@ def summary(model) -> str:
         f"weights: {params} values, {nnz} nonzero ({nnz / max(params, 1):.1%} dense)",
     ]
     return "\n".join(lines)
+
+
+def plan_table(rows: list[dict]) -> str:
+    """The table of ``Session.explain()``: node, op, density, kernel, reason."""
+    body = [[r["node"], r["op"], "-" if r["density"] is None else f"{r['density']:.3f}", r["kernel"],
+             r["reason"]] for r in rows]
+    return table(body, ["node", "op", "density", "kernel", "reason"])

@@ -61,7 +61,8 @@ def check_mode(model: Model, mode: str) -> None:
     if mode in INT8_MODES and not is_quantized(model):
         raise UnsupportedModelError(
             f"mode {mode!r} runs int8 kernels, but this model is float (it has no quantized ops); "
-            f"quantize it first (zeroskip.quantize), or use mode 'dense-f32', 'sparse-f32' or 'auto'")
+            f"quantize it first (e.g. with onnxruntime's quantization tool, then import the int8 ONNX "
+            f"model), or use mode 'dense-f32', 'sparse-f32' or 'auto'")
 
 
 def reference_step(node: Node, constants: dict, reason: str = "reference op (float64 NumPy)",
