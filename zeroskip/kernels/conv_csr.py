@@ -103,15 +103,15 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     taps, Cg, Ng = kh * kw, C // groups, N // groups
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].ravel()
+        xf = xp[bi].reshape(C * Hp * Wp)
         acc = ws[bi, n]
         c0 = (n // Ng) * Cg
         for r0 in range(0, OH, rows):
             r1 = min(OH, r0 + rows)
-            acc[:] = b[n]
+            acc[:(r1 - r0) * P] = b[n]
             for e in range(indptr[n], indptr[n + 1]):
-                c, ij = divmod(np.int64(indices[e]), taps)
-                i, j = divmod(ij, kw)
+                k = np.int64(indices[e])
+                c, i, j = k // taps, (k % taps) // kw, k % kw
                 base = (c0 + c) * Hp * Wp + i * dh * Wp + j * dw
                 _tap_axpy(acc, data[e], xf, base, r0, r1, OW, Wp, sh, sw)
             _store_f32(acc, y[bi, n], r0, r1, P, lo, hi)
@@ -140,21 +140,21 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     """
     B, C, Hp, Wp = xp.shape
     N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    _pad_planes(x, xp, pt, pl, x.dtype.type(x_zero_point))
+    _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
     taps, Cg, Ng = kh * kw, C // groups, N // groups
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].ravel()
+        xf = xp[bi].reshape(C * Hp * Wp)
         acc = ws[bi, n]
         c0 = (n // Ng) * Cg
         for r0 in range(0, OH, rows):
             r1 = min(OH, r0 + rows)
-            acc[:] = bias[n]
+            acc[:(r1 - r0) * P] = bias[n]
             for e in range(indptr[n], indptr[n + 1]):
-                c, ij = divmod(np.int64(indices[e]), taps)
-                i, j = divmod(ij, kw)
+                k = np.int64(indices[e])
+                c, i, j = k // taps, (k % taps) // kw, k % kw
                 base = (c0 + c) * Hp * Wp + i * dh * Wp + j * dw
                 _tap_axpy(acc, np.int32(data[e]), xf, base, r0, r1, OW, Wp, sh, sw)
             _store_i32(acc, y[bi, n], r0, r1, P)

@@ -1,0 +1,51 @@
+"""The break-even table behind mode="auto": interpolation, caching, and a broken cache."""
+
+import json
+
+import pytest
+
+from zeroskip.engine import tuning
+
+
+@pytest.mark.parametrize("dense, sparse, want", [
+    ([1, 1, 1], [0.5, 1.5, 2.0], 0.15),   # crosses between 0.1 (margin .5) and 0.2 (margin -.5)
+    ([1, 1, 1], [0.2, 0.4, 0.8], 0.3),    # always faster: the largest density tested
+    ([1, 1, 1], [1.2, 1.5, 2.0], 0.0),    # never faster
+])
+def test_crossing(dense, sparse, want):
+    assert tuning.crossing([0.1, 0.2, 0.3], dense, sparse) == pytest.approx(want)
+
+
+def test_table_measures_once_and_caches(tmp_path):
+    calls = []
+
+    def measure(density):
+        calls.append(density)
+        return 1.0, density * 4  # sparse wins below 0.25
+
+    path = tmp_path / "be.json"
+    table = tuning.BreakEvenTable(threads=1, path=str(path))
+    entry = table.get("gemm f32", measure)
+    assert entry["break_even"] == pytest.approx(0.25)
+    assert calls == list(tuning.DENSITIES)
+    again = tuning.BreakEvenTable(threads=1, path=str(path)).get("gemm f32", measure)
+    assert again["break_even"] == pytest.approx(0.25) and len(calls) == len(tuning.DENSITIES)
+    # another thread count is another machine configuration: measured again
+    tuning.BreakEvenTable(threads=2, path=str(path)).get("gemm f32", measure)
+    assert len(calls) == 2 * len(tuning.DENSITIES)
+
+
+def test_corrupt_cache_is_measured_again(tmp_path):
+    path = tmp_path / "be.json"
+    path.write_text("{not json")
+    entry = tuning.BreakEvenTable(threads=1, path=str(path)).get("x", lambda d: (1.0, 2.0))
+    assert entry["break_even"] == 0.0
+    assert json.loads(path.read_text())  # rewritten whole
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path / "zs"))
+    assert tuning.cache_dir() == str(tmp_path / "zs")
+    monkeypatch.delenv("ZEROSKIP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tuning.cache_dir() == str(tmp_path / "xdg" / "zeroskip")

@@ -1,0 +1,133 @@
+"""Break-even densities for ``mode="auto"``, measured on this CPU and cached per machine.
+
+For each *shape class* (for example "gemm f32" or "conv3x3 i8") ``auto`` needs one number: the
+weight density below which the CSR kernel beats the dense one. It is measured, not guessed: a short
+micro-benchmark times both kernels on a representative layer at a few densities and interpolates
+where their times cross. The result is cached in a JSON file keyed by CPU, Numba version, zeroskip
+version and thread count, so the measurement runs once per machine (about a second per class).
+
+The cache lives in ``$ZEROSKIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/zeroskip``, else
+``~/.cache/zeroskip``. Writes are atomic; an unreadable cache is ignored and measured again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from typing import Callable
+
+DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+"""Densities the micro-benchmark times (fewer than this would miss the knee of the curve)."""
+
+REPEATS = 5
+"""Each timing is the best of this many runs, after one warm-up run."""
+
+
+def cache_dir() -> str:
+    base = os.environ.get("ZEROSKIP_CACHE_DIR")
+    if base:
+        return base
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "zeroskip")
+
+
+def machine_key(threads: int) -> str:
+    import numba
+
+    from .. import __version__
+
+    cpu = _cpu_name()
+    return f"{cpu}|numba {numba.__version__}|zeroskip {__version__}|threads {threads}"
+
+
+def _cpu_name() -> str:
+    try:
+        import llvmlite.binding as llvm
+
+        return llvm.get_host_cpu_name()
+    except Exception:  # noqa: BLE001 - any failure just means a coarser key
+        return platform.machine() or "cpu"
+
+
+def best_time(run: Callable[[], None], repeats: int = REPEATS) -> float:
+    """Seconds of the fastest of ``repeats`` runs of ``run`` (after one warm-up run)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def crossing(densities, dense_times, sparse_times) -> float:
+    """The density where the sparse time rises past the dense time (linear interpolation).
+
+    Sparse faster at every density tested: the largest density tested. Never faster: 0.0.
+    """
+    previous = None
+    for d, t_dense, t_sparse in zip(densities, dense_times, sparse_times):
+        margin = t_dense - t_sparse  # > 0 while sparse wins
+        if margin <= 0:
+            if previous is None:
+                return 0.0
+            d0, m0 = previous
+            return d0 + (d - d0) * m0 / (m0 - margin)
+        previous = (d, margin)
+    return float(densities[-1])
+
+
+class BreakEvenTable:
+    """Measured break-even densities by shape class, persisted for this machine."""
+
+    def __init__(self, threads: int, path: str | None = None):
+        self.key = machine_key(threads)
+        self.path = path or os.path.join(cache_dir(), "break-even.json")
+        self._all = self._read()
+        self.entries: dict = self._all.setdefault(self.key, {})
+
+    def _read(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def get(self, shape_class: str, measure: Callable[[float], tuple[float, float]]) -> dict:
+        """The entry of ``shape_class``, measuring it first if this machine has none.
+
+        measure(density) -> (dense seconds, sparse seconds) on the class's representative layer.
+        The entry holds the break-even density and the timings it came from.
+        """
+        entry = self.entries.get(shape_class)
+        if not _valid(entry):
+            times = [measure(d) for d in DENSITIES]
+            entry = {"break_even": round(crossing(DENSITIES, [t[0] for t in times],
+                                                  [t[1] for t in times]), 4),
+                     "densities": list(DENSITIES),
+                     "dense_s": [t[0] for t in times], "sparse_s": [t[1] for t in times]}
+            self.entries[shape_class] = entry
+            self._write()
+        return entry
+
+    def _write(self) -> None:
+        directory = os.path.dirname(self.path)
+        tmp = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._all, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only cache only means measuring again next time
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _valid(entry) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("break_even"), (int, float)) \
+        and 0.0 <= entry["break_even"] <= 1.0

@@ -1,0 +1,53 @@
+"""References of kernels/im2col.py: the column matrices of a convolution, by sliding-window views.
+
+``columns`` is shared by the conv references (conv_csr, depthwise): it pads with a fill value and
+gathers every window, in the order the kernels and the weight matrix (N, C/g·kh·kw) use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._windows import geometry, pad_for_windows, windows
+
+
+def columns(x, fill, kernel_shape, strides, pads, dilations, groups):
+    """cols [B, g, C/g·kh·kw, OH·OW] of x padded with ``fill``, and the output size (OH, OW).
+
+    cols[b, g, k, m] = xpad[b, g·C/g + c, oh·sh + i·dh, ow·sw + j·dw], k = c·kh·kw + i·kw + j,
+    m = oh·OW + ow. The dtype is x's (callers pass float64 or int64).
+    """
+    x = np.asarray(x)
+    B, C = x.shape[:2]
+    kh, kw = kernel_shape
+    begins, _, out = geometry(x.shape[2:], [kh, kw], strides, dilations, pads, "NOTSET")
+    extents = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilations)]
+    xp = pad_for_windows(x, begins, out, strides, extents, fill)
+    win = windows(xp, [kh, kw], strides, dilations, out)          # (B, C, OH, OW, kh, kw)
+    cg = C // groups
+    win = win.reshape(B, groups, cg, out[0] * out[1], kh * kw)     # (B, g, C/g, M, taps)
+    cols = win.transpose(0, 1, 2, 4, 3).reshape(B, groups, cg * kh * kw, out[0] * out[1])
+    return np.ascontiguousarray(cols), tuple(out)
+
+
+def im2col_dense_f32(x, *, kernel_shape, strides, pads, dilations, groups):
+    """cols [B, g, K, OH·OW] float64 (K-major), pads = 0.0; pads as ONNX (begins then ends)."""
+    return columns(np.asarray(x, dtype=np.float64), 0.0, kernel_shape, strides, pads, dilations,
+                   groups)[0]
+
+
+def im2col_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
+    """cols [B, g, K, OH·OW] int64 (K-major), pads = x_zero_point (a pad is real 0)."""
+    return columns(np.asarray(x, dtype=np.int64), int(x_zero_point), kernel_shape, strides, pads,
+                   dilations, groups)[0]
+
+
+def im2row_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
+    """rows [B, g, OH·OW, K] int64 (pixel-major, K contiguous), pads = x_zero_point."""
+    cols = im2col_dense_i8(x, x_zero_point, kernel_shape=kernel_shape, strides=strides, pads=pads,
+                           dilations=dilations, groups=groups)
+    return np.ascontiguousarray(cols.transpose(0, 1, 3, 2))
+
+
+REFERENCES = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
+              "im2row_dense_i8": im2row_dense_i8}
