@@ -466,6 +466,29 @@ def _constant_of_shape(target, *, value, dtype):
     return _Value(shape, str(np.dtype(dtype)), elements)
 
 
+# -- quantized ops: the float op's shape, the output dtype y_dtype ----------------------------------
+def _quantized(rule):
+    """The rule of the float twin, with the output dtype given by the y_dtype attribute."""
+    def quantized_rule(*xs, y_dtype, **attrs):
+        if y_dtype not in ("uint8", "int8"):
+            raise _Rule(f"y_dtype {y_dtype!r} must be uint8 or int8")
+        known = {k: v for k, v in attrs.items() if k in _FLOAT_ATTRS}
+        return _Value(rule(*xs, **known).shape, y_dtype)
+    return quantized_rule
+
+
+_FLOAT_ATTRS = frozenset(set(OPS["Conv"].attrs) | set(OPS["AveragePool"].attrs))
+"""The attributes the float rules of the quantized ops read (x_*/y_*/clip_* are dropped)."""
+
+
+def _qgemm(x, w, b=None, **attrs):
+    return _gemm(x, w, b, alpha=1.0, beta=1.0, transA=0, transB=1)
+
+
+def _dequantize(x, **attrs):
+    return _Value(x.shape, "float32")
+
+
 _RULES = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -506,6 +529,14 @@ _RULES = {
     "Squeeze": _squeeze,
     "Cast": _cast,
     "ConstantOfShape": _constant_of_shape,
+    "QuantizeLinear": _quantized(_same),
+    "DequantizeLinear": _dequantize,
+    "QGemm": _quantized(_qgemm),
+    "QConv": _quantized(_conv),
+    "QAdd": _quantized(_elementwise(None)),
+    "QMaxPool": _pool,
+    "QAveragePool": _quantized(_pool),
+    "QGlobalAveragePool": _quantized(_global_pool),
 }
 """Op name -> rule(*input values, **normalized attrs) -> output value."""
 

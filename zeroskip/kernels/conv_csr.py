@@ -16,20 +16,23 @@ ACC_TILE = 4096
 bench/test_bench_conv.py: 14×14 and 56×56 planes fit one tile; larger tiles slow the 112×112 layers."""
 
 
+TAPS_UNROLL = 4
+"""Nonzeros (taps) added per pass over the accumulator: each pass loads and stores acc once for four
+products. bench/test_bench_conv.py (ResNet-50 3×3, 14×14): ~2× faster than one tap per pass for int8,
+neutral for float32; a dense tap loop would vectorize the same way."""
+
+
 @njit(cache=True)
 def _pad_plane(x, xp, pt, pl, fill):
     """xp [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xp may crop x's tail)."""
     Hp, Wp = xp.shape
     H, W = x.shape
+    u0, u1 = min(max(pl, 0), Wp), min(W + pl, Wp)
     for r in range(Hp):
-        h = r - pt
-        for u in range(Wp):
-            xp[r, u] = fill
-        if 0 <= h < H:
-            u0 = max(pl, 0)
-            u1 = min(W + pl, Wp)
-            for u in range(u0, u1):
-                xp[r, u] = x[h, u - pl]
+        row = xp[r]
+        row[:] = fill
+        if 0 <= r - pt < H and u0 < u1:
+            row[u0:u1] = x[r - pt, u0 - pl:u1 - pl]
 
 
 @njit(cache=True)
@@ -46,19 +49,71 @@ def _pitch(OW, Wp, sh, sw):
     return Wp if sh == 1 and sw == 1 else OW
 
 
-@njit(cache=True)
-def _tap_axpy(acc, v, xf, base, r0, r1, OW, Wp, sh, sw):
-    """acc[(r−r0)·P + ow] += v·xf[base + r·sh·Wp + ow·sw] for rows r in [r0, r1), ow in [0, OW)."""
-    if sh == 1 and sw == 1:  # wide rows: one contiguous run over the whole tile
-        start = base + r0 * Wp
-        for q in range((r1 - r0 - 1) * Wp + OW):
-            acc[q] += v * xf[start + q]
+@njit(cache=True, inline="always")
+def _axpy4(acc, v0, v1, v2, v3, xf, b0, b1, b2, b3, r0, r1, OW, Wp, sh, sw):
+    """acc[(r−r0)·P + ow] += Σ_t v_t·xf[b_t + r·sh·Wp + ow·sw] for rows r0..r1, ow < OW, 4 taps.
+
+    Stride 1: the tile is one contiguous run (wide rows, P = Wp); else one strided run per row.
+    The slices make every index provably in range, which is what lets LLVM vectorize the loop.
+    """
+    if sh == 1 and sw == 1:
+        L, s = (r1 - r0 - 1) * Wp + OW, r0 * Wp
+        x0, x1 = xf[b0 + s:b0 + s + L], xf[b1 + s:b1 + s + L]
+        x2, x3 = xf[b2 + s:b2 + s + L], xf[b3 + s:b3 + s + L]
+        for q in range(L):
+            acc[q] += v0 * x0[q] + v1 * x1[q] + v2 * x2[q] + v3 * x3[q]
+    else:
+        span = (OW - 1) * sw + 1
+        for r in range(r0, r1):
+            a, s = acc[(r - r0) * OW:(r - r0 + 1) * OW], r * sh * Wp
+            x0, x1 = xf[b0 + s:b0 + s + span:sw], xf[b1 + s:b1 + s + span:sw]
+            x2, x3 = xf[b2 + s:b2 + s + span:sw], xf[b3 + s:b3 + s + span:sw]
+            for ow in range(OW):
+                a[ow] += v0 * x0[ow] + v1 * x1[ow] + v2 * x2[ow] + v3 * x3[ow]
+
+
+@njit(cache=True, inline="always")
+def _axpy1(acc, v, xf, base, r0, r1, OW, Wp, sh, sw):
+    """acc[(r−r0)·P + ow] += v·xf[base + r·sh·Wp + ow·sw]: one tap, as _axpy4."""
+    if sh == 1 and sw == 1:
+        L, s = (r1 - r0 - 1) * Wp + OW, base + r0 * Wp
+        x0 = xf[s:s + L]
+        for q in range(L):
+            acc[q] += v * x0[q]
     else:
         for r in range(r0, r1):
-            row = base + r * sh * Wp
-            a0 = (r - r0) * OW
+            a, s = acc[(r - r0) * OW:(r - r0 + 1) * OW], base + r * sh * Wp
+            x0 = xf[s:s + (OW - 1) * sw + 1:sw]
             for ow in range(OW):
-                acc[a0 + ow] += v * xf[row + ow * sw]
+                a[ow] += v * x0[ow]
+
+
+@njit(cache=True)
+def _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw):
+    """offs [Cg·kh·kw] int64: where tap k = c·kh·kw + i·kw + j starts in the flat padded planes.
+
+    Built once per call (K entries), so the hot loop does a gather instead of four divisions.
+    """
+    offs = np.empty(Cg * kh * kw, dtype=np.int64)
+    for c in range(Cg):
+        for i in range(kh):
+            for j in range(kw):
+                offs[(c * kh + i) * kw + j] = c * Hp * Wp + i * dh * Wp + j * dw
+    return offs
+
+
+@njit(cache=True)
+def _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw):
+    """acc tile += Σ_e vals[e]·xf shifted by offs[cols[e]], TAPS_UNROLL taps per pass."""
+    T = len(cols)
+    T4 = T - T % TAPS_UNROLL
+    cast = acc.dtype.type  # int8 weights widen to int32 (not int64) before the products
+    for e in range(0, T4, TAPS_UNROLL):
+        _axpy4(acc, cast(vals[e]), cast(vals[e + 1]), cast(vals[e + 2]), cast(vals[e + 3]), xf,
+               offs[cols[e]], offs[cols[e + 1]], offs[cols[e + 2]], offs[cols[e + 3]],
+               r0, r1, OW, Wp, sh, sw)
+    for e in range(T4, T):
+        _axpy1(acc, cast(vals[e]), xf, offs[cols[e]], r0, r1, OW, Wp, sh, sw)
 
 
 @njit(cache=True)
@@ -66,8 +121,7 @@ def _store_i32(acc, y, r0, r1, P):
     """y [OH,OW] rows r0..r1 = the accumulator tile (dropping the wide rows' extra columns)."""
     OW = y.shape[1]
     for r in range(r0, r1):
-        for ow in range(OW):
-            y[r, ow] = acc[(r - r0) * P + ow]
+        y[r, :] = acc[(r - r0) * P:(r - r0) * P + OW]
 
 
 @njit(cache=True)
@@ -75,8 +129,9 @@ def _store_f32(acc, y, r0, r1, P, lo, hi):
     """y [OH,OW] rows r0..r1 = clamp(accumulator tile, lo, hi)."""
     OW = y.shape[1]
     for r in range(r0, r1):
+        a, yr = acc[(r - r0) * P:(r - r0) * P + OW], y[r]
         for ow in range(OW):
-            y[r, ow] = min(max(acc[(r - r0) * P + ow], lo), hi)
+            yr[ow] = min(max(a[ow], lo), hi)
 
 
 def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
@@ -100,20 +155,17 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     _pad_planes(x, xp, pt, pl, np.float32(0.0))
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
-    taps, Cg, Ng = kh * kw, C // groups, N // groups
+    Cg, Ng = C // groups, N // groups
+    offs = _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].reshape(C * Hp * Wp)
+        xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
         acc = ws[bi, n]
-        c0 = (n // Ng) * Cg
+        cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
         for r0 in range(0, OH, rows):
             r1 = min(OH, r0 + rows)
             acc[:(r1 - r0) * P] = b[n]
-            for e in range(indptr[n], indptr[n + 1]):
-                k = np.int64(indices[e])
-                c, i, j = k // taps, (k % taps) // kw, k % kw
-                base = (c0 + c) * Hp * Wp + i * dh * Wp + j * dw
-                _tap_axpy(acc, data[e], xf, base, r0, r1, OW, Wp, sh, sw)
+            _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
             _store_f32(acc, y[bi, n], r0, r1, P, lo, hi)
 
 
@@ -143,20 +195,17 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
-    taps, Cg, Ng = kh * kw, C // groups, N // groups
+    Cg, Ng = C // groups, N // groups
+    offs = _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].reshape(C * Hp * Wp)
+        xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
         acc = ws[bi, n]
-        c0 = (n // Ng) * Cg
+        cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
         for r0 in range(0, OH, rows):
             r1 = min(OH, r0 + rows)
             acc[:(r1 - r0) * P] = bias[n]
-            for e in range(indptr[n], indptr[n + 1]):
-                k = np.int64(indices[e])
-                c, i, j = k // taps, (k % taps) // kw, k % kw
-                base = (c0 + c) * Hp * Wp + i * dh * Wp + j * dw
-                _tap_axpy(acc, np.int32(data[e]), xf, base, r0, r1, OW, Wp, sh, sw)
+            _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
             _store_i32(acc, y[bi, n], r0, r1, P)
 
 

@@ -10,7 +10,7 @@ raise ``zeroskip.errors.InputError``.
 from __future__ import annotations
 
 from . import conv as _conv
-from . import elementwise, layout, matmul, normalization, pool, reduce
+from . import elementwise, layout, matmul, normalization, pool, quantized, reduce
 
 OPS = {
     "Conv": _conv.conv,
@@ -52,6 +52,7 @@ OPS = {
     "Squeeze": layout.squeeze,
     "Cast": layout.cast,
     "ConstantOfShape": layout.constant_of_shape,
+    **quantized.OPS,
 }
 """Op name -> reference function."""
 

@@ -31,22 +31,24 @@ def columns(x, fill, kernel_shape, strides, pads, dilations, groups):
 
 
 def im2col_dense_f32(x, *, kernel_shape, strides, pads, dilations, groups):
-    """cols [B, g, K, OH·OW] float64 (K-major), pads = 0.0; pads as ONNX (begins then ends)."""
-    return columns(np.asarray(x, dtype=np.float64), 0.0, kernel_shape, strides, pads, dilations,
-                   groups)[0]
+    """cols [B, g, K, OH, OW] float64 (K-major), pads = 0.0; pads as ONNX (begins then ends)."""
+    cols, out = columns(np.asarray(x, dtype=np.float64), 0.0, kernel_shape, strides, pads,
+                        dilations, groups)
+    return cols.reshape(*cols.shape[:3], *out)
 
 
 def im2col_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
-    """cols [B, g, K, OH·OW] int64 (K-major), pads = x_zero_point (a pad is real 0)."""
-    return columns(np.asarray(x, dtype=np.int64), int(x_zero_point), kernel_shape, strides, pads,
-                   dilations, groups)[0]
+    """cols [B, g, K, OH, OW] int64 (K-major), pads = x_zero_point (a pad is real 0)."""
+    cols, out = columns(np.asarray(x, dtype=np.int64), int(x_zero_point), kernel_shape, strides,
+                        pads, dilations, groups)
+    return cols.reshape(*cols.shape[:3], *out)
 
 
 def im2row_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
-    """rows [B, g, OH·OW, K] int64 (pixel-major, K contiguous), pads = x_zero_point."""
+    """rows [B, g, OH, OW, K] int64 (pixel-major, K contiguous), pads = x_zero_point."""
     cols = im2col_dense_i8(x, x_zero_point, kernel_shape=kernel_shape, strides=strides, pads=pads,
                            dilations=dilations, groups=groups)
-    return np.ascontiguousarray(cols.transpose(0, 1, 3, 2))
+    return np.ascontiguousarray(cols.transpose(0, 1, 3, 4, 2))
 
 
 REFERENCES = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,

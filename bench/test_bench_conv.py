@@ -1,0 +1,245 @@
+"""Conv kernels against their baselines, one thread, at real layer shapes (bench/shapes/conv.txt).
+
+Run: ``pytest bench/test_bench_conv.py --benchmark-only -q --benchmark-group-by=group`` (groups are
+per shape). Every path is warmed up before timing; the JIT compile time (a fresh, uncached compile of
+the kernel's Python function) is in ``extra_info`` as ``compile_s``. ``extra_info`` also has
+``flops = 2·OH·OW·nnz`` (work done) and ``eff_flops = 2·OH·OW·N·K`` (the dense work replaced, K =
+C/g·kh·kw), so dense, sparse and int8 share one axis: GFLOP/s = eff_flops / time.
+
+Paths (each a whole conv layer, output included):
+- ``dense-f32``: im2col_dense_f32 + numpy float32 BLAS (OpenBLAS sgemm) + bias_act_dense_f32;
+- ``sparse-f32``: conv2d_csr_f32 (bias and ReLU fused);
+- ``sparse-i8``: conv2d_csr_i8 + requantize_dense_i8 (uint8 in, uint8 out);
+- depthwise shapes: ``depthwise-f32``, ``depthwise-i8`` (+ requantize);
+- ``ort-conv-f32``: onnxruntime Conv, the peer baseline.
+``test_target_ratio`` times dense-f32 and sparse-i8 side by side on the issue's shape (ResNet-50
+3×3 256→256 at 14×14, 90 % sparse) and records the ratio (target ≥ 3).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import time
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+from zeroskip.kernels import conv_csr, depthwise, elementwise, im2col, quant
+from zeroskip.reference._windows import geometry
+
+SHAPES_FILE = pathlib.Path(__file__).parent / "shapes" / "conv.txt"
+DENSITIES = [0.1, 0.3]
+TIME_PER_CASE = 0.25
+"""Seconds of timed rounds per case (at least 5 rounds)."""
+
+
+def _shapes():
+    out = []
+    for line in SHAPES_FILE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, *numbers = line.split()
+            out.append((name, *map(int, numbers)))
+    return out
+
+
+SHAPES = _shapes()
+_COMPILE_S: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    from threadpoolctl import threadpool_limits
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    numba.set_num_threads(before)
+
+
+def _compile_seconds(name, function, args):
+    """Wall time of a fresh, uncached JIT compile of ``function`` for these argument types."""
+    key = (name, tuple(getattr(a, "dtype", type(a)) for a in args))
+    if key not in _COMPILE_S:
+        fresh = njit(cache=False, parallel=True)(function)
+        t0 = time.perf_counter()
+        fresh.compile(tuple(numba.typeof(a) for a in args))
+        _COMPILE_S[key] = time.perf_counter() - t0
+    return _COMPILE_S[key]
+
+
+class Layer:
+    """One conv layer at one density, with every buffer each path needs (allocated once, as a plan)."""
+
+    def __init__(self, C, H, W, N, kh, kw, stride, pad, groups, density, seed=0):
+        rng = np.random.default_rng(seed)
+        self.C, self.N, self.kh, self.kw, self.s, self.p, self.g = C, N, kh, kw, stride, pad, groups
+        _, _, (self.OH, self.OW) = geometry([H, W], [kh, kw], [stride] * 2, [1, 1], [pad] * 4,
+                                            "NOTSET")
+        self.K = C // groups * kh * kw
+        w = rng.standard_normal((N, self.K)).astype(np.float32)
+        w *= rng.random(w.shape) < density
+        self.w, self.wq = w, np.clip(np.rint(w * 40), -127, 127).astype(np.int8)
+        mask = self.wq != 0
+        self.indptr = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int32)
+        self.indices = np.nonzero(mask)[1].astype(np.uint16 if self.K <= 0xFFFF else np.int32)
+        self.data, self.qdata = self.w[mask], self.wq[mask]
+        self.nnz = int(mask.sum())
+        self.x = rng.standard_normal((1, C, H, W)).astype(np.float32)
+        self.xq = rng.integers(0, 256, (1, C, H, W)).astype(np.uint8)
+        self.b = rng.standard_normal(N).astype(np.float32)
+        self.bias = rng.integers(-1000, 1000, N).astype(np.int32)
+        Hp = (self.OH - 1) * stride + kh
+        Wp = (self.OW - 1) * stride + kw
+        P = Wp if stride == 1 else self.OW
+        self.xp, self.xpq = np.empty((1, C, Hp, Wp), np.float32), np.empty((1, C, Hp, Wp), np.uint8)
+        self.ws, self.wsq = np.empty((1, N, self.OH * P), np.float32), np.empty((1, N, self.OH * P),
+                                                                                 np.int32)
+        self.y, self.acc = (np.empty((1, N, self.OH, self.OW), t) for t in (np.float32, np.int32))
+        self.yq = np.empty((N, self.OH * self.OW), np.uint8)
+        self.m0, self.shift = np.full(N, 2**30, np.int32), np.full(N, 40, np.int32)
+        self.cols = np.empty((1, groups, self.K, self.OH, self.OW), np.float32)
+        self.geo = (kh, kw, stride, stride, 1, 1, pad, pad)
+
+    def dense_f32(self):
+        im2col.im2col_dense_f32(self.x, self.cols, *self.geo)
+        g, K = self.g, self.K
+        y = self.y.reshape(1, g, self.N // g, self.OH * self.OW)
+        np.matmul(self.w.reshape(g, self.N // g, K), self.cols.reshape(1, g, K, -1), out=y)
+        elementwise.bias_act_dense_f32(self.y.reshape(1, self.N, -1), self.b, 0.0, np.inf)
+
+    def sparse_f32_args(self):
+        return (self.indptr, self.indices, self.data, self.b, self.x, self.xp, self.ws, self.y,
+                *self.geo[:4], 1, 1, self.p, self.p, self.g, np.float32(0.0), np.float32(np.inf))
+
+    def sparse_i8_args(self):
+        return (self.indptr, self.indices, self.qdata, self.bias, self.xq, 3, self.xpq, self.wsq,
+                self.acc, *self.geo[:4], 1, 1, self.p, self.p, self.g)
+
+    def sparse_i8(self):
+        conv_csr.conv2d_csr_i8(*self.sparse_i8_args())
+        quant.requantize_dense_i8(self.acc.reshape(self.N, -1), self.m0, self.shift, 0, 0, 255,
+                                  self.yq)
+
+    def depthwise_f32_args(self):
+        return (self.w, self.b, self.x, self.xp, self.ws, self.y, *self.geo[:4], 1, 1, self.p,
+                self.p, np.float32(0.0), np.float32(np.inf))
+
+    def depthwise_i8_args(self):
+        return (self.wq, self.bias, self.xq, 3, self.xpq, self.wsq, self.acc, *self.geo[:4], 1, 1,
+                self.p, self.p)
+
+    def depthwise_i8(self):
+        depthwise.depthwise_dense_i8(*self.depthwise_i8_args())
+        quant.requantize_dense_i8(self.acc.reshape(self.N, -1), self.m0, self.shift, 0, 0, 255,
+                                  self.yq)
+
+    def ort_session(self):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        w4 = self.w.reshape(self.N, self.C // self.g, self.kh, self.kw)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.x.shape))
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[self.p] * 4,
+                                strides=[self.s] * 2, group=self.g)
+        graph = helper.make_graph([node], "conv", [x], [y], [numpy_helper.from_array(w4, "w"),
+                                                             numpy_helper.from_array(self.b, "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+
+    def extra(self, **more):
+        M = self.OH * self.OW
+        return dict(M=M, N=self.N, K=self.K, nnz=self.nnz, flops=2 * M * self.nnz,
+                    eff_flops=2 * M * self.N * self.K, **more)
+
+
+def _run(benchmark, call, extra):
+    call()  # warm-up (JIT compile or cache load, page faults)
+    t0 = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    rounds = int(min(200, max(5, TIME_PER_CASE / once)))
+    benchmark.extra_info.update(extra)
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+CONV_SHAPES = [s for s in SHAPES if s[-1] == 1]
+DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
+
+
+@pytest.mark.parametrize("path", ["dense-f32", "sparse-f32", "sparse-i8", "ort-conv-f32"])
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("name,C,H,W,N,kh,kw,stride,pad,groups", CONV_SHAPES,
+                         ids=[s[0] for s in CONV_SHAPES])
+def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density, path):
+    benchmark.group = name
+    layer = Layer(C, H, W, N, kh, kw, stride, pad, groups, density)
+    extra = layer.extra(density=density, kernel=path)
+    if path == "dense-f32":
+        call = layer.dense_f32
+        extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
+    elif path == "sparse-f32":
+        args = layer.sparse_f32_args()
+        extra["compile_s"] = _compile_seconds(path, conv_csr._conv2d_csr_f32, args)
+        call = lambda: conv_csr.conv2d_csr_f32(*args)  # noqa: E731
+    elif path == "sparse-i8":
+        extra["compile_s"] = _compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
+        call = layer.sparse_i8
+    else:
+        sess = layer.ort_session()
+        call = lambda: sess.run(None, {"x": layer.x})  # noqa: E731
+        extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
+    _run(benchmark, call, extra)
+
+
+@pytest.mark.parametrize("path", ["depthwise-f32", "depthwise-i8", "ort-conv-f32"])
+@pytest.mark.parametrize("name,C,H,W,N,kh,kw,stride,pad,groups", DW_SHAPES,
+                         ids=[s[0] for s in DW_SHAPES])
+def test_depthwise(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, path):
+    benchmark.group = name
+    layer = Layer(C, H, W, N, kh, kw, stride, pad, groups, 1.0)
+    extra = layer.extra(density=1.0, kernel=path)
+    if path == "depthwise-f32":
+        args = layer.depthwise_f32_args()
+        extra["compile_s"] = _compile_seconds(path, depthwise._depthwise_dense_f32, args)
+        call = lambda: depthwise.depthwise_dense_f32(*args)  # noqa: E731
+    elif path == "depthwise-i8":
+        extra["compile_s"] = _compile_seconds(path, depthwise._depthwise_dense_i8,
+                                              layer.depthwise_i8_args())
+        call = layer.depthwise_i8
+    else:
+        sess = layer.ort_session()
+        call = lambda: sess.run(None, {"x": layer.x})  # noqa: E731
+    _run(benchmark, call, extra)
+
+
+def _median_time(call, rounds):
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def test_target_ratio(benchmark):
+    """The issue's target: sparse-i8 (90 % sparse) ≥ 3× faster than dense-f32 on ResNet-50 3×3/14."""
+    benchmark.group = "target-ratio"
+    layer = Layer(256, 14, 14, 256, 3, 3, 1, 1, 1, 0.1)
+    layer.dense_f32(), layer.sparse_i8()
+    dense, sparse = [], []
+    for _ in range(15):  # interleaved, so both see the same machine load
+        dense.append(_median_time(layer.dense_f32, 10))
+        sparse.append(_median_time(layer.sparse_i8, 10))
+    ratio = statistics.median(dense) / statistics.median(sparse)
+    benchmark.extra_info.update(layer.extra(density=0.1, kernel="sparse-i8"),
+                                dense_f32_s=statistics.median(dense),
+                                sparse_i8_s=statistics.median(sparse), ratio=ratio, target=3.0)
+    print(f"\nResNet-50 3x3 14x14, 90% sparse, 1 thread: dense-f32 {statistics.median(dense)*1e3:.3f}"
+          f" ms, sparse-i8 {statistics.median(sparse)*1e3:.3f} ms, ratio {ratio:.2f} (target 3)")
+    benchmark.pedantic(layer.sparse_i8, rounds=50, iterations=1, warmup_rounds=1)

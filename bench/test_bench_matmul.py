@@ -1,0 +1,163 @@
+"""Matmul kernels against their baselines, one thread, at real layer shapes (bench/shapes/matmul.txt).
+
+Run: ``pytest bench/test_bench_matmul.py --benchmark-only -q`` (add ``--benchmark-group-by=group``
+to see each shape's table; groups are per shape). Every kernel is warmed up before timing; the JIT
+compile time (a fresh, uncached compile of the same Python function) is in ``extra_info`` as
+``compile_s``. ``extra_info`` also has ``flops = 2·M·nnz`` (work done) and ``eff_flops = 2·M·N·K``
+(the dense work replaced), so dense, sparse and int8 share one axis: GFLOP/s = eff_flops / time.
+
+Baselines in the same run: numpy float32 ``@`` (OpenBLAS sgemm), ``scipy.sparse.csr_matrix @ dense``,
+onnxruntime MatMul (f32) and MatMulInteger (u8 × s8), all on one thread.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse
+from numba import njit
+
+from zeroskip.kernels import matmul_csr, matmul_dense
+
+SHAPES_FILE = pathlib.Path(__file__).parent / "shapes" / "matmul.txt"
+DENSITIES = [0.05, 0.1, 0.3, 0.5]
+TIME_PER_CASE = 0.25
+"""Seconds of timed rounds per case (at least 5 rounds): keeps the whole run to a few minutes."""
+
+
+def _shapes():
+    out = []
+    for line in SHAPES_FILE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, M, N, K = line.split()
+            out.append((name, int(M), int(N), int(K)))
+    return out
+
+
+SHAPES = _shapes()
+_COMPILE_S: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    from threadpoolctl import threadpool_limits
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    numba.set_num_threads(before)
+
+
+def _compile_seconds(name, function, args):
+    """Wall time of a fresh, uncached JIT compile of ``function`` for these argument types."""
+    key = (name, tuple(getattr(a, "dtype", type(a)) for a in args))
+    if key not in _COMPILE_S:
+        fresh = njit(cache=False, parallel=True)(function)
+        t0 = time.perf_counter()
+        fresh.compile(tuple(numba.typeof(a) for a in args))
+        _COMPILE_S[key] = time.perf_counter() - t0
+    return _COMPILE_S[key]
+
+
+def _run(benchmark, call, M, N, K, nnz, extra):
+    call()  # warm-up (JIT compile or cache load, page faults)
+    t0 = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    rounds = int(min(200, max(5, TIME_PER_CASE / once)))
+    benchmark.extra_info.update(M=M, N=N, K=K, nnz=int(nnz), flops=2 * M * int(nnz),
+                                eff_flops=2 * M * N * K, **extra)
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def _weights(N, K, density, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, K)).astype(np.float32) * (rng.random((N, K)) < density)
+    wq = np.clip(np.rint(w * 40), -127, 127).astype(np.int8)
+    return w, wq
+
+
+def _csr(w):
+    s = scipy.sparse.csr_matrix(w)
+    return s.indptr.astype(np.int32), s.indices.astype(np.int32 if w.shape[1] > 0xFFFF else np.uint16), s.data
+
+
+def _ort_session(kind, M, N, K, w):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    if kind == "f32":
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, N])
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.UINT8, [M, K])
+        y = helper.make_tensor_value_info("y", TensorProto.INT32, [M, N])
+        node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "mm", [x], [y], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("kernel", ["numpy-sgemm", "ort-matmul-f32", "ort-matmulinteger-u8s8",
+                                    "matmul_dense_i8"])
+@pytest.mark.parametrize("name,M,N,K", SHAPES, ids=[s[0] for s in SHAPES])
+def test_dense(benchmark, name, M, N, K, kernel):
+    benchmark.group = name
+    rng = np.random.default_rng(1)
+    w, wq = _weights(N, K, 1.0)
+    extra = {"density": 1.0, "kernel": kernel}
+    if kernel == "numpy-sgemm":
+        xt = rng.standard_normal((K, M)).astype(np.float32)
+        call = lambda: w @ xt  # noqa: E731
+    elif kernel == "ort-matmul-f32":
+        sess, x = _ort_session("f32", M, N, K, np.ascontiguousarray(w.T)), rng.standard_normal((M, K)).astype(np.float32)
+        call = lambda: sess.run(None, {"x": x})  # noqa: E731
+    elif kernel == "ort-matmulinteger-u8s8":
+        sess, x = _ort_session("i8", M, N, K, np.ascontiguousarray(wq.T)), rng.integers(0, 256, (M, K)).astype(np.uint8)
+        call = lambda: sess.run(None, {"x": x})  # noqa: E731
+    else:
+        x = rng.integers(0, 256, (M, K)).astype(np.uint8)
+        bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
+        args = (x, wq, bias, yt)
+        extra["compile_s"] = _compile_seconds(kernel, matmul_dense._matmul_dense_i8, args)
+        call = lambda: matmul_dense.matmul_dense_i8(*args)  # noqa: E731
+    _run(benchmark, call, M, N, K, N * K, extra)
+
+
+@pytest.mark.parametrize("kernel", ["scipy-csr-f32", "matmul_csr_f32", "matmul_csr_i8"])
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("name,M,N,K", SHAPES, ids=[s[0] for s in SHAPES])
+def test_sparse(benchmark, name, M, N, K, density, kernel):
+    benchmark.group = name
+    rng = np.random.default_rng(2)
+    w, wq = _weights(N, K, density)
+    extra = {"density": density, "kernel": kernel}
+    if kernel == "scipy-csr-f32":
+        s, xt = scipy.sparse.csr_matrix(w), rng.standard_normal((K, M)).astype(np.float32)
+        nnz = s.nnz
+        call = lambda: s @ xt  # noqa: E731
+    elif kernel == "matmul_csr_f32":
+        indptr, indices, data = _csr(w)
+        xt = rng.standard_normal((K, M)).astype(np.float32)
+        b, yt = np.zeros(N, np.float32), np.empty((N, M), np.float32)
+        args = (indptr, indices, data, b, xt, yt, np.float32(-np.inf), np.float32(np.inf))
+        extra["compile_s"] = _compile_seconds(kernel, matmul_csr._matmul_csr_f32, args)
+        nnz = len(data)
+        call = lambda: matmul_csr.matmul_csr_f32(*args)  # noqa: E731
+    else:
+        indptr, indices, data = _csr(wq)
+        xt = rng.integers(0, 256, (K, M)).astype(np.uint8)
+        bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
+        args = (indptr, indices, data, bias, xt, yt)
+        extra["compile_s"] = _compile_seconds(kernel, matmul_csr._matmul_csr_i8, args)
+        nnz = len(data)
+        call = lambda: matmul_csr.matmul_csr_i8(*args)  # noqa: E731
+    _run(benchmark, call, M, N, K, nnz, extra)

@@ -1,0 +1,507 @@
+"""Conv, im2col, depthwise, pooling and elementwise kernels against their references.
+
+f32 kernels: within the K-term float32 bound of the float64 reference (kernel_checks.assert_f32_close,
+magnitude = the same op on |w|, |x|, |b|). int8 kernels: bit-exact against the int64 integer reference
+(kernel_checks.assert_exact). The geometry a planner would resolve (output size, padded plane,
+accumulator pitch) is computed here by ``_plan`` from ``reference._windows.geometry``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel_checks import assert_exact, assert_f32_close
+from zeroskip.kernels import KERNELS
+from zeroskip.quantmath import quantize_multiplier
+from zeroskip.reference import OPS, REFERENCES
+from zeroskip.reference._windows import geometry
+
+I8_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _plan(x_shape, kh, kw, strides, pads, dilations):
+    """What the planner passes: OH, OW, padded plane (Hp, Wp), accumulator pitch P, pads top/left."""
+    H, W = x_shape[2:]
+    begins, _, (OH, OW) = geometry([H, W], [kh, kw], strides, dilations, pads, "NOTSET")
+    Hp = (OH - 1) * strides[0] + (kh - 1) * dilations[0] + 1
+    Wp = (OW - 1) * strides[1] + (kw - 1) * dilations[1] + 1
+    P = Wp if tuple(strides) == (1, 1) else OW
+    return dict(OH=OH, OW=OW, Hp=Hp, Wp=Wp, P=P, pt=begins[0], pl=begins[1])
+
+
+def _csr(w, index_dtype=np.int32):
+    """indptr, indices, data of a dense (N, K) matrix (sorted, no explicit zeros)."""
+    mask = w != 0
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(index_dtype)
+    indices = np.nonzero(mask)[1].astype(index_dtype)
+    return indptr, indices, w[mask]
+
+
+def _sparse(rng, shape, density, dtype):
+    """Random weights at ``density``; channel 0 is always all-zero when there are 3+ channels."""
+    if dtype == np.int8:
+        w = rng.integers(-127, 128, shape).astype(np.int8)
+    else:
+        w = rng.standard_normal(shape).astype(np.float32)
+    w[rng.random(shape) >= density] = 0
+    if shape[0] >= 3:
+        w[0] = 0
+    return w
+
+
+def _quant_input(rng, shape, dtype):
+    lo, hi = I8_RANGE[dtype]
+    return rng.integers(lo, hi + 1, shape).astype(dtype), int(rng.integers(lo, hi + 1))
+
+
+# Conv geometries: (B, C, H, W, N, kh, kw, strides, pads [t, l, b, r], dilations, groups)
+CONV_CASES = [
+    (1, 1, 5, 5, 1, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1], 1),
+    (2, 2, 7, 7, 7, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1),
+    (1, 16, 9, 8, 17, 3, 3, [2, 2], [1, 0, 2, 1], [1, 1], 1),     # odd pads, stride 2
+    (1, 7, 11, 10, 16, 5, 5, [3, 1], [2, 2, 2, 2], [1, 1], 1),    # stride 3 × 1
+    (1, 4, 9, 9, 6, 1, 3, [1, 2], [0, 1, 0, 1], [1, 1], 2),       # 1×3, groups 2
+    (1, 4, 10, 10, 4, 3, 3, [1, 1], [2, 2, 2, 2], [2, 2], 1),     # dilation 2
+    (1, 17, 2, 3, 2, 5, 5, [1, 1], [2, 2, 2, 2], [1, 1], 1),      # input smaller than the kernel
+    (1, 16, 6, 6, 16, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 16),    # depthwise as a grouped conv
+    (1, 2, 70, 66, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1),     # several accumulator row tiles
+]
+DENSITIES = [0.0, 0.1, 0.5, 0.9, 1.0]
+
+
+def _conv_ids(case):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    return f"B{B}C{C}{H}x{W}N{N}k{kh}x{kw}s{s[0]}{s[1]}p{''.join(map(str, p))}d{d[0]}g{g}"
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_every_kernel_has_a_reference():
+    mine = {"conv2d_csr_f32", "conv2d_csr_i8", "im2col_dense_f32", "im2col_dense_i8",
+            "im2row_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
+            "avgpool_dense_i8", "global_avgpool_dense_i8", "add_dense_i8", "bias_act_dense_f32",
+            "clamp_dense_f32", "add_dense_f32"}
+    assert mine <= set(KERNELS) and mine <= set(REFERENCES)
+
+
+# ----------------------------------------------------------------------------- direct sparse conv
+
+
+def _run_conv_f32(w, b, x, case, index_dtype=np.int32, lo=-np.inf, hi=np.inf):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    q = _plan(x.shape, kh, kw, s, p, d)
+    indptr, indices, data = _csr(w, index_dtype)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), np.float32)
+    ws = np.empty((B, N, q["OH"] * q["P"]), np.float32)
+    y = np.full((B, N, q["OH"], q["OW"]), np.nan, np.float32)
+    KERNELS["conv2d_csr_f32"](indptr, indices, data, b, x, xp, ws, y, kh, kw, s[0], s[1], d[0],
+                              d[1], q["pt"], q["pl"], g, lo, hi)
+    return y, (indptr, indices, data)
+
+
+def _run_conv_i8(w, bias, x, x_zp, case, index_dtype=np.int32):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    q = _plan(x.shape, kh, kw, s, p, d)
+    indptr, indices, data = _csr(w, index_dtype)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), x.dtype)
+    ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+    y = np.full((B, N, q["OH"], q["OW"]), -7, np.int32)
+    KERNELS["conv2d_csr_i8"](indptr, indices, data, bias, x, x_zp, xp, ws, y, kh, kw, s[0], s[1],
+                             d[0], d[1], q["pt"], q["pl"], g)
+    return y, (indptr, indices, data)
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_ids)
+def test_conv2d_csr_f32(case, density):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(hash((_conv_ids(case), density)) % 2**32)
+    w = _sparse(rng, (N, C // g * kh * kw), density, np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    y, csr = _run_conv_f32(w, b, x, case)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d, groups=g)
+    want = REFERENCES["conv2d_csr_f32"](*csr, b, x, **geo)
+    mag = REFERENCES["conv2d_csr_f32"](csr[0], csr[1], np.abs(csr[2]), np.abs(b), np.abs(x), **geo)
+    assert_f32_close(y, want, K=C // g * kh * kw + 1, magnitude=mag, case=_conv_ids(case),
+                     density=density)
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_ids)
+def test_conv2d_csr_i8(case, density):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(hash((_conv_ids(case), density, 8)) % 2**32)
+    w = _sparse(rng, (N, C // g * kh * kw), density, np.int8)
+    x, x_zp = _quant_input(rng, (B, C, H, W), np.uint8 if N % 2 else np.int8)
+    bias = rng.integers(-2**20, 2**20, N).astype(np.int32)
+    y, csr = _run_conv_i8(w, bias, x, x_zp, case)
+    want = REFERENCES["conv2d_csr_i8"](*csr, bias, x, x_zp, kernel_shape=(kh, kw), strides=s,
+                                       pads=p, dilations=d, groups=g)
+    assert_exact(y, want, dtype=np.int32, case=_conv_ids(case), density=density, x_zp=x_zp,
+                 extra={"bias'": bias})
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[4], CONV_CASES[5]], ids=_conv_ids)
+def test_conv2d_csr_f32_agrees_with_onnx_conv_reference(case):
+    """Geometry conventions (pads order, dilation, groups) match reference.OPS['Conv'], with Relu."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(5)
+    w = _sparse(rng, (N, C // g * kh * kw), 0.5, np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    y, _ = _run_conv_f32(w, b, x, case, index_dtype=np.int64, lo=0.0)
+    w4 = w.reshape(N, C // g, kh, kw).astype(np.float64)
+    want = np.maximum(OPS["Conv"](x, w4, b, strides=s, pads=p, dilations=d, group=g), 0)
+    mag = OPS["Conv"](np.abs(x), np.abs(w4), np.abs(b), strides=s, pads=p, dilations=d, group=g)
+    assert_f32_close(y, want, K=C // g * kh * kw + 1, magnitude=mag, case=_conv_ids(case))
+
+
+def test_conv2d_csr_i8_narrow_indices_and_extreme_values():
+    """uint16 indices; weights ±127 with x at the type's ends (largest products)."""
+    case = (1, 16, 6, 5, 5, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    rng = np.random.default_rng(3)
+    w = np.where(rng.random((5, 144)) < 0.5, 127, -127).astype(np.int8)
+    x = np.where(rng.random((1, 16, 6, 5)) < 0.5, 255, 0).astype(np.uint8)
+    bias = np.array([2**30, -2**30, 0, 1, -1], np.int32)
+    y, csr = _run_conv_i8(w, bias, x, 255, case, index_dtype=np.uint16)
+    want = REFERENCES["conv2d_csr_i8"](*csr, bias, x, 255, kernel_shape=(3, 3), strides=[1, 1],
+                                       pads=[1, 1, 1, 1], dilations=[1, 1], groups=1)
+    assert_exact(y, want, dtype=np.int32, case="extremes")
+
+
+# ----------------------------------------------------------------------------- im2col
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:8], ids=_conv_ids)
+def test_im2col(case):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(11)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d, groups=g)
+    args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
+    K = C // g * kh * kw
+    # f32: a pure copy, so within 0 ulp of the reference; then the dense f32 path end to end
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    cols = np.full((B, g, K, q["OH"], q["OW"]), np.nan, np.float32)
+    KERNELS["im2col_dense_f32"](x, cols, *args)
+    want = REFERENCES["im2col_dense_f32"](x, **geo)
+    assert_f32_close(cols, want, K=0, magnitude=0, case=_conv_ids(case))
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    y = np.matmul(w.reshape(g, N // g, K), cols.reshape(B, g, K, -1)).reshape(B, N, -1)
+    KERNELS["bias_act_dense_f32"](y, b, -np.inf, np.inf)
+    w4 = w.reshape(N, C // g, kh, kw).astype(np.float64)
+    ref = OPS["Conv"](x, w4, b, strides=s, pads=p, dilations=d, group=g).reshape(B, N, -1)
+    mag = OPS["Conv"](np.abs(x), np.abs(w4), np.abs(b), strides=s, pads=p, dilations=d,
+                      group=g).reshape(B, N, -1)
+    assert_f32_close(y, ref, K=K + 1, magnitude=mag, case=_conv_ids(case))
+    # i8: pads hold the zero point, in both layouts
+    for dtype in (np.uint8, np.int8):
+        xq, zp = _quant_input(rng, (B, C, H, W), dtype)
+        cols = np.zeros((B, g, K, q["OH"], q["OW"]), dtype)
+        KERNELS["im2col_dense_i8"](xq, zp, cols, *args)
+        assert_exact(cols, REFERENCES["im2col_dense_i8"](xq, zp, **geo), dtype=dtype, zp=zp)
+        rows = np.zeros((B, g, q["OH"], q["OW"], K), dtype)
+        KERNELS["im2row_dense_i8"](xq, zp, rows, *args)
+        assert_exact(rows, REFERENCES["im2row_dense_i8"](xq, zp, **geo), dtype=dtype, zp=zp)
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+# (B, C, mult, H, W, kh, kw, strides, pads, dilations)
+DW_CASES = [
+    (1, 1, 1, 5, 5, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1]),
+    (2, 7, 1, 9, 8, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+    (1, 16, 1, 9, 9, 3, 3, [2, 2], [0, 0, 1, 1], [1, 1]),      # MobileNetV2 stride 2 (TF pads)
+    (1, 17, 2, 10, 7, 5, 5, [1, 2], [2, 1, 2, 3], [1, 1]),     # multiplier 2, asymmetric
+    (1, 2, 1, 8, 8, 3, 3, [1, 1], [2, 2, 2, 2], [2, 2]),       # dilation 2
+    (1, 3, 1, 2, 2, 1, 3, [1, 1], [0, 2, 0, 2], [1, 1]),       # 1×3 wider than the input
+]
+
+
+def _dw_ids(case):
+    return "B{}C{}m{}{}x{}k{}x{}s{}{}p{}d{}".format(*case[:5], *case[5:7], *case[7],
+                                                    "".join(map(str, case[8])), case[9][0])
+
+
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("case", DW_CASES, ids=_dw_ids)
+def test_depthwise(case, density):
+    B, C, m, H, W, kh, kw, s, p, d = case
+    N = C * m
+    rng = np.random.default_rng(hash((_dw_ids(case), density)) % 2**32)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
+    args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
+    w = _sparse(rng, (N, kh * kw), density, np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), np.float32)
+    ws = np.empty((B, N, q["OH"] * q["P"]), np.float32)
+    y = np.full((B, N, q["OH"], q["OW"]), np.nan, np.float32)
+    KERNELS["depthwise_dense_f32"](w, b, x, xp, ws, y, *args, 0.0, 6.0)
+    want = REFERENCES["depthwise_dense_f32"](w, b, x, **geo, lo=0.0, hi=6.0)
+    mag = REFERENCES["depthwise_dense_f32"](np.abs(w), np.abs(b), np.abs(x), **geo)
+    assert_f32_close(y, want, K=kh * kw + 1, magnitude=mag, case=_dw_ids(case))
+
+    wq = _sparse(rng, (N, kh * kw), density, np.int8)
+    xq, zp = _quant_input(rng, (B, C, H, W), np.uint8 if C % 2 else np.int8)
+    bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), xq.dtype)
+    ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+    acc = np.zeros((B, N, q["OH"], q["OW"]), np.int32)
+    KERNELS["depthwise_dense_i8"](wq, bias, xq, zp, xp, ws, acc, *args)
+    want = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
+    assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
+
+
+# ----------------------------------------------------------------------------- pooling
+
+# (H, W, kh, kw, strides, pads, dilations, ceil_mode)
+POOL_CASES = [
+    (5, 5, 1, 1, [1, 1], [0, 0, 0, 0], [1, 1], 0),
+    (7, 7, 3, 3, [2, 2], [1, 1, 1, 1], [1, 1], 0),
+    (8, 7, 3, 3, [2, 2], [1, 1, 1, 1], [1, 1], 1),    # ceil_mode overhang
+    (6, 9, 2, 3, [2, 3], [1, 0, 0, 2], [1, 1], 1),    # asymmetric pads, ceil
+    (9, 9, 3, 3, [1, 1], [2, 2, 2, 2], [2, 2], 0),    # dilation 2
+    (2, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 0),    # input smaller than kernel + pads
+    (14, 14, 5, 5, [3, 3], [2, 2, 2, 2], [1, 1], 1),
+    (3, 3, 2, 2, [1, 1], [1, 1, 1, 1], [3, 3], 0),    # dilated windows on pads only
+]
+
+
+def _pool_ids(case):
+    return "{}x{}k{}x{}s{}{}p{}d{}c{}".format(*case[:4], *case[4], "".join(map(str, case[5])),
+                                               case[6][0], case[7])
+
+
+def _pool_args(case):
+    H, W, kh, kw, s, p, d, ceil = case
+    begins, ends, out = geometry([H, W], [kh, kw], s, d, p, "NOTSET", ceil)
+    geo = dict(kernel_shape=[kh, kw], strides=s, pads=p, dilations=d, ceil_mode=ceil)
+    return out, (kh, kw, s[0], s[1], d[0], d[1], begins[0], begins[1]), (ends[0], ends[1]), geo
+
+
+def _round_half_away(v):
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", POOL_CASES, ids=_pool_ids)
+def test_maxpool_dense_i8(case, dtype):
+    rng = np.random.default_rng(1)
+    out, args, _, geo = _pool_args(case)
+    x, _ = _quant_input(rng, (2, 3, case[0], case[1]), dtype)
+    y = np.zeros((2, 3, *out), dtype)
+    KERNELS["maxpool_dense_i8"](x, y, *args)
+    assert_exact(y, REFERENCES["maxpool_dense_i8"](x, **geo), dtype=dtype, case=_pool_ids(case))
+    if case[6] == [1, 1]:  # the float reference agrees (no windows on pads only)
+        assert_exact(y, OPS["MaxPool"](x.astype(np.float64), **geo), case=_pool_ids(case))
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", POOL_CASES, ids=_pool_ids)
+def test_avgpool_dense_i8(case, dtype, count_include_pad):
+    rng = np.random.default_rng(2)
+    out, args, (pb, pr), geo = _pool_args(case)
+    x, zp = _quant_input(rng, (2, 3, case[0], case[1]), dtype)
+    y = np.zeros((2, 3, *out), dtype)
+    KERNELS["avgpool_dense_i8"](x, y, *args, pb, pr, count_include_pad, zp)
+    want = REFERENCES["avgpool_dense_i8"](x, zp, **geo, count_include_pad=count_include_pad)
+    assert_exact(y, want, dtype=dtype, case=_pool_ids(case), zp=zp)
+    # The float reference on real = q − zp (pads real 0), back on the q axis (+ zp), rounded half
+    # away from zero as §5 rounds Σq / count: the same counts, the same ties.
+    real = OPS["AveragePool"](x.astype(np.float64) - zp, **geo, count_include_pad=count_include_pad)
+    assert_exact(y, _round_half_away(real + zp), case=_pool_ids(case), zp=zp)
+
+
+def test_avgpool_rounding_ties():
+    """Sums at exactly .5 round away from zero, for both signs (int8 can have negative sums)."""
+    x = np.array([[[[1, 2], [-1, -2], [3, 4], [-3, -4]]]], np.int8).reshape(1, 1, 4, 2)
+    y = np.zeros((1, 1, 4, 1), np.int8)
+    KERNELS["avgpool_dense_i8"](x, y, 1, 2, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0)
+    assert y.ravel().tolist() == [2, -2, 4, -4]  # 1.5, −1.5, 3.5, −3.5
+    want = REFERENCES["avgpool_dense_i8"](x, 0, kernel_shape=[1, 2], strides=[1, 1])
+    assert_exact(y, want, dtype=np.int8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (1, 17, 14, 14), (1, 2, 3, 5)])
+def test_global_avgpool_dense_i8(shape, dtype):
+    rng = np.random.default_rng(4)
+    x, x_zp = _quant_input(rng, shape, dtype)
+    lo_t, hi_t = I8_RANGE[dtype]
+    # y_scale small enough that the result saturates at both ends; and a gentle one
+    for x_scale, y_scale in ((0.1, 0.002), (0.05, 0.07)):
+        y_zp = int(rng.integers(lo_t, hi_t + 1))
+        m0, shift = quantize_multiplier(x_scale / (y_scale * shape[2] * shape[3]))
+        y = np.zeros((*shape[:2], 1, 1), dtype)
+        KERNELS["global_avgpool_dense_i8"](x, y, x_zp, int(m0), int(shift), y_zp, lo_t, hi_t)
+        want = REFERENCES["global_avgpool_dense_i8"](x, x_zp, int(m0), int(shift), y_zp, lo_t, hi_t)
+        assert_exact(y, want, dtype=dtype, shape=shape, x_zp=x_zp, y_zp=y_zp, m0=int(m0),
+                     shift=int(shift))
+
+
+def test_global_avgpool_saturates_and_rounds_ties():
+    """A mean of exactly ±0.5 step rounds away from zero; a huge ratio clamps at both ends."""
+    x = np.array([1, 0, 0, 0, -1, 0, 0, 0], np.int8).reshape(2, 1, 2, 2)
+    y = np.zeros((2, 1, 1, 1), np.int8)
+    m0, shift = quantize_multiplier(2.0 / 4)             # mean·2 = ±0.5 exactly
+    KERNELS["global_avgpool_dense_i8"](x, y, 0, int(m0), int(shift), 0, -128, 127)
+    assert y.ravel().tolist() == [1, -1]
+    m0, shift = quantize_multiplier(1000.0 / 4)
+    KERNELS["global_avgpool_dense_i8"](x, y, 0, int(m0), int(shift), 0, -128, 127)
+    assert y.ravel().tolist() == [127, -128]
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+
+def _add_multipliers(a_scale, b_scale, y_scale):
+    """A, B, R of docs/quantization.md §5: the largest R ≤ 62 with A, B < 2^44."""
+    big = max(a_scale, b_scale) / y_scale
+    R = int(min(62, 43 - np.floor(np.log2(big))))
+    A, B = (int(round(s / y_scale * 2.0**R)) for s in (a_scale, b_scale))
+    assert 1 <= R and max(A, B) < 2**44
+    return A, B, R
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("scales", [(0.02, 0.03, 0.05), (0.5, 0.25, 0.01), (0.01, 0.3, 0.9),
+                                    (1e-3, 1e-3, 1e-3)])
+def test_add_dense_i8(scales, dtype, relu):
+    rng = np.random.default_rng(6)
+    L = 10007  # not a multiple of the block
+    a, a_zp = _quant_input(rng, L, dtype)
+    b, b_zp = _quant_input(rng, L, dtype)
+    lo, hi = I8_RANGE[dtype]
+    y_zp = (lo + hi + 1) // 2
+    if relu:
+        lo = y_zp
+    A, B, R = _add_multipliers(*scales)
+    y = np.zeros(L, dtype)
+    KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, y_zp, lo, hi)
+    want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, y_zp, lo, hi)
+    assert_exact(y, want, dtype=dtype, scales=scales, extra={"a": a, "b": b})
+    if scales[2] == 0.01:  # large ratios: both ends saturate
+        assert y.min() == lo and y.max() == hi
+
+
+def test_add_dense_i8_ties():
+    """(q_a − a_zp)/2 at exactly .5 rounds away from zero: 1 → 1, −1 → −1, 3 → 2, −3 → −2."""
+    a = np.array([1, -1, 3, -3], np.int8)
+    y = np.zeros(4, np.int8)
+    A, B, R = _add_multipliers(0.5, 0.5, 1.0)
+    KERNELS["add_dense_i8"](a, np.zeros(4, np.int8), y, 0, 0, A, B, R, 0, -128, 127)
+    assert y.tolist() == [1, -1, 2, -2]
+
+
+def test_f32_elementwise():
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((2, 5, 33)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    want = REFERENCES["bias_act_dense_f32"](y, b, 0.0, 6.0)
+    KERNELS["bias_act_dense_f32"](y, b, 0.0, 6.0)
+    assert_f32_close(y, want, K=1, magnitude=np.abs(want) + np.abs(b)[:, None])
+    a, c = (rng.standard_normal(9000).astype(np.float32) for _ in range(2))
+    out = np.empty_like(a)
+    KERNELS["add_dense_f32"](a, c, out, 0.0, np.inf)
+    assert_f32_close(out, REFERENCES["add_dense_f32"](a, c, 0.0, np.inf), K=1,
+                     magnitude=np.abs(a) + np.abs(c))
+    KERNELS["clamp_dense_f32"](a, out, -0.5, 0.5)
+    assert_f32_close(out, REFERENCES["clamp_dense_f32"](a, -0.5, 0.5), K=0, magnitude=0)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.data())
+def test_conv2d_csr_i8_property(data):
+    """Random geometry, quantization parameters and sparsity: the sparse int8 conv is exact."""
+    draw = data.draw
+    g = draw(st.sampled_from([1, 2]))
+    C, N = g * draw(st.integers(1, 4)), g * draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    d = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    p = [draw(st.integers(0, 3)) for _ in range(4)]
+    H = draw(st.integers(max(1, (kh - 1) * d[0] + 1 - p[0] - p[2]), 12))
+    W = draw(st.integers(max(1, (kw - 1) * d[1] + 1 - p[1] - p[3]), 12))
+    density = draw(st.floats(0, 1))
+    dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    case = (1, C, H, W, N, kh, kw, s, p, d, g)
+    w = _sparse(rng, (N, C // g * kh * kw), density, np.int8)
+    x, x_zp = _quant_input(rng, (1, C, H, W), dtype)
+    bias = rng.integers(-2**24, 2**24, N).astype(np.int32)
+    y, csr = _run_conv_i8(w, bias, x, x_zp, case)
+    want = REFERENCES["conv2d_csr_i8"](*csr, bias, x, x_zp, kernel_shape=(kh, kw), strides=s,
+                                       pads=p, dilations=d, groups=g)
+    assert_exact(y, want, dtype=np.int32, case=_conv_ids(case), density=density, seed=seed)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.data())
+def test_pool_property(data):
+    """Random pooling geometry and zero point: avg and max pools equal their integer references."""
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    p = [draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
+         draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))]
+    H = draw(st.integers(max(1, kh - p[0] - p[2]), 10))
+    W = draw(st.integers(max(1, kw - p[1] - p[3]), 10))
+    case = (H, W, kh, kw, s, p, [1, 1], draw(st.integers(0, 1)))
+    cip = draw(st.integers(0, 1))
+    dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    out, args, (pb, pr), geo = _pool_args(case)
+    x, zp = _quant_input(rng, (1, 2, H, W), dtype)
+    y = np.zeros((1, 2, *out), dtype)
+    KERNELS["avgpool_dense_i8"](x, y, *args, pb, pr, cip, zp)
+    assert_exact(y, REFERENCES["avgpool_dense_i8"](x, zp, **geo, count_include_pad=cip),
+                 dtype=dtype, case=_pool_ids(case), cip=cip)
+    KERNELS["maxpool_dense_i8"](x, y, *args)
+    assert_exact(y, REFERENCES["maxpool_dense_i8"](x, **geo), dtype=dtype, case=_pool_ids(case))
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_identical_bytes_for_every_thread_count():
+    rng = np.random.default_rng(9)
+    case = (2, 16, 12, 12, 17, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    w = _sparse(rng, (17, 144), 0.3, np.float32)
+    wq = _sparse(rng, (17, 144), 0.3, np.int8)
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    xq, zp = _quant_input(rng, (2, 16, 12, 12), np.uint8)
+    b, bias = np.ones(17, np.float32), np.zeros(17, np.int32)
+    a, c = (rng.integers(0, 256, 50000).astype(np.uint8) for _ in range(2))
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            yq = np.zeros(50000, np.uint8)
+            KERNELS["add_dense_i8"](a, c, yq, 3, 5, 2**40, 3 * 2**39, 42, 128, 0, 255)
+            pooled = np.zeros((2, 16, 6, 6), np.uint8)
+            KERNELS["avgpool_dense_i8"](xq, pooled, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, zp)
+            results.append((_run_conv_f32(w, b, x, case)[0].tobytes(),
+                            _run_conv_i8(wq, bias, xq, zp, case)[0].tobytes(),
+                            yq.tobytes(), pooled.tobytes()))
+    finally:
+        numba.set_num_threads(before)
+    assert results[0] == results[-1]

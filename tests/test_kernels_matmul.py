@@ -1,0 +1,409 @@
+"""Matmul and quantization kernels against their references (float64 / the int64 integer reference).
+
+One parametrized test per kernel family over the edge shapes (M, N, K ∈ {1, 2, 7, 16, 17, 63}),
+densities, index dtypes and activation dtypes; requantization with outputs spanning the whole 8-bit
+range, forced saturation and exact ties; plan-time math (quantmath); Hypothesis properties; byte-equal
+results for 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zeroskip.kernels
+import zeroskip.reference
+from zeroskip import quantmath
+from zeroskip.errors import UnsupportedModelError
+from zeroskip.kernels.matmul_csr import matmul_csr_f32, matmul_csr_i8
+from zeroskip.kernels.matmul_dense import matmul_dense_i8
+from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
+from zeroskip.model import index_dtype
+from zeroskip.reference import matmul_csr as ref_csr
+from zeroskip.reference import matmul_dense as ref_dense
+from zeroskip.reference import quant as ref_quant
+
+from kernel_checks import assert_exact, assert_f32_close
+
+# Each of 1, 2, 7, 16, 17, 63 in every position, plus the edge combinations (1 against 63, ...).
+SHAPES = [(1, 1, 1), (2, 2, 2), (7, 7, 7), (16, 16, 16), (17, 17, 17), (63, 63, 63),
+          (1, 63, 17), (63, 1, 7), (17, 7, 63), (2, 16, 1), (16, 2, 63), (7, 17, 2)]
+DENSITIES = [0.0, 0.1, 0.5, 0.9, 1.0]
+INDEX_DTYPES = [np.uint8, np.uint16, np.int32, np.int64]
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+
+def _csr(w, index_type):
+    """CSR triple of w (N,K) with the given index dtype (indptr widened if nnz does not fit it)."""
+    rows, cols = np.nonzero(w)
+    counts = np.bincount(rows, minlength=w.shape[0])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    ptr_type = np.promote_types(index_type, index_dtype(len(rows)))
+    return indptr.astype(ptr_type), cols.astype(index_type), w[rows, cols]
+
+
+def _mask(rng, N, K, density):
+    """Random keep-mask at ``density``, with row 0 emptied (pruning makes empty rows normal)."""
+    mask = rng.random((N, K)) < density
+    if N > 1:
+        mask[0] = False
+    return mask
+
+
+def _f32_case(M, N, K, density, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((N, K)) * _mask(rng, N, K, density)).astype(np.float32)
+    xt = rng.standard_normal((K, M)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    return w, xt, b
+
+
+def _i8_case(M, N, K, density, x_type, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.integers(-127, 128, (N, K)) * _mask(rng, N, K, density)).astype(np.int8)
+    lo, hi = TYPE_RANGE[x_type]
+    xt = rng.integers(lo, hi + 1, (K, M)).astype(x_type)
+    x_zp = int(rng.integers(lo, hi + 1))
+    q_b = rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32)
+    bias = quantmath.fold_bias(q_b, w.astype(np.int64).sum(axis=1), x_zp)
+    return w, xt, bias
+
+
+def _run_csr_f32(w, xt, b, index_type, lo=-np.inf, hi=np.inf):
+    indptr, indices, data = _csr(w, index_type)
+    yt = np.full((w.shape[0], xt.shape[1]), np.nan, dtype=np.float32)
+    matmul_csr_f32(indptr, indices, data, b, xt, yt, np.float32(lo), np.float32(hi))
+    want = ref_csr.matmul_csr_f32(indptr, indices, data, b, xt, lo, hi)
+    return yt, want
+
+
+def _run_csr_i8(w, xt, bias, index_type):
+    indptr, indices, data = _csr(w, index_type)
+    yt = np.full((w.shape[0], xt.shape[1]), -1, dtype=np.int32)
+    matmul_csr_i8(indptr, indices, data, bias, xt, yt)
+    return yt, ref_csr.matmul_csr_i8(indptr, indices, data, bias, xt)
+
+
+def _run_dense_i8(w, x, bias):
+    yt = np.full((w.shape[0], x.shape[0]), -1, dtype=np.int32)
+    matmul_dense_i8(x, w, bias, yt)
+    return yt, ref_dense.matmul_dense_i8(x, w, bias)
+
+
+def test_kernels_and_references_have_the_same_keys():
+    assert set(zeroskip.kernels.KERNELS) == set(zeroskip.reference.REFERENCES)
+
+
+# ---------------------------------------------------------------- sparse / dense matmul vs reference
+
+@pytest.mark.parametrize("index_type", INDEX_DTYPES, ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matmul_csr_f32(M, N, K, density, index_type):
+    seed = M * 10007 + N * 101 + K + int(density * 10)
+    w, xt, b = _f32_case(M, N, K, density, seed)
+    relu = density == 0.5  # fused ReLU on one density: lo = 0
+    got, want = _run_csr_f32(w, xt, b, index_type, 0.0 if relu else -np.inf)
+    magnitude = np.abs(w).astype(np.float64) @ np.abs(xt) + np.abs(b)[:, None]
+    assert_f32_close(got, want, K=K, magnitude=magnitude, M=M, N=N, density=density, seed=seed,
+                     index=np.dtype(index_type).name)
+
+
+@pytest.mark.parametrize("index_type,x_type", [(np.uint8, np.uint8), (np.uint16, np.int8),
+                                               (np.int32, np.uint8), (np.int64, np.int8)],
+                         ids=["u8-idx-u8", "u16-idx-s8", "i32-idx-u8", "i64-idx-s8"])
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matmul_csr_i8(M, N, K, density, index_type, x_type):
+    seed = M * 10007 + N * 101 + K + int(density * 10)
+    w, xt, bias = _i8_case(M, N, K, density, x_type, seed)
+    got, want = _run_csr_i8(w, xt, bias, index_type)
+    assert_exact(got, want, dtype=np.int32, extra={"bias'": bias}, M=M, N=N, K=K, density=density,
+                 seed=seed, x=np.dtype(x_type).name)
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_matmul_dense_i8(M, N, K, density, x_type):
+    seed = M * 10007 + N * 101 + K + int(density * 10)
+    w, xt, bias = _i8_case(M, N, K, density, x_type, seed)
+    x = np.ascontiguousarray(xt.T)
+    got, want = _run_dense_i8(w, x, bias)
+    assert_exact(got, want, dtype=np.int32, extra={"bias'": bias}, M=M, N=N, K=K, density=density,
+                 seed=seed, x=np.dtype(x_type).name)
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_i8_matmuls_at_the_extremes(x_type):
+    """Every product at its largest magnitude (±127 · 255 or ·−128): the int32 sums stay exact."""
+    M, N, K = 5, 9, 1000
+    lo, hi = TYPE_RANGE[x_type]
+    w = np.where(np.arange(N * K).reshape(N, K) % 3 == 0, -127, 127).astype(np.int8)
+    w[1] = 127
+    w[2] = -127
+    xt = np.full((K, M), hi if x_type is np.uint8 else lo, dtype=x_type)
+    bias = np.full(N, 2 ** 30, dtype=np.int32)
+    quantmath.check_accumulator_range(K, 127 * max(abs(lo), hi), bias)
+    got, want = _run_csr_i8(w, xt, bias, np.int32)
+    assert_exact(got, want, dtype=np.int32, kernel="csr")
+    got, want = _run_dense_i8(w, np.ascontiguousarray(xt.T), bias)
+    assert_exact(got, want, dtype=np.int32, kernel="dense")
+
+
+# ---------------------------------------------------------------- requantization
+
+def _requantize(acc, m0, shift, zp, lo, hi, y_type):
+    y = np.zeros(acc.shape, dtype=y_type)
+    requantize_dense_i8(acc, m0, shift, zp, lo, hi, y)
+    return y, ref_quant.requantize_dense_i8(acc, m0, shift, zp, lo, hi)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (17, 7, 63), (63, 16, 2), (16, 63, 17)])
+def test_requantize_spans_the_output_range(M, N, K, y_type):
+    """Scales from the actual accumulator range: every channel's outputs cover the whole type range."""
+    seed = M + N + K
+    w, xt, bias = _i8_case(M, N, K, 0.9, np.uint8, seed)
+    acc, _ = _run_csr_i8(w, xt, bias, np.int32)
+    span = (acc.max(axis=1).astype(np.float64) - acc.min(axis=1)) + 1.0
+    real = 255.0 / span                        # M[n] = x_scale·w_scale[n] / y_scale
+    m0, shift = quantmath.quantize_multiplier(real)
+    lo, hi = TYPE_RANGE[y_type]
+    zp = int(lo - np.round(np.median(acc.min(axis=1) * real)))
+    zp = int(np.clip(zp, lo, hi))
+    got, want = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+    assert_exact(got, want, dtype=y_type, extra={"acc": acc, "m0": m0[:, None], "shift": shift[:, None]},
+                 M=M, N=N, K=K, seed=seed)
+    if M * N >= 64:
+        assert got.min() <= lo + 8 and got.max() >= hi - 8
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_requantize_random_multipliers(y_type):
+    """Multipliers from tiny (below 2^−32: m0 = 0) to large (> 1), over random full-range accumulators."""
+    rng = np.random.default_rng(7)
+    real = np.concatenate([[2.0 ** -40, 2.0 ** -32, 1e-9, 0.5, 1.0, 3.7, 1000.0, 2.0 ** 29],
+                           np.exp(rng.uniform(np.log(1e-8), np.log(1e2), 56))])
+    acc = rng.integers(-2 ** 31, 2 ** 31, (len(real), 97)).astype(np.int32)
+    acc[:, :4] = [[-2 ** 31, 2 ** 31 - 1, 0, -1]]
+    m0, shift = quantmath.quantize_multiplier(real)
+    lo, hi = TYPE_RANGE[y_type]
+    for zp in (lo, 0 if y_type is np.int8 else 128, hi):
+        got, want = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+        assert_exact(got, want, dtype=y_type, extra={"acc": acc, "m0": m0[:, None]}, zp=zp)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_requantize_forces_saturation_at_both_ends(y_type):
+    lo, hi = TYPE_RANGE[y_type]
+    acc = np.array([[-10 ** 6, -1000, -3, 0, 3, 1000, 10 ** 6]] * 3, dtype=np.int32)
+    m0, shift = quantmath.quantize_multiplier(np.array([1.0, 0.5, 7.0]))
+    zp = (lo + hi + 1) // 2
+    got, want = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+    assert_exact(got, want, dtype=y_type, extra={"acc": acc})
+    assert (got[:, 0] == lo).all() and (got[:, -1] == hi).all()
+    # a fused ReLU6-like clamp narrows both ends
+    got, want = _requantize(acc, m0, shift, zp, zp, zp + 5, y_type)
+    assert_exact(got, want, dtype=y_type, extra={"acc": acc})
+    assert got.min() == zp and got.max() == zp + 5
+
+
+def test_requantize_ties_round_half_away_from_zero():
+    """M = 0.5 (m0 = 2^30, shift 31): odd accumulators are exact .5 ties; 2.5 → 3, −2.5 → −3."""
+    acc = np.array([[5, -5, 3, -3, 1, -1, 4, -4, 7, -7]], dtype=np.int32)
+    m0, shift = quantmath.quantize_multiplier(np.array([0.5]))
+    assert (int(m0[0]), int(shift[0])) == (2 ** 30, 31)
+    got, want = _requantize(acc, m0, shift, 0, -128, 127, np.int8)
+    assert got.tolist() == [[3, -3, 2, -2, 1, -1, 2, -2, 4, -4]]
+    assert_exact(got, want, dtype=np.int8)
+    # M = 0.25: ±6·0.25 = ±1.5 → ±2, ±2·0.25 = ±0.5 → ±1, ±5·0.25 = ±1.25 → ±1
+    acc = np.array([[6, -6, 2, -2, 5, -5]], dtype=np.int32)
+    m0, shift = quantmath.quantize_multiplier(np.array([0.25]))
+    got, _ = _requantize(acc, m0, shift, 0, -128, 127, np.int8)
+    assert got.tolist() == [[2, -2, 1, -1, 1, -1]]
+
+
+# ---------------------------------------------------------------- quantize / dequantize kernels
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_quantize_dense_f32(y_type):
+    rng = np.random.default_rng(3)
+    scale = np.float32(0.05)
+    lo, hi = TYPE_RANGE[y_type]
+    zp = (lo + hi + 1) // 2
+    x = np.concatenate([rng.standard_normal(10_000).astype(np.float32) * 5,
+                        (np.arange(-20, 20, dtype=np.float32) + 0.5) * np.float32(0.5),  # ties at scale .5
+                        [np.float32(1e9), np.float32(-1e9), np.float32(0.0)]]).astype(np.float32)
+    for s in (scale, np.float32(0.5)):
+        y = np.zeros(x.shape, dtype=y_type)
+        quantize_dense_f32(x, s, zp, y)
+        assert_exact(y, ref_quant.quantize_dense_f32(x, s, zp, y_type), dtype=y_type, scale=s)
+    y = np.zeros(4, dtype=y_type)
+    quantize_dense_f32(np.array([1.25, -1.25, 1.75, 0.25], np.float32), np.float32(0.5), 0, y)
+    assert y.tolist() == [2, -2, 4, 0] if y_type is np.int8 else y.tolist() == [2, 0, 4, 0]
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_dequantize_dense_i8(x_type):
+    lo, hi = TYPE_RANGE[x_type]
+    q = np.arange(lo, hi + 1).astype(x_type)
+    q = np.concatenate([q] * 40)
+    for scale, zp in ((np.float32(0.0123), 3), (np.float32(7.5e-5), hi), (np.float32(1.0), lo)):
+        y = np.zeros(q.shape, dtype=np.float32)
+        dequantize_dense_i8(q, scale, zp, y)
+        want = ref_quant.dequantize_dense_i8(q, scale, zp)
+        assert_f32_close(y, want, K=0, magnitude=np.abs(want), scale=scale, zp=zp)
+        assert np.array_equal(y, want.astype(np.float32))  # one rounding: exactly the float32 of it
+
+
+# ---------------------------------------------------------------- plan-time math
+
+def test_quantize_multiplier_relative_error():
+    rng = np.random.default_rng(11)
+    real = np.exp(rng.uniform(np.log(2.0 ** -31), np.log(2.0 ** 29), 5000))
+    m0, shift = quantmath.quantize_multiplier(real)
+    assert m0.dtype == np.int32
+    assert ((m0 >= 2 ** 30) & (m0.astype(np.int64) < 2 ** 31)).all()
+    assert ((shift >= 1) & (shift <= 62)).all()
+    approx = m0.astype(np.float64) * np.exp2(-shift.astype(np.float64))
+    assert (np.abs(approx - real) / real < 2.0 ** -31).all()
+
+
+def test_quantize_multiplier_carry_and_extremes():
+    m0, shift = quantmath.quantize_multiplier(np.array([1.0 - 2.0 ** -33, 1.0, 2.0 ** -32, 2.0 ** 30 - 1]))
+    assert m0.tolist() == [2 ** 30, 2 ** 30, 2 ** 30, 2 ** 31 - 2]  # carry: round gives 2^31
+    assert shift.tolist() == [30, 30, 62, 1]
+    m0, shift = quantmath.quantize_multiplier(np.array([2.0 ** -33, 1e-300]))
+    assert m0.tolist() == [0, 0]                                      # below 2^−32: everything → zp
+    for bad in (2.0 ** 30, 2.0 ** 30 - 2.0 ** -30, 1e12, 0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(UnsupportedModelError):
+            quantmath.quantize_multiplier(np.array([bad]))
+
+
+def test_clamp_bounds():
+    assert quantmath.clamp_bounds(np.uint8, 0.1, 0) == (0, 255)
+    assert quantmath.clamp_bounds(np.int8, 0.1, -5) == (-128, 127)
+    assert quantmath.clamp_bounds(np.uint8, 0.1, 20, 0.0) == (20, 255)            # ReLU: lo = zp
+    assert quantmath.clamp_bounds(np.int8, 0.1, -5, 0.0) == (-5, 127)
+    assert quantmath.clamp_bounds(np.uint8, 0.05, 10, 0.0, 6.0) == (10, 130)     # ReLU6
+    assert quantmath.clamp_bounds(np.int8, 0.01, 0, 0.0, 6.0) == (0, 127)        # 6 beyond range
+    assert quantmath.clamp_bounds(np.int8, 0.5, 0, -1.0, 2.25) == (-2, 4)         # Clip; 4.5 → 4
+    assert quantmath.clamp_bounds(np.int8, 0.5, 0, -np.inf, np.inf) == (-128, 127)
+
+
+def test_all_zero_channel_scales_and_weights():
+    w = np.array([[0.0, 0.0, 0.0], [1.0, -2.54, 0.5], [0.0, 0.0, 0.0]], dtype=np.float32)
+    with np.errstate(all="raise"):
+        scales = quantmath.choose_weight_scales(w)
+        q = quantmath.quantize_weights(w, scales)
+    assert scales.dtype == np.float32 and scales[0] == 1.0 and scales[2] == 1.0
+    assert np.isclose(scales[1], 2.54 / 127)
+    assert q.dtype == np.int8 and (q[0] == 0).all() and (q[2] == 0).all()
+    assert q[1].tolist() == [50, -127, 25]
+    conv = np.zeros((4, 2, 3, 3), dtype=np.float32)
+    conv[1, 0, 1, 1] = -3.0
+    s = quantmath.choose_weight_scales(conv, axis=0)
+    assert s.tolist() == [1.0, np.float32(3.0 / 127), 1.0, 1.0]
+    assert quantmath.quantize_weights(conv, s)[1, 0, 1, 1] == -127
+
+
+def test_fold_bias_and_accumulator_range():
+    w = np.array([[1, -2, 3], [0, 0, 0]], dtype=np.int8)
+    folded = quantmath.fold_bias(np.array([10, -4], np.int32), w.sum(axis=1, dtype=np.int64), 128)
+    assert folded.dtype == np.int32 and folded.tolist() == [10 - 128 * 2, -4]
+    assert quantmath.fold_bias(None, [5], -3).tolist() == [15]
+    quantmath.check_accumulator_range(66_000, 127 * 255, [0])
+    with pytest.raises(UnsupportedModelError):
+        quantmath.check_accumulator_range(66_500, 127 * 255, [0])
+    with pytest.raises(UnsupportedModelError):
+        quantmath.check_accumulator_range(1000, 127 * 255, [2 ** 31 - 1000])
+
+
+# ---------------------------------------------------------------- Hypothesis properties
+
+dims = st.integers(1, 40)
+
+
+@settings(deadline=None)
+@given(M=dims, N=dims, K=dims, density=st.floats(0, 1), seed=st.integers(0, 2 ** 31),
+       index_type=st.sampled_from(INDEX_DTYPES))
+def test_property_matmul_csr_f32(M, N, K, density, seed, index_type):
+    w, xt, b = _f32_case(M, N, K, density, seed)
+    got, want = _run_csr_f32(w, xt, b, index_type)
+    magnitude = np.abs(w).astype(np.float64) @ np.abs(xt) + np.abs(b)[:, None]
+    assert_f32_close(got, want, K=K, magnitude=magnitude, M=M, N=N, density=density, seed=seed)
+
+
+@settings(deadline=None)
+@given(M=dims, N=dims, K=dims, density=st.floats(0, 1), seed=st.integers(0, 2 ** 31),
+       x_type=st.sampled_from([np.uint8, np.int8]), y_type=st.sampled_from([np.uint8, np.int8]),
+       log_real=st.floats(-20, 3), relu=st.booleans())
+def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, relu):
+    """csr and dense int8 give the same accumulator as the reference, and requantize it identically."""
+    w, xt, bias = _i8_case(M, N, K, density, x_type, seed)
+    acc, want = _run_csr_i8(w, xt, bias, index_dtype(K))
+    context = dict(M=M, N=N, K=K, density=density, seed=seed)
+    assert_exact(acc, want, dtype=np.int32, extra={"bias'": bias}, kernel="csr", **context)
+    acc_dense, _ = _run_dense_i8(w, np.ascontiguousarray(xt.T), bias)
+    assert_exact(acc_dense, want, dtype=np.int32, kernel="dense", **context)
+    rng = np.random.default_rng(seed)
+    m0, shift = quantmath.quantize_multiplier(np.exp(log_real + rng.uniform(-1, 1, N)))
+    y_scale = float(np.exp(rng.uniform(-5, 0)))
+    zp = int(rng.integers(*TYPE_RANGE[y_type]))
+    lo, hi = quantmath.clamp_bounds(y_type, y_scale, zp, 0.0 if relu else None)
+    got, want_y = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+    assert_exact(got, want_y, dtype=y_type, extra={"acc": acc, "m0": m0[:, None]}, **context)
+
+
+@settings(deadline=None)
+@given(real=st.floats(2.0 ** -32, 2.0 ** 30, exclude_max=True))
+def test_property_quantize_multiplier(real):
+    if real >= 2.0 ** 30 - 0.25:             # m0 = round(2·real) carries to 2^31 with shift 0: refused
+        with pytest.raises(UnsupportedModelError):
+            quantmath.quantize_multiplier(np.array([real]))
+        return
+    m0, shift = quantmath.quantize_multiplier(np.array([real]))
+    approx = int(m0[0]) * 2.0 ** -int(shift[0])
+    assert abs(approx - real) / real < 2.0 ** -31
+    assert 2 ** 30 <= int(m0[0]) < 2 ** 31 and 1 <= int(shift[0]) <= 62
+
+
+# ---------------------------------------------------------------- thread-count independence
+
+def _all_kernels_once():
+    """Every kernel of this family on one input large enough to split across threads; the outputs."""
+    rng = np.random.default_rng(5)
+    M, N, K = 67, 130, 90
+    out = {}
+    w, xt, b = _f32_case(M, N, K, 0.3, 1)
+    out["matmul_csr_f32"], _ = _run_csr_f32(w, xt, b, np.int32)
+    w, xt, bias = _i8_case(M, N, K, 0.3, np.uint8, 2)
+    out["matmul_csr_i8"], _ = _run_csr_i8(w, xt, bias, np.uint16)
+    out["matmul_dense_i8"], _ = _run_dense_i8(w, np.ascontiguousarray(xt.T), bias)
+    m0, shift = quantmath.quantize_multiplier(np.exp(rng.uniform(-12, -8, N)))
+    out["requantize_dense_i8"], _ = _requantize(out["matmul_csr_i8"], m0, shift, 3, 0, 255, np.uint8)
+    x = rng.standard_normal(3 * 4096 + 5).astype(np.float32)
+    q = np.zeros(x.shape, np.int8)
+    quantize_dense_f32(x, np.float32(0.02), -3, q)
+    out["quantize_dense_f32"] = q
+    y = np.zeros(x.shape, np.float32)
+    dequantize_dense_i8(q, np.float32(0.02), -3, y)
+    out["dequantize_dense_i8"] = y
+    return out
+
+
+def test_identical_for_one_and_two_threads():
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _all_kernels_once()
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = _all_kernels_once()
+    finally:
+        numba.set_num_threads(before)
+    for name in one:
+        assert one[name].tobytes() == two[name].tobytes(), name

@@ -1,0 +1,725 @@
+"""ONNX int8 import: QDQ and QOperator graphs onto the one integer scheme of DESIGN.md.
+
+``formats.onnx`` calls in here for every quantization-related node; the result is the IR's quantized
+ops (``QuantizeLinear``, ``DequantizeLinear``, ``QConv``, ``QGemm``, ``QAdd``, ``QMaxPool``,
+``QAveragePool``, ``QGlobalAveragePool``) with weights as int8 ``Dense`` tensors carrying
+``QuantParams`` and biases as int32 with scale ``x_scale·w_scale[n]``.
+
+What maps to what
+-----------------
+QOperator (onnxruntime's ``QuantFormat.QOperator``):
+
+* ``QuantizeLinear`` / ``DequantizeLinear`` -> the IR ops of the same name (scale and zero point
+  become attributes; they must be constant and per tensor). A DequantizeLinear of a constant is
+  folded: its real value is a float constant, and the integer tensor is remembered for fusion.
+* ``QLinearConv`` -> ``QConv``; ``QLinearMatMul`` with a constant 2-D B and a 2-D A -> ``QGemm`` (B
+  (K,N) is transposed to (N,K), per-column scales become per-row); ``com.microsoft.QGemm``
+  (alpha 1, transA 0) -> ``QGemm``; ``com.microsoft.QLinearAdd`` -> ``QAdd`` (a constant operand
+  stays a raw uint8/int8 initializer described by the node's a_*/b_* attributes);
+  ``com.microsoft.QLinearGlobalAveragePool`` / ``QLinearAveragePool`` (channels_last 0) ->
+  ``QGlobalAveragePool`` / ``QAveragePool``.
+* A QLinearMatMul the IR cannot express as QGemm (a non-2-D A) becomes DequantizeLinear -> MatMul ->
+  QuantizeLinear, which computes the same thing in float.
+* ``MaxPool`` on an integer tensor -> ``QMaxPool``; Flatten, Reshape, Transpose, Squeeze, Unsqueeze,
+  Identity, Dropout and Concat (all inputs with the same scale and zero point) stay as they are, on
+  the integer tensor, which keeps its parameters.
+* Any other op of a non-default domain is refused by the importer (``com.microsoft.QLinearSigmoid ×1
+  (first: 'x')``). ``DynamicQuantizeLinear``, ``MatMulInteger`` and ``ConvInteger`` (dynamic
+  quantization: the activation scale is computed at run time) are refused with a message that says so.
+
+QDQ (``QuantFormat.QDQ``), recognized after all nodes are converted (``fuse_qdq``):
+
+* ``DQ(x), DQ(w)[, DQ(b)] -> Conv | Gemm | MatMul -> [Relu | Clip] -> Q`` -> ``QConv`` / ``QGemm``,
+  the activation becoming ``clip_min``/``clip_max``;
+* ``DQ(a), DQ(b) -> Add -> [Relu | Clip] -> Q`` -> ``QAdd`` (an operand may be a constant DQ);
+* ``DQ -> AveragePool -> Q`` -> ``QAveragePool``; ``DQ -> GlobalAveragePool -> Q`` ->
+  ``QGlobalAveragePool``;
+* ``DQ -> MaxPool -> Q`` and ``DQ -> shape op -> Q`` with the same scale, zero point and type in and
+  out -> ``QMaxPool`` / the shape op on the integer tensor.
+
+A pattern is fused only when the float op's output has that one reader (the Q, or the activation whose
+only reader is the Q) and is not a graph output. Everything else stays as it was: Q/DQ pairs run as
+QuantizeLinear/DequantizeLinear and float ops between them stay float, which computes exactly what
+the ONNX graph says.
+
+Choices
+-------
+* **Weights** become int8 with zero point 0 in [−127, 127], per output channel (axis 0 of the IR
+  weight) or per tensor, as given. A weight stored as uint8, with nonzero zero points or using −128
+  is converted exactly when every ``q − zero_point`` lies in [−127, 127]; otherwise it is
+  **re-quantized** from its real values to symmetric int8 with the same granularity (scale
+  ``max|w| / 127``, 1.0 for an all-zero channel, round half to even), and
+  ``metadata["weights"][name]["requantized"]`` is set to true.
+* A per-channel weight whose axis is not the output-channel axis is refused.
+* **Bias**: an int32 bias whose scale equals ``x_scale·w_scale[n]`` (to float32 precision, as
+  onnxruntime writes it) is kept; any other bias, including a float one, is quantized to that scale
+  with round half to even (``metadata[...]["requantized"]`` marks a bias whose integers changed).
+* **Validation**, before any kernel trusts them: scales finite and > 0 (else ``ModelFormatError``
+  naming the tensor), activation zero points of type uint8/int8 (other types -> unsupported),
+  scale/zero-point shapes consistent with the weight, and the int32 accumulator bound
+  ``K·max|q_w·q_x| + max|b − x_zp·Σ_k q_w| < 2^31`` (``UnsupportedModelError`` naming the node).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelFormatError, UnsupportedModelError
+from ..model import Dense, QuantParams
+from ..ops import normalize_attrs
+
+ACT_DTYPES = ("uint8", "int8")
+W_MAX = 127
+INT32_MAX = 2 ** 31 - 1
+
+SHAPE_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+                       "Dropout", "Concat"})
+"""Ops that move integers around without arithmetic: they run on the integer tensor unchanged."""
+
+MS_DOMAIN = "com.microsoft"
+MS_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"})
+"""com.microsoft ops this importer maps; any other op of that domain is refused."""
+
+_DYNAMIC = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+
+
+@dataclass(frozen=True)
+class Act:
+    """The quantization of an integer activation: real = scale·(q − zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+
+@dataclass
+class QConst:
+    """A constant that a DequantizeLinear turned real: the integers and their parameters."""
+
+    raw: str            # name of the integer constant
+    q: np.ndarray
+    scale: np.ndarray   # float32, 0-d or 1-d
+    zero_point: np.ndarray
+    axis: int           # the axis of a 1-d scale
+
+
+def handles(proto) -> bool:
+    """Whether ``proto`` is a node this module converts (otherwise the float importer does)."""
+    if proto.domain in ("", "ai.onnx"):
+        return proto.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
+                                 "QLinearMatMul") or proto.op_type in _DYNAMIC
+    return proto.domain == MS_DOMAIN and proto.op_type in MS_OPS
+
+
+class QuantImport:
+    """The quantization side of one import: integer activations, folded DQ constants, new weights."""
+
+    def __init__(self, importer):
+        self.imp = importer
+        self.act: dict[str, Act] = {}         # integer activation -> its parameters
+        self.qconst: dict[str, QConst] = {}   # real constant made by a DQ -> its integers
+        self.tensors: dict[str, Dense] = {}   # IR initializers made here (override raw consts)
+        self.meta: dict[str, dict] = {}       # metadata["weights"] additions
+        self.style = None                     # "qdq" or "qoperator" once seen
+
+    # -- parameters -------------------------------------------------------------------------------
+    def _const(self, n, i, what):
+        value = n.const(i)
+        if value is None and n.input(i):
+            n.issues.append(("inputs", f"{n.op}.{what}"))
+        return value
+
+    def act_params(self, n, i_scale, i_zp, what) -> Act | None:
+        """Per-tensor activation parameters from constant inputs (None, with an issue, if not)."""
+        scale = self._const(n, i_scale, f"{what}_scale")
+        zp = self._const(n, i_zp, f"{what}_zero_point") if n.input(i_zp) else np.zeros((), np.uint8)
+        if scale is None or zp is None:
+            return None
+        scale_name = n.input(i_scale)
+        if scale.size != 1 or zp.size != 1:
+            n.issues.append(("attributes", f"{n.op}.{what}: per-axis activation quantization"))
+            return None
+        if zp.dtype.name not in ACT_DTYPES:
+            n.issues.append(("dtypes", f"{zp.dtype.name} quantized activation"))
+            return None
+        value = float(np.float32(scale.reshape(-1)[0]))
+        check_scale(self.imp.where, n.name, scale_name, np.array([value]))
+        return Act(value, int(zp.reshape(-1)[0]), zp.dtype.name)
+
+    # -- node conversion --------------------------------------------------------------------------
+    def convert(self, n, pending_cls):
+        """IR nodes (a list of pending nodes, maybe empty) for one quantization-related ONNX node."""
+        self.P = pending_cls
+        op = n.op
+        if op in _DYNAMIC:
+            n.issues.append(("ops", f"{op} (dynamic quantization is not supported; quantize "
+                                    f"statically, e.g. onnxruntime's quantize_static)"))
+            return [self._pending(n, op, n.inputs, n.outputs[:1], {})]
+        handler = getattr(self, "_" + op)
+        nodes = handler(n)
+        for key in list(n.attrs):
+            n.bad_attr(key, n.attrs[key])
+        return nodes
+
+    def _pending(self, n, op, inputs, outputs, attrs, name=None):
+        if not n.issues:
+            attrs = normalize_attrs(op, attrs)
+        inputs = list(inputs)
+        while inputs and inputs[-1] == "":
+            inputs.pop()
+        return self.P(name or n.name, op, inputs, list(outputs), attrs, n.issues)
+
+    def _QuantizeLinear(self, n):
+        self._common_q_attrs(n)
+        y = self.act_params(n, 1, 2, "y")
+        if y is None:
+            return [self._pending(n, "QuantizeLinear", n.inputs[:1], n.outputs, {})]
+        out = n.outputs[0]
+        x = n.const(0)
+        if x is not None:  # a constant quantized at import (e.g. Q(w) -> DQ): fold it
+            from ..reference.quantized import quantize_linear
+
+            q = quantize_linear(x, y_scale=y.scale, y_zero_point=y.zero_point, y_dtype=y.dtype)
+            self.imp.consts[out] = q.astype(y.dtype)
+            return []
+        self.act[out] = y
+        attrs = dict(y_scale=y.scale, y_zero_point=y.zero_point, y_dtype=y.dtype)
+        return [self._pending(n, "QuantizeLinear", n.inputs[:1], n.outputs, attrs)]
+
+    def _common_q_attrs(self, n):
+        n.take("axis")  # meaningful only for per-axis scales, which activations refuse
+        n.take("saturate")  # float8 only
+        block = n.take("block_size", 0)
+        if block:
+            n.bad_attr("block_size", block)
+        out_dtype = n.take("output_dtype", 0)
+        if out_dtype and n.imp.onnx.helper.tensor_dtype_to_np_dtype(out_dtype).name not in ACT_DTYPES:
+            n.bad_attr("output_dtype", out_dtype)
+
+    def _DequantizeLinear(self, n):
+        q = n.const(0)
+        if q is not None:
+            return self._fold_dq(n, q)
+        self._common_q_attrs(n)
+        x = self.act_params(n, 1, 2, "x")
+        if x is None:
+            return [self._pending(n, "DequantizeLinear", n.inputs[:1], n.outputs, {})]
+        attrs = dict(x_scale=x.scale, x_zero_point=x.zero_point)
+        return [self._pending(n, "DequantizeLinear", n.inputs[:1], n.outputs, attrs)]
+
+    def _fold_dq(self, n, q):
+        """DQ of a constant (a QDQ weight or bias): a real constant, its integers remembered."""
+        axis = int(n.take("axis", 1))
+        n.take("block_size")
+        scale = self._const(n, 1, "x_scale")
+        zp = n.const(2) if n.input(2) else np.zeros(np.shape(scale) if scale is not None else (),
+                                                    q.dtype)
+        if scale is None or zp is None:
+            return [self._pending(n, "DequantizeLinear", n.inputs[:1], n.outputs, {})]
+        scale = np.asarray(scale, dtype=np.float32)
+        check_scale(self.imp.where, n.name, n.input(1), scale)
+        if scale.ndim == 1 and scale.size > 0:
+            axis = axis % max(q.ndim, 1)
+            if q.ndim == 0 or q.shape[axis] != scale.size or zp.shape != scale.shape:
+                raise ModelFormatError(
+                    f"{self.imp.where}: node {n.name!r} (DequantizeLinear): scale {n.input(1)!r} "
+                    f"{list(scale.shape)} and zero point {list(zp.shape)} do not match axis {axis} "
+                    f"of {n.input(0)!r} {list(q.shape)}")
+            shape = [1] * q.ndim
+            shape[axis] = -1
+        elif scale.size == 1 and zp.size == 1:
+            scale, zp, shape = scale.reshape(()), zp.reshape(()), ()
+        else:
+            raise ModelFormatError(f"{self.imp.where}: node {n.name!r} (DequantizeLinear): scale "
+                                   f"{n.input(1)!r} has shape {list(scale.shape)}")
+        real = (scale.reshape(shape).astype(np.float32)
+                * (q.astype(np.int64) - zp.astype(np.int64).reshape(shape)).astype(np.float32))
+        out = n.outputs[0]
+        self.imp.consts[out] = real.astype(np.float32)
+        self.qconst[out] = QConst(n.input(0), q, scale, zp, axis)
+        return []
+
+    # -- QOperator ops -----------------------------------------------------------------------------
+    def _QLinearConv(self, n):
+        self.style = self.style or "qoperator"
+        from .onnx import _conv as float_conv  # the float handler's attribute normalization
+
+        x = self.act_params(n, 1, 2, "x")
+        y = self.act_params(n, 6, 7, "y")
+        w = self._const(n, 3, "w")
+        w_scale = self._const(n, 4, "w_scale")
+        w_zp = self._const(n, 5, "w_zero_point") if n.input(5) else None
+        b = self._const(n, 8, "B") if n.input(8) else None
+        n_proxy = _Proxy(n, [n.input(0), n.input(3)])
+        _, _, conv_attrs = float_conv(n_proxy)
+        if n.issues or x is None or y is None or w is None or w_scale is None:
+            return [self._pending(n, "QConv", [n.input(0)], n.outputs, {})]
+        w_zp = np.zeros(w_scale.shape, w.dtype) if w_zp is None else w_zp
+        qc = QConst(n.input(3), w, np.asarray(w_scale, np.float32), w_zp, 0)
+        check_scale(self.imp.where, n.name, n.input(4), qc.scale)
+        bias = None if b is None else ("int", n.input(8), b)
+        return [self.make_linear(n, "QConv", n.input(0), x, qc, "conv", bias, y, conv_attrs,
+                                 n.outputs[0])]
+
+    def _QLinearMatMul(self, n):
+        self.style = self.style or "qoperator"
+        a = self.act_params(n, 1, 2, "a")
+        y = self.act_params(n, 6, 7, "y")
+        w = self._const(n, 3, "b")
+        w_scale = self._const(n, 4, "b_scale")
+        w_zp = self._const(n, 5, "b_zero_point") if n.input(5) else None
+        if n.issues or a is None or y is None or w is None or w_scale is None:
+            return [self._pending(n, "QGemm", [n.input(0)], n.outputs, {})]
+        w_zp = np.zeros(w_scale.shape, w.dtype) if w_zp is None else w_zp
+        check_scale(self.imp.where, n.name, n.input(4), np.asarray(w_scale, np.float32))
+        qc = QConst(n.input(3), w, np.asarray(w_scale, np.float32), w_zp, 1)
+        if w.ndim == 2 and n.rank(0) == 2:
+            return [self.make_linear(n, "QGemm", n.input(0), a, qc, "kn", None, y, {},
+                                     n.outputs[0])]
+        return self._expand_matmul(n, a, qc, y)
+
+    def _expand_matmul(self, n, a, qc, y):
+        """DequantizeLinear -> MatMul (float weight) -> QuantizeLinear: the same values in float."""
+        imp = self.imp
+        real_a, real_y, w_real = (imp._fresh(f"{n.name}/{s}") for s in ("a_real", "y_real", "b_real"))
+        shape = [1] * qc.q.ndim
+        if qc.scale.ndim == 1:
+            shape[qc.axis % qc.q.ndim] = -1
+        imp.consts[w_real] = (qc.scale.reshape(shape) * (qc.q.astype(np.int64) - np.asarray(
+            qc.zero_point, np.int64).reshape(shape))).astype(np.float32)
+        self.act[n.outputs[0]] = y
+        return [
+            self._pending(n, "DequantizeLinear", [n.input(0)], [real_a],
+                          dict(x_scale=a.scale, x_zero_point=a.zero_point), f"{n.name}/dequantize"),
+            self._pending(n, "MatMul", [real_a, w_real], [real_y], {}, f"{n.name}/matmul"),
+            self._pending(n, "QuantizeLinear", [real_y], n.outputs[:1],
+                          dict(y_scale=y.scale, y_zero_point=y.zero_point, y_dtype=y.dtype),
+                          f"{n.name}/quantize"),
+        ]
+
+    def _QGemm(self, n):
+        self.style = self.style or "qoperator"
+        alpha = float(n.take("alpha", 1.0))
+        trans_a = int(n.take("transA", 0))
+        trans_b = int(n.take("transB", 0))
+        if alpha != 1.0:
+            n.bad_attr("alpha", alpha)
+        if trans_a:
+            n.bad_attr("transA", trans_a)
+        a = self.act_params(n, 1, 2, "a")
+        if not n.input(7):
+            n.issues.append(("attributes", "QGemm without y_scale (float output)"))
+        y = self.act_params(n, 7, 8, "y") if n.input(7) else None
+        w = self._const(n, 3, "B")
+        w_scale = self._const(n, 4, "b_scale")
+        w_zp = self._const(n, 5, "b_zero_point") if n.input(5) else None
+        c = self._const(n, 6, "C") if n.input(6) else None
+        if n.issues or a is None or y is None or w is None or w_scale is None:
+            return [self._pending(n, "QGemm", [n.input(0)], n.outputs, {})]
+        w_zp = np.zeros(w_scale.shape, w.dtype) if w_zp is None else w_zp
+        check_scale(self.imp.where, n.name, n.input(4), np.asarray(w_scale, np.float32))
+        qc = QConst(n.input(3), w, np.asarray(w_scale, np.float32), w_zp, 0 if trans_b else 1)
+        bias = None if c is None else ("int", n.input(6), c)
+        return [self.make_linear(n, "QGemm", n.input(0), a, qc, "nk" if trans_b else "kn", bias, y,
+                                 {}, n.outputs[0])]
+
+    def _QLinearAdd(self, n):
+        self.style = self.style or "qoperator"
+        a = self.act_params(n, 1, 2, "a")
+        b = self.act_params(n, 4, 5, "b")
+        y = self.act_params(n, 6, 7, "y")
+        if n.issues or a is None or b is None or y is None:
+            return [self._pending(n, "QAdd", [n.input(0), n.input(3)], n.outputs, {})]
+        self.act[n.outputs[0]] = y
+        attrs = dict(a_scale=a.scale, a_zero_point=a.zero_point, b_scale=b.scale,
+                     b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
+                     y_dtype=y.dtype)
+        return [self._pending(n, "QAdd", [n.input(0), n.input(3)], n.outputs[:1], attrs)]
+
+    def _QLinearGlobalAveragePool(self, n):
+        self.style = self.style or "qoperator"
+        channels_last = n.take("channels_last", 0)
+        if channels_last:
+            n.bad_attr("channels_last", channels_last)
+        x = self.act_params(n, 1, 2, "x")
+        y = self.act_params(n, 3, 4, "y")
+        if n.issues or x is None or y is None:
+            return [self._pending(n, "QGlobalAveragePool", n.inputs[:1], n.outputs, {})]
+        self.act[n.outputs[0]] = y
+        attrs = dict(x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
+                     y_zero_point=y.zero_point, y_dtype=y.dtype)
+        return [self._pending(n, "QGlobalAveragePool", n.inputs[:1], n.outputs[:1], attrs)]
+
+    def _QLinearAveragePool(self, n):
+        self.style = self.style or "qoperator"
+        channels_last = n.take("channels_last", 0)
+        if channels_last:
+            n.bad_attr("channels_last", channels_last)
+        pool = {k: n.take(k) for k in ("auto_pad", "ceil_mode", "count_include_pad",
+                                       "kernel_shape", "pads", "strides", "dilations")
+                if k in n.attrs}
+        x = self.act_params(n, 1, 2, "x")
+        y = self.act_params(n, 3, 4, "y")
+        if n.issues or x is None or y is None:
+            return [self._pending(n, "QAveragePool", n.inputs[:1], n.outputs, {})]
+        self.act[n.outputs[0]] = y
+        attrs = dict(pool, x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
+                     y_zero_point=y.zero_point, y_dtype=y.dtype)
+        return [self._pending(n, "QAveragePool", n.inputs[:1], n.outputs[:1], attrs)]
+
+    # -- ops of the default domain applied to integer tensors --------------------------------------
+    def after(self, node):
+        """A float-importer node that reads an integer activation: QMaxPool, or a shape op that
+        passes the parameters on; any other op on integers is refused."""
+        ins = [self.act.get(name) for name in node.inputs[:1]]
+        if node.op == "Concat":
+            ins = [self.act.get(name) for name in node.inputs]
+            if any(p is not None for p in ins):
+                if len(set(ins)) != 1:
+                    node.issues.append(("dtypes", "Concat of quantized tensors with different "
+                                                  "scales or zero points"))
+                    return
+                self.act[node.outputs[0]] = ins[0]
+            return
+        if not ins or ins[0] is None:
+            return
+        if node.op == "MaxPool":
+            node.op = "QMaxPool"
+            self.act[node.outputs[0]] = ins[0]
+        elif node.op in SHAPE_OPS:
+            self.act[node.outputs[0]] = ins[0]
+        else:
+            node.issues.append(("dtypes", f"{node.op} on a quantized ({ins[0].dtype}) tensor"))
+
+    # -- weights, bias, validation -----------------------------------------------------------------
+    def make_linear(self, n, op, x_name, x: Act, w: QConst, layout, bias, y: Act, attrs, out,
+                    clip=(None, None), name=None):
+        """A QConv/QGemm node: weight converted to the IR form, bias to int32 at x_scale·w_scale."""
+        node_name = name or n.name
+        w_tensor, w_meta = self.weight(node_name, w, layout)
+        inputs = [x_name, self.add_tensor(w.raw, w_tensor, w_meta)]
+        b_tensor = None
+        if bias is not None:
+            b_tensor, b_meta = self.bias(node_name, bias, x, w, w_tensor)
+            inputs.append(self.add_tensor(bias[1], b_tensor, b_meta))
+        self.check_accumulator(node_name, op, x, w_tensor, b_tensor)
+        self.act[out] = y
+        attrs = dict(attrs, x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
+                     y_zero_point=y.zero_point, y_dtype=y.dtype, clip_min=clip[0],
+                     clip_max=clip[1])
+        return self.P(node_name, op, inputs, [out], normalize_attrs(op, attrs), [])
+
+    def add_tensor(self, base, tensor, meta) -> str:
+        name = base if base not in self.tensors else self.imp._fresh(base)
+        self.tensors[name] = tensor
+        meta = dict(meta, quantization=self.style or "qdq")
+        self.meta[name] = meta
+        return name
+
+    def weight(self, node_name, w: QConst, layout):
+        """(int8 Dense (N, ...) with QuantParams, metadata) from a constant's integers.
+
+        layout: "conv" (N,C/g,kh,kw), "nk" (N,K) or "kn" (K,N, transposed here); the output-channel
+        axis is 0 for the first two and 1 for "kn".
+        """
+        where = f"{self.imp.where}: node {node_name!r}: weight {w.raw!r}"
+        q, scale, zp = np.asarray(w.q), np.asarray(w.scale, np.float32), np.asarray(w.zero_point)
+        if q.dtype.name not in ("int8", "uint8"):
+            raise UnsupportedModelError(f"{where}: {q.dtype} weights are not supported "
+                                        f"(int8 or uint8 only)")
+        if layout in ("nk", "kn") and q.ndim != 2:
+            raise ModelFormatError(f"{where}: expected a 2-D weight, got shape {list(q.shape)}")
+        out_axis = 1 if layout == "kn" else 0
+        per_channel = scale.ndim == 1 and scale.size > 1
+        if scale.ndim == 1 and scale.size == 1 and q.shape[out_axis] == 1:
+            per_channel = True
+        if per_channel:
+            if w.axis % q.ndim != out_axis:
+                raise UnsupportedModelError(f"{where}: per-channel scales along axis {w.axis}, "
+                                            f"which is not the output-channel axis {out_axis}")
+            if scale.shape != (q.shape[out_axis],) or zp.size != scale.size:
+                raise ModelFormatError(f"{where}: {scale.size} scales / {zp.size} zero points for "
+                                       f"{q.shape[out_axis]} output channels")
+        elif scale.size != 1 or zp.size != 1:
+            raise ModelFormatError(f"{where}: scale shape {list(scale.shape)} fits neither per "
+                                   f"tensor nor per output channel of shape {list(q.shape)}")
+        if layout == "kn":
+            q = q.T
+        bshape = (-1,) + (1,) * (q.ndim - 1) if per_channel else ()
+        scale = scale.reshape(-1) if per_channel else scale.reshape(())
+        zp = zp.astype(np.int64).reshape(-1) if per_channel else zp.astype(np.int64).reshape(())
+        v = q.astype(np.int64) - zp.reshape(bshape)
+        requantized = False
+        if v.size and (v.min() < -W_MAX or v.max() > W_MAX):
+            real = scale.astype(np.float64).reshape(bshape) * v
+            axes = tuple(range(1, q.ndim)) if per_channel else None
+            peak = np.max(np.abs(real), axis=axes) if q.size else np.zeros(scale.shape)
+            scale = np.where(peak > 0, peak / W_MAX, 1.0).astype(np.float32)
+            v = np.clip(np.rint(real / scale.astype(np.float64).reshape(bshape)), -W_MAX, W_MAX)
+            requantized = True
+        q8 = np.ascontiguousarray(v.astype(np.int8))
+        quant = QuantParams(scale.astype(np.float32), np.zeros(scale.shape, np.int8),
+                            0 if per_channel else None)
+        meta = {"origin": "onnx", "sparsity": _sparsity(q8),
+                "granularity": "per-channel" if per_channel else "per-tensor"}
+        if requantized:
+            meta["requantized"] = True
+        return Dense(q8, quant), meta
+
+    def bias(self, node_name, bias, x: Act, w: QConst, w_tensor: Dense):
+        """int32 Dense [N] with scale x_scale·w_scale[n] (zero point 0), and its metadata.
+
+        bias: ("int", name, q) — integers with the ONNX op's implicit scale x_scale·w_scale
+        (QOperator), ("qconst", name, QConst) — a QDQ bias with its own parameters, or
+        ("float", name, real) — real values.
+        """
+        kind, name, value = bias
+        n_out = w_tensor.shape[0]
+        where = f"{self.imp.where}: node {node_name!r}: bias {name!r}"
+        w_scale = np.broadcast_to(w_tensor.quant.scale.astype(np.float64), (n_out,))
+        target = (np.float64(x.scale) * w_scale).astype(np.float32)  # as onnxruntime writes it
+        if kind == "int":
+            q = np.asarray(value)
+            if q.dtype != np.int32:
+                raise ModelFormatError(f"{where}: expected int32, got {q.dtype}")
+            src_w = np.broadcast_to(np.asarray(w.scale, np.float64).reshape(-1), (n_out,))
+            real_scale = (np.float64(x.scale) * src_w)
+            src_scale, src_zp = real_scale, np.zeros(n_out, np.int64)
+        elif kind == "qconst":
+            q = np.asarray(value.q)
+            src_scale = np.broadcast_to(np.asarray(value.scale, np.float64).reshape(-1), (n_out,))
+            src_zp = np.broadcast_to(np.asarray(value.zero_point, np.int64).reshape(-1), (n_out,))
+        else:
+            q, src_scale, src_zp = None, None, None
+        if q is not None and q.reshape(-1).shape != (n_out,):
+            raise ModelFormatError(f"{where}: shape {list(q.shape)} is not ({n_out},)")
+        if q is not None:
+            q = q.reshape(-1)
+        exact = (q is not None and q.dtype == np.int32 and not np.any(src_zp)
+                 and np.allclose(src_scale, target, rtol=1e-6, atol=0))
+        meta = {"origin": "onnx", "granularity": "per-channel"}
+        if exact:
+            q32 = q.astype(np.int32)
+        else:
+            real = (np.asarray(value, np.float64).reshape(-1) if q is None
+                    else src_scale * (q.astype(np.int64) - src_zp))
+            if real.shape != (n_out,):
+                raise ModelFormatError(f"{where}: shape {list(np.shape(value))} is not ({n_out},)")
+            qf = np.rint(real / target.astype(np.float64))
+            if not np.all(np.abs(qf) <= INT32_MAX):
+                raise UnsupportedModelError(f"{where}: does not fit int32 at scale x_scale·w_scale")
+            q32 = qf.astype(np.int32)
+            if q is None or not np.array_equal(q32, q):
+                meta["requantized"] = True
+        meta["sparsity"] = _sparsity(q32)
+        return Dense(q32, QuantParams(target, np.zeros(n_out, np.int32), 0)), meta
+
+    def check_accumulator(self, node_name, op, x: Act, w_tensor: Dense, b_tensor):
+        """Refuse a layer whose int32 accumulator could overflow (docs/quantization.md §4)."""
+        q = w_tensor.to_numpy().astype(np.int64)
+        n_out = q.shape[0]
+        k = int(np.prod(q.shape[1:]))
+        rowsum = q.reshape(n_out, -1).sum(axis=1)
+        b = np.zeros(n_out, np.int64) if b_tensor is None else b_tensor.to_numpy().astype(np.int64)
+        folded = b - x.zero_point * rowsum
+        max_product = W_MAX * (255 if x.dtype == "uint8" else 128)
+        worst = k * max_product + (int(np.max(np.abs(folded))) if n_out else 0)
+        if worst > INT32_MAX:
+            raise UnsupportedModelError(
+                f"{self.imp.where}: node {node_name!r} ({op}): the int32 accumulator could overflow: "
+                f"K={k} × {max_product} + max|bias − x_zp·rowsum| = {worst} ≥ 2^31")
+
+
+class _Proxy:
+    """A view of a QLinearConv node with the float Conv's inputs (x, w), for its attribute handler."""
+
+    def __init__(self, n, inputs):
+        self._n = n
+        self.inputs = inputs
+
+    def const(self, i):
+        return self._n.imp.consts.get(self.inputs[i]) if self.inputs[i] else None
+
+    def __getattr__(self, key):
+        return getattr(self._n, key)
+
+
+def _sparsity(array) -> float:
+    return float(1.0 - np.count_nonzero(array) / array.size) if array.size else 0.0
+
+
+def check_scale(where, node_name, tensor_name, scale):
+    """Scales must be finite and > 0 (ModelFormatError naming the tensor)."""
+    scale = np.asarray(scale, dtype=np.float64)
+    bad = ~np.isfinite(scale) | (scale <= 0)
+    if np.any(bad):
+        raise ModelFormatError(f"{where}: node {node_name!r}: scale {tensor_name!r} must be finite "
+                               f"and > 0, got {scale[bad].ravel()[:4].tolist()}")
+
+
+# --------------------------------------------------------------------------------------------------
+# QDQ fusion
+# --------------------------------------------------------------------------------------------------
+
+_LINEAR = ("Conv", "Gemm", "MatMul")
+_FUSE = frozenset(_LINEAR + ("Add", "MaxPool", "AveragePool", "GlobalAveragePool")) | SHAPE_OPS
+
+
+def fuse_qdq(qi: QuantImport, pending, graph_outputs):
+    """Rewrite DQ -> float op -> [activation] -> Q patterns into quantized IR ops (module docstring).
+
+    pending — the converted nodes in topological order; returns the new list (dead DQ nodes are left
+    for the importer's liveness pass to drop).
+    """
+    outputs = set(graph_outputs)
+    readers: dict[str, list] = {}
+    producer = {}
+    for node in pending:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+        for name in node.outputs:
+            producer[name] = node
+    removed = set()
+    result = []
+    for node in pending:
+        if id(node) in removed:
+            continue
+        fused = None
+        if node.op in _FUSE and not node.issues:
+            fused = _match(qi, node, readers, producer, outputs)
+        if fused is None:
+            result.append(node)
+            continue
+        new, gone = fused
+        removed.update(id(g) for g in gone)
+        result.append(new)
+    return result
+
+
+def _only_reader(name, readers, outputs):
+    found = readers.get(name, [])
+    if name in outputs or len(found) != 1:
+        return None
+    return found[0]
+
+
+def _dq_params(node) -> Act | None:
+    return None
+
+
+def _match(qi: QuantImport, f, readers, producer, outputs):
+    """(replacement node, [nodes it replaces]) for the float node ``f``, or None."""
+    reader = _only_reader(f.outputs[0], readers, outputs)
+    if reader is None or reader.issues:
+        return None
+    act, clip = None, (None, None)
+    if reader.op in ("Relu", "Clip") and f.op in _LINEAR + ("Add",):
+        act = reader
+        clip = (0.0, None) if reader.op == "Relu" else (reader.attrs["min"], reader.attrs["max"])
+        reader = _only_reader(act.outputs[0], readers, outputs)
+        if reader is None or reader.issues:
+            return None
+    if reader.op != "QuantizeLinear" or not reader.attrs:
+        return None
+    q = reader
+    y = Act(q.attrs["y_scale"], q.attrs["y_zero_point"], q.attrs["y_dtype"])
+    gone = [q] + ([act] if act is not None else [])
+    out = q.outputs[0]
+
+    def dq_of(name):
+        """(integer input, its Act) when ``name`` is made by an activation DequantizeLinear."""
+        d = producer.get(name)
+        if d is None or d.op != "DequantizeLinear" or d.issues or not d.attrs:
+            return None
+        src = qi.act.get(d.inputs[0])
+        dtype = src.dtype if src is not None else _const_dtype(qi, d.inputs[0])
+        if dtype is None:
+            return None
+        return d.inputs[0], Act(d.attrs["x_scale"], d.attrs["x_zero_point"], dtype)
+
+    if f.op in _LINEAR:
+        x = dq_of(f.inputs[0])
+        w = qi.qconst.get(f.inputs[1])
+        if x is None or w is None:
+            return None
+        attrs = {}
+        if f.op == "Conv":
+            op, layout = "QConv", "conv"
+            attrs = {k: v for k, v in f.attrs.items()}
+        elif f.op == "Gemm":
+            a = f.attrs
+            if a["alpha"] != 1.0 or a["transA"] or (len(f.inputs) > 2 and a["beta"] != 1.0):
+                return None
+            op, layout = "QGemm", "nk" if a["transB"] else "kn"
+        else:
+            if qi.imp.rank_of(f.inputs[0]) != 2 or w.q.ndim != 2:
+                return None
+            op, layout = "QGemm", "kn"
+        if w.q.ndim < 2 or (f.op == "Conv" and w.q.ndim < 3):
+            return None
+        bias = None
+        if len(f.inputs) > 2 and f.inputs[2]:
+            n_out = w.q.shape[1 if layout == "kn" else 0]
+            b_name = f.inputs[2]
+            if b_name in qi.qconst:
+                bias = ("qconst", qi.qconst[b_name].raw, qi.qconst[b_name])
+            elif b_name in qi.imp.consts:
+                bias = ("float", b_name, qi.imp.consts[b_name])
+            else:
+                return None
+            if np.size(bias[2].q if bias[0] == "qconst" else bias[2]) != n_out:
+                return None  # a broadcast C: leave the float Gemm alone
+        qi.style = qi.style or "qdq"
+        new = qi.make_linear(_NodeRef(f), op, x[0], x[1], w, layout, bias, y, attrs, out,
+                             clip=clip, name=f.name)
+        return new, gone
+    if f.op == "Add":
+        operands = []
+        for name in f.inputs:
+            found = dq_of(name)
+            if found is None and name in qi.qconst and qi.qconst[name].scale.size == 1:
+                c = qi.qconst[name]
+                if c.q.dtype.name in ACT_DTYPES:
+                    found = c.raw, Act(float(c.scale.reshape(-1)[0]),
+                                       int(np.asarray(c.zero_point).reshape(-1)[0]), c.q.dtype.name)
+            if found is None:
+                return None
+            operands.append(found)
+        (a_name, a), (b_name, b) = operands
+        attrs = dict(a_scale=a.scale, a_zero_point=a.zero_point, b_scale=b.scale,
+                     b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
+                     y_dtype=y.dtype, clip_min=clip[0], clip_max=clip[1])
+        qi.act[out] = y
+        return qi.P(f.name, "QAdd", [a_name, b_name], [out], normalize_attrs("QAdd", attrs), []), gone
+    if f.op in ("AveragePool", "GlobalAveragePool"):
+        x = dq_of(f.inputs[0])
+        if x is None:
+            return None
+        op = "Q" + f.op
+        attrs = dict(f.attrs, x_scale=x[1].scale, x_zero_point=x[1].zero_point, y_scale=y.scale,
+                     y_zero_point=y.zero_point, y_dtype=y.dtype)
+        qi.act[out] = y
+        return qi.P(f.name, op, [x[0]], [out], normalize_attrs(op, attrs), []), gone
+    # MaxPool and shape ops: integers move unchanged, so in and out must share their parameters.
+    data_inputs = f.inputs if f.op == "Concat" else f.inputs[:1]
+    xs = [dq_of(name) for name in data_inputs]
+    if any(x is None or x[1] != y for x in xs):
+        return None
+    op = "QMaxPool" if f.op == "MaxPool" else f.op
+    inputs = [x[0] for x in xs] + list(f.inputs[len(data_inputs):])
+    qi.act[out] = y
+    return qi.P(f.name, op, inputs, [out], normalize_attrs(op, dict(f.attrs)), []), gone
+
+
+def _const_dtype(qi, name):
+    value = qi.imp.consts.get(name)
+    return value.dtype.name if value is not None and value.dtype.name in ACT_DTYPES else None
+
+
+class _NodeRef:
+    """What ``make_linear`` needs of a node: its name."""
+
+    def __init__(self, node):
+        self.name = node.name

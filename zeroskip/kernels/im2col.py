@@ -1,0 +1,116 @@
+"""im2col / im2row: the column matrix of a convolution, for the dense GEMM paths.
+
+cols[b, g, k, m] = xpad[b, g·C/g + c, oh·sh + i·dh, ow·sw + j·dw] with k = c·kh·kw + i·kw + j and
+m = oh·OW + ow, the same k as the weight matrix (N, C/g·kh·kw). ``im2col_*`` writes it K-major
+(B, g, K, OH, OW) = (K, M) per (b, g), the layout numpy BLAS and the CSR matmuls take;
+``im2row_dense_i8`` writes it pixel-major (B, g, OH, OW, K), K contiguous, for the dense int8 GEMM.
+1×1 stride-1 unpadded convs need neither: x[b] viewed (C, H·W) already is the (K, M) matrix.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _out_range(t, d, p, s, n, O):
+    """[lo, hi): the outputs o < O whose tap t reads inside the input, i.e. 0 ≤ o·s + t·d − p < n."""
+    lo = min(O, max(0, (p - t * d + s - 1) // s))
+    hi = max(lo, min(O, (n - 1 + p - t * d) // s + 1))
+    return lo, hi
+
+
+@njit(cache=True)
+def _fill_col_row(x, row, i, j, sh, sw, dh, dw, pt, pl, fill):
+    """row [OH,OW] = plane x [H,W] read by tap (i, j) at every output pixel; ``fill`` on pads.
+
+    The valid output columns [lo, hi) of tap j are computed once, not per pixel.
+    """
+    H, W = x.shape
+    OH, OW = row.shape
+    lo, hi = _out_range(j, dw, pl, sw, W, OW)
+    for oh in range(OH):
+        h = oh * sh + i * dh - pt
+        r = row[oh]
+        if h < 0 or h >= H:
+            r[:] = fill
+            continue
+        r[:lo] = fill
+        r[hi:] = fill
+        xr = x[h]
+        for ow in range(lo, hi):
+            r[ow] = xr[ow * sw + j * dw - pl]
+
+
+def _im2col_dense_f32(x, cols, kh, kw, sh, sw, dh, dw, pt, pl):
+    # x (B,C,H,W) -> cols (B, g, C/g·kh·kw, OH, OW)
+    """cols[b,g,k,oh,ow] = x[b, g·C/g + c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], 0.0 on pads.
+
+    Loop nest: prange over rows (b, g, k = c·kh·kw + i·kw + j); per output row, one (strided) copy
+    of the valid columns [lo, hi) (computed once per row of cols) and a fill of the pads.
+    x [B,C,H,W] float32 — input; cols [B,g,K,OH,OW] float32 — output, K = C/g·kh·kw (a view of the
+    (B, g, K, M) matrices); kh, kw, sh, sw, dh, dw, pt, pl — kernel, strides, dilations, pads top/left
+    Preconditions: OH, OW from zeroskip.reference._windows.geometry; C divisible by g.
+    Work: no flops; B·C·kh·kw·OH·OW elements written (4 bytes each), x read from cache.
+    """
+    B, C = x.shape[0], x.shape[1]
+    G, K = cols.shape[1], cols.shape[2]
+    taps = kh * kw
+    for t in prange(B * G * K):
+        b, g, k = t // (G * K), (t // K) % G, t % K
+        _fill_col_row(x[b, g * (C // G) + k // taps], cols[b, g, k], (k % taps) // kw, k % kw,
+                      sh, sw, dh, dw, pt, pl, 0.0)
+
+
+im2col_dense_f32 = njit(cache=True, parallel=True)(_im2col_dense_f32)
+
+
+def _im2col_dense_i8(x, x_zero_point, cols, kh, kw, sh, sw, dh, dw, pt, pl):
+    # x (B,C,H,W) uint8|int8 -> cols (B, g, C/g·kh·kw, OH, OW)
+    """cols[b,g,k,oh,ow] = x[b, g·C/g + c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], x_zero_point on pads.
+
+    real = x_scale·(q − x_zero_point), per tensor: a pad is real 0, which is x_zero_point (not 0),
+    so the GEMM's zero-point correction is the full row sum x_zp·Σ_k w[n,k]. No arithmetic, no
+    rounding, no saturation. Loop nest, arguments and work as im2col_dense_f32 (1 byte per element).
+    """
+    B, C = x.shape[0], x.shape[1]
+    G, K = cols.shape[1], cols.shape[2]
+    taps = kh * kw
+    for t in prange(B * G * K):
+        b, g, k = t // (G * K), (t // K) % G, t % K
+        _fill_col_row(x[b, g * (C // G) + k // taps], cols[b, g, k], (k % taps) // kw, k % kw,
+                      sh, sw, dh, dw, pt, pl, x_zero_point)
+
+
+im2col_dense_i8 = njit(cache=True, parallel=True)(_im2col_dense_i8)
+
+
+def _im2row_dense_i8(x, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
+    # x (B,C,H,W) uint8|int8 -> rows (B, g, OH, OW, C/g·kh·kw)
+    """rows[b,g,oh,ow,k] = x[b, g·C/g + c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], x_zero_point on pads.
+
+    Loop nest: prange over (b, g, oh); per pixel ow, per c, i, j one element, K contiguous.
+    x [B,C,H,W] uint8|int8; x_zero_point int — the pad value (real 0); rows [B,g,OH,OW,K] x.dtype —
+    output, the (M, K) matrix per (b, g); geometry ints as im2col_dense_f32.
+    Work: no flops; B·C·kh·kw·OH·OW bytes written.
+    """
+    B, C, H, W = x.shape
+    G, OH, OW = rows.shape[1], rows.shape[2], rows.shape[3]
+    Cg = C // G
+    for t in prange(B * G * OH):
+        b, g, oh = t // (G * OH), (t // OH) % G, t % OH
+        for ow in range(OW):
+            r = rows[b, g, oh, ow]
+            for c in range(Cg):
+                for i in range(kh):
+                    h = oh * sh + i * dh - pt
+                    for j in range(kw):
+                        w = ow * sw + j * dw - pl
+                        inside = 0 <= h < H and 0 <= w < W
+                        r[(c * kh + i) * kw + j] = x[b, g * Cg + c, h, w] if inside else x_zero_point
+
+
+im2row_dense_i8 = njit(cache=True, parallel=True)(_im2row_dense_i8)
+
+KERNELS = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
+           "im2row_dense_i8": im2row_dense_i8}

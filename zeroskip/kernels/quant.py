@@ -1,0 +1,87 @@
+"""Quantize, dequantize and requantize: the integer edges of an int8 graph (docs/quantization.md §3, §5)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+ELEMENTWISE_BLOCK = 4096
+"""Elements per parallel iteration of the flat kernels (16 KB of float32 in L1). Chosen by
+bench/test_bench_matmul.py's quantize rows: larger blocks gain nothing, smaller ones add overhead."""
+
+
+def _requantize_dense_i8(acc, m0, shift, y_zero_point, lo, hi, y):
+    # acc (N,M) int32, per-channel (m0, shift) -> y (N,M) uint8|int8
+    """y[n,m] = clamp(y_zp + round_half_away(acc[n,m]·m0[n]·2^−shift[n]), lo, hi)
+
+    real = scale·(q − zero_point); acc has scale x_scale·w_scale[n] and zero point 0, y has y_scale,
+    y_zero_point; M[n] = x_scale·w_scale[n] / y_scale ≈ m0[n]·2^−shift[n] (quantmath).
+    Granularity: per output channel (axis 0); per tensor is the same m0, shift repeated.
+    Rounding: one rounding of the exact int64 product p = acc·m0, to nearest, ties away from zero:
+    t = (p + 2^(r−1) − [p < 0]) >> r (arithmetic shift). Saturation: clamp to [lo, hi] ⊆ the type's
+    range ([0, 255] or [−128, 127], narrowed by a fused ReLU/ReLU6/Clip: quantmath.clamp_bounds).
+    acc [N,M] int32 — accumulators; m0 [N] int32 — Q31 mantissas in [2^30, 2^31) or 0
+    shift [N] int — right shifts r in [1, 62]; y_zero_point, lo, hi int
+    y [N,M] uint8|int8 — output, overwritten
+    Overflow: |acc| < 2^31 and m0 < 2^31, so |p| < 2^62 and p + 2^(r−1) < 2^63: int64 holds.
+    Work: N·M multiply-shift-clamps; reads 4·N·M bytes, writes N·M.
+    """
+    N, M = acc.shape
+    for n in prange(N):
+        m0n, r = np.int64(m0[n]), np.int64(shift[n])
+        nudge = np.int64(1) << (r - 1)
+        for m in range(M):
+            p = np.int64(acc[n, m]) * m0n
+            t = (p + nudge - (p < 0)) >> r
+            y[n, m] = min(max(t + y_zero_point, lo), hi)
+
+
+requantize_dense_i8 = njit(cache=True, parallel=True)(_requantize_dense_i8)
+
+
+def _quantize_dense_f32(x, y_scale, y_zero_point, y):
+    # x (L,) float32 -> y (L,) uint8|int8
+    """y[i] = clamp(round_half_even(x[i] / y_scale) + y_zero_point, type range), in float32
+
+    real = scale·(q − zero_point), per tensor. As ONNX QuantizeLinear: a true float32 division (not a
+    multiply by 1/scale), rounding half to even, saturation to the output type's range.
+    x [L] float32 — flat input; y_scale float32 > 0; y_zero_point int in the type's range
+    y [L] uint8|int8 — flat output, overwritten
+    Preconditions: x has no NaN (its integer is undefined, as in C).
+    Work: L divisions; reads 4·L bytes, writes L.
+    """
+    lo = np.float32(np.iinfo(y.dtype).min)
+    hi = np.float32(np.iinfo(y.dtype).max)
+    zp, scale = np.float32(y_zero_point), np.float32(y_scale)
+    L = x.shape[0]
+    for blk in prange((L + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK):
+        for i in range(blk * ELEMENTWISE_BLOCK, min(L, (blk + 1) * ELEMENTWISE_BLOCK)):
+            q = np.float32(np.rint(np.float32(x[i] / scale)) + zp)
+            y[i] = min(max(q, lo), hi)
+
+
+quantize_dense_f32 = njit(cache=True, parallel=True)(_quantize_dense_f32)
+
+
+def _dequantize_dense_i8(q, x_scale, x_zero_point, y):
+    # q (L,) uint8|int8 -> y (L,) float32
+    """y[i] = x_scale·(q[i] − x_zero_point), in float32 (one rounding: q − zp is exact)
+
+    real = scale·(q − zero_point), per tensor.
+    q [L] uint8|int8 — flat input; x_scale float32; x_zero_point int; y [L] float32 — flat output
+    Work: L multiplies; reads L bytes, writes 4·L.
+    """
+    scale, zp = np.float32(x_scale), np.int32(x_zero_point)
+    L = q.shape[0]
+    for blk in prange((L + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK):
+        for i in range(blk * ELEMENTWISE_BLOCK, min(L, (blk + 1) * ELEMENTWISE_BLOCK)):
+            y[i] = scale * np.float32(np.int32(q[i]) - zp)
+
+
+dequantize_dense_i8 = njit(cache=True, parallel=True)(_dequantize_dense_i8)
+
+KERNELS = {
+    "requantize_dense_i8": requantize_dense_i8,
+    "quantize_dense_f32": quantize_dense_f32,
+    "dequantize_dense_i8": dequantize_dense_i8,
+}

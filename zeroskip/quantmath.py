@@ -1,0 +1,123 @@
+"""Plan-time quantization math (NumPy only): the numbers the int8 kernels are given.
+
+Everything here follows docs/quantization.md: the Q31 multiplier and shift of section 3, the folded
+bias of section 2, the accumulator-range check of section 4, the clamp bounds of a fused activation,
+and the symmetric per-channel weight quantizer of section 1. Nothing here runs per inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UnsupportedModelError
+
+INT32_MAX = 2 ** 31 - 1
+TYPE_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+WEIGHT_MAX = 127
+"""Weights live in [−127, 127]: −128 is unused, so the range is symmetric."""
+
+
+def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
+    """(m0, shift) with real ≈ m0·2^−shift, m0 ∈ [2^30, 2^31), 1 ≤ shift ≤ 62 (quantization.md §3).
+
+    real [N] or [] float — positive multipliers x_scale·w_scale[n] / y_scale.
+    Returns m0 int32 and shift int32 arrays of real's shape. Write real = f·2^e with f ∈ [0.5, 1);
+    then m0 = round(f·2^31) (ties up; f·2^31 is exact in float64) and shift = 31 − e. If the rounding
+    gives 2^31, m0 = 2^30 and shift − 1 (the carry). The relative error is below 2^−31.
+    A multiplier below 2^−32 maps every accumulator to the zero point and gives m0 = 0, shift = 31.
+    Raises UnsupportedModelError for a multiplier that is not finite and positive, or ≥ 2^30
+    (which would need shift < 1).
+    """
+    real = np.asarray(real, dtype=np.float64)
+    bad = ~np.isfinite(real) | (real <= 0)
+    if np.any(bad):
+        raise UnsupportedModelError(
+            f"requantization multiplier must be finite and > 0, got {real[bad].ravel()[:4].tolist()}")
+    f, e = np.frexp(real)                                   # real = f·2^e, f ∈ [0.5, 1)
+    m0 = np.floor(f * 2.0 ** 31 + 0.5).astype(np.int64)     # in [2^30, 2^31]
+    shift = 31 - e.astype(np.int64)
+    carry = m0 == 2 ** 31
+    m0 = np.where(carry, 2 ** 30, m0)
+    shift = np.where(carry, shift - 1, shift)
+    tiny = real < 2.0 ** -32
+    m0 = np.where(tiny, 0, m0)
+    shift = np.where(tiny, 31, shift)
+    if np.any(shift < 1):
+        raise UnsupportedModelError(
+            f"requantization multiplier {real[shift < 1].ravel()[:4].tolist()} is ≥ 2^30: "
+            "the output scale is too small for the accumulator scale")
+    return m0.astype(np.int32), shift.astype(np.int32)
+
+
+def fold_bias(bias_i32, w_rowsum, x_zero_point) -> np.ndarray:
+    """bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] as int32 (quantization.md §2).
+
+    bias_i32 [N] int32 or None — the quantized bias (scale x_scale·w_scale[n], zero point 0);
+    w_rowsum [N] int — Σ_k q_w[n,k] over the whole row (zeros included: they add nothing);
+    x_zero_point int. Raises UnsupportedModelError if bias' does not fit int32.
+    """
+    rowsum = np.asarray(w_rowsum, dtype=np.int64)
+    bias = np.zeros_like(rowsum) if bias_i32 is None else np.asarray(bias_i32, dtype=np.int64)
+    folded = bias - np.int64(x_zero_point) * rowsum
+    if folded.size and np.max(np.abs(folded)) > INT32_MAX:
+        raise UnsupportedModelError("folded bias q_b − x_zp·rowsum does not fit int32")
+    return folded.astype(np.int32)
+
+
+def check_accumulator_range(K: int, max_abs_product: int, bias) -> None:
+    """Refuse a layer whose int32 accumulator could overflow: needs K·max|q_w·q_x| + max|bias'| < 2^31.
+
+    K — terms per output (the reduction length); max_abs_product — 127·255 = 32 385 for uint8
+    activations, 127·128 = 16 256 for int8; bias [N] — the folded bias (quantization.md §4).
+    """
+    bias = np.asarray(bias, dtype=np.int64)
+    worst = int(K) * int(max_abs_product) + (int(np.max(np.abs(bias))) if bias.size else 0)
+    if worst > INT32_MAX:
+        raise UnsupportedModelError(
+            f"int32 accumulator could overflow: K={K} × {max_abs_product} + max|bias'| = {worst} ≥ 2^31")
+
+
+def clamp_bounds(y_dtype, y_scale, y_zero_point, clip_min=None, clip_max=None) -> tuple[int, int]:
+    """(lo, hi): the output type's range narrowed by a fused activation (quantization.md §3).
+
+    No activation: clip_min = clip_max = None. ReLU: clip_min = 0. ReLU6: clip_min = 0, clip_max = 6.
+    Clip(a, b): clip_min = a, clip_max = b (either may be None). A bound b maps to
+    y_zp + round(b / y_scale) (round half to even, in float64); lo = max(type min, that), hi likewise.
+    ReLU gives lo = max(type min, y_zp) exactly, since round(0) = 0.
+    """
+    lo, hi = TYPE_RANGE[np.dtype(y_dtype)]
+    zp, scale = int(y_zero_point), float(y_scale)
+    if clip_min is not None and np.isfinite(clip_min):
+        lo = max(lo, zp + int(np.rint(float(clip_min) / scale)))
+    if clip_max is not None and np.isfinite(clip_max):
+        hi = min(hi, zp + int(np.rint(float(clip_max) / scale)))
+    return int(lo), int(hi)
+
+
+def choose_weight_scales(w_float, axis: int = 0) -> np.ndarray:
+    """Per-channel symmetric weight scales max|w| / 127 along ``axis`` (float32).
+
+    w_float [N, ...] float — the weight; axis — the output-channel axis. A channel that is all zero
+    (pruning emptied it) gets 1.0: any positive scale works, and max|w| / 127 would be 0.
+    """
+    w = np.asarray(w_float, dtype=np.float64)
+    other = tuple(a for a in range(w.ndim) if a != axis % max(w.ndim, 1))
+    peak = np.max(np.abs(w), axis=other) if other else np.abs(w)
+    scales = np.where(peak > 0, peak / WEIGHT_MAX, 1.0)
+    return scales.astype(np.float32)
+
+
+def quantize_weights(w_float, scales, axis: int = 0) -> np.ndarray:
+    """q_w = clip(round_half_even(w / scale[channel]), −127, 127) as int8; a zero weight stays 0.
+
+    w_float [N, ...] float; scales [N] positive (from choose_weight_scales); axis — the channel axis.
+    """
+    w = np.asarray(w_float, dtype=np.float64)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    s = np.asarray(scales, dtype=np.float64).reshape(shape)
+    return np.clip(np.rint(w / s), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+
+
+__all__ = ["quantize_multiplier", "fold_bias", "check_accumulator_range", "clamp_bounds",
+           "choose_weight_scales", "quantize_weights"]

@@ -1,0 +1,37 @@
+"""References of kernels/depthwise.py: depthwise conv (groups = C, N = C·mult), float64 / int64."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conv import conv
+from .im2col import columns
+
+
+def depthwise_dense_f32(w, b, x, *, kernel_shape, strides, pads, dilations, lo=-np.inf, hi=np.inf):
+    """y [B,N,OH,OW] float64 = clip(Conv(x, w viewed (N, 1, kh, kw), b, group=C), lo, hi)."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64).reshape(-1, 1, *kernel_shape)
+    y = conv(x, w, np.asarray(b, dtype=np.float64), strides=list(strides), pads=list(pads),
+             dilations=list(dilations), group=x.shape[1])
+    return np.clip(y, lo, hi)
+
+
+def depthwise_dense_i8(w, bias, x, x_zero_point, *, kernel_shape, strides, pads, dilations):
+    """acc [B,N,OH,OW] int64 = bias'[n] + Σ_t q_w[n,t]·cols[n // mult, t, m], pads = x_zero_point.
+
+    Step by step: x padded with x_zp and cut into per-channel columns (B, C, kh·kw, M); channel n
+    takes plane n // mult; the integer dot product over the taps; plus bias'[n] (which the plan
+    folded as q_b[n] − x_zp·Σ_t q_w[n,t], the full tap sum, because pads hold x_zp).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    B, C = x.shape[:2]
+    w = np.asarray(w, dtype=np.int64)
+    N = w.shape[0]
+    cols, (oh, ow) = columns(x, int(x_zero_point), kernel_shape, strides, pads, dilations, C)
+    cols = cols.reshape(B, C, -1, oh * ow)[:, np.arange(N) // (N // C)]    # (B, N, taps, M)
+    acc = np.einsum("nt,bntm->bnm", w, cols)
+    return acc.reshape(B, N, oh, ow) + np.asarray(bias, dtype=np.int64).reshape(1, N, 1, 1)
+
+
+REFERENCES = {"depthwise_dense_f32": depthwise_dense_f32, "depthwise_dense_i8": depthwise_dense_i8}
