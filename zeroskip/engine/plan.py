@@ -168,8 +168,11 @@ def build_plan(model: Model, mode: str) -> Plan:
             steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
                               lambda values: None))
             continue
-        builder = _F32_BUILDERS.get(node.op)
+        builder = (_SPARSE_F32_BUILDERS.get(node.op) if mode == "sparse-f32" else None) \
+            or _F32_BUILDERS.get(node.op)
         step = builder(node, ctx) if builder else None
+        if step is None and mode == "sparse-f32" and node.op in _SPARSE_F32_BUILDERS:
+            step = _F32_BUILDERS[node.op](node, ctx)
         if step is None:
             step = reference_step(node, ctx.tensors, "no kernel for this op: reference op, float32 "
                                   "result", cast="float32")
@@ -296,3 +299,131 @@ def _conv_f32(node: Node, ctx: _Context):
 
 
 _F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32}
+
+
+# -- sparse-f32: the CSR kernels ------------------------------------------------------------------
+_INF = np.float32(np.inf)
+
+
+def _bounds(lo, hi):
+    """Kernel clamp bounds as float32 (None = open)."""
+    return (np.float32(-np.inf) if lo is None else np.float32(lo),
+            _INF if hi is None else np.float32(hi))
+
+
+def _csr_f32(matrix: np.ndarray):
+    """The CSR triple of ``matrix`` (rows = output channels), indices in the narrowest type that
+    fits (model.index_dtype). Built from the values, so it is valid by construction."""
+    from ..model import CSR
+
+    csr = CSR.from_dense(np.ascontiguousarray(matrix, dtype=np.float32))
+    return csr.indptr, csr.indices, np.ascontiguousarray(csr.data, dtype=np.float32)
+
+
+def _gemm_csr_f32(node: Node, ctx: _Context):
+    """y (M,N) = x (M,K) @ W'ᵀ + c: the kernel computes yt = W' (N,K) csr @ xt (K,M)."""
+    from ..kernels import KERNELS
+
+    w = ctx.const(node.inputs[1])
+    attrs = node.attrs
+    if w is None or w.ndim != 2 or attrs["transA"]:
+        return None
+    c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) > 2 and node.inputs[2] and c is None:
+        return None
+    w_nk = (w if attrs["transB"] else w.T) * np.float32(attrs["alpha"])
+    n_out = w_nk.shape[0]
+    if c is not None and np.asarray(c).shape not in ((), (1,), (n_out,)):
+        return None  # a C that varies by row: leave it to the dense path
+    bias = np.zeros(n_out, np.float32) if c is None else \
+        np.ascontiguousarray(np.broadcast_to(c * np.float32(attrs["beta"]), (n_out,)), np.float32)
+    indptr, indices, data = _csr_f32(w_nk)
+    kernel = KERNELS["matmul_csr_f32"]
+    out, lo, hi = _activation(ctx, node)
+    lo, hi = _bounds(lo, hi)
+    x_name, k_in = node.inputs[0], w_nk.shape[1]
+    density = len(data) / max(w_nk.size, 1)
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim != 2 or x.shape[1] != k_in:
+            raise InputError(f"node {node.name!r} (Gemm): expected A of shape (M, {k_in}), got "
+                             f"{x.shape}")
+        xt = np.ascontiguousarray(x.T, dtype=np.float32)
+        yt = np.empty((n_out, x.shape[0]), np.float32)
+        kernel(indptr, indices, data, bias, xt, yt, lo, hi)
+        values[out] = np.ascontiguousarray(yt.T)
+
+    return Step(node, "matmul_csr_f32", f"sparse-f32: weights as CSR ({len(data)} nonzeros), "
+                "activations transposed to (K,M)" + (", activation fused" if node.name in ctx.fused
+                                                     else ""), run, density)
+
+
+def _conv_geometry(node: Node, x_shape, kh, kw):
+    from ..reference._windows import geometry
+
+    attrs = node.attrs
+    strides = attrs["strides"] or [1, 1]
+    dilations = attrs["dilations"] or [1, 1]
+    try:
+        begins, _, (oh, ow) = geometry(x_shape[2:], [kh, kw], strides, dilations, attrs["pads"],
+                                       attrs["auto_pad"])
+    except InputError as err:
+        raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+    hp = (oh - 1) * strides[0] + (kh - 1) * dilations[0] + 1
+    wp = (ow - 1) * strides[1] + (kw - 1) * dilations[1] + 1
+    pitch = wp if strides == [1, 1] else ow
+    return dict(oh=oh, ow=ow, hp=hp, wp=wp, pitch=pitch, sh=strides[0], sw=strides[1],
+                dh=dilations[0], dw=dilations[1], pt=begins[0], pl=begins[1])
+
+
+def _conv_csr_f32(node: Node, ctx: _Context):
+    """Direct sparse conv (no im2col), or the depthwise kernel for depthwise convs."""
+    from ..kernels import KERNELS
+
+    w = ctx.const(node.inputs[1])
+    if w is None or w.ndim != 4:
+        return None
+    b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    if len(node.inputs) > 2 and node.inputs[2] and b is None:
+        return None
+    group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
+    bias = np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+    out, lo, hi = _activation(ctx, node)
+    lo, hi = _bounds(lo, hi)
+    x_name, channels = node.inputs[0], group * c_group
+    depthwise = c_group == 1 and group == channels and n_out % channels == 0
+    if depthwise:
+        taps = np.ascontiguousarray(w.reshape(n_out, kh * kw), np.float32)
+        kernel, name = KERNELS["depthwise_dense_f32"], "depthwise_dense_f32"
+        reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
+        density = ctx.tensors[node.inputs[1]].density
+    else:
+        indptr, indices, data = _csr_f32(w.reshape(n_out, -1))
+        kernel, name = KERNELS["conv2d_csr_f32"], "conv2d_csr_f32"
+        reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
+        density = len(data) / max(w.size, 1)
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise InputError(f"node {node.name!r} (Conv): expected input (N, {channels}, H, W), "
+                             f"got shape {x.shape}")
+        g = _conv_geometry(node, x.shape, kh, kw)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        batch = x.shape[0]
+        xp = np.empty((batch, channels, g["hp"], g["wp"]), np.float32)
+        ws = np.empty((batch, n_out, g["oh"] * g["pitch"]), np.float32)
+        y = np.empty((batch, n_out, g["oh"], g["ow"]), np.float32)
+        geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
+        if depthwise:
+            kernel(taps, bias, x, xp, ws, y, *geo, lo, hi)
+        else:
+            kernel(indptr, indices, data, bias, x, xp, ws, y, *geo, group, lo, hi)
+        values[out] = y
+
+    return Step(node, name, reason + (", activation fused" if node.name in ctx.fused else ""),
+                run, density)
+
+
+_SPARSE_F32_BUILDERS = {"Gemm": _gemm_csr_f32, "Conv": _conv_csr_f32}

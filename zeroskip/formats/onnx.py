@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model import DTYPES, Dense, Graph, Model, Node, ValueInfo
 from ..ops import OPS, normalize_attrs
+from . import onnx_quant
 
 MIN_OPSET = 7
 MAX_OPSET = 22
@@ -518,6 +519,10 @@ class _Importer:
             return None
         return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in t.shape.dim)
 
+    def rank_of(self, name):
+        shape = self.shape_of(name)
+        return None if shape is None else len(shape)
+
     def shape_of(self, name):
         if not name:
             return None
@@ -533,6 +538,7 @@ class _Importer:
         for s in graph.sparse_initializer:
             self.consts[s.values.name] = self.sparse_tensor(s)
         self._infer_shapes()
+        self.quant = onnx_quant.QuantImport(self, _Pending)
         inputs = [vi for vi in graph.input if vi.name not in self.consts]
         protos = self._sorted(self._named_nodes(), {vi.name for vi in inputs})
 
@@ -550,9 +556,14 @@ class _Importer:
         pending = []
         for name, proto in protos:
             node = self._convert(name, proto)
-            if node is not None:
+            if isinstance(node, list):  # quantized ops: none (folded), one, or an expansion
+                pending.extend(node)
+            elif node is not None:
                 pending.append(node)
         pending = self._live(pending, graph_outputs)
+        if self.quant.qconst or self.quant.act:
+            pending = self._live(onnx_quant.fuse_qdq(self.quant, pending, graph_outputs),
+                                 graph_outputs)
 
         issues = [issue + (node.name,) for node in pending for issue in node.issues]
         ir_inputs = []
@@ -563,8 +574,11 @@ class _Importer:
             ir_inputs.append(info)
         wanted = {name for node in pending for name in node.inputs} | set(graph_outputs)
         initializers = {}
+        for name, tensor in self.quant.tensors.items():  # int8 weights, int32 biases
+            if name in wanted:
+                initializers[name] = tensor
         for name, array in self.consts.items():
-            if name not in wanted:
+            if name not in wanted or name in initializers:
                 continue
             if array.dtype in (np.float16, np.float64):
                 array = array.astype(np.float32)
@@ -633,7 +647,19 @@ class _Importer:
         return order
 
     def _convert(self, name, proto):
-        """Normalize one node; fold it (returning None) when its value is known at import."""
+        """Normalize one node; fold it (returning None) when its value is known at import.
+
+        Quantization nodes (``onnx_quant.handles``) return a list of pending nodes instead.
+        """
+        if onnx_quant.handles(proto):
+            n = _OnnxNode(self, proto, name)
+            try:
+                return self.quant.convert(n)
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+                if isinstance(err, (ModelFormatError, UnsupportedModelError)):
+                    raise
+                raise ModelFormatError(f"{self.where}: node {name!r} ({n.op}) is malformed "
+                                       f"({_short(err)})") from None
         if proto.domain not in _DEFAULT_DOMAINS:
             return _Pending(name, proto.op_type, list(proto.input), list(proto.output), {},
                             [("ops", f"{proto.domain}.{proto.op_type}")])
@@ -664,6 +690,8 @@ class _Importer:
         while inputs and inputs[-1] == "":
             inputs.pop()
         node = _Pending(name, op, inputs, n.outputs[:1], attrs, n.issues)
+        if self.quant.act and not node.issues:
+            self.quant.after(node)  # MaxPool/shape ops on integer tensors
         if not node.issues and self._try_fold(node):
             return None
         if not node.issues:
@@ -877,6 +905,7 @@ class _Importer:
             size = tensor.size
             weights[name] = {"origin": "onnx",
                              "sparsity": float(1.0 - tensor.nnz / size) if size else 0.0}
+            weights[name].update(self.quant.meta.get(name, {}))
         return {"producer": f"zeroskip {__version__}", "source": source, "weights": weights}
 
 

@@ -116,13 +116,19 @@ def handles(proto) -> bool:
 class QuantImport:
     """The quantization side of one import: integer activations, folded DQ constants, new weights."""
 
-    def __init__(self, importer):
+    def __init__(self, importer, pending_cls):
         self.imp = importer
+        self.P = pending_cls  # the importer's pending-node class
         self.act: dict[str, Act] = {}         # integer activation -> its parameters
         self.qconst: dict[str, QConst] = {}   # real constant made by a DQ -> its integers
         self.tensors: dict[str, Dense] = {}   # IR initializers made here (override raw consts)
         self.meta: dict[str, dict] = {}       # metadata["weights"] additions
         self.style = None                     # "qdq" or "qoperator" once seen
+        self.ranks: dict[str, int] = {}       # ranks onnx's inference cannot see (com.microsoft)
+
+    def rank(self, name):
+        rank = self.imp.rank_of(name)
+        return self.ranks.get(name) if rank is None else rank
 
     # -- parameters -------------------------------------------------------------------------------
     def _const(self, n, i, what):
@@ -149,9 +155,8 @@ class QuantImport:
         return Act(value, int(zp.reshape(-1)[0]), zp.dtype.name)
 
     # -- node conversion --------------------------------------------------------------------------
-    def convert(self, n, pending_cls):
+    def convert(self, n):
         """IR nodes (a list of pending nodes, maybe empty) for one quantization-related ONNX node."""
-        self.P = pending_cls
         op = n.op
         if op in _DYNAMIC:
             n.issues.append(("ops", f"{op} (dynamic quantization is not supported; quantize "
@@ -220,7 +225,10 @@ class QuantImport:
             return [self._pending(n, "DequantizeLinear", n.inputs[:1], n.outputs, {})]
         scale = np.asarray(scale, dtype=np.float32)
         check_scale(self.imp.where, n.name, n.input(1), scale)
-        if scale.ndim == 1 and scale.size > 0:
+        if scale.size == 1 and zp.size == 1 and (scale.ndim == 0 or q.ndim == 0
+                                                 or q.shape[axis % q.ndim] != 1):
+            scale, zp, shape = scale.reshape(()), zp.reshape(()), ()
+        elif scale.ndim == 1 and scale.size > 0:
             axis = axis % max(q.ndim, 1)
             if q.ndim == 0 or q.shape[axis] != scale.size or zp.shape != scale.shape:
                 raise ModelFormatError(
@@ -229,8 +237,6 @@ class QuantImport:
                     f"of {n.input(0)!r} {list(q.shape)}")
             shape = [1] * q.ndim
             shape[axis] = -1
-        elif scale.size == 1 and zp.size == 1:
-            scale, zp, shape = scale.reshape(()), zp.reshape(()), ()
         else:
             raise ModelFormatError(f"{self.imp.where}: node {n.name!r} (DequantizeLinear): scale "
                                    f"{n.input(1)!r} has shape {list(scale.shape)}")
@@ -275,7 +281,7 @@ class QuantImport:
         w_zp = np.zeros(w_scale.shape, w.dtype) if w_zp is None else w_zp
         check_scale(self.imp.where, n.name, n.input(4), np.asarray(w_scale, np.float32))
         qc = QConst(n.input(3), w, np.asarray(w_scale, np.float32), w_zp, 1)
-        if w.ndim == 2 and n.rank(0) == 2:
+        if w.ndim == 2 and self.rank(n.input(0)) == 2:
             return [self.make_linear(n, "QGemm", n.input(0), a, qc, "kn", None, y, {},
                                      n.outputs[0])]
         return self._expand_matmul(n, a, qc, y)
@@ -333,6 +339,9 @@ class QuantImport:
         if n.issues or a is None or b is None or y is None:
             return [self._pending(n, "QAdd", [n.input(0), n.input(3)], n.outputs, {})]
         self.act[n.outputs[0]] = y
+        ranks = [self.rank(name) for name in (n.input(0), n.input(3))]
+        if None not in ranks:
+            self.ranks[n.outputs[0]] = max(ranks)
         attrs = dict(a_scale=a.scale, a_zero_point=a.zero_point, b_scale=b.scale,
                      b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
                      y_dtype=y.dtype)
@@ -390,6 +399,10 @@ class QuantImport:
             self.act[node.outputs[0]] = ins[0]
         elif node.op in SHAPE_OPS:
             self.act[node.outputs[0]] = ins[0]
+            if node.op == "Flatten":
+                self.ranks[node.outputs[0]] = 2
+            elif node.op in ("Identity", "Dropout") and self.rank(node.inputs[0]) is not None:
+                self.ranks[node.outputs[0]] = self.rank(node.inputs[0])
         else:
             node.issues.append(("dtypes", f"{node.op} on a quantized ({ins[0].dtype}) tensor"))
 
@@ -406,6 +419,7 @@ class QuantImport:
             inputs.append(self.add_tensor(bias[1], b_tensor, b_meta))
         self.check_accumulator(node_name, op, x, w_tensor, b_tensor)
         self.act[out] = y
+        self.ranks[out] = 2 if op == "QGemm" else self.rank(x_name)
         attrs = dict(attrs, x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
                      y_zero_point=y.zero_point, y_dtype=y.dtype, clip_min=clip[0],
                      clip_max=clip[1])
@@ -539,8 +553,11 @@ class _Proxy:
         self._n = n
         self.inputs = inputs
 
+    def input(self, i):
+        return self.inputs[i] if i < len(self.inputs) else ""
+
     def const(self, i):
-        return self._n.imp.consts.get(self.inputs[i]) if self.inputs[i] else None
+        return self._n.imp.consts.get(self.input(i)) if self.input(i) else None
 
     def __getattr__(self, key):
         return getattr(self._n, key)
@@ -605,10 +622,6 @@ def _only_reader(name, readers, outputs):
     return found[0]
 
 
-def _dq_params(node) -> Act | None:
-    return None
-
-
 def _match(qi: QuantImport, f, readers, producer, outputs):
     """(replacement node, [nodes it replaces]) for the float node ``f``, or None."""
     reader = _only_reader(f.outputs[0], readers, outputs)
@@ -654,7 +667,7 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
                 return None
             op, layout = "QGemm", "nk" if a["transB"] else "kn"
         else:
-            if qi.imp.rank_of(f.inputs[0]) != 2 or w.q.ndim != 2:
+            if qi.rank(f.inputs[0]) != 2 or w.q.ndim != 2:
                 return None
             op, layout = "QGemm", "kn"
         if w.q.ndim < 2 or (f.op == "Conv" and w.q.ndim < 3):

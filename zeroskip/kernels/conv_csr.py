@@ -12,8 +12,10 @@ import numpy as np
 from numba import njit, prange
 
 ACC_TILE = 4096
-"""Accumulator elements per row tile (16 KB of int32/float32: half of Zen 3's L1D). Chosen by
-bench/test_bench_conv.py: 14×14 and 56×56 planes fit one tile; larger tiles slow the 112×112 layers."""
+"""Accumulator elements per row tile: 16 KB of int32/float32, half of Zen 3's 32 KB L1D, so the tile
+stays in L1 while every tap of the channel streams over it. Sized from the cache, not yet swept:
+bench/test_bench_conv.py's 14×14, 28×28 and 56×56 layers fit in one tile; the 112×112 layers
+(resnet50-conv1, stride 2: pitch 112) use 36-row tiles."""
 
 
 TAPS_UNROLL = 4

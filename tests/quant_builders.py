@@ -1,0 +1,117 @@
+"""Small float ONNX models, and their int8 versions made by onnxruntime's own quantization tool.
+
+    model = FLOAT_MODELS["cnn"]()
+    q = quantize(model, "cnn", fmt="qdq", activation="uint8", per_channel=True)
+
+Each float builder returns (model, input name, sample shape without the batch). ``quantize`` runs
+``onnxruntime.quantization.quantize_static`` on calibration data and returns the quantized ModelProto.
+
+QOperator models with uint8 activations are quantized with ``reduce_range=True`` (7-bit weights):
+onnxruntime's x86 u8·s8 kernels (QLinearConv, QLinearMatMul) add pairs of products in saturating
+int16 (``vpmaddubsw``), so full-range weights make onnxruntime itself wrong by many steps. The
+quantizer's warning says the same ("use QDQ or reduce_range").
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+
+from onnx_builders import make_model, node, pruned, randn
+
+
+def _cnn():
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+             node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), node("Relu", ["c2"], ["r2"]),
+             node("GlobalAveragePool", ["r2"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    inits = {"w1": randn((8, 3, 3, 3), 1, 0.3), "b1": randn(8, 2, 0.1),
+             "w2": pruned((12, 8, 3, 3), 0.1, seed=3, scale=0.5), "b2": randn(12, 4, 0.1),
+             "w3": randn((10, 12), 5, 0.5), "b3": randn(10, 6, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 10])], inits), "x", (3, 8, 8)
+
+
+def _mlp_gemm(dead_channel=False):
+    w1 = randn((32, 16), 1, 0.3)
+    if dead_channel:
+        w1[5] = 0.0  # output channel 5 fully pruned
+    nodes = [node("Gemm", ["x", "w1", "b1"], ["h1"], transB=1), node("Relu", ["h1"], ["r1"]),
+             node("Gemm", ["r1", "w2", "b2"], ["y"], transB=0)]
+    inits = {"w1": w1, "b1": randn(32, 2, 0.1), "w2": pruned((32, 10), 0.1, seed=3, scale=0.8),
+             "b2": randn(10, 4, 0.1)}
+    return make_model(nodes, [("x", ["N", 16])], [("y", ["N", 10])], inits), "x", (16,)
+
+
+def _mlp_matmul():
+    nodes = [node("MatMul", ["x", "w1"], ["m1"]), node("Add", ["m1", "b1"], ["a1"]),
+             node("Relu", ["a1"], ["r1"]), node("MatMul", ["r1", "w2"], ["m2"]),
+             node("Add", ["m2", "b2"], ["y"])]
+    inits = {"w1": pruned((16, 32), 0.1, seed=1, scale=0.8), "b1": randn(32, 2, 0.1),
+             "w2": randn((32, 10), 3, 0.3), "b2": randn(10, 4, 0.1)}
+    return make_model(nodes, [("x", ["N", 16])], [("y", ["N", 10])], inits), "x", (16,)
+
+
+def _residual():
+    """Conv -> Relu -> depthwise Conv -> Add(skip) -> Relu -> AveragePool 3x3 -> GAP -> Flatten."""
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+             node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=6),
+             node("Add", ["c2", "r1"], ["s"]), node("Relu", ["s"], ["r2"]),
+             node("AveragePool", ["r2"], ["ap"], kernel_shape=[3, 3], strides=[2, 2]),
+             node("GlobalAveragePool", ["ap"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    inits = {"w1": randn((6, 3, 3, 3), 1, 0.3), "b1": randn(6, 2, 0.1),
+             "w2": randn((6, 1, 3, 3), 3, 0.3), "b2": randn(6, 4, 0.1),
+             "w3": randn((5, 6), 5, 0.5), "b3": randn(5, 6, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 9, 9])], [("y", ["N", 5])], inits), "x", (3, 9, 9)
+
+
+FLOAT_MODELS = {
+    "cnn": _cnn,
+    "mlp_gemm": _mlp_gemm,
+    "mlp_dead_channel": lambda: _mlp_gemm(dead_channel=True),
+    "mlp_matmul": _mlp_matmul,
+    "residual": _residual,
+}
+"""name -> () -> (float ModelProto, input name, sample shape)."""
+
+
+def calibration(shape, count=32, seed=7) -> np.ndarray:
+    """Structured calibration/test data: random normals plus a per-sample offset and scale."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((count,) + tuple(shape))
+    x = x * rng.uniform(0.5, 1.5, (count,) + (1,) * len(shape)) + rng.uniform(-0.3, 0.3, (count,) + (1,) * len(shape))
+    return x.astype(np.float32)
+
+
+def quantize(model, fmt="qdq", activation="uint8", per_channel=True, input_name="x", shape=None,
+             samples=32) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's quantize_static (int8 weights), as a ModelProto."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    data = calibration(shape, samples)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{input_name: d[None]} for d in data])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    reduce_range = fmt == "qoperator" and activation == "uint8"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        quantize_static(src, dst, Reader(),
+                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=per_channel,
+                        reduce_range=reduce_range)
+        return onnx.load(dst)
+
+
+__all__ = ["FLOAT_MODELS", "calibration", "quantize"]
