@@ -183,6 +183,19 @@ _FLOAT_TWIN = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QMaxPool": "Max
 """The float op each quantized op computes once activations stay real."""
 
 
+def _real_range(attrs: dict) -> tuple:
+    """(lo, hi) in real units that a quantized op's output can take: its type's range, mapped by
+    y_scale and y_zero_point, narrowed by a fused clip. A quantizer may drop a Relu because this
+    saturation does its work (y_zero_point at the bottom of the range), so the float twin keeps it."""
+    lo, hi = attrs.get("clip_min"), attrs.get("clip_max")
+    if "y_dtype" in attrs:
+        info = np.iinfo(attrs["y_dtype"])
+        scale, zp = float(attrs["y_scale"]), int(attrs["y_zero_point"])
+        lo = max(scale * (info.min - zp), -np.inf if lo is None else lo)
+        hi = min(scale * (info.max - zp), np.inf if hi is None else hi)
+    return lo, hi
+
+
 def dequantize_model(model: Model) -> Model:
     """The float model an f32 mode runs on a quantized one: weights dequantized once, activations
     float throughout (QuantizeLinear/DequantizeLinear become Identity, fused clips become Clip)."""
@@ -204,17 +217,27 @@ def dequantize_model(model: Model) -> Model:
                 real = f"{name}:real"
                 initializers[real] = Dense(initializers[name].dequantize().astype(np.float32))
                 inputs[inputs.index(name)] = real
+        if node.op == "QAdd":  # 8-bit constant operands carry their parameters in the node
+            for i, side in enumerate("ab"):
+                tensor = initializers.get(inputs[i])
+                if tensor is not None and tensor.quant is None and tensor.dtype.kind in "iu":
+                    real = f"{inputs[i]}:real"
+                    scale, zp = node.attrs[f"{side}_scale"], node.attrs[f"{side}_zero_point"]
+                    initializers[real] = Dense((np.float64(scale) * (tensor.to_numpy().astype(
+                        np.int64) - int(zp))).astype(np.float32))
+                    inputs[i] = real
         attrs = {k: v for k, v in node.attrs.items() if k in OPS[twin].attrs}
         if twin == "Gemm":
             attrs["transB"] = 1
-        clip = (node.attrs.get("clip_min"), node.attrs.get("clip_max"))
+        clip = _real_range(node.attrs)
         outputs = list(node.outputs)
         if clip != (None, None):
             outputs = [f"{node.outputs[0]}:unclipped"]
         nodes.append(Node(node.name, twin, inputs, outputs, normalize_attrs(twin, attrs)))
         if clip != (None, None):
             nodes.append(Node(f"{node.name}:clip", "Clip", outputs, list(node.outputs),
-                              {"min": clip[0], "max": clip[1]}))
+                              {"min": None if clip[0] in (None, -np.inf) else float(clip[0]),
+                               "max": None if clip[1] in (None, np.inf) else float(clip[1])}))
     result = _clone(model, nodes, initializers)
     # Activations stay real in the f32 modes, so integer graph outputs become float32.
     result.graph.outputs = [ValueInfo(vi.name, vi.shape, "float32" if vi.dtype in ("uint8", "int8")

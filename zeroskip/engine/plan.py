@@ -70,6 +70,7 @@ def reference_step(node: Node, constants: dict, reason: str = "reference op (flo
     """A step that runs the float64 reference op; ``cast`` rounds float outputs to that dtype."""
     function = REFERENCE_OPS[node.op]
     inputs, outputs, attrs = list(node.inputs), list(node.outputs), dict(node.attrs)
+    q_dtype = attrs.get("y_dtype") if node.op in QUANTIZED_OPS else None
 
     def run(values):
         args = [values[name] if name else None for name in inputs]
@@ -87,13 +88,21 @@ def reference_step(node: Node, constants: dict, reason: str = "reference op (flo
             value = np.asarray(value)
             if cast is not None and value.dtype.kind == "f":
                 value = value.astype(cast)
+            elif cast is not None and q_dtype is not None:
+                value = value.astype(q_dtype)  # the kernels take 8-bit activations as such
             values[name] = value
 
     return Step(node, "reference", reason, run, _density(node, constants))
 
 
+_WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "QConv", "QGemm")
+
+
 def _density(node: Node, constants: dict) -> float | None:
-    tensor = constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    """The density of a node's weight (its second input, when that is an initializer)."""
+    if node.op not in _WEIGHTED_OPS or len(node.inputs) < 2:
+        return None
+    tensor = constants.get(node.inputs[1])
     return None if tensor is None else tensor.density
 
 
@@ -115,8 +124,12 @@ class _Context:
 
 
 def _constant(tensor, float_dtype) -> np.ndarray:
+    """An initializer as the steps read it: real values in ``float_dtype``, 8-bit activations
+    (quantized constants whose parameters live in the reading op) as stored, other ints as int64."""
     if tensor.quant is not None or tensor.dtype.kind == "f":
         return np.ascontiguousarray(tensor.dequantize().astype(float_dtype))
+    if tensor.dtype in (np.uint8, np.int8):
+        return np.ascontiguousarray(tensor.to_numpy())
     if tensor.dtype.kind in "iu":
         return tensor.to_numpy().astype(np.int64)
     return np.asarray(tensor.to_numpy())
@@ -156,10 +169,10 @@ def build_plan(model: Model, mode: str) -> Plan:
         constants = {name: _reference_constant(t) for name, t in model.graph.initializers.items()}
         steps = [reference_step(node, model.graph.initializers) for node in model.graph.nodes]
         return Plan(mode, steps, constants)
-    if mode in INT8_MODES or mode == "auto":
-        raise ZeroskipError(f"mode {mode!r} is not implemented yet; use 'reference', "
-                            f"'dense-f32' or 'sparse-f32'")
-    model = optimize(dequantize_model(model))
+    if mode == "auto":
+        raise ZeroskipError("mode 'auto' is not implemented yet; use 'reference', 'dense-f32', "
+                            "'sparse-f32', 'dense-i8' or 'sparse-i8'")
+    model = optimize(model) if mode in INT8_MODES else optimize(dequantize_model(model))
     ctx = _Context(model, mode, np.float32)
     steps = []
     for node in model.graph.nodes:
@@ -169,6 +182,7 @@ def build_plan(model: Model, mode: str) -> Plan:
                               lambda values: None))
             continue
         builder = (_SPARSE_F32_BUILDERS.get(node.op) if mode == "sparse-f32" else None) \
+            or (_I8_BUILDERS.get(node.op) if mode in INT8_MODES else None) \
             or _F32_BUILDERS.get(node.op)
         step = builder(node, ctx) if builder else None
         if step is None and mode == "sparse-f32" and node.op in _SPARSE_F32_BUILDERS:
@@ -427,3 +441,335 @@ def _conv_csr_f32(node: Node, ctx: _Context):
 
 
 _SPARSE_F32_BUILDERS = {"Gemm": _gemm_csr_f32, "Conv": _conv_csr_f32}
+
+
+# -- dense-i8 / sparse-i8: the integer kernels --------------------------------------------------
+_Q8 = {"uint8": np.uint8, "int8": np.int8}
+
+
+def _layer_quant(node: Node, ctx: _Context) -> dict:
+    """Everything a QGemm/QConv needs once: int8 weights (N, K), folded bias, Q31 multipliers, clamp.
+
+    The arithmetic is docs/quantization.md's: bias' = q_b − x_zp·rowsum, M[n] = x_scale·w_scale[n] /
+    y_scale ≈ m0[n]·2^−shift[n], output clamped to the type's range narrowed by the fused clip.
+    """
+    from .. import quantmath
+
+    attrs = node.attrs
+    w_tensor = ctx.tensors.get(node.inputs[1])
+    where = f"node {node.name!r} ({node.op})"
+    if w_tensor is None or w_tensor.quant is None or w_tensor.dtype != np.int8:
+        raise UnsupportedModelError(f"{where}: the weight must be an int8 initializer with a scale")
+    quant = w_tensor.quant
+    if np.any(quant.zero_point != 0) or quant.axis not in (None, 0):
+        raise UnsupportedModelError(f"{where}: weights must be symmetric (zero point 0), per tensor "
+                                    f"or per output channel")
+    q_w = w_tensor.to_numpy()
+    n_out = q_w.shape[0]
+    w2 = np.ascontiguousarray(q_w.reshape(n_out, -1))
+    w_scale = np.broadcast_to(quant.scale.astype(np.float64), (n_out,))
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    q_b = np.zeros(n_out, np.int64)
+    if b_name:
+        b_tensor = ctx.tensors.get(b_name)
+        if b_tensor is None or b_tensor.dtype.kind not in "iu":
+            raise UnsupportedModelError(f"{where}: the bias must be an int32 initializer")
+        q_b = b_tensor.to_numpy().astype(np.int64).reshape(-1)
+    x_zp = int(attrs["x_zero_point"])
+    rowsum = w2.astype(np.int64).sum(axis=1)
+    bias = quantmath.fold_bias(q_b, rowsum, x_zp)
+    quantmath.check_accumulator_range(w2.shape[1], 127 * 255, bias)
+    m0, shift = quantmath.quantize_multiplier(float(attrs["x_scale"]) * w_scale /
+                                              float(attrs["y_scale"]))
+    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], attrs["y_zero_point"],
+                                    attrs["clip_min"], attrs["clip_max"])
+    return dict(w=w2, w_shape=q_w.shape, bias=np.ascontiguousarray(bias, np.int32),
+                m0=np.ascontiguousarray(m0, np.int32), shift=np.ascontiguousarray(shift, np.int32),
+                y_zp=int(attrs["y_zero_point"]), lo=int(lo), hi=int(hi), x_zp=x_zp,
+                y_dtype=_Q8[attrs["y_dtype"]], density=w_tensor.density)
+
+
+def _check_q8(node: Node, x: np.ndarray) -> None:
+    if x.dtype not in (np.uint8, np.int8):
+        raise InputError(f"node {node.name!r} ({node.op}): expected a uint8 or int8 input, got "
+                         f"{x.dtype}")
+
+
+def _qgemm_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    q = _layer_quant(node, ctx)
+    sparse = _use_csr(ctx, q["density"])
+    requantize = KERNELS["requantize_dense_i8"]
+    n_out, k_in = q["w"].shape
+    x_name, out = node.inputs[0], node.outputs[0]
+    if sparse:
+        from ..model import CSR
+
+        csr = CSR.from_dense(q["w"])
+        indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+        kernel, name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
+        reason = f"{ctx.mode}: int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
+    else:
+        kernel, name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
+        reason = f"{ctx.mode}: dense int8 weights, int32 accumulation"
+
+    def run(values):
+        x = values[x_name]
+        _check_q8(node, x)
+        if x.ndim != 2 or x.shape[1] != k_in:
+            raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {k_in}), got "
+                             f"{x.shape}")
+        acc = np.empty((n_out, x.shape[0]), np.int32)
+        if sparse:
+            kernel(indptr, indices, data, q["bias"], np.ascontiguousarray(x.T), acc)
+        else:
+            kernel(np.ascontiguousarray(x), q["w"], q["bias"], acc)
+        yt = np.empty(acc.shape, q["y_dtype"])
+        requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+        values[out] = np.ascontiguousarray(yt.T)
+
+    return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
+                q["density"])
+
+
+def _qconv_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    q = _layer_quant(node, ctx)
+    n_out, c_group, kh, kw = q["w_shape"]
+    group = node.attrs["group"]
+    channels = group * c_group
+    depthwise = c_group == 1 and group == channels and n_out % channels == 0
+    sparse = not depthwise and _use_csr(ctx, q["density"])
+    requantize = KERNELS["requantize_dense_i8"]
+    x_name, out = node.inputs[0], node.outputs[0]
+    if depthwise:
+        kernel, name = KERNELS["depthwise_dense_i8"], "depthwise_dense_i8"
+        reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
+    elif sparse:
+        from ..model import CSR
+
+        csr = CSR.from_dense(q["w"])
+        indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+        kernel, name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
+        reason = f"{ctx.mode}: direct sparse int8 conv over {len(data)} nonzeros (no im2col)"
+    else:
+        im2row, kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
+        name = "im2row_dense_i8 + matmul_dense_i8"
+        reason = f"{ctx.mode}: im2row (zero-point padded) then a dense int8 GEMM per group"
+        w_groups = [np.ascontiguousarray(q["w"][g * (n_out // group):(g + 1) * (n_out // group)])
+                    for g in range(group)]
+        b_groups = [np.ascontiguousarray(q["bias"][g * (n_out // group):(g + 1) * (n_out // group)])
+                    for g in range(group)]
+
+    def run(values):
+        x = values[x_name]
+        _check_q8(node, x)
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise InputError(f"node {node.name!r} (QConv): expected input (N, {channels}, H, W), "
+                             f"got shape {x.shape}")
+        x = np.ascontiguousarray(x)
+        g = _conv_geometry(node, x.shape, kh, kw)
+        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
+        geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
+        acc = np.empty((batch, n_out, oh, ow), np.int32)
+        if depthwise or sparse:
+            xp = np.empty((batch, channels, g["hp"], g["wp"]), x.dtype)
+            ws = np.empty((batch, n_out, oh * g["pitch"]), np.int32)
+            if depthwise:
+                kernel(q["w"], q["bias"], x, q["x_zp"], xp, ws, acc, *geo)
+            else:
+                kernel(indptr, indices, data, q["bias"], x, q["x_zp"], xp, ws, acc, *geo, group)
+        else:
+            rows = np.empty((batch, group, oh, ow, c_group * kh * kw), x.dtype)
+            im2row(x, q["x_zp"], rows, *geo)
+            per = n_out // group
+            for b in range(batch):
+                for gi in range(group):
+                    kernel(rows[b, gi].reshape(oh * ow, -1), w_groups[gi], b_groups[gi],
+                           acc[b, gi * per:(gi + 1) * per].reshape(per, oh * ow))
+        y = np.empty(acc.shape, q["y_dtype"])
+        for b in range(batch):
+            requantize(acc[b].reshape(n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"],
+                       y[b].reshape(n_out, -1))
+        values[out] = y
+
+    return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
+                q["density"])
+
+
+def _quantize_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    kernel = KERNELS["quantize_dense_f32"]
+    attrs = node.attrs
+    scale, zp, dtype = np.float32(attrs["y_scale"]), int(attrs["y_zero_point"]), _Q8[attrs["y_dtype"]]
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = np.ascontiguousarray(values[x_name], dtype=np.float32)
+        y = np.empty(x.shape, dtype)
+        kernel(x.reshape(-1), scale, zp, y.reshape(-1))
+        values[out] = y
+
+    return Step(node, "quantize_dense_f32", "graph edge: float32 -> 8 bits, round half to even as "
+                "ONNX QuantizeLinear", run)
+
+
+def _dequantize_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    kernel = KERNELS["dequantize_dense_i8"]
+    scale, zp = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero_point"])
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        q = np.ascontiguousarray(values[x_name])
+        _check_q8(node, q)
+        y = np.empty(q.shape, np.float32)
+        kernel(q.reshape(-1), scale, zp, y.reshape(-1))
+        values[out] = y
+
+    return Step(node, "dequantize_dense_i8", "graph edge: 8 bits -> float32", run)
+
+
+def _pool_geometry(node: Node, x_shape):
+    from ..reference._windows import geometry
+
+    attrs = node.attrs
+    kernel_shape = attrs["kernel_shape"]
+    strides = attrs["strides"] or [1, 1]
+    dilations = attrs["dilations"] or [1, 1]
+    try:
+        begins, ends, out = geometry(x_shape[2:], kernel_shape, strides, dilations, attrs["pads"],
+                                     attrs["auto_pad"], attrs["ceil_mode"])
+    except InputError as err:
+        raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+    return kernel_shape, strides, dilations, begins, ends, out
+
+
+def _qmaxpool_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    if len(node.attrs["kernel_shape"]) != 2:
+        return None
+    kernel = KERNELS["maxpool_dense_i8"]
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = np.ascontiguousarray(values[x_name])
+        _check_q8(node, x)
+        if x.ndim != 4:
+            raise InputError(f"node {node.name!r} (QMaxPool): expected (N, C, H, W), got {x.shape}")
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = _pool_geometry(node, x.shape)
+        y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+        kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
+        values[out] = y
+
+    return Step(node, "maxpool_dense_i8", "max of the integers (same scale in and out)", run)
+
+
+def _qavgpool_i8(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+
+    attrs = node.attrs
+    if len(attrs["kernel_shape"]) != 2 or attrs["x_scale"] != attrs["y_scale"] \
+            or attrs["x_zero_point"] != attrs["y_zero_point"]:
+        return None  # other params out than in: the float reference op
+    kernel = KERNELS["avgpool_dense_i8"]
+    x_name, out = node.inputs[0], node.outputs[0]
+    x_zp, include = int(attrs["x_zero_point"]), int(attrs["count_include_pad"])
+
+    def run(values):
+        x = np.ascontiguousarray(values[x_name])
+        _check_q8(node, x)
+        if x.ndim != 4:
+            raise InputError(f"node {node.name!r} (QAveragePool): expected (N, C, H, W), got "
+                             f"{x.shape}")
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl), (pb, pr), (oh, ow) = _pool_geometry(node, x.shape)
+        y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+        kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, include, x_zp)
+        values[out] = y
+
+    return Step(node, "avgpool_dense_i8", "integer window sums, divided with round half away "
+                "from zero", run)
+
+
+def _qgap_i8(node: Node, ctx: _Context):
+    from .. import quantmath
+    from ..kernels import KERNELS
+
+    attrs = node.attrs
+    kernel = KERNELS["global_avgpool_dense_i8"]
+    x_name, out = node.inputs[0], node.outputs[0]
+    x_zp, y_zp = int(attrs["x_zero_point"]), int(attrs["y_zero_point"])
+    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp)
+    ratio = float(attrs["x_scale"]) / float(attrs["y_scale"])
+    dtype = _Q8[attrs["y_dtype"]]
+
+    def run(values):
+        x = np.ascontiguousarray(values[x_name])
+        _check_q8(node, x)
+        if x.ndim != 4:
+            raise InputError(f"node {node.name!r} (QGlobalAveragePool): expected (N, C, H, W), "
+                             f"got {x.shape}")
+        m0, shift = quantmath.quantize_multiplier(np.array([ratio / (x.shape[2] * x.shape[3])]))
+        y = np.empty(x.shape[:2] + (1, 1), dtype)
+        kernel(x, y, x_zp, int(m0[0]), int(shift[0]), y_zp, int(lo), int(hi))
+        values[out] = y
+
+    return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run)
+
+
+def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
+    """(A, B, R): a_ratio ≈ A/2^R, b_ratio ≈ B/2^R on one base, A, B < 2^44 (quantization.md §5)."""
+    import math
+
+    top = max(a_ratio, b_ratio)
+    shift = min(62, 43 - math.floor(math.log2(top))) if top > 0 else 62
+    if shift < 1:
+        raise UnsupportedModelError(f"QAdd input/output scale ratio {top:g} is too large")
+    return round(a_ratio * 2 ** shift), round(b_ratio * 2 ** shift), shift
+
+
+def _qadd_i8(node: Node, ctx: _Context):
+    from .. import quantmath
+    from ..kernels import KERNELS
+
+    attrs = node.attrs
+    kernel = KERNELS["add_dense_i8"]
+    a_mult, b_mult, shift = add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
+                                            float(attrs["b_scale"]) / float(attrs["y_scale"]))
+    y_zp = int(attrs["y_zero_point"])
+    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp, attrs["clip_min"],
+                                    attrs["clip_max"])
+    dtype = _Q8[attrs["y_dtype"]]
+    (a_name, b_name), out = node.inputs, node.outputs[0]
+
+    def run(values):
+        a, b = values[a_name], values[b_name]
+        _check_q8(node, a)
+        _check_q8(node, b)
+        try:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise InputError(f"node {node.name!r} (QAdd): expected inputs that broadcast, got "
+                             f"{a.shape} and {b.shape}") from None
+        a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+        y = np.empty(shape, dtype)
+        kernel(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1),
+               y.reshape(-1), int(attrs["a_zero_point"]), int(attrs["b_zero_point"]), a_mult,
+               b_mult, shift, y_zp, int(lo), int(hi))
+        values[out] = y
+
+    return Step(node, "add_dense_i8", "two input scales on one fixed-point base, one rounding", run)
+
+
+_I8_BUILDERS = {"QGemm": _qgemm_i8, "QConv": _qconv_i8, "QuantizeLinear": _quantize_i8,
+                "DequantizeLinear": _dequantize_i8, "QMaxPool": _qmaxpool_i8,
+                "QAveragePool": _qavgpool_i8, "QGlobalAveragePool": _qgap_i8, "QAdd": _qadd_i8}
+
+
+def _use_csr(ctx: _Context, density: float) -> bool:
+    return ctx.mode == "sparse-i8"

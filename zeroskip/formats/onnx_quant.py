@@ -338,6 +338,7 @@ class QuantImport:
         y = self.act_params(n, 6, 7, "y")
         if n.issues or a is None or b is None or y is None:
             return [self._pending(n, "QAdd", [n.input(0), n.input(3)], n.outputs, {})]
+        inputs = [self.const_operand(n.input(0), a), self.const_operand(n.input(3), b)]
         self.act[n.outputs[0]] = y
         ranks = [self.rank(name) for name in (n.input(0), n.input(3))]
         if None not in ranks:
@@ -345,7 +346,22 @@ class QuantImport:
         attrs = dict(a_scale=a.scale, a_zero_point=a.zero_point, b_scale=b.scale,
                      b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
                      y_dtype=y.dtype)
-        return [self._pending(n, "QAdd", [n.input(0), n.input(3)], n.outputs[:1], attrs)]
+        return [self._pending(n, "QAdd", inputs, n.outputs[:1], attrs)]
+
+    def const_operand(self, name, params: Act) -> str:
+        """A constant QAdd operand: its integers as an initializer carrying the same per-tensor
+        QuantParams as the node's a_*/b_* attributes (so every mode can read it as real values)."""
+        value = self.imp.consts.get(name)
+        if value is None:
+            return name
+        if value.dtype.name != params.dtype:
+            raise ModelFormatError(f"{self.imp.where}: constant {name!r} is {value.dtype}, but its "
+                                   f"zero point is {params.dtype}")
+        quant = QuantParams(np.array(params.scale, np.float32),
+                            np.array(params.zero_point, value.dtype))
+        return self.add_tensor(name, Dense(np.array(value, order="C"), quant),
+                               {"origin": "onnx", "sparsity": _sparsity(value),
+                                "granularity": "per-tensor"})
 
     def _QLinearGlobalAveragePool(self, n):
         self.style = self.style or "qoperator"
@@ -701,6 +717,8 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
                 return None
             operands.append(found)
         (a_name, a), (b_name, b) = operands
+        qi.style = qi.style or "qdq"
+        a_name, b_name = qi.const_operand(a_name, a), qi.const_operand(b_name, b)
         attrs = dict(a_scale=a.scale, a_zero_point=a.zero_point, b_scale=b.scale,
                      b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
                      y_dtype=y.dtype, clip_min=clip[0], clip_max=clip[1])

@@ -12,7 +12,8 @@ from numba import njit, prange
 
 M_TILE = 2
 """Rows of x per register tile. With N_TILE = 4: 8 vector accumulators + 6 loaded vectors ≤ 16 ymm.
-Chosen by bench/test_bench_matmul.py (2×4 beat 1×1, 1×2, 1×4 and 2×2 at M=128, K=N=1024)."""
+Chosen by bench/test_bench_matmul.py (2×4 beat 1×1, 1×2, 1×4 and 2×2 at M=128, K=N=1024;
+see docs/kernels.md for why LLVM emits vpmulld here, not vpmaddwd)."""
 N_TILE = 4
 """Rows of w per register tile (and per parallel iteration); see M_TILE."""
 
