@@ -57,3 +57,81 @@ def test_explain_has_one_row_per_node(mode):
     assert len(rows) >= 1 and all(set(r) == {"node", "op", "density", "kernel", "reason"} for r in rows)
     conv = next(r for r in rows if r["op"] == "Conv")
     assert 0.0 <= conv["density"] <= 1.0 and conv["kernel"] and conv["reason"]
+
+
+# --------------------------------------------------------------------------------------------------
+# int8 models made by onnxruntime's quantizer: every mode, against onnxruntime
+# --------------------------------------------------------------------------------------------------
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+
+from quant_builders import FLOAT_MODELS, calibration, quantize  # noqa: E402
+
+QUANT_CASES = [(name, fmt, act) for name in FLOAT_MODELS for fmt in ("qdq", "qoperator")
+               for act in ("uint8", "int8")]
+
+
+@functools.lru_cache(maxsize=None)
+def _quantized(name, fmt, act):
+    logging.disable(logging.WARNING)  # the quantizer's advice on reduce_range, calibration...
+    try:
+        model, input_name, shape = FLOAT_MODELS[name]()
+        q = quantize(model, fmt, act, True, input_name, shape)
+    finally:
+        logging.disable(logging.NOTSET)
+    x = calibration(shape, 48, seed=11)
+    want = run_ort(q, {input_name: x})
+    return q, zeroskip.import_onnx(q), input_name, x, want
+
+
+def _output_step(model) -> float:
+    last = model.graph.nodes[-1]
+    assert last.op == "DequantizeLinear", last.op
+    return float(last.attrs["x_scale"])
+
+
+@pytest.mark.parametrize("mode", ["reference", "dense-i8", "sparse-i8"])
+@pytest.mark.parametrize("case", QUANT_CASES, ids=["-".join(c) for c in QUANT_CASES])
+def test_int8_modes_within_two_steps_of_onnxruntime(case, mode):
+    _, model, input_name, x, want = _quantized(*case)
+    got = zeroskip.Session(model, mode=mode).run({input_name: x})
+    (key, expected), = want.items()
+    step = _output_step(model)
+    steps = np.abs(got[key].astype(np.float64) - expected) / step
+    assert steps.max() <= 2 + 1e-6, f"{case} {mode}: {steps.max():.2f} steps"
+    off = np.count_nonzero(steps > 0.5) / steps.size
+    assert off <= 0.05, f"{case} {mode}: {off:.1%} of outputs differ from onnxruntime"
+    top1 = np.mean(got[key].argmax(-1) == expected.argmax(-1))
+    assert top1 >= 0.9, f"{case} {mode}: top-1 agreement {top1:.1%}"
+
+
+@pytest.mark.parametrize("case", QUANT_CASES[:4], ids=["-".join(c) for c in QUANT_CASES[:4]])
+def test_int8_kernels_agree_with_each_other(case):
+    """dense-i8 and sparse-i8 run the same integer arithmetic: identical outputs."""
+    _, model, input_name, x, _ = _quantized(*case)
+    dense = zeroskip.Session(model, mode="dense-i8").run({input_name: x})
+    sparse = zeroskip.Session(model, mode="sparse-i8").run({input_name: x})
+    for key in dense:
+        assert np.array_equal(dense[key], sparse[key])
+
+
+@pytest.mark.parametrize("mode", ["dense-f32", "sparse-f32", "dense-i8", "sparse-i8"])
+def test_outputs_identical_for_one_and_two_threads(mode):
+    _, model, input_name, x, _ = _quantized("residual", "qdq", "uint8")
+    one = zeroskip.Session(model, mode=mode, threads=1).run({input_name: x})
+    two = zeroskip.Session(model, mode=mode, threads=2).run({input_name: x})
+    for key in one:
+        assert one[key].tobytes() == two[key].tobytes()
+
+
+@pytest.mark.parametrize("name", list(FLOAT_MODELS))
+def test_float_modes_run_int8_models_with_their_saturation(name):
+    """An f32 mode dequantizes the weights and keeps each op's output range (a dropped ReLU's work)."""
+    _, model, input_name, x, want = _quantized(name, "qdq", "uint8")
+    dense = zeroskip.Session(model, mode="dense-f32").run({input_name: x})
+    sparse = zeroskip.Session(model, mode="sparse-f32").run({input_name: x})
+    (key, expected), = want.items()
+    np.testing.assert_allclose(dense[key], sparse[key], rtol=1e-4, atol=1e-4)
+    # float activations differ from 8-bit ones by the activations' rounding: a few output steps
+    assert np.abs(dense[key] - expected).max() <= 12 * _output_step(model)

@@ -707,6 +707,8 @@ def _qgap_i8(node: Node, ctx: _Context):
     lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp)
     ratio = float(attrs["x_scale"]) / float(attrs["y_scale"])
     dtype = _Q8[attrs["y_dtype"]]
+    average = KERNELS["avgpool_dense_i8"]
+    same = attrs["x_scale"] == attrs["y_scale"] and x_zp == y_zp
 
     def run(values):
         x = np.ascontiguousarray(values[x_name])
@@ -714,9 +716,12 @@ def _qgap_i8(node: Node, ctx: _Context):
         if x.ndim != 4:
             raise InputError(f"node {node.name!r} (QGlobalAveragePool): expected (N, C, H, W), "
                              f"got {x.shape}")
-        m0, shift = quantmath.quantize_multiplier(np.array([ratio / (x.shape[2] * x.shape[3])]))
         y = np.empty(x.shape[:2] + (1, 1), dtype)
-        kernel(x, y, x_zp, int(m0[0]), int(shift[0]), y_zp, int(lo), int(hi))
+        if same:  # an exact integer division of the plane sum (quantization.md §5)
+            average(x, y, x.shape[2], x.shape[3], 1, 1, 1, 1, 0, 0, 0, 0, 0, x_zp)
+        else:  # the mean and the change of scale in one rounding
+            m0, shift = quantmath.quantize_multiplier(np.array([ratio / (x.shape[2] * x.shape[3])]))
+            kernel(x, y, x_zp, int(m0[0]), int(shift[0]), y_zp, int(lo), int(hi))
         values[out] = y
 
     return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run)
@@ -746,9 +751,18 @@ def _qadd_i8(node: Node, ctx: _Context):
                                     attrs["clip_max"])
     dtype = _Q8[attrs["y_dtype"]]
     (a_name, b_name), out = node.inputs, node.outputs[0]
+    fixed = {}  # constant operands, as the 8-bit integers of the parameters this node reads them with
+    for name, side in ((a_name, "a"), (b_name, "b")):
+        tensor = ctx.tensors.get(name)
+        if tensor is not None:
+            scale, zp = float(attrs[f"{side}_scale"]), int(attrs[f"{side}_zero_point"])
+            info = np.iinfo(tensor.dtype if tensor.dtype in (np.uint8, np.int8) else np.int8)
+            q = tensor.to_numpy() if tensor.quant is None else \
+                np.clip(np.rint(tensor.dequantize() / scale) + zp, info.min, info.max)
+            fixed[name] = np.ascontiguousarray(q.astype(info.dtype))
 
     def run(values):
-        a, b = values[a_name], values[b_name]
+        a, b = fixed.get(a_name, values.get(a_name)), fixed.get(b_name, values.get(b_name))
         _check_q8(node, a)
         _check_q8(node, b)
         try:

@@ -29,7 +29,11 @@ Choices:
   inputs have those types are refused.
 * An initializer that is also listed as a graph input (old model-zoo files, or IR >= 4 "overridable
   defaults") is a constant, not an input.
-* Only the default domain ("" / "ai.onnx") is imported; nodes of any other domain are refused.
+* Only the default domain ("" / "ai.onnx") is imported; nodes of any other domain are refused,
+  except the com.microsoft ops onnxruntime's static quantizer emits (QGemm, QLinearAdd,
+  QLinearAveragePool, QLinearGlobalAveragePool).
+* **Quantized models** (QDQ and QOperator) are mapped onto zeroskip's integer scheme by
+  ``formats/onnx_quant.py``, which documents what maps to what and its choices.
 """
 
 from __future__ import annotations
