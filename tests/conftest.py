@@ -8,3 +8,10 @@ settings.register_profile("dev", max_examples=60, deadline=None)
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# mode="auto" measures break-even densities once per machine and caches them; the tests measure
+# into a fresh directory of their own rather than reading or writing the user's cache.
+if "ZEROSKIP_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ZEROSKIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="zeroskip-test-cache-")

@@ -135,3 +135,46 @@ def test_float_modes_run_int8_models_with_their_saturation(name):
     np.testing.assert_allclose(dense[key], sparse[key], rtol=1e-4, atol=1e-4)
     # float activations differ from 8-bit ones by the activations' rounding: a few output steps
     assert np.abs(dense[key] - expected).max() <= 12 * _output_step(model)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("model_")])
+def test_auto_mode_on_float_models(name):
+    onnx_model, feeds_list = CASES[name]()
+    model = zeroskip.import_onnx(onnx_model)
+    session = zeroskip.Session(model, mode="auto")
+    k = _longest_reduction(model)
+    for feeds in feeds_list:
+        want = run_ort(onnx_model, feeds)
+        assert_close(want, session.run(feeds), rtol=1e-4, atol=1e-5 + k * 2.0 ** -24 * 64,
+                     context=f"{name} auto")
+    weighted = [r for r in session.explain() if r["op"] in ("Conv", "Gemm") and r["kernel"] != "fused"]
+    assert all("break-even" in r["reason"] for r in weighted), weighted
+
+
+@pytest.mark.parametrize("case", QUANT_CASES[::3], ids=["-".join(c) for c in QUANT_CASES[::3]])
+def test_auto_mode_on_int8_models_runs_integer_kernels(case):
+    _, model, input_name, x, _ = _quantized(*case)
+    session = zeroskip.Session(model, mode="auto")
+    rows = session.explain()
+    assert any(r["kernel"].endswith("requantize_dense_i8") for r in rows)
+    dense = zeroskip.Session(model, mode="dense-i8").run({input_name: x})
+    got = session.run({input_name: x})
+    for key in dense:  # auto only picks between kernels that compute the same integers
+        assert np.array_equal(got[key], dense[key])
+
+
+def test_auto_choice_follows_the_measured_table(monkeypatch):
+    """A layer below the break-even density gets CSR, one above it the dense kernel."""
+    from zeroskip.engine import plan
+
+    monkeypatch.setattr(plan._Context, "auto_choice",
+                        lambda self, shape_class, density: (density < 0.5, f"test {density:.2f}"))
+    from test_oracle import torch_mlp_gemm
+
+    onnx_model, _ = torch_mlp_gemm(density=0.1)  # pruned first layers, a dense last one
+    model = zeroskip.import_onnx(onnx_model)
+    rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
+    assert {r["density"] < 0.5 for r in rows} == {True, False}
+    for row in rows:
+            want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
+            assert row["kernel"] == want, row

@@ -8,12 +8,14 @@ from zeroskip.engine import tuning
 
 
 @pytest.mark.parametrize("dense, sparse, want", [
-    ([1, 1, 1], [0.5, 1.5, 2.0], 0.15),   # crosses between 0.1 (margin .5) and 0.2 (margin -.5)
-    ([1, 1, 1], [0.2, 0.4, 0.8], 0.3),    # always faster: the largest density tested
-    ([1, 1, 1], [1.2, 1.5, 2.0], 0.0),    # never faster
+    ([1, 1, 1, 1], [0.4, 0.8, 1.2, 1.6], 0.25),       # sparse = 4·density: equal at 0.25
+    ([1, 1, 9, 1], [0.4, 0.8, 1.2, 1.6], 0.25),       # one slow dense run changes nothing
+    ([1, 1, 1, 1], [0.4, 9.0, 1.2, 1.6], 0.25),       # nor one slow sparse run
+    ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], 1.0),        # always faster: 1.0
+    ([1, 1, 1, 1], [1.4, 1.8, 2.2, 2.6], 0.0),        # never faster: 0.0
 ])
 def test_crossing(dense, sparse, want):
-    assert tuning.crossing([0.1, 0.2, 0.3], dense, sparse) == pytest.approx(want)
+    assert tuning.crossing([0.1, 0.2, 0.3, 0.4], dense, sparse) == pytest.approx(want)
 
 
 def test_table_measures_once_and_caches(tmp_path):
@@ -38,7 +40,7 @@ def test_table_measures_once_and_caches(tmp_path):
 def test_corrupt_cache_is_measured_again(tmp_path):
     path = tmp_path / "be.json"
     path.write_text("{not json")
-    entry = tuning.BreakEvenTable(threads=1, path=str(path)).get("x", lambda d: (1.0, 2.0))
+    entry = tuning.BreakEvenTable(threads=1, path=str(path)).get("x", lambda d: (1.0, 2.0 + d))
     assert entry["break_even"] == 0.0
     assert json.loads(path.read_text())  # rewritten whole
 

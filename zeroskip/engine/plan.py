@@ -118,6 +118,24 @@ class _Context:
         self.constants = {name: _constant(t, self.float_dtype) for name, t in self.tensors.items()}
         self.fused = _find_fusions(model)  # producer name -> (activation node, lo, hi)
         self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
+        self.integer = False
+        self._table = None
+        self.last_auto_reason = ""
+
+    def auto_choice(self, shape_class: str, density: float) -> tuple[bool, str]:
+        """(use CSR?, why) for a layer of ``shape_class`` at ``density``, from the break-even
+        density measured on this CPU (engine/tuning.py)."""
+        import numba
+
+        from .tuning import BreakEvenTable
+
+        if self._table is None:
+            self._table = BreakEvenTable(threads=numba.get_num_threads())
+        entry = self._table.get(shape_class, measure_class(shape_class))
+        edge = entry["break_even"]
+        if density < edge:
+            return True, f"density {density:.3f} < break-even {edge:.3f} measured for {shape_class!r}"
+        return False, f"density {density:.3f} >= break-even {edge:.3f} measured for {shape_class!r}"
 
     def const(self, name: str):
         return self.constants.get(name) if name else None
@@ -169,11 +187,10 @@ def build_plan(model: Model, mode: str) -> Plan:
         constants = {name: _reference_constant(t) for name, t in model.graph.initializers.items()}
         steps = [reference_step(node, model.graph.initializers) for node in model.graph.nodes]
         return Plan(mode, steps, constants)
-    if mode == "auto":
-        raise ZeroskipError("mode 'auto' is not implemented yet; use 'reference', 'dense-f32', "
-                            "'sparse-f32', 'dense-i8' or 'sparse-i8'")
-    model = optimize(model) if mode in INT8_MODES else optimize(dequantize_model(model))
+    integer = mode in INT8_MODES or (mode == "auto" and is_quantized(model))
+    model = optimize(model) if integer else optimize(dequantize_model(model))
     ctx = _Context(model, mode, np.float32)
+    ctx.integer = integer
     steps = []
     for node in model.graph.nodes:
         if node.name in ctx.fused_into:
@@ -181,17 +198,33 @@ def build_plan(model: Model, mode: str) -> Plan:
             steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
                               lambda values: None))
             continue
-        builder = (_SPARSE_F32_BUILDERS.get(node.op) if mode == "sparse-f32" else None) \
-            or (_I8_BUILDERS.get(node.op) if mode in INT8_MODES else None) \
-            or _F32_BUILDERS.get(node.op)
-        step = builder(node, ctx) if builder else None
-        if step is None and mode == "sparse-f32" and node.op in _SPARSE_F32_BUILDERS:
-            step = _F32_BUILDERS[node.op](node, ctx)
+        step = _build_step(node, ctx)
         if step is None:
             step = reference_step(node, ctx.tensors, "no kernel for this op: reference op, float32 "
                                   "result", cast="float32")
         steps.append(step)
     return Plan(mode, steps, ctx.constants)
+
+
+def _build_step(node: Node, ctx: _Context) -> Step | None:
+    """The kernel step for ``node`` in ``ctx.mode`` (None: no kernel, run the reference op)."""
+    if ctx.integer and node.op in _I8_BUILDERS:
+        return _I8_BUILDERS[node.op](node, ctx)
+    sparse = ctx.mode == "sparse-f32"
+    if ctx.mode == "auto" and node.op in _SPARSE_F32_BUILDERS:
+        tensor = ctx.tensors.get(node.inputs[1])
+        if tensor is not None:
+            sparse, why = ctx.auto_choice(f"{node.op.lower()} f32", tensor.density)
+            step = (_SPARSE_F32_BUILDERS if sparse else _F32_BUILDERS)[node.op](node, ctx)
+            if step is not None:
+                step.reason = f"auto: {why}; {step.reason}"
+                return step
+    if sparse and node.op in _SPARSE_F32_BUILDERS:
+        step = _SPARSE_F32_BUILDERS[node.op](node, ctx)
+        if step is not None:
+            return step
+    builder = _F32_BUILDERS.get(node.op)
+    return builder(node, ctx) if builder else None
 
 
 def _reference_constant(tensor) -> np.ndarray:
@@ -200,17 +233,6 @@ def _reference_constant(tensor) -> np.ndarray:
     if tensor.dtype.kind in "iu":
         return tensor.to_numpy().astype(np.int64)
     return np.asarray(tensor.to_numpy())
-
-
-def _epilogue(y: np.ndarray, bias, lo, hi, channel_axis: int) -> np.ndarray:
-    """y += bias (per channel along ``channel_axis``), then clamp to [lo, hi], in place."""
-    if bias is not None:
-        shape = [1] * y.ndim
-        shape[channel_axis] = -1
-        y += bias.reshape(shape)
-    if lo is not None or hi is not None:
-        np.clip(y, lo, hi, out=y)
-    return y
 
 
 def _activation(ctx: _Context, node: Node):
@@ -269,8 +291,11 @@ def _matmul_f32(node: Node, ctx: _Context):
 
 
 def _conv_f32(node: Node, ctx: _Context):
-    """Conv by im2col + one sgemm per group (1×1 stride-1 unpadded convs skip the im2col)."""
-    from ..reference._windows import geometry, pad_for_windows, windows
+    """Conv by im2col (a Numba kernel) + one sgemm per group (numpy BLAS) + bias and activation.
+
+    A 1×1, stride-1, unpadded conv needs no im2col: x[b] is already the (C, H·W) column matrix.
+    """
+    from ..kernels import KERNELS
 
     w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 4:
@@ -278,35 +303,35 @@ def _conv_f32(node: Node, ctx: _Context):
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
     if len(node.inputs) > 2 and node.inputs[2] and b is None:
         return None
-    attrs = node.attrs
-    group, (n_out, c_group, kh, kw) = attrs["group"], w.shape
+    group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
     wmat = np.ascontiguousarray(w.reshape(group, n_out // group, c_group * kh * kw))
-    strides = attrs["strides"] or [1, 1]
-    dilations = attrs["dilations"] or [1, 1]
-    extents = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilations)]
+    bias = np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+    im2col, epilogue = KERNELS["im2col_dense_f32"], KERNELS["bias_act_dense_f32"]
     out, lo, hi = _activation(ctx, node)
-    x_name = node.inputs[0]
+    lo, hi = _bounds(lo, hi)
+    x_name, channels = node.inputs[0], group * c_group
 
     def run(values):
         x = values[x_name]
-        if x.ndim != 4 or x.shape[1] != group * c_group:
-            raise InputError(f"node {node.name!r} (Conv): expected input (N, {group * c_group}, H, "
-                             f"W), got shape {x.shape}")
-        begins, _, (oh, ow) = geometry(x.shape[2:], [kh, kw], strides, dilations, attrs["pads"],
-                                       attrs["auto_pad"])
-        batch = x.shape[0]
-        if (kh, kw) == (1, 1) and strides == [1, 1] and begins == [0, 0] and (oh, ow) == x.shape[2:]:
-            cols = x.reshape(batch, group, c_group, oh * ow)  # (B,G,K,P): already columns
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise InputError(f"node {node.name!r} (Conv): expected input (N, {channels}, H, W), "
+                             f"got shape {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        g = _conv_geometry(node, x.shape, kh, kw)
+        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
+        if (kh, kw, g["sh"], g["sw"], g["pt"], g["pl"]) == (1, 1, 1, 1, 0, 0) \
+                and (oh, ow) == x.shape[2:]:
+            cols = x.reshape(batch, group, c_group, oh * ow)  # already the column matrix
         else:
-            xp = pad_for_windows(x, begins, (oh, ow), strides, extents, 0.0)
-            win = windows(xp, [kh, kw], strides, dilations, (oh, ow))  # (B,C,OH,OW,kh,kw)
-            cols = win.reshape(batch, group, c_group, oh * ow, kh * kw).transpose(0, 1, 2, 4, 3)
+            cols = np.empty((batch, group, c_group * kh * kw, oh, ow), np.float32)
+            im2col(x, cols, kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
             cols = cols.reshape(batch, group, c_group * kh * kw, oh * ow)
-        # W (G, N/G, K) @ cols (B, G, K, P) -> y (B, G, N/G, P)
-        y = np.matmul(wmat, cols).reshape(batch, n_out, oh, ow)
-        values[out] = _epilogue(y, b, lo, hi, channel_axis=1)
+        # W (G, N/G, K) @ cols (B, G, K, P) -> y (B, G, N/G, P) = NCHW
+        y = np.matmul(wmat, cols).reshape(batch, n_out, oh * ow)
+        epilogue(y, bias, lo, hi)
+        values[out] = y.reshape(batch, n_out, oh, ow)
 
-    return Step(node, "conv2d_dense_f32 (im2col + numpy BLAS)",
+    return Step(node, "im2col_dense_f32 + numpy sgemm + bias_act_dense_f32",
                 "dense-f32: im2col then one sgemm per group"
                 + (", activation fused" if node.name in ctx.fused else ""), run,
                 ctx.tensors[node.inputs[1]].density)
@@ -499,7 +524,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
     from ..kernels import KERNELS
 
     q = _layer_quant(node, ctx)
-    sparse = _use_csr(ctx, q["density"])
+    sparse = _use_csr(ctx, q["density"], "gemm i8")
     requantize = KERNELS["requantize_dense_i8"]
     n_out, k_in = q["w"].shape
     x_name, out = node.inputs[0], node.outputs[0]
@@ -509,10 +534,10 @@ def _qgemm_i8(node: Node, ctx: _Context):
         csr = CSR.from_dense(q["w"])
         indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
         kernel, name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
-        reason = f"{ctx.mode}: int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
+        reason = f"int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
     else:
         kernel, name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
-        reason = f"{ctx.mode}: dense int8 weights, int32 accumulation"
+        reason = f"dense int8 weights, int32 accumulation"
 
     def run(values):
         x = values[x_name]
@@ -529,6 +554,8 @@ def _qgemm_i8(node: Node, ctx: _Context):
         requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
         values[out] = np.ascontiguousarray(yt.T)
 
+    if ctx.mode == "auto":
+        reason = f"auto: {ctx.last_auto_reason}; {reason}"
     return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
                 q["density"])
 
@@ -541,7 +568,7 @@ def _qconv_i8(node: Node, ctx: _Context):
     group = node.attrs["group"]
     channels = group * c_group
     depthwise = c_group == 1 and group == channels and n_out % channels == 0
-    sparse = not depthwise and _use_csr(ctx, q["density"])
+    sparse = not depthwise and _use_csr(ctx, q["density"], "conv i8")
     requantize = KERNELS["requantize_dense_i8"]
     x_name, out = node.inputs[0], node.outputs[0]
     if depthwise:
@@ -553,11 +580,11 @@ def _qconv_i8(node: Node, ctx: _Context):
         csr = CSR.from_dense(q["w"])
         indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
         kernel, name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
-        reason = f"{ctx.mode}: direct sparse int8 conv over {len(data)} nonzeros (no im2col)"
+        reason = f"direct sparse int8 conv over {len(data)} nonzeros (no im2col)"
     else:
         im2row, kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
         name = "im2row_dense_i8 + matmul_dense_i8"
-        reason = f"{ctx.mode}: im2row (zero-point padded) then a dense int8 GEMM per group"
+        reason = f"im2row (zero-point padded) then a dense int8 GEMM per group"
         w_groups = [np.ascontiguousarray(q["w"][g * (n_out // group):(g + 1) * (n_out // group)])
                     for g in range(group)]
         b_groups = [np.ascontiguousarray(q["bias"][g * (n_out // group):(g + 1) * (n_out // group)])
@@ -595,6 +622,8 @@ def _qconv_i8(node: Node, ctx: _Context):
                        y[b].reshape(n_out, -1))
         values[out] = y
 
+    if ctx.mode == "auto" and not depthwise:
+        reason = f"auto: {ctx.last_auto_reason}; {reason}"
     return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
                 q["density"])
 
@@ -785,5 +814,62 @@ _I8_BUILDERS = {"QGemm": _qgemm_i8, "QConv": _qconv_i8, "QuantizeLinear": _quant
                 "QAveragePool": _qavgpool_i8, "QGlobalAveragePool": _qgap_i8, "QAdd": _qadd_i8}
 
 
-def _use_csr(ctx: _Context, density: float) -> bool:
+def _use_csr(ctx: _Context, density: float, shape_class: str) -> bool:
+    if ctx.mode == "auto":
+        use, why = ctx.auto_choice(shape_class, density)
+        ctx.last_auto_reason = why
+        return use
     return ctx.mode == "sparse-i8"
+
+
+# -- the micro-benchmark behind auto ------------------------------------------------------------
+REPRESENTATIVE = {
+    # shape class: (op, weight shape, input shape). Mid-sized layers of the kind the demo and
+    # bench/shapes/*.txt hold: an MLP layer at batch 32, and a 3x3 conv of a small CNN at 28x28.
+    "gemm": ("Gemm", (256, 512), (32, 512)),
+    "conv": ("Conv", (64, 64, 3, 3), (1, 64, 28, 28)),
+}
+
+
+def measure_class(shape_class: str):
+    """``measure(density) -> (dense seconds, sparse seconds)`` for a shape class such as "conv i8":
+    the same step builders the plans use, on the class's representative layer."""
+    from ..model import Dense, Graph, Model, QuantParams, ValueInfo
+    from ..ops import normalize_attrs
+    from .tuning import best_time
+
+    kind, dtype = shape_class.split()
+    op, w_shape, x_shape = REPRESENTATIVE[kind]
+
+    def measure(density: float) -> tuple[float, float]:
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        w[rng.random(w_shape) >= density] = 0
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        attrs = {"pads": [1, 1, 1, 1]} if op == "Conv" else {"transB": 1}
+        if dtype == "i8":
+            q_op = "Q" + op
+            attrs.pop("transB", None)  # QGemm's weight is (N, K) already
+            attrs.update(x_scale=0.05, x_zero_point=128, y_scale=0.1, y_zero_point=128,
+                         y_dtype="uint8")
+            weight = Dense(np.clip(np.rint(w * 40), -127, 127).astype(np.int8),
+                           QuantParams(np.array(0.01, np.float32), np.array(0, np.int8)))
+            node = Node("layer", q_op, ["x", "w"], ["y"], normalize_attrs(q_op, attrs))
+            x = np.clip(np.rint(x * 20) + 128, 0, 255).astype(np.uint8)
+            modes = ("dense-i8", "sparse-i8")
+        else:
+            weight = Dense(w)
+            node = Node("layer", op, ["x", "w"], ["y"], normalize_attrs(op, attrs))
+            modes = ("dense-f32", "sparse-f32")
+        graph = Graph([node], [ValueInfo("x", (None,) + x_shape[1:], str(x.dtype))],
+                      [ValueInfo("y", (None,), "float32")], {"w": weight})
+        times = []
+        for mode in modes:
+            ctx = _Context(Model(graph), mode, np.float32)
+            ctx.integer = dtype == "i8"
+            step = _build_step(node, ctx)
+            values = {"x": x}
+            times.append(best_time(lambda: step.run(values)))
+        return times[0], times[1]
+
+    return measure

@@ -19,6 +19,8 @@ import tempfile
 import time
 from typing import Callable
 
+import numpy as np
+
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 """Densities the micro-benchmark times (fewer than this would miss the knee of the curve)."""
 
@@ -64,20 +66,22 @@ def best_time(run: Callable[[], None], repeats: int = REPEATS) -> float:
 
 
 def crossing(densities, dense_times, sparse_times) -> float:
-    """The density where the sparse time rises past the dense time (linear interpolation).
+    """The density at which the sparse kernel's time reaches the dense kernel's, in [0, 1].
 
-    Sparse faster at every density tested: the largest density tested. Never faster: 0.0.
+    The dense time does not depend on density: take the median. The sparse time grows about
+    linearly with the nonzeros: fit ``t = a + b·density`` with the Theil–Sen estimator (the median
+    of the pairwise slopes, then the median intercept), which one slow run on a shared machine cannot
+    drag around, and solve ``a + b·d = dense``.
     """
-    previous = None
-    for d, t_dense, t_sparse in zip(densities, dense_times, sparse_times):
-        margin = t_dense - t_sparse  # > 0 while sparse wins
-        if margin <= 0:
-            if previous is None:
-                return 0.0
-            d0, m0 = previous
-            return d0 + (d - d0) * m0 / (m0 - margin)
-        previous = (d, margin)
-    return float(densities[-1])
+    d = np.asarray(densities, dtype=np.float64)
+    sparse = np.asarray(sparse_times, dtype=np.float64)
+    dense = float(np.median(dense_times))
+    i, j = np.triu_indices(len(d), k=1)
+    slope = float(np.median((sparse[j] - sparse[i]) / (d[j] - d[i])))
+    intercept = float(np.median(sparse - slope * d))
+    if slope <= 0:
+        return 1.0 if intercept < dense else 0.0
+    return float(np.clip((dense - intercept) / slope, 0.0, 1.0))
 
 
 class BreakEvenTable:
