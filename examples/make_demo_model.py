@@ -1,9 +1,14 @@
-"""Rebuild the demo's bundled model and test images: ``zeroskip/data/digits_mlp.zsk``, ``digits_test.npz``.
+"""Rebuild the demo's bundled models and test images in ``zeroskip/data/``.
 
 The data is scikit-learn's bundled copy of the UCI optical handwritten digits (8×8 images, pixel values
 0–16, 1 797 samples; it ships inside scikit-learn, nothing is downloaded). A 64→256→128→10 ReLU MLP is
 trained with scikit-learn, exported to ONNX by hand in the form torch gives a ``nn.Linear`` stack (Gemm
-with transB=1, a dynamic batch dimension), then converted with ``zeroskip.import_onnx`` and saved.
+with transB=1, a dynamic batch dimension), then converted with ``zeroskip.import_onnx`` and saved. Two variants go beside it:
+
+- ``digits_mlp_pruned.zsk``: the hidden layers magnitude-pruned to 10 % density, then fine-tuned a few
+  epochs with the pruned weights held at zero (the output layer stays dense);
+- ``digits_mlp_int8.zsk``: the pruned model quantized by onnxruntime's quantizer (QDQ, uint8
+  activations calibrated on training images, per-channel symmetric int8 weights), then imported.
 
     pip install '.[examples]'
     python examples/make_demo_model.py [--out zeroskip/data]
@@ -27,6 +32,9 @@ import zeroskip
 
 HIDDEN = (256, 128)
 SEED = 0
+DENSITY = 0.10
+"""Fraction of hidden-layer weights the pruned variant keeps."""
+FINETUNE_EPOCHS = 30
 
 
 def train(x_train, y_train) -> MLPClassifier:
@@ -34,6 +42,47 @@ def train(x_train, y_train) -> MLPClassifier:
                         max_iter=300, random_state=SEED)
     mlp.fit(x_train, y_train)
     return mlp
+
+
+def prune(mlp: MLPClassifier, x_train, y_train) -> MLPClassifier:
+    """Keep the largest DENSITY of each hidden layer's weights, then fine-tune with the rest at zero."""
+    masks = []
+    for w in mlp.coefs_[:-1]:
+        threshold = np.quantile(np.abs(w), 1 - DENSITY)
+        masks.append(np.abs(w) >= threshold)
+    masks.append(np.ones_like(mlp.coefs_[-1], dtype=bool))
+    classes = np.unique(y_train)
+    for _ in range(FINETUNE_EPOCHS):
+        for w, mask in zip(mlp.coefs_, masks):
+            w[~mask] = 0.0
+        mlp.partial_fit(x_train, y_train, classes=classes)
+    for w, mask in zip(mlp.coefs_, masks):
+        w[~mask] = 0.0
+    return mlp
+
+
+def quantize_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's static quantizer (QDQ, u8 activations, s8 weights)."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{"input": calibration[i:i + 64]}
+                                  for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True)
+        return onnx.load(dst)
 
 
 def to_onnx(mlp: MLPClassifier) -> onnx.ModelProto:
@@ -82,8 +131,24 @@ def main() -> None:
     np.savez_compressed(os.path.join(args.out, "digits_test.npz"), pixels=p_test.reshape(-1, 8, 8),
                         labels=y_test)
 
-    logits = zeroskip.Session(model).run({"input": (p_test / 16.0).astype(np.float32)})["logits"]
+    x_test = (p_test / 16.0).astype(np.float32)
+    logits = zeroskip.Session(model).run({"input": x_test})["logits"]
     print(f"zeroskip reference accuracy: {(logits.argmax(1) == y_test).mean():.4f}")
+
+    pruned = prune(mlp, p_train / 16.0, y_train)
+    pruned_onnx = to_onnx(pruned)
+    variants = {
+        "digits_mlp_pruned": zeroskip.import_onnx(pruned_onnx),
+        "digits_mlp_int8": zeroskip.import_onnx(
+            quantize_int8(pruned_onnx, (p_train / 16.0).astype(np.float32))),
+    }
+    for name, variant in variants.items():
+        variant.metadata["source"].update(name=name, dataset="sklearn digits (UCI), 8x8, /16",
+                                          pruning=f"magnitude, {DENSITY:.0%} of hidden weights "
+                                                  f"kept, {FINETUNE_EPOCHS} epochs fine-tuning")
+        zeroskip.save(variant, os.path.join(args.out, f"{name}.zsk"))
+        logits = zeroskip.Session(variant).run({"input": x_test})["logits"]
+        print(f"{name} reference accuracy: {(logits.argmax(1) == y_test).mean():.4f}")
 
 
 if __name__ == "__main__":

@@ -150,13 +150,35 @@ def test_failed_convert_leaves_existing_output_untouched(mlp_files):
     assert sorted(p.name for p in tmp.iterdir()) == sorted(["bad.onnx", "keep.zsk", "mlp.onnx", "x.npy"])
 
 
-def test_demo_runs_the_bundled_model():
-    result = zeroskip_cmd("demo")
+def test_demo_runs_every_variant_and_mode():
+    result = zeroskip_cmd("demo", "--threads", "1")
     assert result.returncode == 0, result.stderr
-    assert "digits_mlp.zsk" in result.stdout and "inputs:" in result.stdout
-    row = next(line for line in result.stdout.splitlines() if line.startswith("reference"))
-    accuracy = float(row.split()[1].rstrip("%"))
-    assert accuracy >= 90.0, result.stdout
+    assert "inputs:" in result.stdout
+    rows = {tuple(line.split()[:2]): line.split() for line in result.stdout.splitlines()
+            if line.startswith("digits_mlp")}
+    assert set(rows) == {("digits_mlp", "reference"), ("digits_mlp", "dense-f32"),
+                         ("digits_mlp_pruned", "dense-f32"), ("digits_mlp_pruned", "sparse-f32"),
+                         ("digits_mlp_int8", "dense-i8"), ("digits_mlp_int8", "sparse-i8")}
+    for key, row in rows.items():
+        assert float(row[2].rstrip("%")) >= 90.0, (key, result.stdout)
+    # the pruned and int8 files are much smaller than the float one
+    assert float(rows[("digits_mlp_int8", "sparse-i8")][5]) < float(rows[("digits_mlp", "reference")][5]) / 3
+
+
+def test_demo_variants_agree_with_numpy():
+    """The pruned variant really is 10 % dense in its hidden layers, and the int8 variant's integer
+    modes agree with its float reference on nearly every image."""
+    from zeroskip.demo import data_path, load_images
+
+    x, labels = load_images()
+    pruned = zeroskip.load(data_path("digits_mlp_pruned.zsk"))
+    for name in ("fc1.weight", "fc2.weight"):
+        assert abs(pruned.graph.initializers[name].density - 0.10) < 0.01
+    int8 = zeroskip.load(data_path("digits_mlp_int8.zsk"))
+    ref = zeroskip.Session(int8).run({"input": x})["logits"].argmax(1)
+    for mode in ("dense-i8", "sparse-i8"):
+        got = zeroskip.Session(int8, mode=mode).run({"input": x})["logits"].argmax(1)
+        assert np.mean(got == ref) >= 0.99, mode
 
 
 def test_demo_accuracy_matches_a_numpy_forward_pass():

@@ -115,7 +115,7 @@ def _save_npz(path: str, arrays: dict) -> None:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo()
+    return run_demo(threads=args.threads)
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("demo", help="run the bundled digits model",
-                            description="Run the bundled digits MLP on its bundled test images and "
-                                        "print its summary, accuracy and timing.")
+    p = commands.add_parser("demo", help="run the bundled digits models in every mode",
+                            description="Run the bundled digits MLP, its pruned and its int8 variant "
+                                        "on the bundled test images in every mode that fits, and "
+                                        "print accuracy, latency and file size.")
+    p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_demo)
     return parser
 
