@@ -3,7 +3,7 @@
 No im2col: the input is copied once into a padded plane ``xp`` (so no loop tests a boundary), and a
 nonzero w[n,c,i,j] adds ``w·xp[c]`` shifted by (i·dh, j·dw) to the channel's accumulator. For stride 1
 the accumulator rows have the padded pitch Wp, which turns a tap into one contiguous axpy over a whole
-tile of rows (see docs/kernels_conv.md). The helpers here are shared with ``depthwise.py``.
+tile of rows (see docs/kernels.md). The helpers here are shared with ``depthwise.py``.
 """
 
 from __future__ import annotations

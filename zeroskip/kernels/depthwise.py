@@ -2,7 +2,7 @@
 
 Same machinery as the direct sparse conv (kernels/conv_csr.py): the input is padded once into ``xp``,
 and each of the channel's kh·kw dense taps is one axpy of the shifted plane into a row tile of the
-accumulator (wide rows for stride 1). See docs/kernels_conv.md.
+accumulator (wide rows for stride 1). See docs/kernels.md.
 """
 
 from __future__ import annotations
