@@ -18,56 +18,21 @@ Paths (each a whole conv layer, output included):
 
 from __future__ import annotations
 
-import pathlib
 import statistics
 import time
 
-import numba
 import numpy as np
 import pytest
-from numba import njit
 
+from conftest import compile_seconds, read_shapes
 from zeroskip.kernels import conv_csr, depthwise, elementwise, im2col, quant
 from zeroskip.reference._windows import geometry
 
-SHAPES_FILE = pathlib.Path(__file__).parent / "shapes" / "conv.txt"
 DENSITIES = [0.1, 0.3]
 TIME_PER_CASE = 0.25
 """Seconds of timed rounds per case (at least 5 rounds)."""
 
-
-def _shapes():
-    out = []
-    for line in SHAPES_FILE.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, *numbers = line.split()
-            out.append((name, *map(int, numbers)))
-    return out
-
-
-SHAPES = _shapes()
-_COMPILE_S: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    from threadpoolctl import threadpool_limits
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    numba.set_num_threads(before)
-
-
-def _compile_seconds(name, function, args):
-    """Wall time of a fresh, uncached JIT compile of ``function`` for these argument types."""
-    key = (name, tuple(getattr(a, "dtype", type(a)) for a in args))
-    if key not in _COMPILE_S:
-        fresh = njit(cache=False, parallel=True)(function)
-        t0 = time.perf_counter()
-        fresh.compile(tuple(numba.typeof(a) for a in args))
-        _COMPILE_S[key] = time.perf_counter() - t0
-    return _COMPILE_S[key]
+SHAPES = read_shapes("conv.txt")
 
 
 class Layer:
@@ -185,10 +150,10 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
         extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
     elif path == "sparse-f32":
         args = layer.sparse_f32_args()
-        extra["compile_s"] = _compile_seconds(path, conv_csr._conv2d_csr_f32, args)
+        extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_f32, args)
         call = lambda: conv_csr.conv2d_csr_f32(*args)  # noqa: E731
     elif path == "sparse-i8":
-        extra["compile_s"] = _compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
+        extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
         call = layer.sparse_i8
     else:
         sess = layer.ort_session()
@@ -206,10 +171,10 @@ def test_depthwise(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, pat
     extra = layer.extra(density=1.0, kernel=path)
     if path == "depthwise-f32":
         args = layer.depthwise_f32_args()
-        extra["compile_s"] = _compile_seconds(path, depthwise._depthwise_dense_f32, args)
+        extra["compile_s"] = compile_seconds(path, depthwise._depthwise_dense_f32, args)
         call = lambda: depthwise.depthwise_dense_f32(*args)  # noqa: E731
     elif path == "depthwise-i8":
-        extra["compile_s"] = _compile_seconds(path, depthwise._depthwise_dense_i8,
+        extra["compile_s"] = compile_seconds(path, depthwise._depthwise_dense_i8,
                                               layer.depthwise_i8_args())
         call = layer.depthwise_i8
     else:

@@ -12,55 +12,20 @@ onnxruntime MatMul (f32) and MatMulInteger (u8 × s8), all on one thread.
 
 from __future__ import annotations
 
-import pathlib
 import time
 
-import numba
 import numpy as np
 import pytest
 import scipy.sparse
-from numba import njit
 
+from conftest import compile_seconds, read_shapes
 from zeroskip.kernels import matmul_csr, matmul_dense
 
-SHAPES_FILE = pathlib.Path(__file__).parent / "shapes" / "matmul.txt"
 DENSITIES = [0.05, 0.1, 0.3, 0.5]
 TIME_PER_CASE = 0.25
 """Seconds of timed rounds per case (at least 5 rounds): keeps the whole run to a few minutes."""
 
-
-def _shapes():
-    out = []
-    for line in SHAPES_FILE.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, M, N, K = line.split()
-            out.append((name, int(M), int(N), int(K)))
-    return out
-
-
-SHAPES = _shapes()
-_COMPILE_S: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    from threadpoolctl import threadpool_limits
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    numba.set_num_threads(before)
-
-
-def _compile_seconds(name, function, args):
-    """Wall time of a fresh, uncached JIT compile of ``function`` for these argument types."""
-    key = (name, tuple(getattr(a, "dtype", type(a)) for a in args))
-    if key not in _COMPILE_S:
-        fresh = njit(cache=False, parallel=True)(function)
-        t0 = time.perf_counter()
-        fresh.compile(tuple(numba.typeof(a) for a in args))
-        _COMPILE_S[key] = time.perf_counter() - t0
-    return _COMPILE_S[key]
+SHAPES = read_shapes("matmul.txt")
 
 
 def _run(benchmark, call, M, N, K, nnz, extra):
@@ -127,7 +92,7 @@ def test_dense(benchmark, name, M, N, K, kernel):
         x = rng.integers(0, 256, (M, K)).astype(np.uint8)
         bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
         args = (x, wq, bias, yt)
-        extra["compile_s"] = _compile_seconds(kernel, matmul_dense._matmul_dense_i8, args)
+        extra["compile_s"] = compile_seconds(kernel, matmul_dense._matmul_dense_i8, args)
         call = lambda: matmul_dense.matmul_dense_i8(*args)  # noqa: E731
     _run(benchmark, call, M, N, K, N * K, extra)
 
@@ -149,7 +114,7 @@ def test_sparse(benchmark, name, M, N, K, density, kernel):
         xt = rng.standard_normal((K, M)).astype(np.float32)
         b, yt = np.zeros(N, np.float32), np.empty((N, M), np.float32)
         args = (indptr, indices, data, b, xt, yt, np.float32(-np.inf), np.float32(np.inf))
-        extra["compile_s"] = _compile_seconds(kernel, matmul_csr._matmul_csr_f32, args)
+        extra["compile_s"] = compile_seconds(kernel, matmul_csr._matmul_csr_f32, args)
         nnz = len(data)
         call = lambda: matmul_csr.matmul_csr_f32(*args)  # noqa: E731
     else:
@@ -157,7 +122,7 @@ def test_sparse(benchmark, name, M, N, K, density, kernel):
         xt = rng.integers(0, 256, (K, M)).astype(np.uint8)
         bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
         args = (indptr, indices, data, bias, xt, yt)
-        extra["compile_s"] = _compile_seconds(kernel, matmul_csr._matmul_csr_i8, args)
+        extra["compile_s"] = compile_seconds(kernel, matmul_csr._matmul_csr_i8, args)
         nnz = len(data)
         call = lambda: matmul_csr.matmul_csr_i8(*args)  # noqa: E731
     _run(benchmark, call, M, N, K, nnz, extra)

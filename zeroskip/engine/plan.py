@@ -537,7 +537,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
         reason = f"int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
     else:
         kernel, name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
-        reason = f"dense int8 weights, int32 accumulation"
+        reason = "dense int8 weights, int32 accumulation"
 
     def run(values):
         x = values[x_name]
@@ -584,7 +584,7 @@ def _qconv_i8(node: Node, ctx: _Context):
     else:
         im2row, kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
         name = "im2row_dense_i8 + matmul_dense_i8"
-        reason = f"im2row (zero-point padded) then a dense int8 GEMM per group"
+        reason = "im2row (zero-point padded) then a dense int8 GEMM per group"
         w_groups = [np.ascontiguousarray(q["w"][g * (n_out // group):(g + 1) * (n_out // group)])
                     for g in range(group)]
         b_groups = [np.ascontiguousarray(q["bias"][g * (n_out // group):(g + 1) * (n_out // group)])
