@@ -350,13 +350,18 @@ def _bounds(lo, hi):
             _INF if hi is None else np.float32(hi))
 
 
-def _csr_f32(matrix: np.ndarray):
-    """The CSR triple of ``matrix`` (rows = output channels), indices in the narrowest type that
-    fits (model.index_dtype). Built from the values, so it is valid by construction."""
+def _csr(matrix: np.ndarray):
+    """The CSR triple of ``matrix`` (rows = output channels, values in its own dtype), indices in
+    the narrowest type that fits (model.index_dtype). Built from the values here, at plan time, so
+    it is valid by construction whatever the file held: no unchecked index reaches a kernel."""
     from ..model import CSR
 
-    csr = CSR.from_dense(np.ascontiguousarray(matrix, dtype=np.float32))
-    return csr.indptr, csr.indices, np.ascontiguousarray(csr.data, dtype=np.float32)
+    csr = CSR.from_dense(np.ascontiguousarray(matrix))
+    return csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+
+
+def _csr_f32(matrix: np.ndarray):
+    return _csr(np.asarray(matrix, dtype=np.float32))
 
 
 def _gemm_csr_f32(node: Node, ctx: _Context):
@@ -529,10 +534,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
     n_out, k_in = q["w"].shape
     x_name, out = node.inputs[0], node.outputs[0]
     if sparse:
-        from ..model import CSR
-
-        csr = CSR.from_dense(q["w"])
-        indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+        indptr, indices, data = _csr(q["w"])
         kernel, name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
         reason = f"int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
     else:
@@ -575,10 +577,7 @@ def _qconv_i8(node: Node, ctx: _Context):
         kernel, name = KERNELS["depthwise_dense_i8"], "depthwise_dense_i8"
         reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
     elif sparse:
-        from ..model import CSR
-
-        csr = CSR.from_dense(q["w"])
-        indptr, indices, data = csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+        indptr, indices, data = _csr(q["w"])
         kernel, name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
         reason = f"direct sparse int8 conv over {len(data)} nonzeros (no im2col)"
     else:
