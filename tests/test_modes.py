@@ -178,3 +178,19 @@ def test_auto_choice_follows_the_measured_table(monkeypatch):
     for row in rows:
             want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
             assert row["kernel"] == want, row
+
+
+@pytest.mark.parametrize("mode", ["dense-f32", "sparse-f32", "dense-i8", "sparse-i8"])
+def test_concurrent_runs_of_one_session_agree(mode):
+    """Conv steps reuse padded planes and accumulators per thread: threads must not share them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, model, input_name, x, _ = _quantized("residual", "qdq", "uint8")
+    session = zeroskip.Session(model, mode=mode)
+    chunks = [x[i:i + n] for i, n in ((0, 5), (5, 1), (6, 9), (15, 5))]
+    want = [session.run({input_name: c}) for c in chunks]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: session.run({input_name: c}), chunks * 6))
+    for g, w in zip(got, want * 6):
+        for key in w:
+            assert np.array_equal(g[key], w[key])

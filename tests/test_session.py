@@ -138,3 +138,22 @@ def test_every_ir_op_has_a_reference():
     from zeroskip.reference import OPS as REFERENCE_OPS
 
     assert set(REFERENCE_OPS) == set(OPS)
+
+
+def test_repeated_and_concurrent_runs_give_the_same_outputs():
+    """Steps reuse their work arrays per thread and shape: runs in a row, with other batch sizes in
+    between, and from several threads at once must all agree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = mlp_model(density=0.3)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((n, 6)).astype(np.float32) for n in (4, 1, 4, 7, 4)]
+    for mode in ("dense-f32", "sparse-f32"):
+        session = Session(model, mode=mode)
+        want = [expected_mlp(model, x) for x in xs]
+        for x, w in zip(xs, want):
+            np.testing.assert_allclose(session.run({"x": x})["y"], w, rtol=1e-5, atol=1e-5)
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda x: session.run({"x": x})["y"], xs * 4))
+        for g, w in zip(got, want * 4):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ run a quantized model's integer kernels; ``auto`` picks per node.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +50,28 @@ class Plan:
         return [dict(node=s.node.name, op=s.node.op,
                      density=None if s.density is None else round(s.density, 4),
                      kernel=s.kernel, reason=s.reason) for s in self.steps]
+
+
+class Scratch:
+    """Work arrays a step reuses from run to run: one set per thread and per shape, never an output.
+
+    Steps allocate their outputs fresh (a caller may keep them), but padded planes, accumulators and
+    column matrices come from here, so a Session that runs the same batch shape again allocates
+    nothing for them. Per thread, so concurrent ``run`` calls (a threaded Dask scheduler) never share.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, tag: str, shape, dtype) -> np.ndarray:
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        key = (tag, tuple(int(d) for d in shape), np.dtype(dtype).str)
+        array = arrays.get(key)
+        if array is None:
+            array = arrays[key] = np.empty(key[1], dtype)
+        return array
 
 
 def is_quantized(model: Model) -> bool:
@@ -310,6 +333,7 @@ def _conv_f32(node: Node, ctx: _Context):
     out, lo, hi = _activation(ctx, node)
     lo, hi = _bounds(lo, hi)
     x_name, channels = node.inputs[0], group * c_group
+    scratch = Scratch()
 
     def run(values):
         x = values[x_name]
@@ -323,7 +347,7 @@ def _conv_f32(node: Node, ctx: _Context):
                 and (oh, ow) == x.shape[2:]:
             cols = x.reshape(batch, group, c_group, oh * ow)  # already the column matrix
         else:
-            cols = np.empty((batch, group, c_group * kh * kw, oh, ow), np.float32)
+            cols = scratch.get("cols", (batch, group, c_group * kh * kw, oh, ow), np.float32)
             im2col(x, cols, kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
             cols = cols.reshape(batch, group, c_group * kh * kw, oh * ow)
         # W (G, N/G, K) @ cols (B, G, K, P) -> y (B, G, N/G, P) = NCHW
@@ -447,6 +471,7 @@ def _conv_csr_f32(node: Node, ctx: _Context):
         kernel, name = KERNELS["conv2d_csr_f32"], "conv2d_csr_f32"
         reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
         density = len(data) / max(w.size, 1)
+    scratch = Scratch()
 
     def run(values):
         x = values[x_name]
@@ -456,8 +481,8 @@ def _conv_csr_f32(node: Node, ctx: _Context):
         g = _conv_geometry(node, x.shape, kh, kw)
         x = np.ascontiguousarray(x, dtype=np.float32)
         batch = x.shape[0]
-        xp = np.empty((batch, channels, g["hp"], g["wp"]), np.float32)
-        ws = np.empty((batch, n_out, g["oh"] * g["pitch"]), np.float32)
+        xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
+        ws = scratch.get("ws", (batch, n_out, g["oh"] * g["pitch"]), np.float32)
         y = np.empty((batch, n_out, g["oh"], g["ow"]), np.float32)
         geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
         if depthwise:
@@ -540,6 +565,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
     else:
         kernel, name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
         reason = "dense int8 weights, int32 accumulation"
+    scratch = Scratch()
 
     def run(values):
         x = values[x_name]
@@ -547,7 +573,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
         if x.ndim != 2 or x.shape[1] != k_in:
             raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {k_in}), got "
                              f"{x.shape}")
-        acc = np.empty((n_out, x.shape[0]), np.int32)
+        acc = scratch.get("acc", (n_out, x.shape[0]), np.int32)
         if sparse:
             kernel(indptr, indices, data, q["bias"], np.ascontiguousarray(x.T), acc)
         else:
@@ -588,6 +614,7 @@ def _qconv_i8(node: Node, ctx: _Context):
                     for g in range(group)]
         b_groups = [np.ascontiguousarray(q["bias"][g * (n_out // group):(g + 1) * (n_out // group)])
                     for g in range(group)]
+    scratch = Scratch()
 
     def run(values):
         x = values[x_name]
@@ -599,16 +626,16 @@ def _qconv_i8(node: Node, ctx: _Context):
         g = _conv_geometry(node, x.shape, kh, kw)
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
         geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
-        acc = np.empty((batch, n_out, oh, ow), np.int32)
+        acc = scratch.get("acc", (batch, n_out, oh, ow), np.int32)
         if depthwise or sparse:
-            xp = np.empty((batch, channels, g["hp"], g["wp"]), x.dtype)
-            ws = np.empty((batch, n_out, oh * g["pitch"]), np.int32)
+            xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), x.dtype)
+            ws = scratch.get("ws", (batch, n_out, oh * g["pitch"]), np.int32)
             if depthwise:
                 kernel(q["w"], q["bias"], x, q["x_zp"], xp, ws, acc, *geo)
             else:
                 kernel(indptr, indices, data, q["bias"], x, q["x_zp"], xp, ws, acc, *geo, group)
         else:
-            rows = np.empty((batch, group, oh, ow, c_group * kh * kw), x.dtype)
+            rows = scratch.get("rows", (batch, group, oh, ow, c_group * kh * kw), x.dtype)
             im2row(x, q["x_zp"], rows, *geo)
             per = n_out // group
             for b in range(batch):

@@ -70,7 +70,8 @@ class Session:
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
-        self._plan = build_plan(self.model, mode)
+        with _threads(threads):  # auto's measurements use the thread count the runs will use
+            self._plan = build_plan(self.model, mode)
         self._outputs = [IOInfo(v.name, v.shape, np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
         self._last_use = {}
