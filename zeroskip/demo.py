@@ -58,7 +58,8 @@ def run_demo(threads: int | None = None) -> int:
           f"digits)\n")
     with resources.as_file(data_path(RUNS[0][0])) as path:
         print(summary(load(path)))
-    print()
+    print("\nRunning each model in each mode (the very first run compiles the Numba kernels, which "
+          "takes\nseconds; later runs load them from Numba's cache)...\n")
     rows = []
     for name, mode in RUNS:
         with resources.as_file(data_path(name)) as path:
