@@ -407,3 +407,30 @@ def test_identical_for_one_and_two_threads():
         numba.set_num_threads(before)
     for name in one:
         assert one[name].tobytes() == two[name].tobytes(), name
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("M,N,K", [(5, 9, 1024), (4, 8, 47), (3, 6, 15), (128, 12, 1041)])
+def test_matmul_dense_i8_vpmaddwd_blocks(M, N, K, x_type):
+    """Whole 16-k vpmaddwd blocks, a K mod 16 tail, odd M and N mod 4 edges, full-range values."""
+    rng = np.random.default_rng(M * 7 + N * 3 + K)
+    lo, hi = TYPE_RANGE[x_type]
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    x = rng.integers(lo, hi + 1, (M, K)).astype(x_type)
+    bias = rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32)
+    got, want = _run_dense_i8(w, x, bias)
+    assert_exact(got, want, dtype=np.int32, kernel="dense", M=M, N=N, K=K, x=np.dtype(x_type).name)
+
+
+def test_portable_tile_matches_the_avx2_tile():
+    """CPUs without AVX2 get the plain-loop micro-kernel: it must give the same 8 sums."""
+    from zeroskip.kernels import matmul_dense
+
+    rng = np.random.default_rng(3)
+    for K in (1, 15, 16, 33, 100):
+        x = rng.integers(0, 256, (2, K)).astype(np.uint8)
+        w = rng.integers(-127, 128, (4, K)).astype(np.int8)
+        want = [int(x[i].astype(np.int64) @ w[j].astype(np.int64)) for i in range(2) for j in range(4)]
+        assert list(matmul_dense._tile_2x4_portable(x, w, 0, 0, K)) == want
+        if matmul_dense.HAS_AVX2:
+            assert list(matmul_dense._tile_2x4_avx2(x, w, 0, 0, K)) == want

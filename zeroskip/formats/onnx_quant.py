@@ -79,7 +79,9 @@ SHAPE_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"
 """Ops that move integers around without arithmetic: they run on the integer tensor unchanged."""
 
 MS_DOMAIN = "com.microsoft"
-MS_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"})
+MS_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                    "QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
+                    "QLinearMul"})
 """com.microsoft ops this importer maps; any other op of that domain is refused."""
 
 _DYNAMIC = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
@@ -393,6 +395,53 @@ class QuantImport:
         attrs = dict(pool, x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
                      y_zero_point=y.zero_point, y_dtype=y.dtype)
         return [self._pending(n, "QAveragePool", n.inputs[:1], n.outputs[:1], attrs)]
+
+    def _float_between(self, n, op, attrs, xs=((0, 1, 2),), y=(3, 4)):
+        """Quantized inputs -> quantized output by a float op: DequantizeLinear each input, run the
+        float op, QuantizeLinear the result. That is ONNX's own definition of these ops; there is
+        no integer kernel for them. ``xs``: (value, scale, zero point) input positions; ``y``:
+        (scale, zero point) of the output."""
+        self.style = self.style or "qoperator"
+        params = [self.act_params(n, i_s, i_z, "x") for _, i_s, i_z in xs]
+        out = self.act_params(n, y[0], y[1], "y")
+        if n.issues or out is None or any(p is None for p in params):
+            return [self._pending(n, op, [n.input(i) for i, _, _ in xs], n.outputs, {})]
+        nodes, reals = [], []
+        for k, ((i, _, _), p) in enumerate(zip(xs, params)):
+            real = self.imp._fresh(f"{n.name}/x{k}_real")
+            nodes.append(self._pending(n, "DequantizeLinear", [n.input(i)], [real],
+                                       dict(x_scale=p.scale, x_zero_point=p.zero_point),
+                                       f"{n.name}/dequantize{k}"))
+            reals.append(real)
+        real_y = self.imp._fresh(f"{n.name}/y_real")
+        self.act[n.outputs[0]] = out
+        return nodes + [
+            self._pending(n, op, reals, [real_y], attrs, f"{n.name}/{op.lower()}"),
+            self._pending(n, "QuantizeLinear", [real_y], n.outputs[:1],
+                          dict(y_scale=out.scale, y_zero_point=out.zero_point, y_dtype=out.dtype),
+                          f"{n.name}/quantize"),
+        ]
+
+    def _QLinearConcat(self, n):
+        # inputs: Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
+        count = (len(n.inputs) - 2) // 3
+        xs = tuple((2 + 3 * k, 3 + 3 * k, 4 + 3 * k) for k in range(count))
+        return self._float_between(n, "Concat", dict(axis=int(n.take("axis"))), xs, (0, 1))
+
+    def _QLinearMul(self, n):
+        # inputs: A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point
+        return self._float_between(n, "Mul", {}, ((0, 1, 2), (3, 4, 5)), (6, 7))
+
+    def _QLinearSoftmax(self, n):
+        axis = int(n.take("axis", -1))
+        legacy = int(n.take("opset", 13)) < 13  # the Softmax semantics it quantizes
+        return self._float_between(n, "Softmax", dict(axis=axis, coerce_2d=int(legacy and axis != -1)))
+
+    def _QLinearSigmoid(self, n):
+        return self._float_between(n, "Sigmoid", {})
+
+    def _QLinearLeakyRelu(self, n):
+        return self._float_between(n, "LeakyRelu", dict(alpha=float(n.take("alpha", 0.01))))
 
     # -- ops of the default domain applied to integer tensors --------------------------------------
     def after(self, node):
