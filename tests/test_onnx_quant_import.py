@@ -202,7 +202,7 @@ def _q_params(prefix, scale, zp, dtype=np.uint8):
 
 def test_unsupported_com_microsoft_op_is_named():
     nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="q"),
-             helper.make_node("QLinearSigmoid", ["xq", "x_scale", "x_zp", "y_scale", "y_zp"],
+             helper.make_node("QLinearReduceMean", ["xq", "x_scale", "x_zp", "y_scale", "y_zp"],
                               ["yq"], name="sig", domain="com.microsoft"),
              helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["y"], name="dq")]
     inits = {**_q_params("x", 0.02, 128), **_q_params("y", 1 / 256, 0)}
@@ -210,7 +210,7 @@ def test_unsupported_com_microsoft_op_is_named():
                        extra_opsets=[("com.microsoft", 1)], check=False)
     with pytest.raises(UnsupportedModelError) as err:
         zeroskip.import_onnx(model)
-    assert "com.microsoft.QLinearSigmoid ×1 (first: 'sig')" in str(err.value)
+    assert "com.microsoft.QLinearReduceMean ×1 (first: 'sig')" in str(err.value)
 
 
 def test_dynamic_quantization_is_refused(tmp_path):
@@ -335,3 +335,46 @@ def test_report_agreement(capsys):
         for key, (steps, diff, agree) in sorted(AGREEMENT.items()):
             print(f"  {'-'.join(map(str, key)):40s} max {steps} steps, {diff:.2%} differ, "
                   f"top-1 {agree:.2%}")
+
+
+def _ms_ops_model():
+    """Conv -> LeakyRelu, Conv -> Sigmoid, Concat, Mul, GAP, Flatten, Gemm, Softmax: in QOperator
+    form onnxruntime writes com.microsoft QLinearLeakyRelu/Sigmoid/Concat/Mul and QLinearSoftmax."""
+    from onnx_builders import make_model, node, randn
+
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             node("LeakyRelu", ["c1"], ["l1"], alpha=0.1),
+             node("Conv", ["x", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             node("Sigmoid", ["c2"], ["s2"]),
+             node("Concat", ["l1", "s2"], ["cat"], axis=1),
+             node("Mul", ["cat", "cat"], ["sq"]),
+             node("GlobalAveragePool", ["sq"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "w3", "b3"], ["z"], transB=1), node("Softmax", ["z"], ["y"], axis=-1)]
+    inits = {"w1": randn((4, 3, 3, 3), 1, 0.3), "b1": randn(4, 2, 0.1),
+             "w2": randn((4, 3, 3, 3), 3, 0.3), "b2": randn(4, 4, 0.1),
+             "w3": randn((6, 8), 5, 0.5), "b3": randn(6, 6, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 6, 6])], [("y", ["N", 6])], inits)
+
+
+@pytest.mark.parametrize("activation", ["uint8", "int8"])
+def test_com_microsoft_float_ops_run_as_dequantize_op_quantize(activation):
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        q = quantize(_ms_ops_model(), "qoperator", activation, True, "x", (3, 6, 6))
+    finally:
+        logging.disable(logging.NOTSET)
+    domains = {(n.domain, n.op_type) for n in q.graph.node}
+    assert {("com.microsoft", op) for op in ("QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat",
+                                             "QLinearMul", "QLinearSoftmax")} <= domains
+    model = zeroskip.import_onnx(q)
+    ops = [n.op for n in model.graph.nodes]
+    for op in ("LeakyRelu", "Sigmoid", "Concat", "Mul", "Softmax"):
+        assert op in ops
+    x = calibration((3, 6, 6), 40, seed=3)
+    want = run_ort(q, {"x": x})["y"]
+    step = float(model.graph.nodes[-1].attrs["x_scale"])
+    for mode in ("reference", "dense-i8", "sparse-i8"):
+        got = zeroskip.Session(model, mode=mode).run({"x": x})["y"]
+        assert np.abs(got - want).max() <= 2 * step + 1e-7, mode

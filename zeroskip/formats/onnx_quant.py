@@ -23,7 +23,10 @@ QOperator (onnxruntime's ``QuantFormat.QOperator``):
 * ``MaxPool`` on an integer tensor -> ``QMaxPool``; Flatten, Reshape, Transpose, Squeeze, Unsqueeze,
   Identity, Dropout and Concat (all inputs with the same scale and zero point) stay as they are, on
   the integer tensor, which keeps its parameters.
-* Any other op of a non-default domain is refused by the importer (``com.microsoft.QLinearSigmoid ×1
+* ``com.microsoft.QLinearSoftmax`` / ``QLinearSigmoid`` / ``QLinearLeakyRelu`` / ``QLinearConcat`` /
+  ``QLinearMul`` -> DequantizeLinear (each input) -> the float op -> QuantizeLinear: ONNX's own
+  definition of them, run without an integer kernel.
+* Any other op of a non-default domain is refused by the importer (``com.microsoft.QLinearReduceMean ×1
   (first: 'x')``). ``DynamicQuantizeLinear``, ``MatMulInteger`` and ``ConvInteger`` (dynamic
   quantization: the activation scale is computed at run time) are refused with a message that says so.
 
