@@ -176,7 +176,7 @@ def _constant(tensor, float_dtype) -> np.ndarray:
     return np.asarray(tensor.to_numpy())
 
 
-_FUSABLE_PRODUCERS = ("Conv", "Gemm")
+_FUSABLE_PRODUCERS = ("Conv", "Gemm", "Add")
 
 
 def _find_fusions(model: Model) -> dict:
@@ -361,7 +361,67 @@ def _conv_f32(node: Node, ctx: _Context):
                 ctx.tensors[node.inputs[1]].density)
 
 
-_F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32}
+def _add_f32(node: Node, ctx: _Context):
+    """Float Add: the add kernel (with a fused Relu/Clip) on equal shapes, numpy broadcasting else;
+    integer (shape arithmetic) Adds keep the reference op."""
+    from ..kernels import KERNELS
+
+    kernel = KERNELS["add_dense_f32"]
+    reference = REFERENCE_OPS["Add"]
+    out, lo, hi = _activation(ctx, node)
+    lo32, hi32 = _bounds(lo, hi)
+    a_name, b_name = node.inputs
+
+    def run(values):
+        a, b = values[a_name], values[b_name]
+        if a.dtype.kind != "f" or b.dtype.kind != "f":
+            try:
+                values[out] = reference(a, b)
+            except InputError as err:
+                raise InputError(f"node {node.name!r} (Add): {err}") from None
+            return
+        if a.shape == b.shape:
+            y = np.empty(a.shape, np.float32)
+            kernel(np.ascontiguousarray(a, np.float32).reshape(-1),
+                   np.ascontiguousarray(b, np.float32).reshape(-1), y.reshape(-1), lo32, hi32)
+        else:
+            try:
+                y = np.add(a, b, dtype=np.float32)
+            except ValueError:
+                raise InputError(f"node {node.name!r} (Add): expected inputs that broadcast, got "
+                                 f"{a.shape} and {b.shape}") from None
+            if lo is not None or hi is not None:
+                np.clip(y, lo, hi, out=y)
+        values[out] = y
+
+    return Step(node, "add_dense_f32", "elementwise add (numpy broadcasting when shapes differ)"
+                + (", activation fused" if node.name in ctx.fused else ""), run)
+
+
+def _clamp_f32(node: Node, ctx: _Context):
+    """A Relu or Clip that no producer absorbed: the clamp kernel on float inputs."""
+    from ..kernels import KERNELS
+
+    kernel = KERNELS["clamp_dense_f32"]
+    lo, hi = (0.0, None) if node.op == "Relu" else (node.attrs["min"], node.attrs["max"])
+    lo32, hi32 = _bounds(lo, hi)
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = values[x_name]
+        if x.dtype.kind != "f":
+            values[out] = np.clip(x, lo, hi)
+            return
+        x = np.ascontiguousarray(x, np.float32)
+        y = np.empty(x.shape, np.float32)
+        kernel(x.reshape(-1), y.reshape(-1), lo32, hi32)
+        values[out] = y
+
+    return Step(node, "clamp_dense_f32", "activation with no producer to fuse into", run)
+
+
+_F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32, "Add": _add_f32,
+                 "Relu": _clamp_f32, "Clip": _clamp_f32}
 
 
 # -- sparse-f32: the CSR kernels ------------------------------------------------------------------
