@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+INT32_MIN, INT32_MAX = np.int32(-2 ** 31), np.int32(2 ** 31 - 1)
+"""The int32 kernels' clamp bounds: no clamp (requantization saturates later)."""
+
 ACC_TILE = 4096
 """Accumulator elements per row tile: 16 KB of int32/float32, half of Zen 3's 32 KB L1D, so the tile
 stays in L1 while every tap of the channel streams over it. Sized from the cache, not yet swept:
@@ -119,21 +122,27 @@ def _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw):
 
 
 @njit(cache=True)
-def _store_i32(acc, y, r0, r1, P):
-    """y [OH,OW] rows r0..r1 = the accumulator tile (dropping the wide rows' extra columns)."""
-    OW = y.shape[1]
-    for r in range(r0, r1):
-        y[r, :] = acc[(r - r0) * P:(r - r0) * P + OW]
-
-
-@njit(cache=True)
-def _store_f32(acc, y, r0, r1, P, lo, hi):
-    """y [OH,OW] rows r0..r1 = clamp(accumulator tile, lo, hi)."""
+def _store(acc, y, r0, r1, P, lo, hi):
+    """y [OH,OW] rows r0..r1 = clamp(accumulator tile, lo, hi), dropping the wide rows' extra
+    columns (int32 accumulators pass the type's own bounds: no clamp)."""
     OW = y.shape[1]
     for r in range(r0, r1):
         a, yr = acc[(r - r0) * P:(r - r0) * P + OW], y[r]
         for ow in range(OW):
             yr[ow] = min(max(a[ow], lo), hi)
+
+
+@njit(cache=True)
+def _channel(acc, cols, vals, offs, xf, b, y, rows, P, Wp, sh, sw, lo, hi):
+    """One output channel y [OH,OW] = clamp(b + Σ_e vals[e]·(xf shifted by offs[cols[e]]), lo, hi),
+    accumulated tile by tile of ``rows`` output rows in ``acc`` (shared by the f32 and i8 convs and
+    the depthwise kernels; Numba compiles it once per dtype)."""
+    OH, OW = y.shape
+    for r0 in range(0, OH, rows):
+        r1 = min(OH, r0 + rows)
+        acc[:(r1 - r0) * P] = b
+        _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
+        _store(acc, y, r0, r1, P, lo, hi)
 
 
 def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
@@ -153,7 +162,7 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     Work: 2·B·OH·OW·nnz flops (stride 1: 2·B·OH·Wp·nnz); reads x and xp once per tile from L1/L2.
     """
     B, C, Hp, Wp = xp.shape
-    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    N, OW = y.shape[1], y.shape[3]
     _pad_planes(x, xp, pt, pl, np.float32(0.0))
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -162,13 +171,8 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
-        acc = ws[bi, n]
         cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
-        for r0 in range(0, OH, rows):
-            r1 = min(OH, r0 + rows)
-            acc[:(r1 - r0) * P] = b[n]
-            _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
-            _store_f32(acc, y[bi, n], r0, r1, P, lo, hi)
+        _channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
 conv2d_csr_f32 = njit(cache=True, parallel=True)(_conv2d_csr_f32)
@@ -193,7 +197,7 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     Work: 2·B·OH·OW·nnz int ops (stride 1: 2·B·OH·Wp·nnz); 1 byte per xp read, 4 per acc.
     """
     B, C, Hp, Wp = xp.shape
-    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    N, OW = y.shape[1], y.shape[3]
     _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -202,13 +206,9 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
-        acc = ws[bi, n]
         cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
-        for r0 in range(0, OH, rows):
-            r1 = min(OH, r0 + rows)
-            acc[:(r1 - r0) * P] = bias[n]
-            _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
-            _store_i32(acc, y[bi, n], r0, r1, P)
+        _channel(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
+                 INT32_MIN, INT32_MAX)
 
 
 conv2d_csr_i8 = njit(cache=True, parallel=True)(_conv2d_csr_i8)

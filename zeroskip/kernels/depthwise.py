@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv_csr import ACC_TILE, _pad_planes, _pitch, _store_f32, _store_i32, _tap_offsets, \
-    _taps_into_tile
+from .conv_csr import ACC_TILE, INT32_MAX, INT32_MIN, _channel, _pad_planes, _pitch, _tap_offsets
 
 
 def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):
@@ -28,7 +27,7 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     Work: 2·B·N·OH·OW·kh·kw flops (stride 1: OH·Wp instead of OH·OW).
     """
     B, C, Hp, Wp = xp.shape
-    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    N, OW = y.shape[1], y.shape[3]
     _pad_planes(x, xp, pt, pl, np.float32(0.0))
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -37,12 +36,7 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi, n // (N // C)].reshape(Hp * Wp)
-        acc = ws[bi, n]
-        for r0 in range(0, OH, rows):
-            r1 = min(OH, r0 + rows)
-            acc[:(r1 - r0) * P] = b[n]
-            _taps_into_tile(acc, taps, w[n], offs, xf, r0, r1, OW, Wp, sh, sw)
-            _store_f32(acc, y[bi, n], r0, r1, P, lo, hi)
+        _channel(ws[bi, n], taps, w[n], offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
 depthwise_dense_f32 = njit(cache=True, parallel=True)(_depthwise_dense_f32)
@@ -62,7 +56,7 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     Work: 2·B·N·OH·OW·kh·kw int ops.
     """
     B, C, Hp, Wp = xp.shape
-    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    N, OW = y.shape[1], y.shape[3]
     _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -71,12 +65,8 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi, n // (N // C)].reshape(Hp * Wp)
-        acc = ws[bi, n]
-        for r0 in range(0, OH, rows):
-            r1 = min(OH, r0 + rows)
-            acc[:(r1 - r0) * P] = bias[n]
-            _taps_into_tile(acc, taps, w[n], offs, xf, r0, r1, OW, Wp, sh, sw)
-            _store_i32(acc, y[bi, n], r0, r1, P)
+        _channel(ws[bi, n], taps, w[n], offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
+                 INT32_MIN, INT32_MAX)
 
 
 depthwise_dense_i8 = njit(cache=True, parallel=True)(_depthwise_dense_i8)
