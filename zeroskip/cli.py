@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 import zeroskip
+from zeroskip.engine.plan import MODES
 from zeroskip.report import plan_table, shape_text as _shape, size_text as _size, summary, weight_table
 
 EXIT_ERROR = 2
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .zsk or .onnx file")
     p.add_argument("--plan", action="store_true",
                    help="also print the execution plan: the kernel chosen for each node, and why")
-    p.add_argument("--mode", default="reference",
+    p.add_argument("--mode", default="reference", choices=MODES,
                    help="the mode to plan for, with --plan (default: reference)")
     p.set_defaults(func=cmd_inspect)
 
@@ -149,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an .npy for the next input, NAME=x.npy for a named one, or an .npz "
                         "holding inputs by name; repeat for several inputs")
     p.add_argument("--output", metavar="FILE", help="write the outputs to this .npz")
-    p.add_argument("--mode", default="reference", help="execution mode (default: reference)")
+    p.add_argument("--mode", default="reference", choices=MODES,
+                   help="execution mode (default: reference)")
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_run)
 
