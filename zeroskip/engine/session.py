@@ -69,10 +69,9 @@ class Session:
         graph = self.model.graph
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
-        self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.outputs]
         with _threads(threads):  # auto's measurements use the thread count the runs will use
             self._plan = build_plan(self.model, mode)
-        self._outputs = [IOInfo(v.name, v.shape, np.dtype(v.dtype)) for v in
+        self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
         self._last_use = {}
         for i, step in enumerate(self._plan.steps):
@@ -101,7 +100,8 @@ class Session:
                 for name in step.node.inputs:  # free activations once their last reader has run
                     if self._last_use.get(name) == i and name not in keep and name not in constants:
                         values.pop(name, None)
-        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=False)
+        # A constant output is copied, so a caller who changes it cannot change the next run's.
+        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in constants)
                 for v in self._outputs}
 
     def explain(self) -> list[dict]:
