@@ -194,3 +194,21 @@ def test_concurrent_runs_of_one_session_agree(mode):
     for g, w in zip(got, want * 6):
         for key in w:
             assert np.array_equal(g[key], w[key])
+
+
+@pytest.mark.parametrize("mode", ["dense-f32", "sparse-f32", "auto"])
+def test_activation_after_a_producer_without_a_kernel_still_runs(mode):
+    """A 1-D Conv has no kernel (it runs the reference op, which has no epilogue), so the Relu
+    after it must not be fused away."""
+    from onnx import helper
+
+    from onnx_builders import make_model, randn, value_info
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv1d", pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    onnx_model = make_model(nodes, [("x", ["N", 2, 7], np.float32)], [value_info("y", None)],
+                            {"w": randn((3, 2, 3))}, check=False)
+    x = randn((2, 2, 7), seed=4)
+    session = zeroskip.Session(zeroskip.import_onnx(onnx_model), mode=mode)
+    assert [r["kernel"] for r in session.explain()] == ["reference", "clamp_dense_f32"]
+    assert_close(run_ort(onnx_model, {"x": x}), session.run({"x": x}), rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ run a quantized model's integer kernels; ``auto`` picks per node.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -145,6 +146,12 @@ class _Context:
         self._table = None
         self.last_auto_reason = ""
 
+    def unfuse(self, producer: str) -> None:
+        """Undo the fusion of ``producer``'s activation (its step cannot apply the clamp)."""
+        entry = self.fused.pop(producer, None)
+        if entry is not None:
+            del self.fused_into[entry[0].name]
+
     def auto_choice(self, shape_class: str, density: float) -> tuple[bool, str]:
         """(use CSR?, why) for a layer of ``shape_class`` at ``density``, from the break-even
         density measured on this CPU (engine/tuning.py)."""
@@ -223,6 +230,7 @@ def build_plan(model: Model, mode: str) -> Plan:
             continue
         step = _build_step(node, ctx)
         if step is None:
+            ctx.unfuse(node.name)  # the reference op has no epilogue: its activation runs alone
             step = reference_step(node, ctx.tensors, "no kernel for this op: reference op, float32 "
                                   "result", cast="float32")
         steps.append(step)
@@ -487,20 +495,28 @@ def _gemm_csr_f32(node: Node, ctx: _Context):
                                                      else ""), run, density)
 
 
-def _conv_geometry(node: Node, x_shape, kh, kw):
-    from ..reference._windows import geometry
-
+def _conv_geometry(node: Node, x_shape, kh, kw) -> dict:
+    """A 2-D conv's output size, padded-plane size, pitch and pads for input ``x_shape``; worked out
+    once per (node, input shape) and cached, so repeated runs of a shape do no geometry."""
     attrs = node.attrs
-    strides = attrs["strides"] or [1, 1]
-    dilations = attrs["dilations"] or [1, 1]
+    key = (tuple(attrs["strides"] or (1, 1)), tuple(attrs["dilations"] or (1, 1)),
+           None if attrs["pads"] is None else tuple(attrs["pads"]), attrs["auto_pad"],
+           tuple(x_shape[2:]), kh, kw)
     try:
-        begins, _, (oh, ow) = geometry(x_shape[2:], [kh, kw], strides, dilations, attrs["pads"],
-                                       attrs["auto_pad"])
+        return _conv_geometry_of(*key)
     except InputError as err:
         raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> dict:
+    from ..reference._windows import geometry
+
+    begins, _, (oh, ow) = geometry(spatial, [kh, kw], list(strides), list(dilations),
+                                   None if pads is None else list(pads), auto_pad)
     hp = (oh - 1) * strides[0] + (kh - 1) * dilations[0] + 1
     wp = (ow - 1) * strides[1] + (kw - 1) * dilations[1] + 1
-    pitch = wp if strides == [1, 1] else ow
+    pitch = wp if strides == (1, 1) else ow
     return dict(oh=oh, ow=ow, hp=hp, wp=wp, pitch=pitch, sh=strides[0], sw=strides[1],
                 dh=dilations[0], dw=dilations[1], pt=begins[0], pl=begins[1])
 
@@ -642,10 +658,16 @@ def _qgemm_i8(node: Node, ctx: _Context):
         requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
         values[out] = np.ascontiguousarray(yt.T)
 
-    if ctx.mode == "auto":
+    return _int8_step(node, ctx, name, reason, run, q["density"], chosen=True)
+
+
+def _int8_step(node, ctx, name, reason, run, density, chosen: bool) -> Step:
+    """The Step of an int8 GEMM/conv (always followed by requantization); ``chosen``: auto picked
+    between CSR and dense here, and says why."""
+    if ctx.mode == "auto" and chosen:
         reason = f"auto: {ctx.last_auto_reason}; {reason}"
     return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
-                q["density"])
+                density)
 
 
 def _qconv_i8(node: Node, ctx: _Context):
@@ -708,10 +730,7 @@ def _qconv_i8(node: Node, ctx: _Context):
                        y[b].reshape(n_out, -1))
         values[out] = y
 
-    if ctx.mode == "auto" and not depthwise:
-        reason = f"auto: {ctx.last_auto_reason}; {reason}"
-    return Step(node, name + " + requantize_dense_i8", reason + ", Q31 requantization", run,
-                q["density"])
+    return _int8_step(node, ctx, name, reason, run, q["density"], chosen=not depthwise)
 
 
 def _quantize_i8(node: Node, ctx: _Context):
