@@ -114,4 +114,18 @@ def quantize(model, fmt="qdq", activation="uint8", per_channel=True, input_name=
         return onnx.load(dst)
 
 
-__all__ = ["FLOAT_MODELS", "calibration", "quantize"]
+def quantize_dynamic(model, weights="int8", per_channel=False, reduce_range=False) -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's quantize_dynamic: DynamicQuantizeLinear before each
+    Conv/MatMul (Gemm becomes MatMul + Add), which turn into ConvInteger/MatMulInteger, Cast, Mul."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        ort_quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8)
+        return onnx.load(dst)
+
+
+__all__ = ["FLOAT_MODELS", "calibration", "quantize", "quantize_dynamic"]

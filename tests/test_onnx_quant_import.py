@@ -213,17 +213,6 @@ def test_unsupported_com_microsoft_op_is_named():
     assert "com.microsoft.QLinearReduceMean ×1 (first: 'sig')" in str(err.value)
 
 
-def test_dynamic_quantization_is_refused(tmp_path):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model, _, _ = FLOAT_MODELS["mlp_matmul"]()
-    src, dst = tmp_path / "f.onnx", tmp_path / "d.onnx"
-    onnx.save(model, src)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    with pytest.raises(UnsupportedModelError, match="dynamic quantization is not supported"):
-        zeroskip.import_onnx(str(dst))
-
-
 @pytest.mark.parametrize("bad", [0.0, float("nan"), -1.0, float("inf")])
 @pytest.mark.parametrize("tensor", ["x_scale", "w1_scale"])
 def test_bad_scales_are_refused_naming_the_tensor(bad, tensor):

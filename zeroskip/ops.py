@@ -115,10 +115,19 @@ OPS: dict[str, OpSpec] = {s.name: s for s in [
     _spec("QMaxPool", (1, 1), **_POOL),  # the same scale and zero point in and out
     _spec("QAveragePool", (1, 1), **_POOL, count_include_pad=0, **_Q_IN, **_Q_OUT),
     _spec("QGlobalAveragePool", (1, 1), **_Q_IN, **_Q_OUT),
+    # Integer ops of ONNX, kept as ONNX defines them (dynamic quantization: the activation's scale
+    # and zero point are computed from the data on every run). DynamicQuantizeLinear: x float32 ->
+    # (y uint8, y_scale float32 scalar, y_zero_point uint8 scalar). MatMulInteger / ConvInteger:
+    # (a, b, [a_zero_point], [b_zero_point]) -> int32 Σ (a − a_zp)·(b − b_zp), exact; the float
+    # rescaling that follows (Cast, Mul) stays ordinary float ops.
+    _spec("DynamicQuantizeLinear", (1, 1), (3, 3)),
+    _spec("MatMulInteger", (2, 4)),
+    _spec("ConvInteger", (2, 4), **_CONV),
 ]}
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QGemm", "QConv", "QAdd",
-                           "QMaxPool", "QAveragePool", "QGlobalAveragePool"})
+                           "QMaxPool", "QAveragePool", "QGlobalAveragePool",
+                           "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"})
 """Ops that only appear in quantized models."""
 
 

@@ -69,8 +69,9 @@ def infer_shapes(graph: Graph) -> dict[str, ValueInfo]:
                 result = infer(*inputs, **attrs)
             except _Rule as err:
                 raise ModelFormatError(f"{where}: {err}") from None
-        for name in node.outputs:
-            values[name] = result
+        results = result if isinstance(result, tuple) else (result,) * len(node.outputs)
+        for name, value in zip(node.outputs, results):
+            values[name] = value
     return {name: ValueInfo(name, _public_shape(v.shape), v.dtype) for name, v in values.items()}
 
 
@@ -489,6 +490,21 @@ def _dequantize(x, **attrs):
     return _Value(x.shape, "float32")
 
 
+def _dynamic_quantize(x):
+    """(y uint8 shaped as x, y_scale float32 scalar, y_zero_point uint8 scalar)."""
+    return _Value(x.shape, "uint8"), _Value((), "float32"), _Value((), "uint8")
+
+
+def _integer(rule):
+    """MatMulInteger / ConvInteger: the float op's shape, int32 out, 8-bit inputs."""
+    def integer_rule(a, b, a_zero_point=None, b_zero_point=None, **attrs):
+        for what, v in (("A", a), ("B", b)):
+            if v.dtype not in ("uint8", "int8"):
+                raise _Rule(f"input {what} must be uint8 or int8, got {v.dtype}")
+        return _Value(rule(a, b, **attrs).shape, "int32")
+    return integer_rule
+
+
 _RULES = {
     "Conv": _conv,
     "Gemm": _gemm,
@@ -537,6 +553,9 @@ _RULES = {
     "QMaxPool": _pool,
     "QAveragePool": _quantized(_pool),
     "QGlobalAveragePool": _quantized(_global_pool),
+    "DynamicQuantizeLinear": _dynamic_quantize,
+    "MatMulInteger": _integer(_matmul),
+    "ConvInteger": _integer(_conv),
 }
 """Op name -> rule(*input values, **normalized attrs) -> output value."""
 

@@ -196,18 +196,54 @@ def _real_range(attrs: dict) -> tuple:
     return lo, hi
 
 
+_INTEGER_ONLY = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+"""Ops with no float form: they stay integer in every mode."""
+
+
+def _integer_islands(graph: Graph) -> set[str]:
+    """Names of the nodes joined, through 8- or 32-bit integer values, to an op of _INTEGER_ONLY.
+
+    Such a node must keep its integers in an f32 mode too: a QuantizeLinear that feeds a
+    MatMulInteger, the DequantizeLinear that reads a ConvInteger's quantized neighbour, and so on.
+    """
+    if not any(node.op in _INTEGER_ONLY for node in graph.nodes):
+        return set()
+    from ..shapes import infer_shapes
+
+    dtypes = {name: vi.dtype for name, vi in infer_shapes(graph).items()}
+    producer = {out: node for node in graph.nodes for out in node.outputs}
+    readers = _readers(graph)
+    island: set[str] = set()
+    stack = [node for node in graph.nodes if node.op in _INTEGER_ONLY]
+    while stack:
+        node = stack.pop()
+        if node.name in island:
+            continue
+        island.add(node.name)
+        for name in node.inputs:
+            if dtypes.get(name) in ("uint8", "int8", "int32") and name in producer:
+                stack.append(producer[name])
+        for name in node.outputs:
+            if dtypes.get(name) in ("uint8", "int8", "int32"):
+                stack.extend(readers.get(name, []))
+    return island
+
+
 def dequantize_model(model: Model) -> Model:
     """The float model an f32 mode runs on a quantized one: weights dequantized once, activations
-    float throughout (QuantizeLinear/DequantizeLinear become Identity, fused clips become Clip)."""
+    float throughout (QuantizeLinear/DequantizeLinear become Identity, fused clips become Clip).
+    Ops with no float form (_INTEGER_ONLY) and the quantized ops joined to them by integer values
+    stay as they are."""
     from ..ops import OPS, normalize_attrs
 
     graph = model.graph
     if not any(node.op in QUANTIZED_OPS for node in graph.nodes):
         return model
+    keep = _integer_islands(graph)
     initializers = dict(graph.initializers)
     nodes: list[Node] = []
     for node in graph.nodes:
-        twin = _FLOAT_TWIN.get(node.op)
+        twin = None if node.name in keep else _FLOAT_TWIN.get(node.op)
         if twin is None:
             nodes.append(node)
             continue

@@ -239,8 +239,10 @@ def build_plan(model: Model, mode: str) -> Plan:
 
 def _build_step(node: Node, ctx: _Context) -> Step | None:
     """The kernel step for ``node`` in ``ctx.mode`` (None: no kernel, run the reference op)."""
-    if ctx.integer and node.op in _I8_BUILDERS:
+    if node.op in _I8_BUILDERS:  # in an f32 mode: an op that dequantize_model kept integer
         return _I8_BUILDERS[node.op](node, ctx)
+    if node.op in _INTEGER_BUILDERS:
+        return _INTEGER_BUILDERS[node.op](node, ctx)
     sparse = ctx.mode == "sparse-f32"
     if ctx.mode == "auto" and node.op in _SPARSE_F32_BUILDERS:
         tensor = ctx.tensors.get(node.inputs[1])
@@ -428,8 +430,42 @@ def _clamp_f32(node: Node, ctx: _Context):
     return Step(node, "clamp_dense_f32", "activation with no producer to fuse into", run)
 
 
+def _mul_f32(node: Node, ctx: _Context):
+    """Float Mul in float32 with numpy broadcasting: one rounding per product, as onnxruntime (a
+    dynamic-quantization rescale is Cast·Mul). Integer Muls (shape arithmetic) keep the reference op."""
+    reference = REFERENCE_OPS["Mul"]
+    a_name, b_name = node.inputs
+    out = node.outputs[0]
+
+    def run(values):
+        a, b = values[a_name], values[b_name]
+        try:
+            if a.dtype.kind != "f" or b.dtype.kind != "f":
+                values[out] = reference(a, b)
+            else:
+                values[out] = np.multiply(a, b, dtype=np.float32)
+        except (InputError, ValueError) as err:
+            raise InputError(f"node {node.name!r} (Mul): expected inputs that broadcast, got "
+                             f"{a.shape} and {b.shape} ({err})") from None
+
+    return Step(node, "numpy multiply", "elementwise multiply in float32 (numpy broadcasting)", run)
+
+
+def _cast_f32(node: Node, ctx: _Context):
+    """Cast to float32 (an int32 accumulator before its rescale): numpy's conversion, rounding to
+    nearest even like onnxruntime. Casts to other types keep the reference op."""
+    if node.attrs["to"] != "float32":
+        return None
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        values[out] = np.asarray(values[x_name]).astype(np.float32)
+
+    return Step(node, "numpy astype", "conversion to float32", run)
+
+
 _F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32, "Add": _add_f32,
-                 "Relu": _clamp_f32, "Clip": _clamp_f32}
+                 "Relu": _clamp_f32, "Clip": _clamp_f32, "Mul": _mul_f32, "Cast": _cast_f32}
 
 
 # -- sparse-f32: the CSR kernels ------------------------------------------------------------------
@@ -626,39 +662,126 @@ def _check_q8(node: Node, x: np.ndarray) -> None:
                          f"{x.dtype}")
 
 
+class _GemmAccumulator:
+    """The int8 GEMM of a layer, prepacked once: ``acc (N,M) int32 = bias'[n] + Σ_k w[n,k]·x[m,k]``.
+
+    w (N,K) int8 with values in [−128, 127]; CSR (matmul_csr_i8) or dense (matmul_dense_i8). The
+    caller supplies the folded bias and turns the accumulator into its output (requantization for
+    QGemm, the int32 result itself for MatMulInteger).
+    """
+
+    def __init__(self, w2: np.ndarray, sparse: bool):
+        from ..kernels import KERNELS
+
+        self.n_out, self.k_in = w2.shape
+        self.sparse = sparse
+        if sparse:
+            self.csr = _csr(w2)
+            self.kernel, self.name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
+            self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
+        else:
+            self.w = np.ascontiguousarray(w2)
+            self.kernel, self.name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
+            self.reason = "dense int8 weights, int32 accumulation"
+
+    def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
+        """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
+        if self.sparse:
+            self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
+        else:
+            self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
+
+
+class _ConvAccumulator:
+    """The int8 conv of a layer, prepacked once: ``acc (B,N,OH,OW) int32 = bias'[n] + Σ w·x`` with
+    pads filled with the input zero point. Depthwise taps, the direct sparse conv, or im2row + the
+    dense GEMM per group (docs/kernels.md)."""
+
+    def __init__(self, node: Node, w4: np.ndarray, use_csr: Callable[[], bool]):
+        """w4 (N, C/group, kh, kw) int8; ``use_csr()`` is asked only when the conv is not
+        depthwise (depthwise taps are always dense)."""
+        from ..kernels import KERNELS
+
+        self.node = node
+        self.n_out, self.c_group, self.kh, self.kw = w4.shape
+        self.group = node.attrs["group"]
+        self.channels = self.group * self.c_group
+        self.w = np.ascontiguousarray(w4.reshape(self.n_out, -1))
+        self.depthwise = (self.c_group == 1 and self.group == self.channels
+                          and self.n_out % self.channels == 0)
+        self.sparse = not self.depthwise and use_csr()
+        if self.depthwise:
+            self.kernel, self.name = KERNELS["depthwise_dense_i8"], "depthwise_dense_i8"
+            self.reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
+        elif self.sparse:
+            self.csr = _csr(self.w)
+            self.kernel, self.name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
+            self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
+        else:
+            self.im2row, self.kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
+            self.name = "im2row_dense_i8 + matmul_dense_i8"
+            self.reason = "im2row (zero-point padded) then a dense int8 GEMM per group"
+            per = self.n_out // self.group
+            self.w_groups = [np.ascontiguousarray(self.w[g * per:(g + 1) * per])
+                             for g in range(self.group)]
+        self.scratch = Scratch()
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        _check_q8(self.node, x)
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise InputError(f"node {self.node.name!r} ({self.node.op}): expected input "
+                             f"(N, {self.channels}, H, W), got shape {x.shape}")
+        return np.ascontiguousarray(x)
+
+    def __call__(self, x: np.ndarray, x_zp: int, bias: np.ndarray) -> np.ndarray:
+        """The accumulator (a scratch array, valid until the next call on this thread) for x
+        (B,C,H,W) 8-bit (from check_input), its zero point, and bias (N,) int32."""
+        kh, kw, group, n_out = self.kh, self.kw, self.group, self.n_out
+        g = _conv_geometry(self.node, x.shape, kh, kw)
+        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
+        geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
+        acc = self.scratch.get("acc", (batch, n_out, oh, ow), np.int32)
+        if self.depthwise or self.sparse:
+            xp = self.scratch.get("xp", (batch, self.channels, g["hp"], g["wp"]), x.dtype)
+            ws = self.scratch.get("ws", (batch, n_out, oh * g["pitch"]), np.int32)
+            if self.depthwise:
+                self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
+            else:
+                self.kernel(*self.csr, bias, x, x_zp, xp, ws, acc, *geo, group)
+        else:
+            rows = self.scratch.get("rows", (batch, group, oh, ow, self.c_group * kh * kw), x.dtype)
+            self.im2row(x, x_zp, rows, *geo)
+            per = n_out // group
+            for b in range(batch):
+                for gi in range(group):
+                    self.kernel(rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi],
+                                np.ascontiguousarray(bias[gi * per:(gi + 1) * per]),
+                                acc[b, gi * per:(gi + 1) * per].reshape(per, oh * ow))
+        return acc
+
+
 def _qgemm_i8(node: Node, ctx: _Context):
     from ..kernels import KERNELS
 
     q = _layer_quant(node, ctx)
-    sparse = _use_csr(ctx, q["density"], "gemm i8")
+    gemm = _GemmAccumulator(q["w"], _use_csr(ctx, q["density"], "gemm i8"))
     requantize = KERNELS["requantize_dense_i8"]
-    n_out, k_in = q["w"].shape
     x_name, out = node.inputs[0], node.outputs[0]
-    if sparse:
-        indptr, indices, data = _csr(q["w"])
-        kernel, name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
-        reason = f"int8 CSR weights ({len(data)} nonzeros), int32 accumulation"
-    else:
-        kernel, name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
-        reason = "dense int8 weights, int32 accumulation"
     scratch = Scratch()
 
     def run(values):
         x = values[x_name]
         _check_q8(node, x)
-        if x.ndim != 2 or x.shape[1] != k_in:
-            raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {k_in}), got "
-                             f"{x.shape}")
-        acc = scratch.get("acc", (n_out, x.shape[0]), np.int32)
-        if sparse:
-            kernel(indptr, indices, data, q["bias"], np.ascontiguousarray(x.T), acc)
-        else:
-            kernel(np.ascontiguousarray(x), q["w"], q["bias"], acc)
+        if x.ndim != 2 or x.shape[1] != gemm.k_in:
+            raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
+                             f"got {x.shape}")
+        acc = scratch.get("acc", (gemm.n_out, x.shape[0]), np.int32)
+        gemm(x, q["bias"], acc)
         yt = np.empty(acc.shape, q["y_dtype"])
         requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
         values[out] = np.ascontiguousarray(yt.T)
 
-    return _int8_step(node, ctx, name, reason, run, q["density"], chosen=True)
+    return _int8_step(node, ctx, gemm.name, gemm.reason, run, q["density"], chosen=True)
 
 
 def _int8_step(node, ctx, name, reason, run, density, chosen: bool) -> Step:
@@ -674,63 +797,159 @@ def _qconv_i8(node: Node, ctx: _Context):
     from ..kernels import KERNELS
 
     q = _layer_quant(node, ctx)
-    n_out, c_group, kh, kw = q["w_shape"]
-    group = node.attrs["group"]
-    channels = group * c_group
-    depthwise = c_group == 1 and group == channels and n_out % channels == 0
-    sparse = not depthwise and _use_csr(ctx, q["density"], "conv i8")
+    conv = _ConvAccumulator(node, q["w"].reshape(q["w_shape"]),
+                            lambda: _use_csr(ctx, q["density"], "conv i8"))
     requantize = KERNELS["requantize_dense_i8"]
     x_name, out = node.inputs[0], node.outputs[0]
-    if depthwise:
-        kernel, name = KERNELS["depthwise_dense_i8"], "depthwise_dense_i8"
-        reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
-    elif sparse:
-        indptr, indices, data = _csr(q["w"])
-        kernel, name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
-        reason = f"direct sparse int8 conv over {len(data)} nonzeros (no im2col)"
-    else:
-        im2row, kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
-        name = "im2row_dense_i8 + matmul_dense_i8"
-        reason = "im2row (zero-point padded) then a dense int8 GEMM per group"
-        w_groups = [np.ascontiguousarray(q["w"][g * (n_out // group):(g + 1) * (n_out // group)])
-                    for g in range(group)]
-        b_groups = [np.ascontiguousarray(q["bias"][g * (n_out // group):(g + 1) * (n_out // group)])
-                    for g in range(group)]
-    scratch = Scratch()
 
     def run(values):
-        x = values[x_name]
-        _check_q8(node, x)
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise InputError(f"node {node.name!r} (QConv): expected input (N, {channels}, H, W), "
-                             f"got shape {x.shape}")
-        x = np.ascontiguousarray(x)
-        g = _conv_geometry(node, x.shape, kh, kw)
-        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
-        geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
-        acc = scratch.get("acc", (batch, n_out, oh, ow), np.int32)
-        if depthwise or sparse:
-            xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), x.dtype)
-            ws = scratch.get("ws", (batch, n_out, oh * g["pitch"]), np.int32)
-            if depthwise:
-                kernel(q["w"], q["bias"], x, q["x_zp"], xp, ws, acc, *geo)
-            else:
-                kernel(indptr, indices, data, q["bias"], x, q["x_zp"], xp, ws, acc, *geo, group)
-        else:
-            rows = scratch.get("rows", (batch, group, oh, ow, c_group * kh * kw), x.dtype)
-            im2row(x, q["x_zp"], rows, *geo)
-            per = n_out // group
-            for b in range(batch):
-                for gi in range(group):
-                    kernel(rows[b, gi].reshape(oh * ow, -1), w_groups[gi], b_groups[gi],
-                           acc[b, gi * per:(gi + 1) * per].reshape(per, oh * ow))
+        acc = conv(conv.check_input(values[x_name]), q["x_zp"], q["bias"])
         y = np.empty(acc.shape, q["y_dtype"])
-        for b in range(batch):
-            requantize(acc[b].reshape(n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"],
-                       y[b].reshape(n_out, -1))
+        for b in range(acc.shape[0]):
+            requantize(acc[b].reshape(conv.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],
+                       q["hi"], y[b].reshape(conv.n_out, -1))
         values[out] = y
 
-    return _int8_step(node, ctx, name, reason, run, q["density"], chosen=not depthwise)
+    return _int8_step(node, ctx, conv.name, conv.reason, run, q["density"],
+                      chosen=not conv.depthwise)
+
+
+# -- ONNX's integer ops: DynamicQuantizeLinear, MatMulInteger, ConvInteger ------------------------
+def _dynamic_quantize(node: Node, ctx: _Context):
+    from ..kernels import KERNELS
+    from ..reference.quantized import dynamic_quantize_params
+
+    kernel = KERNELS["quantize_dense_f32"]
+    x_name = node.inputs[0]
+    y_name, scale_name, zp_name = node.outputs
+
+    def run(values):
+        x = np.ascontiguousarray(values[x_name], dtype=np.float32)
+        try:
+            scale, zp = dynamic_quantize_params(x)
+        except InputError as err:
+            raise InputError(f"node {node.name!r} (DynamicQuantizeLinear): {err}") from None
+        y = np.empty(x.shape, np.uint8)
+        kernel(x.reshape(-1), scale, zp, y.reshape(-1))
+        values[y_name] = y
+        values[scale_name] = np.array(scale, np.float32)
+        values[zp_name] = np.array(zp, np.uint8)
+
+    return Step(node, "quantize_dense_f32", "dynamic quantization: uint8 scale and zero point from "
+                "this input's min and max, then round half to even", run)
+
+
+def _integer_weight(node: Node, ctx: _Context, axis: int):
+    """(w' int8 with the output channels first, rowsum int64, why not) for MatMulInteger /
+    ConvInteger: w' = w − w_zp (per tensor or per output channel ``axis``) when the weight and its
+    zero point are initializers and every w' fits int8 and the int32 accumulator cannot overflow
+    for any 8-bit input and input zero point. Otherwise (None, None, why)."""
+    from .. import quantmath
+
+    w_name = node.inputs[1]
+    zp_name = node.inputs[3] if len(node.inputs) > 3 else ""
+    w_tensor = ctx.tensors.get(w_name)
+    zp_tensor = ctx.tensors.get(zp_name) if zp_name else None
+    if w_tensor is None or (zp_name and zp_tensor is None):
+        return None, None, "the weight or its zero point is not a constant"
+    w = w_tensor.to_numpy().astype(np.int64)
+    if w.ndim < 2:
+        return None, None, f"a {w.ndim}-D weight"
+    zp = np.zeros((), np.int64) if zp_tensor is None else zp_tensor.to_numpy().astype(np.int64)
+    if zp.size != 1 and zp.shape != (w.shape[axis],):
+        return None, None, f"zero point of shape {list(zp.shape)}"
+    shape = [1] * w.ndim
+    if zp.size != 1:
+        shape[axis] = -1
+    centered = np.moveaxis(w - zp.reshape(shape), axis, 0)
+    if centered.size and (centered.min() < -128 or centered.max() > 127):
+        return None, None, "weight − zero point does not fit int8"
+    w8 = np.ascontiguousarray(centered.astype(np.int8))
+    rowsum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
+    k = w8[0].size if len(w8) else 0
+    try:  # |x·w| ≤ 255·128; the folded bias −x_zp·rowsum with |x_zp| ≤ 255
+        quantmath.check_accumulator_range(k, 255 * 128, 255 * rowsum)
+    except UnsupportedModelError as err:
+        return None, None, str(err)
+    return w8, rowsum, ""
+
+
+def _input_zero_point(node: Node, values: dict) -> int | None:
+    """The run's scalar input zero point (0 if absent); None for a per-row one (reference op)."""
+    name = node.inputs[2] if len(node.inputs) > 2 else ""
+    if not name:
+        return 0
+    zp = np.asarray(values[name])
+    if zp.size != 1 or zp.dtype.kind not in "iu":
+        return None
+    return int(zp.reshape(-1)[0])
+
+
+def _integer_step(node: Node, ctx: _Context, build):
+    """The step of MatMulInteger/ConvInteger: ``build(w8, rowsum, fallback)`` -> (name, reason, run,
+    chosen) when the weight converts (``_integer_weight``), else the reference op with the reason.
+    ``fallback(values)`` runs the reference op (int32 out) for inputs the kernels do not take."""
+    axis = 1 if node.op == "MatMulInteger" else 0
+    w8, rowsum, why = _integer_weight(node, ctx, axis)
+    reference = reference_step(node, ctx.tensors, f"reference op (exact integer arithmetic): {why}")
+    if w8 is None:
+        return reference
+
+    def fallback(values):
+        reference.run(values)
+        values[node.outputs[0]] = values[node.outputs[0]].astype(np.int32)
+
+    name, reason, run, chosen = build(w8, rowsum, fallback)
+    if ctx.mode == "auto" and chosen:
+        reason = f"auto: {ctx.last_auto_reason}; {reason}"
+    return Step(node, name, reason + "; int32 out, the input zero point folded per run", run,
+                _nonzero_share(w8))
+
+
+def _matmul_integer(node: Node, ctx: _Context):
+    def build(w8, rowsum, fallback):
+        w2 = np.ascontiguousarray(w8.reshape(w8.shape[0], -1))  # (N, K): B transposed
+        gemm = _GemmAccumulator(w2, _use_csr(ctx, _nonzero_share(w8), "gemm i8"))
+        scratch = Scratch()
+
+        def run(values):
+            a = values[node.inputs[0]]
+            a_zp = _input_zero_point(node, values)
+            if a_zp is None or np.ndim(a) < 2 or a.shape[-1] != gemm.k_in or w8.ndim != 2:
+                return fallback(values)
+            _check_q8(node, a)
+            x = a.reshape(-1, gemm.k_in)
+            acc = scratch.get("acc", (gemm.n_out, x.shape[0]), np.int32)
+            gemm(x, (-a_zp * rowsum).astype(np.int32), acc)
+            values[node.outputs[0]] = acc.T.reshape(a.shape[:-1] + (gemm.n_out,)).copy()
+
+        return gemm.name, gemm.reason, run, True
+
+    return _integer_step(node, ctx, build)
+
+
+def _conv_integer(node: Node, ctx: _Context):
+    def build(w8, rowsum, fallback):
+        if w8.ndim != 4:
+            return "reference", "reference op (exact integer arithmetic): not a 2-D conv", \
+                fallback, False
+        conv = _ConvAccumulator(node, w8, lambda: _use_csr(ctx, _nonzero_share(w8), "conv i8"))
+
+        def run(values):
+            x_zp = _input_zero_point(node, values)
+            if x_zp is None:
+                return fallback(values)
+            acc = conv(conv.check_input(values[node.inputs[0]]), x_zp,
+                       (-x_zp * rowsum).astype(np.int32))
+            values[node.outputs[0]] = acc.copy()
+
+        return conv.name, conv.reason, run, not conv.depthwise
+
+    return _integer_step(node, ctx, build)
+
+
+def _nonzero_share(array: np.ndarray) -> float:
+    return float(np.count_nonzero(array)) / array.size if array.size else 1.0
 
 
 def _quantize_i8(node: Node, ctx: _Context):
@@ -918,13 +1137,18 @@ _I8_BUILDERS = {"QGemm": _qgemm_i8, "QConv": _qconv_i8, "QuantizeLinear": _quant
                 "DequantizeLinear": _dequantize_i8, "QMaxPool": _qmaxpool_i8,
                 "QAveragePool": _qavgpool_i8, "QGlobalAveragePool": _qgap_i8, "QAdd": _qadd_i8}
 
+_INTEGER_BUILDERS = {"DynamicQuantizeLinear": _dynamic_quantize, "MatMulInteger": _matmul_integer,
+                     "ConvInteger": _conv_integer}
+"""ONNX's integer ops: integer in every mode but reference (there is no float form of them); the
+weight format follows the mode (CSR in sparse-*, measured in auto)."""
+
 
 def _use_csr(ctx: _Context, density: float, shape_class: str) -> bool:
     if ctx.mode == "auto":
         use, why = ctx.auto_choice(shape_class, density)
         ctx.last_auto_reason = why
         return use
-    return ctx.mode == "sparse-i8"
+    return ctx.mode in ("sparse-i8", "sparse-f32")
 
 
 # -- the micro-benchmark behind auto ------------------------------------------------------------

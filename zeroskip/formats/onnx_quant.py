@@ -27,8 +27,14 @@ QOperator (onnxruntime's ``QuantFormat.QOperator``):
   ``QLinearMul`` -> DequantizeLinear (each input) -> the float op -> QuantizeLinear: ONNX's own
   definition of them, run without an integer kernel.
 * Any other op of a non-default domain is refused by the importer (``com.microsoft.QLinearReduceMean ×1
-  (first: 'x')``). ``DynamicQuantizeLinear``, ``MatMulInteger`` and ``ConvInteger`` (dynamic
-  quantization: the activation scale is computed at run time) are refused with a message that says so.
+  (first: 'x')``).
+
+Integer ops (onnxruntime's ``quantize_dynamic``, or hand-made static graphs):
+
+* ``DynamicQuantizeLinear``, ``MatMulInteger`` and ``ConvInteger`` -> the IR ops of the same name, as
+  ONNX defines them (the activation's scale and zero point are computed from the data on each run;
+  the int32 result is rescaled by the graph's own Cast and Mul). Weights stay as stored (uint8 or
+  int8 with their zero points); the planner converts them for its kernels where that is exact.
 
 QDQ (``QuantFormat.QDQ``), recognized after all nodes are converted (``fuse_qdq``):
 
@@ -87,7 +93,7 @@ MS_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearA
                     "QLinearMul"})
 """com.microsoft ops this importer maps; any other op of that domain is refused."""
 
-_DYNAMIC = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+_INTEGER_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def handles(proto) -> bool:
     """Whether ``proto`` is a node this module converts (otherwise the float importer does)."""
     if proto.domain in ("", "ai.onnx"):
         return proto.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
-                                 "QLinearMatMul") or proto.op_type in _DYNAMIC
+                                 "QLinearMatMul") or proto.op_type in _INTEGER_OPS
     return proto.domain == MS_DOMAIN and proto.op_type in MS_OPS
 
 
@@ -128,7 +134,7 @@ class QuantImport:
         self.qconst: dict[str, QConst] = {}   # real constant made by a DQ -> its integers
         self.tensors: dict[str, Dense] = {}   # IR initializers made here (override raw consts)
         self.meta: dict[str, dict] = {}       # metadata["weights"] additions
-        self.style = None                     # "qdq" or "qoperator" once seen
+        self.style = None                     # "qdq", "qoperator" or "dynamic" once seen
         self.ranks: dict[str, int] = {}       # ranks onnx's inference cannot see (com.microsoft)
 
     def rank(self, name):
@@ -162,12 +168,7 @@ class QuantImport:
     # -- node conversion --------------------------------------------------------------------------
     def convert(self, n):
         """IR nodes (a list of pending nodes, maybe empty) for one quantization-related ONNX node."""
-        op = n.op
-        if op in _DYNAMIC:
-            n.issues.append(("ops", f"{op} (dynamic quantization is not supported; quantize "
-                                    f"statically, e.g. onnxruntime's quantize_static)"))
-            return [self._pending(n, op, n.inputs, n.outputs[:1], {})]
-        handler = getattr(self, "_" + op)
+        handler = getattr(self, "_" + n.op)
         nodes = handler(n)
         for key in list(n.attrs):
             n.bad_attr(key, n.attrs[key])
@@ -251,6 +252,39 @@ class QuantImport:
         self.imp.consts[out] = real.astype(np.float32)
         self.qconst[out] = QConst(n.input(0), q, scale, zp, axis)
         return []
+
+    # -- integer ops (dynamic quantization) ----------------------------------------------------------
+    def _DynamicQuantizeLinear(self, n):
+        self.style = self.style or "dynamic"
+        if len(n.outputs) != 3 or not all(n.outputs):
+            n.issues.append(("attributes", "DynamicQuantizeLinear without all three outputs"))
+        return [self._pending(n, "DynamicQuantizeLinear", n.inputs[:1], n.outputs, {})]
+
+    def _MatMulInteger(self, n):
+        self._check_integer_operands(n, ("A", "B"))
+        return [self._pending(n, "MatMulInteger", n.inputs, n.outputs[:1], {})]
+
+    def _ConvInteger(self, n):
+        from .onnx import _conv as float_conv  # the float handler's attribute normalization
+
+        self._check_integer_operands(n, ("x", "w"))
+        _, _, conv_attrs = float_conv(_Proxy(n, [n.input(0), n.input(1)]))
+        return [self._pending(n, "ConvInteger", n.inputs, n.outputs[:1], conv_attrs)]
+
+    def _check_integer_operands(self, n, names):
+        """Constant operands and zero points of MatMulInteger/ConvInteger must be 8-bit, each zero
+        point of its operand's type (ModelFormatError naming the tensor)."""
+        self.style = self.style or "dynamic"
+        for i, what in enumerate(names):
+            value, zp = n.const(i), n.const(i + 2) if n.input(i + 2) else None
+            for tensor, array in ((n.input(i), value), (n.input(i + 2), zp)):
+                if array is not None and array.dtype.name not in ACT_DTYPES:
+                    raise ModelFormatError(f"{self.imp.where}: node {n.name!r} ({n.op}): {tensor!r} "
+                                           f"is {array.dtype}; {what} and its zero point must be "
+                                           f"uint8 or int8")
+            if value is not None and zp is not None and zp.dtype != value.dtype:
+                raise ModelFormatError(f"{self.imp.where}: node {n.name!r} ({n.op}): zero point "
+                                       f"{n.input(i + 2)!r} is {zp.dtype} but {what} is {value.dtype}")
 
     # -- QOperator ops -----------------------------------------------------------------------------
     def _QLinearConv(self, n):

@@ -3,8 +3,8 @@
 ``OPS`` maps every op name of ``zeroskip.ops.OPS`` to its function. The executor calls
 ``OPS[node.op](*inputs, **node.attrs)``: inputs are ndarrays in node-input order (float tensors as
 float64, integer tensors as int64, an omitted optional input as None), attrs the node's full
-normalized attribute dict. Every function returns one ndarray. Bad inputs that only show at run time
-raise ``zeroskip.errors.InputError``.
+normalized attribute dict. Every function returns one ndarray (a tuple of them for an op with
+several outputs). Bad inputs that only show at run time raise ``zeroskip.errors.InputError``.
 """
 
 from __future__ import annotations

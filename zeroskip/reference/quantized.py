@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from . import conv as _conv
 from . import elementwise, matmul, pool
 
@@ -100,7 +101,81 @@ def qglobal_average_pool(x, *, x_scale, x_zero_point, y_scale, y_zero_point, y_d
     return _quantize(y, y_scale, y_zero_point, y_dtype)
 
 
+# -- ONNX's integer ops (dynamic quantization) -------------------------------------------------------
+# These are integer by definition, so their reference is exact integer arithmetic, not dequantize →
+# float → quantize. Integer tensors travel as int64.
+
+def dynamic_quantize_linear(x):
+    """(q, scale, zero_point): x quantized to uint8 with parameters taken from its own range.
+
+    In float32, as ONNX and onnxruntime compute it:
+        lo = min(0, min x), hi = max(0, max x)        (the range always holds 0, so 0 is exact)
+        scale = (hi − lo) / 255, or 1 when hi = lo (x all zero; onnxruntime's choice)
+        zero_point = round_half_even(clamp(0 − lo / scale, 0, 255))
+        q = clamp(round_half_even(x / scale) + zero_point, 0, 255)
+    x float — any shape; non-finite values have no scale and raise InputError.
+    Returns q int64 (shape of x), scale float64 0-d (a float32 value), zero_point int64 0-d.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    scale, zero_point = dynamic_quantize_params(x)
+    q = quantize_linear(x, y_scale=scale, y_zero_point=zero_point, y_dtype="uint8")
+    return q, np.array(scale, np.float64), np.array(zero_point, np.int64)
+
+
+def dynamic_quantize_params(x) -> tuple[np.float32, int]:
+    """(scale, zero_point) of dynamic_quantize_linear for a float32 array x."""
+    if x.size == 0:
+        return np.float32(1.0), 0
+    lo, hi = np.float32(min(0.0, float(x.min()))), np.float32(max(0.0, float(x.max())))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError("the input holds inf or NaN, which no uint8 scale can represent")
+    scale = np.float32(1.0) if hi == lo else np.float32((hi - lo) / np.float32(255))
+    return scale, int(np.rint(np.clip(np.float32(0) - lo / scale, 0, 255)))
+
+
+def _centered(q, zero_point, axis, what) -> np.ndarray:
+    """float64 q − zero_point: a scalar zero point, or a 1-D one along ``axis`` of q (exact)."""
+    q = np.asarray(q).astype(np.int64)
+    if zero_point is None:
+        return q.astype(np.float64)
+    zp = np.asarray(zero_point).astype(np.int64)
+    if zp.size == 1:
+        return (q - zp.reshape(())).astype(np.float64)
+    if zp.ndim != 1 or q.ndim < 2 or q.shape[axis] != zp.size:
+        raise InputError(f"expected {what}'s zero point to be a scalar or 1-D of length "
+                         f"{q.shape[axis] if q.ndim >= 2 else '?'} (axis {axis} of shape "
+                         f"{q.shape}), got shape {zp.shape}")
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    return (q - zp.reshape(shape)).astype(np.float64)
+
+
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+    """y = (a − a_zp) @ (b − b_zp), exact, as int64 (ONNX MatMulInteger; int32 in onnxruntime).
+
+    a [..., M, K], b [..., K, N] 8-bit integers; a_zp scalar or per row (M), b_zp scalar or per
+    column (N). Computed in float64 BLAS: every term is below 2^16 in size, so every partial sum is an
+    integer below 2^53 and the product is exact.
+    """
+    a_c = _centered(a, a_zero_point, -2, "A")
+    b_c = _centered(b, b_zero_point, -1, "B")
+    return np.rint(matmul.matmul(a_c, b_c)).astype(np.int64)
+
+
+def conv_integer(x, w, x_zero_point=None, w_zero_point=None, **conv_attrs):
+    """y = conv(x − x_zp, w − w_zp), exact, as int64 (ONNX ConvInteger): pads are x_zp, i.e. 0 after
+    centering. x_zp scalar; w_zp scalar or per output channel. float64 as in matmul_integer."""
+    if x_zero_point is not None and np.size(x_zero_point) != 1:
+        raise InputError(f"expected a scalar x_zero_point, got shape {np.shape(x_zero_point)}")
+    x_c = _centered(x, x_zero_point, 0, "x")
+    w_c = _centered(w, w_zero_point, 0, "w")
+    return np.rint(_conv.conv(x_c, w_c, None, **conv_attrs)).astype(np.int64)
+
+
 OPS = {
+    "DynamicQuantizeLinear": dynamic_quantize_linear,
+    "MatMulInteger": matmul_integer,
+    "ConvInteger": conv_integer,
     "QuantizeLinear": quantize_linear,
     "DequantizeLinear": dequantize_linear,
     "QGemm": qgemm,
