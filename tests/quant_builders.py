@@ -69,12 +69,27 @@ def _residual():
     return make_model(nodes, [("x", ["N", 3, 9, 9])], [("y", ["N", 5])], inits), "x", (3, 9, 9)
 
 
+def _padded():
+    """Conv -> Relu -> Pad (explicit zeros, as torch's F.pad exports) -> Conv -> Relu -> GAP -> Gemm."""
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"]), node("Relu", ["c1"], ["r1"]),
+             node("Pad", ["r1", "pads"], ["p1"]),
+             node("Conv", ["p1", "w2", "b2"], ["c2"]), node("Relu", ["c2"], ["r2"]),
+             node("GlobalAveragePool", ["r2"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    inits = {"w1": randn((6, 3, 3, 3), 1, 0.3), "b1": randn(6, 2, 0.1),
+             "pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
+             "w2": randn((8, 6, 3, 3), 3, 0.3), "b2": randn(8, 4, 0.1),
+             "w3": randn((4, 8), 5, 0.5), "b3": randn(4, 6, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits), "x", (3, 8, 8)
+
+
 FLOAT_MODELS = {
     "cnn": _cnn,
     "mlp_gemm": _mlp_gemm,
     "mlp_dead_channel": lambda: _mlp_gemm(dead_channel=True),
     "mlp_matmul": _mlp_matmul,
     "residual": _residual,
+    "padded": _padded,
 }
 """name -> () -> (float ModelProto, input name, sample shape)."""
 

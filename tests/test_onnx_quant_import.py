@@ -35,6 +35,8 @@ EXPECTED_OPS = {
     "mlp_matmul": ["QuantizeLinear", "QGemm", "QAdd", "QGemm", "QAdd", "DequantizeLinear"],
     "residual": ["QuantizeLinear", "QConv", "QConv", "QAdd", "QAveragePool", "QGlobalAveragePool",
                  "Flatten", "QGemm", "DequantizeLinear"],
+    "padded": ["QuantizeLinear", "QConv", "Pad", "QConv", "QGlobalAveragePool", "Flatten", "QGemm",
+               "DequantizeLinear"],
 }
 FORMATS = ("qdq", "qoperator")
 ACTIVATIONS = ("uint8", "int8")

@@ -229,6 +229,23 @@ def _integer_islands(graph: Graph) -> set[str]:
     return island
 
 
+_SAME_PARAMS = frozenset({"QMaxPool", "Pad", "Flatten", "Reshape", "Transpose", "Squeeze",
+                          "Unsqueeze", "Identity", "Dropout", "Concat"})
+"""Ops whose integer output has its input's scale and zero point (see formats/onnx_quant.py)."""
+
+
+def _integer_params(graph: Graph) -> dict[str, tuple[float, int]]:
+    """value name -> (scale, zero point) for every 8-bit activation the graph's ops define."""
+    params: dict[str, tuple[float, int]] = {}
+    for node in graph.nodes:
+        if "y_scale" in node.attrs:
+            params[node.outputs[0]] = (float(node.attrs["y_scale"]),
+                                       int(node.attrs["y_zero_point"]))
+        elif node.op in _SAME_PARAMS and node.inputs and node.inputs[0] in params:
+            params[node.outputs[0]] = params[node.inputs[0]]
+    return params
+
+
 def dequantize_model(model: Model) -> Model:
     """The float model an f32 mode runs on a quantized one: weights dequantized once, activations
     float throughout (QuantizeLinear/DequantizeLinear become Identity, fused clips become Clip).
@@ -240,10 +257,17 @@ def dequantize_model(model: Model) -> Model:
     if not any(node.op in QUANTIZED_OPS for node in graph.nodes):
         return model
     keep = _integer_islands(graph)
+    params = _integer_params(graph)
     initializers = dict(graph.initializers)
     nodes: list[Node] = []
     for node in graph.nodes:
         twin = None if node.name in keep else _FLOAT_TWIN.get(node.op)
+        if node.op == "Pad" and node.inputs[0] in params and node.name not in keep:
+            scale, zp = params[node.inputs[0]]  # an integer pad value becomes its real value
+            real = float(np.float32(scale) * np.float32(float(node.attrs["value"]) - zp))
+            nodes.append(Node(node.name, "Pad", node.inputs, node.outputs,
+                              dict(node.attrs, value=real)))
+            continue
         if twin is None:
             nodes.append(node)
             continue

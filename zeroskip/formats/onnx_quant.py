@@ -21,8 +21,9 @@ QOperator (onnxruntime's ``QuantFormat.QOperator``):
 * A QLinearMatMul the IR cannot express as QGemm (a non-2-D A) becomes DequantizeLinear -> MatMul ->
   QuantizeLinear, which computes the same thing in float.
 * ``MaxPool`` on an integer tensor -> ``QMaxPool``; Flatten, Reshape, Transpose, Squeeze, Unsqueeze,
-  Identity, Dropout and Concat (all inputs with the same scale and zero point) stay as they are, on
-  the integer tensor, which keeps its parameters.
+  Identity, Dropout, Concat (all inputs with the same scale and zero point) and Pad (its constant an
+  integer of the tensor's type, as onnxruntime writes it) stay as they are, on the integer tensor,
+  which keeps its parameters.
 * ``com.microsoft.QLinearSoftmax`` / ``QLinearSigmoid`` / ``QLinearLeakyRelu`` / ``QLinearConcat`` /
   ``QLinearMul`` -> DequantizeLinear (each input) -> the float op -> QuantizeLinear: ONNX's own
   definition of them, run without an integer kernel.
@@ -43,8 +44,9 @@ QDQ (``QuantFormat.QDQ``), recognized after all nodes are converted (``fuse_qdq`
 * ``DQ(a), DQ(b) -> Add -> [Relu | Clip] -> Q`` -> ``QAdd`` (an operand may be a constant DQ);
 * ``DQ -> AveragePool -> Q`` -> ``QAveragePool``; ``DQ -> GlobalAveragePool -> Q`` ->
   ``QGlobalAveragePool``;
-* ``DQ -> MaxPool -> Q`` and ``DQ -> shape op -> Q`` with the same scale, zero point and type in and
-  out -> ``QMaxPool`` / the shape op on the integer tensor.
+* ``DQ -> MaxPool -> Q``, ``DQ -> Pad -> Q`` and ``DQ -> shape op -> Q`` with the same scale, zero
+  point and type in and out -> ``QMaxPool`` / the op on the integer tensor (a constant Pad's real
+  value must be an exact integer step: 0.0 becomes the zero point).
 
 A pattern is fused only when the float op's output has that one reader (the Q, or the activation whose
 only reader is the Q) and is not a graph output. Everything else stays as it was: Q/DQ pairs run as
@@ -499,6 +501,17 @@ class QuantImport:
         if node.op == "MaxPool":
             node.op = "QMaxPool"
             self.act[node.outputs[0]] = ins[0]
+        elif node.op == "Pad":  # integers in, the same integers and parameters out
+            value = node.attrs.get("value", 0)
+            info = np.iinfo(ins[0].dtype)
+            if node.attrs.get("mode", "constant") == "constant" and not (
+                    float(value).is_integer() and info.min <= value <= info.max):
+                node.issues.append(("attributes", f"Pad of a {ins[0].dtype} tensor with value "
+                                                  f"{value}"))
+                return
+            self.act[node.outputs[0]] = ins[0]
+            if self.rank(node.inputs[0]) is not None:
+                self.ranks[node.outputs[0]] = self.rank(node.inputs[0])
         elif node.op in SHAPE_OPS:
             self.act[node.outputs[0]] = ins[0]
             if node.op == "Flatten":
@@ -683,7 +696,7 @@ def check_scale(where, node_name, tensor_name, scale):
 # --------------------------------------------------------------------------------------------------
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
-_FUSE = frozenset(_LINEAR + ("Add", "MaxPool", "AveragePool", "GlobalAveragePool")) | SHAPE_OPS
+_FUSE = frozenset(_LINEAR + ("Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Pad")) | SHAPE_OPS
 
 
 def fuse_qdq(qi: QuantImport, pending, graph_outputs):
@@ -825,9 +838,16 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
     if any(x is None or x[1] != y for x in xs):
         return None
     op = "QMaxPool" if f.op == "MaxPool" else f.op
+    attrs = dict(f.attrs)
+    if op == "Pad" and attrs["mode"] == "constant":  # the real pad value as an exact integer
+        q_value = float(attrs["value"]) / np.float32(y.scale) + y.zero_point
+        info = np.iinfo(y.dtype)
+        if not (float(q_value).is_integer() and info.min <= q_value <= info.max):
+            return None
+        attrs["value"] = int(q_value)
     inputs = [x[0] for x in xs] + list(f.inputs[len(data_inputs):])
     qi.act[out] = y
-    return qi.P(f.name, op, inputs, [out], normalize_attrs(op, dict(f.attrs)), []), gone
+    return qi.P(f.name, op, inputs, [out], normalize_attrs(op, attrs), []), gone
 
 
 def _const_dtype(qi, name):
