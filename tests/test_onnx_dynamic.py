@@ -276,3 +276,14 @@ def test_dynamic_model_round_trips_through_zsk(tmp_path):
     b = zeroskip.Session(loaded, mode="sparse-i8").run(feeds)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("mode", ["dense-i8", "sparse-i8", "auto"])
+def test_dynamic_model_outputs_do_not_depend_on_the_thread_count(mode):
+    data, input_name, shape = _quantized("residual", "int8", True, False)
+    imported = zeroskip.import_onnx(onnx.ModelProto.FromString(data))
+    feeds = {input_name: calibration(shape, 8, seed=4)}
+    one = zeroskip.Session(imported, mode=mode, threads=1).run(feeds)
+    two = zeroskip.Session(imported, mode=mode, threads=2).run(feeds)
+    for name in one:
+        assert one[name].tobytes() == two[name].tobytes(), name
