@@ -51,7 +51,7 @@ def assert_clean_error(result, kind):
     assert f"zeroskip: error: {kind}:" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["convert"], ["inspect"], ["run"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["convert"], ["inspect"], ["run"], ["bench"], ["demo"]])
 def test_help(command):
     result = zeroskip_cmd(*command, "--help")
     assert result.returncode == 0 and "usage: zeroskip" in result.stdout
@@ -137,6 +137,59 @@ def test_errors_exit_2_without_traceback(mlp_files):
 
     result = zeroskip_cmd("--debug", "inspect", garbage)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def _bench_rows(stdout: str) -> dict:
+    """runner name -> its cells, from the table ``zeroskip bench`` prints."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("runner")) + 2
+    rows = {}
+    for line in lines[start:]:
+        if not line or line.startswith("plan:"):
+            break
+        cells = line.split()
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_bench_times_each_mode_against_onnxruntime(mlp_files):
+    tmp, onnx_path, _ = mlp_files
+    result = zeroskip_cmd("bench", onnx_path, "--mode", "sparse-f32", "--mode", "dense-f32",
+                          "--batch", "5", "--rounds", "3")
+    assert result.returncode == 0, result.stderr
+    assert "x 5×8; 3 interleaved rounds" in result.stdout
+    rows = _bench_rows(result.stdout)
+    assert list(rows) == ["onnxruntime", "dense-f32", "sparse-f32"]  # baseline first
+    assert rows["onnxruntime"][4] == "1.00×"
+    for name, cells in rows.items():
+        plan_ms, first_ms, best_ms, median_ms = map(float, cells[:4])
+        assert 0 < best_ms <= median_ms, name
+        assert float(cells[4].rstrip("×")) > 0, name
+        assert float(cells[5]) <= 1e-5, name  # every mode computes the same function
+
+
+def test_bench_without_onnxruntime_uses_dense_f32_and_real_inputs(mlp_files):
+    tmp, onnx_path, x = mlp_files
+    result = zeroskip_cmd("bench", onnx_path, "--no-onnxruntime", "--rounds", "2", "--input",
+                          tmp / "x.npy")
+    assert result.returncode == 0, result.stderr
+    rows = _bench_rows(result.stdout)
+    assert list(rows) == ["dense-f32", "sparse-f32", "auto"]
+    assert rows["dense-f32"][4] == "1.00×"
+    assert f"x {x.shape[0]}×8" in result.stdout
+
+
+def test_bench_refuses_inputs_it_cannot_make_up(tmp_path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "m"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"])])
+    path = tmp_path / "two_dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = zeroskip_cmd("bench", path, "--rounds", "1")
+    assert_clean_error(result, "InputError")
+    assert "input 'x': dimension 1 is unknown and not the batch" in result.stderr
+    assert_clean_error(zeroskip_cmd("bench", path, "--rounds", "0", "--input",
+                                    tmp_path / "missing.npy"), "InputError")
 
 
 def test_failed_convert_leaves_existing_output_untouched(mlp_files):

@@ -1,4 +1,4 @@
-"""The ``zeroskip`` command: convert, inspect, run, demo.
+"""The ``zeroskip`` command: convert, inspect, run, bench, demo.
 
 Any ``ZeroskipError`` (and any unreadable input file) prints one line and exits with code 2; ``--debug``
 shows the traceback instead.
@@ -113,6 +113,32 @@ def _save_npz(path: str, arrays: dict) -> None:
         raise
 
 
+def cmd_bench(args) -> int:
+    from . import bench
+
+    model = _open_model(args.file)
+    modes = args.mode or bench.default_modes(model)
+    if "dense-f32" in modes:  # the baseline when onnxruntime is not there
+        modes = ["dense-f32"] + [m for m in modes if m != "dense-f32"]
+    if args.input:
+        feeds = _read_inputs(args.input, zeroskip.Session(model, mode="reference"))
+    else:
+        feeds = bench.synthetic_inputs(model.graph.inputs, args.batch)
+    if args.rounds < 1:
+        raise zeroskip.InputError(f"--rounds must be at least 1, got {args.rounds}")
+    onnx_path = args.file if args.file.lower().endswith(".onnx") and not args.no_onnxruntime \
+        else None
+    runners = bench.make_runners(model, modes, feeds, args.threads, onnx_path)
+    bench.measure(runners, args.rounds, progress=sys.stderr.isatty())
+    shapes = ", ".join(f"{name} {_shape(v.shape)}" for name, v in feeds.items())
+    print(f"{os.path.basename(args.file)}: {shapes}; {args.rounds} interleaved rounds, threads "
+          f"{args.threads or 'default'}")
+    print(bench.bench_table(bench.rows(runners)))
+    print("plan: Session() (passes, packing, kernel choice); first run: includes JIT compile or "
+          "cache load; best/median: the steady-state runs")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -154,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="execution mode (default: reference)")
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("bench", help="time a model in several modes, side by side",
+                            description="Time one model in several modes in one process, in "
+                                        "interleaved rounds, as speed-ups over a baseline "
+                                        "(onnxruntime for an .onnx file when it is installed, "
+                                        "else dense-f32), with planning and first-run (JIT) time "
+                                        "apart.")
+    p.add_argument("file", help="a .zsk or .onnx file")
+    p.add_argument("--mode", action="append", choices=MODES, metavar="MODE",
+                   help="a mode to time; repeat for several (default: the dense and sparse modes "
+                        "that apply, and auto)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch size of the random inputs (default: 1)")
+    p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE",
+                   help="real inputs instead of random ones, as for 'run'")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default: 20)")
+    p.add_argument("--threads", type=int, default=None, help="number of threads")
+    p.add_argument("--no-onnxruntime", action="store_true",
+                   help="do not time onnxruntime, even for an .onnx file")
+    p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("demo", help="run the bundled digits models in every mode",
                             description="Run the bundled digits MLP, its pruned and its int8 variant "
