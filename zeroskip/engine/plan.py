@@ -531,6 +531,11 @@ def _gemm_csr_f32(node: Node, ctx: _Context):
                                                      else ""), run, density)
 
 
+def _workspace_len(depthwise: bool, kh: int, kw: int, g: dict) -> int:
+    """Per-channel accumulator length of the tile loop; 3×3 depthwise keeps it in registers."""
+    return 0 if depthwise and kh == kw == 3 else g["oh"] * g["pitch"]
+
+
 def _conv_geometry(node: Node, x_shape, kh, kw) -> dict:
     """A 2-D conv's output size, padded-plane size, pitch and pads for input ``x_shape``; worked out
     once per (node, input shape) and cached, so repeated runs of a shape do no geometry."""
@@ -594,7 +599,7 @@ def _conv_csr_f32(node: Node, ctx: _Context):
         x = np.ascontiguousarray(x, dtype=np.float32)
         batch = x.shape[0]
         xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
-        ws = scratch.get("ws", (batch, n_out, g["oh"] * g["pitch"]), np.float32)
+        ws = scratch.get("ws", (batch, n_out, _workspace_len(depthwise, kh, kw, g)), np.float32)
         y = np.empty((batch, n_out, g["oh"], g["ow"]), np.float32)
         geo = (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
         if depthwise:
@@ -743,7 +748,8 @@ class _ConvAccumulator:
         acc = self.scratch.get("acc", (batch, n_out, oh, ow), np.int32)
         if self.depthwise or self.sparse:
             xp = self.scratch.get("xp", (batch, self.channels, g["hp"], g["wp"]), x.dtype)
-            ws = self.scratch.get("ws", (batch, n_out, oh * g["pitch"]), np.int32)
+            ws = self.scratch.get("ws", (batch, n_out, _workspace_len(self.depthwise, kh, kw, g)),
+                                  np.int32)
             if self.depthwise:
                 self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
             else:

@@ -27,17 +27,35 @@ products. bench/test_bench_conv.py (ResNet-50 3×3, 14×14): ~2× faster than on
 neutral for float32; a dense tap loop would vectorize the same way."""
 
 
+_U = np.uint64
+
+
 @njit(cache=True)
-def _pad_plane(x, xp, pt, pl, fill):
-    """xp [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xp may crop x's tail)."""
-    Hp, Wp = xp.shape
+def _pad_plane(x, xq, pt, pl, fill):
+    """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail).
+
+    No slice per row (Numba reference-counts each one) and uint64 indices (no wraparound test), so
+    the copies vectorize; the column ranges are computed once per plane.
+    """
+    Hp, Wp = xq.shape
     H, W = x.shape
-    u0, u1 = min(max(pl, 0), Wp), min(W + pl, Wp)
-    for r in range(Hp):
-        row = xp[r]
-        row[:] = fill
-        if 0 <= r - pt < H and u0 < u1:
-            row[u0:u1] = x[r - pt, u0 - pl:u1 - pl]
+    r0 = min(max(pt, 0), Hp)                     # xq rows r0..r1 hold x rows r0−pt..r1−pt
+    r1 = max(r0, min(pt + H, Hp))
+    u0 = min(max(pl, 0), Wp)                     # xq columns u0..u1 hold x columns u0−pl..u1−pl
+    u1 = max(u0, min(pl + W, Wp))
+    for r in range(_U(Hp)):
+        if r < r0 or r >= r1:
+            for u in range(_U(Wp)):
+                xq[r, u] = fill
+    src, m = _U(u0 - pl), _U(u1 - u0)
+    for r in range(_U(r0), _U(r1)):
+        xr = r - _U(pt)
+        for u in range(_U(u0)):
+            xq[r, u] = fill
+        for k in range(m):
+            xq[r, _U(u0) + k] = x[xr, src + k]
+        for u in range(_U(u1), _U(Wp)):
+            xq[r, u] = fill
 
 
 @njit(cache=True)

@@ -1,8 +1,13 @@
 """Depthwise convolution (groups = C, N = C·multiplier): each output channel convolves one input plane.
 
-Same machinery as the direct sparse conv (kernels/conv_csr.py): the input is padded once into ``xp``,
-and each of the channel's kh·kw dense taps is one axpy of the shifted plane into a row tile of the
-accumulator (wide rows for stride 1). See docs/kernels.md.
+3×3 kernels (MobileNet's, at every stride and dilation) take a fused row loop: one parallel
+iteration per input plane pads it into ``xp`` and, while the plane is in L1, computes its ``mult``
+output channels one output row at a time, all nine taps, bias and clamp in one vectorized pass that
+writes ``y`` directly (no accumulator workspace, no separate padding pass). Other kernel sizes use
+the direct sparse conv's tile loop (kernels/conv_csr.py) with the dense taps. See docs/kernels.md.
+
+Indices in the row loops are uint64: Numba skips its negative-index wraparound test for unsigned
+indices, and that test (or the reference counting of a slice per row) stops LLVM from vectorizing.
 """
 
 from __future__ import annotations
@@ -10,24 +15,59 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv_csr import ACC_TILE, INT32_MAX, INT32_MIN, _channel, _pad_planes, _pitch, _tap_offsets
+from .conv_csr import (ACC_TILE, INT32_MAX, INT32_MIN, _channel, _pad_plane, _pad_planes, _pitch,
+                       _tap_offsets)
+
+_U = np.uint64
+
+
+@njit(cache=True)
+def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
+    """y [OH,OW] = clamp(b + Σ_(i,j) w[3i+j]·xq[oh·sh + i·dh, ow·sw + j·dw], lo, hi), one output
+    row per pass over ow, the nine taps in registers. The sum is grouped as the tile loop groups it,
+    (b + Σ_{t<4}) + Σ_{4≤t<8} + w[8]·x, so both loops give the same float32 results."""
+    OH, OW = y.shape
+    cast = y.dtype.type  # int8 taps widen to int32 (not int64) before the products
+    w0, w1, w2, w3, w4 = cast(w[0]), cast(w[1]), cast(w[2]), cast(w[3]), cast(w[4])
+    w5, w6, w7, w8 = cast(w[5]), cast(w[6]), cast(w[7]), cast(w[8])
+    c1, c2 = _U(dw), _U(2 * dw)                  # column offsets of taps j = 1, 2 (j = 0: 0)
+    for oh in range(_U(OH)):
+        r0 = oh * _U(sh)
+        r1, r2 = r0 + _U(dh), r0 + _U(2 * dh)
+        for ow in range(_U(OW)):
+            u = ow * _U(sw)
+            s = b + (w0 * xq[r0, u] + w1 * xq[r0, c1 + u] + w2 * xq[r0, c2 + u]
+                     + w3 * xq[r1, u])
+            s = s + (w4 * xq[r1, c1 + u] + w5 * xq[r1, c2 + u] + w6 * xq[r2, u]
+                     + w7 * xq[r2, c1 + u])
+            y[oh, ow] = min(max(cast(s + w8 * xq[r2, c2 + u]), lo), hi)
 
 
 def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):
     # w (N, kh·kw) * x (B,C,H,W) -> y (B,N,OH,OW), channel n reads plane n // (N/C)
     """y[b,n,oh,ow] = clamp(b[n] + Σ_(i,j) w[n, i·kw+j]·xp[b, n//mult, oh·sh+i·dh, ow·sw+j·dw], lo, hi)
 
-    Loop nest: prange (b,c) pad x into xp; prange (b,n): row tiles of ACC_TILE; the kh·kw taps;
-    one axpy of the shifted plane into the tile (contiguous for stride 1).
+    Loop nest, 3×3: prange (b,c): pad x[b,c] into xp[b,c]; its mult output channels n; output
+    rows oh; one vectorized pass over ow with the 9 taps, bias and clamp.
+    Other sizes: prange (b,c) pad x into xp; prange (b,n): row tiles of ACC_TILE in
+    ws; the kh·kw taps; one axpy of the shifted plane into the tile (as conv2d_csr_f32).
     w [N, kh·kw] float32 — taps, row-major (i, j); b [N] float32 — bias (zeros if none)
     x [B,C,H,W] float32; xp [B,C,Hp,Wp] float32, ws [B,N,OH·P] float32 — workspaces as in
-    conv2d_csr_f32; y [B,N,OH,OW] float32; kh, kw, sh, sw, dh, dw, pt, pl — geometry; lo, hi —
-    fused activation bounds
+    conv2d_csr_f32 (ws unused by 3×3); y [B,N,OH,OW] float32; kh, kw, sh, sw, dh, dw, pt, pl —
+    geometry; lo, hi — fused activation bounds (float32)
     Preconditions: N = C·mult; xp, ws, y shaped from the plan's geometry.
-    Work: 2·B·N·OH·OW·kh·kw flops (stride 1: OH·Wp instead of OH·OW).
+    Work: 2·B·N·OH·OW·kh·kw flops; 3×3: x read once, xp written once and read from L1, y written once.
     """
     B, C, Hp, Wp = xp.shape
     N, OW = y.shape[1], y.shape[3]
+    mult = N // C
+    if kh == 3 and kw == 3:
+        for t in prange(B * C):
+            bi, c = t // C, t % C
+            _pad_plane(x[bi, c], xp[bi, c], pt, pl, np.float32(0.0))
+            for n in range(c * mult, (c + 1) * mult):
+                _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
+        return
     _pad_planes(x, xp, pt, pl, np.float32(0.0))
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -35,7 +75,7 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     taps = np.arange(kh * kw)
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi, n // (N // C)].reshape(Hp * Wp)
+        xf = xp[bi, n // mult].reshape(Hp * Wp)
         _channel(ws[bi, n], taps, w[n], offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
@@ -50,6 +90,7 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     Pads are filled with x_zero_point (real 0), so the zero-point correction is the full tap sum,
     folded at plan time: bias'[n] = q_b[n] − x_zp·Σ_(i,j) q_w[n,i,j] (the same rule as conv2d_csr_i8).
     No rounding, no saturation: the int32 accumulator goes to the requantize kernel.
+    Loop nest: as depthwise_dense_f32 (3×3: per plane, pad, channels, rows, one pass of 9 taps).
     w [N, kh·kw] int8 in [−127, 127]; bias [N] int32 — bias'; x [B,C,H,W] uint8|int8; x_zero_point
     int; xp [B,C,Hp,Wp] x.dtype, ws [B,N,OH·P] int32 — workspaces; y [B,N,OH,OW] int32; geometry ints.
     Overflow: kh·kw·127·255 is tiny next to 2^31 (the plan still checks |bias'|).
@@ -57,6 +98,14 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     """
     B, C, Hp, Wp = xp.shape
     N, OW = y.shape[1], y.shape[3]
+    mult = N // C
+    if kh == 3 and kw == 3:
+        for t in prange(B * C):
+            bi, c = t // C, t % C
+            _pad_plane(x[bi, c], xp[bi, c], pt, pl, x_zero_point)
+            for n in range(c * mult, (c + 1) * mult):
+                _plane_3x3(w[n], bias[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, INT32_MIN, INT32_MAX)
+        return
     _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
@@ -64,7 +113,7 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     taps = np.arange(kh * kw)
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi, n // (N // C)].reshape(Hp * Wp)
+        xf = xp[bi, n // mult].reshape(Hp * Wp)
         _channel(ws[bi, n], taps, w[n], offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
                  INT32_MIN, INT32_MAX)
 
