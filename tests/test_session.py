@@ -157,3 +157,52 @@ def test_repeated_and_concurrent_runs_give_the_same_outputs():
             got = list(pool.map(lambda x: session.run({"x": x})["y"], xs * 4))
         for g, w in zip(got, want * 4):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_threading_layer_is_chosen_before_numba_launches_one():
+    """A Session with threads=N asks numba for its thread count before any kernel is imported;
+    zeroskip must still pick its threading layer first (workqueue: OpenMP's workers stall behind
+    OpenBLAS's spinning threads on small machines, see zeroskip/kernels/__init__.py)."""
+    import os
+    import subprocess
+    import sys
+
+    data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_pruned.zsk")
+    code = ("import numba, numpy as np, zeroskip\n"
+            f"s = zeroskip.Session({data!r}, mode='sparse-f32', threads=2)\n"
+            "s.run({s.inputs[0].name: np.zeros((2, 64), np.float32)})\n"
+            "print(numba.threading_layer())\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "workqueue"
+    env["NUMBA_THREADING_LAYER"] = "omp"  # the user's choice wins
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "omp"
+
+
+def test_numpy_only_plans_never_import_numba_and_int8_weights_compile_once():
+    """Start-up cost: a dense-f32 MLP runs on numpy BLAS alone, so Numba (~0.5 s to import and
+    initialize) stays unloaded; an int8 model's weights reach matmul_dense_i8 as one array type
+    (a read-only memory-mapped weight would be a second signature: a second compile)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = os.path.join(os.path.dirname(zeroskip.__file__), "data")
+    code = ("import sys, numpy as np, zeroskip\n"
+            f"s = zeroskip.Session({os.path.join(folder, 'digits_mlp.zsk')!r}, mode='dense-f32', "
+            "threads=2)\n"
+            "s.run({s.inputs[0].name: np.zeros((2, 64), np.float32)})\n"
+            "print('numba' in sys.modules)\n"
+            f"s = zeroskip.Session({os.path.join(folder, 'digits_mlp_int8.zsk')!r}, mode='dense-i8')\n"
+            "s.run({s.inputs[0].name: np.zeros((2, 64), np.float32)})\n"
+            "from zeroskip.kernels import KERNELS\n"
+            "print(len(KERNELS['matmul_dense_i8'].signatures))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "1"]

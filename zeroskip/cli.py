@@ -7,6 +7,8 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import sys
 import time
@@ -211,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Once Numba is loaded, the interpreter's final garbage collection walks its registries: about
+    # 0.3 s at every exit of this command. Freezing the heap at exit skips that walk.
+    atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

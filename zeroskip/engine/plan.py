@@ -14,6 +14,7 @@ run a quantized model's integer kernels; ``auto`` picks per node.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -46,6 +47,16 @@ class Plan:
     mode: str
     steps: list[Step] = field(default_factory=list)
     constants: dict = field(default_factory=dict)
+
+    @property
+    def uses_numba(self) -> bool:
+        """Whether a step runs a Numba kernel (a numpy-only plan never needs Numba at all)."""
+        kernels = sys.modules.get("zeroskip.kernels")
+        if kernels is None:
+            return False
+        names = set(kernels.KERNELS)
+        return any(part in names for step in self.steps
+                   for part in step.kernel.replace("+", " ").split())
 
     def explain(self) -> list[dict]:
         return [dict(node=s.node.name, op=s.node.op,
@@ -638,7 +649,8 @@ def _layer_quant(node: Node, ctx: _Context) -> dict:
                                     f"or per output channel")
     q_w = w_tensor.to_numpy()
     n_out = q_w.shape[0]
-    w2 = np.ascontiguousarray(q_w.reshape(n_out, -1))
+    # a writable copy: a read-only (memory-mapped) weight is another Numba type, a second compile
+    w2 = np.array(q_w.reshape(n_out, -1), order="C")
     w_scale = np.broadcast_to(quant.scale.astype(np.float64), (n_out,))
     b_name = node.inputs[2] if len(node.inputs) > 2 else ""
     q_b = np.zeros(n_out, np.int64)

@@ -7,6 +7,7 @@ mode; ``run`` checks the feeds, walks the steps and frees each activation after 
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -69,8 +70,9 @@ class Session:
         graph = self.model.graph
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
-        with _threads(threads):  # auto's measurements use the thread count the runs will use
+        with _threads(threads if mode == "auto" else None):  # auto measures with the runs' count
             self._plan = build_plan(self.model, mode)
+        self._numba = self._plan.uses_numba
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
         self._last_use = {}
@@ -94,7 +96,7 @@ class Session:
         values = dict(constants)
         values.update(self._check_feeds(feeds))
         keep = {v.name for v in self._outputs}
-        with _threads(self.threads):
+        with _threads(self.threads if self._numba else None), _launch_guard(self._numba):
             for i, step in enumerate(self._plan.steps):
                 step.run(values)
                 for name in step.node.inputs:  # free activations once their last reader has run
@@ -156,12 +158,34 @@ def _threads(count: int | None):
         return
     import numba
 
+    from .. import kernels  # noqa: F401 - picks the threading layer before numba launches one
+
     before = numba.get_num_threads()
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
         numba.set_num_threads(before)
+
+
+_LAUNCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _launch_guard(uses_numba: bool):
+    """Hold the process-wide launch lock while a plan with Numba kernels runs, when the threading
+    layer may not be entered by two threads at once (kernels.serial_launches): concurrent runs then
+    take turns."""
+    if not uses_numba:
+        yield
+        return
+    from ..kernels import serial_launches
+
+    if not serial_launches():
+        yield
+        return
+    with _LAUNCH_LOCK:
+        yield
 
 
 def _show_shape(shape) -> str:
