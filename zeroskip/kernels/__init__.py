@@ -8,29 +8,65 @@ planner (``zeroskip.engine``) has validated, because Numba does not check bounds
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import pkgutil
+import sys
 
-import numba
 
-# The threading layer (docs/kernels.md, "Threads"). Numba prefers OpenMP, whose worker threads
-# must get a core the moment a prange region starts. numpy's OpenBLAS keeps its own threads spinning
-# for a while after every sgemm, so in a plan that mixes the two (dense-f32: im2col, sgemm, bias)
-# on a machine with few cores the OpenMP workers wait a scheduler tick for a core: on the 2-vCPU
-# machine a ResNet-18 ran in 680 ms with 2 threads against 86 ms with 1 (every region 4–36 ms).
-# The workqueue layer has no such wait (81 ms), but may not be entered by two threads at once, so
-# Session serializes kernel runs under it (``serial_launches``). A user's NUMBA_THREADING_LAYER wins;
-# the choice only matters before the first parallel call of the process.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # the environment, not only numba.config: numba re-reads its config from the environment
-    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
-    numba.config.reload_config()
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # if OpenMP is used after all: sleeping workers
+def _prepare_numba() -> None:
+    """Import Numba and ready it for the cached kernels, once, as cheaply as it allows.
+
+    * **Threading layer** (docs/kernels.md, "Threads"). Numba prefers OpenMP, whose workers must
+      get a core the moment a prange region starts. numpy's OpenBLAS keeps its own threads spinning
+      for a while after every sgemm, so in plans that mix the two (dense-f32: im2col, sgemm, bias)
+      on a machine with few cores the OpenMP workers wait a scheduler tick for a core: on the 2-vCPU
+      machine a ResNet-18 ran in 680 ms with 2 threads against 86 ms with 1 (each region 4–36 ms).
+      The workqueue layer has no such wait (~80 ms), but may not be entered by two threads at once,
+      so Session serializes kernel runs under it (``serial_launches``). A user's
+      NUMBA_THREADING_LAYER wins; the choice only matters before the process's first parallel call.
+    * **Start-up** (measured on the 2-vCPU machine, warm cache): the first call of any cached
+      kernel makes Numba load all its implementation registries (0.35–0.4 s). 0.15–0.19 s of that
+      is its probe for SciPy's BLAS (``import scipy.linalg.cython_blas``), which only np.convolve /
+      np.correlate in jitted code would use (np.dot and np.linalg probe again when typed); no kernel
+      here uses either, so the probe is skipped unless scipy.linalg is loaded already. The garbage
+      collector is off meanwhile (the registries are ~1M long-lived objects: 40–70 ms of passes).
+      If Numba's internals differ, the registries load on the first call as usual.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"  # the environment: numba re-reads it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # if OpenMP is used after all
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        import numba
+        from numba.core.registry import cpu_target
+
+        numba.config.reload_config()
+        hide = "scipy.linalg" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules
+        if hide:
+            sys.modules["scipy.linalg.cython_blas"] = None  # the import fails at once
+        try:
+            cpu_target.target_context.refresh()
+            cpu_target.typing_context.refresh()
+        finally:
+            if hide:
+                del sys.modules["scipy.linalg.cython_blas"]
+    except Exception:  # noqa: BLE001 - an optimization only: the first call does the same work
+        pass
+    finally:
+        if collecting:
+            gc.enable()
+
+
+_prepare_numba()
 
 
 def serial_launches() -> bool:
     """Whether parallel kernels must not be launched from two Python threads at once."""
+    import numba
+
     return numba.config.THREADING_LAYER == "workqueue"
 
 
