@@ -87,6 +87,7 @@ def _conv_ids(case):
 def test_every_kernel_has_a_reference():
     mine = {"conv2d_csr_f32", "conv2d_csr_i8", "im2col_dense_f32", "im2col_dense_i8",
             "im2row_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
+            "maxpool_dense_f32",
             "avgpool_dense_i8", "global_avgpool_dense_i8", "add_dense_i8", "bias_act_dense_f32",
             "clamp_dense_f32", "add_dense_f32"}
     assert mine <= set(KERNELS) and mine <= set(REFERENCES)
@@ -297,6 +298,19 @@ def _round_half_away(v):
     return np.sign(v) * np.floor(np.abs(v) + 0.5)
 
 
+@pytest.mark.parametrize("case", POOL_CASES, ids=_pool_ids)
+def test_maxpool_dense_f32(case):
+    """Every window, including those on pads only (float32's lowest) and inputs of −inf."""
+    rng = np.random.default_rng(2)
+    out, args, _, geo = _pool_args(case)
+    x = rng.standard_normal((2, 3, case[0], case[1])).astype(np.float32)
+    x[0, 1] = -np.inf  # a plane of −inf: windows that reach it give −inf, not the finite lowest
+    y = np.full((2, 3, *out), np.nan, np.float32)
+    KERNELS["maxpool_dense_f32"](x, y, *args)
+    want = REFERENCES["maxpool_dense_f32"](x, **geo)
+    np.testing.assert_array_equal(y, want.astype(np.float32), err_msg=_pool_ids(case))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("case", POOL_CASES, ids=_pool_ids)
 def test_maxpool_dense_i8(case, dtype):
@@ -478,6 +492,10 @@ def test_pool_property(data):
                  dtype=dtype, case=_pool_ids(case), cip=cip)
     KERNELS["maxpool_dense_i8"](x, y, *args)
     assert_exact(y, REFERENCES["maxpool_dense_i8"](x, **geo), dtype=dtype, case=_pool_ids(case))
+    xf = rng.standard_normal((1, 2, H, W)).astype(np.float32)
+    yf = np.zeros((1, 2, *out), np.float32)
+    KERNELS["maxpool_dense_f32"](xf, yf, *args)
+    np.testing.assert_array_equal(yf, REFERENCES["maxpool_dense_f32"](xf, **geo).astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- threads

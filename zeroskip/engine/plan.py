@@ -475,8 +475,57 @@ def _cast_f32(node: Node, ctx: _Context):
     return Step(node, "numpy astype", "conversion to float32", run)
 
 
+def _maxpool_f32(node: Node, ctx: _Context):
+    """2-D float MaxPool: the max-pool kernel on float32 planes (other inputs: the reference op)."""
+    from ..kernels import KERNELS
+
+    if len(node.attrs["kernel_shape"]) != 2:
+        return None
+    kernel = KERNELS["maxpool_dense_f32"]
+    reference = reference_step(node, ctx.tensors, cast="float32").run
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim != 4 or x.dtype.kind != "f":
+            return reference(values)
+        x = np.ascontiguousarray(x, np.float32)
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = _pool_geometry(node, x.shape)
+        y = np.empty(x.shape[:2] + (oh, ow), np.float32)
+        kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
+        values[out] = y
+
+    return Step(node, "maxpool_dense_f32", "window max per plane, pads never win", run)
+
+
+def _batchnorm_f32(node: Node, ctx: _Context):
+    """A BatchNormalization no pass could fold (its producer is not a float Conv/Gemm, e.g. between
+    a DequantizeLinear and a QuantizeLinear): y = x·a[c] + b[c] in float32, a and b computed once
+    from constant statistics (a = γ/√(σ²+ε), b = β − μ·a, in float64)."""
+    stats = [ctx.const(name) for name in node.inputs[1:]]
+    if any(v is None for v in stats):
+        return None
+    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in stats)
+    a = gamma / np.sqrt(var + float(node.attrs["epsilon"]))
+    b = beta - mean * a
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim < 2 or x.shape[1] != a.size:
+            raise InputError(f"node {node.name!r} (BatchNormalization): expected {a.size} channels "
+                             f"on axis 1, got shape {x.shape}")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = np.multiply(x, a.astype(np.float32).reshape(shape), dtype=np.float32)
+        y += b.astype(np.float32).reshape(shape)
+        values[out] = y
+
+    return Step(node, "numpy multiply-add", "per-channel scale and shift, precomputed", run)
+
+
 _F32_BUILDERS = {"Gemm": _gemm_f32, "MatMul": _matmul_f32, "Conv": _conv_f32, "Add": _add_f32,
-                 "Relu": _clamp_f32, "Clip": _clamp_f32, "Mul": _mul_f32, "Cast": _cast_f32}
+                 "Relu": _clamp_f32, "Clip": _clamp_f32, "Mul": _mul_f32, "Cast": _cast_f32,
+                 "MaxPool": _maxpool_f32, "BatchNormalization": _batchnorm_f32}
 
 
 # -- sparse-f32: the CSR kernels ------------------------------------------------------------------

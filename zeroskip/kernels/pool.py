@@ -1,4 +1,4 @@
-"""Quantized pooling (uint8 or int8 activations): max, average, global average.
+"""Pooling: max on float32, and max, average, global average on uint8/int8 activations.
 
 Geometry (kernel, strides, dilations, pads, ceil_mode) is resolved at plan time by
 ``zeroskip.reference._windows.geometry``; the output size is y's shape. Each parallel iteration owns
@@ -21,6 +21,29 @@ def _lowest(y):
     return y.dtype.type(-128) if minus_one < 0 else y.dtype.type(0)
 
 
+@njit(cache=True)
+def _maxpool_plane(xc, yc, kh, kw, sh, sw, dh, dw, pt, pl, lowest):
+    """yc [OH,OW] = max over each window of the plane xc [H,W]; ``lowest`` where only pads lie.
+
+    Per output row: row = lowest; per tap (i, j) whose input row is inside, the valid output columns
+    [lo, hi) once, then a (strided) elementwise max over them.
+    """
+    H, W = xc.shape
+    OH, OW = yc.shape
+    for oh in range(OH):
+        yr = yc[oh]
+        yr[:] = lowest
+        for i in range(kh):
+            h = oh * sh + i * dh - pt
+            if h < 0 or h >= H:
+                continue
+            xr = xc[h]
+            for j in range(kw):
+                lo, hi = _out_range(j, dw, pl, sw, W, OW)
+                for ow in range(lo, hi):
+                    yr[ow] = max(yr[ow], xr[ow * sw + j * dw - pl])
+
+
 def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     # x (B,C,H,W) -> y (B,C,OH,OW), uint8|int8
     """y[b,c,oh,ow] = max_(i,j) x[b,c, oh·sh + i·dh − pt, ow·sw + j·dw − pl] over taps inside x
@@ -33,26 +56,48 @@ def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     x [B,C,H,W] uint8|int8; y [B,C,OH,OW] x.dtype; kh, kw, sh, sw, dh, dw, pt, pl — geometry.
     Work: B·C·OH·OW·kh·kw compares; x read kh·kw times from cache, y written once.
     """
-    B, C, H, W = x.shape
-    OH, OW = y.shape[2], y.shape[3]
+    C = x.shape[1]
     lowest = _lowest(y)
-    for t in prange(B * C):
-        xc, yc = x[t // C, t % C], y[t // C, t % C]
-        for oh in range(OH):
-            yr = yc[oh]
-            yr[:] = lowest
-            for i in range(kh):
-                h = oh * sh + i * dh - pt
-                if h < 0 or h >= H:
-                    continue
-                for j in range(kw):
-                    lo, hi = _out_range(j, dw, pl, sw, W, OW)
-                    xr = xc[h]
-                    for ow in range(lo, hi):
-                        yr[ow] = max(yr[ow], xr[ow * sw + j * dw - pl])
+    for t in prange(x.shape[0] * C):
+        _maxpool_plane(x[t // C, t % C], y[t // C, t % C], kh, kw, sh, sw, dh, dw, pt, pl, lowest)
 
 
 maxpool_dense_i8 = njit(cache=True, parallel=True)(_maxpool_dense_i8)
+
+
+@njit(cache=True)
+def _any_tap(o, s, d, p, k, n):
+    """Whether output o's window (taps t < k at o·s + t·d − p) reaches inside [0, n)."""
+    for t in range(k):
+        if 0 <= o * s + t * d - p < n:
+            return True
+    return False
+
+
+def _maxpool_dense_f32(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
+    # x (B,C,H,W) -> y (B,C,OH,OW), float32
+    """y[b,c,oh,ow] = max_(i,j) x[b,c, oh·sh + i·dh − pt, ow·sw + j·dw − pl] over taps inside x
+
+    The same loop as maxpool_dense_i8 with −inf as the start value; a window on pads only (a
+    dilation or pad wider than the kernel) gives float32's lowest finite value, as onnxruntime does.
+    NaN inputs are not propagated (max keeps the running value), unlike np.max.
+    x [B,C,H,W] float32; y [B,C,OH,OW] float32; kh, kw, sh, sw, dh, dw, pt, pl — geometry.
+    Work: B·C·OH·OW·kh·kw compares.
+    """
+    B, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    finite_lowest = np.float32(np.finfo(np.float32).min)
+    for t in prange(B * C):
+        yc = y[t // C, t % C]
+        _maxpool_plane(x[t // C, t % C], yc, kh, kw, sh, sw, dh, dw, pt, pl, np.float32(-np.inf))
+        for oh in range(OH):  # a window reaches x iff its rows do and its columns do
+            rows_inside = _any_tap(oh, sh, dh, pt, kh, H)
+            for ow in range(OW):
+                if not (rows_inside and _any_tap(ow, sw, dw, pl, kw, W)):
+                    yc[oh, ow] = finite_lowest
+
+
+maxpool_dense_f32 = njit(cache=True, parallel=True)(_maxpool_dense_f32)
 
 
 @njit(cache=True)
@@ -137,5 +182,5 @@ def _global_avgpool_dense_i8(x, y, x_zero_point, multiplier, shift, y_zero_point
 
 global_avgpool_dense_i8 = njit(cache=True, parallel=True)(_global_avgpool_dense_i8)
 
-KERNELS = {"maxpool_dense_i8": maxpool_dense_i8, "avgpool_dense_i8": avgpool_dense_i8,
-           "global_avgpool_dense_i8": global_avgpool_dense_i8}
+KERNELS = {"maxpool_dense_f32": maxpool_dense_f32, "maxpool_dense_i8": maxpool_dense_i8,
+           "avgpool_dense_i8": avgpool_dense_i8, "global_avgpool_dense_i8": global_avgpool_dense_i8}

@@ -167,5 +167,12 @@ def global_avgpool_dense_i8(x, x_zero_point, multiplier, shift, y_zero_point, lo
     return np.clip(t + int(y_zero_point), lo, hi)
 
 
-REFERENCES = {"maxpool_dense_i8": maxpool_dense_i8, "avgpool_dense_i8": avgpool_dense_i8,
+def maxpool_dense_f32(x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0):
+    """y [B,C,*out] float64: the float reference MaxPool (pads never win; a window on pads only gives
+    float32's lowest finite value)."""
+    return max_pool(x, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations,
+                    ceil_mode=ceil_mode)
+
+
+REFERENCES = {"maxpool_dense_f32": maxpool_dense_f32, "maxpool_dense_i8": maxpool_dense_i8, "avgpool_dense_i8": avgpool_dense_i8,
               "global_avgpool_dense_i8": global_avgpool_dense_i8}
