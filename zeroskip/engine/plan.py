@@ -489,13 +489,17 @@ def _maxpool_f32(node: Node, ctx: _Context):
         x = values[x_name]
         if x.ndim != 4 or x.dtype.kind != "f":
             return reference(values)
-        x = np.ascontiguousarray(x, np.float32)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = _pool_geometry(node, x.shape)
-        y = np.empty(x.shape[:2] + (oh, ow), np.float32)
-        kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
-        values[out] = y
+        values[out] = _max_pool(node, kernel, np.ascontiguousarray(x, np.float32))
 
     return Step(node, "maxpool_dense_f32", "window max per plane, pads never win", run)
+
+
+def _max_pool(node: Node, kernel, x: np.ndarray) -> np.ndarray:
+    """y = a max-pool kernel (float32 or 8-bit, same signature) on x (N, C, H, W), contiguous."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = _pool_geometry(node, x.shape)
+    y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
+    return y
 
 
 def _batchnorm_f32(node: Node, ctx: _Context):
@@ -1082,10 +1086,7 @@ def _qmaxpool_i8(node: Node, ctx: _Context):
         _check_q8(node, x)
         if x.ndim != 4:
             raise InputError(f"node {node.name!r} (QMaxPool): expected (N, C, H, W), got {x.shape}")
-        (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = _pool_geometry(node, x.shape)
-        y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
-        kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
-        values[out] = y
+        values[out] = _max_pool(node, kernel, x)
 
     return Step(node, "maxpool_dense_i8", "max of the integers (same scale in and out)", run)
 
