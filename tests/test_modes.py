@@ -148,7 +148,8 @@ def test_auto_mode_on_float_models(name):
         assert_close(want, session.run(feeds), rtol=1e-4, atol=1e-5 + k * 2.0 ** -24 * 64,
                      context=f"{name} auto")
     weighted = [r for r in session.explain() if r["op"] in ("Conv", "Gemm") and r["kernel"] != "fused"]
-    assert all("break-even" in r["reason"] for r in weighted), weighted
+    assert all("auto: measured on this layer" in r["reason"] or "break-even" in r["reason"]
+               for r in weighted), weighted
 
 
 @pytest.mark.parametrize("case", QUANT_CASES[::3], ids=["-".join(c) for c in QUANT_CASES[::3]])
@@ -168,7 +169,8 @@ def test_auto_choice_follows_the_measured_table(monkeypatch):
     from zeroskip.engine import plan
 
     monkeypatch.setattr(plan._Context, "auto_choice",
-                        lambda self, shape_class, density: (density < 0.5, f"test {density:.2f}"))
+                        lambda self, shape_class, density, node=None: (density < 0.5,
+                                                                       f"test {density:.2f}"))
     from test_oracle import torch_mlp_gemm
 
     onnx_model, _ = torch_mlp_gemm(density=0.1)  # pruned first layers, a dense last one
@@ -178,6 +180,35 @@ def test_auto_choice_follows_the_measured_table(monkeypatch):
     for row in rows:
             want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
             assert row["kernel"] == want, row
+
+
+def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp_path):
+    """With a known input shape, auto times both kernels on the layer itself (cached per machine):
+    the choice follows those timings, whatever the density says, and a second plan reuses them."""
+    from zeroskip.engine import plan
+
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_measure(node, tensors, x_shape, x_dtype):
+        calls.append((node.name, tuple(x_shape)))
+        dense_first = tensors[node.inputs[1]].density < 0.5  # the opposite of a density rule
+        return (1e-3, 2e-3) if dense_first else (2e-3, 1e-3)
+
+    monkeypatch.setattr(plan, "measure_layer", fake_measure)
+    from test_oracle import torch_mlp_gemm
+
+    onnx_model, _ = torch_mlp_gemm(density=0.1)
+    model = zeroskip.import_onnx(onnx_model)
+    rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
+    assert calls and all(shape[0] == 1 for _, shape in calls)  # a dynamic batch is timed at 1
+    for row in rows:
+        want = "gemm_dense_f32 (numpy BLAS)" if row["density"] < 0.5 else "matmul_csr_f32"
+        assert row["kernel"] == want, row
+        assert "measured on this layer: dense" in row["reason"], row
+    count = len(calls)
+    zeroskip.Session(model, mode="auto")
+    assert len(calls) == count  # cached: not measured again
 
 
 @pytest.mark.parametrize("mode", ["dense-f32", "sparse-f32", "dense-i8", "sparse-i8"])

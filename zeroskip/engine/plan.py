@@ -155,6 +155,7 @@ class _Context:
         self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
         self.integer = False
         self._table = None
+        self._shapes = None
         self.last_auto_reason = ""
 
     def unfuse(self, producer: str) -> None:
@@ -163,20 +164,51 @@ class _Context:
         if entry is not None:
             del self.fused_into[entry[0].name]
 
-    def auto_choice(self, shape_class: str, density: float) -> tuple[bool, str]:
-        """(use CSR?, why) for a layer of ``shape_class`` at ``density``, from the break-even
-        density measured on this CPU (engine/tuning.py)."""
+    def auto_choice(self, shape_class: str, density: float, node: Node | None = None
+                    ) -> tuple[bool, str]:
+        """(use CSR?, why) for a layer of ``shape_class`` at ``density``, from timings on this CPU
+        (engine/tuning.py): of ``node`` itself, both kernels on its own shapes, when its input
+        shape is known (batch 1 for a dynamic batch); else the break-even density measured for
+        the shape class on a representative layer."""
         import numba
 
         from .tuning import BreakEvenTable
 
         if self._table is None:
             self._table = BreakEvenTable(threads=numba.get_num_threads())
+        x_info = self._input_info(node) if node is not None else None
+        entry = None
+        if x_info is not None:
+            key = layer_key(node, self.tensors, x_info, density)
+            entry = self._table.get_layer(key, lambda: measure_layer(node, self.tensors, *x_info))
+        if entry is not None:
+            dense, sparse = entry["dense_s"], entry["sparse_s"]
+            faster = "CSR" if sparse < dense else "dense"
+            return sparse < dense, (f"measured on this layer: dense {dense * 1e3:.3g} ms, CSR "
+                                    f"{sparse * 1e3:.3g} ms (density {density:.3f}): {faster}")
         entry = self._table.get(shape_class, measure_class(shape_class))
         edge = entry["break_even"]
         if density < edge:
             return True, f"density {density:.3f} < break-even {edge:.3f} measured for {shape_class!r}"
         return False, f"density {density:.3f} >= break-even {edge:.3f} measured for {shape_class!r}"
+
+    def _input_info(self, node: Node):
+        """(shape with batch 1, dtype) of ``node``'s first input, or None if a dimension other than
+        the batch is unknown (then auto falls back to the shape-class table)."""
+        if self._shapes is None:
+            from ..shapes import infer_shapes
+
+            try:
+                self._shapes = infer_shapes(self.model.graph)
+            except ZeroskipError:
+                self._shapes = {}
+        info = self._shapes.get(node.inputs[0])
+        if info is None or info.shape is None or not info.shape:
+            return None
+        dims = [1 if i == 0 and d is None else d for i, d in enumerate(info.shape)]
+        if not all(isinstance(d, (int, np.integer)) for d in dims):
+            return None
+        return tuple(int(d) for d in dims), str(info.dtype)
 
     def const(self, name: str):
         return self.constants.get(name) if name else None
@@ -258,7 +290,7 @@ def _build_step(node: Node, ctx: _Context) -> Step | None:
     if ctx.mode == "auto" and node.op in _SPARSE_F32_BUILDERS:
         tensor = ctx.tensors.get(node.inputs[1])
         if tensor is not None:
-            sparse, why = ctx.auto_choice(f"{node.op.lower()} f32", tensor.density)
+            sparse, why = ctx.auto_choice(f"{node.op.lower()} f32", tensor.density, node)
             step = (_SPARSE_F32_BUILDERS if sparse else _F32_BUILDERS)[node.op](node, ctx)
             if step is not None:
                 step.reason = f"auto: {why}; {step.reason}"
@@ -835,7 +867,7 @@ def _qgemm_i8(node: Node, ctx: _Context):
     from ..kernels import KERNELS
 
     q = _layer_quant(node, ctx)
-    gemm = _GemmAccumulator(q["w"], _use_csr(ctx, q["density"], "gemm i8"))
+    gemm = _GemmAccumulator(q["w"], _use_csr(ctx, q["density"], "gemm i8", node))
     requantize = KERNELS["requantize_dense_i8"]
     x_name, out = node.inputs[0], node.outputs[0]
     scratch = Scratch()
@@ -869,7 +901,7 @@ def _qconv_i8(node: Node, ctx: _Context):
 
     q = _layer_quant(node, ctx)
     conv = _ConvAccumulator(node, q["w"].reshape(q["w_shape"]),
-                            lambda: _use_csr(ctx, q["density"], "conv i8"))
+                            lambda: _use_csr(ctx, q["density"], "conv i8", node))
     requantize = KERNELS["requantize_dense_i8"]
     x_name, out = node.inputs[0], node.outputs[0]
 
@@ -1211,9 +1243,9 @@ _INTEGER_BUILDERS = {"DynamicQuantizeLinear": _dynamic_quantize, "MatMulInteger"
 weight format follows the mode (CSR in sparse-*, measured in auto)."""
 
 
-def _use_csr(ctx: _Context, density: float, shape_class: str) -> bool:
+def _use_csr(ctx: _Context, density: float, shape_class: str, node: Node | None = None) -> bool:
     if ctx.mode == "auto":
-        use, why = ctx.auto_choice(shape_class, density)
+        use, why = ctx.auto_choice(shape_class, density, node)
         ctx.last_auto_reason = why
         return use
     return ctx.mode in ("sparse-i8", "sparse-f32")
@@ -1226,6 +1258,47 @@ REPRESENTATIVE = {
     "gemm": ("Gemm", (256, 512), (32, 512)),
     "conv": ("Conv", (64, 64, 3, 3), (1, 64, 28, 28)),
 }
+
+
+def layer_key(node: Node, tensors: dict, x_info, density: float) -> str:
+    """What a per-layer timing depends on: op, weight shape, input shape and type, attributes,
+    density (to 0.01)."""
+    import json
+
+    w = tensors[node.inputs[1]]
+    attrs = {k: v for k, v in sorted(node.attrs.items()) if not k.startswith(("x_", "y_", "clip"))}
+    return (f"layer {node.op} w{list(w.shape)} x{list(x_info[0])} {x_info[1]} "
+            f"{json.dumps(attrs, sort_keys=True)} d{density:.2f}")
+
+
+def measure_layer(node: Node, tensors: dict, x_shape, x_dtype) -> tuple[float, float] | None:
+    """(dense seconds, CSR seconds) of ``node`` on a random input of ``x_shape``: the same step
+    builders the plans use, in the dense and the sparse mode of the node's kind. None when either
+    has no kernel for this node (it runs the reference op whatever auto picks)."""
+    from ..model import Graph, Model, ValueInfo
+    from .tuning import best_time
+
+    integer = node.op in _I8_BUILDERS
+    rng = np.random.default_rng(0)
+    if np.dtype(x_dtype).kind in "iu":
+        info = np.iinfo(x_dtype)
+        x = rng.integers(info.min, info.max + 1, x_shape).astype(x_dtype)
+    else:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+    weights = {name: tensors[name] for name in node.inputs[1:] if name}
+    graph = Graph([node], [ValueInfo(node.inputs[0], tuple(x_shape), str(x.dtype))],
+                  [ValueInfo(node.outputs[0], None, "float32")], weights)
+    times = []
+    for mode in (("dense-i8", "sparse-i8") if integer else ("dense-f32", "sparse-f32")):
+        ctx = _Context(Model(graph), mode, np.float32)
+        ctx.integer = integer
+        step = _build_step(node, ctx)
+        if step is None:
+            return None
+        values = {node.inputs[0]: x}
+        values.update(ctx.constants)
+        times.append(best_time(lambda: step.run(values)))
+    return times[0], times[1]
 
 
 def measure_class(shape_class: str):
