@@ -1,5 +1,6 @@
 """Session: input checks with exact messages, outputs, pickling, and the ways to open a model."""
 
+import os
 import pickle
 import re
 
@@ -206,3 +207,18 @@ def test_numpy_only_plans_never_import_numba_and_int8_weights_compile_once():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "1"]
+
+
+def test_one_thread_sessions_take_the_serial_twins_of_the_same_kernels():
+    """threads=1: the same loops compiled without parallel=True (the threads tests compare their
+    outputs with the parallel kernels' byte for byte)."""
+    from zeroskip.kernels import KERNELS, serial_kernel
+
+    for name, kernel in KERNELS.items():
+        twin = serial_kernel(name)
+        assert twin.py_func.__code__ is kernel.py_func.__code__, name
+        assert kernel.targetoptions.get("parallel") and not twin.targetoptions.get("parallel"), name
+        assert twin.py_func.__qualname__.endswith("_serial"), name  # its own disk-cache entry
+    data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
+    one, two = Session(data, mode="sparse-i8", threads=1), Session(data, mode="sparse-i8", threads=2)
+    assert one._plan.serial and not two._plan.serial

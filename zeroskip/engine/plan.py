@@ -13,6 +13,7 @@ run a quantized model's integer kernels; ``auto`` picks per node.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 import threading
@@ -47,6 +48,7 @@ class Plan:
     mode: str
     steps: list[Step] = field(default_factory=list)
     constants: dict = field(default_factory=dict)
+    serial: bool = False
 
     @property
     def uses_numba(self) -> bool:
@@ -251,8 +253,30 @@ def _find_fusions(model: Model) -> dict:
     return fused
 
 
-def build_plan(model: Model, mode: str) -> Plan:
-    """The steps that run ``model`` in ``mode`` (the model is not modified)."""
+_SERIAL = contextvars.ContextVar("zeroskip_serial_kernels", default=False)
+"""True while a plan for one thread is being built: its steps take the serial kernel twins."""
+
+
+def _kernel(name: str):
+    """The kernel a step being built calls: the parallel one, or its serial twin (one thread)."""
+    from ..kernels import KERNELS, serial_kernel
+
+    return serial_kernel(name) if _SERIAL.get() else KERNELS[name]
+
+
+def build_plan(model: Model, mode: str, serial: bool = False) -> Plan:
+    """The steps that run ``model`` in ``mode`` (the model is not modified); ``serial``: the
+    session runs on one thread, so the kernels are the serial twins (kernels.serial_kernel)."""
+    token = _SERIAL.set(serial)
+    try:
+        plan = _build_plan(model, mode)
+    finally:
+        _SERIAL.reset(token)
+    plan.serial = serial
+    return plan
+
+
+def _build_plan(model: Model, mode: str) -> Plan:
     from .passes import dequantize_model, optimize
 
     check_mode(model, mode)
@@ -371,8 +395,6 @@ def _conv_f32(node: Node, ctx: _Context):
 
     A 1×1, stride-1, unpadded conv needs no im2col: x[b] is already the (C, H·W) column matrix.
     """
-    from ..kernels import KERNELS
-
     w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 4:
         return None  # 1-D and 3-D convs run on the reference op
@@ -382,7 +404,7 @@ def _conv_f32(node: Node, ctx: _Context):
     group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
     wmat = np.ascontiguousarray(w.reshape(group, n_out // group, c_group * kh * kw))
     bias = np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
-    im2col, epilogue = KERNELS["im2col_dense_f32"], KERNELS["bias_act_dense_f32"]
+    im2col, epilogue = _kernel("im2col_dense_f32"), _kernel("bias_act_dense_f32")
     out, lo, hi = _activation(ctx, node)
     lo, hi = _bounds(lo, hi)
     x_name, channels = node.inputs[0], group * c_group
@@ -417,9 +439,7 @@ def _conv_f32(node: Node, ctx: _Context):
 def _add_f32(node: Node, ctx: _Context):
     """Float Add: the add kernel (with a fused Relu/Clip) on equal shapes, numpy broadcasting else;
     integer (shape arithmetic) Adds keep the reference op."""
-    from ..kernels import KERNELS
-
-    kernel = KERNELS["add_dense_f32"]
+    kernel = _kernel("add_dense_f32")
     reference = REFERENCE_OPS["Add"]
     out, lo, hi = _activation(ctx, node)
     lo32, hi32 = _bounds(lo, hi)
@@ -453,9 +473,7 @@ def _add_f32(node: Node, ctx: _Context):
 
 def _clamp_f32(node: Node, ctx: _Context):
     """A Relu or Clip that no producer absorbed: the clamp kernel on float inputs."""
-    from ..kernels import KERNELS
-
-    kernel = KERNELS["clamp_dense_f32"]
+    kernel = _kernel("clamp_dense_f32")
     lo, hi = (0.0, None) if node.op == "Relu" else (node.attrs["min"], node.attrs["max"])
     lo32, hi32 = _bounds(lo, hi)
     x_name, out = node.inputs[0], node.outputs[0]
@@ -509,11 +527,9 @@ def _cast_f32(node: Node, ctx: _Context):
 
 def _maxpool_f32(node: Node, ctx: _Context):
     """2-D float MaxPool: the max-pool kernel on float32 planes (other inputs: the reference op)."""
-    from ..kernels import KERNELS
-
     if len(node.attrs["kernel_shape"]) != 2:
         return None
-    kernel = KERNELS["maxpool_dense_f32"]
+    kernel = _kernel("maxpool_dense_f32")
     reference = reference_step(node, ctx.tensors, cast="float32").run
     x_name, out = node.inputs[0], node.outputs[0]
 
@@ -590,8 +606,6 @@ def _csr_f32(matrix: np.ndarray):
 
 def _gemm_csr_f32(node: Node, ctx: _Context):
     """y (M,N) = x (M,K) @ W'ᵀ + c: the kernel computes yt = W' (N,K) csr @ xt (K,M)."""
-    from ..kernels import KERNELS
-
     w = ctx.const(node.inputs[1])
     attrs = node.attrs
     if w is None or w.ndim != 2 or attrs["transA"]:
@@ -606,7 +620,7 @@ def _gemm_csr_f32(node: Node, ctx: _Context):
     bias = np.zeros(n_out, np.float32) if c is None else \
         np.ascontiguousarray(np.broadcast_to(c * np.float32(attrs["beta"]), (n_out,)), np.float32)
     indptr, indices, data = _csr_f32(w_nk)
-    kernel = KERNELS["matmul_csr_f32"]
+    kernel = _kernel("matmul_csr_f32")
     out, lo, hi = _activation(ctx, node)
     lo, hi = _bounds(lo, hi)
     x_name, k_in = node.inputs[0], w_nk.shape[1]
@@ -660,8 +674,6 @@ def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> di
 
 def _conv_csr_f32(node: Node, ctx: _Context):
     """Direct sparse conv (no im2col), or the depthwise kernel for depthwise convs."""
-    from ..kernels import KERNELS
-
     w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 4:
         return None
@@ -676,12 +688,12 @@ def _conv_csr_f32(node: Node, ctx: _Context):
     depthwise = c_group == 1 and group == channels and n_out % channels == 0
     if depthwise:
         taps = np.ascontiguousarray(w.reshape(n_out, kh * kw), np.float32)
-        kernel, name = KERNELS["depthwise_dense_f32"], "depthwise_dense_f32"
+        kernel, name = _kernel("depthwise_dense_f32"), "depthwise_dense_f32"
         reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
         density = ctx.tensors[node.inputs[1]].density
     else:
         indptr, indices, data = _csr_f32(w.reshape(n_out, -1))
-        kernel, name = KERNELS["conv2d_csr_f32"], "conv2d_csr_f32"
+        kernel, name = _kernel("conv2d_csr_f32"), "conv2d_csr_f32"
         reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
         density = len(data) / max(w.size, 1)
     scratch = Scratch()
@@ -773,17 +785,15 @@ class _GemmAccumulator:
     """
 
     def __init__(self, w2: np.ndarray, sparse: bool):
-        from ..kernels import KERNELS
-
         self.n_out, self.k_in = w2.shape
         self.sparse = sparse
         if sparse:
             self.csr = _csr(w2)
-            self.kernel, self.name = KERNELS["matmul_csr_i8"], "matmul_csr_i8"
+            self.kernel, self.name = _kernel("matmul_csr_i8"), "matmul_csr_i8"
             self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
         else:
             self.w = np.ascontiguousarray(w2)
-            self.kernel, self.name = KERNELS["matmul_dense_i8"], "matmul_dense_i8"
+            self.kernel, self.name = _kernel("matmul_dense_i8"), "matmul_dense_i8"
             self.reason = "dense int8 weights, int32 accumulation"
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
@@ -802,8 +812,6 @@ class _ConvAccumulator:
     def __init__(self, node: Node, w4: np.ndarray, use_csr: Callable[[], bool]):
         """w4 (N, C/group, kh, kw) int8; ``use_csr()`` is asked only when the conv is not
         depthwise (depthwise taps are always dense)."""
-        from ..kernels import KERNELS
-
         self.node = node
         self.n_out, self.c_group, self.kh, self.kw = w4.shape
         self.group = node.attrs["group"]
@@ -813,14 +821,14 @@ class _ConvAccumulator:
                           and self.n_out % self.channels == 0)
         self.sparse = not self.depthwise and use_csr()
         if self.depthwise:
-            self.kernel, self.name = KERNELS["depthwise_dense_i8"], "depthwise_dense_i8"
+            self.kernel, self.name = _kernel("depthwise_dense_i8"), "depthwise_dense_i8"
             self.reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
         elif self.sparse:
             self.csr = _csr(self.w)
-            self.kernel, self.name = KERNELS["conv2d_csr_i8"], "conv2d_csr_i8"
+            self.kernel, self.name = _kernel("conv2d_csr_i8"), "conv2d_csr_i8"
             self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
         else:
-            self.im2row, self.kernel = KERNELS["im2row_dense_i8"], KERNELS["matmul_dense_i8"]
+            self.im2row, self.kernel = _kernel("im2row_dense_i8"), _kernel("matmul_dense_i8")
             self.name = "im2row_dense_i8 + matmul_dense_i8"
             self.reason = "im2row (zero-point padded) then a dense int8 GEMM per group"
             per = self.n_out // self.group
@@ -864,11 +872,9 @@ class _ConvAccumulator:
 
 
 def _qgemm_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
     q = _layer_quant(node, ctx)
     gemm = _GemmAccumulator(q["w"], _use_csr(ctx, q["density"], "gemm i8", node))
-    requantize = KERNELS["requantize_dense_i8"]
+    requantize = _kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
     scratch = Scratch()
 
@@ -897,12 +903,10 @@ def _int8_step(node, ctx, name, reason, run, density, chosen: bool) -> Step:
 
 
 def _qconv_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
     q = _layer_quant(node, ctx)
     conv = _ConvAccumulator(node, q["w"].reshape(q["w_shape"]),
                             lambda: _use_csr(ctx, q["density"], "conv i8", node))
-    requantize = KERNELS["requantize_dense_i8"]
+    requantize = _kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
@@ -919,10 +923,9 @@ def _qconv_i8(node: Node, ctx: _Context):
 
 # -- ONNX's integer ops: DynamicQuantizeLinear, MatMulInteger, ConvInteger ------------------------
 def _dynamic_quantize(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
     from ..reference.quantized import dynamic_quantize_params
 
-    kernel = KERNELS["quantize_dense_f32"]
+    kernel = _kernel("quantize_dense_f32")
     x_name = node.inputs[0]
     y_name, scale_name, zp_name = node.outputs
 
@@ -1056,9 +1059,7 @@ def _nonzero_share(array: np.ndarray) -> float:
 
 
 def _quantize_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
-    kernel = KERNELS["quantize_dense_f32"]
+    kernel = _kernel("quantize_dense_f32")
     attrs = node.attrs
     scale, zp, dtype = np.float32(attrs["y_scale"]), int(attrs["y_zero_point"]), _Q8[attrs["y_dtype"]]
     x_name, out = node.inputs[0], node.outputs[0]
@@ -1074,9 +1075,7 @@ def _quantize_i8(node: Node, ctx: _Context):
 
 
 def _dequantize_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
-    kernel = KERNELS["dequantize_dense_i8"]
+    kernel = _kernel("dequantize_dense_i8")
     scale, zp = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero_point"])
     x_name, out = node.inputs[0], node.outputs[0]
 
@@ -1106,11 +1105,9 @@ def _pool_geometry(node: Node, x_shape):
 
 
 def _qmaxpool_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
     if len(node.attrs["kernel_shape"]) != 2:
         return None
-    kernel = KERNELS["maxpool_dense_i8"]
+    kernel = _kernel("maxpool_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
@@ -1124,13 +1121,11 @@ def _qmaxpool_i8(node: Node, ctx: _Context):
 
 
 def _qavgpool_i8(node: Node, ctx: _Context):
-    from ..kernels import KERNELS
-
     attrs = node.attrs
     if len(attrs["kernel_shape"]) != 2 or attrs["x_scale"] != attrs["y_scale"] \
             or attrs["x_zero_point"] != attrs["y_zero_point"]:
         return None  # other params out than in: the float reference op
-    kernel = KERNELS["avgpool_dense_i8"]
+    kernel = _kernel("avgpool_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
     x_zp, include = int(attrs["x_zero_point"]), int(attrs["count_include_pad"])
 
@@ -1151,16 +1146,14 @@ def _qavgpool_i8(node: Node, ctx: _Context):
 
 def _qgap_i8(node: Node, ctx: _Context):
     from .. import quantmath
-    from ..kernels import KERNELS
-
     attrs = node.attrs
-    kernel = KERNELS["global_avgpool_dense_i8"]
+    kernel = _kernel("global_avgpool_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
     x_zp, y_zp = int(attrs["x_zero_point"]), int(attrs["y_zero_point"])
     lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp)
     ratio = float(attrs["x_scale"]) / float(attrs["y_scale"])
     dtype = _Q8[attrs["y_dtype"]]
-    average = KERNELS["avgpool_dense_i8"]
+    average = _kernel("avgpool_dense_i8")
     same = attrs["x_scale"] == attrs["y_scale"] and x_zp == y_zp
 
     def run(values):
@@ -1193,10 +1186,8 @@ def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
 
 def _qadd_i8(node: Node, ctx: _Context):
     from .. import quantmath
-    from ..kernels import KERNELS
-
     attrs = node.attrs
-    kernel = KERNELS["add_dense_i8"]
+    kernel = _kernel("add_dense_i8")
     a_mult, b_mult, shift = add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
                                             float(attrs["b_scale"]) / float(attrs["y_scale"]))
     y_zp = int(attrs["y_zero_point"])

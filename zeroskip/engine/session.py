@@ -51,7 +51,8 @@ class Session:
 
     model_or_path — a ``Model``, a path to a ``.zsk`` (or ``.onnx``) file, or ``.zsk`` bytes.
     mode — how to run it; see ``MODES`` and DESIGN.md's table of modes.
-    threads — Numba threads for this session's runs (None: Numba's default).
+    threads — Numba threads for this session's runs (None: Numba's default). With 1 the plan takes
+    the kernels' serial twins, which skip the threading layer (and its lock) altogether.
 
     A Session pickles as its model's ``.zsk`` bytes, its mode and its thread count, and ``run`` is a
     pure function of its inputs, so it can be shipped to workers and mapped over chunks of a batch.
@@ -71,7 +72,7 @@ class Session:
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
         with _threads(threads if mode == "auto" else None):  # auto measures with the runs' count
-            self._plan = build_plan(self.model, mode)
+            self._plan = build_plan(self.model, mode, serial=threads == 1)
         self._numba = self._plan.uses_numba
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
@@ -96,7 +97,8 @@ class Session:
         values = dict(constants)
         values.update(self._check_feeds(feeds))
         keep = {v.name for v in self._outputs}
-        with _threads(self.threads if self._numba else None), _launch_guard(self._numba):
+        parallel = self._numba and not self._plan.serial  # serial kernels never enter the pool
+        with _threads(self.threads if parallel else None), _launch_guard(parallel):
             for i, step in enumerate(self._plan.steps):
                 step.run(values)
                 for name in step.node.inputs:  # free activations once their last reader has run
