@@ -52,7 +52,6 @@ def _csr(w):
 
 
 def _ort_session(kind, M, N, K, w):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
     if kind == "f32":
