@@ -14,6 +14,9 @@ Paths (each a whole conv layer, output included):
 - ``ort-conv-f32``: onnxruntime Conv, the peer baseline.
 ``test_target_ratio`` times dense-f32 and sparse-i8 side by side on the issue's shape (ResNet-50
 3×3 256→256 at 14×14, 90 % sparse) and records the ratio (target ≥ 3).
+
+The kernels timed are the serial twins (``zeroskip.kernels.serial_kernel``) that a one-thread
+Session runs: the parallel builds would add the threading layer's round trip to every call.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import compile_seconds, read_shapes
-from zeroskip.kernels import conv_csr, depthwise, elementwise, im2col, quant
+from zeroskip.kernels import conv_csr, depthwise, serial_kernel
 from zeroskip.reference._windows import geometry
 
 DENSITIES = [0.1, 0.3]
@@ -69,11 +72,11 @@ class Layer:
         self.geo = (kh, kw, stride, stride, 1, 1, pad, pad)
 
     def dense_f32(self):
-        im2col.im2col_dense_f32(self.x, self.cols, *self.geo)
+        serial_kernel("im2col_dense_f32")(self.x, self.cols, *self.geo)
         g, K = self.g, self.K
         y = self.y.reshape(1, g, self.N // g, self.OH * self.OW)
         np.matmul(self.w.reshape(g, self.N // g, K), self.cols.reshape(1, g, K, -1), out=y)
-        elementwise.bias_act_dense_f32(self.y.reshape(1, self.N, -1), self.b, 0.0, np.inf)
+        serial_kernel("bias_act_dense_f32")(self.y.reshape(1, self.N, -1), self.b, 0.0, np.inf)
 
     def sparse_f32_args(self):
         return (self.indptr, self.indices, self.data, self.b, self.x, self.xp, self.ws, self.y,
@@ -84,9 +87,9 @@ class Layer:
                 self.acc, *self.geo[:4], 1, 1, self.p, self.p, self.g)
 
     def sparse_i8(self):
-        conv_csr.conv2d_csr_i8(*self.sparse_i8_args())
-        quant.requantize_dense_i8(self.acc.reshape(self.N, -1), self.m0, self.shift, 0, 0, 255,
-                                  self.yq)
+        serial_kernel("conv2d_csr_i8")(*self.sparse_i8_args())
+        serial_kernel("requantize_dense_i8")(self.acc.reshape(self.N, -1), self.m0, self.shift,
+                                             0, 0, 255, self.yq)
 
     def depthwise_f32_args(self):
         return (self.w, self.b, self.x, self.xp, self.ws, self.y, *self.geo[:4], 1, 1, self.p,
@@ -97,9 +100,9 @@ class Layer:
                 self.p, self.p)
 
     def depthwise_i8(self):
-        depthwise.depthwise_dense_i8(*self.depthwise_i8_args())
-        quant.requantize_dense_i8(self.acc.reshape(self.N, -1), self.m0, self.shift, 0, 0, 255,
-                                  self.yq)
+        serial_kernel("depthwise_dense_i8")(*self.depthwise_i8_args())
+        serial_kernel("requantize_dense_i8")(self.acc.reshape(self.N, -1), self.m0, self.shift,
+                                             0, 0, 255, self.yq)
 
     def ort_session(self):
         import onnxruntime as ort
@@ -151,7 +154,7 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
     elif path == "sparse-f32":
         args = layer.sparse_f32_args()
         extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_f32, args)
-        call = lambda: conv_csr.conv2d_csr_f32(*args)  # noqa: E731
+        call = lambda: serial_kernel("conv2d_csr_f32")(*args)  # noqa: E731
     elif path == "sparse-i8":
         extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
         call = layer.sparse_i8
@@ -172,7 +175,7 @@ def test_depthwise(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, pat
     if path == "depthwise-f32":
         args = layer.depthwise_f32_args()
         extra["compile_s"] = compile_seconds(path, depthwise._depthwise_dense_f32, args)
-        call = lambda: depthwise.depthwise_dense_f32(*args)  # noqa: E731
+        call = lambda: serial_kernel("depthwise_dense_f32")(*args)  # noqa: E731
     elif path == "depthwise-i8":
         extra["compile_s"] = compile_seconds(path, depthwise._depthwise_dense_i8,
                                               layer.depthwise_i8_args())

@@ -8,6 +8,9 @@ compile time (a fresh, uncached compile of the same Python function) is in ``ext
 
 Baselines in the same run: numpy float32 ``@`` (OpenBLAS sgemm), ``scipy.sparse.csr_matrix @ dense``,
 onnxruntime MatMul (f32) and MatMulInteger (u8 × s8), all on one thread.
+
+The kernels timed are the serial twins (``zeroskip.kernels.serial_kernel``) that a one-thread
+Session runs: the parallel builds would add the threading layer's round trip to every call.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 import scipy.sparse
 
 from conftest import compile_seconds, read_shapes
-from zeroskip.kernels import matmul_csr, matmul_dense
+from zeroskip.kernels import matmul_csr, matmul_dense, serial_kernel
 
 DENSITIES = [0.05, 0.1, 0.3, 0.5]
 TIME_PER_CASE = 0.25
@@ -92,7 +95,7 @@ def test_dense(benchmark, name, M, N, K, kernel):
         bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
         args = (x, wq, bias, yt)
         extra["compile_s"] = compile_seconds(kernel, matmul_dense._matmul_dense_i8, args)
-        call = lambda: matmul_dense.matmul_dense_i8(*args)  # noqa: E731
+        call = lambda: serial_kernel("matmul_dense_i8")(*args)  # noqa: E731
     _run(benchmark, call, M, N, K, N * K, extra)
 
 
@@ -115,7 +118,7 @@ def test_sparse(benchmark, name, M, N, K, density, kernel):
         args = (indptr, indices, data, b, xt, yt, np.float32(-np.inf), np.float32(np.inf))
         extra["compile_s"] = compile_seconds(kernel, matmul_csr._matmul_csr_f32, args)
         nnz = len(data)
-        call = lambda: matmul_csr.matmul_csr_f32(*args)  # noqa: E731
+        call = lambda: serial_kernel("matmul_csr_f32")(*args)  # noqa: E731
     else:
         indptr, indices, data = _csr(wq)
         xt = rng.integers(0, 256, (K, M)).astype(np.uint8)
@@ -123,5 +126,5 @@ def test_sparse(benchmark, name, M, N, K, density, kernel):
         args = (indptr, indices, data, bias, xt, yt)
         extra["compile_s"] = compile_seconds(kernel, matmul_csr._matmul_csr_i8, args)
         nnz = len(data)
-        call = lambda: matmul_csr.matmul_csr_i8(*args)  # noqa: E731
+        call = lambda: serial_kernel("matmul_csr_i8")(*args)  # noqa: E731
     _run(benchmark, call, M, N, K, nnz, extra)
