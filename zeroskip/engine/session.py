@@ -71,7 +71,8 @@ class Session:
         graph = self.model.graph
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
-        with _threads(threads if mode == "auto" else None):  # auto measures with the runs' count
+        measures = mode == "auto" and threads != 1  # auto times parallel kernels while planning
+        with _threads(threads if mode == "auto" else None), _launch_guard(measures):
             self._plan = build_plan(self.model, mode, serial=threads == 1)
         self._numba = self._plan.uses_numba
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
