@@ -4,8 +4,8 @@ Register tile (docs/kernels.md): M_TILE = 2 rows of x times N_TILE = 4 rows of w
 dot products over K at once. The K loop is written by hand in LLVM IR (`_madd_tile_2x4`): per 16
 values of k it loads the 6 rows' bytes widened to int16 (`vpmovzxbw`/`vpmovsxbw`), and does 8
 `vpmaddwd` (16 int16 products, added in pairs into 8 int32 lanes, exactly) and 8 `vpaddd`; the 8
-accumulators stay in ymm registers. The last K mod 16 values of k, edge rows and edge columns are
-scalar dot products.
+accumulators stay in ymm registers and are reduced together at the end (`vphaddd`). The last K mod
+16 values of k, edge rows and edge columns are scalar dot products.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _madd_tile_2x4(typingctx, x, w, m, n, k_blocks):
     LLVM IR: for each block of 16 k, load x[m+i, k:k+16] (zero- or sign-extended to <16 x i16> as x
     is uint8 or int8) and w[n+j, k:k+16] (sign-extended), acc[i,j] += llvm.x86.avx2.pmadd.wd(x_i, w_j)
     (<8 x i32>: products of int16 are exact in int32, and each lane adds only 2 of them, ≤ 2·255·128
-    or 2·128·128 < 2^31); then each acc is summed over its 8 lanes. Requires AVX2 (the host's).
+    or 2·128·128 < 2^31); then the 8 accumulators are summed across their lanes together (vphaddd).
+    Requires AVX2 (the host's).
     """
     if not (isinstance(x, types.Array) and isinstance(w, types.Array) and x.layout == w.layout == "C"
             and x.dtype in (types.uint8, types.int8) and w.dtype == types.int8):  # rows contiguous
@@ -77,13 +78,20 @@ def _madd_tile_2x4(typingctx, x, w, m, n, k_blocks):
                 for j in range(N_TILE):
                     acc = accs[i * N_TILE + j]
                     builder.store(builder.add(builder.load(acc), builder.call(pmaddwd, [x16, w16[j]])), acc)
-        sums = []
-        for acc in accs:
-            v = builder.load(acc)
-            s = builder.extract_element(v, i32(0))
-            for lane in range(1, K_STEP // 2):
-                s = builder.add(s, builder.extract_element(v, i32(lane)))
-            sums.append(s)
+        # The 8 horizontal sums at once: two rounds of vphaddd (pairwise sums within each 128-bit
+        # half) leave, for accumulators 0–3 and 4–7, the sums of lanes 0–3 and of lanes 4–7 in
+        # separate halves; one shuffle pairs the halves up and one add finishes, in (i, j) order.
+        # Wrapping int32 adds in any order give the exact sum, which fits int32 (the plan checks).
+        phadd = builder.module.declare_intrinsic(
+            "llvm.x86.avx2.phadd.d", fnty=ir.FunctionType(v8i32, [v8i32, v8i32]))
+        v = [builder.load(acc) for acc in accs]
+        h = [builder.call(phadd, [v[2 * t], v[2 * t + 1]]) for t in range(4)]
+        g_lo = builder.call(phadd, [h[0], h[1]])  # [a0..a3: lanes 0-3 | a0..a3: lanes 4-7]
+        g_hi = builder.call(phadd, [h[2], h[3]])  # the same for a4..a7
+        first = builder.shuffle_vector(g_lo, g_hi, ir.Constant(v8i32, [0, 1, 2, 3, 8, 9, 10, 11]))
+        second = builder.shuffle_vector(g_lo, g_hi, ir.Constant(v8i32, [4, 5, 6, 7, 12, 13, 14, 15]))
+        total = builder.add(first, second)
+        sums = [builder.extract_element(total, i32(t)) for t in range(M_TILE * N_TILE)]
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
