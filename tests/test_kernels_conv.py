@@ -212,8 +212,17 @@ def test_im2col(case):
         KERNELS["im2col_dense_i8"](xq, zp, cols, *args)
         assert_exact(cols, REFERENCES["im2col_dense_i8"](xq, zp, **geo), dtype=dtype, zp=zp)
         rows = np.zeros((B, g, q["OH"], q["OW"], K), dtype)
-        KERNELS["im2row_dense_i8"](xq, zp, rows, *args)
-        assert_exact(rows, REFERENCES["im2row_dense_i8"](xq, zp, **geo), dtype=dtype, zp=zp)
+        xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))  # channels last
+        KERNELS["im2row_dense_i8"](xh, zp, rows, *args)
+        assert_exact(rows, REFERENCES["im2row_dense_i8"](xh, zp, **geo), dtype=dtype, zp=zp)
+        # the rows times the tap-major weights are the convolution (the planner's permutation)
+        wq = rng.integers(-127, 128, (N, C // g, kh, kw)).astype(np.int64)
+        w_tap = wq.transpose(0, 2, 3, 1).reshape(g, N // g, K)
+        got = np.einsum("bgmk,gnk->bgnm", rows.reshape(B, g, -1, K).astype(np.int64), w_tap)
+        want = OPS["Conv"]((xq.astype(np.int64) - zp).astype(np.float64), wq.astype(np.float64),
+                           None, strides=s, pads=p, dilations=d, group=g)
+        want = want.reshape(B, g, N // g, -1) + zp * wq.reshape(g, N // g, -1).sum(-1)[None, :, :, None]
+        np.testing.assert_array_equal(got, np.rint(want).astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- depthwise

@@ -830,9 +830,10 @@ class _ConvAccumulator:
         else:
             self.im2row, self.kernel = _kernel("im2row_dense_i8"), _kernel("matmul_dense_i8")
             self.name = "im2row_dense_i8 + matmul_dense_i8"
-            self.reason = "im2row (zero-point padded) then a dense int8 GEMM per group"
+            self.reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
             per = self.n_out // self.group
-            self.w_groups = [np.ascontiguousarray(self.w[g * per:(g + 1) * per])
+            taps_first = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row's k order
+            self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
                              for g in range(self.group)]
         self.scratch = Scratch()
 
@@ -861,7 +862,9 @@ class _ConvAccumulator:
                 self.kernel(*self.csr, bias, x, x_zp, xp, ws, acc, *geo, group)
         else:
             rows = self.scratch.get("rows", (batch, group, oh, ow, self.c_group * kh * kw), x.dtype)
-            self.im2row(x, x_zp, rows, *geo)
+            xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
+            xh[...] = x.transpose(0, 2, 3, 1)  # channels last: each tap is one contiguous copy
+            self.im2row(xh, x_zp, rows, *geo)
             per = n_out // group
             for b in range(batch):
                 for gi in range(group):

@@ -3,7 +3,8 @@
 cols[b, g, k, m] = xpad[b, g·C/g + c, oh·sh + i·dh, ow·sw + j·dw] with k = c·kh·kw + i·kw + j and
 m = oh·OW + ow, the same k as the weight matrix (N, C/g·kh·kw). ``im2col_*`` writes it K-major
 (B, g, K, OH, OW) = (K, M) per (b, g), the layout numpy BLAS and the CSR matmuls take;
-``im2row_dense_i8`` writes it pixel-major (B, g, OH, OW, K), K contiguous, for the dense int8 GEMM.
+``im2row_dense_i8`` writes it pixel-major (B, g, OH, OW, K), K contiguous and tap-major, from a
+channels-last input, for the dense int8 GEMM.
 1×1 stride-1 unpadded convs need neither: x[b] viewed (C, H·W) already is the (K, M) matrix.
 """
 
@@ -85,29 +86,39 @@ def _im2col_dense_i8(x, x_zero_point, cols, kh, kw, sh, sw, dh, dw, pt, pl):
 im2col_dense_i8 = njit(cache=True, parallel=True)(_im2col_dense_i8)
 
 
-def _im2row_dense_i8(x, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
-    # x (B,C,H,W) uint8|int8 -> rows (B, g, OH, OW, C/g·kh·kw)
-    """rows[b,g,oh,ow,k] = x[b, g·C/g + c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], x_zero_point on pads.
+def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
+    # xh (B,H,W,C) uint8|int8, channels last -> rows (B, g, OH, OW, kh·kw·C/g), tap-major
+    """rows[b,g,oh,ow,(i·kw + j)·C/g + c] = xh[b, oh·sh + i·dh − pt, ow·sw + j·dw − pl, g·C/g + c],
+    x_zero_point on pads.
 
-    Loop nest: prange over (b, g, oh); per pixel ow, per c, i, j one element, K contiguous.
-    x [B,C,H,W] uint8|int8; x_zero_point int — the pad value (real 0); rows [B,g,OH,OW,K] x.dtype —
-    output, the (M, K) matrix per (b, g); geometry ints as im2col_dense_f32.
-    Work: no flops; B·C·kh·kw·OH·OW bytes written.
+    Channels last, so each tap (i, j) of a pixel is one contiguous run of C/g bytes, copied from one
+    contiguous run of the input: the NCHW gather (one cache line per channel per element) cost as much
+    as the GEMM. The GEMM's weights are permuted to the same tap-major order at plan time.
+    Loop nest: prange over (b, g, oh); per pixel ow, per tap (i, j): a C/g-byte copy or fill.
+    xh [B,H,W,C] uint8|int8 — the input, channels last; x_zero_point int — the pad value (real 0)
+    rows [B,g,OH,OW,K] xh.dtype — output, the (M, K) matrix per (b, g), K = kh·kw·C/g
+    geometry ints as im2col_dense_f32. Work: no flops; B·C·kh·kw·OH·OW bytes written.
     """
-    B, C, H, W = x.shape
+    B, H, W, C = xh.shape
     G, OH, OW = rows.shape[1], rows.shape[2], rows.shape[3]
     Cg = C // G
     for t in prange(B * G * OH):
         b, g, oh = t // (G * OH), (t // OH) % G, t % OH
+        c0 = g * Cg
         for ow in range(OW):
             r = rows[b, g, oh, ow]
-            for c in range(Cg):
-                for i in range(kh):
-                    h = oh * sh + i * dh - pt
-                    for j in range(kw):
-                        w = ow * sw + j * dw - pl
-                        inside = 0 <= h < H and 0 <= w < W
-                        r[(c * kh + i) * kw + j] = x[b, g * Cg + c, h, w] if inside else x_zero_point
+            for i in range(kh):
+                h = oh * sh + i * dh - pt
+                for j in range(kw):
+                    w = ow * sw + j * dw - pl
+                    k0 = (i * kw + j) * Cg
+                    if 0 <= h < H and 0 <= w < W:
+                        src = xh[b, h, w]
+                        for c in range(Cg):
+                            r[k0 + c] = src[c0 + c]
+                    else:
+                        for c in range(Cg):
+                            r[k0 + c] = x_zero_point
 
 
 im2row_dense_i8 = njit(cache=True, parallel=True)(_im2row_dense_i8)

@@ -44,11 +44,16 @@ def im2col_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, 
     return cols.reshape(*cols.shape[:3], *out)
 
 
-def im2row_dense_i8(x, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
-    """rows [B, g, OH, OW, K] int64 (pixel-major, K contiguous), pads = x_zero_point."""
+def im2row_dense_i8(xh, x_zero_point, *, kernel_shape, strides, pads, dilations, groups):
+    """rows [B, g, OH, OW, K] int64 (pixel-major, K contiguous), pads = x_zero_point, from the
+    channels-last xh [B, H, W, C]; K is tap-major: k = (i·kw + j)·C/g + c."""
+    x = np.asarray(xh).transpose(0, 3, 1, 2)                       # NCHW
     cols = im2col_dense_i8(x, x_zero_point, kernel_shape=kernel_shape, strides=strides, pads=pads,
-                           dilations=dilations, groups=groups)
-    return np.ascontiguousarray(cols.transpose(0, 1, 3, 4, 2))
+                           dilations=dilations, groups=groups)    # (B, g, C/g·kh·kw, OH, OW)
+    B, G, _, OH, OW = cols.shape
+    kh, kw = kernel_shape
+    cols = cols.reshape(B, G, -1, kh * kw, OH, OW).transpose(0, 1, 4, 5, 3, 2)  # (.., OH, OW, taps, c)
+    return np.ascontiguousarray(cols.reshape(B, G, OH, OW, -1))
 
 
 REFERENCES = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
