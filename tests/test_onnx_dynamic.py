@@ -103,7 +103,7 @@ def test_full_range_int8_weights_are_where_onnxruntime_saturates():
     assert any(not np.array_equal(exact[k], ort[k]) for k in exact)
 
 
-def test_int8_weights_run_integer_kernels_and_uint8_ones_say_why_not():
+def test_integer_ops_run_on_the_int8_kernels_uint8_weights_in_offset_form():
     data, _, _ = _quantized("cnn", "int8", False, False)
     imported = zeroskip.import_onnx(onnx.ModelProto.FromString(data))
     rows = {r["op"]: r for r in zeroskip.Session(imported, mode="sparse-i8").explain()}
@@ -114,11 +114,14 @@ def test_int8_weights_run_integer_kernels_and_uint8_ones_say_why_not():
     assert rows["ConvInteger"]["kernel"] == "im2row_dense_i8 + matmul_dense_i8"
     assert rows["MatMulInteger"]["kernel"] == "matmul_dense_i8"
 
-    data, _, _ = _quantized("cnn", "uint8", False, False)
+    data, _, _ = _quantized("cnn", "uint8", False, False)  # zero points far from 128
     imported = zeroskip.import_onnx(onnx.ModelProto.FromString(data))
-    rows = [r for r in zeroskip.Session(imported, mode="dense-i8").explain() if r["op"] in INTEGER_OPS]
-    assert rows and all(r["kernel"] == "reference" for r in rows)
-    assert all("weight − zero point does not fit int8" in r["reason"] for r in rows)
+    for mode in ("dense-i8", "sparse-i8"):  # the offset form is dense in every mode
+        rows = {r["op"]: r for r in zeroskip.Session(imported, mode=mode).explain()}
+        assert rows["ConvInteger"]["kernel"] == "im2row_dense_i8 + matmul_dense_i8"
+        assert rows["MatMulInteger"]["kernel"] == "matmul_dense_i8"
+        for op in INTEGER_OPS:
+            assert "uint8 weight as (w − 128) + (128 − w_zp)" in rows[op]["reason"]
 
 
 # -- hand-built graphs: every input form the kernels take, and the ones they hand back --------------
@@ -151,14 +154,18 @@ def _ints(rng, shape, dtype):
 
 
 @pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
-@pytest.mark.parametrize("w_zp_kind", ["none", "tensor", "channel"])
+@pytest.mark.parametrize("w_zp_kind", ["none", "tensor", "channel", "uint8 channel"])
 @pytest.mark.parametrize("a_shape", [(5, 33), (2, 3, 33), (1, 33)])
 def test_matmul_integer_kernels_equal_the_reference(a_shape, w_zp_kind, a_dtype):
     rng = np.random.default_rng(len(a_shape) + a_shape[0])
     w = _ints(rng, (33, 9), np.int8) // 2  # w − w_zp stays within int8
     w[rng.random(w.shape) < 0.7] = 0
     w_zp = {"none": np.zeros((), np.int8), "tensor": np.array(3, np.int8),
-            "channel": rng.integers(-20, 20, 9).astype(np.int8)}[w_zp_kind]
+            "channel": rng.integers(-20, 20, 9).astype(np.int8),
+            "uint8 channel": rng.integers(0, 256, 9).astype(np.uint8)}[w_zp_kind]
+    if w_zp.dtype == np.uint8:  # full-range uint8 weights: w − w_zp spans [−255, 255]
+        w = _ints(rng, (33, 9), np.uint8)
+        w[:, 0], w_zp[0] = 255, 0  # and some certainly do not fit int8
     a = _ints(rng, a_shape, a_dtype)
     model, q_zp = _integer_graph("MatMulInteger", a_shape, a_dtype, w, w_zp,
                                  a_zp=np.array(a.flat[0], a_dtype))
@@ -202,13 +209,16 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_CASES)
-@pytest.mark.parametrize("x_dtype", [np.uint8, np.int8])
-def test_conv_integer_kernels_are_exact(x_shape, w_shape, attrs, x_dtype):
+@pytest.mark.parametrize("x_dtype,w_dtype", [(np.uint8, np.int8), (np.int8, np.int8),
+                                             (np.uint8, np.uint8)])
+def test_conv_integer_kernels_are_exact(x_shape, w_shape, attrs, x_dtype, w_dtype):
     rng = np.random.default_rng(int(np.prod(x_shape)))
     w = _ints(rng, w_shape, np.int8) // 2
     w[rng.random(w.shape) < 0.6] = 0
     w_zp = rng.integers(-10, 10, w_shape[0]).astype(np.int8) if x_dtype == np.int8 \
         else np.array(4, np.int8)
+    if w_dtype == np.uint8:  # full-range uint8 weights, zero points far from 128: the offset form
+        w, w_zp = _ints(rng, w_shape, np.uint8), rng.integers(0, 40, w_shape[0]).astype(np.uint8)
     model, q_zp = _integer_graph("ConvInteger", x_shape, x_dtype, w, w_zp,
                                  a_zp=np.array(7 if x_dtype == np.uint8 else -5, x_dtype), **attrs)
     feeds = _feed(_ints(rng, x_shape, x_dtype), q_zp)

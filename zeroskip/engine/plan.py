@@ -809,17 +809,19 @@ class _ConvAccumulator:
     pads filled with the input zero point. Depthwise taps, the direct sparse conv, or im2row + the
     dense GEMM per group (docs/kernels.md)."""
 
-    def __init__(self, node: Node, w4: np.ndarray, use_csr: Callable[[], bool]):
+    def __init__(self, node: Node, w4: np.ndarray, use_csr: Callable[[], bool],
+                 im2row_only: bool = False):
         """w4 (N, C/group, kh, kw) int8; ``use_csr()`` is asked only when the conv is not
-        depthwise (depthwise taps are always dense)."""
+        depthwise (depthwise taps are always dense); ``im2row_only``: always the im2row path
+        (``window_sums`` needs its rows)."""
         self.node = node
         self.n_out, self.c_group, self.kh, self.kw = w4.shape
         self.group = node.attrs["group"]
         self.channels = self.group * self.c_group
         self.w = np.ascontiguousarray(w4.reshape(self.n_out, -1))
-        self.depthwise = (self.c_group == 1 and self.group == self.channels
+        self.depthwise = (not im2row_only and self.c_group == 1 and self.group == self.channels
                           and self.n_out % self.channels == 0)
-        self.sparse = not self.depthwise and use_csr()
+        self.sparse = not im2row_only and not self.depthwise and use_csr()
         if self.depthwise:
             self.kernel, self.name = _kernel("depthwise_dense_i8"), "depthwise_dense_i8"
             self.reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
@@ -843,6 +845,14 @@ class _ConvAccumulator:
             raise InputError(f"node {self.node.name!r} ({self.node.op}): expected input "
                              f"(N, {self.channels}, H, W), got shape {x.shape}")
         return np.ascontiguousarray(x)
+
+    def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
+        """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
+        int64, from the rows of this thread's last call (im2row path; pads hold x_zp, so add 0)."""
+        batch, _, oh, ow = acc_shape
+        rows = self.scratch.get("rows", (batch, self.group, oh, ow, self.c_group * self.kh * self.kw),
+                                dtype)
+        return rows.sum(axis=-1, dtype=np.int64) - rows.shape[-1] * x_zp
 
     def __call__(self, x: np.ndarray, x_zp: int, bias: np.ndarray) -> np.ndarray:
         """The accumulator (a scratch array, valid until the next call on this thread) for x
@@ -949,10 +959,16 @@ def _dynamic_quantize(node: Node, ctx: _Context):
 
 
 def _integer_weight(node: Node, ctx: _Context, axis: int):
-    """(w' int8 with the output channels first, rowsum int64, why not) for MatMulInteger /
-    ConvInteger: w' = w − w_zp (per tensor or per output channel ``axis``) when the weight and its
-    zero point are initializers and every w' fits int8 and the int32 accumulator cannot overflow
-    for any 8-bit input and input zero point. Otherwise (None, None, why)."""
+    """(w' int8 with the output channels first, rowsum int64, offset, why not) for MatMulInteger /
+    ConvInteger, when the weight and its zero point are initializers and the int32 accumulator
+    cannot overflow for any 8-bit input and input zero point:
+
+    * w' = w − w_zp (per tensor or per output channel ``axis``) when every w' fits int8; offset None;
+    * otherwise (a uint8 weight whose zero point is far from 128) w' = w − 128, which always fits,
+      and offset[n] = 128 − w_zp[n]: Σ_k (x − x_zp)(w − w_zp) = Σ_k (x − x_zp)·w' + offset[n]·Σ_k (x −
+      x_zp), the last sum taken per output row at run time.
+
+    Otherwise (None, None, None, why)."""
     from .. import quantmath
 
     w_name = node.inputs[1]
@@ -960,27 +976,31 @@ def _integer_weight(node: Node, ctx: _Context, axis: int):
     w_tensor = ctx.tensors.get(w_name)
     zp_tensor = ctx.tensors.get(zp_name) if zp_name else None
     if w_tensor is None or (zp_name and zp_tensor is None):
-        return None, None, "the weight or its zero point is not a constant"
+        return None, None, None, "the weight or its zero point is not a constant"
     w = w_tensor.to_numpy().astype(np.int64)
     if w.ndim < 2:
-        return None, None, f"a {w.ndim}-D weight"
+        return None, None, None, f"a {w.ndim}-D weight"
     zp = np.zeros((), np.int64) if zp_tensor is None else zp_tensor.to_numpy().astype(np.int64)
     if zp.size != 1 and zp.shape != (w.shape[axis],):
-        return None, None, f"zero point of shape {list(zp.shape)}"
+        return None, None, None, f"zero point of shape {list(zp.shape)}"
     shape = [1] * w.ndim
     if zp.size != 1:
         shape[axis] = -1
-    centered = np.moveaxis(w - zp.reshape(shape), axis, 0)
+    w = np.moveaxis(w, axis, 0)
+    zp_n = np.broadcast_to(zp.reshape(-1), (w.shape[0],))
+    centered = w - zp_n.reshape((-1,) + (1,) * (w.ndim - 1))
+    offset = None
     if centered.size and (centered.min() < -128 or centered.max() > 127):
-        return None, None, "weight − zero point does not fit int8"
+        base = 128 if w_tensor.dtype == np.uint8 else 0
+        centered, offset = w - base, base - zp_n.astype(np.int64)
     w8 = np.ascontiguousarray(centered.astype(np.int8))
     rowsum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
     k = w8[0].size if len(w8) else 0
     try:  # |x·w| ≤ 255·128; the folded bias −x_zp·rowsum with |x_zp| ≤ 255
         quantmath.check_accumulator_range(k, 255 * 128, 255 * rowsum)
     except UnsupportedModelError as err:
-        return None, None, str(err)
-    return w8, rowsum, ""
+        return None, None, None, str(err)
+    return w8, rowsum, offset, ""
 
 
 def _input_zero_point(node: Node, values: dict) -> int | None:
@@ -999,7 +1019,7 @@ def _integer_step(node: Node, ctx: _Context, build):
     chosen) when the weight converts (``_integer_weight``), else the reference op with the reason.
     ``fallback(values)`` runs the reference op (int32 out) for inputs the kernels do not take."""
     axis = 1 if node.op == "MatMulInteger" else 0
-    w8, rowsum, why = _integer_weight(node, ctx, axis)
+    w8, rowsum, offset, why = _integer_weight(node, ctx, axis)
     reference = reference_step(node, ctx.tensors, f"reference op (exact integer arithmetic): {why}")
     if w8 is None:
         return reference
@@ -1008,17 +1028,20 @@ def _integer_step(node: Node, ctx: _Context, build):
         reference.run(values)
         values[node.outputs[0]] = values[node.outputs[0]].astype(np.int32)
 
-    name, reason, run, chosen = build(w8, rowsum, fallback)
+    name, reason, run, chosen = build(w8, rowsum, offset, fallback)
     if ctx.mode == "auto" and chosen:
         reason = f"auto: {ctx.last_auto_reason}; {reason}"
+    if offset is not None:
+        reason += "; uint8 weight as (w − 128) + (128 − w_zp)·Σ(x − x_zp) per output row"
     return Step(node, name, reason + "; int32 out, the input zero point folded per run", run,
                 _nonzero_share(w8))
 
 
 def _matmul_integer(node: Node, ctx: _Context):
-    def build(w8, rowsum, fallback):
+    def build(w8, rowsum, offset, fallback):
         w2 = np.ascontiguousarray(w8.reshape(w8.shape[0], -1))  # (N, K): B transposed
-        gemm = _GemmAccumulator(w2, _use_csr(ctx, _nonzero_share(w8), "gemm i8"))
+        sparse = offset is None and _use_csr(ctx, _nonzero_share(w8), "gemm i8")
+        gemm = _GemmAccumulator(w2, sparse)
         scratch = Scratch()
 
         def run(values):
@@ -1030,29 +1053,41 @@ def _matmul_integer(node: Node, ctx: _Context):
             x = a.reshape(-1, gemm.k_in)
             acc = scratch.get("acc", (gemm.n_out, x.shape[0]), np.int32)
             gemm(x, (-a_zp * rowsum).astype(np.int32), acc)
-            values[node.outputs[0]] = acc.T.reshape(a.shape[:-1] + (gemm.n_out,)).copy()
+            y = acc.T
+            if offset is not None:  # + offset[n]·Σ_k (x[m,k] − x_zp), exact in int64
+                row_sums = x.sum(axis=1, dtype=np.int64) - gemm.k_in * a_zp
+                y = (y + row_sums[:, None] * offset[None, :]).astype(np.int32)
+            values[node.outputs[0]] = y.reshape(a.shape[:-1] + (gemm.n_out,)).copy()
 
-        return gemm.name, gemm.reason, run, True
+        return gemm.name, gemm.reason, run, offset is None
 
     return _integer_step(node, ctx, build)
 
 
 def _conv_integer(node: Node, ctx: _Context):
-    def build(w8, rowsum, fallback):
+    def build(w8, rowsum, offset, fallback):
         if w8.ndim != 4:
             return "reference", "reference op (exact integer arithmetic): not a 2-D conv", \
                 fallback, False
-        conv = _ConvAccumulator(node, w8, lambda: _use_csr(ctx, _nonzero_share(w8), "conv i8"))
+        # the offset form needs Σ (x − x_zp) per window: the im2row rows hold it
+        conv = _ConvAccumulator(node, w8, lambda: _use_csr(ctx, _nonzero_share(w8), "conv i8"),
+                                im2row_only=offset is not None)
 
         def run(values):
             x_zp = _input_zero_point(node, values)
             if x_zp is None:
                 return fallback(values)
-            acc = conv(conv.check_input(values[node.inputs[0]]), x_zp,
-                       (-x_zp * rowsum).astype(np.int32))
-            values[node.outputs[0]] = acc.copy()
+            x = conv.check_input(values[node.inputs[0]])
+            acc = conv(x, x_zp, (-x_zp * rowsum).astype(np.int32))
+            if offset is None:
+                values[node.outputs[0]] = acc.copy()
+                return
+            window_sums = np.repeat(conv.window_sums(acc.shape, x.dtype, x_zp),
+                                    conv.n_out // conv.group, axis=1)  # (B, N, OH, OW)
+            y = acc + offset[None, :, None, None] * window_sums
+            values[node.outputs[0]] = y.astype(np.int32)
 
-        return conv.name, conv.reason, run, not conv.depthwise
+        return conv.name, conv.reason, run, offset is None and not conv.depthwise
 
     return _integer_step(node, ctx, build)
 
