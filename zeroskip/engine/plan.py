@@ -411,11 +411,7 @@ def _conv_f32(node: Node, ctx: _Context):
     scratch = Scratch()
 
     def run(values):
-        x = values[x_name]
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise InputError(f"node {node.name!r} (Conv): expected input (N, {channels}, H, W), "
-                             f"got shape {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(_conv_input(node, values[x_name], channels), dtype=np.float32)
         g = _conv_geometry(node, x.shape, kh, kw)
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
         if (kh, kw, g["sh"], g["sw"], g["pt"], g["pl"]) == (1, 1, 1, 1, 0, 0) \
@@ -558,8 +554,8 @@ def _batchnorm_f32(node: Node, ctx: _Context):
     if any(v is None for v in stats):
         return None
     gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1) for v in stats)
-    a = gamma / np.sqrt(var + float(node.attrs["epsilon"]))
-    b = beta - mean * a
+    a64 = gamma / np.sqrt(var + float(node.attrs["epsilon"]))
+    a, b = a64.astype(np.float32), (beta - mean * a64).astype(np.float32)
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
@@ -568,8 +564,8 @@ def _batchnorm_f32(node: Node, ctx: _Context):
             raise InputError(f"node {node.name!r} (BatchNormalization): expected {a.size} channels "
                              f"on axis 1, got shape {x.shape}")
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = np.multiply(x, a.astype(np.float32).reshape(shape), dtype=np.float32)
-        y += b.astype(np.float32).reshape(shape)
+        y = np.multiply(x, a.reshape(shape), dtype=np.float32)
+        y += b.reshape(shape)
         values[out] = y
 
     return Step(node, "numpy multiply-add", "per-channel scale and shift, precomputed", run)
@@ -641,6 +637,14 @@ def _gemm_csr_f32(node: Node, ctx: _Context):
                                                      else ""), run, density)
 
 
+def _conv_input(node: Node, x: np.ndarray, channels: int) -> np.ndarray:
+    """x if it is (N, channels, H, W), else InputError naming the node (every 2-D conv step)."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise InputError(f"node {node.name!r} ({node.op}): expected input (N, {channels}, H, W), "
+                         f"got shape {x.shape}")
+    return x
+
+
 def _workspace_len(depthwise: bool, kh: int, kw: int, g: dict) -> int:
     """Per-channel accumulator length of the tile loop; 3×3 depthwise keeps it in registers."""
     return 0 if depthwise and kh == kw == 3 else g["oh"] * g["pitch"]
@@ -699,12 +703,8 @@ def _conv_csr_f32(node: Node, ctx: _Context):
     scratch = Scratch()
 
     def run(values):
-        x = values[x_name]
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise InputError(f"node {node.name!r} (Conv): expected input (N, {channels}, H, W), "
-                             f"got shape {x.shape}")
+        x = np.ascontiguousarray(_conv_input(node, values[x_name], channels), dtype=np.float32)
         g = _conv_geometry(node, x.shape, kh, kw)
-        x = np.ascontiguousarray(x, dtype=np.float32)
         batch = x.shape[0]
         xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
         ws = scratch.get("ws", (batch, n_out, _workspace_len(depthwise, kh, kw, g)), np.float32)
@@ -841,10 +841,7 @@ class _ConvAccumulator:
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         _check_q8(self.node, x)
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise InputError(f"node {self.node.name!r} ({self.node.op}): expected input "
-                             f"(N, {self.channels}, H, W), got shape {x.shape}")
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(_conv_input(self.node, x, self.channels))
 
     def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
         """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)

@@ -43,6 +43,15 @@ def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
             y[oh, ow] = min(max(cast(s + w8 * xq[r2, c2 + u]), lo), hi)
 
 
+@njit(cache=True)
+def _planes_3x3(w, b, x, xp, y, bi, c, mult, sh, sw, dh, dw, pt, pl, fill, lo, hi):
+    """One parallel iteration of the 3×3 loop: pad plane (bi, c) into xp with ``fill`` while it is
+    in L1, then its ``mult`` output channels, one output row per pass (_plane_3x3)."""
+    _pad_plane(x[bi, c], xp[bi, c], pt, pl, fill)
+    for n in range(c * mult, (c + 1) * mult):
+        _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
+
+
 def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):
     # w (N, kh·kw) * x (B,C,H,W) -> y (B,N,OH,OW), channel n reads plane n // (N/C)
     """y[b,n,oh,ow] = clamp(b[n] + Σ_(i,j) w[n, i·kw+j]·xp[b, n//mult, oh·sh+i·dh, ow·sw+j·dw], lo, hi)
@@ -63,10 +72,8 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     mult = N // C
     if kh == 3 and kw == 3:
         for t in prange(B * C):
-            bi, c = t // C, t % C
-            _pad_plane(x[bi, c], xp[bi, c], pt, pl, np.float32(0.0))
-            for n in range(c * mult, (c + 1) * mult):
-                _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
+            _planes_3x3(w, b, x, xp, y, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
+                        np.float32(0.0), lo, hi)
         return
     _pad_planes(x, xp, pt, pl, np.float32(0.0))
     P = _pitch(OW, Wp, sh, sw)
@@ -101,10 +108,8 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     mult = N // C
     if kh == 3 and kw == 3:
         for t in prange(B * C):
-            bi, c = t // C, t % C
-            _pad_plane(x[bi, c], xp[bi, c], pt, pl, x_zero_point)
-            for n in range(c * mult, (c + 1) * mult):
-                _plane_3x3(w[n], bias[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, INT32_MIN, INT32_MAX)
+            _planes_3x3(w, bias, x, xp, y, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
+                        x_zero_point, INT32_MIN, INT32_MAX)
         return
     _pad_planes(x, xp, pt, pl, x_zero_point)
     P = _pitch(OW, Wp, sh, sw)
