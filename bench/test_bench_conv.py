@@ -29,7 +29,7 @@ import pytest
 
 from conftest import compile_seconds, read_shapes
 from zeroskip.kernels import conv_csr, depthwise, serial_kernel
-from zeroskip.reference._windows import geometry
+from zeroskip.geometry import geometry
 
 DENSITIES = [0.1, 0.3]
 TIME_PER_CASE = 0.25

@@ -3,7 +3,7 @@
 f32 kernels: within the K-term float32 bound of the float64 reference (kernel_checks.assert_f32_close,
 magnitude = the same op on |w|, |x|, |b|). int8 kernels: bit-exact against the int64 integer reference
 (kernel_checks.assert_exact). The geometry a planner would resolve (output size, padded plane,
-accumulator pitch) is computed here by ``_plan`` from ``reference._windows.geometry``.
+accumulator pitch) is computed here by ``_plan`` from ``zeroskip.geometry.geometry``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kernel_checks import assert_exact, assert_f32_close
 from zeroskip.kernels import KERNELS
 from zeroskip.quantmath import quantize_multiplier
 from zeroskip.reference import OPS, REFERENCES
-from zeroskip.reference._windows import geometry
+from zeroskip.geometry import geometry
 
 I8_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
 

@@ -330,12 +330,6 @@ class Model:
     graph: Graph
     metadata: dict = field(default_factory=dict)
 
-    def infer_shapes(self) -> dict[str, ValueInfo]:
-        """Shape and dtype of every value in the graph; the batch dimension (None) stays dynamic."""
-        from .shapes import infer_shapes
-
-        return infer_shapes(self.graph)
-
     def weight_rows(self) -> list[dict]:
         """One row per (node, weight input): what ``zeroskip inspect`` prints."""
         rows = []

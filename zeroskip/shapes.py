@@ -23,7 +23,7 @@ import numpy as np
 from .errors import InputError, ModelFormatError
 from .model import DTYPES, Graph, ValueInfo
 from .ops import OPS, normalize_attrs
-from .reference._windows import geometry
+from .geometry import geometry
 
 MAX_ELEMENTS = 64
 """Integer tensors up to this size have their elements tracked (shape arithmetic is tiny)."""

@@ -665,7 +665,7 @@ def _conv_geometry(node: Node, x_shape, kh, kw) -> dict:
 
 @functools.lru_cache(maxsize=1024)
 def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> dict:
-    from ..reference._windows import geometry
+    from ..geometry import geometry
 
     begins, _, (oh, ow) = geometry(spatial, [kh, kw], list(strides), list(dilations),
                                    None if pads is None else list(pads), auto_pad)
@@ -1125,7 +1125,7 @@ def _dequantize_i8(node: Node, ctx: _Context):
 
 
 def _pool_geometry(node: Node, x_shape):
-    from ..reference._windows import geometry
+    from ..geometry import geometry
 
     attrs = node.attrs
     kernel_shape = attrs["kernel_shape"]

@@ -47,7 +47,7 @@ def cache_dir() -> str:
 def machine_key(threads: int) -> str:
     import numba
 
-    from .. import __version__
+    from .._version import __version__
 
     cpu = _cpu_name()
     return (f"{cpu}|numba {numba.__version__}|zeroskip {__version__}|threads {threads}"

@@ -897,7 +897,7 @@ class _Importer:
         return found
 
     def _metadata(self, initializers) -> dict:
-        from .. import __version__
+        from .._version import __version__
 
         source = {"format": "onnx", "opset": self.opset,
                   "producer": f"{self.proto.producer_name} {self.proto.producer_version}".strip(),

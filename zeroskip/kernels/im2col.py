@@ -51,7 +51,7 @@ def _im2col_dense_f32(x, cols, kh, kw, sh, sw, dh, dw, pt, pl):
     of the valid columns [lo, hi) (computed once per row of cols) and a fill of the pads.
     x [B,C,H,W] float32 — input; cols [B,g,K,OH,OW] float32 — output, K = C/g·kh·kw (a view of the
     (B, g, K, M) matrices); kh, kw, sh, sw, dh, dw, pt, pl — kernel, strides, dilations, pads top/left
-    Preconditions: OH, OW from zeroskip.reference._windows.geometry; C divisible by g.
+    Preconditions: OH, OW from zeroskip.geometry.geometry; C divisible by g.
     Work: no flops; B·C·kh·kw·OH·OW elements written (4 bytes each), x read from cache.
     """
     B, C = x.shape[0], x.shape[1]

@@ -1,7 +1,7 @@
 """Pooling: max on float32, and max, average, global average on uint8/int8 activations.
 
 Geometry (kernel, strides, dilations, pads, ceil_mode) is resolved at plan time by
-``zeroskip.reference._windows.geometry``; the output size is y's shape. Each parallel iteration owns
+``zeroskip.geometry.geometry``; the output size is y's shape. Each parallel iteration owns
 one (b, c) plane.
 """
 

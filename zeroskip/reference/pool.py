@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ._windows import geometry, pad_for_windows, windows
+from ..geometry import geometry
+from ._windows import pad_for_windows, windows
 
 
 @dataclass
