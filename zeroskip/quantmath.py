@@ -7,6 +7,8 @@ and the symmetric per-channel weight quantizer of section 1. Nothing here runs p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import UnsupportedModelError
@@ -119,5 +121,18 @@ def quantize_weights(w_float, scales, axis: int = 0) -> np.ndarray:
     return np.clip(np.rint(w / s), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
 
 
-__all__ = ["quantize_multiplier", "fold_bias", "check_accumulator_range", "clamp_bounds",
+def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
+    """(A, B, R): a_ratio ≈ A/2^R, b_ratio ≈ B/2^R on one base, A, B < 2^44 (quantization.md §5).
+
+    a_ratio, b_ratio — a_scale / y_scale and b_scale / y_scale of a QAdd. The larger ratio gets 44
+    significant bits, so (a − a_zp)·A + (b − b_zp)·B fits int64 for 8-bit inputs; R ≤ 62.
+    Raises UnsupportedModelError when a ratio is too large for R ≥ 1."""
+    top = max(a_ratio, b_ratio)
+    shift = min(62, 43 - math.floor(math.log2(top))) if top > 0 else 62
+    if shift < 1:
+        raise UnsupportedModelError(f"QAdd input/output scale ratio {top:g} is too large")
+    return round(a_ratio * 2 ** shift), round(b_ratio * 2 ** shift), shift
+
+
+__all__ = ["add_multipliers", "quantize_multiplier", "fold_bias", "check_accumulator_range", "clamp_bounds",
            "choose_weight_scales", "quantize_weights"]

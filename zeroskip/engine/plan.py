@@ -1208,22 +1208,11 @@ def _qgap_i8(node: Node, ctx: _Context):
     return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run)
 
 
-def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
-    """(A, B, R): a_ratio ≈ A/2^R, b_ratio ≈ B/2^R on one base, A, B < 2^44 (quantization.md §5)."""
-    import math
-
-    top = max(a_ratio, b_ratio)
-    shift = min(62, 43 - math.floor(math.log2(top))) if top > 0 else 62
-    if shift < 1:
-        raise UnsupportedModelError(f"QAdd input/output scale ratio {top:g} is too large")
-    return round(a_ratio * 2 ** shift), round(b_ratio * 2 ** shift), shift
-
-
 def _qadd_i8(node: Node, ctx: _Context):
     from .. import quantmath
     attrs = node.attrs
     kernel = _kernel("add_dense_i8")
-    a_mult, b_mult, shift = add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
+    a_mult, b_mult, shift = quantmath.add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
                                             float(attrs["b_scale"]) / float(attrs["y_scale"]))
     y_zp = int(attrs["y_zero_point"])
     lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp, attrs["clip_min"],
