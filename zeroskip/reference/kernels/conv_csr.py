@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import conv
+from ..ops.conv import conv
 from .im2col import columns
 
 
@@ -21,7 +21,7 @@ def conv2d_csr_f32(indptr, indices, data, b, x, *, kernel_shape, strides, pads, 
                    lo=-np.inf, hi=np.inf):
     """y [B,N,OH,OW] float64 = clip(Conv(x, w, b), lo, hi), w (N, C/g, kh, kw) from its CSR rows.
 
-    Uses the ONNX-semantics float reference ``reference.conv``; pads = [top, left, bottom, right].
+    Uses the ONNX-semantics float reference ``reference.ops.conv``; pads = [top, left, bottom, right].
     """
     x = np.asarray(x, dtype=np.float64)
     kh, kw = kernel_shape

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import geometry
-from ._windows import pad_for_windows, windows
+from ...geometry import geometry
+from ..windows import pad_for_windows, windows
 
 
 def columns(x, fill, kernel_shape, strides, pads, dilations, groups):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import conv
+from ..ops.conv import conv
 from .im2col import columns
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 
 def batch_normalization(x, scale, bias, mean, var, *, epsilon=1e-5):

@@ -1,12 +1,12 @@
 """Float references of the quantized IR ops: dequantize, compute in float64, quantize.
 
 This is the *float* reference of DESIGN.md (it measures quantization error), not the integer
-reference the int8 kernels must match bit for bit. Each op:
+reference the int8 kernels must match bit for bit (``zeroskip.reference.kernels``). Each op:
 
 1. dequantizes its integer inputs, ``real = scale·(q − zero_point)``, with the node's x_*/a_*/b_*
    attributes (an input that arrives as floats is already real: the executor hands quantized
    initializers over dequantized, with their ``QuantParams``);
-2. runs the float op of ``zeroskip.reference`` in float64;
+2. runs the float op of ``zeroskip.reference.ops`` in float64;
 3. applies the fused activation ``clip(y, clip_min, clip_max)`` (real units, None = open);
 4. quantizes as ONNX does: ``q = clamp(round_half_even(y / y_scale) + y_zero_point)`` to the range of
    ``y_dtype``, returned as an int64 array (integer activations travel as int64, like every integer
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 from . import conv as _conv
 from . import elementwise, matmul, pool
 
@@ -185,4 +185,4 @@ OPS = {
     "QAveragePool": qaverage_pool,
     "QGlobalAveragePool": qglobal_average_pool,
 }
-"""IR op name -> float reference (registered in ``zeroskip.reference.OPS``)."""
+"""IR op name -> float reference (registered in ``zeroskip.reference.ops.OPS``)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from ..geometry import geometry
-from ._windows import pad_for_windows, windows
+from ...errors import InputError
+from ...geometry import geometry
+from ..windows import pad_for_windows, windows
 
 
 def conv(x, w, b=None, *, auto_pad="NOTSET", kernel_shape=None, strides=None, pads=None,
