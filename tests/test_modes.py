@@ -166,11 +166,11 @@ def test_auto_mode_on_int8_models_runs_integer_kernels(case):
 
 def test_auto_choice_follows_the_measured_table(monkeypatch):
     """A layer below the break-even density gets CSR, one above it the dense kernel."""
-    from zeroskip.engine import plan
+    from zeroskip.engine.plan.context import Choice, PlanContext
 
-    monkeypatch.setattr(plan._Context, "auto_choice",
-                        lambda self, shape_class, density, node=None: (density < 0.5,
-                                                                       f"test {density:.2f}"))
+    monkeypatch.setattr(PlanContext, "choose_csr",
+                        lambda self, density, shape_class, node=None: Choice(density < 0.5,
+                                                                             f"test {density:.2f}"))
     from test_oracle import torch_mlp_gemm
 
     onnx_model, _ = torch_mlp_gemm(density=0.1)  # pruned first layers, a dense last one
@@ -178,24 +178,25 @@ def test_auto_choice_follows_the_measured_table(monkeypatch):
     rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
     assert {r["density"] < 0.5 for r in rows} == {True, False}
     for row in rows:
-            want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
-            assert row["kernel"] == want, row
+        want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
+        assert row["kernel"] == want, row
+        assert row["reason"].startswith(f"auto: test {row['density']:.2f}; "), row
 
 
 def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp_path):
     """With a known input shape, auto times both kernels on the layer itself (cached per machine):
     the choice follows those timings, whatever the density says, and a second plan reuses them."""
-    from zeroskip.engine import plan
+    from zeroskip.engine import tuning
 
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def fake_measure(node, tensors, x_shape, x_dtype):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode):
         calls.append((node.name, tuple(x_shape)))
         dense_first = tensors[node.inputs[1]].density < 0.5  # the opposite of a density rule
         return (1e-3, 2e-3) if dense_first else (2e-3, 1e-3)
 
-    monkeypatch.setattr(plan, "measure_layer", fake_measure)
+    monkeypatch.setattr(tuning, "measure_layer", fake_measure)
     from test_oracle import torch_mlp_gemm
 
     onnx_model, _ = torch_mlp_gemm(density=0.1)

@@ -5,8 +5,9 @@
 - ``fold_batchnorm``: BatchNormalization right after a float Conv or Gemm is folded into its weights:
   ``w'[n] = w[n]·γ[n]/√(σ²[n]+ε)``, ``b'[n] = (b[n] − μ[n])·γ[n]/√(σ²[n]+ε) + β[n]``.
 
-Activation fusion (Relu/Clip into the producing Conv/Gemm or its requantization) is a planning
-decision, made in ``zeroskip.engine.plan``, because it changes which kernel runs, not the graph.
+Activation fusion (Relu/Clip into the producing Conv/Gemm/Add) leaves the graph as it is:
+``find_fusions`` lists the pairs, and the planner (``zeroskip.engine.plan``) applies the clamp in
+the producer's epilogue, or undoes a fusion whose producer has no epilogue.
 Passes never modify their input model; untouched tensors are shared, not copied.
 """
 
@@ -175,6 +176,29 @@ def _prune_unused(model: Model) -> Model:
 def optimize(model: Model) -> Model:
     """The passes every non-reference mode runs, in order."""
     return fold_batchnorm(fold_constants(drop_identities(model)))
+
+
+_FUSABLE_PRODUCERS = ("Conv", "Gemm", "Add")
+
+
+def find_fusions(model: Model) -> dict:
+    """{producer name: (activation node, lo, hi)} for each Conv/Gemm/Add whose only reader is a
+    Relu or Clip (and whose output is not a graph output): the activation can become the clamp
+    [lo, hi] of the producer's epilogue (None = open)."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    readers = _readers(graph)
+    fused = {}
+    for node in graph.nodes:
+        if node.op not in _FUSABLE_PRODUCERS or node.outputs[0] in outputs:
+            continue
+        reader = readers.get(node.outputs[0], [])
+        if len(reader) != 1 or reader[0].op not in ("Relu", "Clip"):
+            continue
+        act = reader[0]
+        lo, hi = (0.0, None) if act.op == "Relu" else (act.attrs["min"], act.attrs["max"])
+        fused[node.name] = (act, lo, hi)
+    return fused
 
 
 _FLOAT_TWIN = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QMaxPool": "MaxPool",

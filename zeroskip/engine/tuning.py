@@ -16,6 +16,10 @@ milliseconds to a few tenths of a second per layer).
 
 The cache lives in ``$ZEROSKIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/zeroskip``, else
 ``~/.cache/zeroskip``. Writes are atomic; an unreadable cache is ignored and measured again.
+
+The timings run the plans' own steps: ``measure_layer`` and ``measure_class`` take the planner's
+``step_in_mode(model, node, mode) -> Step | None`` and time what it builds, so what auto measures is
+exactly what a plan would run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from .._version import __version__
+from ..model import Dense, Graph, Model, Node, QuantParams, ValueInfo
+from ..ops import normalize_attrs
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 """Densities the micro-benchmark times (fewer than this would miss the knee of the curve)."""
@@ -46,8 +54,6 @@ def cache_dir() -> str:
 
 def machine_key(threads: int) -> str:
     import numba
-
-    from .._version import __version__
 
     cpu = _cpu_name()
     return (f"{cpu}|numba {numba.__version__}|zeroskip {__version__}|threads {threads}"
@@ -159,3 +165,78 @@ class BreakEvenTable:
 def _valid(entry) -> bool:
     return isinstance(entry, dict) and isinstance(entry.get("break_even"), (int, float)) \
         and 0.0 <= entry["break_even"] <= 1.0
+
+
+# -- what is timed: one layer, or a shape class's representative layer ----------------------------
+REPRESENTATIVE = {
+    # shape class: (op, weight shape, input shape). Mid-sized layers of the kind the demo and
+    # bench/shapes/*.txt hold: an MLP layer at batch 32, and a 3x3 conv of a small CNN at 28x28.
+    "gemm": ("Gemm", (256, 512), (32, 512)),
+    "conv": ("Conv", (64, 64, 3, 3), (1, 64, 28, 28)),
+}
+
+
+def layer_key(node: Node, tensors: dict, x_info, density: float) -> str:
+    """What a per-layer timing depends on: op, weight shape, input shape and type, attributes,
+    density (to 0.01)."""
+    w = tensors[node.inputs[1]]
+    attrs = {k: v for k, v in sorted(node.attrs.items()) if not k.startswith(("x_", "y_", "clip"))}
+    return (f"layer {node.op} w{list(w.shape)} x{list(x_info[0])} {x_info[1]} "
+            f"{json.dumps(attrs, sort_keys=True)} d{density:.2f}")
+
+
+def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode
+                ) -> tuple[float, float] | None:
+    """(seconds in modes[0], seconds in modes[1]) of ``node``'s step; None if either has no kernel."""
+    steps = [step_in_mode(model, node, mode) for mode in modes]
+    if any(step is None for step in steps):
+        return None
+    return best_time(lambda: steps[0].run(values)), best_time(lambda: steps[1].run(values))
+
+
+def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mode
+                  ) -> tuple[float, float] | None:
+    """(dense seconds, CSR seconds) of ``node`` on a random input of ``x_shape``, built by
+    ``step_in_mode`` in the two ``modes`` (dense first). None when either has no kernel for this
+    node (it runs the reference op whatever auto picks)."""
+    rng = np.random.default_rng(0)
+    if np.dtype(x_dtype).kind in "iu":
+        info = np.iinfo(x_dtype)
+        x = rng.integers(info.min, info.max + 1, x_shape).astype(x_dtype)
+    else:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+    weights = {name: tensors[name] for name in node.inputs[1:] if name}
+    graph = Graph([node], [ValueInfo(node.inputs[0], tuple(x_shape), str(x.dtype))],
+                  [ValueInfo(node.outputs[0], None, "float32")], weights)
+    return _time_modes(Model(graph), node, {node.inputs[0]: x}, modes, step_in_mode)
+
+
+def measure_class(shape_class: str, modes, step_in_mode) -> Callable[[float], tuple[float, float]]:
+    """``measure(density) -> (dense seconds, sparse seconds)`` for a shape class such as "conv i8":
+    the steps ``step_in_mode`` builds in the two ``modes``, on the class's representative layer."""
+    kind, dtype = shape_class.split()
+    op, w_shape, x_shape = REPRESENTATIVE[kind]
+
+    def measure(density: float) -> tuple[float, float]:
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        w[rng.random(w_shape) >= density] = 0
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        attrs = {"pads": [1, 1, 1, 1]} if op == "Conv" else {"transB": 1}
+        node_op = op
+        if dtype == "i8":
+            node_op = "Q" + op
+            attrs.pop("transB", None)  # QGemm's weight is (N, K) already
+            attrs.update(x_scale=0.05, x_zero_point=128, y_scale=0.1, y_zero_point=128,
+                         y_dtype="uint8")
+            weight = Dense(np.clip(np.rint(w * 40), -127, 127).astype(np.int8),
+                           QuantParams(np.array(0.01, np.float32), np.array(0, np.int8)))
+            x = np.clip(np.rint(x * 20) + 128, 0, 255).astype(np.uint8)
+        else:
+            weight = Dense(w)
+        node = Node("layer", node_op, ["x", "w"], ["y"], normalize_attrs(node_op, attrs))
+        graph = Graph([node], [ValueInfo("x", (None,) + x_shape[1:], str(x.dtype))],
+                      [ValueInfo("y", (None,), "float32")], {"w": weight})
+        return _time_modes(Model(graph), node, {"x": x}, modes, step_in_mode)
+
+    return measure

@@ -1,0 +1,75 @@
+"""``build_plan``: the graph passes, then one step per node — the first family of the mode whose
+builder takes the node (registry.py), else the reference op."""
+
+from __future__ import annotations
+
+from ...model import Model, Node
+from ..passes import dequantize_model, optimize
+# the step-builder modules register themselves in registry.BUILDERS when imported
+from . import f32_csr, f32_dense, int8, onnx_integer, quant_pool_add  # noqa: F401
+from .context import PlanContext
+from .reference import fallback_step, reference_step
+from .registry import BUILDERS, FAMILIES, INT8_MODES, Decline, check_mode, is_quantized
+from .steps import Plan, Step
+from .weights import reference_constant
+
+
+def build_plan(model: Model, mode: str, serial: bool = False) -> Plan:
+    """The steps that run ``model`` in ``mode`` (the model is not modified); ``serial``: the
+    session runs on one thread, so the steps call the kernels' serial twins
+    (kernels.serial_kernel)."""
+    check_mode(model, mode)
+    if mode == "reference":
+        tensors = model.graph.initializers
+        constants = {name: reference_constant(t) for name, t in tensors.items()}
+        steps = [reference_step(node, tensors) for node in model.graph.nodes]
+        return Plan(mode, steps, constants)
+    integer = mode in INT8_MODES or (mode == "auto" and is_quantized(model))
+    model = optimize(model) if integer else optimize(dequantize_model(model))
+    ctx = PlanContext(model, mode, serial, kernel_step)
+    steps = []
+    for node in model.graph.nodes:
+        if node.name in ctx.fused_into:
+            producer = ctx.fused_into[node.name]
+            steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
+                              lambda values: None))
+        else:
+            steps.append(build_step(node, ctx))
+    return Plan(mode, steps, ctx.constants, serial)
+
+
+def kernel_step(node: Node, ctx: PlanContext) -> Step | None:
+    """The step of the first family of ``ctx.mode`` that takes ``node``, or None if none does.
+
+    A family that declines with ``leads`` (auto chose dense over CSR) opens the reason of the
+    step that runs instead."""
+    step, _ = _first_taker(node, ctx)
+    return step
+
+
+def build_step(node: Node, ctx: PlanContext) -> Step:
+    """``kernel_step``, or the float64 reference op when no family takes the node."""
+    step, declines = _first_taker(node, ctx)
+    if step is None:
+        return fallback_step(node, ctx, declines[0].why if declines else "")
+    return step
+
+
+def _first_taker(node: Node, ctx: PlanContext) -> tuple[Step | None, list[Decline]]:
+    declines = []
+    for family in FAMILIES[ctx.mode]:
+        builder = BUILDERS.get((node.op, family))
+        if builder is None:
+            continue
+        result = builder(node, ctx)
+        if isinstance(result, Decline):
+            declines.append(result)
+            continue
+        leads = [d.why for d in declines if d.leads]
+        if leads:
+            result.reason = "; ".join(leads + [result.reason])
+        return result, declines
+    return None, declines
+
+
+__all__ = ["build_plan", "build_step", "kernel_step"]

@@ -1,0 +1,150 @@
+"""``PlanContext``: what the step builders of one plan share — the optimized model, its constants,
+the fused activations, the mode, which kernels to call, and (in auto) the measured choice between
+a layer's CSR and dense kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ...errors import ZeroskipError
+from ...model import Model, Node
+from ...shapes import infer_shapes
+from .. import tuning
+from ..passes import find_fusions
+from .registry import Decline
+from .weights import constant
+
+SPARSE_MODES = ("sparse-f32", "sparse-i8")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """CSR or dense for one layer, and why (empty unless auto measured it)."""
+
+    csr: bool
+    why: str = ""
+
+    def lead(self, reason: str) -> str:
+        """``reason`` opened with the choice's own, when there is one."""
+        return f"auto: {self.why}; {reason}" if self.why else reason
+
+    def declined(self) -> Decline:
+        """A CSR builder's answer when dense won: the choice opens the dense step's reason."""
+        return Decline(f"auto: {self.why}", leads=True)
+
+
+def float_bounds(lo, hi) -> tuple[np.float32, np.float32]:
+    """A fused activation's clamp as the float kernels take it: float32, ±inf where open."""
+    return (np.float32(-np.inf) if lo is None else np.float32(lo),
+            np.float32(np.inf) if hi is None else np.float32(hi))
+
+
+class PlanContext:
+    """The shared state of one plan's step builders.
+
+    model — the optimized model the steps run; mode — the Session's mode; serial — the Session runs
+    one thread, so steps call the kernels' serial twins; kernel_step(node, ctx) -> Step | None —
+    the planner's own step builder without the reference fallback, which auto uses to time a layer
+    in its dense and its sparse mode.
+    """
+
+    def __init__(self, model: Model, mode: str, serial: bool, kernel_step: Callable):
+        self.model = model
+        self.mode = mode
+        self.serial = serial
+        self.kernel_step = kernel_step
+        self.tensors = model.graph.initializers
+        self.constants = {name: constant(t, np.float32) for name, t in self.tensors.items()}
+        self.fused = find_fusions(model)  # producer name -> (activation node, lo, hi)
+        self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
+        self._table = None
+        self._shapes = None
+
+    # -- what builders read --------------------------------------------------------------------
+    def const(self, name: str):
+        """The constant named ``name`` as the kernel steps read it, or None (a run-time value)."""
+        return self.constants.get(name) if name else None
+
+    def kernel(self, name: str):
+        """The kernel a step calls: the parallel one, or its serial twin in a one-thread plan."""
+        from ...kernels import KERNELS, serial_kernel
+
+        return serial_kernel(name) if self.serial else KERNELS[name]
+
+    def activation(self, node: Node):
+        """(output name, lo, hi) of a node, after the fusion of its activation if any."""
+        if node.name in self.fused:
+            act, lo, hi = self.fused[node.name]
+            return act.outputs[0], lo, hi
+        return node.outputs[0], None, None
+
+    def fused_note(self, node: Node) -> str:
+        """", activation fused" when the node's step applies its activation's clamp."""
+        return ", activation fused" if node.name in self.fused else ""
+
+    def unfuse(self, producer: str) -> None:
+        """Undo the fusion of ``producer``'s activation (its step cannot apply the clamp)."""
+        entry = self.fused.pop(producer, None)
+        if entry is not None:
+            del self.fused_into[entry[0].name]
+
+    # -- CSR or dense ----------------------------------------------------------------------------
+    def choose_csr(self, density: float, shape_class: str, node: Node | None = None) -> Choice:
+        """CSR or dense for a layer of ``shape_class`` (e.g. "conv i8") at ``density``.
+
+        A sparse mode takes CSR, a dense one the dense kernel. ``auto`` decides from timings on this
+        CPU (engine/tuning.py): of ``node`` itself, both kernels on its own shapes, when its input
+        shape is known (batch 1 for a dynamic batch); else the break-even density measured for the
+        shape class on a representative layer.
+        """
+        if self.mode != "auto":
+            return Choice(self.mode in SPARSE_MODES)
+        if self._table is None:
+            import numba
+
+            self._table = tuning.BreakEvenTable(threads=numba.get_num_threads())
+        modes = ("dense-i8", "sparse-i8") if shape_class.endswith("i8") else \
+            ("dense-f32", "sparse-f32")
+        x_info = self._input_info(node) if node is not None else None
+        entry = None
+        if x_info is not None:
+            key = tuning.layer_key(node, self.tensors, x_info, density)
+            entry = self._table.get_layer(key, lambda: tuning.measure_layer(
+                node, self.tensors, *x_info, modes, self._step_in_mode))
+        if entry is not None:
+            dense, sparse = entry["dense_s"], entry["sparse_s"]
+            faster = "CSR" if sparse < dense else "dense"
+            return Choice(sparse < dense, f"measured on this layer: dense {dense * 1e3:.3g} ms, "
+                                          f"CSR {sparse * 1e3:.3g} ms (density {density:.3f}): "
+                                          f"{faster}")
+        entry = self._table.get(shape_class, tuning.measure_class(shape_class, modes,
+                                                                  self._step_in_mode))
+        edge = entry["break_even"]
+        if density < edge:
+            return Choice(True, f"density {density:.3f} < break-even {edge:.3f} measured for "
+                                f"{shape_class!r}")
+        return Choice(False, f"density {density:.3f} >= break-even {edge:.3f} measured for "
+                             f"{shape_class!r}")
+
+    def _step_in_mode(self, model: Model, node: Node, mode: str):
+        """``node``'s kernel step in ``mode`` for a one-node ``model`` (None: no kernel)."""
+        return self.kernel_step(node, PlanContext(model, mode, self.serial, self.kernel_step))
+
+    def _input_info(self, node: Node):
+        """(shape with batch 1, dtype) of ``node``'s first input, or None if a dimension other than
+        the batch is unknown (then auto falls back to the shape-class table)."""
+        if self._shapes is None:
+            try:
+                self._shapes = infer_shapes(self.model.graph)
+            except ZeroskipError:
+                self._shapes = {}
+        info = self._shapes.get(node.inputs[0])
+        if info is None or info.shape is None or not info.shape:
+            return None
+        dims = [1 if i == 0 and d is None else d for i, d in enumerate(info.shape)]
+        if not all(isinstance(d, (int, np.integer)) for d in dims):
+            return None
+        return tuple(int(d) for d in dims), str(info.dtype)

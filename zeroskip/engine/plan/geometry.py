@@ -1,0 +1,73 @@
+"""Conv and pool geometry of a node at an input shape: output size, padded plane, accumulator
+pitch, pads. The window arithmetic itself is ``zeroskip.geometry``'s; here it is resolved per node
+and cached, so repeated runs of a shape do no geometry."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ...errors import InputError
+from ...geometry import geometry
+from ...model import Node
+
+
+def conv_input(node: Node, x: np.ndarray, channels: int) -> np.ndarray:
+    """x if it is (N, channels, H, W), else InputError naming the node (every 2-D conv step)."""
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise InputError(f"node {node.name!r} ({node.op}): expected input (N, {channels}, H, W), "
+                         f"got shape {x.shape}")
+    return x
+
+
+def conv_geometry(node: Node, x_shape, kh: int, kw: int) -> dict:
+    """A 2-D conv's output size (oh, ow), padded-plane size (hp, wp), accumulator pitch, strides,
+    dilations and top/left pads for input ``x_shape``."""
+    attrs = node.attrs
+    key = (tuple(attrs["strides"] or (1, 1)), tuple(attrs["dilations"] or (1, 1)),
+           None if attrs["pads"] is None else tuple(attrs["pads"]), attrs["auto_pad"],
+           tuple(x_shape[2:]), kh, kw)
+    try:
+        return _conv_geometry_of(*key)
+    except InputError as err:
+        raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> dict:
+    begins, _, (oh, ow) = geometry(spatial, [kh, kw], list(strides), list(dilations),
+                                   None if pads is None else list(pads), auto_pad)
+    hp = (oh - 1) * strides[0] + (kh - 1) * dilations[0] + 1
+    wp = (ow - 1) * strides[1] + (kw - 1) * dilations[1] + 1
+    pitch = wp if strides == (1, 1) else ow
+    return dict(oh=oh, ow=ow, hp=hp, wp=wp, pitch=pitch, sh=strides[0], sw=strides[1],
+                dh=dilations[0], dw=dilations[1], pt=begins[0], pl=begins[1])
+
+
+def workspace_len(depthwise: bool, kh: int, kw: int, g: dict) -> int:
+    """Per-channel accumulator length of the direct conv's tile loop (``g`` from conv_geometry);
+    the 3×3 depthwise kernel keeps its accumulators in registers and needs none."""
+    return 0 if depthwise and kh == kw == 3 else g["oh"] * g["pitch"]
+
+
+def pool_geometry(node: Node, x_shape):
+    """(kernel_shape, strides, dilations, begins, ends, out) of a 2-D pool at input ``x_shape``."""
+    attrs = node.attrs
+    kernel_shape = attrs["kernel_shape"]
+    strides = attrs["strides"] or [1, 1]
+    dilations = attrs["dilations"] or [1, 1]
+    try:
+        begins, ends, out = geometry(x_shape[2:], kernel_shape, strides, dilations, attrs["pads"],
+                                     attrs["auto_pad"], attrs["ceil_mode"])
+    except InputError as err:
+        raise InputError(f"node {node.name!r} ({node.op}): {err}") from None
+    return kernel_shape, strides, dilations, begins, ends, out
+
+
+def max_pool(node: Node, kernel, x: np.ndarray) -> np.ndarray:
+    """y = a max-pool kernel (float32 or 8-bit, same signature) on x (N, C, H, W), contiguous."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), _, (oh, ow) = pool_geometry(node, x.shape)
+    y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl)
+    return y

@@ -1,0 +1,282 @@
+"""Family ``int8``, part 1: QGemm and QConv on the integer kernels — int8 weights prepacked once,
+int32 accumulation, Q31 requantization (docs/quantization.md).
+
+The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
+shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
+requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ... import quantmath
+from ...errors import InputError, UnsupportedModelError
+from ...model import Node
+from .context import Choice, PlanContext
+from .geometry import conv_geometry, conv_input, workspace_len
+from .registry import builds
+from .steps import Scratch, Step
+from .weights import csr_triple
+
+Q8_TYPES = {"uint8": np.uint8, "int8": np.int8}
+
+
+def check_q8(node: Node, x: np.ndarray) -> None:
+    """InputError naming the node unless ``x`` is uint8 or int8 (what the int8 kernels take)."""
+    if x.dtype not in (np.uint8, np.int8):
+        raise InputError(f"node {node.name!r} ({node.op}): expected a uint8 or int8 input, got "
+                         f"{x.dtype}")
+
+
+# -- GEMM: acc (N,M) int32 = bias'[n] + Σ_k w[n,k]·x[m,k] ------------------------------------------
+class DenseGemm:
+    """The dense int8 GEMM of a layer: w (N,K) int8 in [−128, 127], prepacked once."""
+
+    name = "matmul_dense_i8"
+    reason = "dense int8 weights, int32 accumulation"
+
+    def __init__(self, w2: np.ndarray, ctx: PlanContext):
+        self.n_out, self.k_in = w2.shape
+        self.w = np.ascontiguousarray(w2)
+        self.kernel = ctx.kernel("matmul_dense_i8")
+
+    def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
+        """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
+        self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
+
+
+class CsrGemm:
+    """The CSR int8 GEMM of a layer: the nonzeros of w (N,K) int8, prepacked once."""
+
+    name = "matmul_csr_i8"
+
+    def __init__(self, w2: np.ndarray, ctx: PlanContext):
+        self.n_out, self.k_in = w2.shape
+        self.csr = csr_triple(w2)
+        self.kernel = ctx.kernel("matmul_csr_i8")
+        self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
+
+    def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
+        """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
+        self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
+
+
+def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext):
+    return CsrGemm(w2, ctx) if csr else DenseGemm(w2, ctx)
+
+
+# -- conv: acc (B,N,OH,OW) int32 = bias'[n] + Σ w·x, pads at the input zero point ------------------
+class ConvAccumulator:
+    """What every int8 conv accumulator shares: the layer's shape, the input check, the scratch.
+
+    ``acc = conv(x, x_zp, bias)`` returns a scratch array, valid until the next call on this thread,
+    for x (B,C,H,W) 8-bit (from ``check_input``), its zero point, and bias (N,) int32.
+    """
+
+    name = reason = ""
+
+    def __init__(self, node: Node, w4: np.ndarray):
+        """w4 (N, C/group, kh, kw) int8."""
+        self.node = node
+        self.n_out, self.c_group, self.kh, self.kw = w4.shape
+        self.group = node.attrs["group"]
+        self.channels = self.group * self.c_group
+        self.scratch = Scratch()
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        check_q8(self.node, x)
+        return np.ascontiguousarray(conv_input(self.node, x, self.channels))
+
+    def __call__(self, x: np.ndarray, x_zp: int, bias: np.ndarray) -> np.ndarray:
+        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
+        acc = self.scratch.get("acc", (x.shape[0], self.n_out, g["oh"], g["ow"]), np.int32)
+        geo = (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
+        self.accumulate(x, x_zp, bias, acc, g, geo)
+        return acc
+
+    def planes(self, x: np.ndarray, g: dict, depthwise: bool):
+        """The direct kernels' workspaces: the padded planes xp and the accumulator rows ws."""
+        batch = x.shape[0]
+        xp = self.scratch.get("xp", (batch, self.channels, g["hp"], g["wp"]), x.dtype)
+        ws = self.scratch.get("ws", (batch, self.n_out, workspace_len(depthwise, self.kh, self.kw, g)),
+                              np.int32)
+        return xp, ws
+
+
+class DepthwiseConv(ConvAccumulator):
+    name = "depthwise_dense_i8"
+    reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
+
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        super().__init__(node, w4)
+        self.w = np.ascontiguousarray(w4.reshape(self.n_out, -1))
+        self.kernel = ctx.kernel("depthwise_dense_i8")
+
+    def accumulate(self, x, x_zp, bias, acc, g, geo):
+        xp, ws = self.planes(x, g, depthwise=True)
+        self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
+
+
+class CsrConv(ConvAccumulator):
+    name = "conv2d_csr_i8"
+
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        super().__init__(node, w4)
+        self.csr = csr_triple(np.ascontiguousarray(w4.reshape(self.n_out, -1)))
+        self.kernel = ctx.kernel("conv2d_csr_i8")
+        self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
+
+    def accumulate(self, x, x_zp, bias, acc, g, geo):
+        xp, ws = self.planes(x, g, depthwise=False)
+        self.kernel(*self.csr, bias, x, x_zp, xp, ws, acc, *geo, self.group)
+
+
+class Im2rowConv(ConvAccumulator):
+    name = "im2row_dense_i8 + matmul_dense_i8"
+    reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
+
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        super().__init__(node, w4)
+        self.im2row, self.kernel = ctx.kernel("im2row_dense_i8"), ctx.kernel("matmul_dense_i8")
+        per = self.n_out // self.group
+        taps_first = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row's k order
+        self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
+                         for g in range(self.group)]
+
+    def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
+        return self.scratch.get("rows", (batch, self.group, oh, ow, self.c_group * self.kh * self.kw),
+                                dtype)
+
+    def accumulate(self, x, x_zp, bias, acc, g, geo):
+        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
+        rows = self.rows(batch, oh, ow, x.dtype)
+        xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
+        xh[...] = x.transpose(0, 2, 3, 1)  # channels last: each tap is one contiguous copy
+        self.im2row(xh, x_zp, rows, *geo)
+        per = self.n_out // self.group
+        for b in range(batch):
+            for gi in range(self.group):
+                self.kernel(rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi],
+                            np.ascontiguousarray(bias[gi * per:(gi + 1) * per]),
+                            acc[b, gi * per:(gi + 1) * per].reshape(per, oh * ow))
+
+    def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
+        """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
+        int64, from the rows of this thread's last call (pads hold x_zp, so they add 0)."""
+        batch, _, oh, ow = acc_shape
+        rows = self.rows(batch, oh, ow, dtype)
+        return rows.sum(axis=-1, dtype=np.int64) - rows.shape[-1] * x_zp
+
+
+def is_depthwise(node: Node, w4: np.ndarray) -> bool:
+    n_out, c_group = w4.shape[:2]
+    channels = node.attrs["group"] * c_group
+    return c_group == 1 and node.attrs["group"] == channels and n_out % channels == 0
+
+
+def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Callable[[], Choice],
+                     im2row_only: bool = False) -> tuple[ConvAccumulator, Choice]:
+    """The accumulator of an int8 conv, and the CSR/dense choice behind it: depthwise taps for a
+    depthwise conv (always dense); else CSR or im2row + dense GEMM as ``choose()`` says (asked only
+    then); always im2row with ``im2row_only`` (``window_sums`` needs its rows)."""
+    if im2row_only:
+        return Im2rowConv(node, w4, ctx), Choice(False)
+    if is_depthwise(node, w4):
+        return DepthwiseConv(node, w4, ctx), Choice(False)
+    choice = choose()
+    return (CsrConv if choice.csr else Im2rowConv)(node, w4, ctx), choice
+
+
+# -- QGemm, QConv ---------------------------------------------------------------------------------
+def layer_quant(node: Node, ctx: PlanContext) -> dict:
+    """Everything a QGemm/QConv needs once: int8 weights (N, K), folded bias, Q31 multipliers, clamp.
+
+    The arithmetic is docs/quantization.md's: bias' = q_b − x_zp·rowsum, M[n] = x_scale·w_scale[n] /
+    y_scale ≈ m0[n]·2^−shift[n], output clamped to the type's range narrowed by the fused clip.
+    """
+    attrs = node.attrs
+    w_tensor = ctx.tensors.get(node.inputs[1])
+    where = f"node {node.name!r} ({node.op})"
+    if w_tensor is None or w_tensor.quant is None or w_tensor.dtype != np.int8:
+        raise UnsupportedModelError(f"{where}: the weight must be an int8 initializer with a scale")
+    quant = w_tensor.quant
+    if np.any(quant.zero_point != 0) or quant.axis not in (None, 0):
+        raise UnsupportedModelError(f"{where}: weights must be symmetric (zero point 0), per tensor "
+                                    f"or per output channel")
+    q_w = w_tensor.to_numpy()
+    n_out = q_w.shape[0]
+    # a writable copy: a read-only (memory-mapped) weight is another Numba type, a second compile
+    w2 = np.array(q_w.reshape(n_out, -1), order="C")
+    w_scale = np.broadcast_to(quant.scale.astype(np.float64), (n_out,))
+    b_name = node.inputs[2] if len(node.inputs) > 2 else ""
+    q_b = np.zeros(n_out, np.int64)
+    if b_name:
+        b_tensor = ctx.tensors.get(b_name)
+        if b_tensor is None or b_tensor.dtype.kind not in "iu":
+            raise UnsupportedModelError(f"{where}: the bias must be an int32 initializer")
+        q_b = b_tensor.to_numpy().astype(np.int64).reshape(-1)
+    x_zp = int(attrs["x_zero_point"])
+    rowsum = w2.astype(np.int64).sum(axis=1)
+    bias = quantmath.fold_bias(q_b, rowsum, x_zp)
+    w_peak = int(np.abs(w2.astype(np.int16)).max(initial=0))  # ≤ 128: −128 is a valid weight
+    quantmath.check_accumulator_range(w2.shape[1], 255 * w_peak, bias)  # for any 8-bit x
+    m0, shift = quantmath.quantize_multiplier(float(attrs["x_scale"]) * w_scale /
+                                              float(attrs["y_scale"]))
+    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], attrs["y_zero_point"],
+                                    attrs["clip_min"], attrs["clip_max"])
+    return dict(w=w2, w_shape=q_w.shape, bias=np.ascontiguousarray(bias, np.int32),
+                m0=np.ascontiguousarray(m0, np.int32), shift=np.ascontiguousarray(shift, np.int32),
+                y_zp=int(attrs["y_zero_point"]), lo=int(lo), hi=int(hi), x_zp=x_zp,
+                y_dtype=Q8_TYPES[attrs["y_dtype"]], density=w_tensor.density)
+
+
+def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
+    """The Step of a QGemm/QConv: its accumulator's kernel, then requantization."""
+    return Step(node, accumulator.name + " + requantize_dense_i8",
+                choice.lead(accumulator.reason + ", Q31 requantization"), run, density)
+
+
+@builds("int8", "QGemm")
+def qgemm(node: Node, ctx: PlanContext):
+    q = layer_quant(node, ctx)
+    choice = ctx.choose_csr(q["density"], "gemm i8", node)
+    gemm = gemm_accumulator(q["w"], choice.csr, ctx)
+    requantize = ctx.kernel("requantize_dense_i8")
+    x_name, out = node.inputs[0], node.outputs[0]
+    scratch = Scratch()
+
+    def run(values):
+        x = values[x_name]
+        check_q8(node, x)
+        if x.ndim != 2 or x.shape[1] != gemm.k_in:
+            raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
+                             f"got {x.shape}")
+        acc = scratch.get("acc", (gemm.n_out, x.shape[0]), np.int32)
+        gemm(x, q["bias"], acc)
+        yt = np.empty(acc.shape, q["y_dtype"])
+        requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+        values[out] = np.ascontiguousarray(yt.T)
+
+    return requantized_step(node, gemm, choice, run, q["density"])
+
+
+@builds("int8", "QConv")
+def qconv(node: Node, ctx: PlanContext):
+    q = layer_quant(node, ctx)
+    conv, choice = conv_accumulator(node, q["w"].reshape(q["w_shape"]), ctx,
+                                    lambda: ctx.choose_csr(q["density"], "conv i8", node))
+    requantize = ctx.kernel("requantize_dense_i8")
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        acc = conv(conv.check_input(values[x_name]), q["x_zp"], q["bias"])
+        y = np.empty(acc.shape, q["y_dtype"])
+        for b in range(acc.shape[0]):
+            requantize(acc[b].reshape(conv.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],
+                       q["hi"], y[b].reshape(conv.n_out, -1))
+        values[out] = y
+
+    return requantized_step(node, conv, choice, run, q["density"])

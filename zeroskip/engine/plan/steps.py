@@ -1,0 +1,73 @@
+"""What a plan is made of: ``Step`` (one node's work), ``Plan`` (the steps in graph order) and
+``Scratch`` (work arrays a step reuses from run to run)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ...model import Node
+
+
+@dataclass
+class Step:
+    """One node's work: ``run(values)`` reads ``node.inputs`` and writes ``node.outputs``.
+
+    ``kernel`` names what runs (a kernel of ``zeroskip.kernels``, numpy, or "reference") and
+    ``reason`` says why it was chosen; ``Session.explain`` shows both.
+    """
+
+    node: Node
+    kernel: str
+    reason: str
+    run: Callable[[dict], None]
+    density: float | None = None
+
+
+@dataclass
+class Plan:
+    mode: str
+    steps: list[Step] = field(default_factory=list)
+    constants: dict = field(default_factory=dict)
+    serial: bool = False
+
+    @property
+    def uses_numba(self) -> bool:
+        """Whether a step runs a Numba kernel (a numpy-only plan never needs Numba at all)."""
+        kernels = sys.modules.get("zeroskip.kernels")
+        if kernels is None:
+            return False
+        names = set(kernels.KERNELS)
+        return any(part in names for step in self.steps
+                   for part in step.kernel.replace("+", " ").split())
+
+    def explain(self) -> list[dict]:
+        return [dict(node=s.node.name, op=s.node.op,
+                     density=None if s.density is None else round(s.density, 4),
+                     kernel=s.kernel, reason=s.reason) for s in self.steps]
+
+
+class Scratch:
+    """Work arrays a step reuses from run to run: one set per thread and per shape, never an output.
+
+    Steps allocate their outputs fresh (a caller may keep them), but padded planes, accumulators and
+    column matrices come from here, so a Session that runs the same batch shape again allocates
+    nothing for them. Per thread, so concurrent ``run`` calls (a threaded Dask scheduler) never share.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, tag: str, shape, dtype) -> np.ndarray:
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        key = (tag, tuple(int(d) for d in shape), np.dtype(dtype).str)
+        array = arrays.get(key)
+        if array is None:
+            array = arrays[key] = np.empty(key[1], dtype)
+        return array
