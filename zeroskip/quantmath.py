@@ -1,8 +1,17 @@
 """Plan-time quantization math (NumPy only): the numbers the int8 kernels are given.
 
 Everything here follows docs/quantization.md: the Q31 multiplier and shift of section 3, the folded
-bias of section 2, the accumulator-range check of section 4, the clamp bounds of a fused activation,
-and the symmetric per-channel weight quantizer of section 1. Nothing here runs per inference.
+bias of section 2, the accumulator-range check of section 4 and the clamp bounds of a fused
+activation. The weight quantizer that writes int8 weights lives in ``zeroskip.compress.quantize``.
+Nothing here runs per inference.
+
+**The weight contract.** int8 weights that reach a kernel may be anything in [−128, 127]. zeroskip's
+own quantizer writes [−127, 127] (symmetric: zero stays zero, negating a channel is exact), but
+imported models (onnxruntime's QOperator and QDQ weights, MatMulInteger/ConvInteger's w − w_zp, the
+uint8 offset form w − 128) can hold −128, so the kernels and the overflow bound take the full int8
+range: |u8·s8| ≤ 255·128 = 32 640 < 2^15, so K ≤ 65 793 is safe with uint8 activations;
+|s8·s8| ≤ 128·128 = 2^14, so K ≤ 131 071 with int8 activations; the plan checks
+K·max|q_w·q_x| + max|bias'| < 2^31 per layer (``MAX_ABS_PRODUCT``, ``check_accumulator_range``).
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from .errors import UnsupportedModelError
 
 INT32_MAX = 2 ** 31 - 1
 TYPE_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
-WEIGHT_MAX = 127
-"""Weights live in [−127, 127]: −128 is unused, so the range is symmetric."""
+MAX_ABS_PRODUCT = {np.dtype(np.uint8): 255 * 128, np.dtype(np.int8): 128 * 128}
+"""Largest |q_w·q_x| for int8 weights in [−128, 127], keyed by the activation's ``np.dtype``:
+255·128 = 32 640 < 2^15 for uint8 activations (K ≤ 65 793 keeps K·32 640 < 2^31), 128·128 = 2^14
+for int8 (K ≤ 131 071). The ``max_abs_product`` to give ``check_accumulator_range``."""
 
 
 def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +80,11 @@ def fold_bias(bias_i32, w_rowsum, x_zero_point) -> np.ndarray:
 def check_accumulator_range(K: int, max_abs_product: int, bias) -> None:
     """Refuse a layer whose int32 accumulator could overflow: needs K·max|q_w·q_x| + max|bias'| < 2^31.
 
-    K — terms per output (the reduction length); max_abs_product — 127·255 = 32 385 for uint8
-    activations, 127·128 = 16 256 for int8; bias [N] — the folded bias (quantization.md §4).
+    K — terms per output (the reduction length); max_abs_product — the bound on one product,
+    ``MAX_ABS_PRODUCT[np.dtype(x_dtype)]``: weights may be anything in [−128, 127], so 255·128 =
+    32 640 for uint8 activations (K ≤ 65 793 with no bias) and 128·128 = 16 384 for int8
+    (K ≤ 131 071); bias [N] — the folded bias (quantization.md §4).
+    Raises UnsupportedModelError naming K and the bound when the sum could reach 2^31.
     """
     bias = np.asarray(bias, dtype=np.int64)
     worst = int(K) * int(max_abs_product) + (int(np.max(np.abs(bias))) if bias.size else 0)
@@ -96,31 +110,6 @@ def clamp_bounds(y_dtype, y_scale, y_zero_point, clip_min=None, clip_max=None) -
     return int(lo), int(hi)
 
 
-def choose_weight_scales(w_float, axis: int = 0) -> np.ndarray:
-    """Per-channel symmetric weight scales max|w| / 127 along ``axis`` (float32).
-
-    w_float [N, ...] float — the weight; axis — the output-channel axis. A channel that is all zero
-    (pruning emptied it) gets 1.0: any positive scale works, and max|w| / 127 would be 0.
-    """
-    w = np.asarray(w_float, dtype=np.float64)
-    other = tuple(a for a in range(w.ndim) if a != axis % max(w.ndim, 1))
-    peak = np.max(np.abs(w), axis=other) if other else np.abs(w)
-    scales = np.where(peak > 0, peak / WEIGHT_MAX, 1.0)
-    return scales.astype(np.float32)
-
-
-def quantize_weights(w_float, scales, axis: int = 0) -> np.ndarray:
-    """q_w = clip(round_half_even(w / scale[channel]), −127, 127) as int8; a zero weight stays 0.
-
-    w_float [N, ...] float; scales [N] positive (from choose_weight_scales); axis — the channel axis.
-    """
-    w = np.asarray(w_float, dtype=np.float64)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    s = np.asarray(scales, dtype=np.float64).reshape(shape)
-    return np.clip(np.rint(w / s), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
-
-
 def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
     """(A, B, R): a_ratio ≈ A/2^R, b_ratio ≈ B/2^R on one base, A, B < 2^44 (quantization.md §5).
 
@@ -134,5 +123,5 @@ def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
     return round(a_ratio * 2 ** shift), round(b_ratio * 2 ** shift), shift
 
 
-__all__ = ["add_multipliers", "quantize_multiplier", "fold_bias", "check_accumulator_range", "clamp_bounds",
-           "choose_weight_scales", "quantize_weights"]
+__all__ = ["INT32_MAX", "MAX_ABS_PRODUCT", "TYPE_RANGE", "add_multipliers", "check_accumulator_range",
+           "clamp_bounds", "fold_bias", "quantize_multiplier"]

@@ -33,7 +33,8 @@ Choices:
   except the com.microsoft ops onnxruntime's static quantizer emits (QGemm, QLinearAdd,
   QLinearAveragePool, QLinearGlobalAveragePool).
 * **Quantized models** (QDQ and QOperator) are mapped onto zeroskip's integer scheme by
-  ``formats/onnx_quant.py``, which documents what maps to what and its choices.
+  ``formats/onnx_quant.py``, which documents what maps to what and its choices. What both modules
+  need (the pending node, the node view handlers read, conv attributes) is in ``onnx_common.py``.
 """
 
 from __future__ import annotations
@@ -45,16 +46,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model import DTYPES, Dense, Graph, Model, Node, ValueInfo
-from ..ops import OPS, normalize_attrs
+from ..ops import normalize_attrs
+from ..shapes import infer_shapes
 from . import onnx_quant
+from .onnx_common import DEFAULT_DOMAINS, OnnxNode, Pending, conv_attrs
 
 MIN_OPSET = 7
 MAX_OPSET = 22
 """The default-domain opsets the importer understands."""
-
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 FOLDABLE = frozenset({"ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast",
                       "Reshape", "Identity", "Dropout"})
@@ -153,75 +155,8 @@ class _Sym:
         return array.reshape(()) if self.scalar else array
 
 
-@dataclass
-class _Pending:
-    """A node on its way into the IR, with whatever stops it from getting there."""
-
-    name: str
-    op: str
-    inputs: list
-    outputs: list
-    attrs: dict
-    issues: list  # (category, label)
-
-
-def _show(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_show(v) for v in value) + "]"
-    if isinstance(value, np.ndarray):
-        return _show(value.tolist()) if value.size <= 8 else f"<tensor {list(value.shape)}>"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def _as_ints(array) -> list[int]:
     return [int(v) for v in np.asarray(array).reshape(-1)]
-
-
-class _OnnxNode:
-    """One ONNX node as the handlers see it: attributes decoded to Python, constant inputs looked up."""
-
-    def __init__(self, importer, proto, name):
-        self.imp = importer
-        self.op = proto.op_type
-        self.name = name
-        self.opset = importer.opset
-        self.inputs = list(proto.input)
-        self.outputs = list(proto.output)
-        self.attrs = {a.name: importer.attr_value(a) for a in proto.attribute}
-        self.issues = []
-
-    def input(self, i) -> str:
-        return self.inputs[i] if i < len(self.inputs) else ""
-
-    def const(self, i):
-        name = self.input(i)
-        return self.imp.consts.get(name) if name else None
-
-    def const_input(self, i, what):
-        """The constant value of optional input ``i`` (None if absent); records an issue if computed."""
-        name = self.input(i)
-        if not name:
-            return None
-        value = self.imp.consts.get(name)
-        if value is None:
-            self.issues.append(("inputs", f"{self.op}.{what}"))
-        return value
-
-    def take(self, key, default=None):
-        return self.attrs.pop(key, default)
-
-    def take_ir(self, op) -> dict:
-        """Pop every attribute the IR op has, as given (defaults are filled later)."""
-        return {k: self.attrs.pop(k) for k in list(self.attrs) if k in OPS[op].attrs}
-
-    def bad_attr(self, key, value):
-        self.issues.append(("attributes", f"{self.op}.{key}={_show(value)}"))
-
-    def rank(self, i):
-        shape = self.imp.shape_of(self.input(i))
-        return None if shape is None else len(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,13 +173,7 @@ def _gemm(n):
 
 
 def _conv(n):
-    attrs = n.take_ir("Conv")
-    if attrs.get("kernel_shape") is None:
-        w = n.const(1)
-        shape = list(w.shape) if w is not None else n.imp.shape_of(n.input(1))
-        if shape is not None and len(shape) > 2 and all(isinstance(d, int) for d in shape):
-            attrs["kernel_shape"] = [int(d) for d in shape[2:]]
-    return "Conv", n.inputs, attrs
+    return "Conv", n.inputs, conv_attrs(n, n.input(1))
 
 
 def _pool(n):
@@ -462,7 +391,7 @@ class _Importer:
     def _opset(self) -> int:
         opset = None
         for entry in self.proto.opset_import:
-            if entry.domain in _DEFAULT_DOMAINS:
+            if entry.domain in DEFAULT_DOMAINS:
                 opset = int(entry.version)
         if opset is None:
             raise UnsupportedModelError(f"{self.where}: imports no ai.onnx opset; zeroskip imports "
@@ -542,7 +471,7 @@ class _Importer:
         for s in graph.sparse_initializer:
             self.consts[s.values.name] = self.sparse_tensor(s)
         self._infer_shapes()
-        self.quant = onnx_quant.QuantImport(self, _Pending)
+        self.quant = onnx_quant.QuantImport(self)
         inputs = [vi for vi in graph.input if vi.name not in self.consts]
         protos = self._sorted(self._named_nodes(), {vi.name for vi in inputs})
 
@@ -656,7 +585,7 @@ class _Importer:
         Quantization nodes (``onnx_quant.handles``) return a list of pending nodes instead.
         """
         if onnx_quant.handles(proto):
-            n = _OnnxNode(self, proto, name)
+            n = OnnxNode(self, proto, name)
             try:
                 return self.quant.convert(n)
             except (ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
@@ -664,18 +593,18 @@ class _Importer:
                     raise
                 raise ModelFormatError(f"{self.where}: node {name!r} ({n.op}) is malformed "
                                        f"({_short(err)})") from None
-        if proto.domain not in _DEFAULT_DOMAINS:
-            return _Pending(name, proto.op_type, list(proto.input), list(proto.output), {},
+        if proto.domain not in DEFAULT_DOMAINS:
+            return Pending(name, proto.op_type, list(proto.input), list(proto.output), {},
                             [("ops", f"{proto.domain}.{proto.op_type}")])
-        n = _OnnxNode(self, proto, name)
+        n = OnnxNode(self, proto, name)
         if n.op == "Constant":
             self._constant(n)
             if not n.issues:
                 return None
-            return _Pending(name, "Constant", [], n.outputs, {}, n.issues)
+            return Pending(name, "Constant", [], n.outputs, {}, n.issues)
         handler = _HANDLERS.get(n.op)
         if handler is None:
-            return _Pending(name, n.op, n.inputs, n.outputs, {}, [("ops", n.op)])
+            return Pending(name, n.op, n.inputs, n.outputs, {}, [("ops", n.op)])
         try:
             op, inputs, attrs = handler(n)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
@@ -693,7 +622,7 @@ class _Importer:
         inputs = list(inputs)
         while inputs and inputs[-1] == "":
             inputs.pop()
-        node = _Pending(name, op, inputs, n.outputs[:1], attrs, n.issues)
+        node = Pending(name, op, inputs, n.outputs[:1], attrs, n.issues)
         if self.quant.act and not node.issues:
             self.quant.after(node)  # MaxPool/shape ops on integer tensors
         if not node.issues and self._try_fold(node):
@@ -824,11 +753,12 @@ class _Importer:
                     return
                 entry = 0  # allowzero=0: copy this dimension of the input
             entries.append(entry)
-        name = self._fresh(f"{node.name}/static_shape")
+        name = self.fresh(f"{node.name}/static_shape")
         self.consts[name] = np.array(entries, dtype=np.int64)
         node.inputs[1] = name
 
-    def _fresh(self, base):
+    def fresh(self, base) -> str:
+        """A value name not used yet in the graph, based on ``base``."""
         name, k = base, 1
         while name in self.names:
             name, k = f"{base}_{k}", k + 1
@@ -883,8 +813,6 @@ class _Importer:
                 if target is not None and len(target) == 1 and target[0] is not None:
                     found[name] = (None,) * target[0]
         try:
-            from ..shapes import infer_shapes
-
             inputs = [ValueInfo(vi.name, self._vi_shape(vi) or (),
                                 _onnx_dtype_name(self.onnx, vi.type.tensor_type.elem_type))
                       for vi in self.graph.input if vi.name not in self.consts]
@@ -897,8 +825,6 @@ class _Importer:
         return found
 
     def _metadata(self, initializers) -> dict:
-        from .._version import __version__
-
         source = {"format": "onnx", "opset": self.opset,
                   "producer": f"{self.proto.producer_name} {self.proto.producer_version}".strip(),
                   "name": self.graph.name}

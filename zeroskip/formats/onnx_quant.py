@@ -55,12 +55,15 @@ the ONNX graph says.
 
 Choices
 -------
-* **Weights** become int8 with zero point 0 in [−127, 127], per output channel (axis 0 of the IR
-  weight) or per tensor, as given. A weight stored as uint8, with nonzero zero points or using −128
-  is converted exactly when every ``q − zero_point`` lies in [−127, 127]; otherwise it is
-  **re-quantized** from its real values to symmetric int8 with the same granularity (scale
-  ``max|w| / 127``, 1.0 for an all-zero channel, round half to even), and
-  ``metadata["weights"][name]["requantized"]`` is set to true.
+* **Weights** become int8 with zero point 0, per output channel (axis 0 of the IR weight) or per
+  tensor, as given. The kernels take any int8 weight in [−128, 127] (docs/quantization.md §1), so a
+  weight is converted exactly to ``q − zero_point`` whenever every value of it lies in [−128, 127]
+  (an int8 weight with zero point 0 stays as it is, −128 included; a uint8 weight with zero point
+  128 becomes ``q − 128``). Otherwise (a uint8 weight with zero point 0, say) it is
+  **re-quantized** from its real values by zeroskip's own quantizer (``compress.quantize``:
+  symmetric int8 in [−127, 127], scale ``max|w| / 127``, 1.0 for an all-zero channel, round half
+  to even) with the same granularity, and ``metadata["weights"][name]["requantized"]`` is set to
+  true.
 * A per-channel weight whose axis is not the output-channel axis is refused.
 * **Bias**: an int32 bias whose scale equals ``x_scale·w_scale[n]`` (to float32 precision, as
   onnxruntime writes it) is kept; any other bias, including a float one, is quantized to that scale
@@ -68,7 +71,9 @@ Choices
 * **Validation**, before any kernel trusts them: scales finite and > 0 (else ``ModelFormatError``
   naming the tensor), activation zero points of type uint8/int8 (other types -> unsupported),
   scale/zero-point shapes consistent with the weight, and the int32 accumulator bound
-  ``K·max|q_w·q_x| + max|b − x_zp·Σ_k q_w| < 2^31`` (``UnsupportedModelError`` naming the node).
+  ``K·max|q_w·q_x| + max|b − x_zp·Σ_k q_w| < 2^31`` with ``max|q_w·q_x|`` = 255·128 for uint8
+  activations and 128·128 for int8 (``quantmath.MAX_ABS_PRODUCT``) (``UnsupportedModelError``
+  naming the node).
 """
 
 from __future__ import annotations
@@ -77,13 +82,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import quantmath
+from ..compress.quantize import choose_weight_scales, quantize_weights
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model import Dense, QuantParams
 from ..ops import normalize_attrs
+from ..reference.ops.quantized import quantize_linear
+from .onnx_common import DEFAULT_DOMAINS, Pending, conv_attrs
 
 ACT_DTYPES = ("uint8", "int8")
-W_MAX = 127
-INT32_MAX = 2 ** 31 - 1
+INT32_MAX = quantmath.INT32_MAX
+W_RANGE = quantmath.TYPE_RANGE[np.dtype(np.int8)]
+"""An imported weight's q − zero_point is kept exactly when it lies in [−128, 127]: the kernels take
+any int8 weight (docs/quantization.md §1). Outside that range it is re-quantized."""
 
 SHAPE_OPS = frozenset({"Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity",
                        "Dropout", "Concat"})
@@ -120,7 +131,7 @@ class QConst:
 
 def handles(proto) -> bool:
     """Whether ``proto`` is a node this module converts (otherwise the float importer does)."""
-    if proto.domain in ("", "ai.onnx"):
+    if proto.domain in DEFAULT_DOMAINS:
         return proto.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
                                  "QLinearMatMul") or proto.op_type in _INTEGER_OPS
     return proto.domain == MS_DOMAIN and proto.op_type in MS_OPS
@@ -129,9 +140,8 @@ def handles(proto) -> bool:
 class QuantImport:
     """The quantization side of one import: integer activations, folded DQ constants, new weights."""
 
-    def __init__(self, importer, pending_cls):
+    def __init__(self, importer):
         self.imp = importer
-        self.P = pending_cls  # the importer's pending-node class
         self.act: dict[str, Act] = {}         # integer activation -> its parameters
         self.qconst: dict[str, QConst] = {}   # real constant made by a DQ -> its integers
         self.tensors: dict[str, Dense] = {}   # IR initializers made here (override raw consts)
@@ -182,7 +192,7 @@ class QuantImport:
         inputs = list(inputs)
         while inputs and inputs[-1] == "":
             inputs.pop()
-        return self.P(name or n.name, op, inputs, list(outputs), attrs, n.issues)
+        return Pending(name or n.name, op, inputs, list(outputs), attrs, n.issues)
 
     def _QuantizeLinear(self, n):
         self._common_q_attrs(n)
@@ -192,8 +202,6 @@ class QuantImport:
         out = n.outputs[0]
         x = n.const(0)
         if x is not None:  # a constant quantized at import (e.g. Q(w) -> DQ): fold it
-            from ..reference.quantized import quantize_linear
-
             q = quantize_linear(x, y_scale=y.scale, y_zero_point=y.zero_point, y_dtype=y.dtype)
             self.imp.consts[out] = q.astype(y.dtype)
             return []
@@ -267,11 +275,9 @@ class QuantImport:
         return [self._pending(n, "MatMulInteger", n.inputs, n.outputs[:1], {})]
 
     def _ConvInteger(self, n):
-        from .onnx import _conv as float_conv  # the float handler's attribute normalization
-
         self._check_integer_operands(n, ("x", "w"))
-        _, _, conv_attrs = float_conv(_Proxy(n, [n.input(0), n.input(1)]))
-        return [self._pending(n, "ConvInteger", n.inputs, n.outputs[:1], conv_attrs)]
+        attrs = conv_attrs(n, n.input(1))
+        return [self._pending(n, "ConvInteger", n.inputs, n.outputs[:1], attrs)]
 
     def _check_integer_operands(self, n, names):
         """Constant operands and zero points of MatMulInteger/ConvInteger must be 8-bit, each zero
@@ -291,23 +297,20 @@ class QuantImport:
     # -- QOperator ops -----------------------------------------------------------------------------
     def _QLinearConv(self, n):
         self.style = self.style or "qoperator"
-        from .onnx import _conv as float_conv  # the float handler's attribute normalization
-
         x = self.act_params(n, 1, 2, "x")
         y = self.act_params(n, 6, 7, "y")
         w = self._const(n, 3, "w")
         w_scale = self._const(n, 4, "w_scale")
         w_zp = self._const(n, 5, "w_zero_point") if n.input(5) else None
         b = self._const(n, 8, "B") if n.input(8) else None
-        n_proxy = _Proxy(n, [n.input(0), n.input(3)])
-        _, _, conv_attrs = float_conv(n_proxy)
+        attrs = conv_attrs(n, n.input(3))
         if n.issues or x is None or y is None or w is None or w_scale is None:
             return [self._pending(n, "QConv", [n.input(0)], n.outputs, {})]
         w_zp = np.zeros(w_scale.shape, w.dtype) if w_zp is None else w_zp
         qc = QConst(n.input(3), w, np.asarray(w_scale, np.float32), w_zp, 0)
         check_scale(self.imp.where, n.name, n.input(4), qc.scale)
         bias = None if b is None else ("int", n.input(8), b)
-        return [self.make_linear(n, "QConv", n.input(0), x, qc, "conv", bias, y, conv_attrs,
+        return [self.make_linear(n, "QConv", n.input(0), x, qc, "conv", bias, y, attrs,
                                  n.outputs[0])]
 
     def _QLinearMatMul(self, n):
@@ -330,7 +333,7 @@ class QuantImport:
     def _expand_matmul(self, n, a, qc, y):
         """DequantizeLinear -> MatMul (float weight) -> QuantizeLinear: the same values in float."""
         imp = self.imp
-        real_a, real_y, w_real = (imp._fresh(f"{n.name}/{s}") for s in ("a_real", "y_real", "b_real"))
+        real_a, real_y, w_real = (imp.fresh(f"{n.name}/{s}") for s in ("a_real", "y_real", "b_real"))
         shape = [1] * qc.q.ndim
         if qc.scale.ndim == 1:
             shape[qc.axis % qc.q.ndim] = -1
@@ -447,12 +450,12 @@ class QuantImport:
             return [self._pending(n, op, [n.input(i) for i, _, _ in xs], n.outputs, {})]
         nodes, reals = [], []
         for k, ((i, _, _), p) in enumerate(zip(xs, params)):
-            real = self.imp._fresh(f"{n.name}/x{k}_real")
+            real = self.imp.fresh(f"{n.name}/x{k}_real")
             nodes.append(self._pending(n, "DequantizeLinear", [n.input(i)], [real],
                                        dict(x_scale=p.scale, x_zero_point=p.zero_point),
                                        f"{n.name}/dequantize{k}"))
             reals.append(real)
-        real_y = self.imp._fresh(f"{n.name}/y_real")
+        real_y = self.imp.fresh(f"{n.name}/y_real")
         self.act[n.outputs[0]] = out
         return nodes + [
             self._pending(n, op, reals, [real_y], attrs, f"{n.name}/{op.lower()}"),
@@ -538,10 +541,10 @@ class QuantImport:
         attrs = dict(attrs, x_scale=x.scale, x_zero_point=x.zero_point, y_scale=y.scale,
                      y_zero_point=y.zero_point, y_dtype=y.dtype, clip_min=clip[0],
                      clip_max=clip[1])
-        return self.P(node_name, op, inputs, [out], normalize_attrs(op, attrs), [])
+        return Pending(node_name, op, inputs, [out], normalize_attrs(op, attrs), [])
 
     def add_tensor(self, base, tensor, meta) -> str:
-        name = base if base not in self.tensors else self.imp._fresh(base)
+        name = base if base not in self.tensors else self.imp.fresh(base)
         self.tensors[name] = tensor
         meta = dict(meta, quantization=self.style or "qdq")
         self.meta[name] = meta
@@ -581,12 +584,12 @@ class QuantImport:
         zp = zp.astype(np.int64).reshape(-1) if per_channel else zp.astype(np.int64).reshape(())
         v = q.astype(np.int64) - zp.reshape(bshape)
         requantized = False
-        if v.size and (v.min() < -W_MAX or v.max() > W_MAX):
+        if v.size and (v.min() < W_RANGE[0] or v.max() > W_RANGE[1]):
+            # Not int8 with zero point 0: quantize the real values again with zeroskip's quantizer.
             real = scale.astype(np.float64).reshape(bshape) * v
-            axes = tuple(range(1, q.ndim)) if per_channel else None
-            peak = np.max(np.abs(real), axis=axes) if q.size else np.zeros(scale.shape)
-            scale = np.where(peak > 0, peak / W_MAX, 1.0).astype(np.float32)
-            v = np.clip(np.rint(real / scale.astype(np.float64).reshape(bshape)), -W_MAX, W_MAX)
+            axis = 0 if per_channel else None
+            scale = choose_weight_scales(real, axis)
+            v = quantize_weights(real, scale, axis)
             requantized = True
         q8 = np.ascontiguousarray(v.astype(np.int8))
         quant = QuantParams(scale.astype(np.float32), np.zeros(scale.shape, np.int8),
@@ -646,36 +649,21 @@ class QuantImport:
         return Dense(q32, QuantParams(target, np.zeros(n_out, np.int32), 0)), meta
 
     def check_accumulator(self, node_name, op, x: Act, w_tensor: Dense, b_tensor):
-        """Refuse a layer whose int32 accumulator could overflow (docs/quantization.md §4)."""
+        """Refuse a layer whose int32 accumulator could overflow (docs/quantization.md §4).
+
+        ``quantmath.check_accumulator_range``: K·max|q_w·q_x| + max|b − x_zp·Σ_k q_w| < 2^31 with
+        max|q_w·q_x| = ``quantmath.MAX_ABS_PRODUCT`` (255·128 for uint8 activations, 128·128 for
+        int8, since weights may be anything in [−128, 127])."""
         q = w_tensor.to_numpy().astype(np.int64)
         n_out = q.shape[0]
         k = int(np.prod(q.shape[1:]))
         rowsum = q.reshape(n_out, -1).sum(axis=1)
         b = np.zeros(n_out, np.int64) if b_tensor is None else b_tensor.to_numpy().astype(np.int64)
         folded = b - x.zero_point * rowsum
-        max_product = W_MAX * (255 if x.dtype == "uint8" else 128)
-        worst = k * max_product + (int(np.max(np.abs(folded))) if n_out else 0)
-        if worst > INT32_MAX:
-            raise UnsupportedModelError(
-                f"{self.imp.where}: node {node_name!r} ({op}): the int32 accumulator could overflow: "
-                f"K={k} × {max_product} + max|bias − x_zp·rowsum| = {worst} ≥ 2^31")
-
-
-class _Proxy:
-    """A view of a QLinearConv node with the float Conv's inputs (x, w), for its attribute handler."""
-
-    def __init__(self, n, inputs):
-        self._n = n
-        self.inputs = inputs
-
-    def input(self, i):
-        return self.inputs[i] if i < len(self.inputs) else ""
-
-    def const(self, i):
-        return self._n.imp.consts.get(self.input(i)) if self.input(i) else None
-
-    def __getattr__(self, key):
-        return getattr(self._n, key)
+        try:
+            quantmath.check_accumulator_range(k, quantmath.MAX_ABS_PRODUCT[np.dtype(x.dtype)], folded)
+        except UnsupportedModelError as err:
+            raise UnsupportedModelError(f"{self.imp.where}: node {node_name!r} ({op}): {err}") from None
 
 
 def _sparsity(array) -> float:
@@ -822,7 +810,7 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
                      b_zero_point=b.zero_point, y_scale=y.scale, y_zero_point=y.zero_point,
                      y_dtype=y.dtype, clip_min=clip[0], clip_max=clip[1])
         qi.act[out] = y
-        return qi.P(f.name, "QAdd", [a_name, b_name], [out], normalize_attrs("QAdd", attrs), []), gone
+        return Pending(f.name, "QAdd", [a_name, b_name], [out], normalize_attrs("QAdd", attrs), []), gone
     if f.op in ("AveragePool", "GlobalAveragePool"):
         x = dq_of(f.inputs[0])
         if x is None:
@@ -831,7 +819,7 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
         attrs = dict(f.attrs, x_scale=x[1].scale, x_zero_point=x[1].zero_point, y_scale=y.scale,
                      y_zero_point=y.zero_point, y_dtype=y.dtype)
         qi.act[out] = y
-        return qi.P(f.name, op, [x[0]], [out], normalize_attrs(op, attrs), []), gone
+        return Pending(f.name, op, [x[0]], [out], normalize_attrs(op, attrs), []), gone
     # MaxPool and shape ops: integers move unchanged, so in and out must share their parameters.
     data_inputs = f.inputs if f.op == "Concat" else f.inputs[:1]
     xs = [dq_of(name) for name in data_inputs]
@@ -847,7 +835,7 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
         attrs["value"] = int(q_value)
     inputs = [x[0] for x in xs] + list(f.inputs[len(data_inputs):])
     qi.act[out] = y
-    return qi.P(f.name, op, inputs, [out], normalize_attrs(op, attrs), []), gone
+    return Pending(f.name, op, inputs, [out], normalize_attrs(op, attrs), []), gone
 
 
 def _const_dtype(qi, name):

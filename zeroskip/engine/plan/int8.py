@@ -221,8 +221,9 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
     x_zp = int(attrs["x_zero_point"])
     rowsum = w2.astype(np.int64).sum(axis=1)
     bias = quantmath.fold_bias(q_b, rowsum, x_zp)
-    w_peak = int(np.abs(w2.astype(np.int16)).max(initial=0))  # ≤ 128: −128 is a valid weight
-    quantmath.check_accumulator_range(w2.shape[1], 255 * w_peak, bias)  # for any 8-bit x
+    # for any 8-bit input (uint8 or int8 at run time) and this layer's own largest |w| (≤ 128)
+    w_peak = int(np.abs(w2.astype(np.int16)).max(initial=0))
+    quantmath.check_accumulator_range(w2.shape[1], 255 * w_peak, bias)
     m0, shift = quantmath.quantize_multiplier(float(attrs["x_scale"]) * w_scale /
                                               float(attrs["y_scale"]))
     lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], attrs["y_zero_point"],

@@ -82,8 +82,9 @@ class IntegerWeight:
         w8 = np.ascontiguousarray(centered.astype(np.int8))
         rowsum = w8.reshape(w8.shape[0], -1).astype(np.int64).sum(axis=1)
         k = w8[0].size if len(w8) else 0
-        try:  # |x·w| ≤ 255·128; the folded bias −x_zp·rowsum with |x_zp| ≤ 255
-            quantmath.check_accumulator_range(k, 255 * 128, 255 * rowsum)
+        try:  # any 8-bit x, w8 in [−128, 127]; the folded bias −x_zp·rowsum with |x_zp| ≤ 255
+            quantmath.check_accumulator_range(k, quantmath.MAX_ABS_PRODUCT[np.dtype(np.uint8)],
+                                              255 * rowsum)
         except UnsupportedModelError as err:
             return str(err)
         self.w8, self.rowsum, self.offset = w8, rowsum, offset
