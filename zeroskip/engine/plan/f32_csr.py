@@ -12,6 +12,7 @@ import numpy as np
 from ...errors import InputError
 from ...model import Node
 from .context import PlanContext, float_bounds
+from .f32_dense import conv_operands
 from .geometry import conv_geometry, conv_input, workspace_len
 from .registry import Decline, builds
 from .steps import Scratch, Step
@@ -61,17 +62,14 @@ def gemm_csr(node: Node, ctx: PlanContext):
 @builds("f32-csr", "Conv")
 def conv_csr(node: Node, ctx: PlanContext):
     """Direct sparse conv over the nonzeros (no im2col), or the depthwise kernel for depthwise convs."""
-    w = ctx.const(node.inputs[1])
-    if w is None or w.ndim != 4:
-        return Decline("not a 2-D conv with a constant weight")
-    b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
-    if len(node.inputs) > 2 and node.inputs[2] and b is None:
-        return Decline("the bias is computed at run time")
+    operands = conv_operands(node, ctx)
+    if isinstance(operands, Decline):
+        return operands
     choice = ctx.choose_csr(ctx.tensors[node.inputs[1]].density, "conv f32", node)
     if not choice.csr:
         return choice.declined()
+    w, bias = operands
     group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
-    bias = np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     out, lo, hi = ctx.activation(node)
     lo, hi = float_bounds(lo, hi)
     x_name, channels = node.inputs[0], group * c_group

@@ -62,21 +62,31 @@ def matmul(node: Node, ctx: PlanContext):
                 ctx.tensors[node.inputs[1]].density)
 
 
-@builds("f32-dense", "Conv")
-def conv(node: Node, ctx: PlanContext):
-    """Conv by im2col (a Numba kernel) + one sgemm per group (numpy BLAS) + bias and activation.
-
-    A 1×1, stride-1, unpadded conv needs no im2col: x[b] is already the (C, H·W) column matrix.
-    """
+def conv_operands(node: Node, ctx: PlanContext):
+    """(w (N, C/group, kh, kw), bias (N,) float32) of a float 2-D Conv with constant operands, or
+    the Decline that says which is missing (the float conv builders of both families)."""
     w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 4:
         return Decline("not a 2-D conv with a constant weight")
     b = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
     if len(node.inputs) > 2 and node.inputs[2] and b is None:
         return Decline("the bias is computed at run time")
+    n_out = w.shape[0]
+    return w, np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+
+
+@builds("f32-dense", "Conv")
+def conv(node: Node, ctx: PlanContext):
+    """Conv by im2col (a Numba kernel) + one sgemm per group (numpy BLAS) + bias and activation.
+
+    A 1×1, stride-1, unpadded conv needs no im2col: x[b] is already the (C, H·W) column matrix.
+    """
+    operands = conv_operands(node, ctx)
+    if isinstance(operands, Decline):
+        return operands
+    w, bias = operands
     group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
     wmat = np.ascontiguousarray(w.reshape(group, n_out // group, c_group * kh * kw))
-    bias = np.zeros(n_out, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     im2col, epilogue = ctx.kernel("im2col_dense_f32"), ctx.kernel("bias_act_dense_f32")
     out, lo, hi = ctx.activation(node)
     lo, hi = float_bounds(lo, hi)
