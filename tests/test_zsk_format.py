@@ -1,5 +1,6 @@
-"""The .zsk v1 format (docs/format.md): round trips, determinism, layout choice, atomic saves, and one
-crafted bad file per validation rule, each with its exact ModelFormatError message."""
+"""The .zsk v1 format (docs/format.md): round trips, determinism, layout choice, atomic saves, and
+crafted bad files for every validation rule of the spec (V1, V2, ...: see ``RULES``), each with its
+exact ModelFormatError message."""
 
 import json
 import mmap
@@ -467,7 +468,61 @@ def test_numpy_scalars_in_attrs_and_metadata_are_saved_as_json_numbers():
     assert loaded.metadata == {"sparsity": 0.5, "rows": 3, "shape": [1, 2]}
 
 
-# -- crafted bad files: one per validation rule --------------------------------------------------
+# -- crafted bad files: every validation rule of docs/format.md -----------------------------------
+
+RULES = {
+    "V1": ("empty file", "short file"),
+    "V2": ("bad magic",),
+    "V3": ("unknown version", "format name", "header version"),
+    "V4": ("header over limit", "header past end", "huge header length"),
+    "V5": ("header crc",),
+    "V6": ("not utf-8", "not json", "NaN in json", "1e400 in json", "duplicate key", "deep nesting"),
+    "V7": ("not an object", "missing key", "unknown key", "tensors not object", "metadata not object",
+           "data_length type", "data_length bool", "layout type", "tensor not object",
+           "tensor missing key", "tensor unknown key", "empty tensor name", "buffers missing role",
+           "buffers extra role", "quant missing key", "node inputs type", "node attrs type",
+           "node name type", "graph missing key"),
+    "V8": ("data_length too big", "truncated data", "trailing bytes"),
+    "V9": ("unknown layout",),
+    "V10": ("dtype not allowed", "dtype not string", "data dtype", "index dtype", "input dtype",
+            "output dtype", "cast to"),
+    "V11": ("negative dim", "float dim", "shape not list", "too many dims", "huge dim",
+            "empty but unrepresentable", "csr bytes overflow", "csr without axes",
+            "csr too many elements", "input shape"),
+    "V12": ("offset type", "negative offset", "crc over 32 bits", "unaligned offset",
+            "buffer outside file", "buffer far outside", "overlapping buffers"),
+    "V13": ("dense length", "absurd shape", "indptr length", "indices length", "data length",
+            "nnz over size"),
+    "V14": ("quant on float", "axis out of range", "negative axis", "axis type", "scale length",
+            "per-tensor length", "zero_point length"),
+    "V15": ("scale zero", "scale negative", "scale float32 overflow", "scale float32 underflow",
+            "scale huge int", "scale not number", "scale bool"),
+    "V16": ("zero point float", "zero point bool", "zero point range", "zero point range int32"),
+    "V17": ("input defined twice", "node name twice", "output defined twice", "empty output"),
+    "V18": ("arity", "output arity", "required input empty", "unknown op", "unknown attribute",
+            "missing required attribute"),
+    "V19": ("missing tensor", "node order", "cycle", "output not produced"),
+    # found on first access to a tensor's arrays (BAD_CONTENTS)
+    "V20": ("dense crc", "csr data crc", "csr indices crc"),
+    "V21": ("bool byte",),
+    "V22": ("indptr[0]", "indptr decreasing", "indptr end", "indptr beyond nnz"),
+    "V23": ("column out of range", "unsorted row", "duplicate column"),
+}
+"""Rule id of docs/format.md -> the crafted bad files (keys of BAD_FILES, BAD_CONTENTS) that break it."""
+RULE_OF = {case: rule for rule, cases in RULES.items() for case in cases}
+
+
+def rule_ids_in_the_spec() -> list[str]:
+    """The rule ids docs/format.md lists (``- **V1** ...``), in order."""
+    spec = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "format.md")
+    with open(spec, encoding="utf-8") as f:
+        return re.findall(r"^- \*\*(V\d+)\*\* ", f.read(), flags=re.M)
+
+
+def with_rule(cases) -> list:
+    """pytest params for ``cases`` (sorted), each with its rule id first in the test id."""
+    return [pytest.param(case, id=f"{RULE_OF.get(case, 'no-rule')} {case}") for case in sorted(cases)]
+
 # The good file: tensors b (dense f32 [8]), q (dense int8 [4,8], quant axis 0), qb (dense int32 [4],
 # quant axis 0) and w (csr f32 [8,16], nnz 10, uint8 indptr/indices); data section of 384 bytes:
 # b @0, q @64, qb @128, w.indptr @192, w.indices @256, w.data @320.
@@ -764,6 +819,18 @@ BAD_FILES = {
     "graph missing key": (lambda: graph(deleter("nodes")), "graph: missing key 'nodes'"),
     "input defined twice": (lambda: graph(lambda g: g["inputs"].append(g["inputs"][0])),
                             "graph input 'x': name is defined twice"),
+    "node name twice": (lambda: nodes(lambda n: n["relu"].update(name="fc1")),
+                        "node 'fc1' (Relu): node name is used twice"),
+    "output defined twice": (lambda: nodes(lambda n: n["relu"].update(outputs=["w"])),
+                             "node 'relu' (Relu): output 'w' is empty or defined twice"),
+    "empty output": (lambda: nodes(lambda n: n["relu"].update(outputs=[""])),
+                     "node 'relu' (Relu): output '' is empty or defined twice"),
+    "output arity": (lambda: nodes(lambda n: n["relu"].update(outputs=["r", "r2"])),
+                     "node 'relu' (Relu): has 2 outputs, expected 1"),
+    "required input empty": (lambda: nodes(lambda n: n["fc1"].update(inputs=["x", "", "b"])),
+                             "node 'fc1' (Gemm): required input 1 is empty"),
+    "cast to": (lambda: nodes(lambda n: n["relu"].update(op="Cast", attrs={"to": "complex64"})),
+                f"node 'relu' (Cast): attribute to='complex64' is not one of the dtypes {ALLOWED}"),
 }
 
 
@@ -774,7 +841,7 @@ def assert_message(err, message):
         assert str(err.value) == message
 
 
-@pytest.mark.parametrize("case", sorted(BAD_FILES))
+@pytest.mark.parametrize("case", with_rule(BAD_FILES))
 def test_bad_file_is_refused_with_its_rule(case, tmp_path):
     build, message = BAD_FILES[case]
     data = build()
@@ -844,10 +911,12 @@ BAD_CONTENTS = {
     "duplicate column": (lambda: edit_buffer("w", "indices", put(5, 1)), "w",
                          "tensor 'w': row 3: column indices are not strictly increasing (unsorted "
                          "or duplicate) at position 5"),
+    "bool byte": (lambda: bad_bool_file(), "flags",
+                  "tensor 'flags': bool value at position 2 is the byte 7, not 0 or 1"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CONTENTS))
+@pytest.mark.parametrize("case", with_rule(BAD_CONTENTS))
 def test_bad_contents_are_refused_on_first_access_and_by_eager_load(case, tmp_path):
     build, name, message = BAD_CONTENTS[case]
     path = tmp_path / "bad.zsk"
@@ -866,6 +935,17 @@ def test_bad_contents_are_refused_on_first_access_and_by_eager_load(case, tmp_pa
     with pytest.raises(ModelFormatError) as err:
         zsk.loads(path.read_bytes(), verify="eager")
     assert_message(err, message)
+
+
+def test_every_rule_of_the_spec_has_a_crafted_bad_file():
+    """docs/format.md's rule list and RULES name the same ids, and every case of RULES exists (so no
+    rule is without a crafted file, and no crafted file is without its rule)."""
+    ids = rule_ids_in_the_spec()
+    assert ids == [f"V{i}" for i in range(1, len(ids) + 1)], ids  # V1, V2, ... none skipped
+    assert list(RULES) == ids
+    assert all(RULES[rule] for rule in ids)
+    assert len(RULE_OF) == sum(len(cases) for cases in RULES.values())  # no case under two rules
+    assert sorted(RULE_OF) == sorted([*BAD_FILES, *BAD_CONTENTS])
 
 
 def test_rows_may_start_lower_than_the_previous_row_ends():
@@ -946,18 +1026,17 @@ def bool_model() -> Model:
     return Model(graph)
 
 
-def test_bool_bytes_other_than_0_and_1_are_refused(tmp_path):
+def bad_bool_file() -> bytes:
+    """bool_model's file with the byte 7 in its bool tensor (and a CRC that matches it)."""
     header, section = split(zsk.dumps(bool_model()))
-    good_flags = zsk.loads(assemble(header, section), verify="eager").graph.initializers["flags"]
-    assert good_flags.array.tolist() == [True, False, True]
     section[2] = 7
     header["tensors"]["flags"]["buffers"]["data"]["crc32"] = zlib.crc32(bytes(section[:3]))
-    model = zsk.loads(assemble(header, section))
-    message = "tensor 'flags': bool value at position 2 is the byte 7, not 0 or 1"
-    with pytest.raises(ModelFormatError, match=re.escape(message)):
-        model.graph.initializers["flags"].array
-    with pytest.raises(ModelFormatError, match=re.escape(message)):
-        zsk.loads(assemble(header, section), verify="eager")
+    return assemble(header, section)
+
+
+def test_bool_tensor_round_trips():
+    flags = zsk.loads(zsk.dumps(bool_model()), verify="eager").graph.initializers["flags"]
+    assert flags.array.dtype == np.bool_ and flags.array.tolist() == [True, False, True]
 
 
 def test_tensor_names_must_be_non_empty_strings():
