@@ -71,7 +71,8 @@ def serial_kernel(name: str):
     for one-thread sessions: a parallel kernel goes through the threading layer even on one thread,
     which costs ~50 µs per call under workqueue (4 µs under OpenMP), twice the whole run of the
     demo's MLP. Same loops, same results; compiled (and cached on disk under its own name) on first
-    use."""
+    use. Under NUMBA_DISABLE_JIT=1 a kernel is its plain Python function (prange is range), which
+    already is serial: it is its own twin."""
     twin = _SERIAL.get(name)
     if twin is None:
         import types
@@ -79,6 +80,9 @@ def serial_kernel(name: str):
         import numba
 
         dispatcher = KERNELS[name]
+        if numba.config.DISABLE_JIT or not hasattr(dispatcher, "py_func"):
+            _SERIAL[name] = dispatcher
+            return dispatcher
         fn = dispatcher.py_func
         copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                   fn.__defaults__, fn.__closure__)

@@ -4,7 +4,8 @@
 iteration per input plane pads it into ``xp`` and, while the plane is in L1, computes its ``mult``
 output channels one output row at a time, all nine taps, bias and clamp in one vectorized pass that
 writes ``y`` directly (no accumulator workspace, no separate padding pass). Other kernel sizes use
-the direct sparse conv's tile loop (kernels/conv_csr.py) with the dense taps. See docs/kernels.md.
+the direct sparse conv's tile loop (``conv_channel`` of kernels/_planes.py) with the dense taps.
+See docs/kernels.md.
 
 Indices in the row loops are uint64: Numba skips its negative-index wraparound test for unsigned
 indices, and that test (or the reference counting of a slice per row) stops LLVM from vectorizing.
@@ -15,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv_csr import (ACC_TILE, INT32_MAX, INT32_MIN, _channel, _pad_plane, _pad_planes, _pitch,
-                       _tap_offsets)
+from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel, pad_plane,
+                      pad_planes, tap_offsets)
 
 _U = np.uint64
 
@@ -47,7 +48,7 @@ def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
 def _planes_3x3(w, b, x, xp, y, bi, c, mult, sh, sw, dh, dw, pt, pl, fill, lo, hi):
     """One parallel iteration of the 3×3 loop: pad plane (bi, c) into xp with ``fill`` while it is
     in L1, then its ``mult`` output channels, one output row per pass (_plane_3x3)."""
-    _pad_plane(x[bi, c], xp[bi, c], pt, pl, fill)
+    pad_plane(x[bi, c], xp[bi, c], pt, pl, fill)
     for n in range(c * mult, (c + 1) * mult):
         _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
 
@@ -75,15 +76,15 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
             _planes_3x3(w, b, x, xp, y, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
                         np.float32(0.0), lo, hi)
         return
-    _pad_planes(x, xp, pt, pl, np.float32(0.0))
-    P = _pitch(OW, Wp, sh, sw)
+    pad_planes(x, xp, pt, pl, np.float32(0.0))
+    P = accumulator_pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
-    offs = _tap_offsets(1, kh, kw, Hp, Wp, dh, dw)
+    offs = tap_offsets(1, kh, kw, Hp, Wp, dh, dw)
     taps = np.arange(kh * kw)
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi, n // mult].reshape(Hp * Wp)
-        _channel(ws[bi, n], taps, w[n], offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
+        conv_channel(ws[bi, n], taps, w[n], offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
 depthwise_dense_f32 = njit(cache=True, parallel=True)(_depthwise_dense_f32)
@@ -98,9 +99,11 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
     folded at plan time: bias'[n] = q_b[n] − x_zp·Σ_(i,j) q_w[n,i,j] (the same rule as conv2d_csr_i8).
     No rounding, no saturation: the int32 accumulator goes to the requantize kernel.
     Loop nest: as depthwise_dense_f32 (3×3: per plane, pad, channels, rows, one pass of 9 taps).
-    w [N, kh·kw] int8 in [−127, 127]; bias [N] int32 — bias'; x [B,C,H,W] uint8|int8; x_zero_point
-    int; xp [B,C,Hp,Wp] x.dtype, ws [B,N,OH·P] int32 — workspaces; y [B,N,OH,OW] int32; geometry ints.
-    Overflow: kh·kw·127·255 is tiny next to 2^31 (the plan still checks |bias'|).
+    w [N, kh·kw] int8 — taps, anything in [−128, 127]; bias [N] int32 — bias'; x [B,C,H,W]
+    uint8|int8; x_zero_point int; xp [B,C,Hp,Wp] x.dtype, ws [B,N,OH·P] int32 — workspaces;
+    y [B,N,OH,OW] int32; geometry ints.
+    Overflow: kh·kw terms, each |u8·s8| ≤ 255·128 = 32 640 < 2^15 (|s8·s8| ≤ 2^14): kh·kw ≤ 65 793
+    is safe, far beyond any real kernel (the plan still checks |bias'|).
     Work: 2·B·N·OH·OW·kh·kw int ops.
     """
     B, C, Hp, Wp = xp.shape
@@ -111,16 +114,16 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
             _planes_3x3(w, bias, x, xp, y, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
                         x_zero_point, INT32_MIN, INT32_MAX)
         return
-    _pad_planes(x, xp, pt, pl, x_zero_point)
-    P = _pitch(OW, Wp, sh, sw)
+    pad_planes(x, xp, pt, pl, x_zero_point)
+    P = accumulator_pitch(OW, Wp, sh, sw)
     rows = max(1, ACC_TILE // P)
-    offs = _tap_offsets(1, kh, kw, Hp, Wp, dh, dw)
+    offs = tap_offsets(1, kh, kw, Hp, Wp, dh, dw)
     taps = np.arange(kh * kw)
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf = xp[bi, n // mult].reshape(Hp * Wp)
-        _channel(ws[bi, n], taps, w[n], offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
-                 INT32_MIN, INT32_MAX)
+        conv_channel(ws[bi, n], taps, w[n], offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
+                     INT32_MIN, INT32_MAX)
 
 
 depthwise_dense_i8 = njit(cache=True, parallel=True)(_depthwise_dense_i8)

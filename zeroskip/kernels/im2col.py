@@ -12,13 +12,7 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-
-@njit(cache=True)
-def _out_range(t, d, p, s, n, O):
-    """[lo, hi): the outputs o < O whose tap t reads inside the input, i.e. 0 ≤ o·s + t·d − p < n."""
-    lo = min(O, max(0, (p - t * d + s - 1) // s))
-    hi = max(lo, min(O, (n - 1 + p - t * d) // s + 1))
-    return lo, hi
+from ._planes import out_range
 
 
 @njit(cache=True)
@@ -29,7 +23,7 @@ def _fill_col_row(x, row, i, j, sh, sw, dh, dw, pt, pl, fill):
     """
     H, W = x.shape
     OH, OW = row.shape
-    lo, hi = _out_range(j, dw, pl, sw, W, OW)
+    lo, hi = out_range(j, dw, pl, sw, W, OW)
     for oh in range(OH):
         h = oh * sh + i * dh - pt
         r = row[oh]

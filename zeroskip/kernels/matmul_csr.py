@@ -1,8 +1,11 @@
 """Sparse matmul: W (N,K) in CSR (rows = output channels) times dense activations xt (K,M).
 
 Loop nest (docs/kernels.md): prange over output channels n; the row's nonzeros, NNZ_UNROLL = 8 at a
-time; one contiguous axpy over a slice of M_TILE pixels that takes all eight, so the output slice
-is loaded and stored once per eight nonzeros instead of once per nonzero.
+time; one contiguous axpy over a slice of PIXELS_PER_TILE pixels that takes all eight, so the output
+slice is loaded and stored once per eight nonzeros instead of once per nonzero.
+
+Float32 arithmetic is rounded op by op, as written (no fused multiply-add contraction), so the
+kernel gives the same bytes compiled and as plain Python under NUMBA_DISABLE_JIT=1.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-M_TILE = 512
-"""Output-row slice (2 KB of float32/int32) kept in L1 across a row's nonzeros, with the input
-slices it reads. Chosen by bench/test_bench_matmul.py: M ≤ 512 is one slice; ResNet-50's 56×56
+PIXELS_PER_TILE = 512
+"""Pixels (values of m) per slice of an output row: 2 KB of float32/int32, kept in L1 across the
+row's nonzeros with the input slices it reads. Chosen by bench/test_bench_matmul.py: M ≤ 512 is one slice; ResNet-50's 56×56
 (M = 3136) layers run in 7 slices."""
 
 NNZ_UNROLL = 8
@@ -63,8 +66,8 @@ def _matmul_csr_f32(indptr, indices, data, b, xt, yt, lo, hi):
     # W (N,K) csr @ xt (K,M) + b -> yt (N,M)
     """yt[n,m] = clamp(b[n] + Σ_{k ∈ nz(n)} w[n,k]·xt[k,m], lo, hi)
 
-    Loop nest: prange n; slices of M_TILE pixels; nonzeros of row n, 8 per pass (then one at a
-    time); one axpy over the slice per pass.
+    Loop nest: prange n; slices of PIXELS_PER_TILE pixels; nonzeros of row n, 8 per pass (then one
+    at a time); one axpy over the slice per pass.
     indptr [N+1] int — CSR row pointers (uint8, uint16, int32 or int64)
     indices [nnz] int — column k of each nonzero (same choices of dtype)
     data [nnz] float32 — the nonzero weights
@@ -79,8 +82,8 @@ def _matmul_csr_f32(indptr, indices, data, b, xt, yt, lo, hi):
     for n in prange(N):
         start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
         y = yt[n]
-        for m0 in range(0, M, M_TILE):
-            m1 = min(M, m0 + M_TILE)
+        for m0 in range(0, M, PIXELS_PER_TILE):
+            m1 = min(M, m0 + PIXELS_PER_TILE)
             y[m0:m1] = b[n]
             e = start
             while e + NNZ_UNROLL <= end:
@@ -93,7 +96,7 @@ def _matmul_csr_f32(indptr, indices, data, b, xt, yt, lo, hi):
                 y[m] = min(max(y[m], lo), hi)
 
 
-matmul_csr_f32 = njit(cache=True, parallel=True, fastmath={"contract"})(_matmul_csr_f32)
+matmul_csr_f32 = njit(cache=True, parallel=True)(_matmul_csr_f32)
 
 
 def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
@@ -103,22 +106,23 @@ def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
     real = scale·(q − zero_point): w per output channel with zero point 0 (so a skipped zero weight
     is exact), x per tensor; its zero point is folded into bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] at plan
     time. No rounding, no saturation here: requantize_dense_i8 turns yt into 8 bits.
-    Loop nest: as matmul_csr_f32 (prange n; M_TILE slices; 8 nonzeros per pass; axpy).
+    Loop nest: as matmul_csr_f32 (prange n; PIXELS_PER_TILE slices; 8 nonzeros per pass; axpy).
     indptr [N+1], indices [nnz] int — CSR of w (uint8, uint16, int32 or int64)
-    data [nnz] int8 — the nonzero weights, in [−127, 127]
+    data [nnz] int8 — the nonzero weights, anything in [−128, 127]
     bias [N] int32 — the folded bias bias'
     xt [K,M] uint8|int8 — activations, channel-major, C-contiguous
     yt [N,M] int32 — accumulator out, C-contiguous, overwritten
     Preconditions: valid CSR; K·max|q_w·q_x| + max|bias'| < 2^31 (checked by the plan).
-    Overflow: |u8·s8| ≤ 255·127 < 2^15, so K ≤ 66 000 is safe (|s8·s8| ≤ 2^14: twice that).
+    Overflow: |u8·s8| ≤ 255·128 = 32 640 < 2^15, so K ≤ 65 793 is safe; |s8·s8| ≤ 128·128 = 2^14,
+    so K ≤ 131 071 (the plan checks K).
     Work: 2·M·nnz int ops; reads xt nnz·M bytes (from L1/L2), writes yt N·M·4 bytes.
     """
     N, M = yt.shape
     for n in prange(N):
         start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
         y = yt[n]
-        for m0 in range(0, M, M_TILE):
-            m1 = min(M, m0 + M_TILE)
+        for m0 in range(0, M, PIXELS_PER_TILE):
+            m1 = min(M, m0 + PIXELS_PER_TILE)
             y[m0:m1] = bias[n]
             e = start
             while e + NNZ_UNROLL <= end:

@@ -1,57 +1,152 @@
 """Dense int8 GEMM: x (M,K) and w (N,K), both contiguous along K, into the int32 accumulator yt (N,M).
 
-Register tile (docs/kernels.md): M_TILE = 2 rows of x times N_TILE = 4 rows of w give 8 int32
-dot products over K at once. The K loop is written by hand in LLVM IR (`_madd_tile_2x4`): per 16
-values of k it loads the 6 rows' bytes widened to int16 (`vpmovzxbw`/`vpmovsxbw`), and does 8
-`vpmaddwd` (16 int16 products, added in pairs into 8 int32 lanes, exactly) and 8 `vpaddd`; the 8
-accumulators stay in ymm registers and are reduced together at the end (`vphaddd`). The last K mod
-16 values of k, edge rows and edge columns are scalar dot products.
+The register tile (docs/kernels.md, "matmul_dense_i8"): X_ROWS_PER_TILE = 2 rows of x times
+W_ROWS_PER_TILE = 4 rows of w give SUMS_PER_TILE = 8 int32 dot products over K at once. One tile
+step takes K_PER_STEP = 16 values of k: the 6 rows' 16 bytes each are widened to int16, and every
+(x row, w row) pair goes through one ``vpmaddwd``, which multiplies the 16 pairs exactly and adds
+adjacent products into LANES = 8 int32 lanes, added to that pair's accumulator. After the last whole
+step each accumulator's 8 lanes are summed (the horizontal sums); the last K mod 16 values of k,
+edge rows and edge columns are scalar dot products.
+
+The tile exists three times, with the same integers out:
+
+- ``tile_step_model`` / ``tile_model``: one step, and the whole tile, in NumPy, line by line as the
+  hardware does it. The one to read first; the kernel runs it under NUMBA_DISABLE_JIT=1, where the
+  LLVM IR below cannot run.
+- ``_madd_tile`` + ``_tile_avx2``: the steps written in LLVM IR (AVX2), what the kernel runs.
+- ``_tile_portable``: plain loops, for CPUs without AVX2.
+
+``gemm_with_tile`` builds the GEMM loop around any of them, so the tests compare all three.
 """
 
 from __future__ import annotations
 
+import types as pytypes
+
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-M_TILE = 2
-"""Rows of x per register tile. With N_TILE = 4: 8 vector accumulators + 6 loaded vectors ≤ 16 ymm.
-Chosen by bench/test_bench_matmul.py at M=128, K=N=1024 with the vpmaddwd loop: 2×4 (2.8 ms) beat
-4×2, 3×4, 4×3, 2×6, 6×2 and 4×4 (3.1–4.5 ms); 1×4 tied it (load-bound), 2×4 reads x half as often."""
-N_TILE = 4
-"""Rows of w per register tile (and per parallel iteration); see M_TILE."""
-K_STEP = 16
-"""Values of k per vpmaddwd: one ymm holds 16 int16."""
+X_ROWS_PER_TILE = 2
+"""Rows of x per register tile. With W_ROWS_PER_TILE = 4: 8 vector accumulators + 6 loaded vectors
+≤ 16 ymm registers. Chosen by bench/test_bench_matmul.py at M=128, K=N=1024 with the vpmaddwd loop:
+2×4 (2.8 ms) beat 4×2, 3×4, 4×3, 2×6, 6×2 and 4×4 (3.1–4.5 ms); 1×4 tied it (load-bound), and 2×4
+reads x half as often."""
+W_ROWS_PER_TILE = 4
+"""Rows of w per register tile, and per parallel iteration (a panel of w); see X_ROWS_PER_TILE."""
+SUMS_PER_TILE = X_ROWS_PER_TILE * W_ROWS_PER_TILE
+"""Dot products, and vector accumulators, per tile: number i·W_ROWS_PER_TILE + j is x row m+i
+times w row n+j."""
+K_PER_STEP = 16
+"""Values of k per tile step: vpmaddwd takes 16 int16 pairs, one 256-bit ymm register of each.
+Fixed by the instruction, not by a benchmark."""
+LANES = K_PER_STEP // 2
+"""int32 lanes per accumulator: vpmaddwd adds its 16 products in adjacent pairs, into 8 lanes."""
+
+
+# ---------------------------------------------------------------- the tile in NumPy: read this first
+
+def tile_step_model(x16, w16):
+    """One tile step for one (x row, w row) pair: what one vpmaddwd computes, in NumPy.
+
+    lane[l] = x16[2l]·w16[2l] + x16[2l+1]·w16[2l+1]   for l < LANES, exactly, in int32
+    x16 [K_PER_STEP] uint8|int8 — 16 values of k of an x row; w16 [K_PER_STEP] int8 — of a w row
+    Returns [LANES] int32. No saturation is possible: |product| ≤ 255·128 (or 128·128) < 2^15, so a
+    lane is at most 2·255·128 < 2^16.
+    """
+    x_wide = x16.astype(np.int16)  # vpmovzxbw (uint8: zero-extend) or vpmovsxbw (int8: sign-extend)
+    w_wide = w16.astype(np.int16)  # vpmovsxbw
+    products = x_wide.astype(np.int32) * w_wide.astype(np.int32)  # 16 exact int16·int16 products
+    return products[0::2] + products[1::2]  # adjacent pairs added: 8 int32 lanes
+
+
+def tile_model(x, w, m, n, K):
+    """The tile's dot products as _madd_tile and _tile_avx2 compute them, step by step, in NumPy.
+
+    sums[i, j] = Σ_{k<K} x[m+i, k]·w[n+j, k]   for i < X_ROWS_PER_TILE, j < W_ROWS_PER_TILE
+    x [M,K] uint8|int8, w [N,K] int8 — rows m.. and n.. must exist; returns [X_ROWS, W_ROWS] int32.
+    int32 arithmetic throughout, wrapping as the hardware's does (the plan bounds K, so nothing wraps).
+    """
+    acc = np.zeros((X_ROWS_PER_TILE, W_ROWS_PER_TILE, LANES), np.int32)  # the 8 ymm accumulators
+    steps = K // K_PER_STEP
+    for step in range(steps):
+        k = step * K_PER_STEP
+        for i in range(X_ROWS_PER_TILE):
+            for j in range(W_ROWS_PER_TILE):  # vpaddd: acc[i, j] += vpmaddwd(x row, w row)
+                acc[i, j] += tile_step_model(x[m + i, k:k + K_PER_STEP], w[n + j, k:k + K_PER_STEP])
+    sums = acc.sum(axis=2, dtype=np.int32)  # the horizontal sums: each accumulator's 8 lanes
+    k0 = steps * K_PER_STEP  # the K mod 16 tail: plain products
+    x_tail = x[m:m + X_ROWS_PER_TILE, k0:K].astype(np.int32)
+    w_tail = w[n:n + W_ROWS_PER_TILE, k0:K].astype(np.int32)
+    return sums + x_tail @ w_tail.T
+
+
+def _tile_python(x, w, bias, yt, m, n, K):
+    """As _tile_avx2, through tile_model: the tile the kernel runs under NUMBA_DISABLE_JIT=1."""
+    sums = tile_model(x, w, m, n, K)
+    yt[n:n + W_ROWS_PER_TILE, m:m + X_ROWS_PER_TILE] = bias[n:n + W_ROWS_PER_TILE, None] + sums.T
+
+
+# ---------------------------------------------------------------- the tile in LLVM IR (AVX2)
+
+def _horizontal_sums_ir(builder, vectors):
+    """LLVM IR: the sum of the lanes of each <LANES x i32> vector, as a list of i32, LANES vectors
+    at a time (the list is padded with zero vectors to a multiple of LANES).
+
+    vphaddd adds adjacent lanes of two vectors within each 128-bit half, so two rounds of it leave,
+    for 4 vectors, the sums of lanes 0–3 in the low half and of lanes 4–7 in the high half; two such
+    results, one shuffle that pairs the halves up and one vpaddd give the 8 vectors' sums, in order.
+    (~17 instructions for 8 sums, against ~120 for one extract-and-add chain per vector.) The tree
+    is written for LANES = 8, the ymm form of vphaddd. Wrapping int32 adds in any order give the
+    exact sum when it fits int32, which the plan checks.
+    """
+    vector = vectors[0].type
+    phadd = builder.module.declare_intrinsic(
+        "llvm.x86.avx2.phadd.d", fnty=ir.FunctionType(vector, [vector, vector]))
+    half = LANES // 2  # lanes per 128-bit half
+    low_halves = ir.Constant(vector, list(range(half)) + list(range(LANES, LANES + half)))
+    high_halves = ir.Constant(vector, list(range(half, LANES)) + list(range(LANES + half, 2 * LANES)))
+    padded = list(vectors) + [ir.Constant(vector, [0] * LANES)] * (-len(vectors) % LANES)
+    sums = []
+    for g in range(0, len(padded), LANES):
+        v = padded[g:g + LANES]
+        pairs = [builder.call(phadd, [v[2 * t], v[2 * t + 1]]) for t in range(LANES // 2)]
+        quads = [builder.call(phadd, [pairs[2 * t], pairs[2 * t + 1]]) for t in range(LANES // 4)]
+        # quads[0] = [v0..v3: Σ lanes 0-3 | v0..v3: Σ lanes 4-7], quads[1] the same for v4..v7
+        total = builder.add(builder.shuffle_vector(quads[0], quads[1], low_halves),
+                            builder.shuffle_vector(quads[0], quads[1], high_halves))
+        sums += [builder.extract_element(total, ir.IntType(32)(t)) for t in range(LANES)]
+    return sums[:len(vectors)]
 
 
 @intrinsic
-def _madd_tile_2x4(typingctx, x, w, m, n, k_blocks):
-    """The 8 sums Σ_{k < 16·k_blocks} x[m+i,k]·w[n+j,k] in int32, as a tuple in order (i, j).
+def _madd_tile(typingctx, x, w, m, n, steps):
+    """The SUMS_PER_TILE sums Σ_{k < K_PER_STEP·steps} x[m+i,k]·w[n+j,k] in int32, as a tuple in
+    order i·W_ROWS_PER_TILE + j: tile_model's whole steps, as LLVM IR.
 
-    LLVM IR: for each block of 16 k, load x[m+i, k:k+16] (zero- or sign-extended to <16 x i16> as x
-    is uint8 or int8) and w[n+j, k:k+16] (sign-extended), acc[i,j] += llvm.x86.avx2.pmadd.wd(x_i, w_j)
-    (<8 x i32>: products of int16 are exact in int32, and each lane adds only 2 of them, ≤ 2·255·128
-    or 2·128·128 < 2^31); then the 8 accumulators are summed across their lanes together (vphaddd).
+    Per step of K_PER_STEP values of k: load x[m+i, k:k+16] (zero- or sign-extended to <16 x i16>
+    as x is uint8 or int8) and w[n+j, k:k+16] (sign-extended); acc[i,j] += llvm.x86.avx2.pmadd.wd(
+    x_i, w_j) (<8 x i32>). Then the horizontal sums of the accumulators (_horizontal_sums_ir).
     Requires AVX2 (the host's).
     """
     if not (isinstance(x, types.Array) and isinstance(w, types.Array) and x.layout == w.layout == "C"
             and x.dtype in (types.uint8, types.int8) and w.dtype == types.int8):  # rows contiguous
         return None
     x_signed = x.dtype.signed
-    sig = types.UniTuple(types.int32, M_TILE * N_TILE)(x, w, types.intp, types.intp, types.intp)
+    sig = types.UniTuple(types.int32, SUMS_PER_TILE)(x, w, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        x_val, w_val, m_val, n_val, kb_val = args
+        x_val, w_val, m_val, n_val, steps_val = args
         xa = context.make_array(signature.args[0])(context, builder, x_val)
         wa = context.make_array(signature.args[1])(context, builder, w_val)
-        i32 = ir.IntType(32)
-        v16i8 = ir.VectorType(ir.IntType(8), K_STEP)
-        v16i16 = ir.VectorType(ir.IntType(16), K_STEP)
-        v8i32 = ir.VectorType(i32, K_STEP // 2)
+        bytes16 = ir.VectorType(ir.IntType(8), K_PER_STEP)
+        int16s = ir.VectorType(ir.IntType(16), K_PER_STEP)
+        lanes = ir.VectorType(ir.IntType(32), LANES)
         pmaddwd = builder.module.declare_intrinsic(
-            "llvm.x86.avx2.pmadd.wd", fnty=ir.FunctionType(v8i32, [v16i16, v16i16]))
+            "llvm.x86.avx2.pmadd.wd", fnty=ir.FunctionType(lanes, [int16s, int16s]))
 
         def const(v):
             return context.get_constant(types.intp, v)
@@ -62,36 +157,24 @@ def _madd_tile_2x4(typingctx, x, w, m, n, k_blocks):
             return [builder.gep(data, [builder.mul(builder.add(first, const(r)), stride)])
                     for r in range(count)]
 
-        x_rows, w_rows = rows(xa, m_val, M_TILE), rows(wa, n_val, N_TILE)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, [0] * (K_STEP // 2)))
-                for _ in range(M_TILE * N_TILE)]  # promoted to ymm registers by LLVM
-        with cgutils.for_range(builder, kb_val) as loop:
-            k = builder.mul(loop.index, const(K_STEP))
+        x_rows, w_rows = rows(xa, m_val, X_ROWS_PER_TILE), rows(wa, n_val, W_ROWS_PER_TILE)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(lanes, [0] * LANES))
+                for _ in range(SUMS_PER_TILE)]  # promoted to ymm registers by LLVM
+        with cgutils.for_range(builder, steps_val) as loop:
+            k = builder.mul(loop.index, const(K_PER_STEP))
 
             def load16(row, signed):
-                v = builder.load(builder.bitcast(builder.gep(row, [k]), v16i8.as_pointer()), align=1)
-                return builder.sext(v, v16i16) if signed else builder.zext(v, v16i16)
+                v = builder.load(builder.bitcast(builder.gep(row, [k]), bytes16.as_pointer()), align=1)
+                return builder.sext(v, int16s) if signed else builder.zext(v, int16s)
 
             w16 = [load16(r, True) for r in w_rows]
-            for i in range(M_TILE):
+            for i in range(X_ROWS_PER_TILE):
                 x16 = load16(x_rows[i], x_signed)
-                for j in range(N_TILE):
-                    acc = accs[i * N_TILE + j]
-                    builder.store(builder.add(builder.load(acc), builder.call(pmaddwd, [x16, w16[j]])), acc)
-        # The 8 horizontal sums at once: two rounds of vphaddd (pairwise sums within each 128-bit
-        # half) leave, for accumulators 0–3 and 4–7, the sums of lanes 0–3 and of lanes 4–7 in
-        # separate halves; one shuffle pairs the halves up and one add finishes, in (i, j) order.
-        # Wrapping int32 adds in any order give the exact sum, which fits int32 (the plan checks).
-        phadd = builder.module.declare_intrinsic(
-            "llvm.x86.avx2.phadd.d", fnty=ir.FunctionType(v8i32, [v8i32, v8i32]))
-        v = [builder.load(acc) for acc in accs]
-        h = [builder.call(phadd, [v[2 * t], v[2 * t + 1]]) for t in range(4)]
-        g_lo = builder.call(phadd, [h[0], h[1]])  # [a0..a3: lanes 0-3 | a0..a3: lanes 4-7]
-        g_hi = builder.call(phadd, [h[2], h[3]])  # the same for a4..a7
-        first = builder.shuffle_vector(g_lo, g_hi, ir.Constant(v8i32, [0, 1, 2, 3, 8, 9, 10, 11]))
-        second = builder.shuffle_vector(g_lo, g_hi, ir.Constant(v8i32, [4, 5, 6, 7, 12, 13, 14, 15]))
-        total = builder.add(first, second)
-        sums = [builder.extract_element(total, i32(t)) for t in range(M_TILE * N_TILE)]
+                for j in range(W_ROWS_PER_TILE):
+                    acc = accs[i * W_ROWS_PER_TILE + j]
+                    builder.store(builder.add(builder.load(acc), builder.call(pmaddwd, [x16, w16[j]])),
+                                  acc)
+        sums = _horizontal_sums_ir(builder, [builder.load(acc) for acc in accs])
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
@@ -106,8 +189,38 @@ def _dot(xm, wn, K):
     return s
 
 
+@njit(cache=True, inline="always")
+def _tile_avx2(x, w, bias, yt, m, n, K):
+    """yt[n+j, m+i] = bias[n+j] + Σ_k x[m+i,k]·w[n+j,k] for the tile's X_ROWS × W_ROWS outputs:
+    the whole steps by vpmaddwd (_madd_tile), the K mod K_PER_STEP tail by scalar dot products."""
+    steps = K // K_PER_STEP
+    sums = _madd_tile(x, w, m, n, steps)
+    k0 = steps * K_PER_STEP
+    for i in range(X_ROWS_PER_TILE):
+        for j in range(W_ROWS_PER_TILE):
+            s = sums[i * W_ROWS_PER_TILE + j]
+            if k0 < K:
+                s += _dot(x[m + i, k0:], w[n + j, k0:], K - k0)
+            yt[n + j, m + i] = bias[n + j] + s
+
+
+@njit(cache=True, inline="always")
+def _tile_portable(x, w, bias, yt, m, n, K):
+    """As _tile_avx2 in plain loops, for CPUs without AVX2: per k, each of the tile's x values times
+    each of its w values, into X_ROWS × W_ROWS int32 sums. Same results."""
+    sums = np.zeros((X_ROWS_PER_TILE, W_ROWS_PER_TILE), np.int32)
+    for k in range(K):
+        for i in range(X_ROWS_PER_TILE):
+            xi = np.int32(x[m + i, k])
+            for j in range(W_ROWS_PER_TILE):
+                sums[i, j] += xi * np.int32(w[n + j, k])
+    for i in range(X_ROWS_PER_TILE):
+        for j in range(W_ROWS_PER_TILE):
+            yt[n + j, m + i] = bias[n + j] + sums[i, j]
+
+
 def _host_has_avx2() -> bool:
-    """Whether this CPU has AVX2 (the ``vpmaddwd`` intrinsic below needs it)."""
+    """Whether this CPU has AVX2 (the ``vpmaddwd`` intrinsic needs it)."""
     try:
         from llvmlite import binding as llvm
 
@@ -118,38 +231,13 @@ def _host_has_avx2() -> bool:
 
 HAS_AVX2 = _host_has_avx2()
 
+TILES = {"python": _tile_python, "avx2": _tile_avx2, "portable": _tile_portable}
+"""The tile variants by name; each writes the tile's X_ROWS × W_ROWS outputs of yt."""
 
-@njit(cache=True, inline="always")
-def _tile_2x4_portable(x, w, m, n, K):
-    """The 2×4 tile's 8 dot products in plain loops (CPUs without AVX2), same order and result."""
-    s = np.zeros(8, np.int32)
-    for k in range(K):
-        p0, p1 = np.int32(x[m, k]), np.int32(x[m + 1, k])
-        for j in range(4):
-            q = np.int32(w[n + j, k])
-            s[j] += p0 * q
-            s[4 + j] += p1 * q
-    return s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
-
-
-@njit(cache=True, inline="always")
-def _tile_2x4_avx2(x, w, m, n, K):
-    """The 8 dot products of rows m, m+1 of x with rows n..n+3 of w over all K, in int32, (i, j) order."""
-    kb = K // K_STEP
-    s = _madd_tile_2x4(x, w, m, n, kb)
-    if kb * K_STEP == K:
-        return s
-    k0 = kb * K_STEP  # the K mod 16 tail: at most 15 values of k per output, scalar
-    r, x0, x1 = K - k0, x[m, k0:], x[m + 1, k0:]
-    w0, w1, w2, w3 = w[n, k0:], w[n + 1, k0:], w[n + 2, k0:], w[n + 3, k0:]
-    return (np.int32(s[0] + _dot(x0, w0, r)), np.int32(s[1] + _dot(x0, w1, r)),
-            np.int32(s[2] + _dot(x0, w2, r)), np.int32(s[3] + _dot(x0, w3, r)),
-            np.int32(s[4] + _dot(x1, w0, r)), np.int32(s[5] + _dot(x1, w1, r)),
-            np.int32(s[6] + _dot(x1, w2, r)), np.int32(s[7] + _dot(x1, w3, r)))
-
-
-_tile_2x4 = _tile_2x4_avx2 if HAS_AVX2 else _tile_2x4_portable
-"""The micro-kernel the GEMM uses: vpmaddwd where the CPU has AVX2, plain loops elsewhere."""
+_tile = (_tile_python if numba.config.DISABLE_JIT
+         else _tile_avx2 if HAS_AVX2 else _tile_portable)
+"""The tile matmul_dense_i8 runs: vpmaddwd where the CPU has AVX2, plain loops elsewhere, and the
+NumPy model when Numba's JIT is off (LLVM IR cannot run as Python)."""
 
 
 def _matmul_dense_i8(x, w, bias, yt):
@@ -159,31 +247,31 @@ def _matmul_dense_i8(x, w, bias, yt):
     real = scale·(q − zero_point): w per output channel with zero point 0, x per tensor; the x zero
     point is folded into bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] at plan time. No rounding and no
     saturation here: requantize_dense_i8 turns yt into 8 bits.
-    Loop nest: prange panels of N_TILE rows of w; pairs of rows of x; the 2×4 tile's 8 dot products
-    over k, 16 k per vpmaddwd (exact: int16 products summed in int32, no int16 saturation; the K mod 16
-    tail, edge rows and edge columns by scalar dot products). No scratch: bytes are widened in registers.
+    Loop nest: prange panels of W_ROWS_PER_TILE rows of w; X_ROWS_PER_TILE rows of x at a time; the
+    tile's dot products over k, K_PER_STEP k per vpmaddwd step (exact: int16 products summed in
+    int32, no int16 saturation; the K mod 16 tail, edge rows and edge columns by scalar dot
+    products). No scratch: bytes are widened in registers.
     x [M,K] uint8|int8 — activations, pixel-major (a Gemm input, or im2row rows), C-contiguous
-    w [N,K] int8 — weights in [−127, 127], C-contiguous
+    w [N,K] int8 — weights, anything in [−128, 127], C-contiguous
     bias [N] int32 — the folded bias bias'
     yt [N,M] int32 — accumulator out (channel-major, NCHW for a conv), overwritten
     Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (checked by the plan).
-    Overflow: |u8·s8| ≤ 255·127 < 2^15, so K ≤ 66 000 is safe (|s8·s8| ≤ 2^14: twice that).
-    Work: 2·M·N·K int ops; reads w once and x N/N_TILE times (from L2), writes yt N·M·4 bytes.
+    Overflow: |u8·s8| ≤ 255·128 = 32 640 < 2^15, so K ≤ 65 793 is safe; |s8·s8| ≤ 128·128 = 2^14,
+    so K ≤ 131 071 (the plan checks K).
+    Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
     M, K = x.shape
     N = w.shape[0]
-    for p in prange((N + N_TILE - 1) // N_TILE):
-        n = p * N_TILE
-        if n + N_TILE <= N:
-            for m in range(0, M - 1, M_TILE):
-                s = _tile_2x4(x, w, m, n, K)
-                for j in range(N_TILE):
-                    yt[n + j, m] = bias[n + j] + s[j]
-                    yt[n + j, m + 1] = bias[n + j] + s[N_TILE + j]
-            if M % M_TILE:
-                for j in range(n, n + N_TILE):
-                    yt[j, M - 1] = bias[j] + _dot(x[M - 1], w[j], K)
-        else:
+    M_tiled = M - M % X_ROWS_PER_TILE  # rows of x in whole tiles
+    for p in prange((N + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+        n = p * W_ROWS_PER_TILE
+        if n + W_ROWS_PER_TILE <= N:  # a whole panel of w: tiles, then the rows of x left over
+            for m in range(0, M_tiled, X_ROWS_PER_TILE):
+                _tile(x, w, bias, yt, m, n, K)
+            for m in range(M_tiled, M):
+                for j in range(n, n + W_ROWS_PER_TILE):
+                    yt[j, m] = bias[j] + _dot(x[m], w[j], K)
+        else:  # the last N mod W_ROWS_PER_TILE rows of w
             for j in range(n, N):
                 for m in range(M):
                     yt[j, m] = bias[j] + _dot(x[m], w[j], K)
@@ -192,3 +280,25 @@ def _matmul_dense_i8(x, w, bias, yt):
 matmul_dense_i8 = njit(cache=True, parallel=True)(_matmul_dense_i8)
 
 KERNELS = {"matmul_dense_i8": matmul_dense_i8}
+
+_WITH_TILE: dict = {}
+
+
+def gemm_with_tile(name: str):
+    """matmul_dense_i8's loop around the tile variant TILES[name], whatever this CPU would choose:
+    the tests run every variant on one machine (the portable tile on an AVX2 CPU, the NumPy model
+    with the JIT on). "python" stays a Python function (its tile cannot be compiled; its _dot calls
+    are); the others are compiled, parallel, and cached on disk as ``_matmul_dense_i8_<name>``.
+    "avx2" needs an AVX2 CPU (HAS_AVX2)."""
+    gemm = _WITH_TILE.get(name)
+    if gemm is None:
+        fn = _matmul_dense_i8
+        scope = dict(fn.__globals__, _tile=TILES[name])
+        gemm = pytypes.FunctionType(fn.__code__, scope, f"{fn.__name__}_{name}", fn.__defaults__,
+                                    fn.__closure__)
+        gemm.__qualname__ = f"{fn.__qualname__}_{name}"  # its own on-disk cache entry
+        gemm.__module__, gemm.__doc__ = fn.__module__, fn.__doc__
+        if name != "python":
+            gemm = njit(cache=True, parallel=True)(gemm)
+        _WITH_TILE[name] = gemm
+    return gemm

@@ -10,15 +10,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._planes import out_range
 from .elementwise import rounding_shift
-from .im2col import _out_range
 
 
 @njit(cache=True)
 def _lowest(y):
     """The smallest value of y's integer type: 0 for uint8, −128 for int8."""
-    minus_one = y.dtype.type(-1)
-    return y.dtype.type(-128) if minus_one < 0 else y.dtype.type(0)
+    return y.dtype.type(np.iinfo(y.dtype).min)
 
 
 @njit(cache=True)
@@ -39,7 +38,7 @@ def _maxpool_plane(xc, yc, kh, kw, sh, sw, dh, dw, pt, pl, lowest):
                 continue
             xr = xc[h]
             for j in range(kw):
-                lo, hi = _out_range(j, dw, pl, sw, W, OW)
+                lo, hi = out_range(j, dw, pl, sw, W, OW)
                 for ow in range(lo, hi):
                     yr[ow] = max(yr[ow], xr[ow * sw + j * dw - pl])
 

@@ -1,0 +1,160 @@
+"""The dense int8 GEMM's register tile, three ways, against each other and the integer reference.
+
+kernels/matmul_dense.py has the tile as a NumPy model (``tile_step_model``, ``tile_model``: what the
+kernel runs under NUMBA_DISABLE_JIT=1), as LLVM IR (``_madd_tile``, vpmaddwd, on AVX2 CPUs) and as
+plain loops (``_tile_portable``, elsewhere). ``gemm_with_tile`` builds the GEMM loop around each, so
+all of them run here whatever this CPU would pick. int8 results must be exactly equal.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+from kernel_checks import assert_exact
+from zeroskip.kernels import matmul_dense
+from zeroskip.kernels.matmul_dense import (K_PER_STEP, LANES, SUMS_PER_TILE, W_ROWS_PER_TILE,
+                                           X_ROWS_PER_TILE, gemm_with_tile, tile_model,
+                                           tile_step_model)
+from zeroskip.reference import REFERENCES
+
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+W_RANGE = (-128, 127)
+"""Weights may be anything in [−128, 127] (imported models can hold −128)."""
+
+RUNS_AVX2 = matmul_dense.HAS_AVX2 and not numba.config.DISABLE_JIT
+"""The vpmaddwd tile needs an AVX2 CPU, and the JIT: LLVM IR does not run as Python."""
+needs_avx2 = pytest.mark.skipif(not RUNS_AVX2, reason="the vpmaddwd tile needs AVX2 and the JIT")
+
+
+def _values(rng, shape, lo, hi):
+    """Uniform integers in [lo, hi], a quarter of them at the ends lo and hi (the largest products)."""
+    v = rng.integers(lo, hi + 1, shape)
+    ends = rng.random(shape) < 0.25
+    v[ends] = np.where(rng.random(int(ends.sum())) < 0.5, lo, hi)
+    return v
+
+
+def _case(M, N, K, x_type, seed):
+    rng = np.random.default_rng(seed)
+    x = _values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
+    w = _values(rng, (N, K), *W_RANGE).astype(np.int8)
+    bias = rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32)
+    return x, w, bias
+
+
+@njit(cache=True)
+def _madd_sums(x, w, m, n, steps):
+    """The compiled intrinsic on its own: the tile's sums over ``steps`` whole steps of k."""
+    return matmul_dense._madd_tile(x, w, m, n, steps)
+
+
+# ---------------------------------------------------------------- one step
+
+def test_the_worked_example_of_docs_kernels_md():
+    """docs/kernels.md walks through this step; its numbers must stay true."""
+    x16 = np.array([0, 255, 3, 1, 10, 20, 255, 255, 7, 0, 128, 2, 5, 6, 100, 1], np.uint8)
+    w16 = np.array([-128, 127, 2, -1, 3, 4, -128, -128, 1, 127, 2, -3, -7, 8, 0, 50], np.int8)
+    lanes = tile_step_model(x16, w16)
+    assert lanes.dtype == np.int32
+    assert lanes.tolist() == [32385, 5, 110, -65280, 7, 250, 13, 50]
+    assert int(lanes[:4].sum()) == -32780 and int(lanes[4:].sum()) == 320
+    assert int(lanes.sum()) == -32460
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_tile_step_model_is_pairs_of_exact_products(x_type):
+    """lane l = x[2l]·w[2l] + x[2l+1]·w[2l+1] in exact integers, for every extreme pair."""
+    lo, hi = TYPE_RANGE[x_type]
+    ends = np.array([lo, hi, 0, 1, -1 if lo < 0 else 2, lo, hi, hi])
+    cases = [(np.resize([a, b], K_PER_STEP), np.resize([c, d], K_PER_STEP))
+             for a in ends for b in ends for c in W_RANGE for d in (-128, 127, 0, -1)]
+    rng = np.random.default_rng(1)
+    cases += [(_values(rng, K_PER_STEP, lo, hi), _values(rng, K_PER_STEP, *W_RANGE)) for _ in range(200)]
+    for x16, w16 in cases:
+        x16, w16 = x16.astype(x_type), w16.astype(np.int8)
+        p = x16.astype(np.int64) * w16.astype(np.int64)
+        lanes = tile_step_model(x16, w16)
+        assert lanes.dtype == np.int32 and lanes.shape == (LANES,)
+        assert lanes.tolist() == (p[0::2] + p[1::2]).tolist(), (x16, w16)
+
+
+# ---------------------------------------------------------------- the intrinsic against the model
+
+@needs_avx2
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("K", [0, 1, 15, 16, 17, 32, 47, 100, 1024, 1041])
+def test_madd_tile_matches_the_model(K, x_type):
+    """The LLVM IR's whole steps give tile_model's sums, in order i·W_ROWS_PER_TILE + j."""
+    x, w, _ = _case(X_ROWS_PER_TILE + 3, W_ROWS_PER_TILE + 5, K, x_type, seed=K)
+    steps = K // K_PER_STEP
+    for m, n in ((0, 0), (3, 5), (1, 2)):  # tiles at row offsets, not only at the origin
+        got = _madd_sums(x, w, m, n, steps)
+        assert len(got) == SUMS_PER_TILE
+        want = tile_model(x, w, m, n, steps * K_PER_STEP).ravel()
+        assert list(got) == want.tolist(), (K, m, n)
+
+
+@needs_avx2
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_madd_tile_at_the_largest_products(x_type):
+    """Every product at its largest magnitude: 255·(−128) or (−128)·(−128), over whole steps."""
+    lo, hi = TYPE_RANGE[x_type]
+    K = 4096
+    x = np.full((X_ROWS_PER_TILE, K), hi if x_type is np.uint8 else lo, x_type)
+    w = np.full((W_ROWS_PER_TILE, K), -128, np.int8)
+    w[1] = 127
+    got = _madd_sums(x, w, 0, 0, K // K_PER_STEP)
+    want = x.astype(np.int64) @ w.astype(np.int64).T
+    assert list(got) == want.ravel().tolist()
+    assert list(got) == tile_model(x, w, 0, 0, K).ravel().tolist()
+
+
+# ---------------------------------------------------------------- the GEMM around every tile
+
+SHAPES = [(1, 1, 1), (2, 4, 16), (2, 4, 17), (7, 7, 7), (16, 16, 16), (17, 17, 17), (63, 63, 63),
+          (1, 63, 17), (63, 1, 7), (17, 7, 63), (2, 16, 1), (16, 2, 63), (7, 17, 2), (5, 9, 100)]
+
+
+def _tile_variants():
+    names = ["python", "portable"] + (["avx2"] if RUNS_AVX2 else [])
+    return [pytest.param(name, id=name) for name in names]
+
+
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("tile", _tile_variants())
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_every_tile_gives_the_reference(M, N, K, tile, x_type):
+    """Whole tiles, a K mod 16 tail, odd M, N mod 4 panels; extreme weights and activations."""
+    seed = M * 10007 + N * 101 + K
+    x, w, bias = _case(M, N, K, x_type, seed)
+    yt = np.full((N, M), -1, np.int32)
+    gemm_with_tile(tile)(x, w, bias, yt)
+    want = REFERENCES["matmul_dense_i8"](x, w, bias)
+    assert_exact(yt, want, dtype=np.int32, extra={"bias'": bias}, M=M, N=N, K=K, seed=seed,
+                 tile=tile, x=np.dtype(x_type).name)
+
+
+@pytest.mark.parametrize("x_type,K", [(np.uint8, 65_793), (np.int8, 131_071)], ids=["u8", "s8"])
+@pytest.mark.parametrize("tile", _tile_variants())
+def test_every_tile_at_the_largest_safe_K(tile, x_type, K):
+    """The bound the plan checks: K·255·128 < 2^31 for uint8 x, K·128·128 < 2^31 for int8 x. At the
+    largest such K with every product at its extreme, the int32 sums are still exact."""
+    lo, hi = TYPE_RANGE[x_type]
+    M, N = X_ROWS_PER_TILE + 1, W_ROWS_PER_TILE + 1  # a tile, an edge row and an edge panel
+    x = np.full((M, K), hi if x_type is np.uint8 else lo, x_type)
+    w = np.full((N, K), -128, np.int8)
+    w[1::2] = 127
+    bias = np.zeros(N, np.int32)
+    want = REFERENCES["matmul_dense_i8"](x, w, bias)
+    assert np.abs(want).max() < 2 ** 31 <= np.abs(want).max() + abs(lo if x_type is np.int8 else hi) * 128
+    yt = np.zeros((N, M), np.int32)
+    gemm_with_tile(tile)(x, w, bias, yt)
+    assert_exact(yt, want, dtype=np.int32, K=K, tile=tile, x=np.dtype(x_type).name)
+
+
+def test_the_kernel_runs_the_tile_this_cpu_chooses():
+    want = "python" if numba.config.DISABLE_JIT else "avx2" if matmul_dense.HAS_AVX2 else "portable"
+    assert matmul_dense._tile is matmul_dense.TILES[want]

@@ -1,0 +1,180 @@
+"""Every mode runs with Numba's JIT off (NUMBA_DISABLE_JIT=1) and gives the compiled bytes.
+
+With the JIT off every kernel is its plain Python function (prange is range), which is how a learner
+steps through one in a debugger; the dense int8 GEMM's tile, written in LLVM IR, is replaced by its
+NumPy model (kernels/matmul_dense.py). The outputs must not change by a single bit.
+
+The models: a float CNN (conv 3×3, depthwise 3×3 and 5×5, a residual Add, MaxPool, a pruned 1×1
+conv, AveragePool, GlobalAveragePool, a pruned Gemm), its int8 versions made by onnxruntime's
+quantizer (QOperator with uint8 activations, QDQ with int8 ones), and the bundled digits MLPs.
+Together their plans reach every kernel that a plan uses (checked below); ``im2col_dense_i8``,
+which no plan uses, is called directly.
+
+The JIT is read once per process, so the JIT-off runs happen in one child process and the compiled
+ones here. ``auto`` picks kernels from timings cached per machine (``ZEROSKIP_CACHE_DIR``, a fresh
+directory per test session, see conftest.py): the compiled runs go first and measure, and the child
+reads the same cache, so both make the same choices (Python-loop timings would be meaningless).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zeroskip
+from onnx_builders import make_model, node, pruned, randn
+from quant_builders import calibration, quantize
+from zeroskip.kernels import KERNELS
+
+DATA = pathlib.Path(zeroskip.__file__).parent / "data"
+THREADS = (1, 2)
+FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
+INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
+NOT_IN_ANY_PLAN = {"im2col_dense_i8"}
+"""Kernels that no plan calls (the int8 dense conv takes im2row): called directly instead."""
+
+
+def _cnn():
+    """The float CNN; weights w4 (1×1 conv) and w5 (Gemm) are pruned, so sparse kernels skip zeros."""
+    nodes = [
+        node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+        node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=8),
+        node("Add", ["c2", "r1"], ["s"]), node("Relu", ["s"], ["r2"]),
+        node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Conv", ["p", "w3", "b3"], ["c3"], pads=[2, 2, 2, 2], group=8),
+        node("Relu", ["c3"], ["r3"]),
+        node("Conv", ["r3", "w4", "b4"], ["c4"]), node("Relu", ["c4"], ["r4"]),
+        node("AveragePool", ["r4"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("GlobalAveragePool", ["a"], ["g"]), node("Flatten", ["g"], ["f"]),
+        node("Gemm", ["f", "w5", "b5"], ["y"], transB=1)]
+    inits = {"w1": randn((8, 3, 3, 3), 1, 0.3), "b1": randn(8, 2, 0.1),
+             "w2": randn((8, 1, 3, 3), 3, 0.3), "b2": randn(8, 4, 0.1),
+             "w3": randn((8, 1, 5, 5), 5, 0.2), "b3": randn(8, 6, 0.1),
+             "w4": pruned((12, 8, 1, 1), 0.4, seed=7, scale=0.5), "b4": randn(12, 8, 0.1),
+             "w5": pruned((10, 12), 0.5, seed=9, scale=0.5), "b5": randn(10, 10, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 9, 9])], [("y", ["N", 10])], inits)
+
+
+def _models(directory: pathlib.Path) -> dict:
+    """name -> (.zsk path, input name, input array, modes)."""
+    cnn = _cnn()
+    x_cnn = calibration((3, 9, 9), 3, seed=5)  # batch 3: odd M in the Gemm
+    digits = np.load(DATA / "digits_test.npz")["pixels"][:3].reshape(3, -1).astype(np.float32)
+    models = {}
+    logging.disable(logging.WARNING)  # the quantizer's advice
+    try:
+        onnx_models = {"cnn-f32": cnn,
+                       "cnn-qoperator-u8": quantize(cnn, "qoperator", "uint8", True, "x", (3, 9, 9)),
+                       "cnn-qdq-s8": quantize(cnn, "qdq", "int8", True, "x", (3, 9, 9))}
+    finally:
+        logging.disable(logging.NOTSET)
+    for name, onnx_model in onnx_models.items():
+        path = directory / f"{name}.zsk"
+        zeroskip.save(zeroskip.import_onnx(onnx_model), path)
+        models[name] = (path, "x", x_cnn, FLOAT_MODES if name == "cnn-f32" else INT8_MODES)
+    for name in ("digits_mlp", "digits_mlp_pruned", "digits_mlp_int8"):
+        modes = INT8_MODES if name.endswith("int8") else FLOAT_MODES
+        models[name] = (DATA / f"{name}.zsk", "input", digits, modes)
+    return models
+
+
+def _im2col_case():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 4, 5, 6)).astype(np.uint8)
+    cols = np.zeros((2, 2, 2 * 3 * 3, 5, 6), np.uint8)  # groups 2, 3×3, stride 1, pads 1 all round
+    return x, 17, cols, (3, 3, 1, 1, 1, 1, 1, 1)
+
+
+def _run_all(spec: list) -> tuple[dict, dict]:
+    """Outputs and kernel choices of every (model, mode, threads) run in ``spec``, in this process."""
+    outputs, kernels = {}, {}
+    for key, path, input_name, inputs_path, mode, threads in spec:
+        session = zeroskip.Session(zeroskip.load(path), mode=mode, threads=threads)
+        with np.load(inputs_path) as inputs:
+            result = session.run({input_name: inputs[input_name]})
+        for out_name, value in result.items():
+            outputs[f"{key}|{out_name}"] = value
+        kernels[key] = [row["kernel"] for row in session.explain()]
+    x, zp, cols, geometry = _im2col_case()
+    KERNELS["im2col_dense_i8"](x, zp, cols, *geometry)
+    outputs["direct|im2col_dense_i8"] = cols
+    return outputs, kernels
+
+
+CHILD = """
+import json, sys
+import numba, numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_nojit
+from zeroskip.kernels import KERNELS, matmul_dense
+
+spec = json.load(open(sys.argv[2]))
+outputs, kernels = test_nojit._run_all(spec)
+np.savez(sys.argv[3], **outputs)
+json.dump({"kernels": kernels, "disable_jit": bool(numba.config.DISABLE_JIT),
+           "plain_functions": all(not hasattr(k, "py_func") for k in KERNELS.values()),
+           "numpy_tile": matmul_dense._tile is matmul_dense.TILES["python"]}, open(sys.argv[4], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(compiled outputs, JIT-off outputs, compiled kernel choices, child's report)."""
+    directory = tmp_path_factory.mktemp("nojit")
+    spec = []
+    for name, (path, input_name, x, modes) in _models(directory).items():
+        inputs_path = directory / f"{name}-inputs.npz"
+        np.savez(inputs_path, **{input_name: x})
+        spec += [(f"{name}|{mode}|{threads}", str(path), input_name, str(inputs_path), mode, threads)
+                 for mode in modes for threads in THREADS]
+    compiled, kernels = _run_all(spec)  # first: auto measures here, with the JIT on
+    spec_path, out_path, report_path = (directory / n for n in ("spec.json", "nojit.npz", "report.json"))
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    done = subprocess.run([sys.executable, "-c", CHILD, str(pathlib.Path(__file__).parent),
+                           str(spec_path), str(out_path), str(report_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"the JIT-off run failed:\n{done.stderr[-4000:]}"
+    with np.load(out_path) as saved:
+        nojit = {key: saved[key] for key in saved.files}
+    return compiled, nojit, kernels, json.loads(report_path.read_text())
+
+
+def test_the_child_ran_without_the_jit(runs):
+    _, _, _, report = runs
+    assert report["disable_jit"] and report["plain_functions"] and report["numpy_tile"]
+
+
+def test_same_kernel_choices(runs):
+    """With the same plans (auto included), any difference in bytes is a kernel's."""
+    _, _, kernels, report = runs
+    assert report["kernels"] == kernels
+
+
+def test_every_kernel_is_reached(runs):
+    _, _, kernels, _ = runs
+    named = " + ".join(k for choices in kernels.values() for k in choices)
+    reached = {name for name in KERNELS if name in named}
+    assert reached | NOT_IN_ANY_PLAN == set(KERNELS), sorted(set(KERNELS) - reached)
+
+
+def test_identical_bytes_with_and_without_the_jit(runs):
+    compiled, nojit, _, _ = runs
+    assert sorted(nojit) == sorted(compiled)
+    differ = []
+    for key, want in compiled.items():
+        got = nojit[key]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            differ.append(f"{key}: {got.dtype}{got.shape} against compiled {want.dtype}{want.shape}")
+        elif not np.array_equal(got, want) or got.tobytes() != want.tobytes():
+            gap = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
+            differ.append(f"{key}: {np.count_nonzero(got != want)} of {got.size} values differ, "
+                          f"largest by {gap:.3g}")
+    assert not differ, "\n".join(differ)

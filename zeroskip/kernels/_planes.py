@@ -1,0 +1,174 @@
+"""Per-plane helpers shared by the convolution, depthwise, im2col and pooling kernels.
+
+- ``pad_plane`` / ``pad_planes``: copy an input plane into a padded workspace, so no inner loop
+  tests a boundary (docs/kernels.md, "The padded plane and the wide accumulator").
+- ``accumulator_pitch``, ``tap_offsets``, ``conv_channel``: one output channel of a direct
+  convolution, accumulated tile by tile of output rows, one axpy per weight tap (conv_csr.py, and
+  depthwise.py for kernels other than 3×3).
+- ``out_range``: the outputs whose tap reads inside the input (im2col.py, pool.py).
+
+The leading underscore of the module's name keeps the kernel collector (``kernels/__init__.py``)
+from looking here: it holds helpers only, no KERNELS.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+INT32_MIN, INT32_MAX = np.int32(-2 ** 31), np.int32(2 ** 31 - 1)
+"""The int32 kernels' clamp bounds: no clamp (requantization saturates later)."""
+
+ACC_TILE = 4096
+"""Accumulator elements per row tile: 16 KB of int32/float32, half of Zen 3's 32 KB L1D, so the tile
+stays in L1 while every tap of the channel streams over it. Sized from the cache, not yet swept:
+bench/test_bench_conv.py's 14×14, 28×28 and 56×56 layers fit in one tile; the 112×112 layers
+(resnet50-conv1, stride 2: pitch 112) use 36-row tiles."""
+
+TAPS_UNROLL = 4
+"""Nonzeros (taps) added per pass over the accumulator: each pass loads and stores acc once for four
+products. bench/test_bench_conv.py (ResNet-50 3×3, 14×14): ~2× faster than one tap per pass for int8,
+neutral for float32; a dense tap loop would vectorize the same way."""
+
+_U = np.uint64
+
+
+@njit(cache=True)
+def pad_plane(x, xq, pt, pl, fill):
+    """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail).
+
+    No slice per row (Numba reference-counts each one) and uint64 indices (no wraparound test), so
+    the copies vectorize; the column ranges are computed once per plane.
+    """
+    Hp, Wp = xq.shape
+    H, W = x.shape
+    r0 = min(max(pt, 0), Hp)                     # xq rows r0..r1 hold x rows r0−pt..r1−pt
+    r1 = max(r0, min(pt + H, Hp))
+    u0 = min(max(pl, 0), Wp)                     # xq columns u0..u1 hold x columns u0−pl..u1−pl
+    u1 = max(u0, min(pl + W, Wp))
+    for r in range(_U(Hp)):
+        if r < r0 or r >= r1:
+            for u in range(_U(Wp)):
+                xq[r, u] = fill
+    src, m = _U(u0 - pl), _U(u1 - u0)
+    for r in range(_U(r0), _U(r1)):
+        xr = r - _U(pt)
+        for u in range(_U(u0)):
+            xq[r, u] = fill
+        for k in range(m):
+            xq[r, _U(u0) + k] = x[xr, src + k]
+        for u in range(_U(u1), _U(Wp)):
+            xq[r, u] = fill
+
+
+@njit(cache=True)
+def pad_planes(x, xp, pt, pl, fill):
+    """xp [B,C,Hp,Wp] = x [B,C,H,W] padded, one (b, c) plane per parallel iteration."""
+    B, C = x.shape[0], x.shape[1]
+    for t in prange(B * C):
+        pad_plane(x[t // C, t % C], xp[t // C, t % C], pt, pl, fill)
+
+
+@njit(cache=True)
+def accumulator_pitch(OW, Wp, sh, sw):
+    """Row pitch of the accumulator: the padded width Wp for stride 1 (wide rows), else OW."""
+    return Wp if sh == 1 and sw == 1 else OW
+
+
+@njit(cache=True)
+def tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw):
+    """offs [Cg·kh·kw] int64: where tap k = c·kh·kw + i·kw + j starts in the flat padded planes.
+
+    Built once per call (K entries), so the hot loop does a gather instead of four divisions.
+    """
+    offs = np.empty(Cg * kh * kw, dtype=np.int64)
+    for c in range(Cg):
+        for i in range(kh):
+            for j in range(kw):
+                offs[(c * kh + i) * kw + j] = c * Hp * Wp + i * dh * Wp + j * dw
+    return offs
+
+
+@njit(cache=True, inline="always")
+def _axpy4(acc, v0, v1, v2, v3, xf, b0, b1, b2, b3, r0, r1, OW, Wp, sh, sw):
+    """acc[(r−r0)·P + ow] += Σ_t v_t·xf[b_t + r·sh·Wp + ow·sw] for rows r0..r1, ow < OW, 4 taps.
+
+    Stride 1: the tile is one contiguous run (wide rows, P = Wp); else one strided run per row.
+    The slices make every index provably in range, which is what lets LLVM vectorize the loop.
+    """
+    if sh == 1 and sw == 1:
+        L, s = (r1 - r0 - 1) * Wp + OW, r0 * Wp
+        x0, x1 = xf[b0 + s:b0 + s + L], xf[b1 + s:b1 + s + L]
+        x2, x3 = xf[b2 + s:b2 + s + L], xf[b3 + s:b3 + s + L]
+        for q in range(L):
+            acc[q] += v0 * x0[q] + v1 * x1[q] + v2 * x2[q] + v3 * x3[q]
+    else:
+        span = (OW - 1) * sw + 1
+        for r in range(r0, r1):
+            a, s = acc[(r - r0) * OW:(r - r0 + 1) * OW], r * sh * Wp
+            x0, x1 = xf[b0 + s:b0 + s + span:sw], xf[b1 + s:b1 + s + span:sw]
+            x2, x3 = xf[b2 + s:b2 + s + span:sw], xf[b3 + s:b3 + s + span:sw]
+            for ow in range(OW):
+                a[ow] += v0 * x0[ow] + v1 * x1[ow] + v2 * x2[ow] + v3 * x3[ow]
+
+
+@njit(cache=True, inline="always")
+def _axpy1(acc, v, xf, base, r0, r1, OW, Wp, sh, sw):
+    """acc[(r−r0)·P + ow] += v·xf[base + r·sh·Wp + ow·sw]: one tap, as _axpy4."""
+    if sh == 1 and sw == 1:
+        L, s = (r1 - r0 - 1) * Wp + OW, base + r0 * Wp
+        x0 = xf[s:s + L]
+        for q in range(L):
+            acc[q] += v * x0[q]
+    else:
+        for r in range(r0, r1):
+            a, s = acc[(r - r0) * OW:(r - r0 + 1) * OW], base + r * sh * Wp
+            x0 = xf[s:s + (OW - 1) * sw + 1:sw]
+            for ow in range(OW):
+                a[ow] += v * x0[ow]
+
+
+@njit(cache=True)
+def _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw):
+    """acc tile += Σ_e vals[e]·xf shifted by offs[cols[e]], TAPS_UNROLL taps per pass."""
+    T = len(cols)
+    T4 = T - T % TAPS_UNROLL
+    cast = acc.dtype.type  # int8 weights widen to int32 (not int64) before the products
+    for e in range(0, T4, TAPS_UNROLL):
+        _axpy4(acc, cast(vals[e]), cast(vals[e + 1]), cast(vals[e + 2]), cast(vals[e + 3]), xf,
+               offs[cols[e]], offs[cols[e + 1]], offs[cols[e + 2]], offs[cols[e + 3]],
+               r0, r1, OW, Wp, sh, sw)
+    for e in range(T4, T):
+        _axpy1(acc, cast(vals[e]), xf, offs[cols[e]], r0, r1, OW, Wp, sh, sw)
+
+
+@njit(cache=True)
+def _store(acc, y, r0, r1, P, lo, hi):
+    """y [OH,OW] rows r0..r1 = clamp(accumulator tile, lo, hi), dropping the wide rows' extra
+    columns (int32 accumulators pass the type's own bounds: no clamp)."""
+    OW = y.shape[1]
+    for r in range(r0, r1):
+        a, yr = acc[(r - r0) * P:(r - r0) * P + OW], y[r]
+        for ow in range(OW):
+            yr[ow] = min(max(a[ow], lo), hi)
+
+
+@njit(cache=True)
+def conv_channel(acc, cols, vals, offs, xf, b, y, rows, P, Wp, sh, sw, lo, hi):
+    """One output channel y [OH,OW] = clamp(b + Σ_e vals[e]·(xf shifted by offs[cols[e]]), lo, hi),
+    accumulated tile by tile of ``rows`` output rows in ``acc`` (shared by the f32 and i8 convs and
+    the depthwise kernels; Numba compiles it once per dtype)."""
+    OH, OW = y.shape
+    for r0 in range(0, OH, rows):
+        r1 = min(OH, r0 + rows)
+        acc[:(r1 - r0) * P] = b
+        _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
+        _store(acc, y, r0, r1, P, lo, hi)
+
+
+@njit(cache=True)
+def out_range(t, d, p, s, n, O):
+    """[lo, hi): the outputs o < O whose tap t reads inside the input, i.e. 0 ≤ o·s + t·d − p < n."""
+    lo = min(O, max(0, (p - t * d + s - 1) // s))
+    hi = max(lo, min(O, (n - 1 + p - t * d) // s + 1))
+    return lo, hi
