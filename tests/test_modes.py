@@ -212,6 +212,33 @@ def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp
     assert len(calls) == count  # cached: not measured again
 
 
+def test_auto_times_nothing_with_the_jit_disabled(monkeypatch, tmp_path):
+    """Under NUMBA_DISABLE_JIT the kernels are Python loops: auto neither times them nor writes the
+    per-machine cache that compiled runs share; it takes the fixed break-even instead."""
+    import numba
+
+    from zeroskip.engine import tuning
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("auto timed a kernel with the JIT disabled")
+
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    monkeypatch.setattr(tuning, "measure_layer", no_timing)
+    monkeypatch.setattr(tuning, "measure_class", no_timing)
+    from test_oracle import torch_mlp_gemm
+
+    onnx_model, _ = torch_mlp_gemm(density=0.1)  # pruned first layers, a dense last one
+    model = zeroskip.import_onnx(onnx_model)
+    rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
+    assert {r["density"] < tuning.UNTIMED_BREAK_EVEN for r in rows} == {True, False}
+    for row in rows:
+        want = "matmul_csr_f32" if row["density"] < tuning.UNTIMED_BREAK_EVEN \
+            else "gemm_dense_f32 (numpy BLAS)"
+        assert row["kernel"] == want and "JIT disabled, nothing timed" in row["reason"], row
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 @pytest.mark.parametrize("mode", ["dense-f32", "sparse-f32", "dense-i8", "sparse-i8"])
 def test_concurrent_runs_of_one_session_agree(mode):
     """Conv steps reuse padded planes and accumulators per thread: threads must not share them."""

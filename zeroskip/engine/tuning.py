@@ -43,6 +43,13 @@ DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 REPEATS = 5
 """Each timing is the best of this many runs, after one warm-up run."""
 
+UNTIMED_BREAK_EVEN = 0.3
+"""The break-even density auto assumes where it cannot time (NUMBA_DISABLE_JIT=1 runs the kernels
+as Python loops, whose timings say nothing about the compiled ones) and this machine has no cached
+timing: CSR below 30 % density. A conservative round number: the CSR kernels do about half the
+useful work per vector multiply of the dense ones, so they cannot break even above about 50 %, and
+short rows and scattered loads put the crossing lower."""
+
 
 def cache_dir() -> str:
     base = os.environ.get("ZEROSKIP_CACHE_DIR")
@@ -116,14 +123,18 @@ class BreakEvenTable:
         except (OSError, ValueError):
             return {}
 
-    def get(self, shape_class: str, measure: Callable[[float], tuple[float, float]]) -> dict:
+    def get(self, shape_class: str, measure: Callable[[float], tuple[float, float]] | None
+            ) -> dict | None:
         """The entry of ``shape_class``, measuring it first if this machine has none.
 
-        measure(density) -> (dense seconds, sparse seconds) on the class's representative layer.
-        The entry holds the break-even density and the timings it came from.
+        measure(density) -> (dense seconds, sparse seconds) on the class's representative layer,
+        or None: only a cached entry (None if there is none). The entry holds the break-even
+        density and the timings it came from.
         """
         entry = self.entries.get(shape_class)
         if not _valid(entry):
+            if measure is None:
+                return None
             times = [measure(d) for d in DENSITIES]
             entry = {"break_even": round(crossing(DENSITIES, [t[0] for t in times],
                                                   [t[1] for t in times]), 4),
@@ -133,14 +144,16 @@ class BreakEvenTable:
             self._write()
         return entry
 
-    def get_layer(self, key: str, measure: Callable[[], tuple[float, float] | None]) -> dict | None:
+    def get_layer(self, key: str, measure: Callable[[], tuple[float, float] | None] | None
+                  ) -> dict | None:
         """The timings of one layer (``layer_key``), measuring them first if not cached:
         measure() -> (dense seconds, sparse seconds) on that layer's own shapes, or None when the
-        layer cannot be timed (then None, and nothing is stored)."""
+        layer cannot be timed (then None, and nothing is stored); ``measure`` None: only a cached
+        entry."""
         entry = self.entries.get(key)
         if not (isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) and
                                                 entry[k] > 0 for k in ("dense_s", "sparse_s"))):
-            times = measure()
+            times = None if measure is None else measure()
             if times is None:
                 return None
             entry = {"dense_s": times[0], "sparse_s": times[1]}

@@ -102,26 +102,33 @@ class PlanContext:
         """
         if self.mode != "auto":
             return Choice(self.mode in SPARSE_MODES)
-        if self._table is None:
-            import numba
+        import numba
 
+        if self._table is None:
             self._table = tuning.BreakEvenTable(threads=numba.get_num_threads())
+        timed = not numba.config.DISABLE_JIT  # the kernels as Python loops: nothing worth timing
         modes = ("dense-i8", "sparse-i8") if shape_class.endswith("i8") else \
             ("dense-f32", "sparse-f32")
         x_info = self._input_info(node) if node is not None else None
         entry = None
         if x_info is not None:
             key = tuning.layer_key(node, self.tensors, x_info, density)
-            entry = self._table.get_layer(key, lambda: tuning.measure_layer(
-                node, self.tensors, *x_info, modes, self._step_in_mode))
+            measure = (lambda: tuning.measure_layer(node, self.tensors, *x_info, modes,
+                                                    self._step_in_mode)) if timed else None
+            entry = self._table.get_layer(key, measure)
         if entry is not None:
             dense, sparse = entry["dense_s"], entry["sparse_s"]
             faster = "CSR" if sparse < dense else "dense"
             return Choice(sparse < dense, f"measured on this layer: dense {dense * 1e3:.3g} ms, "
                                           f"CSR {sparse * 1e3:.3g} ms (density {density:.3f}): "
                                           f"{faster}")
-        entry = self._table.get(shape_class, tuning.measure_class(shape_class, modes,
-                                                                  self._step_in_mode))
+        measure_class = tuning.measure_class(shape_class, modes, self._step_in_mode) if timed \
+            else None
+        entry = self._table.get(shape_class, measure_class)
+        if entry is None:
+            edge = tuning.UNTIMED_BREAK_EVEN
+            return Choice(density < edge, f"JIT disabled, nothing timed: density {density:.3f} "
+                                          f"against the fixed break-even {edge}")
         edge = entry["break_even"]
         if density < edge:
             return Choice(True, f"density {density:.3f} < break-even {edge:.3f} measured for "
