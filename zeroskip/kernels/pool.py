@@ -119,7 +119,7 @@ def _avgpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_includ
 
     real = scale·(q − zero_point), per tensor, shared by x and y. count = the window's input
     positions (count_include_pad = 0), or input and declared pad positions (= 1; never the ceil_mode
-    overhang), as reference.pool counts it; a pad is real 0, i.e. x_zp. Rounding (§5):
+    overhang), as reference.windows.window_counts counts it; a pad is real 0, i.e. x_zp. Rounding (§5):
     floor((s + ⌊count/2⌋)/count) for s ≥ 0, −floor((−s + ⌊count/2⌋)/count) for s < 0. A window of
     count 0 (dilation on pads only) gives x_zp (real 0). The mean of in-range values needs no clamp.
     Loop nest: prange (b,c); per output pixel, the valid tap ranges, then the window sum.
