@@ -7,7 +7,7 @@ The data path (see docs/ and DESIGN.md): ONNX -> ``import_onnx`` -> ``Model`` ->
 from .errors import InputError, ModelFormatError, UnsupportedModelError, ZeroskipError
 from .model import CSR, Dense, Graph, Model, Node, QuantParams, ValueInfo
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 - zeroskip.__version__
 
 __all__ = [
     "CSR", "Dense", "Graph", "InputError", "Model", "ModelFormatError", "Node", "QuantParams",
