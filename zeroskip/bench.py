@@ -9,6 +9,7 @@ reported apart from the steady-state times.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -94,11 +95,7 @@ def _onnxruntime_runner(path, feeds, threads) -> Runner | None:
         import onnxruntime as ort
     except ImportError:
         return None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options = _onnxruntime_options(ort, threads)
     setup, session = _timed(lambda: ort.InferenceSession(str(path), options,
                                                          providers=["CPUExecutionProvider"]))
     names = [o.name for o in session.get_outputs()]
@@ -109,6 +106,88 @@ def _onnxruntime_runner(path, feeds, threads) -> Runner | None:
     runner = Runner("onnxruntime", run, setup)
     runner.first_s, runner.outputs = _timed(run)
     return runner
+
+
+# -- where the time goes: per-node profiles ---------------------------------------------------------
+def onnxruntime_profile(path, feeds, threads, repeats: int) -> dict | None:
+    """onnxruntime's own per-node profile of ``path`` (its ``enable_profiling`` trace) over
+    ``repeats`` runs after one warm-up run: {"nodes": [{node, op, ms}] in the order of first
+    appearance, "run_ms": median run}, times the median per node; None without onnxruntime.
+    A node onnxruntime fused keeps its first node's name (its ``_token_N`` suffix dropped), so
+    most rows line up with zeroskip's by name."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = _onnxruntime_options(ort, threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        for _ in range(repeats + 1):
+            session.run(names, feeds)
+        with open(session.end_profiling(), encoding="utf-8") as f:
+            events = json.load(f)
+    nodes, runs = {}, []
+    for event in events:
+        if event.get("cat") == "Session" and event.get("name") == "model_run":
+            runs.append(event["dur"])
+        elif event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            # a node onnxruntime's optimizer rewrote (Conv+Q/DQ -> QLinearConv) carries a token
+            name = re.sub(r"_token_\d+$", "", event["name"][:-len("_kernel_time")])
+            entry = nodes.setdefault(name, {"op": event.get("args", {}).get("op_name", "?"),
+                                            "times": []})
+            entry["times"].append(event["dur"])
+    rows = [dict(node=name, op=entry["op"], ms=statistics.median(entry["times"][1:] or
+                                                                 entry["times"]) / 1e3)
+            for name, entry in nodes.items()]
+    return {"nodes": rows, "run_ms": statistics.median(runs[1:] or runs) / 1e3 if runs else None}
+
+
+def profile_table(profile, theirs: dict | None = None) -> str:
+    """zeroskip's per-node profile as text; with ``theirs`` (onnxruntime_profile), a column with
+    onnxruntime's time for each node it ran under the same name."""
+    from .report import shape_text, table
+
+    their_ms = {row["node"]: row["ms"] for row in theirs["nodes"]} if theirs else {}
+    body = []
+    for r in profile.rows:
+        if r.kernel == "fused":
+            continue
+        row = [r.node, r.op, shape_text(r.input_shape), r.kernel,
+               "-" if r.density is None else f"{r.density:.3f}", f"{r.ms:.3f}",
+               f"{100 * r.share:.1f}%",
+               "-" if r.effective_gmacs is None else f"{r.effective_gmacs:.1f}",
+               "-" if r.useful_gmacs is None else f"{r.useful_gmacs:.1f}"]
+        if theirs:
+            row.append(f"{their_ms[r.node]:.3f}" if r.node in their_ms else "-")
+        body.append(row)
+    header = ["node", "op", "input", "kernel", "density", "ms", "share", "eff GMAC/s",
+              "useful GMAC/s"] + (["onnxruntime ms"] if theirs else [])
+    return table(body, header)
+
+
+def onnxruntime_table(theirs: dict) -> str:
+    from .report import table
+
+    total = sum(row["ms"] for row in theirs["nodes"]) or 1.0
+    body = [[row["node"], row["op"], f"{row['ms']:.3f}", f"{100 * row['ms'] / total:.1f}%"]
+            for row in theirs["nodes"]]
+    return table(body, ["node", "op", "ms", "share"])
+
+
+def _onnxruntime_options(ort, threads):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 def measure(runners: list[Runner], rounds: int, progress: bool = False) -> None:
@@ -154,5 +233,5 @@ def bench_table(results: list[dict]) -> str:
     return table(body, header)
 
 
-__all__ = ["Runner", "bench_table", "default_modes", "make_runners", "measure", "rows",
-           "synthetic_inputs"]
+__all__ = ["Runner", "bench_table", "default_modes", "make_runners", "measure",
+           "onnxruntime_profile", "onnxruntime_table", "profile_table", "rows", "synthetic_inputs"]

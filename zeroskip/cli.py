@@ -130,6 +130,8 @@ def cmd_bench(args) -> int:
         raise zeroskip.InputError(f"--rounds must be at least 1, got {args.rounds}")
     onnx_path = args.file if args.file.lower().endswith(".onnx") and not args.no_onnxruntime \
         else None
+    if args.profile:
+        return _bench_profile(bench, model, modes, feeds, args, onnx_path)
     runners = bench.make_runners(model, modes, feeds, args.threads, onnx_path)
     bench.measure(runners, args.rounds, progress=sys.stderr.isatty())
     shapes = ", ".join(f"{name} {_shape(v.shape)}" for name, v in feeds.items())
@@ -138,6 +140,29 @@ def cmd_bench(args) -> int:
     print(bench.bench_table(bench.rows(runners)))
     print("plan: Session() (passes, packing, kernel choice); first run: includes JIT compile or "
           "cache load; best/median: the steady-state runs")
+    return 0
+
+
+def _bench_profile(bench, model, modes, feeds, args, onnx_path) -> int:
+    """``zeroskip bench --profile``: where the time goes, per node, in each mode (and in
+    onnxruntime's own profile of the same file)."""
+    theirs = bench.onnxruntime_profile(onnx_path, feeds, args.threads, args.rounds) \
+        if onnx_path else None
+    shapes = ", ".join(f"{name} {_shape(v.shape)}" for name, v in feeds.items())
+    print(f"{os.path.basename(args.file)}: {shapes}; median of {args.rounds} runs per node, threads "
+          f"{args.threads or 'default'}")
+    for mode in modes:
+        profile = zeroskip.Session(model, mode=mode, threads=args.threads).profile(
+            feeds, repeats=args.rounds)
+        print(f"\n{mode}: run {profile.run_ms:.3f} ms, of which the executor between steps "
+              f"{profile.overhead_ms:.3f} ms")
+        print(bench.profile_table(profile, theirs))
+    if theirs is not None:
+        run = "" if theirs["run_ms"] is None else f": run {theirs['run_ms']:.3f} ms"
+        print(f"\nonnxruntime's own profile (enable_profiling){run}")
+        print(bench.onnxruntime_table(theirs))
+    print("\neff GMAC/s: the dense layer's multiply-accumulates per second; useful: those with a "
+          "nonzero weight")
     return 0
 
 
@@ -201,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.add_argument("--no-onnxruntime", action="store_true",
                    help="do not time onnxruntime, even for an .onnx file")
+    p.add_argument("--profile", action="store_true",
+                   help="where the time goes: a per-node table for each mode (median of --rounds "
+                        "runs), beside onnxruntime's own profile of an .onnx file")
     p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("demo", help="run the bundled digits models in every mode",

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import InputError, ZeroskipError
 from ..model import Model, ValueInfo
 from .plan import MODES, build_plan
+from .profile import Profile, profile_plan
 
 @dataclass(frozen=True)
 class IOInfo:
@@ -77,6 +78,7 @@ class Session:
         self._numba = self._plan.uses_numba
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
+        self._keep = {v.name for v in self._outputs}
         self._last_use = {}
         for i, step in enumerate(self._plan.steps):
             for name in step.node.inputs:
@@ -97,17 +99,37 @@ class Session:
         constants = self._plan.constants
         values = dict(constants)
         values.update(self._check_feeds(feeds))
-        keep = {v.name for v in self._outputs}
-        parallel = self._numba and not self._plan.serial  # serial kernels never enter the pool
-        with _threads(self.threads if parallel else None), _launch_guard(parallel):
+        with self._running():
             for i, step in enumerate(self._plan.steps):
-                step.run(values)
-                for name in step.node.inputs:  # free activations once their last reader has run
-                    if self._last_use.get(name) == i and name not in keep and name not in constants:
-                        values.pop(name, None)
+                self._run_step(i, step, values)
         # A constant output is copied, so a caller who changes it cannot change the next run's.
         return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in constants)
                 for v in self._outputs}
+
+    def profile(self, feeds: dict, repeats: int = 20) -> Profile:
+        """Where the time goes: ``repeats`` runs of ``feeds`` (after one warm-up run), timed step by
+        step. Returns a ``Profile`` (engine/profile.py): per node its op, input shape, kernel,
+        weight density, median time, share of the run and GMAC/s, and the executor's own cost."""
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
+        self.run(feeds)  # JIT compile or cache load, scratch arrays: not part of the profile
+        values = dict(self._plan.constants)
+        values.update(self._check_feeds(feeds))
+        with self._running():
+            return profile_plan(self._plan, values, self._run_step, repeats)
+
+    def _running(self):
+        """The thread count and launch lock a run of this plan needs (none for serial kernels)."""
+        parallel = self._numba and not self._plan.serial  # serial kernels never enter the pool
+        return _running(self.threads if parallel else None, parallel)
+
+    def _run_step(self, i: int, step, values: dict) -> None:
+        """Run step ``i``, then free the activations whose last reader it was."""
+        step.run(values)
+        for name in step.node.inputs:
+            if self._last_use.get(name) == i and name not in self._keep \
+                    and name not in self._plan.constants:
+                values.pop(name, None)
 
     def explain(self) -> list[dict]:
         """One row per node: op, weight density, the kernel chosen, and why."""
@@ -172,6 +194,12 @@ def _threads(count: int | None):
 
 
 _LAUNCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _running(threads: int | None, parallel: bool):
+    with _threads(threads), _launch_guard(parallel):
+        yield
 
 
 @contextmanager
