@@ -71,9 +71,12 @@ def cmd_inspect(args) -> int:
     print()
     print(weight_table(model))
     if args.plan:
-        rows = zeroskip.Session(model, mode=args.mode).explain()
+        if args.batch is not None and args.batch < 1:
+            raise zeroskip.InputError(f"--batch must be at least 1, got {args.batch}")
+        rows = zeroskip.Session(model, mode=args.mode).explain(batch=args.batch)
         print()
-        print(f"plan for mode {args.mode}:")
+        print(f"plan for mode {args.mode}" + ("" if args.batch is None else
+                                                f", batch {args.batch}") + ":")
         print(plan_table(rows))
     return 0
 
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the execution plan: the kernel chosen for each node, and why")
     p.add_argument("--mode", default="reference", choices=MODES,
                    help="the mode to plan for, with --plan (default: reference)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --plan: the batch to plan for (auto chooses per batch class; "
+                        "default: batch 1)")
     p.set_defaults(func=cmd_inspect)
 
     p = commands.add_parser("run", help="run a model on .npy inputs",

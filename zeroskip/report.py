@@ -71,7 +71,10 @@ def summary(model) -> str:
 
 
 def plan_table(rows: list[dict]) -> str:
-    """The table of ``Session.explain()``: node, op, density, kernel, reason."""
-    body = [[r["node"], r["op"], "-" if r["density"] is None else f"{r['density']:.3f}", r["kernel"],
-             r["reason"]] for r in rows]
-    return table(body, ["node", "op", "density", "kernel", "reason"])
+    """The table of ``Session.explain()``: node, op, density, kernel, reason (and the batch class,
+    when auto planned per batch)."""
+    batched = any("batch" in r for r in rows)
+    body = [([str(r["batch"])] if batched else []) +
+            [r["node"], r["op"], "-" if r["density"] is None else f"{r['density']:.3f}",
+             r["kernel"], r["reason"]] for r in rows]
+    return table(body, (["batch"] if batched else []) + ["node", "op", "density", "kernel", "reason"])

@@ -17,6 +17,7 @@ from ..errors import InputError, ZeroskipError
 from ..model import Model, ValueInfo
 from .plan import MODES, build_plan
 from .profile import Profile, profile_plan
+from .tuning import batch_class
 
 @dataclass(frozen=True)
 class IOInfo:
@@ -72,15 +73,18 @@ class Session:
         graph = self.model.graph
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
-        measures = mode == "auto" and threads != 1  # auto times parallel kernels while planning
-        with _threads(threads if mode == "auto" else None), _launch_guard(measures):
-            self._plan = build_plan(self.model, mode, serial=threads == 1)
-        self._numba = self._plan.uses_numba
+        # auto times kernels at the batch it runs: one plan per batch class (tuning.batch_class)
+        # when the batch is dynamic, planned when a batch of that class first arrives
+        self._batch_axes = {v.name: v.shape.index(None) for v in self._inputs
+                            if mode == "auto" and None in v.shape}
+        self._plans: dict = {}
+        self._plans_lock = threading.Lock()
+        self._plan = self._plan_for(1 if self._batch_axes else None)
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
         self._keep = {v.name for v in self._outputs}
         self._last_use = {}
-        for i, step in enumerate(self._plan.steps):
+        for i, step in enumerate(self._plan.steps):  # the same nodes in every batch class's plan
             for name in step.node.inputs:
                 self._last_use[name] = i
 
@@ -96,11 +100,13 @@ class Session:
     # -- running -------------------------------------------------------------------------------
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order."""
-        constants = self._plan.constants
+        checked = self._check_feeds(feeds)
+        plan = self._plan_for(self._batch_class(checked))
+        constants = plan.constants
         values = dict(constants)
-        values.update(self._check_feeds(feeds))
-        with self._running():
-            for i, step in enumerate(self._plan.steps):
+        values.update(checked)
+        with self._running(plan):
+            for i, step in enumerate(plan.steps):
                 self._run_step(i, step, values)
         # A constant output is copied, so a caller who changes it cannot change the next run's.
         return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in constants)
@@ -113,14 +119,39 @@ class Session:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
         self.run(feeds)  # JIT compile or cache load, scratch arrays: not part of the profile
-        values = dict(self._plan.constants)
-        values.update(self._check_feeds(feeds))
-        with self._running():
-            return profile_plan(self._plan, values, self._run_step, repeats)
+        checked = self._check_feeds(feeds)
+        plan = self._plan_for(self._batch_class(checked))
+        values = dict(plan.constants)
+        values.update(checked)
+        with self._running(plan):
+            return profile_plan(plan, values, self._run_step, repeats)
 
-    def _running(self):
-        """The thread count and launch lock a run of this plan needs (none for serial kernels)."""
-        parallel = self._numba and not self._plan.serial  # serial kernels never enter the pool
+    # -- plans: one, or in auto with a dynamic batch one per batch class --------------------------
+    def _batch_class(self, checked: dict) -> int | None:
+        """The batch class of checked feeds (None: this session has one plan for every batch)."""
+        if not self._batch_axes:
+            return None
+        name, axis = next(iter(self._batch_axes.items()))
+        return batch_class(checked[name].shape[axis])
+
+    def _plan_for(self, batch: int | None):
+        """The plan of a batch class, built (and kept) the first time it is asked for."""
+        plan = self._plans.get(batch)
+        if plan is not None:
+            return plan
+        with self._plans_lock:  # two threads meeting a new class plan it once
+            plan = self._plans.get(batch)
+            if plan is None:
+                measures = self.mode == "auto" and self.threads != 1  # auto times parallel kernels
+                with _running(self.threads if self.mode == "auto" else None, measures):
+                    plan = build_plan(self.model, self.mode, serial=self.threads == 1,
+                                      batch=1 if batch is None else batch)
+                self._plans[batch] = plan
+        return plan
+
+    def _running(self, plan):
+        """The thread count and launch lock a run of ``plan`` needs (none for serial kernels)."""
+        parallel = plan.uses_numba and not plan.serial  # serial kernels never enter the pool
         return _running(self.threads if parallel else None, parallel)
 
     def _run_step(self, i: int, step, values: dict) -> None:
@@ -128,12 +159,28 @@ class Session:
         step.run(values)
         for name in step.node.inputs:
             if self._last_use.get(name) == i and name not in self._keep \
-                    and name not in self._plan.constants:
+                    and name not in self._plan.constants:  # same names in every class's plan
                 values.pop(name, None)
 
-    def explain(self) -> list[dict]:
-        """One row per node: op, weight density, the kernel chosen, and why."""
-        return self._plan.explain()
+    def explain(self, batch: int | None = None) -> list[dict]:
+        """One row per node: op, weight density, the kernel chosen, and why.
+
+        In auto with a dynamic batch the choice is made per batch class (1, 8 or 64: the nearest
+        in log scale, ``tuning.batch_class``), and each row also says its class under "batch":
+        with ``batch`` given, the rows of that batch's class (planned now if need be), else those
+        of every class planned so far. Other sessions have one plan, and no "batch" key."""
+        if batch is not None:
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise ZeroskipError(f"batch must be a positive integer, not {batch!r}")
+            classes = [batch_class(batch) if self._batch_axes else None]
+            self._plan_for(classes[0])
+        else:
+            classes = sorted(self._plans, key=lambda c: -1 if c is None else c)
+        rows = []
+        for cls in classes:
+            for row in self._plans[cls].explain():
+                rows.append(row if cls is None else dict(row, batch=cls))
+        return rows
 
     def _check_feeds(self, feeds) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):

@@ -43,6 +43,18 @@ DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 REPEATS = 5
 """Each timing is the best of this many runs, after one warm-up run."""
 
+BATCH_CLASSES = (1, 8, 64)
+"""The batches auto times a layer at, when the batch is dynamic: a batch runs the plan of the class
+nearest to it in log scale (``batch_class``). The CSR/dense ratio moves with the batch (a 90 %-sparse
+int8 GEMM, K = N = 1024: dense wins at M = 1, CSR at M = 128), but little past 64."""
+
+
+def batch_class(batch: int) -> int:
+    """The member of BATCH_CLASSES nearest to ``batch`` in log scale: 1–2 -> 1, 3–22 -> 8, 23+ -> 64."""
+    batch = max(int(batch), 1)
+    return min(BATCH_CLASSES, key=lambda c: (abs(np.log(batch / c)), c))
+
+
 UNTIMED_BREAK_EVEN = 0.3
 """The break-even density auto assumes where it cannot time (NUMBA_DISABLE_JIT=1 runs the kernels
 as Python loops, whose timings say nothing about the compiled ones) and this machine has no cached

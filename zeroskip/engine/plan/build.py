@@ -14,10 +14,10 @@ from .steps import Plan, Step
 from .weights import reference_constant
 
 
-def build_plan(model: Model, mode: str, serial: bool = False) -> Plan:
+def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) -> Plan:
     """The steps that run ``model`` in ``mode`` (the model is not modified); ``serial``: the
     session runs on one thread, so the steps call the kernels' serial twins
-    (kernels.serial_kernel)."""
+    (kernels.serial_kernel); ``batch``: the batch auto times layers at when it is dynamic."""
     check_mode(model, mode)
     if mode == "reference":
         tensors = model.graph.initializers
@@ -26,7 +26,7 @@ def build_plan(model: Model, mode: str, serial: bool = False) -> Plan:
         return Plan(mode, steps, constants)
     integer = mode in INT8_MODES or (mode == "auto" and is_quantized(model))
     model = optimize(model) if integer else optimize(dequantize_model(model))
-    ctx = PlanContext(model, mode, serial, kernel_step)
+    ctx = PlanContext(model, mode, serial, kernel_step, batch)
     steps = []
     for node in model.graph.nodes:
         if node.name in ctx.fused_into:

@@ -48,13 +48,16 @@ class PlanContext:
     model — the optimized model the steps run; mode — the Session's mode; serial — the Session runs
     one thread, so steps call the kernels' serial twins; kernel_step(node, ctx) -> Step | None —
     the planner's own step builder without the reference fallback, which auto uses to time a layer
-    in its dense and its sparse mode.
+    in its dense and its sparse mode; batch — the batch auto times a layer at when the model's is
+    dynamic.
     """
 
-    def __init__(self, model: Model, mode: str, serial: bool, kernel_step: Callable):
+    def __init__(self, model: Model, mode: str, serial: bool, kernel_step: Callable,
+                 batch: int = 1):
         self.model = model
         self.mode = mode
         self.serial = serial
+        self.batch = batch
         self.kernel_step = kernel_step
         self.tensors = model.graph.initializers
         self.constants = {name: constant(t, np.float32) for name, t in self.tensors.items()}
@@ -97,8 +100,8 @@ class PlanContext:
 
         A sparse mode takes CSR, a dense one the dense kernel. ``auto`` decides from timings on this
         CPU (engine/tuning.py): of ``node`` itself, both kernels on its own shapes, when its input
-        shape is known (batch 1 for a dynamic batch); else the break-even density measured for the
-        shape class on a representative layer.
+        shape is known (a dynamic batch at the plan's batch); else the break-even density measured
+        for the shape class on a representative layer.
         """
         if self.mode != "auto":
             return Choice(self.mode in SPARSE_MODES)
@@ -141,8 +144,8 @@ class PlanContext:
         return self.kernel_step(node, PlanContext(model, mode, self.serial, self.kernel_step))
 
     def _input_info(self, node: Node):
-        """(shape with batch 1, dtype) of ``node``'s first input, or None if a dimension other than
-        the batch is unknown (then auto falls back to the shape-class table)."""
+        """(shape with the plan's batch, dtype) of ``node``'s first input, or None if a dimension
+        other than the batch is unknown (then auto falls back to the shape-class table)."""
         if self._shapes is None:
             try:
                 self._shapes = infer_shapes(self.model.graph)
@@ -151,7 +154,7 @@ class PlanContext:
         info = self._shapes.get(node.inputs[0])
         if info is None or info.shape is None or not info.shape:
             return None
-        dims = [1 if i == 0 and d is None else d for i, d in enumerate(info.shape)]
+        dims = [self.batch if i == 0 and d is None else d for i, d in enumerate(info.shape)]
         if not all(isinstance(d, (int, np.integer)) for d in dims):
             return None
         return tuple(int(d) for d in dims), str(info.dtype)

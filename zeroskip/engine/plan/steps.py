@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class Plan:
     constants: dict = field(default_factory=dict)
     serial: bool = False
 
-    @property
+    @functools.cached_property
     def uses_numba(self) -> bool:
         """Whether a step runs a Numba kernel (a numpy-only plan never needs Numba at all)."""
         kernels = sys.modules.get("zeroskip.kernels")
