@@ -178,12 +178,12 @@ def optimize(model: Model) -> Model:
     return fold_batchnorm(fold_constants(drop_identities(model)))
 
 
-_FUSABLE_PRODUCERS = ("Conv", "Gemm", "Add")
+_FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
 
 
 def find_fusions(model: Model) -> dict:
-    """{producer name: (activation node, lo, hi)} for each Conv/Gemm/Add whose only reader is a
-    Relu or Clip (and whose output is not a graph output): the activation can become the clamp
+    """{producer name: (activation node, lo, hi)} for each Conv/Gemm/MatMul/Add whose only reader
+    is a Relu or Clip (and whose output is not a graph output): the activation can become the clamp
     [lo, hi] of the producer's epilogue (None = open)."""
     graph = model.graph
     outputs = {v.name for v in graph.outputs}

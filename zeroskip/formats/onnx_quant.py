@@ -13,13 +13,16 @@ QOperator (onnxruntime's ``QuantFormat.QOperator``):
   become attributes; they must be constant and per tensor). A DequantizeLinear of a constant is
   folded: its real value is a float constant, and the integer tensor is remembered for fusion.
 * ``QLinearConv`` -> ``QConv``; ``QLinearMatMul`` with a constant 2-D B and a 2-D A -> ``QGemm`` (B
-  (K,N) is transposed to (N,K), per-column scales become per-row); ``com.microsoft.QGemm``
+  (K,N) is transposed to (N,K), per-column scales become per-row); with an A of rank 3 or more whose
+  dimensions other than the first are static -> ``Reshape`` (A to (M, K)) -> ``QGemm`` ->
+  ``Reshape`` (back to (..., N)), the integers unchanged by both; ``com.microsoft.QGemm``
   (alpha 1, transA 0) -> ``QGemm``; ``com.microsoft.QLinearAdd`` -> ``QAdd`` (a constant operand
   stays a raw uint8/int8 initializer described by the node's a_*/b_* attributes);
   ``com.microsoft.QLinearGlobalAveragePool`` / ``QLinearAveragePool`` (channels_last 0) ->
   ``QGlobalAveragePool`` / ``QAveragePool``.
-* A QLinearMatMul the IR cannot express as QGemm (a non-2-D A) becomes DequantizeLinear -> MatMul ->
-  QuantizeLinear, which computes the same thing in float.
+* A QLinearMatMul the IR cannot express as QGemm (a 1-D A, a dynamic dimension of A other than
+  the first, a B that is not 2-D) becomes DequantizeLinear -> MatMul -> QuantizeLinear, which
+  computes the same thing in float.
 * ``MaxPool`` on an integer tensor -> ``QMaxPool``; Flatten, Reshape, Transpose, Squeeze, Unsqueeze,
   Identity, Dropout, Concat (all inputs with the same scale and zero point) and Pad (its constant an
   integer of the tensor's type, as onnxruntime writes it) stay as they are, on the integer tensor,
@@ -40,7 +43,8 @@ Integer ops (onnxruntime's ``quantize_dynamic``, or hand-made static graphs):
 QDQ (``QuantFormat.QDQ``), recognized after all nodes are converted (``fuse_qdq``):
 
 * ``DQ(x), DQ(w)[, DQ(b)] -> Conv | Gemm | MatMul -> [Relu | Clip] -> Q`` -> ``QConv`` / ``QGemm``,
-  the activation becoming ``clip_min``/``clip_max``;
+  the activation becoming ``clip_min``/``clip_max``; a MatMul whose A has rank 3 or more takes the
+  Reshape -> QGemm -> Reshape form of QLinearMatMul (under the same condition);
 * ``DQ(a), DQ(b) -> Add -> [Relu | Clip] -> Q`` -> ``QAdd`` (an operand may be a constant DQ);
 * ``DQ -> AveragePool -> Q`` -> ``QAveragePool``; ``DQ -> GlobalAveragePool -> Q`` ->
   ``QGlobalAveragePool``;
@@ -328,7 +332,39 @@ class QuantImport:
         if w.ndim == 2 and self.rank(n.input(0)) == 2:
             return [self.make_linear(n, "QGemm", n.input(0), a, qc, "kn", None, y, {},
                                      n.outputs[0])]
+        inner = self.row_dims(n.input(0)) if w.ndim == 2 else None
+        if inner is not None:
+            return self.matmul_rows(n, n.input(0), inner, a, qc, y, n.outputs[0])
         return self._expand_matmul(n, a, qc, y)
+
+    def row_dims(self, name):
+        """The dimensions of a MatMul's A (rank 3 or more) between the first and the last, when all
+        are static and nonzero (then A can run as (M, K) rows); else None."""
+        shape = self.imp.shape_of(name)
+        if shape is None or len(shape) < 3:
+            return None
+        inner = shape[1:-1]
+        return inner if all(isinstance(d, int) and d > 0 for d in inner) else None
+
+    def matmul_rows(self, n, x_name, inner, x: Act, w: QConst, y: Act, out, clip=(None, None),
+                    name=None):
+        """A MatMul of A (d0, *inner, K) by a constant B (K, N) as a QGemm on A's rows: Reshape A
+        to (M, K), the QGemm, Reshape its (M, N) to (-1, *inner, N). Reshapes move the integers
+        unchanged, so this is the 2-D QGemm's arithmetic, row by row (``inner``: ``row_dims``)."""
+        imp, node_name = self.imp, name or n.name
+        k, n_out = w.q.shape
+        rows_shape, out_shape = (imp.fresh(f"{node_name}/{s}") for s in ("rows_shape", "out_shape"))
+        rows, rows_y = (imp.fresh(f"{node_name}/{s}") for s in ("rows", "rows_y"))
+        imp.consts[rows_shape] = np.array([-1, k], np.int64)
+        imp.consts[out_shape] = np.array([-1, *inner, n_out], np.int64)
+        self.act[rows], self.ranks[rows] = x, 2
+        gemm = self.make_linear(n, "QGemm", rows, x, w, "kn", None, y, {}, rows_y, clip=clip,
+                                name=node_name)
+        self.act[out], self.ranks[out] = y, len(inner) + 2
+        reshape = normalize_attrs("Reshape", {})
+        return [Pending(f"{node_name}/rows", "Reshape", [x_name, rows_shape], [rows], reshape, []),
+                gemm,
+                Pending(f"{node_name}/unrows", "Reshape", [rows_y, out_shape], [out], reshape, [])]
 
     def _expand_matmul(self, n, a, qc, y):
         """DequantizeLinear -> MatMul (float weight) -> QuantizeLinear: the same values in float."""
@@ -714,7 +750,7 @@ def fuse_qdq(qi: QuantImport, pending, graph_outputs):
             continue
         new, gone = fused
         removed.update(id(g) for g in gone)
-        result.append(new)
+        result.extend(new if isinstance(new, list) else [new])
     return result
 
 
@@ -726,7 +762,7 @@ def _only_reader(name, readers, outputs):
 
 
 def _match(qi: QuantImport, f, readers, producer, outputs):
-    """(replacement node, [nodes it replaces]) for the float node ``f``, or None."""
+    """(replacement node or nodes, [nodes it replaces]) for the float node ``f``, or None."""
     reader = _only_reader(f.outputs[0], readers, outputs)
     if reader is None or reader.issues:
         return None
@@ -770,8 +806,15 @@ def _match(qi: QuantImport, f, readers, producer, outputs):
                 return None
             op, layout = "QGemm", "nk" if a["transB"] else "kn"
         else:
-            if qi.rank(f.inputs[0]) != 2 or w.q.ndim != 2:
+            if w.q.ndim != 2:
                 return None
+            if qi.rank(f.inputs[0]) != 2:
+                inner = qi.row_dims(f.inputs[0])
+                if inner is None:
+                    return None
+                qi.style = qi.style or "qdq"
+                return qi.matmul_rows(_NodeRef(f), x[0], inner, x[1], w, y, out, clip=clip,
+                                      name=f.name), gone
             op, layout = "QGemm", "kn"
         if w.q.ndim < 2 or (f.op == "Conv" and w.q.ndim < 3):
             return None

@@ -50,16 +50,21 @@ def gemm(node: Node, ctx: PlanContext):
 
 @builds("f32-dense", "MatMul")
 def matmul(node: Node, ctx: PlanContext):
+    """y = A @ B with constant float B (numpy's matmul broadcasting), then a fused Relu/Clip."""
     w = ctx.const(node.inputs[1])
     if w is None or w.dtype != np.float32:
         return Decline("B is not a constant float matrix")
-    x_name, out = node.inputs[0], node.outputs[0]
+    out, lo, hi = ctx.activation(node)
+    x_name = node.inputs[0]
 
     def run(values):
-        values[out] = np.matmul(np.asarray(values[x_name], dtype=np.float32), w)
+        y = np.asarray(np.matmul(np.asarray(values[x_name], dtype=np.float32), w))  # 1-D @ 1-D: 0-d
+        if lo is not None or hi is not None:
+            np.clip(y, lo, hi, out=y)
+        values[out] = y
 
-    return Step(node, "matmul_dense_f32 (numpy BLAS)", "dense-f32: constant B, numpy matmul", run,
-                ctx.tensors[node.inputs[1]].density)
+    return Step(node, "matmul_dense_f32 (numpy BLAS)", "dense-f32: constant B, numpy matmul"
+                + ctx.fused_note(node), run, ctx.tensors[node.inputs[1]].density)
 
 
 def conv_operands(node: Node, ctx: PlanContext):
