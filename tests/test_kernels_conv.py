@@ -299,6 +299,13 @@ POOL_CASES = [
     (2, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 0),    # input smaller than kernel + pads
     (14, 14, 5, 5, [3, 3], [2, 2, 2, 2], [1, 1], 1),
     (3, 3, 2, 2, [1, 1], [1, 1, 1, 1], [3, 3], 0),    # dilated windows on pads only
+    (1, 1, 3, 3, [2, 2], [1, 1, 1, 1], [1, 1], 0),    # a 1×1 plane
+    (9, 11, 3, 3, [2, 2], [1, 1, 1, 1], [1, 1], 1),   # odd sizes, stride 2, ceil
+    (5, 70, 3, 3, [2, 2], [1, 1, 1, 1], [1, 1], 0),   # rows past RUN_CHUNK: runs, the last overlaps
+    (4, 33, 4, 4, [1, 1], [1, 2, 2, 1], [1, 1], 0),   # stride 1, 33 wide; taps in groups 3 + 1
+    (11, 40, 3, 3, [2, 2], [2, 2, 2, 2], [2, 2], 1),  # dilation 2, stride 2: every tap in one phase
+    (8, 37, 2, 2, [4, 4], [0, 1, 1, 0], [1, 1], 1),   # stride 4: the general phase split
+    (6, 64, 1, 7, [1, 3], [0, 3, 0, 3], [1, 1], 0),   # 1×7, stride 3: seven taps, three passes
 ]
 
 
@@ -434,6 +441,21 @@ def test_add_dense_i8(scales, dtype, relu):
         assert y.min() == lo and y.max() == hi
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_add_dense_i8_lengths(dtype):
+    """Lengths around the vector width and ELEMENTWISE_BLOCK (4096): every tail is exact."""
+    rng = np.random.default_rng(8)
+    A, B, R = _add_multipliers(0.03, 0.05, 0.04)
+    lo, hi = I8_RANGE[dtype]
+    for L in (1, 7, 31, 33, 4095, 4096, 4097, 8193):
+        a, a_zp = _quant_input(rng, L, dtype)
+        b, b_zp = _quant_input(rng, L, dtype)
+        y = np.zeros(L, dtype)
+        KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, 5, lo, hi)
+        want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, 5, lo, hi)
+        assert_exact(y, want, dtype=dtype, L=L, extra={"a": a, "b": b})
+
+
 def test_add_dense_i8_ties():
     """(q_a − a_zp)/2 at exactly .5 rounds away from zero: 1 → 1, −1 → −1, 3 → 2, −3 → −2."""
     a = np.array([1, -1, 3, -3], np.int8)
@@ -497,7 +519,7 @@ def test_pool_property(data):
     p = [draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
          draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))]
     H = draw(st.integers(max(1, kh - p[0] - p[2]), 10))
-    W = draw(st.integers(max(1, kw - p[1] - p[3]), 10))
+    W = draw(st.integers(max(1, kw - p[1] - p[3]), 40))  # past RUN_CHUNK (32) at times
     case = (H, W, kh, kw, s, p, [1, 1], draw(st.integers(0, 1)))
     cip = draw(st.integers(0, 1))
     dtype = draw(st.sampled_from([np.uint8, np.int8]))
@@ -535,11 +557,12 @@ def test_identical_bytes_for_every_thread_count():
             numba.set_num_threads(threads)
             yq = np.zeros(50000, np.uint8)
             KERNELS["add_dense_i8"](a, c, yq, 3, 5, 2**40, 3 * 2**39, 42, 128, 0, 255)
-            pooled = np.zeros((2, 16, 6, 6), np.uint8)
+            pooled, maxed = np.zeros((2, 16, 6, 6), np.uint8), np.zeros((2, 16, 6, 6), np.uint8)
             KERNELS["avgpool_dense_i8"](xq, pooled, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, zp)
+            KERNELS["maxpool_dense_i8"](xq, maxed, 3, 3, 2, 2, 1, 1, 1, 1)
             results.append((_run_conv_f32(w, b, x, case)[0].tobytes(),
                             _run_conv_i8(wq, bias, xq, zp, case)[0].tobytes(),
-                            yq.tobytes(), pooled.tobytes()))
+                            yq.tobytes(), pooled.tobytes(), maxed.tobytes()))
     finally:
         numba.set_num_threads(before)
     assert results[0] == results[-1]

@@ -2,7 +2,7 @@
 
 Geometry (kernel, strides, dilations, pads, ceil_mode) is resolved at plan time by
 ``zeroskip.geometry.geometry``; the output size is y's shape. Each parallel iteration owns
-one (b, c) plane.
+one (b, c) plane, or (the max-pools) POOL_PLANES of them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,20 @@ from numba import njit, prange
 from ._planes import out_range
 from .elementwise import rounding_shift
 
+_U = np.uint64
+
+RUN_CHUNK = 32
+"""Elements per run of the max-pool's constant-trip loops (_max3_run): 32 bytes of uint8, one AVX2
+register. Timed on 64×112×112, 3×3, stride 2 (the resnet-maxpool case of bench/test_bench_pool.py):
+16 is 5× slower (LLVM unrolls that loop into scalar code), 64 and 128 are no faster.
+"""
+
+POOL_PLANES = 8
+"""(b, c) planes per parallel iteration of the max-pools, which share its row buffers (one
+allocation per task, not per plane): 5–13 % faster on 64 planes of 14×14 to 112×112
+(bench/test_bench_pool.py), and 64 planes still make 8 tasks for the threads to share.
+"""
+
 
 @njit(cache=True)
 def _lowest(y):
@@ -21,26 +35,116 @@ def _lowest(y):
 
 
 @njit(cache=True)
-def _maxpool_plane(xc, yc, kh, kw, sh, sw, dh, dw, pt, pl, lowest):
-    """yc [OH,OW] = max over each window of the plane xc [H,W]; ``lowest`` where only pads lie.
+def _taps_inside(o, s, d, p, k, n):
+    """[lo, hi): the taps t < k of output o that read inside [0, n), i.e. 0 ≤ o·s + t·d − p < n."""
+    lo = min(k, max(0, (p - o * s + d - 1) // d))
+    hi = max(lo, min(k, (n - 1 + p - o * s) // d + 1))
+    return lo, hi
 
-    Per output row: row = lowest; per tap (i, j) whose input row is inside, the valid output columns
-    [lo, hi) once, then a (strided) elementwise max over them.
+
+@njit(cache=True, inline="always")
+def _max3_run(out, o, src, a, b, c, n, first, start):
+    """out[o + k] = max(out[o + k] (start if ``first``), src[a + k], src[b + k], src[c + k]), k < n.
+
+    In runs of RUN_CHUNK: a loop of constant trip count vectorizes whatever n is, where LLVM's own
+    vector loop wants 128 elements and a row of 56 would stay scalar. The last run overlaps the one
+    before it, which max allows (it is idempotent). uint64 indices (no wraparound test); every
+    offset is ≥ 0.
+    """
+    o, a, b, c = _U(o), _U(a), _U(b), _U(c)
+    if n < RUN_CHUNK:
+        for k in range(_U(n)):
+            m = start if first else out[o + k]
+            out[o + k] = max(max(max(m, src[a + k]), src[b + k]), src[c + k])
+    else:
+        for r in range(0, n, RUN_CHUNK):
+            q = _U(min(r, n - RUN_CHUNK))
+            for k in range(_U(RUN_CHUNK)):
+                m = start if first else out[o + q + k]
+                out[o + q + k] = max(max(max(m, src[a + q + k]), src[b + q + k]), src[c + q + k])
+
+
+@njit(cache=True)
+def _window_rows(xc, v, kh, sh, dh, pt, pl, start):
+    """v [OH,Wv]: row oh = max(start, the rows oh·sh + i·dh − pt of xc [H,W] that lie inside), at
+    columns pl..pl+W (cropped to Wv); the other columns (the pads) hold start.
+
+    Three input rows per pass over a row of v (a last group short of three repeats its last row:
+    max is idempotent). Rows whose taps all lie inside need no division.
     """
     H, W = xc.shape
-    OH, OW = yc.shape
+    OH, Wv = v.shape
+    xf, vf = xc.reshape(-1), v.reshape(-1)
+    r0 = out_range(0, dh, pt, sh, H, OH)[0]  # [r0, r1): the rows whose kh taps all lie inside
+    r1 = max(r0, out_range(kh - 1, dh, pt, sh, H, OH)[1])
+    inside = max(0, min(W, Wv - pl))  # the input columns some window reaches
     for oh in range(OH):
-        yr = yc[oh]
-        yr[:] = lowest
-        for i in range(kh):
-            h = oh * sh + i * dh - pt
-            if h < 0 or h >= H:
-                continue
-            xr = xc[h]
-            for j in range(kw):
-                lo, hi = out_range(j, dw, pl, sw, W, OW)
-                for ow in range(lo, hi):
-                    yr[ow] = max(yr[ow], xr[ow * sw + j * dw - pl])
+        i0, i1 = (0, kh) if r0 <= oh < r1 else _taps_inside(oh, sh, dh, pt, kh, H)
+        n, row, h = i1 - i0, oh * Wv, (oh * sh + i0 * dh - pt) * W
+        for u in range(min(pl, Wv)):  # the left pads
+            vf[row + u] = start
+        for u in range(pl + inside if n > 0 else min(pl, Wv), Wv):  # the right pads, or all
+            vf[row + u] = start
+        for g in range(0, n, 3):
+            _max3_run(vf, row + pl, xf, h + g * dh * W, h + min(g + 1, n - 1) * dh * W,
+                      h + min(g + 2, n - 1) * dh * W, inside, g == 0, start)
+
+
+@njit(cache=True)
+def _phases(vf, pf, sw):
+    """pf [sw·L] = vf [L·sw] split by phase, pf[r·L + q] = vf[q·sw + r], so that a stride-sw tap
+    reads one contiguous run of a phase. Stride 2, the common one, is spelled out: its loop
+    vectorizes as shuffles."""
+    L = vf.shape[0] // sw
+    if sw == 2:
+        for q in range(_U(L)):
+            pf[q] = vf[_U(2) * q]
+            pf[_U(L) + q] = vf[_U(2) * q + _U(1)]
+    else:
+        for r in range(sw):
+            for q in range(L):
+                pf[r * L + q] = vf[q * sw + r]
+
+
+@njit(cache=True)
+def _column_offsets(OH, OW, kw, sw, dw):
+    """(offs [kw], Wv): v's row width Wv (the columns windows reach, (OW−1)·sw + (kw−1)·dw + 1,
+    rounded up to a multiple of sw) and where tap j's run starts in the phases of v [OH,Wv]: column
+    ow·sw + j·dw is in phase (j·dw) mod sw, at index ow + (j·dw) div sw of its row of P = Wv/sw."""
+    Wv = (max(1, (OW - 1) * sw + (kw - 1) * dw + 1) + sw - 1) // sw * sw
+    P = Wv // sw
+    offs = np.empty(kw, np.int64)
+    for j in range(kw):
+        offs[j] = (j * dw) % sw * OH * P + (j * dw) // sw
+    return offs, Wv
+
+
+@njit(cache=True)
+def _window_columns(src, yc, offs, P, start):
+    """yc [OH,OW] = max(start, src[offs[j] + oh·P + ow] over the taps j): the windows' columns, as
+    contiguous runs of the phases src, three taps per pass."""
+    OH, OW = yc.shape
+    yf, kw = yc.reshape(-1), offs.shape[0]
+    for oh in range(OH):
+        for g in range(0, kw, 3):
+            _max3_run(yf, oh * OW, src, offs[g] + oh * P, offs[min(g + 1, kw - 1)] + oh * P,
+                      offs[min(g + 2, kw - 1)] + oh * P, OW, g == 0, start)
+
+
+@njit(cache=True)
+def _maxpool_plane(xc, yc, v, pf, offs, kh, sh, sw, dh, pt, pl, start):
+    """yc [OH,OW] = max(start, the window's taps inside the plane xc [H,W]); start where none is.
+
+    Separable, on a padded row buffer: v [OH,Wv] = the max over each window's rows (_window_rows,
+    pads = start, which never wins), split into its sw phases pf [OH·Wv] (unused for sw = 1), then
+    the max over the window's columns (_window_columns). ``start`` is the identity every max begins
+    from: the type's lowest, or −inf (a NaN input then never enters a max). Every element of v and
+    pf is written before it is read, so the buffers carry nothing from one plane to the next.
+    """
+    _window_rows(xc, v, kh, sh, dh, pt, pl, start)
+    if sw > 1:
+        _phases(v.reshape(-1), pf, sw)
+    _window_columns(v.reshape(-1) if sw == 1 else pf, yc, offs, v.shape[1] // sw, start)
 
 
 def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
@@ -50,15 +154,23 @@ def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     Max commutes with real = scale·(q − zero_point) (an increasing map), so in and out share scale
     and zero point (per tensor) and there is no rounding or saturation. Pads never win; a window on
     pads only (dilation) gives the type's lowest value, as the float reference gives float32's.
-    Loop nest: prange (b,c); per output row: row = lowest; per tap (i,j) whose input row is inside,
-    the valid output columns [lo, hi) once, then a (strided) elementwise max over them.
+    Loop nest: prange over tasks of POOL_PLANES (b,c) planes; per plane, separable: v [OH,Wv] = per
+    output row, the max of the window's input rows, padded with the lowest value; v split into sw
+    phases; per output row, the max of kw contiguous runs of the phases. Runs of RUN_CHUNK
+    elements, three taps per pass.
     x [B,C,H,W] uint8|int8; y [B,C,OH,OW] x.dtype; kh, kw, sh, sw, dh, dw, pt, pl — geometry.
-    Work: B·C·OH·OW·kh·kw compares; x read kh·kw times from cache, y written once.
+    Work: B·C·OH·(kh·W + kw·OW) compares; x read once, y written once; v (OH·Wv ≈ OH·W) and its
+    phases written and read once per plane, in L1. 64×112×112, 3×3/2, pad 1: 0.14–0.17 ms on one
+    core of the 2-vCPU machine (was 2.2–3.3 ms), bench/test_bench_pool.py.
     """
-    C = x.shape[1]
+    C, OH, BC = x.shape[1], y.shape[2], x.shape[0] * x.shape[1]
     lowest = _lowest(y)
-    for t in prange(x.shape[0] * C):
-        _maxpool_plane(x[t // C, t % C], y[t // C, t % C], kh, kw, sh, sw, dh, dw, pt, pl, lowest)
+    offs, Wv = _column_offsets(OH, y.shape[3], kw, sw, dw)
+    for task in prange((BC + POOL_PLANES - 1) // POOL_PLANES):
+        v, pf = np.empty((OH, Wv), x.dtype), np.empty(OH * Wv if sw > 1 else 0, x.dtype)
+        for t in range(task * POOL_PLANES, min(BC, (task + 1) * POOL_PLANES)):
+            _maxpool_plane(x[t // C, t % C], y[t // C, t % C], v, pf, offs, kh, sh, sw, dh, pt, pl,
+                           lowest)
 
 
 maxpool_dense_i8 = njit(cache=True, parallel=True)(_maxpool_dense_i8)
@@ -73,27 +185,46 @@ def _any_tap(o, s, d, p, k, n):
     return False
 
 
+@njit(cache=True)
+def _pads_only(OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, H, W):
+    """(rows [OH], cols [OW]) bool: the output rows and columns whose windows have no tap inside
+    the H×W input (a dilation or pad wider than the kernel); the same for every plane."""
+    rows, cols = np.empty(OH, np.bool_), np.empty(OW, np.bool_)
+    for oh in range(OH):
+        rows[oh] = not _any_tap(oh, sh, dh, pt, kh, H)
+    for ow in range(OW):
+        cols[ow] = not _any_tap(ow, sw, dw, pl, kw, W)
+    return rows, cols
+
+
 def _maxpool_dense_f32(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     # x (B,C,H,W) -> y (B,C,OH,OW), float32
     """y[b,c,oh,ow] = max_(i,j) x[b,c, oh·sh + i·dh − pt, ow·sw + j·dw − pl] over taps inside x
 
-    The same loop as maxpool_dense_i8 with −inf as the start value; a window on pads only (a
+    The loops of maxpool_dense_i8 with −inf as the start and pad value; a window on pads only (a
     dilation or pad wider than the kernel) gives float32's lowest finite value, as onnxruntime does.
     NaN inputs are not propagated (max keeps the running value), unlike np.max.
     x [B,C,H,W] float32; y [B,C,OH,OW] float32; kh, kw, sh, sw, dh, dw, pt, pl — geometry.
-    Work: B·C·OH·OW·kh·kw compares.
+    Work: B·C·OH·(kh·W + kw·OW) compares. 64×112×112, 3×3/2, pad 1: 0.37–0.84 ms on one core (was
+    2.5–4.2 ms): the 3.2 MB input does not fit L2.
     """
     B, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
+    offs, Wv = _column_offsets(OH, OW, kw, sw, dw)
+    rows, cols = _pads_only(OH, OW, kh, kw, sh, sw, dh, dw, pt, pl, H, W)
+    empty = rows.any() or cols.any()
     finite_lowest = np.float32(np.finfo(np.float32).min)
-    for t in prange(B * C):
-        yc = y[t // C, t % C]
-        _maxpool_plane(x[t // C, t % C], yc, kh, kw, sh, sw, dh, dw, pt, pl, np.float32(-np.inf))
-        for oh in range(OH):  # a window reaches x iff its rows do and its columns do
-            rows_inside = _any_tap(oh, sh, dh, pt, kh, H)
-            for ow in range(OW):
-                if not (rows_inside and _any_tap(ow, sw, dw, pl, kw, W)):
-                    yc[oh, ow] = finite_lowest
+    for task in prange((B * C + POOL_PLANES - 1) // POOL_PLANES):
+        v, pf = np.empty((OH, Wv), x.dtype), np.empty(OH * Wv if sw > 1 else 0, x.dtype)
+        for t in range(task * POOL_PLANES, min(B * C, (task + 1) * POOL_PLANES)):
+            yc = y[t // C, t % C]
+            _maxpool_plane(x[t // C, t % C], yc, v, pf, offs, kh, sh, sw, dh, pt, pl,
+                           np.float32(-np.inf))
+            if empty:  # these windows hold −inf (pads only): the lowest finite value instead
+                for oh in range(OH):
+                    for ow in range(OW):
+                        if rows[oh] or cols[ow]:
+                            yc[oh, ow] = finite_lowest
 
 
 maxpool_dense_f32 = njit(cache=True, parallel=True)(_maxpool_dense_f32)
@@ -106,8 +237,7 @@ def _taps_in(o, s, d, p, k, n, declared):
     Input position o·s + t·d − p; the declared padded range is [−p, n + declared) where ``declared``
     is the end pad (the ceil_mode overhang beyond it is never counted). Returns (lo, hi, counted).
     """
-    lo = min(k, max(0, (p - o * s + d - 1) // d))
-    hi = max(lo, min(k, (n - 1 + p - o * s) // d + 1))
+    lo, hi = _taps_inside(o, s, d, p, k, n)
     counted = max(0, min(k, (n + p + declared - 1 - o * s) // d + 1))
     return lo, hi, counted
 
