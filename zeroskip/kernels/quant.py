@@ -30,10 +30,11 @@ def _requantize_dense_i8(acc, m0, shift, y_zero_point, lo, hi, y):
     for n in prange(N):
         m0n, r = np.int64(m0[n]), np.int64(shift[n])
         nudge = np.int64(1) << (r - 1)
+        acc_n, y_n = acc[n], y[n]  # rows indexed from 0: no negative-index check per element
         for m in range(M):
-            p = np.int64(acc[n, m]) * m0n
+            p = np.int64(acc_n[m]) * m0n
             t = (p + nudge - (p < 0)) >> r
-            y[n, m] = min(max(t + y_zero_point, lo), hi)
+            y_n[m] = min(max(t + y_zero_point, lo), hi)
 
 
 requantize_dense_i8 = njit(cache=True, parallel=True)(_requantize_dense_i8)
@@ -55,9 +56,11 @@ def _quantize_dense_f32(x, y_scale, y_zero_point, y):
     zp, scale = np.float32(y_zero_point), np.float32(y_scale)
     L = x.shape[0]
     for blk in prange((L + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK):
-        for i in range(blk * ELEMENTWISE_BLOCK, min(L, (blk + 1) * ELEMENTWISE_BLOCK)):
-            q = np.float32(np.rint(np.float32(x[i] / scale)) + zp)
-            y[i] = min(max(q, lo), hi)
+        e0 = blk * ELEMENTWISE_BLOCK  # the block's slices run from index 0: the loop vectorizes
+        xb, yb = x[e0:e0 + ELEMENTWISE_BLOCK], y[e0:e0 + ELEMENTWISE_BLOCK]
+        for e in range(yb.shape[0]):
+            q = np.float32(np.rint(np.float32(xb[e] / scale)) + zp)
+            yb[e] = min(max(q, lo), hi)
 
 
 quantize_dense_f32 = njit(cache=True, parallel=True)(_quantize_dense_f32)
@@ -74,8 +77,10 @@ def _dequantize_dense_i8(q, x_scale, x_zero_point, y):
     scale, zp = np.float32(x_scale), np.int32(x_zero_point)
     L = q.shape[0]
     for blk in prange((L + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK):
-        for i in range(blk * ELEMENTWISE_BLOCK, min(L, (blk + 1) * ELEMENTWISE_BLOCK)):
-            y[i] = scale * np.float32(np.int32(q[i]) - zp)
+        e0 = blk * ELEMENTWISE_BLOCK  # the block's slices run from index 0: the loop vectorizes
+        qb, yb = q[e0:e0 + ELEMENTWISE_BLOCK], y[e0:e0 + ELEMENTWISE_BLOCK]
+        for e in range(yb.shape[0]):
+            yb[e] = scale * np.float32(np.int32(qb[e]) - zp)
 
 
 dequantize_dense_i8 = njit(cache=True, parallel=True)(_dequantize_dense_i8)
