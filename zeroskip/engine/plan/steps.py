@@ -63,12 +63,13 @@ class Scratch:
     def __init__(self):
         self._local = threading.local()
 
-    def get(self, tag: str, shape, dtype) -> np.ndarray:
+    def get(self, tag: str, shape: tuple, dtype) -> np.ndarray:
+        """The work array ``tag`` of ``shape`` (a tuple of ints) and ``dtype`` for this thread."""
         arrays = getattr(self._local, "arrays", None)
         if arrays is None:
             arrays = self._local.arrays = {}
-        key = (tag, tuple(int(d) for d in shape), np.dtype(dtype).str)
+        key = (tag, shape, dtype)  # as given: hashing it is the whole cost of a repeated call
         array = arrays.get(key)
         if array is None:
-            array = arrays[key] = np.empty(key[1], dtype)
+            array = arrays[key] = np.empty(tuple(int(d) for d in shape), dtype)
         return array
