@@ -22,11 +22,9 @@ from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_ch
 _U = np.uint64
 
 
-@njit(cache=True)
-def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
-    """y [OH,OW] = clamp(b + Σ_(i,j) w[3i+j]·xq[oh·sh + i·dh, ow·sw + j·dw], lo, hi), one output
-    row per pass over ow, the nine taps in registers. The sum is grouped as the tile loop groups it,
-    (b + Σ_{t<4}) + Σ_{4≤t<8} + w[8]·x, so both loops give the same float32 results."""
+@njit(cache=True, inline="always")
+def _rows_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
+    """The loops of _plane_3x3 at column step ``sw`` (inlined: a literal step reaches LLVM)."""
     OH, OW = y.shape
     cast = y.dtype.type  # int8 taps widen to int32 (not int64) before the products
     w0, w1, w2, w3, w4 = cast(w[0]), cast(w[1]), cast(w[2]), cast(w[3]), cast(w[4])
@@ -34,14 +32,25 @@ def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
     c1, c2 = _U(dw), _U(2 * dw)                  # column offsets of taps j = 1, 2 (j = 0: 0)
     for oh in range(_U(OH)):
         r0 = oh * _U(sh)
-        r1, r2 = r0 + _U(dh), r0 + _U(2 * dh)
+        x0, x1, x2, yr = xq[r0], xq[r0 + _U(dh)], xq[r0 + _U(2 * dh)], y[oh]
         for ow in range(_U(OW)):
-            u = ow * _U(sw)
-            s = b + (w0 * xq[r0, u] + w1 * xq[r0, c1 + u] + w2 * xq[r0, c2 + u]
-                     + w3 * xq[r1, u])
-            s = s + (w4 * xq[r1, c1 + u] + w5 * xq[r1, c2 + u] + w6 * xq[r2, u]
-                     + w7 * xq[r2, c1 + u])
-            y[oh, ow] = min(max(cast(s + w8 * xq[r2, c2 + u]), lo), hi)
+            u = ow * sw
+            s = b + (w0 * x0[u] + w1 * x0[c1 + u] + w2 * x0[c2 + u] + w3 * x1[u])
+            s = s + (w4 * x1[c1 + u] + w5 * x1[c2 + u] + w6 * x2[u] + w7 * x2[c1 + u])
+            yr[ow] = min(max(cast(s + w8 * x2[c2 + u]), lo), hi)
+
+
+@njit(cache=True)
+def _plane_3x3(w, b, xq, y, sh, sw, dh, dw, lo, hi):
+    """y [OH,OW] = clamp(b + Σ_(i,j) w[3i+j]·xq[oh·sh + i·dh, ow·sw + j·dw], lo, hi), one output
+    row per pass over ow, the nine taps in registers. The sum is grouped as the tile loop groups it,
+    (b + Σ_{t<4}) + Σ_{4≤t<8} + w[8]·x, so both loops give the same float32 results.
+    Stride 2 passes its step as a constant, so the strided loads vectorize as shuffles (int8
+    144×56×56: 0.53 → 0.39 ms on one core; float32 unchanged); other strides pass it as a variable."""
+    if sw == 2:
+        _rows_3x3(w, b, xq, y, sh, _U(2), dh, dw, lo, hi)
+    else:
+        _rows_3x3(w, b, xq, y, sh, _U(sw), dh, dw, lo, hi)
 
 
 @njit(cache=True)

@@ -10,9 +10,12 @@ channels-last input, for the dense int8 GEMM.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from ._planes import out_range
+
+_U = np.uint64
 
 
 @njit(cache=True)
@@ -32,9 +35,16 @@ def _fill_col_row(x, row, i, j, sh, sw, dh, dw, pt, pl, fill):
             continue
         r[:lo] = fill
         r[hi:] = fill
-        xr = x[h]
-        for ow in range(lo, hi):
-            r[ow] = xr[ow * sw + j * dw - pl]
+        xr, rv, c = x[h], r[lo:hi], _U(lo * sw + j * dw - pl)  # c ≥ 0: output lo's input column
+        if sw == 1:  # uint64 indices, and rv from index 0: no wraparound test, the copy vectorizes
+            for q in range(_U(hi - lo)):
+                rv[q] = xr[c + q]
+        elif sw == 2:  # a constant stride: the loads vectorize as shuffles
+            for q in range(_U(hi - lo)):
+                rv[q] = xr[c + _U(2) * q]
+        else:
+            for q in range(_U(hi - lo)):
+                rv[q] = xr[c + _U(sw) * q]
 
 
 def _im2col_dense_f32(x, cols, kh, kw, sh, sw, dh, dw, pt, pl):
@@ -106,13 +116,13 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
                 for j in range(kw):
                     w = ow * sw + j * dw - pl
                     k0 = (i * kw + j) * Cg
-                    if 0 <= h < H and 0 <= w < W:
+                    if 0 <= h < H and 0 <= w < W:  # uint64 indices: no wraparound test
                         src = xh[b, h, w]
-                        for c in range(Cg):
-                            r[k0 + c] = src[c0 + c]
+                        for c in range(_U(Cg)):
+                            r[_U(k0) + c] = src[_U(c0) + c]
                     else:
-                        for c in range(Cg):
-                            r[k0 + c] = x_zero_point
+                        for c in range(_U(Cg)):
+                            r[_U(k0) + c] = x_zero_point
 
 
 im2row_dense_i8 = njit(cache=True, parallel=True)(_im2row_dense_i8)
