@@ -1,11 +1,14 @@
-"""ResNet-18-shaped ONNX models with random weights, for whole-model benchmarks such as ``zeroskip bench``.
+"""ResNet-18- and MobileNetV2-shaped ONNX models with random weights, for whole-model benchmarks such as
+``zeroskip bench``.
 
-Four variants of one network, built with ``onnx.helper`` (no torch, nothing downloaded):
+Four variants of each network, built with ``onnx.helper`` (no torch, nothing downloaded):
 
-- ``resnet18.onnx``: float32, each Conv followed by its own BatchNormalization (both engines fold it at load);
-- ``resnet18_pruned90.onnx``: every conv but the stem magnitude-pruned to 10 % density, per tensor;
-- ``resnet18_int8.onnx`` and ``resnet18_pruned90_int8.onnx``: those two quantized by onnxruntime's
-  ``quantize_static`` (QDQ, uint8 activations, per-channel int8 weights, BatchNormalization folded).
+- ``resnet18.onnx``, ``mobilenetv2.onnx``: float32, each Conv followed by its own BatchNormalization
+  (both engines fold it at load);
+- ``resnet18_pruned90.onnx``, ``mobilenetv2_pruned90.onnx``: magnitude-pruned to 10 % density, per
+  tensor: every ResNet-18 conv but the stem; the MobileNetV2 1x1 convs only (stem and depthwise stay dense);
+- ``*_int8.onnx`` and ``*_pruned90_int8.onnx``: those quantized by onnxruntime's ``quantize_static``
+  (QDQ, uint8 activations, per-channel int8 weights, BatchNormalization folded).
 
 The weights are random (He-initialized, BatchNormalization statistics near identity), so the outputs
 mean nothing and accuracy cannot be measured; speed, and how closely zeroskip agrees with onnxruntime on
@@ -14,7 +17,8 @@ the same file, can. ``zeroskip bench`` times every mode against onnxruntime in o
     python bench/make_models.py /tmp/zsmodels [--seed 0]
     zeroskip bench /tmp/zsmodels/resnet18_pruned90_int8.onnx --threads 1 --rounds 10
 
-Needs onnx and onnxruntime (the ``test`` extra). Importable too: ``from make_models import resnet18``.
+Needs onnx and onnxruntime (the ``test`` extra). Importable too: ``from make_models import resnet18``
+(or ``mobilenetv2``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 STAGES = (64, 128, 256, 512)
 """Channels of the four stages of two BasicBlocks each."""
+INVERTED_RESIDUALS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                      (6, 160, 3, 2), (6, 320, 1, 1))
+"""MobileNetV2's inverted-residual stages: expansion t, output channels c, repeats n, first stride s."""
 CLASSES = 1000
 
 
@@ -49,17 +56,37 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
         return name
 
-    def conv_bn(self, x, name, c_in, c_out, kernel, stride=1, relu=True) -> str:
-        """Conv (no bias, He-initialized), BatchNormalization, and Relu if ``relu``."""
-        std = np.sqrt(2.0 / (c_in * kernel * kernel))
-        w = self.weight(f"{name}.weight", self.rng.normal(0, std, (c_out, c_in, kernel, kernel)))
+    def conv_bn(self, x, name, c_in, c_out, kernel, stride=1, act="relu", group=1) -> str:
+        """Conv (no bias, He-initialized, ``group`` groups), BatchNormalization, then the activation
+        ``act``: "relu", "relu6" (Clip to [0, 6]) or None."""
+        std = np.sqrt(2.0 / (c_in // group * kernel * kernel))
+        w = self.weight(f"{name}.weight", self.rng.normal(0, std, (c_out, c_in // group, kernel, kernel)))
         y = self.add("Conv", name, [x, w], kernel_shape=[kernel, kernel], strides=[stride, stride],
-                     pads=[kernel // 2] * 4)
+                     pads=[kernel // 2] * 4, **({"group": group} if group > 1 else {}))
         gamma, beta, mean, log_var = self.rng.normal(0, [[0.1], [0.05], [0.05], [0.1]], (4, c_out))
         stats = [self.weight(f"{name}.bn.{key}", value) for key, value in
                  zip(("scale", "bias", "mean", "var"), (1 + gamma, beta, mean, np.exp(log_var)))]
         y = self.add("BatchNormalization", f"{name}.bn", [y, *stats], epsilon=1e-5)
-        return self.add("Relu", f"{name}.relu", [y]) if relu else y
+        if act == "relu6":
+            if not any(init.name == "relu6.max" for init in self.inits):  # Clip's bounds, shared
+                self.weight("relu6.min", 0.0)
+                self.weight("relu6.max", 6.0)
+            return self.add("Clip", f"{name}.relu6", [y, "relu6.min", "relu6.max"])
+        return self.add("Relu", f"{name}.relu", [y]) if act == "relu" else y
+
+    def classifier(self, x, c_in, name) -> onnx.ModelProto:
+        """GlobalAveragePool, Flatten and Gemm ``fc`` to ``logits`` after ``x``; the checked model."""
+        x = self.add("Flatten", "flatten", [self.add("GlobalAveragePool", "avgpool", [x])], axis=1)
+        w = self.weight("fc.weight", self.rng.normal(0, np.sqrt(1.0 / c_in), (CLASSES, c_in)))
+        b = self.weight("fc.bias", self.rng.normal(0, 0.01, CLASSES))
+        self.nodes.append(helper.make_node("Gemm", [x, w, b], ["logits"], name="fc", transB=1))
+        graph = helper.make_graph(
+            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="zeroskip-bench")
+        onnx.checker.check_model(model)
+        return model
 
 
 def resnet18(seed: int = 0) -> onnx.ModelProto:
@@ -85,25 +112,48 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
         for block in range(2):
             name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
             y = g.conv_bn(x, f"{name}.conv1", c_in, c_out, 3, stride)
-            y = g.conv_bn(y, f"{name}.conv2", c_out, c_out, 3, relu=False)
+            y = g.conv_bn(y, f"{name}.conv2", c_out, c_out, 3, act=None)
             if stride != 1 or c_in != c_out:
-                x = g.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, relu=False)
+                x = g.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, act=None)
             x = g.add("Relu", f"{name}.relu", [g.add("Add", f"{name}.add", [y, x])])
             c_in = c_out
-    x = g.add("Flatten", "flatten", [g.add("GlobalAveragePool", "avgpool", [x])], axis=1)
-    w = g.weight("fc.weight", g.rng.normal(0, np.sqrt(1.0 / c_in), (CLASSES, c_in)))
-    b = g.weight("fc.bias", g.rng.normal(0, 0.01, CLASSES))
-    g.nodes.append(helper.make_node("Gemm", [x, w, b], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(
-        g.nodes, "resnet18", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="zeroskip-bench")
-    onnx.checker.check_model(model)
-    return model
+    return g.classifier(x, c_in, "resnet18")
 
 
-def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",)) -> onnx.ModelProto:
+def mobilenetv2(seed: int = 0) -> onnx.ModelProto:
+    """A float32 MobileNetV2 (width 1.0) with random weights: input ``input`` (N, 3, 224, 224), output
+    ``logits`` (N, 1000), N dynamic; ReLU6 as Clip(0, 6), each BatchNormalization a node of its own.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the weights and BatchNormalization statistics.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Opset 17, checked by ``onnx.checker``. The 3x3/s2 conv is ``stem``; inverted-residual block i
+        (1 to 17) has convs ``block{i}.expand`` (absent when t = 1), ``block{i}.depthwise`` and
+        ``block{i}.project``; then the 1x1 conv ``head`` to 1280 channels and the Gemm ``fc``.
+    """
+    g = _Graph(seed)
+    x = g.conv_bn("input", "stem", 3, 32, 3, stride=2, act="relu6")
+    c_in, block = 32, 0
+    for t, c_out, repeats, first_stride in INVERTED_RESIDUALS:
+        for r in range(repeats):
+            block, stride, hidden = block + 1, first_stride if r == 0 else 1, c_in * t
+            name = f"block{block}"
+            y = g.conv_bn(x, f"{name}.expand", c_in, hidden, 1, act="relu6") if t != 1 else x
+            y = g.conv_bn(y, f"{name}.depthwise", hidden, hidden, 3, stride, act="relu6", group=hidden)
+            y = g.conv_bn(y, f"{name}.project", hidden, c_out, 1, act=None)
+            x = g.add("Add", f"{name}.add", [x, y]) if stride == 1 and c_in == c_out else y
+            c_in = c_out
+    x = g.conv_bn(x, "head", c_in, 1280, 1, act="relu6")
+    return g.classifier(x, 1280, "mobilenetv2")
+
+
+def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
+          only_pointwise: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` with each Conv's weight magnitude-pruned to ``density``, per tensor.
 
     Parameters
@@ -115,6 +165,9 @@ def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",)) -> onnx.
     skip : tuple of str
         Convs whose node name starts with one of these stay dense (the stem, by default: 3 input
         channels leave little to skip). Gemm and BatchNormalization are never touched.
+    only_pointwise : bool
+        Prune only the 1x1 convs of one group (MobileNetV2's expand and project convs); every
+        other conv (a depthwise one, say) stays dense too.
 
     Returns
     -------
@@ -123,8 +176,13 @@ def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",)) -> onnx.
     """
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
+    def attr(node, key, default):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
+
     targets = {node.input[1] for node in pruned.graph.node
-               if node.op_type == "Conv" and not node.name.startswith(tuple(skip))}
+               if node.op_type == "Conv" and not node.name.startswith(tuple(skip))
+               and not (only_pointwise and (list(attr(node, "kernel_shape", [])) != [1, 1]
+                                            or attr(node, "group", 1) != 1))}
     for i, tensor in enumerate(pruned.graph.initializer):
         if tensor.name not in targets:
             continue
@@ -189,25 +247,29 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
 
 
 def main(argv=None) -> None:
-    """Write the four variants into OUTDIR and print their file sizes and conv weight densities."""
+    """Write the four variants of each network into OUTDIR and print their file sizes, parameter
+    counts (initializer elements) and conv weight densities."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", help="directory for the .onnx files (created if missing)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the weights and calibration images (default: 0)")
     args = parser.parse_args(argv)
     os.makedirs(args.outdir, exist_ok=True)
-    dense = resnet18(args.seed)
-    pruned = prune(dense, 0.1)
-    models = {"resnet18": dense, "resnet18_pruned90": pruned,
-              "resnet18_int8": quantize(dense, seed=args.seed),
-              "resnet18_pruned90_int8": quantize(pruned, seed=args.seed)}
+    models = {}
+    for net, build, only_pointwise in (("resnet18", resnet18, False), ("mobilenetv2", mobilenetv2, True)):
+        dense = build(args.seed)
+        pruned = prune(dense, 0.1, only_pointwise=only_pointwise)
+        models.update({net: dense, f"{net}_pruned90": pruned,
+                       f"{net}_int8": quantize(dense, seed=args.seed),
+                       f"{net}_pruned90_int8": quantize(pruned, seed=args.seed)})
     for name, model in models.items():
         path = os.path.join(args.outdir, f"{name}.onnx")
         onnx.save(model, path)
         weights = [w for w in map(numpy_helper.to_array, model.graph.initializer) if w.ndim == 4]
         nonzero = sum(np.count_nonzero(w) for w in weights) / sum(w.size for w in weights)
-        print(f"{path}: {os.path.getsize(path) / 1e6:6.1f} MB, {len(model.graph.node)} nodes, "
-              f"conv weights {nonzero:.1%} nonzero")
+        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        print(f"{path}: {os.path.getsize(path) / 1e6:6.1f} MB, {params / 1e6:5.2f} M parameters, "
+              f"{len(model.graph.node)} nodes, conv weights {nonzero:.1%} nonzero")
 
 
 if __name__ == "__main__":
