@@ -135,20 +135,30 @@ class CsrConv(ConvAccumulator):
 
 
 class Im2rowConv(ConvAccumulator):
+    """im2row, then the dense GEMM per group. K = kh·kw·C/g is padded up to a multiple of the GEMM's
+    K_PER_STEP with zero weights: the rows' extra columns are never written, and 0·anything adds
+    nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and 3 scalar values
+    per dot product before; 10 steps now)."""
+
     name = "im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        from ...kernels.matmul_dense import K_PER_STEP  # Numba only once a kernel plan needs it
+
         super().__init__(node, w4)
         self.im2row, self.kernel = ctx.kernel("im2row_dense_i8"), ctx.kernel("matmul_dense_i8")
         per = self.n_out // self.group
-        taps_first = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row's k order
+        self.k_in = self.c_group * self.kh * self.kw
+        self.k_pad = -(-self.k_in // K_PER_STEP) * K_PER_STEP
+        taps_first = np.zeros((self.n_out, self.k_pad), np.int8)
+        taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
         self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
                          for g in range(self.group)]
 
     def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
-        return self.scratch.get("rows", (batch, self.group, oh, ow, self.c_group * self.kh * self.kw),
-                                dtype)
+        """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
+        return self.scratch.get("rows", (batch, self.group, oh, ow, self.k_pad), dtype)
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
@@ -167,8 +177,8 @@ class Im2rowConv(ConvAccumulator):
         """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
         int64, from the rows of this thread's last call (pads hold x_zp, so they add 0)."""
         batch, _, oh, ow = acc_shape
-        rows = self.rows(batch, oh, ow, dtype)
-        return rows.sum(axis=-1, dtype=np.int64) - rows.shape[-1] * x_zp
+        rows = self.rows(batch, oh, ow, dtype)[..., :self.k_in]
+        return rows.sum(axis=-1, dtype=np.int64) - self.k_in * x_zp
 
 
 def is_depthwise(node: Node, w4: np.ndarray) -> bool:
