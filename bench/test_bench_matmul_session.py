@@ -34,6 +34,7 @@ import pytest
 import scipy.sparse
 
 import zeroskip
+from zeroskip.engine.tuning import best_time
 
 M, K, N = 128, 1024, 1024
 DENSITY = 0.1
@@ -119,16 +120,6 @@ def test_matmul_session(benchmark, layer, path):
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
-def _times(call, number: int) -> float:
-    """Seconds per call, the best of ``number`` single calls."""
-    best = float("inf")
-    for _ in range(number):
-        t0 = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def test_target_ratio(benchmark, layer):
     """The issue's target: sparse-f32 through Session.run, 1 thread, ≥ 2× scipy.sparse."""
     benchmark.group = "matmul-session-target"
@@ -136,7 +127,7 @@ def test_target_ratio(benchmark, layer):
     best = {name: [] for name in calls}
     for _ in range(20):  # interleaved, so every path sees the same machine load
         for name, call in calls.items():
-            best[name].append(_times(call, 5))
+            best[name].append(best_time(call, repeats=5))
     low = {name: min(times) for name, times in best.items()}
     mid = {name: statistics.median(times) for name, times in best.items()}
     scipy_best = min((n for n in low if n.startswith("scipy")), key=low.get)
