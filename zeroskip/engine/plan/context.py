@@ -14,6 +14,7 @@ from ...model import Model, Node
 from ...shapes import infer_shapes
 from .. import tuning
 from ..passes import find_fusions
+from .launch import Launch
 from .registry import Decline
 from .weights import constant
 
@@ -72,10 +73,13 @@ class PlanContext:
         return self.constants.get(name) if name else None
 
     def kernel(self, name: str):
-        """The kernel a step calls: the parallel one, or its serial twin in a one-thread plan."""
+        """The kernel a step calls: its serial twin in a one-thread plan; else a ``Launch`` that
+        takes the parallel build only for calls with enough work to pay for it (launch.py)."""
         from ...kernels import KERNELS, serial_kernel
 
-        return serial_kernel(name) if self.serial else KERNELS[name]
+        if self.serial:
+            return serial_kernel(name)
+        return Launch(KERNELS[name], serial_kernel(name), name)
 
     def activation(self, node: Node):
         """(output name, lo, hi) of a node, after the fusion of its activation if any."""

@@ -144,21 +144,10 @@ def _broadcast(node: Node, a: np.ndarray, b: np.ndarray) -> tuple:
             np.ascontiguousarray(np.broadcast_to(b, shape)))
 
 
-SERIAL_ADD_ELEMENTS = 1 << 17
-"""QAdds of fewer elements call add_dense_i8's serial twin in a multi-thread plan too: a parallel
-launch costs about 50 µs under the workqueue layer (docs/kernels.md, "Threads"), more than a second
-thread saves below ~150 000 elements at the kernel's ~0.65 ns per element. Measured on the 2-vCPU
-machine (bench/test_bench_pool.py), ResNet-18's adds at two threads: 512×7×7, 256×14×14 and
-128×28×28 took 62, 65 and 90 µs parallel against 23, 43 and 87 µs serial; 64×56×56 148 against
-173 µs."""
-
-
 @builds("int8", "QAdd")
 def qadd(node: Node, ctx: PlanContext):
-    from ...kernels import serial_kernel
-
     attrs = node.attrs
-    kernel, serial = ctx.kernel("add_dense_i8"), serial_kernel("add_dense_i8")
+    kernel = ctx.kernel("add_dense_i8")
     a_mult, b_mult, shift = quantmath.add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
                                                       float(attrs["b_scale"]) / float(attrs["y_scale"]))
     y_zp = int(attrs["y_zero_point"])
@@ -177,9 +166,8 @@ def qadd(node: Node, ctx: PlanContext):
         if a.shape != b.shape or not (a.flags.c_contiguous and b.flags.c_contiguous):
             a, b = _broadcast(node, a, b)  # residual Adds (equal shapes) take no copy
         y = np.empty(a.shape, dtype)
-        (serial if y.size < SERIAL_ADD_ELEMENTS else kernel)(
-            a.reshape(-1), b.reshape(-1), y.reshape(-1), a_zp, b_zp, a_mult, b_mult, shift, y_zp,
-            lo, hi)
+        kernel(a.reshape(-1), b.reshape(-1), y.reshape(-1), a_zp, b_zp, a_mult, b_mult, shift, y_zp,
+               lo, hi)
         values[out] = y
 
     return Step(node, "add_dense_i8", "two input scales on one fixed-point base, one rounding", run)

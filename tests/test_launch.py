@@ -1,0 +1,58 @@
+"""Small work runs serially: every kernel has a work measure, and a Launch picks the build by it."""
+
+import numpy as np
+
+from zeroskip.engine.plan.launch import MIN_PARALLEL_ELEMENTS, MIN_PARALLEL_MACS, WORK, Launch
+from zeroskip.kernels import KERNELS
+
+
+def test_every_kernel_has_a_work_measure_and_threshold():
+    assert set(WORK) == set(KERNELS)
+    assert all(threshold > 0 for _, threshold in WORK.values())
+
+
+def _recorder(calls, tag):
+    def kernel(*args):
+        calls.append(tag)
+    return kernel
+
+
+def test_launch_takes_the_parallel_build_only_from_the_threshold():
+    calls = []
+    launch = Launch(_recorder(calls, "parallel"), _recorder(calls, "serial"), "requantize_dense_i8")
+    small = np.zeros((64, 16), np.int32)
+    big = np.zeros((2, MIN_PARALLEL_ELEMENTS // 2), np.int32)
+    launch(small, None, None, 0, 0, 255, None)
+    launch(big, None, None, 0, 0, 255, None)
+    assert calls == ["serial", "parallel"]
+
+
+def test_gemm_work_is_its_multiply_accumulates():
+    work, threshold = WORK["matmul_dense_i8"]
+    x, w = np.zeros((128, 256), np.uint8), np.zeros((64, 256), np.int8)
+    assert work(x, w, None, None) == 128 * 256 * 64 and threshold == MIN_PARALLEL_MACS
+    csr_work, _ = WORK["matmul_csr_i8"]
+    data, xt = np.zeros(1000, np.int8), np.zeros((256, 128), np.uint8)
+    assert csr_work(None, None, data, None, xt, None) == 1000 * 128
+
+
+def test_parallel_builds_give_the_serial_bytes_through_a_session(monkeypatch):
+    """With every threshold at 0, a two-thread Session takes every parallel build: the bytes are a
+    one-thread Session's (serial twins), on the golden models, in every kernel mode."""
+    import zeroskip
+    from test_golden import golden
+    from zeroskip.engine.plan import launch
+
+    monkeypatch.setattr(launch, "WORK", {name: (work, 0) for name, (work, _) in WORK.items()})
+    for name, modes in (("cnn", ("dense-f32", "sparse-f32")),
+                        ("int8", ("dense-i8", "sparse-i8", "dense-f32", "sparse-f32"))):
+        model, expected = golden(name)
+        feeds = {"x": expected["x"]}
+        for mode in modes:
+            one = zeroskip.Session(model, mode=mode, threads=1).run(feeds)
+            two = zeroskip.Session(model, mode=mode, threads=2).run(feeds)
+            for key in one:
+                assert one[key].dtype == two[key].dtype and np.array_equal(one[key], two[key]), \
+                    (name, mode, key)
+    for kernel in ("matmul_dense_i8", "conv2d_csr_i8", "requantize_dense_i8", "conv2d_csr_f32"):
+        assert KERNELS[kernel].signatures, kernel  # the parallel build really ran

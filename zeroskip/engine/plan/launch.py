@@ -1,0 +1,104 @@
+"""When a kernel runs in parallel: only when a call has enough work to pay for the launch.
+
+A parallel kernel call under Numba's workqueue layer costs 50–60 µs before any work is done once its
+workers have gone idle, as they have between a model's layers (docs/kernels.md, "Threads"). Below
+a kernel's threshold, a plan that may use several threads calls its serial twin instead (the same
+loops, the same bytes). The thresholds were measured on the 2-vCPU machine, 2 threads against the
+serial twin, with a 0.5 ms pause before each call:
+
+* ``requantize_dense_i8`` (memory-bound, like the other elementwise and layout kernels): serial
+  11.8, 28.7, 57.2, 130, 384 µs against parallel 61, 67, 92, 135, 583 µs at 2^14, 2^16, 2^17, 2^18,
+  2^20 elements: parallel never won up to 2^20, so these kernels go parallel from 2^21;
+* ``add_dense_i8`` (int64 arithmetic, compute-bound): parallel won from about 150 000 elements
+  (64×56×56: 148 against 173 µs), so from 2^17;
+* ``matmul_dense_i8``: serial 16, 76, 398, 545, 1 338 µs against parallel 69, 140, 439, 580, 802 µs at
+  0.26, 2.1, 7.4, 16.8 and 58 million multiply-accumulates: parallel from 2^25 (33.5 million). The
+  sparse and depthwise kernels count their useful multiply-accumulates against the same bound.
+"""
+
+from __future__ import annotations
+
+MIN_PARALLEL_ELEMENTS = 1 << 21
+MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
+MIN_PARALLEL_MACS = 1 << 25
+
+
+def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
+    return x.shape[0] * x.shape[1] * w.shape[0]
+
+
+def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M), yt, ...)
+    return data.shape[0] * xt.shape[1]
+
+
+def _macs_conv_csr_f32(indptr, indices, data, b, x, xp, ws, y, *_):
+    return data.shape[0] * y.shape[0] * y.shape[2] * y.shape[3]
+
+
+def _macs_conv_csr_i8(indptr, indices, data, bias, x, x_zp, xp, ws, y, *_):
+    return data.shape[0] * y.shape[0] * y.shape[2] * y.shape[3]
+
+
+def _macs_depthwise_f32(w, b, x, xp, ws, y, *_):
+    return y.size * w.shape[1]
+
+
+def _macs_depthwise_i8(w, bias, x, x_zp, xp, ws, y, *_):
+    return y.size * w.shape[1]
+
+
+def _first_size(a, *_):
+    return a.size
+
+
+def _second_size(a, b, *_):
+    return b.size
+
+
+def _third_size(a, b, c, *_):
+    return c.size
+
+
+WORK = {
+    # kernel name: (its work, from its arguments; the work from which it runs in parallel)
+    "matmul_dense_i8": (_macs_dense, MIN_PARALLEL_MACS),
+    "matmul_csr_i8": (_macs_csr, MIN_PARALLEL_MACS),
+    "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_MACS),
+    "conv2d_csr_f32": (_macs_conv_csr_f32, MIN_PARALLEL_MACS),
+    "conv2d_csr_i8": (_macs_conv_csr_i8, MIN_PARALLEL_MACS),
+    "depthwise_dense_f32": (_macs_depthwise_f32, MIN_PARALLEL_MACS),
+    "depthwise_dense_i8": (_macs_depthwise_i8, MIN_PARALLEL_MACS),
+    "add_dense_i8": (_first_size, MIN_PARALLEL_ADD_ELEMENTS),
+    "requantize_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "quantize_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "dequantize_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "add_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "clamp_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "bias_act_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "maxpool_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "maxpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "avgpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "global_avgpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "im2col_dense_f32": (_second_size, MIN_PARALLEL_ELEMENTS),
+    "im2col_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),
+    "im2row_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),
+}
+"""Every kernel's work measure and threshold (a test checks that every kernel has one)."""
+
+
+class Launch:
+    """A kernel call that takes the parallel build only when its work reaches the threshold."""
+
+    __slots__ = ("parallel", "serial", "work", "threshold")
+
+    def __init__(self, parallel, serial, name: str):
+        self.parallel, self.serial = parallel, serial
+        self.work, self.threshold = WORK[name]
+
+    def __call__(self, *args):
+        kernel = self.parallel if self.work(*args) >= self.threshold else self.serial
+        return kernel(*args)
+
+
+__all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS",
+           "WORK"]
