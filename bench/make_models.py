@@ -123,18 +123,9 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
 def mobilenetv2(seed: int = 0) -> onnx.ModelProto:
     """A float32 MobileNetV2 (width 1.0) with random weights: input ``input`` (N, 3, 224, 224), output
     ``logits`` (N, 1000), N dynamic; ReLU6 as Clip(0, 6), each BatchNormalization a node of its own.
-
-    Parameters
-    ----------
-    seed : int
-        Seed of the weights and BatchNormalization statistics.
-
-    Returns
-    -------
-    onnx.ModelProto
-        Opset 17, checked by ``onnx.checker``. The 3x3/s2 conv is ``stem``; inverted-residual block i
-        (1 to 17) has convs ``block{i}.expand`` (absent when t = 1), ``block{i}.depthwise`` and
-        ``block{i}.project``; then the 1x1 conv ``head`` to 1280 channels and the Gemm ``fc``.
+    ``seed`` and the checks as for ``resnet18``. The 3x3/s2 conv is ``stem``; inverted-residual
+    block i (1 to 17) has convs ``block{i}.expand`` (absent when t = 1), ``block{i}.depthwise`` and
+    ``block{i}.project``; then the 1x1 conv ``head`` to 1280 channels and the Gemm ``fc``.
     """
     g = _Graph(seed)
     x = g.conv_bn("input", "stem", 3, 32, 3, stride=2, act="relu6")
