@@ -44,3 +44,16 @@ def compile_seconds(name, function, args) -> float:
         fresh.compile(tuple(numba.typeof(a) for a in args))
         _COMPILE_S[key] = time.perf_counter() - t0
     return _COMPILE_S[key]
+
+
+def pedantic(benchmark, call, extra: dict, max_rounds: int, time_per_case: float = 0.25):
+    """Time ``call`` with pytest-benchmark: one warm-up call (JIT compile or cache load, page
+    faults), then as many rounds as fit in ``time_per_case`` seconds (5 to ``max_rounds``), with
+    ``extra`` recorded in extra_info. Returns the last call's result."""
+    call()
+    t0 = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t0, 1e-7)
+    rounds = int(min(max_rounds, max(5, time_per_case / once)))
+    benchmark.extra_info.update(extra)
+    return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)

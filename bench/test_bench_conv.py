@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import compile_seconds, read_shapes
+from conftest import compile_seconds, pedantic, read_shapes
 from zeroskip.kernels import conv_csr, depthwise, serial_kernel
 from zeroskip.geometry import geometry
 
@@ -127,13 +127,7 @@ class Layer:
 
 
 def _run(benchmark, call, extra):
-    call()  # warm-up (JIT compile or cache load, page faults)
-    t0 = time.perf_counter()
-    call()
-    once = max(time.perf_counter() - t0, 1e-7)
-    rounds = int(min(200, max(5, TIME_PER_CASE / once)))
-    benchmark.extra_info.update(extra)
-    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+    pedantic(benchmark, call, extra, max_rounds=200, time_per_case=TIME_PER_CASE)
 
 
 CONV_SHAPES = [s for s in SHAPES if s[-1] == 1]

@@ -22,13 +22,12 @@ onnxruntime with two intra-op threads).
 
 from __future__ import annotations
 
-import time
 
 import numba
 import numpy as np
 import pytest
 
-from conftest import compile_seconds, read_shapes
+from conftest import compile_seconds, pedantic, read_shapes
 from zeroskip.geometry import geometry
 from zeroskip.kernels import KERNELS, elementwise, pool, serial_kernel
 from zeroskip.quantmath import add_multipliers
@@ -63,13 +62,7 @@ def _kernel(name, threads):
 
 def _run(benchmark, call, extra, threads):
     with Threads(threads):
-        call()  # warm-up (JIT compile or cache load, page faults)
-        t0 = time.perf_counter()
-        call()
-        once = max(time.perf_counter() - t0, 1e-7)
-        rounds = int(min(2000, max(5, TIME_PER_CASE / once)))
-        benchmark.extra_info.update(extra)
-        result = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+        result = pedantic(benchmark, call, extra, max_rounds=2000, time_per_case=TIME_PER_CASE)
     stats = benchmark.stats.stats if benchmark.stats else None
     if stats is not None:
         benchmark.extra_info["GB_per_s"] = extra["bytes"] / stats.min / 1e9
