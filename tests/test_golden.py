@@ -63,9 +63,9 @@ def test_float_golden_in_every_float_mode(mode):
 def test_float_golden_holds_both_layouts_and_onnxruntime_agrees_with_the_oracle():
     model, expected = golden("cnn")
     assert {t.layout for t in model.graph.initializers.values()} == {"dense", "csr"}
-    if "y" in expected:  # onnxruntime's float32 output, recorded when the file was written
-        assert_within_f32_bound(expected["y"], expected["y64"], expected, file="golden_cnn",
-                                source="onnxruntime")
+    assert "y" in expected  # onnxruntime's float32 output, recorded when the file was written
+    assert_within_f32_bound(expected["y"], expected["y64"], expected, file="golden_cnn",
+                            source="onnxruntime")
 
 
 # -- the int8 CNN -------------------------------------------------------------------------------
@@ -111,11 +111,11 @@ def test_int8_golden_covers_what_it_claims():
     assert expected["ties"].sum() > 0  # exact ties met on the way ...
     assert np.any(expected["yq"] != expected["yq_even"])  # ... and visible at the outputs
     assert np.any(expected["yq"] == 127)  # the last output saturates
-    if "yq_ort" in expected:
-        # onnxruntime, graph optimizations off, runs the QDQ graph in float32 and rounds half to
-        # even: equal to the half-to-even twin except where float32 lands a tie on either side
-        steps = np.abs(expected["yq_ort"].astype(np.int64) - expected["yq_even"])
-        assert steps.max() <= 1, steps
+    # onnxruntime, graph optimizations off, runs the QDQ graph in float32 and rounds half to
+    # even: equal to the half-to-even twin except where float32 lands a tie on either side
+    assert "yq_ort" in expected  # recorded when the file was written
+    steps = np.abs(expected["yq_ort"].astype(np.int64) - expected["yq_even"])
+    assert steps.max() <= 1, steps
 
 
 def test_int8_golden_expected_outputs_are_the_generators():

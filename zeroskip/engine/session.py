@@ -100,16 +100,12 @@ class Session:
     # -- running -------------------------------------------------------------------------------
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order."""
-        checked = self._check_feeds(feeds)
-        plan = self._plan_for(self._batch_class(checked))
-        constants = plan.constants
-        values = dict(constants)
-        values.update(checked)
+        plan, values = self._start(feeds)
         with self._running(plan):
             for i, step in enumerate(plan.steps):
                 self._run_step(i, step, values)
         # A constant output is copied, so a caller who changes it cannot change the next run's.
-        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in constants)
+        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in plan.constants)
                 for v in self._outputs}
 
     def profile(self, feeds: dict, repeats: int = 20) -> Profile:
@@ -119,12 +115,17 @@ class Session:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
         self.run(feeds)  # JIT compile or cache load, scratch arrays: not part of the profile
+        plan, values = self._start(feeds)
+        with self._running(plan):
+            return profile_plan(plan, values, self._run_step, repeats)
+
+    def _start(self, feeds: dict):
+        """(the plan for these feeds' batch, the values a run starts from: constants and inputs)."""
         checked = self._check_feeds(feeds)
         plan = self._plan_for(self._batch_class(checked))
         values = dict(plan.constants)
         values.update(checked)
-        with self._running(plan):
-            return profile_plan(plan, values, self._run_step, repeats)
+        return plan, values
 
     # -- plans: one, or in auto with a dynamic batch one per batch class --------------------------
     def _batch_class(self, checked: dict) -> int | None:

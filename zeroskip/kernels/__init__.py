@@ -75,22 +75,18 @@ def serial_kernel(name: str):
     already is serial: it is its own twin."""
     twin = _SERIAL.get(name)
     if twin is None:
-        import types
-
         import numba
+
+        from ._copies import renamed_copy
 
         dispatcher = KERNELS[name]
         if numba.config.DISABLE_JIT or not hasattr(dispatcher, "py_func"):
             _SERIAL[name] = dispatcher
             return dispatcher
-        fn = dispatcher.py_func
-        copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
-                                  fn.__defaults__, fn.__closure__)
-        copy.__qualname__ = fn.__qualname__ + "_serial"  # its own on-disk cache entry
-        copy.__module__, copy.__doc__ = fn.__module__, fn.__doc__
         options = {k: v for k, v in dispatcher.targetoptions.items()
                    if k not in ("parallel", "nopython")}  # njit implies nopython
-        twin = _SERIAL[name] = numba.njit(cache=True, **options)(copy)
+        twin = _SERIAL[name] = numba.njit(cache=True, **options)(
+            renamed_copy(dispatcher.py_func, "_serial"))
     return twin
 
 

@@ -21,14 +21,14 @@ The tile exists three times, with the same integers out:
 
 from __future__ import annotations
 
-import types as pytypes
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._copies import renamed_copy
 
 X_ROWS_PER_TILE = 2
 """Rows of x per register tile. With W_ROWS_PER_TILE = 4: 8 vector accumulators + 6 loaded vectors
@@ -292,12 +292,7 @@ def gemm_with_tile(name: str):
     "avx2" needs an AVX2 CPU (HAS_AVX2)."""
     gemm = _WITH_TILE.get(name)
     if gemm is None:
-        fn = _matmul_dense_i8
-        scope = dict(fn.__globals__, _tile=TILES[name])
-        gemm = pytypes.FunctionType(fn.__code__, scope, f"{fn.__name__}_{name}", fn.__defaults__,
-                                    fn.__closure__)
-        gemm.__qualname__ = f"{fn.__qualname__}_{name}"  # its own on-disk cache entry
-        gemm.__module__, gemm.__doc__ = fn.__module__, fn.__doc__
+        gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _tile=TILES[name])
         if name != "python":
             gemm = njit(cache=True, parallel=True)(gemm)
         _WITH_TILE[name] = gemm

@@ -147,6 +147,17 @@ def _maxpool_plane(xc, yc, v, pf, offs, kh, sh, sw, dh, pt, pl, start):
     _window_columns(v.reshape(-1) if sw == 1 else pf, yc, offs, v.shape[1] // sw, start)
 
 
+@njit(cache=True)
+def _maxpool_task(x, y, task, offs, Wv, kh, sh, sw, dh, pt, pl, start):
+    """The (b, c) planes task·POOL_PLANES .. (task+1)·POOL_PLANES of x into y (_maxpool_plane),
+    sharing one allocation of the row buffers: one parallel iteration of both max-pools."""
+    C, OH, BC = x.shape[1], y.shape[2], x.shape[0] * x.shape[1]
+    v, pf = np.empty((OH, Wv), x.dtype), np.empty(OH * Wv if sw > 1 else 0, x.dtype)
+    for t in range(task * POOL_PLANES, min(BC, (task + 1) * POOL_PLANES)):
+        _maxpool_plane(x[t // C, t % C], y[t // C, t % C], v, pf, offs, kh, sh, sw, dh, pt, pl,
+                       start)
+
+
 def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     # x (B,C,H,W) -> y (B,C,OH,OW), uint8|int8
     """y[b,c,oh,ow] = max_(i,j) x[b,c, oh·sh + i·dh − pt, ow·sw + j·dw − pl] over taps inside x
@@ -163,14 +174,10 @@ def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     phases written and read once per plane, in L1. 64×112×112, 3×3/2, pad 1: 0.14–0.17 ms on one
     core of the 2-vCPU machine (was 2.2–3.3 ms), bench/test_bench_pool.py.
     """
-    C, OH, BC = x.shape[1], y.shape[2], x.shape[0] * x.shape[1]
     lowest = _lowest(y)
-    offs, Wv = _column_offsets(OH, y.shape[3], kw, sw, dw)
-    for task in prange((BC + POOL_PLANES - 1) // POOL_PLANES):
-        v, pf = np.empty((OH, Wv), x.dtype), np.empty(OH * Wv if sw > 1 else 0, x.dtype)
-        for t in range(task * POOL_PLANES, min(BC, (task + 1) * POOL_PLANES)):
-            _maxpool_plane(x[t // C, t % C], y[t // C, t % C], v, pf, offs, kh, sh, sw, dh, pt, pl,
-                           lowest)
+    offs, Wv = _column_offsets(y.shape[2], y.shape[3], kw, sw, dw)
+    for task in prange((x.shape[0] * x.shape[1] + POOL_PLANES - 1) // POOL_PLANES):
+        _maxpool_task(x, y, task, offs, Wv, kh, sh, sw, dh, pt, pl, lowest)
 
 
 maxpool_dense_i8 = njit(cache=True, parallel=True)(_maxpool_dense_i8)
@@ -215,12 +222,10 @@ def _maxpool_dense_f32(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
     empty = rows.any() or cols.any()
     finite_lowest = np.float32(np.finfo(np.float32).min)
     for task in prange((B * C + POOL_PLANES - 1) // POOL_PLANES):
-        v, pf = np.empty((OH, Wv), x.dtype), np.empty(OH * Wv if sw > 1 else 0, x.dtype)
-        for t in range(task * POOL_PLANES, min(B * C, (task + 1) * POOL_PLANES)):
-            yc = y[t // C, t % C]
-            _maxpool_plane(x[t // C, t % C], yc, v, pf, offs, kh, sh, sw, dh, pt, pl,
-                           np.float32(-np.inf))
-            if empty:  # these windows hold −inf (pads only): the lowest finite value instead
+        _maxpool_task(x, y, task, offs, Wv, kh, sh, sw, dh, pt, pl, np.float32(-np.inf))
+        if empty:  # these windows hold −inf (pads only): the lowest finite value instead
+            for t in range(task * POOL_PLANES, min(B * C, (task + 1) * POOL_PLANES)):
+                yc = y[t // C, t % C]
                 for oh in range(OH):
                     for ow in range(OW):
                         if rows[oh] or cols[ow]:

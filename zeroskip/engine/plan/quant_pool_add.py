@@ -4,6 +4,8 @@ rounding rules of docs/quantization.md §5."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ... import quantmath
@@ -106,14 +108,20 @@ def qglobal_avgpool(node: Node, ctx: PlanContext):
     average = ctx.kernel("avgpool_dense_i8")
     same = attrs["x_scale"] == attrs["y_scale"] and x_zp == y_zp
 
+    @functools.lru_cache(maxsize=16)
+    def multiplier(plane: int) -> tuple[int, int]:
+        """(m0, shift) of x_scale / (y_scale · H·W): worked out once per plane size, not per run."""
+        m0, shift = quantmath.quantize_multiplier(np.array([ratio / plane]))
+        return int(m0[0]), int(shift[0])
+
     def run(values):
         x = _planes(node, values, x_name)
         y = np.empty(x.shape[:2] + (1, 1), dtype)
         if same:  # an exact integer division of the plane sum (quantization.md §5)
             average(x, y, x.shape[2], x.shape[3], 1, 1, 1, 1, 0, 0, 0, 0, 0, x_zp)
         else:  # the mean and the change of scale in one rounding
-            m0, shift = quantmath.quantize_multiplier(np.array([ratio / (x.shape[2] * x.shape[3])]))
-            kernel(x, y, x_zp, int(m0[0]), int(shift[0]), y_zp, int(lo), int(hi))
+            m0, shift = multiplier(x.shape[2] * x.shape[3])
+            kernel(x, y, x_zp, m0, shift, y_zp, int(lo), int(hi))
         values[out] = y
 
     return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run)
