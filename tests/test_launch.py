@@ -56,3 +56,15 @@ def test_parallel_builds_give_the_serial_bytes_through_a_session(monkeypatch):
                     (name, mode, key)
     for kernel in ("matmul_dense_i8", "conv2d_csr_i8", "requantize_dense_i8", "conv2d_csr_f32"):
         assert KERNELS[kernel].signatures, kernel  # the parallel build really ran
+
+
+def test_direct_conv_work_is_useful_macs_plus_outputs():
+    from zeroskip.engine.plan.launch import MIN_PARALLEL_CONV_WORK
+
+    work, threshold = WORK["conv2d_csr_i8"]
+    y = np.zeros((1, 512, 7, 7), np.int32)  # ResNet-18's last downsample: 512 channels, 7×7
+    data = np.zeros(512 * 25, np.int8)  # 25 nonzeros per output channel
+    assert work(None, None, data, None, None, 0, None, None, y) == 512 * 49 * 26
+    assert work(None, None, data, None, None, 0, None, None, y) >= threshold == MIN_PARALLEL_CONV_WORK
+    small = np.zeros((1, 8, 9, 9), np.int32)  # a toy conv: serial
+    assert work(None, None, np.zeros(8 * 27, np.int8), None, None, 0, None, None, small) < threshold
