@@ -160,10 +160,21 @@ def test_repeated_and_concurrent_runs_give_the_same_outputs():
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+def _tbb_installed() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("tbb")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def test_threading_layer_is_chosen_before_numba_launches_one():
     """A Session with threads=N asks numba for its thread count before any kernel is imported;
-    zeroskip must still pick its threading layer first (workqueue: OpenMP's workers stall behind
-    OpenBLAS's spinning threads on small machines, see zeroskip/kernels/__init__.py)."""
+    zeroskip must still pick its threading layer first: TBB where its wheel is installed (a
+    dependency on x86-64 Linux and Windows), else workqueue (zeroskip/kernels/__init__.py), and
+    workqueue when Numba's TBB pool cannot load."""
     import os
     import subprocess
     import sys
@@ -174,10 +185,15 @@ def test_threading_layer_is_chosen_before_numba_launches_one():
             "s.run({s.inputs[0].name: np.zeros((2, 64), np.float32)})\n"
             "print(numba.threading_layer())\n")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "workqueue"
+
+    def layer(prefix: str = "") -> str:
+        result = subprocess.run([sys.executable, "-c", prefix + code], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    assert layer() == ("tbb" if _tbb_installed() else "workqueue")
+    assert layer("import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n") == "workqueue"
     env["NUMBA_THREADING_LAYER"] = "omp"  # the user's choice wins
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             timeout=300)
@@ -224,3 +240,29 @@ def test_one_thread_sessions_take_the_serial_twins_of_the_same_kernels():
     data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
     one, two = Session(data, mode="sparse-i8", threads=1), Session(data, mode="sparse-i8", threads=2)
     assert one._plan.serial and not two._plan.serial
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_bound_numpy_blas_during_runs_of_float_plans(threads):
+    """A dense-f32 plan calls numpy's sgemm: during its runs BLAS has the session's thread count,
+    and after them its own count again. A numpy-only int8 plan leaves BLAS alone."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+    before = blas_threads()
+    assert before, "numpy's BLAS must be visible to threadpoolctl"
+    session = Session(mlp_model(), mode="dense-f32", threads=threads)
+    assert session._plan.uses_blas
+    seen = []
+    step = session._plan.steps[0]
+    run = step.run
+    step.run = lambda values: (seen.append(blas_threads()), run(values))[1]
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_allclose(session.run({"x": x})["y"], expected_mlp(session.model, x),
+                               rtol=1e-5, atol=1e-5)
+    assert seen == [[threads] * len(before)]
+    assert blas_threads() == before
+    data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
+    assert not Session(data, mode="dense-i8", threads=threads)._plan.uses_blas

@@ -53,8 +53,9 @@ class Session:
 
     model_or_path — a ``Model``, a path to a ``.zsk`` (or ``.onnx``) file, or ``.zsk`` bytes.
     mode — how to run it; see ``MODES`` and DESIGN.md's table of modes.
-    threads — Numba threads for this session's runs (None: Numba's default). With 1 the plan takes
-    the kernels' serial twins, which skip the threading layer (and its lock) altogether.
+    threads — threads for this session's runs: Numba's, and numpy BLAS's in the float plans that
+    call sgemm (None: leave both libraries' settings alone). With 1 the plan takes the kernels'
+    serial twins, which skip the threading layer (and its lock) altogether.
 
     A Session pickles as its model's ``.zsk`` bytes, its mode and its thread count, and ``run`` is a
     pure function of its inputs, so it can be shipped to workers and mapped over chunks of a batch.
@@ -153,7 +154,8 @@ class Session:
     def _running(self, plan):
         """The thread count and launch lock a run of ``plan`` needs (none for serial kernels)."""
         parallel = plan.uses_numba and not plan.serial  # serial kernels never enter the pool
-        return _running(self.threads if parallel else None, parallel)
+        return _running(self.threads if parallel else None, parallel,
+                        self.threads if plan.uses_blas else None)
 
     def _run_step(self, i: int, step, values: dict) -> None:
         """Run step ``i``, then free the activations whose last reader it was."""
@@ -245,9 +247,44 @@ _LAUNCH_LOCK = threading.Lock()
 
 
 @contextmanager
-def _running(threads: int | None, parallel: bool):
-    with _threads(threads), _launch_guard(parallel):
+def _running(threads: int | None, parallel: bool, blas_threads: int | None = None):
+    with _threads(threads), _launch_guard(parallel), _blas_threads(blas_threads):
         yield
+
+
+_BLAS: list | None = None
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded (numpy's OpenBLAS, MKL...)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _BLAS
+
+
+@contextmanager
+def _blas_threads(count: int | None):
+    """Run with at most ``count`` BLAS threads (None: leave BLAS alone), so that a session's
+    ``threads`` bounds numpy's sgemm in the float plans too. Each library's count is read and set
+    directly (a few µs) and put back after the run. The setting is process-wide: two sessions
+    with different counts running at once see each other's."""
+    if count is None:
+        yield
+        return
+    changed = []
+    for library in _blas_libraries():
+        before = library.num_threads
+        if before != count:
+            library.set_num_threads(count)
+            changed.append((library, before))
+    try:
+        yield
+    finally:
+        for library, before in changed:
+            library.set_num_threads(before)
 
 
 @contextmanager

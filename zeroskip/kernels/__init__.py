@@ -15,17 +15,52 @@ import pkgutil
 import sys
 
 
+_TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+_TBB_MIN_INTERFACE = 12060  # Numba's own floor: TBB 2021.6
+
+
+def _load_tbb() -> bool:
+    """Load TBB's runtime library (from the loader's path, else from the ``tbb`` distribution's
+    files) and Numba's TBB pool; whether both loaded and TBB is recent enough for Numba."""
+    import ctypes
+
+    name = _TBB_LIBRARY.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        library = ctypes.CDLL(name)
+    except OSError:
+        try:
+            from importlib import metadata
+
+            files = [f for f in metadata.distribution("tbb").files or () if f.name == name]
+            # RTLD_GLOBAL: Numba's pool then finds the loaded library by its soname
+            library = ctypes.CDLL(str(files[0].locate()), mode=ctypes.RTLD_GLOBAL)
+        except (metadata.PackageNotFoundError, IndexError, OSError):
+            return False
+    try:
+        version = library.TBB_runtime_interface_version
+        version.restype = ctypes.c_int
+        if version() < _TBB_MIN_INTERFACE:
+            return False
+        from numba.np.ufunc import tbbpool  # noqa: F401 - fails if Numba was built without TBB
+    except (AttributeError, ImportError, OSError):
+        return False
+    return True
+
+
 def _prepare_numba() -> None:
     """Import Numba and ready it for the cached kernels, once, as cheaply as it allows.
 
-    * **Threading layer** (docs/kernels.md, "Threads"). Numba prefers OpenMP, whose workers must
-      get a core the moment a prange region starts. numpy's OpenBLAS keeps its own threads spinning
-      for a while after every sgemm, so in plans that mix the two (dense-f32: im2col, sgemm, bias)
-      on a machine with few cores the OpenMP workers wait a scheduler tick for a core: on the 2-vCPU
-      machine a ResNet-18 ran in 680 ms with 2 threads against 86 ms with 1 (each region 4–36 ms).
-      The workqueue layer has no such wait (~80 ms), but may not be entered by two threads at once,
-      so Session serializes kernel runs under it (``serial_launches``). A user's
-      NUMBA_THREADING_LAYER wins; the choice only matters before the process's first parallel call.
+    * **Threading layer** (docs/kernels.md, "Threads"): Intel TBB when its library loads, else
+      workqueue. At batch 1 a model's layers take 0.05–2 ms each, so a second thread only pays if
+      it starts work within microseconds of each parallel call: TBB's workers spin briefly, then
+      sleep, and a call costs ~5 µs (workqueue ~50 µs, and its sleeping workers wake late). TBB
+      also yields to other processes, where OpenMP with spinning workers collapsed (10× slower
+      runs when another job took a core) and stalled behind OpenBLAS's spinning threads. The
+      ``tbb`` wheel puts its library in the environment's ``lib/``, which the loader does not
+      search, so it is loaded here by path (``_load_tbb``). A user's NUMBA_THREADING_LAYER wins;
+      the choice only matters before the process's first parallel call.
     * **Start-up** (measured on the 2-vCPU machine, warm cache): the first call of any cached
       kernel makes Numba load all its implementation registries (0.35–0.4 s). 0.15–0.19 s of that
       is its probe for SciPy's BLAS (``import scipy.linalg.cython_blas``), which only np.convolve /
@@ -34,8 +69,7 @@ def _prepare_numba() -> None:
       collector is off meanwhile (the registries are ~1M long-lived objects: 40–70 ms of passes).
       If Numba's internals differ, the registries load on the first call as usual.
     """
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"  # the environment: numba re-reads it
+    requested = os.environ.get("NUMBA_THREADING_LAYER", "").lower()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # if OpenMP is used after all
     collecting = gc.isenabled()
     gc.disable()
@@ -44,6 +78,12 @@ def _prepare_numba() -> None:
         from numba.core.registry import cpu_target
 
         numba.config.reload_config()
+        tbb = requested in ("", "default", "tbb") and _load_tbb()
+        if not requested:
+            # Numba's config, not the environment, so that child processes are not told to use a
+            # library they may not find. Numba resets it only if a NUMBA_* variable changes, and
+            # then picks TBB first anyway.
+            numba.config.THREADING_LAYER = "tbb" if tbb else "workqueue"
         hide = "scipy.linalg" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules
         if hide:
             sys.modules["scipy.linalg.cython_blas"] = None  # the import fails at once
@@ -91,7 +131,8 @@ def serial_kernel(name: str):
 
 
 def serial_launches() -> bool:
-    """Whether parallel kernels must not be launched from two Python threads at once."""
+    """Whether parallel kernels must not be launched from two Python threads at once (workqueue's
+    rule; TBB and OpenMP take concurrent launches)."""
     import numba
 
     return numba.config.THREADING_LAYER == "workqueue"

@@ -30,11 +30,10 @@ serial twin, with a 0.5 ms pause before each call:
 
 from __future__ import annotations
 
-MIN_PARALLEL_ELEMENTS = 1 << 21
+MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
-MIN_PARALLEL_MACS = 1 << 25
+MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
-MIN_PARALLEL_DEPTHWISE_WORK = 1 << 23
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
@@ -85,8 +84,8 @@ WORK = {
     "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_MACS),
     "conv2d_csr_f32": (_work_conv_csr_f32, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
-    "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_DEPTHWISE_WORK),
-    "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_DEPTHWISE_WORK),
+    "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
+    "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "add_dense_i8": (_first_size, MIN_PARALLEL_ADD_ELEMENTS),
     "requantize_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
     "quantize_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
@@ -120,4 +119,4 @@ class Launch:
 
 
 __all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
-           "MIN_PARALLEL_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
+           "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]

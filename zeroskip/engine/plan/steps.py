@@ -46,6 +46,11 @@ class Plan:
         return any(part in names for step in self.steps
                    for part in step.kernel.replace("+", " ").split())
 
+    @functools.cached_property
+    def uses_blas(self) -> bool:
+        """Whether a step calls numpy's BLAS (the float sgemm steps, the reference ops)."""
+        return any("numpy" in step.kernel or step.kernel == "reference" for step in self.steps)
+
     def explain(self) -> list[dict]:
         return [dict(node=s.node.name, op=s.node.op,
                      density=None if s.density is None else round(s.density, 4),
