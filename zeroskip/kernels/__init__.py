@@ -109,8 +109,8 @@ _SERIAL: dict = {}
 def serial_kernel(name: str):
     """The kernel ``name`` compiled without ``parallel=True`` (its prange loops run as plain loops),
     for one-thread sessions: a parallel kernel goes through the threading layer even on one thread,
-    which costs ~50 µs per call under workqueue (4 µs under OpenMP), twice the whole run of the
-    demo's MLP. Same loops, same results; compiled (and cached on disk under its own name) on first
+    which costs ~5 µs per call under TBB and ~50 µs under workqueue (twice the whole run of the
+    demo's MLP). Same loops, same results; compiled (and cached on disk under its own name) on first
     use. Under NUMBA_DISABLE_JIT=1 a kernel is its plain Python function (prange is range), which
     already is serial: it is its own twin."""
     twin = _SERIAL.get(name)

@@ -1,31 +1,28 @@
 """When a kernel runs in parallel: only when a call has enough work to pay for the launch.
 
-A parallel kernel call under Numba's workqueue layer costs 50–60 µs before any work is done once its
-workers have gone idle, as they have between a model's layers (docs/kernels.md, "Threads"). Below
-a kernel's threshold, a plan that may use several threads calls its serial twin instead (the same
-loops, the same bytes). The thresholds were measured on the 2-vCPU machine, 2 threads against the
-serial twin, with a 0.5 ms pause before each call:
+A parallel kernel call under Numba's TBB layer costs ~5 µs when its workers are spinning, and 15–20
+µs more once they have gone to sleep, as they may between a model's layers (docs/kernels.md,
+"Threads"). Below a kernel's threshold, a plan that may use several threads calls its serial twin
+instead (the same loops, the same bytes). The thresholds were measured on the 2-vCPU machine under
+TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (best of 3 medians):
 
-* ``requantize_dense_i8`` (memory-bound, like the other elementwise and layout kernels): serial
-  11.8, 28.7, 57.2, 130, 384 µs against parallel 61, 67, 92, 135, 583 µs at 2^14, 2^16, 2^17, 2^18,
-  2^20 elements: parallel never won up to 2^20, so these kernels go parallel from 2^21;
-* ``add_dense_i8`` (int64 arithmetic, compute-bound): parallel won from about 150 000 elements
-  (64×56×56: 148 against 173 µs), so from 2^17;
-* ``matmul_dense_i8``: serial 16, 76, 398, 545, 1 338 µs against parallel 69, 140, 439, 580, 802 µs at
-  0.26, 2.1, 7.4, 16.8 and 58 million multiply-accumulates: parallel from 2^25 (33.5 million); the
-  CSR GEMMs count their useful multiply-accumulates against the same bound (ResNet-18's fc at
-  batch 1, 0.5 million: 1.10 ms serial, 1.23 parallel);
-* the direct sparse convolutions (``conv2d_csr_*``) spend far more per useful
-  multiply-accumulate (padded planes, a tile loop per output channel), and the second thread paid
-  on every layer of the pruned int8 ResNet-18 (whole plan profiled, 1 thread against 2): from the
-  1×1/s2 downsample convs (0.6 million useful MACs, 25 000 outputs: 0.98 → 0.77 ms, 1.57 → 1.11)
-  to the stride-2 3×3 convs (5.8 million: 4.8 → 3.0 ms, 11.7 → 5.2) and the stem (61 → 42 ms). Their
-  work is useful MACs + outputs, parallel from 2^17: every layer of a real network, not the toy
-  convs of a few thousand outputs in the tests;
-* the depthwise convs, with the same work measure, lost with 2 threads on 16 of the 17 depthwise
-  layers of the pruned int8 MobileNetV2-shaped model (e.g. 32×112×112, 4 million: 0.52 → 0.61 ms;
-  the one win, 96 channels at 112×112 stride 2: 1.30 → 1.13): parallel from 2^23, so at batch 1
-  they run serially.
+* ``requantize_dense_i8`` (memory-bound, like the other elementwise, pooling and layout kernels):
+  serial 12, 27, 40, 71, 117, 462 µs against parallel 30, 43, 53, 64, 92, 256 µs at 2^12, 2^15,
+  2^16, 2^17, 2^18, 2^20 elements: parallel from 2^17;
+* ``add_dense_i8``: serial 38, 51, 117 µs against parallel 46, 59, 80 µs at 2^15, 2^16, 2^17
+  elements: parallel from 2^17;
+* ``matmul_dense_i8``: serial 12, 62, 132, 170–204 µs against parallel 25, 53, 98, 128–139 µs at
+  0.26, 1.6, 3.2 and 6.4 million multiply-accumulates: parallel from 2^20; the CSR GEMMs count
+  their useful multiply-accumulates against the same bound (``matmul_csr_i8`` at 10 % density:
+  1.4 million, 144 against 138 µs; 5.8 million, 604 against 445 µs);
+* the direct sparse convolutions (``conv2d_csr_*``) spend far more per useful multiply-accumulate
+  (padded planes, a tile loop per output channel): their work is useful MACs + outputs, parallel
+  from 2^17, which every layer of a real network reaches (under workqueue, whose launches cost
+  50–60 µs, the second thread already paid on every layer of the pruned int8 ResNet-18, from the
+  0.6 million-MAC 1×1/s2 downsamples: 0.98 → 0.77 ms);
+* the depthwise convs, with the same work measure and threshold: the pruned int8
+  MobileNetV2-shaped model at 2 threads, dense-i8, best of 16 runs with depthwise thresholds of
+  2^15, 2^17, 2^19, 2^21, 2^23: 16.7, 18.5, 21.2, 21.0, 22.0 ms.
 """
 
 from __future__ import annotations
