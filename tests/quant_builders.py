@@ -83,6 +83,25 @@ def _padded():
     return make_model(nodes, [("x", ["N", 3, 8, 8])], [("y", ["N", 4])], inits), "x", (3, 8, 8)
 
 
+def _pointwise():
+    """Conv 3x3 -> Relu -> 1x1 convs with K = 16 and 32 (their channels-last input is the GEMM's
+    rows) -> Add -> Relu -> 1x1 stride-2 conv with K = 8 (which needs im2row) -> GAP -> Gemm."""
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+             node("Conv", ["r1", "w2", "b2"], ["c2"]), node("Relu", ["c2"], ["r2"]),
+             node("Conv", ["r2", "w3", "b3"], ["c3"]), node("Conv", ["r1", "w4", "b4"], ["c4"]),
+             node("Add", ["c3", "c4"], ["s"]), node("Relu", ["s"], ["r3"]),
+             node("Conv", ["r3", "w5", "b5"], ["c5"], strides=[2, 2]),
+             node("GlobalAveragePool", ["c5"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "w6", "b6"], ["y"], transB=1)]
+    inits = {"w1": randn((16, 3, 3, 3), 1, 0.3), "b1": randn(16, 2, 0.1),
+             "w2": randn((32, 16, 1, 1), 3, 0.3), "b2": randn(32, 4, 0.1),
+             "w3": pruned((8, 32, 1, 1), 0.5, seed=5, scale=0.3), "b3": randn(8, 6, 0.1),
+             "w4": randn((8, 16, 1, 1), 7, 0.3), "b4": randn(8, 8, 0.1),
+             "w5": randn((8, 8, 1, 1), 9, 0.3), "b5": randn(8, 10, 0.1),
+             "w6": randn((5, 8), 11, 0.5), "b6": randn(5, 12, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 9, 10])], [("y", ["N", 5])], inits), "x", (3, 9, 10)
+
+
 FLOAT_MODELS = {
     "cnn": _cnn,
     "mlp_gemm": _mlp_gemm,
@@ -90,6 +109,7 @@ FLOAT_MODELS = {
     "mlp_matmul": _mlp_matmul,
     "residual": _residual,
     "padded": _padded,
+    "pointwise": _pointwise,
 }
 """name -> () -> (float ModelProto, input name, sample shape)."""
 

@@ -95,7 +95,7 @@ def _conv_ids(case):
 
 def test_every_kernel_has_a_reference():
     mine = {"conv2d_csr_f32", "conv2d_csr_i8", "im2col_dense_f32", "im2col_dense_i8",
-            "im2row_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
+            "im2row_dense_i8", "channels_last_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
             "maxpool_dense_f32",
             "avgpool_dense_i8", "global_avgpool_dense_i8", "add_dense_i8", "bias_act_dense_f32",
             "clamp_dense_f32", "add_dense_f32"}
@@ -223,7 +223,9 @@ def test_im2col(case):
         KERNELS["im2col_dense_i8"](xq, zp, cols, *args)
         assert_exact(cols, REFERENCES["im2col_dense_i8"](xq, zp, **geo), dtype=dtype, zp=zp)
         rows = np.zeros((B, g, q["OH"], q["OW"], K), dtype)
-        xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))  # channels last
+        xh = np.zeros((B, H, W, C), dtype)
+        KERNELS["channels_last_dense_i8"](xq, xh)
+        assert_exact(xh, REFERENCES["channels_last_dense_i8"](xq), dtype=dtype, zp=zp)
         KERNELS["im2row_dense_i8"](xh, zp, rows, *args)
         assert_exact(rows, REFERENCES["im2row_dense_i8"](xh, zp, **geo), dtype=dtype, zp=zp)
         # the rows times the tap-major weights are the convolution (the planner's permutation)

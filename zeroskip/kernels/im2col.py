@@ -5,7 +5,8 @@ m = oh·OW + ow, the same k as the weight matrix (N, C/g·kh·kw). ``im2col_*`` 
 (B, g, K, OH, OW) = (K, M) per (b, g), the layout numpy BLAS and the CSR matmuls take;
 ``im2row_dense_i8`` writes it pixel-major (B, g, OH, OW, K), K contiguous and tap-major, from a
 channels-last input, for the dense int8 GEMM.
-1×1 stride-1 unpadded convs need neither: x[b] viewed (C, H·W) already is the (K, M) matrix.
+1×1 stride-1 unpadded convs need neither: x[b] viewed (C, H·W) already is the (K, M) matrix, and
+its channels-last copy (``channels_last_dense_i8``) the (M, K) one.
 """
 
 from __future__ import annotations
@@ -127,5 +128,37 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
 
 im2row_dense_i8 = njit(cache=True, parallel=True)(_im2row_dense_i8)
 
+CHANNELS_PER_STEP = 8  # channels moved per pass over a row: 8 input lines read in step
+
+
+def _channels_last_dense_i8(x, xh):
+    # x (B,C,H,W) uint8|int8 -> xh (B,H,W,C), the same bytes channels last
+    """xh[b,h,w,c] = x[b,c,h,w]: the input of im2row (and, for a 1×1 stride-1 unpadded conv, the
+    GEMM's (M, K) matrix itself).
+
+    Loop nest: prange over (b, h); per step of CHANNELS_PER_STEP channels, per w, the step's bytes
+    written side by side from as many input rows, which the cache keeps open together. A transpose
+    one channel at a time (each w a new cache line of xh) ran 3–4× slower; this runs at numpy's
+    speed on one thread (64×56×56: 0.10 against 0.13 ms) and, unlike numpy, on every thread.
+    x [B,C,H,W] uint8|int8 — C-contiguous; xh [B,H,W,C] x.dtype — output, C-contiguous.
+    Work: no arithmetic; B·C·H·W bytes read and written.
+    """
+    B, C, H, W = x.shape
+    C_stepped = C - C % CHANNELS_PER_STEP
+    for t in prange(B * H):
+        b, h = t // H, t % H
+        src = x[b, :, h, :]  # (C, W), rows W apart
+        dst = xh[b, h]       # (W, C)
+        for c0 in range(0, C_stepped, CHANNELS_PER_STEP):
+            for w in range(_U(W)):
+                for c in range(CHANNELS_PER_STEP):
+                    dst[w, _U(c0 + c)] = src[_U(c0 + c), w]
+        for c in range(C_stepped, C):
+            for w in range(_U(W)):
+                dst[w, _U(c)] = src[_U(c), w]
+
+
+channels_last_dense_i8 = njit(cache=True, parallel=True)(_channels_last_dense_i8)
+
 KERNELS = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
-           "im2row_dense_i8": im2row_dense_i8}
+           "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8}

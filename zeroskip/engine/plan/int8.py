@@ -140,7 +140,7 @@ class Im2rowConv(ConvAccumulator):
     nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and 3 scalar values
     per dot product before; 10 steps now)."""
 
-    name = "im2row_dense_i8 + matmul_dense_i8"
+    name = "channels_last_dense_i8 + im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
@@ -148,6 +148,7 @@ class Im2rowConv(ConvAccumulator):
 
         super().__init__(node, w4)
         self.im2row, self.kernel = ctx.kernel("im2row_dense_i8"), ctx.kernel("matmul_dense_i8")
+        self.channels_last = ctx.kernel("channels_last_dense_i8")
         per = self.n_out // self.group
         self.k_in = self.c_group * self.kh * self.kw
         self.k_pad = -(-self.k_in // K_PER_STEP) * K_PER_STEP
@@ -155,6 +156,16 @@ class Im2rowConv(ConvAccumulator):
         taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
         self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
                          for g in range(self.group)]
+        # a 1×1, stride-1, unpadded conv of one group whose K needs no padding: the channels-last
+        # input already is the GEMM's rows (any auto_pad gives a 1×1 stride-1 conv no pads)
+        attrs = node.attrs
+        self.pointwise = (self.kh, self.kw, self.group) == (1, 1, 1) \
+            and tuple(attrs["strides"] or (1, 1)) == (1, 1) and not any(attrs["pads"] or ()) \
+            and self.k_in == self.k_pad
+        if self.pointwise:
+            self.name = "channels_last_dense_i8 + matmul_dense_i8"
+            self.reason = "1×1 conv: the channels-last input is the GEMM's rows (no im2row), " \
+                          "then a dense int8 GEMM"
 
     def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
@@ -163,9 +174,12 @@ class Im2rowConv(ConvAccumulator):
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
         rows = self.rows(batch, oh, ow, x.dtype)
-        xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
-        xh[...] = x.transpose(0, 2, 3, 1)  # channels last: each tap is one contiguous copy
-        self.im2row(xh, x_zp, rows, *geo)
+        if self.pointwise:
+            self.channels_last(x, rows.reshape(batch, oh, ow, -1))
+        else:
+            xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
+            self.channels_last(x, xh)  # each tap of a pixel is then one contiguous copy
+            self.im2row(xh, x_zp, rows, *geo)
         per = self.n_out // self.group
         for b in range(batch):
             for gi in range(self.group):

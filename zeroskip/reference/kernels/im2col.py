@@ -57,5 +57,10 @@ def im2row_dense_i8(xh, x_zero_point, *, kernel_shape, strides, pads, dilations,
     return np.ascontiguousarray(cols.reshape(B, G, OH, OW, -1))
 
 
+def channels_last_dense_i8(x):
+    """xh [B, H, W, C]: x [B, C, H, W] with its channels last."""
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
 REFERENCES = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
-              "im2row_dense_i8": im2row_dense_i8}
+              "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8}
