@@ -78,7 +78,7 @@ def test_int8_classes_compute_the_same_integers(timed_by_batch):
         if row["op"] == "QGemm":
             kernels.setdefault(row["batch"], set()).add(row["kernel"])
     assert set(kernels) == {1, 8, 64}
-    assert all(k.startswith("matmul_dense_i8") for k in kernels[1])
+    assert all(k.startswith("matmul_dense_rq_i8") for k in kernels[1])  # requantizing too
     assert all(k.startswith("matmul_csr_i8") for k in kernels[8] | kernels[64])
 
 

@@ -19,7 +19,7 @@ import zeroskip.reference
 from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
 from zeroskip.kernels.matmul_csr import matmul_csr_f32, matmul_csr_i8
-from zeroskip.kernels.matmul_dense import matmul_dense_i8
+from zeroskip.kernels.matmul_dense import PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8
 from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
 from zeroskip.model import index_dtype
 from zeroskip.reference.kernels import matmul_csr as ref_csr
@@ -101,6 +101,12 @@ def _run_dense_i8(w, x, bias):
     yt = np.full((w.shape[0], x.shape[0]), -1, dtype=np.int32)
     matmul_dense_i8(x, w, bias, yt)
     return yt, ref_dense.matmul_dense_i8(x, w, bias)
+
+
+def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type):
+    y = np.full((w.shape[0], x.shape[0]), 77, dtype=y_type)
+    matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y)
+    return y, ref_dense.matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi)
 
 
 def test_kernels_and_references_have_the_same_keys():
@@ -355,6 +361,35 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
     lo, hi = quantmath.clamp_bounds(y_type, y_scale, zp, 0.0 if relu else None)
     got, want_y = _requantize(acc, m0, shift, zp, lo, hi, y_type)
     assert_exact(got, want_y, dtype=y_type, extra={"acc": acc, "m0": m0[:, None]}, **context)
+    fused, want_fused = _run_dense_rq_i8(w, np.ascontiguousarray(xt.T), bias, m0, shift, zp, lo, hi,
+                                         y_type)
+    assert np.array_equal(want_fused, want_y)
+    assert_exact(fused, want_y, dtype=y_type, extra={"acc": acc}, kernel="dense rq", **context)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16),
+                                   (PIXELS_PER_CHUNK, 8, 33), (2 * PIXELS_PER_CHUNK + 3, 7, 48),
+                                   (3 * PIXELS_PER_CHUNK + 1, 13, 144)])
+def test_matmul_dense_rq_i8_is_the_gemm_then_requantize(M, N, K, y_type):
+    """The requantizing GEMM gives matmul_dense_i8 + requantize_dense_i8's bytes: chunks of x rows
+    with a remainder, N mod 4 edge rows, K tails, outputs clamped at both ends (a fused ReLU's lo)."""
+    rng = np.random.default_rng(M + 31 * N + K)
+    w, xt, bias = _i8_case(M, N, K, 0.7, np.uint8, M * N + K)
+    x = np.ascontiguousarray(xt.T)
+    acc, _ = _run_dense_i8(w, x, bias)
+    # a multiplier that spreads the sums over 400 steps about the middle of the type: both clamps act
+    spread = 400 / (int(acc.max()) - int(acc.min()) + 1)
+    m0, shift = quantmath.quantize_multiplier(spread * rng.uniform(0.9, 1.1, N))
+    middle = sum(TYPE_RANGE[y_type]) / 2
+    zp = int(np.clip(round(middle - spread * (int(acc.max()) + int(acc.min())) / 2),
+                     *TYPE_RANGE[y_type]))
+    lo, hi = TYPE_RANGE[y_type][0] + 3, TYPE_RANGE[y_type][1] - 5
+    want, _ = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+    got, reference = _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type)
+    assert np.array_equal(reference, want)
+    assert M * N < 64 or ((got == lo).any() and (got == hi).any())
+    assert_exact(got, want, dtype=y_type, extra={"acc": acc}, M=M, N=N, K=K)
 
 
 @given(real=st.floats(2.0 ** -32, 2.0 ** 30, exclude_max=True))
@@ -383,6 +418,8 @@ def _all_kernels_once():
     out["matmul_dense_i8"], _ = _run_dense_i8(w, np.ascontiguousarray(xt.T), bias)
     m0, shift = quantmath.quantize_multiplier(np.exp(rng.uniform(-12, -8, N)))
     out["requantize_dense_i8"], _ = _requantize(out["matmul_csr_i8"], m0, shift, 3, 0, 255, np.uint8)
+    out["matmul_dense_rq_i8"], _ = _run_dense_rq_i8(w, np.ascontiguousarray(xt.T), bias, m0, shift,
+                                                    3, 0, 255, np.uint8)
     x = rng.standard_normal(3 * 4096 + 5).astype(np.float32)
     q = np.zeros(x.shape, np.int8)
     quantize_dense_f32(x, np.float32(0.02), -3, q)

@@ -123,7 +123,7 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     _, model, input_name, x, _ = _quantized("pointwise", fmt, "uint8")
     session = zeroskip.Session(model, mode="dense-i8")
     kernels = [row["kernel"] for row in session.explain() if row["op"] in ("QConv", "QLinearConv")]
-    pointwise = [k for k in kernels if k.startswith("channels_last_dense_i8 + matmul_dense_i8")]
+    pointwise = [k for k in kernels if k == "channels_last_dense_i8 + matmul_dense_rq_i8"]
     assert len(pointwise) == 3 and len(kernels) == 5, kernels
     got = session.run({input_name: x})
     for mode in ("reference", "sparse-i8"):
@@ -173,7 +173,7 @@ def test_auto_mode_on_int8_models_runs_integer_kernels(case):
     _, model, input_name, x, _ = _quantized(*case)
     session = zeroskip.Session(model, mode="auto")
     rows = session.explain()
-    assert any(r["kernel"].endswith("requantize_dense_i8") for r in rows)
+    assert any(r["kernel"].endswith(("requantize_dense_i8", "matmul_dense_rq_i8")) for r in rows)
     dense = zeroskip.Session(model, mode="dense-i8").run({input_name: x})
     got = session.run({input_name: x})
     for key in dense:  # auto only picks between kernels that compute the same integers

@@ -30,7 +30,7 @@ import pytest
 
 import zeroskip
 from onnx_builders import make_model, node, pruned, randn
-from quant_builders import calibration, quantize
+from quant_builders import calibration, quantize, quantize_dynamic
 from zeroskip.kernels import KERNELS
 
 DATA = pathlib.Path(zeroskip.__file__).parent / "data"
@@ -72,7 +72,9 @@ def _models(directory: pathlib.Path) -> dict:
     try:
         onnx_models = {"cnn-f32": cnn,
                        "cnn-qoperator-u8": quantize(cnn, "qoperator", "uint8", True, "x", (3, 9, 9)),
-                       "cnn-qdq-s8": quantize(cnn, "qdq", "int8", True, "x", (3, 9, 9))}
+                       "cnn-qdq-s8": quantize(cnn, "qdq", "int8", True, "x", (3, 9, 9)),
+                       # ConvInteger/MatMulInteger: the int32 GEMM that does not requantize
+                       "cnn-dynamic": quantize_dynamic(cnn)}
     finally:
         logging.disable(logging.NOTSET)
     for name, onnx_model in onnx_models.items():

@@ -218,8 +218,8 @@ def test_numpy_only_plans_never_import_numba_and_int8_weights_compile_once():
             f"s = zeroskip.Session({os.path.join(folder, 'digits_mlp_int8.zsk')!r}, mode='dense-i8')\n"
             "s.run({s.inputs[0].name: np.zeros((2, 64), np.float32)})\n"
             "from zeroskip.kernels import KERNELS, serial_kernel\n"
-            "print(len(serial_kernel('matmul_dense_i8').signatures),"
-            " len(KERNELS['matmul_dense_i8'].signatures))\n")
+            "print(len(serial_kernel('matmul_dense_rq_i8').signatures),"
+            " len(KERNELS['matmul_dense_rq_i8'].signatures))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr

@@ -29,6 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._copies import renamed_copy
+from .quant import requantize_row
 
 X_ROWS_PER_TILE = 2
 """Rows of x per register tile. With W_ROWS_PER_TILE = 4: 8 vector accumulators + 6 loaded vectors
@@ -260,26 +261,66 @@ def _matmul_dense_i8(x, w, bias, yt):
     so K ≤ 131 071 (the plan checks K).
     Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
-    M, K = x.shape
-    N = w.shape[0]
+    K = x.shape[1]
+    for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+        _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
+
+
+def _panel_loops(x, w, bias, yt, n, K):
+    """yt[j, m] = bias[j] + Σ_k x[m,k]·w[j,k] for the W_ROWS_PER_TILE rows j of w from n (fewer
+    at the edge of w) and every row m of x: whole tiles, then the rows of x left over, by _tile;
+    the last N mod W_ROWS_PER_TILE rows of w by scalar dot products."""
+    M, N = x.shape[0], w.shape[0]
     M_tiled = M - M % X_ROWS_PER_TILE  # rows of x in whole tiles
-    for p in prange((N + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
-        n = p * W_ROWS_PER_TILE
-        if n + W_ROWS_PER_TILE <= N:  # a whole panel of w: tiles, then the rows of x left over
-            for m in range(0, M_tiled, X_ROWS_PER_TILE):
-                _tile(x, w, bias, yt, m, n, K)
-            for m in range(M_tiled, M):
-                for j in range(n, n + W_ROWS_PER_TILE):
-                    yt[j, m] = bias[j] + _dot(x[m], w[j], K)
-        else:  # the last N mod W_ROWS_PER_TILE rows of w
-            for j in range(n, N):
-                for m in range(M):
-                    yt[j, m] = bias[j] + _dot(x[m], w[j], K)
+    if n + W_ROWS_PER_TILE <= N:  # a whole panel of w
+        for m in range(0, M_tiled, X_ROWS_PER_TILE):
+            _tile(x, w, bias, yt, m, n, K)
+        for m in range(M_tiled, M):
+            for j in range(n, n + W_ROWS_PER_TILE):
+                yt[j, m] = bias[j] + _dot(x[m], w[j], K)
+    else:
+        for j in range(n, N):
+            for m in range(M):
+                yt[j, m] = bias[j] + _dot(x[m], w[j], K)
 
 
+_panel = njit(cache=True)(_panel_loops)
 matmul_dense_i8 = njit(cache=True, parallel=True)(_matmul_dense_i8)
 
-KERNELS = {"matmul_dense_i8": matmul_dense_i8}
+PIXELS_PER_CHUNK = 256
+"""Rows of x per requantized chunk: a panel's int32 sums for them (W_ROWS_PER_TILE·256·4 = 4 KB)
+stay in L1 between the tiles that write them and the requantization that reads them."""
+
+
+def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y):
+    # w (N,K) int8 @ x (M,K)ᵀ uint8|int8 + bias', requantized -> y (N,M) uint8|int8
+    """y[n,m] = requantize(bias'[n] + Σ_k q_w[n,k]·q_x[m,k]): matmul_dense_i8 and then
+    requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
+
+    The int32 sums never reach memory: per panel of W_ROWS_PER_TILE rows of w, PIXELS_PER_CHUNK
+    rows of x at a time, the tiles write their sums to a small scratch that stays in L1, and the
+    chunk is requantized from there into y. Unfused, a layer with a short K (MobileNetV2's 1×1
+    convs: K = 16–32 against N = 96–192) wrote and read back 4 bytes per output where y takes 1.
+    Preconditions as matmul_dense_i8's and requantize_dense_i8's.
+    Work: 2·M·N·K int ops and N·M requantizations; writes N·M bytes.
+    """
+    M, K = x.shape
+    for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+        n = p * W_ROWS_PER_TILE
+        w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
+        sums = np.empty((W_ROWS_PER_TILE, PIXELS_PER_CHUNK), np.int32)
+        for c in range(0, M, PIXELS_PER_CHUNK):
+            x_chunk = x[c:c + PIXELS_PER_CHUNK]
+            width = x_chunk.shape[0]
+            _panel(x_chunk, w_panel, bias_panel, sums, 0, K)
+            for j in range(w_panel.shape[0]):
+                requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo, hi,
+                               y[n + j, c:c + width])
+
+
+matmul_dense_rq_i8 = njit(cache=True, parallel=True)(_matmul_dense_rq_i8)
+
+KERNELS = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
 
 _WITH_TILE: dict = {}
 
@@ -292,7 +333,10 @@ def gemm_with_tile(name: str):
     "avx2" needs an AVX2 CPU (HAS_AVX2)."""
     gemm = _WITH_TILE.get(name)
     if gemm is None:
-        gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _tile=TILES[name])
+        panel = renamed_copy(_panel_loops, f"_{name}", _tile=TILES[name])
+        if name != "python":
+            panel = njit(cache=True)(panel)
+        gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _panel=panel)
         if name != "python":
             gemm = njit(cache=True, parallel=True)(gemm)
         _WITH_TILE[name] = gemm

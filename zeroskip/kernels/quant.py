@@ -26,15 +26,21 @@ def _requantize_dense_i8(acc, m0, shift, y_zero_point, lo, hi, y):
     Overflow: |acc| < 2^31 and m0 < 2^31, so |p| < 2^62 and p + 2^(r−1) < 2^63: int64 holds.
     Work: N·M multiply-shift-clamps; reads 4·N·M bytes, writes N·M.
     """
-    N, M = acc.shape
-    for n in prange(N):
-        m0n, r = np.int64(m0[n]), np.int64(shift[n])
-        nudge = np.int64(1) << (r - 1)
-        acc_n, y_n = acc[n], y[n]  # rows indexed from 0: no negative-index check per element
-        for m in range(M):
-            p = np.int64(acc_n[m]) * m0n
-            t = (p + nudge - (p < 0)) >> r
-            y_n[m] = min(max(t + y_zero_point, lo), hi)
+    for n in prange(acc.shape[0]):
+        requantize_row(acc[n], m0[n], shift[n], y_zero_point, lo, hi, y[n])
+
+
+@njit(cache=True, inline="always")
+def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
+    """y_n[m] = clamp(y_zp + round_half_away(acc_n[m]·m0n·2^−shift_n), lo, hi) for one output
+    channel's row: requantize_dense_i8's loop, and the epilogue of the int8 GEMM that requantizes
+    (matmul_dense_rq_i8). The rows are indexed from 0: no negative-index check, so it vectorizes."""
+    m0n, r = np.int64(m0n), np.int64(shift_n)
+    nudge = np.int64(1) << (r - 1)
+    for m in range(acc_n.shape[0]):
+        p = np.int64(acc_n[m]) * m0n
+        t = (p + nudge - (p < 0)) >> r
+        y_n[m] = min(max(t + y_zero_point, lo), hi)
 
 
 requantize_dense_i8 = njit(cache=True, parallel=True)(_requantize_dense_i8)

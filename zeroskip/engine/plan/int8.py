@@ -37,21 +37,31 @@ class DenseGemm:
 
     name = "matmul_dense_i8"
     reason = "dense int8 weights, int32 accumulation"
+    fused = False
 
-    def __init__(self, w2: np.ndarray, ctx: PlanContext):
+    def __init__(self, w2: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         self.n_out, self.k_in = w2.shape
         self.w = np.ascontiguousarray(w2)
         self.kernel = ctx.kernel("matmul_dense_i8")
+        if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
+            self.fused, self.name = True, "matmul_dense_rq_i8"
+            self.rq_kernel = ctx.kernel("matmul_dense_rq_i8")
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
+
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
+        """x (M,K) 8-bit, yt (N,M) 8-bit (overwritten), q the layer's ``layer_quant``."""
+        self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
+                       q["lo"], q["hi"], yt)
 
 
 class CsrGemm:
     """The CSR int8 GEMM of a layer: the nonzeros of w (N,K) int8, prepacked once."""
 
     name = "matmul_csr_i8"
+    fused = False
 
     def __init__(self, w2: np.ndarray, ctx: PlanContext):
         self.n_out, self.k_in = w2.shape
@@ -64,8 +74,9 @@ class CsrGemm:
         self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
 
 
-def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext):
-    return CsrGemm(w2, ctx) if csr else DenseGemm(w2, ctx)
+def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext, requantizes: bool = False):
+    """CSR or dense; ``requantizes``: the dense GEMM may requantize in its epilogue (``fused``)."""
+    return CsrGemm(w2, ctx) if csr else DenseGemm(w2, ctx, requantizes)
 
 
 # -- conv: acc (B,N,OH,OW) int32 = bias'[n] + Σ w·x, pads at the input zero point ------------------
@@ -77,6 +88,7 @@ class ConvAccumulator:
     """
 
     name = reason = ""
+    fused = False  # True: ``requantized`` runs the layer with requantization in the epilogue
 
     def __init__(self, node: Node, w4: np.ndarray):
         """w4 (N, C/group, kh, kw) int8."""
@@ -143,7 +155,7 @@ class Im2rowConv(ConvAccumulator):
     name = "channels_last_dense_i8 + im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
 
-    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         from ...kernels.matmul_dense import K_PER_STEP  # Numba only once a kernel plan needs it
 
         super().__init__(node, w4)
@@ -162,16 +174,23 @@ class Im2rowConv(ConvAccumulator):
         self.pointwise = (self.kh, self.kw, self.group) == (1, 1, 1) \
             and tuple(attrs["strides"] or (1, 1)) == (1, 1) and not any(attrs["pads"] or ()) \
             and self.k_in == self.k_pad
+        gemm = "matmul_dense_i8"
+        if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
+            self.fused, gemm = True, "matmul_dense_rq_i8"
+            self.rq_kernel = ctx.kernel(gemm)
         if self.pointwise:
-            self.name = "channels_last_dense_i8 + matmul_dense_i8"
+            self.name = "channels_last_dense_i8 + " + gemm
             self.reason = "1×1 conv: the channels-last input is the GEMM's rows (no im2row), " \
                           "then a dense int8 GEMM"
+        else:
+            self.name = "channels_last_dense_i8 + im2row_dense_i8 + " + gemm
 
     def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
         return self.scratch.get("rows", (batch, self.group, oh, ow, self.k_pad), dtype)
 
-    def accumulate(self, x, x_zp, bias, acc, g, geo):
+    def _fill_rows(self, x, g, geo) -> np.ndarray:
+        """The GEMM's rows for x: its channels-last copy, then im2row unless the conv is 1×1."""
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
         rows = self.rows(batch, oh, ow, x.dtype)
         if self.pointwise:
@@ -179,13 +198,34 @@ class Im2rowConv(ConvAccumulator):
         else:
             xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
             self.channels_last(x, xh)  # each tap of a pixel is then one contiguous copy
-            self.im2row(xh, x_zp, rows, *geo)
+            self.im2row(xh, g["x_zp"], rows, *geo)
+        return rows
+
+    def _groups(self, rows, out):
+        """(rows (M, k_pad), weights, output channels slice, out (N/g, M)) per image and group."""
         per = self.n_out // self.group
+        batch, _, oh, ow = out.shape
         for b in range(batch):
             for gi in range(self.group):
-                self.kernel(rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi],
-                            np.ascontiguousarray(bias[gi * per:(gi + 1) * per]),
-                            acc[b, gi * per:(gi + 1) * per].reshape(per, oh * ow))
+                channels = slice(gi * per, (gi + 1) * per)
+                yield (rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi], channels,
+                       out[b, channels].reshape(per, oh * ow))
+
+    def accumulate(self, x, x_zp, bias, acc, g, geo):
+        rows = self._fill_rows(x, dict(g, x_zp=x_zp), geo)
+        for x_rows, w, channels, acc_g in self._groups(rows, acc):
+            self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
+
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+        """The layer's 8-bit output (B,N,OH,OW), requantized in the GEMM's epilogue."""
+        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
+        geo = (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
+        rows = self._fill_rows(x, dict(g, x_zp=q["x_zp"]), geo)
+        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
+        for x_rows, w, ch, y_g in self._groups(rows, y):
+            self.rq_kernel(x_rows, w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch],
+                           q["shift"][ch], q["y_zp"], q["lo"], q["hi"], y_g)
+        return y
 
     def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
         """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
@@ -202,16 +242,20 @@ def is_depthwise(node: Node, w4: np.ndarray) -> bool:
 
 
 def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Callable[[], Choice],
-                     im2row_only: bool = False) -> tuple[ConvAccumulator, Choice]:
+                     im2row_only: bool = False, requantizes: bool = False
+                     ) -> tuple[ConvAccumulator, Choice]:
     """The accumulator of an int8 conv, and the CSR/dense choice behind it: depthwise taps for a
     depthwise conv (always dense); else CSR or im2row + dense GEMM as ``choose()`` says (asked only
-    then); always im2row with ``im2row_only`` (``window_sums`` needs its rows)."""
+    then); always im2row with ``im2row_only`` (``window_sums`` needs its rows). ``requantizes``:
+    the dense GEMM may requantize in its epilogue (``fused``)."""
     if im2row_only:
         return Im2rowConv(node, w4, ctx), Choice(False)
     if is_depthwise(node, w4):
         return DepthwiseConv(node, w4, ctx), Choice(False)
     choice = choose()
-    return (CsrConv if choice.csr else Im2rowConv)(node, w4, ctx), choice
+    if choice.csr:
+        return CsrConv(node, w4, ctx), choice
+    return Im2rowConv(node, w4, ctx, requantizes), choice
 
 
 # -- QGemm, QConv ---------------------------------------------------------------------------------
@@ -260,6 +304,10 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
 
 def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
     """The Step of a QGemm/QConv: its accumulator's kernel, then requantization."""
+    if accumulator.fused:
+        return Step(node, accumulator.name,
+                    choice.lead(accumulator.reason + ", Q31 requantization in the GEMM's epilogue"),
+                    run, density)
     return Step(node, accumulator.name + " + requantize_dense_i8",
                 choice.lead(accumulator.reason + ", Q31 requantization"), run, density)
 
@@ -268,7 +316,7 @@ def requantized_step(node: Node, accumulator, choice: Choice, run, density: floa
 def qgemm(node: Node, ctx: PlanContext):
     q = layer_quant(node, ctx)
     choice = ctx.choose_csr(q["density"], "gemm i8", node)
-    gemm = gemm_accumulator(q["w"], choice.csr, ctx)
+    gemm = gemm_accumulator(q["w"], choice.csr, ctx, requantizes=True)
     requantize = ctx.kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
     scratch = Scratch()
@@ -279,10 +327,13 @@ def qgemm(node: Node, ctx: PlanContext):
         if x.ndim != 2 or x.shape[1] != gemm.k_in:
             raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
                              f"got {x.shape}")
-        acc = scratch.get("acc", (gemm.n_out, x.shape[0]), np.int32)
-        gemm(x, q["bias"], acc)
-        yt = np.empty(acc.shape, q["y_dtype"])
-        requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+        yt = np.empty((gemm.n_out, x.shape[0]), q["y_dtype"])
+        if gemm.fused:
+            gemm.requantized(x, q, yt)
+        else:
+            acc = scratch.get("acc", yt.shape, np.int32)
+            gemm(x, q["bias"], acc)
+            requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
         values[out] = np.ascontiguousarray(yt.T)
 
     return requantized_step(node, gemm, choice, run, q["density"])
@@ -292,12 +343,17 @@ def qgemm(node: Node, ctx: PlanContext):
 def qconv(node: Node, ctx: PlanContext):
     q = layer_quant(node, ctx)
     conv, choice = conv_accumulator(node, q["w"].reshape(q["w_shape"]), ctx,
-                                    lambda: ctx.choose_csr(q["density"], "conv i8", node))
+                                    lambda: ctx.choose_csr(q["density"], "conv i8", node),
+                                    requantizes=True)
     requantize = ctx.kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
-        acc = conv(conv.check_input(values[x_name]), q["x_zp"], q["bias"])
+        x = conv.check_input(values[x_name])
+        if conv.fused:
+            values[out] = conv.requantized(x, q)
+            return
+        acc = conv(x, q["x_zp"], q["bias"])
         y = np.empty(acc.shape, q["y_dtype"])
         for b in range(acc.shape[0]):
             requantize(acc[b].reshape(conv.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],

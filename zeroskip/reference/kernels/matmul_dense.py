@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import requantize_dense_i8
+
 
 def matmul_dense_i8(x, w, bias):
     """acc [N,M] int64 = q_w @ q_xᵀ + bias'[:, None] — the int32 accumulator, computed exactly.
@@ -16,4 +18,10 @@ def matmul_dense_i8(x, w, bias):
     return w @ x.T + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-REFERENCES = {"matmul_dense_i8": matmul_dense_i8}
+def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi):
+    """q_y [N,M] int64: matmul_dense_i8's exact accumulator, then requantize_dense_i8's rounding
+    and clamp (the fused kernel must give the bytes of the two kernels in turn)."""
+    return requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point, lo, hi)
+
+
+REFERENCES = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
