@@ -1,7 +1,8 @@
 """``zeroskip bench``: one model in several modes, timed side by side, as ratios against a baseline.
 
 Shared machines are noisy, so the modes are measured in the same process, in interleaved rounds (each
-round runs every mode once, starting from a different one), and compared by their best time. The
+round runs every mode twice and times the second run, starting from a different mode), and compared
+by their best time. The
 baseline is onnxruntime when the model is an ONNX file and onnxruntime is installed, else dense-f32
 (numpy BLAS). Planning time and the first run (JIT compile or cache load, first allocations) are
 reported apart from the steady-state times.
@@ -191,12 +192,17 @@ def _onnxruntime_options(ort, threads):
 
 
 def measure(runners: list[Runner], rounds: int, progress: bool = False) -> None:
-    """``rounds`` interleaved rounds: each runs every runner once, starting one further along."""
+    """``rounds`` interleaved rounds: each runs every runner twice, starting one further along, and
+    times the second run. The first lets the previous runner's threads settle: onnxruntime's
+    workers spin on after its run, and took the second core from the next runner's first run
+    (pruned int8 MobileNetV2-shaped model, dense-i8, 2 threads: 25–31 ms right after an
+    onnxruntime run, 15–22 ms otherwise)."""
     from tqdm import tqdm
 
     for r in tqdm(range(rounds), desc="rounds", disable=not progress, leave=False):
         for i in range(len(runners)):
             runner = runners[(r + i) % len(runners)]
+            runner.run()
             runner.times.append(_timed(runner.run)[0])
 
 

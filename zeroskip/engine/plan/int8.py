@@ -4,6 +4,8 @@ int32 accumulation, Q31 requantization (docs/quantization.md).
 The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
 shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
 requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
+The dense ones requantize in the GEMM's epilogue when the op asks (``requantizes``: QGemm and
+QConv do, the integer ops do not); the others leave the int32 sums to ``requantize_dense_i8``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,17 @@
+"""zeroskip bench's timing loop: interleaved rounds, a settle run before each timed run."""
+
+from __future__ import annotations
+
+from zeroskip.bench import Runner, measure
+
+
+def test_each_round_runs_every_runner_twice_and_times_the_second_run():
+    calls = []
+    runners = [Runner(name, lambda name=name: calls.append(name)) for name in "abc"]
+    measure(runners, rounds=3)
+    assert [len(r.times) for r in runners] == [3, 3, 3]
+    assert all(t >= 0 for r in runners for t in r.times)
+    # round r starts at runner r (mod 3); each runner twice in a row: settle, then timed
+    assert calls == ["a", "a", "b", "b", "c", "c",
+                     "b", "b", "c", "c", "a", "a",
+                     "c", "c", "a", "a", "b", "b"]
