@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import zeroskip.bench
 from zeroskip.bench import Runner, measure
 
 
-def test_each_round_runs_every_runner_twice_and_times_the_second_run():
+def test_each_round_runs_every_runner_twice_and_times_the_second_run(monkeypatch):
+    pauses = []
+    monkeypatch.setattr(zeroskip.bench.time, "sleep", pauses.append)
     calls = []
     runners = [Runner(name, lambda name=name: calls.append(name)) for name in "abc"]
     measure(runners, rounds=3)
@@ -15,3 +18,4 @@ def test_each_round_runs_every_runner_twice_and_times_the_second_run():
     assert calls == ["a", "a", "b", "b", "c", "c",
                      "b", "b", "c", "c", "a", "a",
                      "c", "c", "a", "a", "b", "b"]
+    assert pauses == [zeroskip.bench.SETTLE_S] * 9  # before every turn

@@ -1,8 +1,8 @@
 """``zeroskip bench``: one model in several modes, timed side by side, as ratios against a baseline.
 
 Shared machines are noisy, so the modes are measured in the same process, in interleaved rounds (each
-round runs every mode twice and times the second run, starting from a different mode), and compared
-by their best time. The
+round gives every mode a turn, starting from a different mode: a pause for the previous runner's
+threads to go idle, an untimed run, a timed run), and compared by their best time. The
 baseline is onnxruntime when the model is an ONNX file and onnxruntime is installed, else dense-f32
 (numpy BLAS). Planning time and the first run (JIT compile or cache load, first allocations) are
 reported apart from the steady-state times.
@@ -191,17 +191,23 @@ def _onnxruntime_options(ort, threads):
     return options
 
 
+SETTLE_S = 0.15
+"""Pause before each runner's turn in a round. onnxruntime's worker threads spin on after a run
+(its 5.6 ms run of the pruned int8 MobileNetV2-shaped model left its worker burning 60 ms of CPU
+over the next 100 ms), as OpenBLAS's do after an sgemm; whatever ran next lost the second core."""
+
+
 def measure(runners: list[Runner], rounds: int, progress: bool = False) -> None:
-    """``rounds`` interleaved rounds: each runs every runner twice, starting one further along, and
-    times the second run. The first lets the previous runner's threads settle: onnxruntime's
-    workers spin on after its run, and took the second core from the next runner's first run
-    (pruned int8 MobileNetV2-shaped model, dense-i8, 2 threads: 25–31 ms right after an
-    onnxruntime run, 15–22 ms otherwise)."""
+    """``rounds`` interleaved rounds: each gives every runner a turn, starting one further along.
+    A turn is a pause (SETTLE_S, for the previous runner's threads to go idle), an untimed run (for
+    the caches), and the timed run. Without them, zeroskip's dense-i8 at 2 threads took 25–31 ms
+    right after an onnxruntime run, and 15–22 ms otherwise."""
     from tqdm import tqdm
 
     for r in tqdm(range(rounds), desc="rounds", disable=not progress, leave=False):
         for i in range(len(runners)):
             runner = runners[(r + i) % len(runners)]
+            time.sleep(SETTLE_S)
             runner.run()
             runner.times.append(_timed(runner.run)[0])
 

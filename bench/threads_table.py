@@ -1,0 +1,62 @@
+"""Whole models at 1 and 2 threads, beside onnxruntime, all in one process: the README's table.
+
+    python bench/threads_table.py MODEL.onnx [MODEL.onnx ...] [--rounds 10] [--mode MODE ...]
+
+For each model, every runner (onnxruntime and each zeroskip mode, at 1 and at 2 threads) is built
+once and then timed in interleaved rounds by ``zeroskip.bench.measure`` (each round runs every
+runner twice and times the second run). Prints one markdown row per model and thread count: best
+times in ms, and for each zeroskip mode its speed-up from 1 to 2 threads. Build the models with
+``python bench/make_models.py OUTDIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import zeroskip
+from zeroskip.bench import default_modes, make_runners, measure, synthetic_inputs
+
+THREADS = (1, 2)
+
+
+def table(path: str, rounds: int, modes=None) -> list[str]:
+    model = zeroskip.import_onnx(path)
+    modes = modes or default_modes(model)
+    feeds = synthetic_inputs(model.graph.inputs, 1)
+    runners = {}
+    for threads in THREADS:
+        for runner in make_runners(model, modes, feeds, threads, path):
+            runners[(runner.name, threads)] = runner
+    measure(list(runners.values()), rounds, progress=True)
+    best = {key: min(runner.times) * 1e3 for key, runner in runners.items()}
+    name = os.path.basename(path)
+    lines = []
+    for threads in THREADS:
+        cells = [f"{best[(m, threads)]:.1f}" if (m, threads) in best else ""
+                 for m in ["onnxruntime"] + list(modes)]
+        lines.append(f"| {name} | {threads} | " + " | ".join(cells) + " |")
+    gains = [f"{best[(m, 1)] / best[(m, 2)]:.2f}×" for m in ["onnxruntime"] + list(modes)
+             if (m, 1) in best]
+    lines.append(f"| {name} | 1 → 2 | " + " | ".join(gains) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--mode", action="append", dest="modes")
+    args = parser.parse_args(argv)
+    for path in args.models:
+        modes = args.modes or default_modes(zeroskip.import_onnx(path))
+        print("| model | threads | onnxruntime | " + " | ".join(modes) + " |")
+        print("|---" * (3 + len(modes)) + "|")
+        for line in table(path, args.rounds, modes):
+            print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
