@@ -266,3 +266,45 @@ def test_threads_bound_numpy_blas_during_runs_of_float_plans(threads):
     assert blas_threads() == before
     data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
     assert not Session(data, mode="dense-i8", threads=threads)._plan.uses_blas
+
+
+def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
+    """A float plan whose weighted layers all run on BLAS gives BLAS the session's threads and
+    runs its Numba steps serially; a plan with a Numba compute kernel (here a CSR Gemm beside a
+    BLAS one) gives Numba the threads and BLAS one. Outputs are the same either way."""
+    from threadpoolctl import threadpool_info
+
+    from zeroskip.engine.plan.context import Choice, PlanContext
+    from test_oracle import torch_mlp_gemm
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    from quant_builders import FLOAT_MODELS
+
+    cnn, cnn_input, shape = FLOAT_MODELS["cnn"]()  # im2col and bias kernels around the sgemms
+    cnn = zeroskip.import_onnx(cnn)
+    dense = Session(cnn, mode="dense-f32", threads=3)
+    assert dense._plan.blas_owns_threads and dense._plan.launches
+    assert all(launch.threshold == float("inf") for launch in dense._plan.launches)
+    model = zeroskip.import_onnx(torch_mlp_gemm(density=0.1)[0])  # pruned layers, a dense one
+    monkeypatch.setattr(PlanContext, "choose_csr",
+                        lambda self, density, shape_class, node=None: Choice(density < 0.5, "t"))
+    mixed = Session(model, mode="auto", threads=3)
+    kernels = [step.kernel for step in mixed._plan.steps]
+    assert "matmul_csr_f32" in kernels and "gemm_dense_f32 (numpy BLAS)" in kernels
+    assert mixed._plan.uses_blas and not mixed._plan.blas_owns_threads
+    assert all(launch.threshold < float("inf") for launch in mixed._plan.launches)
+    rng = np.random.default_rng(2)
+    cases = ((dense, {3}, cnn_input, rng.standard_normal((2,) + shape)),
+             (mixed, {1}, "input", rng.standard_normal((1, 20))))  # batch 1: _plan
+    for session, want, name, x in cases:
+        seen = []
+        step = session._plan.steps[-1]
+        run = step.run
+        step.run = lambda values, run=run, seen=seen: (seen.append(blas_threads()), run(values))[1]
+        feeds = {name: x.astype(np.float32)}
+        got = session.run(feeds)
+        assert seen == [want], session.mode
+        for key, value in Session(session.model).run(feeds).items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4)

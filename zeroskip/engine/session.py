@@ -145,7 +145,9 @@ class Session:
             plan = self._plans.get(batch)
             if plan is None:
                 measures = self.mode == "auto" and self.threads != 1  # auto times parallel kernels
-                with _running(self.threads if self.mode == "auto" else None, measures):
+                # BLAS on one thread while auto times: as it runs beside parallel Numba kernels
+                with _running(self.threads if self.mode == "auto" else None, measures,
+                              1 if self.mode == "auto" else None):
                     plan = build_plan(self.model, self.mode, serial=self.threads == 1,
                                       batch=1 if batch is None else batch)
                 self._plans[batch] = plan
@@ -154,8 +156,10 @@ class Session:
     def _running(self, plan):
         """The thread count and launch lock a run of ``plan`` needs (none for serial kernels)."""
         parallel = plan.uses_numba and not plan.serial  # serial kernels never enter the pool
-        return _running(self.threads if parallel else None, parallel,
-                        self.threads if plan.uses_blas else None)
+        # BLAS gets the threads when the plan's weighted layers all run on it (its Numba steps are
+        # then serial), else one thread: the Numba kernels have them (Plan.blas_owns_threads)
+        blas = (self.threads if plan.blas_owns_threads else 1) if plan.uses_blas else None
+        return _running(self.threads if parallel else None, parallel, blas)
 
     def _run_step(self, i: int, step, values: dict) -> None:
         """Run step ``i``, then free the activations whose last reader it was."""

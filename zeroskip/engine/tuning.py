@@ -76,7 +76,7 @@ def machine_key(threads: int) -> str:
 
     cpu = _cpu_name()
     return (f"{cpu}|numba {numba.__version__}|zeroskip {__version__}|threads {threads}"
-            f"|{numba.config.THREADING_LAYER}")
+            f"|{numba.config.THREADING_LAYER}|blas 1 thread")  # BLAS's count while timing
 
 
 def _cpu_name() -> str:

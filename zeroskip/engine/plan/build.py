@@ -35,7 +35,11 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
                               lambda values: None))
         else:
             steps.append(build_step(node, ctx))
-    return Plan(mode, steps, ctx.constants, serial)
+    plan = Plan(mode, steps, ctx.constants, serial, ctx.launches)
+    if plan.blas_owns_threads:
+        for launch in plan.launches:  # BLAS has the threads: the Numba steps run serially
+            launch.force_serial()
+    return plan
 
 
 def kernel_step(node: Node, ctx: PlanContext) -> Step | None:

@@ -66,6 +66,7 @@ class PlanContext:
         self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
         self._table = None
         self._shapes = None
+        self.launches: list[Launch] = []  # every parallel kernel the steps call (Plan.launches)
 
     # -- what builders read --------------------------------------------------------------------
     def const(self, name: str):
@@ -79,7 +80,9 @@ class PlanContext:
 
         if self.serial:
             return serial_kernel(name)
-        return Launch(KERNELS[name], serial_kernel(name), name)
+        launch = Launch(KERNELS[name], serial_kernel(name), name)
+        self.launches.append(launch)
+        return launch
 
     def activation(self, node: Node):
         """(output name, lo, hi) of a node, after the fusion of its activation if any."""

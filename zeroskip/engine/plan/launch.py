@@ -116,6 +116,10 @@ class Launch:
         kernel = self.parallel if self.work(*args) >= self.threshold else self.serial
         return kernel(*args)
 
+    def force_serial(self) -> None:
+        """Take the serial twin for every call (a plan whose threads belong to BLAS)."""
+        self.threshold = float("inf")
+
 
 __all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
            "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]

@@ -35,6 +35,7 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     constants: dict = field(default_factory=dict)
     serial: bool = False
+    launches: list = field(default_factory=list)  # the steps' Launch objects (parallel kernels)
 
     @functools.cached_property
     def uses_numba(self) -> bool:
@@ -48,8 +49,20 @@ class Plan:
 
     @functools.cached_property
     def uses_blas(self) -> bool:
-        """Whether a step calls numpy's BLAS (the float sgemm steps, the reference ops)."""
-        return any("numpy" in step.kernel or step.kernel == "reference" for step in self.steps)
+        """Whether a step calls numpy's BLAS: the float sgemm steps, the reference convs and
+        matrix products."""
+        return any("numpy" in step.kernel or (step.kernel == "reference" and any(
+            op in step.node.op for op in ("Conv", "Gemm", "MatMul"))) for step in self.steps)
+
+    @functools.cached_property
+    def blas_owns_threads(self) -> bool:
+        """Whether BLAS, not Numba, gets the session's threads: the plan calls BLAS and none of
+        its weighted layers runs on a Numba compute kernel (CSR, depthwise or int8), so its Numba
+        steps (im2col, bias and activation, adds, pools) are light. The two must not both have
+        threads: OpenBLAS's workers spin for a while after each sgemm and took the second core
+        from the Numba kernels that followed (docs/kernels.md, "Threads")."""
+        heavy = ("csr", "depthwise", "_i8")
+        return self.uses_blas and not any(h in step.kernel for step in self.steps for h in heavy)
 
     def explain(self) -> list[dict]:
         return [dict(node=s.node.name, op=s.node.op,
