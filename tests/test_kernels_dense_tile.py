@@ -1,9 +1,10 @@
-"""The dense int8 GEMM's register tile, three ways, against each other and the integer reference.
+"""The dense int8 GEMM's register tile, four ways, against each other and the integer reference.
 
 kernels/matmul_dense.py has the tile as a NumPy model (``tile_step_model``, ``tile_model``: what the
-kernel runs under NUMBA_DISABLE_JIT=1), as LLVM IR (``_madd_tile``, vpmaddwd, on AVX2 CPUs) and as
-plain loops (``_tile_portable``, elsewhere). ``gemm_with_tile`` builds the GEMM loop around each, so
-all of them run here whatever this CPU would pick. int8 results must be exactly equal.
+kernel runs under NUMBA_DISABLE_JIT=1), as LLVM IR (``_madd_tile``, vpmaddwd, on AVX2 CPUs;
+``_dpbusd_tile``, vpdpbusd, for uint8 x on VNNI CPUs) and as plain loops (``_tile_portable``,
+elsewhere). ``gemm_with_tile`` builds the GEMM loop around each, so all of them that this CPU can
+run are tested here, whatever it would pick. int8 results must be exactly equal.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from numba import njit
 
 from kernel_checks import assert_exact
 from zeroskip.kernels import matmul_dense
-from zeroskip.kernels.matmul_dense import (K_PER_STEP, LANES, SUMS_PER_TILE, W_ROWS_PER_TILE,
-                                           X_ROWS_PER_TILE, gemm_with_tile, tile_model,
-                                           tile_step_model)
+from zeroskip.kernels.matmul_dense import (K_PER_STEP, LANES, SUMS_PER_TILE, VNNI_K_PER_STEP,
+                                           W_ROWS_PER_TILE, X_ROWS_PER_TILE, gemm_with_tile,
+                                           tile_model, tile_step_model)
 from zeroskip.reference import REFERENCES
 
 TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
@@ -27,6 +28,9 @@ W_RANGE = (-128, 127)
 RUNS_AVX2 = matmul_dense.HAS_AVX2 and not numba.config.DISABLE_JIT
 """The vpmaddwd tile needs an AVX2 CPU, and the JIT: LLVM IR does not run as Python."""
 needs_avx2 = pytest.mark.skipif(not RUNS_AVX2, reason="the vpmaddwd tile needs AVX2 and the JIT")
+RUNS_VNNI = matmul_dense.HAS_VNNI and not numba.config.DISABLE_JIT
+"""The vpdpbusd tile needs a VNNI CPU (CI's may not have one: then only the other tiles run)."""
+needs_vnni = pytest.mark.skipif(not RUNS_VNNI, reason="the vpdpbusd tile needs VNNI and the JIT")
 
 
 def _values(rng, shape, lo, hi):
@@ -49,6 +53,12 @@ def _case(M, N, K, x_type, seed):
 def _madd_sums(x, w, m, n, steps):
     """The compiled intrinsic on its own: the tile's sums over ``steps`` whole steps of k."""
     return matmul_dense._madd_tile(x, w, m, n, steps)
+
+
+@njit(cache=True)
+def _dpbusd_sums(x, w, m, n, steps, half):
+    """The VNNI intrinsic on its own: ``steps`` steps of 32 values of k, then ``half`` of 16."""
+    return matmul_dense._dpbusd_tile(x, w, m, n, steps, half)
 
 
 # ---------------------------------------------------------------- one step
@@ -112,14 +122,41 @@ def test_madd_tile_at_the_largest_products(x_type):
     assert list(got) == tile_model(x, w, 0, 0, K).ravel().tolist()
 
 
+@needs_vnni
+@pytest.mark.parametrize("K", [0, 15, 16, 31, 32, 33, 48, 63, 64, 100, 1024, 1041])
+def test_dpbusd_tile_matches_the_model(K):
+    """vpdpbusd's steps of 32, then the vpmaddwd step of 16 when at least 16 values are left, give
+    tile_model's sums over the same values of k (uint8 x, the only x it takes)."""
+    x, w, _ = _case(X_ROWS_PER_TILE + 3, W_ROWS_PER_TILE + 5, K, np.uint8, seed=K + 1)
+    steps = K // VNNI_K_PER_STEP
+    half = int(K - steps * VNNI_K_PER_STEP >= K_PER_STEP)
+    for m, n in ((0, 0), (3, 5), (1, 2)):
+        got = _dpbusd_sums(x, w, m, n, steps, half)
+        want = tile_model(x, w, m, n, steps * VNNI_K_PER_STEP + half * K_PER_STEP).ravel()
+        assert list(got) == want.tolist(), (K, m, n)
+
+
+@needs_vnni
+def test_dpbusd_tile_at_the_largest_products():
+    """255·(−128) and 255·127 in every byte pair, over 4096 values of k: no saturation anywhere."""
+    K = 4096
+    x = np.full((X_ROWS_PER_TILE, K), 255, np.uint8)
+    w = np.full((W_ROWS_PER_TILE, K), -128, np.int8)
+    w[1] = 127
+    w[2, ::2] = 127  # alternating signs inside each group of 4
+    got = _dpbusd_sums(x, w, 0, 0, K // VNNI_K_PER_STEP, 0)
+    assert list(got) == (x.astype(np.int64) @ w.astype(np.int64).T).ravel().tolist()
+
+
 # ---------------------------------------------------------------- the GEMM around every tile
 
 SHAPES = [(1, 1, 1), (2, 4, 16), (2, 4, 17), (7, 7, 7), (16, 16, 16), (17, 17, 17), (63, 63, 63),
-          (1, 63, 17), (63, 1, 7), (17, 7, 63), (2, 16, 1), (16, 2, 63), (7, 17, 2), (5, 9, 100)]
+          (1, 63, 17), (63, 1, 7), (17, 7, 63), (2, 16, 1), (16, 2, 63), (7, 17, 2), (5, 9, 100),
+          (3, 5, 48), (4, 8, 80), (3, 9, 61)]  # VNNI: 32 + 16, 2·32 + 16, 32 + 16 + 13
 
 
 def _tile_variants():
-    names = ["python", "portable"] + (["avx2"] if RUNS_AVX2 else [])
+    names = ["python", "portable"] + (["avx2"] if RUNS_AVX2 else []) + (["vnni"] if RUNS_VNNI else [])
     return [pytest.param(name, id=name) for name in names]
 
 
@@ -156,5 +193,6 @@ def test_every_tile_at_the_largest_safe_K(tile, x_type, K):
 
 
 def test_the_kernel_runs_the_tile_this_cpu_chooses():
-    want = "python" if numba.config.DISABLE_JIT else "avx2" if matmul_dense.HAS_AVX2 else "portable"
+    want = ("python" if numba.config.DISABLE_JIT else "vnni" if matmul_dense.HAS_VNNI
+            else "avx2" if matmul_dense.HAS_AVX2 else "portable")
     assert matmul_dense._tile is matmul_dense.TILES[want]

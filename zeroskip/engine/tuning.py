@@ -76,7 +76,12 @@ def machine_key(threads: int) -> str:
 
     cpu = _cpu_name()
     return (f"{cpu}|numba {numba.__version__}|zeroskip {__version__}|threads {threads}"
-            f"|{numba.config.THREADING_LAYER}|blas 1 thread")  # BLAS's count while timing
+            f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
+
+
+KERNELS_REVISION = 2
+"""Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
+(2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times)."""
 
 
 def _cpu_name() -> str:

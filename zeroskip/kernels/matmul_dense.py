@@ -14,9 +14,14 @@ The tile exists three times, with the same integers out:
   hardware does it. The one to read first; the kernel runs it under NUMBA_DISABLE_JIT=1, where the
   LLVM IR below cannot run.
 - ``_madd_tile`` + ``_tile_avx2``: the steps written in LLVM IR (AVX2), what the kernel runs.
+- ``_dpbusd_tile`` + ``_tile_vnni``: on CPUs with VNNI (AVX-512 VNNI or AVX-VNNI) and uint8 x,
+  ``vpdpbusd`` takes VNNI_K_PER_STEP = 32 values of k per step: it multiplies unsigned by signed
+  bytes and adds each 4 adjacent products into an int32 lane, with no intermediate rounding or
+  saturation, so the sums are the same integers at twice the values of k per instruction and
+  without the widening. int8 x takes the AVX2 tile (vpdpbusd's first operand is unsigned).
 - ``_tile_portable``: plain loops, for CPUs without AVX2.
 
-``gemm_with_tile`` builds the GEMM loop around any of them, so the tests compare all three.
+``gemm_with_tile`` builds the GEMM loop around any of them, so the tests compare them all.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._copies import renamed_copy
 from .quant import requantize_row
@@ -123,6 +128,41 @@ def _horizontal_sums_ir(builder, vectors):
     return sums[:len(vectors)]
 
 
+def _row_pointers(context, builder, arr, first, count):
+    """LLVM IR: byte pointers to rows first .. first+count-1 of a C-contiguous 2-D array."""
+    data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+    stride = cgutils.unpack_tuple(builder, arr.strides)[0]
+    return [builder.gep(data, [builder.mul(builder.add(first, context.get_constant(types.intp, r)),
+                                           stride)])
+            for r in range(count)]
+
+
+def _load_bytes(builder, row, k, count):
+    """LLVM IR: the <count x i8> at row[k:k+count] (unaligned)."""
+    vector = ir.VectorType(ir.IntType(8), count)
+    return builder.load(builder.bitcast(builder.gep(row, [k]), vector.as_pointer()), align=1)
+
+
+def _madd_step_ir(builder, x_rows, w_rows, k, x_signed, accs):
+    """LLVM IR: one tile step at k: acc[i,j] += vpmaddwd(x row i, w row j) over K_PER_STEP values,
+    the bytes widened to int16 (x as signed or unsigned, w signed)."""
+    int16s = ir.VectorType(ir.IntType(16), K_PER_STEP)
+    lanes = ir.VectorType(ir.IntType(32), LANES)
+    pmaddwd = builder.module.declare_intrinsic(
+        "llvm.x86.avx2.pmadd.wd", fnty=ir.FunctionType(lanes, [int16s, int16s]))
+
+    def load16(row, signed):
+        v = _load_bytes(builder, row, k, K_PER_STEP)
+        return builder.sext(v, int16s) if signed else builder.zext(v, int16s)
+
+    w16 = [load16(r, True) for r in w_rows]
+    for i in range(X_ROWS_PER_TILE):
+        x16 = load16(x_rows[i], x_signed)
+        for j in range(W_ROWS_PER_TILE):
+            acc = accs[i * W_ROWS_PER_TILE + j]
+            builder.store(builder.add(builder.load(acc), builder.call(pmaddwd, [x16, w16[j]])), acc)
+
+
 @intrinsic
 def _madd_tile(typingctx, x, w, m, n, steps):
     """The SUMS_PER_TILE sums Σ_{k < K_PER_STEP·steps} x[m+i,k]·w[n+j,k] in int32, as a tuple in
@@ -143,38 +183,65 @@ def _madd_tile(typingctx, x, w, m, n, steps):
         x_val, w_val, m_val, n_val, steps_val = args
         xa = context.make_array(signature.args[0])(context, builder, x_val)
         wa = context.make_array(signature.args[1])(context, builder, w_val)
-        bytes16 = ir.VectorType(ir.IntType(8), K_PER_STEP)
-        int16s = ir.VectorType(ir.IntType(16), K_PER_STEP)
         lanes = ir.VectorType(ir.IntType(32), LANES)
-        pmaddwd = builder.module.declare_intrinsic(
-            "llvm.x86.avx2.pmadd.wd", fnty=ir.FunctionType(lanes, [int16s, int16s]))
-
-        def const(v):
-            return context.get_constant(types.intp, v)
-
-        def rows(arr, first, count):  # byte pointers to rows first .. first+count-1
-            data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
-            stride = cgutils.unpack_tuple(builder, arr.strides)[0]
-            return [builder.gep(data, [builder.mul(builder.add(first, const(r)), stride)])
-                    for r in range(count)]
-
-        x_rows, w_rows = rows(xa, m_val, X_ROWS_PER_TILE), rows(wa, n_val, W_ROWS_PER_TILE)
+        x_rows = _row_pointers(context, builder, xa, m_val, X_ROWS_PER_TILE)
+        w_rows = _row_pointers(context, builder, wa, n_val, W_ROWS_PER_TILE)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(lanes, [0] * LANES))
                 for _ in range(SUMS_PER_TILE)]  # promoted to ymm registers by LLVM
         with cgutils.for_range(builder, steps_val) as loop:
-            k = builder.mul(loop.index, const(K_PER_STEP))
+            k = builder.mul(loop.index, context.get_constant(types.intp, K_PER_STEP))
+            _madd_step_ir(builder, x_rows, w_rows, k, x_signed, accs)
+        sums = _horizontal_sums_ir(builder, [builder.load(acc) for acc in accs])
+        return context.make_tuple(builder, signature.return_type, sums)
 
-            def load16(row, signed):
-                v = builder.load(builder.bitcast(builder.gep(row, [k]), bytes16.as_pointer()), align=1)
-                return builder.sext(v, int16s) if signed else builder.zext(v, int16s)
+    return sig, codegen
 
-            w16 = [load16(r, True) for r in w_rows]
+
+VNNI_K_PER_STEP = 32
+"""Values of k per VNNI tile step: vpdpbusd takes 32 byte pairs, one 256-bit ymm register of each."""
+
+
+@intrinsic
+def _dpbusd_tile(typingctx, x, w, m, n, steps, half):
+    """As _madd_tile for uint8 x on a VNNI CPU: the SUMS_PER_TILE sums over ``steps`` steps of
+    VNNI_K_PER_STEP values of k by vpdpbusd, then, if ``half`` is 1, one vpmaddwd step of
+    K_PER_STEP values (k from steps·32), in the order i·W_ROWS_PER_TILE + j.
+
+    Per vpdpbusd step: load x[m+i, k:k+32] and w[n+j, k:k+32] as <32 x i8>, each viewed as
+    <8 x i32>; acc[i,j] = llvm.x86.avx512.vpdpbusd.256(acc[i,j], x_i, w_j), which adds to lane l
+    Σ_{t<4} zext(x[4l+t])·sext(w[4l+t]): |4·255·128| < 2^17, and the int32 add wraps as the
+    plan's K bound makes impossible. Requires VNNI (the host's; HAS_VNNI).
+    """
+    if not (isinstance(x, types.Array) and isinstance(w, types.Array) and x.layout == w.layout == "C"
+            and x.dtype == types.uint8 and w.dtype == types.int8):
+        return None
+    sig = types.UniTuple(types.int32, SUMS_PER_TILE)(x, w, types.intp, types.intp, types.intp,
+                                                      types.intp)
+
+    def codegen(context, builder, signature, args):
+        x_val, w_val, m_val, n_val, steps_val, half_val = args
+        xa = context.make_array(signature.args[0])(context, builder, x_val)
+        wa = context.make_array(signature.args[1])(context, builder, w_val)
+        lanes = ir.VectorType(ir.IntType(32), LANES)
+        dpbusd = builder.module.declare_intrinsic(
+            "llvm.x86.avx512.vpdpbusd.256", fnty=ir.FunctionType(lanes, [lanes, lanes, lanes]))
+        x_rows = _row_pointers(context, builder, xa, m_val, X_ROWS_PER_TILE)
+        w_rows = _row_pointers(context, builder, wa, n_val, W_ROWS_PER_TILE)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(lanes, [0] * LANES))
+                for _ in range(SUMS_PER_TILE)]
+        with cgutils.for_range(builder, steps_val) as loop:
+            k = builder.mul(loop.index, context.get_constant(types.intp, VNNI_K_PER_STEP))
+            w32 = [builder.bitcast(_load_bytes(builder, r, k, VNNI_K_PER_STEP), lanes)
+                   for r in w_rows]
             for i in range(X_ROWS_PER_TILE):
-                x16 = load16(x_rows[i], x_signed)
+                x32 = builder.bitcast(_load_bytes(builder, x_rows[i], k, VNNI_K_PER_STEP), lanes)
                 for j in range(W_ROWS_PER_TILE):
                     acc = accs[i * W_ROWS_PER_TILE + j]
-                    builder.store(builder.add(builder.load(acc), builder.call(pmaddwd, [x16, w16[j]])),
-                                  acc)
+                    builder.store(builder.call(dpbusd, [builder.load(acc), x32, w32[j]]), acc)
+        has_half = builder.icmp_signed("!=", half_val, context.get_constant(types.intp, 0))
+        with builder.if_then(has_half):
+            k = builder.mul(steps_val, context.get_constant(types.intp, VNNI_K_PER_STEP))
+            _madd_step_ir(builder, x_rows, w_rows, k, False, accs)
         sums = _horizontal_sums_ir(builder, [builder.load(acc) for acc in accs])
         return context.make_tuple(builder, signature.return_type, sums)
 
@@ -206,6 +273,35 @@ def _tile_avx2(x, w, bias, yt, m, n, K):
 
 
 @njit(cache=True, inline="always")
+def _tile_vnni_u8(x, w, bias, yt, m, n, K):
+    """As _tile_avx2 for uint8 x: whole VNNI steps of 32 by vpdpbusd, a 16-value step by vpmaddwd
+    if 16 or more values of k are left, the rest (K mod 16) by scalar dot products."""
+    steps = K // VNNI_K_PER_STEP
+    half = 1 if K - steps * VNNI_K_PER_STEP >= K_PER_STEP else 0
+    sums = _dpbusd_tile(x, w, m, n, steps, half)
+    k0 = steps * VNNI_K_PER_STEP + half * K_PER_STEP
+    for i in range(X_ROWS_PER_TILE):
+        for j in range(W_ROWS_PER_TILE):
+            s = sums[i * W_ROWS_PER_TILE + j]
+            if k0 < K:
+                s += _dot(x[m + i, k0:], w[n + j, k0:], K - k0)
+            yt[n + j, m + i] = bias[n + j] + s
+
+
+def _tile_vnni(x, w, bias, yt, m, n, K):
+    """The VNNI tile for uint8 x, the AVX2 tile for int8 x (chosen when the kernel is compiled
+    for x's type; compiled code only, see the overload below)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_tile_vnni, inline="always")
+def _tile_vnni_overload(x, w, bias, yt, m, n, K):
+    if isinstance(x, types.Array) and x.dtype == types.uint8:
+        return lambda x, w, bias, yt, m, n, K: _tile_vnni_u8(x, w, bias, yt, m, n, K)
+    return lambda x, w, bias, yt, m, n, K: _tile_avx2(x, w, bias, yt, m, n, K)
+
+
+@njit(cache=True, inline="always")
 def _tile_portable(x, w, bias, yt, m, n, K):
     """As _tile_avx2 in plain loops, for CPUs without AVX2: per k, each of the tile's x values times
     each of its w values, into X_ROWS × W_ROWS int32 sums. Same results."""
@@ -220,25 +316,30 @@ def _tile_portable(x, w, bias, yt, m, n, K):
             yt[n + j, m + i] = bias[n + j] + sums[i, j]
 
 
-def _host_has_avx2() -> bool:
-    """Whether this CPU has AVX2 (the ``vpmaddwd`` intrinsic needs it)."""
+def _host_features() -> dict:
     try:
         from llvmlite import binding as llvm
 
-        return bool(llvm.get_host_cpu_features().get("avx2", False))
+        return dict(llvm.get_host_cpu_features())
     except Exception:  # noqa: BLE001 - no feature list: take the portable path
-        return False
+        return {}
 
 
-HAS_AVX2 = _host_has_avx2()
+_FEATURES = _host_features()
+HAS_AVX2 = bool(_FEATURES.get("avx2", False))
+"""Whether this CPU has AVX2 (the ``vpmaddwd`` intrinsic needs it)."""
+HAS_VNNI = HAS_AVX2 and bool(_FEATURES.get("avxvnni", False) or (
+    _FEATURES.get("avx512vnni", False) and _FEATURES.get("avx512vl", False)))
+"""Whether this CPU has a 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI with AVX-512 VL)."""
 
-TILES = {"python": _tile_python, "avx2": _tile_avx2, "portable": _tile_portable}
+TILES = {"python": _tile_python, "avx2": _tile_avx2, "vnni": _tile_vnni, "portable": _tile_portable}
 """The tile variants by name; each writes the tile's X_ROWS × W_ROWS outputs of yt."""
 
 _tile = (_tile_python if numba.config.DISABLE_JIT
-         else _tile_avx2 if HAS_AVX2 else _tile_portable)
-"""The tile matmul_dense_i8 runs: vpmaddwd where the CPU has AVX2, plain loops elsewhere, and the
-NumPy model when Numba's JIT is off (LLVM IR cannot run as Python)."""
+         else _tile_vnni if HAS_VNNI else _tile_avx2 if HAS_AVX2 else _tile_portable)
+"""The tile matmul_dense_i8 runs: vpdpbusd (uint8 x) where the CPU has VNNI, vpmaddwd where it has
+AVX2, plain loops elsewhere, and the NumPy model when Numba's JIT is off (LLVM IR cannot run as
+Python)."""
 
 
 def _matmul_dense_i8(x, w, bias, yt):
@@ -330,7 +431,7 @@ def gemm_with_tile(name: str):
     the tests run every variant on one machine (the portable tile on an AVX2 CPU, the NumPy model
     with the JIT on). "python" stays a Python function (its tile cannot be compiled; its _dot calls
     are); the others are compiled, parallel, and cached on disk as ``_matmul_dense_i8_<name>``.
-    "avx2" needs an AVX2 CPU (HAS_AVX2)."""
+    "avx2" needs an AVX2 CPU (HAS_AVX2), "vnni" a VNNI one (HAS_VNNI)."""
     gemm = _WITH_TILE.get(name)
     if gemm is None:
         panel = renamed_copy(_panel_loops, f"_{name}", _tile=TILES[name])
