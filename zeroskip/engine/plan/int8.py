@@ -105,11 +105,15 @@ class ConvAccumulator:
         return np.ascontiguousarray(conv_input(self.node, x, self.channels))
 
     def __call__(self, x: np.ndarray, x_zp: int, bias: np.ndarray) -> np.ndarray:
-        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
+        g, geo = self.geometry(x)
         acc = self.scratch.get("acc", (x.shape[0], self.n_out, g["oh"], g["ow"]), np.int32)
-        geo = (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
+
+    def geometry(self, x: np.ndarray):
+        """(the window geometry dict for x, the kernels' geometry arguments)."""
+        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
+        return g, (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
 
     def planes(self, x: np.ndarray, g: dict, depthwise: bool):
         """The direct kernels' workspaces: the padded planes xp and the accumulator rows ws."""
@@ -191,7 +195,7 @@ class Im2rowConv(ConvAccumulator):
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
         return self.scratch.get("rows", (batch, self.group, oh, ow, self.k_pad), dtype)
 
-    def _fill_rows(self, x, g, geo) -> np.ndarray:
+    def _fill_rows(self, x, x_zp, g, geo) -> np.ndarray:
         """The GEMM's rows for x: its channels-last copy, then im2row unless the conv is 1×1."""
         batch, oh, ow = x.shape[0], g["oh"], g["ow"]
         rows = self.rows(batch, oh, ow, x.dtype)
@@ -200,7 +204,7 @@ class Im2rowConv(ConvAccumulator):
         else:
             xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
             self.channels_last(x, xh)  # each tap of a pixel is then one contiguous copy
-            self.im2row(xh, g["x_zp"], rows, *geo)
+            self.im2row(xh, x_zp, rows, *geo)
         return rows
 
     def _groups(self, rows, out):
@@ -214,15 +218,14 @@ class Im2rowConv(ConvAccumulator):
                        out[b, channels].reshape(per, oh * ow))
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
-        rows = self._fill_rows(x, dict(g, x_zp=x_zp), geo)
+        rows = self._fill_rows(x, x_zp, g, geo)
         for x_rows, w, channels, acc_g in self._groups(rows, acc):
             self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
 
     def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
         """The layer's 8-bit output (B,N,OH,OW), requantized in the GEMM's epilogue."""
-        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
-        geo = (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
-        rows = self._fill_rows(x, dict(g, x_zp=q["x_zp"]), geo)
+        g, geo = self.geometry(x)
+        rows = self._fill_rows(x, q["x_zp"], g, geo)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
         for x_rows, w, ch, y_g in self._groups(rows, y):
             self.rq_kernel(x_rows, w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch],
