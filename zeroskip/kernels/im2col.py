@@ -99,7 +99,10 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
     Channels last, so each tap (i, j) of a pixel is one contiguous run of C/g bytes, copied from one
     contiguous run of the input: the NCHW gather (one cache line per channel per element) cost as much
     as the GEMM. The GEMM's weights are permuted to the same tap-major order at plan time.
-    Loop nest: prange over (b, g, oh); per pixel ow, per tap (i, j): a C/g-byte copy or fill.
+    Loop nest: prange over (b, g, oh); per pixel ow and tap row i: with one group, dilation 1 and the
+    row's window inside x, its kw taps are kw·C adjacent bytes of xh and of the row (k is tap-major),
+    so one copy (the 7×7 stem over 3 channels: one 21-byte copy where there were seven of 3); else,
+    per tap (i, j), a C/g-byte copy or fill.
     xh [B,H,W,C] uint8|int8 — the input, channels last; x_zero_point int — the pad value (real 0)
     rows [B,g,OH,OW,K] xh.dtype — output, the (M, K) matrix per (b, g), K = kh·kw·C/g
     geometry ints as im2col_dense_f32. Work: no flops; B·C·kh·kw·OH·OW bytes written.
@@ -107,13 +110,23 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
     B, H, W, C = xh.shape
     G, OH, OW = rows.shape[1], rows.shape[2], rows.shape[3]
     Cg = C // G
+    run = kw * C  # one tap row's bytes, when its kw taps are side by side in xh
+    xf = xh.reshape(B * H * W * C)
     for t in prange(B * G * OH):
         b, g, oh = t // (G * OH), (t // OH) % G, t % OH
         c0 = g * Cg
         for ow in range(OW):
             r = rows[b, g, oh, ow]
+            w0 = ow * sw - pl
+            side_by_side = G == 1 and dw == 1 and w0 >= 0 and w0 + kw <= W
             for i in range(kh):
                 h = oh * sh + i * dh - pt
+                if side_by_side and 0 <= h < H:  # the row's kw taps: one copy of kw·C bytes
+                    dst = r[i * run:(i + 1) * run]
+                    src = xf[((b * H + h) * W + w0) * C:]
+                    for c in range(_U(run)):  # slices from index 0: no wraparound test
+                        dst[c] = src[c]
+                    continue
                 for j in range(kw):
                     w = ow * sw + j * dw - pl
                     k0 = (i * kw + j) * Cg
