@@ -262,8 +262,13 @@ def _tile_avx2(x, w, bias, yt, m, n, K):
     """yt[n+j, m+i] = bias[n+j] + Σ_k x[m+i,k]·w[n+j,k] for the tile's X_ROWS × W_ROWS outputs:
     the whole steps by vpmaddwd (_madd_tile), the K mod K_PER_STEP tail by scalar dot products."""
     steps = K // K_PER_STEP
-    sums = _madd_tile(x, w, m, n, steps)
-    k0 = steps * K_PER_STEP
+    _store_tile(_madd_tile(x, w, m, n, steps), x, w, bias, yt, m, n, steps * K_PER_STEP, K)
+
+
+@njit(cache=True, inline="always")
+def _store_tile(sums, x, w, bias, yt, m, n, k0, K):
+    """yt[n+j, m+i] = bias[n+j] + sums[i·W_ROWS_PER_TILE + j] + the scalar dot product of the
+    values of k from k0 to K (the part the vector steps did not take)."""
     for i in range(X_ROWS_PER_TILE):
         for j in range(W_ROWS_PER_TILE):
             s = sums[i * W_ROWS_PER_TILE + j]
@@ -278,14 +283,8 @@ def _tile_vnni_u8(x, w, bias, yt, m, n, K):
     if 16 or more values of k are left, the rest (K mod 16) by scalar dot products."""
     steps = K // VNNI_K_PER_STEP
     half = 1 if K - steps * VNNI_K_PER_STEP >= K_PER_STEP else 0
-    sums = _dpbusd_tile(x, w, m, n, steps, half)
-    k0 = steps * VNNI_K_PER_STEP + half * K_PER_STEP
-    for i in range(X_ROWS_PER_TILE):
-        for j in range(W_ROWS_PER_TILE):
-            s = sums[i * W_ROWS_PER_TILE + j]
-            if k0 < K:
-                s += _dot(x[m + i, k0:], w[n + j, k0:], K - k0)
-            yt[n + j, m + i] = bias[n + j] + s
+    _store_tile(_dpbusd_tile(x, w, m, n, steps, half), x, w, bias, yt, m, n,
+                steps * VNNI_K_PER_STEP + half * K_PER_STEP, K)
 
 
 def _tile_vnni(x, w, bias, yt, m, n, K):
