@@ -236,6 +236,8 @@ def test_one_thread_sessions_take_the_serial_twins_of_the_same_kernels():
         twin = serial_kernel(name)
         assert twin.py_func.__code__ is kernel.py_func.__code__, name
         assert kernel.targetoptions.get("parallel") and not twin.targetoptions.get("parallel"), name
+        # both release the GIL: Python threads running threads=1 sessions run their kernels at once
+        assert kernel.targetoptions.get("nogil") and twin.targetoptions.get("nogil"), name
         assert twin.py_func.__qualname__.endswith("_serial"), name  # its own disk-cache entry
     data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
     one, two = Session(data, mode="sparse-i8", threads=1), Session(data, mode="sparse-i8", threads=2)

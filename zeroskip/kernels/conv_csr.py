@@ -46,7 +46,7 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
         conv_channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
-conv2d_csr_f32 = njit(cache=True, parallel=True)(_conv2d_csr_f32)
+conv2d_csr_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_f32)
 
 
 def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh, dw,
@@ -83,6 +83,6 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
                      INT32_MIN, INT32_MAX)
 
 
-conv2d_csr_i8 = njit(cache=True, parallel=True)(_conv2d_csr_i8)
+conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
 
 KERNELS = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8}

@@ -96,7 +96,7 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
         conv_channel(ws[bi, n], taps, w[n], offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
-depthwise_dense_f32 = njit(cache=True, parallel=True)(_depthwise_dense_f32)
+depthwise_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_depthwise_dense_f32)
 
 
 def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl):
@@ -135,6 +135,6 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
                      INT32_MIN, INT32_MAX)
 
 
-depthwise_dense_i8 = njit(cache=True, parallel=True)(_depthwise_dense_i8)
+depthwise_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_depthwise_dense_i8)
 
 KERNELS = {"depthwise_dense_f32": depthwise_dense_f32, "depthwise_dense_i8": depthwise_dense_i8}

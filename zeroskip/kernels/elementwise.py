@@ -52,7 +52,7 @@ def _add_dense_i8(a, b, y, a_zero_point, b_zero_point, a_multiplier, b_multiplie
             yb[e] = min(max(rounding_shift(p, shift) + y_zero_point, lo), hi)
 
 
-add_dense_i8 = njit(cache=True, parallel=True)(_add_dense_i8)
+add_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_add_dense_i8)
 
 
 def _bias_act_dense_f32(y, b, lo, hi):
@@ -71,7 +71,7 @@ def _bias_act_dense_f32(y, b, lo, hi):
             row[m] = min(max(row[m] + bn, lo), hi)
 
 
-bias_act_dense_f32 = njit(cache=True, parallel=True)(_bias_act_dense_f32)
+bias_act_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_bias_act_dense_f32)
 
 
 def _clamp_dense_f32(x, y, lo, hi):
@@ -89,7 +89,7 @@ def _clamp_dense_f32(x, y, lo, hi):
             yb[e] = min(max(xb[e], lo), hi)
 
 
-clamp_dense_f32 = njit(cache=True, parallel=True)(_clamp_dense_f32)
+clamp_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_clamp_dense_f32)
 
 
 def _add_dense_f32(a, b, y, lo, hi):
@@ -108,7 +108,7 @@ def _add_dense_f32(a, b, y, lo, hi):
             yb[e] = min(max(ab[e] + bb[e], lo), hi)
 
 
-add_dense_f32 = njit(cache=True, parallel=True)(_add_dense_f32)
+add_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_add_dense_f32)
 
 KERNELS = {"add_dense_i8": add_dense_i8, "bias_act_dense_f32": bias_act_dense_f32,
            "clamp_dense_f32": clamp_dense_f32, "add_dense_f32": add_dense_f32}

@@ -68,7 +68,7 @@ def _im2col_dense_f32(x, cols, kh, kw, sh, sw, dh, dw, pt, pl):
                       sh, sw, dh, dw, pt, pl, 0.0)
 
 
-im2col_dense_f32 = njit(cache=True, parallel=True)(_im2col_dense_f32)
+im2col_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_im2col_dense_f32)
 
 
 def _im2col_dense_i8(x, x_zero_point, cols, kh, kw, sh, sw, dh, dw, pt, pl):
@@ -88,7 +88,7 @@ def _im2col_dense_i8(x, x_zero_point, cols, kh, kw, sh, sw, dh, dw, pt, pl):
                       sh, sw, dh, dw, pt, pl, x_zero_point)
 
 
-im2col_dense_i8 = njit(cache=True, parallel=True)(_im2col_dense_i8)
+im2col_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_im2col_dense_i8)
 
 
 def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
@@ -139,7 +139,7 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
                             r[_U(k0) + c] = x_zero_point
 
 
-im2row_dense_i8 = njit(cache=True, parallel=True)(_im2row_dense_i8)
+im2row_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_im2row_dense_i8)
 
 CHANNELS_PER_STEP = 8  # channels moved per pass over a row: 8 input lines read in step
 
@@ -171,7 +171,7 @@ def _channels_last_dense_i8(x, xh):
                 dst[w, _U(c)] = src[_U(c), w]
 
 
-channels_last_dense_i8 = njit(cache=True, parallel=True)(_channels_last_dense_i8)
+channels_last_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_channels_last_dense_i8)
 
 KERNELS = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
            "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8}

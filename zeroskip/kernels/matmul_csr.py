@@ -96,7 +96,7 @@ def _matmul_csr_f32(indptr, indices, data, b, xt, yt, lo, hi):
                 y[m] = min(max(y[m], lo), hi)
 
 
-matmul_csr_f32 = njit(cache=True, parallel=True)(_matmul_csr_f32)
+matmul_csr_f32 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_f32)
 
 
 def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
@@ -133,6 +133,6 @@ def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
                 e += 1
 
 
-matmul_csr_i8 = njit(cache=True, parallel=True)(_matmul_csr_i8)
+matmul_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_i8)
 
 KERNELS = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8}

@@ -385,7 +385,7 @@ def _panel_loops(x, w, bias, yt, n, K):
 
 
 _panel = njit(cache=True)(_panel_loops)
-matmul_dense_i8 = njit(cache=True, parallel=True)(_matmul_dense_i8)
+matmul_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_i8)
 
 PIXELS_PER_CHUNK = 256
 """Rows of x per requantized chunk: a panel's int32 sums for them (W_ROWS_PER_TILE·256·4 = 4 KB)
@@ -418,7 +418,7 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y):
                                y[n + j, c:c + width])
 
 
-matmul_dense_rq_i8 = njit(cache=True, parallel=True)(_matmul_dense_rq_i8)
+matmul_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_rq_i8)
 
 KERNELS = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
 
@@ -438,6 +438,6 @@ def gemm_with_tile(name: str):
             panel = njit(cache=True)(panel)
         gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _panel=panel)
         if name != "python":
-            gemm = njit(cache=True, parallel=True)(gemm)
+            gemm = njit(cache=True, parallel=True, nogil=True)(gemm)
         _WITH_TILE[name] = gemm
     return gemm

@@ -180,7 +180,7 @@ def _maxpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
         _maxpool_task(x, y, task, offs, Wv, kh, sh, sw, dh, pt, pl, lowest)
 
 
-maxpool_dense_i8 = njit(cache=True, parallel=True)(_maxpool_dense_i8)
+maxpool_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_maxpool_dense_i8)
 
 
 @njit(cache=True)
@@ -232,7 +232,7 @@ def _maxpool_dense_f32(x, y, kh, kw, sh, sw, dh, dw, pt, pl):
                             yc[oh, ow] = finite_lowest
 
 
-maxpool_dense_f32 = njit(cache=True, parallel=True)(_maxpool_dense_f32)
+maxpool_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_maxpool_dense_f32)
 
 
 @njit(cache=True)
@@ -285,7 +285,7 @@ def _avgpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_includ
                     yc[oh, ow] = -((-s + count // 2) // count)
 
 
-avgpool_dense_i8 = njit(cache=True, parallel=True)(_avgpool_dense_i8)
+avgpool_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_avgpool_dense_i8)
 
 
 def _global_avgpool_dense_i8(x, y, x_zero_point, multiplier, shift, y_zero_point, lo, hi):
@@ -314,7 +314,7 @@ def _global_avgpool_dense_i8(x, y, x_zero_point, multiplier, shift, y_zero_point
         y[t // C, t % C, 0, 0] = min(max(q, lo), hi)
 
 
-global_avgpool_dense_i8 = njit(cache=True, parallel=True)(_global_avgpool_dense_i8)
+global_avgpool_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_global_avgpool_dense_i8)
 
 KERNELS = {"maxpool_dense_f32": maxpool_dense_f32, "maxpool_dense_i8": maxpool_dense_i8,
            "avgpool_dense_i8": avgpool_dense_i8, "global_avgpool_dense_i8": global_avgpool_dense_i8}

@@ -43,7 +43,7 @@ def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
         y_n[m] = min(max(t + y_zero_point, lo), hi)
 
 
-requantize_dense_i8 = njit(cache=True, parallel=True)(_requantize_dense_i8)
+requantize_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_requantize_dense_i8)
 
 
 def _quantize_dense_f32(x, y_scale, y_zero_point, y):
@@ -69,7 +69,7 @@ def _quantize_dense_f32(x, y_scale, y_zero_point, y):
             yb[e] = min(max(q, lo), hi)
 
 
-quantize_dense_f32 = njit(cache=True, parallel=True)(_quantize_dense_f32)
+quantize_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_quantize_dense_f32)
 
 
 def _dequantize_dense_i8(q, x_scale, x_zero_point, y):
@@ -89,7 +89,7 @@ def _dequantize_dense_i8(q, x_scale, x_zero_point, y):
             yb[e] = scale * np.float32(np.int32(qb[e]) - zp)
 
 
-dequantize_dense_i8 = njit(cache=True, parallel=True)(_dequantize_dense_i8)
+dequantize_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_dequantize_dense_i8)
 
 KERNELS = {
     "requantize_dense_i8": requantize_dense_i8,
