@@ -289,6 +289,37 @@ def test_depthwise(case, density):
     assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
 
 
+@pytest.mark.parametrize("case", [c for c in DW_CASES if c[2] == 1], ids=_dw_ids)
+def test_depthwise_channels_last_requantizes_as_the_planar_kernel(case):
+    """depthwise_nhwc_rq_i8 (channels last, requantized in its epilogue) gives the bytes of
+    depthwise_dense_i8 then requantize_dense_i8: pads at the zero point, strides, dilations, odd C
+    (a vector tail), full-range taps, and outputs clamped at both ends."""
+    B, C, m, H, W, kh, kw, s, p, d = case
+    rng = np.random.default_rng(hash(_dw_ids(case)) % 2**32)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
+    args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
+    for x_type, y_type in ((np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)):
+        wq = rng.integers(-128, 128, (C, kh * kw)).astype(np.int8)
+        xq, zp = _quant_input(rng, (B, C, H, W), x_type)
+        bias = rng.integers(-2**16, 2**16, C).astype(np.int32)
+        acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
+        spread = 300 / (int(acc.max()) - int(acc.min()) + 1)
+        m0, shift = quantize_multiplier(spread * rng.uniform(0.8, 1.2, C))
+        lo, hi = int(np.iinfo(y_type).min) + 2, int(np.iinfo(y_type).max) - 1  # a fused clamp
+        y_zp = int(rng.integers(lo, hi + 1))
+        xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
+        w_taps = np.ascontiguousarray(wq.T)
+        y = np.full((B, C, q["OH"], q["OW"]), 7, y_type)
+        KERNELS["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, m0, shift, y_zp, lo, hi, y, *args)
+        want = REFERENCES["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, m0, shift, y_zp, lo, hi,
+                                                  **geo)
+        planar = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(C, -1), m0, shift, y_zp,
+                                                             lo, hi) for a in acc])
+        assert np.array_equal(want, planar.reshape(want.shape))
+        assert_exact(y, want, dtype=y_type, case=_dw_ids(case), zp=zp)
+
+
 # ----------------------------------------------------------------------------- pooling
 
 # (H, W, kh, kw, strides, pads, dilations, ceil_mode)

@@ -43,6 +43,16 @@ def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
         y_n[m] = min(max(t + y_zero_point, lo), hi)
 
 
+@njit(cache=True, inline="always")
+def requantize_one(acc, m0n, shift_n, y_zero_point, lo, hi):
+    """One value of requantize_row, for a kernel whose multiplier changes from value to value
+    (channels last: depthwise_nhwc_rq_i8)."""
+    r = np.int64(shift_n)
+    p = np.int64(acc) * np.int64(m0n)
+    t = (p + (np.int64(1) << (r - 1)) - (p < 0)) >> r
+    return min(max(t + y_zero_point, lo), hi)
+
+
 requantize_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_requantize_dense_i8)
 
 

@@ -150,6 +150,11 @@ class PlanContext:
         """``node``'s kernel step in ``mode`` for a one-node ``model`` (None: no kernel)."""
         return self.kernel_step(node, PlanContext(model, mode, self.serial, self.kernel_step))
 
+    def input_shape(self, node: Node):
+        """The shape of ``node``'s first input with the plan's batch, or None if not all known."""
+        info = self._input_info(node)
+        return None if info is None else info[0]
+
     def _input_info(self, node: Node):
         """(shape with the plan's batch, dtype) of ``node``'s first input, or None if a dimension
         other than the batch is unknown (then auto falls back to the shape-class table)."""

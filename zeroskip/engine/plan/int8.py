@@ -124,18 +124,62 @@ class ConvAccumulator:
         return xp, ws
 
 
+PLANAR_DEPTHWISE_MIN_WIDTH = 56
+"""Output width from which a stride-1 int8 depthwise conv keeps the planar kernel, which
+vectorizes along output rows; narrower or strided ones take the channels-last kernel, which
+vectorizes over channels (kernels/depthwise.py has the timings: 144×56×56 0.41 against 0.50 ms,
+576×14×14 0.67 against 0.12 ms)."""
+
+
 class DepthwiseConv(ConvAccumulator):
     name = "depthwise_dense_i8"
     reason = "depthwise conv: dense int8 taps, one shifted axpy per tap"
 
-    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(node, w4)
         self.w = np.ascontiguousarray(w4.reshape(self.n_out, -1))
         self.kernel = ctx.kernel("depthwise_dense_i8")
+        if requantizes and self.n_out == self.channels:  # multiplier 1: the channels-last kernel
+            self.fused = True
+            self.w_taps = np.ascontiguousarray(self.w.T)
+            self.channels_last = ctx.kernel("channels_last_dense_i8")
+            self.nhwc_kernel = ctx.kernel("depthwise_nhwc_rq_i8")
+            self.requantize = ctx.kernel("requantize_dense_i8")
+            shape = ctx.input_shape(node)  # known: the choice is made now, and explain() shows it
+            self.layout = None if shape is None else self.channels_last_pays(
+                conv_geometry(node, tuple(shape), self.kh, self.kw))
+            planar = "depthwise_dense_i8 + requantize_dense_i8"
+            self.name = {True: "channels_last_dense_i8 + depthwise_nhwc_rq_i8", False: planar,
+                         None: f"depthwise_nhwc_rq_i8 or {planar}"}[self.layout]
+            self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
+                           "requantized in the epilogue) when the output is strided or narrower "
+                           f"than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted axpy per "
+                           "tap along output rows)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x, g, depthwise=True)
         self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
+
+    def channels_last_pays(self, g) -> bool:
+        return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
+
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+        """The layer's 8-bit output (B,N,OH,OW): the channels-last kernel, which requantizes in its
+        epilogue, where it is the faster one; else the planar kernel, then requantize_dense_i8."""
+        g, geo = self.geometry(x)
+        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
+        nhwc = self.layout if self.layout is not None else self.channels_last_pays(g)
+        if nhwc:
+            xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
+            self.channels_last(x, xh)
+            self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], q["m0"], q["shift"],
+                             q["y_zp"], q["lo"], q["hi"], y, *geo)
+            return y
+        acc = self(x, q["x_zp"], q["bias"])
+        for b in range(x.shape[0]):
+            self.requantize(acc[b].reshape(self.n_out, -1), q["m0"], q["shift"], q["y_zp"],
+                            q["lo"], q["hi"], y[b].reshape(self.n_out, -1))
+        return y
 
 
 class CsrConv(ConvAccumulator):
@@ -256,7 +300,7 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
     if im2row_only:
         return Im2rowConv(node, w4, ctx), Choice(False)
     if is_depthwise(node, w4):
-        return DepthwiseConv(node, w4, ctx), Choice(False)
+        return DepthwiseConv(node, w4, ctx, requantizes), Choice(False)
     choice = choose()
     if choice.csr:
         return CsrConv(node, w4, ctx), choice
@@ -310,9 +354,9 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
 def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
     """The Step of a QGemm/QConv: its accumulator's kernel, then requantization."""
     if accumulator.fused:
+        where = "" if "requantize_dense_i8" in accumulator.name else " in the kernel's epilogue"
         return Step(node, accumulator.name,
-                    choice.lead(accumulator.reason + ", Q31 requantization in the GEMM's epilogue"),
-                    run, density)
+                    choice.lead(accumulator.reason + ", Q31 requantization" + where), run, density)
     return Step(node, accumulator.name + " + requantize_dense_i8",
                 choice.lead(accumulator.reason + ", Q31 requantization"), run, density)
 

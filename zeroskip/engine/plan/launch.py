@@ -22,7 +22,12 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
   0.6 million-MAC 1×1/s2 downsamples: 0.98 → 0.77 ms);
 * the depthwise convs, with the same work measure and threshold: the pruned int8
   MobileNetV2-shaped model at 2 threads, dense-i8, best of 16 runs with depthwise thresholds of
-  2^15, 2^17, 2^19, 2^21, 2^23: 16.7, 18.5, 21.2, 21.0, 22.0 ms.
+  2^15, 2^17, 2^19, 2^21, 2^23: 16.7, 18.5, 21.2, 21.0, 22.0 ms;
+* the channels-last depthwise (``depthwise_nhwc_rq_i8``), parallel over output rows, whose outputs
+  are written to NCHW planes: rows of a small plane share cache lines, so two threads writing
+  neighbouring rows contend (serial against 2 threads: 960×7×7, 0.42 million MACs, 0.17 → 0.25 ms;
+  576×14×14, 1.0 million, 0.30 → 0.28; 96×112×112 stride 2, 2.7 million, 1.11 → 0.51): parallel
+  from 2^19.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
+MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 19
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
@@ -62,6 +68,10 @@ def _work_depthwise_i8(w, bias, x, x_zp, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
 
+def _work_depthwise_nhwc(w_taps, bias, xh, x_zp, m0, shift, y_zp, lo, hi, y, *_):
+    return _conv_work(w_taps.shape[0], y)
+
+
 def _first_size(a, *_):
     return a.size
 
@@ -84,6 +94,7 @@ WORK = {
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
+    "depthwise_nhwc_rq_i8": (_work_depthwise_nhwc, MIN_PARALLEL_NHWC_DEPTHWISE_WORK),
     "add_dense_i8": (_first_size, MIN_PARALLEL_ADD_ELEMENTS),
     "requantize_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
     "quantize_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
@@ -122,4 +133,4 @@ class Launch:
 
 
 __all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
-           "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
+           "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]

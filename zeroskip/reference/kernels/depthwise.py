@@ -6,6 +6,7 @@ import numpy as np
 
 from ..ops.conv import conv
 from .im2col import columns
+from .quant import requantize_dense_i8
 
 
 def depthwise_dense_f32(w, b, x, *, kernel_shape, strides, pads, dilations, lo=-np.inf, hi=np.inf):
@@ -34,4 +35,18 @@ def depthwise_dense_i8(w, bias, x, x_zero_point, *, kernel_shape, strides, pads,
     return acc.reshape(B, N, oh, ow) + np.asarray(bias, dtype=np.int64).reshape(1, N, 1, 1)
 
 
-REFERENCES = {"depthwise_dense_f32": depthwise_dense_f32, "depthwise_dense_i8": depthwise_dense_i8}
+def depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
+                         kernel_shape, strides, pads, dilations):
+    """q_y [B,C,OH,OW] int64: depthwise_dense_i8's exact accumulator (multiplier 1) on xh read back
+    as NCHW and the taps as (C, kh·kw), then requantize_dense_i8's rounding and clamp."""
+    x = np.asarray(xh).transpose(0, 3, 1, 2)
+    acc = depthwise_dense_i8(np.asarray(w_taps).T, bias, x, x_zero_point, kernel_shape=kernel_shape,
+                             strides=strides, pads=pads, dilations=dilations)
+    B, C, OH, OW = acc.shape
+    q = [requantize_dense_i8(acc[b].reshape(C, -1), m0, shift, y_zero_point, lo, hi)
+         for b in range(B)]
+    return np.stack(q).reshape(B, C, OH, OW)
+
+
+REFERENCES = {"depthwise_dense_f32": depthwise_dense_f32, "depthwise_dense_i8": depthwise_dense_i8,
+              "depthwise_nhwc_rq_i8": depthwise_nhwc_rq_i8}
