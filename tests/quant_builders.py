@@ -102,6 +102,19 @@ def _pointwise():
     return make_model(nodes, [("x", ["N", 3, 9, 10])], [("y", ["N", 5])], inits), "x", (3, 9, 10)
 
 
+def _depthwise_multiplier():
+    """Conv -> Relu -> depthwise Conv with 2 outputs per channel, stride 2 -> Relu -> GAP -> Gemm:
+    the planar depthwise kernel then requantize (the channels-last one takes multiplier 1 only)."""
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+             node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], group=4),
+             node("Relu", ["c2"], ["r2"]), node("GlobalAveragePool", ["r2"], ["g"]),
+             node("Flatten", ["g"], ["f"]), node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    inits = {"w1": randn((4, 3, 3, 3), 1, 0.3), "b1": randn(4, 2, 0.1),
+             "w2": randn((8, 1, 3, 3), 3, 0.3), "b2": randn(8, 4, 0.1),
+             "w3": randn((5, 8), 5, 0.5), "b3": randn(5, 6, 0.1)}
+    return make_model(nodes, [("x", ["N", 3, 9, 9])], [("y", ["N", 5])], inits), "x", (3, 9, 9)
+
+
 FLOAT_MODELS = {
     "cnn": _cnn,
     "mlp_gemm": _mlp_gemm,
@@ -110,6 +123,7 @@ FLOAT_MODELS = {
     "residual": _residual,
     "padded": _padded,
     "pointwise": _pointwise,
+    "depthwise_multiplier": _depthwise_multiplier,
 }
 """name -> () -> (float ModelProto, input name, sample shape)."""
 

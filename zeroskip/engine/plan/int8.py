@@ -34,39 +34,60 @@ def check_q8(node: Node, x: np.ndarray) -> None:
 
 
 # -- GEMM: acc (N,M) int32 = bias'[n] + Σ_k w[n,k]·x[m,k] ------------------------------------------
-class DenseGemm:
+class GemmAccumulator:
+    """What both int8 GEMM accumulators share. ``gemm(x, bias, acc)`` writes the int32 sums;
+    ``gemm.requantized(x, q, yt, requantize)`` writes the layer's 8-bit output: the sums into a
+    scratch, then ``requantize`` (requantize_dense_i8), unless the accumulator requantizes in its
+    own epilogue (``fused``: then its name and reason say so, and it overrides this)."""
+
+    name = reason = ""
+    fused = False
+
+    def __init__(self, w2: np.ndarray):
+        self.n_out, self.k_in = w2.shape
+        self.scratch = Scratch()
+
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray, requantize) -> None:
+        """x (M,K) 8-bit, yt (N,M) 8-bit (overwritten), q the layer's ``layer_quant``."""
+        acc = self.scratch.get("acc", yt.shape, np.int32)
+        self(x, q["bias"], acc)
+        requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+
+
+class DenseGemm(GemmAccumulator):
     """The dense int8 GEMM of a layer: w (N,K) int8 in [−128, 127], prepacked once."""
 
     name = "matmul_dense_i8"
     reason = "dense int8 weights, int32 accumulation"
-    fused = False
 
     def __init__(self, w2: np.ndarray, ctx: PlanContext, requantizes: bool = False):
-        self.n_out, self.k_in = w2.shape
+        super().__init__(w2)
         self.w = np.ascontiguousarray(w2)
         self.kernel = ctx.kernel("matmul_dense_i8")
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
             self.fused, self.name = True, "matmul_dense_rq_i8"
+            self.reason += ", Q31 requantization in the GEMM's epilogue"
             self.rq_kernel = ctx.kernel("matmul_dense_rq_i8")
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
 
-    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
-        """x (M,K) 8-bit, yt (N,M) 8-bit (overwritten), q the layer's ``layer_quant``."""
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray, requantize) -> None:
+        if not self.fused:
+            super().requantized(x, q, yt, requantize)
+            return
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
                        q["lo"], q["hi"], yt)
 
 
-class CsrGemm:
+class CsrGemm(GemmAccumulator):
     """The CSR int8 GEMM of a layer: the nonzeros of w (N,K) int8, prepacked once."""
 
     name = "matmul_csr_i8"
-    fused = False
 
     def __init__(self, w2: np.ndarray, ctx: PlanContext):
-        self.n_out, self.k_in = w2.shape
+        super().__init__(w2)
         self.csr = csr_triple(w2)
         self.kernel = ctx.kernel("matmul_csr_i8")
         self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
@@ -90,7 +111,7 @@ class ConvAccumulator:
     """
 
     name = reason = ""
-    fused = False  # True: ``requantized`` runs the layer with requantization in the epilogue
+    fused = False  # True: ``requantized`` requantizes in a kernel's epilogue; name and reason say so
 
     def __init__(self, node: Node, w4: np.ndarray):
         """w4 (N, C/group, kh, kw) int8."""
@@ -109,6 +130,17 @@ class ConvAccumulator:
         acc = self.scratch.get("acc", (x.shape[0], self.n_out, g["oh"], g["ow"]), np.int32)
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
+
+    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+        """The layer's 8-bit output (B,N,OH,OW) for x from ``check_input``, q the layer's
+        ``layer_quant``: the sums, then ``requantize`` (requantize_dense_i8) image by image.
+        Accumulators that requantize in an epilogue override this."""
+        acc = self(x, q["x_zp"], q["bias"])
+        y = np.empty(acc.shape, q["y_dtype"])
+        for b in range(acc.shape[0]):
+            requantize(acc[b].reshape(self.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],
+                       q["hi"], y[b].reshape(self.n_out, -1))
+        return y
 
     def geometry(self, x: np.ndarray):
         """(the window geometry dict for x, the kernels' geometry arguments)."""
@@ -144,7 +176,6 @@ class DepthwiseConv(ConvAccumulator):
             self.w_taps = np.ascontiguousarray(self.w.T)
             self.channels_last = ctx.kernel("channels_last_dense_i8")
             self.nhwc_kernel = ctx.kernel("depthwise_nhwc_rq_i8")
-            self.requantize = ctx.kernel("requantize_dense_i8")
             shape = ctx.input_shape(node)  # known: the choice is made now, and explain() shows it
             self.layout = None if shape is None else self.channels_last_pays(
                 conv_geometry(node, tuple(shape), self.kh, self.kw))
@@ -152,9 +183,9 @@ class DepthwiseConv(ConvAccumulator):
             self.name = {True: "channels_last_dense_i8 + depthwise_nhwc_rq_i8", False: planar,
                          None: f"depthwise_nhwc_rq_i8 or {planar}"}[self.layout]
             self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
-                           "requantized in the epilogue) when the output is strided or narrower "
-                           f"than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted axpy per "
-                           "tap along output rows)")
+                           "Q31 requantization in the epilogue) when the output is strided or "
+                           f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted "
+                           "axpy per tap along output rows, then Q31 requantization)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x, g, depthwise=True)
@@ -163,22 +194,19 @@ class DepthwiseConv(ConvAccumulator):
     def channels_last_pays(self, g) -> bool:
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
-        """The layer's 8-bit output (B,N,OH,OW): the channels-last kernel, which requantizes in its
-        epilogue, where it is the faster one; else the planar kernel, then requantize_dense_i8."""
+    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+        """The channels-last kernel, which requantizes in its epilogue, where it is the faster
+        one; else the planar kernel, then ``requantize``."""
+        if not self.fused:
+            return super().requantized(x, q, requantize)
         g, geo = self.geometry(x)
+        if not (self.layout if self.layout is not None else self.channels_last_pays(g)):
+            return super().requantized(x, q, requantize)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        nhwc = self.layout if self.layout is not None else self.channels_last_pays(g)
-        if nhwc:
-            xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
-            self.channels_last(x, xh)
-            self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], q["m0"], q["shift"],
-                             q["y_zp"], q["lo"], q["hi"], y, *geo)
-            return y
-        acc = self(x, q["x_zp"], q["bias"])
-        for b in range(x.shape[0]):
-            self.requantize(acc[b].reshape(self.n_out, -1), q["m0"], q["shift"], q["y_zp"],
-                            q["lo"], q["hi"], y[b].reshape(self.n_out, -1))
+        xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
+        self.channels_last(x, xh)
+        self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], q["m0"], q["shift"], q["y_zp"],
+                         q["lo"], q["hi"], y, *geo)
         return y
 
 
@@ -225,15 +253,16 @@ class Im2rowConv(ConvAccumulator):
             and tuple(attrs["strides"] or (1, 1)) == (1, 1) and not any(attrs["pads"] or ()) \
             and self.k_in == self.k_pad
         gemm = "matmul_dense_i8"
-        if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
-            self.fused, gemm = True, "matmul_dense_rq_i8"
-            self.rq_kernel = ctx.kernel(gemm)
         if self.pointwise:
-            self.name = "channels_last_dense_i8 + " + gemm
             self.reason = "1×1 conv: the channels-last input is the GEMM's rows (no im2row), " \
                           "then a dense int8 GEMM"
-        else:
-            self.name = "channels_last_dense_i8 + im2row_dense_i8 + " + gemm
+        gemm = "matmul_dense_i8"
+        if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
+            self.fused, gemm = True, "matmul_dense_rq_i8"
+            self.reason += ", Q31 requantization in the GEMM's epilogue"
+            self.rq_kernel = ctx.kernel(gemm)
+        self.name = "channels_last_dense_i8 + " + ("" if self.pointwise else "im2row_dense_i8 + ") \
+            + gemm
 
     def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
@@ -266,8 +295,10 @@ class Im2rowConv(ConvAccumulator):
         for x_rows, w, channels, acc_g in self._groups(rows, acc):
             self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
-        """The layer's 8-bit output (B,N,OH,OW), requantized in the GEMM's epilogue."""
+    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+        """The GEMM requantizes in its epilogue (when ``fused``)."""
+        if not self.fused:
+            return super().requantized(x, q, requantize)
         g, geo = self.geometry(x)
         rows = self._fill_rows(x, q["x_zp"], g, geo)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
@@ -353,10 +384,8 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
 
 def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
     """The Step of a QGemm/QConv: its accumulator's kernel, then requantization."""
-    if accumulator.fused:
-        where = "" if "requantize_dense_i8" in accumulator.name else " in the kernel's epilogue"
-        return Step(node, accumulator.name,
-                    choice.lead(accumulator.reason + ", Q31 requantization" + where), run, density)
+    if accumulator.fused:  # its name and reason say where it requantizes
+        return Step(node, accumulator.name, choice.lead(accumulator.reason), run, density)
     return Step(node, accumulator.name + " + requantize_dense_i8",
                 choice.lead(accumulator.reason + ", Q31 requantization"), run, density)
 
@@ -368,7 +397,6 @@ def qgemm(node: Node, ctx: PlanContext):
     gemm = gemm_accumulator(q["w"], choice.csr, ctx, requantizes=True)
     requantize = ctx.kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
-    scratch = Scratch()
 
     def run(values):
         x = values[x_name]
@@ -377,12 +405,7 @@ def qgemm(node: Node, ctx: PlanContext):
             raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
                              f"got {x.shape}")
         yt = np.empty((gemm.n_out, x.shape[0]), q["y_dtype"])
-        if gemm.fused:
-            gemm.requantized(x, q, yt)
-        else:
-            acc = scratch.get("acc", yt.shape, np.int32)
-            gemm(x, q["bias"], acc)
-            requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+        gemm.requantized(x, q, yt, requantize)
         values[out] = np.ascontiguousarray(yt.T)
 
     return requantized_step(node, gemm, choice, run, q["density"])
@@ -398,15 +421,6 @@ def qconv(node: Node, ctx: PlanContext):
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
-        x = conv.check_input(values[x_name])
-        if conv.fused:
-            values[out] = conv.requantized(x, q)
-            return
-        acc = conv(x, q["x_zp"], q["bias"])
-        y = np.empty(acc.shape, q["y_dtype"])
-        for b in range(acc.shape[0]):
-            requantize(acc[b].reshape(conv.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],
-                       q["hi"], y[b].reshape(conv.n_out, -1))
-        values[out] = y
+        values[out] = conv.requantized(conv.check_input(values[x_name]), q, requantize)
 
     return requantized_step(node, conv, choice, run, q["density"])
