@@ -1,46 +1,42 @@
 """Sparse matmul: W (N,K) in CSR (rows = output channels) times dense activations xt (K,M).
 
-Loop nest (docs/kernels.md): prange over output channels n; the row's nonzeros, NNZ_UNROLL = 8 at a
-time; one contiguous axpy over a slice of PIXELS_PER_TILE pixels that takes all eight, so the output
-slice is loaded and stored once per eight nonzeros instead of once per nonzero.
+Loop nests (docs/kernels.md):
 
-Float32 arithmetic is rounded op by op, as written (no fused multiply-add contraction), so the
-kernel gives the same bytes compiled and as plain Python under NUMBA_DISABLE_JIT=1.
+- float32: a slice of up to PIXELS_PER_BLOCK pixels of an output row is summed in vector registers
+  across the row's nonzeros (the row block, in LLVM IR where the CPU has AVX2, else plain loops),
+  in passes of K_PER_BLOCK values of k. Each product and sum is rounded to float32 as written, in
+  the order of the row's nonzeros (no fused multiply-add), so the kernel gives the same bytes
+  compiled, as plain loops and as Python under NUMBA_DISABLE_JIT=1.
+- int8: prange over output channels n; the row's nonzeros, NNZ_UNROLL = 8 at a time; one
+  contiguous axpy over a slice of PIXELS_PER_TILE pixels that takes all eight, so the output slice
+  is loaded and stored once per eight nonzeros instead of once per nonzero.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._cpu import HAS_AVX2, HAS_AVX512
 
 PIXELS_PER_TILE = 512
-"""Pixels (values of m) per slice of an output row: 2 KB of float32/int32, kept in L1 across the
-row's nonzeros with the input slices it reads. Chosen by bench/test_bench_matmul.py: M ≤ 512 is one slice; ResNet-50's 56×56
-(M = 3136) layers run in 7 slices."""
+"""int8: pixels (values of m) per slice of an output row, 2 KB of int32, kept in L1 across the row's
+nonzeros with the input slices it reads. Chosen by bench/test_bench_matmul.py: M ≤ 512 is one
+slice; ResNet-50's 56×56 (M = 3136) layers run in 7 slices."""
 
 NNZ_UNROLL = 8
-"""Nonzeros per pass over the output slice (the body of _axpy8_* is written for 8). Chosen by
-bench/test_bench_matmul.py at M=128, K=N=1024, 10 % density: 8 beat 4 by 1.3× (f32); 1 is scipy's."""
-
-
-@njit(cache=True, inline="always")
-def _axpy8_f32(y, xt, indices, data, e, m0, m1):
-    """y[m0:m1] += Σ_{j<8} data[e+j]·xt[indices[e+j], m0:m1] (one load and store of y per 8 nonzeros)."""
-    ys = y[m0:m1]
-    x0, x1 = xt[np.int64(indices[e])][m0:m1], xt[np.int64(indices[e + 1])][m0:m1]
-    x2, x3 = xt[np.int64(indices[e + 2])][m0:m1], xt[np.int64(indices[e + 3])][m0:m1]
-    x4, x5 = xt[np.int64(indices[e + 4])][m0:m1], xt[np.int64(indices[e + 5])][m0:m1]
-    x6, x7 = xt[np.int64(indices[e + 6])][m0:m1], xt[np.int64(indices[e + 7])][m0:m1]
-    v0, v1, v2, v3 = data[e], data[e + 1], data[e + 2], data[e + 3]
-    v4, v5, v6, v7 = data[e + 4], data[e + 5], data[e + 6], data[e + 7]
-    for i in range(m1 - m0):  # slices start at 0: no wraparound test, so LLVM vectorizes
-        ys[i] += (v0 * x0[i] + v1 * x1[i] + v2 * x2[i] + v3 * x3[i]) + \
-                 (v4 * x4[i] + v5 * x5[i] + v6 * x6[i] + v7 * x7[i])
+"""int8: nonzeros per pass over the output slice (the body of _axpy8_i8 is written for 8). Chosen by
+bench/test_bench_matmul.py at M=128, K=N=1024, 10 % density: 8 beat 4 by 1.3×; 1 is scipy's."""
 
 
 @njit(cache=True, inline="always")
 def _axpy8_i8(y, xt, indices, data, e, m0, m1):
-    """As _axpy8_f32 in int32: products of int8 weights and 8-bit activations widened to int32."""
+    """y[m0:m1] += Σ_{j<8} data[e+j]·xt[indices[e+j], m0:m1] in int32 (int8 weights and 8-bit
+    activations widened to int32), with one load and store of y per 8 nonzeros."""
     ys = y[m0:m1]
     x0, x1 = xt[np.int64(indices[e])][m0:m1], xt[np.int64(indices[e + 1])][m0:m1]
     x2, x3 = xt[np.int64(indices[e + 2])][m0:m1], xt[np.int64(indices[e + 3])][m0:m1]
@@ -62,38 +58,201 @@ def _axpy1(y, x, v, m0, m1):
         ys[i] = ys[i] + v * xs[i]
 
 
+# ---------------------------------------------------------------- float32: a row block in registers
+
+def _row_block_loops(y, xt, indices, data, start, end, m0, count, first, b):
+    """y[m0:m0+count] = (b if first else y[m0:m0+count]) + Σ_{e=start}^{end−1} data[e]·xt[indices[e],
+    m0:m0+count], one nonzero after another, each product and each sum rounded to float32.
+
+    The plain form of _row_block_ir (same bytes): it runs on CPUs without AVX2 and as Python under
+    NUMBA_DISABLE_JIT=1. It loads and stores the output slice once per nonzero, which the IR form
+    keeps in registers instead.
+    """
+    ys = y[m0:m0 + count]
+    if first:
+        for i in range(count):
+            ys[i] = b
+    for e in range(start, end):
+        v, xs = data[e], xt[np.int64(indices[e])][m0:m0 + count]
+        for i in range(count):
+            ys[i] = ys[i] + v * xs[i]
+
+
+LANES_F32 = 16 if HAS_AVX512 else 8
+"""float32 values per vector: a zmm register where the CPU has AVX-512 (F and VL), else a ymm one."""
+ROW_VECTORS = 8
+"""Vector accumulators per row block. 8 leave room for the operands within AVX2's 16 ymm registers;
+with AVX-512's zmm the block is 128 pixels wide, with AVX2's ymm 64."""
+PIXELS_PER_BLOCK = ROW_VECTORS * LANES_F32
+"""Values of m per row block."""
+
+
+def _row_block_ir(vectors: int, masked: bool):
+    """An intrinsic computing _row_block_loops with ``vectors`` accumulators of LANES_F32 lanes kept
+    in registers, for count = vectors·LANES_F32 pixels (``masked`` False) or count ≤ that
+    (``masked`` True: each vector's loads and store are masked to its lanes below count, with
+    llvm.masked.load/store, so no lane past count is read or written and the last row of xt is
+    safe). The loop over the nonzeros loads index and value, broadcasts the value, and for each
+    vector loads xt[k, m0+v·L : m0+(v+1)·L], multiplies and adds (``fmul`` then ``fadd``: rounded
+    twice, as written, never an FMA). The accumulators start from b or from y, and are stored to y
+    once, after the last nonzero."""
+    lanes = LANES_F32
+    f32, i1, i32, i64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    vec, int_vec, mask_t = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes), ir.VectorType(i1, lanes)
+
+    @intrinsic
+    def row_block(typingctx, y, xt, indices, data, start, end, m0, count, first, b):
+        if not (isinstance(y, types.Array) and isinstance(xt, types.Array) and y.layout == "C"
+                and xt.layout == "C" and y.dtype == xt.dtype == data.dtype == types.float32
+                and isinstance(indices.dtype, types.Integer)):
+            return None
+        sig = types.void(y, xt, indices, data, types.intp, types.intp, types.intp, types.intp,
+                         types.boolean, types.float32)
+
+        def codegen(context, builder, signature, args):
+            y_v, xt_v, ind_v, data_v, start_v, end_v, m0_v, count_v, first_v, b_v = args
+            ya, xa, ia, da = (context.make_array(t)(context, builder, v)
+                              for t, v in zip(signature.args[:4], args[:4]))
+            vec_ptr = vec.as_pointer()
+
+            def splat(value, vector_type):
+                undef = ir.Constant(vector_type, ir.Undefined)
+                one = builder.insert_element(undef, value, i32(0))
+                return builder.shuffle_vector(one, undef, ir.Constant(int_vec, [0] * lanes))
+
+            if masked:  # vector v holds pixels v·L + lane: those below count are live
+                masked_load = builder.module.declare_intrinsic(
+                    f"llvm.masked.load.v{lanes}f32.p0",
+                    fnty=ir.FunctionType(vec, [vec_ptr, i32, mask_t, vec]))
+                masked_store = builder.module.declare_intrinsic(
+                    f"llvm.masked.store.v{lanes}f32.p0",
+                    fnty=ir.FunctionType(ir.VoidType(), [vec, vec_ptr, i32, mask_t]))
+                live = splat(builder.trunc(count_v, i32), int_vec)
+                masks = [builder.icmp_signed("<", ir.Constant(int_vec, [v * lanes + j for j in range(lanes)]),
+                                             live) for v in range(vectors)]
+                zero = ir.Constant(vec, [0.0] * lanes)
+
+            def load(base, v):
+                ptr = builder.gep(base, [i64(v)])
+                if masked:
+                    return builder.call(masked_load, [ptr, i32(4), masks[v], zero])
+                return builder.load(ptr, align=4)
+
+            def store(value, base, v):
+                ptr = builder.gep(base, [i64(v)])
+                if masked:
+                    builder.call(masked_store, [value, ptr, i32(4), masks[v]])
+                else:
+                    builder.store(value, ptr, align=4)
+
+            y_row = builder.bitcast(builder.gep(ya.data, [m0_v]), vec_ptr)
+            accs = [cgutils.alloca_once(builder, vec) for _ in range(vectors)]
+            bias = splat(b_v, vec)
+            for v, acc in enumerate(accs):
+                builder.store(builder.select(first_v, bias, load(y_row, v)), acc)
+            x_stride = cgutils.unpack_tuple(builder, xa.strides)[0]
+            x_bytes = builder.bitcast(xa.data, ir.IntType(8).as_pointer())
+            m_bytes = builder.mul(m0_v, i64(4))
+            signed = signature.args[2].dtype.signed
+            with cgutils.for_range_slice(builder, start_v, end_v, i64(1)) as (e, _):
+                k = builder.load(builder.gep(ia.data, [e]))
+                k = builder.sext(k, i64) if signed else builder.zext(k, i64)
+                value = splat(builder.load(builder.gep(da.data, [e])), vec)
+                x_row = builder.bitcast(
+                    builder.gep(x_bytes, [builder.add(builder.mul(k, x_stride), m_bytes)]), vec_ptr)
+                for v, acc in enumerate(accs):
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(value, load(x_row, v))),
+                                  acc)
+            for v, acc in enumerate(accs):
+                store(builder.load(acc), y_row, v)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return row_block
+
+
+_WHOLE = _row_block_ir(ROW_VECTORS, masked=False)
+_MASKED_1, _MASKED_2, _MASKED_4, _MASKED_8 = (_row_block_ir(v, masked=True) for v in (1, 2, 4, 8))
+
+
+@njit(cache=True, inline="always")
+def _row_block_avx(y, xt, indices, data, start, end, m0, count, first, b):
+    """_row_block_loops in registers: a whole block of PIXELS_PER_BLOCK pixels unmasked, a narrower
+    one (the last slice of a row, or all of a small batch) by the smallest of the 1-, 2-, 4- and
+    8-vector masked intrinsics that holds count pixels."""
+    if count == PIXELS_PER_BLOCK:
+        _WHOLE(y, xt, indices, data, start, end, m0, count, first, b)
+    elif count > 4 * LANES_F32:
+        _MASKED_8(y, xt, indices, data, start, end, m0, count, first, b)
+    elif count > 2 * LANES_F32:
+        _MASKED_4(y, xt, indices, data, start, end, m0, count, first, b)
+    elif count > LANES_F32:
+        _MASKED_2(y, xt, indices, data, start, end, m0, count, first, b)
+    else:
+        _MASKED_1(y, xt, indices, data, start, end, m0, count, first, b)
+
+
+ROW_BLOCKS = {"loops": njit(cache=True, inline="always")(_row_block_loops), "avx": _row_block_avx}
+"""The row block variants by name ("avx" needs an AVX2 CPU, HAS_AVX2); same bytes out."""
+
+_row_block = (_row_block_loops if numba.config.DISABLE_JIT
+              else _row_block_avx if HAS_AVX2 else ROW_BLOCKS["loops"])
+"""The row block matmul_csr_f32 runs: registers where the CPU has AVX2, loops elsewhere, the plain
+Python function when Numba's JIT is off (LLVM IR cannot run as Python)."""
+
+K_PER_BLOCK = 256
+"""Values of k per pass over a task's rows: the rows of xt that a pass reads (256 rows of one
+PIXELS_PER_BLOCK slice) stay in L1/L2 and within few pages. Chosen by bench/test_bench_matmul_session.py's
+layer (M = 128, K = N = 1024, 90 % sparse, AVX-512): 256 beat 128, 1024 (no blocking) and 64."""
+ROWS_PER_TASK = 64
+"""Output channels per parallel task (with one PIXELS_PER_BLOCK slice of pixels)."""
+
+
 def _matmul_csr_f32(indptr, indices, data, b, xt, yt, lo, hi):
     # W (N,K) csr @ xt (K,M) + b -> yt (N,M)
     """yt[n,m] = clamp(b[n] + Σ_{k ∈ nz(n)} w[n,k]·xt[k,m], lo, hi)
 
-    Loop nest: prange n; slices of PIXELS_PER_TILE pixels; nonzeros of row n, 8 per pass (then one
-    at a time); one axpy over the slice per pass.
+    Loop nest: prange tasks of ROWS_PER_TASK rows n × one slice of PIXELS_PER_BLOCK pixels; passes
+    over K_PER_BLOCK values of k; per row, its nonzeros in the pass, summed into the slice in
+    registers (_row_block), one after another; then the clamp. Every output is b[n] plus its
+    products in the order of the row's nonzeros, each product and sum rounded to float32.
     indptr [N+1] int — CSR row pointers (uint8, uint16, int32 or int64)
-    indices [nnz] int — column k of each nonzero (same choices of dtype)
+    indices [nnz] int — column k of each nonzero, sorted within a row (same choices of dtype)
     data [nnz] float32 — the nonzero weights
     b [N] float32 — bias (zeros if none)
-    xt [K,M] float32 — activations, channel-major (a 1×1 conv's x[b] as (C, H·W)), C-contiguous
+    xt [K,M] float32 — activations, channel-major (a Gemm's x transposed), C-contiguous
     yt [N,M] float32 — output, C-contiguous, overwritten
     lo, hi float32 — fused activation bounds (−inf/inf none, 0/inf ReLU, 0/6 ReLU6)
-    Preconditions: valid CSR (indptr[0] = 0, non-decreasing, indices < K); shapes as above.
-    Work: 2·M·nnz flops; reads xt nnz·M times 4 bytes (from L1/L2), writes yt N·M·4 bytes.
+    Preconditions: valid CSR (indptr[0] = 0, non-decreasing, indices < K and sorted within a row);
+    shapes as above.
+    Work: 2·M·nnz flops; reads xt nnz·M times 4 bytes (from L1/L2), writes yt N·M·4 bytes
+    (and reads it back once per pass after the first).
     """
     N, M = yt.shape
-    for n in prange(N):
-        start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
-        y = yt[n]
-        for m0 in range(0, M, PIXELS_PER_TILE):
-            m1 = min(M, m0 + PIXELS_PER_TILE)
-            y[m0:m1] = b[n]
-            e = start
-            while e + NNZ_UNROLL <= end:
-                _axpy8_f32(y, xt, indices, data, e, m0, m1)
-                e += NNZ_UNROLL
-            while e < end:
-                _axpy1(y, xt[np.int64(indices[e])], data[e], m0, m1)
-                e += 1
-            for m in range(m0, m1):
-                y[m] = min(max(y[m], lo), hi)
+    K = xt.shape[0]
+    slices = (M + PIXELS_PER_BLOCK - 1) // PIXELS_PER_BLOCK
+    tasks = (N + ROWS_PER_TASK - 1) // ROWS_PER_TASK * slices
+    for task in prange(tasks):
+        n0, m0 = task // slices * ROWS_PER_TASK, task % slices * PIXELS_PER_BLOCK
+        n1, count = min(N, n0 + ROWS_PER_TASK), min(PIXELS_PER_BLOCK, M - m0)
+        cursor = np.empty(n1 - n0, np.int64)  # per row: its first nonzero not yet summed
+        for n in range(n0, n1):
+            cursor[n - n0] = indptr[n]
+        for k1 in range(K_PER_BLOCK, max(K, 1) + K_PER_BLOCK, K_PER_BLOCK):
+            first = k1 == K_PER_BLOCK
+            for n in range(n0, n1):
+                start, end = cursor[n - n0], np.int64(indptr[n + 1])
+                stop = start
+                while stop < end and indices[stop] < k1:
+                    stop += 1
+                if first or stop > start:
+                    _row_block(yt[n], xt, indices, data, start, stop, m0, count, first, b[n])
+                cursor[n - n0] = stop
+        for n in range(n0, n1):
+            y = yt[n][m0:m0 + count]
+            for i in range(count):
+                y[i] = min(max(y[i], lo), hi)
 
 
 matmul_csr_f32 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_f32)
@@ -106,7 +265,8 @@ def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
     real = scale·(q − zero_point): w per output channel with zero point 0 (so a skipped zero weight
     is exact), x per tensor; its zero point is folded into bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] at plan
     time. No rounding, no saturation here: requantize_dense_i8 turns yt into 8 bits.
-    Loop nest: as matmul_csr_f32 (prange n; PIXELS_PER_TILE slices; 8 nonzeros per pass; axpy).
+    Loop nest: prange n; PIXELS_PER_TILE slices; 8 nonzeros per pass (_axpy8_i8), then one at a
+    time (_axpy1); each pass one axpy over the slice.
     indptr [N+1], indices [nnz] int — CSR of w (uint8, uint16, int32 or int64)
     data [nnz] int8 — the nonzero weights, anything in [−128, 127]
     bias [N] int32 — the folded bias bias'

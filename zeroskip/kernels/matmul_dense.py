@@ -34,6 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._copies import renamed_copy
+from ._cpu import HAS_AVX2, HAS_VNNI
 from .quant import requantize_row
 
 X_ROWS_PER_TILE = 2
@@ -314,22 +315,6 @@ def _tile_portable(x, w, bias, yt, m, n, K):
         for j in range(W_ROWS_PER_TILE):
             yt[n + j, m + i] = bias[n + j] + sums[i, j]
 
-
-def _host_features() -> dict:
-    try:
-        from llvmlite import binding as llvm
-
-        return dict(llvm.get_host_cpu_features())
-    except Exception:  # noqa: BLE001 - no feature list: take the portable path
-        return {}
-
-
-_FEATURES = _host_features()
-HAS_AVX2 = bool(_FEATURES.get("avx2", False))
-"""Whether this CPU has AVX2 (the ``vpmaddwd`` intrinsic needs it)."""
-HAS_VNNI = HAS_AVX2 and bool(_FEATURES.get("avxvnni", False) or (
-    _FEATURES.get("avx512vnni", False) and _FEATURES.get("avx512vl", False)))
-"""Whether this CPU has a 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI with AVX-512 VL)."""
 
 TILES = {"python": _tile_python, "avx2": _tile_avx2, "vnni": _tile_vnni, "portable": _tile_portable}
 """The tile variants by name; each writes the tile's X_ROWS × W_ROWS outputs of yt."""
