@@ -115,6 +115,34 @@ def test_row_block_every_pixel_count_start_and_continue(variant):
             _same_bytes(y, want, variant=variant, count=count, first=first, start=start, end=end)
 
 
+@pytest.mark.skipif(not RUNS_AVX, reason="the register block needs AVX2 and the JIT")
+@pytest.mark.parametrize("lanes", [8] + ([16] if matmul_csr.HAS_AVX512 else []))
+@pytest.mark.parametrize("vectors,masked", [(8, False), (1, True), (2, True), (4, True), (8, True)])
+def test_each_register_block_at_both_vector_widths(vectors, masked, lanes):
+    """Each IR block on its own, with ymm (AVX2's 8 lanes, what CPUs without AVX-512 run) and, on
+    an AVX-512 CPU, zmm lanes: the bytes of the plain block for every count it takes."""
+    raw = matmul_csr._row_block_ir(vectors, masked, lanes)
+
+    @njit
+    def block(y, xt, indices, data, start, end, m0, count, first, b):
+        raw(y, xt, indices, data, start, end, m0, count, first, b)
+
+    rng = np.random.default_rng(vectors * 100 + lanes)
+    K, M, m0 = 30, vectors * lanes + 9, 5
+    xt = rng.standard_normal((K, M)).astype(np.float32)
+    indices = np.sort(rng.choice(K, 12, replace=False)).astype(np.uint16)
+    data = rng.standard_normal(12).astype(np.float32)
+    counts = range(1, vectors * lanes + 1) if masked else [vectors * lanes]
+    for count in counts:
+        for first in (True, False):
+            y = rng.standard_normal(M).astype(np.float32)
+            want = y.copy()
+            matmul_csr._row_block_loops(want, xt, indices, data, 1, 11, m0, count, first,
+                                        np.float32(-0.5))
+            block(y, xt, indices, data, 1, 11, m0, count, first, np.float32(-0.5))
+            _same_bytes(y, want, vectors=vectors, masked=masked, lanes=lanes, count=count)
+
+
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 

@@ -87,7 +87,7 @@ PIXELS_PER_BLOCK = ROW_VECTORS * LANES_F32
 """Values of m per row block."""
 
 
-def _row_block_ir(vectors: int, masked: bool):
+def _row_block_ir(vectors: int, masked: bool, lanes: int = LANES_F32):
     """An intrinsic computing _row_block_loops with ``vectors`` accumulators of LANES_F32 lanes kept
     in registers, for count = vectors·LANES_F32 pixels (``masked`` False) or count ≤ that
     (``masked`` True: each vector's loads and store are masked to its lanes below count, with
@@ -95,8 +95,8 @@ def _row_block_ir(vectors: int, masked: bool):
     safe). The loop over the nonzeros loads index and value, broadcasts the value, and for each
     vector loads xt[k, m0+v·L : m0+(v+1)·L], multiplies and adds (``fmul`` then ``fadd``: rounded
     twice, as written, never an FMA). The accumulators start from b or from y, and are stored to y
-    once, after the last nonzero."""
-    lanes = LANES_F32
+    once, after the last nonzero. (``lanes`` other than LANES_F32: the tests' ymm blocks on an
+    AVX-512 CPU.)"""
     f32, i1, i32, i64 = ir.FloatType(), ir.IntType(1), ir.IntType(32), ir.IntType(64)
     vec, int_vec, mask_t = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes), ir.VectorType(i1, lanes)
 
