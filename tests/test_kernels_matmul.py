@@ -18,7 +18,8 @@ import zeroskip.kernels
 import zeroskip.reference
 from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
-from zeroskip.kernels.matmul_csr import matmul_csr_f32, matmul_csr_i8
+from zeroskip.kernels.matmul_csr import (PIXELS_PER_TILE, ROWS_PER_RQ_TASK, matmul_csr_f32,
+                                         matmul_csr_i8, matmul_csr_rq_i8)
 from zeroskip.kernels.matmul_dense import PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8
 from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
 from zeroskip.model import index_dtype
@@ -101,6 +102,13 @@ def _run_dense_i8(w, x, bias):
     yt = np.full((w.shape[0], x.shape[0]), -1, dtype=np.int32)
     matmul_dense_i8(x, w, bias, yt)
     return yt, ref_dense.matmul_dense_i8(x, w, bias)
+
+
+def _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, index_type=np.int32):
+    indptr, indices, data = _csr(w, index_type)
+    y = np.full((w.shape[0], xt.shape[1]), 77, dtype=y_type)
+    matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, zp, lo, hi, y)
+    return y, ref_csr.matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, zp, lo, hi)
 
 
 def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type):
@@ -365,17 +373,29 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
                                          y_type)
     assert np.array_equal(want_fused, want_y)
     assert_exact(fused, want_y, dtype=y_type, extra={"acc": acc}, kernel="dense rq", **context)
+    fused, want_fused = _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, index_dtype(K))
+    assert np.array_equal(want_fused, want_y)
+    assert_exact(fused, want_y, dtype=y_type, extra={"acc": acc}, kernel="csr rq", **context)
+
+
+RQ_SHAPES = {
+    "dense": [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
+              (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144)],
+    "csr": [(1, 1, 1), (PIXELS_PER_TILE - 1, ROWS_PER_RQ_TASK - 1, 16),
+            (PIXELS_PER_TILE, ROWS_PER_RQ_TASK, 24), (2 * PIXELS_PER_TILE + 3, 2 * ROWS_PER_RQ_TASK + 1, 9),
+            (3 * PIXELS_PER_TILE + 1, 13, 144)],
+}
+"""Per requantizing GEMM: pixel counts around its chunk (dense: PIXELS_PER_CHUNK rows of x; csr:
+PIXELS_PER_TILE pixels), rows around its panel or task, K tails."""
 
 
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
-@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16),
-                                   (PIXELS_PER_CHUNK, 8, 33), (2 * PIXELS_PER_CHUNK + 3, 7, 48),
-                                   (3 * PIXELS_PER_CHUNK + 1, 13, 144)])
-def test_matmul_dense_rq_i8_is_the_gemm_then_requantize(M, N, K, y_type):
-    """The requantizing GEMM gives matmul_dense_i8 + requantize_dense_i8's bytes: chunks of x rows
-    with a remainder, N mod 4 edge rows, K tails, outputs clamped at both ends (a fused ReLU's lo)."""
+@pytest.mark.parametrize("gemm,M,N,K", [(g, *shape) for g, shapes in RQ_SHAPES.items() for shape in shapes])
+def test_requantizing_gemms_are_the_gemm_then_requantize(gemm, M, N, K, y_type):
+    """matmul_dense_rq_i8 and matmul_csr_rq_i8 give the bytes of their GEMM + requantize_dense_i8:
+    chunks with a remainder, edge rows, K tails, outputs clamped at both ends (a fused ReLU's lo)."""
     rng = np.random.default_rng(M + 31 * N + K)
-    w, xt, bias = _i8_case(M, N, K, 0.7, np.uint8, M * N + K)
+    w, xt, bias = _i8_case(M, N, K, 0.7 if gemm == "dense" else 0.3, np.uint8, M * N + K)
     x = np.ascontiguousarray(xt.T)
     acc, _ = _run_dense_i8(w, x, bias)
     # a multiplier that spreads the sums over 400 steps about the middle of the type: both clamps act
@@ -386,7 +406,10 @@ def test_matmul_dense_rq_i8_is_the_gemm_then_requantize(M, N, K, y_type):
                      *TYPE_RANGE[y_type]))
     lo, hi = TYPE_RANGE[y_type][0] + 3, TYPE_RANGE[y_type][1] - 5
     want, _ = _requantize(acc, m0, shift, zp, lo, hi, y_type)
-    got, reference = _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type)
+    if gemm == "dense":
+        got, reference = _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type)
+    else:
+        got, reference = _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type)
     assert np.array_equal(reference, want)
     assert M * N < 64 or ((got == lo).any() and (got == hi).any())
     assert_exact(got, want, dtype=y_type, extra={"acc": acc}, M=M, N=N, K=K)
@@ -420,6 +443,7 @@ def _all_kernels_once():
     out["requantize_dense_i8"], _ = _requantize(out["matmul_csr_i8"], m0, shift, 3, 0, 255, np.uint8)
     out["matmul_dense_rq_i8"], _ = _run_dense_rq_i8(w, np.ascontiguousarray(xt.T), bias, m0, shift,
                                                     3, 0, 255, np.uint8)
+    out["matmul_csr_rq_i8"], _ = _run_csr_rq_i8(w, xt, bias, m0, shift, 3, 0, 255, np.uint8)
     x = rng.standard_normal(3 * 4096 + 5).astype(np.float32)
     q = np.zeros(x.shape, np.int8)
     quantize_dense_f32(x, np.float32(0.02), -3, q)

@@ -119,15 +119,19 @@ def test_int8_kernels_agree_with_each_other(case):
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     """A 1×1 stride-1 int8 conv in dense-i8 runs its GEMM on the channels-last copy of its input,
-    with no im2row; other convs keep it; the outputs equal the reference mode's and sparse-i8's."""
+    with no im2row, and in sparse-i8 the requantizing CSR GEMM on its planar input, with no padded
+    planes; other convs keep their kernels; the outputs equal the reference mode's, exactly."""
     _, model, input_name, x, _ = _quantized("pointwise", fmt, "uint8")
     session = zeroskip.Session(model, mode="dense-i8")
     kernels = [row["kernel"] for row in session.explain() if row["op"] in ("QConv", "QLinearConv")]
     pointwise = [k for k in kernels if k == "channels_last_dense_i8 + matmul_dense_rq_i8"]
     assert len(pointwise) == 3 and len(kernels) == 5, kernels
     got = session.run({input_name: x})
-    for mode in ("reference", "sparse-i8"):
-        other = zeroskip.Session(model, mode=mode).run({input_name: x})
+    sparse = zeroskip.Session(model, mode="sparse-i8")
+    kernels = [row["kernel"] for row in sparse.explain() if row["op"] in ("QConv", "QLinearConv")]
+    assert kernels.count("matmul_csr_rq_i8") == 3 and len(kernels) == 5, kernels
+    for mode, other in (("reference", zeroskip.Session(model, mode="reference")), ("sparse-i8", sparse)):
+        other = other.run({input_name: x})
         for key in got:
             assert np.array_equal(got[key], other[key]), mode
 

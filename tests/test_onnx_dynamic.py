@@ -221,13 +221,19 @@ CONV_CASES = [
     ((1, 4, 9, 8), (6, 2, 3, 2), dict(group=2, strides=[2, 1], pads=[0, 1, 2, 0])),
     ((1, 5, 10, 10), (5, 1, 3, 3), dict(group=5, pads=[1, 1, 1, 1], dilations=[2, 2])),
     ((1, 3, 7, 7), (4, 3, 1, 1), dict()),
+    ((2, 5, 6, 7), (3, 5, 1, 1), dict(strides=[1, 1], auto_pad="SAME_UPPER")),  # pointwise too
+    ((1, 4, 5, 5), (3, 4, 1, 1), dict(pads=[1, 0, 0, 1])),  # 1×1 with pads: not pointwise
+    ((1, 4, 6, 6), (3, 4, 1, 1), dict(strides=[2, 2])),  # 1×1 strided: not pointwise
 ]
+POINTWISE = {3: True, 4: True, 5: False, 6: False}
+"""Which CONV_CASES (by index) sparse-i8 runs as a CSR GEMM on the planar input (matmul_csr_i8)."""
 
 
-@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_CASES)
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
 @pytest.mark.parametrize("x_dtype,w_dtype", [(np.uint8, np.int8), (np.int8, np.int8),
                                              (np.uint8, np.uint8)])
-def test_conv_integer_kernels_are_exact(x_shape, w_shape, attrs, x_dtype, w_dtype):
+def test_conv_integer_kernels_are_exact(case, x_dtype, w_dtype):
+    x_shape, w_shape, attrs = CONV_CASES[case]
     rng = np.random.default_rng(int(np.prod(x_shape)))
     w = _ints(rng, w_shape, np.int8) // 2
     w[rng.random(w.shape) < 0.6] = 0
@@ -244,8 +250,11 @@ def test_conv_integer_kernels_are_exact(x_shape, w_shape, attrs, x_dtype, w_dtyp
     imported = zeroskip.import_onnx(model)
     for mode in MODES:
         session = zeroskip.Session(imported, mode=mode)
+        kernel = session.explain()[1]["kernel"]
         if mode != "reference":
-            assert session.explain()[1]["kernel"] != "reference", mode
+            assert kernel != "reference", mode
+        if mode == "sparse-i8" and case in POINTWISE and w_dtype == np.int8:
+            assert kernel == ("matmul_csr_i8" if POINTWISE[case] else "conv2d_csr_i8"), kernel
         got = session.run(feeds)["y"]
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want.astype(np.int32), err_msg=mode)

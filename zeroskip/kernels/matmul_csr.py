@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX2, HAS_AVX512
+from .quant import requantize_row
 
 PIXELS_PER_TILE = 512
 """int8: pixels (values of m) per slice of an output row, 2 KB of int32, kept in L1 across the row's
@@ -34,10 +35,10 @@ bench/test_bench_matmul.py at M=128, K=N=1024, 10 % density: 8 beat 4 by 1.3×; 
 
 
 @njit(cache=True, inline="always")
-def _axpy8_i8(y, xt, indices, data, e, m0, m1):
-    """y[m0:m1] += Σ_{j<8} data[e+j]·xt[indices[e+j], m0:m1] in int32 (int8 weights and 8-bit
-    activations widened to int32), with one load and store of y per 8 nonzeros."""
-    ys = y[m0:m1]
+def _axpy8_i8(ys, xt, indices, data, e, m0, m1):
+    """ys[:] += Σ_{j<8} data[e+j]·xt[indices[e+j], m0:m1] in int32 (int8 weights and 8-bit
+    activations widened to int32), with one load and store of ys per 8 nonzeros. ys is the output
+    slice (m1 − m0 values), indexed from 0 (an int32 row's slice, or a scratch)."""
     x0, x1 = xt[np.int64(indices[e])][m0:m1], xt[np.int64(indices[e + 1])][m0:m1]
     x2, x3 = xt[np.int64(indices[e + 2])][m0:m1], xt[np.int64(indices[e + 3])][m0:m1]
     x4, x5 = xt[np.int64(indices[e + 4])][m0:m1], xt[np.int64(indices[e + 5])][m0:m1]
@@ -51,9 +52,9 @@ def _axpy8_i8(y, xt, indices, data, e, m0, m1):
 
 
 @njit(cache=True, inline="always")
-def _axpy1(y, x, v, m0, m1):
-    """y[m0:m1] += v·x[m0:m1] (in y's type; int8/uint8 x is widened first)."""
-    ys, xs = y[m0:m1], x[m0:m1]
+def _axpy1(ys, x, v, m0, m1):
+    """ys[:] += v·x[m0:m1] (in ys's type; int8/uint8 x is widened first); ys as for _axpy8_i8."""
+    xs = x[m0:m1]
     for i in range(m1 - m0):
         ys[i] = ys[i] + v * xs[i]
 
@@ -279,20 +280,60 @@ def _matmul_csr_i8(indptr, indices, data, bias, xt, yt):
     """
     N, M = yt.shape
     for n in prange(N):
-        start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
         y = yt[n]
         for m0 in range(0, M, PIXELS_PER_TILE):
             m1 = min(M, m0 + PIXELS_PER_TILE)
-            y[m0:m1] = bias[n]
-            e = start
-            while e + NNZ_UNROLL <= end:
-                _axpy8_i8(y, xt, indices, data, e, m0, m1)
-                e += NNZ_UNROLL
-            while e < end:
-                _axpy1(y, xt[np.int64(indices[e])], np.int32(data[e]), m0, m1)
-                e += 1
+            _sums_i8(indptr, indices, data, bias, xt, n, m0, m1, y[m0:m1])
+
+
+@njit(cache=True, inline="always")
+def _sums_i8(indptr, indices, data, bias, xt, n, m0, m1, ys):
+    """ys[:] = bias[n] + Σ_{k ∈ nz(n)} q_w[n,k]·q_x[k, m0:m1] in int32: row n's nonzeros, 8 per
+    pass (_axpy8_i8), then one at a time (_axpy1)."""
+    start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
+    ys[:] = bias[n]
+    e = start
+    while e + NNZ_UNROLL <= end:
+        _axpy8_i8(ys, xt, indices, data, e, m0, m1)
+        e += NNZ_UNROLL
+    while e < end:
+        _axpy1(ys, xt[np.int64(indices[e])], np.int32(data[e]), m0, m1)
+        e += 1
 
 
 matmul_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_i8)
 
-KERNELS = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8}
+ROWS_PER_RQ_TASK = 8
+"""Output channels per parallel task of matmul_csr_rq_i8 (each task allocates one scratch)."""
+
+
+def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi, yt):
+    # W (N,K) csr int8 @ xt (K,M) uint8|int8 + bias', requantized -> yt (N,M) uint8|int8
+    """yt[n,m] = requantize(bias'[n] + Σ_{k ∈ nz(n)} q_w[n,k]·q_x[k,m]): matmul_csr_i8 and then
+    requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
+
+    The int32 sums never reach memory: per output channel, PIXELS_PER_TILE pixels at a time, they
+    are summed into a scratch that stays in L1 and requantized from there into yt. A pointwise
+    (1×1) conv is this GEMM on its planar input, x[b] as (C, H·W): MobileNetV2's expand convs have
+    K = 16–24, so at 10 % density a row holds 2 nonzeros, and writing and reading back 4 bytes
+    per output cost more than the products.
+    Loop nest: prange tasks of ROWS_PER_RQ_TASK rows n; PIXELS_PER_TILE slices; the row's sums
+    (as matmul_csr_i8), then requantize_row.
+    Preconditions as matmul_csr_i8's and requantize_dense_i8's; yt [N,M] uint8|int8, C-contiguous.
+    Work: 2·M·nnz int ops and N·M requantizations; reads xt nnz·M bytes, writes yt N·M bytes.
+    """
+    N, M = yt.shape
+    for task in prange((N + ROWS_PER_RQ_TASK - 1) // ROWS_PER_RQ_TASK):
+        sums = np.empty(min(M, PIXELS_PER_TILE), np.int32)
+        for n in range(task * ROWS_PER_RQ_TASK, min(N, (task + 1) * ROWS_PER_RQ_TASK)):
+            for p0 in range(0, M, PIXELS_PER_TILE):
+                p1 = min(M, p0 + PIXELS_PER_TILE)
+                ys = sums[:p1 - p0]
+                _sums_i8(indptr, indices, data, bias, xt, n, p0, p1, ys)
+                requantize_row(ys, m0[n], shift[n], y_zero_point, lo, hi, yt[n, p0:p1])
+
+
+matmul_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_rq_i8)
+
+KERNELS = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8,
+           "matmul_csr_rq_i8": matmul_csr_rq_i8}

@@ -4,8 +4,9 @@ int32 accumulation, Q31 requantization (docs/quantization.md).
 The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
 shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
 requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
-The dense ones requantize in the GEMM's epilogue when the op asks (``requantizes``: QGemm and
-QConv do, the integer ops do not); the others leave the int32 sums to ``requantize_dense_i8``.
+The dense ones, the channels-last depthwise and the CSR GEMM of a pointwise conv requantize in
+their epilogue when the op asks (``requantizes``: QGemm and QConv do, the integer ops do not); the
+others leave the int32 sums to ``requantize_dense_i8``.
 """
 
 from __future__ import annotations
@@ -210,18 +211,54 @@ class DepthwiseConv(ConvAccumulator):
         return y
 
 
+def is_pointwise(node: Node, kh: int, kw: int) -> bool:
+    """A 1×1 conv with stride 1, no pads and one group: y[b] (N, H·W) = W (N, C) @ x[b] (C, H·W),
+    a GEMM on the planar input as it is (any auto_pad gives a 1×1 stride-1 conv no pads)."""
+    attrs = node.attrs
+    return (kh == kw == 1 and attrs["group"] == 1 and all(s == 1 for s in attrs["strides"] or ())
+            and (attrs["auto_pad"] not in ("", "NOTSET") or not any(attrs["pads"] or ())))
+
+
 class CsrConv(ConvAccumulator):
+    """The direct sparse conv over the nonzeros; a pointwise conv (``is_pointwise``) is the CSR
+    GEMM on each image's planar input instead, with no padded planes, and requantizes in its
+    epilogue when the op asks (``requantizes``: matmul_csr_rq_i8)."""
+
     name = "conv2d_csr_i8"
 
-    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(node, w4)
         self.csr = csr_triple(np.ascontiguousarray(w4.reshape(self.n_out, -1)))
-        self.kernel = ctx.kernel("conv2d_csr_i8")
-        self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
+        self.pointwise = is_pointwise(node, self.kh, self.kw)
+        if self.pointwise:
+            self.kernel, self.name = ctx.kernel("matmul_csr_i8"), "matmul_csr_i8"
+            self.reason = (f"pointwise conv: the int8 CSR GEMM ({len(self.csr[2])} nonzeros) on "
+                           f"each image's planar input, int32 accumulation")
+            if requantizes:  # the int32 sums requantized from L1, never stored
+                self.fused, self.name = True, "matmul_csr_rq_i8"
+                self.rq_kernel = ctx.kernel("matmul_csr_rq_i8")
+                self.reason += ", Q31 requantization in the epilogue"
+        else:
+            self.kernel = ctx.kernel("conv2d_csr_i8")
+            self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
+        if self.pointwise:  # x_zp is in the folded bias: no pads to fill
+            for b in range(x.shape[0]):
+                self.kernel(*self.csr, bias, x[b].reshape(self.channels, -1),
+                            acc[b].reshape(self.n_out, -1))
+            return
         xp, ws = self.planes(x, g, depthwise=False)
         self.kernel(*self.csr, bias, x, x_zp, xp, ws, acc, *geo, self.group)
+
+    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+        if not self.fused:
+            return super().requantized(x, q, requantize)
+        y = np.empty((x.shape[0], self.n_out) + x.shape[2:], q["y_dtype"])
+        for b in range(x.shape[0]):
+            self.rq_kernel(*self.csr, q["bias"], x[b].reshape(self.channels, -1), q["m0"],
+                           q["shift"], q["y_zp"], q["lo"], q["hi"], y[b].reshape(self.n_out, -1))
+        return y
 
 
 class Im2rowConv(ConvAccumulator):
@@ -327,14 +364,15 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
     """The accumulator of an int8 conv, and the CSR/dense choice behind it: depthwise taps for a
     depthwise conv (always dense); else CSR or im2row + dense GEMM as ``choose()`` says (asked only
     then); always im2row with ``im2row_only`` (``window_sums`` needs its rows). ``requantizes``:
-    the dense GEMM may requantize in its epilogue (``fused``)."""
+    the dense GEMM, and the CSR GEMM of a pointwise conv, may requantize in their epilogue
+    (``fused``)."""
     if im2row_only:
         return Im2rowConv(node, w4, ctx), Choice(False)
     if is_depthwise(node, w4):
         return DepthwiseConv(node, w4, ctx, requantizes), Choice(False)
     choice = choose()
     if choice.csr:
-        return CsrConv(node, w4, ctx), choice
+        return CsrConv(node, w4, ctx, requantizes), choice
     return Im2rowConv(node, w4, ctx, requantizes), choice
 
 

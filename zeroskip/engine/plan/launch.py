@@ -89,6 +89,7 @@ WORK = {
     "matmul_dense_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_dense_rq_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_csr_i8": (_macs_csr, MIN_PARALLEL_MACS),
+    "matmul_csr_rq_i8": (_macs_csr, MIN_PARALLEL_MACS),
     "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_MACS),
     "conv2d_csr_f32": (_work_conv_csr_f32, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import requantize_dense_i8
+
 
 def _dense(indptr, indices, data, K, dtype):
     """The (N, K) matrix of a CSR triple (rows = output channels)."""
@@ -35,4 +37,12 @@ def matmul_csr_i8(indptr, indices, data, bias, xt):
     return w @ xt + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-REFERENCES = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8}
+def matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi):
+    """q_y [N,M] int64: matmul_csr_i8's exact accumulator, then requantize_dense_i8's rounding and
+    clamp (the fused kernel must give the bytes of the two kernels in turn)."""
+    return requantize_dense_i8(matmul_csr_i8(indptr, indices, data, bias, xt), m0, shift,
+                               y_zero_point, lo, hi)
+
+
+REFERENCES = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8,
+              "matmul_csr_rq_i8": matmul_csr_rq_i8}
