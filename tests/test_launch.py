@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from zeroskip.engine.plan.launch import MIN_PARALLEL_ELEMENTS, MIN_PARALLEL_MACS, WORK, Launch
+from zeroskip.engine.plan.launch import (MIN_PARALLEL_CSR_RQ_WORK, MIN_PARALLEL_ELEMENTS,
+                                         MIN_PARALLEL_MACS, WORK, Launch)
 from zeroskip.kernels import KERNELS
 
 
@@ -34,6 +35,10 @@ def test_gemm_work_is_its_multiply_accumulates():
     csr_work, _ = WORK["matmul_csr_i8"]
     data, xt = np.zeros(1000, np.int8), np.zeros((256, 128), np.uint8)
     assert csr_work(None, None, data, None, xt, None) == 1000 * 128
+    rq_work, rq_threshold = WORK["matmul_csr_rq_i8"]  # products plus requantized outputs
+    yt = np.zeros((64, 128), np.uint8)
+    assert rq_work(None, None, data, None, xt, None, None, 0, 0, 255, yt) == 1000 * 128 + 64 * 128
+    assert rq_threshold == MIN_PARALLEL_CSR_RQ_WORK
 
 
 def test_parallel_builds_give_the_serial_bytes_through_a_session(monkeypatch):
