@@ -139,6 +139,17 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
 depthwise_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_depthwise_dense_i8)
 
 
+NHWC_BYTES_PER_TASK = 64
+"""depthwise_nhwc_rq_i8: outputs per channel per parallel task, at least a cache line of each
+plane, so neighbouring tasks do not write the same lines (a 7×7 plane is one task per block of
+channels)."""
+NHWC_MIN_TASKS = 8
+"""depthwise_nhwc_rq_i8: parallel tasks to aim for. A small plane has few blocks of rows (14×14:
+3, 7×7: 1), so its channels are split too, into blocks of at least NHWC_MIN_CHANNELS (a multiple of
+16). Splitting channels costs the serial loop 15–20 %, so larger planes keep them whole."""
+NHWC_MIN_CHANNELS = 64
+
+
 def _depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_point, lo, hi, y, kh,
                           kw, sh, sw, dh, dw, pt, pl):
     # w_taps (kh·kw, C) int8 * xh (B,H,W,C) uint8|int8, channels last -> y (B,C,OH,OW) uint8|int8
@@ -152,8 +163,12 @@ def _depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_poin
     small planes is 7–28 values long: 576×14×14 3×3 0.67 → 0.12 ms, 960×7×7 0.42 → 0.05 ms,
     96×112×112 stride 2 1.14 → 0.34 ms (one thread, the accumulator alone); at 144×56×56 stride 1
     the planar kernel wins (0.41 against 0.50 ms), and the planner keeps it there.
-    Loop nest: prange over (b, oh); per ow: the sums start at bias', one pass over C per tap, one
-    requantizing pass.
+    Loop nest: prange over tasks (b; a block of output rows, with at least NHWC_BYTES_PER_TASK
+    outputs per channel, so that two threads never write one cache line of a plane; a block of
+    channels, all of them unless that leaves fewer than NHWC_MIN_TASKS tasks); per oh, per ow: the
+    sums start at bias', one pass over the block's channels per tap, one requantizing pass
+    (vectorized, per-channel multipliers in the lanes) into a channels-last row of the block; then
+    that row into the NCHW planes, a run of OW bytes per channel.
     w_taps [kh·kw, C] int8 — the taps, tap-major; bias [C] int32 — bias' (as depthwise_dense_i8)
     xh [B,H,W,C] uint8|int8 — the input, channels last; m0, shift [C] int32 — per-channel Q31
     multipliers; y [B,C,OH,OW] — output, overwritten; geometry ints as depthwise_dense_i8.
@@ -162,26 +177,43 @@ def _depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_poin
     B, H, W, C = xh.shape
     OH, OW = y.shape[2], y.shape[3]
     zp = np.int32(x_zero_point)
-    for t in prange(B * OH):
-        b, oh = t // OH, t % OH
-        sums = np.empty(C, np.int32)
-        for ow in range(OW):
-            for c in range(_U(C)):
-                sums[c] = bias[c]
-            for i in range(kh):
-                h = oh * sh + i * dh - pt
-                for j in range(kw):
-                    col = ow * sw + j * dw - pl
-                    taps = w_taps[i * kw + j]
-                    if 0 <= h < H and 0 <= col < W:
-                        xs = xh[b, h, col]
-                        for c in range(_U(C)):
-                            sums[c] += np.int32(xs[c]) * np.int32(taps[c])
-                    else:  # a pad: x_zero_point, as the planar kernel's padded plane holds
-                        for c in range(_U(C)):
-                            sums[c] += zp * np.int32(taps[c])
-            for c in range(C):
-                y[b, c, oh, ow] = requantize_one(sums[c], m0[c], shift[c], y_zero_point, lo, hi)
+    rows = min(OH, (NHWC_BYTES_PER_TASK + OW - 1) // OW)  # output rows per task
+    per_image = (OH + rows - 1) // rows
+    # channels per task: all of them, unless the images have fewer than NHWC_MIN_TASKS row blocks
+    splits = max(1, min(C // NHWC_MIN_CHANNELS, (NHWC_MIN_TASKS - 1) // (B * per_image) + 1))
+    width = ((C + splits - 1) // splits + 15) // 16 * 16
+    blocks = (C + width - 1) // width
+    for t in prange(B * per_image * blocks):
+        c0, r = t % blocks * width, t // blocks
+        b, oh0 = r // per_image, r % per_image * rows
+        c1 = min(C, c0 + width)
+        n = c1 - c0
+        sums = np.empty(n, np.int32)
+        q = np.empty((OW, n), y.dtype)  # one output row of the block, channels last
+        for oh in range(oh0, min(OH, oh0 + rows)):
+            for ow in range(OW):
+                for c in range(_U(n)):
+                    sums[c] = bias[_U(c0) + c]
+                for i in range(kh):
+                    h = oh * sh + i * dh - pt
+                    for j in range(kw):
+                        col = ow * sw + j * dw - pl
+                        taps = w_taps[i * kw + j]
+                        if 0 <= h < H and 0 <= col < W:
+                            xs = xh[b, h, col]
+                            for c in range(_U(n)):
+                                sums[c] += np.int32(xs[_U(c0) + c]) * np.int32(taps[_U(c0) + c])
+                        else:  # a pad: x_zero_point, as the planar kernel's padded plane holds
+                            for c in range(_U(n)):
+                                sums[c] += zp * np.int32(taps[_U(c0) + c])
+                qs = q[ow]
+                for c in range(_U(n)):  # vectorized: per-channel multipliers in the lanes
+                    qs[c] = requantize_one(sums[c], m0[_U(c0) + c], shift[_U(c0) + c],
+                                           y_zero_point, lo, hi)
+            for c in range(n):  # the row into the planes, one channel's OW bytes at a time
+                out = y[b, c0 + c, oh]
+                for ow in range(_U(OW)):
+                    out[ow] = q[ow, c]
 
 
 depthwise_nhwc_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_depthwise_nhwc_rq_i8)

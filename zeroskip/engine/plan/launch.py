@@ -28,11 +28,12 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
 * the depthwise convs, with the same work measure and threshold: the pruned int8
   MobileNetV2-shaped model at 2 threads, dense-i8, best of 16 runs with depthwise thresholds of
   2^15, 2^17, 2^19, 2^21, 2^23: 16.7, 18.5, 21.2, 21.0, 22.0 ms;
-* the channels-last depthwise (``depthwise_nhwc_rq_i8``), parallel over output rows, whose outputs
-  are written to NCHW planes: rows of a small plane share cache lines, so two threads writing
-  neighbouring rows contend (serial against 2 threads: 960×7×7, 0.42 million MACs, 0.17 → 0.25 ms;
-  576×14×14, 1.0 million, 0.30 → 0.28; 96×112×112 stride 2, 2.7 million, 1.11 → 0.51): parallel
-  from 2^19.
+* the channels-last depthwise (``depthwise_nhwc_rq_i8``), whose tasks are blocks of output rows
+  and, in small planes, of channels, each writing whole cache lines of the NCHW planes: serial 87,
+  94, 122, 157, 227 µs against parallel 54, 76, 82, 122, 160 µs at 0.28, 0.38, 0.47, 0.75, 1.13
+  million of work (576×14×14 stride 2, 192×28×28 stride 2, 960×7×7, 384×14×14, 576×14×14):
+  parallel from 2^18. (Before its tasks were so arranged, two threads writing neighbouring rows of
+  a small plane contended, and it waited until 2^19.)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
-MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 19
+MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
 MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
 
 
