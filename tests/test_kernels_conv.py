@@ -94,7 +94,8 @@ def _conv_ids(case):
 
 
 def test_every_kernel_has_a_reference():
-    mine = {"conv2d_csr_f32", "conv2d_csr_i8", "im2col_dense_f32", "im2col_dense_i8",
+    mine = {"conv2d_csr_f32", "conv2d_csr_i8", "conv2d_csr_rq_i8", "im2col_dense_f32",
+            "im2col_dense_i8",
             "im2row_dense_i8", "channels_last_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
             "maxpool_dense_f32",
             "avgpool_dense_i8", "global_avgpool_dense_i8", "add_dense_i8", "bias_act_dense_f32",
@@ -158,6 +159,36 @@ def test_conv2d_csr_i8(case, density):
                                        pads=p, dilations=d, groups=g)
     assert_exact(y, want, dtype=np.int32, case=_conv_ids(case), density=density, x_zp=x_zp,
                  extra={"bias'": bias})
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_ids)
+def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
+    """conv2d_csr_rq_i8 (requantized tile by tile) gives the bytes of conv2d_csr_i8 then
+    requantize_dense_i8, image by image: every geometry, uint8 and int8 in and out, outputs clamped
+    at both ends."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(hash((_conv_ids(case), "rq")) % 2**32)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d, groups=g)
+    for x_type, y_type in ((np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)):
+        w = _sparse(rng, (N, C // g * kh * kw), 0.4, np.int8)
+        x, x_zp = _quant_input(rng, (B, C, H, W), x_type)
+        bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
+        acc, csr = _run_conv_i8(w, bias, x, x_zp, case)
+        spread = 300 / (int(acc.max()) - int(acc.min()) + 1)
+        m0, shift = quantize_multiplier(spread * rng.uniform(0.8, 1.2, N))
+        lo, hi = int(np.iinfo(y_type).min) + 2, int(np.iinfo(y_type).max) - 1  # a fused clamp
+        y_zp = int(rng.integers(lo, hi + 1))
+        xp = np.empty((B, C, q["Hp"], q["Wp"]), x.dtype)
+        ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+        y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
+        KERNELS["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, xp, ws, m0, shift, y_zp, lo, hi, y, kh, kw,
+                                    s[0], s[1], d[0], d[1], q["pt"], q["pl"], g)
+        want = REFERENCES["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, m0, shift, y_zp, lo, hi, **geo)
+        unfused = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(N, -1), m0, shift, y_zp,
+                                                              lo, hi) for a in acc])
+        assert np.array_equal(want, unfused.reshape(want.shape))
+        assert_exact(y, want, dtype=y_type, case=_conv_ids(case), x_zp=x_zp)
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[4], CONV_CASES[5]], ids=_conv_ids)
@@ -289,7 +320,13 @@ def test_depthwise(case, density):
     assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
 
 
-@pytest.mark.parametrize("case", [c for c in DW_CASES if c[2] == 1], ids=_dw_ids)
+NHWC_SPLIT_CASES = [  # small planes with many channels: the channels split across tasks
+    (1, 200, 1, 7, 7, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+    (2, 130, 1, 6, 5, 3, 3, [2, 2], [1, 0, 1, 1], [1, 1]),
+]
+
+
+@pytest.mark.parametrize("case", [c for c in DW_CASES if c[2] == 1] + NHWC_SPLIT_CASES, ids=_dw_ids)
 def test_depthwise_channels_last_requantizes_as_the_planar_kernel(case):
     """depthwise_nhwc_rq_i8 (channels last, requantized in its epilogue) gives the bytes of
     depthwise_dense_i8 then requantize_dense_i8: pads at the zero point, strides, dilations, odd C

@@ -4,7 +4,7 @@
   tests a boundary (docs/kernels.md, "The padded plane and the wide accumulator").
 - ``accumulator_pitch``, ``tap_offsets``, ``conv_channel``: one output channel of a direct
   convolution, accumulated tile by tile of output rows, one axpy per weight tap (conv_csr.py, and
-  depthwise.py for kernels other than 3×3).
+  depthwise.py for kernels other than 3×3); ``conv_channel_rq`` requantizes each tile into 8 bits.
 - ``out_range``: the outputs whose tap reads inside the input (im2col.py, pool.py).
 
 The leading underscore of the module's name keeps the kernel collector (``kernels/__init__.py``)
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .quant import requantize_row
 
 INT32_MIN, INT32_MAX = np.int32(-2 ** 31), np.int32(2 ** 31 - 1)
 """The int32 kernels' clamp bounds: no clamp (requantization saturates later)."""
@@ -162,6 +164,13 @@ def _store(acc, y, r0, r1, P, lo, hi):
             yr[ow] = min(max(a[ow], lo), hi)
 
 
+@njit(cache=True, inline="always")
+def _tile_sums(acc, cols, vals, offs, xf, b, r0, r1, P, OW, Wp, sh, sw):
+    """The tile of output rows r0..r1: acc = b, then + the channel's taps."""
+    acc[:(r1 - r0) * P] = b
+    _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
+
+
 @njit(cache=True)
 def conv_channel(acc, cols, vals, offs, xf, b, y, rows, P, Wp, sh, sw, lo, hi):
     """One output channel y [OH,OW] = clamp(b + Σ_e vals[e]·(xf shifted by offs[cols[e]]), lo, hi),
@@ -170,9 +179,22 @@ def conv_channel(acc, cols, vals, offs, xf, b, y, rows, P, Wp, sh, sw, lo, hi):
     OH, OW = y.shape
     for r0 in range(0, OH, rows):
         r1 = min(OH, r0 + rows)
-        acc[:(r1 - r0) * P] = b
-        _taps_into_tile(acc, cols, vals, offs, xf, r0, r1, OW, Wp, sh, sw)
+        _tile_sums(acc, cols, vals, offs, xf, b, r0, r1, P, OW, Wp, sh, sw)
         _store(acc, y, r0, r1, P, lo, hi)
+
+
+@njit(cache=True)
+def conv_channel_rq(acc, cols, vals, offs, xf, b, y, rows, P, Wp, sh, sw, m0n, shift_n,
+                    y_zero_point, lo, hi):
+    """conv_channel's int32 sums, requantized from the tile (in L1) into the 8-bit y [OH,OW] by
+    requantize_row with the channel's multiplier (m0n, shift_n): the int32 plane is never stored."""
+    OH, OW = y.shape
+    for r0 in range(0, OH, rows):
+        r1 = min(OH, r0 + rows)
+        _tile_sums(acc, cols, vals, offs, xf, b, r0, r1, P, OW, Wp, sh, sw)
+        for r in range(r0, r1):
+            requantize_row(acc[(r - r0) * P:(r - r0) * P + OW], m0n, shift_n, y_zero_point, lo, hi,
+                           y[r])
 
 
 @njit(cache=True)

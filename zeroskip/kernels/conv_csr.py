@@ -12,8 +12,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel, pad_planes,
-                      tap_offsets)
+from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
+                      conv_channel_rq, pad_planes, tap_offsets)
+
+
+@njit(cache=True, inline="always")
+def _prepare(x, xp, y, fill, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+    """Pad x into xp with ``fill``; (the accumulator pitch P, rows per tile, the taps' offsets)."""
+    B, C, Hp, Wp = xp.shape
+    pad_planes(x, xp, pt, pl, fill)
+    P = accumulator_pitch(y.shape[3], Wp, sh, sw)
+    return P, max(1, ACC_TILE // P), tap_offsets(C // groups, kh, kw, Hp, Wp, dh, dw)
+
+
+@njit(cache=True, inline="always")
+def _channel(indptr, indices, data, xp, bi, n, N, groups):
+    """Output channel n of image bi: its group's planes of xp (flat), its nonzeros' columns and
+    values."""
+    B, C, Hp, Wp = xp.shape
+    Cg, Ng = C // groups, N // groups
+    xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
+    return xf, indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
 
 
 def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
@@ -32,17 +51,12 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     Preconditions: CSR valid with columns < C/g·kh·kw; N and C divisible by groups; shapes as above.
     Work: 2·B·OH·OW·nnz flops (stride 1: 2·B·OH·Wp·nnz); reads x and xp once per tile from L1/L2.
     """
+    P, rows, offs = _prepare(x, xp, y, np.float32(0.0), kh, kw, sh, sw, dh, dw, pt, pl, groups)
     B, C, Hp, Wp = xp.shape
-    N, OW = y.shape[1], y.shape[3]
-    pad_planes(x, xp, pt, pl, np.float32(0.0))
-    P = accumulator_pitch(OW, Wp, sh, sw)
-    rows = max(1, ACC_TILE // P)
-    Cg, Ng = C // groups, N // groups
-    offs = tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
+    N = y.shape[1]
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
-        cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
+        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
         conv_channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
 
 
@@ -68,21 +82,43 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     K ≤ 65 793 is safe; |s8·s8| ≤ 128·128 = 2^14, so K ≤ 131 071 (the plan checks K).
     Work: 2·B·OH·OW·nnz int ops (stride 1: 2·B·OH·Wp·nnz); 1 byte per xp read, 4 per acc.
     """
+    P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
     B, C, Hp, Wp = xp.shape
-    N, OW = y.shape[1], y.shape[3]
-    pad_planes(x, xp, pt, pl, x_zero_point)
-    P = accumulator_pitch(OW, Wp, sh, sw)
-    rows = max(1, ACC_TILE // P)
-    Cg, Ng = C // groups, N // groups
-    offs = tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
+    N = y.shape[1]
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
-        cols, vals = indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
+        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
         conv_channel(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
                      INT32_MIN, INT32_MAX)
 
 
 conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
 
-KERNELS = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8}
+
+
+def _conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, m0, shift,
+                      y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+    # W (N, C/g·kh·kw) csr int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
+    """y[b,n] = requantize(conv2d_csr_i8's acc[b,n]) (m0, shift, y_zero_point, lo, hi as in
+    requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
+
+    Each tile of a channel's int32 sums (ACC_TILE values, in L1) is requantized into y as soon as
+    its taps are in (conv_channel_rq), so the int32 planes are never stored and read back.
+    Arguments as conv2d_csr_i8's (ws a workspace as there), then the requantization's;
+    y [B,N,OH,OW] uint8|int8 — output, overwritten. Preconditions as the two kernels'.
+    Work: conv2d_csr_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
+    """
+    P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
+    B, C, Hp, Wp = xp.shape
+    N = y.shape[1]
+    for t in prange(B * N):
+        bi, n = t // N, t % N
+        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
+        conv_channel_rq(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
+                        m0[n], shift[n], y_zero_point, lo, hi)
+
+
+conv2d_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_rq_i8)
+
+KERNELS = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8,
+           "conv2d_csr_rq_i8": conv2d_csr_rq_i8}

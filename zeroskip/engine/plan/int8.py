@@ -4,8 +4,8 @@ int32 accumulation, Q31 requantization (docs/quantization.md).
 The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
 shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
 requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
-The dense ones, the channels-last depthwise and the CSR GEMM of a pointwise conv requantize in
-their epilogue when the op asks (``requantizes``: QGemm and QConv do, the integer ops do not); the
+The dense ones, the channels-last depthwise and the CSR convs requantize in their epilogue when
+the op asks (``requantizes``: QGemm and QConv do, the integer ops do not); the
 others leave the int32 sums to ``requantize_dense_i8``.
 """
 
@@ -221,8 +221,8 @@ def is_pointwise(node: Node, kh: int, kw: int) -> bool:
 
 class CsrConv(ConvAccumulator):
     """The direct sparse conv over the nonzeros; a pointwise conv (``is_pointwise``) is the CSR
-    GEMM on each image's planar input instead, with no padded planes, and requantizes in its
-    epilogue when the op asks (``requantizes``: matmul_csr_rq_i8)."""
+    GEMM on each image's planar input instead, with no padded planes. Either requantizes in its
+    epilogue when the op asks (``requantizes``: conv2d_csr_rq_i8, matmul_csr_rq_i8)."""
 
     name = "conv2d_csr_i8"
 
@@ -241,6 +241,10 @@ class CsrConv(ConvAccumulator):
         else:
             self.kernel = ctx.kernel("conv2d_csr_i8")
             self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
+            if requantizes:  # each tile of int32 sums requantized from L1, never stored
+                self.fused, self.name = True, "conv2d_csr_rq_i8"
+                self.rq_kernel = ctx.kernel("conv2d_csr_rq_i8")
+                self.reason += ", Q31 requantization tile by tile"
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         if self.pointwise:  # x_zp is in the folded bias: no pads to fill
@@ -254,10 +258,17 @@ class CsrConv(ConvAccumulator):
     def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
         if not self.fused:
             return super().requantized(x, q, requantize)
-        y = np.empty((x.shape[0], self.n_out) + x.shape[2:], q["y_dtype"])
-        for b in range(x.shape[0]):
-            self.rq_kernel(*self.csr, q["bias"], x[b].reshape(self.channels, -1), q["m0"],
-                           q["shift"], q["y_zp"], q["lo"], q["hi"], y[b].reshape(self.n_out, -1))
+        rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
+        if self.pointwise:
+            y = np.empty((x.shape[0], self.n_out) + x.shape[2:], q["y_dtype"])
+            for b in range(x.shape[0]):
+                self.rq_kernel(*self.csr, q["bias"], x[b].reshape(self.channels, -1), *rq,
+                               y[b].reshape(self.n_out, -1))
+            return y
+        g, geo = self.geometry(x)
+        xp, ws = self.planes(x, g, depthwise=False)
+        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
+        self.rq_kernel(*self.csr, q["bias"], x, q["x_zp"], xp, ws, *rq, y, *geo, self.group)
         return y
 
 
@@ -364,8 +375,7 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
     """The accumulator of an int8 conv, and the CSR/dense choice behind it: depthwise taps for a
     depthwise conv (always dense); else CSR or im2row + dense GEMM as ``choose()`` says (asked only
     then); always im2row with ``im2row_only`` (``window_sums`` needs its rows). ``requantizes``:
-    the dense GEMM, and the CSR GEMM of a pointwise conv, may requantize in their epilogue
-    (``fused``)."""
+    the dense GEMM and the CSR convs may requantize in their epilogue (``fused``)."""
     if im2row_only:
         return Im2rowConv(node, w4, ctx), Choice(False)
     if is_depthwise(node, w4):

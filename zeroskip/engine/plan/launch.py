@@ -71,6 +71,11 @@ def _work_conv_csr_i8(indptr, indices, data, bias, x, x_zp, xp, ws, y, *_):
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
+def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xp, ws, m0, shift, y_zp, lo, hi,
+                         y, *_):
+    return _conv_work(data.shape[0] / y.shape[1], y)
+
+
 def _work_depthwise_f32(w, b, x, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
@@ -104,6 +109,7 @@ WORK = {
     "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_MACS),
     "conv2d_csr_f32": (_work_conv_csr_f32, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
+    "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_nhwc_rq_i8": (_work_depthwise_nhwc, MIN_PARALLEL_NHWC_DEPTHWISE_WORK),

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..ops.conv import conv
 from .im2col import columns
+from .quant import requantize_dense_i8
 
 
 def _dense(indptr, indices, data, n_cols, dtype):
@@ -50,4 +51,16 @@ def conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, *, kernel_shape,
     return acc
 
 
-REFERENCES = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8}
+def conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, m0, shift, y_zero_point, lo, hi,
+                     *, kernel_shape, strides, pads, dilations, groups):
+    """q_y [B,N,OH,OW] int64: conv2d_csr_i8's exact accumulator, then requantize_dense_i8's
+    rounding and clamp, image by image (the fused kernel must give the two kernels' bytes)."""
+    acc = conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, kernel_shape=kernel_shape,
+                        strides=strides, pads=pads, dilations=dilations, groups=groups)
+    B, N = acc.shape[:2]
+    q = [requantize_dense_i8(a.reshape(N, -1), m0, shift, y_zero_point, lo, hi) for a in acc]
+    return np.stack(q).reshape(acc.shape)
+
+
+REFERENCES = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8,
+              "conv2d_csr_rq_i8": conv2d_csr_rq_i8}
