@@ -95,7 +95,6 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
 conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
 
 
-
 def _conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, m0, shift,
                       y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups):
     # W (N, C/g·kh·kw) csr int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
