@@ -94,7 +94,8 @@ def _conv_ids(case):
 
 
 def test_every_kernel_has_a_reference():
-    mine = {"conv2d_csr_f32", "conv2d_csr_i8", "conv2d_csr_rq_i8", "im2col_dense_f32",
+    mine = {"conv2d_csr_f32", "conv2d_csr_i8", "conv2d_csr_rq_i8", "depthwise_dense_rq_i8",
+            "im2col_dense_f32",
             "im2col_dense_i8",
             "im2row_dense_i8", "channels_last_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
             "maxpool_dense_f32",
@@ -161,6 +162,15 @@ def test_conv2d_csr_i8(case, density):
                  extra={"bias'": bias})
 
 
+def _requantization(rng, acc, N, y_type):
+    """(m0, shift, y_zp, lo, hi) for N channels that spread the int32 sums ``acc`` over ~300 steps
+    about a random zero point, with a clamp just inside the type (a fused Relu's): both ends bind."""
+    spread = 300 / (int(acc.max()) - int(acc.min()) + 1)
+    m0, shift = quantize_multiplier(spread * rng.uniform(0.8, 1.2, N))
+    lo, hi = int(np.iinfo(y_type).min) + 2, int(np.iinfo(y_type).max) - 1
+    return m0, shift, int(rng.integers(lo, hi + 1)), lo, hi
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=_conv_ids)
 def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
     """conv2d_csr_rq_i8 (requantized tile by tile) gives the bytes of conv2d_csr_i8 then
@@ -175,10 +185,7 @@ def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
         x, x_zp = _quant_input(rng, (B, C, H, W), x_type)
         bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
         acc, csr = _run_conv_i8(w, bias, x, x_zp, case)
-        spread = 300 / (int(acc.max()) - int(acc.min()) + 1)
-        m0, shift = quantize_multiplier(spread * rng.uniform(0.8, 1.2, N))
-        lo, hi = int(np.iinfo(y_type).min) + 2, int(np.iinfo(y_type).max) - 1  # a fused clamp
-        y_zp = int(rng.integers(lo, hi + 1))
+        m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, y_type)
         xp = np.empty((B, C, q["Hp"], q["Wp"]), x.dtype)
         ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
         y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
@@ -320,6 +327,34 @@ def test_depthwise(case, density):
     assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
 
 
+@pytest.mark.parametrize("case", DW_CASES, ids=_dw_ids)
+def test_depthwise_dense_rq_i8_is_the_depthwise_then_requantize(case):
+    """depthwise_dense_rq_i8 (planar, requantized row by row for 3×3, tile by tile otherwise)
+    gives the bytes of depthwise_dense_i8 then requantize_dense_i8: every geometry and multiplier,
+    uint8 and int8 in and out, outputs clamped at both ends."""
+    B, C, m, H, W, kh, kw, s, p, d = case
+    N = C * m
+    rng = np.random.default_rng(hash((_dw_ids(case), "rq")) % 2**32)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
+    args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
+    for x_type, y_type in ((np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)):
+        wq = rng.integers(-128, 128, (N, kh * kw)).astype(np.int8)
+        xq, zp = _quant_input(rng, (B, C, H, W), x_type)
+        bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
+        acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
+        m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, y_type)
+        xp = np.empty((B, C, q["Hp"], q["Wp"]), xq.dtype)
+        ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+        y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
+        KERNELS["depthwise_dense_rq_i8"](wq, bias, xq, zp, xp, ws, m0, shift, y_zp, lo, hi, y, *args)
+        want = REFERENCES["depthwise_dense_rq_i8"](wq, bias, xq, zp, m0, shift, y_zp, lo, hi, **geo)
+        unfused = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(N, -1), m0, shift, y_zp,
+                                                              lo, hi) for a in acc])
+        assert np.array_equal(want, unfused.reshape(want.shape))
+        assert_exact(y, want, dtype=y_type, case=_dw_ids(case), zp=zp)
+
+
 NHWC_SPLIT_CASES = [  # small planes with many channels: the channels split across tasks
     (1, 200, 1, 7, 7, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
     (2, 130, 1, 6, 5, 3, 3, [2, 2], [1, 0, 1, 1], [1, 1]),
@@ -341,10 +376,7 @@ def test_depthwise_channels_last_requantizes_as_the_planar_kernel(case):
         xq, zp = _quant_input(rng, (B, C, H, W), x_type)
         bias = rng.integers(-2**16, 2**16, C).astype(np.int32)
         acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
-        spread = 300 / (int(acc.max()) - int(acc.min()) + 1)
-        m0, shift = quantize_multiplier(spread * rng.uniform(0.8, 1.2, C))
-        lo, hi = int(np.iinfo(y_type).min) + 2, int(np.iinfo(y_type).max) - 1  # a fused clamp
-        y_zp = int(rng.integers(lo, hi + 1))
+        m0, shift, y_zp, lo, hi = _requantization(rng, acc, C, y_type)
         xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
         w_taps = np.ascontiguousarray(wq.T)
         y = np.full((B, C, q["OH"], q["OW"]), 7, y_type)

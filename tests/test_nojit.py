@@ -1,12 +1,13 @@
 """Every mode runs with Numba's JIT off (NUMBA_DISABLE_JIT=1) and gives the compiled bytes.
 
 With the JIT off every kernel is its plain Python function (prange is range), which is how a learner
-steps through one in a debugger; the dense int8 GEMM's tile, written in LLVM IR, is replaced by its
-NumPy model (kernels/matmul_dense.py). The outputs must not change by a single bit.
+steps through one in a debugger; the parts written in LLVM IR are replaced by their plain forms (the
+dense int8 GEMM's tile by its NumPy model, kernels/matmul_dense.py; the float32 CSR GEMM's row block
+by its loops, kernels/matmul_csr.py). The outputs must not change by a single bit.
 
-The models: a float CNN (conv 3×3, depthwise 3×3 and 5×5, a residual Add, MaxPool, a pruned 1×1
-conv, AveragePool, GlobalAveragePool, a pruned Gemm), its int8 versions made by onnxruntime's
-quantizer (QOperator with uint8 activations, QDQ with int8 ones), and the bundled digits MLPs.
+The models: a float CNN (conv 3×3, depthwise 3×3 and 5×5 with two outputs per channel, a residual
+Add, MaxPool, a pruned 1×1 conv, AveragePool, GlobalAveragePool, a pruned Gemm), its int8 versions
+made by onnxruntime's quantizer (QOperator with uint8 activations, QDQ with int8 ones), and the bundled digits MLPs.
 Together their plans reach every kernel that a plan uses (checked below); ``im2col_dense_i8``,
 which no plan uses, is called directly.
 
@@ -56,8 +57,8 @@ def _cnn():
         node("Gemm", ["f", "w5", "b5"], ["y"], transB=1)]
     inits = {"w1": randn((8, 3, 3, 3), 1, 0.3), "b1": randn(8, 2, 0.1),
              "w2": randn((8, 1, 3, 3), 3, 0.3), "b2": randn(8, 4, 0.1),
-             "w3": randn((8, 1, 5, 5), 5, 0.2), "b3": randn(8, 6, 0.1),
-             "w4": pruned((12, 8, 1, 1), 0.4, seed=7, scale=0.5), "b4": randn(12, 8, 0.1),
+             "w3": randn((16, 1, 5, 5), 5, 0.2), "b3": randn(16, 6, 0.1),  # 2 outputs per plane
+             "w4": pruned((12, 16, 1, 1), 0.4, seed=7, scale=0.5), "b4": randn(12, 8, 0.1),
              "w5": pruned((10, 12), 0.5, seed=9, scale=0.5), "b5": randn(10, 10, 0.1)}
     return make_model(nodes, [("x", ["N", 3, 9, 9])], [("y", ["N", 10])], inits)
 

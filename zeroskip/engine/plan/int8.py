@@ -172,21 +172,27 @@ class DepthwiseConv(ConvAccumulator):
         super().__init__(node, w4)
         self.w = np.ascontiguousarray(w4.reshape(self.n_out, -1))
         self.kernel = ctx.kernel("depthwise_dense_i8")
-        if requantizes and self.n_out == self.channels:  # multiplier 1: the channels-last kernel
-            self.fused = True
+        self.layout = False  # planar, unless the channels-last kernel pays (multiplier 1 only)
+        if not requantizes:
+            return
+        self.fused = True  # the planar kernel requantizes row by row, the channels-last one too
+        self.rq_kernel = ctx.kernel("depthwise_dense_rq_i8")
+        self.name = planar = "depthwise_dense_rq_i8"
+        self.reason = ("depthwise conv: dense int8 taps along output rows, Q31 requantization "
+                       "row by row")
+        if self.n_out == self.channels:  # multiplier 1: the channels-last kernel where it pays
             self.w_taps = np.ascontiguousarray(self.w.T)
             self.channels_last = ctx.kernel("channels_last_dense_i8")
             self.nhwc_kernel = ctx.kernel("depthwise_nhwc_rq_i8")
             shape = ctx.input_shape(node)  # known: the choice is made now, and explain() shows it
             self.layout = None if shape is None else self.channels_last_pays(
                 conv_geometry(node, tuple(shape), self.kh, self.kw))
-            planar = "depthwise_dense_i8 + requantize_dense_i8"
             self.name = {True: "channels_last_dense_i8 + depthwise_nhwc_rq_i8", False: planar,
                          None: f"depthwise_nhwc_rq_i8 or {planar}"}[self.layout]
             self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
                            "Q31 requantization in the epilogue) when the output is strided or "
                            f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted "
-                           "axpy per tap along output rows, then Q31 requantization)")
+                           "axpy per tap along output rows, Q31 requantization row by row)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x, g, depthwise=True)
@@ -196,18 +202,20 @@ class DepthwiseConv(ConvAccumulator):
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
     def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
-        """The channels-last kernel, which requantizes in its epilogue, where it is the faster
-        one; else the planar kernel, then ``requantize``."""
+        """The channels-last kernel where it is the faster one, else the planar one; both
+        requantize in their epilogue (unfused, the sums and then ``requantize``)."""
         if not self.fused:
             return super().requantized(x, q, requantize)
         g, geo = self.geometry(x)
-        if not (self.layout if self.layout is not None else self.channels_last_pays(g)):
-            return super().requantized(x, q, requantize)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
-        self.channels_last(x, xh)
-        self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], q["m0"], q["shift"], q["y_zp"],
-                         q["lo"], q["hi"], y, *geo)
+        rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
+        if self.layout if self.layout is not None else self.channels_last_pays(g):
+            xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
+            self.channels_last(x, xh)
+            self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], *rq, y, *geo)
+        else:
+            xp, ws = self.planes(x, g, depthwise=True)
+            self.rq_kernel(self.w, q["bias"], x, q["x_zp"], xp, ws, *rq, y, *geo)
         return y
 
 

@@ -84,6 +84,10 @@ def _work_depthwise_i8(w, bias, x, x_zp, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
 
+def _work_depthwise_rq_i8(w, bias, x, x_zp, xp, ws, m0, shift, y_zp, lo, hi, y, *_):
+    return _conv_work(w.shape[1], y)
+
+
 def _work_depthwise_nhwc(w_taps, bias, xh, x_zp, m0, shift, y_zp, lo, hi, y, *_):
     return _conv_work(w_taps.shape[0], y)
 
@@ -112,6 +116,7 @@ WORK = {
     "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
+    "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_nhwc_rq_i8": (_work_depthwise_nhwc, MIN_PARALLEL_NHWC_DEPTHWISE_WORK),
     "add_dense_i8": (_first_size, MIN_PARALLEL_ADD_ELEMENTS),
     "requantize_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),

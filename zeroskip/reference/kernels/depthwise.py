@@ -48,5 +48,17 @@ def depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_point
     return np.stack(q).reshape(B, C, OH, OW)
 
 
+def depthwise_dense_rq_i8(w, bias, x, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
+                          kernel_shape, strides, pads, dilations):
+    """q_y [B,N,OH,OW] int64: depthwise_dense_i8's exact accumulator, then requantize_dense_i8's
+    rounding and clamp, image by image (the fused kernel must give the two kernels' bytes)."""
+    acc = depthwise_dense_i8(w, bias, x, x_zero_point, kernel_shape=kernel_shape, strides=strides,
+                             pads=pads, dilations=dilations)
+    B, N = acc.shape[:2]
+    q = [requantize_dense_i8(a.reshape(N, -1), m0, shift, y_zero_point, lo, hi) for a in acc]
+    return np.stack(q).reshape(acc.shape)
+
+
 REFERENCES = {"depthwise_dense_f32": depthwise_dense_f32, "depthwise_dense_i8": depthwise_dense_i8,
+              "depthwise_dense_rq_i8": depthwise_dense_rq_i8,
               "depthwise_nhwc_rq_i8": depthwise_nhwc_rq_i8}
