@@ -206,11 +206,12 @@ def _depthwise_nhwc_rq_i8(w_taps, bias, xh, x_zero_point, m0, shift, y_zero_poin
     requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there), the same bytes.
 
     Channels last, so the channels are the vector lanes: per output pixel, each tap adds
-    w_taps[tap, :]·xh[b, h, w, :] to a row of C int32 sums, then the row is requantized into
-    y[b, :, oh, ow]. The planar kernel vectorizes along an output row instead, which at MobileNetV2's
-    small planes is 7–28 values long: 576×14×14 3×3 0.67 → 0.12 ms, 960×7×7 0.42 → 0.05 ms,
-    96×112×112 stride 2 1.14 → 0.34 ms (one thread, the accumulator alone); at 144×56×56 stride 1
-    the planar kernel wins (0.41 against 0.50 ms), and the planner keeps it there.
+    w_taps[tap, :]·xh[b, h, w, :] to a row of int32 sums, which is requantized, still channels
+    last, into a row buffer; each finished output row goes to the NCHW planes a run of OW bytes per
+    channel. The planar kernel vectorizes along an output row instead, which at MobileNetV2's small
+    planes is 7–28 values long (576×14×14 3×3: 0.67 ms for its sums, against 0.18 ms here with the
+    requantization, one thread); at 144×56×56 stride 1 the planar kernel wins, and the planner
+    keeps it there (docs/kernels.md has the figures).
     Loop nest: prange over tasks (b; a block of output rows, with at least NHWC_BYTES_PER_TASK
     outputs per channel, so that two threads never write one cache line of a plane; a block of
     channels, all of them unless that leaves fewer than NHWC_MIN_TASKS tasks); per oh, per ow: the
