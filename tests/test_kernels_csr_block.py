@@ -1,11 +1,14 @@
-"""The float32 CSR GEMM's row block, in registers and as loops, against an exact float32 model.
+"""The CSR GEMMs' row block, in registers and as loops, against each other and an exact model.
 
-kernels/matmul_csr.py has the block as plain loops (``_row_block_loops``: CPUs without AVX2, and
-Python under NUMBA_DISABLE_JIT=1) and as LLVM IR (``_row_block_avx``: whole blocks unmasked, narrow
-ones masked). Both round each product and each sum to float32, in the order of a row's nonzeros,
-so they must give the same bytes as the NumPy model below, and so must the whole kernel, parallel
-or serial, at every shape: pixel counts around the vector widths, K around K_PER_BLOCK, N around
-ROWS_PER_TASK, empty rows, every index dtype.
+kernels/matmul_csr.py has the block (float32, and int8 summed in int32) as plain loops
+(``_row_block_loops``: CPUs without AVX2, and Python under NUMBA_DISABLE_JIT=1) and as LLVM IR
+(``_row_block_avx``: whole blocks unmasked, narrow ones masked). In float32 both round each product
+and each sum, in the order of a row's nonzeros, so they must give the same bytes as the NumPy model
+below, and so must the whole float32 kernel, parallel or serial, at every shape: pixel counts
+around the vector widths, K around K_PER_BLOCK, N around ROWS_PER_TASK, empty rows, every index
+dtype. The int8 sums are exact (tests/test_kernels_matmul.py checks the kernels against the integer
+reference); here the blocks must agree byte for byte at every count, and neither may touch memory
+past the last pixel.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pytest
 from numba import njit
 
 from zeroskip.kernels import matmul_csr, serial_kernel
-from zeroskip.kernels.matmul_csr import (K_PER_BLOCK, LANES_F32, PIXELS_PER_BLOCK, ROW_BLOCKS,
+from zeroskip.kernels.matmul_csr import (K_PER_BLOCK, LANES, PIXELS_PER_BLOCK, ROW_BLOCKS,
                                          ROWS_PER_TASK, matmul_csr_f32)
 
 INDEX_DTYPES = [np.uint8, np.uint16, np.int32, np.int64]
@@ -52,15 +55,35 @@ def _csr(rng, N, K, density, index_type):
 
 
 def _same_bytes(got, want, **context):
-    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape, context
+    assert got.dtype == want.dtype and got.shape == want.shape, context
     differ = got.view(np.uint32) != want.view(np.uint32)
-    assert not differ.any(), (f"{int(differ.sum())} outputs differ from the float32 model, first at "
+    assert not differ.any(), (f"{int(differ.sum())} outputs differ from the model, first at "
                               f"{np.argwhere(differ)[0].tolist()}: {context}")
 
 
+KINDS = ["f32", "u8", "s8"]
+"""The row block's two arithmetics: float32, and int8 weights on uint8 or int8 activations summed
+in int32."""
+
+
+def _block_operands(rng, kind, K, M, nnz, index_type=np.int32):
+    """(xt (K,M), sorted indices, data, b, a y maker) for ``kind``: full-range 8-bit values for the
+    integer kinds (the largest products), normal floats for f32."""
+    indices = np.sort(rng.choice(K, nnz, replace=False)).astype(index_type)
+    if kind == "f32":
+        return (rng.standard_normal((K, M)).astype(np.float32), indices,
+                rng.standard_normal(nnz).astype(np.float32), np.float32(0.125),
+                lambda: rng.standard_normal(M).astype(np.float32))
+    lo, hi = (0, 255) if kind == "u8" else (-128, 127)
+    xt = rng.integers(lo, hi + 1, (K, M)).astype(np.uint8 if kind == "u8" else np.int8)
+    data = rng.choice(np.array([-128, 127, -1, 5], np.int8), nnz)
+    return (xt, indices, data, np.int32(-123456),
+            lambda: rng.integers(-2 ** 20, 2 ** 20, M).astype(np.int32))
+
+
 SHAPES = [  # (M, K, N): pixel counts around the vector widths, K around K_PER_BLOCK, N around tasks
-    (1, 7, 5), (LANES_F32 - 1, 40, 9), (LANES_F32, 300, 3), (LANES_F32 + 1, K_PER_BLOCK, 17),
-    (2 * LANES_F32 + 3, K_PER_BLOCK + 1, ROWS_PER_TASK + 1), (4 * LANES_F32 + 1, 2 * K_PER_BLOCK, 4),
+    (1, 7, 5), (LANES - 1, 40, 9), (LANES, 300, 3), (LANES + 1, K_PER_BLOCK, 17),
+    (2 * LANES + 3, K_PER_BLOCK + 1, ROWS_PER_TASK + 1), (4 * LANES + 1, 2 * K_PER_BLOCK, 4),
     (PIXELS_PER_BLOCK - 1, 70, ROWS_PER_TASK), (PIXELS_PER_BLOCK, 3 * K_PER_BLOCK - 5, 33),
     (PIXELS_PER_BLOCK + 1, 130, 2), (2 * PIXELS_PER_BLOCK + 5, K_PER_BLOCK - 1, 2 * ROWS_PER_TASK + 3),
 ]
@@ -89,58 +112,56 @@ def _compiled(variant: str):
     block = ROW_BLOCKS[variant]
 
     @njit
-    def call(y, xt, indices, data, start, end, m0, count, first, b):
-        block(y, xt, indices, data, start, end, m0, count, first, b)
+    def call(y, y0, xt, indices, data, start, end, m0, count, first, b):
+        block(y, y0, xt, indices, data, start, end, m0, count, first, b)
 
     return call
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_row_block_every_pixel_count_start_and_continue(variant):
-    """Every count from 1 to PIXELS_PER_BLOCK, starting from b or continuing from y: the bytes of
-    the plain Python block, and nothing written outside y[m0 : m0+count]."""
+def test_row_block_every_pixel_count_start_and_continue(variant, kind):
+    """Every count from 1 to PIXELS_PER_BLOCK, starting from b or continuing from y, reading xt from
+    pixel m0 and writing y from y0 (a scratch's offset): the bytes of the plain Python block, and
+    nothing written outside y[y0 : y0+count]."""
     block = _compiled(variant)
     rng = np.random.default_rng(5)
-    K, M, m0 = 50, PIXELS_PER_BLOCK + 11, 3
-    xt = rng.standard_normal((K, M)).astype(np.float32)
-    indices = np.sort(rng.choice(K, 20, replace=False)).astype(np.int32)
-    data = rng.standard_normal(20).astype(np.float32)
+    K, M, m0, y0 = 50, PIXELS_PER_BLOCK + 11, 3, 1
+    xt, indices, data, b, fresh_y = _block_operands(rng, kind, K, M, 20)
     for count in range(1, PIXELS_PER_BLOCK + 1):
         for first, (start, end) in ((True, (0, 20)), (False, (4, 17)), (True, (6, 6)), (False, (9, 9))):
-            y = np.full(M, np.float32(0.75)) + rng.standard_normal(M).astype(np.float32)
+            y = fresh_y()
             want = y.copy()
-            matmul_csr._row_block_loops(want, xt, indices, data, start, end, m0, count, first,
-                                        np.float32(0.125))
-            block(y, xt, indices, data, start, end, m0, count, first, np.float32(0.125))
-            _same_bytes(y, want, variant=variant, count=count, first=first, start=start, end=end)
+            matmul_csr._row_block_loops(want, y0, xt, indices, data, start, end, m0, count, first, b)
+            block(y, y0, xt, indices, data, start, end, m0, count, first, b)
+            _same_bytes(y, want, variant=variant, kind=kind, count=count, first=first, start=start,
+                        end=end)
 
 
 @pytest.mark.skipif(not RUNS_AVX, reason="the register block needs AVX2 and the JIT")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lanes", [8] + ([16] if matmul_csr.HAS_AVX512 else []))
 @pytest.mark.parametrize("vectors,masked", [(8, False), (1, True), (2, True), (4, True), (8, True)])
-def test_each_register_block_at_both_vector_widths(vectors, masked, lanes):
+def test_each_register_block_at_both_vector_widths(vectors, masked, lanes, kind):
     """Each IR block on its own, with ymm (AVX2's 8 lanes, what CPUs without AVX-512 run) and, on
     an AVX-512 CPU, zmm lanes: the bytes of the plain block for every count it takes."""
     raw = matmul_csr._row_block_ir(vectors, masked, lanes)
 
     @njit
-    def block(y, xt, indices, data, start, end, m0, count, first, b):
-        raw(y, xt, indices, data, start, end, m0, count, first, b)
+    def block(y, y0, xt, indices, data, start, end, m0, count, first, b):
+        raw(y, y0, xt, indices, data, start, end, m0, count, first, b)
 
     rng = np.random.default_rng(vectors * 100 + lanes)
     K, M, m0 = 30, vectors * lanes + 9, 5
-    xt = rng.standard_normal((K, M)).astype(np.float32)
-    indices = np.sort(rng.choice(K, 12, replace=False)).astype(np.uint16)
-    data = rng.standard_normal(12).astype(np.float32)
+    xt, indices, data, b, fresh_y = _block_operands(rng, kind, K, M, 12, np.uint16)
     counts = range(1, vectors * lanes + 1) if masked else [vectors * lanes]
     for count in counts:
         for first in (True, False):
-            y = rng.standard_normal(M).astype(np.float32)
+            y = fresh_y()
             want = y.copy()
-            matmul_csr._row_block_loops(want, xt, indices, data, 1, 11, m0, count, first,
-                                        np.float32(-0.5))
-            block(y, xt, indices, data, 1, 11, m0, count, first, np.float32(-0.5))
-            _same_bytes(y, want, vectors=vectors, masked=masked, lanes=lanes, count=count)
+            matmul_csr._row_block_loops(want, m0, xt, indices, data, 1, 11, m0, count, first, b)
+            block(y, m0, xt, indices, data, 1, 11, m0, count, first, b)
+            _same_bytes(y, want, vectors=vectors, masked=masked, lanes=lanes, kind=kind, count=count)
 
 
 def _libc():
@@ -148,34 +169,40 @@ def _libc():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses mprotect (Linux)")
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_row_block_never_touches_memory_past_the_last_pixel(variant):
+def test_row_block_never_touches_memory_past_the_last_pixel(variant, kind):
     """xt's last row and y end where an inaccessible page begins: a block that read or wrote one
-    float past count would crash this test process (masked loads and stores touch no lane past it)."""
+    value past count would crash this test process (masked loads and stores touch no lane past it)."""
     page = mmap.PAGESIZE
     block = _compiled(variant)
     rng = np.random.default_rng(6)
     keep = []
 
-    def guarded(count_floats):
-        """float32 array of count_floats ending at an inaccessible page."""
+    def guarded(count, dtype):
+        """An array of ``count`` values of ``dtype`` ending at an inaccessible page."""
         buf = mmap.mmap(-1, 2 * page)
         address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
         if _libc().mprotect(ctypes.c_void_p(address + page), page, 0) != 0:  # PROT_NONE
             pytest.fail(f"mprotect failed: errno {ctypes.get_errno()}")
         keep.append(buf)
-        return np.frombuffer(buf, np.float32, count_floats, page - 4 * count_floats)
+        size = np.dtype(dtype).itemsize
+        return np.frombuffer(buf, dtype, count, page - size * count)
 
     K = 4
-    for M in (1, LANES_F32 - 3, LANES_F32 + 5, PIXELS_PER_BLOCK - 1, PIXELS_PER_BLOCK):
-        xt = guarded(K * M).reshape(K, M)
-        xt[...] = rng.standard_normal((K, M))
-        y = guarded(M)
+    for M in (1, LANES - 3, LANES + 5, PIXELS_PER_BLOCK - 1, PIXELS_PER_BLOCK):
+        x_values, _, _, b, fresh_y = _block_operands(rng, kind, K, M, 2)
+        xt = guarded(K * M, x_values.dtype).reshape(K, M)
+        xt[...] = x_values
+        y = guarded(M, fresh_y().dtype)
         y[...] = 0
-        indices, data = np.array([0, K - 1], np.int64), np.array([1.5, -2.0], np.float32)
-        want = np.float32(0.25) + data[0] * xt[0] + data[1] * xt[K - 1]
-        block(y, xt, indices, data, 0, 2, 0, M, True, np.float32(0.25))
-        _same_bytes(np.array(y), want.astype(np.float32), variant=variant, M=M)
+        indices = np.array([0, K - 1], np.int64)
+        data = (np.array([1.5, -2.0], np.float32) if kind == "f32"
+                else np.array([-128, 127], np.int8))
+        want = np.zeros(M, y.dtype)
+        matmul_csr._row_block_loops(want, 0, np.array(xt), indices, data, 0, 2, 0, M, True, b)
+        block(y, 0, xt, indices, data, 0, 2, 0, M, True, b)
+        _same_bytes(np.array(y), want, variant=variant, kind=kind, M=M)
     del y, xt
 
 
@@ -184,5 +211,5 @@ def test_the_kernel_runs_the_register_block_where_it_can():
     got = {matmul_csr._row_block_loops: "loops", matmul_csr._row_block_avx: "avx",
            ROW_BLOCKS["loops"]: "loops"}[matmul_csr._row_block]
     assert got == want
-    assert PIXELS_PER_BLOCK == matmul_csr.ROW_VECTORS * LANES_F32
-    assert LANES_F32 == (16 if matmul_csr.HAS_AVX512 else 8)
+    assert PIXELS_PER_BLOCK == matmul_csr.ROW_VECTORS * LANES
+    assert LANES == (16 if matmul_csr.HAS_AVX512 else 8)

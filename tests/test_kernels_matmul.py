@@ -18,7 +18,7 @@ import zeroskip.kernels
 import zeroskip.reference
 from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
-from zeroskip.kernels.matmul_csr import (PIXELS_PER_TILE, ROWS_PER_RQ_TASK, matmul_csr_f32,
+from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
 from zeroskip.kernels.matmul_dense import PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8
 from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
@@ -381,12 +381,12 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
 RQ_SHAPES = {
     "dense": [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
               (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144)],
-    "csr": [(1, 1, 1), (PIXELS_PER_TILE - 1, ROWS_PER_RQ_TASK - 1, 16),
-            (PIXELS_PER_TILE, ROWS_PER_RQ_TASK, 24), (2 * PIXELS_PER_TILE + 3, 2 * ROWS_PER_RQ_TASK + 1, 9),
-            (3 * PIXELS_PER_TILE + 1, 13, 144)],
+    "csr": [(1, 1, 1), (PIXELS_PER_BLOCK - 1, ROWS_PER_RQ_TASK - 1, 16),
+            (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, 24),
+            (2 * PIXELS_PER_BLOCK + 3, 2 * ROWS_PER_RQ_TASK + 1, 9), (3 * PIXELS_PER_BLOCK + 1, 13, 144)],
 }
 """Per requantizing GEMM: pixel counts around its chunk (dense: PIXELS_PER_CHUNK rows of x; csr:
-PIXELS_PER_TILE pixels), rows around its panel or task, K tails."""
+PIXELS_PER_BLOCK pixels), rows around its panel or task, K tails."""
 
 
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
