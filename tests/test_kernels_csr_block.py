@@ -1,8 +1,8 @@
 """The CSR GEMMs' row block, in registers and as loops, against each other and an exact model.
 
-kernels/matmul_csr.py has the block (float32, and int8 summed in int32) as plain loops
-(``_row_block_loops``: CPUs without AVX2, and Python under NUMBA_DISABLE_JIT=1) and as LLVM IR
-(``_row_block_avx``: whole blocks unmasked, narrow ones masked). In float32 both round each product
+kernels/_rows.py has the block (float32, and int8 summed in int32) as plain loops
+(``row_block_loops``: CPUs without AVX2, and Python under NUMBA_DISABLE_JIT=1) and as LLVM IR
+(``row_block_avx``: whole blocks unmasked, narrow ones masked). In float32 both round each product
 and each sum, in the order of a row's nonzeros, so they must give the same bytes as the NumPy model
 below, and so must the whole float32 kernel, parallel or serial, at every shape: pixel counts
 around the vector widths, K around K_PER_BLOCK, N around ROWS_PER_TASK, empty rows, every index
@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from numba import njit
 
-from zeroskip.kernels import matmul_csr, serial_kernel
-from zeroskip.kernels.matmul_csr import (K_PER_BLOCK, LANES, PIXELS_PER_BLOCK, ROW_BLOCKS,
-                                         ROWS_PER_TASK, matmul_csr_f32)
+from zeroskip.kernels import _rows, serial_kernel
+from zeroskip.kernels._rows import LANES, PIXELS_PER_BLOCK, ROW_BLOCKS
+from zeroskip.kernels.matmul_csr import K_PER_BLOCK, ROWS_PER_TASK, matmul_csr_f32
 
 INDEX_DTYPES = [np.uint8, np.uint16, np.int32, np.int64]
-RUNS_AVX = matmul_csr.HAS_AVX2 and not numba.config.DISABLE_JIT
+RUNS_AVX = _rows.HAS_AVX2 and not numba.config.DISABLE_JIT
 """The register block is LLVM IR: it needs the JIT, and an AVX2 CPU (the kernel's own test)."""
 VARIANTS = ["loops"] + (["avx"] if RUNS_AVX else [])
 
@@ -132,7 +132,7 @@ def test_row_block_every_pixel_count_start_and_continue(variant, kind):
         for first, (start, end) in ((True, (0, 20)), (False, (4, 17)), (True, (6, 6)), (False, (9, 9))):
             y = fresh_y()
             want = y.copy()
-            matmul_csr._row_block_loops(want, y0, xt, indices, data, start, end, m0, count, first, b)
+            _rows.row_block_loops(want, y0, xt, indices, data, start, end, m0, count, first, b)
             block(y, y0, xt, indices, data, start, end, m0, count, first, b)
             _same_bytes(y, want, variant=variant, kind=kind, count=count, first=first, start=start,
                         end=end)
@@ -140,12 +140,12 @@ def test_row_block_every_pixel_count_start_and_continue(variant, kind):
 
 @pytest.mark.skipif(not RUNS_AVX, reason="the register block needs AVX2 and the JIT")
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("lanes", [8] + ([16] if matmul_csr.HAS_AVX512 else []))
+@pytest.mark.parametrize("lanes", [8] + ([16] if _rows.HAS_AVX512 else []))
 @pytest.mark.parametrize("vectors,masked", [(8, False), (1, True), (2, True), (4, True), (8, True)])
 def test_each_register_block_at_both_vector_widths(vectors, masked, lanes, kind):
     """Each IR block on its own, with ymm (AVX2's 8 lanes, what CPUs without AVX-512 run) and, on
     an AVX-512 CPU, zmm lanes: the bytes of the plain block for every count it takes."""
-    raw = matmul_csr._row_block_ir(vectors, masked, lanes)
+    raw = _rows.row_block_ir(vectors, masked, lanes)
 
     @njit
     def block(y, y0, xt, indices, data, start, end, m0, count, first, b):
@@ -159,7 +159,7 @@ def test_each_register_block_at_both_vector_widths(vectors, masked, lanes, kind)
         for first in (True, False):
             y = fresh_y()
             want = y.copy()
-            matmul_csr._row_block_loops(want, m0, xt, indices, data, 1, 11, m0, count, first, b)
+            _rows.row_block_loops(want, m0, xt, indices, data, 1, 11, m0, count, first, b)
             block(y, m0, xt, indices, data, 1, 11, m0, count, first, b)
             _same_bytes(y, want, vectors=vectors, masked=masked, lanes=lanes, kind=kind, count=count)
 
@@ -200,16 +200,16 @@ def test_row_block_never_touches_memory_past_the_last_pixel(variant, kind):
         data = (np.array([1.5, -2.0], np.float32) if kind == "f32"
                 else np.array([-128, 127], np.int8))
         want = np.zeros(M, y.dtype)
-        matmul_csr._row_block_loops(want, 0, np.array(xt), indices, data, 0, 2, 0, M, True, b)
+        _rows.row_block_loops(want, 0, np.array(xt), indices, data, 0, 2, 0, M, True, b)
         block(y, 0, xt, indices, data, 0, 2, 0, M, True, b)
         _same_bytes(np.array(y), want, variant=variant, kind=kind, M=M)
     del y, xt
 
 
 def test_the_kernel_runs_the_register_block_where_it_can():
-    want = ("loops" if numba.config.DISABLE_JIT or not matmul_csr.HAS_AVX2 else "avx")
-    got = {matmul_csr._row_block_loops: "loops", matmul_csr._row_block_avx: "avx",
-           ROW_BLOCKS["loops"]: "loops"}[matmul_csr._row_block]
+    want = ("loops" if numba.config.DISABLE_JIT or not _rows.HAS_AVX2 else "avx")
+    got = {_rows.row_block_loops: "loops", _rows.row_block_avx: "avx",
+           ROW_BLOCKS["loops"]: "loops"}[_rows.row_block]
     assert got == want
-    assert PIXELS_PER_BLOCK == matmul_csr.ROW_VECTORS * LANES
-    assert LANES == (16 if matmul_csr.HAS_AVX512 else 8)
+    assert PIXELS_PER_BLOCK == _rows.ROW_VECTORS * LANES
+    assert LANES == (16 if _rows.HAS_AVX512 else 8)

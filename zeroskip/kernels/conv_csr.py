@@ -14,6 +14,8 @@ from numba import njit, prange
 
 from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
                       conv_channel_rq, pad_planes, tap_offsets)
+from ._rows import PIXELS_PER_BLOCK, row_block
+from .quant import requantize_row
 
 
 @njit(cache=True, inline="always")
@@ -35,6 +37,54 @@ def _channel(indptr, indices, data, xp, bi, n, N, groups):
     return xf, indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
 
 
+@njit(cache=True, inline="always")
+def _flat_taps(indices, offs):
+    """Each nonzero's start in the flat padded planes of its group (offs[indices[e]], int64): the
+    row block reads tap e of output position p at flat[e] + p."""
+    flat = np.empty(indices.shape[0], np.int64)
+    for e in range(indices.shape[0]):
+        flat[e] = offs[np.int64(indices[e])]
+    return flat
+
+
+@njit(cache=True, inline="always")
+def _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0):
+    """Stride 1: the channel's sums at the wide positions p0 .. p0+count (p = oh·Wp + ow, the
+    padded pitch: every tap is one contiguous run of xf), in registers over the taps start..end
+    (row_block) into acc [PIXELS_PER_BLOCK]; returns count. The positions run to
+    (OH−1)·Wp + OW, so no tap reads past the group's last plane."""
+    count = min(PIXELS_PER_BLOCK, (OH - 1) * Wp + OW - p0)
+    row_block(acc, 0, xf.reshape(xf.shape[0], 1), flat, data, start, end, p0, count, True, b)
+    return count
+
+
+@njit(cache=True, inline="always")
+def _channel_stride1(xf, flat, data, start, end, b, acc, y, Wp, lo, hi):
+    """One output channel y [OH,OW] of a stride-1 conv: clamp(b + Σ taps, lo, hi), block by block
+    of wide positions (_stride1_blocks), each block's valid columns (ow < OW) copied out."""
+    OH, OW = y.shape
+    for p0 in range(0, (OH - 1) * Wp + OW, PIXELS_PER_BLOCK):
+        count = _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0)
+        for oh in range(p0 // Wp, (p0 + count - 1) // Wp + 1):
+            a, z = max(p0, oh * Wp), min(p0 + count, oh * Wp + OW)
+            run, out = acc[a - p0:z - p0], y[oh, a - oh * Wp:z - oh * Wp]
+            for i in range(z - a):
+                out[i] = min(max(run[i], lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _channel_stride1_rq(xf, flat, data, start, end, b, acc, y, Wp, m0n, shift_n, y_zero_point,
+                        lo, hi):
+    """_channel_stride1's int32 sums requantized into the 8-bit y [OH,OW] (requantize_row)."""
+    OH, OW = y.shape
+    for p0 in range(0, (OH - 1) * Wp + OW, PIXELS_PER_BLOCK):
+        count = _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0)
+        for oh in range(p0 // Wp, (p0 + count - 1) // Wp + 1):
+            a, z = max(p0, oh * Wp), min(p0 + count, oh * Wp + OW)
+            requantize_row(acc[a - p0:z - p0], m0n, shift_n, y_zero_point, lo, hi,
+                           y[oh, a - oh * Wp:z - oh * Wp])
+
+
 def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
                     lo, hi):
     # W (N, C/g·kh·kw) csr * x (B,C,H,W) -> y (B,N,OH,OW)
@@ -54,10 +104,16 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     P, rows, offs = _prepare(x, xp, y, np.float32(0.0), kh, kw, sh, sw, dh, dw, pt, pl, groups)
     B, C, Hp, Wp = xp.shape
     N = y.shape[1]
+    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        conv_channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo, hi)
+        if stride1:
+            _channel_stride1(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]), b[n],
+                             np.empty(PIXELS_PER_BLOCK, np.float32), y[bi, n], Wp, lo, hi)
+        else:
+            conv_channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo,
+                         hi)
 
 
 conv2d_csr_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_f32)
@@ -85,11 +141,17 @@ def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, 
     P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
     B, C, Hp, Wp = xp.shape
     N = y.shape[1]
+    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        conv_channel(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
-                     INT32_MIN, INT32_MAX)
+        if stride1:
+            _channel_stride1(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]), bias[n],
+                             np.empty(PIXELS_PER_BLOCK, np.int32), y[bi, n], Wp, INT32_MIN,
+                             INT32_MAX)
+        else:
+            conv_channel(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
+                         INT32_MIN, INT32_MAX)
 
 
 conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
@@ -110,11 +172,17 @@ def _conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, m0, 
     P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
     B, C, Hp, Wp = xp.shape
     N = y.shape[1]
+    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
     for t in prange(B * N):
         bi, n = t // N, t % N
         xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        conv_channel_rq(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
-                        m0[n], shift[n], y_zero_point, lo, hi)
+        if stride1:
+            _channel_stride1_rq(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]),
+                                bias[n], np.empty(PIXELS_PER_BLOCK, np.int32), y[bi, n], Wp,
+                                m0[n], shift[n], y_zero_point, lo, hi)
+        else:
+            conv_channel_rq(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh,
+                            sw, m0[n], shift[n], y_zero_point, lo, hi)
 
 
 conv2d_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_rq_i8)
