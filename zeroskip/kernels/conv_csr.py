@@ -90,12 +90,14 @@ def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, 
     # W (N, C/g·kh·kw) csr * x (B,C,H,W) -> y (B,N,OH,OW)
     """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j)∈nz(n) w[n,c,i,j]·xp[b, g(n)·C/g + c, oh·sh+i·dh, ow·sw+j·dw], lo, hi)
 
-    Loop nest: prange (b,c) pad x into xp; prange (b,n): row tiles of ACC_TILE; nonzeros of row n in
-    CSR order; one axpy of the shifted plane into the tile (contiguous for stride 1).
+    Loop nest: prange (b,c) pad x into xp; prange (b,n): stride 1, blocks of PIXELS_PER_BLOCK wide
+    positions summed in registers over row n's nonzeros (row_block); other strides, row tiles of
+    ACC_TILE, nonzeros of row n in CSR order, one strided axpy of the plane into the tile.
     indptr [N+1], indices [nnz] int — CSR of w viewed (N, C/g·kh·kw), column k = c·kh·kw + i·kw + j
     data [nnz] float32 — the nonzero weights; b [N] float32 — bias (zeros if none)
     x [B,C,H,W] float32 — input; xp [B,C,Hp,Wp] float32 — workspace, Hp = (OH−1)·sh + (kh−1)·dh + 1,
-    Wp = (OW−1)·sw + (kw−1)·dw + 1; ws [B,N,OH·P] float32 — workspace, P = Wp if sh = sw = 1 else OW
+    Wp = (OW−1)·sw + (kw−1)·dw + 1; ws [B,N,OH·OW] float32 — the tile loop's workspace, for strided
+    convs (stride 1 sums in registers: ws may have length 0)
     y [B,N,OH,OW] float32 — output; kh, kw, sh, sw, dh, dw, pt, pl, groups — geometry (pads top, left)
     lo, hi — fused activation bounds (−inf/inf for none, 0/inf for Relu)
     Preconditions: CSR valid with columns < C/g·kh·kw; N and C divisible by groups; shapes as above.

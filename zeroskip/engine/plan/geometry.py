@@ -47,8 +47,10 @@ def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> di
 
 def workspace_len(depthwise: bool, kh: int, kw: int, g: dict) -> int:
     """Per-channel accumulator length of the direct conv's tile loop (``g`` from conv_geometry);
-    the 3×3 depthwise kernel keeps its accumulators in registers and needs none."""
-    return 0 if depthwise and kh == kw == 3 else g["oh"] * g["pitch"]
+    the 3×3 depthwise kernel and the stride-1 sparse convs keep their sums in registers and need
+    none."""
+    stride1 = g["sh"] == g["sw"] == 1
+    return 0 if (depthwise and kh == kw == 3) or (not depthwise and stride1) else g["oh"] * g["pitch"]
 
 
 def pool_geometry(node: Node, x_shape):

@@ -4,9 +4,9 @@ int32 accumulation, Q31 requantization (docs/quantization.md).
 The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
 shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
 requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
-The dense ones, the channels-last depthwise and the CSR convs requantize in their epilogue when
-the op asks (``requantizes``: QGemm and QConv do, the integer ops do not); the
-others leave the int32 sums to ``requantize_dense_i8``.
+Every conv accumulator, and the dense GEMM, requantizes in its kernel's epilogue when the op asks
+(``requantizes``: QGemm and QConv do, the integer ops do not); the CSR GEMM of a QGemm leaves its
+int32 sums to ``requantize_dense_i8``.
 """
 
 from __future__ import annotations
@@ -175,11 +175,11 @@ class DepthwiseConv(ConvAccumulator):
         self.layout = False  # planar, unless the channels-last kernel pays (multiplier 1 only)
         if not requantizes:
             return
-        self.fused = True  # the planar kernel requantizes row by row, the channels-last one too
+        self.fused = True  # both kernels requantize in their epilogue
         self.rq_kernel = ctx.kernel("depthwise_dense_rq_i8")
         self.name = planar = "depthwise_dense_rq_i8"
         self.reason = ("depthwise conv: dense int8 taps along output rows, Q31 requantization "
-                       "row by row")
+                       "from cache")
         if self.n_out == self.channels:  # multiplier 1: the channels-last kernel where it pays
             self.w_taps = np.ascontiguousarray(self.w.T)
             self.channels_last = ctx.kernel("channels_last_dense_i8")
@@ -192,7 +192,7 @@ class DepthwiseConv(ConvAccumulator):
             self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
                            "Q31 requantization in the epilogue) when the output is strided or "
                            f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted "
-                           "axpy per tap along output rows, Q31 requantization row by row)")
+                           "axpy per tap along output rows, Q31 requantization from cache)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x, g, depthwise=True)
@@ -221,7 +221,8 @@ class DepthwiseConv(ConvAccumulator):
 
 def is_pointwise(node: Node, kh: int, kw: int) -> bool:
     """A 1×1 conv with stride 1, no pads and one group: y[b] (N, H·W) = W (N, C) @ x[b] (C, H·W),
-    a GEMM on the planar input as it is (any auto_pad gives a 1×1 stride-1 conv no pads)."""
+    a GEMM on the planar input as it is (for a 1×1 stride-1 conv every auto_pad mode means no
+    pads)."""
     attrs = node.attrs
     return (kh == kw == 1 and attrs["group"] == 1 and all(s == 1 for s in attrs["strides"] or ())
             and (attrs["auto_pad"] not in ("", "NOTSET") or not any(attrs["pads"] or ())))
