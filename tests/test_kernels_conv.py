@@ -27,13 +27,17 @@ I8_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
 
 
 def _plan(x_shape, kh, kw, strides, pads, dilations):
-    """What the planner passes: OH, OW, padded plane (Hp, Wp), accumulator pitch P, pads top/left."""
+    """What the planner passes: OH, OW, padded plane (Hp, Wp), accumulator pitch P, pads top/left,
+    and the sparse convs' phases per plane (rows, Wq)."""
     H, W = x_shape[2:]
     begins, _, (OH, OW) = geometry([H, W], [kh, kw], strides, dilations, pads, "NOTSET")
     Hp = (OH - 1) * strides[0] + (kh - 1) * dilations[0] + 1
     Wp = (OW - 1) * strides[1] + (kw - 1) * dilations[1] + 1
     P = Wp if tuple(strides) == (1, 1) else OW
-    return dict(OH=OH, OW=OW, Hp=Hp, Wp=Wp, P=P, pt=begins[0], pl=begins[1])
+    Hq = OH + (kh - 1) * dilations[0] // strides[0]  # the sparse convs' padded phases
+    Wq = OW + (kw - 1) * dilations[1] // strides[1]
+    return dict(OH=OH, OW=OW, Hp=Hp, Wp=Wp, P=P, pt=begins[0], pl=begins[1],
+                phases=(strides[0] * strides[1] * Hq, Wq))
 
 
 def _csr(w, index_dtype=np.int32):
@@ -111,11 +115,10 @@ def _run_conv_f32(w, b, x, case, index_dtype=np.int32, lo=-np.inf, hi=np.inf):
     B, C, H, W, N, kh, kw, s, p, d, g = case
     q = _plan(x.shape, kh, kw, s, p, d)
     indptr, indices, data = _csr(w, index_dtype)
-    xp = np.empty((B, C, q["Hp"], q["Wp"]), np.float32)
-    ws = np.empty((B, N, q["OH"] * q["P"]), np.float32)
+    xq = np.empty((B, C) + q["phases"], np.float32)
     y = np.full((B, N, q["OH"], q["OW"]), np.nan, np.float32)
-    KERNELS["conv2d_csr_f32"](indptr, indices, data, b, x, xp, ws, y, kh, kw, s[0], s[1], d[0],
-                              d[1], q["pt"], q["pl"], g, lo, hi)
+    KERNELS["conv2d_csr_f32"](indptr, indices, data, b, x, xq, y, kh, kw, s[0], s[1], d[0], d[1],
+                              q["pt"], q["pl"], g, lo, hi)
     return y, (indptr, indices, data)
 
 
@@ -123,11 +126,10 @@ def _run_conv_i8(w, bias, x, x_zp, case, index_dtype=np.int32):
     B, C, H, W, N, kh, kw, s, p, d, g = case
     q = _plan(x.shape, kh, kw, s, p, d)
     indptr, indices, data = _csr(w, index_dtype)
-    xp = np.empty((B, C, q["Hp"], q["Wp"]), x.dtype)
-    ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+    xq = np.empty((B, C) + q["phases"], x.dtype)
     y = np.full((B, N, q["OH"], q["OW"]), -7, np.int32)
-    KERNELS["conv2d_csr_i8"](indptr, indices, data, bias, x, x_zp, xp, ws, y, kh, kw, s[0], s[1],
-                             d[0], d[1], q["pt"], q["pl"], g)
+    KERNELS["conv2d_csr_i8"](indptr, indices, data, bias, x, x_zp, xq, y, kh, kw, s[0], s[1], d[0],
+                             d[1], q["pt"], q["pl"], g)
     return y, (indptr, indices, data)
 
 
@@ -186,10 +188,9 @@ def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
         bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
         acc, csr = _run_conv_i8(w, bias, x, x_zp, case)
         m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, y_type)
-        xp = np.empty((B, C, q["Hp"], q["Wp"]), x.dtype)
-        ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
+        xq = np.empty((B, C) + q["phases"], x.dtype)
         y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
-        KERNELS["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, xp, ws, m0, shift, y_zp, lo, hi, y, kh, kw,
+        KERNELS["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, xq, m0, shift, y_zp, lo, hi, y, kh, kw,
                                     s[0], s[1], d[0], d[1], q["pt"], q["pl"], g)
         want = REFERENCES["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, m0, shift, y_zp, lo, hi, **geo)
         unfused = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(N, -1), m0, shift, y_zp,

@@ -80,7 +80,7 @@ def test_direct_conv_work_is_useful_macs_plus_outputs():
     work, threshold = WORK["conv2d_csr_i8"]
     y = np.zeros((1, 512, 7, 7), np.int32)  # ResNet-18's last downsample: 512 channels, 7×7
     data = np.zeros(512 * 25, np.int8)  # 25 nonzeros per output channel
-    assert work(None, None, data, None, None, 0, None, None, y) == 512 * 49 * 26
-    assert work(None, None, data, None, None, 0, None, None, y) >= threshold == MIN_PARALLEL_CONV_WORK
+    assert work(None, None, data, None, None, 0, None, y) == 512 * 49 * 26
+    assert work(None, None, data, None, None, 0, None, y) >= threshold == MIN_PARALLEL_CONV_WORK
     small = np.zeros((1, 8, 9, 9), np.int32)  # a toy conv: serial
-    assert work(None, None, np.zeros(8 * 27, np.int8), None, None, 0, None, None, small) < threshold
+    assert work(None, None, np.zeros(8 * 27, np.int8), None, None, 0, None, small) < threshold

@@ -64,6 +64,51 @@ def pad_plane(x, xq, pt, pl, fill):
 
 
 @njit(cache=True)
+def pad_phases(x, xq, sh, sw, pt, pl, fill):
+    """xq [sh·sw·Hq, Wq] = the phases of x [H,W] padded: block (a·sw + b) of Hq rows holds
+    xq[(a·sw + b)·Hq + u, v] = x[u·sh + a − pt, v·sw + b − pl], ``fill`` outside x.
+
+    A stride-(sh, sw) conv reads input row oh·sh + i·dh, which is row oh + (i·dh)//sh of phase
+    (i·dh) mod sh: in the phases every tap is a stride-1 run, so the strided conv runs the
+    stride-1 loop (conv_csr.py). Stride 1 is one phase, the padded plane itself (pad_plane).
+    """
+    if sh == 1 and sw == 1:
+        pad_plane(x, xq, pt, pl, fill)
+        return
+    rows, Wq = xq.shape
+    Hq = rows // (sh * sw)
+    H, W = x.shape
+    for a in range(sh):
+        for b in range(sw):
+            block = (a * sw + b) * Hq
+            for u in range(Hq):
+                h = u * sh + a - pt
+                out = xq[block + u]
+                if h < 0 or h >= H:
+                    for v in range(_U(Wq)):
+                        out[v] = fill
+                    continue
+                xr = x[h]
+                for v in range(Wq):
+                    w = v * sw + b - pl
+                    out[v] = xr[w] if 0 <= w < W else fill
+
+
+@njit(cache=True)
+def phase_offsets(Cg, kh, kw, Hq, Wq, sh, sw, dh, dw):
+    """offs [Cg·kh·kw] int64: where tap k = c·kh·kw + i·kw + j starts in the flat phases of a group's
+    planes (pad_phases): phase ((i·dh) mod sh, (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw.
+    Stride 1: tap_offsets over the padded planes."""
+    offs = np.empty(Cg * kh * kw, dtype=np.int64)
+    for c in range(Cg):
+        for i in range(kh):
+            for j in range(kw):
+                phase = c * sh * sw + (i * dh) % sh * sw + (j * dw) % sw
+                offs[(c * kh + i) * kw + j] = (phase * Hq + (i * dh) // sh) * Wq + (j * dw) // sw
+    return offs
+
+
+@njit(cache=True)
 def pad_planes(x, xp, pt, pl, fill):
     """xp [B,C,Hp,Wp] = x [B,C,H,W] padded, one (b, c) plane per parallel iteration."""
     B, C = x.shape[0], x.shape[1]

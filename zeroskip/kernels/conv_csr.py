@@ -1,10 +1,12 @@
-"""Direct sparse convolution: each output channel walks its CSR nonzeros, one axpy over the plane each.
+"""Direct sparse convolution: each output channel sums its CSR nonzeros' shifted input runs, in
+registers, block by block of output positions.
 
-No im2col: the input is copied once into a padded plane ``xp`` (so no loop tests a boundary), and a
-nonzero w[n,c,i,j] adds ``w·xp[c]`` shifted by (i·dh, j·dw) to the channel's accumulator. For stride 1
-the accumulator rows have the padded pitch Wp, which turns a tap into one contiguous axpy over a whole
-tile of rows (see docs/kernels.md). The per-plane helpers, shared with ``depthwise.py``, are in
-``_planes.py``.
+No im2col: the input is copied once into its padded phases ``xq`` (``pad_phases``: for stride 1 the
+padded plane itself; for stride s the s×s planes of every s-th row and column), where every tap of
+the conv is one contiguous run of the flat planes at a fixed offset from the output position. So a
+block of PIXELS_PER_BLOCK output positions is a row slice of a CSR GEMM whose "rows" are the taps'
+starts, and the CSR GEMMs' row block (``_rows.py``) sums it over the channel's nonzeros in vector
+registers (docs/kernels.md). The per-plane helpers are in ``_planes.py``.
 """
 
 from __future__ import annotations
@@ -12,35 +14,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
-                      conv_channel_rq, pad_planes, tap_offsets)
+from ._planes import pad_phases, phase_offsets
 from ._rows import PIXELS_PER_BLOCK, row_block
 from .quant import requantize_row
 
 
 @njit(cache=True, inline="always")
-def _prepare(x, xp, y, fill, kh, kw, sh, sw, dh, dw, pt, pl, groups):
-    """Pad x into xp with ``fill``; (the accumulator pitch P, rows per tile, the taps' offsets)."""
-    B, C, Hp, Wp = xp.shape
-    pad_planes(x, xp, pt, pl, fill)
-    P = accumulator_pitch(y.shape[3], Wp, sh, sw)
-    return P, max(1, ACC_TILE // P), tap_offsets(C // groups, kh, kw, Hp, Wp, dh, dw)
-
-
-@njit(cache=True, inline="always")
-def _channel(indptr, indices, data, xp, bi, n, N, groups):
-    """Output channel n of image bi: its group's planes of xp (flat), its nonzeros' columns and
-    values."""
-    B, C, Hp, Wp = xp.shape
-    Cg, Ng = C // groups, N // groups
-    xf = xp[bi].reshape(C * Hp * Wp)[(n // Ng) * Cg * Hp * Wp:]
-    return xf, indices[indptr[n]:indptr[n + 1]], data[indptr[n]:indptr[n + 1]]
-
-
-@njit(cache=True, inline="always")
-def _flat_taps(indices, offs):
-    """Each nonzero's start in the flat padded planes of its group (offs[indices[e]], int64): the
-    row block reads tap e of output position p at flat[e] + p."""
+def _prepare(x, xq, fill, indices, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+    """Pad each plane of x into its phases in xq with ``fill``; each nonzero's start in the flat
+    phases of its group (flat[e] = the offset of tap indices[e]): the row block reads tap e of
+    output position p at flat[e] + p."""
+    B, C, rows, Wq = xq.shape
+    for t in range(B * C):
+        pad_phases(x[t // C, t % C], xq[t // C, t % C], sh, sw, pt, pl, fill)
+    offs = phase_offsets(C // groups, kh, kw, rows // (sh * sw), Wq, sh, sw, dh, dw)
     flat = np.empty(indices.shape[0], np.int64)
     for e in range(indices.shape[0]):
         flat[e] = offs[np.int64(indices[e])]
@@ -48,143 +35,136 @@ def _flat_taps(indices, offs):
 
 
 @njit(cache=True, inline="always")
-def _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0):
-    """Stride 1: the channel's sums at the wide positions p0 .. p0+count (p = oh·Wp + ow, the
-    padded pitch: every tap is one contiguous run of xf), in registers over the taps start..end
-    (row_block) into acc [PIXELS_PER_BLOCK]; returns count. The positions run to
-    (OH−1)·Wp + OW, so no tap reads past the group's last plane."""
-    count = min(PIXELS_PER_BLOCK, (OH - 1) * Wp + OW - p0)
-    row_block(acc, 0, xf.reshape(xf.shape[0], 1), flat, data, start, end, p0, count, True, b)
+def _group_planes(xq, bi, n, N, groups):
+    """The flat phases of image bi's planes that output channel n reads (its group's), viewed as an
+    (L, 1) matrix for the row block."""
+    B, C, rows, Wq = xq.shape
+    size = C // groups * rows * Wq
+    xf = xq[bi].reshape(C * rows * Wq)[n // (N // groups) * size:]
+    return xf.reshape(xf.shape[0], 1)
+
+
+@njit(cache=True, inline="always")
+def _block(xf, flat, data, start, end, b, acc, Wq, OH, OW, p0):
+    """The channel's sums at output positions p0 .. p0+count (p = oh·Wq + ow, at the phases' pitch
+    Wq: columns ow ≥ OW are discarded), in registers over the taps start..end into acc; returns
+    count. The positions stop at (OH−1)·Wq + OW, where the last tap of the last phase ends, so no
+    tap reads past the group's planes."""
+    count = min(PIXELS_PER_BLOCK, (OH - 1) * Wq + OW - p0)
+    row_block(acc, 0, xf, flat, data, start, end, p0, count, True, b)
     return count
 
 
 @njit(cache=True, inline="always")
-def _channel_stride1(xf, flat, data, start, end, b, acc, y, Wp, lo, hi):
-    """One output channel y [OH,OW] of a stride-1 conv: clamp(b + Σ taps, lo, hi), block by block
-    of wide positions (_stride1_blocks), each block's valid columns (ow < OW) copied out."""
+def _channel(xf, flat, data, start, end, b, acc, y, Wq, lo, hi):
+    """One output channel y [OH,OW] = clamp(b + Σ taps, lo, hi), block by block (_block), each
+    block's valid columns copied out."""
     OH, OW = y.shape
-    for p0 in range(0, (OH - 1) * Wp + OW, PIXELS_PER_BLOCK):
-        count = _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0)
-        for oh in range(p0 // Wp, (p0 + count - 1) // Wp + 1):
-            a, z = max(p0, oh * Wp), min(p0 + count, oh * Wp + OW)
-            run, out = acc[a - p0:z - p0], y[oh, a - oh * Wp:z - oh * Wp]
+    for p0 in range(0, (OH - 1) * Wq + OW, PIXELS_PER_BLOCK):
+        count = _block(xf, flat, data, start, end, b, acc, Wq, OH, OW, p0)
+        for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
+            a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
+            run, out = acc[a - p0:z - p0], y[oh, a - oh * Wq:z - oh * Wq]
             for i in range(z - a):
                 out[i] = min(max(run[i], lo), hi)
 
 
 @njit(cache=True, inline="always")
-def _channel_stride1_rq(xf, flat, data, start, end, b, acc, y, Wp, m0n, shift_n, y_zero_point,
-                        lo, hi):
-    """_channel_stride1's int32 sums requantized into the 8-bit y [OH,OW] (requantize_row)."""
+def _channel_rq(xf, flat, data, start, end, b, acc, y, Wq, m0n, shift_n, y_zero_point, lo, hi):
+    """_channel's int32 sums requantized into the 8-bit y [OH,OW] (requantize_row)."""
     OH, OW = y.shape
-    for p0 in range(0, (OH - 1) * Wp + OW, PIXELS_PER_BLOCK):
-        count = _stride1_blocks(xf, flat, data, start, end, b, acc, Wp, OH, OW, p0)
-        for oh in range(p0 // Wp, (p0 + count - 1) // Wp + 1):
-            a, z = max(p0, oh * Wp), min(p0 + count, oh * Wp + OW)
+    for p0 in range(0, (OH - 1) * Wq + OW, PIXELS_PER_BLOCK):
+        count = _block(xf, flat, data, start, end, b, acc, Wq, OH, OW, p0)
+        for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
+            a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
             requantize_row(acc[a - p0:z - p0], m0n, shift_n, y_zero_point, lo, hi,
-                           y[oh, a - oh * Wp:z - oh * Wp])
+                           y[oh, a - oh * Wq:z - oh * Wq])
 
 
-def _conv2d_csr_f32(indptr, indices, data, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
+def _conv2d_csr_f32(indptr, indices, data, b, x, xq, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
                     lo, hi):
     # W (N, C/g·kh·kw) csr * x (B,C,H,W) -> y (B,N,OH,OW)
-    """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j)∈nz(n) w[n,c,i,j]·xp[b, g(n)·C/g + c, oh·sh+i·dh, ow·sw+j·dw], lo, hi)
+    """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j)∈nz(n) w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl], lo, hi)
+    with zeros outside x.
 
-    Loop nest: prange (b,c) pad x into xp; prange (b,n): stride 1, blocks of PIXELS_PER_BLOCK wide
-    positions summed in registers over row n's nonzeros (row_block); other strides, row tiles of
-    ACC_TILE, nonzeros of row n in CSR order, one strided axpy of the plane into the tile.
+    Loop nest: pad every plane of x into its phases xq; prange (b,n): blocks of PIXELS_PER_BLOCK
+    output positions at the phases' pitch, each summed in registers over row n's nonzeros in CSR
+    order (row_block), then its valid columns clamped into y. Each product and sum is rounded to
+    float32 in that order.
     indptr [N+1], indices [nnz] int — CSR of w viewed (N, C/g·kh·kw), column k = c·kh·kw + i·kw + j
     data [nnz] float32 — the nonzero weights; b [N] float32 — bias (zeros if none)
-    x [B,C,H,W] float32 — input; xp [B,C,Hp,Wp] float32 — workspace, Hp = (OH−1)·sh + (kh−1)·dh + 1,
-    Wp = (OW−1)·sw + (kw−1)·dw + 1; ws [B,N,OH·OW] float32 — the tile loop's workspace, for strided
-    convs (stride 1 sums in registers: ws may have length 0)
+    x [B,C,H,W] float32 — input; xq [B,C,sh·sw·Hq,Wq] float32 — workspace for the phases, with
+    Hq = OH + (kh−1)·dh // sh and Wq = OW + (kw−1)·dw // sw (stride 1: the padded plane)
     y [B,N,OH,OW] float32 — output; kh, kw, sh, sw, dh, dw, pt, pl, groups — geometry (pads top, left)
     lo, hi — fused activation bounds (−inf/inf for none, 0/inf for Relu)
     Preconditions: CSR valid with columns < C/g·kh·kw; N and C divisible by groups; shapes as above.
-    Work: 2·B·OH·OW·nnz flops (stride 1: 2·B·OH·Wp·nnz); reads x and xp once per tile from L1/L2.
+    Work: 2·B·N·((OH−1)·Wq + OW)·nnz/N flops (the columns ow ≥ OW are computed and dropped); reads
+    x once and xq once per nonzero per block, from L1/L2.
     """
-    P, rows, offs = _prepare(x, xp, y, np.float32(0.0), kh, kw, sh, sw, dh, dw, pt, pl, groups)
-    B, C, Hp, Wp = xp.shape
-    N = y.shape[1]
-    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
+    flat = _prepare(x, xq, np.float32(0.0), indices, kh, kw, sh, sw, dh, dw, pt, pl, groups)
+    B, N, Wq = x.shape[0], y.shape[1], xq.shape[3]
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        if stride1:
-            _channel_stride1(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]), b[n],
-                             np.empty(PIXELS_PER_BLOCK, np.float32), y[bi, n], Wp, lo, hi)
-        else:
-            conv_channel(ws[bi, n], cols, vals, offs, xf, b[n], y[bi, n], rows, P, Wp, sh, sw, lo,
-                         hi)
+        _channel(_group_planes(xq, bi, n, N, groups), flat, data, np.int64(indptr[n]),
+                 np.int64(indptr[n + 1]), b[n], np.empty(PIXELS_PER_BLOCK, np.float32), y[bi, n],
+                 Wq, lo, hi)
 
 
 conv2d_csr_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_f32)
 
 
-def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh, dw,
+def _conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, xq, y, kh, kw, sh, sw, dh, dw,
                    pt, pl, groups):
     # W (N, C/g·kh·kw) csr int8 * x (B,C,H,W) uint8|int8 -> acc (B,N,OH,OW) int32
-    """acc[b,n,oh,ow] = bias'[n] + Σ_(c,i,j)∈nz(n) q_w[n,c,i,j]·xp[b, g(n)·C/g + c, oh·sh+i·dh, ow·sw+j·dw]
+    """acc[b,n,oh,ow] = bias'[n] + Σ_(c,i,j)∈nz(n) q_w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl]
+    with x_zero_point outside x.
 
     real = scale·(q − zero_point); x per tensor (x_zero_point), w per output channel, zero point 0.
     Pads are filled with x_zero_point (real 0), so every tap multiplies an activation and the
     zero-point correction is the full row sum: bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] (plan time).
     No rounding and no saturation here: the int32 accumulator goes to the requantize kernel.
-    Loop nest: as conv2d_csr_f32 (prange (b,n), row tiles, nonzeros, axpy).
+    Loop nest: as conv2d_csr_f32 (phases; prange (b,n); blocks summed in int32 registers).
     indptr [N+1], indices [nnz] int — CSR of w viewed (N, C/g·kh·kw), column k = c·kh·kw + i·kw + j
     data [nnz] int8 — weights, anything in [−128, 127]; bias [N] int32 — bias' above
-    x [B,C,H,W] uint8|int8; x_zero_point int; xp [B,C,Hp,Wp] x.dtype, ws [B,N,OH·P] int32 —
-    workspaces as in conv2d_csr_f32; y [B,N,OH,OW] int32 — accumulator out; geometry ints as there.
+    x [B,C,H,W] uint8|int8; x_zero_point int; xq [B,C,sh·sw·Hq,Wq] x.dtype — workspace as in
+    conv2d_csr_f32; y [B,N,OH,OW] int32 — accumulator out; geometry ints as there.
     Preconditions: as conv2d_csr_f32; K·max|q_w·q_x| + max|bias'| < 2^31 (checked by the plan).
     Overflow: a sum has at most K = C/g·kh·kw terms; |u8·s8| ≤ 255·128 = 32 640 < 2^15, so
     K ≤ 65 793 is safe; |s8·s8| ≤ 128·128 = 2^14, so K ≤ 131 071 (the plan checks K).
-    Work: 2·B·OH·OW·nnz int ops (stride 1: 2·B·OH·Wp·nnz); 1 byte per xp read, 4 per acc.
+    Work: as conv2d_csr_f32's, in int ops; 1 byte per xq read.
     """
-    P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
-    B, C, Hp, Wp = xp.shape
-    N = y.shape[1]
-    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
+    flat = _prepare(x, xq, x_zero_point, indices, kh, kw, sh, sw, dh, dw, pt, pl, groups)
+    B, N, Wq = x.shape[0], y.shape[1], xq.shape[3]
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        if stride1:
-            _channel_stride1(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]), bias[n],
-                             np.empty(PIXELS_PER_BLOCK, np.int32), y[bi, n], Wp, INT32_MIN,
-                             INT32_MAX)
-        else:
-            conv_channel(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh, sw,
-                         INT32_MIN, INT32_MAX)
+        _channel(_group_planes(xq, bi, n, N, groups), flat, data, np.int64(indptr[n]),
+                 np.int64(indptr[n + 1]), bias[n], np.empty(PIXELS_PER_BLOCK, np.int32), y[bi, n],
+                 Wq, np.int32(-2 ** 31), np.int32(2 ** 31 - 1))
 
 
 conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
 
 
-def _conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, xp, ws, m0, shift,
-                      y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+def _conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, xq, m0, shift, y_zero_point,
+                      lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups):
     # W (N, C/g·kh·kw) csr int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
     """y[b,n] = requantize(conv2d_csr_i8's acc[b,n]) (m0, shift, y_zero_point, lo, hi as in
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
 
-    Each tile of a channel's int32 sums (ACC_TILE values, in L1) is requantized into y as soon as
-    its taps are in (conv_channel_rq), so the int32 planes are never stored and read back.
-    Arguments as conv2d_csr_i8's (ws a workspace as there), then the requantization's;
-    y [B,N,OH,OW] uint8|int8 — output, overwritten. Preconditions as the two kernels'.
+    Each block of a channel's int32 sums goes from registers to a small scratch (in L1) and is
+    requantized from there into y (_channel_rq), so the int32 planes are never stored and read
+    back.
+    Arguments as conv2d_csr_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 — output,
+    overwritten. Preconditions as the two kernels'.
     Work: conv2d_csr_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
-    P, rows, offs = _prepare(x, xp, y, x_zero_point, kh, kw, sh, sw, dh, dw, pt, pl, groups)
-    B, C, Hp, Wp = xp.shape
-    N = y.shape[1]
-    stride1, flat = sh == 1 and sw == 1, _flat_taps(indices, offs)
+    flat = _prepare(x, xq, x_zero_point, indices, kh, kw, sh, sw, dh, dw, pt, pl, groups)
+    B, N, Wq = x.shape[0], y.shape[1], xq.shape[3]
     for t in prange(B * N):
         bi, n = t // N, t % N
-        xf, cols, vals = _channel(indptr, indices, data, xp, bi, n, N, groups)
-        if stride1:
-            _channel_stride1_rq(xf, flat, data, np.int64(indptr[n]), np.int64(indptr[n + 1]),
-                                bias[n], np.empty(PIXELS_PER_BLOCK, np.int32), y[bi, n], Wp,
-                                m0[n], shift[n], y_zero_point, lo, hi)
-        else:
-            conv_channel_rq(ws[bi, n], cols, vals, offs, xf, bias[n], y[bi, n], rows, P, Wp, sh,
-                            sw, m0[n], shift[n], y_zero_point, lo, hi)
+        _channel_rq(_group_planes(xq, bi, n, N, groups), flat, data, np.int64(indptr[n]),
+                    np.int64(indptr[n + 1]), bias[n], np.empty(PIXELS_PER_BLOCK, np.int32),
+                    y[bi, n], Wq, m0[n], shift[n], y_zero_point, lo, hi)
 
 
 conv2d_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_rq_i8)

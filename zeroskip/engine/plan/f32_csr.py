@@ -14,7 +14,7 @@ from ...errors import InputError
 from ...model import Node
 from .context import PlanContext, float_bounds
 from .f32_dense import conv_operands
-from .geometry import conv_geometry, conv_input, workspace_len
+from .geometry import conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import Decline, builds
 from .steps import Scratch, Step
 from .weights import csr_triple
@@ -134,7 +134,10 @@ def conv_csr(node: Node, ctx: PlanContext):
         taps = np.ascontiguousarray(w.reshape(n_out, kh * kw), np.float32)
         kernel, name = ctx.kernel("depthwise_dense_f32"), "depthwise_dense_f32"
 
-        def call(x, xp, ws, y, geo):
+        def call(x, y, g, geo):  # padded planes xp and the tile loop's accumulators ws
+            batch = x.shape[0]
+            xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
+            ws = scratch.get("ws", (batch, n_out, workspace_len(kh, kw, g)), np.float32)
             kernel(taps, bias, x, xp, ws, y, *geo, lo, hi)
 
         reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
@@ -143,8 +146,9 @@ def conv_csr(node: Node, ctx: PlanContext):
         indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
         kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
 
-        def call(x, xp, ws, y, geo):
-            kernel(indptr, indices, data, bias, x, xp, ws, y, *geo, group, lo, hi)
+        def call(x, y, g, geo):  # the input's padded phases xq
+            xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw), np.float32)
+            kernel(indptr, indices, data, bias, x, xq, y, *geo, group, lo, hi)
 
         reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
         density = len(data) / max(w.size, 1)
@@ -153,11 +157,8 @@ def conv_csr(node: Node, ctx: PlanContext):
     def run(values):
         x = np.ascontiguousarray(conv_input(node, values[x_name], channels), dtype=np.float32)
         g = conv_geometry(node, x.shape, kh, kw)
-        batch = x.shape[0]
-        xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
-        ws = scratch.get("ws", (batch, n_out, workspace_len(depthwise, kh, kw, g)), np.float32)
-        y = np.empty((batch, n_out, g["oh"], g["ow"]), np.float32)
-        call(x, xp, ws, y, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
+        y = np.empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)
+        call(x, y, g, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
         values[out] = y
 
     return Step(node, name, choice.lead(reason + ctx.fused_note(node)), run, density)

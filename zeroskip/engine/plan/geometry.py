@@ -45,12 +45,18 @@ def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> di
                 dh=dilations[0], dw=dilations[1], pt=begins[0], pl=begins[1])
 
 
-def workspace_len(depthwise: bool, kh: int, kw: int, g: dict) -> int:
-    """Per-channel accumulator length of the direct conv's tile loop (``g`` from conv_geometry);
-    the 3×3 depthwise kernel and the stride-1 sparse convs keep their sums in registers and need
-    none."""
-    stride1 = g["sh"] == g["sw"] == 1
-    return 0 if (depthwise and kh == kw == 3) or (not depthwise and stride1) else g["oh"] * g["pitch"]
+def phase_shape(g: dict, kh: int, kw: int) -> tuple:
+    """(rows, Wq) of one input plane's padded phases, the sparse convs' workspace per plane
+    (kernels/_planes.py, pad_phases): sh·sw phases of Hq = OH + (kh−1)·dh // sh rows and
+    Wq = OW + (kw−1)·dw // sw columns (stride 1: the padded plane, hp × wp)."""
+    hq = g["oh"] + (kh - 1) * g["dh"] // g["sh"]
+    return g["sh"] * g["sw"] * hq, g["ow"] + (kw - 1) * g["dw"] // g["sw"]
+
+
+def workspace_len(kh: int, kw: int, g: dict) -> int:
+    """Per-channel accumulator length of the depthwise kernels' tile loop (``g`` from
+    conv_geometry); the 3×3 depthwise kernel keeps its sums in registers and needs none."""
+    return 0 if kh == kw == 3 else g["oh"] * g["pitch"]
 
 
 def pool_geometry(node: Node, x_shape):

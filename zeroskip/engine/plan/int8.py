@@ -19,7 +19,7 @@ from ... import quantmath
 from ...errors import InputError, UnsupportedModelError
 from ...model import Node
 from .context import Choice, PlanContext
-from .geometry import conv_geometry, conv_input, workspace_len
+from .geometry import conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import builds
 from .steps import Scratch, Step
 from .weights import csr_triple
@@ -148,13 +148,18 @@ class ConvAccumulator:
         g = conv_geometry(self.node, x.shape, self.kh, self.kw)
         return g, (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
 
-    def planes(self, x: np.ndarray, g: dict, depthwise: bool):
-        """The direct kernels' workspaces: the padded planes xp and the accumulator rows ws."""
+    def planes(self, x: np.ndarray, g: dict):
+        """The depthwise kernels' workspaces: the padded planes xp and the accumulator rows ws."""
         batch = x.shape[0]
         xp = self.scratch.get("xp", (batch, self.channels, g["hp"], g["wp"]), x.dtype)
-        ws = self.scratch.get("ws", (batch, self.n_out, workspace_len(depthwise, self.kh, self.kw, g)),
+        ws = self.scratch.get("ws", (batch, self.n_out, workspace_len(self.kh, self.kw, g)),
                               np.int32)
         return xp, ws
+
+    def phases(self, x: np.ndarray, g: dict):
+        """The sparse convs' workspace: the input's padded phases xq (plan/geometry.phase_shape)."""
+        shape = (x.shape[0], self.channels) + phase_shape(g, self.kh, self.kw)
+        return self.scratch.get("xq", shape, x.dtype)
 
 
 PLANAR_DEPTHWISE_MIN_WIDTH = 56
@@ -195,7 +200,7 @@ class DepthwiseConv(ConvAccumulator):
                            "axpy per tap along output rows, Q31 requantization from cache)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
-        xp, ws = self.planes(x, g, depthwise=True)
+        xp, ws = self.planes(x, g)
         self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
 
     def channels_last_pays(self, g) -> bool:
@@ -214,7 +219,7 @@ class DepthwiseConv(ConvAccumulator):
             self.channels_last(x, xh)
             self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], *rq, y, *geo)
         else:
-            xp, ws = self.planes(x, g, depthwise=True)
+            xp, ws = self.planes(x, g)
             self.rq_kernel(self.w, q["bias"], x, q["x_zp"], xp, ws, *rq, y, *geo)
         return y
 
@@ -261,8 +266,7 @@ class CsrConv(ConvAccumulator):
                 self.kernel(*self.csr, bias, x[b].reshape(self.channels, -1),
                             acc[b].reshape(self.n_out, -1))
             return
-        xp, ws = self.planes(x, g, depthwise=False)
-        self.kernel(*self.csr, bias, x, x_zp, xp, ws, acc, *geo, self.group)
+        self.kernel(*self.csr, bias, x, x_zp, self.phases(x, g), acc, *geo, self.group)
 
     def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
         if not self.fused:
@@ -275,9 +279,9 @@ class CsrConv(ConvAccumulator):
                                y[b].reshape(self.n_out, -1))
             return y
         g, geo = self.geometry(x)
-        xp, ws = self.planes(x, g, depthwise=False)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        self.rq_kernel(*self.csr, q["bias"], x, q["x_zp"], xp, ws, *rq, y, *geo, self.group)
+        self.rq_kernel(*self.csr, q["bias"], x, q["x_zp"], self.phases(x, g), *rq, y, *geo,
+                       self.group)
         return y
 
 

@@ -63,16 +63,15 @@ def _conv_work(nnz_per_channel: float, y) -> float:
     return y.size * (nnz_per_channel + 1)
 
 
-def _work_conv_csr_f32(indptr, indices, data, b, x, xp, ws, y, *_):
+def _work_conv_csr_f32(indptr, indices, data, b, x, xq, y, *_):
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
-def _work_conv_csr_i8(indptr, indices, data, bias, x, x_zp, xp, ws, y, *_):
+def _work_conv_csr_i8(indptr, indices, data, bias, x, x_zp, xq, y, *_):
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
-def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xp, ws, m0, shift, y_zp, lo, hi,
-                         y, *_):
+def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xq, m0, shift, y_zp, lo, hi, y, *_):
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
