@@ -4,7 +4,7 @@ vector registers (LLVM IR) where the CPU has AVX2, as plain loops elsewhere.
     y[y0 : y0+count] = (b or y[y0 : y0+count]) + Σ_{e=start}^{end−1} data[e] · x[indices[e], m0 : m0+count]
 
 "x" is any 2-D C-contiguous array whose rows the indices name: the CSR GEMMs' activations xt (K, M)
-(kernels/matmul_csr.py), or a stride-1 conv's padded planes viewed flat as (L, 1), the indices then
+(kernels/matmul_csr.py), or a sparse conv's padded phases viewed flat as (L, 1), the indices then
 being each tap's start in them (kernels/conv_csr.py). float32 rounds each product and each sum as
 written, in the order of the nonzeros; int8 weights on uint8/int8 activations sum exactly in int32.
 See docs/kernels.md, "matmul_csr_f32". The leading underscore keeps the kernel collector
