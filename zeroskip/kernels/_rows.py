@@ -88,7 +88,7 @@ def row_block_ir(vectors: int, masked: bool, lanes: int = LANES):
             acc_t = ir.FloatType() if real else i32  # the accumulators' lanes
             x_t = ir.FloatType() if real else i8     # xt's elements
             vec, x_vec = ir.VectorType(acc_t, lanes), ir.VectorType(x_t, lanes)
-            x_signed = signature.args[2].dtype in (types.int8,)
+            x_signed = signature.args[2].dtype == types.int8
 
             def splat(value, vector_type):
                 undef = ir.Constant(vector_type, ir.Undefined)
@@ -96,7 +96,9 @@ def row_block_ir(vectors: int, masked: bool, lanes: int = LANES):
                 return builder.shuffle_vector(one, undef, ir.Constant(int_vec, [0] * lanes))
 
             def masked_op(kind, vector_type):
-                ptr, tag = vector_type.as_pointer(), f"v{lanes}{'f32' if vector_type.element == ir.FloatType() else 'i' + str(vector_type.element.width)}"
+                """llvm.masked.load/store for ``vector_type`` (named like v16f32, v16i8)."""
+                ptr, element = vector_type.as_pointer(), vector_type.element
+                tag = f"v{lanes}" + ("f32" if element == ir.FloatType() else f"i{element.width}")
                 if kind == "load":
                     return builder.module.declare_intrinsic(
                         f"llvm.masked.load.{tag}.p0",
@@ -107,14 +109,16 @@ def row_block_ir(vectors: int, masked: bool, lanes: int = LANES):
 
             if masked:  # vector v holds pixels v·L + lane: those below count are live
                 live = splat(builder.trunc(count_v, i32), int_vec)
-                masks = [builder.icmp_signed("<", ir.Constant(int_vec, [v * lanes + j for j in range(lanes)]),
-                                             live) for v in range(vectors)]
+                lane_of = [ir.Constant(int_vec, [v * lanes + j for j in range(lanes)])
+                           for v in range(vectors)]
+                masks = [builder.icmp_signed("<", lane, live) for lane in lane_of]
 
             def load(base, v, vector_type, align):
                 ptr = builder.gep(base, [i64(v)])
                 if masked:
                     zero = ir.Constant(vector_type, [0] * lanes)
-                    return builder.call(masked_op("load", vector_type), [ptr, i32(align), masks[v], zero])
+                    return builder.call(masked_op("load", vector_type),
+                                        [ptr, i32(align), masks[v], zero])
                 return builder.load(ptr, align=align)
 
             def store(value, base, v):
