@@ -79,7 +79,7 @@ def test_int8_classes_compute_the_same_integers(timed_by_batch):
             kernels.setdefault(row["batch"], set()).add(row["kernel"])
     assert set(kernels) == {1, 8, 64}
     assert all(k.startswith("matmul_dense_rq_i8") for k in kernels[1])  # requantizing too
-    assert all(k.startswith("matmul_csr_i8") for k in kernels[8] | kernels[64])
+    assert all(k.startswith("matmul_csr_rq_i8") for k in kernels[8] | kernels[64])  # and these
 
 
 def test_concurrent_first_runs_of_a_new_class_plan_it_once(timed_by_batch):

@@ -230,16 +230,17 @@ def test_int8_matmul_takes_the_csr_or_dense_choice(form, a_shape):
     assert not [n.name for n in model.graph.nodes if n.op == "MatMul"]  # no float MatMul left
     x = calibration(tuple(a_shape[1:]), 12, seed=11)
     outs = {}
-    # a QGemm requantizes in the dense GEMM's epilogue; MatMulInteger's output is the int32 sums
+    # a QGemm requantizes in the GEMM's epilogue; MatMulInteger's output is the int32 sums
     dense = "matmul_dense_i8" if form == "dynamic" else "matmul_dense_rq_i8"
-    for mode, kernel in (("dense-i8", dense), ("sparse-i8", "matmul_csr_i8"), ("auto", None)):
+    csr = "matmul_csr_i8" if form == "dynamic" else "matmul_csr_rq_i8"
+    for mode, kernel in (("dense-i8", dense), ("sparse-i8", csr), ("auto", None)):
         session = zeroskip.Session(model, mode=mode)
         rows = [r for r in session.explain() if r["op"] in weighted]
         assert len(rows) == 2, rows
         for row in rows:
             if kernel is None:  # auto: either kernel, as its choice says
                 assert row["reason"].startswith("auto: "), row
-                assert row["kernel"].split()[0] in ("matmul_csr_i8", dense), row
+                assert row["kernel"].split()[0] in (csr, dense), row
             else:
                 assert row["kernel"].split()[0] == kernel, row
         outs[mode] = session.run({"x": x})["y"]

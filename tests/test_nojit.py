@@ -2,14 +2,15 @@
 
 With the JIT off every kernel is its plain Python function (prange is range), which is how a learner
 steps through one in a debugger; the parts written in LLVM IR are replaced by their plain forms (the
-dense int8 GEMM's tile by its NumPy model, kernels/matmul_dense.py; the float32 CSR GEMM's row block
-by its loops, kernels/matmul_csr.py). The outputs must not change by a single bit.
+dense int8 GEMM's tile by its NumPy model, kernels/matmul_dense.py; the CSR kernels' row block by its
+loops, kernels/_rows.py). The outputs must not change by a single bit.
 
 The models: a float CNN (conv 3×3, depthwise 3×3 and 5×5 with two outputs per channel, a residual
 Add, MaxPool, a pruned 1×1 conv, AveragePool, GlobalAveragePool, a pruned Gemm), its int8 versions
-made by onnxruntime's quantizer (QOperator with uint8 activations, QDQ with int8 ones), and the bundled digits MLPs.
-Together their plans reach every kernel that a plan uses (checked below); ``im2col_dense_i8``,
-which no plan uses, is called directly.
+made by onnxruntime's quantizer (QOperator with uint8 activations, QDQ with int8 ones), and the
+bundled digits MLPs.
+Together their plans reach every kernel that a plan uses (checked below); ``im2col_dense_i8`` and
+``requantize_dense_i8``, which no plan uses, are called directly.
 
 The JIT is read once per process, so the JIT-off runs happen in one child process and the compiled
 ones here. ``auto`` picks kernels from timings cached per machine (``ZEROSKIP_CACHE_DIR``, a fresh
@@ -38,8 +39,10 @@ DATA = pathlib.Path(zeroskip.__file__).parent / "data"
 THREADS = (1, 2)
 FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
-NOT_IN_ANY_PLAN = {"im2col_dense_i8"}
-"""Kernels that no plan calls (the int8 dense conv takes im2row): called directly instead."""
+NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8"}
+"""Kernels that no plan calls, called directly instead: the int8 dense conv takes im2row, and every
+QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those epilogues
+must equal)."""
 
 
 def _cnn():
@@ -108,6 +111,11 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     x, zp, cols, geometry = _im2col_case()
     KERNELS["im2col_dense_i8"](x, zp, cols, *geometry)
     outputs["direct|im2col_dense_i8"] = cols
+    acc = np.arange(-2000, 2000, 7, dtype=np.int32).reshape(4, -1)  # 4 channels, both clamps bind
+    y = np.zeros(acc.shape, np.uint8)
+    m0, shift = np.full(4, 1 << 30, np.int32), np.array([3, 4, 5, 6], np.int32)
+    KERNELS["requantize_dense_i8"](acc, m0, shift, 17, 2, 250, y)
+    outputs["direct|requantize_dense_i8"] = y
     return outputs, kernels
 
 

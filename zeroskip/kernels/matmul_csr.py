@@ -156,7 +156,11 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
             start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
             for p0 in range(0, M, PIXELS_PER_BLOCK):
                 count = min(PIXELS_PER_BLOCK, M - p0)
-                row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
+                if count < DOT_BELOW_PIXELS:  # a Gemm at batch 1 or 2
+                    for m in range(count):
+                        sums[m] = _dot_i8(indices, data, xt, start, end, p0 + m, bias[n])
+                else:
+                    row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
                 requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
                                yt[n, p0:p0 + count])
 

@@ -4,9 +4,8 @@ int32 accumulation, Q31 requantization (docs/quantization.md).
 The accumulators (``DenseGemm``/``CsrGemm``, ``DepthwiseConv``/``CsrConv``/``Im2rowConv``) are
 shared with the ONNX integer ops (onnx_integer.py), which keep the int32 result instead of
 requantizing it. Each is chosen once, at plan time, by ``gemm_accumulator``/``conv_accumulator``.
-Every conv accumulator, and the dense GEMM, requantizes in its kernel's epilogue when the op asks
-(``requantizes``: QGemm and QConv do, the integer ops do not); the CSR GEMM of a QGemm leaves its
-int32 sums to ``requantize_dense_i8``.
+Every accumulator requantizes in its kernel's epilogue when the op asks (``requantizes``: QGemm and
+QConv do, the integer ops do not, and keep the int32 sums).
 """
 
 from __future__ import annotations
@@ -36,23 +35,20 @@ def check_q8(node: Node, x: np.ndarray) -> None:
 
 # -- GEMM: acc (N,M) int32 = bias'[n] + Σ_k w[n,k]·x[m,k] ------------------------------------------
 class GemmAccumulator:
-    """What both int8 GEMM accumulators share. ``gemm(x, bias, acc)`` writes the int32 sums;
-    ``gemm.requantized(x, q, yt, requantize)`` writes the layer's 8-bit output: the sums into a
-    scratch, then ``requantize`` (requantize_dense_i8), unless the accumulator requantizes in its
-    own epilogue (``fused``: then its name and reason say so, and it overrides this)."""
+    """What both int8 GEMM accumulators share. ``gemm(x, bias, acc)`` writes the int32 sums (the
+    integer ops keep them); built with ``requantizes``, ``gemm.requantized(x, q, yt)`` writes the
+    layer's 8-bit output, requantized in the GEMM's epilogue (QGemm), and its name and reason say
+    so."""
 
     name = reason = ""
-    fused = False
 
     def __init__(self, w2: np.ndarray):
         self.n_out, self.k_in = w2.shape
         self.scratch = Scratch()
 
-    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray, requantize) -> None:
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         """x (M,K) 8-bit, yt (N,M) 8-bit (overwritten), q the layer's ``layer_quant``."""
-        acc = self.scratch.get("acc", yt.shape, np.int32)
-        self(x, q["bias"], acc)
-        requantize(acc, q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"], yt)
+        raise NotImplementedError("an accumulator built with requantizes overrides this")
 
 
 class DenseGemm(GemmAccumulator):
@@ -66,7 +62,7 @@ class DenseGemm(GemmAccumulator):
         self.w = np.ascontiguousarray(w2)
         self.kernel = ctx.kernel("matmul_dense_i8")
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
-            self.fused, self.name = True, "matmul_dense_rq_i8"
+            self.name = "matmul_dense_rq_i8"
             self.reason += ", Q31 requantization in the GEMM's epilogue"
             self.rq_kernel = ctx.kernel("matmul_dense_rq_i8")
 
@@ -74,10 +70,7 @@ class DenseGemm(GemmAccumulator):
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
 
-    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray, requantize) -> None:
-        if not self.fused:
-            super().requantized(x, q, yt, requantize)
-            return
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
                        q["lo"], q["hi"], yt)
 
@@ -87,20 +80,28 @@ class CsrGemm(GemmAccumulator):
 
     name = "matmul_csr_i8"
 
-    def __init__(self, w2: np.ndarray, ctx: PlanContext):
+    def __init__(self, w2: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(w2)
         self.csr = csr_triple(w2)
         self.kernel = ctx.kernel("matmul_csr_i8")
         self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
+        if requantizes:  # the int32 sums requantized from L1, never stored
+            self.name = "matmul_csr_rq_i8"
+            self.reason += ", Q31 requantization in the epilogue"
+            self.rq_kernel = ctx.kernel("matmul_csr_rq_i8")
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
 
+    def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
+        self.rq_kernel(*self.csr, q["bias"], np.ascontiguousarray(x.T), q["m0"], q["shift"],
+                       q["y_zp"], q["lo"], q["hi"], yt)
+
 
 def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext, requantizes: bool = False):
-    """CSR or dense; ``requantizes``: the dense GEMM may requantize in its epilogue (``fused``)."""
-    return CsrGemm(w2, ctx) if csr else DenseGemm(w2, ctx, requantizes)
+    """CSR or dense; ``requantizes``: the GEMM requantizes in its epilogue (``requantized``)."""
+    return CsrGemm(w2, ctx, requantizes) if csr else DenseGemm(w2, ctx, requantizes)
 
 
 # -- conv: acc (B,N,OH,OW) int32 = bias'[n] + Σ w·x, pads at the input zero point ------------------
@@ -108,11 +109,13 @@ class ConvAccumulator:
     """What every int8 conv accumulator shares: the layer's shape, the input check, the scratch.
 
     ``acc = conv(x, x_zp, bias)`` returns a scratch array, valid until the next call on this thread,
-    for x (B,C,H,W) 8-bit (from ``check_input``), its zero point, and bias (N,) int32.
+    for x (B,C,H,W) 8-bit (from ``check_input``), its zero point, and bias (N,) int32: the int32
+    sums the integer ops keep. Built with ``requantizes``, ``conv.requantized(x, q)`` returns the
+    layer's 8-bit output, requantized in the kernel's epilogue (QConv), and its name and reason say
+    so.
     """
 
     name = reason = ""
-    fused = False  # True: ``requantized`` requantizes in a kernel's epilogue; name and reason say so
 
     def __init__(self, node: Node, w4: np.ndarray):
         """w4 (N, C/group, kh, kw) int8."""
@@ -132,16 +135,10 @@ class ConvAccumulator:
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
 
-    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
         """The layer's 8-bit output (B,N,OH,OW) for x from ``check_input``, q the layer's
-        ``layer_quant``: the sums, then ``requantize`` (requantize_dense_i8) image by image.
-        Accumulators that requantize in an epilogue override this."""
-        acc = self(x, q["x_zp"], q["bias"])
-        y = np.empty(acc.shape, q["y_dtype"])
-        for b in range(acc.shape[0]):
-            requantize(acc[b].reshape(self.n_out, -1), q["m0"], q["shift"], q["y_zp"], q["lo"],
-                       q["hi"], y[b].reshape(self.n_out, -1))
-        return y
+        ``layer_quant``."""
+        raise NotImplementedError("an accumulator built with requantizes overrides this")
 
     def geometry(self, x: np.ndarray):
         """(the window geometry dict for x, the kernels' geometry arguments)."""
@@ -180,7 +177,6 @@ class DepthwiseConv(ConvAccumulator):
         self.layout = False  # planar, unless the channels-last kernel pays (multiplier 1 only)
         if not requantizes:
             return
-        self.fused = True  # both kernels requantize in their epilogue
         self.rq_kernel = ctx.kernel("depthwise_dense_rq_i8")
         self.name = planar = "depthwise_dense_rq_i8"
         self.reason = ("depthwise conv: dense int8 taps along output rows, Q31 requantization "
@@ -206,11 +202,9 @@ class DepthwiseConv(ConvAccumulator):
     def channels_last_pays(self, g) -> bool:
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
-    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
         """The channels-last kernel where it is the faster one, else the planar one; both
-        requantize in their epilogue (unfused, the sums and then ``requantize``)."""
-        if not self.fused:
-            return super().requantized(x, q, requantize)
+        requantize in their epilogue."""
         g, geo = self.geometry(x)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
         rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
@@ -249,14 +243,14 @@ class CsrConv(ConvAccumulator):
             self.reason = (f"pointwise conv: the int8 CSR GEMM ({len(self.csr[2])} nonzeros) on "
                            f"each image's planar input, int32 accumulation")
             if requantizes:  # the int32 sums requantized from L1, never stored
-                self.fused, self.name = True, "matmul_csr_rq_i8"
+                self.name = "matmul_csr_rq_i8"
                 self.rq_kernel = ctx.kernel("matmul_csr_rq_i8")
                 self.reason += ", Q31 requantization in the epilogue"
         else:
             self.kernel = ctx.kernel("conv2d_csr_i8")
             self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
             if requantizes:  # each tile of int32 sums requantized from L1, never stored
-                self.fused, self.name = True, "conv2d_csr_rq_i8"
+                self.name = "conv2d_csr_rq_i8"
                 self.rq_kernel = ctx.kernel("conv2d_csr_rq_i8")
                 self.reason += ", Q31 requantization tile by tile"
 
@@ -268,9 +262,7 @@ class CsrConv(ConvAccumulator):
             return
         self.kernel(*self.csr, bias, x, x_zp, self.phases(x, g), acc, *geo, self.group)
 
-    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
-        if not self.fused:
-            return super().requantized(x, q, requantize)
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
         rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
         if self.pointwise:
             y = np.empty((x.shape[0], self.n_out) + x.shape[2:], q["y_dtype"])
@@ -313,13 +305,12 @@ class Im2rowConv(ConvAccumulator):
         self.pointwise = (self.kh, self.kw, self.group) == (1, 1, 1) \
             and tuple(attrs["strides"] or (1, 1)) == (1, 1) and not any(attrs["pads"] or ()) \
             and self.k_in == self.k_pad
-        gemm = "matmul_dense_i8"
         if self.pointwise:
             self.reason = "1×1 conv: the channels-last input is the GEMM's rows (no im2row), " \
                           "then a dense int8 GEMM"
         gemm = "matmul_dense_i8"
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
-            self.fused, gemm = True, "matmul_dense_rq_i8"
+            gemm = "matmul_dense_rq_i8"
             self.reason += ", Q31 requantization in the GEMM's epilogue"
             self.rq_kernel = ctx.kernel(gemm)
         self.name = "channels_last_dense_i8 + " + ("" if self.pointwise else "im2row_dense_i8 + ") \
@@ -356,10 +347,8 @@ class Im2rowConv(ConvAccumulator):
         for x_rows, w, channels, acc_g in self._groups(rows, acc):
             self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
 
-    def requantized(self, x: np.ndarray, q: dict, requantize) -> np.ndarray:
-        """The GEMM requantizes in its epilogue (when ``fused``)."""
-        if not self.fused:
-            return super().requantized(x, q, requantize)
+    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+        """The GEMM requantizes in its epilogue."""
         g, geo = self.geometry(x)
         rows = self._fill_rows(x, q["x_zp"], g, geo)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
@@ -388,7 +377,7 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
     """The accumulator of an int8 conv, and the CSR/dense choice behind it: depthwise taps for a
     depthwise conv (always dense); else CSR or im2row + dense GEMM as ``choose()`` says (asked only
     then); always im2row with ``im2row_only`` (``window_sums`` needs its rows). ``requantizes``:
-    the dense GEMM and the CSR convs may requantize in their epilogue (``fused``)."""
+    the accumulator requantizes in its kernel's epilogue (``requantized``)."""
     if im2row_only:
         return Im2rowConv(node, w4, ctx), Choice(False)
     if is_depthwise(node, w4):
@@ -444,11 +433,8 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
 
 
 def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
-    """The Step of a QGemm/QConv: its accumulator's kernel, then requantization."""
-    if accumulator.fused:  # its name and reason say where it requantizes
-        return Step(node, accumulator.name, choice.lead(accumulator.reason), run, density)
-    return Step(node, accumulator.name + " + requantize_dense_i8",
-                choice.lead(accumulator.reason + ", Q31 requantization"), run, density)
+    """The Step of a QGemm/QConv: its accumulator, whose name and reason say where it requantizes."""
+    return Step(node, accumulator.name, choice.lead(accumulator.reason), run, density)
 
 
 @builds("int8", "QGemm")
@@ -456,7 +442,6 @@ def qgemm(node: Node, ctx: PlanContext):
     q = layer_quant(node, ctx)
     choice = ctx.choose_csr(q["density"], "gemm i8", node)
     gemm = gemm_accumulator(q["w"], choice.csr, ctx, requantizes=True)
-    requantize = ctx.kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
@@ -466,7 +451,7 @@ def qgemm(node: Node, ctx: PlanContext):
             raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
                              f"got {x.shape}")
         yt = np.empty((gemm.n_out, x.shape[0]), q["y_dtype"])
-        gemm.requantized(x, q, yt, requantize)
+        gemm.requantized(x, q, yt)
         values[out] = np.ascontiguousarray(yt.T)
 
     return requantized_step(node, gemm, choice, run, q["density"])
@@ -478,10 +463,9 @@ def qconv(node: Node, ctx: PlanContext):
     conv, choice = conv_accumulator(node, q["w"].reshape(q["w_shape"]), ctx,
                                     lambda: ctx.choose_csr(q["density"], "conv i8", node),
                                     requantizes=True)
-    requantize = ctx.kernel("requantize_dense_i8")
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
-        values[out] = conv.requantized(conv.check_input(values[x_name]), q, requantize)
+        values[out] = conv.requantized(conv.check_input(values[x_name]), q)
 
     return requantized_step(node, conv, choice, run, q["density"])
