@@ -15,11 +15,19 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
   0.26, 1.6, 3.2 and 6.4 million multiply-accumulates: parallel from 2^20; the CSR GEMMs count
   their useful multiply-accumulates against the same bound (``matmul_csr_i8`` at 10 % density:
   1.4 million, 144 against 138 µs; 5.8 million, 604 against 445 µs);
+* ``matmul_csr_f32`` (register row block): the kernel alone gains from 1.5 million useful
+  multiply-accumulates (serial 77, 153, 186, 711 µs against parallel 57, 102, 162, 432 µs at 0.75,
+  1.5, 3.4, 13.4 million), but the whole run does not: after a parallel region TBB's workers spin
+  for a while, and on this machine the two vCPUs share a core's execution units, so every step
+  after it ran ~25 % slower. The digits MLP's sparse-f32 run (450 images, one 1.5 million-MAC
+  layer in parallel) took 0.56 ms on one thread and 0.70–0.72 ms on two. Parallel from 2^22;
 * ``matmul_csr_rq_i8`` (the pointwise convs of a pruned MobileNetV2), whose work is useful
   multiply-accumulates plus requantized outputs: serial 16, 24, 25, 42, 43, 71, 86 µs against
   parallel 25, 28, 29, 33, 34, 50, 55 µs at 0.09, 0.20, 0.17, 0.50, 0.50, 0.57, 0.65 million (10 %
   density; 64→64 at 14×14, 96→96 at 14×14, 256→128 at 7×7, 192→32 at 28×28, 384→64, 64→384 at
-  14×14, 32→192 at 28×28): parallel from 2^19;
+  14×14, 32→192 at 28×28), but as for ``matmul_csr_f32`` the steps after a parallel region pay for
+  it: the int8 digits MLP's sparse-i8 run (two layers of 0.85 and 1.5 million) took 0.38–0.39 ms
+  on one thread and 0.41–0.44 ms on two. Parallel from 2^21;
 * the direct sparse convolutions (``conv2d_csr_*``) spend far more per useful multiply-accumulate
   (padded planes, a tile loop per output channel): their work is useful MACs + outputs, parallel
   from 2^17, which every layer of a real network reaches (under workqueue, whose launches cost
@@ -43,7 +51,8 @@ MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
-MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
+MIN_PARALLEL_CSR_RQ_WORK = 1 << 21
+MIN_PARALLEL_CSR_F32_MACS = 1 << 22
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
@@ -109,7 +118,7 @@ WORK = {
     "matmul_dense_rq_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_csr_i8": (_macs_csr, MIN_PARALLEL_MACS),
     "matmul_csr_rq_i8": (_work_csr_rq, MIN_PARALLEL_CSR_RQ_WORK),
-    "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_MACS),
+    "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_CSR_F32_MACS),
     "conv2d_csr_f32": (_work_conv_csr_f32, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
@@ -154,5 +163,6 @@ class Launch:
         self.threshold = float("inf")
 
 
-__all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_RQ_WORK",
+__all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
+           "MIN_PARALLEL_CSR_RQ_WORK",
            "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
