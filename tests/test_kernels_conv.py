@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from kernel_checks import assert_exact, assert_f32_close
 from zeroskip.kernels import KERNELS
+from zeroskip.kernels._planes import tap_starts
 from zeroskip.quantmath import quantize_multiplier
 from zeroskip.reference import OPS, REFERENCES
 from zeroskip.geometry import geometry
@@ -38,6 +39,13 @@ def _plan(x_shape, kh, kw, strides, pads, dilations):
     Wq = OW + (kw - 1) * dilations[1] // strides[1]
     return dict(OH=OH, OW=OW, Hp=Hp, Wp=Wp, P=P, pt=begins[0], pl=begins[1],
                 phases=(strides[0] * strides[1] * Hq, Wq))
+
+
+def _starts(indices, case):
+    """The sparse convs' tap starts for a conv case, as the plan computes them (TapStarts)."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rows, wq = _plan((B, C, H, W), kh, kw, s, p, d)["phases"]
+    return tap_starts(indices, C // g, kh, kw, rows // (s[0] * s[1]), wq, s[0], s[1], d[0], d[1])
 
 
 def _csr(w, index_dtype=np.int32):
@@ -117,8 +125,8 @@ def _run_conv_f32(w, b, x, case, index_dtype=np.int32, lo=-np.inf, hi=np.inf):
     indptr, indices, data = _csr(w, index_dtype)
     xq = np.empty((B, C) + q["phases"], np.float32)
     y = np.full((B, N, q["OH"], q["OW"]), np.nan, np.float32)
-    KERNELS["conv2d_csr_f32"](indptr, indices, data, b, x, xq, y, kh, kw, s[0], s[1], d[0], d[1],
-                              q["pt"], q["pl"], g, lo, hi)
+    KERNELS["conv2d_csr_f32"](indptr, _starts(indices, case), data, b, x, xq, y, kh, kw, s[0], s[1],
+                              d[0], d[1], q["pt"], q["pl"], g, lo, hi)
     return y, (indptr, indices, data)
 
 
@@ -128,8 +136,8 @@ def _run_conv_i8(w, bias, x, x_zp, case, index_dtype=np.int32):
     indptr, indices, data = _csr(w, index_dtype)
     xq = np.empty((B, C) + q["phases"], x.dtype)
     y = np.full((B, N, q["OH"], q["OW"]), -7, np.int32)
-    KERNELS["conv2d_csr_i8"](indptr, indices, data, bias, x, x_zp, xq, y, kh, kw, s[0], s[1], d[0],
-                             d[1], q["pt"], q["pl"], g)
+    KERNELS["conv2d_csr_i8"](indptr, _starts(indices, case), data, bias, x, x_zp, xq, y, kh, kw,
+                             s[0], s[1], d[0], d[1], q["pt"], q["pl"], g)
     return y, (indptr, indices, data)
 
 
@@ -173,6 +181,12 @@ def _requantization(rng, acc, N, y_type):
     return m0, shift, int(rng.integers(lo, hi + 1)), lo, hi
 
 
+def _unfused(acc, rq):
+    """requantize_dense_i8's reference image by image: what every requantizing kernel must give."""
+    n_out = acc.shape[1]
+    return np.stack([REFERENCES["requantize_dense_i8"](a.reshape(n_out, -1), *rq) for a in acc])
+
+
 @pytest.mark.parametrize("case", CONV_CASES, ids=_conv_ids)
 def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
     """conv2d_csr_rq_i8 (requantized tile by tile) gives the bytes of conv2d_csr_i8 then
@@ -190,12 +204,11 @@ def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
         m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, y_type)
         xq = np.empty((B, C) + q["phases"], x.dtype)
         y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
-        KERNELS["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, xq, m0, shift, y_zp, lo, hi, y, kh, kw,
-                                    s[0], s[1], d[0], d[1], q["pt"], q["pl"], g)
+        KERNELS["conv2d_csr_rq_i8"](csr[0], _starts(csr[1], case), csr[2], bias, x, x_zp, xq, m0,
+                                    shift, y_zp, lo, hi, y, kh, kw, s[0], s[1], d[0], d[1], q["pt"],
+                                    q["pl"], g)
         want = REFERENCES["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, m0, shift, y_zp, lo, hi, **geo)
-        unfused = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(N, -1), m0, shift, y_zp,
-                                                              lo, hi) for a in acc])
-        assert np.array_equal(want, unfused.reshape(want.shape))
+        assert np.array_equal(want, _unfused(acc, (m0, shift, y_zp, lo, hi)).reshape(want.shape))
         assert_exact(y, want, dtype=y_type, case=_conv_ids(case), x_zp=x_zp)
 
 
@@ -328,6 +341,18 @@ def test_depthwise(case, density):
     assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
 
 
+def _quantized_depthwise(rng, case, n_out, x_type, y_type):
+    """A depthwise case's int8 operands for ``n_out`` output channels: (taps (n_out, kh·kw),
+    x, x_zp, bias', the reference accumulator, the requantization (m0, shift, y_zp, lo, hi))."""
+    B, C, m, H, W, kh, kw, s, p, d = case
+    wq = rng.integers(-128, 128, (n_out, kh * kw)).astype(np.int8)
+    xq, zp = _quant_input(rng, (B, C, H, W), x_type)
+    bias = rng.integers(-2**16, 2**16, n_out).astype(np.int32)
+    acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, kernel_shape=(kh, kw), strides=s,
+                                           pads=p, dilations=d)
+    return wq, xq, zp, bias, acc, _requantization(rng, acc, n_out, y_type)
+
+
 @pytest.mark.parametrize("case", DW_CASES, ids=_dw_ids)
 def test_depthwise_dense_rq_i8_is_the_depthwise_then_requantize(case):
     """depthwise_dense_rq_i8 (planar, requantized row by row for 3×3, tile by tile otherwise)
@@ -340,19 +365,13 @@ def test_depthwise_dense_rq_i8_is_the_depthwise_then_requantize(case):
     geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
     args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
     for x_type, y_type in ((np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)):
-        wq = rng.integers(-128, 128, (N, kh * kw)).astype(np.int8)
-        xq, zp = _quant_input(rng, (B, C, H, W), x_type)
-        bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
-        acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
-        m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, y_type)
+        wq, xq, zp, bias, acc, rq = _quantized_depthwise(rng, case, N, x_type, y_type)
         xp = np.empty((B, C, q["Hp"], q["Wp"]), xq.dtype)
         ws = np.empty((B, N, q["OH"] * q["P"]), np.int32)
         y = np.full((B, N, q["OH"], q["OW"]), 7, y_type)
-        KERNELS["depthwise_dense_rq_i8"](wq, bias, xq, zp, xp, ws, m0, shift, y_zp, lo, hi, y, *args)
-        want = REFERENCES["depthwise_dense_rq_i8"](wq, bias, xq, zp, m0, shift, y_zp, lo, hi, **geo)
-        unfused = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(N, -1), m0, shift, y_zp,
-                                                              lo, hi) for a in acc])
-        assert np.array_equal(want, unfused.reshape(want.shape))
+        KERNELS["depthwise_dense_rq_i8"](wq, bias, xq, zp, xp, ws, *rq, y, *args)
+        want = REFERENCES["depthwise_dense_rq_i8"](wq, bias, xq, zp, *rq, **geo)
+        assert np.array_equal(want, _unfused(acc, rq).reshape(want.shape))
         assert_exact(y, want, dtype=y_type, case=_dw_ids(case), zp=zp)
 
 
@@ -373,20 +392,13 @@ def test_depthwise_channels_last_requantizes_as_the_planar_kernel(case):
     geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
     args = (kh, kw, s[0], s[1], d[0], d[1], q["pt"], q["pl"])
     for x_type, y_type in ((np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)):
-        wq = rng.integers(-128, 128, (C, kh * kw)).astype(np.int8)
-        xq, zp = _quant_input(rng, (B, C, H, W), x_type)
-        bias = rng.integers(-2**16, 2**16, C).astype(np.int32)
-        acc = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
-        m0, shift, y_zp, lo, hi = _requantization(rng, acc, C, y_type)
+        wq, xq, zp, bias, acc, rq = _quantized_depthwise(rng, case, C, x_type, y_type)
         xh = np.ascontiguousarray(xq.transpose(0, 2, 3, 1))
         w_taps = np.ascontiguousarray(wq.T)
         y = np.full((B, C, q["OH"], q["OW"]), 7, y_type)
-        KERNELS["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, m0, shift, y_zp, lo, hi, y, *args)
-        want = REFERENCES["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, m0, shift, y_zp, lo, hi,
-                                                  **geo)
-        planar = np.stack([REFERENCES["requantize_dense_i8"](a.reshape(C, -1), m0, shift, y_zp,
-                                                             lo, hi) for a in acc])
-        assert np.array_equal(want, planar.reshape(want.shape))
+        KERNELS["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, *rq, y, *args)
+        want = REFERENCES["depthwise_nhwc_rq_i8"](w_taps, bias, xh, zp, *rq, **geo)
+        assert np.array_equal(want, _unfused(acc, rq).reshape(want.shape))
         assert_exact(y, want, dtype=y_type, case=_dw_ids(case), zp=zp)
 
 

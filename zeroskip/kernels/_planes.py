@@ -95,6 +95,19 @@ def pad_phases(x, xq, sh, sw, pt, pl, fill):
 
 
 @njit(cache=True)
+def tap_starts(indices, Cg, kh, kw, Hq, Wq, sh, sw, dh, dw):
+    """starts [nnz] int64: where each nonzero's tap (column indices[e] of the conv's CSR weight)
+    starts in the flat phases of its group's planes (phase_offsets[indices[e]]): the sparse convs
+    read tap e of output position p at starts[e] + p. Depends on the input's size, so the plan
+    computes it once per input shape."""
+    offs = phase_offsets(Cg, kh, kw, Hq, Wq, sh, sw, dh, dw)
+    starts = np.empty(indices.shape[0], np.int64)
+    for e in range(indices.shape[0]):
+        starts[e] = offs[np.int64(indices[e])]
+    return starts
+
+
+@njit(cache=True)
 def phase_offsets(Cg, kh, kw, Hq, Wq, sh, sw, dh, dw):
     """offs [Cg·kh·kw] int64: where tap k = c·kh·kw + i·kw + j starts in the flat phases of a group's
     planes (pad_phases): phase ((i·dh) mod sh, (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw.

@@ -14,7 +14,7 @@ from ...errors import InputError
 from ...model import Node
 from .context import PlanContext, float_bounds
 from .f32_dense import conv_operands
-from .geometry import conv_geometry, conv_input, phase_shape, workspace_len
+from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import Decline, builds
 from .steps import Scratch, Step
 from .weights import csr_triple
@@ -145,10 +145,11 @@ def conv_csr(node: Node, ctx: PlanContext):
     else:
         indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
         kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
+        starts = TapStarts(indices, c_group, kh, kw)
 
         def call(x, y, g, geo):  # the input's padded phases xq
             xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw), np.float32)
-            kernel(indptr, indices, data, bias, x, xq, y, *geo, group, lo, hi)
+            kernel(indptr, starts(g), data, bias, x, xq, y, *geo, group, lo, hi)
 
         reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
         density = len(data) / max(w.size, 1)

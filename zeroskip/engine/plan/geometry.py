@@ -53,6 +53,28 @@ def phase_shape(g: dict, kh: int, kw: int) -> tuple:
     return g["sh"] * g["sw"] * hq, g["ow"] + (kw - 1) * g["dw"] // g["sw"]
 
 
+class TapStarts:
+    """A sparse conv's tap starts (kernels/_planes.tap_starts) for each input shape it has seen:
+    where each nonzero's tap begins in the flat padded phases, computed once per shape at the first
+    run of it, not on every call (236 K nonzeros, ResNet-18's 512→512 3×3 at 10 %: 0.1 ms)."""
+
+    def __init__(self, indices: np.ndarray, c_group: int, kh: int, kw: int):
+        self.indices, self.c_group, self.kh, self.kw = indices, c_group, kh, kw
+        self._by_shape: dict = {}
+
+    def __call__(self, g: dict) -> np.ndarray:
+        rows, wq = phase_shape(g, self.kh, self.kw)
+        key = (rows, wq, g["sh"], g["sw"], g["dh"], g["dw"])
+        starts = self._by_shape.get(key)
+        if starts is None:  # two threads may both compute it: the same array either way
+            from ...kernels._planes import tap_starts  # Numba only once a sparse conv runs
+
+            starts = self._by_shape[key] = tap_starts(
+                self.indices, self.c_group, self.kh, self.kw, rows // (g["sh"] * g["sw"]), wq,
+                g["sh"], g["sw"], g["dh"], g["dw"])
+        return starts
+
+
 def workspace_len(kh: int, kw: int, g: dict) -> int:
     """Per-channel accumulator length of the depthwise kernels' tile loop (``g`` from
     conv_geometry); the 3×3 depthwise kernel keeps its sums in registers and needs none."""

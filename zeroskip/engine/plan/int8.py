@@ -18,7 +18,7 @@ from ... import quantmath
 from ...errors import InputError, UnsupportedModelError
 from ...model import Node
 from .context import Choice, PlanContext
-from .geometry import conv_geometry, conv_input, phase_shape, workspace_len
+from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import builds
 from .steps import Scratch, Step
 from .weights import csr_triple
@@ -248,6 +248,7 @@ class CsrConv(ConvAccumulator):
                 self.reason += ", Q31 requantization in the epilogue"
         else:
             self.kernel = ctx.kernel("conv2d_csr_i8")
+            self.starts = TapStarts(self.csr[1], self.c_group, self.kh, self.kw)
             self.reason = f"direct sparse int8 conv over {len(self.csr[2])} nonzeros (no im2col)"
             if requantizes:  # each tile of int32 sums requantized from L1, never stored
                 self.name = "conv2d_csr_rq_i8"
@@ -260,7 +261,9 @@ class CsrConv(ConvAccumulator):
                 self.kernel(*self.csr, bias, x[b].reshape(self.channels, -1),
                             acc[b].reshape(self.n_out, -1))
             return
-        self.kernel(*self.csr, bias, x, x_zp, self.phases(x, g), acc, *geo, self.group)
+        indptr, _, data = self.csr
+        self.kernel(indptr, self.starts(g), data, bias, x, x_zp, self.phases(x, g), acc, *geo,
+                    self.group)
 
     def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
         rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
@@ -272,8 +275,9 @@ class CsrConv(ConvAccumulator):
             return y
         g, geo = self.geometry(x)
         y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        self.rq_kernel(*self.csr, q["bias"], x, q["x_zp"], self.phases(x, g), *rq, y, *geo,
-                       self.group)
+        indptr, _, data = self.csr
+        self.rq_kernel(indptr, self.starts(g), data, q["bias"], x, q["x_zp"], self.phases(x, g),
+                       *rq, y, *geo, self.group)
         return y
 
 
