@@ -291,3 +291,88 @@ def test_int8_matmul_with_a_dynamic_inner_dim_keeps_the_float_form():
     for mode in ("dense-i8", "sparse-i8"):
         got = zeroskip.Session(model, mode=mode).run({"x": x})["y"]
         assert np.abs(got - want).max() <= 2 * step * (1 + 1e-6), mode
+
+
+# -- activations between GEMMs ----------------------------------------------------------------------
+def _chain_model(a_shape):
+    """MatMul (pruned) -> Relu -> MatMul (pruned): both on CSR in sparse-f32."""
+    nodes = [node("MatMul", ["x", "w1"], ["m1"], name="mm1"), node("Relu", ["m1"], ["r1"]),
+             node("MatMul", ["r1", "w2"], ["y"], name="mm2")]
+    inits = {"w1": pruned((K, 32), 0.2, seed=12), "w2": pruned((32, N), 0.2, seed=13)}
+    return zeroskip.import_onnx(make_model(nodes, [("x", list(a_shape))],
+                                           [("y", list(a_shape[:-1]) + [N])], inits))
+
+
+def test_chained_csr_gemms_pass_the_transposed_activation_without_a_copy(monkeypatch):
+    """The CSR GEMM writes yt (N,M) and hands on its transpose: the next CSR GEMM reads that yt as
+    its (K,M) input, so only the graph input is copied into the scratch xt. The output is still
+    C-contiguous and right."""
+    from zeroskip.engine.plan import steps
+
+    model = _chain_model(["N", K])
+    x = randn((33, K), 14)
+    session = zeroskip.Session(model, mode="sparse-f32", threads=1)
+    assert {r["kernel"] for r in _rows(session).values()} == {"matmul_csr_f32"}
+    requested = []
+    get = steps.Scratch.get
+    monkeypatch.setattr(steps.Scratch, "get",
+                        lambda self, name, *a: requested.append(name) or get(self, name, *a))
+    got = session.run({"x": x})["y"]
+    assert requested == ["xt"]  # the first layer's copy of the graph input, and no other
+    assert got.flags.c_contiguous
+    want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["C", "F aligned", "F misaligned", "strided"])
+def test_csr_product_gives_the_same_bytes_for_every_input_layout(layout):
+    """CsrProduct reads x's transpose in place only when it is a C-contiguous float32 matrix on a
+    cache line; every other layout is copied first, and the bytes never change."""
+    from zeroskip.engine.plan.f32_csr import CsrProduct
+    from zeroskip.engine.plan.steps import aligned_empty
+    from zeroskip.kernels import serial_kernel
+
+    class Ctx:
+        kernel = staticmethod(serial_kernel)
+
+    w = pruned((N, K), 0.3, seed=15)
+    product = CsrProduct(w, randn(N, 16), None, None, Ctx())
+    x = randn((21, K), 17)
+    if layout.startswith("F"):
+        xt = aligned_empty((K + 1, 21), np.float32)[1:] if layout == "F misaligned" else \
+            aligned_empty((K, 21), np.float32)
+        xt[...] = x.T
+        assert xt.flags.c_contiguous and (xt.ctypes.data % 64 == 0) == (layout == "F aligned")
+        fed = xt.T
+    elif layout == "strided":
+        fed = np.repeat(x, 2, axis=0)[::2]
+    else:
+        fed = x
+    want = product(np.ascontiguousarray(x))
+    got = product(fed)
+    assert got.tobytes() == want.tobytes()
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64) +
+                               randn(N, 16), rtol=1e-4, atol=1e-4)
+
+
+def test_int8_qgemm_hands_on_the_transpose_of_its_kernels_output():
+    """A QGemm's output value is the transpose of the kernel's C-contiguous (N,M) result, so a CSR
+    reader takes it with no copy; Session.run still returns C-contiguous outputs, exact."""
+    pytest.importorskip("onnxruntime")
+    from quant_builders import calibration
+
+    model = zeroskip.import_onnx(_quantized("qdq", ("N", K)))
+    x = calibration((K,), 12, seed=18)
+    session = zeroskip.Session(model, mode="sparse-i8", threads=1)
+    plan, values = session._start({"x": x})
+    qgemms = [step for step in plan.steps if step.node.op == "QGemm"]
+    assert len(qgemms) == 2
+    for step in plan.steps:
+        step.run(values)
+        if step is qgemms[0]:
+            out = values[step.node.outputs[0]]
+            assert out.shape == (12, 32) and out.T.flags.c_contiguous
+    got = session.run({"x": x})["y"]
+    assert got.flags.c_contiguous
+    want = zeroskip.Session(model, mode="dense-i8").run({"x": x})["y"]
+    assert got.tobytes() == want.tobytes()

@@ -105,9 +105,11 @@ class Session:
         with self._running(plan):
             for i, step in enumerate(plan.steps):
                 self._run_step(i, step, values)
+        # Outputs are C-contiguous (a GEMM's may be the transpose of its kernel's (N,M) result).
         # A constant output is copied, so a caller who changes it cannot change the next run's.
-        return {v.name: np.asarray(values[v.name]).astype(v.dtype, copy=v.name in plan.constants)
-                for v in self._outputs}
+        return {v.name: np.array(values[v.name], dtype=v.dtype, order="C", copy=True)
+                if v.name in plan.constants else
+                np.asarray(values[v.name], dtype=v.dtype, order="C") for v in self._outputs}
 
     def profile(self, feeds: dict, repeats: int = 20) -> Profile:
         """Where the time goes: ``repeats`` runs of ``feeds`` (after one warm-up run), timed step by

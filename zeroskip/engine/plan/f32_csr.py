@@ -16,19 +16,21 @@ from .context import PlanContext, float_bounds
 from .f32_dense import conv_operands
 from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import Decline, builds
-from .steps import Scratch, Step
+from .steps import Scratch, Step, aligned_empty, is_aligned
 from .weights import csr_triple
 
 
 class CsrProduct:
     """The CSR GEMM of one layer, prepacked once: ``y = product(x)`` for x (M,K), y (M,N) float32.
 
-    The kernel computes yt (N,M) = W (N,K) csr @ xt (K,M) + b, clamped, so a run copies x into xt
-    and yt out into y, a fresh C-contiguous array. xt and yt are per-thread scratch (``Scratch``):
-    fresh ones each run cost more than the copies, and scratch starts on a cache line, which the
-    kernel's vector loads need (bench/test_bench_matmul_session.py's layer, M = 128, K = N = 1024,
-    90 % sparse, one thread, AVX-512: the kernel 0.64 ms from aligned xt, 1.07 ms from NumPy's
-    16-byte alignment; the whole step 1.0 ms, the two 512 KB copies 0.10 ms each).
+    The kernel computes yt (N,M) = W (N,K) csr @ xt (K,M) + b, clamped, and y is yt's transpose, a
+    view with no copy. xt is x's transpose: when x is itself such a view of a C-contiguous yt
+    starting on a cache line (the output of another CSR GEMM), the kernel reads that yt directly;
+    otherwise x is copied into a per-thread scratch xt (``Scratch``), which starts on a cache line
+    as the kernel's vector loads need (bench/test_bench_matmul_session.py's layer, M = 128,
+    K = N = 1024, 90 % sparse, one thread, AVX-512: the kernel 0.64 ms from aligned xt, 1.07 ms
+    from NumPy's 16-byte alignment; the 512 KB copy 0.10 ms). yt is a fresh aligned array: it
+    outlives the step.
     """
 
     name = "matmul_csr_f32"
@@ -46,11 +48,13 @@ class CsrProduct:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         m = x.shape[0]
-        xt = self.scratch.get("xt", (self.k_in, m), np.float32)
-        xt[...] = x.T
-        yt = self.scratch.get("yt", (self.n_out, m), np.float32)
+        xt = x.T
+        if not (xt.dtype == np.float32 and xt.flags.c_contiguous and is_aligned(xt)):
+            xt = self.scratch.get("xt", (self.k_in, m), np.float32)
+            xt[...] = x.T
+        yt = aligned_empty((self.n_out, m), np.float32)
         self.kernel(*self.csr, self.bias, xt, yt, self.lo, self.hi)
-        return np.ascontiguousarray(yt.T)
+        return yt.T
 
 
 @builds("f32-csr", "Gemm")

@@ -20,7 +20,7 @@ from ...model import Node
 from .context import Choice, PlanContext
 from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import builds
-from .steps import Scratch, Step
+from .steps import Scratch, Step, aligned_empty
 from .weights import csr_triple
 
 Q8_TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -454,9 +454,12 @@ def qgemm(node: Node, ctx: PlanContext):
         if x.ndim != 2 or x.shape[1] != gemm.k_in:
             raise InputError(f"node {node.name!r} (QGemm): expected x of shape (M, {gemm.k_in}), "
                              f"got {x.shape}")
-        yt = np.empty((gemm.n_out, x.shape[0]), q["y_dtype"])
+        # the kernels write yt (N,M); its transpose is the (M,N) output, with no copy. A CSR
+        # consumer reads it back as a C-contiguous (K,M) matrix, again with no copy (see
+        # "Activations between layers" in docs/kernels.md)
+        yt = aligned_empty((gemm.n_out, x.shape[0]), q["y_dtype"])
         gemm.requantized(x, q, yt)
-        values[out] = np.ascontiguousarray(yt.T)
+        values[out] = yt.T
 
     return requantized_step(node, gemm, choice, run, q["density"])
 

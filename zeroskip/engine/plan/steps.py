@@ -97,6 +97,11 @@ CACHE_LINE = 64
 """Bytes per cache line, and the alignment of scratch arrays."""
 
 
+def is_aligned(array: np.ndarray) -> bool:
+    """Whether ``array``'s data starts on a cache line."""
+    return array.ctypes.data % CACHE_LINE == 0
+
+
 def aligned_empty(shape: tuple, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` starting on a cache line. NumPy aligns large arrays to 16 bytes
     only, and a kernel whose 64-byte vector loads straddle two lines pays for both: the float32 CSR
