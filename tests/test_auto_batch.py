@@ -11,9 +11,16 @@ from zeroskip.engine import tuning
 
 
 @pytest.mark.parametrize("batch, cls", [(1, 1), (2, 1), (3, 8), (8, 8), (22, 8), (23, 64),
-                                        (64, 64), (128, 64), (100_000, 64)])
+                                        (64, 64), (128, 64), (181, 64), (182, 512), (450, 512),
+                                        (100_000, 512)])
 def test_batch_class_is_the_nearest_in_log_scale(batch, cls):
     assert tuning.batch_class(batch) == cls
+
+
+@pytest.mark.parametrize("cls, macs, timed", [(1, 1e12, 1), (64, 1e12, 64), (512, None, 64),
+                                              (512, 2**27 / 512, 512), (512, 2**27 / 512 + 1, 64)])
+def test_the_large_class_is_timed_at_its_batch_only_where_that_is_cheap(cls, macs, timed):
+    assert tuning.timing_batch(cls, macs) == timed
 
 
 @pytest.fixture
@@ -22,7 +29,7 @@ def timed_by_batch(monkeypatch, tmp_path):
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
         calls.append((node.name, x_shape[0]))
         return (1e-3, 2e-3) if x_shape[0] == 1 else (2e-3, 1e-3)
 
@@ -59,6 +66,20 @@ def test_each_batch_class_is_planned_when_it_arrives(timed_by_batch):
     assert len(timed_by_batch) == count
     assert set(_gemm_kernels(session.explain(batch=5), 8).values()) == {"matmul_csr_f32"}
     assert {r["batch"] for r in session.explain()} == {1, 8, 64}
+    # batch 450: class 512, whose small layers are timed at 512 itself
+    session.run({"input": np.repeat(x, 4, axis=0)[:450]})
+    assert {b for _, b in timed_by_batch} == {1, 8, 64, 512}
+    assert {r["batch"] for r in session.explain()} == {1, 8, 64, 512}
+
+
+def test_a_large_layer_of_the_large_class_is_timed_at_64_and_says_so(timed_by_batch, monkeypatch):
+    monkeypatch.setattr(tuning, "MAX_TIMED_MACS", 1000)  # every layer of the MLP is "large"
+    onnx_model, _ = torch_mlp_gemm(density=0.1)
+    session = zeroskip.Session(zeroskip.import_onnx(onnx_model), mode="auto")
+    rows = [r for r in session.explain(batch=300) if r["op"] == "Gemm" and r["batch"] == 512]
+    assert rows and {b for _, b in timed_by_batch} == {1, 64}
+    for row in rows:
+        assert "measured on this layer at batch 64:" in row["reason"], row
 
 
 def test_int8_classes_compute_the_same_integers(timed_by_batch):
@@ -69,7 +90,7 @@ def test_int8_classes_compute_the_same_integers(timed_by_batch):
     int8 = zeroskip.import_onnx(quantize(onnx_model, "qdq", "uint8", True, "input", (20,)))
     auto = zeroskip.Session(int8, mode="auto")
     dense = zeroskip.Session(int8, mode="dense-i8")
-    for batch in (1, 9, 70):
+    for batch in (1, 9, 70, 200):
         x = calibration((20,), batch, seed=batch)
         np.testing.assert_array_equal(auto.run({"input": x})["output"],
                                       dense.run({"input": x})["output"])
@@ -77,7 +98,7 @@ def test_int8_classes_compute_the_same_integers(timed_by_batch):
     for row in auto.explain():
         if row["op"] == "QGemm":
             kernels.setdefault(row["batch"], set()).add(row["kernel"])
-    assert set(kernels) == {1, 8, 64}
+    assert set(kernels) == {1, 8, 64, 512}
     assert all(k.startswith("matmul_dense_rq_i8") for k in kernels[1])  # requantizing too
     assert all(k.startswith("matmul_csr_rq_i8") for k in kernels[8] | kernels[64])  # and these
 

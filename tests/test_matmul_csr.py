@@ -376,3 +376,28 @@ def test_int8_qgemm_hands_on_the_transpose_of_its_kernels_output():
     assert got.flags.c_contiguous
     want = zeroskip.Session(model, mode="dense-i8").run({"x": x})["y"]
     assert got.tobytes() == want.tobytes()
+
+
+def test_auto_times_a_gemm_on_the_layout_its_producer_hands_on(monkeypatch, tmp_path):
+    """auto times the second QGemm on the transposed input the first one hands on (a CSR reader
+    takes it free, a dense one copies it), and the first on a plain C-contiguous input."""
+    pytest.importorskip("onnxruntime")
+    from zeroskip.engine import tuning
+
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
+    seen = {}
+    real = tuning.measure_layer
+
+    def measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+        seen[node.name] = transposed
+        return real(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=transposed)
+
+    monkeypatch.setattr(tuning, "measure_layer", measure)
+    model = zeroskip.import_onnx(_quantized("qdq", ("N", K)))
+    session = zeroskip.Session(model, mode="auto", threads=1)
+    first, second = [s.node.name for s in session._plan.steps if s.node.op == "QGemm"]
+    assert seen == {first: False, second: True}
+    qgemm = next(n for n in model.graph.nodes if n.op == "QGemm")
+    keys = [tuning.layer_key(qgemm, model.graph.initializers, ((1, K), "uint8"), 0.1, t)
+            for t in (False, True)]
+    assert keys[0] != keys[1]  # the layout is part of the timing cache's key

@@ -211,7 +211,7 @@ def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
         calls.append((node.name, tuple(x_shape)))
         dense_first = tensors[node.inputs[1]].density < 0.5  # the opposite of a density rule
         return (1e-3, 2e-3) if dense_first else (2e-3, 1e-3)

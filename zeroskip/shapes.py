@@ -559,4 +559,23 @@ _RULES = {
 }
 """Op name -> rule(*input values, **normalized attrs) -> output value."""
 
-__all__ = ["infer_shapes"]
+# -- multiply-accumulates ---------------------------------------------------------------------------
+MAC_OPS = {"Conv": 1, "QConv": 1, "ConvInteger": 1,  # op -> the output axis that counts channels
+           "Gemm": -1, "QGemm": -1, "MatMul": -1, "MatMulInteger": -1}
+"""Ops whose multiply-accumulates are counted, and the axis of their output that holds N."""
+
+
+def layer_macs(op: str, weight_size: int, out_shape, density: float | None):
+    """(effective, useful) multiply-accumulates of a weighted step with output ``out_shape``:
+    every output element takes K = weight_size / N of them, N the output's channel axis."""
+    axis = MAC_OPS.get(op)
+    if axis is None or not out_shape or weight_size == 0:
+        return None, None
+    n_out = out_shape[axis]
+    if n_out == 0:
+        return 0.0, 0.0
+    effective = float(np.prod(out_shape, dtype=np.float64)) * weight_size / n_out
+    return effective, effective * (1.0 if density is None else density)
+
+
+__all__ = ["MAC_OPS", "infer_shapes", "layer_macs"]

@@ -22,11 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shapes import MAC_OPS, layer_macs
 from .plan import Plan, Step
-
-MAC_OPS = {"Conv": 1, "QConv": 1, "ConvInteger": 1,  # op -> the output axis that counts channels
-           "Gemm": -1, "QGemm": -1, "MatMul": -1, "MatMulInteger": -1}
-"""Ops whose multiply-accumulates are counted, and the axis of their output that holds N."""
 
 
 @dataclass
@@ -49,19 +46,6 @@ class Profile:
     overhead_ms: float  # run_ms − the sum of the steps' medians: the executor's own cost (medians
     #                     of different runs, so on a noisy machine it can come out below zero)
     repeats: int
-
-
-def layer_macs(op: str, weight_size: int, out_shape, density: float | None):
-    """(effective, useful) multiply-accumulates of a weighted step with output ``out_shape``:
-    every output element takes K = weight_size / N of them, N the output's channel axis."""
-    axis = MAC_OPS.get(op)
-    if axis is None or not out_shape or weight_size == 0:
-        return None, None
-    n_out = out_shape[axis]
-    if n_out == 0:
-        return 0.0, 0.0
-    effective = float(np.prod(out_shape, dtype=np.float64)) * weight_size / n_out
-    return effective, effective * (1.0 if density is None else density)
 
 
 def profile_plan(plan: Plan, values: dict, execute_step, repeats: int) -> Profile:

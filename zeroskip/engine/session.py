@@ -174,7 +174,7 @@ class Session:
     def explain(self, batch: int | None = None) -> list[dict]:
         """One row per node: op, weight density, the kernel chosen, and why.
 
-        In auto with a dynamic batch the choice is made per batch class (1, 8 or 64: the nearest
+        In auto with a dynamic batch the choice is made per batch class (1, 8, 64 or 512: the nearest
         in log scale, ``tuning.batch_class``), and each row also says its class under "batch":
         with ``batch`` given, the rows of that batch's class (planned now if need be), else those
         of every class planned so far. Other sessions have one plan, and no "batch" key."""

@@ -43,16 +43,33 @@ DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 REPEATS = 5
 """Each timing is the best of this many runs, after one warm-up run."""
 
-BATCH_CLASSES = (1, 8, 64)
+BATCH_CLASSES = (1, 8, 64, 512)
 """The batches auto times a layer at, when the batch is dynamic: a batch runs the plan of the class
 nearest to it in log scale (``batch_class``). The CSR/dense ratio moves with the batch (a 90 %-sparse
-int8 GEMM, K = N = 1024: dense wins at M = 1, CSR at M = 128), but little past 64."""
+int8 GEMM, K = N = 1024: dense wins at M = 1, CSR at M = 128). In large layers it moves little past
+64; in small ones a call's fixed cost still weighs at 64: the bundled digits MLP's 256→128 int8
+layer at 2 threads, dense 0.061 against CSR 0.053 ms at M = 64, but 0.23 against 0.095 ms at the
+demo's 450 rows. Hence the class 512, timed at 512 only where that is cheap (``timing_batch``)."""
+
+MAX_TIMED_MACS = 1 << 27
+"""A layer of the class 512 is timed at 512 only when its dense multiply-accumulates stay below
+this (about 1 ms of dense int8); larger layers, whose per-call cost is long amortized at 64, are
+timed at 64."""
 
 
 def batch_class(batch: int) -> int:
-    """The member of BATCH_CLASSES nearest to ``batch`` in log scale: 1–2 -> 1, 3–22 -> 8, 23+ -> 64."""
+    """The member of BATCH_CLASSES nearest to ``batch`` in log scale: 1–2 -> 1, 3–22 -> 8, 23–181 ->
+    64, 182+ -> 512."""
     batch = max(int(batch), 1)
     return min(BATCH_CLASSES, key=lambda c: (abs(np.log(batch / c)), c))
+
+
+def timing_batch(cls: int, macs_per_item: float | None) -> int:
+    """The batch a layer of batch class ``cls`` is timed at: the class itself, except that above 64
+    a layer of more than MAX_TIMED_MACS at the class's batch (or of unknown size) is timed at 64."""
+    if cls <= 64 or (macs_per_item is not None and cls * macs_per_item <= MAX_TIMED_MACS):
+        return cls
+    return 64
 
 
 UNTIMED_BREAK_EVEN = 0.3
@@ -79,11 +96,12 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 5
+KERNELS_REVISION = 6
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
-block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse convs over phases)."""
+block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse convs over phases;
+6: GEMM activations handed on transposed, and the batch class 512)."""
 
 
 def _cpu_name() -> str:
@@ -208,13 +226,13 @@ REPRESENTATIVE = {
 }
 
 
-def layer_key(node: Node, tensors: dict, x_info, density: float) -> str:
-    """What a per-layer timing depends on: op, weight shape, input shape and type, attributes,
-    density (to 0.01)."""
+def layer_key(node: Node, tensors: dict, x_info, density: float, transposed: bool = False) -> str:
+    """What a per-layer timing depends on: op, weight shape, input shape, type and layout,
+    attributes, density (to 0.01)."""
     w = tensors[node.inputs[1]]
     attrs = {k: v for k, v in sorted(node.attrs.items()) if not k.startswith(("x_", "y_", "clip"))}
-    return (f"layer {node.op} w{list(w.shape)} x{list(x_info[0])} {x_info[1]} "
-            f"{json.dumps(attrs, sort_keys=True)} d{density:.2f}")
+    return (f"layer {node.op} w{list(w.shape)} x{list(x_info[0])}{'ᵀ' if transposed else ''} "
+            f"{x_info[1]} {json.dumps(attrs, sort_keys=True)} d{density:.2f}")
 
 
 def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode
@@ -226,17 +244,21 @@ def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode
     return best_time(lambda: steps[0].run(values)), best_time(lambda: steps[1].run(values))
 
 
-def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mode
-                  ) -> tuple[float, float] | None:
+def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mode,
+                  transposed: bool = False) -> tuple[float, float] | None:
     """(dense seconds, CSR seconds) of ``node`` on a random input of ``x_shape``, built by
     ``step_in_mode`` in the two ``modes`` (dense first). None when either has no kernel for this
-    node (it runs the reference op whatever auto picks)."""
+    node (it runs the reference op whatever auto picks). ``transposed``: the input comes as the
+    run will hand it, the transpose of a C-contiguous matrix (a GEMM's output, docs/kernels.md,
+    "Activations between layers"), which a CSR GEMM reads with no copy and a dense one copies."""
     rng = np.random.default_rng(0)
     if np.dtype(x_dtype).kind in "iu":
         info = np.iinfo(x_dtype)
         x = rng.integers(info.min, info.max + 1, x_shape).astype(x_dtype)
     else:
         x = rng.standard_normal(x_shape).astype(np.float32)
+    if transposed and x.ndim == 2:
+        x = np.ascontiguousarray(x.T).T
     weights = {name: tensors[name] for name in node.inputs[1:] if name}
     graph = Graph([node], [ValueInfo(node.inputs[0], tuple(x_shape), str(x.dtype))],
                   [ValueInfo(node.outputs[0], None, "float32")], weights)

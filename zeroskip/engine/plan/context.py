@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import ZeroskipError
 from ...model import Model, Node
-from ...shapes import infer_shapes
+from ...shapes import infer_shapes, layer_macs
 from .. import tuning
 from ..passes import find_fusions
 from .launch import Launch
@@ -67,6 +67,9 @@ class PlanContext:
         self._table = None
         self._shapes = None
         self.launches: list[Launch] = []  # every parallel kernel the steps call (Plan.launches)
+        # values that their steps hand on as the transpose of a C-contiguous matrix (a GEMM's
+        # output): auto times their readers on such an input (steps are built in graph order)
+        self.transposed: set[str] = set()
 
     # -- what builders read --------------------------------------------------------------------
     def const(self, name: str):
@@ -119,19 +122,24 @@ class PlanContext:
         timed = not numba.config.DISABLE_JIT  # the kernels as Python loops: nothing worth timing
         modes = ("dense-i8", "sparse-i8") if shape_class.endswith("i8") else \
             ("dense-f32", "sparse-f32")
-        x_info = self._input_info(node) if node is not None else None
+        batch = self.batch if node is None else tuning.timing_batch(self.batch,
+                                                                    self._macs_per_item(node))
+        x_info = self._input_info(node, batch) if node is not None else None
         entry = None
         if x_info is not None:
-            key = tuning.layer_key(node, self.tensors, x_info, density)
+            transposed = node.inputs[0] in self.transposed
+            key = tuning.layer_key(node, self.tensors, x_info, density, transposed)
             measure = (lambda: tuning.measure_layer(node, self.tensors, *x_info, modes,
-                                                    self._step_in_mode)) if timed else None
+                                                    self._step_in_mode, transposed=transposed)) \
+                if timed else None
             entry = self._table.get_layer(key, measure)
         if entry is not None:
             dense, sparse = entry["dense_s"], entry["sparse_s"]
             faster = "CSR" if sparse < dense else "dense"
-            return Choice(sparse < dense, f"measured on this layer: dense {dense * 1e3:.3g} ms, "
-                                          f"CSR {sparse * 1e3:.3g} ms (density {density:.3f}): "
-                                          f"{faster}")
+            at = f" at batch {batch}" if batch != self.batch else ""
+            return Choice(sparse < dense, f"measured on this layer{at}: dense {dense * 1e3:.3g} "
+                                          f"ms, CSR {sparse * 1e3:.3g} ms (density "
+                                          f"{density:.3f}): {faster}")
         measure_class = tuning.measure_class(shape_class, modes, self._step_in_mode) if timed \
             else None
         entry = self._table.get(shape_class, measure_class)
@@ -155,18 +163,35 @@ class PlanContext:
         info = self._input_info(node)
         return None if info is None else info[0]
 
-    def _input_info(self, node: Node):
-        """(shape with the plan's batch, dtype) of ``node``'s first input, or None if a dimension
-        other than the batch is unknown (then auto falls back to the shape-class table)."""
+    def _value_shapes(self) -> dict:
         if self._shapes is None:
             try:
                 self._shapes = infer_shapes(self.model.graph)
             except ZeroskipError:
                 self._shapes = {}
-        info = self._shapes.get(node.inputs[0])
+        return self._shapes
+
+    def _macs_per_item(self, node: Node) -> float | None:
+        """The dense multiply-accumulates of ``node`` per batch item, when its output's shape past
+        the batch and its weight are known."""
+        info = self._value_shapes().get(node.outputs[0])
+        weight = self.tensors.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        if info is None or not info.shape or weight is None or \
+                not all(isinstance(d, (int, np.integer)) for d in info.shape[1:]):
+            return None
+        effective, _ = layer_macs(node.op, int(np.prod(weight.shape)), (1,) + info.shape[1:],
+                                  None)
+        return effective
+
+    def _input_info(self, node: Node, batch: int | None = None):
+        """(shape with ``batch``, by default the plan's, dtype) of ``node``'s first input, or None if
+        a dimension other than the batch is unknown (then auto falls back to the shape-class
+        table)."""
+        batch = self.batch if batch is None else batch
+        info = self._value_shapes().get(node.inputs[0])
         if info is None or info.shape is None or not info.shape:
             return None
-        dims = [self.batch if i == 0 and d is None else d for i, d in enumerate(info.shape)]
+        dims = [batch if i == 0 and d is None else d for i, d in enumerate(info.shape)]
         if not all(isinstance(d, (int, np.integer)) for d in dims):
             return None
         return tuple(int(d) for d in dims), str(info.dtype)

@@ -79,6 +79,7 @@ def gemm_csr(node: Node, ctx: PlanContext):
     out, lo, hi = ctx.activation(node)
     product = CsrProduct(w_nk, bias, lo, hi, ctx)
     x_name, k_in = node.inputs[0], product.k_in
+    ctx.transposed.add(out)
 
     def run(values):
         x = values[x_name]

@@ -447,6 +447,7 @@ def qgemm(node: Node, ctx: PlanContext):
     choice = ctx.choose_csr(q["density"], "gemm i8", node)
     gemm = gemm_accumulator(q["w"], choice.csr, ctx, requantizes=True)
     x_name, out = node.inputs[0], node.outputs[0]
+    ctx.transposed.add(out)
 
     def run(values):
         x = values[x_name]
