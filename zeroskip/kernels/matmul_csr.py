@@ -144,25 +144,29 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
     (1×1) conv is this GEMM on its planar input, x[b] as (C, H·W): MobileNetV2's expand convs have
     K = 16–24, so at 10 % density a row holds 2 nonzeros, and writing and reading back 4 bytes
     per output cost more than the products.
-    Loop nest: prange tasks of ROWS_PER_RQ_TASK rows n; PIXELS_PER_BLOCK slices; the row's sums
-    (as matmul_csr_i8), then requantize_row.
+    Loop nest: prange tasks of ROWS_PER_RQ_TASK rows n × one PIXELS_PER_BLOCK slice (so that a
+    layer with few output channels and many rows, such as a classifier at a large batch, still
+    has tasks for every thread); per row, the slice's sums (as matmul_csr_i8), then
+    requantize_row. The xt columns of the slice stay in cache for the task's rows.
     Preconditions as matmul_csr_i8's and requantize_dense_i8's; yt [N,M] uint8|int8, C-contiguous.
     Work: 2·M·nnz int ops and N·M requantizations; reads xt nnz·M bytes, writes yt N·M bytes.
     """
     N, M = yt.shape
-    for task in prange((N + ROWS_PER_RQ_TASK - 1) // ROWS_PER_RQ_TASK):
+    groups = (N + ROWS_PER_RQ_TASK - 1) // ROWS_PER_RQ_TASK
+    slices = (M + PIXELS_PER_BLOCK - 1) // PIXELS_PER_BLOCK
+    for task in prange(groups * slices):
+        group, p0 = task // slices, task % slices * PIXELS_PER_BLOCK
+        count = min(PIXELS_PER_BLOCK, M - p0)
         sums = np.empty(PIXELS_PER_BLOCK, np.int32)
-        for n in range(task * ROWS_PER_RQ_TASK, min(N, (task + 1) * ROWS_PER_RQ_TASK)):
+        for n in range(group * ROWS_PER_RQ_TASK, min(N, (group + 1) * ROWS_PER_RQ_TASK)):
             start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
-            for p0 in range(0, M, PIXELS_PER_BLOCK):
-                count = min(PIXELS_PER_BLOCK, M - p0)
-                if count < DOT_BELOW_PIXELS:  # a Gemm at batch 1 or 2
-                    for m in range(count):
-                        sums[m] = _dot_i8(indices, data, xt, start, end, p0 + m, bias[n])
-                else:
-                    row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
-                requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
-                               yt[n, p0:p0 + count])
+            if count < DOT_BELOW_PIXELS:  # a Gemm at batch 1 or 2
+                for m in range(count):
+                    sums[m] = _dot_i8(indices, data, xt, start, end, p0 + m, bias[n])
+            else:
+                row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
+            requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
+                           yt[n, p0:p0 + count])
 
 
 matmul_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_rq_i8)

@@ -17,17 +17,24 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
   1.4 million, 144 against 138 µs; 5.8 million, 604 against 445 µs);
 * ``matmul_csr_f32`` (register row block): the kernel alone gains from 1.5 million useful
   multiply-accumulates (serial 77, 153, 186, 711 µs against parallel 57, 102, 162, 432 µs at 0.75,
-  1.5, 3.4, 13.4 million), but the whole run does not: after a parallel region TBB's workers spin
-  for a while, and on this machine the two vCPUs share a core's execution units, so every step
-  after it ran ~25 % slower. The digits MLP's sparse-f32 run (450 images, one 1.5 million-MAC
-  layer in parallel) took 0.56 ms on one thread and 0.70–0.72 ms on two. Parallel from 2^22;
+  1.5, 3.4, 13.4 million). A serial step right after a parallel region runs slower here (TBB's
+  workers spin for a while): the digits MLP's sparse-f32 run (450 images, layers of 0.74, 1.47 and
+  0.58 million) with only its middle layer parallel took 0.54 ms (best of 150) against 0.52 on
+  one thread, and with all three parallel 0.48 (medians 0.62, 0.56, 0.56). The pruned float
+  MobileNetV2-shaped model in sparse-f32: 32.3 ms on one thread, 21.8, 21.2, 23.1 ms on two at
+  thresholds of 2^19, 2^20, 2^22. Parallel from 2^19 (it was 2^22 while every CSR GEMM copied its
+  activations twice);
 * ``matmul_csr_rq_i8`` (the pointwise convs of a pruned MobileNetV2), whose work is useful
   multiply-accumulates plus requantized outputs: serial 16, 24, 25, 42, 43, 71, 86 µs against
   parallel 25, 28, 29, 33, 34, 50, 55 µs at 0.09, 0.20, 0.17, 0.50, 0.50, 0.57, 0.65 million (10 %
   density; 64→64 at 14×14, 96→96 at 14×14, 256→128 at 7×7, 192→32 at 28×28, 384→64, 64→384 at
-  14×14, 32→192 at 28×28), but as for ``matmul_csr_f32`` the steps after a parallel region pay for
-  it: the int8 digits MLP's sparse-i8 run (two layers of 0.85 and 1.5 million) took 0.38–0.39 ms
-  on one thread and 0.41–0.44 ms on two. Parallel from 2^21;
+  14×14, 32→192 at 28×28). It was parallel from 2^21 while the digits MLP's sparse-i8 run (layers
+  of 0.85, 1.5 and 0.55 million) was slower on two threads (0.41–0.44 ms against 0.38–0.39). Once
+  its layers stopped copying their activations twice (docs/kernels.md, "Activations between
+  layers"), the MLP took 0.377 ms on one thread and 0.374, 0.365, 0.394, 0.396 ms on two with
+  thresholds of 2^18, 2^19, 2^20, 2^21 (best of 60 interleaved runs), and the pruned int8
+  MobileNetV2-shaped model in sparse-i8 17.4 ms on one thread and 12.5, 12.1, 12.5, 14.1 ms on
+  two (best of 20). Parallel from 2^19;
 * the direct sparse convolutions (``conv2d_csr_*``) spend far more per useful multiply-accumulate
   (padded planes, a tile loop per output channel): their work is useful MACs + outputs, parallel
   from 2^17, which every layer of a real network reaches (under workqueue, whose launches cost
@@ -51,8 +58,8 @@ MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
-MIN_PARALLEL_CSR_RQ_WORK = 1 << 21
-MIN_PARALLEL_CSR_F32_MACS = 1 << 22
+MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
+MIN_PARALLEL_CSR_F32_MACS = 1 << 19
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
