@@ -83,11 +83,17 @@ class Session:
         self._plan = self._plan_for(1 if self._batch_axes else None)
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
-        self._keep = {v.name for v in self._outputs}
-        self._last_use = {}
-        for i, step in enumerate(self._plan.steps):  # the same nodes in every batch class's plan
+        # after step i, the activations whose last reader it was are freed: _frees[i] lists them
+        # (the same nodes in every batch class's plan; outputs and constants are kept)
+        keep = {v.name for v in self._outputs} | set(self._plan.constants)
+        last_use = {}
+        for i, step in enumerate(self._plan.steps):
             for name in step.node.inputs:
-                self._last_use[name] = i
+                last_use[name] = i
+        self._frees = [() for _ in self._plan.steps]
+        for name, i in last_use.items():
+            if name and name not in keep:
+                self._frees[i] += (name,)
 
     # -- description ---------------------------------------------------------------------------
     @property
@@ -166,10 +172,8 @@ class Session:
     def _run_step(self, i: int, step, values: dict) -> None:
         """Run step ``i``, then free the activations whose last reader it was."""
         step.run(values)
-        for name in step.node.inputs:
-            if self._last_use.get(name) == i and name not in self._keep \
-                    and name not in self._plan.constants:  # same names in every class's plan
-                values.pop(name, None)
+        for name in self._frees[i]:
+            values.pop(name, None)
 
     def explain(self, batch: int | None = None) -> list[dict]:
         """One row per node: op, weight density, the kernel chosen, and why.

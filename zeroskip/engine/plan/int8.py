@@ -20,7 +20,8 @@ from ...model import Node
 from .context import Choice, PlanContext
 from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import builds
-from .steps import Scratch, Step, aligned_empty
+from .launch import pick, placeholder
+from .steps import PreparedCalls, Scratch, Step, aligned_empty
 from .weights import csr_triple
 
 Q8_TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -112,7 +113,7 @@ class ConvAccumulator:
     for x (B,C,H,W) 8-bit (from ``check_input``), its zero point, and bias (N,) int32: the int32
     sums the integer ops keep. Built with ``requantizes``, ``conv.requantized(x, q)`` returns the
     layer's 8-bit output, requantized in the kernel's epilogue (QConv), and its name and reason say
-    so.
+    so: each subclass's ``prepare_requantized`` resolves, once per input shape, what that takes.
     """
 
     name = reason = ""
@@ -124,39 +125,58 @@ class ConvAccumulator:
         self.group = node.attrs["group"]
         self.channels = self.group * self.c_group
         self.scratch = Scratch()
+        self.prepared = PreparedCalls(self._checked_prepare)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         check_q8(self.node, x)
         return np.ascontiguousarray(conv_input(self.node, x, self.channels))
 
     def __call__(self, x: np.ndarray, x_zp: int, bias: np.ndarray) -> np.ndarray:
-        g, geo = self.geometry(x)
+        g, geo = self.geometry(x.shape)
         acc = self.scratch.get("acc", (x.shape[0], self.n_out, g["oh"], g["ow"]), np.int32)
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
 
     def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
-        """The layer's 8-bit output (B,N,OH,OW) for x from ``check_input``, q the layer's
-        ``layer_quant``."""
+        """The layer's 8-bit output (B,N,OH,OW) for x, q the layer's ``layer_quant`` (the same at
+        every call). x's type and shape are checked (``check_input``) when its call is prepared,
+        once per shape."""
+        return self.prepared.get(x, q)(np.ascontiguousarray(x))
+
+    def _checked_prepare(self, shape: tuple, dtype, q: dict) -> Callable:
+        x = placeholder(shape, dtype)
+        check_q8(self.node, x)
+        conv_input(self.node, x, self.channels)
+        return self.prepare_requantized(shape, dtype, q)
+
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
+        """``call(x) -> y``: ``requantized`` for inputs of this shape and dtype (PreparedCalls)."""
         raise NotImplementedError("an accumulator built with requantizes overrides this")
 
-    def geometry(self, x: np.ndarray):
-        """(the window geometry dict for x, the kernels' geometry arguments)."""
-        g = conv_geometry(self.node, x.shape, self.kh, self.kw)
+    def geometry(self, shape: tuple):
+        """(the window geometry dict for an input of ``shape``, the kernels' geometry arguments)."""
+        g = conv_geometry(self.node, shape, self.kh, self.kw)
         return g, (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
 
-    def planes(self, x: np.ndarray, g: dict):
+    def out_shape(self, shape: tuple, g: dict) -> tuple:
+        return (shape[0], self.n_out, g["oh"], g["ow"])
+
+    def planes(self, shape: tuple, dtype, g: dict):
         """The depthwise kernels' workspaces: the padded planes xp and the accumulator rows ws."""
-        batch = x.shape[0]
-        xp = self.scratch.get("xp", (batch, self.channels, g["hp"], g["wp"]), x.dtype)
-        ws = self.scratch.get("ws", (batch, self.n_out, workspace_len(self.kh, self.kw, g)),
+        xp = self.scratch.get("xp", (shape[0], self.channels, g["hp"], g["wp"]), dtype)
+        ws = self.scratch.get("ws", (shape[0], self.n_out, workspace_len(self.kh, self.kw, g)),
                               np.int32)
         return xp, ws
 
-    def phases(self, x: np.ndarray, g: dict):
+    def phases(self, shape: tuple, dtype, g: dict):
         """The sparse convs' workspace: the input's padded phases xq (plan/geometry.phase_shape)."""
-        shape = (x.shape[0], self.channels) + phase_shape(g, self.kh, self.kw)
-        return self.scratch.get("xq", shape, x.dtype)
+        return self.scratch.get("xq", (shape[0], self.channels) + phase_shape(g, self.kh, self.kw),
+                                dtype)
+
+
+def requantize_args(q: dict) -> tuple:
+    """The requantizing kernels' (m0, shift, y_zero_point, lo, hi)."""
+    return q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"]
 
 
 PLANAR_DEPTHWISE_MIN_WIDTH = 56
@@ -196,26 +216,39 @@ class DepthwiseConv(ConvAccumulator):
                            "axpy per tap along output rows, Q31 requantization from cache)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
-        xp, ws = self.planes(x, g)
+        xp, ws = self.planes(x.shape, x.dtype, g)
         self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
 
     def channels_last_pays(self, g) -> bool:
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
         """The channels-last kernel where it is the faster one, else the planar one; both
         requantize in their epilogue."""
-        g, geo = self.geometry(x)
-        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
+        g, geo = self.geometry(shape)
+        y_shape, y_dtype, rq = self.out_shape(shape, g), q["y_dtype"], requantize_args(q)
+        x_, y_ = placeholder(shape, dtype), placeholder(y_shape, y_dtype)
         if self.layout if self.layout is not None else self.channels_last_pays(g):
-            xh = self.scratch.get("xh", (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
-            self.channels_last(x, xh)
-            self.nhwc_kernel(self.w_taps, q["bias"], xh, q["x_zp"], *rq, y, *geo)
-        else:
-            xp, ws = self.planes(x, g)
-            self.rq_kernel(self.w, q["bias"], x, q["x_zp"], xp, ws, *rq, y, *geo)
-        return y
+            xh = self.scratch.get("xh", (shape[0],) + shape[2:] + (shape[1],), dtype)
+            to_nhwc = pick(self.channels_last, x_, xh)
+            head, tail = (self.w_taps, q["bias"], xh, q["x_zp"]) + rq, geo
+            nhwc = pick(self.nhwc_kernel, *head, y_, *tail)
+
+            def call(x):
+                y = np.empty(y_shape, y_dtype)
+                to_nhwc(x, xh)
+                nhwc(*head, y, *tail)
+                return y
+            return call
+        w, bias = self.w, q["bias"]
+        mid, tail = (q["x_zp"],) + self.planes(shape, dtype, g) + rq, geo
+        planar = pick(self.rq_kernel, w, bias, x_, *mid, y_, *tail)
+
+        def call(x):
+            y = np.empty(y_shape, y_dtype)
+            planar(w, bias, x, *mid, y, *tail)
+            return y
+        return call
 
 
 def is_pointwise(node: Node, kh: int, kw: int) -> bool:
@@ -262,23 +295,41 @@ class CsrConv(ConvAccumulator):
                             acc[b].reshape(self.n_out, -1))
             return
         indptr, _, data = self.csr
-        self.kernel(indptr, self.starts(g), data, bias, x, x_zp, self.phases(x, g), acc, *geo,
-                    self.group)
+        self.kernel(indptr, self.starts(g), data, bias, x, x_zp, self.phases(x.shape, x.dtype, g),
+                    acc, *geo, self.group)
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
-        rq = (q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"])
-        if self.pointwise:
-            y = np.empty((x.shape[0], self.n_out) + x.shape[2:], q["y_dtype"])
-            for b in range(x.shape[0]):
-                self.rq_kernel(*self.csr, q["bias"], x[b].reshape(self.channels, -1), *rq,
-                               y[b].reshape(self.n_out, -1))
-            return y
-        g, geo = self.geometry(x)
-        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
+        y_dtype, rq = q["y_dtype"], requantize_args(q)
+        if self.pointwise:  # the GEMM on each image's (C, H·W) plane
+            y_shape = (shape[0], self.n_out) + shape[2:]
+            x_plane, y_plane = (self.channels, -1), (self.n_out, -1)
+            head = self.csr + (q["bias"],)
+            pixels = int(np.prod(shape[2:]))
+            gemm = pick(self.rq_kernel, *head, placeholder((self.channels, pixels), dtype), *rq,
+                        placeholder((self.n_out, pixels), y_dtype))
+
+            def call(x):
+                y = np.empty(y_shape, y_dtype)
+                if y_shape[0] == 1:
+                    gemm(*head, x.reshape(x_plane), *rq, y.reshape(y_plane))
+                else:
+                    for b in range(y_shape[0]):
+                        gemm(*head, x[b].reshape(x_plane), *rq, y[b].reshape(y_plane))
+                return y
+            return call
+        g, geo = self.geometry(shape)
+        y_shape = self.out_shape(shape, g)
         indptr, _, data = self.csr
-        self.rq_kernel(indptr, self.starts(g), data, q["bias"], x, q["x_zp"], self.phases(x, g),
-                       *rq, y, *geo, self.group)
-        return y
+        head = (indptr, self.starts(g), data, q["bias"])
+        mid, tail = (q["x_zp"], self.phases(shape, dtype, g)) + rq, geo + (self.group,)
+        conv = pick(self.rq_kernel, *head, placeholder(shape, dtype), *mid,
+                    placeholder(y_shape, y_dtype), *tail)
+
+        def call(x):
+            y = np.empty(y_shape, y_dtype)
+            conv(*head, x, *mid, y, *tail)
+            return y
+        return call
 
 
 class Im2rowConv(ConvAccumulator):
@@ -324,16 +375,27 @@ class Im2rowConv(ConvAccumulator):
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
         return self.scratch.get("rows", (batch, self.group, oh, ow, self.k_pad), dtype)
 
-    def _fill_rows(self, x, x_zp, g, geo) -> np.ndarray:
-        """The GEMM's rows for x: its channels-last copy, then im2row unless the conv is 1×1."""
-        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
-        rows = self.rows(batch, oh, ow, x.dtype)
+    def _rows_filler(self, shape: tuple, dtype, x_zp: int, g: dict, geo: tuple):
+        """(rows, fill(x)): this thread's rows for inputs of ``shape``, and the call that fills
+        them from x: its channels-last copy, then im2row unless the conv is 1×1."""
+        batch, oh, ow = shape[0], g["oh"], g["ow"]
+        rows, x_ = self.rows(batch, oh, ow, dtype), placeholder(shape, dtype)
         if self.pointwise:
-            self.channels_last(x, rows.reshape(batch, oh, ow, -1))
-        else:
-            xh = self.scratch.get("xh", (batch,) + x.shape[2:] + (x.shape[1],), x.dtype)
-            self.channels_last(x, xh)  # each tap of a pixel is then one contiguous copy
-            self.im2row(xh, x_zp, rows, *geo)
+            rows4 = rows.reshape(batch, oh, ow, -1)
+            to_rows = pick(self.channels_last, x_, rows4)
+            return rows, lambda x: to_rows(x, rows4)
+        xh = self.scratch.get("xh", (batch,) + shape[2:] + (shape[1],), dtype)
+        to_nhwc = pick(self.channels_last, x_, xh)  # each tap of a pixel is then one copy
+        im2row = pick(self.im2row, xh, x_zp, rows, *geo)
+
+        def fill(x):
+            to_nhwc(x, xh)
+            im2row(xh, x_zp, rows, *geo)
+        return rows, fill
+
+    def _fill_rows(self, x, x_zp, g, geo) -> np.ndarray:
+        rows, fill = self._rows_filler(x.shape, x.dtype, x_zp, g, geo)
+        fill(x)
         return rows
 
     def _groups(self, rows, out):
@@ -351,15 +413,25 @@ class Im2rowConv(ConvAccumulator):
         for x_rows, w, channels, acc_g in self._groups(rows, acc):
             self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
         """The GEMM requantizes in its epilogue."""
-        g, geo = self.geometry(x)
-        rows = self._fill_rows(x, q["x_zp"], g, geo)
-        y = np.empty((x.shape[0], self.n_out, g["oh"], g["ow"]), q["y_dtype"])
-        for x_rows, w, ch, y_g in self._groups(rows, y):
-            self.rq_kernel(x_rows, w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch],
-                           q["shift"][ch], q["y_zp"], q["lo"], q["hi"], y_g)
-        return y
+        g, geo = self.geometry(shape)
+        rows, fill = self._rows_filler(shape, dtype, q["x_zp"], g, geo)
+        y_shape, y_dtype, tail = self.out_shape(shape, g), q["y_dtype"], requantize_args(q)[2:]
+        gemms = []  # per image and group: the GEMM's build, its rows and weights..., its output
+        for b, (x_rows, w, ch, y_g) in enumerate(self._groups(rows, placeholder(y_shape,
+                                                                                 y_dtype))):
+            args = (w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch], q["shift"][ch]) + tail
+            gemms.append((pick(self.rq_kernel, x_rows, *args, y_g), x_rows, args,
+                          b // self.group, ch, y_g.shape))
+
+        def call(x):
+            y = np.empty(y_shape, y_dtype)
+            fill(x)
+            for gemm, x_rows, args, b, ch, y_g_shape in gemms:
+                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape))
+            return y
+        return call
 
     def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
         """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
@@ -474,6 +546,6 @@ def qconv(node: Node, ctx: PlanContext):
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
-        values[out] = conv.requantized(conv.check_input(values[x_name]), q)
+        values[out] = conv.requantized(values[x_name], q)
 
     return requantized_step(node, conv, choice, run, q["density"])

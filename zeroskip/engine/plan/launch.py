@@ -53,6 +53,8 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
 
 from __future__ import annotations
 
+import numpy as np
+
 MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
@@ -162,14 +164,30 @@ class Launch:
         self.work, self.threshold = WORK[name]
 
     def __call__(self, *args):
-        kernel = self.parallel if self.work(*args) >= self.threshold else self.serial
-        return kernel(*args)
+        return self.pick(*args)(*args)
+
+    def pick(self, *args):
+        """The build a call with these arguments takes (their shapes decide: a step that calls
+        a kernel on the same shapes run after run picks it once, see ``steps.PreparedCalls``)."""
+        return self.parallel if self.work(*args) >= self.threshold else self.serial
 
     def force_serial(self) -> None:
         """Take the serial twin for every call (a plan whose threads belong to BLAS)."""
         self.threshold = float("inf")
 
 
-__all__ = ["Launch", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
+def pick(kernel, *args):
+    """The build of ``kernel`` (a Launch, or a plain serial twin) that a call on arrays of the
+    shapes of ``args`` takes. Only shapes are read, so ``args`` may hold ``placeholder`` arrays."""
+    return kernel.pick(*args) if isinstance(kernel, Launch) else kernel
+
+
+def placeholder(shape, dtype):
+    """A read-only array of ``shape`` that costs no memory (every element is the one zero), to
+    stand for an output a prepared call allocates at each run."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+__all__ = ["Launch", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
            "MIN_PARALLEL_CSR_RQ_WORK",
            "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
