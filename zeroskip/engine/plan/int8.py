@@ -10,6 +10,7 @@ QConv do, the integer ops do not, and keep the int32 sums).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -304,7 +305,7 @@ class CsrConv(ConvAccumulator):
             y_shape = (shape[0], self.n_out) + shape[2:]
             x_plane, y_plane = (self.channels, -1), (self.n_out, -1)
             head = self.csr + (q["bias"],)
-            pixels = int(np.prod(shape[2:]))
+            pixels = math.prod(shape[2:])
             gemm = pick(self.rq_kernel, *head, placeholder((self.channels, pixels), dtype), *rq,
                         placeholder((self.n_out, pixels), y_dtype))
 

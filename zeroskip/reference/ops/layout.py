@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...errors import InputError
@@ -19,8 +21,7 @@ def flatten(x, *, axis=1):
     """y = x viewed as 2-D (prod(shape[:axis]), prod(shape[axis:])); axis in [−r, r]."""
     x = np.asarray(x)
     axis = _axis(axis, x.ndim, "Flatten axis", inclusive=True)
-    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
-    cols = int(np.prod(x.shape[axis:], dtype=np.int64))
+    rows, cols = math.prod(x.shape[:axis]), math.prod(x.shape[axis:])
     return x.reshape(rows, cols)
 
 
@@ -43,7 +44,7 @@ def reshape(x, shape, *, allowzero=0):
                     raise InputError(f"expected a 0 only where the input has a dimension to copy: "
                                      f"{given}")
                 target[i] = x.shape[i]
-    known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+    known = math.prod(d for d in target if d != -1)
     if -1 in target:
         if known == 0 or x.size % known:
             raise InputError(f"expected the known dimensions to divide the element count: {given}")
