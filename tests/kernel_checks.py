@@ -63,3 +63,18 @@ def assert_f32_close(got, want, *, K: int, magnitude, dtype=np.float32, **contex
             f"{len(bad)} of {got.size} elements outside the f32 bound ({_describe(context)}, K={K})\n"
             f"first at {index}: expected {want[index]!r}, got {got[index]!r}, "
             f"error {error[index]:.3g} > bound {np.broadcast_to(bound, error.shape)[index]:.3g}")
+
+
+def residual_for(rng, shape, dtype, y_zero_point: int) -> tuple:
+    """A fused residual QAdd for a requantizing kernel's output of ``shape`` and ``dtype``, as the
+    kernels take it (kernels/elementwise.residual_parts): a random r of y's type and (y_zero_point,
+    r_zero_point, A, B, R, out_zero_point, lo, hi) with scale ratios about 1, so that sums clamp at
+    both ends of [lo, hi]."""
+    from zeroskip import quantmath
+
+    info = np.iinfo(dtype)
+    r = rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+    a, b, shift = quantmath.add_multipliers(rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4))
+    middle = (int(info.min) + int(info.max)) // 2
+    return (r, y_zero_point, int(rng.integers(middle - 20, middle + 21)), a, b, shift,
+            int(rng.integers(middle - 20, middle + 21)), int(info.min) + 2, int(info.max) - 3)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import assert_exact, assert_f32_close
+from kernel_checks import assert_exact, assert_f32_close, residual_for
 from zeroskip.kernels import KERNELS
 from zeroskip.kernels._planes import tap_starts
 from zeroskip.quantmath import quantize_multiplier
@@ -210,6 +210,16 @@ def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
         want = REFERENCES["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, m0, shift, y_zp, lo, hi, **geo)
         assert np.array_equal(want, _unfused(acc, (m0, shift, y_zp, lo, hi)).reshape(want.shape))
         assert_exact(y, want, dtype=y_type, case=_conv_ids(case), x_zp=x_zp)
+        # a residual QAdd fused into the epilogue: those bytes, then add_dense_i8's
+        residual = residual_for(rng, y.shape, y_type, y_zp)
+        added = np.full_like(y, 7)
+        KERNELS["conv2d_csr_rq_i8"](csr[0], _starts(csr[1], case), csr[2], bias, x, x_zp, xq, m0,
+                                    shift, y_zp, lo, hi, added, kh, kw, s[0], s[1], d[0], d[1],
+                                    q["pt"], q["pl"], g, residual)
+        want_added = REFERENCES["add_dense_i8"](want, *residual)
+        assert np.array_equal(REFERENCES["conv2d_csr_rq_i8"](
+            *csr, bias, x, x_zp, m0, shift, y_zp, lo, hi, **geo, residual=residual), want_added)
+        assert_exact(added, want_added, dtype=y_type, case=_conv_ids(case), residual=True)
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[4], CONV_CASES[5]], ids=_conv_ids)

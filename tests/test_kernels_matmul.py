@@ -21,13 +21,15 @@ from zeroskip.errors import UnsupportedModelError
 from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
 from zeroskip.kernels.matmul_dense import PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8
+from zeroskip.kernels.elementwise import add_dense_i8
 from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
 from zeroskip.model import index_dtype
 from zeroskip.reference.kernels import matmul_csr as ref_csr
 from zeroskip.reference.kernels import matmul_dense as ref_dense
+from zeroskip.reference.kernels import elementwise as ref_elementwise
 from zeroskip.reference.kernels import quant as ref_quant
 
-from kernel_checks import assert_exact, assert_f32_close
+from kernel_checks import assert_exact, assert_f32_close, residual_for
 
 # Each of 1, 2, 7, 16, 17, 63 in every position, plus the edge combinations (1 against 63, ...).
 SHAPES = [(1, 1, 1), (2, 2, 2), (7, 7, 7), (16, 16, 16), (17, 17, 17), (63, 63, 63),
@@ -104,17 +106,25 @@ def _run_dense_i8(w, x, bias):
     return yt, ref_dense.matmul_dense_i8(x, w, bias)
 
 
-def _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, index_type=np.int32):
+def _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, index_type=np.int32,
+                   residual=None):
     indptr, indices, data = _csr(w, index_type)
     y = np.full((w.shape[0], xt.shape[1]), 77, dtype=y_type)
-    matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, zp, lo, hi, y)
-    return y, ref_csr.matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, zp, lo, hi)
+    args = (indptr, indices, data, bias, xt, m0, shift, zp, lo, hi)
+    if residual is None:  # the kernel's own default, not an explicit None
+        matmul_csr_rq_i8(*args, y)
+    else:
+        matmul_csr_rq_i8(*args, y, residual)
+    return y, ref_csr.matmul_csr_rq_i8(*args, residual)
 
 
-def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type):
+def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type, residual=None):
     y = np.full((w.shape[0], x.shape[0]), 77, dtype=y_type)
-    matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y)
-    return y, ref_dense.matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi)
+    if residual is None:
+        matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y)
+    else:
+        matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y, residual)
+    return y, ref_dense.matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, residual)
 
 
 def test_kernels_and_references_have_the_same_keys():
@@ -415,6 +425,31 @@ def test_requantizing_gemms_are_the_gemm_then_requantize(gemm, M, N, K, y_type):
     assert_exact(got, want, dtype=y_type, extra={"acc": acc}, M=M, N=N, K=K)
 
 
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("gemm,M,N,K", [(g, *shape) for g, shapes in RQ_SHAPES.items() for shape in shapes])
+def test_requantizing_gemms_add_a_fused_residual_as_the_qadd_would(gemm, M, N, K, y_type):
+    """With a residual, each requantized row is added to the residual's in the epilogue: the bytes
+    of the kernel without it, then add_dense_i8 (its reference and its kernel), clamped at both
+    ends."""
+    rng = np.random.default_rng(7 * M + N + 3 * K)
+    w, xt, bias = _i8_case(M, N, K, 0.7 if gemm == "dense" else 0.3, np.uint8, M + N * K)
+    x = np.ascontiguousarray(xt.T)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
+    zp = sum(TYPE_RANGE[y_type]) // 2
+    lo, hi = TYPE_RANGE[y_type]
+    run = _run_dense_rq_i8 if gemm == "dense" else _run_csr_rq_i8
+    operand = x if gemm == "dense" else xt
+    alone, _ = run(w, operand, bias, m0, shift, zp, lo, hi, y_type)
+    residual = residual_for(rng, alone.shape, y_type, zp)
+    got, reference = run(w, operand, bias, m0, shift, zp, lo, hi, y_type, residual=residual)
+    want = ref_elementwise.add_dense_i8(alone, *residual)
+    kernel = np.empty(alone.size, y_type)
+    add_dense_i8(alone.reshape(-1), residual[0].reshape(-1), kernel, *residual[1:])
+    assert np.array_equal(reference, want) and np.array_equal(kernel.reshape(want.shape), want)
+    assert M * N < 64 or ((got == residual[-2]).any() and (got == residual[-1]).any())
+    assert_exact(got, want, dtype=y_type, M=M, N=N, K=K)
+
+
 @given(real=st.floats(2.0 ** -32, 2.0 ** 30, exclude_max=True))
 def test_property_quantize_multiplier(real):
     if real >= 2.0 ** 30 - 0.25:             # m0 = round(2·real) carries to 2^31 with shift 0: refused
@@ -444,6 +479,11 @@ def _all_kernels_once():
     out["matmul_dense_rq_i8"], _ = _run_dense_rq_i8(w, np.ascontiguousarray(xt.T), bias, m0, shift,
                                                     3, 0, 255, np.uint8)
     out["matmul_csr_rq_i8"], _ = _run_csr_rq_i8(w, xt, bias, m0, shift, 3, 0, 255, np.uint8)
+    residual = residual_for(rng, (N, M), np.uint8, 3)
+    out["matmul_csr_rq_i8 + residual"], _ = _run_csr_rq_i8(w, xt, bias, m0, shift, 3, 0, 255,
+                                                           np.uint8, residual=residual)
+    out["matmul_dense_rq_i8 + residual"], _ = _run_dense_rq_i8(
+        w, np.ascontiguousarray(xt.T), bias, m0, shift, 3, 0, 255, np.uint8, residual=residual)
     x = rng.standard_normal(3 * 4096 + 5).astype(np.float32)
     q = np.zeros(x.shape, np.int8)
     quantize_dense_f32(x, np.float32(0.02), -3, q)

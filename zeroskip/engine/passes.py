@@ -201,6 +201,32 @@ def find_fusions(model: Model) -> dict:
     return fused
 
 
+def find_residual_adds(model: Model) -> dict:
+    """{QConv name: (QAdd node, the QAdd input the conv feeds: 0 or 1)} for each QConv whose only
+    reader is a QAdd of the same output type (and whose output is not a graph output), when the
+    QAdd's other input is ready before the conv runs: a graph input, or the output of an earlier
+    node. Such an add can run in the conv's epilogue: each requantized row of the conv, added to
+    the other input's row as the QAdd would add it (a ResNet block's second conv and its shortcut,
+    a MobileNetV2 block's projection and its input)."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    readers = _readers(graph)
+    ready = {v.name for v in graph.inputs}
+    found = {}
+    for node in graph.nodes:
+        reader = readers.get(node.outputs[0], [])
+        if node.op == "QConv" and node.outputs[0] not in outputs and len(reader) == 1 \
+                and reader[0].op == "QAdd":
+            add = reader[0]
+            side = add.inputs.index(node.outputs[0])
+            other = add.inputs[1 - side]
+            if other != node.outputs[0] and other in ready \
+                    and add.attrs["y_dtype"] == node.attrs["y_dtype"]:
+                found[node.name] = (add, side)
+        ready.update(node.outputs)
+    return found
+
+
 _FLOAT_TWIN = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QMaxPool": "MaxPool",
                "QAveragePool": "AveragePool", "QGlobalAveragePool": "GlobalAveragePool",
                "QuantizeLinear": "Identity", "DequantizeLinear": "Identity"}

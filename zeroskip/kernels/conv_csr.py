@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from ._planes import pad_phases
 from ._rows import PIXELS_PER_BLOCK, row_block
+from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
 
 
@@ -141,7 +142,7 @@ conv2d_csr_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_i8)
 
 
 def _conv2d_csr_rq_i8(indptr, starts, data, bias, x, x_zero_point, xq, m0, shift, y_zero_point,
-                      lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups):
+                      lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups, residual=None):
     # W (N, C/g·kh·kw) csr int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
     """y[b,n] = requantize(conv2d_csr_i8's acc[b,n]) (m0, shift, y_zero_point, lo, hi as in
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
@@ -150,16 +151,22 @@ def _conv2d_csr_rq_i8(indptr, starts, data, bias, x, x_zero_point, xq, m0, shift
     requantized from there into y (_channel_rq), so the int32 planes are never stored and read
     back.
     Arguments as conv2d_csr_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 — output,
-    overwritten. Preconditions as the two kernels'.
+    overwritten; residual — None, or a QAdd of y and a (B,N,OH,OW) array fused into the epilogue,
+    each output channel's plane added once it is requantized (elementwise.residual_parts).
+    Preconditions as the two kernels'.
     Work: conv2d_csr_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
     _pad(x, xq, x_zero_point, sh, sw, pt, pl)
     B, N, Wq = x.shape[0], y.shape[1], xq.shape[3]
+    r, add = residual_parts(residual, y)
+    plane = y.shape[2] * y.shape[3]
     for t in prange(B * N):
         bi, n = t // N, t % N
         _channel_rq(_group_planes(xq, bi, n, N, groups), starts, data, np.int64(indptr[n]),
                     np.int64(indptr[n + 1]), bias[n], np.empty(PIXELS_PER_BLOCK, np.int32),
                     y[bi, n], Wq, m0[n], shift[n], y_zero_point, lo, hi)
+        # the channel's plane, still in L1, plus the residual's (one long loop: it vectorizes)
+        add_residual(y[bi, n].reshape(plane), r[bi, n].reshape(plane), add)
 
 
 conv2d_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_rq_i8)

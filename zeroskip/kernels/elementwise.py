@@ -7,7 +7,8 @@ p / 2^r); pool.py shares it.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 ELEMENTWISE_BLOCK = 4096
 """Elements per parallel iteration: large enough that the prange overhead vanishes, small enough to
@@ -47,12 +48,55 @@ def _add_dense_i8(a, b, y, a_zero_point, b_zero_point, a_multiplier, b_multiplie
         ab, bb = a[e0:e0 + ELEMENTWISE_BLOCK], b[e0:e0 + ELEMENTWISE_BLOCK]
         yb = y[e0:e0 + ELEMENTWISE_BLOCK]
         for e in range(yb.shape[0]):
-            p = (np.int64(ab[e]) - a_zero_point) * a_multiplier \
-                + (np.int64(bb[e]) - b_zero_point) * b_multiplier
-            yb[e] = min(max(rounding_shift(p, shift) + y_zero_point, lo), hi)
+            yb[e] = qadd_value(ab[e], bb[e], a_zero_point, b_zero_point, a_multiplier,
+                               b_multiplier, shift, y_zero_point, lo, hi)
 
 
 add_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_add_dense_i8)
+
+
+@njit(cache=True, inline="always")
+def qadd_value(qa, qb, a_zero_point, b_zero_point, a_multiplier, b_multiplier, shift,
+               y_zero_point, lo, hi):
+    """One output of add_dense_i8 (its docstring has the arithmetic), shared with the requantizing
+    convs' fused residual add (``add_residual``), so the two give the same bytes by construction."""
+    p = (np.int64(qa) - a_zero_point) * a_multiplier + (np.int64(qb) - b_zero_point) * b_multiplier
+    return min(max(rounding_shift(p, shift) + y_zero_point, lo), hi)
+
+
+# -- the residual QAdd in a requantizing kernel's epilogue ------------------------------------------
+NO_RESIDUAL = (False, 0, 0, 0, 0, 1, 0, 0, 0)
+"""``add`` of ``add_residual`` for a kernel called without a residual: nothing is added."""
+
+
+def residual_parts(residual, y):
+    """(r, add) for a requantizing kernel's optional last argument ``residual``: None, or
+    (r, y_zero_point, r_zero_point, y_multiplier, r_multiplier, shift, out_zero_point, lo, hi),
+    a QAdd of the kernel's output y (its operand with y_zero_point and y_multiplier) and r, an
+    array of y's shape, written over y. Without a residual, r is y itself and ``add`` says to add
+    nothing. Compiled, the choice is made per argument type, so a kernel called without a residual
+    carries no trace of it (the overload below); run as Python (NUMBA_DISABLE_JIT=1), here."""
+    if residual is None:
+        return y, NO_RESIDUAL
+    return residual[0], (True,) + tuple(residual[1:])
+
+
+@overload(residual_parts)
+def _residual_parts_compiled(residual, y):
+    if residual is None or isinstance(residual, (types.NoneType, types.Omitted)):
+        return lambda residual, y: (y, (False, 0, 0, 0, 0, 1, 0, 0, 0))
+    return lambda residual, y: (residual[0], (True,) + residual[1:])
+
+
+@njit(cache=True, inline="always")
+def add_residual(y, r, add):
+    """y[e] = qadd_value(y[e], r[e], ...) in place over a row, when add[0] (residual_parts): a
+    requantizing conv's output, already requantized and clamped as the QConv alone would leave it,
+    then added to the residual as the QAdd would add it. The same bytes as the two ops in turn."""
+    if add[0]:
+        for e in range(y.shape[0]):
+            y[e] = qadd_value(y[e], r[e], add[1], add[2], add[3], add[4], add[5], add[6], add[7],
+                              add[8])
 
 
 def _bias_act_dense_f32(y, b, lo, hi):

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._rows import PIXELS_PER_BLOCK, row_block
+from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
 
 # ---------------------------------------------------------------- float32
@@ -133,7 +134,8 @@ ROWS_PER_RQ_TASK = 8
 """Output channels per parallel task of matmul_csr_rq_i8 (each task allocates one scratch)."""
 
 
-def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi, yt):
+def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi, yt,
+                      residual=None):
     # W (N,K) csr int8 @ xt (K,M) uint8|int8 + bias', requantized -> yt (N,M) uint8|int8
     """yt[n,m] = requantize(bias'[n] + Σ_{k ∈ nz(n)} q_w[n,k]·q_x[k,m]): matmul_csr_i8 and then
     requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
@@ -149,9 +151,12 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
     has tasks for every thread); per row, the slice's sums (as matmul_csr_i8), then
     requantize_row. The xt columns of the slice stay in cache for the task's rows.
     Preconditions as matmul_csr_i8's and requantize_dense_i8's; yt [N,M] uint8|int8, C-contiguous.
+    residual — None, or a QAdd of yt and an (N,M) array fused into the epilogue, each row added as
+    it is requantized (elementwise.residual_parts).
     Work: 2·M·nnz int ops and N·M requantizations; reads xt nnz·M bytes, writes yt N·M bytes.
     """
     N, M = yt.shape
+    r, add = residual_parts(residual, yt)
     groups = (N + ROWS_PER_RQ_TASK - 1) // ROWS_PER_RQ_TASK
     slices = (M + PIXELS_PER_BLOCK - 1) // PIXELS_PER_BLOCK
     for task in prange(groups * slices):
@@ -167,6 +172,7 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
                 row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
             requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
                            yt[n, p0:p0 + count])
+            add_residual(yt[n, p0:p0 + count], r[n, p0:p0 + count], add)
 
 
 matmul_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_rq_i8)

@@ -35,6 +35,7 @@ from numba.extending import intrinsic, overload
 
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
+from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
 
 X_ROWS_PER_TILE = 2
@@ -377,7 +378,7 @@ PIXELS_PER_CHUNK = 256
 stay in L1 between the tiles that write them and the requantization that reads them."""
 
 
-def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y):
+def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None):
     # w (N,K) int8 @ x (M,K)ᵀ uint8|int8 + bias', requantized -> y (N,M) uint8|int8
     """y[n,m] = requantize(bias'[n] + Σ_k q_w[n,k]·q_x[m,k]): matmul_dense_i8 and then
     requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
@@ -386,10 +387,13 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y):
     rows of x at a time, the tiles write their sums to a small scratch that stays in L1, and the
     chunk is requantized from there into y. Unfused, a layer with a short K (MobileNetV2's 1×1
     convs: K = 16–32 against N = 96–192) wrote and read back 4 bytes per output where y takes 1.
+    residual — None, or a QAdd of y and an (N,M) array fused into the epilogue, each row added as
+    it is requantized (elementwise.residual_parts).
     Preconditions as matmul_dense_i8's and requantize_dense_i8's.
     Work: 2·M·N·K int ops and N·M requantizations; writes N·M bytes.
     """
     M, K = x.shape
+    r, add = residual_parts(residual, y)
     for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
         n = p * W_ROWS_PER_TILE
         w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
@@ -401,6 +405,7 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y):
             for j in range(w_panel.shape[0]):
                 requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo, hi,
                                y[n + j, c:c + width])
+                add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
 
 
 matmul_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_rq_i8)

@@ -33,8 +33,14 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
             producer = ctx.fused_into[node.name]
             steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
                               lambda values: None))
+        elif node.name in ctx.residual_into:
+            steps.append(Step(node, "fused", f"added in {ctx.residual_into[node.name]!r}'s "
+                                             f"epilogue, row by row as it is requantized",
+                              lambda values: None))
         else:
             steps.append(build_step(node, ctx))
+            if node.name in ctx.residual_adds and node.name not in ctx.residual_taken:
+                ctx.unfuse_residual(node.name)  # its step has no epilogue to add in: the QAdd runs
     plan = Plan(mode, steps, ctx.constants, serial, ctx.launches)
     if plan.blas_owns_threads:
         for launch in plan.launches:  # BLAS has the threads: the Numba steps run serially

@@ -13,7 +13,7 @@ from ...errors import ZeroskipError
 from ...model import Model, Node
 from ...shapes import infer_shapes, layer_macs
 from .. import tuning
-from ..passes import find_fusions
+from ..passes import find_fusions, find_residual_adds
 from .launch import Launch
 from .registry import Decline
 from .weights import constant
@@ -64,6 +64,10 @@ class PlanContext:
         self.constants = {name: constant(t, np.float32) for name, t in self.tensors.items()}
         self.fused = find_fusions(model)  # producer name -> (activation node, lo, hi)
         self.fused_into = {act.name: producer for producer, (act, _, _) in self.fused.items()}
+        # QConv name -> (QAdd node, the conv's side): the QAdds that may run in a conv's epilogue
+        self.residual_adds = find_residual_adds(model) if mode != "reference" else {}
+        self.residual_into = {add.name: conv for conv, (add, _) in self.residual_adds.items()}
+        self.residual_taken: set[str] = set()
         self._table = None
         self._shapes = None
         self.launches: list[Launch] = []  # every parallel kernel the steps call (Plan.launches)
@@ -103,6 +107,20 @@ class PlanContext:
         entry = self.fused.pop(producer, None)
         if entry is not None:
             del self.fused_into[entry[0].name]
+
+    def take_residual(self, conv: str):
+        """(QAdd node, the conv's side) of the QAdd that ``conv``'s step runs in its epilogue, or
+        None: the conv's step builder takes the fusion (``find_residual_adds``) by asking."""
+        entry = self.residual_adds.get(conv)
+        if entry is not None:
+            self.residual_taken.add(conv)
+        return entry
+
+    def unfuse_residual(self, conv: str) -> None:
+        """Undo the fusion of a QAdd into ``conv``'s epilogue (its step did not take it)."""
+        entry = self.residual_adds.pop(conv, None)
+        if entry is not None:
+            del self.residual_into[entry[0].name]
 
     # -- CSR or dense ----------------------------------------------------------------------------
     def choose_csr(self, density: float, shape_class: str, node: Node | None = None) -> Choice:

@@ -138,20 +138,30 @@ class ConvAccumulator:
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
 
-    def requantized(self, x: np.ndarray, q: dict) -> np.ndarray:
+    takes_residual = False
+    """Whether ``requantized`` can add a residual in its kernel's epilogue."""
+
+    def requantized(self, x: np.ndarray, q: dict, residual: tuple | None = None) -> np.ndarray:
         """The layer's 8-bit output (B,N,OH,OW) for x, q the layer's ``layer_quant`` (the same at
         every call). x's type and shape are checked (``check_input``) when its call is prepared,
-        once per shape."""
-        return self.prepared.get(x, q)(np.ascontiguousarray(x))
+        once per shape. ``residual`` (where ``takes_residual``): (r, the QAdd's parameters from
+        ``residual_arithmetic``), r an 8-bit C-contiguous array of the output's shape
+        (``output_shape``), added to the output in the kernel's epilogue."""
+        return self.prepared.get(x, q)[0](np.ascontiguousarray(x), residual)
 
-    def _checked_prepare(self, shape: tuple, dtype, q: dict) -> Callable:
+    def output_shape(self, x: np.ndarray, q: dict) -> tuple:
+        """The shape of ``requantized(x, q)``."""
+        return self.prepared.get(x, q)[1]
+
+    def _checked_prepare(self, shape: tuple, dtype, q: dict) -> tuple:
         x = placeholder(shape, dtype)
         check_q8(self.node, x)
         conv_input(self.node, x, self.channels)
         return self.prepare_requantized(shape, dtype, q)
 
-    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
-        """``call(x) -> y``: ``requantized`` for inputs of this shape and dtype (PreparedCalls)."""
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
+        """(call(x, residual) -> y, y's shape): ``requantized`` for inputs of this shape and dtype
+        (PreparedCalls)."""
         raise NotImplementedError("an accumulator built with requantizes overrides this")
 
     def geometry(self, shape: tuple):
@@ -173,6 +183,18 @@ class ConvAccumulator:
         """The sparse convs' workspace: the input's padded phases xq (plan/geometry.phase_shape)."""
         return self.scratch.get("xq", (shape[0], self.channels) + phase_shape(g, self.kh, self.kw),
                                 dtype)
+
+
+def image_residual(residual, image=None, shape=None, channels=slice(None)) -> tuple:
+    """A requantizing kernel's optional last argument for ``residual`` = (r, parameters) or None:
+    () without one; else the kernel's residual tuple (kernels/elementwise.residual_parts), r whole,
+    or image ``image``'s ``channels`` viewed as ``shape`` (the array the kernel writes)."""
+    if residual is None:
+        return ()
+    r, params = residual
+    if image is not None:
+        r = r[image, channels].reshape(shape)
+    return ((r,) + params,)
 
 
 def requantize_args(q: dict) -> tuple:
@@ -235,21 +257,21 @@ class DepthwiseConv(ConvAccumulator):
             head, tail = (self.w_taps, q["bias"], xh, q["x_zp"]) + rq, geo
             nhwc = pick(self.nhwc_kernel, *head, y_, *tail)
 
-            def call(x):
+            def call(x, residual=None):
                 y = np.empty(y_shape, y_dtype)
                 to_nhwc(x, xh)
                 nhwc(*head, y, *tail)
                 return y
-            return call
+            return call, y_shape
         w, bias = self.w, q["bias"]
         mid, tail = (q["x_zp"],) + self.planes(shape, dtype, g) + rq, geo
         planar = pick(self.rq_kernel, w, bias, x_, *mid, y_, *tail)
 
-        def call(x):
+        def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
             planar(w, bias, x, *mid, y, *tail)
             return y
-        return call
+        return call, y_shape
 
 
 def is_pointwise(node: Node, kh: int, kw: int) -> bool:
@@ -267,6 +289,7 @@ class CsrConv(ConvAccumulator):
     epilogue when the op asks (``requantizes``: conv2d_csr_rq_i8, matmul_csr_rq_i8)."""
 
     name = "conv2d_csr_i8"
+    takes_residual = True
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(node, w4)
@@ -309,15 +332,13 @@ class CsrConv(ConvAccumulator):
             gemm = pick(self.rq_kernel, *head, placeholder((self.channels, pixels), dtype), *rq,
                         placeholder((self.n_out, pixels), y_dtype))
 
-            def call(x):
+            def call(x, residual=None):
                 y = np.empty(y_shape, y_dtype)
-                if y_shape[0] == 1:
-                    gemm(*head, x.reshape(x_plane), *rq, y.reshape(y_plane))
-                else:
-                    for b in range(y_shape[0]):
-                        gemm(*head, x[b].reshape(x_plane), *rq, y[b].reshape(y_plane))
+                for b in range(y_shape[0]):
+                    gemm(*head, x[b].reshape(x_plane), *rq, y[b].reshape(y_plane),
+                         *image_residual(residual, b, y_plane))
                 return y
-            return call
+            return call, y_shape
         g, geo = self.geometry(shape)
         y_shape = self.out_shape(shape, g)
         indptr, _, data = self.csr
@@ -326,11 +347,11 @@ class CsrConv(ConvAccumulator):
         conv = pick(self.rq_kernel, *head, placeholder(shape, dtype), *mid,
                     placeholder(y_shape, y_dtype), *tail)
 
-        def call(x):
+        def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
-            conv(*head, x, *mid, y, *tail)
+            conv(*head, x, *mid, y, *tail, *image_residual(residual))
             return y
-        return call
+        return call, y_shape
 
 
 class Im2rowConv(ConvAccumulator):
@@ -341,6 +362,7 @@ class Im2rowConv(ConvAccumulator):
 
     name = "channels_last_dense_i8 + im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
+    takes_residual = True
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         from ...kernels.matmul_dense import K_PER_STEP  # Numba only once a kernel plan needs it
@@ -426,13 +448,14 @@ class Im2rowConv(ConvAccumulator):
             gemms.append((pick(self.rq_kernel, x_rows, *args, y_g), x_rows, args,
                           b // self.group, ch, y_g.shape))
 
-        def call(x):
+        def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
             fill(x)
             for gemm, x_rows, args, b, ch, y_g_shape in gemms:
-                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape))
+                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape),
+                     *image_residual(residual, b, y_g_shape, ch))
             return y
-        return call
+        return call, y_shape
 
     def window_sums(self, acc_shape, dtype, x_zp: int) -> np.ndarray:
         """Σ (x − x_zp) over each output pixel's window and its group's channels, (B, g, OH, OW)
@@ -466,6 +489,31 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
 
 
 # -- QGemm, QConv ---------------------------------------------------------------------------------
+def qadd_arithmetic(node: Node) -> tuple:
+    """A QAdd's integer parameters as add_dense_i8 takes them: (a_zp, b_zp, A, B, R, y_zp, lo, hi),
+    A/2^R and B/2^R its inputs' scale ratios to its output's (docs/quantization.md §5), [lo, hi]
+    its output type's range narrowed by a fused clip."""
+    attrs = node.attrs
+    y_scale = float(attrs["y_scale"])
+    a_mult, b_mult, shift = quantmath.add_multipliers(float(attrs["a_scale"]) / y_scale,
+                                                      float(attrs["b_scale"]) / y_scale)
+    y_zp = int(attrs["y_zero_point"])
+    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp, attrs["clip_min"],
+                                    attrs["clip_max"])
+    return (int(attrs["a_zero_point"]), int(attrs["b_zero_point"]), a_mult, b_mult, shift, y_zp,
+            int(lo), int(hi))
+
+
+def residual_arithmetic(add: Node, side: int) -> tuple:
+    """The kernels' residual parameters (kernels/elementwise.residual_parts) for a QAdd whose
+    input ``side`` (0 or 1) is the conv's output: the conv's zero point and multiplier first. The
+    sum (q_conv − zp)·M + (q_r − zp_r)·M_r is the QAdd's either way round."""
+    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = qadd_arithmetic(add)
+    if side == 1:
+        a_zp, b_zp, a_mult, b_mult = b_zp, a_zp, b_mult, a_mult
+    return a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi
+
+
 def layer_quant(node: Node, ctx: PlanContext) -> dict:
     """Everything a QGemm/QConv needs once: int8 weights (N, K), folded bias, Q31 multipliers, clamp.
 
@@ -545,8 +593,25 @@ def qconv(node: Node, ctx: PlanContext):
                                     lambda: ctx.choose_csr(q["density"], "conv i8", node),
                                     requantizes=True)
     x_name, out = node.inputs[0], node.outputs[0]
+    fusion = ctx.take_residual(node.name) if conv.takes_residual else None
+    if fusion is None:
+        def run(values):
+            values[out] = conv.requantized(values[x_name], q)
+
+        return requantized_step(node, conv, choice, run, q["density"])
+
+    add, side = fusion  # the QAdd that reads this conv's output alone runs in its epilogue
+    r_name, add_out, params = add.inputs[1 - side], add.outputs[0], residual_arithmetic(add, side)
+    unfused_add = ctx.kernel_step(add, ctx)  # for a residual the epilogue cannot take
 
     def run(values):
-        values[out] = conv.requantized(values[x_name], q)
+        x, r = values[x_name], values[r_name]
+        if r.shape == conv.output_shape(x, q) and r.dtype in (np.uint8, np.int8):
+            values[add_out] = conv.requantized(x, q, (np.ascontiguousarray(r), params))
+        else:  # shapes that broadcast, or a wrong input: the two steps, as unfused
+            values[out] = conv.requantized(x, q)
+            unfused_add.run(values)
 
-    return requantized_step(node, conv, choice, run, q["density"])
+    step = requantized_step(node, conv, choice, run, q["density"])
+    step.reason += f"; then {add.name!r} (QAdd) in the same epilogue, row by row"
+    return step

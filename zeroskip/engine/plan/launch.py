@@ -72,7 +72,7 @@ def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M
     return data.shape[0] * xt.shape[1]
 
 
-def _work_csr_rq(indptr, indices, data, bias, xt, m0, shift, y_zp, lo, hi, yt):
+def _work_csr_rq(indptr, indices, data, bias, xt, m0, shift, y_zp, lo, hi, yt, *_):
     return data.shape[0] * xt.shape[1] + yt.size  # products, and requantizations
 
 

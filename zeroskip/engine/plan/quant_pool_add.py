@@ -13,7 +13,7 @@ from ...errors import InputError
 from ...model import Node
 from .context import PlanContext
 from .geometry import max_pool, pool_geometry
-from .int8 import Q8_TYPES, check_q8
+from .int8 import Q8_TYPES, check_q8, qadd_arithmetic
 from .registry import Decline, builds
 from .steps import Step
 
@@ -156,15 +156,9 @@ def _broadcast(node: Node, a: np.ndarray, b: np.ndarray) -> tuple:
 def qadd(node: Node, ctx: PlanContext):
     attrs = node.attrs
     kernel = ctx.kernel("add_dense_i8")
-    a_mult, b_mult, shift = quantmath.add_multipliers(float(attrs["a_scale"]) / float(attrs["y_scale"]),
-                                                      float(attrs["b_scale"]) / float(attrs["y_scale"]))
-    y_zp = int(attrs["y_zero_point"])
-    lo, hi = quantmath.clamp_bounds(attrs["y_dtype"], attrs["y_scale"], y_zp, attrs["clip_min"],
-                                    attrs["clip_max"])
-    lo, hi = int(lo), int(hi)
+    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = qadd_arithmetic(node)
     dtype = Q8_TYPES[attrs["y_dtype"]]
     (a_name, b_name), out = node.inputs, node.outputs[0]
-    a_zp, b_zp = int(attrs["a_zero_point"]), int(attrs["b_zero_point"])
     fixed = _fixed_operands(node, ctx)
 
     def run(values):

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..ops.conv import conv
 from .im2col import columns
+from .elementwise import with_residual
 from .quant import requantize_dense_i8
 
 
@@ -52,14 +53,15 @@ def conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, *, kernel_shape,
 
 
 def conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, m0, shift, y_zero_point, lo, hi,
-                     *, kernel_shape, strides, pads, dilations, groups):
+                     *, kernel_shape, strides, pads, dilations, groups, residual=None):
     """q_y [B,N,OH,OW] int64: conv2d_csr_i8's exact accumulator, then requantize_dense_i8's
-    rounding and clamp, image by image (the fused kernel must give the two kernels' bytes)."""
+    rounding and clamp, image by image (the fused kernel must give the two kernels' bytes), then
+    the residual QAdd if any (``with_residual``)."""
     acc = conv2d_csr_i8(indptr, indices, data, bias, x, x_zero_point, kernel_shape=kernel_shape,
                         strides=strides, pads=pads, dilations=dilations, groups=groups)
     B, N = acc.shape[:2]
     q = [requantize_dense_i8(a.reshape(N, -1), m0, shift, y_zero_point, lo, hi) for a in acc]
-    return np.stack(q).reshape(acc.shape)
+    return with_residual(np.stack(q).reshape(acc.shape), residual)
 
 
 REFERENCES = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8,

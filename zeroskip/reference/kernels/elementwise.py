@@ -22,6 +22,16 @@ def add_dense_i8(a, b, a_zero_point, b_zero_point, a_multiplier, b_multiplier, s
     return np.clip(t + int(y_zero_point), lo, hi)
 
 
+def with_residual(q, residual):
+    """A requantizing kernel's output q, then its fused residual QAdd when ``residual`` is given
+    ((r, q_zero_point, r_zero_point, q_multiplier, r_multiplier, shift, out_zero_point, lo, hi),
+    kernels/elementwise.residual_parts): add_dense_i8 of q and r."""
+    if residual is None:
+        return q
+    r, *params = residual
+    return add_dense_i8(q, np.asarray(r).reshape(np.shape(q)), *params)
+
+
 def bias_act_dense_f32(y, b, lo, hi):
     """float64 clip(y + b[n], lo, hi) for y [B,N,M] and b [N]."""
     return np.clip(np.asarray(y, dtype=np.float64) + np.asarray(b, dtype=np.float64)[:, None], lo, hi)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .elementwise import with_residual
 from .quant import requantize_dense_i8
 
 
@@ -37,11 +38,13 @@ def matmul_csr_i8(indptr, indices, data, bias, xt):
     return w @ xt + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-def matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi):
+def matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, lo, hi,
+                     residual=None):
     """q_y [N,M] int64: matmul_csr_i8's exact accumulator, then requantize_dense_i8's rounding and
-    clamp (the fused kernel must give the bytes of the two kernels in turn)."""
-    return requantize_dense_i8(matmul_csr_i8(indptr, indices, data, bias, xt), m0, shift,
-                               y_zero_point, lo, hi)
+    clamp (the fused kernel must give the bytes of the two kernels in turn), then the residual
+    QAdd if any (``with_residual``)."""
+    return with_residual(requantize_dense_i8(matmul_csr_i8(indptr, indices, data, bias, xt), m0,
+                                             shift, y_zero_point, lo, hi), residual)
 
 
 REFERENCES = {"matmul_csr_f32": matmul_csr_f32, "matmul_csr_i8": matmul_csr_i8,

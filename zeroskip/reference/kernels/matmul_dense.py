@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .elementwise import with_residual
 from .quant import requantize_dense_i8
 
 
@@ -18,10 +19,12 @@ def matmul_dense_i8(x, w, bias):
     return w @ x.T + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi):
+def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=None):
     """q_y [N,M] int64: matmul_dense_i8's exact accumulator, then requantize_dense_i8's rounding
-    and clamp (the fused kernel must give the bytes of the two kernels in turn)."""
-    return requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point, lo, hi)
+    and clamp (the fused kernel must give the bytes of the two kernels in turn), then the residual
+    QAdd if any (``with_residual``)."""
+    return with_residual(requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point,
+                                             lo, hi), residual)
 
 
 REFERENCES = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
