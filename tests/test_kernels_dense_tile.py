@@ -15,7 +15,7 @@ import pytest
 from numba import njit
 
 from kernel_checks import assert_exact
-from zeroskip.kernels import matmul_dense
+from zeroskip.kernels import _broadcast, matmul_dense
 from zeroskip.kernels.matmul_dense import (K_PER_STEP, LANES, SUMS_PER_TILE, VNNI_K_PER_STEP,
                                            W_ROWS_PER_TILE, X_ROWS_PER_TILE, gemm_with_tile,
                                            tile_model, tile_step_model)
@@ -196,3 +196,90 @@ def test_the_kernel_runs_the_tile_this_cpu_chooses():
     want = ("python" if numba.config.DISABLE_JIT else "vnni" if matmul_dense.HAS_VNNI
             else "avx2" if matmul_dense.HAS_AVX2 else "portable")
     assert matmul_dense._tile is matmul_dense.TILES[want]
+
+
+# -- the broadcast tile (AVX-512 VNNI, uint8 x, K % 4 == 0) -------------------------------------------
+RUNS_BROADCAST = _broadcast.RUNS
+"""The broadcast tile needs an AVX-512 VNNI CPU and the JIT (LLVM IR does not run as Python)."""
+needs_broadcast = pytest.mark.skipif(not RUNS_BROADCAST,
+                                     reason="the broadcast tile needs AVX-512 VNNI and the JIT")
+
+BROADCAST_SHAPES = [(1, 4, 4), (63, 5, 16), (64, 8, 160), (65, 7, 12), (200, 64, 192),
+                    (49, 130, 576), (7 * 64 + 3, 9, 64), (0, 8, 8), (3, 4, 0)]
+"""Chunks of 64 pixels with a remainder, a single short chunk (its channels split into groups),
+N mod 4 rows, the stem's K = 160 and its space-to-depth K = 192, an empty batch, K = 0."""
+
+
+@njit(cache=True)
+def _fits(x, w):
+    return matmul_dense.broadcast_fits(x, w)
+
+
+@needs_broadcast
+def test_broadcast_tile_is_taken_for_uint8_activations_with_k_a_multiple_of_4():
+    w = np.zeros((8, 16), np.int8)
+    assert _fits(np.zeros((3, 16), np.uint8), w)
+    assert not _fits(np.zeros((3, 16), np.int8), w)        # vpdpbusd's x operand is unsigned
+    assert not _fits(np.zeros((3, 18), np.uint8), np.zeros((8, 18), np.int8))  # K mod 4
+    assert not _fits(np.zeros((3, 16), np.uint8), w[:3])   # fewer than 4 channels
+
+
+@needs_broadcast
+@pytest.mark.parametrize("M,N,K", BROADCAST_SHAPES)
+def test_broadcast_tile_gives_the_reference(M, N, K):
+    """Both dense GEMMs on the broadcast tile: the int32 sums and the requantized bytes (with and
+    without a fused residual) of the integer reference, at 1 and 2 threads."""
+    from kernel_checks import residual_for
+    from zeroskip import quantmath
+
+    seed = M * 7919 + N * 31 + K
+    x, w, bias = _case(M, N, K, np.uint8, seed)
+    want = REFERENCES["matmul_dense_i8"](x, w, bias)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -14))
+    rq = (m0, shift, 3, 0, 255)
+    residual = residual_for(np.random.default_rng(seed), (N, M), np.uint8, 3)
+    want_rq = REFERENCES["matmul_dense_rq_i8"](x, w, bias, *rq)
+    want_added = REFERENCES["matmul_dense_rq_i8"](x, w, bias, *rq, residual)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            yt = np.full((N, M), -1, np.int32)
+            matmul_dense.matmul_dense_i8(x, w, bias, yt)
+            assert_exact(yt, want, dtype=np.int32, M=M, N=N, K=K, threads=threads)
+            y = np.full((N, M), 7, np.uint8)
+            matmul_dense.matmul_dense_rq_i8(x, w, bias, *rq, y)
+            assert_exact(y, want_rq, dtype=np.uint8, M=M, N=N, K=K, threads=threads)
+            matmul_dense.matmul_dense_rq_i8(x, w, bias, *rq, y, residual)
+            assert_exact(y, want_added, dtype=np.uint8, M=M, N=N, K=K, residual=True)
+    finally:
+        numba.set_num_threads(before)
+
+
+@needs_broadcast
+def test_broadcast_tile_at_the_largest_safe_k():
+    """K·255·128 < 2^31 at the largest K that is a multiple of 4: every product at its extreme."""
+    K = 65_792
+    x = np.full((BROADCAST_SHAPES[2][0] + 1, K), 255, np.uint8)
+    w = np.full((5, K), -128, np.int8)
+    w[1::2] = 127
+    bias = np.zeros(5, np.int32)
+    want = REFERENCES["matmul_dense_i8"](x, w, bias)
+    yt = np.zeros((5, x.shape[0]), np.int32)
+    matmul_dense.matmul_dense_i8(x, w, bias, yt)
+    assert_exact(yt, want, dtype=np.int32, K=K)
+
+
+def test_without_the_broadcast_tile_the_gemms_compile_and_run_their_own_tile():
+    """Where the CPU has no AVX-512 VNNI, ``broadcast_tile`` is a stub that raises and
+    ``broadcast_fits`` is never true: the kernels built so give the reference's bytes."""
+    from zeroskip.kernels._copies import renamed_copy
+
+    stubs = dict(broadcast_tile=_broadcast.unavailable_tile, broadcast_fits=_broadcast.never_fits)
+    x, w, bias = _case(70, 9, 64, np.uint8, 5)
+    gemm = njit(parallel=True)(renamed_copy(matmul_dense._matmul_dense_i8, "_stub", **stubs))
+    yt = np.zeros((9, 70), np.int32)
+    gemm(x, w, bias, yt)
+    assert_exact(yt, REFERENCES["matmul_dense_i8"](x, w, bias), dtype=np.int32)
+    with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
+        njit(_broadcast._unavailable)(None, None, None, None, 0)

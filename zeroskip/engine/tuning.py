@@ -96,12 +96,13 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 6
+KERNELS_REVISION = 7
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
 block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse convs over phases;
-6: GEMM activations handed on transposed, and the batch class 512)."""
+6: GEMM activations handed on transposed, and the batch class 512; 7: the dense int8 GEMM's
+broadcast tile on AVX-512 VNNI)."""
 
 
 def _cpu_name() -> str:

@@ -27,3 +27,5 @@ HAS_AVX512 = HAS_AVX2 and bool(FEATURES.get("avx512f", False) and FEATURES.get("
 HAS_VNNI = HAS_AVX2 and bool(FEATURES.get("avxvnni", False) or (
     FEATURES.get("avx512vnni", False) and FEATURES.get("avx512vl", False)))
 """A 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI with AVX-512 VL)."""
+HAS_AVX512_VNNI = HAS_AVX512 and bool(FEATURES.get("avx512vnni", False))
+"""A 512-bit ``vpdpbusd`` (AVX-512 VNNI): the dense int8 GEMM's broadcast tile (``_broadcast.py``)."""

@@ -33,6 +33,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_tile,
+                         never_fits, pack_chunk_jit)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from .elementwise import add_residual, residual_parts
@@ -348,8 +350,30 @@ def _matmul_dense_i8(x, w, bias, yt):
     Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
     K = x.shape[1]
-    for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
-        _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
+    if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
+        M, N = x.shape[0], w.shape[0]
+        chunks, groups, per = _broadcast_tasks(M, N)
+        xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
+        xw = x.view(np.int32)
+        for ci in prange(chunks):
+            c = ci * BROADCAST_PIXELS
+            pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
+        for t in prange(chunks * groups):
+            ci, g = t // groups, t % groups
+            c = ci * BROADCAST_PIXELS
+            count = min(BROADCAST_PIXELS, M - c)
+            sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
+            for n0 in range(g * per, min(N - N % BROADCAST_ROWS, (g + 1) * per),
+                            BROADCAST_ROWS):
+                broadcast_tile(sums, xp[ci], w, bias, n0)
+                for j in range(BROADCAST_ROWS):
+                    yt[n0 + j, c:c + count] = sums[j, :count]
+        for j in prange(N - N % BROADCAST_ROWS, N):  # the last N mod 4 rows of w
+            for m in range(M):
+                yt[j, m] = bias[j] + _dot(x[m], w[j], K)
+    else:
+        for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+            _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
 
 
 def _panel_loops(x, w, bias, yt, n, K):
@@ -373,6 +397,23 @@ def _panel_loops(x, w, bias, yt, n, K):
 _panel = njit(cache=True)(_panel_loops)
 matmul_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_i8)
 
+BROADCAST_MIN_TASKS = 8
+"""The broadcast tile's parallel tasks are chunks of BROADCAST_PIXELS pixels; a layer with fewer
+chunks than this (7×7 and 14×14 planes) also splits its channels, so both threads have work."""
+
+
+@njit(cache=True, inline="always")
+def _broadcast_tasks(M, N):
+    """(chunks, channel groups, channels per group) of the broadcast tile's tasks for an (M, N)
+    output: chunks of BROADCAST_PIXELS pixels, times enough groups of whole tiles of channels to
+    make BROADCAST_MIN_TASKS tasks."""
+    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    tiles = N // BROADCAST_ROWS
+    groups = max(1, min(tiles, (BROADCAST_MIN_TASKS + chunks - 1) // max(chunks, 1)))
+    per = (tiles + groups - 1) // groups * BROADCAST_ROWS
+    return chunks, groups, per
+
+
 PIXELS_PER_CHUNK = 256
 """Rows of x per requantized chunk: a panel's int32 sums for them (W_ROWS_PER_TILE·256·4 = 4 KB)
 stay in L1 between the tiles that write them and the requantization that reads them."""
@@ -394,18 +435,46 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     """
     M, K = x.shape
     r, add = residual_parts(residual, y)
-    for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
-        n = p * W_ROWS_PER_TILE
-        w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
-        sums = np.empty((W_ROWS_PER_TILE, PIXELS_PER_CHUNK), np.int32)
-        for c in range(0, M, PIXELS_PER_CHUNK):
-            x_chunk = x[c:c + PIXELS_PER_CHUNK]
-            width = x_chunk.shape[0]
-            _panel(x_chunk, w_panel, bias_panel, sums, 0, K)
-            for j in range(w_panel.shape[0]):
-                requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo, hi,
-                               y[n + j, c:c + width])
-                add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
+    if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
+        N = w.shape[0]
+        chunks, groups, per = _broadcast_tasks(M, N)
+        xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
+        xw = x.view(np.int32)
+        for ci in prange(chunks):
+            c = ci * BROADCAST_PIXELS
+            pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
+        for t in prange(chunks * groups):
+            ci, g = t // groups, t % groups
+            c = ci * BROADCAST_PIXELS
+            count = min(BROADCAST_PIXELS, M - c)
+            sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
+            for n0 in range(g * per, min(N - N % BROADCAST_ROWS, (g + 1) * per),
+                            BROADCAST_ROWS):
+                broadcast_tile(sums, xp[ci], w, bias, n0)
+                for j in range(BROADCAST_ROWS):
+                    n = n0 + j
+                    requantize_row(sums[j, :count], m0[n], shift[n], y_zero_point, lo, hi,
+                                   y[n, c:c + count])
+                    add_residual(y[n, c:c + count], r[n, c:c + count], add)
+        for n in prange(N - N % BROADCAST_ROWS, N):  # the last N mod 4 rows of w
+            sums = np.empty(M, np.int32)
+            for m in range(M):
+                sums[m] = bias[n] + _dot(x[m], w[n], K)
+            requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi, y[n])
+            add_residual(y[n], r[n], add)
+    else:
+        for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+            n = p * W_ROWS_PER_TILE
+            w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
+            sums = np.empty((W_ROWS_PER_TILE, PIXELS_PER_CHUNK), np.int32)
+            for c in range(0, M, PIXELS_PER_CHUNK):
+                x_chunk = x[c:c + PIXELS_PER_CHUNK]
+                width = x_chunk.shape[0]
+                _panel(x_chunk, w_panel, bias_panel, sums, 0, K)
+                for j in range(w_panel.shape[0]):
+                    requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo,
+                                   hi, y[n + j, c:c + width])
+                    add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
 
 
 matmul_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_rq_i8)
@@ -426,7 +495,8 @@ def gemm_with_tile(name: str):
         panel = renamed_copy(_panel_loops, f"_{name}", _tile=TILES[name])
         if name != "python":
             panel = njit(cache=True)(panel)
-        gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _panel=panel)
+        gemm = renamed_copy(_matmul_dense_i8, f"_{name}", _panel=panel,
+                            broadcast_fits=never_fits)
         if name != "python":
             gemm = njit(cache=True, parallel=True, nogil=True)(gemm)
         _WITH_TILE[name] = gemm

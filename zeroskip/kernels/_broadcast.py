@@ -1,0 +1,157 @@
+"""The broadcast tile of the dense int8 GEMM, for AVX-512 VNNI CPUs and uint8 activations.
+
+    sums[j, p] = bias[n0 + j] + Σ_k w[n0 + j, k] · x[c + p, k]      j < BROADCAST_ROWS, p < BROADCAST_PIXELS
+
+matmul_dense_i8's own tile (matmul_dense.py) forms dot products: each accumulator is one (pixel,
+channel) pair summed along K, and its lanes are summed at the end. That pays off for a long K; for the
+stem (K = 160) or a 1×1 conv (K = 16–256) the horizontal sums and the few steps per tile dominate.
+This tile is an outer product instead: each zmm accumulator holds 16 pixels of one output channel,
+so the result needs no horizontal sum and is already in yt's (channel, pixel) order.
+
+One step takes 4 values of k. The 4 weights w[n, 4k4 : 4k4+4] of a channel are one 32-bit word,
+broadcast to the 16 lanes; the 16 pixels' 4 activation bytes are one zmm, from x packed so that
+each word holds one pixel's 4 bytes (``pack_chunk``: xp[k4, p] = x[c+p, 4k4 : 4k4+4] as an int32);
+``vpdpbusd`` (llvm.x86.avx512.vpdpbusd.512) multiplies the 4 unsigned x bytes by the 4 signed w
+bytes of each lane and adds the 4 products to the lane, with no rounding or saturation (|4·255·128|
+< 2^17), so the sums are exactly matmul_dense_i8's. A tile is BROADCAST_ROWS = 4 channels ×
+BROADCAST_PIXELS = 64 pixels: 16 accumulators, per step 4 activation loads, 4 broadcasts and 16
+``vpdpbusd``. The leading underscore keeps the kernel collector (``kernels/__init__.py``) from
+looking here: helpers only. docs/kernels.md, "The broadcast tile", has the figures.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ._cpu import HAS_AVX512_VNNI
+
+BROADCAST_ROWS = 4
+"""Output channels per broadcast tile (broadcast weight words per step)."""
+LANES = 16
+"""int32 lanes per zmm accumulator: 16 pixels."""
+PIXEL_VECTORS = 4
+"""zmm accumulators per channel."""
+BROADCAST_PIXELS = LANES * PIXEL_VECTORS
+"""Pixels per tile, and per packed chunk of x."""
+
+
+def pack_chunk(xw, c, count, xp):
+    """xp[k4, p] = xw[c + p, k4] for p < count, 0 for the pixels past count (xw: x's (M, K/4) int32
+    view, each word 4 values of k of one pixel; xp: (K/4, BROADCAST_PIXELS) int32)."""
+    for p in range(count):
+        row = xw[c + p]
+        for k4 in range(xp.shape[0]):
+            xp[k4, p] = row[k4]
+    for k4 in range(xp.shape[0]):
+        for p in range(count, BROADCAST_PIXELS):
+            xp[k4, p] = 0
+
+
+pack_chunk_jit = njit(cache=True, inline="always")(pack_chunk)
+
+
+def _broadcast_tile_ir():
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(i32, LANES)
+
+    @intrinsic
+    def broadcast_tile(typingctx, sums, xp, w, bias, n0):
+        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
+                and isinstance(xp, types.Array) and xp.dtype == types.int32 and xp.layout == "C"
+                and isinstance(w, types.Array) and w.dtype == types.int8 and w.layout == "C"):
+            return None
+        sig = types.void(sums, xp, w, bias, types.intp)
+
+        def codegen(context, builder, signature, args):
+            sa, xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
+                              for i in range(4))
+            n0_v = args[4]
+            dpbusd = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.vpdpbusd.512", fnty=ir.FunctionType(vec, [vec, vec, vec]))
+            steps = cgutils.unpack_tuple(builder, xa.shape)[0]       # K/4
+            k_bytes = cgutils.unpack_tuple(builder, wa.shape)[1]     # K
+            undef = ir.Constant(vec, ir.Undefined)
+
+            def splat(value):
+                one = builder.insert_element(undef, value, i32(0))
+                return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
+
+            w_bytes = builder.bitcast(wa.data, i8.as_pointer())
+            accs, w_rows = [], []
+            for j in range(BROADCAST_ROWS):
+                n = builder.add(n0_v, i64(j))
+                start = splat(builder.load(builder.gep(ba.data, [n])))
+                row = []
+                for _ in range(PIXEL_VECTORS):
+                    acc = cgutils.alloca_once(builder, vec)
+                    builder.store(start, acc)
+                    row.append(acc)
+                accs.append(row)
+                w_rows.append(builder.gep(w_bytes, [builder.mul(n, k_bytes)]))
+            x_vectors = builder.bitcast(xa.data, vec.as_pointer())
+            with cgutils.for_range(builder, steps) as loop:
+                k4 = loop.index
+                first = builder.mul(k4, i64(PIXEL_VECTORS))
+                xs = [builder.load(builder.gep(x_vectors, [builder.add(first, i64(v))]), align=4)
+                      for v in range(PIXEL_VECTORS)]
+                for j in range(BROADCAST_ROWS):
+                    word = builder.bitcast(builder.gep(w_rows[j], [builder.mul(k4, i64(4))]),
+                                           i32.as_pointer())
+                    weights = splat(builder.load(word, align=1))
+                    for v in range(PIXEL_VECTORS):
+                        builder.store(builder.call(dpbusd, [builder.load(accs[j][v]), xs[v],
+                                                            weights]), accs[j][v])
+            out = builder.bitcast(sa.data, vec.as_pointer())
+            for j in range(BROADCAST_ROWS):
+                for v in range(PIXEL_VECTORS):
+                    builder.store(builder.load(accs[j][v]),
+                                  builder.gep(out, [i64(j * PIXEL_VECTORS + v)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return broadcast_tile
+
+
+def _unavailable(sums, xp, w, bias, n0):
+    raise RuntimeError("the broadcast tile needs AVX-512 VNNI")
+
+
+unavailable_tile = njit(cache=True)(_unavailable)
+"""What stands for the tile where it cannot run: the GEMMs' code that calls it still compiles, and
+``broadcast_fits`` never lets it run."""
+
+RUNS = HAS_AVX512_VNNI and not numba.config.DISABLE_JIT
+"""Whether the broadcast tile runs here: an AVX-512 VNNI CPU, and the JIT (LLVM IR does not run as
+Python)."""
+
+broadcast_tile = _broadcast_tile_ir() if RUNS else unavailable_tile
+"""The tile, as a Numba intrinsic: sums (BROADCAST_ROWS, BROADCAST_PIXELS) int32 ← bias[n0 + j] +
+the K/4 steps over xp, w's rows n0 .. n0 + BROADCAST_ROWS."""
+
+
+def broadcast_fits(x, w):
+    """Whether matmul_dense_*'s call on x, w takes the broadcast tile: never as Python."""
+    return False
+
+
+@overload(broadcast_fits)
+def _broadcast_fits_compiled(x, w):
+    if RUNS and isinstance(x, types.Array) and x.dtype == types.uint8:
+        return lambda x, w: x.shape[1] % 4 == 0 and w.shape[0] >= BROADCAST_ROWS
+    return lambda x, w: False
+
+
+def never_fits(x, w):
+    """broadcast_fits for the GEMM's other tiles (matmul_dense.gemm_with_tile): they always run."""
+    return False
+
+
+@overload(never_fits)
+def _never_fits_compiled(x, w):
+    return lambda x, w: False
