@@ -65,7 +65,7 @@ def qadd_value(qa, qb, a_zero_point, b_zero_point, a_multiplier, b_multiplier, s
 
 
 # -- the residual QAdd in a requantizing kernel's epilogue ------------------------------------------
-NO_RESIDUAL = (False, 0, 0, 0, 0, 1, 0, 0, 0)
+NO_RESIDUAL = None
 """``add`` of ``add_residual`` for a kernel called without a residual: nothing is added."""
 
 
@@ -73,30 +73,42 @@ def residual_parts(residual, y):
     """(r, add) for a requantizing kernel's optional last argument ``residual``: None, or
     (r, y_zero_point, r_zero_point, y_multiplier, r_multiplier, shift, out_zero_point, lo, hi),
     a QAdd of the kernel's output y (its operand with y_zero_point and y_multiplier) and r, an
-    array of y's shape, written over y. Without a residual, r is y itself and ``add`` says to add
-    nothing. Compiled, the choice is made per argument type, so a kernel called without a residual
-    carries no trace of it (the overload below); run as Python (NUMBA_DISABLE_JIT=1), here."""
+    array of y's shape, written over y. Without a residual, r is y itself and ``add`` is None.
+    Compiled, both are chosen by the argument's type (the overloads below), so a kernel called
+    without a residual carries no trace of it: not even a test per row."""
     if residual is None:
         return y, NO_RESIDUAL
-    return residual[0], (True,) + tuple(residual[1:])
+    return residual[0], tuple(residual[1:])
 
 
-@overload(residual_parts)
+@overload(residual_parts, inline="always")
 def _residual_parts_compiled(residual, y):
     if residual is None or isinstance(residual, (types.NoneType, types.Omitted)):
-        return lambda residual, y: (y, (False, 0, 0, 0, 0, 1, 0, 0, 0))
-    return lambda residual, y: (residual[0], (True,) + residual[1:])
+        return lambda residual, y: (y, None)
+    return lambda residual, y: (residual[0], residual[1:])
 
 
-@njit(cache=True, inline="always")
 def add_residual(y, r, add):
-    """y[e] = qadd_value(y[e], r[e], ...) in place over a row, when add[0] (residual_parts): a
-    requantizing conv's output, already requantized and clamped as the QConv alone would leave it,
-    then added to the residual as the QAdd would add it. The same bytes as the two ops in turn."""
-    if add[0]:
+    """y[e] = qadd_value(y[e], r[e], *add) in place over a row, unless add is None
+    (residual_parts): a requantizing conv's output, already requantized and clamped as the QConv
+    alone would leave it, then added to the residual as the QAdd would add it. The same bytes as
+    the two ops in turn."""
+    if add is None:
+        return
+    for e in range(y.shape[0]):
+        y[e] = qadd_value(y[e], r[e], *add)
+
+
+@overload(add_residual, inline="always")
+def _add_residual_compiled(y, r, add):
+    if add is None or isinstance(add, types.NoneType):
+        return lambda y, r, add: None
+
+    def add_rows(y, r, add):
         for e in range(y.shape[0]):
-            y[e] = qadd_value(y[e], r[e], add[1], add[2], add[3], add[4], add[5], add[6], add[7],
-                              add[8])
+            y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
+                              add[6], add[7])
+    return add_rows
 
 
 def _bias_act_dense_f32(y, b, lo, hi):

@@ -351,26 +351,7 @@ def _matmul_dense_i8(x, w, bias, yt):
     """
     K = x.shape[1]
     if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
-        M, N = x.shape[0], w.shape[0]
-        chunks, groups, per = _broadcast_tasks(M, N)
-        xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
-        xw = x.view(np.int32)
-        for ci in prange(chunks):
-            c = ci * BROADCAST_PIXELS
-            pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
-        for t in prange(chunks * groups):
-            ci, g = t // groups, t % groups
-            c = ci * BROADCAST_PIXELS
-            count = min(BROADCAST_PIXELS, M - c)
-            sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
-            for n0 in range(g * per, min(N - N % BROADCAST_ROWS, (g + 1) * per),
-                            BROADCAST_ROWS):
-                broadcast_tile(sums, xp[ci], w, bias, n0)
-                for j in range(BROADCAST_ROWS):
-                    yt[n0 + j, c:c + count] = sums[j, :count]
-        for j in prange(N - N % BROADCAST_ROWS, N):  # the last N mod 4 rows of w
-            for m in range(M):
-                yt[j, m] = bias[j] + _dot(x[m], w[j], K)
+        _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
             _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
@@ -414,6 +395,65 @@ def _broadcast_tasks(M, N):
     return chunks, groups, per
 
 
+def _store_sums(sums, out, n, c, rq, r, add):
+    """The broadcast GEMM's epilogue for output channel n, pixels c .. c + len(sums): the int32 sums
+    as they are (an int32 out: matmul_dense_i8), or requantized (rq = (m0, shift, y_zero_point,
+    lo, hi)) and added to the residual (an 8-bit out: matmul_dense_rq_i8). Compiled, the choice is
+    made by out's type (the overload below)."""
+    row = out[n, c:c + sums.shape[0]]
+    if out.dtype == np.int32:
+        row[:] = sums
+        return
+    m0, shift, y_zero_point, lo, hi = rq
+    requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi, row)
+    add_residual(row, r[n, c:c + sums.shape[0]], add)
+
+
+@overload(_store_sums, inline="always")
+def _store_sums_compiled(sums, out, n, c, rq, r, add):
+    if out.dtype == types.int32:
+        def store(sums, out, n, c, rq, r, add):
+            out[n, c:c + sums.shape[0]] = sums
+        return store
+
+    def store_requantized(sums, out, n, c, rq, r, add):
+        row = out[n, c:c + sums.shape[0]]
+        requantize_row(sums, rq[0][n], rq[1][n], rq[2], rq[3], rq[4], row)
+        add_residual(row, r[n, c:c + sums.shape[0]], add)
+    return store_requantized
+
+
+@njit(cache=True, inline="always")
+def _broadcast_gemm(x, w, bias, out, rq, r, add):
+    """out = bias' + w @ xᵀ on the broadcast tile (kernels/_broadcast.py), with _store_sums's
+    epilogue: x packed into 64-pixel chunks (one parallel loop), then tasks of a chunk and a group
+    of channels (another), each tile of 4 channels stored as it is summed; the last N mod 4
+    channels by scalar dot products."""
+    M, K = x.shape
+    N = w.shape[0]
+    chunks, groups, per = _broadcast_tasks(M, N)
+    xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
+    xw = x.view(np.int32)
+    for ci in prange(chunks):
+        c = ci * BROADCAST_PIXELS
+        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
+    tiled = N - N % BROADCAST_ROWS
+    for t in prange(chunks * groups):
+        ci, g = t // groups, t % groups
+        c = ci * BROADCAST_PIXELS
+        count = min(BROADCAST_PIXELS, M - c)
+        sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
+        for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
+            broadcast_tile(sums, xp[ci], w, bias, n0)
+            for j in range(BROADCAST_ROWS):
+                _store_sums(sums[j, :count], out, n0 + j, c, rq, r, add)
+    for n in prange(tiled, N):
+        sums_n = np.empty(M, np.int32)
+        for m in range(M):
+            sums_n[m] = bias[n] + _dot(x[m], w[n], K)
+        _store_sums(sums_n, out, n, 0, rq, r, add)
+
+
 PIXELS_PER_CHUNK = 256
 """Rows of x per requantized chunk: a panel's int32 sums for them (W_ROWS_PER_TILE·256·4 = 4 KB)
 stay in L1 between the tiles that write them and the requantization that reads them."""
@@ -436,32 +476,7 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     M, K = x.shape
     r, add = residual_parts(residual, y)
     if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
-        N = w.shape[0]
-        chunks, groups, per = _broadcast_tasks(M, N)
-        xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
-        xw = x.view(np.int32)
-        for ci in prange(chunks):
-            c = ci * BROADCAST_PIXELS
-            pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
-        for t in prange(chunks * groups):
-            ci, g = t // groups, t % groups
-            c = ci * BROADCAST_PIXELS
-            count = min(BROADCAST_PIXELS, M - c)
-            sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
-            for n0 in range(g * per, min(N - N % BROADCAST_ROWS, (g + 1) * per),
-                            BROADCAST_ROWS):
-                broadcast_tile(sums, xp[ci], w, bias, n0)
-                for j in range(BROADCAST_ROWS):
-                    n = n0 + j
-                    requantize_row(sums[j, :count], m0[n], shift[n], y_zero_point, lo, hi,
-                                   y[n, c:c + count])
-                    add_residual(y[n, c:c + count], r[n, c:c + count], add)
-        for n in prange(N - N % BROADCAST_ROWS, N):  # the last N mod 4 rows of w
-            sums = np.empty(M, np.int32)
-            for m in range(M):
-                sums[m] = bias[n] + _dot(x[m], w[n], K)
-            requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi, y[n])
-            add_residual(y[n], r[n], add)
+        _broadcast_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
             n = p * W_ROWS_PER_TILE
