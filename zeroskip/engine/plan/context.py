@@ -201,6 +201,11 @@ class PlanContext:
                                   None)
         return effective
 
+    def input_dtype(self, node: Node) -> str | None:
+        """The dtype of ``node``'s first input, where shape inference knows it."""
+        info = self._value_shapes().get(node.inputs[0])
+        return None if info is None or info.dtype is None else str(info.dtype)
+
     def _input_info(self, node: Node, batch: int | None = None):
         """(shape with ``batch``, by default the plan's, dtype) of ``node``'s first input, or None if
         a dimension other than the batch is unknown (then auto falls back to the shape-class

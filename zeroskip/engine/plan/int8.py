@@ -356,23 +356,28 @@ class CsrConv(ConvAccumulator):
 
 class Im2rowConv(ConvAccumulator):
     """im2row, then the dense GEMM per group. K = kh·kw·C/g is padded up to a multiple of the GEMM's
-    K_PER_STEP with zero weights: the rows' extra columns are never written, and 0·anything adds
+    step with zero weights: the rows' extra columns are never written, and 0·anything adds
     nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and 3 scalar values
-    per dot product before; 10 steps now)."""
+    per dot product before; 10 steps now). The step is K_PER_STEP = 16 for the dot-product tiles, 4
+    for the broadcast tile where it runs, on uint8 activations (kernels/_broadcast.py: the stem's
+    K = 148, and a 1×1 conv over 24 channels needs no padding, so its channels-last input is the
+    GEMM's rows)."""
 
     name = "channels_last_dense_i8 + im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
     takes_residual = True
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = False):
-        from ...kernels.matmul_dense import K_PER_STEP  # Numba only once a kernel plan needs it
+        from ...kernels import _broadcast  # Numba only once a kernel plan needs it
+        from ...kernels.matmul_dense import K_PER_STEP
 
         super().__init__(node, w4)
         self.im2row, self.kernel = ctx.kernel("im2row_dense_i8"), ctx.kernel("matmul_dense_i8")
         self.channels_last = ctx.kernel("channels_last_dense_i8")
         per = self.n_out // self.group
         self.k_in = self.c_group * self.kh * self.kw
-        self.k_pad = -(-self.k_in // K_PER_STEP) * K_PER_STEP
+        step = 4 if _broadcast.RUNS and ctx.input_dtype(node) == "uint8" else K_PER_STEP
+        self.k_pad = -(-self.k_in // step) * step
         taps_first = np.zeros((self.n_out, self.k_pad), np.int8)
         taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
         self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
