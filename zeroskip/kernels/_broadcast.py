@@ -1,6 +1,7 @@
 """The broadcast tile of the dense int8 GEMM, for AVX-512 VNNI CPUs and uint8 activations.
 
-    sums[j, p] = bias[n0 + j] + Σ_k w[n0 + j, k] · x[c + p, k]      j < BROADCAST_ROWS, p < BROADCAST_PIXELS
+    sums[j, p] = bias[n0 + j] + Σ_k w[n0 + j, k] · x[c + p, k]
+    for j < BROADCAST_ROWS, p < BROADCAST_PIXELS
 
 matmul_dense_i8's own tile (matmul_dense.py) forms dot products: each accumulator is one (pixel,
 channel) pair summed along K, and its lanes are summed at the end. That pays off for a long K; for the

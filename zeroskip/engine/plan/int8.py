@@ -118,6 +118,8 @@ class ConvAccumulator:
     """
 
     name = reason = ""
+    takes_residual = False
+    """Whether ``requantized`` can add a residual in its kernel's epilogue."""
 
     def __init__(self, node: Node, w4: np.ndarray):
         """w4 (N, C/group, kh, kw) int8."""
@@ -137,9 +139,6 @@ class ConvAccumulator:
         acc = self.scratch.get("acc", (x.shape[0], self.n_out, g["oh"], g["ow"]), np.int32)
         self.accumulate(x, x_zp, bias, acc, g, geo)
         return acc
-
-    takes_residual = False
-    """Whether ``requantized`` can add a residual in its kernel's epilogue."""
 
     def requantized(self, x: np.ndarray, q: dict, residual: tuple | None = None) -> np.ndarray:
         """The layer's 8-bit output (B,N,OH,OW) for x, q the layer's ``layer_quant`` (the same at
@@ -169,7 +168,7 @@ class ConvAccumulator:
         g = conv_geometry(self.node, shape, self.kh, self.kw)
         return g, (self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
 
-    def out_shape(self, shape: tuple, g: dict) -> tuple:
+    def _output_shape_for(self, shape: tuple, g: dict) -> tuple:
         return (shape[0], self.n_out, g["oh"], g["ow"])
 
     def planes(self, shape: tuple, dtype, g: dict):
@@ -245,11 +244,11 @@ class DepthwiseConv(ConvAccumulator):
     def channels_last_pays(self, g) -> bool:
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
-    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         """The channels-last kernel where it is the faster one, else the planar one; both
         requantize in their epilogue."""
         g, geo = self.geometry(shape)
-        y_shape, y_dtype, rq = self.out_shape(shape, g), q["y_dtype"], requantize_args(q)
+        y_shape, y_dtype, rq = self._output_shape_for(shape, g), q["y_dtype"], requantize_args(q)
         x_, y_ = placeholder(shape, dtype), placeholder(y_shape, y_dtype)
         if self.layout if self.layout is not None else self.channels_last_pays(g):
             xh = self.scratch.get("xh", (shape[0],) + shape[2:] + (shape[1],), dtype)
@@ -322,7 +321,7 @@ class CsrConv(ConvAccumulator):
         self.kernel(indptr, self.starts(g), data, bias, x, x_zp, self.phases(x.shape, x.dtype, g),
                     acc, *geo, self.group)
 
-    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         y_dtype, rq = q["y_dtype"], requantize_args(q)
         if self.pointwise:  # the GEMM on each image's (C, H·W) plane
             y_shape = (shape[0], self.n_out) + shape[2:]
@@ -340,7 +339,7 @@ class CsrConv(ConvAccumulator):
                 return y
             return call, y_shape
         g, geo = self.geometry(shape)
-        y_shape = self.out_shape(shape, g)
+        y_shape = self._output_shape_for(shape, g)
         indptr, _, data = self.csr
         head = (indptr, self.starts(g), data, q["bias"])
         mid, tail = (q["x_zp"], self.phases(shape, dtype, g)) + rq, geo + (self.group,)
@@ -441,11 +440,12 @@ class Im2rowConv(ConvAccumulator):
         for x_rows, w, channels, acc_g in self._groups(rows, acc):
             self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
 
-    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> Callable:
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         """The GEMM requantizes in its epilogue."""
         g, geo = self.geometry(shape)
         rows, fill = self._rows_filler(shape, dtype, q["x_zp"], g, geo)
-        y_shape, y_dtype, tail = self.out_shape(shape, g), q["y_dtype"], requantize_args(q)[2:]
+        y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
+        tail = requantize_args(q)[2:]
         gemms = []  # per image and group: the GEMM's build, its rows and weights..., its output
         for b, (x_rows, w, ch, y_g) in enumerate(self._groups(rows, placeholder(y_shape,
                                                                                  y_dtype))):
