@@ -198,7 +198,7 @@ def test_the_kernel_runs_the_tile_this_cpu_chooses():
     assert matmul_dense._tile is matmul_dense.TILES[want]
 
 
-# -- the broadcast tile (AVX-512 VNNI, uint8 x, K % 4 == 0) -------------------------------------------
+# -- the broadcast tile (AVX-512 VNNI, 8-bit x, K % 4 == 0) -------------------------------------------
 RUNS_BROADCAST = _broadcast.RUNS
 """The broadcast tile needs an AVX-512 VNNI CPU and the JIT (LLVM IR does not run as Python)."""
 needs_broadcast = pytest.mark.skipif(not RUNS_BROADCAST,
@@ -216,24 +216,26 @@ def _fits(x, w):
 
 
 @needs_broadcast
-def test_broadcast_tile_is_taken_for_uint8_activations_with_k_a_multiple_of_4():
+def test_broadcast_tile_is_taken_for_8_bit_activations_with_k_a_multiple_of_4():
     w = np.zeros((8, 16), np.int8)
     assert _fits(np.zeros((3, 16), np.uint8), w)
-    assert not _fits(np.zeros((3, 16), np.int8), w)        # vpdpbusd's x operand is unsigned
+    assert _fits(np.zeros((3, 16), np.int8), w)            # as x + 128, the bias shifted
     assert not _fits(np.zeros((3, 18), np.uint8), np.zeros((8, 18), np.int8))  # K mod 4
     assert not _fits(np.zeros((3, 16), np.uint8), w[:3])   # fewer than 4 channels
 
 
 @needs_broadcast
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
 @pytest.mark.parametrize("M,N,K", BROADCAST_SHAPES)
-def test_broadcast_tile_gives_the_reference(M, N, K):
+def test_broadcast_tile_gives_the_reference(M, N, K, x_type):
     """Both dense GEMMs on the broadcast tile: the int32 sums and the requantized bytes (with and
-    without a fused residual) of the integer reference, at 1 and 2 threads."""
+    without a fused residual) of the integer reference, at 1 and 2 threads; int8 activations go
+    through the tile as x + 128, from a bias shifted by 128·Σ_k w."""
     from kernel_checks import residual_for
     from zeroskip import quantmath
 
     seed = M * 7919 + N * 31 + K
-    x, w, bias = _case(M, N, K, np.uint8, seed)
+    x, w, bias = _case(M, N, K, x_type, seed)
     want = REFERENCES["matmul_dense_i8"](x, w, bias)
     m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -14))
     rq = (m0, shift, 3, 0, 255)
@@ -257,17 +259,19 @@ def test_broadcast_tile_gives_the_reference(M, N, K):
 
 
 @needs_broadcast
-def test_broadcast_tile_at_the_largest_safe_k():
-    """K·255·128 < 2^31 at the largest K that is a multiple of 4: every product at its extreme."""
-    K = 65_792
-    x = np.full((BROADCAST_SHAPES[2][0] + 1, K), 255, np.uint8)
+@pytest.mark.parametrize("x_type,K", [(np.uint8, 65_792), (np.int8, 131_068)], ids=["u8", "s8"])
+def test_broadcast_tile_at_the_largest_safe_k(x_type, K):
+    """The plan's bound (K·255·128 < 2^31 for uint8 x, K·128·128 for int8) at the largest K that
+    is a multiple of 4, every product at its extreme. For int8 x the tile's own sums (of x + 128,
+    from the shifted bias) pass 2^31 on the way: they wrap, and end where the true sums are."""
+    x = np.full((BROADCAST_SHAPES[2][0] + 1, K), 255 if x_type is np.uint8 else -128, x_type)
     w = np.full((5, K), -128, np.int8)
     w[1::2] = 127
     bias = np.zeros(5, np.int32)
     want = REFERENCES["matmul_dense_i8"](x, w, bias)
     yt = np.zeros((5, x.shape[0]), np.int32)
     matmul_dense.matmul_dense_i8(x, w, bias, yt)
-    assert_exact(yt, want, dtype=np.int32, K=K)
+    assert_exact(yt, want, dtype=np.int32, K=K, x=np.dtype(x_type).name)
 
 
 def test_without_the_broadcast_tile_the_gemms_compile_and_run_their_own_tile():

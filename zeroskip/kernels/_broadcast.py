@@ -41,13 +41,18 @@ BROADCAST_PIXELS = LANES * PIXEL_VECTORS
 """Pixels per tile, and per packed chunk of x."""
 
 
-def pack_chunk(xw, c, count, xp):
-    """xp[k4, p] = xw[c + p, k4] for p < count, 0 for the pixels past count (xw: x's (M, K/4) int32
-    view, each word 4 values of k of one pixel; xp: (K/4, BROADCAST_PIXELS) int32)."""
+SIGN_FLIP = np.int32(-0x7F7F7F80)
+"""0x80808080: xor-ing a word of 4 int8 values with it adds 128 to each, making them uint8."""
+
+
+def pack_chunk(xw, c, count, xp, flip):
+    """xp[k4, p] = xw[c + p, k4] ^ flip for p < count, 0 for the pixels past count (xw: x's (M, K/4)
+    int32 view, each word 4 values of k of one pixel; xp: (K/4, BROADCAST_PIXELS) int32; flip: 0
+    for uint8 x, SIGN_FLIP for int8 x, whose bytes then hold x + 128)."""
     for p in range(count):
         row = xw[c + p]
         for k4 in range(xp.shape[0]):
-            xp[k4, p] = row[k4]
+            xp[k4, p] = row[k4] ^ flip
     for k4 in range(xp.shape[0]):
         for p in range(count, BROADCAST_PIXELS):
             xp[k4, p] = 0
@@ -143,9 +148,50 @@ def broadcast_fits(x, w):
 
 @overload(broadcast_fits)
 def _broadcast_fits_compiled(x, w):
-    if RUNS and isinstance(x, types.Array) and x.dtype == types.uint8:
+    if RUNS and isinstance(x, types.Array) and x.dtype in (types.uint8, types.int8):
         return lambda x, w: x.shape[1] % 4 == 0 and w.shape[0] >= BROADCAST_ROWS
     return lambda x, w: False
+
+
+def unsigned_bias(x, w, bias):
+    """The tile's starting sums: bias' itself for uint8 x. For int8 x the tile multiplies x + 128
+    (``pack_chunk``'s flip), so it starts from bias'[n] − 128·Σ_k w[n,k]: the same sums in the end,
+    every addition exact modulo 2^32 (vpdpbusd wraps, it does not saturate), and the true sum
+    within int32 by the plan's bound."""
+    if x.dtype == np.uint8:
+        return bias
+    shifted = np.empty_like(bias)
+    for n in range(w.shape[0]):
+        shifted[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w[n].astype(np.int64).sum()))
+    return shifted
+
+
+@overload(unsigned_bias)
+def _unsigned_bias_compiled(x, w, bias):
+    if x.dtype == types.uint8:
+        return lambda x, w, bias: bias
+
+    def shifted_bias(x, w, bias):
+        shifted = np.empty_like(bias)
+        for n in range(w.shape[0]):
+            total = np.int64(0)
+            for k in range(w.shape[1]):
+                total += np.int64(w[n, k])
+            shifted[n] = np.int32(np.int64(bias[n]) - 128 * total)  # wraps to int32
+        return shifted
+    return shifted_bias
+
+
+def sign_flip(x):
+    """pack_chunk's flip for x: 0 for uint8, SIGN_FLIP for int8."""
+    return np.int32(0) if x.dtype == np.uint8 else SIGN_FLIP
+
+
+@overload(sign_flip)
+def _sign_flip_compiled(x):
+    if x.dtype == types.uint8:
+        return lambda x: np.int32(0)
+    return lambda x: np.int32(-0x7F7F7F80)
 
 
 def never_fits(x, w):

@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_tile,
-                         never_fits, pack_chunk_jit)
+                         never_fits, pack_chunk_jit, sign_flip, unsigned_bias)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from .elementwise import add_residual, residual_parts
@@ -433,10 +433,11 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add):
     N = w.shape[0]
     chunks, groups, per = _broadcast_tasks(M, N)
     xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
-    xw = x.view(np.int32)
+    xw, flip = x.view(np.int32), sign_flip(x)
     for ci in prange(chunks):
         c = ci * BROADCAST_PIXELS
-        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci])
+        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci], flip)
+    start = unsigned_bias(x, w, bias)  # bias' − 128·Σ_k w[n,k] for int8 x
     tiled = N - N % BROADCAST_ROWS
     for t in prange(chunks * groups):
         ci, g = t // groups, t % groups
@@ -444,7 +445,7 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add):
         count = min(BROADCAST_PIXELS, M - c)
         sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
         for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
-            broadcast_tile(sums, xp[ci], w, bias, n0)
+            broadcast_tile(sums, xp[ci], w, start, n0)
             for j in range(BROADCAST_ROWS):
                 _store_sums(sums[j, :count], out, n0 + j, c, rq, r, add)
     for n in prange(tiled, N):

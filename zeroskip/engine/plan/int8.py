@@ -358,9 +358,9 @@ class Im2rowConv(ConvAccumulator):
     step with zero weights: the rows' extra columns are never written, and 0·anything adds
     nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and 3 scalar values
     per dot product before; 10 steps now). The step is K_PER_STEP = 16 for the dot-product tiles, 4
-    for the broadcast tile where it runs, on uint8 activations (kernels/_broadcast.py: the stem's
-    K = 148, and a 1×1 conv over 24 channels needs no padding, so its channels-last input is the
-    GEMM's rows)."""
+    for the broadcast tile where it runs (kernels/_broadcast.py; the input's type known at plan
+    time): the stem's K = 148, and a 1×1 conv over 24 channels needs no padding, so its
+    channels-last input is the GEMM's rows."""
 
     name = "channels_last_dense_i8 + im2row_dense_i8 + matmul_dense_i8"
     reason = "im2row (zero-point padded, channels last) then a dense int8 GEMM per group"
@@ -375,7 +375,7 @@ class Im2rowConv(ConvAccumulator):
         self.channels_last = ctx.kernel("channels_last_dense_i8")
         per = self.n_out // self.group
         self.k_in = self.c_group * self.kh * self.kw
-        step = 4 if _broadcast.RUNS and ctx.input_dtype(node) == "uint8" else K_PER_STEP
+        step = 4 if _broadcast.RUNS and ctx.input_dtype(node) in ("uint8", "int8") else K_PER_STEP
         self.k_pad = -(-self.k_in // step) * step
         taps_first = np.zeros((self.n_out, self.k_pad), np.int8)
         taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
