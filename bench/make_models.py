@@ -8,13 +8,15 @@ Four variants of each network, built with ``onnx.helper`` (no torch, nothing dow
 - ``resnet18_pruned90.onnx``, ``mobilenetv2_pruned90.onnx``: magnitude-pruned to 10 % density, per
   tensor: every ResNet-18 conv but the stem; the MobileNetV2 1x1 convs only (stem and depthwise stay dense);
 - ``*_int8.onnx`` and ``*_pruned90_int8.onnx``: those quantized by onnxruntime's ``quantize_static``
-  (QDQ, uint8 activations, per-channel int8 weights, BatchNormalization folded).
+  (QDQ, uint8 activations, per-channel int8 weights, BatchNormalization folded); with
+  ``--activations int8`` (onnxruntime's own default), ``*_int8_s8.onnx`` and
+  ``*_pruned90_int8_s8.onnx`` instead.
 
 The weights are random (He-initialized, BatchNormalization statistics near identity), so the outputs
 mean nothing and accuracy cannot be measured; speed, and how closely zeroskip agrees with onnxruntime on
 the same file, can. ``zeroskip bench`` times every mode against onnxruntime in one run, as ratios:
 
-    python bench/make_models.py /tmp/zsmodels [--seed 0]
+    python bench/make_models.py /tmp/zsmodels [--seed 0] [--activations int8]
     zeroskip bench /tmp/zsmodels/resnet18_pruned90_int8.onnx --threads 1 --rounds 10
 
 Needs onnx and onnxruntime (the ``test`` extra). Importable too: ``from make_models import resnet18``
@@ -185,8 +187,9 @@ def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
 
 
 def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: bool = True,
-             seed: int = 0) -> onnx.ModelProto:
-    """``model`` quantized by onnxruntime's ``quantize_static``: QDQ, uint8 activations, int8 weights.
+             seed: int = 0, activations: str = "uint8") -> onnx.ModelProto:
+    """``model`` quantized by onnxruntime's ``quantize_static``: QDQ, int8 weights, and uint8
+    activations (or int8: onnxruntime's own default).
 
     onnxruntime's ``quant_pre_process`` runs first: its optimizer folds each BatchNormalization into
     the Conv before it (the quantizer alone would give them QDQ pairs of their own). If it fails, the
@@ -200,6 +203,8 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
         Number of calibration batches, each one random normal image (batch 1, seeded by ``seed``).
     per_channel : bool
         One weight scale per output channel (True) or per tensor.
+    activations : str
+        "uint8" or "int8", the activations' type.
 
     Returns
     -------
@@ -231,7 +236,8 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
             print(f"quant_pre_process failed, quantizing without it: {err}")
         try:  # the quantizer's warnings go to the root logger, the same for every model
             quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8 if activations == "uint8"
+                            else QuantType.QInt8, weight_type=QuantType.QInt8)
         finally:
             logging.root.setLevel(level)
         return onnx.load(dst)
@@ -244,15 +250,21 @@ def main(argv=None) -> None:
     parser.add_argument("outdir", help="directory for the .onnx files (created if missing)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the weights and calibration images (default: 0)")
+    parser.add_argument("--activations", choices=("uint8", "int8"), default="uint8",
+                        help="the int8 models' activation type (default: uint8; int8 is "
+                             "onnxruntime's own default, and its files get a _s8 suffix)")
     args = parser.parse_args(argv)
+    suffix = "" if args.activations == "uint8" else "_s8"
     os.makedirs(args.outdir, exist_ok=True)
     models = {}
     for net, build, only_pointwise in (("resnet18", resnet18, False), ("mobilenetv2", mobilenetv2, True)):
         dense = build(args.seed)
         pruned = prune(dense, 0.1, only_pointwise=only_pointwise)
         models.update({net: dense, f"{net}_pruned90": pruned,
-                       f"{net}_int8": quantize(dense, seed=args.seed),
-                       f"{net}_pruned90_int8": quantize(pruned, seed=args.seed)})
+                       f"{net}_int8{suffix}": quantize(dense, seed=args.seed,
+                                                       activations=args.activations),
+                       f"{net}_pruned90_int8{suffix}": quantize(pruned, seed=args.seed,
+                                                                activations=args.activations)})
     for name, model in models.items():
         path = os.path.join(args.outdir, f"{name}.onnx")
         onnx.save(model, path)
