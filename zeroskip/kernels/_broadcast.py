@@ -1,4 +1,4 @@
-"""The broadcast tile of the dense int8 GEMM, for AVX-512 VNNI CPUs and uint8 activations.
+"""The broadcast tile of the dense int8 GEMM, for AVX-512 VNNI CPUs (uint8 or int8 activations).
 
     sums[j, p] = bias[n0 + j] + Σ_k w[n0 + j, k] · x[c + p, k]
     for j < BROADCAST_ROWS, p < BROADCAST_PIXELS
@@ -16,7 +16,8 @@ each word holds one pixel's 4 bytes (``pack_chunk``: xp[k4, p] = x[c+p, 4k4 : 4k
 bytes of each lane and adds the 4 products to the lane, with no rounding or saturation (|4·255·128|
 < 2^17), so the sums are exactly matmul_dense_i8's. A tile is BROADCAST_ROWS = 4 channels ×
 BROADCAST_PIXELS = 64 pixels: 16 accumulators, per step 4 activation loads, 4 broadcasts and 16
-``vpdpbusd``. The leading underscore keeps the kernel collector (``kernels/__init__.py``) from
+``vpdpbusd``. int8 activations go through as x + 128 (``SIGN_FLIP``, ``unsigned_bias``). The
+leading underscore keeps the kernel collector (``kernels/__init__.py``) from
 looking here: helpers only. docs/kernels.md, "The broadcast tile", has the figures.
 """
 

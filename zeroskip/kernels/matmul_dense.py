@@ -21,6 +21,10 @@ The tile exists three times, with the same integers out:
   without the widening. int8 x takes the AVX2 tile (vpdpbusd's first operand is unsigned).
 - ``_tile_portable``: plain loops, for CPUs without AVX2.
 
+On AVX-512 VNNI CPUs, a K that is a multiple of 4 takes neither: ``_broadcast_gemm`` runs the
+outer-product tile of ``_broadcast.py`` (16 pixels of one channel per zmm, the weights broadcast,
+no horizontal sums), for uint8 and int8 x alike.
+
 ``gemm_with_tile`` builds the GEMM loop around any of them, so the tests compare them all.
 """
 
