@@ -254,6 +254,10 @@ def test_broadcast_tile_gives_the_reference(M, N, K, x_type):
             assert_exact(y, want_rq, dtype=np.uint8, M=M, N=N, K=K, threads=threads)
             matmul_dense.matmul_dense_rq_i8(x, w, bias, *rq, y, residual)
             assert_exact(y, want_added, dtype=np.uint8, M=M, N=N, K=K, residual=True)
+            # the row sums of w as the plan passes them (int8 x starts from bias' − 128·Σ w)
+            y = np.full((N, M), 7, np.uint8)
+            matmul_dense.matmul_dense_rq_i8(x, w, bias, *rq, y, None, w.astype(np.int64).sum(1))
+            assert_exact(y, want_rq, dtype=np.uint8, M=M, N=N, K=K, w_sums=True)
     finally:
         numba.set_num_threads(before)
 

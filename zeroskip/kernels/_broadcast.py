@@ -154,33 +154,39 @@ def _broadcast_fits_compiled(x, w):
     return lambda x, w: False
 
 
-def unsigned_bias(x, w, bias):
+def unsigned_bias(x, w, bias, w_sums):
     """The tile's starting sums: bias' itself for uint8 x. For int8 x the tile multiplies x + 128
     (``pack_chunk``'s flip), so it starts from bias'[n] − 128·Σ_k w[n,k]: the same sums in the end,
     every addition exact modulo 2^32 (vpdpbusd wraps, it does not saturate), and the true sum
-    within int32 by the plan's bound."""
+    within int32 by the plan's bound. ``w_sums``: the row sums Σ_k w[n,k] (int64) when the plan
+    has them (it computes them once per layer), else None, and they are summed here, per call."""
     if x.dtype == np.uint8:
         return bias
-    shifted = np.empty_like(bias)
-    for n in range(w.shape[0]):
-        shifted[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w[n].astype(np.int64).sum()))
-    return shifted
+    sums = w.astype(np.int64).sum(axis=1) if w_sums is None else w_sums
+    return (bias.astype(np.int64) - 128 * sums).astype(np.int32)  # wraps to int32
 
 
 @overload(unsigned_bias)
-def _unsigned_bias_compiled(x, w, bias):
+def _unsigned_bias_compiled(x, w, bias, w_sums):
     if x.dtype == types.uint8:
-        return lambda x, w, bias: bias
+        return lambda x, w, bias, w_sums: bias
+    if w_sums is None or isinstance(w_sums, (types.NoneType, types.Omitted)):
+        def summed_here(x, w, bias, w_sums):
+            shifted = np.empty_like(bias)
+            for n in range(w.shape[0]):
+                total = np.int64(0)
+                for k in range(w.shape[1]):
+                    total += np.int64(w[n, k])
+                shifted[n] = np.int32(np.int64(bias[n]) - 128 * total)  # wraps to int32
+            return shifted
+        return summed_here
 
-    def shifted_bias(x, w, bias):
+    def from_the_plan(x, w, bias, w_sums):
         shifted = np.empty_like(bias)
         for n in range(w.shape[0]):
-            total = np.int64(0)
-            for k in range(w.shape[1]):
-                total += np.int64(w[n, k])
-            shifted[n] = np.int32(np.int64(bias[n]) - 128 * total)  # wraps to int32
+            shifted[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w_sums[n]))
         return shifted
-    return shifted_bias
+    return from_the_plan
 
 
 def sign_flip(x):

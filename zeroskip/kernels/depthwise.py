@@ -159,8 +159,9 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     The planar loops of depthwise_dense_i8, with each piece of int32 sums requantized while it is
     in cache: 3×3, one plane at a time (_plane_3x3_rq); other sizes, one tile of rows at a time
     (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
-    144×56×56 0.51 against 0.50 (the pass it saves was not what cost). Arguments as depthwise_dense_i8's, then the requantization's;
-    y [B,N,OH,OW] uint8|int8 — output, overwritten. Preconditions as the two kernels'.
+    144×56×56 0.51 against 0.50 (the pass it saves was not what cost).
+    Arguments as depthwise_dense_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 —
+    output, overwritten. Preconditions as the two kernels'.
     Work: depthwise_dense_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
     B, C, Hp, Wp = xp.shape

@@ -355,7 +355,7 @@ def _matmul_dense_i8(x, w, bias, yt):
     """
     K = x.shape[1]
     if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
-        _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None)
+        _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
             _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
@@ -428,7 +428,7 @@ def _store_sums_compiled(sums, out, n, c, rq, r, add):
 
 
 @njit(cache=True, inline="always")
-def _broadcast_gemm(x, w, bias, out, rq, r, add):
+def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
     """out = bias' + w @ xᵀ on the broadcast tile (kernels/_broadcast.py), with _store_sums's
     epilogue: x packed into 64-pixel chunks (one parallel loop), then tasks of a chunk and a group
     of channels (another), each tile of 4 channels stored as it is summed; the last N mod 4
@@ -441,7 +441,7 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add):
     for ci in prange(chunks):
         c = ci * BROADCAST_PIXELS
         pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci], flip)
-    start = unsigned_bias(x, w, bias)  # bias' − 128·Σ_k w[n,k] for int8 x
+    start = unsigned_bias(x, w, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     tiled = N - N % BROADCAST_ROWS
     for t in prange(chunks * groups):
         ci, g = t // groups, t % groups
@@ -464,7 +464,8 @@ PIXELS_PER_CHUNK = 256
 stay in L1 between the tiles that write them and the requantization that reads them."""
 
 
-def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None):
+def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None,
+                        w_sums=None):
     # w (N,K) int8 @ x (M,K)ᵀ uint8|int8 + bias', requantized -> y (N,M) uint8|int8
     """y[n,m] = requantize(bias'[n] + Σ_k q_w[n,k]·q_x[m,k]): matmul_dense_i8 and then
     requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
@@ -475,13 +476,15 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     convs: K = 16–32 against N = 96–192) wrote and read back 4 bytes per output where y takes 1.
     residual — None, or a QAdd of y and an (N,M) array fused into the epilogue, each row added as
     it is requantized (elementwise.residual_parts).
+    w_sums — None, or Σ_k w[n,k] [N] int64, computed once by the plan: the broadcast tile's
+    starting sums for int8 x (_broadcast.unsigned_bias), summed per call when None.
     Preconditions as matmul_dense_i8's and requantize_dense_i8's.
     Work: 2·M·N·K int ops and N·M requantizations; writes N·M bytes.
     """
     M, K = x.shape
     r, add = residual_parts(residual, y)
     if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
-        _broadcast_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add)
+        _broadcast_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add, w_sums)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
             n = p * W_ROWS_PER_TILE

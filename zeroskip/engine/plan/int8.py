@@ -62,6 +62,7 @@ class DenseGemm(GemmAccumulator):
     def __init__(self, w2: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(w2)
         self.w = np.ascontiguousarray(w2)
+        self.w_sums = weight_sums(self.w)
         self.kernel = ctx.kernel("matmul_dense_i8")
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
             self.name = "matmul_dense_rq_i8"
@@ -74,7 +75,7 @@ class DenseGemm(GemmAccumulator):
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
-                       q["lo"], q["hi"], yt)
+                       q["lo"], q["hi"], yt, None, self.w_sums)
 
 
 class CsrGemm(GemmAccumulator):
@@ -194,6 +195,13 @@ def image_residual(residual, image=None, shape=None, channels=slice(None)) -> tu
     if image is not None:
         r = r[image, channels].reshape(shape)
     return ((r,) + params,)
+
+
+def weight_sums(w2: np.ndarray) -> np.ndarray:
+    """Σ_k w[n,k] of a GEMM's (N, K) int8 weights, int64: the dense requantizing GEMM's ``w_sums``
+    (with int8 activations its broadcast tile starts from bias' − 128·Σ_k w, which the plan sums
+    once here rather than the kernel at every call)."""
+    return np.ascontiguousarray(np.asarray(w2, np.int64).sum(axis=1))
 
 
 def requantize_args(q: dict) -> tuple:
@@ -451,14 +459,14 @@ class Im2rowConv(ConvAccumulator):
                                                                                  y_dtype))):
             args = (w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch], q["shift"][ch]) + tail
             gemms.append((pick(self.rq_kernel, x_rows, *args, y_g), x_rows, args,
-                          b // self.group, ch, y_g.shape))
+                          b // self.group, ch, y_g.shape, weight_sums(w)))
 
         def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
             fill(x)
-            for gemm, x_rows, args, b, ch, y_g_shape in gemms:
-                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape),
-                     *image_residual(residual, b, y_g_shape, ch))
+            for gemm, x_rows, args, b, ch, y_g_shape, w_sums in gemms:
+                extra = image_residual(residual, b, y_g_shape, ch) or (None,)
+                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape), *extra, w_sums)
             return y
         return call, y_shape
 

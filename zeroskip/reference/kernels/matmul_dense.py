@@ -19,10 +19,13 @@ def matmul_dense_i8(x, w, bias):
     return w @ x.T + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=None):
+def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=None, w_sums=None):
     """q_y [N,M] int64: matmul_dense_i8's exact accumulator, then requantize_dense_i8's rounding
     and clamp (the fused kernel must give the bytes of the two kernels in turn), then the residual
-    QAdd if any (``with_residual``)."""
+    QAdd if any (``with_residual``). ``w_sums``, the kernel's precomputed row sums of w, change
+    nothing: they must be w's."""
+    if w_sums is not None:
+        assert np.array_equal(w_sums, np.asarray(w, np.int64).sum(axis=1)), "w_sums are not w's"
     return with_residual(requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point,
                                              lo, hi), residual)
 
