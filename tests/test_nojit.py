@@ -39,10 +39,11 @@ DATA = pathlib.Path(zeroskip.__file__).parent / "data"
 THREADS = (1, 2)
 FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
-NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8"}
-"""Kernels that no plan calls, called directly instead: the int8 dense conv takes im2row, and every
-QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those epilogues
-must equal)."""
+NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8"}
+"""Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
+every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those
+epilogues must equal), and the quad-sparse conv needs an AVX-512 VNNI CPU and convs over groups of
+4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below has not."""
 
 
 def _cnn():
@@ -116,7 +117,32 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     m0, shift = np.full(4, 1 << 30, np.int32), np.array([3, 4, 5, 6], np.int32)
     KERNELS["requantize_dense_i8"](acc, m0, shift, 17, 2, 250, y)
     outputs["direct|requantize_dense_i8"] = y
+    outputs["direct|conv2d_quad_rq_i8"] = _quad_conv()
     return outputs, kernels
+
+
+def _quad_conv() -> np.ndarray:
+    """conv2d_quad_rq_i8 on a 3×3 stride-2 conv of 8 int8 channels, with a residual."""
+    from zeroskip.engine.plan.weights import quad_rows
+    from zeroskip.kernels._quads import QUAD_SLACK, quad_offsets
+
+    rng = np.random.default_rng(11)
+    w = rng.integers(-128, 128, (6, 8, 3, 3)).astype(np.int8)
+    w[rng.random(w.shape) < 0.6] = 0
+    x = rng.integers(-128, 128, (1, 8, 9, 9)).astype(np.int8)
+    qptr, qcols, words = quad_rows(w)
+    hq = wq = 5 + 1  # output 5×5, taps reach one row and column further in the phases
+    offsets = quad_offsets(qcols, 3, 3, hq, wq, 2, 2, 1, 1, 4 * hq * wq)
+    xg = np.zeros((1, 2 * 4 * hq * wq + QUAD_SLACK), np.int32)
+    bias = rng.integers(-5000, 5000, 6).astype(np.int32)
+    w_sums = w.reshape(6, -1).astype(np.int64).sum(axis=1)
+    m0, shift = np.full(6, 1 << 30, np.int32), np.full(6, 38, np.int32)
+    y, yw = np.zeros((1, 6, 5, 5), np.int8), np.zeros((1, 6, 64), np.int8)
+    r = rng.integers(-128, 128, y.shape).astype(np.int8)
+    KERNELS["conv2d_quad_rq_i8"](qptr, offsets, words, bias, w_sums, x, -3, xg, m0, shift, 4,
+                                 -128, 127, yw, y, 3, 3, 2, 2, 1, 1, 1, 1, 1,
+                                 (r, 4, -2, 1 << 19, 3 << 18, 20, -1, -128, 127))
+    return y
 
 
 CHILD = """

@@ -93,6 +93,12 @@ def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xq, m0, shift, y_
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
+def _work_conv_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
+                          hi, yw, y, *_):
+    # each quad costs one vpdpbusd per 16 positions, about as much as a direct conv's nonzero
+    return _conv_work(words.shape[0] / y.shape[1], y)
+
+
 def _work_depthwise_f32(w, b, x, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
@@ -131,6 +137,7 @@ WORK = {
     "conv2d_csr_f32": (_work_conv_csr_f32, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
+    "conv2d_quad_rq_i8": (_work_conv_quad_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),

@@ -52,3 +52,19 @@ def csr_triple(matrix: np.ndarray):
     kernel."""
     csr = CSR.from_dense(np.ascontiguousarray(matrix))
     return csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
+
+
+def quad_rows(w4: np.ndarray):
+    """(qptr, qcols, words) of a conv weight w4 (N, C/g, kh, kw) int8 with C/g % 4 == 0, for the
+    quad-sparse conv (kernels/conv_quad.py): per output channel n, from qptr[n] to qptr[n+1], the
+    quads that hold a nonzero, in column order. Quad column q = c4·kh·kw + i·kw + j is the 4 weights
+    w4[n, 4c4 : 4c4+4, i, j], stored as one int32 word whose byte b is the weight on channel 4c4+b.
+    Built from the values at plan time: valid by construction."""
+    n_out, c_group, kh, kw = w4.shape
+    taps = np.ascontiguousarray(
+        np.asarray(w4, np.int8).reshape(n_out, c_group // 4, 4, kh * kw).transpose(0, 1, 3, 2))
+    grid = taps.view("<i4").reshape(n_out, -1)  # (N, C/g/4·kh·kw): byte b of a word = channel 4c4+b
+    rows, qcols = np.nonzero(grid)  # row-major: by channel, then by column
+    qptr = np.zeros(n_out + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_out), out=qptr[1:])
+    return qptr, qcols.astype(np.int64), np.ascontiguousarray(grid[rows, qcols], np.int32)

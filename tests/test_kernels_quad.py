@@ -1,0 +1,225 @@
+"""The quad-sparse int8 conv (kernels/conv_quad.py) against the integer reference, with every tile
+this CPU runs: the vpdpbusd tile (AVX-512 VNNI) and the plain-loop tile (everywhere).
+
+A quad is 4 weights of one output channel on 4 consecutive input channels at one tap; the plan
+keeps the quads that hold a nonzero (engine/plan/weights.quad_rows) and the kernel multiplies each
+with the 4 channels' interleaved activation bytes. The bytes must equal the reference's exactly:
+for uint8 and int8 activations, extreme values, pads at the zero point, strides, dilations, groups,
+a fused residual add, and a batch of several images.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_checks import assert_exact
+from zeroskip.engine.plan.weights import quad_rows
+from zeroskip.kernels import KERNELS, _quads, conv_quad
+from zeroskip.kernels._copies import renamed_copy
+from zeroskip.reference import REFERENCES
+from zeroskip.reference.kernels.conv_quad import quads_to_dense
+
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+_WITH_TILE: dict = {}
+
+
+def kernel_with_tile(name: str):
+    """conv2d_quad_rq_i8 around the tile _quads.TILES[name] (whatever this CPU would pick), compiled
+    serially; the kernel itself for the tile it runs."""
+    if _quads.TILES[name] is _quads.quad_tile:
+        return KERNELS["conv2d_quad_rq_i8"]
+    kernel = _WITH_TILE.get(name)
+    if kernel is None:
+        copy = renamed_copy(conv_quad._conv2d_quad_rq_i8, f"_{name}", quad_tile=_quads.TILES[name])
+        kernel = _WITH_TILE[name] = copy if numba.config.DISABLE_JIT else \
+            numba.njit(cache=True, nogil=True)(copy)
+    return kernel
+
+
+def _values(rng, shape, lo, hi, ends=0.25):
+    """Uniform integers in [lo, hi], a share ``ends`` of them at lo or hi (the largest products)."""
+    v = rng.integers(lo, hi + 1, shape)
+    at_ends = rng.random(shape) < ends
+    v[at_ends] = np.where(rng.random(int(at_ends.sum())) < 0.5, lo, hi)
+    return v
+
+
+def _geometry(H, W, kh, kw, s, p, d):
+    oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
+    ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
+    hq, wq = oh + (kh - 1) * d // s, ow + (kw - 1) * d // s
+    return oh, ow, hq, wq
+
+
+def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0):
+    """The kernel (with ``tile``) and the reference on one random case; returns (got, want)."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(seed)
+    w = _values(rng, (N, C // g, kh, kw), -128, 127).astype(np.int8)
+    w[rng.random(w.shape) >= density] = 0
+    x = _values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
+    x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
+    w2 = w.reshape(N, -1).astype(np.int64)
+    bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
+    w_sums = w2.sum(axis=1)
+    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
+    shift = rng.integers(31, 42, N).astype(np.int32)
+    y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
+    lo, hi = TYPE_RANGE[y_type]
+    y_zp = int(rng.integers(lo, hi + 1))
+    oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
+    qptr, qcols, words = quad_rows(w)
+    words_per_group = s * s * hq * wq + stride_pad
+    offsets = _quads.quad_offsets(qcols, kh, kw, hq, wq, s, s, d, d, words_per_group)
+    xg = np.full((B, C // 4 * words_per_group + _quads.QUAD_SLACK), -1, np.int32)
+    y = np.empty((B, N, oh, ow), y_type)
+    positions = (oh - 1) * wq + ow
+    yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
+    extra = ()
+    want_residual = None
+    if residual:
+        r = _values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
+        params = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)),
+                  int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
+                  int(rng.integers(lo, hi + 1)), lo, hi)
+        extra = ((r,) + params,)
+        want_residual = (r,) + params
+    kernel_with_tile(tile)(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
+                           hi, yw, y, kh, kw, s, s, d, d, p, p, g, *extra)
+    want = REFERENCES["conv2d_quad_rq_i8"](
+        qptr, qcols, words, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
+        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), groups=g, residual=want_residual)
+    return y, want
+
+
+CASES = [
+    # B, C, H, W, N, kh, kw, stride, pad, dilation, groups
+    (1, 4, 5, 5, 1, 3, 3, 1, 1, 1, 1),       # one quad column group, one channel
+    (1, 8, 9, 9, 5, 3, 3, 1, 1, 1, 1),       # N not a multiple of anything
+    (2, 16, 10, 7, 6, 3, 3, 2, 1, 1, 1),     # two images, stride 2, a non-square plane
+    (1, 16, 12, 12, 8, 1, 1, 1, 0, 1, 1),    # pointwise
+    (1, 16, 14, 14, 12, 1, 1, 2, 0, 1, 1),   # 1×1 stride 2 (a ResNet downsample)
+    (1, 16, 12, 12, 8, 3, 3, 1, 1, 1, 2),    # two groups of 8 channels
+    (1, 8, 11, 11, 4, 3, 3, 1, 2, 2, 1),     # dilation 2
+    (1, 12, 20, 20, 7, 7, 7, 2, 3, 1, 1),    # a 7×7 stride-2 stem-like conv
+    (1, 32, 7, 7, 40, 3, 3, 1, 1, 1, 1),     # a 7×7 plane: one chunk of positions, channel blocks
+    (1, 8, 30, 30, 3, 3, 3, 1, 1, 1, 1),     # several chunks, some starting in the dropped columns
+    (1, 8, 3, 3, 2, 5, 5, 1, 2, 1, 1),       # a kernel larger than the input
+]
+
+
+def _ids(case):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    return f"B{B}C{C}{H}x{W}N{N}k{kh}x{kw}s{s}p{p}d{d}g{g}"
+
+
+@pytest.mark.parametrize("tile", sorted(_quads.TILES))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv2d_quad_rq_i8_matches_the_reference(case, x_type, tile):
+    for seed, density in enumerate((0.1, 0.5, 1.0)):
+        got, want = run_quad(case, density, x_type, seed, tile)
+        assert_exact(got, want, case=_ids(case), density=density, tile=tile)
+
+
+@pytest.mark.parametrize("tile", sorted(_quads.TILES))
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[8]], ids=_ids)
+def test_conv2d_quad_rq_i8_adds_the_residual_in_its_epilogue(case, tile):
+    for seed, x_type in enumerate((np.uint8, np.int8, np.uint8)):
+        got, want = run_quad(case, 0.3, x_type, seed, tile, residual=True)
+        assert_exact(got, want, case=_ids(case), tile=tile)
+
+
+def test_empty_weight_and_padded_group_stride():
+    """A weight with no nonzero gives the requantized bias everywhere; words per group past the
+    phases (the plan rounds them up to a cache line) change nothing."""
+    got, want = run_quad(CASES[2], 0.0, np.uint8, 1, "loops")
+    assert_exact(got, want)
+    for tile in _quads.TILES:
+        got, want = run_quad(CASES[5], 0.4, np.int8, 3, tile, stride_pad=13)
+        assert_exact(got, want, tile=tile)
+
+
+@given(case=st.tuples(st.integers(1, 2), st.sampled_from([4, 8, 12]), st.integers(1, 12),
+                      st.integers(1, 12), st.integers(1, 9), st.integers(1, 4), st.integers(1, 4),
+                      st.integers(1, 3), st.integers(0, 2), st.integers(1, 2), st.integers(1, 2)),
+       density=st.sampled_from([0.05, 0.3, 1.0]), signed=st.booleans(), seed=st.integers(0, 99))
+def test_conv2d_quad_rq_i8_on_random_shapes(case, density, signed, seed):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    if C // g % 4 or N % g:
+        g = 1
+    if (H + 2 * p - d * (kh - 1) - 1) < 0 or (W + 2 * p - d * (kw - 1) - 1) < 0:
+        return  # no output position: the conv itself is invalid (the plan refuses it)
+    case = (B, C, H, W, N, kh, kw, s, p, d, g)
+    for tile in _quads.TILES:
+        got, want = run_quad(case, density, np.int8 if signed else np.uint8, seed, tile)
+        assert_exact(got, want, case=_ids(case), tile=tile)
+
+
+@given(n=st.integers(1, 6), c4=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       density=st.floats(0, 1), seed=st.integers(0, 99))
+def test_quad_rows_round_trip(n, c4, kh, kw, density, seed):
+    """quad_rows keeps every nonzero, in quads whose words decode (by the reference's own reading of
+    the layout) to the weight itself, and no empty quad."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-128, 128, (n, 4 * c4, kh, kw)).astype(np.int8)
+    w[rng.random(w.shape) >= density] = 0
+    qptr, qcols, words = quad_rows(w)
+    assert qptr[0] == 0 and qptr[-1] == len(qcols) == len(words)
+    assert np.all(words != 0)
+    assert np.array_equal(quads_to_dense(qptr, qcols, words, 4 * c4, kh, kw), w)
+    for r in range(n):  # columns ascending within each output channel
+        assert np.all(np.diff(qcols[qptr[r]:qptr[r + 1]]) > 0)
+
+
+def test_quad_word_layout_by_hand():
+    """Channel 4·c4 + b of tap (i, j) is byte b of quad column c4·kh·kw + i·kw + j."""
+    w = np.zeros((2, 8, 3, 3), np.int8)
+    w[1, 5, 2, 1] = -7      # c4 = 1, byte 1, tap 2·3 + 1 = 7: column 9 + 7 = 16
+    w[1, 4, 2, 1] = 100     # the same quad, byte 0
+    w[0, 3, 0, 0] = -128    # c4 = 0, byte 3, column 0
+    qptr, qcols, words = quad_rows(w)
+    assert qptr.tolist() == [0, 1, 2] and qcols.tolist() == [0, 16]
+    assert words.view(np.uint32).tolist() == [0x80000000, (0xF9 << 8) | 100]
+
+
+def test_quad_offsets_by_hand():
+    """The stride-2 phases: tap (i, j) of a 3×3 conv reads phase (i mod 2, j mod 2), row i // 2,
+    column j // 2; each 4 channels' words start ``stride`` words apart."""
+    hq, wq, stride = 5, 6, 200
+    qcols = np.array([0, 4, 8, 9 + 5], np.int64)  # taps (0,0), (1,1), (2,2); c4 = 1 tap (1,2)
+    got = _quads.quad_offsets(qcols, 3, 3, hq, wq, 2, 2, 1, 1, stride)
+    want = [0, (3 * hq + 0) * wq + 0, (0 * hq + 1) * wq + 1, stride + (2 * hq + 0) * wq + 1]
+    assert got.tolist() == want
+
+
+def test_the_tile_wraps_modulo_2_to_the_32_like_vpdpbusd():
+    """Both tiles give the same int32 sums, wrapped, when the true sum leaves int32 (the plan's
+    bound keeps real layers inside it; the int8 path's x + 128 start relies on the wrap)."""
+    n = 70000  # 70000 · 4 · 255 · 128 > 2^31
+    xg = np.full(n + 2 * _quads.QUAD_PIXELS, -1, np.int32)  # every byte 255
+    offsets = np.zeros(n, np.int64)
+    words = np.full(n, np.int32(-0x7F7F7F80), np.int32)  # every byte −128
+    want = np.int64(2 ** 30) + n * 4 * 255 * -128
+    want = np.int32((want + 2 ** 31) % 2 ** 32 - 2 ** 31)
+    for name, tile in _quads.TILES.items():
+        sums = np.empty(_quads.QUAD_PIXELS, np.int32)
+        _run_tile(tile, sums, xg, offsets, words, np.int32(2 ** 30))
+        assert np.all(sums == want), name
+
+
+_RUNNERS: dict = {}
+
+
+def _run_tile(tile, sums, xg, offsets, words, start):
+    runner = _RUNNERS.get(tile)
+    if runner is None:
+        def run(sums, xg, offsets, words, start):
+            tile(sums, xg, offsets, words, 0, offsets.shape[0], 0, start)
+        runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
+    runner(sums, xg, offsets, words, start)

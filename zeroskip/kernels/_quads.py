@@ -1,0 +1,202 @@
+"""The quad tile of the block-sparse int8 conv (conv_quad.py): one output channel, 64 positions.
+
+    sums[p] = start + Σ_{q ∈ [first, end)} Σ_{b<4} byte_b(words[q]) · byte_b(xg[offsets[q] + p0 + p])
+    for p < QUAD_PIXELS
+
+A *quad* is 4 weights of one output channel that sit on 4 consecutive input channels at the same
+tap. A pruned conv keeps the quads that hold any nonzero (about a third of them at 90 % unstructured
+sparsity, 1 − 0.9^4), each as one int32 word of its 4 signed bytes. The input is packed the same
+way: word t of channel group c4 holds the 4 activation bytes of channels 4·c4 .. 4·c4+3 at flat
+position t of their padded phases (``interleave_quads``). Then a quad's 4 products at one output
+position are one 4-byte dot product, which ``vpdpbusd`` (AVX-512 VNNI) does for 16 positions at
+once, and a quad at the 64 positions p0 .. p0+63 is 4 contiguous zmm loads at offsets[q] + p0 (the
+tap's shift is part of the offset; docs/kernels.md, "The quad-sparse conv").
+
+Per quad the tile does 2 scalar loads (offset, word), a broadcast, 4 zmm loads and 4 ``vpdpbusd``
+into 4 accumulators: 256 multiply-accumulates, exact (unsigned activation bytes times signed weight
+bytes, the 4 products added to the int32 lane with no saturation; int8 activations go through as
+x + 128 like the broadcast tile's, ``_broadcast.SIGN_FLIP``). ``quad_tile_loops`` is the same
+arithmetic in plain loops: the tile on CPUs without AVX-512 VNNI, and the one to read first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._broadcast import LANES, PIXEL_VECTORS, RUNS
+
+QUAD_PIXELS = LANES * PIXEL_VECTORS
+"""Output positions per quad tile: 4 zmm accumulators of 16 int32 lanes."""
+QUAD_SLACK = QUAD_PIXELS
+"""Words past the last packed plane that a tile may read (the positions of its last chunk past the
+plane's valid ones, whose sums are dropped): the packed input is allocated with them, zeroed."""
+
+
+@njit(cache=True, inline="always")
+def _signed_byte(word, b):
+    """Byte b of an int32 word as a signed value (−128 .. 127)."""
+    return (((word >> (8 * b)) & 0xFF) ^ 0x80) - 0x80
+
+
+def quad_tile_loops(sums, xg, offsets, words, first, end, p0, start):
+    """The quad tile in plain loops: sums [QUAD_PIXELS] int32 ← start + the quads first .. end−1
+    (module docstring). Each activation word's bytes are unsigned, each weight word's signed; the
+    int32 sums wrap as vpdpbusd's do (the plan's bound keeps the true sums within int32)."""
+    for p in range(QUAD_PIXELS):
+        sums[p] = start
+    for q in range(first, end):
+        base = offsets[q] + p0
+        w = words[q]
+        w0, w1, w2, w3 = (_signed_byte(w, 0), _signed_byte(w, 1), _signed_byte(w, 2),
+                          _signed_byte(w, 3))
+        for p in range(QUAD_PIXELS):
+            a = xg[base + p]
+            sums[p] += ((a & 0xFF) * w0 + ((a >> 8) & 0xFF) * w1 + ((a >> 16) & 0xFF) * w2
+                        + ((a >> 24) & 0xFF) * w3)
+
+
+quad_tile_portable = njit(cache=True, inline="always")(quad_tile_loops)
+
+
+def _quad_tile_ir():
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(i32, LANES)
+
+    @intrinsic
+    def quad_tile(typingctx, sums, xg, offsets, words, first, end, p0, start):
+        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
+                and isinstance(xg, types.Array) and xg.dtype == types.int32 and xg.layout == "C"
+                and isinstance(offsets, types.Array) and offsets.dtype == types.int64
+                and isinstance(words, types.Array) and words.dtype == types.int32):
+            return None
+        sig = types.void(sums, xg, offsets, words, types.intp, types.intp, types.intp, types.int32)
+
+        def codegen(context, builder, signature, args):
+            sa, xa, oa, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+                              for i in range(4))
+            first, end, p0, start = args[4:]
+            dpbusd = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.vpdpbusd.512", fnty=ir.FunctionType(vec, [vec, vec, vec]))
+            undef = ir.Constant(vec, ir.Undefined)
+
+            def splat(value):
+                one = builder.insert_element(undef, value, i32(0))
+                return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
+
+            zero = ir.Constant(vec, [0] * LANES)
+            # two sets of accumulators, the quads taken alternately: vpdpbusd's latency (5 cycles)
+            # would otherwise bound the loop at one quad per 5 cycles
+            accs = [[cgutils.alloca_once_value(builder, splat(start) if s == 0 else zero)
+                     for _ in range(PIXEL_VECTORS)] for s in range(2)]
+            o_stride = cgutils.unpack_tuple(builder, oa.strides)[0]
+            w_stride = cgutils.unpack_tuple(builder, wa.strides)[0]
+            o_bytes = builder.bitcast(oa.data, ir.IntType(8).as_pointer())
+            w_bytes = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
+
+            def quad(q, into):
+                offset = builder.load(builder.bitcast(
+                    builder.gep(o_bytes, [builder.mul(q, o_stride)]), i64.as_pointer()))
+                word = builder.load(builder.bitcast(
+                    builder.gep(w_bytes, [builder.mul(q, w_stride)]), i32.as_pointer()))
+                weights = splat(word)
+                vectors = builder.bitcast(builder.gep(xa.data, [builder.add(offset, p0)]),
+                                          vec.as_pointer())
+                for v in range(PIXEL_VECTORS):
+                    x = builder.load(builder.gep(vectors, [i64(v)]), align=4)
+                    builder.store(builder.call(dpbusd, [builder.load(into[v]), x, weights]),
+                                  into[v])
+
+            pairs = builder.sdiv(builder.sub(end, first), i64(2))
+            with cgutils.for_range(builder, pairs) as loop:
+                q = builder.add(first, builder.mul(loop.index, i64(2)))
+                quad(q, accs[0])
+                quad(builder.add(q, i64(1)), accs[1])
+            last = builder.add(first, builder.mul(pairs, i64(2)))
+            with builder.if_then(builder.icmp_signed("<", last, end)):
+                quad(last, accs[0])
+            for v in range(PIXEL_VECTORS):
+                builder.store(builder.add(builder.load(accs[0][v]), builder.load(accs[1][v])),
+                              accs[0][v])
+            out = builder.bitcast(sa.data, vec.as_pointer())
+            for v in range(PIXEL_VECTORS):
+                builder.store(builder.load(accs[0][v]), builder.gep(out, [i64(v)]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return quad_tile
+
+
+quad_tile = _quad_tile_ir() if RUNS else quad_tile_portable
+"""The tile the quad conv runs: vpdpbusd where the CPU has AVX-512 VNNI, plain loops elsewhere (and
+as Python under NUMBA_DISABLE_JIT=1, where LLVM IR cannot run)."""
+
+TILES = {"loops": quad_tile_portable}
+"""The tile variants this CPU runs, by name (the tests compare each with the reference)."""
+if RUNS:
+    TILES["vnni"] = quad_tile
+
+
+@njit(cache=True, inline="always")
+def _word(a, b, c, d, flip):
+    """The int32 word of 4 bytes (a in the low byte), xor ``flip``."""
+    return ((np.int32(a) & 0xFF) | ((np.int32(b) & 0xFF) << 8) | ((np.int32(c) & 0xFF) << 16)
+            | ((np.int32(d) & 0xFF) << 24)) ^ flip
+
+
+def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
+    """Words c4·stride .. c4·stride + sh·sw·Hq·Wq of xg: the padded phases of the 4 planes
+    x[4c4 .. 4c4+3] ([C,H,W], uint8 or int8), interleaved, each word's byte b from plane 4c4+b and
+    xor-ed with ``flip`` (0 for uint8; _broadcast.SIGN_FLIP for int8, which makes each byte
+    x + 128). Phase (a, b) holds, at row u and column v, x[., u·sh + a − pt, v·sw + b − pl], and
+    the byte ``fill`` (the input's zero point) outside x: _planes.pad_phases's layout, here with the
+    4 channels in one word (the stride-1 phase is the padded plane itself)."""
+    H, W = x.shape[1], x.shape[2]
+    f = np.int64(fill) & 0xFF
+    pad = np.int32((f | (f << 8) | (f << 16) | (f << 24)) ^ np.int64(flip) & 0xFFFFFFFF)
+    p0, p1, p2, p3 = x[4 * c4], x[4 * c4 + 1], x[4 * c4 + 2], x[4 * c4 + 3]
+    for a in range(sh):
+        for b in range(sw):
+            first = max(0, -((b - pl) // sw))             # the first v with v·sw + b − pl ≥ 0
+            last = max(first, min(Wq, (W - 1 - b + pl) // sw + 1))  # past the last inside x
+            for u in range(Hq):
+                out = xg[c4 * stride + ((a * sw + b) * Hq + u) * Wq:][:Wq]
+                h = u * sh + a - pt
+                if h < 0 or h >= H:
+                    out[:] = pad
+                    continue
+                out[:first] = pad
+                if sw == 1:  # contiguous runs: the loop vectorizes
+                    r0, r1 = p0[h, first - pl:last - pl], p1[h, first - pl:last - pl]
+                    r2, r3 = p2[h, first - pl:last - pl], p3[h, first - pl:last - pl]
+                    run = out[first:last]
+                    for v in range(last - first):
+                        run[v] = _word(r0[v], r1[v], r2[v], r3[v], flip)
+                else:
+                    r0, r1, r2, r3 = p0[h], p1[h], p2[h], p3[h]
+                    for v in range(first, last):
+                        w = v * sw + b - pl
+                        out[v] = _word(r0[w], r1[w], r2[w], r3[w], flip)
+                out[last:] = pad
+
+
+pack_group_jit = njit(cache=True)(pack_group)
+
+
+@njit(cache=True)
+def quad_offsets(qcols, kh, kw, Hq, Wq, sh, sw, dh, dw, stride):
+    """offsets [nq] int64: where quad column q = c4·kh·kw + i·kw + j starts in its group's words
+    of xg (pack_group's layout, ``stride`` words per 4 channels): phase ((i·dh) mod sh,
+    (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw. The quad at output position p (at the
+    phases' pitch Wq) reads word offsets[q] + p."""
+    offsets = np.empty(qcols.shape[0], np.int64)
+    for e in range(qcols.shape[0]):
+        c4, tap = qcols[e] // (kh * kw), qcols[e] % (kh * kw)
+        i, j = tap // kw, tap % kw
+        phase = (i * dh) % sh * sw + (j * dw) % sw
+        offsets[e] = c4 * stride + (phase * Hq + (i * dh) // sh) * Wq + (j * dw) // sw
+    return offsets

@@ -1,0 +1,132 @@
+"""Block-sparse int8 convolution over quads: 4 weights of one output channel on 4 consecutive input
+channels at the same tap, run as 4-byte dot products (``vpdpbusd`` on AVX-512 VNNI CPUs).
+
+A pruned conv's weight keeps, per output channel, the quads that hold a nonzero, each as one int32
+word of 4 signed bytes (``quad_rows`` in engine/plan/weights.py builds them from any int8 weight at
+plan time: nothing in the file needs to be block-pruned). The input goes through two passes:
+
+1. each plane is padded into its phases (``_planes.pad_phases``, as the direct sparse conv does), so
+   every tap is a contiguous run of the flat phases at a fixed offset from the output position;
+2. the phases of each 4 channels are interleaved into int32 words (``_quads.interleave_group``): word
+   t of channel group c4 holds the 4 channels' bytes at flat position t.
+
+Then a quad at 64 consecutive output positions is 4 contiguous zmm loads at the quad's offset (its
+channel group's words, shifted by its tap) and 4 ``vpdpbusd`` against its broadcast weight word: no
+im2row, and the 3×3 taps are shifted loads over the same packed grid (``_quads.quad_tile``). Output
+positions run at the phases' pitch Wq, like the direct conv's; the columns past OW are computed and
+dropped. docs/kernels.md, "The quad-sparse conv", has the loop order and the figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._broadcast import sign_flip
+from ._quads import QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile
+from .elementwise import add_residual, residual_parts
+from .quant import requantize_row
+
+QUAD_MIN_TASKS = 8
+"""Parallel tasks are (image, chunk of QUAD_PIXELS positions, block of output channels); a layer
+with fewer chunks than this (7×7 and 14×14 planes) splits its channels into blocks, so both
+threads have work."""
+
+
+@njit(cache=True, inline="always")
+def _quad_tasks(chunks, N):
+    """(channel blocks, channels per block) for ``chunks`` chunks of positions and N channels."""
+    blocks = max(1, min(N, (QUAD_MIN_TASKS + chunks - 1) // max(chunks, 1)))
+    return blocks, (N + blocks - 1) // blocks
+
+
+@njit(cache=True, inline="always")
+def _start_sums(x, bias, w_sums):
+    """The quads' starting sums per output channel: bias' for uint8 x; for int8 x, whose bytes the
+    tile multiplies as x + 128, bias'[n] − 128·Σ_k w[n,k], wrapping to int32 like the tile's sums
+    (the true result is within int32 by the plan's bound)."""
+    start = np.empty(bias.shape[0], np.int32)
+    shifted = sign_flip(x) != 0
+    for n in range(bias.shape[0]):
+        start[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w_sums[n])) if shifted else bias[n]
+    return start
+
+
+def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
+                       y_zero_point, lo, hi, yw, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
+                       residual=None):
+    # W (N, C/g·kh·kw) quads of int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) 8-bit
+    """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
+    with x_zero_point outside x: conv2d_csr_rq_i8's bytes, from the weight's nonzero quads.
+
+    Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel
+    groups, _quads.pack_group); prange tasks (image, chunk of QUAD_PIXELS output positions at the
+    phases' pitch Wq, block of output channels): per channel, the quad tile over its quads into 64
+    int32 sums, requantized at once into the wide rows yw; then prange (image, channel): each
+    row's OW valid columns copied into y and, with a residual, added to it. A conv with no dropped
+    columns (Wq = OW) requantizes straight into y.
+    qptr [N+1] int64 — each output channel's first quad; offsets [nq] int64 — where each quad's
+    words start in its group's part of xg (``_quads.quad_offsets``, by the plan once per input
+    shape); words [nq] int32 — its 4 weights, byte b the weight on input channel 4·c4 + b
+    bias [N] int32 — bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
+    x [B,C,H,W] uint8|int8; x_zero_point; xg [B, C/4·S + QUAD_SLACK] int32 — the packed input's
+    workspace, S ≥ sh·sw·Hq·Wq words per 4 channels (Hq = OH + (kh−1)·dh // sh, Wq = OW +
+    (kw−1)·dw // sw: the phases of conv2d_csr_i8)
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
+    wide rows' workspace (unused when Wq = OW); y [B,N,OH,OW] uint8|int8 — out
+    geometry ints as conv2d_csr_i8's; residual — None, or a QAdd fused into the epilogue
+    (elementwise.residual_parts).
+    Preconditions: C/g % 4 == 0; offsets within a group's words; K·max|q_w·q_x| + max|bias'| <
+    2^31 (the plan checks them).
+    Work: 2·B·⌈P/64⌉·64·4·nq int ops for P = (OH−1)·Wq + OW positions; reads x once, writes xg
+    once, reads xg once per quad per chunk (from L1: a chunk's window of every channel group).
+    """
+    B, C = x.shape[0], x.shape[1]
+    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Hq, Wq = OH + (kh - 1) * dh // sh, OW + (kw - 1) * dw // sw
+    C4 = C // 4
+    stride = (xg.shape[1] - QUAD_SLACK) // C4
+    flip = sign_flip(x)
+    for t in prange(B * C4):
+        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
+                       Wq, stride)
+    for b in range(B):
+        xg[b, C4 * stride:] = 0  # the slack the last chunk's dropped positions read
+    start = _start_sums(x, bias, w_sums)
+    r, add = residual_parts(residual, y)
+    positions = (OH - 1) * Wq + OW
+    chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
+    blocks, per = _quad_tasks(B * chunks, N)
+    group_words = C4 // groups * stride
+    direct = Wq == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
+    y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))  # once: 40 ns a reshape
+    for t in prange(B * chunks * blocks):
+        b, rest = t // (chunks * blocks), t % (chunks * blocks)
+        p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
+        count = min(QUAD_PIXELS, positions - p0)
+        sums = np.empty(QUAD_PIXELS, np.int32)
+        for n in range(block * per, min(N, (block + 1) * per)):
+            base = n // (N // groups) * group_words
+            quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
+            if direct:
+                run = y3[b, n, p0:p0 + count]
+                requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi, run)
+                add_residual(run, r3[b, n, p0:p0 + count], add)
+            else:  # all 64 (it vectorizes), into the wide rows
+                requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi,
+                               yw[b, n, p0:p0 + QUAD_PIXELS])
+    if not direct:
+        for t in prange(B * N):  # each row's OW valid columns out of the wide rows
+            b, n = t // N, t % N
+            for oh in range(OH):
+                row, wide = y[b, n, oh], yw[b, n, oh * Wq:oh * Wq + OW]
+                for i in range(OW):  # a loop: a slice assignment checks for overlap
+                    row[i] = wide[i]
+                add_residual(row, r[b, n, oh], add)
+
+
+conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)
+
+KERNELS = {"conv2d_quad_rq_i8": conv2d_quad_rq_i8}
+
+__all__ = ["KERNELS", "QUAD_MIN_TASKS", "QUAD_SLACK", "conv2d_quad_rq_i8"]
