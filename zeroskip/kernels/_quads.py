@@ -7,13 +7,13 @@ A *quad* is 4 weights of one output channel that sit on 4 consecutive input chan
 tap. A pruned conv keeps the quads that hold any nonzero (about a third of them at 90 % unstructured
 sparsity, 1 − 0.9^4), each as one int32 word of its 4 signed bytes. The input is packed the same
 way: word t of channel group c4 holds the 4 activation bytes of channels 4·c4 .. 4·c4+3 at flat
-position t of their padded phases (``interleave_quads``). Then a quad's 4 products at one output
+position t of their padded phases (``pack_group``). Then a quad's 4 products at one output
 position are one 4-byte dot product, which ``vpdpbusd`` (AVX-512 VNNI) does for 16 positions at
 once, and a quad at the 64 positions p0 .. p0+63 is 4 contiguous zmm loads at offsets[q] + p0 (the
 tap's shift is part of the offset; docs/kernels.md, "The quad-sparse conv").
 
 Per quad the tile does 2 scalar loads (offset, word), a broadcast, 4 zmm loads and 4 ``vpdpbusd``
-into 4 accumulators: 256 multiply-accumulates, exact (unsigned activation bytes times signed weight
+into 4 of its 8 accumulators (two sets, the quads taken alternately): 256 multiply-accumulates, exact (unsigned activation bytes times signed weight
 bytes, the 4 products added to the int32 lane with no saturation; int8 activations go through as
 x + 128 like the broadcast tile's, ``_broadcast.SIGN_FLIP``). ``quad_tile_loops`` is the same
 arithmetic in plain loops: the tile on CPUs without AVX-512 VNNI, and the one to read first.

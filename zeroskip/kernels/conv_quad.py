@@ -3,12 +3,11 @@ channels at the same tap, run as 4-byte dot products (``vpdpbusd`` on AVX-512 VN
 
 A pruned conv's weight keeps, per output channel, the quads that hold a nonzero, each as one int32
 word of 4 signed bytes (``quad_rows`` in engine/plan/weights.py builds them from any int8 weight at
-plan time: nothing in the file needs to be block-pruned). The input goes through two passes:
-
-1. each plane is padded into its phases (``_planes.pad_phases``, as the direct sparse conv does), so
-   every tap is a contiguous run of the flat phases at a fixed offset from the output position;
-2. the phases of each 4 channels are interleaved into int32 words (``_quads.interleave_group``): word
-   t of channel group c4 holds the 4 channels' bytes at flat position t.
+plan time: nothing in the file needs to be block-pruned). The input is packed once
+(``_quads.pack_group``): each plane padded into its phases, as the direct sparse conv does
+(``_planes.pad_phases``), so that every tap is a contiguous run of the flat phases at a fixed offset
+from the output position, and each 4 channels' phases interleaved into int32 words: word t of
+channel group c4 holds the 4 channels' bytes at flat position t.
 
 Then a quad at 64 consecutive output positions is 4 contiguous zmm loads at the quad's offset (its
 channel group's words, shifted by its tap) and 4 ``vpdpbusd`` against its broadcast weight word: no
