@@ -102,7 +102,7 @@ KERNELS_REVISION = 8
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
 block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse convs over phases;
 6: GEMM activations handed on transposed, and the batch class 512; 7: the dense int8 GEMM's
-broadcast tile on AVX-512 VNNI)."""
+broadcast tile on AVX-512 VNNI; 8: the quad-sparse int8 conv on AVX-512 VNNI)."""
 
 
 def _cpu_name() -> str:

@@ -159,7 +159,8 @@ def unsigned_bias(x, w, bias, w_sums):
     (``pack_chunk``'s flip), so it starts from bias'[n] − 128·Σ_k w[n,k]: the same sums in the end,
     every addition exact modulo 2^32 (vpdpbusd wraps, it does not saturate), and the true sum
     within int32 by the plan's bound. ``w_sums``: the row sums Σ_k w[n,k] (int64) when the plan
-    has them (it computes them once per layer), else None, and they are summed here, per call."""
+    has them (it computes them once per layer), else None, and they are summed here from w (N, K),
+    per call; w is not read when w_sums is given (the quad conv, conv_quad.py, passes None)."""
     if x.dtype == np.uint8:
         return bias
     sums = w.astype(np.int64).sum(axis=1) if w_sums is None else w_sums
@@ -183,7 +184,7 @@ def _unsigned_bias_compiled(x, w, bias, w_sums):
 
     def from_the_plan(x, w, bias, w_sums):
         shifted = np.empty_like(bias)
-        for n in range(w.shape[0]):
+        for n in range(bias.shape[0]):
             shifted[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w_sums[n]))
         return shifted
     return from_the_plan

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._broadcast import sign_flip
+from ._broadcast import sign_flip, unsigned_bias
 from ._quads import QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile
 from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
@@ -37,18 +37,6 @@ def _quad_tasks(chunks, N):
     """(channel blocks, channels per block) for ``chunks`` chunks of positions and N channels."""
     blocks = max(1, min(N, (QUAD_MIN_TASKS + chunks - 1) // max(chunks, 1)))
     return blocks, (N + blocks - 1) // blocks
-
-
-@njit(cache=True, inline="always")
-def _start_sums(x, bias, w_sums):
-    """The quads' starting sums per output channel: bias' for uint8 x; for int8 x, whose bytes the
-    tile multiplies as x + 128, bias'[n] − 128·Σ_k w[n,k], wrapping to int32 like the tile's sums
-    (the true result is within int32 by the plan's bound)."""
-    start = np.empty(bias.shape[0], np.int32)
-    shifted = sign_flip(x) != 0
-    for n in range(bias.shape[0]):
-        start[n] = np.int32(np.int64(bias[n]) - 128 * np.int64(w_sums[n])) if shifted else bias[n]
-    return start
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
@@ -91,7 +79,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
                        Wq, stride)
     for b in range(B):
         xg[b, C4 * stride:] = 0  # the slack the last chunk's dropped positions read
-    start = _start_sums(x, bias, w_sums)
+    start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     r, add = residual_parts(residual, y)
     positions = (OH - 1) * Wq + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS

@@ -370,13 +370,16 @@ def whole_image_call(kernel, head: tuple, x_spec: tuple, mid: tuple, y_spec: tup
     return call, y_shape
 
 
-class QuadConv(CsrConv):
+class QuadConv(ConvAccumulator):
     """The block-sparse conv over the weight's nonzero quads (kernels/conv_quad.py: 4 weights on 4
     consecutive input channels at one tap, one 4-byte dot product), for a requantizing conv on a
     CPU with AVX-512 VNNI whose groups have a multiple of 4 input channels (``fits``). Any int8
     weight has quads: at 90 % unstructured sparsity about a third of them hold a nonzero, and each
     costs one vpdpbusd per 16 output positions, where the direct conv spends a 32-bit multiply
-    on each nonzero. ``accumulate`` (the integer ops' int32 sums) stays the direct CSR conv's."""
+    on each nonzero. Requantizing only: the integer ops, which keep the int32 sums, take
+    ``CsrConv``."""
+
+    takes_residual = True
 
     @staticmethod
     def fits(node: Node, w4: np.ndarray, requantizes: bool) -> bool:
@@ -392,15 +395,15 @@ class QuadConv(CsrConv):
         return (requantizes and HAS_AVX512_VNNI and w4.shape[1] % 4 == 0
                 and not is_pointwise(node, w4.shape[2], w4.shape[3]))
 
-    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext, requantizes: bool = True):
-        super().__init__(node, w4, ctx, requantizes)
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        super().__init__(node, w4)
         self.quads = quad_rows(w4)
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
         self.quad_kernel = ctx.kernel("conv2d_quad_rq_i8")
         self.name = "conv2d_quad_rq_i8"
         self.reason = (f"block-sparse int8 conv over the {len(self.quads[2])} quads (4 input "
-                       f"channels at one tap) that hold the {len(self.csr[2])} nonzeros, 4-byte "
-                       f"dot products (vpdpbusd), Q31 requantization in the epilogue")
+                       f"channels at one tap) that hold the {np.count_nonzero(w4)} nonzeros, "
+                       f"4-byte dot products (vpdpbusd), Q31 requantization in the epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._quads import QUAD_PIXELS, QUAD_SLACK, quad_offsets
@@ -558,7 +561,7 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
         return DepthwiseConv(node, w4, ctx, requantizes), Choice(False)
     choice = choose()
     if choice.csr and QuadConv.fits(node, w4, requantizes):
-        return QuadConv(node, w4, ctx, requantizes), choice
+        return QuadConv(node, w4, ctx), choice
     if choice.csr:
         return CsrConv(node, w4, ctx, requantizes), choice
     return Im2rowConv(node, w4, ctx, requantizes), choice
