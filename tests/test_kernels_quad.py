@@ -56,8 +56,9 @@ def _geometry(H, W, kh, kw, s, p, d):
     return oh, ow, hq, wq
 
 
-def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0):
-    """The kernel (with ``tile``) and the reference on one random case; returns (got, want)."""
+def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, aligned=False):
+    """The kernel (with ``tile``) and the reference on one random case, in the natural or the
+    aligned layout of the packed input (_quads.quad_layout); returns (got, want)."""
     B, C, H, W, N, kh, kw, s, p, d, g = case
     rng = np.random.default_rng(seed)
     w = _values(rng, (N, C // g, kh, kw), -128, 127).astype(np.int8)
@@ -74,11 +75,14 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0):
     y_zp = int(rng.integers(lo, hi + 1))
     oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
     qptr, qcols, words = quad_rows(w)
-    words_per_group = s * s * hq * wq + stride_pad
-    offsets = _quads.quad_offsets(qcols, kh, kw, hq, wq, s, s, d, d, words_per_group)
-    xg = np.full((B, C // 4 * words_per_group + _quads.QUAD_SLACK), -1, np.int32)
+    _, pitch, stride, copies, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, C // 4, aligned)
+    stride += stride_pad
+    copy_words = C // 4 * stride + _quads.QUAD_SLACK
+    offsets = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride, copies,
+                                  copy_words)
+    xg = np.full((B, copies * copy_words), -1, np.int32)
     y = np.empty((B, N, oh, ow), y_type)
-    positions = (oh - 1) * wq + ow
+    positions = (oh - 1) * pitch + ow
     yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
     extra = ()
     want_residual = None
@@ -90,7 +94,7 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0):
         extra = ((r,) + params,)
         want_residual = (r,) + params
     kernel_with_tile(tile)(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
-                           hi, yw, y, kh, kw, s, s, d, d, p, p, g, *extra)
+                           hi, yw, y, kh, kw, s, s, d, d, p, p, g, pitch, copies, *extra)
     want = REFERENCES["conv2d_quad_rq_i8"](
         qptr, qcols, words, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
         strides=(s, s), pads=(p, p, p, p), dilations=(d, d), groups=g, residual=want_residual)
@@ -118,20 +122,21 @@ def _ids(case):
     return f"B{B}C{C}{H}x{W}N{N}k{kh}x{kw}s{s}p{p}d{d}g{g}"
 
 
+@pytest.mark.parametrize("aligned", [False, True], ids=["natural", "aligned"])
 @pytest.mark.parametrize("tile", sorted(_quads.TILES))
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_quad_rq_i8_matches_the_reference(case, x_type, tile):
+def test_conv2d_quad_rq_i8_matches_the_reference(case, x_type, tile, aligned):
     for seed, density in enumerate((0.1, 0.5, 1.0)):
-        got, want = run_quad(case, density, x_type, seed, tile)
-        assert_exact(got, want, case=_ids(case), density=density, tile=tile)
+        got, want = run_quad(case, density, x_type, seed, tile, aligned=aligned)
+        assert_exact(got, want, case=_ids(case), density=density, tile=tile, aligned=aligned)
 
 
 @pytest.mark.parametrize("tile", sorted(_quads.TILES))
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[8]], ids=_ids)
 def test_conv2d_quad_rq_i8_adds_the_residual_in_its_epilogue(case, tile):
     for seed, x_type in enumerate((np.uint8, np.int8, np.uint8)):
-        got, want = run_quad(case, 0.3, x_type, seed, tile, residual=True)
+        got, want = run_quad(case, 0.3, x_type, seed, tile, residual=True, aligned=seed == 1)
         assert_exact(got, want, case=_ids(case), tile=tile)
 
 
@@ -148,8 +153,9 @@ def test_empty_weight_and_padded_group_stride():
 @given(case=st.tuples(st.integers(1, 2), st.sampled_from([4, 8, 12]), st.integers(1, 12),
                       st.integers(1, 12), st.integers(1, 9), st.integers(1, 4), st.integers(1, 4),
                       st.integers(1, 3), st.integers(0, 2), st.integers(1, 2), st.integers(1, 2)),
-       density=st.sampled_from([0.05, 0.3, 1.0]), signed=st.booleans(), seed=st.integers(0, 99))
-def test_conv2d_quad_rq_i8_on_random_shapes(case, density, signed, seed):
+       density=st.sampled_from([0.05, 0.3, 1.0]), signed=st.booleans(), seed=st.integers(0, 99),
+       aligned=st.booleans())
+def test_conv2d_quad_rq_i8_on_random_shapes(case, density, signed, seed, aligned):
     B, C, H, W, N, kh, kw, s, p, d, g = case
     if C // g % 4 or N % g:
         g = 1
@@ -157,8 +163,9 @@ def test_conv2d_quad_rq_i8_on_random_shapes(case, density, signed, seed):
         return  # no output position: the conv itself is invalid (the plan refuses it)
     case = (B, C, H, W, N, kh, kw, s, p, d, g)
     for tile in _quads.TILES:
-        got, want = run_quad(case, density, np.int8 if signed else np.uint8, seed, tile)
-        assert_exact(got, want, case=_ids(case), tile=tile)
+        got, want = run_quad(case, density, np.int8 if signed else np.uint8, seed, tile,
+                             aligned=aligned)
+        assert_exact(got, want, case=_ids(case), tile=tile, aligned=aligned)
 
 
 @given(n=st.integers(1, 6), c4=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(1, 3),
@@ -196,6 +203,38 @@ def test_quad_offsets_by_hand():
     got = _quads.quad_offsets(qcols, 3, 3, hq, wq, 2, 2, 1, 1, stride)
     want = [0, (3 * hq + 0) * wq + 0, (0 * hq + 1) * wq + 1, stride + (2 * hq + 0) * wq + 1]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_the_aligned_layout_puts_every_quad_on_a_cache_line(case):
+    """In quad_layout's aligned layout every offset is a multiple of 16 words, in a copy that
+    exists, and it names the word the natural offset names (copy s holds copy 0 from word s on);
+    groups are an odd number of cache lines apart in both layouts."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
+    w = np.ones((N, C // g, kh, kw), np.int8)
+    _, qcols, _ = quad_rows(w)
+    for aligned in (False, True):
+        hq_, pitch, stride, copies, copy_words = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d,
+                                                                    C // 4, aligned)
+        assert hq_ == hq and pitch >= wq and stride % 16 == 0 and stride // 16 % 2 == 1
+        assert stride >= s * s * hq * pitch and copy_words == C // 4 * stride + _quads.QUAD_SLACK
+        natural = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride)
+        got = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride, copies,
+                                  copy_words)
+        if not aligned:
+            assert copies == 1 and pitch == wq and np.array_equal(got, natural)
+            continue
+        assert pitch % 16 == 0 and np.all(got % 16 == 0) and np.all(got // copy_words < copies)
+        assert np.array_equal(got % copy_words + got // copy_words, natural)
+
+
+def test_shift_copy_by_hand():
+    xg = np.zeros(3 * 6, np.int32)
+    xg[:6] = [1, 2, 3, 4, 5, 6]
+    for s in (1, 2):
+        _quads.shift_copy(xg, s, 6)
+    assert xg.tolist() == [1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 0, 3, 4, 5, 6, 0, 0]
 
 
 def test_the_tile_wraps_modulo_2_to_the_32_like_vpdpbusd():

@@ -187,16 +187,71 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
 pack_group_jit = njit(cache=True)(pack_group)
 
 
+QUAD_ALIGN = LANES
+"""Words per zmm load: a quad's 4 loads are aligned (no cache-line splits) when its offset is a
+multiple of this."""
+
+
+def quad_layout(OH, OW, kh, kw, sh, sw, dh, dw, C4, aligned):
+    """(Hq, pitch, stride, copies, copy_words): where the packed input's words sit, for a conv of
+    output OH×OW and C4 groups of 4 channels (per image: ``copies`` copies of copy_words words each,
+    copy 0 the C4 groups ``stride`` words apart and QUAD_SLACK zeroed words).
+
+    Each phase has Hq rows of ``pitch`` words. The natural pitch is Wq = OW + (kw−1)·dw // sw, the
+    columns the taps reach. ``aligned`` rounds it up to QUAD_ALIGN words and adds copies of the
+    packed input shifted by 1, 2, … words (one per tap column offset mod QUAD_ALIGN): then every
+    row, phase and group starts on a cache line, and a tap at column offset s reads copy s at an
+    aligned offset (``quad_offsets``). Aligned loads take 1.2 ns a quad tile where loads that split
+    cache lines take 1.9–2.6 (docs/kernels.md), for (pitch − Wq)/Wq more positions and the
+    copies' writes. ``stride`` is an odd number of cache lines: groups a power of two of lines apart
+    (the 14×14 layers' 256 words) fall in the same L1 sets, and the 64 windows a chunk of 256
+    channels reads evicted each other (2.6 ns a quad tile against 1.7)."""
+    Hq, Wq = OH + (kh - 1) * dh // sh, OW + (kw - 1) * dw // sw
+    pitch = -(-Wq // QUAD_ALIGN) * QUAD_ALIGN if aligned else Wq
+    lines = -(-sh * sw * Hq * pitch // QUAD_ALIGN)
+    stride = (lines + 1 - lines % 2) * QUAD_ALIGN
+    copies = min(QUAD_ALIGN, (kw - 1) * dw // sw + 1) if aligned else 1
+    return Hq, pitch, stride, copies, C4 * stride + QUAD_SLACK
+
+
+def aligned_pays(OH, OW, kh, kw, sh, sw, dh, dw) -> bool:
+    """Whether the aligned layout (``quad_layout``) is worth its extra positions: when it needs at
+    most 1.4 times the chunks of the natural pitch (aligned tiles are about 1.6 times faster; the
+    copies cost the rest). A 7×7 plane (pitch 9 → 16) stays natural: 2 chunks where 1 does."""
+    Wq = OW + (kw - 1) * dw // sw
+    natural = (OH - 1) * Wq + OW
+    aligned = (OH - 1) * (-(-Wq // QUAD_ALIGN) * QUAD_ALIGN) + OW
+    chunks = lambda positions: -(-positions // QUAD_PIXELS)  # noqa: E731
+    return chunks(aligned) <= 1.4 * chunks(natural)
+
+
 @njit(cache=True)
-def quad_offsets(qcols, kh, kw, Hq, Wq, sh, sw, dh, dw, stride):
+def quad_offsets(qcols, kh, kw, Hq, pitch, sh, sw, dh, dw, stride, copies=1, copy_words=0):
     """offsets [nq] int64: where quad column q = c4·kh·kw + i·kw + j starts in its group's words
-    of xg (pack_group's layout, ``stride`` words per 4 channels): phase ((i·dh) mod sh,
-    (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw. The quad at output position p (at the
-    phases' pitch Wq) reads word offsets[q] + p."""
+    of xg (pack_group's layout, ``stride`` words per 4 channels, rows of ``pitch`` words): phase
+    ((i·dh) mod sh, (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw. The quad at output position
+    p reads word offsets[q] + p. With copies > 1 (quad_layout's aligned layout) the offset o is
+    taken from copy s = o mod QUAD_ALIGN, shifted by s: s·copy_words + o − s, a multiple of
+    QUAD_ALIGN (the plan makes copies cover every s that occurs)."""
     offsets = np.empty(qcols.shape[0], np.int64)
     for e in range(qcols.shape[0]):
         c4, tap = qcols[e] // (kh * kw), qcols[e] % (kh * kw)
         i, j = tap // kw, tap % kw
         phase = (i * dh) % sh * sw + (j * dw) % sw
-        offsets[e] = c4 * stride + (phase * Hq + (i * dh) // sh) * Wq + (j * dw) // sw
+        o = c4 * stride + (phase * Hq + (i * dh) // sh) * pitch + (j * dw) // sw
+        s = o % QUAD_ALIGN if copies > 1 else 0
+        offsets[e] = s * copy_words + o - s
     return offsets
+
+
+def shift_copy(xg, s, copy_words):
+    """Copy s of one image's packed input: copy 0's words from s on, zeros for its last s words, so
+    that a word at offset o of copy 0 sits at o − s of copy s."""
+    src, dst = xg[s:copy_words], xg[s * copy_words:(s + 1) * copy_words]
+    for t in range(copy_words - s):  # a loop: a slice assignment checks for overlap
+        dst[t] = src[t]
+    for t in range(copy_words - s, copy_words):
+        dst[t] = 0
+
+
+shift_copy_jit = njit(cache=True)(shift_copy)

@@ -12,8 +12,10 @@ channel group c4 holds the 4 channels' bytes at flat position t.
 Then a quad at 64 consecutive output positions is 4 contiguous zmm loads at the quad's offset (its
 channel group's words, shifted by its tap) and 4 ``vpdpbusd`` against its broadcast weight word: no
 im2row, and the 3×3 taps are shifted loads over the same packed grid (``_quads.quad_tile``). Output
-positions run at the phases' pitch Wq, like the direct conv's; the columns past OW are computed and
-dropped. docs/kernels.md, "The quad-sparse conv", has the loop order and the figures.
+positions run at the phases' row pitch: OW plus the taps' reach, or that rounded up to 16 words,
+with shifted copies of the packed input, so that every load is aligned (``_quads.quad_layout``).
+The columns past OW are computed and dropped. docs/kernels.md, "The quad-sparse conv", has the
+loop order and the figures.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._broadcast import sign_flip, unsigned_bias
-from ._quads import QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile
+from ._quads import QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile, shift_copy_jit
 from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
 
@@ -41,51 +43,55 @@ def _quad_tasks(chunks, N):
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
                        y_zero_point, lo, hi, yw, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
-                       residual=None):
+                       pitch, copies, residual=None):
     # W (N, C/g·kh·kw) quads of int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) 8-bit
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: conv2d_csr_rq_i8's bytes, from the weight's nonzero quads.
 
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel
-    groups, _quads.pack_group); prange tasks (image, chunk of QUAD_PIXELS output positions at the
-    phases' pitch Wq, block of output channels): per channel, the quad tile over its quads into 64
+    groups, _quads.pack_group), and its shifted copies when the layout has them
+    (_quads.quad_layout); prange tasks (image, chunk of QUAD_PIXELS output positions at the
+    phases' pitch, block of output channels): per channel, the quad tile over its quads into 64
     int32 sums, requantized at once into the wide rows yw; then prange (image, channel): each
     row's OW valid columns copied into y and, with a residual, added to it. A conv with no dropped
-    columns (Wq = OW) requantizes straight into y.
+    columns (pitch = OW) requantizes straight into y.
     qptr [N+1] int64 — each output channel's first quad; offsets [nq] int64 — where each quad's
     words start in its group's part of xg (``_quads.quad_offsets``, by the plan once per input
     shape); words [nq] int32 — its 4 weights, byte b the weight on input channel 4·c4 + b
     bias [N] int32 — bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
-    x [B,C,H,W] uint8|int8; x_zero_point; xg [B, C/4·S + QUAD_SLACK] int32 — the packed input's
-    workspace, S ≥ sh·sw·Hq·Wq words per 4 channels (Hq = OH + (kh−1)·dh // sh, Wq = OW +
-    (kw−1)·dw // sw: the phases of conv2d_csr_i8)
+    x [B,C,H,W] uint8|int8; x_zero_point; xg [B, copies·(C/4·S + QUAD_SLACK)] int32 — the packed
+    input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (Hq = OH + (kh−1)·dh // sh rows of
+    the phases of conv2d_csr_i8, each of pitch ≥ OW + (kw−1)·dw // sw words)
     m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
-    wide rows' workspace (unused when Wq = OW); y [B,N,OH,OW] uint8|int8 — out
-    geometry ints as conv2d_csr_i8's; residual — None, or a QAdd fused into the epilogue
+    wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
+    geometry ints as conv2d_csr_i8's; pitch, copies — the layout of xg (_quads.quad_layout: the
+    offsets must be quad_offsets' for it); residual — None, or a QAdd fused into the epilogue
     (elementwise.residual_parts).
     Preconditions: C/g % 4 == 0; offsets within a group's words; K·max|q_w·q_x| + max|bias'| <
     2^31 (the plan checks them).
-    Work: 2·B·⌈P/64⌉·64·4·nq int ops for P = (OH−1)·Wq + OW positions; reads x once, writes xg
-    once, reads xg once per quad per chunk (from L1: a chunk's window of every channel group).
+    Work: 2·B·⌈P/64⌉·64·4·nq int ops for P = (OH−1)·pitch + OW positions; reads x once, writes
+    xg once per copy, reads xg once per quad per chunk (from L1: a chunk's window of every channel group).
     """
     B, C = x.shape[0], x.shape[1]
     N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    Hq, Wq = OH + (kh - 1) * dh // sh, OW + (kw - 1) * dw // sw
-    C4 = C // 4
-    stride = (xg.shape[1] - QUAD_SLACK) // C4
+    Hq, C4 = OH + (kh - 1) * dh // sh, C // 4
+    copy_words = xg.shape[1] // copies
+    stride = (copy_words - QUAD_SLACK) // C4
     flip = sign_flip(x)
     for t in prange(B * C4):
         pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
-                       Wq, stride)
+                       pitch, stride)
     for b in range(B):
-        xg[b, C4 * stride:] = 0  # the slack the last chunk's dropped positions read
+        xg[b, C4 * stride:copy_words] = 0  # the slack the last chunk's dropped positions read
+    for t in prange(B * (copies - 1)):
+        shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     r, add = residual_parts(residual, y)
-    positions = (OH - 1) * Wq + OW
+    positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
     blocks, per = _quad_tasks(B * chunks, N)
     group_words = C4 // groups * stride
-    direct = Wq == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
+    direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
     y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))  # once: 40 ns a reshape
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
@@ -106,7 +112,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         for t in prange(B * N):  # each row's OW valid columns out of the wide rows
             b, n = t // N, t % N
             for oh in range(OH):
-                row, wide = y[b, n, oh], yw[b, n, oh * Wq:oh * Wq + OW]
+                row, wide = y[b, n, oh], yw[b, n, oh * pitch:oh * pitch + OW]
                 for i in range(OW):  # a loop: a slice assignment checks for overlap
                     row[i] = wide[i]
                 add_residual(row, r[b, n, oh], add)

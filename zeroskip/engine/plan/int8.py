@@ -406,21 +406,23 @@ class QuadConv(ConvAccumulator):
                        f"4-byte dot products (vpdpbusd), Q31 requantization in the epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
-        from ...kernels._quads import QUAD_PIXELS, QUAD_SLACK, quad_offsets
+        from ...kernels._quads import QUAD_PIXELS, aligned_pays, quad_layout, quad_offsets
 
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
-        rows, wq = phase_shape(g, self.kh, self.kw)
-        stride = -(-rows * wq // 16) * 16  # each 4 channels' words start on a cache line
+        shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
+        hq, pitch, stride, copies, copy_words = quad_layout(*shape8, self.channels // 4,
+                                                            aligned_pays(*shape8))
         qptr, qcols, words = self.quads
-        offsets = quad_offsets(qcols, self.kh, self.kw, rows // (g["sh"] * g["sw"]), wq, g["sh"],
-                               g["sw"], g["dh"], g["dw"], stride)
-        xg = aligned_empty((shape[0], self.channels // 4 * stride + QUAD_SLACK), np.int32)
-        positions = (g["oh"] - 1) * wq + g["ow"]
+        offsets = quad_offsets(qcols, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
+                               g["dw"], stride, copies, copy_words)
+        xg = aligned_empty((shape[0], copies * copy_words), np.int32)
+        positions = (g["oh"] - 1) * pitch + g["ow"]
         yw = aligned_empty((shape[0], self.n_out, -(-positions // QUAD_PIXELS) * QUAD_PIXELS)
-                           if wq != g["ow"] else (1, 1, 1), y_dtype)
+                           if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (qptr, offsets, words, q["bias"], self.w_sums)
-        mid, tail = (q["x_zp"], xg) + requantize_args(q) + (yw,), geo + (self.group,)
+        mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
+        tail = geo + (self.group, pitch, copies)
         return whole_image_call(self.quad_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 tail)
 
