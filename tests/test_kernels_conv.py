@@ -300,6 +300,30 @@ def test_im2col(case):
         np.testing.assert_array_equal(got, np.rint(want).astype(np.int64))
 
 
+@pytest.mark.parametrize("C,H,k,s,pad", [(3, 23, 7, 2, 3), (3, 9, 7, 1, 0), (5, 11, 3, 1, 1),
+                                         (1, 40, 5, 1, 2), (2, 10, 7, 1, 3), (16, 6, 3, 1, 1),
+                                         (3, 10, 7, 2, 0), (2, 10, 7, 2, 0)])
+@pytest.mark.parametrize("extra", [0, 1, 11, 40])
+def test_im2row_with_padding_columns(C, H, k, s, pad, extra):
+    """The rows of the GEMM, K padded up with ``extra`` columns (the plan pads K to the tile's
+    step): im2row copies runs of k·C bytes that are not a multiple of 16 as whole 16-byte blocks
+    where the row and the input have room, so the bytes past a run must be the next run's, and
+    the columns up to K exactly the reference's, at the input's last bytes too; nothing is
+    written past the rows' end (64 guard bytes after them)."""
+    rng = np.random.default_rng(C * 100 + H + extra)
+    x, zp = _quant_input(rng, (2, C, H, H), np.uint8)
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    geo = dict(kernel_shape=(k, k), strides=(s, s), pads=(pad,) * 4, dilations=(1, 1), groups=1)
+    want = REFERENCES["im2row_dense_i8"](xh, zp, **geo)
+    K = want.shape[-1]
+    shape = want.shape[:-1] + (K + extra,)
+    memory = np.full(np.prod(shape) + 64, 77, np.uint8)
+    rows = memory[:-64].reshape(shape)
+    KERNELS["im2row_dense_i8"](xh, zp, rows, k, k, s, s, 1, 1, pad, pad)
+    assert_exact(rows[..., :K], want, dtype=np.uint8, zp=zp, extra=extra)
+    assert np.all(memory[-64:] == 77)
+
+
 # ----------------------------------------------------------------------------- depthwise
 
 # (B, C, mult, H, W, kh, kw, strides, pads, dilations)

@@ -204,10 +204,11 @@ RUNS_BROADCAST = _broadcast.RUNS
 needs_broadcast = pytest.mark.skipif(not RUNS_BROADCAST,
                                      reason="the broadcast tile needs AVX-512 VNNI and the JIT")
 
-BROADCAST_SHAPES = [(1, 4, 4), (63, 5, 16), (64, 8, 160), (65, 7, 12), (200, 64, 192),
-                    (49, 130, 576), (7 * 64 + 3, 9, 64), (0, 8, 8), (3, 4, 0)]
-"""Chunks of 64 pixels with a remainder, a single short chunk (its channels split into groups),
-N mod 4 rows, the stem's K = 160 and its space-to-depth K = 192, an empty batch, K = 0."""
+BROADCAST_SHAPES = [(17, 4, 4), (63, 5, 16), (64, 8, 160), (65, 7, 12), (200, 64, 192),
+                    (49, 130, 576), (7 * 64 + 3, 9, 64), (20, 4, 0)]
+"""Chunks of 64 pixels with a remainder, a single short chunk (its channels split into groups; the
+fewest pixels that take the tile), N mod 4 rows, the stem's K = 160 and its space-to-depth K = 192,
+K = 0. Fewer pixels take the dot-product tile (_broadcast.BROADCAST_MIN_ROWS)."""
 
 
 @njit(cache=True)
@@ -218,10 +219,13 @@ def _fits(x, w):
 @needs_broadcast
 def test_broadcast_tile_is_taken_for_8_bit_activations_with_k_a_multiple_of_4():
     w = np.zeros((8, 16), np.int8)
-    assert _fits(np.zeros((3, 16), np.uint8), w)
-    assert _fits(np.zeros((3, 16), np.int8), w)            # as x + 128, the bias shifted
-    assert not _fits(np.zeros((3, 18), np.uint8), np.zeros((8, 18), np.int8))  # K mod 4
-    assert not _fits(np.zeros((3, 16), np.uint8), w[:3])   # fewer than 4 channels
+    rows = _broadcast.BROADCAST_MIN_ROWS
+    assert _fits(np.zeros((rows, 16), np.uint8), w)
+    assert _fits(np.zeros((rows, 16), np.int8), w)            # as x + 128, the bias shifted
+    assert not _fits(np.zeros((rows, 18), np.uint8), np.zeros((8, 18), np.int8))  # K mod 4
+    assert not _fits(np.zeros((rows, 16), np.uint8), w[:3])   # fewer than 4 channels
+    assert not _fits(np.zeros((rows - 1, 16), np.uint8), w)   # few pixels: the dot tile
+    assert not _fits(np.zeros((0, 16), np.uint8), w)
 
 
 @needs_broadcast

@@ -96,13 +96,14 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 8
+KERNELS_REVISION = 9
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
 block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse convs over phases;
 6: GEMM activations handed on transposed, and the batch class 512; 7: the dense int8 GEMM's
-broadcast tile on AVX-512 VNNI; 8: the quad-sparse int8 conv on AVX-512 VNNI)."""
+broadcast tile on AVX-512 VNNI; 8: the quad-sparse int8 conv on AVX-512 VNNI; 9: the quad conv's
+aligned layout, few-row dense int8 GEMMs on the dot-product tile, interleaved timings)."""
 
 
 def _cpu_name() -> str:
@@ -116,12 +117,23 @@ def _cpu_name() -> str:
 
 def best_time(run: Callable[[], None], repeats: int = REPEATS) -> float:
     """Seconds of the fastest of ``repeats`` runs of ``run`` (after one warm-up run)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return best_times([run], repeats)[0]
+
+
+def best_times(runs, repeats: int = REPEATS) -> list[float]:
+    """Seconds of the fastest of ``repeats`` runs of each of ``runs``, interleaved (one warm-up run
+    each first): a slow spell on a shared machine then falls on all of them, not on the one that
+    happened to be timed during it (timed one after the other, one plan of the pruned int8
+    ResNet-18 took the dense im2row GEMM on three 14×14 layers where the quad conv ran 1.3–1.5×
+    faster in the same run)."""
+    for run in runs:
         run()
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -242,7 +254,8 @@ def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode
     steps = [step_in_mode(model, node, mode) for mode in modes]
     if any(step is None for step in steps):
         return None
-    return best_time(lambda: steps[0].run(values)), best_time(lambda: steps[1].run(values))
+    dense, sparse = best_times([lambda: steps[0].run(values), lambda: steps[1].run(values)])
+    return dense, sparse
 
 
 def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mode,

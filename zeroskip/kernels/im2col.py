@@ -91,6 +91,14 @@ def _im2col_dense_i8(x, x_zero_point, cols, kh, kw, sh, sw, dh, dw, pt, pl):
 im2col_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_im2col_dense_i8)
 
 
+COPY_BLOCK = 16
+"""im2row_dense_i8 copies a run of kw·C bytes whose length is not a multiple of this as whole
+blocks of it, where the row and the input have room past the run's end: the bytes past it are the
+next run's, written next, or the row's padding columns (zero weights). A loop with a length that
+is a multiple of 16 runs as vector moves with no byte tail: the stem's 21-byte runs (7 taps × 3
+channels) as 32 bytes took its im2row from 0.88–0.92 to 0.67–0.72 ms (one thread, interleaved)."""
+
+
 def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
     # xh (B,H,W,C) uint8|int8, channels last -> rows (B, g, OH, OW, kh·kw·C/g), tap-major
     """rows[b,g,oh,ow,(i·kw + j)·C/g + c] = xh[b, oh·sh + i·dh − pt, ow·sw + j·dw − pl, g·C/g + c],
@@ -111,7 +119,10 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
     G, OH, OW = rows.shape[1], rows.shape[2], rows.shape[3]
     Cg = C // G
     run = kw * C  # one tap row's bytes, when its kw taps are side by side in xh
+    blocks = (run + COPY_BLOCK - 1) // COPY_BLOCK  # the run copied as whole blocks, where it fits
+    rounded = run % COPY_BLOCK != 0  # whole runs of blocks copy as fast as slices
     xf = xh.reshape(B * H * W * C)
+    K = rows.shape[4]
     for t in prange(B * G * OH):
         b, g, oh = t // (G * OH), (t // OH) % G, t % OH
         c0 = g * Cg
@@ -122,9 +133,15 @@ def _im2row_dense_i8(xh, x_zero_point, rows, kh, kw, sh, sw, dh, dw, pt, pl):
             for i in range(kh):
                 h = oh * sh + i * dh - pt
                 if side_by_side and 0 <= h < H:  # the row's kw taps: one copy of kw·C bytes
-                    dst = r[i * run:(i + 1) * run]
-                    src = xf[((b * H + h) * W + w0) * C:]
-                    for c in range(_U(run)):  # slices from index 0: no wraparound test
+                    start = ((b * H + h) * W + w0) * C
+                    length = run
+                    if rounded and i * run + blocks * COPY_BLOCK <= K \
+                            and start + blocks * COPY_BLOCK <= xf.size:
+                        # whole blocks; the bytes past the run are the next run's, written next,
+                        # or the row's padding columns
+                        length = blocks * COPY_BLOCK
+                    dst, src = r[i * run:], xf[start:]
+                    for c in range(_U(length)):  # slices from index 0: no wraparound test
                         dst[c] = src[c]
                     continue
                 for j in range(kw):
