@@ -62,6 +62,22 @@ def pack_chunk(xw, c, count, xp, flip):
 pack_chunk_jit = njit(cache=True, inline="always")(pack_chunk)
 
 
+def splat(builder, value):
+    """LLVM IR: the int32 ``value`` in all LANES lanes of a <16 x i32> (one vpbroadcastd)."""
+    vec = ir.VectorType(ir.IntType(32), LANES)
+    undef = ir.Constant(vec, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.IntType(32)(0))
+    return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
+
+
+def declare_dpbusd(builder):
+    """LLVM IR: the 512-bit ``vpdpbusd`` intrinsic, acc (<16 x i32>) + the 4-byte dot products of
+    unsigned bytes (second operand) and signed bytes (third), per lane, with no saturation."""
+    vec = ir.VectorType(ir.IntType(32), LANES)
+    return builder.module.declare_intrinsic("llvm.x86.avx512.vpdpbusd.512",
+                                            fnty=ir.FunctionType(vec, [vec, vec, vec]))
+
+
 def _broadcast_tile_ir():
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(i32, LANES)
@@ -78,21 +94,14 @@ def _broadcast_tile_ir():
             sa, xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in range(4))
             n0_v = args[4]
-            dpbusd = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.vpdpbusd.512", fnty=ir.FunctionType(vec, [vec, vec, vec]))
+            dpbusd = declare_dpbusd(builder)
             steps = cgutils.unpack_tuple(builder, xa.shape)[0]       # K/4
             k_bytes = cgutils.unpack_tuple(builder, wa.shape)[1]     # K
-            undef = ir.Constant(vec, ir.Undefined)
-
-            def splat(value):
-                one = builder.insert_element(undef, value, i32(0))
-                return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
-
             w_bytes = builder.bitcast(wa.data, i8.as_pointer())
             accs, w_rows = [], []
             for j in range(BROADCAST_ROWS):
                 n = builder.add(n0_v, i64(j))
-                start = splat(builder.load(builder.gep(ba.data, [n])))
+                start = splat(builder, builder.load(builder.gep(ba.data, [n])))
                 row = []
                 for _ in range(PIXEL_VECTORS):
                     acc = cgutils.alloca_once(builder, vec)
@@ -109,7 +118,7 @@ def _broadcast_tile_ir():
                 for j in range(BROADCAST_ROWS):
                     word = builder.bitcast(builder.gep(w_rows[j], [builder.mul(k4, i64(4))]),
                                            i32.as_pointer())
-                    weights = splat(builder.load(word, align=1))
+                    weights = splat(builder, builder.load(word, align=1))
                     for v in range(PIXEL_VECTORS):
                         builder.store(builder.call(dpbusd, [builder.load(accs[j][v]), xs[v],
                                                             weights]), accs[j][v])

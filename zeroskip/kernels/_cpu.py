@@ -29,3 +29,5 @@ HAS_VNNI = HAS_AVX2 and bool(FEATURES.get("avxvnni", False) or (
 """A 256-bit ``vpdpbusd`` (AVX-VNNI, or AVX-512 VNNI with AVX-512 VL)."""
 HAS_AVX512_VNNI = HAS_AVX512 and bool(FEATURES.get("avx512vnni", False))
 """A 512-bit ``vpdpbusd`` (AVX-512 VNNI): the dense int8 GEMM's broadcast tile (``_broadcast.py``)."""
+HAS_AVX512_VBMI = HAS_AVX512 and bool(FEATURES.get("avx512vbmi", False))
+"""AVX-512 VBMI: ``vpermb``, any byte of a zmm into any lane (the depthwise tile's windows)."""

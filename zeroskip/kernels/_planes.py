@@ -36,8 +36,10 @@ _U = np.uint64
 
 
 @njit(cache=True)
-def pad_plane(x, xq, pt, pl, fill):
-    """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail).
+def pad_plane(x, xq, pt, pl, fill, flip=None):
+    """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail); with
+    ``flip`` (an integer of x's type), each copied value xor ``flip`` (``fill`` as given: the
+    caller flips it too). The depthwise row tile pads int8 planes as x + 128 so (flip −128).
 
     No slice per row (Numba reference-counts each one) and uint64 indices (no wraparound test), so
     the copies vectorize; the column ranges are computed once per plane.
@@ -57,8 +59,12 @@ def pad_plane(x, xq, pt, pl, fill):
         xr = r - _U(pt)
         for u in range(_U(u0)):
             xq[r, u] = fill
-        for k in range(m):
-            xq[r, _U(u0) + k] = x[xr, src + k]
+        if flip is None:
+            for k in range(m):
+                xq[r, _U(u0) + k] = x[xr, src + k]
+        else:
+            for k in range(m):
+                xq[r, _U(u0) + k] = x[xr, src + k] ^ flip
         for u in range(_U(u1), _U(Wp)):
             xq[r, u] = fill
 

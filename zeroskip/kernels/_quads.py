@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._broadcast import LANES, PIXEL_VECTORS, RUNS
+from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat
 
 QUAD_PIXELS = LANES * PIXEL_VECTORS
 """Output positions per quad tile: 4 zmm accumulators of 16 int32 lanes."""
@@ -37,7 +37,7 @@ plane's valid ones, whose sums are dropped): the packed input is allocated with 
 
 
 @njit(cache=True, inline="always")
-def _signed_byte(word, b):
+def signed_byte(word, b):
     """Byte b of an int32 word as a signed value (−128 .. 127)."""
     return (((word >> (8 * b)) & 0xFF) ^ 0x80) - 0x80
 
@@ -51,8 +51,8 @@ def quad_tile_loops(sums, xg, offsets, words, first, end, p0, start):
     for q in range(first, end):
         base = offsets[q] + p0
         w = words[q]
-        w0, w1, w2, w3 = (_signed_byte(w, 0), _signed_byte(w, 1), _signed_byte(w, 2),
-                          _signed_byte(w, 3))
+        w0, w1, w2, w3 = (signed_byte(w, 0), signed_byte(w, 1), signed_byte(w, 2),
+                          signed_byte(w, 3))
         for p in range(QUAD_PIXELS):
             a = xg[base + p]
             sums[p] += ((a & 0xFF) * w0 + ((a >> 8) & 0xFF) * w1 + ((a >> 16) & 0xFF) * w2
@@ -79,18 +79,11 @@ def _quad_tile_ir():
             sa, xa, oa, wa = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in range(4))
             first, end, p0, start = args[4:]
-            dpbusd = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.vpdpbusd.512", fnty=ir.FunctionType(vec, [vec, vec, vec]))
-            undef = ir.Constant(vec, ir.Undefined)
-
-            def splat(value):
-                one = builder.insert_element(undef, value, i32(0))
-                return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
-
+            dpbusd = declare_dpbusd(builder)
             zero = ir.Constant(vec, [0] * LANES)
             # two sets of accumulators, the quads taken alternately: vpdpbusd's latency (5 cycles)
             # would otherwise bound the loop at one quad per 5 cycles
-            accs = [[cgutils.alloca_once_value(builder, splat(start) if s == 0 else zero)
+            accs = [[cgutils.alloca_once_value(builder, splat(builder, start) if s == 0 else zero)
                      for _ in range(PIXEL_VECTORS)] for s in range(2)]
             o_stride = cgutils.unpack_tuple(builder, oa.strides)[0]
             w_stride = cgutils.unpack_tuple(builder, wa.strides)[0]
@@ -100,9 +93,9 @@ def _quad_tile_ir():
             def quad(q, into):
                 offset = builder.load(builder.bitcast(
                     builder.gep(o_bytes, [builder.mul(q, o_stride)]), i64.as_pointer()))
-                word = builder.load(builder.bitcast(
+                quad_word = builder.load(builder.bitcast(
                     builder.gep(w_bytes, [builder.mul(q, w_stride)]), i32.as_pointer()))
-                weights = splat(word)
+                weights = splat(builder, quad_word)
                 vectors = builder.bitcast(builder.gep(xa.data, [builder.add(offset, p0)]),
                                           vec.as_pointer())
                 for v in range(PIXEL_VECTORS):
@@ -142,7 +135,7 @@ if RUNS:
 
 
 @njit(cache=True, inline="always")
-def _word(a, b, c, d, flip):
+def word(a, b, c, d, flip):
     """The int32 word of 4 bytes (a in the low byte), xor ``flip``."""
     return ((np.int32(a) & 0xFF) | ((np.int32(b) & 0xFF) << 8) | ((np.int32(c) & 0xFF) << 16)
             | ((np.int32(d) & 0xFF) << 24)) ^ flip
@@ -175,12 +168,12 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
                     r2, r3 = p2[h, first - pl:last - pl], p3[h, first - pl:last - pl]
                     run = out[first:last]
                     for v in range(last - first):
-                        run[v] = _word(r0[v], r1[v], r2[v], r3[v], flip)
+                        run[v] = word(r0[v], r1[v], r2[v], r3[v], flip)
                 else:
                     r0, r1, r2, r3 = p0[h], p1[h], p2[h], p3[h]
                     for v in range(first, last):
                         w = v * sw + b - pl
-                        out[v] = _word(r0[w], r1[w], r2[w], r3[w], flip)
+                        out[v] = word(r0[w], r1[w], r2[w], r3[w], flip)
                 out[last:] = pad
 
 

@@ -214,6 +214,12 @@ PLANAR_DEPTHWISE_MIN_WIDTH = 56
 vectorizes along output rows; narrower or strided ones take the channels-last kernel, which
 vectorizes over channels (kernels/depthwise.py has the timings: 144×56×56 0.41 against 0.50 ms,
 576×14×14 0.67 against 0.12 ms)."""
+ROW_TILE_MIN_WIDTH = 14
+"""Output width from which a 3×3 int8 depthwise conv keeps the planar kernel, at any stride, where
+its row tile runs (kernels/_dwtile.py: AVX-512 VNNI and VBMI). One thread, the channels-last
+kernel (with its input copy) against the planar one on the tile: 96→56×56 stride 2 1.27 against
+0.40 ms, 144→28×28 stride 2 0.52 / 0.25, 192×28×28 0.51 / 0.27, 192→14×14 stride 2 0.17 / 0.11,
+576×14×14 0.32 / 0.28; but 576→7×7 stride 2 0.14 / 0.19 and 960×7×7 0.15 / 0.28."""
 
 
 class DepthwiseConv(ConvAccumulator):
@@ -241,15 +247,20 @@ class DepthwiseConv(ConvAccumulator):
             self.name = {True: "channels_last_dense_i8 + depthwise_nhwc_rq_i8", False: planar,
                          None: f"depthwise_nhwc_rq_i8 or {planar}"}[self.layout]
             self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
-                           "Q31 requantization in the epilogue) when the output is strided or "
-                           f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (one shifted "
-                           "axpy per tap along output rows, Q31 requantization from cache)")
+                           "Q31 requantization in the epilogue) when the output is narrower than "
+                           f"{ROW_TILE_MIN_WIDTH} (a 3×3 conv on the row tile) or strided or "
+                           f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (along output "
+                           "rows, Q31 requantization from cache)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x.shape, x.dtype, g)
         self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
 
     def channels_last_pays(self, g) -> bool:
+        from ...kernels import _dwtile
+
+        if (self.kh, self.kw) == (3, 3) and _dwtile.CPU_HAS and _dwtile.fits(g["sw"], g["dw"]):
+            return g["ow"] < ROW_TILE_MIN_WIDTH
         return g["sw"] > 1 or g["ow"] < PLANAR_DEPTHWISE_MIN_WIDTH
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:

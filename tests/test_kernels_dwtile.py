@@ -1,0 +1,153 @@
+"""The 3×3 depthwise row tile (kernels/_dwtile.py) and the planar depthwise kernel around it.
+
+depthwise_dense_rq_i8 takes the tile for 3×3 convs on AVX-512 VNNI + VBMI CPUs. Every variant this
+machine can run is compared with the integer reference here: the kernel as it runs, the kernel
+around the tile's plain loops, and the kernel's planar loops without the tile (what other CPUs and
+NUMBA_DISABLE_JIT=1 run).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from kernel_checks import assert_exact
+from zeroskip.kernels import _dwtile, depthwise
+from zeroskip.kernels._copies import renamed_copy
+from zeroskip.reference import REFERENCES
+
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+_VARIANTS: dict = {}
+
+
+def kernel_variant(name: str):
+    """depthwise_dense_rq_i8 as it runs ("as built"), around the tile's plain loops ("loops"), or
+    without the tile ("planar": the kernel's own 3×3 loops)."""
+    if name == "as built":
+        return depthwise.depthwise_dense_rq_i8
+    kernel = _VARIANTS.get(name)
+    if kernel is None:
+        compile_ = (lambda f: f) if numba.config.DISABLE_JIT else numba.njit(cache=True)
+        if name == "loops":
+            plane = compile_(renamed_copy(depthwise._plane_3x3_rq_vnni.py_func, "_loops",
+                                          dw3_tile=_dwtile.dw3_tile_portable))
+            copy = renamed_copy(depthwise._depthwise_dense_rq_i8, "_loops", DW3_RUNS=True,
+                                _plane_3x3_rq_vnni=plane)
+        else:
+            copy = renamed_copy(depthwise._depthwise_dense_rq_i8, "_planar", DW3_RUNS=False)
+        kernel = _VARIANTS[name] = compile_(copy)
+    return kernel
+
+
+# (B, C, mult, H, W, stride, pads (t, l, b, r), dilation)
+CASES = [
+    (1, 3, 1, 40, 37, 1, (1, 1, 1, 1), 1),      # 3 steps a row, the last one partial
+    (2, 2, 1, 70, 70, 2, (0, 0, 1, 1), 1),      # stride 2, TF pads, 3 steps a row
+    (1, 4, 2, 33, 50, 1, (2, 2, 2, 2), 2),      # dilation 2, multiplier 2
+    (1, 5, 1, 16, 16, 1, (1, 1, 1, 1), 1),      # exactly one step a row
+    (1, 2, 1, 9, 130, 2, (1, 1, 1, 1), 1),      # a wide row: 5 steps at stride 2
+    (1, 3, 3, 5, 20, 3, (1, 2, 1, 2), 1),       # stride 3 (15·3 + 2 < 64), multiplier 3
+    (1, 2, 1, 3, 3, 1, (1, 1, 1, 1), 1),        # every step partial, mostly pads
+]
+
+
+def _ids(case):
+    B, C, m, H, W, s, p, d = case
+    return f"B{B}C{C}m{m}{H}x{W}s{s}p{''.join(map(str, p))}d{d}"
+
+
+def _run(case, x_type, y_type, seed, variant):
+    B, C, m, H, W, s, p, d = case
+    rng = np.random.default_rng(seed)
+    N = C * m
+    x = rng.integers(*TYPE_RANGE[x_type], (B, C, H, W), endpoint=True).astype(x_type)
+    x[rng.random(x.shape) < 0.2] = TYPE_RANGE[x_type][0]  # extremes: the largest products
+    x[rng.random(x.shape) < 0.2] = TYPE_RANGE[x_type][1]
+    w = rng.integers(-128, 128, (N, 9)).astype(np.int8)
+    w[:, rng.random(9) < 0.2] = -128
+    zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
+    bias = rng.integers(-2 ** 16, 2 ** 16, N).astype(np.int32)
+    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
+    shift = rng.integers(33, 40, N).astype(np.int32)
+    lo, hi = TYPE_RANGE[y_type]
+    y_zp = int(rng.integers(lo, hi + 1))
+    pt, pl, pb, pr = p
+    OH, OW = (H + pt + pb - 2 * d - 1) // s + 1, (W + pl + pr - 2 * d - 1) // s + 1
+    Hp, Wp = (OH - 1) * s + 2 * d + 1, (OW - 1) * s + 2 * d + 1
+    xp = np.empty((B, C, Hp, Wp), x_type)
+    ws = np.empty((B, N, 1), np.int32)
+    y = np.full((B, N, OH, OW), 7, y_type)
+    kernel_variant(variant)(w, bias, x, zp, xp, ws, m0, shift, y_zp, lo, hi, y, 3, 3, s, s, d, d,
+                            pt, pl)
+    want = REFERENCES["depthwise_dense_rq_i8"](w, bias, x, zp, m0, shift, y_zp, lo, hi,
+                                               kernel_shape=(3, 3), strides=(s, s), pads=p,
+                                               dilations=(d, d))
+    return y, want
+
+
+VARIANTS = ["as built", "loops", "planar"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_depthwise_row_tile_matches_the_reference(case, variant):
+    for seed, (x_type, y_type) in enumerate([(np.uint8, np.uint8), (np.int8, np.int8),
+                                             (np.uint8, np.int8)]):
+        got, want = _run(case, x_type, y_type, seed, variant)
+        assert_exact(got, want, case=_ids(case), variant=variant, x=np.dtype(x_type).name)
+
+
+def test_the_kernel_takes_the_tile_where_the_cpu_has_it():
+    """The planner's flag and the kernel's agree: with the JIT on, a CPU with AVX-512 VNNI and
+    VBMI runs the tile (and plans pick the planar kernel by the same flag, kernels or not)."""
+    assert _dwtile.RUNS == (_dwtile.CPU_HAS and not numba.config.DISABLE_JIT)
+    assert (_dwtile.dw3_tile is _dwtile.dw3_tile_portable) == (not _dwtile.RUNS)
+
+
+def test_fits_and_the_permutation_by_hand():
+    """fits: 15·sw + 2·dw < 64 (the 16th output's last tap inside the 64-byte window)."""
+    assert _dwtile.fits(1, 1) and _dwtile.fits(2, 1) and _dwtile.fits(3, 1)
+    assert _dwtile.fits(1, 24) and not _dwtile.fits(1, 25)  # 15 + 48 = 63; 15 + 50 = 65
+    assert _dwtile.fits(4, 1) and not _dwtile.fits(4, 2) and not _dwtile.fits(2, 17)
+    idx = _dwtile.permutation(2, 1)
+    assert idx[:8].tolist() == [0, 1, 2, 2, 2, 3, 4, 4]  # lane 0: taps 0, 1, 2, 2; lane 1: 2, 3, 4
+    assert idx[-4:].tolist() == [30, 31, 32, 32]
+    words = _dwtile.row_words(np.array([1, -2, 3, -128, 0, 127, 5, 6, 7], np.int8))
+    assert words.view(np.uint32).tolist() == [0x03FE01, 0x7F0080, 0x070605]
+
+
+@pytest.mark.parametrize("tile", sorted(_dwtile.TILES))
+@pytest.mark.parametrize("sw,dw", [(1, 1), (2, 1), (1, 2), (3, 1)])
+def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw):
+    """The tile (both variants) against the formula, at rows of 2 output rows × 3 steps of 16,
+    int8 bytes read as unsigned, with a start that wraps: start + Σ at the int32 edge."""
+    rng = np.random.default_rng(sw * 10 + dw)
+    xf = rng.integers(0, 256, 4000).astype(np.uint8)
+    w = rng.integers(-128, 128, 9).astype(np.int8)
+    words, idx = _dwtile.row_words(w), _dwtile.permutation(sw, dw)
+    base, row_step, out_step, pitch = 7, 90 * dw, 90 * sw, 50
+    start = np.int32(2 ** 31 - 1000)
+    sums = np.zeros(2 * pitch, np.int32)
+    _run_tile(_dwtile.TILES[tile], sums, xf, base, row_step, idx, words, start, 3, 16 * sw, 2,
+              out_step, pitch)
+    for r in range(2):
+        for u in range(48):
+            total = int(start) + sum(int(w[3 * i + j]) * int(xf[base + r * out_step + i * row_step
+                                                               + u * sw + j * dw])
+                                     for i in range(3) for j in range(3))
+            want = (total + 2 ** 31) % 2 ** 32 - 2 ** 31
+            assert sums[r * pitch + u] == want, (tile, r, u)
+
+
+_RUNNERS: dict = {}
+
+
+def _run_tile(tile, *args):
+    runner = _RUNNERS.get(tile)
+    if runner is None:
+        def run(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, pitch):
+            tile(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, pitch)
+        runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
+    runner(*args)

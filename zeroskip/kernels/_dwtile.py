@@ -1,0 +1,154 @@
+"""The 3×3 depthwise row tile on AVX-512 VNNI + VBMI CPUs: one output row of one channel, 16 outputs
+per step, three ``vpdpbusd`` (one per tap row) where the plain loops spend nine multiplies.
+
+    sums[r·pitch + u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xf[base + r·out_step + i·row_step + u·sw + j·dw]
+    for r < rows, u < 16·blocks
+
+The plane is padded (depthwise.py's ``pad_plane``) and its bytes are unsigned (int8 activations are
+padded as x + 128, and ``start`` is bias' − 128·Σ w, as the broadcast tile does: exact modulo 2^32).
+For a tap row i and 16 consecutive outputs, the bytes that output u needs, xf[r + u·sw + j·dw] for
+j = 0, 1, 2, all sit in the 64 bytes from r = base + i·row_step + 16·v·sw (15·sw + 2·dw < 64):
+one load, then ``vpermb`` (AVX-512 VBMI) moves each output's three bytes into its int32 lane (the
+4th byte any one of them, its weight 0), and ``vpdpbusd`` multiplies them by the row's three
+weights, broadcast as one word (bytes w[i,0], w[i,1], w[i,2], 0), adding the three products to the
+lane with no rounding or saturation. A 16-output step is 3 loads, 3 shuffles and 3 dot products,
+where the plain loop (``depthwise._rows_3x3``) widens and multiplies nine times.
+
+``dw3_tile_loops`` is the same arithmetic in plain loops: what the tests compare the tile with, and
+the one to read first. docs/kernels.md, "The depthwise row tile", has the figures.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
+from ._broadcast import declare_dpbusd, splat
+from ._quads import signed_byte, word
+
+LANES = 16
+"""Outputs per step: the int32 lanes of a zmm."""
+WINDOW = 64
+"""Bytes per load (one zmm), from which ``vpermb`` picks each output's three taps."""
+
+
+@njit(cache=True)
+def fits(sw, dw):
+    """Whether a step's 16 outputs find all their taps in one window: 15·sw + 2·dw < 64."""
+    return (LANES - 1) * sw + 2 * dw < WINDOW
+
+
+@njit(cache=True)
+def permutation(sw, dw):
+    """The ``vpermb`` indices [64] uint8: byte b of lane u takes window byte u·sw + min(b, 2)·dw
+    (byte 3 repeats tap 2, whose weight there is 0)."""
+    idx = np.empty(4 * LANES, np.uint8)
+    for u in range(LANES):
+        for b in range(4):
+            idx[4 * u + b] = u * sw + min(b, 2) * dw
+    return idx
+
+
+@njit(cache=True)
+def row_words(w9):
+    """The three tap-row words [3] int32 of a 3×3 kernel w9 [9] int8: word i holds w[i,0], w[i,1],
+    w[i,2] in bytes 0–2 and 0 in byte 3."""
+    words = np.empty(3, np.int32)
+    for i in range(3):
+        words[i] = word(w9[3 * i], w9[3 * i + 1], w9[3 * i + 2], 0, np.int32(0))
+    return words
+
+
+def dw3_tile_loops(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step,
+                   pitch):
+    """The tile in plain loops: sums[r·pitch + 16v + u] for r < rows, v < blocks (module docstring;
+    ``step`` = 16·sw bytes between steps, ``out_step`` = sh·Wp bytes between output rows, ``idx``
+    = permutation(sw, dw), ``words`` = row_words(w)). The window's bytes are unsigned, the words'
+    signed; the int32 sums wrap as vpdpbusd's do."""
+    for r in range(rows):
+        for v in range(blocks):
+            at = r * pitch + v * LANES
+            for u in range(LANES):
+                sums[at + u] = start
+            for i in range(3):
+                row = base + r * out_step + i * row_step + v * step
+                w = words[i]
+                for u in range(LANES):
+                    for b in range(4):
+                        sums[at + u] += (np.int32(xf[row + idx[4 * u + b]]) & 0xFF) \
+                            * signed_byte(w, b)
+
+
+dw3_tile_portable = njit(cache=True, inline="always")(dw3_tile_loops)
+
+
+def _dw3_tile_ir():
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    vec, window = ir.VectorType(i32, LANES), ir.VectorType(i8, WINDOW)
+
+    @intrinsic
+    def dw3_tile(typingctx, sums, xf, base, row_step, idx, words, start, blocks, step, rows,
+                 out_step, pitch):
+        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
+                and isinstance(xf, types.Array) and xf.dtype in (types.uint8, types.int8)
+                and xf.layout == "C" and isinstance(idx, types.Array) and idx.dtype == types.uint8
+                and isinstance(words, types.Array) and words.dtype == types.int32):
+            return None
+        sig = types.void(sums, xf, types.intp, types.intp, idx, words, types.int32, types.intp,
+                         types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            sa, xa, ia, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+                              for i in (0, 1, 4, 5))
+            base, row_step, start, blocks, step, rows, out_step, pitch = (
+                args[2], args[3], args[6], args[7], args[8], args[9], args[10], args[11])
+            permute = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.permvar.qi.512", fnty=ir.FunctionType(window, [window, window]))
+            dpbusd = declare_dpbusd(builder)
+            order = builder.load(builder.bitcast(ia.data, window.as_pointer()), align=1)
+            weights = [splat(builder, builder.load(builder.gep(wa.data, [i64(i)])))
+                       for i in range(3)]
+            x_bytes = builder.bitcast(xa.data, i8.as_pointer())
+            first = splat(builder, start)
+            with cgutils.for_range(builder, rows) as row_loop:
+                r = row_loop.index
+                line = builder.add(base, builder.mul(r, out_step))
+                out = builder.bitcast(builder.gep(sa.data, [builder.mul(r, pitch)]),
+                                      vec.as_pointer())
+                with cgutils.for_range(builder, blocks) as loop:
+                    at = builder.add(line, builder.mul(loop.index, step))
+                    acc = first
+                    for i in range(3):
+                        row = builder.add(at, builder.mul(row_step, i64(i)))
+                        loaded = builder.load(builder.bitcast(builder.gep(x_bytes, [row]),
+                                                              window.as_pointer()), align=1)
+                        taps = builder.bitcast(builder.call(permute, [loaded, order]), vec)
+                        acc = builder.call(dpbusd, [acc, taps, weights[i]])
+                    builder.store(acc, builder.gep(out, [loop.index]), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dw3_tile
+
+
+CPU_HAS = HAS_AVX512_VNNI and HAS_AVX512_VBMI
+"""Whether this CPU has the tile's instructions: what plans decide by, so that they pick the same
+kernels with NUMBA_DISABLE_JIT=1."""
+RUNS = CPU_HAS and not numba.config.DISABLE_JIT
+"""Whether the tile runs here: the CPU has it, and the JIT is on (LLVM IR does not run as Python;
+the kernel then runs its plain planar loops, the same bytes)."""
+
+dw3_tile = _dw3_tile_ir() if RUNS else dw3_tile_portable
+"""The tile the depthwise kernel runs: vpermb + vpdpbusd where the CPU has them, plain loops
+elsewhere."""
+
+TILES = {"loops": dw3_tile_portable}
+"""The tile variants this CPU runs, by name (the tests compare each with the reference)."""
+if RUNS:
+    TILES["vnni"] = dw3_tile
