@@ -114,7 +114,7 @@ def test_fits_and_the_permutation_by_hand():
     idx = _dwtile.permutation(2, 1)
     assert idx[:8].tolist() == [0, 1, 2, 2, 2, 3, 4, 4]  # lane 0: taps 0, 1, 2, 2; lane 1: 2, 3, 4
     assert idx[-4:].tolist() == [30, 31, 32, 32]
-    words = _dwtile.row_words(np.array([1, -2, 3, -128, 0, 127, 5, 6, 7], np.int8))
+    words = _dwtile.row_words(np.array([[1, -2, 3, -128, 0, 127, 5, 6, 7]], np.int8))[0]
     assert words.view(np.uint32).tolist() == [0x03FE01, 0x7F0080, 0x070605]
 
 
@@ -126,7 +126,7 @@ def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw):
     rng = np.random.default_rng(sw * 10 + dw)
     xf = rng.integers(0, 256, 4000).astype(np.uint8)
     w = rng.integers(-128, 128, 9).astype(np.int8)
-    words, idx = _dwtile.row_words(w), _dwtile.permutation(sw, dw)
+    words, idx = _dwtile.row_words(w[None])[0], _dwtile.permutation(sw, dw)
     base, row_step, out_step, pitch = 7, 90 * dw, 90 * sw, 50
     start = np.int32(2 ** 31 - 1000)
     sums = np.zeros(2 * pitch, np.int32)

@@ -55,12 +55,13 @@ def permutation(sw, dw):
 
 
 @njit(cache=True)
-def row_words(w9):
-    """The three tap-row words [3] int32 of a 3×3 kernel w9 [9] int8: word i holds w[i,0], w[i,1],
-    w[i,2] in bytes 0–2 and 0 in byte 3."""
-    words = np.empty(3, np.int32)
-    for i in range(3):
-        words[i] = word(w9[3 * i], w9[3 * i + 1], w9[3 * i + 2], 0, np.int32(0))
+def row_words(w):
+    """The tap-row words [N, 3] int32 of 3×3 kernels w [N, 9] int8: word i of row n holds
+    w[n, 3i], w[n, 3i+1], w[n, 3i+2] in bytes 0–2 and 0 in byte 3."""
+    words = np.empty((w.shape[0], 3), np.int32)
+    for n in range(w.shape[0]):
+        for i in range(3):
+            words[n, i] = word(w[n, 3 * i], w[n, 3 * i + 1], w[n, 3 * i + 2], 0, np.int32(0))
     return words
 
 
@@ -68,7 +69,7 @@ def dw3_tile_loops(sums, xf, base, row_step, idx, words, start, blocks, step, ro
                    pitch):
     """The tile in plain loops: sums[r·pitch + 16v + u] for r < rows, v < blocks (module docstring;
     ``step`` = 16·sw bytes between steps, ``out_step`` = sh·Wp bytes between output rows, ``idx``
-    = permutation(sw, dw), ``words`` = row_words(w)). The window's bytes are unsigned, the words'
+    = permutation(sw, dw), ``words`` = a row of row_words(w)). The window's bytes are unsigned, the words'
     signed; the int32 sums wrap as vpdpbusd's do."""
     for r in range(rows):
         for v in range(blocks):

@@ -91,18 +91,17 @@ def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, 
 
 
 @njit(cache=True)
-def _plane_3x3_rq_vnni(w9, start, xf, base, Wp, idx, acc, y, sh, sw, dh, dw, m0n, shift_n,
+def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, sh, sw, dh, dw, m0n, shift_n,
                        y_zero_point, lo, hi):
     """_plane_3x3_rq on the depthwise row tile (_dwtile.py, AVX-512 VNNI + VBMI): the plane starts
     at xf[base] (the whole padded workspace, flat, its bytes unsigned: int8 planes padded as
-    x + 128), ``start`` is bias' (− 128·Σ w for int8 x), ``idx`` the tile's permutation for (sw,
-    dw); acc [OH·OW + 16] int32. One tile call sums the whole plane at the pitch OW (a row's last
+    x + 128), ``words`` its three tap-row words (_dwtile.row_words), ``start`` bias' (− 128·Σ w
+    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32. One tile call sums the whole plane at the pitch OW (a row's last
     step spills into the next row's first outputs, which that row then writes), then one flat loop
     requantizes it: per row, a 28-output row leaves the vectorized loop of 32 unused (1.7 ns an
     output, against 0.3). The tile's 64-byte loads may reach past the plane, never past xf: the
     rows whose loads would (the last plane's last rows) are summed in plain loops."""
     OH, OW = y.shape
-    words = row_words(w9)
     blocks = (OW + LANES - 1) // LANES
     step, row_step, out_step = LANES * sw, dh * Wp, sh * Wp
     reach = 2 * row_step + (blocks - 1) * step + WINDOW  # bytes a row's loads span
@@ -219,14 +218,21 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
         flip = sign_flip8(x)  # int8 planes padded as x + 128, their sums started 128·Σw lower
         fill = x.dtype.type(x_zero_point) ^ flip
         idx, xf = permutation(sw, dw), xp.reshape(xp.size)
-        for t in prange(B * C):
-            bi, c = t // C, t % C
-            pad_plane(x[bi, c], xp[bi, c], pt, pl, fill, flip)
+        words, start = row_words(w), bias.copy()
+        if flip != 0:
+            for n in range(N):
+                start[n] = np.int32(bias[n] - 128 * tap_sum(w[n]))
+        planes = B * C
+        tasks = min(planes, DW3_TASKS)  # runs of planes: one accumulator allocated per run
+        for t in prange(tasks):
             acc = np.empty(y.shape[2] * OW + LANES, np.int32)
-            for n in range(c * mult, (c + 1) * mult):
-                start = bias[n] if flip == 0 else np.int32(bias[n] - 128 * tap_sum(w[n]))
-                _plane_3x3_rq_vnni(w[n], start, xf, t * Hp * Wp, Wp, idx, acc, y[bi, n], sh, sw,
-                                   dh, dw, m0[n], shift[n], y_zero_point, lo, hi)
+            for plane in range(t * planes // tasks, (t + 1) * planes // tasks):
+                bi, c = plane // C, plane % C
+                pad_plane(x[bi, c], xp[bi, c], pt, pl, fill, flip)
+                for n in range(c * mult, (c + 1) * mult):
+                    _plane_3x3_rq_vnni(w[n], words[n], start[n], xf, plane * Hp * Wp, Wp, idx,
+                                       acc, y[bi, n], sh, sw, dh, dw, m0[n], shift[n],
+                                       y_zero_point, lo, hi)
         return
     if kh == 3 and kw == 3:
         for t in prange(B * C):
@@ -248,6 +254,10 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
 
 depthwise_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_depthwise_dense_rq_i8)
 
+
+DW3_TASKS = 64
+"""The row tile's parallel tasks: runs of planes, each allocating one accumulator (per plane, the
+allocation and the call cost as much as a 14×14 plane's sums)."""
 
 NHWC_BYTES_PER_TASK = 64
 """depthwise_nhwc_rq_i8: outputs per channel per parallel task, at least a cache line of each
