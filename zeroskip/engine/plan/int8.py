@@ -217,9 +217,10 @@ vectorizes over channels (kernels/depthwise.py has the timings: 144×56×56 0.41
 ROW_TILE_MIN_WIDTH = 14
 """Output width from which a 3×3 int8 depthwise conv keeps the planar kernel, at any stride, where
 its row tile runs (kernels/_dwtile.py: AVX-512 VNNI and VBMI). One thread, the channels-last
-kernel (with its input copy) against the planar one on the tile: 96→56×56 stride 2 1.27 against
-0.40 ms, 144→28×28 stride 2 0.52 / 0.25, 192×28×28 0.51 / 0.27, 192→14×14 stride 2 0.17 / 0.11,
-576×14×14 0.32 / 0.28; but 576→7×7 stride 2 0.14 / 0.19 and 960×7×7 0.15 / 0.28."""
+kernel (with its input copy) against the planar one on the tile: 96→56×56 stride 2 1.57 against
+0.49 ms, 144→28×28 stride 2 0.51 / 0.24, 192×28×28 0.38 / 0.20, 192→14×14 stride 2 0.17 / 0.12,
+576×14×14 0.31 / 0.25; but 576→7×7 stride 2 0.18 / 0.22 and 960×7×7 0.21 / 0.36
+(docs/kernels.md, "The depthwise row tile")."""
 
 
 class DepthwiseConv(ConvAccumulator):
