@@ -83,11 +83,12 @@ def _planes_3x3(w, b, x, xp, y, bi, c, mult, sh, sw, dh, dw, pt, pl, fill, lo, h
 @njit(cache=True)
 def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, lo, hi):
     """_plane_3x3's int32 plane into the scratch acc [OH,OW], requantized from there (L1/L2) into
-    the 8-bit y [OH,OW] row by row (requantize_row, the channel's multiplier). One row at a time
-    was slower: 32×112×112 0.94 against 0.58 ms unfused (a call per row)."""
+    the 8-bit y [OH,OW] (requantize_row, the channel's multiplier) in one call over the flat plane:
+    a call per row cost 9 ns an output at 7-wide rows and 1.7 at 28 (the vectorized loop takes 32
+    at a time; shorter rows run its scalar tail), against 0.4 from 49 on."""
     _plane_3x3(w, b, xq, acc, sh, sw, dh, dw, INT32_MIN, INT32_MAX)
-    for oh in range(y.shape[0]):
-        requantize_row(acc[oh], m0n, shift_n, y_zero_point, lo, hi, y[oh])
+    OH, OW = y.shape
+    requantize_row(acc.reshape(OH * OW), m0n, shift_n, y_zero_point, lo, hi, y.reshape(OH * OW))
 
 
 @njit(cache=True)
