@@ -229,6 +229,16 @@ def test_the_aligned_layout_puts_every_quad_on_a_cache_line(case):
         assert np.array_equal(got % copy_words + got // copy_words, natural)
 
 
+def test_used_phases_by_hand():
+    """A 3×3 stride-2 conv reads all four phases, a 1×1 stride-2 conv only phase (0, 0), a 3×3
+    stride-2 conv with dilation 2 only (0, 0) too, a 1×3 stride (1, 2) conv both column phases."""
+    assert _quads.used_phases(3, 3, 2, 2, 1, 1) == 0b1111
+    assert _quads.used_phases(1, 1, 2, 2, 1, 1) == 0b0001
+    assert _quads.used_phases(3, 3, 2, 2, 2, 2) == 0b0001
+    assert _quads.used_phases(1, 3, 1, 2, 1, 1) == 0b11
+    assert _quads.used_phases(3, 3, 1, 1, 1, 1) == 1
+
+
 def test_shift_copy_by_hand():
     xg = np.zeros(3 * 6, np.int32)
     xg[:6] = [1, 2, 3, 4, 5, 6]

@@ -141,19 +141,23 @@ def word(a, b, c, d, flip):
             | ((np.int32(d) & 0xFF) << 24)) ^ flip
 
 
-def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
+def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride, used):
     """Words c4·stride .. c4·stride + sh·sw·Hq·Wq of xg: the padded phases of the 4 planes
     x[4c4 .. 4c4+3] ([C,H,W], uint8 or int8), interleaved, each word's byte b from plane 4c4+b and
     xor-ed with ``flip`` (0 for uint8; _broadcast.SIGN_FLIP for int8, which makes each byte
     x + 128). Phase (a, b) holds, at row u and column v, x[., u·sh + a − pt, v·sw + b − pl], and
     the byte ``fill`` (the input's zero point) outside x: _planes.pad_phases's layout, here with the
-    4 channels in one word (the stride-1 phase is the padded plane itself)."""
+    4 channels in one word (the stride-1 phase is the padded plane itself). Only the phases whose
+    bit a·sw + b is set in ``used`` are written (``used_phases``: a 1×1 stride-2 conv reads one of
+    its four); the others' words are left as they were, read only for dropped positions."""
     H, W = x.shape[1], x.shape[2]
     f = np.int64(fill) & 0xFF
     pad = np.int32((f | (f << 8) | (f << 16) | (f << 24)) ^ np.int64(flip) & 0xFFFFFFFF)
     p0, p1, p2, p3 = x[4 * c4], x[4 * c4 + 1], x[4 * c4 + 2], x[4 * c4 + 3]
     for a in range(sh):
         for b in range(sw):
+            if not (used >> (a * sw + b)) & 1:
+                continue
             first = max(0, -((b - pl) // sw))             # the first v with v·sw + b − pl ≥ 0
             last = max(first, min(Wq, (W - 1 - b + pl) // sw + 1))  # past the last inside x
             for u in range(Hq):
@@ -169,6 +173,13 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
                     run = out[first:last]
                     for v in range(last - first):
                         run[v] = word(r0[v], r1[v], r2[v], r3[v], flip)
+                elif sw == 2:  # a constant step: the strided loads vectorize as shuffles
+                    at = 2 * first + b - pl
+                    r0, r1, r2, r3 = p0[h, at:], p1[h, at:], p2[h, at:], p3[h, at:]
+                    run = out[first:last]
+                    for v in range(np.uint64(last - first)):  # unsigned: no wraparound test
+                        k = np.uint64(2) * v
+                        run[v] = word(r0[k], r1[k], r2[k], r3[k], flip)
                 else:
                     r0, r1, r2, r3 = p0[h], p1[h], p2[h], p3[h]
                     for v in range(first, last):
@@ -178,6 +189,17 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride):
 
 
 pack_group_jit = njit(cache=True)(pack_group)
+
+
+@njit(cache=True)
+def used_phases(kh, kw, sh, sw, dh, dw):
+    """The phases a conv's taps read, as bits a·sw + b (pack_group's ``used``): tap (i, j) reads
+    phase ((i·dh) mod sh, (j·dw) mod sw)."""
+    used = 0
+    for i in range(kh):
+        for j in range(kw):
+            used |= 1 << ((i * dh) % sh * sw + (j * dw) % sw)
+    return used
 
 
 QUAD_ALIGN = LANES

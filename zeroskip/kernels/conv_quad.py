@@ -24,7 +24,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._broadcast import sign_flip, unsigned_bias
-from ._quads import QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile, shift_copy_jit
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile, shift_copy_jit,
+                     used_phases)
 from .elementwise import add_residual, residual_parts
 from .quant import requantize_row
 
@@ -78,9 +79,10 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     copy_words = xg.shape[1] // copies
     stride = (copy_words - QUAD_SLACK) // C4
     flip = sign_flip(x)
+    used = used_phases(kh, kw, sh, sw, dh, dw)
     for t in prange(B * C4):
         pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
-                       pitch, stride)
+                       pitch, stride, used)
     for b in range(B):
         xg[b, C4 * stride:copy_words] = 0  # the slack the last chunk's dropped positions read
     for t in prange(B * (copies - 1)):
