@@ -209,7 +209,7 @@ def test_quad_offsets_by_hand():
 def test_the_aligned_layout_puts_every_quad_on_a_cache_line(case):
     """In quad_layout's aligned layout every offset is a multiple of 16 words, in a copy that
     exists, and it names the word the natural offset names (copy s holds copy 0 from word s on);
-    groups are an odd number of cache lines apart in both layouts."""
+    in both layouts groups are whole cache lines apart, never a multiple of 8 lines."""
     B, C, H, W, N, kh, kw, s, p, d, g = case
     oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
     w = np.ones((N, C // g, kh, kw), np.int8)
@@ -217,7 +217,7 @@ def test_the_aligned_layout_puts_every_quad_on_a_cache_line(case):
     for aligned in (False, True):
         hq_, pitch, stride, copies, copy_words = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d,
                                                                     C // 4, aligned)
-        assert hq_ == hq and pitch >= wq and stride % 16 == 0 and stride // 16 % 2 == 1
+        assert hq_ == hq and pitch >= wq and stride % 16 == 0 and stride // 16 % 8 != 0
         assert stride >= s * s * hq * pitch and copy_words == C // 4 * stride + _quads.QUAD_SLACK
         natural = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride)
         got = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride, copies,

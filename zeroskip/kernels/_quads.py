@@ -218,13 +218,15 @@ def quad_layout(OH, OW, kh, kw, sh, sw, dh, dw, C4, aligned):
     row, phase and group starts on a cache line, and a tap at column offset s reads copy s at an
     aligned offset (``quad_offsets``). Aligned loads take 1.2 ns a quad tile where loads that split
     cache lines take 1.9–2.6 (docs/kernels.md), for (pitch − Wq)/Wq more positions and the
-    copies' writes. ``stride`` is an odd number of cache lines: groups a power of two of lines apart
-    (the 14×14 layers' 256 words) fall in the same L1 sets, and the 64 windows a chunk of 256
-    channels reads evicted each other (2.6 ns a quad tile against 1.7)."""
+    copies' writes. ``stride`` is a whole number of cache lines, one more when that number is a
+    multiple of 8: groups 8·2^k lines apart fall in a few of L1's 64 sets, and at 14×14 (256
+    words, 16 lines) the 64 windows a chunk of 256 channels reads evicted each other (2.6 ns a
+    quad tile against 1.7 at 17 lines). Other counts keep the groups packed: at 7×7, 6 lines a
+    group put 128 groups' windows in 48 KB, and 7 lines made that layer 10 % slower."""
     Hq, Wq = OH + (kh - 1) * dh // sh, OW + (kw - 1) * dw // sw
     pitch = -(-Wq // QUAD_ALIGN) * QUAD_ALIGN if aligned else Wq
     lines = -(-sh * sw * Hq * pitch // QUAD_ALIGN)
-    stride = (lines + 1 - lines % 2) * QUAD_ALIGN
+    stride = (lines + (lines % 8 == 0)) * QUAD_ALIGN
     copies = min(QUAD_ALIGN, (kw - 1) * dw // sw + 1) if aligned else 1
     return Hq, pitch, stride, copies, C4 * stride + QUAD_SLACK
 

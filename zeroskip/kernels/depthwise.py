@@ -97,11 +97,12 @@ def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, sh, sw, dh, 
     """_plane_3x3_rq on the depthwise row tile (_dwtile.py, AVX-512 VNNI + VBMI): the plane starts
     at xf[base] (the whole padded workspace, flat, its bytes unsigned: int8 planes padded as
     x + 128), ``words`` its three tap-row words (_dwtile.row_words), ``start`` bias' (− 128·Σ w
-    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32. One tile call sums the whole plane at the pitch OW (a row's last
-    step spills into the next row's first outputs, which that row then writes), then one flat loop
-    requantizes it: per row, a 28-output row leaves the vectorized loop of 32 unused (1.7 ns an
-    output, against 0.3). The tile's 64-byte loads may reach past the plane, never past xf: the
-    rows whose loads would (the last plane's last rows) are summed in plain loops."""
+    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32. One tile
+    call sums the whole plane at the pitch OW (a row's last step spills into the next row's first
+    outputs, which that row then writes), then one flat loop requantizes it: per row, a 28-output
+    row leaves the vectorized loop of 32 unused (1.7 ns an output, against 0.3). The tile's
+    64-byte loads may reach past the plane, never past xf: the rows whose loads would (the last
+    plane's last rows) are summed in plain loops."""
     OH, OW = y.shape
     blocks = (OW + LANES - 1) // LANES
     step, row_step, out_step = LANES * sw, dh * Wp, sh * Wp
@@ -205,8 +206,9 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
 
     The planar loops of depthwise_dense_i8, with each piece of int32 sums requantized while it is
-    in cache: 3×3, one plane at a time (_plane_3x3_rq); other sizes, one tile of rows at a time
-    (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
+    in cache: 3×3, one plane at a time (_plane_3x3_rq, or on AVX-512 VNNI + VBMI CPUs the row tile
+    of _dwtile.py: _plane_3x3_rq_vnni, prange over runs of planes); other sizes, one tile of rows at
+    a time (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
     144×56×56 0.51 against 0.50 (the pass it saves was not what cost).
     Arguments as depthwise_dense_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 —
     output, overwritten. Preconditions as the two kernels'.

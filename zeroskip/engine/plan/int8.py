@@ -442,8 +442,8 @@ class QuadConv(ConvAccumulator):
 class Im2rowConv(ConvAccumulator):
     """im2row, then the dense GEMM per group. K = kh·kw·C/g is padded up to a multiple of the GEMM's
     step with zero weights: the rows' extra columns hold whatever im2row left there, and
-    0·anything adds nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and 3 scalar values
-    per dot product before; 10 steps now). The step is K_PER_STEP = 16 for the dot-product tiles, 4
+    0·anything adds nothing, so the GEMM has no scalar K tail (the 7×7 stem's K = 147: 9 steps and
+    3 scalar values per dot product before; 10 steps now). The step is K_PER_STEP = 16 for the dot-product tiles, 4
     for the broadcast tile where it runs (kernels/_broadcast.py; the input's type known at plan
     time): the stem's K = 148, and a 1×1 conv over 24 channels needs no padding, so its
     channels-last input is the GEMM's rows."""
