@@ -39,7 +39,7 @@ _U = np.uint64
 def pad_plane(x, xq, pt, pl, fill, flip=None):
     """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail); with
     ``flip`` (an integer of x's type), each copied value xor ``flip`` (``fill`` as given: the
-    caller flips it too). The depthwise row tile pads int8 planes as x + 128 so (flip −128).
+    caller flips it too). The depthwise row tile pads int8 planes as x + 128: flip −128.
 
     No slice per row (Numba reference-counts each one) and uint64 indices (no wraparound test), so
     the copies vectorize; the column ranges are computed once per plane.
