@@ -1,5 +1,6 @@
-"""The 3×3 depthwise row tile on AVX-512 VNNI + VBMI CPUs: one output row of one channel, 16 outputs
-per step, three ``vpdpbusd`` (one per tap row) where the plain loops spend nine multiplies.
+"""The 3×3 depthwise row tile on AVX-512 VNNI + VBMI CPUs: the output rows of one channel, 16
+outputs of a row per step, three ``vpdpbusd`` (one per tap row) where the plain loops spend nine
+multiplies.
 
     sums[r·pitch + u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xf[base + r·out_step + i·row_step + u·sw + j·dw]
     for r < rows, u < 16·blocks
