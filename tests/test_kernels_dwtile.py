@@ -8,6 +8,8 @@ NUMBA_DISABLE_JIT=1 run).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numba
 import numpy as np
 import pytest
@@ -104,6 +106,25 @@ def test_the_kernel_takes_the_tile_where_the_cpu_has_it():
     VBMI runs the tile (and plans pick the planar kernel by the same flag, kernels or not)."""
     assert _dwtile.RUNS == (_dwtile.CPU_HAS and not numba.config.DISABLE_JIT)
     assert (_dwtile.dw3_tile is _dwtile.dw3_tile_portable) == (not _dwtile.RUNS)
+
+
+def test_the_plan_takes_the_planar_kernel_where_the_tile_pays(monkeypatch):
+    """DepthwiseConv.channels_last_pays: with the tile (the CPU's flag), planar from 14-wide
+    outputs at any stride, channels last below; without it, channels last for strided outputs or
+    outputs narrower than 56; kernels other than 3×3 always by the second rule."""
+    from zeroskip.engine.plan import int8
+
+    def pays(kh, ow, sw, dw=1):
+        return int8.DepthwiseConv.channels_last_pays(SimpleNamespace(kh=kh, kw=kh),
+                                                     {"ow": ow, "sw": sw, "dw": dw})
+
+    monkeypatch.setattr(_dwtile, "CPU_HAS", True)
+    assert not pays(3, 14, 1) and not pays(3, 14, 2) and not pays(3, 56, 2) and not pays(3, 28, 1)
+    assert pays(3, 7, 1) and pays(3, 13, 2)
+    assert pays(3, 28, 5) and not pays(3, 56, 1, dw=30)  # past the window: the old rule
+    assert pays(5, 28, 1) and pays(5, 56, 2) and not pays(5, 56, 1)
+    monkeypatch.setattr(_dwtile, "CPU_HAS", False)
+    assert pays(3, 14, 1) and pays(3, 56, 2) and pays(3, 28, 1) and not pays(3, 56, 1)
 
 
 def test_fits_and_the_permutation_by_hand():

@@ -235,11 +235,10 @@ def aligned_pays(OH, OW, kh, kw, sh, sw, dh, dw) -> bool:
     """Whether the aligned layout (``quad_layout``) is worth its extra positions: when it needs at
     most 1.4 times the chunks of the natural pitch (aligned tiles are about 1.6 times faster; the
     copies cost the rest). A 7×7 plane (pitch 9 → 16) stays natural: 2 chunks where 1 does."""
-    Wq = OW + (kw - 1) * dw // sw
-    natural = (OH - 1) * Wq + OW
-    aligned = (OH - 1) * (-(-Wq // QUAD_ALIGN) * QUAD_ALIGN) + OW
-    chunks = lambda positions: -(-positions // QUAD_PIXELS)  # noqa: E731
-    return chunks(aligned) <= 1.4 * chunks(natural)
+    def chunks(aligned):
+        pitch = quad_layout(OH, OW, kh, kw, sh, sw, dh, dw, 1, aligned)[1]
+        return -(-((OH - 1) * pitch + OW) // QUAD_PIXELS)
+    return chunks(True) <= 1.4 * chunks(False)
 
 
 @njit(cache=True)

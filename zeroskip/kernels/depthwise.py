@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
                       conv_channel_rq, pad_plane, pad_planes, tap_offsets)
+from ._broadcast import unsigned_bias
 from ._dwtile import LANES, WINDOW, dw3_tile, fits, permutation, row_words
 from ._dwtile import RUNS as DW3_RUNS
 from .quant import requantize_one, requantize_row
@@ -29,15 +30,6 @@ _U = np.uint64
 def sign_flip8(x):
     """The byte that makes x's values unsigned by xor: 0 for uint8 x, −128 (x + 128) for int8 x."""
     return x.dtype.type(-128) if x.dtype.type(-1) < 0 else x.dtype.type(0)
-
-
-@njit(cache=True, inline="always")
-def tap_sum(w_n):
-    """Σ of one channel's int8 taps, as an int64."""
-    total = np.int64(0)
-    for k in range(w_n.shape[0]):
-        total += np.int64(w_n[k])
-    return total
 
 
 @njit(cache=True, inline="always")
@@ -221,10 +213,7 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
         flip = sign_flip8(x)  # int8 planes padded as x + 128, their sums started 128·Σw lower
         fill = x.dtype.type(x_zero_point) ^ flip
         idx, xf = permutation(sw, dw), xp.reshape(xp.size)
-        words, start = row_words(w), bias.copy()
-        if flip != 0:
-            for n in range(N):
-                start[n] = np.int32(bias[n] - 128 * tap_sum(w[n]))
+        words, start = row_words(w), unsigned_bias(x, w, bias, None)  # bias' − 128·Σw for int8
         planes = B * C
         tasks = min(planes, DW3_TASKS)  # runs of planes: one accumulator allocated per run
         for t in prange(tasks):
