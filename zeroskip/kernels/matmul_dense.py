@@ -37,6 +37,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._amx import AMX_ROWS, amx_block, amx_fits, start_rows_jit, tile_weights
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_tile,
                          never_fits, pack_chunk_jit, sign_flip, unsigned_bias)
 from ._copies import renamed_copy
@@ -354,7 +355,9 @@ def _matmul_dense_i8(x, w, bias, yt):
     Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
     K = x.shape[1]
-    if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
+    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
+        _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None, None)
+    elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
@@ -459,13 +462,47 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
         _store_sums(sums_n, out, n, 0, rq, r, add)
 
 
+@njit(cache=True, inline="always")
+def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
+    """out = bias' + w @ xᵀ on the AMX tile (kernels/_amx.py), with _store_sums's epilogue: x
+    packed into 64-pixel chunks as for the broadcast tile (one parallel loop), then tasks of a chunk
+    and a block of channels (another), each block summed by one tile call and stored."""
+    M, K = x.shape
+    N = w.shape[0]
+    wt = tile_weights(w, w_pad)
+    n_pad, k_pad = wt.shape
+    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    blocks = n_pad // AMX_ROWS
+    groups = max(1, min(blocks, (BROADCAST_MIN_TASKS + chunks - 1) // chunks))
+    per = (blocks + groups - 1) // groups * AMX_ROWS
+    xp = np.empty((chunks, k_pad // 4, BROADCAST_PIXELS), np.int32)
+    xw, flip = x.view(np.int32), sign_flip(x)
+    for ci in prange(chunks):
+        c = ci * BROADCAST_PIXELS
+        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
+    start = unsigned_bias(x, w, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
+    start_rows = start_rows_jit(start, n_pad)
+    for t in prange(chunks * groups):
+        ci, g = t // groups, t % groups
+        c = ci * BROADCAST_PIXELS
+        count = min(BROADCAST_PIXELS, M - c)
+        n_begin = g * per
+        n_end = min(n_pad, n_begin + per)
+        if n_end <= n_begin:
+            continue
+        sums = np.empty((n_end - n_begin, BROADCAST_PIXELS), np.int32)
+        amx_block(sums, xp[ci], wt, start_rows, n_begin)
+        for j in range(min(N, n_end) - n_begin):
+            _store_sums(sums[j, :count], out, n_begin + j, c, rq, r, add)
+
+
 PIXELS_PER_CHUNK = 256
 """Rows of x per requantized chunk: a panel's int32 sums for them (W_ROWS_PER_TILE·256·4 = 4 KB)
 stay in L1 between the tiles that write them and the requantization that reads them."""
 
 
 def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None,
-                        w_sums=None):
+                        w_sums=None, w_pad=None):
     # w (N,K) int8 @ x (M,K)ᵀ uint8|int8 + bias', requantized -> y (N,M) uint8|int8
     """y[n,m] = requantize(bias'[n] + Σ_k q_w[n,k]·q_x[m,k]): matmul_dense_i8 and then
     requantize_dense_i8 (m0, shift, y_zero_point, lo, hi as there) in one pass, the same bytes.
@@ -483,7 +520,9 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     """
     M, K = x.shape
     r, add = residual_parts(residual, y)
-    if broadcast_fits(x, w):  # AVX-512 VNNI, uint8 x, K % 4 == 0: the broadcast tile
+    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
+        _amx_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add, w_sums, w_pad)
+    elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add, w_sums)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):

@@ -63,6 +63,7 @@ class DenseGemm(GemmAccumulator):
         super().__init__(w2)
         self.w = np.ascontiguousarray(w2)
         self.w_sums = weight_sums(self.w)
+        self.w_pad = amx_padded(self.w)
         self.kernel = ctx.kernel("matmul_dense_i8")
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
             self.name = "matmul_dense_rq_i8"
@@ -75,7 +76,7 @@ class DenseGemm(GemmAccumulator):
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
-                       q["lo"], q["hi"], yt, None, self.w_sums)
+                       q["lo"], q["hi"], yt, None, self.w_sums, self.w_pad)
 
 
 class CsrGemm(GemmAccumulator):
@@ -202,6 +203,14 @@ def weight_sums(w2: np.ndarray) -> np.ndarray:
     (with int8 activations its broadcast tile starts from bias' − 128·Σ_k w, which the plan sums
     once here rather than the kernel at every call)."""
     return np.ascontiguousarray(np.asarray(w2, np.int64).sum(axis=1))
+
+
+def amx_padded(w2: np.ndarray):
+    """The dense requantizing GEMM's ``w_pad``: w (N, K) padded once here for its AMX tile where
+    that tile will run (kernels/_amx.py, AMX_MIN_K), else the empty _amx.NO_PAD."""
+    from ...kernels import _amx
+
+    return _amx.pad_weights(w2) if _amx.RUNS and w2.shape[1] >= _amx.AMX_MIN_K else _amx.NO_PAD
 
 
 def requantize_args(q: dict) -> tuple:
@@ -439,6 +448,53 @@ class QuadConv(ConvAccumulator):
                                 tail)
 
 
+class AmxConv(ConvAccumulator):
+    """The dense conv on AMX tiles (kernels/conv_amx.py: the quad conv's packed input, no im2row,
+    16 channels × 16 positions × 64 input channels per instruction), for a requantizing conv of one
+    group with a multiple of 4 input channels, on a CPU whose OS lets this process use AMX
+    (``fits``). Its weights are packed per tap once here (``pack_tap_weights``)."""
+
+    takes_residual = True
+
+    @staticmethod
+    def fits(node: Node, w4: np.ndarray, requantizes: bool) -> bool:
+        """A requantizing conv of one group, a multiple of 4 input channels, and AMX usable here
+        (``_amx.AVAILABLE``: the CPU's flags and the OS's leave, not whether the JIT is on, so
+        that a plan picks the same kernels with NUMBA_DISABLE_JIT=1)."""
+        from ...kernels._amx import AVAILABLE
+
+        return requantizes and AVAILABLE and node.attrs["group"] == 1 and w4.shape[1] % 4 == 0
+
+    def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        from ...kernels.conv_amx import pack_tap_weights
+
+        super().__init__(node, w4)
+        self.tiles = pack_tap_weights(w4)
+        self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
+        self.amx_kernel = ctx.kernel("conv2d_dense_rq_i8")
+        self.name = "conv2d_dense_rq_i8"
+        self.reason = ("dense int8 conv on AMX tiles (tdpbsud: 16 channels × 16 positions × 64 "
+                       "input channels), no im2row, Q31 requantization in the epilogue")
+
+    def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
+        from ...kernels._amx import TILE_ROWS
+        from ...kernels._broadcast import BROADCAST_PIXELS
+        from ...kernels._quads import quad_layout
+
+        g, geo = self.geometry(shape)
+        y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
+        shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
+        _, pitch, _, _, copy_words = quad_layout(*shape8, self.tiles.shape[1] * TILE_ROWS, False)
+        xg = aligned_empty((shape[0], copy_words), np.int32)
+        positions = (g["oh"] - 1) * pitch + g["ow"]
+        yw = aligned_empty((shape[0], self.n_out, -(-positions // BROADCAST_PIXELS)
+                            * BROADCAST_PIXELS) if pitch != g["ow"] else (1, 1, 1), y_dtype)
+        head = (self.tiles, q["bias"], self.w_sums)
+        mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
+        return whole_image_call(self.amx_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
+                                geo + (pitch,))
+
+
 class Im2rowConv(ConvAccumulator):
     """im2row, then the dense GEMM per group. K = kh·kw·C/g is padded up to a multiple of the GEMM's
     step with zero weights: the rows' extra columns hold whatever im2row left there, and
@@ -537,14 +593,14 @@ class Im2rowConv(ConvAccumulator):
                                                                                  y_dtype))):
             args = (w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch], q["shift"][ch]) + tail
             gemms.append((pick(self.rq_kernel, x_rows, *args, y_g), x_rows, args,
-                          b // self.group, ch, y_g.shape, weight_sums(w)))
+                          b // self.group, ch, y_g.shape, weight_sums(w), amx_padded(w)))
 
         def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
             fill(x)
-            for gemm, x_rows, args, b, ch, y_g_shape, w_sums in gemms:
+            for gemm, x_rows, args, b, ch, y_g_shape, w_sums, w_pad in gemms:
                 extra = image_residual(residual, b, y_g_shape, ch) or (None,)
-                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape), *extra, w_sums)
+                gemm(x_rows, *args, y[b, ch].reshape(y_g_shape), *extra, w_sums, w_pad)
             return y
         return call, y_shape
 
@@ -578,6 +634,8 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
         return QuadConv(node, w4, ctx), choice
     if choice.csr:
         return CsrConv(node, w4, ctx, requantizes), choice
+    if AmxConv.fits(node, w4, requantizes):
+        return AmxConv(node, w4, ctx), choice
     return Im2rowConv(node, w4, ctx, requantizes), choice
 
 

@@ -19,13 +19,19 @@ def matmul_dense_i8(x, w, bias):
     return w @ x.T + np.asarray(bias, dtype=np.int64)[:, None]
 
 
-def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=None, w_sums=None):
+def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=None, w_sums=None,
+                       w_pad=None):
     """q_y [N,M] int64: matmul_dense_i8's exact accumulator, then requantize_dense_i8's rounding
     and clamp (the fused kernel must give the bytes of the two kernels in turn), then the residual
     QAdd if any (``with_residual``). ``w_sums``, the kernel's precomputed row sums of w, change
-    nothing: they must be w's."""
+    nothing: they must be w's. Nor does ``w_pad``, the kernel's copy of w padded with zeros for its
+    AMX tile: it must hold w and zeros (or be empty: none made)."""
     if w_sums is not None:
         assert np.array_equal(w_sums, np.asarray(w, np.int64).sum(axis=1)), "w_sums are not w's"
+    if w_pad is not None and np.size(w_pad):
+        n, k = np.shape(w)
+        assert np.array_equal(np.asarray(w_pad)[:n, :k], w) and \
+            np.count_nonzero(w_pad) == np.count_nonzero(w), "w_pad is not w padded with zeros"
     return with_residual(requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point,
                                              lo, hi), residual)
 

@@ -1,0 +1,237 @@
+"""The dense int8 conv on AMX tiles (kernels/conv_amx.py) and the dense GEMM's AMX tile
+(kernels/_amx.py) against the integer reference, with every tile this CPU runs: the AMX tile (CPUs
+with AMX whose OS grants it) and the plain-loop tile (everywhere).
+
+The bytes must equal the reference's exactly: uint8 and int8 activations, extreme values, pads at
+the zero point, strides, dilations, input channels that fill no whole block of 64, output channels
+that fill no whole block of 32, a fused residual add, and a batch of several images.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_checks import assert_exact
+from zeroskip.kernels import KERNELS, _amx, _quads, conv_amx
+from zeroskip.kernels._copies import renamed_copy
+from zeroskip.reference import REFERENCES
+from zeroskip.reference.kernels.conv_amx import tiles_to_dense
+
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+_WITH_TILE: dict = {}
+
+
+def kernel_with_tile(name: str):
+    """conv2d_dense_rq_i8 around the tile _amx.TILES[name], compiled serially; the kernel itself
+    for the tile it runs."""
+    if _amx.TILES[name] is _amx.amx_conv_block:
+        return KERNELS["conv2d_dense_rq_i8"]
+    kernel = _WITH_TILE.get(name)
+    if kernel is None:
+        copy = renamed_copy(conv_amx._conv2d_dense_rq_i8, f"_{name}",
+                            amx_conv_block=_amx.TILES[name])
+        kernel = _WITH_TILE[name] = copy if numba.config.DISABLE_JIT else \
+            numba.njit(cache=True, nogil=True)(copy)
+    return kernel
+
+
+def _values(rng, shape, lo, hi, ends=0.25):
+    """Uniform integers in [lo, hi], a share ``ends`` of them at lo or hi (the largest products)."""
+    v = rng.integers(lo, hi + 1, shape)
+    at_ends = rng.random(shape) < ends
+    v[at_ends] = np.where(rng.random(int(at_ends.sum())) < 0.5, lo, hi)
+    return v
+
+
+def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0):
+    """The kernel (with ``tile``) and the reference on one random case; returns (got, want)."""
+    B, C, H, W, N, kh, kw, s, p, d = case
+    rng = np.random.default_rng(seed)
+    w = _values(rng, (N, C, kh, kw), -128, 127).astype(np.int8)
+    w[rng.random(w.shape) >= density] = 0
+    x = _values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
+    x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
+    w2 = w.reshape(N, -1).astype(np.int64)
+    bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
+    w_sums = w2.sum(axis=1)
+    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
+    shift = rng.integers(31, 42, N).astype(np.int32)
+    y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
+    lo, hi = TYPE_RANGE[y_type]
+    y_zp = int(rng.integers(lo, hi + 1))
+    oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
+    ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
+    wt = conv_amx.pack_tap_weights(w)
+    groups4 = wt.shape[1] * _amx.TILE_ROWS
+    _, pitch, stride, _, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, groups4, False)
+    xg = np.full((B, groups4 * (stride + stride_pad) + _quads.QUAD_SLACK), -1, np.int32)
+    y = np.empty((B, N, oh, ow), y_type)
+    positions = (oh - 1) * pitch + ow
+    yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
+    extra, want_residual = (), None
+    if residual:
+        r = _values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
+        params = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)),
+                  int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
+                  int(rng.integers(lo, hi + 1)), lo, hi)
+        extra, want_residual = ((r,) + params,), (r,) + params
+    kernel_with_tile(tile)(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, yw, y, kh, kw,
+                           s, s, d, d, p, p, pitch, *extra)
+    want = REFERENCES["conv2d_dense_rq_i8"](
+        wt, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
+        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), residual=want_residual)
+    return y, want
+
+
+CASES = [
+    # B, C, H, W, N, kh, kw, stride, pad, dilation
+    (1, 4, 5, 5, 1, 3, 3, 1, 1, 1),        # one channel group, one output channel
+    (1, 64, 9, 9, 32, 3, 3, 1, 1, 1),      # one whole block of 64 channels, one of 32 outputs
+    (2, 16, 10, 7, 40, 3, 3, 2, 1, 1),     # two images, stride 2, a non-square plane, N = 32 + 8
+    (1, 68, 12, 12, 8, 1, 1, 1, 0, 1),     # pointwise, 64 + 4 channels: a block of one group
+    (1, 16, 14, 14, 70, 1, 1, 2, 0, 1),    # 1×1 stride 2 (a ResNet downsample), N = 64 + 6
+    (1, 8, 11, 11, 4, 3, 3, 1, 2, 2),      # dilation 2
+    (1, 12, 20, 20, 7, 7, 7, 2, 3, 1),     # a 7×7 stride-2 conv
+    (1, 128, 7, 7, 96, 3, 3, 1, 1, 1),     # a 7×7 plane: one chunk of positions, channel blocks
+    (1, 8, 30, 30, 3, 3, 3, 1, 1, 1),      # several chunks, some starting in the dropped columns
+    (1, 8, 3, 3, 2, 5, 5, 1, 2, 1),        # a kernel larger than the input
+]
+
+
+def _ids(case):
+    B, C, H, W, N, kh, kw, s, p, d = case
+    return f"B{B}C{C}{H}x{W}N{N}k{kh}x{kw}s{s}p{p}d{d}"
+
+
+@pytest.mark.parametrize("tile", sorted(_amx.TILES))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv2d_dense_rq_i8_matches_the_reference(case, x_type, tile):
+    for seed, density in enumerate((1.0, 0.5, 0.1)):
+        got, want = run_conv(case, density, x_type, seed, tile)
+        assert_exact(got, want, case=_ids(case), density=density, tile=tile)
+
+
+@pytest.mark.parametrize("tile", sorted(_amx.TILES))
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[7]], ids=_ids)
+def test_conv2d_dense_rq_i8_adds_the_residual_in_its_epilogue(case, tile):
+    for seed, x_type in enumerate((np.uint8, np.int8, np.uint8)):
+        got, want = run_conv(case, 1.0, x_type, seed, tile, residual=True)
+        assert_exact(got, want, case=_ids(case), tile=tile)
+
+
+def test_a_padded_group_stride_changes_nothing():
+    for tile in _amx.TILES:
+        got, want = run_conv(CASES[2], 1.0, np.int8, 3, tile, stride_pad=13)
+        assert_exact(got, want, tile=tile)
+
+
+@given(case=st.tuples(st.integers(1, 2), st.sampled_from([4, 8, 60, 72]), st.integers(1, 12),
+                      st.integers(1, 12), st.integers(1, 40), st.integers(1, 4), st.integers(1, 4),
+                      st.integers(1, 3), st.integers(0, 2), st.integers(1, 2)),
+       density=st.sampled_from([0.05, 0.5, 1.0]), signed=st.booleans(), seed=st.integers(0, 99))
+def test_conv2d_dense_rq_i8_on_random_shapes(case, density, signed, seed):
+    B, C, H, W, N, kh, kw, s, p, d = case
+    if (H + 2 * p - d * (kh - 1) - 1) < 0 or (W + 2 * p - d * (kw - 1) - 1) < 0:
+        return  # no output position: the conv itself is invalid (the plan refuses it)
+    for tile in _amx.TILES:
+        got, want = run_conv(case, density, np.int8 if signed else np.uint8, seed, tile)
+        assert_exact(got, want, case=_ids(case), tile=tile)
+
+
+@given(n=st.integers(1, 70), c4=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       seed=st.integers(0, 99))
+def test_pack_tap_weights_round_trip(n, c4, kh, kw, seed):
+    """The tiles decode (by the reference's own reading of the layout) to the weight itself, with
+    zero padding past its channels and outputs."""
+    w = np.random.default_rng(seed).integers(-128, 128, (n, 4 * c4, kh, kw)).astype(np.int8)
+    wt = conv_amx.pack_tap_weights(w)
+    assert wt.shape == (kh * kw, -(-c4 // 16), -(-n // 32) * 32, 64)
+    assert np.array_equal(tiles_to_dense(wt, n, 4 * c4, kh, kw), w)
+
+
+def test_tile_layout_by_hand():
+    """Channel 64·kb + c' of tap (i, j), output n, is byte c' of row n of tile (i·kw + j, kb)."""
+    w = np.zeros((33, 72, 3, 3), np.int8)
+    w[32, 70, 2, 1] = -7    # tap 7, block 1, byte 6
+    w[0, 3, 0, 0] = 100     # tap 0, block 0, byte 3
+    wt = conv_amx.pack_tap_weights(w)
+    assert wt.shape == (9, 2, 64, 64)
+    assert wt[7, 1, 32, 6] == -7 and wt[0, 0, 0, 3] == 100 and np.count_nonzero(wt) == 2
+
+
+def test_tap_offsets_by_hand():
+    """Tap (i, j) of a 3×3 stride-2 conv reads phase (i mod 2, j mod 2), row i // 2, column j // 2
+    (the quad conv's layout)."""
+    hq, pitch = 5, 6
+    got = conv_amx.tap_offsets(3, 3, hq, pitch, 2, 2, 1, 1)
+    want = [(((i % 2) * 2 + j % 2) * hq + i // 2) * pitch + j // 2
+            for i in range(3) for j in range(3)]
+    assert got.tolist() == want
+
+
+def test_the_tile_wraps_modulo_2_to_the_32():
+    """Every tile gives the same int32 sums, wrapped, when the true sum leaves int32 (the int8
+    path's x + 128 start relies on the wrap)."""
+    taps = 300  # 300 taps · 64 · 255 · 128 > 2^31
+    wt = np.full((taps, 1, 32, 64), -128, np.int8)
+    xg = np.full(16 * 64 + 64 + 64, -1, np.int32)  # every byte 255
+    start = np.full((32, 16), 2 ** 30, np.int32)
+    offsets = np.zeros(taps, np.int64)
+    want = np.int64(2 ** 30) + taps * 64 * 255 * -128
+    want = np.int32((want + 2 ** 31) % 2 ** 32 - 2 ** 31)
+    for name, tile in _amx.TILES.items():
+        sums = np.empty((32, 64), np.int32)
+        _run_tile(tile, sums, xg, wt, start, offsets)
+        assert np.all(sums == want), name
+
+
+_RUNNERS: dict = {}
+
+
+def _run_tile(tile, sums, xg, wt, start, offsets):
+    runner = _RUNNERS.get(tile)
+    if runner is None:
+        def run(sums, xg, wt, start, offsets):
+            tile(sums, xg, wt, start, offsets, 0, 0, 64)
+        runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
+    runner(sums, xg, wt, start, offsets)
+
+
+# -- the GEMM's AMX tile ---------------------------------------------------------------------------
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(17, 192, 1), (100, 196, 33), (130, 576, 64), (64, 1028, 70)],
+                         ids=lambda s: "M{}K{}N{}".format(*s))
+def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
+    """matmul_dense_i8 and matmul_dense_rq_i8 at K ≥ AMX_MIN_K, where an AMX CPU takes the AMX tile
+    (K not a multiple of 64, N not of 32: the padded weights; with and without the plan's padded
+    copy): the reference's integers."""
+    M, K, N = shape
+    rng = np.random.default_rng(M + K + N)
+    x = _values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
+    w = _values(rng, (N, K), -128, 127).astype(np.int8)
+    bias = rng.integers(-2 ** 16, 2 ** 16, N).astype(np.int32)
+    acc = np.empty((N, M), np.int32)
+    KERNELS["matmul_dense_i8"](x, w, bias, acc)
+    assert_exact(acc, REFERENCES["matmul_dense_i8"](x, w, bias), shape=shape)
+    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
+    shift = rng.integers(31, 42, N).astype(np.int32)
+    lo, hi = TYPE_RANGE[x_type]
+    want = REFERENCES["matmul_dense_rq_i8"](x, w, bias, m0, shift, 3, lo, hi)
+    w_sums = w.astype(np.int64).sum(axis=1)
+    for w_pad in (None, _amx.NO_PAD, _amx.pad_weights(w)):
+        y = np.empty((N, M), x_type)
+        KERNELS["matmul_dense_rq_i8"](x, w, bias, m0, shift, 3, lo, hi, y, None, w_sums, w_pad)
+        assert_exact(y, want, shape=shape, w_pad=None if w_pad is None else w_pad.shape)
+
+
+def test_pad_weights_by_hand():
+    w = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    padded = _amx.pad_weights(w)
+    assert padded.shape == (32, 64)
+    assert np.array_equal(padded[:3, :4], w) and np.count_nonzero(padded) == np.count_nonzero(w)

@@ -1,0 +1,136 @@
+"""Dense int8 convolution on AMX tiles, with no im2row: the quad conv's packed input (conv_quad.py),
+every weight instead of the nonzero quads, and ``tdpbsud`` instead of ``vpdpbusd``.
+
+The input is packed once as the quad conv packs it (``_quads.pack_group``): word t of channel group
+c4 holds the 4 channels' bytes at flat position t of their padded phases, so that every tap is a
+run of words at a fixed offset from the output position. 16 groups (64 channels) at one tap and 16
+consecutive output positions are then one AMX tile of 16 rows × 64 bytes, loaded straight from the
+packed input with the groups' stride as the row pitch; the weights of 16 output channels on the
+same 64 channels at that tap are another, packed at plan time (``pack_tap_weights``). One
+``tdpbsud`` multiplies the two into 16 channels × 16 positions of int32 sums (kernels/_amx.py).
+Output positions run at the phases' row pitch, and the columns past OW are computed and dropped, as
+in the quad conv. docs/kernels.md, "The AMX conv", has the loop order and the figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, start_rows_jit
+from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
+from ._quads import QUAD_SLACK, pack_group_jit, used_phases
+from .elementwise import add_residual, residual_parts
+from .quant import requantize_row
+
+AMX_MIN_TASKS = 8
+"""Parallel tasks are (image, chunk of BROADCAST_PIXELS positions, block of output channels); a
+layer with fewer chunks than this splits its channels into blocks, so both threads have work."""
+
+
+def pack_tap_weights(w4):
+    """wt (kh·kw, ⌈C/64⌉, N_pad, 64) int8: the weights as the AMX tile reads them.
+    wt[i·kw + j, kb, n, 4g + b] = w4[n, 64·kb + 4g + b, i, j], zero past C and past N (N_pad = N
+    rounded up to AMX_ROWS). w4 (N, C, kh, kw) int8, C a multiple of 4."""
+    N, C, kh, kw = w4.shape
+    blocks = -(-C // (4 * TILE_ROWS))
+    n_pad = -(-N // AMX_ROWS) * AMX_ROWS
+    wt = np.zeros((kh * kw, blocks, n_pad, 4 * TILE_ROWS), np.int8)
+    taps_last = np.zeros((n_pad, blocks * 4 * TILE_ROWS, kh * kw), np.int8)
+    taps_last[:N, :C] = w4.reshape(N, C, kh * kw)
+    wt[:] = taps_last.reshape(n_pad, blocks, 4 * TILE_ROWS, kh * kw).transpose(3, 1, 0, 2)
+    return wt
+
+
+@njit(cache=True)
+def tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw):
+    """offsets [kh·kw] int64: where tap (i, j) starts in a group's words (pack_group's layout, rows
+    of ``pitch`` words): phase ((i·dh) mod sh, (j·dw) mod sw), row (i·dh)//sh, column (j·dw)//sw.
+    Output position p of the tap reads word offsets[i·kw + j] + p."""
+    offsets = np.empty(kh * kw, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            phase = (i * dh) % sh * sw + (j * dw) % sw
+            offsets[i * kw + j] = (phase * Hq + (i * dh) // sh) * pitch + (j * dw) // sw
+    return offsets
+
+
+def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point, lo, hi,
+                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, residual=None):
+    # W (N, C, kh, kw) int8 packed per tap * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
+    """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
+    with x_zero_point outside x: the bytes of im2row + matmul_dense_rq_i8, one group only.
+
+    Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
+    _quads.pack_group); prange tasks (image, chunk of BROADCAST_PIXELS output positions at the
+    phases' pitch, block of output channels): the AMX tile over every tap and every 64 input
+    channels into the block's int32 sums, requantized at once into the wide rows yw; then prange
+    (image, channel): each row's OW valid columns copied into y and, with a residual, added to it.
+    A conv with no dropped columns (pitch = OW) requantizes straight into y.
+    wt — pack_tap_weights(w4); bias [N] int32 — bias'; w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
+    x [B,C,H,W] uint8|int8, C a multiple of 4; x_zero_point; xg [B, 16·⌈C/64⌉·S + QUAD_SLACK]
+    int32 — the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (as
+    conv2d_quad_rq_i8's, with room for whole blocks of 16 groups: the groups past C/4 meet zero
+    weights and are never written)
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
+    wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
+    geometry ints as conv2d_csr_i8's; pitch ≥ OW + (kw−1)·dw // sw; residual — None, or a QAdd
+    fused into the epilogue (elementwise.residual_parts).
+    Preconditions: the AMX tile runs (_amx.RUNS); K·max|q_w·q_x| + max|bias'| < 2^31.
+    Work: 2·B·⌈P/64⌉·64·N_pad·16·⌈C/64⌉·kh·kw int ops for P = (OH−1)·pitch + OW positions.
+    """
+    B, C = x.shape[0], x.shape[1]
+    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Hq, C4 = OH + (kh - 1) * dh // sh, C // 4
+    n_pad = wt.shape[2]
+    stride = (xg.shape[1] - QUAD_SLACK) // (wt.shape[1] * TILE_ROWS)
+    flip = sign_flip(x)
+    used = used_phases(kh, kw, sh, sw, dh, dw)
+    for t in prange(B * C4):
+        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
+                       pitch, stride, used)
+    taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
+    start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
+    start_rows = start_rows_jit(start, n_pad)
+    r, add = residual_parts(residual, y)
+    positions = (OH - 1) * pitch + OW
+    chunks = (positions + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    n_blocks = n_pad // AMX_ROWS
+    groups = max(1, min(n_blocks, (AMX_MIN_TASKS + B * chunks - 1) // (B * chunks)))
+    per = (n_blocks + groups - 1) // groups * AMX_ROWS
+    direct = pitch == OW  # no dropped columns: the chunks are runs of y
+    y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))
+    for t in prange(B * chunks * groups):
+        b, rest = t // (chunks * groups), t % (chunks * groups)
+        p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
+        count = min(BROADCAST_PIXELS, positions - p0)
+        n_begin = g * per
+        n_end = min(n_pad, n_begin + per)
+        if n_end <= n_begin:
+            continue
+        sums = np.empty((n_end - n_begin, BROADCAST_PIXELS), np.int32)
+        amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, stride)
+        for n in range(n_begin, min(N, n_end)):
+            row = sums[n - n_begin]
+            if direct:
+                run = y3[b, n, p0:p0 + count]
+                requantize_row(row[:count], m0[n], shift[n], y_zero_point, lo, hi, run)
+                add_residual(run, r3[b, n, p0:p0 + count], add)
+            else:  # all 64 (it vectorizes), into the wide rows
+                requantize_row(row, m0[n], shift[n], y_zero_point, lo, hi,
+                               yw[b, n, p0:p0 + BROADCAST_PIXELS])
+    if not direct:
+        for t in prange(B * N):  # each row's OW valid columns out of the wide rows
+            b, n = t // N, t % N
+            for oh in range(OH):
+                row, wide = y[b, n, oh], yw[b, n, oh * pitch:oh * pitch + OW]
+                for i in range(OW):  # a loop: a slice assignment checks for overlap
+                    row[i] = wide[i]
+                add_residual(row, r[b, n, oh], add)
+
+
+conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)
+
+KERNELS = {"conv2d_dense_rq_i8": conv2d_dense_rq_i8}
+
+__all__ = ["KERNELS", "conv2d_dense_rq_i8", "pack_tap_weights", "tap_offsets"]

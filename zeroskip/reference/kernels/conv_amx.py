@@ -1,0 +1,38 @@
+"""Reference of kernels/conv_amx.py: unpack the per-tap weight tiles into the dense weight, then the
+CSR conv's reference (convolve in int64, requantize)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .conv_csr import conv2d_csr_rq_i8
+
+
+def tiles_to_dense(wt, n_out, channels, kh, kw):
+    """The (n_out, channels, kh, kw) int8 weight of pack_tap_weights' tiles: wt[i·kw + j, kb, n, c']
+    holds w[n, 64·kb + c', i, j]. The padding (channels past ``channels``, rows past n_out) must be
+    zero: checked here."""
+    wt = np.asarray(wt, np.int8)
+    taps, blocks, n_pad, width = wt.shape
+    full = wt.transpose(2, 1, 3, 0).reshape(n_pad, blocks * width, taps)
+    assert not full[n_out:].any() and not full[:, channels:].any(), "padding is not zero"
+    return np.ascontiguousarray(full[:n_out, :channels].reshape(n_out, channels, kh, kw))
+
+
+def conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
+                       kernel_shape, strides, pads, dilations, residual=None):
+    """q_y [B,N,OH,OW] int64: conv2d_csr_rq_i8's reference on the tiles' dense weight (N = len(bias),
+    one group). For int8 x the kernel starts its sums from bias' − 128·w_sums: checked here."""
+    kh, kw = kernel_shape
+    w = tiles_to_dense(wt, len(bias), np.asarray(x).shape[1], kh, kw).reshape(len(bias), -1)
+    if np.asarray(x).dtype == np.int8:
+        assert np.array_equal(np.asarray(w_sums, np.int64), w.astype(np.int64).sum(axis=1)), \
+            "w_sums are not the weight's row sums"
+    indptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
+    rows, cols = np.nonzero(w)
+    return conv2d_csr_rq_i8(indptr, cols, w[rows, cols], bias, x, x_zero_point, m0, shift,
+                            y_zero_point, lo, hi, kernel_shape=kernel_shape, strides=strides,
+                            pads=pads, dilations=dilations, groups=1, residual=residual)
+
+
+REFERENCES = {"conv2d_dense_rq_i8": conv2d_dense_rq_i8}
