@@ -48,8 +48,9 @@ def _values(rng, shape, lo, hi, ends=0.25):
     return v
 
 
-def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0):
-    """The kernel (with ``tile``) and the reference on one random case; returns (got, want)."""
+def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, folded=False):
+    """The kernel (with ``tile``) and the reference on one random case; returns (got, want).
+    ``folded``: the column taps folded into the x tile's rows (at most 4 input channels)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     rng = np.random.default_rng(seed)
     w = _values(rng, (N, C, kh, kw), -128, 127).astype(np.int8)
@@ -66,10 +67,15 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0):
     y_zp = int(rng.integers(lo, hi + 1))
     oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
     ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
-    wt = conv_amx.pack_tap_weights(w)
-    groups4 = wt.shape[1] * _amx.TILE_ROWS
-    _, pitch, stride, _, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, groups4, False)
-    xg = np.full((B, groups4 * (stride + stride_pad) + _quads.QUAD_SLACK), -1, np.int32)
+    if folded:
+        wt = conv_amx.pack_folded_weights(w, s)
+        _, pitch, stride, _, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, 1, False)
+        xg = np.full((B, stride + stride_pad + _quads.QUAD_SLACK + _amx.TILE_ROWS), -1, np.int32)
+    else:
+        wt = conv_amx.pack_tap_weights(w)
+        groups4 = wt.shape[1] * _amx.TILE_ROWS
+        _, pitch, stride, _, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, groups4, False)
+        xg = np.full((B, groups4 * (stride + stride_pad) + _quads.QUAD_SLACK), -1, np.int32)
     y = np.empty((B, N, oh, ow), y_type)
     positions = (oh - 1) * pitch + ow
     yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
@@ -81,10 +87,11 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0):
                   int(rng.integers(lo, hi + 1)), lo, hi)
         extra, want_residual = ((r,) + params,), (r,) + params
     kernel_with_tile(tile)(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, yw, y, kh, kw,
-                           s, s, d, d, p, p, pitch, *extra)
+                           s, s, d, d, p, p, pitch, folded, *extra)
     want = REFERENCES["conv2d_dense_rq_i8"](
         wt, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
-        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), residual=want_residual)
+        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), folded=folded,
+        residual=want_residual)
     return y, want
 
 
@@ -100,6 +107,17 @@ CASES = [
     (1, 128, 7, 7, 96, 3, 3, 1, 1, 1),     # a 7×7 plane: one chunk of positions, channel blocks
     (1, 8, 30, 30, 3, 3, 3, 1, 1, 1),      # several chunks, some starting in the dropped columns
     (1, 8, 3, 3, 2, 5, 5, 1, 2, 1),        # a kernel larger than the input
+]
+
+
+FOLDED_CASES = [
+    # B, C, H, W, N, kh, kw, stride, pad, dilation: at most 4 input channels, column dilation 1
+    (1, 3, 30, 30, 64, 7, 7, 2, 3, 1),     # the stem: 7×7 stride 2 over 3 channels
+    (2, 1, 9, 11, 5, 3, 3, 1, 1, 1),       # one channel, two images
+    (1, 4, 12, 12, 40, 5, 5, 2, 2, 1),     # 4 channels, N = 32 + 8
+    (1, 2, 10, 10, 33, 3, 3, 1, 2, 1),     # two channels, pads wider than the taps need
+    (1, 3, 8, 8, 8, 1, 1, 1, 0, 1),        # 1×1: one tap a row
+    (1, 3, 6, 40, 16, 1, 16, 1, 0, 1),     # 16 column taps: every row of the x tile
 ]
 
 
@@ -125,23 +143,63 @@ def test_conv2d_dense_rq_i8_adds_the_residual_in_its_epilogue(case, tile):
         assert_exact(got, want, case=_ids(case), tile=tile)
 
 
+@pytest.mark.parametrize("tile", sorted(_amx.TILES))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", FOLDED_CASES, ids=_ids)
+def test_folded_conv_matches_the_reference(case, x_type, tile):
+    assert conv_amx.fold_fits(case[1], case[6], case[7], 1)
+    for seed, density in enumerate((1.0, 0.5)):
+        got, want = run_conv(case, density, x_type, seed, tile, folded=True)
+        assert_exact(got, want, case=_ids(case), density=density, tile=tile)
+    got, want = run_conv(case, 1.0, x_type, 2, tile, residual=True, folded=True)
+    assert_exact(got, want, case=_ids(case), tile=tile, residual=True)
+
+
+def test_fold_fits_by_hand():
+    assert conv_amx.fold_fits(3, 7, 2, 1) and conv_amx.fold_fits(4, 16, 1, 1)
+    assert not conv_amx.fold_fits(5, 3, 1, 1)       # more than one word a position
+    assert not conv_amx.fold_fits(3, 3, 1, 2)       # dilated columns are not one word apart
+    assert not conv_amx.fold_fits(1, 17, 1, 1)      # more taps than the tile has rows
+    assert conv_amx.fold_fits(1, 17, 2, 1)          # 9 and 8 taps per column phase
+
+
+def test_folded_weights_by_hand():
+    """Tap (i, j) of a stride-2 conv goes to tile i·2 + j mod 2, row j // 2: bytes 4·(j // 2) + c."""
+    w = np.zeros((2, 3, 7, 7), np.int8)
+    w[1, 2, 3, 5] = -9      # tile 3·2 + 1 = 7, bytes 4·2 + 2 = 10
+    w[0, 0, 0, 6] = 11      # tile 0, bytes 4·3 + 0 = 12
+    wt = conv_amx.pack_folded_weights(w, 2)
+    assert wt.shape == (14, 1, 32, 64)
+    assert wt[7, 0, 1, 10] == -9 and wt[0, 0, 0, 12] == 11 and np.count_nonzero(wt) == 2
+    offsets = conv_amx.fold_offsets(7, 10, 12, 2, 2, 1)
+    assert offsets.tolist() == [((i % 2 * 2 + b) * 10 + i // 2) * 12
+                                for i in range(7) for b in range(2)]
+
+
 def test_a_padded_group_stride_changes_nothing():
     for tile in _amx.TILES:
         got, want = run_conv(CASES[2], 1.0, np.int8, 3, tile, stride_pad=13)
         assert_exact(got, want, tile=tile)
 
 
-@given(case=st.tuples(st.integers(1, 2), st.sampled_from([4, 8, 60, 72]), st.integers(1, 12),
+@given(case=st.tuples(st.integers(1, 2), st.sampled_from([1, 3, 4, 8, 60, 72]), st.integers(1, 12),
                       st.integers(1, 12), st.integers(1, 40), st.integers(1, 4), st.integers(1, 4),
                       st.integers(1, 3), st.integers(0, 2), st.integers(1, 2)),
        density=st.sampled_from([0.05, 0.5, 1.0]), signed=st.booleans(), seed=st.integers(0, 99))
 def test_conv2d_dense_rq_i8_on_random_shapes(case, density, signed, seed):
+    """Convs of a multiple of 4 channels through the tap tiles; convs of at most 4 channels through
+    the folded ones (with column dilation 1; their rows may be dilated)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     if (H + 2 * p - d * (kh - 1) - 1) < 0 or (W + 2 * p - d * (kw - 1) - 1) < 0:
         return  # no output position: the conv itself is invalid (the plan refuses it)
+    x_type = np.int8 if signed else np.uint8
     for tile in _amx.TILES:
-        got, want = run_conv(case, density, np.int8 if signed else np.uint8, seed, tile)
-        assert_exact(got, want, case=_ids(case), tile=tile)
+        if C % 4 == 0:
+            got, want = run_conv(case, density, x_type, seed, tile)
+            assert_exact(got, want, case=_ids(case), tile=tile)
+        if C <= 4 and d == 1:
+            got, want = run_conv(case, density, x_type, seed, tile, folded=True)
+            assert_exact(got, want, case=_ids(case), tile=tile, folded=True)
 
 
 @given(n=st.integers(1, 70), c4=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 3),

@@ -130,9 +130,9 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     expected = "conv2d_dense_rq_i8" if _amx.AVAILABLE else \
         "channels_last_dense_i8 + matmul_dense_rq_i8"
     pointwise = [k for k in kernels if k == expected]
-    # with AMX the 1×1 stride-2 conv (8 input channels) takes the AMX conv too; only the first
-    # conv (3 input channels) keeps im2row
-    assert len(pointwise) == (4 if _amx.AVAILABLE else 3) and len(kernels) == 5, kernels
+    # with AMX every conv takes the AMX conv: the 1×1 stride-2 one (8 input channels) and the
+    # first one (3 input channels, its column taps folded) too
+    assert len(pointwise) == (5 if _amx.AVAILABLE else 3) and len(kernels) == 5, kernels
     got = session.run({input_name: x})
     sparse = zeroskip.Session(model, mode="sparse-i8")
     kernels = [row["kernel"] for row in sparse.explain() if row["op"] in ("QConv", "QLinearConv")]

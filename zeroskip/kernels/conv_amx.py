@@ -55,8 +55,55 @@ def tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw):
     return offsets
 
 
+def fold_fits(channels: int, kw: int, sw: int, dw: int) -> bool:
+    """Whether a conv's column taps fold into the rows of its x tile (``pack_folded_weights``): at
+    most 4 input channels (one word a position), no column dilation, at most 16 taps per phase."""
+    return channels <= 4 and dw == 1 and -(-kw // sw) <= TILE_ROWS
+
+
+def pack_folded_weights(w4, sw):
+    """wt (kh·sw, 1, N_pad, 64) int8 for a conv of at most 4 input channels whose column taps fold
+    into the x tile's rows: wt[i·sw + b, 0, n, 4r + c] = w4[n, c, i, b + sw·r], zero where
+    b + sw·r ≥ kw, past C and past N (N_pad = N rounded up to AMX_ROWS)."""
+    N, C, kh, kw = w4.shape
+    n_pad = -(-N // AMX_ROWS) * AMX_ROWS
+    wt = np.zeros((kh * sw, 1, n_pad, 4 * TILE_ROWS), np.int8)
+    for i in range(kh):
+        for j in range(kw):
+            b, r = j % sw, j // sw
+            wt[i * sw + b, 0, :N, 4 * r:4 * r + C] = w4[:, :, i, j]
+    return wt
+
+
+@njit(cache=True)
+def fold_offsets(kh, Hq, pitch, sh, sw, dh):
+    """offsets [kh·sw] int64 of a folded conv: entry i·sw + b is where its column taps b, b + sw,
+    b + 2·sw, … of kernel row i start (phase ((i·dh) mod sh, b), row (i·dh)//sh); tap b + sw·r is
+    r words further, row r of the x tile."""
+    offsets = np.empty(kh * sw, np.int64)
+    for i in range(kh):
+        for b in range(sw):
+            offsets[i * sw + b] = (((i * dh) % sh * sw + b) * Hq + (i * dh) // sh) * pitch
+    return offsets
+
+
+@njit(cache=True)
+def four_channels(x):
+    """x (B, C ≤ 4, H, W) as 4 channels, the last one repeated: what pack_group reads (the repeats
+    meet zero weights). Serial loops: no parallel launch per row."""
+    B, C, H, W = x.shape
+    x4 = np.empty((B, 4, H, W), x.dtype)
+    for b in range(B):
+        for c in range(4):
+            src = x[b, min(c, C - 1)]
+            for h in range(H):
+                for w in range(W):
+                    x4[b, c, h, w] = src[h, w]
+    return x4
+
+
 def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point, lo, hi,
-                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, residual=None):
+                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, folded, residual=None):
     # W (N, C, kh, kw) int8 packed per tap * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: the bytes of im2row + matmul_dense_rq_i8, one group only.
@@ -86,10 +133,19 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     stride = (xg.shape[1] - QUAD_SLACK) // (wt.shape[1] * TILE_ROWS)
     flip = sign_flip(x)
     used = used_phases(kh, kw, sh, sw, dh, dw)
-    for t in prange(B * C4):
-        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
-                       pitch, stride, used)
-    taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
+    if folded:  # one group; the x tile's rows are its column taps, one word apart
+        x4 = four_channels(x)
+        for b in prange(B):
+            pack_group_jit(x4[b], xg[b], 0, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch, stride,
+                           used)
+        taps = fold_offsets(kh, Hq, pitch, sh, sw, dh)
+        row_words = 1
+    else:
+        for t in prange(B * C4):
+            pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl,
+                           Hq, pitch, stride, used)
+        taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
+        row_words = stride
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
     r, add = residual_parts(residual, y)
@@ -109,7 +165,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         if n_end <= n_begin:
             continue
         sums = np.empty((n_end - n_begin, BROADCAST_PIXELS), np.int32)
-        amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, stride)
+        amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words)
         for n in range(n_begin, min(N, n_end)):
             row = sums[n - n_begin]
             if direct:
@@ -133,4 +189,5 @@ conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_r
 
 KERNELS = {"conv2d_dense_rq_i8": conv2d_dense_rq_i8}
 
-__all__ = ["KERNELS", "conv2d_dense_rq_i8", "pack_tap_weights", "tap_offsets"]
+__all__ = ["KERNELS", "conv2d_dense_rq_i8", "fold_fits", "fold_offsets", "pack_folded_weights",
+           "pack_tap_weights", "tap_offsets"]

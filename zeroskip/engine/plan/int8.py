@@ -463,18 +463,33 @@ class AmxConv(ConvAccumulator):
         that a plan picks the same kernels with NUMBA_DISABLE_JIT=1)."""
         from ...kernels._amx import AVAILABLE
 
-        return requantizes and AVAILABLE and node.attrs["group"] == 1 and w4.shape[1] % 4 == 0
+        from ...kernels.conv_amx import fold_fits
+
+        return requantizes and AVAILABLE and node.attrs["group"] == 1 and (
+            w4.shape[1] % 4 == 0 or fold_fits(w4.shape[1], w4.shape[3], *AmxConv._column_steps(node)))
+
+    @staticmethod
+    def _column_steps(node: Node) -> tuple:
+        """(stride, dilation) along the columns."""
+        return (tuple(node.attrs["strides"] or (1, 1))[-1],
+                tuple(node.attrs["dilations"] or (1, 1))[-1])
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
-        from ...kernels.conv_amx import pack_tap_weights
+        from ...kernels.conv_amx import fold_fits, pack_folded_weights, pack_tap_weights
 
         super().__init__(node, w4)
-        self.tiles = pack_tap_weights(w4)
+        sw, dw = self._column_steps(node)
+        self.folded = fold_fits(w4.shape[1], w4.shape[3], sw, dw)
+        self.tiles = pack_folded_weights(w4, sw) if self.folded else pack_tap_weights(w4)
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
         self.amx_kernel = ctx.kernel("conv2d_dense_rq_i8")
         self.name = "conv2d_dense_rq_i8"
         self.reason = ("dense int8 conv on AMX tiles (tdpbsud: 16 channels × 16 positions × 64 "
                        "input channels), no im2row, Q31 requantization in the epilogue")
+        if self.folded:
+            self.reason = ("dense int8 conv on AMX tiles, its column taps folded into the tile's "
+                           "rows (≤ 4 input channels: one word per position and tap), no im2row, "
+                           "Q31 requantization in the epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._amx import TILE_ROWS
@@ -484,15 +499,18 @@ class AmxConv(ConvAccumulator):
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
         shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
-        _, pitch, _, _, copy_words = quad_layout(*shape8, self.tiles.shape[1] * TILE_ROWS, False)
-        xg = aligned_empty((shape[0], copy_words), np.int32)
+        # the packed input's groups: whole blocks of 16, or folded one group, whose x tile's last
+        # row reads 15 words past the first
+        groups = 1 if self.folded else self.tiles.shape[1] * TILE_ROWS
+        _, pitch, _, _, copy_words = quad_layout(*shape8, groups, False)
+        xg = aligned_empty((shape[0], copy_words + TILE_ROWS * self.folded), np.int32)
         positions = (g["oh"] - 1) * pitch + g["ow"]
         yw = aligned_empty((shape[0], self.n_out, -(-positions // BROADCAST_PIXELS)
                             * BROADCAST_PIXELS) if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (self.tiles, q["bias"], self.w_sums)
         mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
         return whole_image_call(self.amx_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
-                                geo + (pitch,))
+                                geo + (pitch, self.folded))
 
 
 class Im2rowConv(ConvAccumulator):
