@@ -78,3 +78,34 @@ def residual_for(rng, shape, dtype, y_zero_point: int) -> tuple:
     middle = (int(info.min) + int(info.max)) // 2
     return (r, y_zero_point, int(rng.integers(middle - 20, middle + 21)), a, b, shift,
             int(rng.integers(middle - 20, middle + 21)), int(info.min) + 2, int(info.max) - 3)
+
+
+def extreme_values(rng, shape, lo, hi, ends=0.25):
+    """Uniform integers in [lo, hi], a share ``ends`` of them at lo or hi (the largest products)."""
+    v = rng.integers(lo, hi + 1, shape)
+    at_ends = rng.random(shape) < ends
+    v[at_ends] = np.where(rng.random(int(at_ends.sum())) < 0.5, lo, hi)
+    return v
+
+
+_WITH_TILE: dict = {}
+
+
+def kernel_with_tile(kernel, function, global_name: str, tiles: dict, tile_name: str):
+    """``kernel`` itself when tiles[tile_name] is the tile it was built with (the global
+    ``global_name`` of ``function``'s module), else a copy of its Python ``function`` with that
+    global bound to tiles[tile_name], compiled serially (and cached on disk under a new name); as
+    Python under NUMBA_DISABLE_JIT."""
+    import numba
+
+    from zeroskip.kernels._copies import renamed_copy
+
+    tile = tiles[tile_name]
+    if tile is function.__globals__[global_name]:
+        return kernel
+    key = (function, tile_name)
+    if key not in _WITH_TILE:
+        copy = renamed_copy(function, f"_{tile_name}", **{global_name: tile})
+        _WITH_TILE[key] = copy if numba.config.DISABLE_JIT else \
+            numba.njit(cache=True, nogil=True)(copy)
+    return _WITH_TILE[key]

@@ -15,37 +15,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import assert_exact
+import kernel_checks as checks
+from kernel_checks import assert_exact, extreme_values
 from zeroskip.kernels import KERNELS, _amx, _quads, conv_amx
-from zeroskip.kernels._copies import renamed_copy
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_amx import tiles_to_dense
 
 TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
 
-_WITH_TILE: dict = {}
-
 
 def kernel_with_tile(name: str):
-    """conv2d_dense_rq_i8 around the tile _amx.TILES[name], compiled serially; the kernel itself
-    for the tile it runs."""
-    if _amx.TILES[name] is _amx.amx_conv_block:
-        return KERNELS["conv2d_dense_rq_i8"]
-    kernel = _WITH_TILE.get(name)
-    if kernel is None:
-        copy = renamed_copy(conv_amx._conv2d_dense_rq_i8, f"_{name}",
-                            amx_conv_block=_amx.TILES[name])
-        kernel = _WITH_TILE[name] = copy if numba.config.DISABLE_JIT else \
-            numba.njit(cache=True, nogil=True)(copy)
-    return kernel
-
-
-def _values(rng, shape, lo, hi, ends=0.25):
-    """Uniform integers in [lo, hi], a share ``ends`` of them at lo or hi (the largest products)."""
-    v = rng.integers(lo, hi + 1, shape)
-    at_ends = rng.random(shape) < ends
-    v[at_ends] = np.where(rng.random(int(at_ends.sum())) < 0.5, lo, hi)
-    return v
+    """conv2d_dense_rq_i8 around the tile _amx.TILES[name], compiled serially; the kernel
+    itself for the tile it runs."""
+    return checks.kernel_with_tile(KERNELS["conv2d_dense_rq_i8"], conv_amx._conv2d_dense_rq_i8,
+                                   "amx_conv_block", _amx.TILES, name)
 
 
 def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, folded=False):
@@ -53,9 +36,9 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, fo
     ``folded``: the column taps folded into the x tile's rows (at most 4 input channels)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     rng = np.random.default_rng(seed)
-    w = _values(rng, (N, C, kh, kw), -128, 127).astype(np.int8)
+    w = extreme_values(rng, (N, C, kh, kw), -128, 127).astype(np.int8)
     w[rng.random(w.shape) >= density] = 0
-    x = _values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
+    x = extreme_values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
     x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
     w2 = w.reshape(N, -1).astype(np.int64)
     bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
@@ -81,7 +64,7 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, fo
     yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
     extra, want_residual = (), None
     if residual:
-        r = _values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
+        r = extreme_values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
         params = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)),
                   int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
                   int(rng.integers(lo, hi + 1)), lo, hi)
@@ -271,8 +254,8 @@ def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
     copy): the reference's integers."""
     M, K, N = shape
     rng = np.random.default_rng(M + K + N)
-    x = _values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
-    w = _values(rng, (N, K), -128, 127).astype(np.int8)
+    x = extreme_values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
+    w = extreme_values(rng, (N, K), -128, 127).astype(np.int8)
     bias = rng.integers(-2 ** 16, 2 ** 16, N).astype(np.int32)
     acc = np.empty((N, M), np.int32)
     KERNELS["matmul_dense_i8"](x, w, bias, acc)
@@ -289,7 +272,10 @@ def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
 
 
 def test_pad_weights_by_hand():
-    w = np.arange(-6, 6, dtype=np.int8).reshape(3, 4)
+    """The GEMM's weights as one tap of the conv's tiles: w[n, 64·kb + c] at [0, kb, n, c]."""
+    w = np.zeros((3, 70), np.int8)
+    w[2, 65] = -5   # block 1, byte 1
+    w[0, 3] = 9     # block 0, byte 3
     padded = _amx.pad_weights(w)
-    assert padded.shape == (32, 64)
-    assert np.array_equal(padded[:3, :4], w) and np.count_nonzero(padded) == np.count_nonzero(w)
+    assert padded.shape == (1, 2, 32, 64)
+    assert padded[0, 1, 2, 1] == -5 and padded[0, 0, 0, 3] == 9 and np.count_nonzero(padded) == 2

@@ -16,37 +16,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import assert_exact
+import kernel_checks as checks
+from kernel_checks import assert_exact, extreme_values
 from zeroskip.engine.plan.weights import quad_rows
 from zeroskip.kernels import KERNELS, _quads, conv_quad
-from zeroskip.kernels._copies import renamed_copy
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_quad import quads_to_dense
 
 TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
 
-_WITH_TILE: dict = {}
-
 
 def kernel_with_tile(name: str):
-    """conv2d_quad_rq_i8 around the tile _quads.TILES[name] (whatever this CPU would pick), compiled
-    serially; the kernel itself for the tile it runs."""
-    if _quads.TILES[name] is _quads.quad_tile:
-        return KERNELS["conv2d_quad_rq_i8"]
-    kernel = _WITH_TILE.get(name)
-    if kernel is None:
-        copy = renamed_copy(conv_quad._conv2d_quad_rq_i8, f"_{name}", quad_tile=_quads.TILES[name])
-        kernel = _WITH_TILE[name] = copy if numba.config.DISABLE_JIT else \
-            numba.njit(cache=True, nogil=True)(copy)
-    return kernel
-
-
-def _values(rng, shape, lo, hi, ends=0.25):
-    """Uniform integers in [lo, hi], a share ``ends`` of them at lo or hi (the largest products)."""
-    v = rng.integers(lo, hi + 1, shape)
-    at_ends = rng.random(shape) < ends
-    v[at_ends] = np.where(rng.random(int(at_ends.sum())) < 0.5, lo, hi)
-    return v
+    """conv2d_quad_rq_i8 around the tile _quads.TILES[name], compiled serially; the kernel
+    itself for the tile it runs."""
+    return checks.kernel_with_tile(KERNELS["conv2d_quad_rq_i8"], conv_quad._conv2d_quad_rq_i8,
+                                   "quad_tile", _quads.TILES, name)
 
 
 def _geometry(H, W, kh, kw, s, p, d):
@@ -61,9 +45,9 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
     aligned layout of the packed input (_quads.quad_layout); returns (got, want)."""
     B, C, H, W, N, kh, kw, s, p, d, g = case
     rng = np.random.default_rng(seed)
-    w = _values(rng, (N, C // g, kh, kw), -128, 127).astype(np.int8)
+    w = extreme_values(rng, (N, C // g, kh, kw), -128, 127).astype(np.int8)
     w[rng.random(w.shape) >= density] = 0
-    x = _values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
+    x = extreme_values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
     x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
     w2 = w.reshape(N, -1).astype(np.int64)
     bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
@@ -87,7 +71,7 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
     extra = ()
     want_residual = None
     if residual:
-        r = _values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
+        r = extreme_values(rng, y.shape, *TYPE_RANGE[y_type]).astype(y_type)
         params = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)),
                   int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
                   int(rng.integers(lo, hi + 1)), lo, hi)

@@ -1,6 +1,8 @@
-"""The AMX tile of the dense int8 GEMM, for CPUs with Intel AMX (``amx-tile`` and ``amx-int8``).
+"""The AMX tile, for CPUs with Intel AMX (``amx-tile`` and ``amx-int8``): the dense int8 conv's
+(conv_amx.py) and, with one tap, the dense int8 GEMM's (matmul_dense.py).
 
-    sums[j, p] = start[n0 + j] + Σ_k w[n0 + j, k] · x[c + p, k]
+    sums[j, p] = start[n0 + j] + Σ_t Σ_kb Σ_(g<16) Σ_(b<4) wt[t, kb, n0 + j, 4g + b]
+                                 · byte_b(xg[(16·kb + g)·row_words + taps[t] + p0 + p])
     for j < rows (a multiple of AMX_ROWS), p < BROADCAST_PIXELS
 
 AMX adds eight tile registers of 16 rows × 64 bytes, and ``tdpbsud`` (llvm.x86.tdpbsud) multiplies
@@ -10,29 +12,33 @@ unsigned bytes and a 16 × 16 int32 tile C,
     C[i, j] += Σ_{r < 16} Σ_{b < 4} A[i, 4r + b] · B[r, 4j + b]
 
 16·16·64 = 16 384 exact multiply-adds (int32 sums, no saturation) in one instruction, where a 512-bit
-``vpdpbusd`` does 64. Here A is 16 rows of w (16 output channels, 64 values of k: the weights as the
-plan stores them, w[n, k], row after row), and B is 16 words of 16 pixels from the broadcast tile's
-packed chunk (``_broadcast.pack_chunk``: xp[k4, p] holds x[c + p, 4k4 : 4k4 + 4], so row r of B is
-xp[16s + r, 16q : 16q + 16], at xp's row pitch of 256 bytes). C is then 16 channels × 16 pixels,
-already in the output's (channel, pixel) order.
+``vpdpbusd`` does 64. A is 16 output channels' weights at one tap, 64 bytes each (``wt``, packed by
+the plan). B is 16 rows of 16 activation words, each word 4 input bytes of one position: row g at
+``row_words``·g words from the tap's offset. For the conv the words are the packed input's
+(``_quads.pack_group``), a row per channel group (or, folded, per column tap); for the GEMM they
+are the broadcast tile's packed chunk (``_broadcast.pack_chunk``: xp[k4, p] holds
+x[c + p, 4k4 : 4k4 + 4]), a row per 4 values of k. C is then 16 channels × 16 positions, already in
+the output's (channel, position) order.
 
-One call sums a block of channels over a chunk of 64 pixels, 32 channels × 32 pixels at a time: four
-C tiles (tmm0–3), two of w (tmm4–5), two of x (tmm6–7). Per 64 values of k: 4 tile loads and 4
-``tdpbsud``. The C tiles start from the starting sums, loaded from ``start_rows`` (each channel's
-start repeated 16 times, one C row), and are stored into ``sums`` at the end.
+One call sums a block of channels over 64 positions, 32 channels × 32 positions at a time: four C
+tiles (tmm0–3), two of weights (tmm4–5), two of activations (tmm6–7). Per tap and block of 64
+input bytes: 4 tile loads and 4 ``tdpbsud``. The C tiles start from the starting sums, loaded from
+``start_rows`` (each channel's start repeated 16 times, one C row), and are stored into ``sums`` at
+the end. ``amx_conv_block_loops`` is the same arithmetic in plain loops: the one to read first.
 
-**Padding.** A tile reads whole 64-byte rows, so w is padded with zero rows to a multiple of AMX_ROWS
-channels and with zero columns to a multiple of AMX_K values of k (``pad_weights``, once per layer by
-the plan). The packed chunk then needs K_pad/4 rows; the rows past K/4 hold whatever was there,
-and they meet only zero weights, so they add nothing.
+**Padding.** A tile reads whole 64-byte rows, so the weights are padded with zero rows to a multiple
+of AMX_ROWS channels and with zeros to whole blocks of 64 input bytes (``pad_weights``,
+conv_amx.pack_tap_weights, once per layer by the plan). The activation rows past the real ones
+hold whatever was there and meet only zero weights, so they add nothing.
 
 **The OS.** Linux hands out AMX's 8 KB of tile state only to processes that ask for it
-(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, Linux 5.16 on). ``RUNS`` is true only when
-the CPU has AMX, the request succeeded, and the JIT is on. Every other CPU keeps the broadcast tile
-(_broadcast.py) or the dot-product tiles (matmul_dense.py), which give the same integers.
+(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, Linux 5.16 on). ``AVAILABLE`` is true only
+when the CPU has AMX and the request succeeded; ``RUNS`` when the JIT is on as well. Every other CPU
+keeps the broadcast tile (_broadcast.py), the quad tile or the dot-product tiles, which give the
+same integers.
 
 The leading underscore keeps the kernel collector (``kernels/__init__.py``) from looking here: helpers
-only. docs/kernels.md, "The AMX tile", has the figures.
+only. docs/kernels.md, "conv2d_dense_rq_i8", has the figures.
 """
 
 from __future__ import annotations
@@ -54,8 +60,6 @@ AMX_ROWS = 32
 """Output channels per pass of the tile: two C tiles of 16 rows."""
 AMX_K = 64
 """Values of k per tile step: one 64-byte tile row."""
-AMX_PIXELS = 32
-"""Pixels per pass of the tile: two C tiles of 16 columns; a chunk of BROADCAST_PIXELS takes two."""
 TILE_ROWS = 16
 TILE_BYTES = 64
 AMX_MIN_K = 192
@@ -119,75 +123,15 @@ def _configure(builder):
             _declare(builder, "llvm.x86.tdpbsud", [_i8, _i8, _i8]))
 
 
+def _typed(*pairs) -> bool:
+    """Whether each (Numba type, dtype) pair is a C-contiguous array of that dtype: the intrinsics'
+    operands (anything else: no match, and Numba reports the call)."""
+    return all(isinstance(a, types.Array) and a.dtype == dtype and a.layout == "C"
+               for a, dtype in pairs)
+
+
 def _release(builder):
     builder.call(_declare(builder, "llvm.x86.tilerelease", []), [])
-
-
-def _amx_block_ir():
-    i8, i64, i8p = _i8, _i64, _i8p
-
-    @intrinsic
-    def amx_block(typingctx, sums, xp, w, start_rows, n0):
-        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
-                and isinstance(xp, types.Array) and xp.dtype == types.int32 and xp.layout == "C"
-                and isinstance(w, types.Array) and w.dtype == types.int8 and w.layout == "C"
-                and isinstance(start_rows, types.Array) and start_rows.dtype == types.int32):
-            return None
-        sig = types.void(sums, xp, w, start_rows, types.intp)
-
-        def codegen(context, builder, signature, args):
-            sa, xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
-                              for i in range(4))
-            n0_v = args[4]
-            load, store, product = _configure(builder)
-            rows = cgutils.unpack_tuple(builder, sa.shape)[0]
-            k_bytes = cgutils.unpack_tuple(builder, wa.shape)[1]      # K_pad
-            steps = builder.udiv(k_bytes, i64(AMX_K))
-            x_pitch = i64(BROADCAST_PIXELS * 4)                        # bytes per xp row
-            s_pitch = i64(BROADCAST_PIXELS * 4)                        # bytes per sums row
-            xb = builder.bitcast(xa.data, i8p)
-            wb = builder.bitcast(wa.data, i8p)
-            sb = builder.bitcast(sa.data, i8p)
-            bb = builder.bitcast(ba.data, i8p)
-            blocks = builder.udiv(rows, i64(AMX_ROWS))
-            with cgutils.for_range(builder, blocks) as block:
-                j0 = builder.mul(block.index, i64(AMX_ROWS))
-                n = builder.add(n0_v, j0)
-                w_rows = [builder.gep(wb, [builder.mul(builder.add(n, i64(16 * a)), k_bytes)])
-                          for a in range(2)]
-                starts = [builder.gep(bb, [builder.mul(builder.add(n, i64(16 * a)), i64(64))])
-                          for a in range(2)]
-                for half in range(BROADCAST_PIXELS // AMX_PIXELS):
-                    for a in range(2):
-                        for b in range(2):
-                            builder.call(load, [i8(2 * a + b), starts[a], i64(64)])
-                    with cgutils.for_range(builder, steps) as step:
-                        s = step.index
-                        k0 = builder.mul(s, i64(AMX_K))
-                        for a in range(2):
-                            builder.call(load, [i8(4 + a), builder.gep(w_rows[a], [k0]), k_bytes])
-                        x_row = builder.mul(builder.mul(s, i64(TILE_ROWS)), x_pitch)
-                        for b in range(2):
-                            column = i64((half * AMX_PIXELS + 16 * b) * 4)
-                            builder.call(load, [i8(6 + b), builder.gep(xb, [builder.add(x_row,
-                                                                                        column)]),
-                                                x_pitch])
-                        for a in range(2):
-                            for b in range(2):
-                                builder.call(product, [i8(2 * a + b), i8(4 + a), i8(6 + b)])
-                    for a in range(2):
-                        for b in range(2):
-                            row = builder.mul(builder.add(j0, i64(16 * a)), s_pitch)
-                            column = i64((half * AMX_PIXELS + 16 * b) * 4)
-                            builder.call(store, [i8(2 * a + b),
-                                                 builder.gep(sb, [builder.add(row, column)]),
-                                                 s_pitch])
-            _release(builder)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return amx_block
 
 
 def _amx_conv_ir(a_tiles, b_tiles):
@@ -199,12 +143,8 @@ def _amx_conv_ir(a_tiles, b_tiles):
 
     @intrinsic
     def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, stride):
-        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
-                and isinstance(xg, types.Array) and xg.dtype == types.int32 and xg.layout == "C"
-                and isinstance(wt, types.Array) and wt.dtype == types.int8 and wt.layout == "C"
-                and wt.ndim == 4
-                and isinstance(start_rows, types.Array) and start_rows.dtype == types.int32
-                and isinstance(taps, types.Array) and taps.dtype == types.int64):
+        if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
+                       (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
             return None
         sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp)
 
@@ -297,14 +237,27 @@ amx_conv_block = _amx_conv_ir(2, 2) if RUNS else amx_conv_block_portable
 xg[(16·kb + g)·stride + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
 
 
-def _unavailable(sums, xp, w, start_rows, n0):
-    raise RuntimeError("the AMX tile needs a CPU with AMX and the OS's leave to use it")
+AMX_MIN_TASKS = 8
+"""Parallel tasks of the AMX GEMM and conv are (chunk of positions, block of output channels); a
+layer with fewer chunks than this splits its channels into blocks, so both threads have work."""
 
 
-amx_block = _amx_block_ir() if RUNS else njit(cache=True)(_unavailable)
-"""The tile, as a Numba intrinsic: sums (rows, BROADCAST_PIXELS) int32 ← start[n0 + j] + the
-K_pad/AMX_K steps over xp (K_pad/4, BROADCAST_PIXELS) and w_pad's rows n0 .. n0 + rows (rows a
-multiple of AMX_ROWS; start_rows (N_pad, 16) int32, each channel's start repeated)."""
+@njit(cache=True, inline="always")
+def amx_tasks(n_pad, chunks):
+    """(channel groups, channels per group) of the AMX tasks for n_pad (padded) output channels and
+    ``chunks`` chunks of positions: enough groups of whole AMX_ROWS blocks to make AMX_MIN_TASKS
+    tasks."""
+    blocks = n_pad // AMX_ROWS
+    groups = max(1, min(blocks, (AMX_MIN_TASKS + chunks - 1) // max(chunks, 1)))
+    return groups, (blocks + groups - 1) // groups * AMX_ROWS
+
+
+@njit(cache=True, inline="always")
+def task_sums(g, per, n_pad):
+    """(first channel, int32 sums (channels, BROADCAST_PIXELS)) of the channel group g of
+    ``amx_tasks``; the last group may have no channels."""
+    first = g * per
+    return first, np.empty((max(0, min(n_pad, first + per) - first), BROADCAST_PIXELS), np.int32)
 
 
 @njit(cache=True)
@@ -321,14 +274,21 @@ def start_rows_jit(start, n_pad):
 
 @njit(cache=True)
 def pad_weights(w):
-    """w (N, K) int8 with zero rows up to a multiple of AMX_ROWS and zero columns up to a multiple
-    of AMX_K: the weights as the AMX tile reads them."""
+    """w (N, K) int8 as the AMX tile reads a GEMM's weights: the conv's tile layout for one tap,
+    (1, ⌈K/64⌉, N_pad, 64) with wt[0, kb, n, c] = w[n, 64·kb + c], zero past K and past N (N_pad = N
+    rounded up to AMX_ROWS)."""
     N, K = w.shape
-    n_pad = (N + AMX_ROWS - 1) // AMX_ROWS * AMX_ROWS
-    k_pad = (K + AMX_K - 1) // AMX_K * AMX_K
-    out = np.zeros((n_pad, k_pad), np.int8)
-    out[:N, :K] = w
+    blocks = (K + AMX_K - 1) // AMX_K
+    out = np.zeros((1, blocks, (N + AMX_ROWS - 1) // AMX_ROWS * AMX_ROWS, AMX_K), np.int8)
+    for kb in range(blocks):
+        for n in range(N):
+            for c in range(min(AMX_K, K - kb * AMX_K)):
+                out[0, kb, n, c] = w[n, kb * AMX_K + c]
     return out
+
+
+ONE_TAP = np.zeros(1, np.int64)
+"""The GEMM's tap offsets for the conv tile: one tap, at offset 0."""
 
 
 def amx_fits(x, w):
@@ -344,7 +304,7 @@ def _amx_fits_compiled(x, w):
     return lambda x, w: False
 
 
-NO_PAD = np.zeros((0, 0), np.int8)
+NO_PAD = np.zeros((1, 0, 0, AMX_K), np.int8)
 """The plan's ``w_pad`` for a GEMM that will not take the AMX tile: an empty array rather than None,
 so that every layer's call has the same types (one compile of the GEMM, not two)."""
 
@@ -352,14 +312,14 @@ so that every layer's call has the same types (one compile of the GEMM, not two)
 def tile_weights(w, w_pad):
     """w_pad when the plan made it (pad_weights, once per layer), else pad_weights(w) now (w_pad
     None or empty)."""
-    return pad_weights(w) if w_pad is None or w_pad.shape[0] == 0 else w_pad
+    return pad_weights(w) if w_pad is None or w_pad.size == 0 else w_pad
 
 
 @overload(tile_weights)
 def _tile_weights_compiled(w, w_pad):
     if w_pad is None or isinstance(w_pad, (types.NoneType, types.Omitted)):
         return lambda w, w_pad: pad_weights(w)
-    return lambda w, w_pad: pad_weights(w) if w_pad.shape[0] == 0 else w_pad
+    return lambda w, w_pad: pad_weights(w) if w_pad.size == 0 else w_pad
 
 TILES = {"loops": amx_conv_block_portable}
 """The conv tile variants this CPU runs, by name (the tests compare each with the reference)."""

@@ -28,6 +28,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat
+from .elementwise import add_residual
+from .quant import requantize_row
 
 QUAD_PIXELS = LANES * PIXEL_VECTORS
 """Output positions per quad tile: 4 zmm accumulators of 16 int32 lanes."""
@@ -271,3 +273,31 @@ def shift_copy(xg, s, copy_words):
 
 
 shift_copy_jit = njit(cache=True)(shift_copy)
+
+
+# -- the epilogue of the convs over the packed input (conv_quad.py, conv_amx.py) --------------------
+@njit(cache=True, inline="always")
+def store_chunk(sums, count, n, b, p0, rq, direct, y3, r3, add, yw):
+    """One output channel's sums over a chunk of positions from p0, requantized (rq = (m0, shift,
+    y_zero_point, lo, hi)): straight into y3[b, n] (the (B, N, OH·OW) view of y) with the residual
+    added, when ``direct`` (pitch = OW: no dropped columns; the first ``count`` sums), else all of
+    them (it vectorizes) into the wide rows yw[b, n]."""
+    m0, shift, y_zero_point, lo, hi = rq
+    if direct:
+        run = y3[b, n, p0:p0 + count]
+        requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi, run)
+        add_residual(run, r3[b, n, p0:p0 + count], add)
+    else:
+        requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi,
+                       yw[b, n, p0:p0 + sums.shape[0]])
+
+
+@njit(cache=True, inline="always")
+def copy_valid_columns(y_plane, wide_rows, r_plane, add, pitch):
+    """y_plane[oh] = the OW valid columns of wide row oh (at ``pitch``), plus the residual r_plane."""
+    OW = y_plane.shape[1]
+    for oh in range(y_plane.shape[0]):
+        row, wide = y_plane[oh], wide_rows[oh * pitch:oh * pitch + OW]
+        for i in range(OW):  # a loop: a slice assignment checks for overlap
+            row[i] = wide[i]
+        add_residual(row, r_plane[oh], add)

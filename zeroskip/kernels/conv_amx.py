@@ -17,16 +17,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, start_rows_jit
+from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, amx_tasks, start_rows_jit, task_sums
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import QUAD_SLACK, pack_group_jit, used_phases
-from .elementwise import add_residual, residual_parts
-from .quant import requantize_row
-
-AMX_MIN_TASKS = 8
-"""Parallel tasks are (image, chunk of BROADCAST_PIXELS positions, block of output channels); a
-layer with fewer chunks than this splits its channels into blocks, so both threads have work."""
-
+from ._quads import (QUAD_SLACK, copy_valid_columns, pack_group_jit, store_chunk,
+                     used_phases)
+from .elementwise import residual_parts
 
 def pack_tap_weights(w4):
     """wt (kh·kw, ⌈C/64⌉, N_pad, 64) int8: the weights as the AMX tile reads them.
@@ -113,12 +108,15 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     phases' pitch, block of output channels): the AMX tile over every tap and every 64 input
     channels into the block's int32 sums, requantized at once into the wide rows yw; then prange
     (image, channel): each row's OW valid columns copied into y and, with a residual, added to it.
-    A conv with no dropped columns (pitch = OW) requantizes straight into y.
-    wt — pack_tap_weights(w4); bias [N] int32 — bias'; w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
-    x [B,C,H,W] uint8|int8, C a multiple of 4; x_zero_point; xg [B, 16·⌈C/64⌉·S + QUAD_SLACK]
-    int32 — the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (as
-    conv2d_quad_rq_i8's, with room for whole blocks of 16 groups: the groups past C/4 meet zero
-    weights and are never written)
+    A conv with no dropped columns (pitch = OW) requantizes straight into y. ``folded`` (at most 4
+    input channels, ``fold_fits``): one group, packed from ``four_channels(x)``, and the x tile's
+    rows are the column taps of one kernel row, one word apart (``fold_offsets``).
+    wt — pack_tap_weights(w4), or pack_folded_weights(w4, sw) when folded; bias [N] int32 — bias';
+    w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
+    x [B,C,H,W] uint8|int8, C a multiple of 4 (at most 4 when folded); x_zero_point; xg [B,
+    16·⌈C/64⌉·S + QUAD_SLACK] int32 — the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4
+    channels (as conv2d_quad_rq_i8's, with room for whole blocks of 16 groups: the groups past C/4
+    meet zero weights and are never written); folded, [B, S + QUAD_SLACK + 16]
     m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
     wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch ≥ OW + (kw−1)·dw // sw; residual — None, or a QAdd
@@ -151,38 +149,21 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     r, add = residual_parts(residual, y)
     positions = (OH - 1) * pitch + OW
     chunks = (positions + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
-    n_blocks = n_pad // AMX_ROWS
-    groups = max(1, min(n_blocks, (AMX_MIN_TASKS + B * chunks - 1) // (B * chunks)))
-    per = (n_blocks + groups - 1) // groups * AMX_ROWS
+    groups, per = amx_tasks(n_pad, B * chunks)
     direct = pitch == OW  # no dropped columns: the chunks are runs of y
+    rq = (m0, shift, y_zero_point, lo, hi)
     y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))
     for t in prange(B * chunks * groups):
         b, rest = t // (chunks * groups), t % (chunks * groups)
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
         count = min(BROADCAST_PIXELS, positions - p0)
-        n_begin = g * per
-        n_end = min(n_pad, n_begin + per)
-        if n_end <= n_begin:
-            continue
-        sums = np.empty((n_end - n_begin, BROADCAST_PIXELS), np.int32)
+        n_begin, sums = task_sums(g, per, n_pad)
         amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words)
-        for n in range(n_begin, min(N, n_end)):
-            row = sums[n - n_begin]
-            if direct:
-                run = y3[b, n, p0:p0 + count]
-                requantize_row(row[:count], m0[n], shift[n], y_zero_point, lo, hi, run)
-                add_residual(run, r3[b, n, p0:p0 + count], add)
-            else:  # all 64 (it vectorizes), into the wide rows
-                requantize_row(row, m0[n], shift[n], y_zero_point, lo, hi,
-                               yw[b, n, p0:p0 + BROADCAST_PIXELS])
+        for n in range(n_begin, min(N, n_begin + sums.shape[0])):
+            store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, r3, add, yw)
     if not direct:
         for t in prange(B * N):  # each row's OW valid columns out of the wide rows
-            b, n = t // N, t % N
-            for oh in range(OH):
-                row, wide = y[b, n, oh], yw[b, n, oh * pitch:oh * pitch + OW]
-                for i in range(OW):  # a loop: a slice assignment checks for overlap
-                    row[i] = wide[i]
-                add_residual(row, r[b, n, oh], add)
+            copy_valid_columns(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch)
 
 
 conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)

@@ -24,10 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._broadcast import sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, pack_group_jit, quad_tile, shift_copy_jit,
-                     used_phases)
-from .elementwise import add_residual, residual_parts
-from .quant import requantize_row
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, copy_valid_columns, pack_group_jit, quad_tile,
+                     shift_copy_jit, store_chunk, used_phases)
+from .elementwise import residual_parts
 
 QUAD_MIN_TASKS = 8
 """Parallel tasks are (image, chunk of QUAD_PIXELS positions, block of output channels); a layer
@@ -94,6 +93,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     blocks, per = _quad_tasks(B * chunks, N)
     group_words = C4 // groups * stride
     direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
+    rq = (m0, shift, y_zero_point, lo, hi)
     y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))  # once: 40 ns a reshape
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
@@ -103,21 +103,10 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            if direct:
-                run = y3[b, n, p0:p0 + count]
-                requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi, run)
-                add_residual(run, r3[b, n, p0:p0 + count], add)
-            else:  # all 64 (it vectorizes), into the wide rows
-                requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi,
-                               yw[b, n, p0:p0 + QUAD_PIXELS])
+            store_chunk(sums, count, n, b, p0, rq, direct, y3, r3, add, yw)
     if not direct:
         for t in prange(B * N):  # each row's OW valid columns out of the wide rows
-            b, n = t // N, t % N
-            for oh in range(OH):
-                row, wide = y[b, n, oh], yw[b, n, oh * pitch:oh * pitch + OW]
-                for i in range(OW):  # a loop: a slice assignment checks for overlap
-                    row[i] = wide[i]
-                add_residual(row, r[b, n, oh], add)
+            copy_valid_columns(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)

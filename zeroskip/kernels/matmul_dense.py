@@ -37,7 +37,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._amx import AMX_ROWS, amx_block, amx_fits, start_rows_jit, tile_weights
+from ._amx import (ONE_TAP, amx_conv_block, amx_fits, amx_tasks, start_rows_jit, task_sums,
+                   tile_weights)
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_tile,
                          never_fits, pack_chunk_jit, sign_flip, unsigned_bias)
 from ._copies import renamed_copy
@@ -464,17 +465,16 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
 
 @njit(cache=True, inline="always")
 def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
-    """out = bias' + w @ xᵀ on the AMX tile (kernels/_amx.py), with _store_sums's epilogue: x
-    packed into 64-pixel chunks as for the broadcast tile (one parallel loop), then tasks of a chunk
+    """out = bias' + w @ xᵀ on the AMX conv tile with one tap (kernels/_amx.py), with _store_sums's
+    epilogue: x packed into 64-pixel chunks as for the broadcast tile (one parallel loop), then
+    tasks of a chunk
     and a block of channels (another), each block summed by one tile call and stored."""
     M, K = x.shape
     N = w.shape[0]
-    wt = tile_weights(w, w_pad)
-    n_pad, k_pad = wt.shape
+    wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
+    n_pad, k_pad = wt.shape[2], wt.shape[1] * 64
     chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
-    blocks = n_pad // AMX_ROWS
-    groups = max(1, min(blocks, (BROADCAST_MIN_TASKS + chunks - 1) // chunks))
-    per = (blocks + groups - 1) // groups * AMX_ROWS
+    groups, per = amx_tasks(n_pad, chunks)
     xp = np.empty((chunks, k_pad // 4, BROADCAST_PIXELS), np.int32)
     xw, flip = x.view(np.int32), sign_flip(x)
     for ci in prange(chunks):
@@ -482,17 +482,15 @@ def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
         pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
     start = unsigned_bias(x, w, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
+    x_words = xp.reshape((chunks, k_pad // 4 * BROADCAST_PIXELS))  # the tile's flat words
     for t in prange(chunks * groups):
         ci, g = t // groups, t % groups
         c = ci * BROADCAST_PIXELS
         count = min(BROADCAST_PIXELS, M - c)
-        n_begin = g * per
-        n_end = min(n_pad, n_begin + per)
-        if n_end <= n_begin:
-            continue
-        sums = np.empty((n_end - n_begin, BROADCAST_PIXELS), np.int32)
-        amx_block(sums, xp[ci], wt, start_rows, n_begin)
-        for j in range(min(N, n_end) - n_begin):
+        n_begin, sums = task_sums(g, per, n_pad)
+        # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
+        amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS)
+        for j in range(min(N - n_begin, sums.shape[0])):
             _store_sums(sums[j, :count], out, n_begin + j, c, rq, r, add)
 
 

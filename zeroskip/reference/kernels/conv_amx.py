@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv_csr import conv2d_csr_rq_i8
+from .conv_csr import dense_conv2d_rq_i8
 
 
 def tiles_to_dense(wt, n_out, channels, kh, kw):
@@ -42,14 +42,9 @@ def conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, m0, shift, y_zero_poin
     channels = np.asarray(x).shape[1]
     w = (folded_to_dense(wt, len(bias), channels, kh, kw, strides[1]) if folded else
          tiles_to_dense(wt, len(bias), channels, kh, kw)).reshape(len(bias), -1)
-    if np.asarray(x).dtype == np.int8:
-        assert np.array_equal(np.asarray(w_sums, np.int64), w.astype(np.int64).sum(axis=1)), \
-            "w_sums are not the weight's row sums"
-    indptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
-    rows, cols = np.nonzero(w)
-    return conv2d_csr_rq_i8(indptr, cols, w[rows, cols], bias, x, x_zero_point, m0, shift,
-                            y_zero_point, lo, hi, kernel_shape=kernel_shape, strides=strides,
-                            pads=pads, dilations=dilations, groups=1, residual=residual)
+    return dense_conv2d_rq_i8(w, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi,
+                              kernel_shape=kernel_shape, strides=strides, pads=pads,
+                              dilations=dilations, groups=1, residual=residual)
 
 
 REFERENCES = {"conv2d_dense_rq_i8": conv2d_dense_rq_i8}

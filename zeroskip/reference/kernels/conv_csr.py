@@ -66,3 +66,19 @@ def conv2d_csr_rq_i8(indptr, indices, data, bias, x, x_zero_point, m0, shift, y_
 
 REFERENCES = {"conv2d_csr_f32": conv2d_csr_f32, "conv2d_csr_i8": conv2d_csr_i8,
               "conv2d_csr_rq_i8": conv2d_csr_rq_i8}
+
+
+def dense_conv2d_rq_i8(w, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
+                       kernel_shape, strides, pads, dilations, groups, residual=None):
+    """conv2d_csr_rq_i8's reference on a dense (N, K) int8 weight: the kernels that start their sums
+    from bias' − 128·w_sums for int8 x (the quad and AMX convs) must be given w's row sums, checked
+    here."""
+    w = np.asarray(w)
+    if np.asarray(x).dtype == np.int8:
+        assert np.array_equal(np.asarray(w_sums, np.int64), w.astype(np.int64).sum(axis=1)), \
+            "w_sums are not the weight's row sums"
+    indptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
+    rows, cols = np.nonzero(w)
+    return conv2d_csr_rq_i8(indptr, cols, w[rows, cols], bias, x, x_zero_point, m0, shift,
+                            y_zero_point, lo, hi, kernel_shape=kernel_shape, strides=strides,
+                            pads=pads, dilations=dilations, groups=groups, residual=residual)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv_csr import conv2d_csr_rq_i8
+from .conv_csr import dense_conv2d_rq_i8
 
 
 def quads_to_dense(qptr, qcols, words, c_group, kh, kw):
@@ -31,14 +31,9 @@ def conv2d_quad_rq_i8(qptr, qcols, words, bias, w_sums, x, x_zero_point, m0, shi
     kh, kw = kernel_shape
     c_group = np.asarray(x).shape[1] // groups
     w = quads_to_dense(qptr, qcols, words, c_group, kh, kw).reshape(len(qptr) - 1, -1)
-    if np.asarray(x).dtype == np.int8:
-        assert np.array_equal(np.asarray(w_sums, np.int64), w.astype(np.int64).sum(axis=1)), \
-            "w_sums are not the weight's row sums"
-    indptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
-    rows, cols = np.nonzero(w)
-    return conv2d_csr_rq_i8(indptr, cols, w[rows, cols], bias, x, x_zero_point, m0, shift,
-                            y_zero_point, lo, hi, kernel_shape=kernel_shape, strides=strides,
-                            pads=pads, dilations=dilations, groups=groups, residual=residual)
+    return dense_conv2d_rq_i8(w, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi,
+                              kernel_shape=kernel_shape, strides=strides, pads=pads,
+                              dilations=dilations, groups=groups, residual=residual)
 
 
 REFERENCES = {"conv2d_quad_rq_i8": conv2d_quad_rq_i8}

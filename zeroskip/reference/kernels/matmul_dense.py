@@ -28,9 +28,11 @@ def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=Non
     AMX tile: it must hold w and zeros (or be empty: none made)."""
     if w_sums is not None:
         assert np.array_equal(w_sums, np.asarray(w, np.int64).sum(axis=1)), "w_sums are not w's"
-    if w_pad is not None and np.size(w_pad):
+    if w_pad is not None and np.size(w_pad):  # (1, blocks, N_pad, 64): w[n, 64·kb + c] at [0, kb, n, c]
         n, k = np.shape(w)
-        assert np.array_equal(np.asarray(w_pad)[:n, :k], w) and \
+        _, blocks, n_pad, width = np.shape(w_pad)
+        full = np.asarray(w_pad)[0].transpose(1, 0, 2).reshape(n_pad, blocks * width)
+        assert np.array_equal(full[:n, :k], w) and \
             np.count_nonzero(w_pad) == np.count_nonzero(w), "w_pad is not w padded with zeros"
     return with_residual(requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point,
                                              lo, hi), residual)
