@@ -136,13 +136,15 @@ def _release(builder):
 
 def _amx_conv_ir(a_tiles, b_tiles):
     """The conv's tile for a_tiles × b_tiles C tiles (16·a_tiles channels × 16·b_tiles positions
-    per pass; a_tiles·b_tiles = 4): a_tiles tiles of w and the rest of the 8 for x, taken in turn."""
+    per pass; a_tiles·b_tiles = 4): a_tiles tiles of w and the rest of the 8 for x, taken in turn.
+    Only 2 × 2 is built: 1 × 4 (weights loaded once per 64 positions, but 5 loads per 4 products)
+    was slower on every ResNet-18 and MobileNetV2 shape tried (docs/kernels.md)."""
     i8, i64, i8p = _i8, _i64, _i8p
     x_regs = 8 - 4 - a_tiles
     passes = BROADCAST_PIXELS // (16 * b_tiles)
 
     @intrinsic
-    def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, stride):
+    def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words):
         if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
                        (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
             return None
@@ -151,13 +153,13 @@ def _amx_conv_ir(a_tiles, b_tiles):
         def codegen(context, builder, signature, args):
             sa, xa, wa, ba, ta = (context.make_array(signature.args[i])(context, builder, args[i])
                                   for i in range(5))
-            n0_v, p0_v, stride_v = args[5:]
+            n0_v, p0_v, row_words_v = args[5:]
             load, store, product = _configure(builder)
             rows = cgutils.unpack_tuple(builder, sa.shape)[0]
             n_taps, k_blocks, n_pad = cgutils.unpack_tuple(builder, wa.shape)[:3]
             tap_stride = cgutils.unpack_tuple(builder, ta.strides)[0]
-            x_pitch = builder.mul(stride_v, i64(4))                   # bytes between groups
-            block_bytes = builder.mul(x_pitch, i64(TILE_ROWS))        # 16 groups
+            x_pitch = builder.mul(row_words_v, i64(4))                # bytes between x tile rows
+            block_bytes = builder.mul(x_pitch, i64(TILE_ROWS))        # 16 rows
             s_pitch = i64(BROADCAST_PIXELS * 4)
             xb, wb = builder.bitcast(xa.data, i8p), builder.bitcast(wa.data, i8p)
             sb, bb = builder.bitcast(sa.data, i8p), builder.bitcast(ba.data, i8p)
@@ -207,7 +209,7 @@ def _amx_conv_ir(a_tiles, b_tiles):
     return amx_conv_block
 
 
-def amx_conv_block_loops(sums, xg, wt, start_rows, taps, n0, p0, stride):
+def amx_conv_block_loops(sums, xg, wt, start_rows, taps, n0, p0, row_words):
     """The conv's tile in plain loops, the same integers: the one to read first, and what the conv
     runs where the AMX tile cannot (no AMX, or NUMBA_DISABLE_JIT=1). Activation bytes unsigned,
     weight bytes signed; the int32 sums wrap as tdpbsud's do."""
@@ -217,7 +219,7 @@ def amx_conv_block_loops(sums, xg, wt, start_rows, taps, n0, p0, stride):
     for t in range(wt.shape[0]):
         for kb in range(wt.shape[1]):
             for g in range(TILE_ROWS):                      # one row of the x tile
-                base = (TILE_ROWS * kb + g) * stride + taps[t] + p0
+                base = (TILE_ROWS * kb + g) * row_words + taps[t] + p0
                 for j in range(sums.shape[0]):              # one row of the w tile
                     w = wt[t, kb, n0 + j, 4 * g:4 * g + 4]
                     if w[0] == 0 and w[1] == 0 and w[2] == 0 and w[3] == 0:
@@ -234,7 +236,7 @@ amx_conv_block_portable = njit(cache=True)(amx_conv_block_loops)
 amx_conv_block = _amx_conv_ir(2, 2) if RUNS else amx_conv_block_portable
 """The conv's tile, as a Numba intrinsic: sums (rows, BROADCAST_PIXELS) int32 ← start[n0 + j] +
 Σ over taps t and blocks kb of 16 channel groups: wt[t, kb, n0 + j] · the packed input's words
-xg[(16·kb + g)·stride + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
+xg[(16·kb + g)·row_words + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
 
 
 AMX_MIN_TASKS = 8

@@ -9,7 +9,9 @@ packed input with the groups' stride as the row pitch; the weights of 16 output 
 same 64 channels at that tap are another, packed at plan time (``pack_tap_weights``). One
 ``tdpbsud`` multiplies the two into 16 channels × 16 positions of int32 sums (kernels/_amx.py).
 Output positions run at the phases' row pitch, and the columns past OW are computed and dropped, as
-in the quad conv. docs/kernels.md, "The AMX conv", has the loop order and the figures.
+in the quad conv. A conv of at most 4 input channels (the stem) has one group; its column taps are
+folded into the x tile's rows instead, one word apart (``pack_folded_weights``, ``fold_offsets``).
+docs/kernels.md, "conv2d_dense_rq_i8", has the loop order and the figures.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
 from ._quads import (QUAD_SLACK, copy_valid_columns, pack_group_jit, store_chunk,
                      used_phases)
 from .elementwise import residual_parts
+
 
 def pack_tap_weights(w4):
     """wt (kh·kw, ⌈C/64⌉, N_pad, 64) int8: the weights as the AMX tile reads them.

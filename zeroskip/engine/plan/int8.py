@@ -451,8 +451,9 @@ class QuadConv(ConvAccumulator):
 class AmxConv(ConvAccumulator):
     """The dense conv on AMX tiles (kernels/conv_amx.py: the quad conv's packed input, no im2row,
     16 channels × 16 positions × 64 input channels per instruction), for a requantizing conv of one
-    group with a multiple of 4 input channels, on a CPU whose OS lets this process use AMX
-    (``fits``). Its weights are packed per tap once here (``pack_tap_weights``)."""
+    group that is not pointwise, on a CPU whose OS lets this process use AMX (``fits``). Its weights
+    are packed once here: per tap (``pack_tap_weights``), or, for at most 4 input channels, with
+    the column taps folded into the tile's rows (``pack_folded_weights``: the stem)."""
 
     takes_residual = True
 
