@@ -10,6 +10,8 @@ Paths (each a whole conv layer, output included):
 - ``dense-f32``: im2col_dense_f32 + numpy float32 BLAS (OpenBLAS sgemm) + bias_act_dense_f32;
 - ``sparse-f32``: conv2d_csr_f32 (bias and ReLU fused);
 - ``sparse-i8``: conv2d_csr_i8 + requantize_dense_i8 (uint8 in, uint8 out);
+- ``dense-i8-amx``: conv2d_dense_rq_i8, the dense int8 conv on AMX tiles (requantized in its
+  epilogue; at most 4 input channels folded), skipped with its reason where AMX is not available;
 - depthwise shapes: ``depthwise-f32``, ``depthwise-i8`` (+ requantize);
 - ``ort-conv-f32``: onnxruntime Conv, the peer baseline.
 ``test_target_ratio`` times dense-f32 and sparse-i8 side by side on the issue's shape (ResNet-50
@@ -78,18 +80,48 @@ class Layer:
         np.matmul(self.w.reshape(g, self.N // g, K), self.cols.reshape(1, g, K, -1), out=y)
         serial_kernel("bias_act_dense_f32")(self.y.reshape(1, self.N, -1), self.b, 0.0, np.inf)
 
+    def _phases(self, dtype):
+        """(tap starts, padded phases workspace) of the direct sparse convs, as CsrConv's plan
+        makes them (engine/plan/geometry.py)."""
+        from zeroskip.engine.plan.geometry import TapStarts, _conv_geometry_of, phase_shape
+
+        g = _conv_geometry_of((self.s, self.s), (1, 1), (self.p,) * 4, "NOTSET", self.x.shape[2:],
+                              self.kh, self.kw)
+        starts = TapStarts(self.indices.astype(np.int32), self.C // self.g, self.kh, self.kw)(g)
+        return starts, np.empty((1, self.C) + phase_shape(g, self.kh, self.kw), dtype)
+
     def sparse_f32_args(self):
-        return (self.indptr, self.indices, self.data, self.b, self.x, self.xp, self.ws, self.y,
-                *self.geo[:4], 1, 1, self.p, self.p, self.g, np.float32(0.0), np.float32(np.inf))
+        starts, xq = self._phases(np.float32)
+        return (self.indptr, starts, self.data, self.b, self.x, xq, self.y, *self.geo[:4], 1, 1,
+                self.p, self.p, self.g, np.float32(0.0), np.float32(np.inf))
 
     def sparse_i8_args(self):
-        return (self.indptr, self.indices, self.qdata, self.bias, self.xq, 3, self.xpq, self.wsq,
-                self.acc, *self.geo[:4], 1, 1, self.p, self.p, self.g)
+        starts, xq = self._phases(np.uint8)
+        return (self.indptr, starts, self.qdata, self.bias, self.xq, 3, xq, self.acc,
+                *self.geo[:4], 1, 1, self.p, self.p, self.g)
 
     def sparse_i8(self):
         serial_kernel("conv2d_csr_i8")(*self.sparse_i8_args())
         serial_kernel("requantize_dense_i8")(self.acc.reshape(self.N, -1), self.m0, self.shift,
                                              0, 0, 255, self.yq)
+
+    def amx_args(self):
+        """conv2d_dense_rq_i8's arguments, its buffers allocated as AmxConv's plan does."""
+        from zeroskip.kernels import _quads, conv_amx
+
+        w4 = self.wq.reshape(self.N, self.C, self.kh, self.kw)
+        folded = conv_amx.fold_fits(self.C, self.kw, self.s, 1)
+        wt = conv_amx.pack_folded_weights(w4, self.s) if folded else conv_amx.pack_tap_weights(w4)
+        groups = 1 if folded else wt.shape[1] * 16
+        _, pitch, _, _, words = _quads.quad_layout(self.OH, self.OW, self.kh, self.kw, self.s,
+                                                   self.s, 1, 1, groups, False)
+        xg = np.empty((1, words + 16 * folded), np.int32)
+        positions = (self.OH - 1) * pitch + self.OW
+        yw = np.empty((1, self.N, -(-positions // 64) * 64), np.uint8)
+        y = np.empty((1, self.N, self.OH, self.OW), np.uint8)
+        w_sums = w4.reshape(self.N, -1).astype(np.int64).sum(axis=1)
+        return (wt, self.bias, w_sums, self.xq, 3, xg, self.m0, self.shift, 0, 0, 255, yw, y,
+                *self.geo, pitch, folded, None)  # None: no residual
 
     def depthwise_f32_args(self):
         return (self.w, self.b, self.x, self.xp, self.ws, self.y, *self.geo[:4], 1, 1, self.p,
@@ -134,7 +166,8 @@ CONV_SHAPES = [s for s in SHAPES if s[-1] == 1]
 DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
 
 
-@pytest.mark.parametrize("path", ["dense-f32", "sparse-f32", "sparse-i8", "ort-conv-f32"])
+@pytest.mark.parametrize("path", ["dense-f32", "sparse-f32", "sparse-i8", "dense-i8-amx",
+                                  "ort-conv-f32"])
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("name,C,H,W,N,kh,kw,stride,pad,groups", CONV_SHAPES,
                          ids=[s[0] for s in CONV_SHAPES])
@@ -152,6 +185,16 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
     elif path == "sparse-i8":
         extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
         call = layer.sparse_i8
+    elif path == "dense-i8-amx":
+        from zeroskip.kernels import _amx, conv_amx
+
+        if not _amx.RUNS or (C % 4 and not conv_amx.fold_fits(C, kw, stride, 1)) or groups != 1:
+            pytest.skip("the AMX conv needs AMX (granted by the OS) and one group of a multiple "
+                        "of 4 input channels, or at most 4")
+        args = layer.amx_args()
+        extra["compile_s"] = compile_seconds(path, conv_amx._conv2d_dense_rq_i8, args)
+        extra.update(nnz=N * layer.K)
+        call = lambda: serial_kernel("conv2d_dense_rq_i8")(*args)  # noqa: E731
     else:
         sess = layer.ort_session()
         call = lambda: sess.run(None, {"x": layer.x})  # noqa: E731
