@@ -88,6 +88,27 @@ def extreme_values(rng, shape, lo, hi, ends=0.25):
     return v
 
 
+TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+
+
+def random_conv_case(rng, w_shape, x_shape, density, x_type, seed):
+    """A requantizing int8 conv's random operands: (w, x, x_zp, bias', w_sums, m0, shift, y_type,
+    lo, hi, y_zp). Weights and activations put a quarter of their values at the ends of their
+    ranges; the output type is x's for odd seeds and the other 8-bit type for even ones."""
+    N = w_shape[0]
+    w = extreme_values(rng, w_shape, -128, 127).astype(np.int8)
+    w[rng.random(w.shape) >= density] = 0
+    x = extreme_values(rng, x_shape, *TYPE_RANGE[x_type]).astype(x_type)
+    x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
+    w2 = w.reshape(N, -1).astype(np.int64)
+    bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
+    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
+    shift = rng.integers(31, 42, N).astype(np.int32)
+    y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
+    lo, hi = TYPE_RANGE[y_type]
+    return w, x, x_zp, bias, w2.sum(axis=1), m0, shift, y_type, lo, hi, int(rng.integers(lo, hi + 1))
+
+
 _WITH_TILE: dict = {}
 
 

@@ -36,18 +36,8 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, fo
     ``folded``: the column taps folded into the x tile's rows (at most 4 input channels)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     rng = np.random.default_rng(seed)
-    w = extreme_values(rng, (N, C, kh, kw), -128, 127).astype(np.int8)
-    w[rng.random(w.shape) >= density] = 0
-    x = extreme_values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
-    x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
-    w2 = w.reshape(N, -1).astype(np.int64)
-    bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
-    w_sums = w2.sum(axis=1)
-    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
-    shift = rng.integers(31, 42, N).astype(np.int32)
-    y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
-    lo, hi = TYPE_RANGE[y_type]
-    y_zp = int(rng.integers(lo, hi + 1))
+    w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
+        rng, (N, C, kh, kw), (B, C, H, W), density, x_type, seed)
     oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
     ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
     if folded:

@@ -45,18 +45,8 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
     aligned layout of the packed input (_quads.quad_layout); returns (got, want)."""
     B, C, H, W, N, kh, kw, s, p, d, g = case
     rng = np.random.default_rng(seed)
-    w = extreme_values(rng, (N, C // g, kh, kw), -128, 127).astype(np.int8)
-    w[rng.random(w.shape) >= density] = 0
-    x = extreme_values(rng, (B, C, H, W), *TYPE_RANGE[x_type]).astype(x_type)
-    x_zp = int(rng.integers(*TYPE_RANGE[x_type], endpoint=True))
-    w2 = w.reshape(N, -1).astype(np.int64)
-    bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
-    w_sums = w2.sum(axis=1)
-    m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
-    shift = rng.integers(31, 42, N).astype(np.int32)
-    y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
-    lo, hi = TYPE_RANGE[y_type]
-    y_zp = int(rng.integers(lo, hi + 1))
+    w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
+        rng, (N, C // g, kh, kw), (B, C, H, W), density, x_type, seed)
     oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
     qptr, qcols, words = quad_rows(w)
     _, pitch, stride, copies, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, C // 4, aligned)
