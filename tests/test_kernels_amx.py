@@ -21,7 +21,7 @@ from zeroskip.kernels import KERNELS, _amx, _quads, conv_amx
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_amx import tiles_to_dense
 
-TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+TYPE_RANGE = checks.TYPE_RANGE
 
 
 def kernel_with_tile(name: str):

@@ -23,7 +23,7 @@ from zeroskip.kernels import KERNELS, _quads, conv_quad
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_quad import quads_to_dense
 
-TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
+TYPE_RANGE = checks.TYPE_RANGE
 
 
 def kernel_with_tile(name: str):
