@@ -247,15 +247,18 @@ def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
     x = extreme_values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
     w = extreme_values(rng, (N, K), -128, 127).astype(np.int8)
     bias = rng.integers(-2 ** 16, 2 ** 16, N).astype(np.int32)
-    acc = np.empty((N, M), np.int32)
-    KERNELS["matmul_dense_i8"](x, w, bias, acc)
-    assert_exact(acc, REFERENCES["matmul_dense_i8"](x, w, bias), shape=shape)
+    pads = (None, _amx.NO_PAD, _amx.pad_weights(w))
+    for w_pad in pads:
+        acc = np.empty((N, M), np.int32)
+        KERNELS["matmul_dense_i8"](x, w, bias, acc, w_pad)
+        assert_exact(acc, REFERENCES["matmul_dense_i8"](x, w, bias, w_pad), shape=shape,
+                     w_pad=None if w_pad is None else w_pad.shape)
     m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
     shift = rng.integers(31, 42, N).astype(np.int32)
     lo, hi = TYPE_RANGE[x_type]
     want = REFERENCES["matmul_dense_rq_i8"](x, w, bias, m0, shift, 3, lo, hi)
     w_sums = w.astype(np.int64).sum(axis=1)
-    for w_pad in (None, _amx.NO_PAD, _amx.pad_weights(w)):
+    for w_pad in pads:
         y = np.empty((N, M), x_type)
         KERNELS["matmul_dense_rq_i8"](x, w, bias, m0, shift, 3, lo, hi, y, None, w_sums, w_pad)
         assert_exact(y, want, shape=shape, w_pad=None if w_pad is None else w_pad.shape)

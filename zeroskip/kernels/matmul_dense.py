@@ -335,7 +335,7 @@ AVX2, plain loops elsewhere, and the NumPy model when Numba's JIT is off (LLVM I
 Python)."""
 
 
-def _matmul_dense_i8(x, w, bias, yt):
+def _matmul_dense_i8(x, w, bias, yt, w_pad=None):
     # w (N,K) int8 @ x (M,K)ᵀ uint8|int8 + bias' -> acc yt (N,M) int32
     """yt[n,m] = bias'[n] + Σ_k q_w[n,k]·q_x[m,k]      (the int32 accumulator)
 
@@ -350,6 +350,8 @@ def _matmul_dense_i8(x, w, bias, yt):
     w [N,K] int8 — weights, anything in [−128, 127], C-contiguous
     bias [N] int32 — the folded bias bias'
     yt [N,M] int32 — accumulator out (channel-major, NCHW for a conv), overwritten
+    w_pad — None, or w padded once by the plan for the AMX tile (_amx.pad_weights; NO_PAD where
+    the tile will not run); padded per call when None
     Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (checked by the plan).
     Overflow: |u8·s8| ≤ 255·128 = 32 640 < 2^15, so K ≤ 65 793 is safe; |s8·s8| ≤ 128·128 = 2^14,
     so K ≤ 131 071 (the plan checks K).
@@ -357,7 +359,7 @@ def _matmul_dense_i8(x, w, bias, yt):
     """
     K = x.shape[1]
     if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
-        _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None, None)
+        _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None, w_pad)
     elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None)
     else:

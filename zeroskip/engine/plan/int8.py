@@ -72,7 +72,7 @@ class DenseGemm(GemmAccumulator):
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
-        self.kernel(np.ascontiguousarray(x), self.w, bias, acc)
+        self.kernel(np.ascontiguousarray(x), self.w, bias, acc, self.w_pad)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
@@ -206,7 +206,7 @@ def weight_sums(w2: np.ndarray) -> np.ndarray:
 
 
 def amx_padded(w2: np.ndarray):
-    """The dense requantizing GEMM's ``w_pad``: w (N, K) padded once here for its AMX tile where
+    """The dense GEMMs' ``w_pad``: w (N, K) padded once here for its AMX tile where
     that tile will run (kernels/_amx.py, AMX_MIN_K), else the empty _amx.NO_PAD."""
     from ...kernels import _amx
 
@@ -547,6 +547,7 @@ class Im2rowConv(ConvAccumulator):
         taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
         self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
                          for g in range(self.group)]
+        self.w_pads = [amx_padded(w) for w in self.w_groups]  # the AMX tile's, once per layer
         # a 1×1, stride-1, unpadded conv of one group whose K needs no padding: the channels-last
         # input already is the GEMM's rows (any auto_pad gives a 1×1 stride-1 conv no pads)
         attrs = node.attrs
@@ -592,19 +593,20 @@ class Im2rowConv(ConvAccumulator):
         return rows
 
     def _groups(self, rows, out):
-        """(rows (M, k_pad), weights, output channels slice, out (N/g, M)) per image and group."""
+        """(rows (M, k_pad), weights, their AMX padding, output channels slice, out (N/g, M)) per
+        image and group."""
         per = self.n_out // self.group
         batch, _, oh, ow = out.shape
         for b in range(batch):
             for gi in range(self.group):
                 channels = slice(gi * per, (gi + 1) * per)
-                yield (rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi], channels,
+                yield (rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi], self.w_pads[gi], channels,
                        out[b, channels].reshape(per, oh * ow))
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         rows = self._fill_rows(x, x_zp, g, geo)
-        for x_rows, w, channels, acc_g in self._groups(rows, acc):
-            self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g)
+        for x_rows, w, w_pad, channels, acc_g in self._groups(rows, acc):
+            self.kernel(x_rows, w, np.ascontiguousarray(bias[channels]), acc_g, w_pad)
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         """The GEMM requantizes in its epilogue."""
@@ -613,11 +615,11 @@ class Im2rowConv(ConvAccumulator):
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
         tail = requantize_args(q)[2:]
         gemms = []  # per image and group: the GEMM's build, its rows and weights..., its output
-        for b, (x_rows, w, ch, y_g) in enumerate(self._groups(rows, placeholder(y_shape,
-                                                                                 y_dtype))):
+        for b, (x_rows, w, w_pad, ch, y_g) in enumerate(self._groups(rows, placeholder(y_shape,
+                                                                                        y_dtype))):
             args = (w, np.ascontiguousarray(q["bias"][ch]), q["m0"][ch], q["shift"][ch]) + tail
             gemms.append((pick(self.rq_kernel, x_rows, *args, y_g), x_rows, args,
-                          b // self.group, ch, y_g.shape, weight_sums(w), amx_padded(w)))
+                          b // self.group, ch, y_g.shape, weight_sums(w), w_pad))
 
         def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)

@@ -8,12 +8,24 @@ from .elementwise import with_residual
 from .quant import requantize_dense_i8
 
 
-def matmul_dense_i8(x, w, bias):
+def check_padded(w, w_pad):
+    """Assert that ``w_pad`` holds w and zeros (or is None or empty: none made)."""
+    if w_pad is not None and np.size(w_pad):  # (1, blocks, N_pad, 64): w[n, 64·kb + c] at [0, kb, n, c]
+        n, k = np.shape(w)
+        _, blocks, n_pad, width = np.shape(w_pad)
+        full = np.asarray(w_pad)[0].transpose(1, 0, 2).reshape(n_pad, blocks * width)
+        assert np.array_equal(full[:n, :k], w) and \
+            np.count_nonzero(w_pad) == np.count_nonzero(w), "w_pad is not w padded with zeros"
+
+
+def matmul_dense_i8(x, w, bias, w_pad=None):
     """acc [N,M] int64 = q_w @ q_xᵀ + bias'[:, None] — the int32 accumulator, computed exactly.
+    ``w_pad``, the kernel's copy of w padded for its AMX tile, changes nothing (check_padded).
 
     x [M,K] uint8|int8 raw activations (zero point folded into bias'), w [N,K] int8, bias [N] int32
     bias'[n] = q_b[n] − x_zp·Σ_k q_w[n,k] (docs/quantization.md §2). Every step is exact in int64.
     """
+    check_padded(w, w_pad)
     x = np.asarray(x, dtype=np.int64)
     w = np.asarray(w, dtype=np.int64)
     return w @ x.T + np.asarray(bias, dtype=np.int64)[:, None]
@@ -28,12 +40,7 @@ def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=Non
     AMX tile: it must hold w and zeros (or be empty: none made)."""
     if w_sums is not None:
         assert np.array_equal(w_sums, np.asarray(w, np.int64).sum(axis=1)), "w_sums are not w's"
-    if w_pad is not None and np.size(w_pad):  # (1, blocks, N_pad, 64): w[n, 64·kb + c] at [0, kb, n, c]
-        n, k = np.shape(w)
-        _, blocks, n_pad, width = np.shape(w_pad)
-        full = np.asarray(w_pad)[0].transpose(1, 0, 2).reshape(n_pad, blocks * width)
-        assert np.array_equal(full[:n, :k], w) and \
-            np.count_nonzero(w_pad) == np.count_nonzero(w), "w_pad is not w padded with zeros"
+    check_padded(w, w_pad)
     return with_residual(requantize_dense_i8(matmul_dense_i8(x, w, bias), m0, shift, y_zero_point,
                                              lo, hi), residual)
 
