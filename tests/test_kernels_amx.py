@@ -239,7 +239,7 @@ def _run_tile(tile, sums, xg, wt, start, offsets):
 @pytest.mark.parametrize("shape", [(17, 192, 1), (100, 196, 33), (130, 576, 64), (64, 1028, 70)],
                          ids=lambda s: "M{}K{}N{}".format(*s))
 def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
-    """matmul_dense_i8 and matmul_dense_rq_i8 at K ≥ AMX_MIN_K, where an AMX CPU takes the AMX tile
+    """matmul_dense_i8, matmul_dense_rq_i8 and matmul_planar_rq_i8 at K ≥ AMX_MIN_K, where an AMX CPU takes the AMX tile
     (K not a multiple of 64, N not of 32: the padded weights; with and without the plan's padded
     copy): the reference's integers."""
     M, K, N = shape
@@ -262,6 +262,10 @@ def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
         y = np.empty((N, M), x_type)
         KERNELS["matmul_dense_rq_i8"](x, w, bias, m0, shift, 3, lo, hi, y, None, w_sums, w_pad)
         assert_exact(y, want, shape=shape, w_pad=None if w_pad is None else w_pad.shape)
+        y = np.empty((N, M), x_type)
+        KERNELS["matmul_planar_rq_i8"](np.ascontiguousarray(x.T), w, bias, m0, shift, 3, lo, hi, y,
+                                       None, w_sums, w_pad)
+        assert_exact(y, want, shape=shape, planar=True)
 
 
 def test_pad_weights_by_hand():

@@ -528,6 +528,26 @@ def test_avgpool_rounding_ties():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (1, 17, 14, 14), (1, 4, 2, 3)])
+def test_avgpool_over_the_whole_plane(shape, dtype):
+    """A window that is the whole plane (the plan's global average with equal parameters in and
+    out) takes the kernel's flat plane sums: the reference's bytes, ties included (1·2 and 2·3
+    windows: sums at .5), against the same windows with a pad (the general loop) as a check."""
+    rng = np.random.default_rng(sum(shape))
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    x = rng.integers(lo, hi + 1, shape).astype(dtype)
+    x[0, 0].flat[0] = lo if dtype == np.int8 else hi  # one sign for ties at .5 below and above 0
+    _, _, h, w = shape
+    y = np.full(shape[:2] + (1, 1), 7, dtype)
+    KERNELS["avgpool_dense_i8"](x, y, h, w, 1, 1, 1, 1, 0, 0, 0, 0, 0, 3)
+    want = REFERENCES["avgpool_dense_i8"](x, 3, kernel_shape=[h, w])
+    assert_exact(y, want, dtype=dtype, shape=shape)
+    padded = np.full(shape[:2] + (1, 1), 7, dtype)  # a bottom pad not counted: the same windows
+    KERNELS["avgpool_dense_i8"](x, padded, h, w, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3)
+    assert_exact(padded, want, dtype=dtype, shape=shape, path="general")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (1, 17, 14, 14), (1, 2, 3, 5)])
 def test_global_avgpool_dense_i8(shape, dtype):
     rng = np.random.default_rng(4)

@@ -232,8 +232,9 @@ def test_broadcast_tile_is_taken_for_8_bit_activations_with_k_a_multiple_of_4():
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
 @pytest.mark.parametrize("M,N,K", BROADCAST_SHAPES)
 def test_broadcast_tile_gives_the_reference(M, N, K, x_type):
-    """Both dense GEMMs on the broadcast tile: the int32 sums and the requantized bytes (with and
-    without a fused residual) of the integer reference, at 1 and 2 threads; int8 activations go
+    """The dense GEMMs on the broadcast tile (x as rows, and given transposed): the int32 sums and
+    the requantized bytes (with and without a fused residual) of the integer reference, at 1 and 2
+    threads; int8 activations go
     through the tile as x + 128, from a bias shifted by 128·Σ_k w."""
     from kernel_checks import residual_for
     from zeroskip import quantmath
@@ -262,6 +263,13 @@ def test_broadcast_tile_gives_the_reference(M, N, K, x_type):
             y = np.full((N, M), 7, np.uint8)
             matmul_dense.matmul_dense_rq_i8(x, w, bias, *rq, y, None, w.astype(np.int64).sum(1))
             assert_exact(y, want_rq, dtype=np.uint8, M=M, N=N, K=K, w_sums=True)
+            # x given transposed, packed from its planes onto the same tile
+            xt = np.ascontiguousarray(x.T)
+            y = np.full((N, M), 7, np.uint8)
+            matmul_dense.matmul_planar_rq_i8(xt, w, bias, *rq, y, None, w.astype(np.int64).sum(1))
+            assert_exact(y, want_rq, dtype=np.uint8, M=M, N=N, K=K, planar=True)
+            matmul_dense.matmul_planar_rq_i8(xt, w, bias, *rq, y, residual)
+            assert_exact(y, want_added, dtype=np.uint8, M=M, N=N, K=K, planar=True, residual=True)
     finally:
         numba.set_num_threads(before)
 

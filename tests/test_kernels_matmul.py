@@ -20,7 +20,8 @@ from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
 from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
-from zeroskip.kernels.matmul_dense import PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8
+from zeroskip.kernels.matmul_dense import (PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8,
+                                           matmul_planar_rq_i8)
 from zeroskip.kernels.elementwise import add_dense_i8
 from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
 from zeroskip.model import index_dtype
@@ -118,13 +119,23 @@ def _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, index_type=np.int
     return y, ref_csr.matmul_csr_rq_i8(*args, residual)
 
 
-def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type, residual=None):
-    y = np.full((w.shape[0], x.shape[0]), 77, dtype=y_type)
+def _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type, residual=None, planar=False):
+    """matmul_dense_rq_i8 on x (M, K), or with ``planar`` matmul_planar_rq_i8 on x given
+    transposed (K, M); (the kernel's bytes, the reference's)."""
+    kernel, reference = ((matmul_planar_rq_i8, ref_dense.matmul_planar_rq_i8) if planar else
+                         (matmul_dense_rq_i8, ref_dense.matmul_dense_rq_i8))
+    y = np.full((w.shape[0], x.shape[1 if planar else 0]), 77, dtype=y_type)
     if residual is None:
-        matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y)
+        kernel(x, w, bias, m0, shift, zp, lo, hi, y)
     else:
-        matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, y, residual)
-    return y, ref_dense.matmul_dense_rq_i8(x, w, bias, m0, shift, zp, lo, hi, residual)
+        kernel(x, w, bias, m0, shift, zp, lo, hi, y, residual)
+    return y, reference(x, w, bias, m0, shift, zp, lo, hi, residual)
+
+
+def _run_planar_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, residual=None):
+    return _run_dense_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type, residual, planar=True)
+
+
 
 
 def test_kernels_and_references_have_the_same_keys():
@@ -391,18 +402,28 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
 RQ_SHAPES = {
     "dense": [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
               (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144)],
+    "planar": [(1, 1, 1), (16, 4, 16), (17, 4, 16), (64, 5, 8), (65, 9, 24), (200, 7, 18),
+               (2 * PIXELS_PER_CHUNK + 3, 7, 48)],
     "csr": [(1, 1, 1), (PIXELS_PER_BLOCK - 1, ROWS_PER_RQ_TASK - 1, 16),
             (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, 24),
             (2 * PIXELS_PER_BLOCK + 3, 2 * ROWS_PER_RQ_TASK + 1, 9), (3 * PIXELS_PER_BLOCK + 1, 13, 144)],
 }
 """Per requantizing GEMM: pixel counts around its chunk (dense: PIXELS_PER_CHUNK rows of x; csr:
-PIXELS_PER_BLOCK pixels), rows around its panel or task, K tails."""
+PIXELS_PER_BLOCK pixels), rows around its panel or task, K tails; planar (x given transposed):
+around the fewest pixels and the 64-pixel chunks of its tiles, N mod 4 rows, and a K that is not
+a multiple of 4 (the rows' path)."""
+
+
+_RQ_RUNS = {"dense": (_run_dense_rq_i8, "x"), "planar": (_run_planar_rq_i8, "xt"),
+            "csr": (_run_csr_rq_i8, "xt")}
+"""Per requantizing GEMM: its runner and whether it takes x (M, K) or x transposed."""
 
 
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
 @pytest.mark.parametrize("gemm,M,N,K", [(g, *shape) for g, shapes in RQ_SHAPES.items() for shape in shapes])
 def test_requantizing_gemms_are_the_gemm_then_requantize(gemm, M, N, K, y_type):
-    """matmul_dense_rq_i8 and matmul_csr_rq_i8 give the bytes of their GEMM + requantize_dense_i8:
+    """matmul_dense_rq_i8, matmul_planar_rq_i8 and matmul_csr_rq_i8 give the bytes of their GEMM +
+    requantize_dense_i8:
     chunks with a remainder, edge rows, K tails, outputs clamped at both ends (a fused ReLU's lo)."""
     rng = np.random.default_rng(M + 31 * N + K)
     w, xt, bias = _i8_case(M, N, K, 0.7 if gemm == "dense" else 0.3, np.uint8, M * N + K)
@@ -416,10 +437,8 @@ def test_requantizing_gemms_are_the_gemm_then_requantize(gemm, M, N, K, y_type):
                      *TYPE_RANGE[y_type]))
     lo, hi = TYPE_RANGE[y_type][0] + 3, TYPE_RANGE[y_type][1] - 5
     want, _ = _requantize(acc, m0, shift, zp, lo, hi, y_type)
-    if gemm == "dense":
-        got, reference = _run_dense_rq_i8(w, x, bias, m0, shift, zp, lo, hi, y_type)
-    else:
-        got, reference = _run_csr_rq_i8(w, xt, bias, m0, shift, zp, lo, hi, y_type)
+    run, operand = _RQ_RUNS[gemm]
+    got, reference = run(w, x if operand == "x" else xt, bias, m0, shift, zp, lo, hi, y_type)
     assert np.array_equal(reference, want)
     assert M * N < 64 or ((got == lo).any() and (got == hi).any())
     assert_exact(got, want, dtype=y_type, extra={"acc": acc}, M=M, N=N, K=K)
@@ -437,8 +456,8 @@ def test_requantizing_gemms_add_a_fused_residual_as_the_qadd_would(gemm, M, N, K
     m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
     zp = sum(TYPE_RANGE[y_type]) // 2
     lo, hi = TYPE_RANGE[y_type]
-    run = _run_dense_rq_i8 if gemm == "dense" else _run_csr_rq_i8
-    operand = x if gemm == "dense" else xt
+    run, operand = _RQ_RUNS[gemm]
+    operand = x if operand == "x" else xt
     alone, _ = run(w, operand, bias, m0, shift, zp, lo, hi, y_type)
     residual = residual_for(rng, alone.shape, y_type, zp)
     got, reference = run(w, operand, bias, m0, shift, zp, lo, hi, y_type, residual=residual)
@@ -484,6 +503,10 @@ def _all_kernels_once():
                                                            np.uint8, residual=residual)
     out["matmul_dense_rq_i8 + residual"], _ = _run_dense_rq_i8(
         w, np.ascontiguousarray(xt.T), bias, m0, shift, 3, 0, 255, np.uint8, residual=residual)
+    xt4 = np.ascontiguousarray(xt[:88])  # K = 88: the planar tiles where they run
+    out["matmul_planar_rq_i8 + residual"], _ = _run_planar_rq_i8(
+        np.ascontiguousarray(w[:, :88]), xt4, bias, m0, shift, 3, 0, 255, np.uint8,
+        residual=residual)
     x = rng.standard_normal(3 * 4096 + 5).astype(np.float32)
     q = np.zeros(x.shape, np.int8)
     quantize_dense_f32(x, np.float32(0.02), -3, q)

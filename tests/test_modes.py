@@ -119,15 +119,18 @@ def test_int8_kernels_agree_with_each_other(case):
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     """A 1×1 stride-1 int8 conv in dense-i8 runs its GEMM on the channels-last copy of its input,
-    with no im2row, and in sparse-i8 the requantizing CSR GEMM on its planar input, with no padded
+    with no im2row (where AVX-512 VNNI's tiles run: on its planar input, packed straight into
+    their words), and in sparse-i8 the requantizing CSR GEMM on its planar input, with no padded
     planes; other convs keep their kernels (on a CPU with AMX: the AMX conv); the outputs equal
     the reference mode's, exactly."""
     from zeroskip.kernels import _amx
+    from zeroskip.kernels._cpu import HAS_AVX512_VNNI
 
     _, model, input_name, x, _ = _quantized("pointwise", fmt, "uint8")
     session = zeroskip.Session(model, mode="dense-i8")
     kernels = [row["kernel"] for row in session.explain() if row["op"] in ("QConv", "QLinearConv")]
-    pointwise = [k for k in kernels if k == "channels_last_dense_i8 + matmul_dense_rq_i8"]
+    pointwise = [k for k in kernels if k == ("matmul_planar_rq_i8" if HAS_AVX512_VNNI else
+                                             "channels_last_dense_i8 + matmul_dense_rq_i8")]
     assert len(pointwise) == 3 and len(kernels) == 5, kernels
     # the 3×3 conv over 3 channels (folded) and the 1×1 stride-2 conv (8 channels)
     assert kernels.count("conv2d_dense_rq_i8") == (2 if _amx.AVAILABLE else 0), kernels

@@ -53,7 +53,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._broadcast import BROADCAST_MIN_ROWS, BROADCAST_PIXELS
+from ._broadcast import BROADCAST_MIN_ROWS, BROADCAST_PIXELS, is_8bit
 from ._cpu import FEATURES, HAS_AVX512_VNNI
 
 AMX_ROWS = 32
@@ -294,16 +294,32 @@ ONE_TAP = np.zeros(1, np.int64)
 
 
 def amx_fits(x, w):
-    """Whether matmul_dense_*'s call on x, w takes the AMX tile: never as Python."""
+    """Whether matmul_dense_*'s call on x (M, K), w takes the AMX tile: never as Python."""
     return False
+
+
+def amx_fits_planar(xt, w):
+    """amx_fits for x transposed, xt (K, M) (matmul_planar_rq_i8)."""
+    return False
+
+
+@njit(cache=True, inline="always")
+def _shape_fits(M, K):
+    return K % 4 == 0 and K >= AMX_MIN_K and M >= BROADCAST_MIN_ROWS
 
 
 @overload(amx_fits)
 def _amx_fits_compiled(x, w):
-    if RUNS and isinstance(x, types.Array) and x.dtype in (types.uint8, types.int8):
-        return lambda x, w: (x.shape[1] % 4 == 0 and x.shape[1] >= AMX_MIN_K
-                             and x.shape[0] >= BROADCAST_MIN_ROWS)
+    if RUNS and is_8bit(x):
+        return lambda x, w: _shape_fits(x.shape[0], x.shape[1])
     return lambda x, w: False
+
+
+@overload(amx_fits_planar)
+def _amx_fits_planar_compiled(xt, w):
+    if RUNS and is_8bit(xt):
+        return lambda xt, w: _shape_fits(xt.shape[1], xt.shape[0])
+    return lambda xt, w: False
 
 
 NO_PAD = np.zeros((1, 0, 0, AMX_K), np.int8)

@@ -62,6 +62,32 @@ def pack_chunk(xw, c, count, xp, flip):
 pack_chunk_jit = njit(cache=True, inline="always")(pack_chunk)
 
 
+@njit(cache=True, inline="always")
+def word(a, b, c, d, flip):
+    """The int32 word of 4 bytes (a in the low byte), xor ``flip``."""
+    return ((np.int32(a) & 0xFF) | ((np.int32(b) & 0xFF) << 8) | ((np.int32(c) & 0xFF) << 16)
+            | ((np.int32(d) & 0xFF) << 24)) ^ flip
+
+
+def pack_planar_chunk(xt, c, count, xp, flip):
+    """pack_chunk's xp from x transposed, xt (K, M) (a 1×1 conv's planar input, one image's
+    (C, H·W)): xp[k4, p] = the word of xt[4k4 .. 4k4+3, c + p] ^ flip for p < count, 0 past it.
+    Four rows of xt are read side by side and interleaved, so the loop vectorizes; from planar
+    input this is one pass, where a channels-last copy and then pack_chunk were two transposes
+    (docs/kernels.md, "The planar pointwise GEMM")."""
+    for k4 in range(xp.shape[0]):
+        r0, r1 = xt[4 * k4, c:c + count], xt[4 * k4 + 1, c:c + count]
+        r2, r3 = xt[4 * k4 + 2, c:c + count], xt[4 * k4 + 3, c:c + count]
+        out = xp[k4]
+        for p in range(count):
+            out[p] = word(r0[p], r1[p], r2[p], r3[p], flip)
+        for p in range(count, BROADCAST_PIXELS):
+            out[p] = 0
+
+
+pack_planar_chunk_jit = njit(cache=True, inline="always")(pack_planar_chunk)
+
+
 def splat(builder, value):
     """LLVM IR: the int32 ``value`` in all LANES lanes of a <16 x i32> (one vpbroadcastd)."""
     vec = ir.VectorType(ir.IntType(32), LANES)
@@ -159,16 +185,37 @@ K = 512 (a classifier at batch 1) 0.10 against 0.15 ms, K = 1280 0.18 against 0.
 
 
 def broadcast_fits(x, w):
-    """Whether matmul_dense_*'s call on x, w takes the broadcast tile: never as Python."""
+    """Whether matmul_dense_*'s call on x (M, K), w takes the broadcast tile: never as Python."""
     return False
+
+
+def broadcast_fits_planar(xt, w):
+    """broadcast_fits for x transposed, xt (K, M) (matmul_planar_rq_i8)."""
+    return False
+
+
+@njit(cache=True, inline="always")
+def _shape_fits(M, K, N):
+    return K % 4 == 0 and N >= BROADCAST_ROWS and M >= BROADCAST_MIN_ROWS
+
+
+def is_8bit(x):
+    """Whether Numba type x is an array of uint8 or int8."""
+    return isinstance(x, types.Array) and x.dtype in (types.uint8, types.int8)
 
 
 @overload(broadcast_fits)
 def _broadcast_fits_compiled(x, w):
-    if RUNS and isinstance(x, types.Array) and x.dtype in (types.uint8, types.int8):
-        return lambda x, w: (x.shape[1] % 4 == 0 and w.shape[0] >= BROADCAST_ROWS
-                             and x.shape[0] >= BROADCAST_MIN_ROWS)
+    if RUNS and is_8bit(x):
+        return lambda x, w: _shape_fits(x.shape[0], x.shape[1], w.shape[0])
     return lambda x, w: False
+
+
+@overload(broadcast_fits_planar)
+def _broadcast_fits_planar_compiled(xt, w):
+    if RUNS and is_8bit(xt):
+        return lambda xt, w: _shape_fits(xt.shape[1], xt.shape[0], w.shape[0])
+    return lambda xt, w: False
 
 
 def unsigned_bias(x, w, bias, w_sums):

@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat
+from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat, word
 from .elementwise import add_residual
 from .quant import requantize_row
 
@@ -134,13 +134,6 @@ TILES = {"loops": quad_tile_portable}
 """The tile variants this CPU runs, by name (the tests compare each with the reference)."""
 if RUNS:
     TILES["vnni"] = quad_tile
-
-
-@njit(cache=True, inline="always")
-def word(a, b, c, d, flip):
-    """The int32 word of 4 bytes (a in the low byte), xor ``flip``."""
-    return ((np.int32(a) & 0xFF) | ((np.int32(b) & 0xFF) << 8) | ((np.int32(c) & 0xFF) << 16)
-            | ((np.int32(d) & 0xFF) << 24)) ^ flip
 
 
 def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride, used):

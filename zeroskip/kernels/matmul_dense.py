@@ -37,10 +37,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._amx import (ONE_TAP, amx_conv_block, amx_fits, amx_tasks, start_rows_jit, task_sums,
-                   tile_weights)
-from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_tile,
-                         never_fits, pack_chunk_jit, sign_flip, unsigned_bias)
+from ._amx import (ONE_TAP, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks, start_rows_jit,
+                   task_sums, tile_weights)
+from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
+                         broadcast_tile, never_fits, pack_chunk_jit, pack_planar_chunk_jit,
+                         sign_flip, unsigned_bias)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from .elementwise import add_residual, residual_parts
@@ -434,20 +435,54 @@ def _store_sums_compiled(sums, out, n, c, rq, r, add):
 
 
 @njit(cache=True, inline="always")
-def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
-    """out = bias' + w @ xᵀ on the broadcast tile (kernels/_broadcast.py), with _store_sums's
-    epilogue: x packed into 64-pixel chunks (one parallel loop), then tasks of a chunk and a group
-    of channels (another), each tile of 4 channels stored as it is summed; the last N mod 4
-    channels by scalar dot products."""
+def _packed_rows(x, k_words):
+    """x (M, K) packed into chunks of BROADCAST_PIXELS pixels for the tiles, (chunks, k_words,
+    BROADCAST_PIXELS) int32 (pack_chunk; one parallel loop). Words past K/4 are left unset: the
+    AMX tile's padded weights are zero there."""
     M, K = x.shape
-    N = w.shape[0]
-    chunks, groups, per = _broadcast_tasks(M, N)
-    xp = np.empty((chunks, K // 4, BROADCAST_PIXELS), np.int32)
+    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    xp = np.empty((chunks, k_words, BROADCAST_PIXELS), np.int32)
     xw, flip = x.view(np.int32), sign_flip(x)
     for ci in prange(chunks):
         c = ci * BROADCAST_PIXELS
-        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci], flip)
-    start = unsigned_bias(x, w, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
+        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
+    return xp
+
+
+@njit(cache=True, inline="always")
+def _packed_planar(xt, k_words):
+    """_packed_rows's chunks from x transposed, xt (K, M) (pack_planar_chunk)."""
+    K, M = xt.shape
+    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    xp = np.empty((chunks, k_words, BROADCAST_PIXELS), np.int32)
+    flip = sign_flip(xt)
+    for ci in prange(chunks):
+        c = ci * BROADCAST_PIXELS
+        pack_planar_chunk_jit(xt, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
+    return xp
+
+
+@njit(cache=True, inline="always")
+def _packed_dot(xp, p, wn):
+    """start-free Σ_k byte k of pixel p · wn[k], from the packed chunks (unsigned bytes: int8 x
+    arrives as x + 128, which unsigned_bias's start takes back)."""
+    chunk, lane = xp[p // BROADCAST_PIXELS], p % BROADCAST_PIXELS
+    s = np.int32(0)
+    for k4 in range(wn.shape[0] // 4):
+        v = np.int32(chunk[k4, lane])
+        for b in range(4):
+            s += ((v >> (8 * b)) & 0xFF) * np.int32(wn[4 * k4 + b])
+    return s
+
+
+@njit(cache=True, inline="always")
+def _broadcast_packed(xp, M, w, start, out, rq, r, add):
+    """out = start + w @ xᵀ on the broadcast tile (kernels/_broadcast.py) from x's packed chunks
+    xp (_packed_rows or _packed_planar), with _store_sums's epilogue: tasks of a chunk and a
+    group of channels (one parallel loop), each tile of 4 channels stored as it is summed; the
+    last N mod 4 channels by scalar dot products over the same words."""
+    N = w.shape[0]
+    chunks, groups, per = _broadcast_tasks(M, N)
     tiled = N - N % BROADCAST_ROWS
     for t in prange(chunks * groups):
         ci, g = t // groups, t % groups
@@ -461,28 +496,19 @@ def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
     for n in prange(tiled, N):
         sums_n = np.empty(M, np.int32)
         for m in range(M):
-            sums_n[m] = bias[n] + _dot(x[m], w[n], K)
+            sums_n[m] = start[n] + _packed_dot(xp, m, w[n])
         _store_sums(sums_n, out, n, 0, rq, r, add)
 
 
 @njit(cache=True, inline="always")
-def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
-    """out = bias' + w @ xᵀ on the AMX conv tile with one tap (kernels/_amx.py), with _store_sums's
-    epilogue: x packed into 64-pixel chunks as for the broadcast tile (one parallel loop), then
-    tasks of a chunk
-    and a block of channels (another), each block summed by one tile call and stored."""
-    M, K = x.shape
-    N = w.shape[0]
-    wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
+def _amx_packed(xp, M, N, wt, start, out, rq, r, add):
+    """out = start + w @ xᵀ on the AMX conv tile with one tap (kernels/_amx.py) from x's packed
+    chunks xp (_packed_rows or _packed_planar, wt.shape[1]·16 words per pixel) and w's padded
+    tiles wt (1, K_pad/64, N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block
+    of channels (one parallel loop), each block summed by one tile call and stored."""
     n_pad, k_pad = wt.shape[2], wt.shape[1] * 64
-    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    chunks = xp.shape[0]
     groups, per = amx_tasks(n_pad, chunks)
-    xp = np.empty((chunks, k_pad // 4, BROADCAST_PIXELS), np.int32)
-    xw, flip = x.view(np.int32), sign_flip(x)
-    for ci in prange(chunks):
-        c = ci * BROADCAST_PIXELS
-        pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
-    start = unsigned_bias(x, w, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
     x_words = xp.reshape((chunks, k_pad // 4 * BROADCAST_PIXELS))  # the tile's flat words
     for t in prange(chunks * groups):
@@ -494,6 +520,22 @@ def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS)
         for j in range(min(N - n_begin, sums.shape[0])):
             _store_sums(sums[j, :count], out, n_begin + j, c, rq, r, add)
+
+
+@njit(cache=True, inline="always")
+def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
+    """_broadcast_packed on x (M, K)'s rows, packed here (bias' − 128·Σ_k w[n,k] for int8 x)."""
+    xp = _packed_rows(x, x.shape[1] // 4)
+    _broadcast_packed(xp, x.shape[0], w, unsigned_bias(x, w, bias, w_sums), out, rq, r, add)
+
+
+@njit(cache=True, inline="always")
+def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
+    """_amx_packed on x (M, K)'s rows, packed here, and the plan's padded w (else padded now)."""
+    wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
+    xp = _packed_rows(x, wt.shape[1] * 16)
+    _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums), out, rq, r,
+                add)
 
 
 PIXELS_PER_CHUNK = 256
@@ -518,30 +560,73 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     Preconditions as matmul_dense_i8's and requantize_dense_i8's.
     Work: 2·M·N·K int ops and N·M requantizations; writes N·M bytes.
     """
-    M, K = x.shape
     r, add = residual_parts(residual, y)
+    rq = (m0, shift, y_zero_point, lo, hi)
     if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
-        _amx_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add, w_sums, w_pad)
+        _amx_gemm(x, w, bias, y, rq, r, add, w_sums, w_pad)
     elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
-        _broadcast_gemm(x, w, bias, y, (m0, shift, y_zero_point, lo, hi), r, add, w_sums)
+        _broadcast_gemm(x, w, bias, y, rq, r, add, w_sums)
     else:
-        for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
-            n = p * W_ROWS_PER_TILE
-            w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
-            sums = np.empty((W_ROWS_PER_TILE, PIXELS_PER_CHUNK), np.int32)
-            for c in range(0, M, PIXELS_PER_CHUNK):
-                x_chunk = x[c:c + PIXELS_PER_CHUNK]
-                width = x_chunk.shape[0]
-                _panel(x_chunk, w_panel, bias_panel, sums, 0, K)
-                for j in range(w_panel.shape[0]):
-                    requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo,
-                                   hi, y[n + j, c:c + width])
-                    add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
+        _panels_rq(x, w, bias, rq, y, r, add)
+
+
+@njit(cache=True, inline="always")
+def _panels_rq(x, w, bias, rq, y, r, add):
+    """matmul_dense_rq_i8 on the dot-product tile: per panel of W_ROWS_PER_TILE rows of w (one
+    parallel loop), PIXELS_PER_CHUNK rows of x at a time, summed into an L1 scratch and
+    requantized from there."""
+    M, K = x.shape
+    m0, shift, y_zero_point, lo, hi = rq
+    for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
+        n = p * W_ROWS_PER_TILE
+        w_panel, bias_panel = w[n:n + W_ROWS_PER_TILE], bias[n:n + W_ROWS_PER_TILE]
+        sums = np.empty((W_ROWS_PER_TILE, PIXELS_PER_CHUNK), np.int32)
+        for c in range(0, M, PIXELS_PER_CHUNK):
+            x_chunk = x[c:c + PIXELS_PER_CHUNK]
+            width = x_chunk.shape[0]
+            _panel(x_chunk, w_panel, bias_panel, sums, 0, K)
+            for j in range(w_panel.shape[0]):
+                requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo,
+                               hi, y[n + j, c:c + width])
+                add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
 
 
 matmul_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_rq_i8)
 
-KERNELS = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
+
+def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None,
+                         w_sums=None, w_pad=None):
+    # w (N,K) int8 @ xt (K,M) uint8|int8 + bias', requantized -> y (N,M) uint8|int8
+    """matmul_dense_rq_i8 on x given transposed, xt = xᵀ (K, M): the same bytes, for a 1×1
+    stride-1 conv whose planar input (C, H·W) is xt as it stands.
+
+    The tiles read x packed in 4-byte words of 4 values of k per pixel. From planar input one
+    pass makes those words (pack_planar_chunk: 4 rows of xt interleaved), where the rows' form
+    needed a channels-last copy of the input and then the packing, two transposes: on
+    MobileNetV2's 144→24 1×1 conv at 56×56, 0.26 ms of copies became 0.025 ms. Then the AMX tile
+    (K ≥ AMX_MIN_K, K % 4 == 0) or the broadcast tile (AVX-512 VNNI, K % 4 == 0) as in
+    matmul_dense_rq_i8; elsewhere xt is copied to rows and matmul_dense_rq_i8's dot-product
+    tile runs (the plan takes this kernel only where a tile runs).
+    xt [K,M] uint8|int8 — x transposed, C-contiguous; the rest as matmul_dense_rq_i8's.
+    Work: 2·M·N·K int ops and N·M requantizations; reads xt once; writes N·M bytes.
+    """
+    r, add = residual_parts(residual, y)
+    rq = (m0, shift, y_zero_point, lo, hi)
+    if amx_fits_planar(xt, w):
+        wt = tile_weights(w, w_pad)
+        _amx_packed(_packed_planar(xt, wt.shape[1] * 16), xt.shape[1], w.shape[0], wt,
+                    unsigned_bias(xt, w, bias, w_sums), y, rq, r, add)
+    elif broadcast_fits_planar(xt, w):
+        _broadcast_packed(_packed_planar(xt, xt.shape[0] // 4), xt.shape[1], w,
+                          unsigned_bias(xt, w, bias, w_sums), y, rq, r, add)
+    else:
+        _panels_rq(np.ascontiguousarray(xt.T), w, bias, rq, y, r, add)
+
+
+matmul_planar_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_planar_rq_i8)
+
+KERNELS = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8,
+           "matmul_planar_rq_i8": matmul_planar_rq_i8}
 
 _WITH_TILE: dict = {}
 

@@ -247,6 +247,16 @@ def _taps_in(o, s, d, p, k, n, declared):
     return lo, hi, counted
 
 
+@njit(cache=True, inline="always")
+def _plane_sum(plane):
+    """Σ of a plane's bytes, flat: int32 partial sums that vectorize (|Σ| ≤ H·W·255 < 2^31 for
+    fewer than 8·10^6 positions), returned as int64."""
+    s = np.int32(0)
+    for i in range(plane.shape[0]):
+        s += np.int32(plane[i])
+    return np.int64(s)
+
+
 def _avgpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_include_pad,
                       x_zero_point):
     # x (B,C,H,W) -> y (B,C,OH,OW), uint8|int8, same scale and zero point
@@ -257,13 +267,23 @@ def _avgpool_dense_i8(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_includ
     overhang), as reference.windows.window_counts counts it; a pad is real 0, i.e. x_zp. Rounding (§5):
     floor((s + ⌊count/2⌋)/count) for s ≥ 0, −floor((−s + ⌊count/2⌋)/count) for s < 0. A window of
     count 0 (dilation on pads only) gives x_zp (real 0). The mean of in-range values needs no clamp.
-    Loop nest: prange (b,c); per output pixel, the valid tap ranges, then the window sum.
+    Loop nest: prange (b,c); per output pixel, the valid tap ranges, then the window sum. A window
+    that is the whole plane (a global average) takes flat plane sums instead (_plane_sum): 1280
+    planes of 7×7, one thread, 0.23 → 0.03 ms.
     x [B,C,H,W] uint8|int8; y [B,C,OH,OW] x.dtype; kh, kw, sh, sw, dh, dw — kernel, strides,
     dilations; pt, pl, pb, pr — declared pads (top, left, bottom, right); count_include_pad 0|1.
     Overflow: |s| ≤ kh·kw·255 in int64. Work: B·C·OH·OW·kh·kw additions, one division per output.
     """
     B, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
+    if (kh, kw, OH, OW, dh, dw, pt, pl, pb, pr) == (H, W, 1, 1, 1, 1, 0, 0, 0, 0):
+        # the whole plane, the window of a global average: flat sums that vectorize
+        xf, count = np.ascontiguousarray(x).reshape((B * C, H * W)), H * W
+        for t in prange(B * C):
+            s = _plane_sum(xf[t])
+            y[t // C, t % C, 0, 0] = (s + count // 2) // count if s >= 0 else \
+                -((-s + count // 2) // count)
+        return
     for t in prange(B * C):
         xc, yc = x[t // C, t % C], y[t // C, t % C]
         for oh in range(OH):
@@ -296,20 +316,16 @@ def _global_avgpool_dense_i8(x, y, x_zero_point, multiplier, shift, y_zero_point
     the mean and the change of scale are one rounding, half away from zero; saturates to [lo, hi]
     (the type's range, narrowed by a fused activation). With equal in/out parameters the planner
     uses avgpool_dense_i8 with the whole plane as the window instead (exact division, §5).
-    Loop nest: prange (b,c); the plane's sum; one requantization.
+    Loop nest: prange (b,c); the plane's sum, flat (_plane_sum); one requantization.
     x [B,C,H,W] uint8|int8; y [B,C,1,1] uint8|int8; x_zero_point, y_zero_point int; multiplier int
     — m0 < 2^31; shift int — r in [1, 62]; lo, hi int.
     Overflow: |acc| ≤ H·W·255 < 2^31 for H·W < 8·10^6, and |acc·m0| < 2^62 in int64.
     Work: B·C·H·W additions; x read once.
     """
     B, C, H, W = x.shape
+    xf = np.ascontiguousarray(x).reshape((B * C, H * W))
     for t in prange(B * C):
-        xc = x[t // C, t % C]
-        acc = np.int64(0)
-        for h in range(H):
-            for w in range(W):
-                acc += xc[h, w]
-        acc -= np.int64(H * W) * x_zero_point
+        acc = _plane_sum(xf[t]) - np.int64(H * W) * x_zero_point
         q = rounding_shift(acc * np.int64(multiplier), shift) + y_zero_point
         y[t // C, t % C, 0, 0] = min(max(q, lo), hi)
 

@@ -213,6 +213,17 @@ def amx_padded(w2: np.ndarray):
     return _amx.pad_weights(w2) if _amx.RUNS and w2.shape[1] >= _amx.AMX_MIN_K else _amx.NO_PAD
 
 
+def planar_gemm_fits(k: int) -> bool:
+    """Whether a requantizing 1×1 conv over k input channels takes matmul_planar_rq_i8: a tile
+    that packs x in 4-byte words runs here (AVX-512 VNNI's broadcast tile, or AMX), and k % 4 == 0.
+    Elsewhere the channels-last copy is the dot-product tile's rows as they stand, and the planar
+    kernel would only copy them itself. The CPU's flags, not whether the JIT is on (the same plan
+    with NUMBA_DISABLE_JIT=1)."""
+    from ...kernels._cpu import HAS_AVX512_VNNI
+
+    return HAS_AVX512_VNNI and k % 4 == 0
+
+
 def requantize_args(q: dict) -> tuple:
     """The requantizing kernels' (m0, shift, y_zero_point, lo, hi)."""
     return q["m0"], q["shift"], q["y_zp"], q["lo"], q["hi"]
@@ -557,6 +568,8 @@ class Im2rowConv(ConvAccumulator):
         if self.pointwise:
             self.reason = "1×1 conv: the channels-last input is the GEMM's rows (no im2row), " \
                           "then a dense int8 GEMM"
+        # requantizing, on a tile that packs x in 4-byte words: the planar input packed straight
+        self.planar = requantizes and self.pointwise and planar_gemm_fits(self.k_in)
         gemm = "matmul_dense_i8"
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
             gemm = "matmul_dense_rq_i8"
@@ -564,6 +577,12 @@ class Im2rowConv(ConvAccumulator):
             self.rq_kernel = ctx.kernel(gemm)
         self.name = "channels_last_dense_i8 + " + ("" if self.pointwise else "im2row_dense_i8 + ") \
             + gemm
+        if self.planar:
+            self.planar_kernel = ctx.kernel("matmul_planar_rq_i8")
+            self.name = "matmul_planar_rq_i8"
+            self.reason = ("1×1 conv: the planar input packed straight into the GEMM's 4-channel "
+                           "words (no channels-last copy), a dense int8 GEMM on the broadcast or "
+                           "AMX tile, Q31 requantization in its epilogue")
 
     def rows(self, batch: int, oh: int, ow: int, dtype) -> np.ndarray:
         """The rows of this thread's last call: (B, g, OH, OW, k_pad), valid in [..., :k_in]."""
@@ -610,6 +629,8 @@ class Im2rowConv(ConvAccumulator):
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         """The GEMM requantizes in its epilogue."""
+        if self.planar:
+            return self._prepare_planar(shape, dtype, q)
         g, geo = self.geometry(shape)
         rows, fill = self._rows_filler(shape, dtype, q["x_zp"], g, geo)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
@@ -627,6 +648,24 @@ class Im2rowConv(ConvAccumulator):
             for gemm, x_rows, args, b, ch, y_g_shape, w_sums, w_pad in gemms:
                 extra = image_residual(residual, b, y_g_shape, ch) or (None,)
                 gemm(x_rows, *args, y[b, ch].reshape(y_g_shape), *extra, w_sums, w_pad)
+            return y
+        return call, y_shape
+
+    def _prepare_planar(self, shape: tuple, dtype, q: dict) -> tuple:
+        """A 1×1 conv on matmul_planar_rq_i8: each image's (C, H·W) input is the GEMM's xᵀ."""
+        batch, _, h, w_ = shape
+        y_shape, y_dtype = (batch, self.n_out, h, w_), q["y_dtype"]
+        args = (self.w_groups[0], q["bias"]) + requantize_args(q)
+        gemm = pick(self.planar_kernel, placeholder((self.k_in, h * w_), dtype), *args,
+                    placeholder((self.n_out, h * w_), y_dtype))
+        w_sums, w_pad, planes = weight_sums(self.w_groups[0]), self.w_pads[0], (self.n_out, h * w_)
+
+        def call(x, residual=None):
+            y = np.empty(y_shape, y_dtype)
+            for b in range(batch):
+                extra = image_residual(residual, b, planes) or (None,)
+                gemm(x[b].reshape(self.k_in, h * w_), *args, y[b].reshape(planes), *extra,
+                     w_sums, w_pad)
             return y
         return call, y_shape
 

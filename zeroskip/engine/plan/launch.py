@@ -68,6 +68,10 @@ def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
     return x.shape[0] * x.shape[1] * w.shape[0]
 
 
+def _macs_planar(xt, w, *_):        # matmul_planar_rq_i8(xt (K,M), w (N,K), ...)
+    return xt.shape[0] * xt.shape[1] * w.shape[0]
+
+
 def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M), yt, ...)
     return data.shape[0] * xt.shape[1]
 
@@ -137,6 +141,7 @@ WORK = {
     # kernel name: (its work, from its arguments; the work from which it runs in parallel)
     "matmul_dense_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_dense_rq_i8": (_macs_dense, MIN_PARALLEL_MACS),
+    "matmul_planar_rq_i8": (_macs_planar, MIN_PARALLEL_MACS),
     "matmul_csr_i8": (_macs_csr, MIN_PARALLEL_MACS),
     "matmul_csr_rq_i8": (_work_csr_rq, MIN_PARALLEL_CSR_RQ_WORK),
     "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_CSR_F32_MACS),

@@ -45,4 +45,12 @@ def matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, residual=Non
                                              lo, hi), residual)
 
 
-REFERENCES = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8}
+def matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, residual=None,
+                        w_sums=None, w_pad=None):
+    """matmul_dense_rq_i8 on x = xtᵀ: the kernel takes x transposed, (K, M)."""
+    return matmul_dense_rq_i8(np.asarray(xt).T, w, bias, m0, shift, y_zero_point, lo, hi,
+                              residual, w_sums, w_pad)
+
+
+REFERENCES = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8,
+              "matmul_planar_rq_i8": matmul_planar_rq_i8}
