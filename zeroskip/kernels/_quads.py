@@ -287,10 +287,12 @@ def store_chunk(sums, count, n, b, p0, rq, direct, y3, r3, add, yw):
 
 @njit(cache=True, inline="always")
 def copy_valid_columns(y_plane, wide_rows, r_plane, add, pitch):
-    """y_plane[oh] = the OW valid columns of wide row oh (at ``pitch``), plus the residual r_plane."""
-    OW = y_plane.shape[1]
-    for oh in range(y_plane.shape[0]):
+    """y_plane[oh] = the OW valid columns of wide row oh (at ``pitch``), plus the residual r_plane,
+    added over the whole plane in one run once its rows are in (row by row, the add's vectorized
+    int64 loop ran 7–56 values at a time: ResNet-18's fused residuals cost 2–3 ns per output)."""
+    OH, OW = y_plane.shape
+    for oh in range(OH):
         row, wide = y_plane[oh], wide_rows[oh * pitch:oh * pitch + OW]
         for i in range(OW):  # a loop: a slice assignment checks for overlap
             row[i] = wide[i]
-        add_residual(row, r_plane[oh], add)
+    add_residual(y_plane.reshape(OH * OW), r_plane.reshape(OH * OW), add)

@@ -35,7 +35,7 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
                               lambda values: None))
         elif node.name in ctx.residual_into:
             steps.append(Step(node, "fused", f"added in {ctx.residual_into[node.name]!r}'s "
-                                             f"epilogue, row by row as it is requantized",
+                                             f"epilogue, as its output is requantized",
                               lambda values: None))
         else:
             steps.append(build_step(node, ctx))

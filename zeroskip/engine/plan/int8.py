@@ -829,5 +829,5 @@ def qconv(node: Node, ctx: PlanContext):
             unfused_add.run(values)
 
     step = requantized_step(node, conv, choice, run, q["density"])
-    step.reason += f"; then {add.name!r} (QAdd) in the same epilogue, row by row"
+    step.reason += f"; then {add.name!r} (QAdd) in the same epilogue"
     return step
