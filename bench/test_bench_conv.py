@@ -123,6 +123,28 @@ class Layer:
         return (wt, self.bias, w_sums, self.xq, 3, xg, self.m0, self.shift, 0, 0, 255, yw, y,
                 *self.geo, pitch, folded, None)  # None: no residual
 
+    def pointwise_i8(self, planar: bool):
+        """(call, its GEMM's arguments) of a requantizing 1×1 conv as the dense plan runs it: the
+        planar GEMM on the input's (C, H·W) planes, or the channels-last copy and the GEMM on its
+        rows."""
+        from zeroskip.engine.plan.int8 import amx_padded, weight_sums
+
+        w2 = np.ascontiguousarray(self.wq.reshape(self.N, self.C))
+        tail = (w2, self.bias, self.m0, self.shift, 0, 0, 255, self.yq, None, weight_sums(w2),
+                amx_padded(w2))
+        if planar:
+            args = (self.xq.reshape(self.C, -1),) + tail
+            gemm = serial_kernel("matmul_planar_rq_i8")
+            return (lambda: gemm(*args)), args
+        xh = np.empty((1, self.OH, self.OW, self.C), np.uint8)
+        rows, copy = xh.reshape(-1, self.C), serial_kernel("channels_last_dense_i8")
+        gemm = serial_kernel("matmul_dense_rq_i8")
+
+        def call():
+            copy(self.xq, xh)
+            gemm(rows, *tail)
+        return call, (rows,) + tail
+
     def depthwise_f32_args(self):
         return (self.w, self.b, self.x, self.xp, self.ws, self.y, *self.geo[:4], 1, 1, self.p,
                 self.p, np.float32(0.0), np.float32(np.inf))
@@ -167,7 +189,7 @@ DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
 
 
 @pytest.mark.parametrize("path", ["dense-f32", "sparse-f32", "sparse-i8", "dense-i8-amx",
-                                  "ort-conv-f32"])
+                                  "dense-i8-rows", "dense-i8-planar", "ort-conv-f32"])
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("name,C,H,W,N,kh,kw,stride,pad,groups", CONV_SHAPES,
                          ids=[s[0] for s in CONV_SHAPES])
@@ -195,6 +217,21 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
         extra["compile_s"] = compile_seconds(path, conv_amx._conv2d_dense_rq_i8, args)
         extra.update(nnz=N * layer.K)
         call = lambda: serial_kernel("conv2d_dense_rq_i8")(*args)  # noqa: E731
+    elif path in ("dense-i8-rows", "dense-i8-planar"):
+        from zeroskip.kernels._cpu import HAS_AVX512_VNNI
+
+        if (kh, kw, stride, pad, groups) != (1, 1, 1, 0, 1) or C % 4:
+            pytest.skip("the 1x1 GEMM paths time pointwise convs (1x1, stride 1, no pads, one "
+                        "group, a multiple of 4 channels)")
+        if path == "dense-i8-planar" and not HAS_AVX512_VNNI:
+            pytest.skip("the planar GEMM packs for AVX-512 VNNI's tiles; elsewhere it copies rows")
+        from zeroskip.kernels import matmul_dense
+
+        planar = path == "dense-i8-planar"
+        call, args = layer.pointwise_i8(planar)
+        extra["compile_s"] = compile_seconds(path, matmul_dense._matmul_planar_rq_i8 if planar
+                                             else matmul_dense._matmul_dense_rq_i8, args)
+        extra.update(nnz=N * layer.K)
     else:
         sess = layer.ort_session()
         call = lambda: sess.run(None, {"x": layer.x})  # noqa: E731

@@ -464,8 +464,9 @@ def _packed_planar(xt, k_words):
 
 @njit(cache=True, inline="always")
 def _packed_dot(xp, p, wn):
-    """start-free Σ_k byte k of pixel p · wn[k], from the packed chunks (unsigned bytes: int8 x
-    arrives as x + 128, which unsigned_bias's start takes back)."""
+    """Σ_k (byte k of pixel p's packed words)·wn[k], from the packed chunks xp: the tile's sum
+    without its start (the bytes are unsigned: int8 x arrives as x + 128, which unsigned_bias's
+    start takes back)."""
     chunk, lane = xp[p // BROADCAST_PIXELS], p % BROADCAST_PIXELS
     s = np.int32(0)
     for k4 in range(wn.shape[0] // 4):

@@ -473,8 +473,9 @@ class AmxConv(ConvAccumulator):
         """A requantizing conv of one group that is not pointwise, with a multiple of 4 input
         channels or few enough to fold (``fold_fits``), and AMX usable here (``_amx.AVAILABLE``:
         the CPU's flags and the OS's leave, not whether the JIT is on, so that a plan picks the
-        same kernels with NUMBA_DISABLE_JIT=1). A pointwise conv keeps its channels-last input as
-        the GEMM's rows (``Im2rowConv``; the GEMM takes the AMX tile from K = 192): on
+        same kernels with NUMBA_DISABLE_JIT=1). A pointwise conv keeps the GEMM (``Im2rowConv``:
+        on its planar input where a packing tile runs, else its channels-last rows; the GEMM
+        takes the AMX tile from K = 192): on
         MobileNetV2's 1×1 layers the AMX conv was 1.3–2.3× slower in-model, its packing of many
         channel groups over small planes costing more than the products (docs/kernels.md)."""
         from ...kernels._amx import AVAILABLE
@@ -619,8 +620,8 @@ class Im2rowConv(ConvAccumulator):
         for b in range(batch):
             for gi in range(self.group):
                 channels = slice(gi * per, (gi + 1) * per)
-                yield (rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi], self.w_pads[gi], channels,
-                       out[b, channels].reshape(per, oh * ow))
+                yield (rows[b, gi].reshape(oh * ow, -1), self.w_groups[gi], self.w_pads[gi],
+                       channels, out[b, channels].reshape(per, oh * ow))
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         rows = self._fill_rows(x, x_zp, g, geo)
