@@ -53,7 +53,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._broadcast import BROADCAST_MIN_ROWS, BROADCAST_PIXELS, is_8bit
+from ._broadcast import BROADCAST_MIN_ROWS, BROADCAST_PIXELS, channel_groups, is_8bit
 from ._cpu import FEATURES, HAS_AVX512_VNNI
 
 AMX_ROWS = 32
@@ -239,19 +239,13 @@ amx_conv_block = _amx_conv_ir(2, 2) if RUNS else amx_conv_block_portable
 xg[(16·kb + g)·row_words + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
 
 
-AMX_MIN_TASKS = 8
-"""Parallel tasks of the AMX GEMM and conv are (chunk of positions, block of output channels); a
-layer with fewer chunks than this splits its channels into blocks, so both threads have work."""
-
-
 @njit(cache=True, inline="always")
 def amx_tasks(n_pad, chunks):
-    """(channel groups, channels per group) of the AMX tasks for n_pad (padded) output channels and
-    ``chunks`` chunks of positions: enough groups of whole AMX_ROWS blocks to make AMX_MIN_TASKS
-    tasks."""
-    blocks = n_pad // AMX_ROWS
-    groups = max(1, min(blocks, (AMX_MIN_TASKS + chunks - 1) // max(chunks, 1)))
-    return groups, (blocks + groups - 1) // groups * AMX_ROWS
+    """(channel groups, channels per group) of the AMX GEMM's and conv's tasks for n_pad (padded)
+    output channels and ``chunks`` chunks of positions: groups of whole AMX_ROWS blocks
+    (_broadcast.channel_groups)."""
+    groups, per = channel_groups(n_pad // AMX_ROWS, chunks)
+    return groups, per * AMX_ROWS
 
 
 @njit(cache=True, inline="always")

@@ -42,6 +42,22 @@ BROADCAST_PIXELS = LANES * PIXEL_VECTORS
 """Pixels per tile, and per packed chunk of x."""
 
 
+MIN_TASKS = 8
+"""Parallel tasks to aim for in the tiled kernels (the broadcast and AMX GEMMs, the quad and AMX
+convs), whose tasks are (chunk of 64 positions, group of output channels): a layer with fewer
+chunks than this (7×7 and 14×14 planes) also splits its channels (``channel_groups``), so both
+threads have work."""
+
+
+@njit(cache=True, inline="always")
+def channel_groups(units, chunks):
+    """(groups, units per group): ``units`` units of output channels (single channels, or a tile's
+    rows) split into enough groups that chunks × groups reaches MIN_TASKS; at least one group, at
+    most one per unit."""
+    groups = max(1, min(units, (MIN_TASKS + chunks - 1) // max(chunks, 1)))
+    return groups, (units + groups - 1) // groups
+
+
 SIGN_FLIP = np.int32(-0x7F7F7F80)
 """0x80808080: xor-ing a word of 4 int8 values with it adds 128 to each, making them uint8."""
 

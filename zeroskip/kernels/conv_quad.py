@@ -23,22 +23,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._broadcast import sign_flip, unsigned_bias
+from ._broadcast import channel_groups, sign_flip, unsigned_bias
 from ._quads import (QUAD_PIXELS, QUAD_SLACK, copy_valid_columns, pack_group_jit, quad_tile,
                      shift_copy_jit, store_chunk, used_phases)
 from .elementwise import residual_parts
 
-QUAD_MIN_TASKS = 8
-"""Parallel tasks are (image, chunk of QUAD_PIXELS positions, block of output channels); a layer
-with fewer chunks than this (7×7 and 14×14 planes) splits its channels into blocks, so both
-threads have work."""
-
-
-@njit(cache=True, inline="always")
-def _quad_tasks(chunks, N):
-    """(channel blocks, channels per block) for ``chunks`` chunks of positions and N channels."""
-    blocks = max(1, min(N, (QUAD_MIN_TASKS + chunks - 1) // max(chunks, 1)))
-    return blocks, (N + blocks - 1) // blocks
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
@@ -90,7 +79,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     r, add = residual_parts(residual, y)
     positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
-    blocks, per = _quad_tasks(B * chunks, N)
+    blocks, per = channel_groups(N, B * chunks)  # tasks: (image, chunk, block of channels)
     group_words = C4 // groups * stride
     direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
     rq = (m0, shift, y_zero_point, lo, hi)
@@ -113,4 +102,4 @@ conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_
 
 KERNELS = {"conv2d_quad_rq_i8": conv2d_quad_rq_i8}
 
-__all__ = ["KERNELS", "QUAD_MIN_TASKS", "QUAD_SLACK", "conv2d_quad_rq_i8"]
+__all__ = ["KERNELS", "QUAD_SLACK", "conv2d_quad_rq_i8"]

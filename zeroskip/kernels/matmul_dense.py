@@ -40,7 +40,7 @@ from numba.extending import intrinsic, overload
 from ._amx import (ONE_TAP, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks, start_rows_jit,
                    task_sums, tile_weights)
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
-                         broadcast_tile, never_fits, pack_chunk_jit, pack_planar_chunk_jit,
+                         broadcast_tile, channel_groups, never_fits, pack_chunk_jit, pack_planar_chunk_jit,
                          sign_flip, unsigned_bias)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
@@ -389,21 +389,14 @@ def _panel_loops(x, w, bias, yt, n, K):
 _panel = njit(cache=True)(_panel_loops)
 matmul_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_i8)
 
-BROADCAST_MIN_TASKS = 8
-"""The broadcast tile's parallel tasks are chunks of BROADCAST_PIXELS pixels; a layer with fewer
-chunks than this (7×7 and 14×14 planes) also splits its channels, so both threads have work."""
-
-
 @njit(cache=True, inline="always")
 def _broadcast_tasks(M, N):
     """(chunks, channel groups, channels per group) of the broadcast tile's tasks for an (M, N)
-    output: chunks of BROADCAST_PIXELS pixels, times enough groups of whole tiles of channels to
-    make BROADCAST_MIN_TASKS tasks."""
+    output: chunks of BROADCAST_PIXELS pixels, times groups of whole tiles of channels
+    (_broadcast.channel_groups)."""
     chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
-    tiles = N // BROADCAST_ROWS
-    groups = max(1, min(tiles, (BROADCAST_MIN_TASKS + chunks - 1) // max(chunks, 1)))
-    per = (tiles + groups - 1) // groups * BROADCAST_ROWS
-    return chunks, groups, per
+    groups, per = channel_groups(N // BROADCAST_ROWS, chunks)
+    return chunks, groups, per * BROADCAST_ROWS
 
 
 def _store_sums(sums, out, n, c, rq, r, add):
