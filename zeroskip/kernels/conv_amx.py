@@ -21,9 +21,8 @@ from numba import njit, prange
 
 from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, amx_tasks, start_rows_jit, task_sums
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import (QUAD_SLACK, copy_valid_columns, pack_group_jit, store_chunk,
-                     used_phases)
-from .elementwise import residual_parts
+from ._quads import QUAD_SLACK, finish_plane, pack_group_jit, store_chunk, used_phases
+from .elementwise import has_residual, residual_parts
 
 
 def pack_tap_weights(w4):
@@ -155,7 +154,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     groups, per = amx_tasks(n_pad, B * chunks)
     direct = pitch == OW  # no dropped columns: the chunks are runs of y
     rq = (m0, shift, y_zero_point, lo, hi)
-    y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))
+    y3 = y.reshape((B, N, OH * OW))
     for t in prange(B * chunks * groups):
         b, rest = t // (chunks * groups), t % (chunks * groups)
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
@@ -163,10 +162,11 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         n_begin, sums = task_sums(g, per, n_pad)
         amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
-            store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, r3, add, yw)
-    if not direct:
-        for t in prange(B * N):  # each row's OW valid columns out of the wide rows
-            copy_valid_columns(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch)
+            store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, yw)
+    if not direct or has_residual(add):  # the valid columns out of the wide rows, the residual
+        for t in prange(B * N):
+            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
+                         direct)
 
 
 conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ._planes import pad_phases
 from ._rows import PIXELS_PER_BLOCK, row_block
-from .elementwise import add_residual, residual_parts
+from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_row
 
 
@@ -152,7 +152,7 @@ def _conv2d_csr_rq_i8(indptr, starts, data, bias, x, x_zero_point, xq, m0, shift
     back.
     Arguments as conv2d_csr_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 — output,
     overwritten; residual — None, or a QAdd of y and a (B,N,OH,OW) array fused into the epilogue,
-    each output channel's plane added once it is requantized (elementwise.residual_parts).
+    added once the planes are requantized (elementwise.residual_parts, add_residual_rows).
     Preconditions as the two kernels'.
     Work: conv2d_csr_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
@@ -160,14 +160,12 @@ def _conv2d_csr_rq_i8(indptr, starts, data, bias, x, x_zero_point, xq, m0, shift
     B, N, Wq = x.shape[0], y.shape[1], xq.shape[3]
     r, add = residual_parts(residual, y)
     plane = y.shape[2] * y.shape[3]
-    y3, r3 = y.reshape((B, N, plane)), r.reshape((B, N, plane))  # once: 40 ns a reshape
     for t in prange(B * N):
         bi, n = t // N, t % N
         _channel_rq(_group_planes(xq, bi, n, N, groups), starts, data, np.int64(indptr[n]),
                     np.int64(indptr[n + 1]), bias[n], np.empty(PIXELS_PER_BLOCK, np.int32),
                     y[bi, n], Wq, m0[n], shift[n], y_zero_point, lo, hi)
-        # the channel's plane, still in L1, plus the residual's (one long loop: it vectorizes)
-        add_residual(y3[bi, n], r3[bi, n], add)
+    add_residual_rows(y.reshape((B * N, plane)), r.reshape((B * N, plane)), add)
 
 
 conv2d_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_csr_rq_i8)

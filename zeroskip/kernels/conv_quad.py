@@ -24,9 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, copy_valid_columns, pack_group_jit, quad_tile,
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, finish_plane, pack_group_jit, quad_tile,
                      shift_copy_jit, store_chunk, used_phases)
-from .elementwise import residual_parts
+from .elementwise import has_residual, residual_parts
 
 
 
@@ -83,7 +83,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     group_words = C4 // groups * stride
     direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
     rq = (m0, shift, y_zero_point, lo, hi)
-    y3, r3 = y.reshape((B, N, OH * OW)), r.reshape((B, N, OH * OW))  # once: 40 ns a reshape
+    y3 = y.reshape((B, N, OH * OW))  # once: 40 ns a reshape
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
         p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
@@ -92,10 +92,11 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, count, n, b, p0, rq, direct, y3, r3, add, yw)
-    if not direct:
-        for t in prange(B * N):  # each row's OW valid columns out of the wide rows
-            copy_valid_columns(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch)
+            store_chunk(sums, count, n, b, p0, rq, direct, y3, yw)
+    if not direct or has_residual(add):  # the valid columns out of the wide rows, the residual
+        for t in prange(B * N):
+            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
+                         direct)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)

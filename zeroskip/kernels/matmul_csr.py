@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._rows import PIXELS_PER_BLOCK, row_block
-from .elementwise import add_residual, residual_parts
+from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_row
 
 # ---------------------------------------------------------------- float32
@@ -151,8 +151,8 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
     has tasks for every thread); per row, the slice's sums (as matmul_csr_i8), then
     requantize_row. The xt columns of the slice stay in cache for the task's rows.
     Preconditions as matmul_csr_i8's and requantize_dense_i8's; yt [N,M] uint8|int8, C-contiguous.
-    residual — None, or a QAdd of yt and an (N,M) array fused into the epilogue, each row added as
-    it is requantized (elementwise.residual_parts).
+    residual — None, or a QAdd of yt and an (N,M) array fused into the epilogue, added once the
+    rows are requantized (elementwise.residual_parts, add_residual_rows).
     Work: 2·M·nnz int ops and N·M requantizations; reads xt nnz·M bytes, writes yt N·M bytes.
     """
     N, M = yt.shape
@@ -172,7 +172,7 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
                 row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
             requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
                            yt[n, p0:p0 + count])
-            add_residual(yt[n, p0:p0 + count], r[n, p0:p0 + count], add)
+    add_residual_rows(yt, r, add)
 
 
 matmul_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_rq_i8)

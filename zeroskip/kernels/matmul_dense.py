@@ -44,7 +44,7 @@ from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broad
                          sign_flip, unsigned_bias)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
-from .elementwise import add_residual, residual_parts
+from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_row
 
 X_ROWS_PER_TILE = 2
@@ -360,9 +360,9 @@ def _matmul_dense_i8(x, w, bias, yt, w_pad=None):
     """
     K = x.shape[1]
     if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
-        _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None, w_pad)
+        _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), None, w_pad)
     elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
-        _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), yt, None, None)
+        _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), None)
     else:
         for p in prange((w.shape[0] + W_ROWS_PER_TILE - 1) // W_ROWS_PER_TILE):
             _panel(x, w, bias, yt, p * W_ROWS_PER_TILE, K)
@@ -399,31 +399,28 @@ def _broadcast_tasks(M, N):
     return chunks, groups, per * BROADCAST_ROWS
 
 
-def _store_sums(sums, out, n, c, rq, r, add):
+def _store_sums(sums, out, n, c, rq):
     """The broadcast GEMM's epilogue for output channel n, pixels c .. c + len(sums): the int32 sums
     as they are (an int32 out: matmul_dense_i8), or requantized (rq = (m0, shift, y_zero_point,
-    lo, hi)) and added to the residual (an 8-bit out: matmul_dense_rq_i8). Compiled, the choice is
-    made by out's type (the overload below)."""
+    lo, hi); an 8-bit out: matmul_dense_rq_i8). Compiled, the choice is made by out's type (the
+    overload below). A residual is added after the tiles, over whole rows (add_residual_rows)."""
     row = out[n, c:c + sums.shape[0]]
     if out.dtype == np.int32:
         row[:] = sums
         return
     m0, shift, y_zero_point, lo, hi = rq
     requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi, row)
-    add_residual(row, r[n, c:c + sums.shape[0]], add)
 
 
 @overload(_store_sums, inline="always")
-def _store_sums_compiled(sums, out, n, c, rq, r, add):
+def _store_sums_compiled(sums, out, n, c, rq):
     if out.dtype == types.int32:
-        def store(sums, out, n, c, rq, r, add):
+        def store(sums, out, n, c, rq):
             out[n, c:c + sums.shape[0]] = sums
         return store
 
-    def store_requantized(sums, out, n, c, rq, r, add):
-        row = out[n, c:c + sums.shape[0]]
-        requantize_row(sums, rq[0][n], rq[1][n], rq[2], rq[3], rq[4], row)
-        add_residual(row, r[n, c:c + sums.shape[0]], add)
+    def store_requantized(sums, out, n, c, rq):
+        requantize_row(sums, rq[0][n], rq[1][n], rq[2], rq[3], rq[4], out[n, c:c + sums.shape[0]])
     return store_requantized
 
 
@@ -470,7 +467,7 @@ def _packed_dot(xp, p, wn):
 
 
 @njit(cache=True, inline="always")
-def _broadcast_packed(xp, M, w, start, out, rq, r, add):
+def _broadcast_packed(xp, M, w, start, out, rq):
     """out = start + w @ xᵀ on the broadcast tile (kernels/_broadcast.py) from x's packed chunks
     xp (_packed_rows or _packed_planar), with _store_sums's epilogue: tasks of a chunk and a
     group of channels (one parallel loop), each tile of 4 channels stored as it is summed; the
@@ -486,16 +483,16 @@ def _broadcast_packed(xp, M, w, start, out, rq, r, add):
         for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
             broadcast_tile(sums, xp[ci], w, start, n0)
             for j in range(BROADCAST_ROWS):
-                _store_sums(sums[j, :count], out, n0 + j, c, rq, r, add)
+                _store_sums(sums[j, :count], out, n0 + j, c, rq)
     for n in prange(tiled, N):
         sums_n = np.empty(M, np.int32)
         for m in range(M):
             sums_n[m] = start[n] + _packed_dot(xp, m, w[n])
-        _store_sums(sums_n, out, n, 0, rq, r, add)
+        _store_sums(sums_n, out, n, 0, rq)
 
 
 @njit(cache=True, inline="always")
-def _amx_packed(xp, M, N, wt, start, out, rq, r, add):
+def _amx_packed(xp, M, N, wt, start, out, rq):
     """out = start + w @ xᵀ on the AMX conv tile with one tap (kernels/_amx.py) from x's packed
     chunks xp (_packed_rows or _packed_planar, wt.shape[1]·16 words per pixel) and w's padded
     tiles wt (1, K_pad/64, N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block
@@ -513,23 +510,22 @@ def _amx_packed(xp, M, N, wt, start, out, rq, r, add):
         # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS)
         for j in range(min(N - n_begin, sums.shape[0])):
-            _store_sums(sums[j, :count], out, n_begin + j, c, rq, r, add)
+            _store_sums(sums[j, :count], out, n_begin + j, c, rq)
 
 
 @njit(cache=True, inline="always")
-def _broadcast_gemm(x, w, bias, out, rq, r, add, w_sums):
+def _broadcast_gemm(x, w, bias, out, rq, w_sums):
     """_broadcast_packed on x (M, K)'s rows, packed here (bias' − 128·Σ_k w[n,k] for int8 x)."""
     xp = _packed_rows(x, x.shape[1] // 4)
-    _broadcast_packed(xp, x.shape[0], w, unsigned_bias(x, w, bias, w_sums), out, rq, r, add)
+    _broadcast_packed(xp, x.shape[0], w, unsigned_bias(x, w, bias, w_sums), out, rq)
 
 
 @njit(cache=True, inline="always")
-def _amx_gemm(x, w, bias, out, rq, r, add, w_sums, w_pad):
+def _amx_gemm(x, w, bias, out, rq, w_sums, w_pad):
     """_amx_packed on x (M, K)'s rows, packed here, and the plan's padded w (else padded now)."""
     wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
     xp = _packed_rows(x, wt.shape[1] * 16)
-    _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums), out, rq, r,
-                add)
+    _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums), out, rq)
 
 
 PIXELS_PER_CHUNK = 256
@@ -547,8 +543,8 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     rows of x at a time, the tiles write their sums to a small scratch that stays in L1, and the
     chunk is requantized from there into y. Unfused, a layer with a short K (MobileNetV2's 1×1
     convs: K = 16–32 against N = 96–192) wrote and read back 4 bytes per output where y takes 1.
-    residual — None, or a QAdd of y and an (N,M) array fused into the epilogue, each row added as
-    it is requantized (elementwise.residual_parts).
+    residual — None, or a QAdd of y and an (N,M) array fused into the epilogue, added once the
+    rows are requantized (elementwise.residual_parts, add_residual_rows).
     w_sums — None, or Σ_k w[n,k] [N] int64, computed once by the plan: the broadcast tile's
     starting sums for int8 x (_broadcast.unsigned_bias), summed per call when None.
     Preconditions as matmul_dense_i8's and requantize_dense_i8's.
@@ -557,15 +553,16 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     r, add = residual_parts(residual, y)
     rq = (m0, shift, y_zero_point, lo, hi)
     if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
-        _amx_gemm(x, w, bias, y, rq, r, add, w_sums, w_pad)
+        _amx_gemm(x, w, bias, y, rq, w_sums, w_pad)
     elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
-        _broadcast_gemm(x, w, bias, y, rq, r, add, w_sums)
+        _broadcast_gemm(x, w, bias, y, rq, w_sums)
     else:
-        _panels_rq(x, w, bias, rq, y, r, add)
+        _panels_rq(x, w, bias, rq, y)
+    add_residual_rows(y, r, add)
 
 
 @njit(cache=True, inline="always")
-def _panels_rq(x, w, bias, rq, y, r, add):
+def _panels_rq(x, w, bias, rq, y):
     """matmul_dense_rq_i8 on the dot-product tile: per panel of W_ROWS_PER_TILE rows of w (one
     parallel loop), PIXELS_PER_CHUNK rows of x at a time, summed into an L1 scratch and
     requantized from there."""
@@ -582,7 +579,6 @@ def _panels_rq(x, w, bias, rq, y, r, add):
             for j in range(w_panel.shape[0]):
                 requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo,
                                hi, y[n + j, c:c + width])
-                add_residual(y[n + j, c:c + width], r[n + j, c:c + width], add)
 
 
 matmul_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_rq_i8)
@@ -609,12 +605,13 @@ def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residu
     if amx_fits_planar(xt, w):
         wt = tile_weights(w, w_pad)
         _amx_packed(_packed_planar(xt, wt.shape[1] * 16), xt.shape[1], w.shape[0], wt,
-                    unsigned_bias(xt, w, bias, w_sums), y, rq, r, add)
+                    unsigned_bias(xt, w, bias, w_sums), y, rq)
     elif broadcast_fits_planar(xt, w):
         _broadcast_packed(_packed_planar(xt, xt.shape[0] // 4), xt.shape[1], w,
-                          unsigned_bias(xt, w, bias, w_sums), y, rq, r, add)
+                          unsigned_bias(xt, w, bias, w_sums), y, rq)
     else:
-        _panels_rq(np.ascontiguousarray(xt.T), w, bias, rq, y, r, add)
+        _panels_rq(np.ascontiguousarray(xt.T), w, bias, rq, y)
+    add_residual_rows(y, r, add)
 
 
 matmul_planar_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_planar_rq_i8)
