@@ -149,38 +149,31 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride, used):
     f = np.int64(fill) & 0xFF
     pad = np.int32((f | (f << 8) | (f << 16) | (f << 24)) ^ np.int64(flip) & 0xFFFFFFFF)
     p0, p1, p2, p3 = x[4 * c4], x[4 * c4 + 1], x[4 * c4 + 2], x[4 * c4 + 3]
+    size = Hq * Wq
     for a in range(sh):
         for b in range(sw):
             if not (used >> (a * sw + b)) & 1:
                 continue
             first = max(0, -((b - pl) // sw))             # the first v with v·sw + b − pl ≥ 0
             last = max(first, min(Wq, (W - 1 - b + pl) // sw + 1))  # past the last inside x
+            at = c4 * stride + (a * sw + b) * size
+            out = xg[at:at + size]
+            # plain indexed loops, no slices per row: a row's slices (an array view each, with
+            # its reference count) cost more than its words on 14×14 and 7×7 planes
             for u in range(Hq):
-                out = xg[c4 * stride + ((a * sw + b) * Hq + u) * Wq:][:Wq]
-                h = u * sh + a - pt
+                h, o = u * sh + a - pt, u * Wq
                 if h < 0 or h >= H:
-                    out[:] = pad
+                    for v in range(Wq):
+                        out[o + v] = pad
                     continue
-                out[:first] = pad
-                if sw == 1:  # contiguous runs: the loop vectorizes
-                    r0, r1 = p0[h, first - pl:last - pl], p1[h, first - pl:last - pl]
-                    r2, r3 = p2[h, first - pl:last - pl], p3[h, first - pl:last - pl]
-                    run = out[first:last]
-                    for v in range(last - first):
-                        run[v] = word(r0[v], r1[v], r2[v], r3[v], flip)
-                elif sw == 2:  # a constant step: the strided loads vectorize as shuffles
-                    at = 2 * first + b - pl
-                    r0, r1, r2, r3 = p0[h, at:], p1[h, at:], p2[h, at:], p3[h, at:]
-                    run = out[first:last]
-                    for v in range(np.uint64(last - first)):  # unsigned: no wraparound test
-                        k = np.uint64(2) * v
-                        run[v] = word(r0[k], r1[k], r2[k], r3[k], flip)
-                else:
-                    r0, r1, r2, r3 = p0[h], p1[h], p2[h], p3[h]
-                    for v in range(first, last):
-                        w = v * sw + b - pl
-                        out[v] = word(r0[w], r1[w], r2[w], r3[w], flip)
-                out[last:] = pad
+                for v in range(first):
+                    out[o + v] = pad
+                r0, r1, r2, r3 = p0[h], p1[h], p2[h], p3[h]
+                for v in range(first, last):
+                    w = v * sw + b - pl
+                    out[o + v] = word(r0[w], r1[w], r2[w], r3[w], flip)
+                for v in range(last, Wq):
+                    out[o + v] = pad
 
 
 pack_group_jit = njit(cache=True)(pack_group)
