@@ -96,7 +96,7 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 12
+KERNELS_REVISION = 13
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -105,7 +105,9 @@ block for the int8 CSR GEMM and the stride-1 sparse convs; 5: strided sparse con
 broadcast tile on AVX-512 VNNI; 8: the quad-sparse int8 conv on AVX-512 VNNI; 9: the quad conv's
 aligned layout, few-row dense int8 GEMMs on the dot-product tile, interleaved timings; 10 and 11:
 the dense int8 conv and GEMM on AMX tiles; 12: the planar 1×1 GEMM, which made dense pointwise
-convs 1.1–2.4× faster, where revision 11's timings had CSR win at 99 % density)."""
+convs 1.1–2.4× faster, where revision 11's timings had CSR win at 99 % density; 13: residual
+adds after the tiles, and the AMX and quad convs' input packed without per-row slices (4–5×
+faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 about 25 % faster)."""
 
 
 def _cpu_name() -> str:
