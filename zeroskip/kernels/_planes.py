@@ -42,7 +42,10 @@ def pad_plane(x, xq, pt, pl, fill, flip=None):
     caller flips it too). The depthwise row tile pads int8 planes as x + 128: flip −128.
 
     No slice per row (Numba reference-counts each one) and uint64 indices (no wraparound test), so
-    the copies vectorize; the column ranges are computed once per plane.
+    the copies vectorize; the column ranges are computed once per plane. The whole plane is filled
+    first in one flat loop and x's rows copied over it: the fill loops of each row's few pad
+    columns had cost as much as its copy (all planes of 384×14×14: 0.106 → 0.062 ms; 144×56×56
+    0.126 → 0.083; one thread). xq is C-contiguous (a plane of the kernels' workspaces).
     """
     Hp, Wp = xq.shape
     H, W = x.shape
@@ -50,23 +53,18 @@ def pad_plane(x, xq, pt, pl, fill, flip=None):
     r1 = max(r0, min(pt + H, Hp))
     u0 = min(max(pl, 0), Wp)                     # xq columns u0..u1 hold x columns u0−pl..u1−pl
     u1 = max(u0, min(pl + W, Wp))
-    for r in range(_U(Hp)):
-        if r < r0 or r >= r1:
-            for u in range(_U(Wp)):
-                xq[r, u] = fill
+    flat = xq.reshape(Hp * Wp)
+    for i in range(_U(Hp * Wp)):
+        flat[i] = fill
     src, m = _U(u0 - pl), _U(u1 - u0)
     for r in range(_U(r0), _U(r1)):
         xr = r - _U(pt)
-        for u in range(_U(u0)):
-            xq[r, u] = fill
         if flip is None:
             for k in range(m):
                 xq[r, _U(u0) + k] = x[xr, src + k]
         else:
             for k in range(m):
                 xq[r, _U(u0) + k] = x[xr, src + k] ^ flip
-        for u in range(_U(u1), _U(Wp)):
-            xq[r, u] = fill
 
 
 @njit(cache=True)
