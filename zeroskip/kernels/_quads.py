@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat, word
-from .elementwise import add_residual
+from .elementwise import add_residual, has_residual
 from .quant import requantize_row
 
 QUAD_PIXELS = LANES * PIXEL_VECTORS
@@ -292,3 +292,15 @@ def finish_plane(y_plane, wide_rows, r_plane, add, pitch, direct):
             for i in range(OW):  # a loop: a slice assignment checks for overlap
                 row[i] = wide[i]
     add_residual(y_plane.reshape(OH * OW), r_plane.reshape(OH * OW), add)
+
+
+@njit(cache=True, inline="always")
+def finish_planes(y, yw, r, add, pitch, direct):
+    """finish_plane over every (image, channel) plane of y [B,N,OH,OW] (one parallel loop), unless
+    there is nothing to do: no dropped columns (``direct``) and no residual. The quad and AMX
+    convs' last step."""
+    B, N = y.shape[0], y.shape[1]
+    if not direct or has_residual(add):
+        for t in prange(B * N):
+            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
+                         direct)

@@ -21,8 +21,8 @@ from numba import njit, prange
 
 from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, amx_tasks, start_rows_jit, task_sums
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import QUAD_SLACK, finish_plane, pack_group_jit, store_chunk, used_phases
-from .elementwise import has_residual, residual_parts
+from ._quads import QUAD_SLACK, finish_planes, pack_group_jit, store_chunk, used_phases
+from .elementwise import residual_parts
 
 
 def pack_tap_weights(w4):
@@ -163,10 +163,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
             store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, yw)
-    if not direct or has_residual(add):  # the valid columns out of the wide rows, the residual
-        for t in prange(B * N):
-            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
-                         direct)
+    finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 
 
 conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)

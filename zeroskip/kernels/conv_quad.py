@@ -24,10 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, finish_plane, pack_group_jit, quad_tile,
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, finish_planes, pack_group_jit, quad_tile,
                      shift_copy_jit, store_chunk, used_phases)
-from .elementwise import has_residual, residual_parts
-
+from .elementwise import residual_parts
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
@@ -93,10 +92,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
             base = n // (N // groups) * group_words
             quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
             store_chunk(sums, count, n, b, p0, rq, direct, y3, yw)
-    if not direct or has_residual(add):  # the valid columns out of the wide rows, the residual
-        for t in prange(B * N):
-            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
-                         direct)
+    finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)
