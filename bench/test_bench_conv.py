@@ -7,7 +7,10 @@ the kernel's Python function) is in ``extra_info`` as ``compile_s``. ``extra_inf
 C/g·kh·kw), so dense, sparse and int8 share one axis: GFLOP/s = eff_flops / time.
 
 Paths (each a whole conv layer, output included):
-- ``dense-f32``: im2col_dense_f32 + numpy float32 BLAS (OpenBLAS sgemm) + bias_act_dense_f32;
+- ``dense-f32``: conv2d_dense_f32, the direct dense conv that dense-f32 sessions run (bias and
+  ReLU fused);
+- ``im2col-sgemm-f32``: im2col_dense_f32 + numpy float32 BLAS (OpenBLAS sgemm) +
+  bias_act_dense_f32, the numpy BLAS baseline (dense-f32 sessions ran it before the direct conv);
 - ``sparse-f32``: conv2d_csr_f32 (bias and ReLU fused);
 - ``sparse-i8``: conv2d_csr_i8 + requantize_dense_i8 (uint8 in, uint8 out);
 - ``dense-i8-amx``: conv2d_dense_rq_i8, the dense int8 conv on AMX tiles (requantized in its
@@ -30,7 +33,7 @@ import numpy as np
 import pytest
 
 from conftest import compile_seconds, pedantic, read_shapes
-from zeroskip.kernels import conv_csr, depthwise, serial_kernel
+from zeroskip.kernels import conv_csr, conv_dense, depthwise, serial_kernel
 from zeroskip.geometry import geometry
 
 DENSITIES = [0.1, 0.3]
@@ -73,7 +76,7 @@ class Layer:
         self.cols = np.empty((1, groups, self.K, self.OH, self.OW), np.float32)
         self.geo = (kh, kw, stride, stride, 1, 1, pad, pad)
 
-    def dense_f32(self):
+    def im2col_sgemm_f32(self):
         serial_kernel("im2col_dense_f32")(self.x, self.cols, *self.geo)
         g, K = self.g, self.K
         y = self.y.reshape(1, g, self.N // g, self.OH * self.OW)
@@ -89,6 +92,26 @@ class Layer:
                               self.kh, self.kw)
         starts = TapStarts(self.indices.astype(np.int32), self.C // self.g, self.kh, self.kw)(g)
         return starts, np.empty((1, self.C) + phase_shape(g, self.kh, self.kw), dtype)
+
+    def dense_f32_args(self):
+        """conv2d_dense_f32's arguments, its packed weight and workspace as the plan makes them."""
+        from zeroskip.engine.plan.geometry import TapStarts, _conv_geometry_of, phase_shape
+        from zeroskip.kernels._fma import FMA_SLACK, pack_rows
+
+        g = _conv_geometry_of((self.s, self.s), (1, 1), (self.p,) * 4, "NOTSET", self.x.shape[2:],
+                              self.kh, self.kw)
+        cg = self.C // self.g
+        offsets = TapStarts(np.arange(cg * self.kh * self.kw), cg, self.kh, self.kw)(g)
+        rows, wq = phase_shape(g, self.kh, self.kw)
+        xq = np.empty((1, self.C * rows * wq + FMA_SLACK), np.float32)
+        wp = pack_rows(self.w.reshape(self.N, cg, self.kh, self.kw), self.g)
+        return (wp, offsets, self.b, self.x, xq, self.y, *self.geo[:4], 1, 1, self.p, self.p,
+                self.g, np.float32(0.0), np.float32(np.inf))
+
+    def dense_f32(self):
+        if not hasattr(self, "_dense_args"):
+            self._dense_args = self.dense_f32_args()
+        serial_kernel("conv2d_dense_f32")(*self._dense_args)
 
     def sparse_f32_args(self):
         starts, xq = self._phases(np.float32)
@@ -188,7 +211,8 @@ CONV_SHAPES = [s for s in SHAPES if s[-1] == 1]
 DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
 
 
-@pytest.mark.parametrize("path", ["dense-f32", "sparse-f32", "sparse-i8", "dense-i8-amx",
+@pytest.mark.parametrize("path", ["dense-f32", "im2col-sgemm-f32", "sparse-f32", "sparse-i8",
+                                  "dense-i8-amx",
                                   "dense-i8-rows", "dense-i8-planar", "ort-conv-f32"])
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("name,C,H,W,N,kh,kw,stride,pad,groups", CONV_SHAPES,
@@ -198,7 +222,12 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
     layer = Layer(C, H, W, N, kh, kw, stride, pad, groups, density)
     extra = layer.extra(density=density, kernel=path)
     if path == "dense-f32":
-        call = layer.dense_f32
+        args = layer.dense_f32_args()
+        extra["compile_s"] = compile_seconds(path, conv_dense._conv2d_dense_f32, args)
+        extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
+        call = lambda: serial_kernel("conv2d_dense_f32")(*args)  # noqa: E731
+    elif path == "im2col-sgemm-f32":
+        call = layer.im2col_sgemm_f32
         extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
     elif path == "sparse-f32":
         args = layer.sparse_f32_args()

@@ -40,12 +40,14 @@ DATA = pathlib.Path(zeroskip.__file__).parent / "data"
 THREADS = (1, 2)
 FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
-NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8"} \
+NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
+                   "im2col_dense_f32", "bias_act_dense_f32"} \
     | ({"conv2d_dense_rq_i8"} if not _amx.AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
 every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those
-epilogues must equal), and the quad-sparse conv needs an AVX-512 VNNI CPU and convs over groups of
+epilogues must equal), im2col + sgemm + bias_act is the float conv's numpy BLAS baseline in
+bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU and convs over groups of
 4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below has not. Plans take the
 AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
 

@@ -84,6 +84,9 @@ def _conv(x_shape, w_shape, bias=True, opset=17, seed=0, density=1.0, **attrs):
 for _name, _x, _w, _attrs in [
     ("plain_3x3", (1, 3, 8, 8), (4, 3, 3, 3), {}),
     ("1x1", (1, 6, 5, 5), (4, 6, 1, 1), {}),
+    ("1x1_stride2", (1, 6, 7, 8), (4, 6, 1, 1), {"strides": [2, 2]}),  # the strided input, s1
+    ("1x1_stride2_end_pads", (1, 6, 6, 6), (4, 6, 1, 1), {"strides": [2, 2], "pads": [0, 0, 1, 1]}),
+    ("1x1_stride3x2_pads", (1, 4, 7, 7), (3, 4, 1, 1), {"strides": [3, 2], "pads": [1, 1, 0, 0]}),
     ("pads_1", (1, 3, 7, 7), (5, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
     ("asym_pads", (1, 3, 7, 6), (4, 3, 3, 2), {"pads": [0, 1, 2, 1]}),
     ("strides_2", (1, 3, 9, 9), (4, 3, 3, 3), {"strides": [2, 2]}),

@@ -272,8 +272,9 @@ def test_threads_bound_numpy_blas_during_runs_of_float_plans(threads):
 
 def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
     """A float plan whose weighted layers all run on BLAS gives BLAS the session's threads and
-    runs its Numba steps serially; a plan with a Numba compute kernel (here a CSR Gemm beside a
-    BLAS one) gives Numba the threads and BLAS one. Outputs are the same either way."""
+    runs its Numba steps serially; a plan with a Numba compute kernel (a CSR Gemm beside a BLAS
+    one; the direct dense convs of a CNN before its BLAS Gemm) gives Numba the threads and BLAS
+    one. Outputs are the same either way."""
     from threadpoolctl import threadpool_info
 
     from zeroskip.engine.plan.context import Choice, PlanContext
@@ -284,11 +285,15 @@ def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
 
     from quant_builders import FLOAT_MODELS
 
-    cnn, cnn_input, shape = FLOAT_MODELS["cnn"]()  # im2col and bias kernels around the sgemms
-    cnn = zeroskip.import_onnx(cnn)
-    dense = Session(cnn, mode="dense-f32", threads=3)
+    mlp, mlp_input, mlp_shape = FLOAT_MODELS["mlp_matmul"]()  # add kernels between the sgemms
+    dense = Session(zeroskip.import_onnx(mlp), mode="dense-f32", threads=3)
     assert dense._plan.blas_owns_threads and dense._plan.launches
     assert all(launch.threshold == float("inf") for launch in dense._plan.launches)
+    cnn, cnn_input, shape = FLOAT_MODELS["cnn"]()
+    convs = Session(zeroskip.import_onnx(cnn), mode="dense-f32", threads=3)
+    assert [s.kernel for s in convs._plan.steps].count("conv2d_dense_f32") == 2
+    assert convs._plan.uses_blas and not convs._plan.blas_owns_threads
+    assert all(launch.threshold < float("inf") for launch in convs._plan.launches)
     model = zeroskip.import_onnx(torch_mlp_gemm(density=0.1)[0])  # pruned layers, a dense one
     monkeypatch.setattr(PlanContext, "choose_csr",
                         lambda self, density, shape_class, node=None: Choice(density < 0.5, "t"))
@@ -298,7 +303,8 @@ def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
     assert mixed._plan.uses_blas and not mixed._plan.blas_owns_threads
     assert all(launch.threshold < float("inf") for launch in mixed._plan.launches)
     rng = np.random.default_rng(2)
-    cases = ((dense, {3}, cnn_input, rng.standard_normal((2,) + shape)),
+    cases = ((dense, {3}, mlp_input, rng.standard_normal((2,) + mlp_shape)),
+             (convs, {1}, cnn_input, rng.standard_normal((2,) + shape)),
              (mixed, {1}, "input", rng.standard_normal((1, 20))))  # batch 1: _plan
     for session, want, name, x in cases:
         seen = []

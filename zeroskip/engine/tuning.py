@@ -96,7 +96,7 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 13
+KERNELS_REVISION = 14
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register

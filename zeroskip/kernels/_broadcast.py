@@ -112,6 +112,15 @@ def splat(builder, value):
     return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
 
 
+def store_accumulators(builder, accs, out):
+    """LLVM IR: a register tile's accumulators (accs[j][v], allocas of one vector type) stored
+    row after row at the vector pointer ``out``: vector j·len(accs[0]) + v holds accs[j][v]."""
+    for j, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            builder.store(builder.load(acc), builder.gep(out, [ir.IntType(64)(j * len(row) + v)]),
+                          align=4)
+
+
 def declare_dpbusd(builder):
     """LLVM IR: the 512-bit ``vpdpbusd`` intrinsic, acc (<16 x i32>) + the 4-byte dot products of
     unsigned bytes (second operand) and signed bytes (third), per lane, with no saturation."""
@@ -164,11 +173,7 @@ def _broadcast_tile_ir():
                     for v in range(PIXEL_VECTORS):
                         builder.store(builder.call(dpbusd, [builder.load(accs[j][v]), xs[v],
                                                             weights]), accs[j][v])
-            out = builder.bitcast(sa.data, vec.as_pointer())
-            for j in range(BROADCAST_ROWS):
-                for v in range(PIXEL_VECTORS):
-                    builder.store(builder.load(accs[j][v]),
-                                  builder.gep(out, [i64(j * PIXEL_VECTORS + v)]), align=4)
+            store_accumulators(builder, accs, builder.bitcast(sa.data, vec.as_pointer()))
             return context.get_dummy_value()
 
         return sig, codegen

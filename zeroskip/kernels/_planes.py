@@ -82,20 +82,22 @@ def pad_phases(x, xq, sh, sw, pt, pl, fill):
     rows, Wq = xq.shape
     Hq = rows // (sh * sw)
     H, W = x.shape
+    flat = xq.reshape(rows * Wq)
+    for i in range(_U(rows * Wq)):  # as pad_plane: one flat fill, then x's values over it
+        flat[i] = fill
     for a in range(sh):
         for b in range(sw):
             block = (a * sw + b) * Hq
+            # the phase's columns v0 .. v1 hold x columns v·sw + b − pl, inside x
+            v0 = min(max(0, (pl - b + sw - 1) // sw), Wq)
+            v1 = max(v0, min(Wq, (W - 1 + pl - b) // sw + 1))
+            src, m = _U(v0 * sw + b - pl), _U(v1 - v0)
             for u in range(Hq):
                 h = u * sh + a - pt
-                out = xq[block + u]
-                if h < 0 or h >= H:
-                    for v in range(_U(Wq)):
-                        out[v] = fill
-                    continue
-                xr = x[h]
-                for v in range(Wq):
-                    w = v * sw + b - pl
-                    out[v] = xr[w] if 0 <= w < W else fill
+                if 0 <= h < H:
+                    r = _U(block + u)
+                    for k in range(m):
+                        xq[r, _U(v0) + k] = x[h, src + _U(sw) * k]
 
 
 @njit(cache=True)

@@ -13,8 +13,7 @@ import numpy as np
 from ...errors import InputError
 from ...model import Node
 from .context import PlanContext, float_bounds
-from .f32_dense import conv_operands
-from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
+from .f32_dense import conv_operands, conv_step
 from .registry import Decline, builds
 from .steps import Scratch, Step, aligned_empty, is_aligned
 from .weights import csr_triple
@@ -129,42 +128,4 @@ def conv_csr(node: Node, ctx: PlanContext):
     choice = ctx.choose_csr(ctx.tensors[node.inputs[1]].density, "conv f32", node)
     if not choice.csr:
         return choice.declined()
-    w, bias = operands
-    group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
-    out, lo, hi = ctx.activation(node)
-    lo, hi = float_bounds(lo, hi)
-    x_name, channels = node.inputs[0], group * c_group
-    depthwise = c_group == 1 and group == channels and n_out % channels == 0
-    if depthwise:
-        taps = np.ascontiguousarray(w.reshape(n_out, kh * kw), np.float32)
-        kernel, name = ctx.kernel("depthwise_dense_f32"), "depthwise_dense_f32"
-
-        def call(x, y, g, geo):  # padded planes xp and the tile loop's accumulators ws
-            batch = x.shape[0]
-            xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
-            ws = scratch.get("ws", (batch, n_out, workspace_len(kh, kw, g)), np.float32)
-            kernel(taps, bias, x, xp, ws, y, *geo, lo, hi)
-
-        reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
-        density = ctx.tensors[node.inputs[1]].density
-    else:
-        indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
-        kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
-        starts = TapStarts(indices, c_group, kh, kw)
-
-        def call(x, y, g, geo):  # the input's padded phases xq
-            xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw), np.float32)
-            kernel(indptr, starts(g), data, bias, x, xq, y, *geo, group, lo, hi)
-
-        reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
-        density = len(data) / max(w.size, 1)
-    scratch = Scratch()
-
-    def run(values):
-        x = np.ascontiguousarray(conv_input(node, values[x_name], channels), dtype=np.float32)
-        g = conv_geometry(node, x.shape, kh, kw)
-        y = np.empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)
-        call(x, y, g, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
-        values[out] = y
-
-    return Step(node, name, choice.lead(reason + ctx.fused_note(node)), run, density)
+    return conv_step(node, ctx, *operands, csr=True, lead=choice.lead)

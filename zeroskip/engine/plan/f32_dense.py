@@ -1,5 +1,6 @@
-"""Family ``f32-dense``: float32 steps on dense weights — numpy BLAS for Gemm, MatMul and Conv (the
-honest dense baseline), the elementwise and pooling kernels, numpy for the rest."""
+"""Family ``f32-dense``: float32 steps on dense weights — numpy BLAS for Gemm and MatMul, the
+direct dense conv kernel for Conv (and the depthwise kernel), the elementwise and pooling kernels,
+numpy for the rest."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from ...errors import InputError
 from ...model import Node
 from ...reference import OPS as REFERENCE_OPS
 from .context import PlanContext, float_bounds
-from .geometry import conv_geometry, conv_input, max_pool
+from .geometry import (TapStarts, conv_geometry, conv_input, max_pool, phase_shape,
+                       workspace_len)
 from .reference import reference_step
 from .registry import Decline, builds
 from .steps import Scratch, Step
+from .weights import csr_triple
 
 
 @builds("f32-dense", "Gemm")
@@ -82,41 +85,78 @@ def conv_operands(node: Node, ctx: PlanContext):
 
 @builds("f32-dense", "Conv")
 def conv(node: Node, ctx: PlanContext):
-    """Conv by im2col (a Numba kernel) + one sgemm per group (numpy BLAS) + bias and activation.
-
-    A 1×1, stride-1, unpadded conv needs no im2col: x[b] is already the (C, H·W) column matrix.
-    """
+    """Conv by the direct dense kernel (conv2d_dense_f32: each tap a shifted run of the padded
+    input, channel blocks × output positions summed in vector registers, bias and activation in
+    its epilogue, no im2col), or the depthwise kernel for depthwise convs (both shared with the
+    f32-csr family, ``conv_step``)."""
     operands = conv_operands(node, ctx)
     if isinstance(operands, Decline):
         return operands
-    w, bias = operands
+    return conv_step(node, ctx, *operands, csr=False)
+
+
+def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr: bool,
+              lead=lambda reason: reason) -> Step:
+    """The float Conv step of both families. Depthwise convs take the depthwise kernel's dense
+    taps; the others the direct conv over the input's padded phases, over every weight
+    (conv2d_dense_f32) or over the nonzeros (conv2d_csr_f32, ``csr``). ``lead`` words the reason
+    (the f32-csr family's choice leads it)."""
     group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
-    wmat = np.ascontiguousarray(w.reshape(group, n_out // group, c_group * kh * kw))
-    im2col, epilogue = ctx.kernel("im2col_dense_f32"), ctx.kernel("bias_act_dense_f32")
     out, lo, hi = ctx.activation(node)
     lo, hi = float_bounds(lo, hi)
     x_name, channels = node.inputs[0], group * c_group
+    density = ctx.tensors[node.inputs[1]].density
     scratch = Scratch()
+    if c_group == 1 and group == channels and n_out % channels == 0:  # depthwise
+        taps = np.ascontiguousarray(w.reshape(n_out, kh * kw), np.float32)
+        kernel, name = ctx.kernel("depthwise_dense_f32"), "depthwise_dense_f32"
+
+        def call(x, y, g, geo):  # padded planes xp and the tile loop's accumulators ws
+            batch = x.shape[0]
+            xp = scratch.get("xp", (batch, channels, g["hp"], g["wp"]), np.float32)
+            ws = scratch.get("ws", (batch, n_out, workspace_len(kh, kw, g)), np.float32)
+            kernel(taps, bias, x, xp, ws, y, *geo, lo, hi)
+
+        reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
+    elif csr:
+        indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
+        kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
+        starts = TapStarts(indices, c_group, kh, kw)
+
+        def call(x, y, g, geo):  # the input's padded phases xq
+            xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw), np.float32)
+            kernel(indptr, starts(g), data, bias, x, xq, y, *geo, group, lo, hi)
+
+        reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
+        density = len(data) / max(w.size, 1)
+    else:
+        from ...kernels._fma import FMA_SLACK, pack_rows  # Numba only once a conv is planned
+
+        packed = pack_rows(np.asarray(w, np.float32), group)
+        kernel, name = ctx.kernel("conv2d_dense_f32"), "conv2d_dense_f32"
+        offsets = TapStarts(np.arange(c_group * kh * kw), c_group, kh, kw)
+
+        def call(x, y, g, geo):  # the input's padded phases, flat per image, and the slack
+            if kh == kw == 1 and (g["sh"], g["sw"]) != (1, 1) and g["pt"] == g["pl"] == 0:
+                # a strided 1×1 conv reads one phase of sh·sw: take it, and run at stride 1
+                sub = x[:, :, ::g["sh"], ::g["sw"]]
+                if sub.shape[2:] == (g["oh"], g["ow"]):  # no bottom or right pads
+                    x, g, geo = np.ascontiguousarray(sub), dict(g, sh=1, sw=1), (1, 1, 1, 1) + geo[4:]
+            rows, wq = phase_shape(g, kh, kw)
+            xq = scratch.get("xq", (x.shape[0], channels * rows * wq + FMA_SLACK), np.float32)
+            kernel(packed, offsets(g), bias, x, xq, y, *geo, group, lo, hi)
+
+        reason = "dense-f32: direct conv, channel blocks × positions in vector registers " \
+                 "(no im2col)"
 
     def run(values):
         x = np.ascontiguousarray(conv_input(node, values[x_name], channels), dtype=np.float32)
         g = conv_geometry(node, x.shape, kh, kw)
-        batch, oh, ow = x.shape[0], g["oh"], g["ow"]
-        if (kh, kw, g["sh"], g["sw"], g["pt"], g["pl"]) == (1, 1, 1, 1, 0, 0) \
-                and (oh, ow) == x.shape[2:]:
-            cols = x.reshape(batch, group, c_group, oh * ow)  # already the column matrix
-        else:
-            cols = scratch.get("cols", (batch, group, c_group * kh * kw, oh, ow), np.float32)
-            im2col(x, cols, kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"])
-            cols = cols.reshape(batch, group, c_group * kh * kw, oh * ow)
-        # W (G, N/G, K) @ cols (B, G, K, P) -> y (B, G, N/G, P) = NCHW
-        y = np.matmul(wmat, cols).reshape(batch, n_out, oh * ow)
-        epilogue(y, bias, lo, hi)
-        values[out] = y.reshape(batch, n_out, oh, ow)
+        y = np.empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)
+        call(x, y, g, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
+        values[out] = y
 
-    return Step(node, "im2col_dense_f32 + numpy sgemm + bias_act_dense_f32",
-                "dense-f32: im2col then one sgemm per group" + ctx.fused_note(node), run,
-                ctx.tensors[node.inputs[1]].density)
+    return Step(node, name, lead(reason + ctx.fused_note(node)), run, density)
 
 
 @builds("f32-dense", "Add")

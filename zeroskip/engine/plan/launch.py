@@ -109,6 +109,12 @@ def _work_conv_dense_rq_i8(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, h
     return _conv_work(wt.shape[0] * wt.shape[1] * 64 / 256, y)
 
 
+def _work_conv_dense_f32(wp, offsets, b, x, xq, y, *_):
+    # a dense tile runs its multiply-accumulates at about the dense int8 GEMM's rate, far faster
+    # than the direct sparse convs' per useful one: the GEMM's threshold (an estimate, not timed)
+    return _conv_work(offsets.shape[0], y)
+
+
 def _work_depthwise_f32(w, b, x, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
@@ -150,6 +156,7 @@ WORK = {
     "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_quad_rq_i8": (_work_conv_quad_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_dense_rq_i8": (_work_conv_dense_rq_i8, MIN_PARALLEL_CONV_WORK),
+    "conv2d_dense_f32": (_work_conv_dense_f32, MIN_PARALLEL_MACS),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),
