@@ -157,25 +157,27 @@ def test_fma32_rounds_once():
         assert _fma.fma32(np.float32(3e38), np.float32(10.0), np.float32(1.0)) == np.inf
 
 
-@pytest.mark.parametrize("n_out, groups", [(1, 1), (4, 1), (6, 1), (10, 2), (16, 4), (9, 3)])
+@pytest.mark.parametrize("n_out, groups", [(1, 1), (4, 1), (6, 1), (7, 1), (10, 2), (16, 4), (9, 3),
+                                           (26, 2)])
 def test_packed_weight_round_trip_and_layout(n_out, groups):
-    assert BLOCK_ROWS == _fma.FMA_ROWS
+    R = _fma.FMA_ROWS
+    assert BLOCK_ROWS == R
     rng = np.random.default_rng(n_out)
     w = rng.standard_normal((n_out, 3, 2, 2)).astype(np.float32)
     wp = _fma.pack_rows(w, groups)
     np.testing.assert_array_equal(unpack_rows(wp, n_out, 3, 2, 2, groups), w)
     per, K = n_out // groups, 12
-    blocks = -(-per // 4)
-    assert wp.shape == (groups * blocks * K * 4,)
-    # by hand: channel n of group g is row j of block b; its weight k sits at ((g·blocks + b)·K + k)·4 + j
+    blocks = -(-per // R)
+    assert wp.shape == (groups * blocks * K * R,)
+    # by hand: channel n of group g is row j of block b; its weight k sits at ((g·blocks + b)·K + k)·R + j
     for n in range(n_out):
         g, r = divmod(n, per)
-        b, j = divmod(r, 4)
+        b, j = divmod(r, R)
         for k in range(K):
-            assert wp[((g * blocks + b) * K + k) * 4 + j] == w[n].reshape(-1)[k]
+            assert wp[((g * blocks + b) * K + k) * R + j] == w[n].reshape(-1)[k]
     # the padding rows of a last, partial block are zero
-    if per % 4:
-        padded = wp.reshape(groups, blocks, K, 4)[:, -1, :, per % 4:]
+    if per % R:
+        padded = wp.reshape(groups, blocks, K, R)[:, -1, :, per % R:]
         assert not padded.any()
 
 

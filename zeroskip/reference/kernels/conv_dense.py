@@ -6,7 +6,7 @@ import numpy as np
 
 from ..ops.conv import conv
 
-BLOCK_ROWS = 4
+BLOCK_ROWS = 6
 """Output channels per block of the packed weight (the kernel's FMA_ROWS; a test checks that the
 two agree)."""
 
