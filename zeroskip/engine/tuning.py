@@ -107,7 +107,8 @@ aligned layout, few-row dense int8 GEMMs on the dot-product tile, interleaved ti
 the dense int8 conv and GEMM on AMX tiles; 12: the planar 1×1 GEMM, which made dense pointwise
 convs 1.1–2.4× faster, where revision 11's timings had CSR win at 99 % density; 13: residual
 adds after the tiles, and the AMX and quad convs' input packed without per-row slices (4–5×
-faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 about 25 % faster)."""
+faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 about 25 % faster;
+14: the direct dense float conv, which dense-f32 and auto's float layers now measure as dense)."""
 
 
 def _cpu_name() -> str:

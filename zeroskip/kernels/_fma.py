@@ -14,11 +14,12 @@ The weights are packed so that a block's FMA_ROWS weights at one k are adjacent 
 
 With AVX-512 a tile is 6 channels × 64 positions: 24 zmm accumulators, and per k 4 loads, 6
 broadcasts and 24 FMAs (the FMA ports, not the loads, set the pace). With AVX2 it is 6 × 16: 12 ymm
-accumulators, 2 loads and 6 broadcasts per 12 FMAs, within the 16 ymm registers. ``fma_tile_loops`` is the same sum in plain loops (the tile on other CPUs, and the one
-to read first), each multiply-add rounded once as the vector FMAs round it (``fma32``), so every
-variant gives the same bytes, and so does the kernel run as Python. docs/kernels.md, "The dense float conv", has
-the loop order and the figures. The leading underscore keeps the kernel collector
-(``kernels/__init__.py``) from looking here: helpers only.
+accumulators, 2 loads and 6 broadcasts per 12 FMAs, within the 16 ymm registers. ``fma_tile_loops``
+is the same sum in plain loops (the tile on other CPUs, and the one to read first), each
+multiply-add rounded once as the vector FMAs round it (``fma32``), so every variant gives the same
+bytes, and so does the kernel run as Python. docs/kernels.md, "conv2d_dense_f32", has the loop
+order and the figures. The leading underscore keeps the kernel collector (``kernels/__init__.py``)
+from looking here: helpers only.
 """
 
 from __future__ import annotations

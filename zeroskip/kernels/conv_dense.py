@@ -7,10 +7,10 @@ channel. There every weight k = (c, i, j) reads output position p at ``offsets[k
 positions run over the phases' rows at their pitch Wq; the columns past OW are computed and
 dropped). A block of FMA_ROWS output channels at FMA_PIXELS consecutive positions is then a small
 outer-product GEMM over k, which the FMA tile (``_fma.py``) sums in registers: the activations of a
-run are loaded once for all the block's channels. im2col + sgemm had written and read back a K × OH·OW
-column matrix (9× the input for a 3×3 conv) and left the bias and the activation to a third pass;
-here each tile's sums go from registers to y, biased and clamped, once. docs/kernels.md, "The
-dense float conv", has the loop order and the figures.
+run are loaded once for all the block's channels. im2col + sgemm had written and read back a K ×
+OH·OW column matrix (9× the input for a 3×3 conv) and left the bias and the activation to a third
+pass; here each tile's sums go from registers to y, biased and clamped, once. docs/kernels.md,
+"conv2d_dense_f32", has the loop order and the figures.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _store_rows(sums, rows, count, p0, bias, n, Wq, OW, lo, hi, y3):
 
 def _conv2d_dense_f32(wp, offsets, b, x, xq, y, kh, kw, sh, sw, dh, dw, pt, pl, groups, lo, hi):
     # W (N, C/g, kh, kw) packed * x (B,C,H,W) -> y (B,N,OH,OW), float32
-    """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j) w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl], lo, hi)
-    with zeros outside x.
+    """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j) w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh + i·dh − pt,
+    ow·sw + j·dw − pl], lo, hi) with zeros outside x.
 
     Loop nest: prange (image, channel): pad the plane into its phases in xq; prange tasks (image,
     span of chunks of FMA_PIXELS positions at the phases' pitch, unit of channel blocks): per

@@ -141,7 +141,8 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
                 # a strided 1×1 conv reads one phase of sh·sw: take it, and run at stride 1
                 sub = x[:, :, ::g["sh"], ::g["sw"]]
                 if sub.shape[2:] == (g["oh"], g["ow"]):  # no bottom or right pads
-                    x, g, geo = np.ascontiguousarray(sub), dict(g, sh=1, sw=1), (1, 1, 1, 1) + geo[4:]
+                    x, g = np.ascontiguousarray(sub), dict(g, sh=1, sw=1)
+                    geo = (1, 1, 1, 1) + geo[4:]
             rows, wq = phase_shape(g, kh, kw)
             xq = scratch.get("xq", (x.shape[0], channels * rows * wq + FMA_SLACK), np.float32)
             kernel(packed, offsets(g), bias, x, xq, y, *geo, group, lo, hi)

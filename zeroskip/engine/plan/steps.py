@@ -59,9 +59,9 @@ class Plan:
     def blas_owns_threads(self) -> bool:
         """Whether BLAS, not Numba, gets the session's threads: the plan calls BLAS and none of
         its weighted layers runs on a Numba compute kernel (a direct conv, CSR, depthwise or
-        int8), so its Numba steps (bias and activation, adds, pools) are light. The two must not both have
-        threads: OpenBLAS's workers spin for a while after each sgemm and took the second core
-        from the Numba kernels that followed (docs/kernels.md, "Threads")."""
+        int8), so its Numba steps (bias and activation, adds, pools) are light. The two must not
+        both have threads: OpenBLAS's workers spin for a while after each sgemm and took the
+        second core from the Numba kernels that followed (docs/kernels.md, "Threads")."""
         heavy = ("conv2d_dense", "csr", "depthwise", "_i8")
         return self.uses_blas and not any(h in step.kernel for step in self.steps for h in heavy)
 
