@@ -3,7 +3,8 @@
 With the JIT off every kernel is its plain Python function (prange is range), which is how a learner
 steps through one in a debugger; the parts written in LLVM IR are replaced by their plain forms (the
 dense int8 GEMM's tile by its NumPy model, kernels/matmul_dense.py; the CSR kernels' row block by its
-loops, kernels/_rows.py). The outputs must not change by a single bit.
+loops, kernels/_rows.py; the dense float conv's FMA tile by its loops, each multiply-add rounded
+once by ``_fma.fma32``). The outputs must not change by a single bit.
 
 The models: a float CNN (conv 3×3, depthwise 3×3 and 5×5 with two outputs per channel, a residual
 Add, MaxPool, a pruned 1×1 conv, AveragePool, GlobalAveragePool, a pruned Gemm), its int8 versions
@@ -47,8 +48,9 @@ NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8"
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
 every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those
 epilogues must equal), im2col + sgemm + bias_act is the float conv's numpy BLAS baseline in
-bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU and convs over groups of
-4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below has not. Plans take the
+bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU
+and convs over groups of 4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below
+has not. Plans take the
 AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
 
 
