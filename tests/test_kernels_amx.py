@@ -28,7 +28,7 @@ def kernel_with_tile(name: str):
     """conv2d_dense_rq_i8 around the tile _amx.TILES[name], compiled serially; the kernel
     itself for the tile it runs."""
     return checks.kernel_with_tile(KERNELS["conv2d_dense_rq_i8"], conv_amx._conv2d_dense_rq_i8,
-                                   "amx_conv_block", _amx.TILES, name)
+                                   "conv_block", _amx.TILES, name)
 
 
 def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, folded=False):
@@ -229,7 +229,7 @@ def _run_tile(tile, sums, xg, wt, start, offsets):
     runner = _RUNNERS.get(tile)
     if runner is None:
         def run(sums, xg, wt, start, offsets):
-            tile(sums, xg, wt, start, offsets, 0, 0, 64)
+            tile(sums, xg, wt, start, offsets, 0, 0, 64, 16)
         runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
     runner(sums, xg, wt, start, offsets)
 

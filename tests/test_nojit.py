@@ -43,7 +43,7 @@ FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
                    "im2col_dense_f32", "bias_act_dense_f32"} \
-    | ({"conv2d_dense_rq_i8"} if not _amx.AVAILABLE else set()) \
+    | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
 every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is the pass those

@@ -53,7 +53,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._broadcast import BROADCAST_MIN_ROWS, BROADCAST_PIXELS, channel_groups, is_8bit
+from ._broadcast import (BROADCAST_MIN_ROWS, BROADCAST_PIXELS, LANES, PIXEL_VECTORS, channel_groups,
+                         declare_dpbusd, is_8bit, splat, store_accumulators)
 from ._cpu import FEATURES, HAS_AVX512_VNNI
 
 AMX_ROWS = 32
@@ -144,16 +145,17 @@ def _amx_conv_ir(a_tiles, b_tiles):
     passes = BROADCAST_PIXELS // (16 * b_tiles)
 
     @intrinsic
-    def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words):
+    def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words, groups):
         if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
                        (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
             return None
-        sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp)
+        sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp,
+                         types.intp)
 
         def codegen(context, builder, signature, args):
             sa, xa, wa, ba, ta = (context.make_array(signature.args[i])(context, builder, args[i])
                                   for i in range(5))
-            n0_v, p0_v, row_words_v = args[5:]
+            n0_v, p0_v, row_words_v = args[5:8]  # groups: the tile reads whole blocks anyway
             load, store, product = _configure(builder)
             rows = cgutils.unpack_tuple(builder, sa.shape)[0]
             n_taps, k_blocks, n_pad = cgutils.unpack_tuple(builder, wa.shape)[:3]
@@ -209,16 +211,18 @@ def _amx_conv_ir(a_tiles, b_tiles):
     return amx_conv_block
 
 
-def amx_conv_block_loops(sums, xg, wt, start_rows, taps, n0, p0, row_words):
+def amx_conv_block_loops(sums, xg, wt, start_rows, taps, n0, p0, row_words, groups):
     """The conv's tile in plain loops, the same integers: the one to read first, and what the conv
-    runs where the AMX tile cannot (no AMX, or NUMBA_DISABLE_JIT=1). Activation bytes unsigned,
-    weight bytes signed; the int32 sums wrap as tdpbsud's do."""
+    runs where neither the AMX nor the VNNI tile can (no AVX-512 VNNI, or NUMBA_DISABLE_JIT=1).
+    Activation bytes unsigned, weight bytes signed; the int32 sums wrap as tdpbsud's do. ``groups``:
+    the rows of the last block of 16 that hold weights (the ones past it are zero)."""
     for j in range(sums.shape[0]):
         for p in range(BROADCAST_PIXELS):
             sums[j, p] = start_rows[n0 + j, 0]
+    blocks = wt.shape[1]
     for t in range(wt.shape[0]):
-        for kb in range(wt.shape[1]):
-            for g in range(TILE_ROWS):                      # one row of the x tile
+        for kb in range(blocks):
+            for g in range(TILE_ROWS if kb < blocks - 1 else groups):  # one row of the x tile
                 base = (TILE_ROWS * kb + g) * row_words + taps[t] + p0
                 for j in range(sums.shape[0]):              # one row of the w tile
                     w = wt[t, kb, n0 + j, 4 * g:4 * g + 4]
@@ -237,6 +241,101 @@ amx_conv_block = _amx_conv_ir(2, 2) if RUNS else amx_conv_block_portable
 """The conv's tile, as a Numba intrinsic: sums (rows, BROADCAST_PIXELS) int32 ← start[n0 + j] +
 Σ over taps t and blocks kb of 16 channel groups: wt[t, kb, n0 + j] · the packed input's words
 xg[(16·kb + g)·row_words + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
+
+
+VNNI_ROWS = 4
+"""Output channels per pass of the VNNI tile: 4 channels × 4 zmm of 16 positions = 16 accumulators."""
+
+
+def _vnni_conv_ir(rows):
+    """The conv's tile where AVX-512 VNNI runs and AMX does not: the same sums as the AMX tile, from
+    the same packed weights, as an outer product in zmm registers. For each pass of ``rows``
+    channels, every (tap, block, group) step loads the 64 positions' words of one channel group (4
+    zmm at the tap's offset, ``row_words``·(16·kb + g) further), broadcasts each channel's weight word
+    wt[t, kb, n, 4g : 4g + 4] and adds their 4-byte dot products with ``vpdpbusd``: per step 4 loads,
+    ``rows`` broadcasts and 4·rows products into 4·rows accumulators. The groups past ``groups`` in
+    the last block hold zero weights and are skipped (the stem's folded taps fill 4 of 16)."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), _i64
+    vec = ir.VectorType(i32, LANES)
+
+    @intrinsic
+    def vnni_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words, groups):
+        if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
+                       (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
+            return None
+        sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp,
+                         types.intp)
+
+        def codegen(context, builder, signature, args):
+            sa, xa, wa, ba, ta = (context.make_array(signature.args[i])(context, builder, args[i])
+                                  for i in range(5))
+            n0_v, p0_v, row_words_v, groups_v = args[5:]
+            dpbusd = declare_dpbusd(builder)
+            n_rows = cgutils.unpack_tuple(builder, sa.shape)[0]
+            n_taps, k_blocks, n_pad = cgutils.unpack_tuple(builder, wa.shape)[:3]
+            tap_stride = cgutils.unpack_tuple(builder, ta.strides)[0]
+            start_stride = cgutils.unpack_tuple(builder, ba.strides)[0]
+            tb, bb = builder.bitcast(ta.data, i8.as_pointer()), builder.bitcast(ba.data, _i8p)
+            wb = builder.bitcast(wa.data, _i8p)
+            last_block = builder.sub(k_blocks, i64(1))
+            accs = [[cgutils.alloca_once(builder, vec) for _ in range(PIXEL_VECTORS)]
+                    for _ in range(rows)]
+            with cgutils.for_range(builder, builder.udiv(n_rows, i64(rows))) as block:
+                j0 = builder.mul(block.index, i64(rows))
+                n = builder.add(n0_v, j0)
+                for j in range(rows):
+                    start = builder.load(builder.bitcast(builder.gep(bb, [builder.mul(
+                        builder.add(n, i64(j)), start_stride)]), i32.as_pointer()))
+                    for v in range(PIXEL_VECTORS):
+                        builder.store(splat(builder, start), accs[j][v])
+                with cgutils.for_range(builder, n_taps) as tap:
+                    offset = builder.load(builder.bitcast(
+                        builder.gep(tb, [builder.mul(tap.index, tap_stride)]), i64.as_pointer()))
+                    x_tap = builder.gep(xa.data, [builder.add(offset, p0_v)])
+                    w_tap = builder.mul(tap.index, k_blocks)
+                    with cgutils.for_range(builder, k_blocks) as kb:
+                        count = builder.select(builder.icmp_unsigned("==", kb.index, last_block),
+                                               groups_v, i64(TILE_ROWS))
+                        w_block = builder.mul(builder.add(builder.mul(builder.add(
+                            w_tap, kb.index), n_pad), n), i64(TILE_BYTES))
+                        first_row = builder.mul(kb.index, i64(TILE_ROWS))
+                        with cgutils.for_range(builder, count) as g:
+                            row = builder.mul(builder.add(first_row, g.index), row_words_v)
+                            x_row = builder.bitcast(builder.gep(x_tap, [row]), vec.as_pointer())
+                            xs = [builder.load(builder.gep(x_row, [i64(v)]), align=4)
+                                  for v in range(PIXEL_VECTORS)]
+                            w_word = builder.add(w_block, builder.mul(g.index, i64(4)))
+                            for j in range(rows):
+                                address = builder.gep(wb, [builder.add(w_word,
+                                                                       i64(j * TILE_BYTES))])
+                                weights = splat(builder, builder.load(
+                                    builder.bitcast(address, i32.as_pointer()), align=1))
+                                for v in range(PIXEL_VECTORS):
+                                    builder.store(builder.call(dpbusd, [
+                                        builder.load(accs[j][v]), xs[v], weights]), accs[j][v])
+                out = builder.bitcast(builder.gep(sa.data, [builder.mul(j0, i64(BROADCAST_PIXELS))]),
+                                      vec.as_pointer())
+                store_accumulators(builder, accs, out)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return vnni_conv_block
+
+
+VNNI_RUNS = HAS_AVX512_VNNI and not numba.config.DISABLE_JIT
+"""Whether the VNNI tile runs here: an AVX-512 VNNI CPU, and the JIT."""
+
+vnni_conv_block = _vnni_conv_ir(VNNI_ROWS) if VNNI_RUNS else amx_conv_block_portable
+
+CONV_AVAILABLE = AVAILABLE or HAS_AVX512_VNNI
+"""Whether plans take the dense int8 conv (conv_amx.py): AMX granted, or AVX-512 VNNI. The CPU's
+flags and the OS's leave only, not the JIT, so that a plan picks the same kernels with
+NUMBA_DISABLE_JIT=1 (where the conv runs the plain-loop tile)."""
+
+conv_block = amx_conv_block if RUNS else vnni_conv_block
+"""The dense int8 conv's tile (conv_amx.py): AMX tiles where the OS grants them, else the VNNI tile
+on an AVX-512 VNNI CPU, else plain loops; all three give the same int32 sums."""
 
 
 @njit(cache=True, inline="always")
@@ -337,3 +436,5 @@ TILES = {"loops": amx_conv_block_portable}
 """The conv tile variants this CPU runs, by name (the tests compare each with the reference)."""
 if RUNS:
     TILES["amx"] = amx_conv_block
+if VNNI_RUNS:
+    TILES["vnni"] = vnni_conv_block

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._amx import AMX_ROWS, TILE_ROWS, amx_conv_block, amx_tasks, start_rows_jit, task_sums
+from ._amx import AMX_ROWS, TILE_ROWS, amx_tasks, conv_block, start_rows_jit, task_sums
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
 from ._quads import QUAD_SLACK, finish_planes, pack_group_jit, store_chunk, used_phases
 from .elementwise import residual_parts
@@ -139,13 +139,13 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
             pack_group_jit(x4[b], xg[b], 0, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch, stride,
                            used)
         taps = fold_offsets(kh, Hq, pitch, sh, sw, dh)
-        row_words = 1
+        row_words, groups_used = 1, (kw + sw - 1) // sw  # x tile rows with a column tap
     else:
         for t in prange(B * C4):
             pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl,
                            Hq, pitch, stride, used)
         taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
-        row_words = stride
+        row_words, groups_used = stride, C4 - TILE_ROWS * (wt.shape[1] - 1)  # in the last block
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
     r, add = residual_parts(residual, y)
@@ -160,7 +160,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
         count = min(BROADCAST_PIXELS, positions - p0)
         n_begin, sums = task_sums(g, per, n_pad)
-        amx_conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words)
+        conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
             store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, yw)
     finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual

@@ -37,8 +37,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._amx import (ONE_TAP, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks, start_rows_jit,
-                   task_sums, tile_weights)
+from ._amx import (ONE_TAP, TILE_ROWS, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks,
+                   start_rows_jit, task_sums, tile_weights)
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
                          broadcast_tile, channel_groups, never_fits, pack_chunk_jit, pack_planar_chunk_jit,
                          sign_flip, unsigned_bias)
@@ -508,7 +508,8 @@ def _amx_packed(xp, M, N, wt, start, out, rq):
         count = min(BROADCAST_PIXELS, M - c)
         n_begin, sums = task_sums(g, per, n_pad)
         # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
-        amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS)
+        amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS,
+                       TILE_ROWS)
         for j in range(min(N - n_begin, sums.shape[0])):
             _store_sums(sums[j, :count], out, n_begin + j, c, rq)
 

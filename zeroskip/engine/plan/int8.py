@@ -471,17 +471,16 @@ class AmxConv(ConvAccumulator):
     @staticmethod
     def fits(node: Node, w4: np.ndarray, requantizes: bool) -> bool:
         """A requantizing conv of one group that is not pointwise, with a multiple of 4 input
-        channels or few enough to fold (``fold_fits``), and AMX usable here (``_amx.AVAILABLE``:
-        the CPU's flags and the OS's leave, not whether the JIT is on, so that a plan picks the
-        same kernels with NUMBA_DISABLE_JIT=1). A pointwise conv keeps the GEMM (``Im2rowConv``:
+        channels or few enough to fold (``fold_fits``), and its AMX or VNNI tile usable here
+        (``_amx.CONV_AVAILABLE``). A pointwise conv keeps the GEMM (``Im2rowConv``:
         on its planar input where a packing tile runs, else its channels-last rows; the GEMM
         takes the AMX tile from K = 192): on
         MobileNetV2's 1×1 layers the AMX conv was 1.3–2.3× slower in-model, its packing of many
         channel groups over small planes costing more than the products (docs/kernels.md)."""
-        from ...kernels._amx import AVAILABLE
+        from ...kernels._amx import CONV_AVAILABLE
         from ...kernels.conv_amx import fold_fits
 
-        return requantizes and AVAILABLE and node.attrs["group"] == 1 \
+        return requantizes and CONV_AVAILABLE and node.attrs["group"] == 1 \
             and not is_pointwise(node, w4.shape[2], w4.shape[3]) \
             and (w4.shape[1] % 4 == 0
                  or fold_fits(w4.shape[1], w4.shape[3], *AmxConv._column_steps(node)))
