@@ -148,7 +148,11 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride, used):
     H, W = x.shape[1], x.shape[2]
     f = np.int64(fill) & 0xFF
     pad = np.int32((f | (f << 8) | (f << 16) | (f << 24)) ^ np.int64(flip) & 0xFFFFFFFF)
-    p0, p1, p2, p3 = x[4 * c4], x[4 * c4 + 1], x[4 * c4 + 2], x[4 * c4 + 3]
+    # a group of fewer than 4 planes (a folded conv's 1–3 channels) repeats its last: the repeats
+    # meet zero weights
+    last_plane = x.shape[0] - 1
+    p0, p1 = x[min(4 * c4, last_plane)], x[min(4 * c4 + 1, last_plane)]
+    p2, p3 = x[min(4 * c4 + 2, last_plane)], x[min(4 * c4 + 3, last_plane)]
     size = Hq * Wq
     for a in range(sh):
         for b in range(sw):

@@ -84,21 +84,6 @@ def fold_offsets(kh, Hq, pitch, sh, sw, dh):
     return offsets
 
 
-@njit(cache=True)
-def four_channels(x):
-    """x (B, C ≤ 4, H, W) as 4 channels, the last one repeated: what pack_group reads (the repeats
-    meet zero weights). Serial loops: no parallel launch per row."""
-    B, C, H, W = x.shape
-    x4 = np.empty((B, 4, H, W), x.dtype)
-    for b in range(B):
-        for c in range(4):
-            src = x[b, min(c, C - 1)]
-            for h in range(H):
-                for w in range(W):
-                    x4[b, c, h, w] = src[h, w]
-    return x4
-
-
 def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point, lo, hi,
                         yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, folded, residual=None):
     # W (N, C, kh, kw) int8 packed per tap * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
@@ -107,12 +92,14 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
 
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
     _quads.pack_group); prange tasks (image, chunk of BROADCAST_PIXELS output positions at the
-    phases' pitch, block of output channels): the AMX tile over every tap and every 64 input
-    channels into the block's int32 sums, requantized at once into the wide rows yw; then prange
-    (image, channel): each row's OW valid columns copied into y and, with a residual, added to it.
+    phases' pitch, block of output channels): the tile (_amx.conv_block: AMX, VNNI or plain
+    loops) over every tap and every 64 input channels into the block's int32 sums, requantized at
+    once into the wide rows yw; then prange (image, channel): each row's OW valid columns copied
+    into y and, with a residual, added to it.
     A conv with no dropped columns (pitch = OW) requantizes straight into y. ``folded`` (at most 4
-    input channels, ``fold_fits``): one group, packed from ``four_channels(x)``, and the x tile's
-    rows are the column taps of one kernel row, one word apart (``fold_offsets``).
+    input channels, ``fold_fits``): one group, its last channel repeated up to 4 (the repeats meet
+    zero weights), and the x tile's rows are the column taps of one kernel row, one word apart
+    (``fold_offsets``).
     wt — pack_tap_weights(w4), or pack_folded_weights(w4, sw) when folded; bias [N] int32 — bias';
     w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
     x [B,C,H,W] uint8|int8, C a multiple of 4 (at most 4 when folded); x_zero_point; xg [B,
@@ -123,7 +110,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch ≥ OW + (kw−1)·dw // sw; residual — None, or a QAdd
     fused into the epilogue (elementwise.residual_parts).
-    Preconditions: the AMX tile runs (_amx.RUNS); K·max|q_w·q_x| + max|bias'| < 2^31.
+    Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (the sums wrap modulo 2^32 otherwise).
     Work: 2·B·⌈P/64⌉·64·N_pad·16·⌈C/64⌉·kh·kw int ops for P = (OH−1)·pitch + OW positions.
     """
     B, C = x.shape[0], x.shape[1]
@@ -134,9 +121,8 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     flip = sign_flip(x)
     used = used_phases(kh, kw, sh, sw, dh, dw)
     if folded:  # one group; the x tile's rows are its column taps, one word apart
-        x4 = four_channels(x)
         for b in prange(B):
-            pack_group_jit(x4[b], xg[b], 0, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch, stride,
+            pack_group_jit(x[b], xg[b], 0, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch, stride,
                            used)
         taps = fold_offsets(kh, Hq, pitch, sh, sw, dh)
         row_words, groups_used = 1, (kw + sw - 1) // sw  # x tile rows with a column tap

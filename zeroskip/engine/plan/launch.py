@@ -104,9 +104,12 @@ def _work_conv_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, s
 
 
 def _work_conv_dense_rq_i8(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, yw, y, *_):
-    # one tdpbsud does 16·16·64 products at about the cost of 16 vpdpbusd: count its products
-    # per output at a 16th (an estimate from the tile's speed, not a timed threshold)
-    return _conv_work(wt.shape[0] * wt.shape[1] * 64 / 256, y)
+    # the VNNI tile: each tap's 4 channels cost one vpdpbusd per 16 positions, as a quad does; one
+    # tdpbsud does 16·16·64 products at about the cost of 16 vpdpbusd, so AMX's cost a 64th (an
+    # estimate from the tiles' speeds, not a timed threshold)
+    from ...kernels._amx import RUNS
+
+    return _conv_work(wt.shape[0] * wt.shape[1] * (0.25 if RUNS else 16), y)
 
 
 def _work_conv_dense_f32(wp, offsets, b, x, xq, y, *_):
