@@ -1,4 +1,5 @@
-"""Small work runs serially: every kernel has a work measure, and a Launch picks the build by it."""
+"""Small work runs serially: every kernel has a work measure, and a Launch picks the build by it,
+and above its threshold by timing both builds."""
 
 import numpy as np
 
@@ -26,6 +27,40 @@ def test_launch_takes_the_parallel_build_only_from_the_threshold():
     launch(small, None, None, 0, 0, 255, None)
     launch(big, None, None, 0, 0, 255, None)
     assert calls == ["serial", "parallel"]
+
+
+def _timed_recorder(calls, tag, seconds):
+    import time
+
+    def kernel(*args):
+        calls.append(tag)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    return kernel
+
+
+def test_launch_keeps_the_build_measured_faster_per_work_size():
+    """Above the threshold, the first calls of a work size alternate the builds (parallel first,
+    one untimed call of each, then TRIALS timed calls of each); every later call takes the faster,
+    and a slower parallel build is not kept."""
+    from zeroskip.engine.plan.launch import TRIALS
+
+    big = np.zeros((2, MIN_PARALLEL_ELEMENTS // 2), np.int32)
+    bigger = np.zeros((4, MIN_PARALLEL_ELEMENTS // 2), np.int32)
+    for slow, fast in (("parallel", "serial"), ("serial", "parallel")):
+        calls = []
+        builds = {slow: _timed_recorder(calls, slow, 0.002), fast: _timed_recorder(calls, fast, 0)}
+        launch = Launch(builds["parallel"], builds["serial"], "requantize_dense_i8")
+        trials = 2 * (TRIALS + 1)
+        for _ in range(trials + 3):
+            launch(big, None, None, 0, 0, 255, None)
+        assert calls[:trials] == ["parallel", "serial"] * (TRIALS + 1)
+        assert calls[trials:] == [fast] * 3, (slow, calls)
+        assert launch.pick(big, None, None, 0, 0, 255, None) is builds[fast]
+        calls.clear()  # another work size is measured on its own
+        launch(bigger, None, None, 0, 0, 255, None)
+        assert calls == ["parallel"]
 
 
 def test_gemm_work_is_its_multiply_accumulates():

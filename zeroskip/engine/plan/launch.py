@@ -1,10 +1,19 @@
-"""When a kernel runs in parallel: only when a call has enough work to pay for the launch.
+"""When a kernel runs in parallel: only when a call has enough work to pay for the launch, and only
+where the parallel build has been measured faster than the serial one on this machine.
 
 A parallel kernel call under Numba's TBB layer costs ~5 µs when its workers are spinning, and 15–20
 µs more once they have gone to sleep, as they may between a model's layers (docs/kernels.md,
 "Threads"). Below a kernel's threshold, a plan that may use several threads calls its serial twin
-instead (the same loops, the same bytes). The thresholds were measured on the 2-vCPU machine under
-TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (best of 3 medians):
+instead (the same loops, the same bytes). At or above it the choice is **measured**: the first
+calls of each work size alternate the two builds (``Trial``: one untimed call of each, then
+TRIALS timed calls of each), and the faster one (the parallel only if strictly faster) takes
+every later call. Thresholds alone, measured on one CPU, left the default thread count slower
+than one thread on another: on a 2-vCPU AMD EPYC (Zen 5) the digits MLP's int8 GEMMs at 450
+rows ran 8 % slower on two threads than on one (interleaved, best of 30), above every threshold.
+Both builds give the same bytes, so the choice never changes an output. The thresholds stay as
+the floor below which the parallel build is never tried. They were measured on the 2-vCPU Intel
+machine under TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (best
+of 3 medians):
 
 * ``requantize_dense_i8`` (memory-bound, like the other elementwise, pooling and layout kernels):
   serial 12, 27, 40, 71, 117, 462 µs against parallel 30, 43, 53, 64, 92, 256 µs at 2^12, 2^15,
@@ -52,6 +61,8 @@ TBB, 2 threads against the serial twin, with a 0.5 ms pause before each call (be
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -183,22 +194,76 @@ WORK = {
 """Every kernel's work measure and threshold (a test checks that every kernel has one)."""
 
 
-class Launch:
-    """A kernel call that takes the parallel build only when its work reaches the threshold."""
+TRIALS = 3
+"""Timed calls of each build (after one untimed call of each) before a Trial keeps the faster."""
 
-    __slots__ = ("parallel", "serial", "work", "threshold")
+
+class Trial:
+    """The build that calls of one work size take, chosen by timing them: the first calls
+    alternate the parallel and the serial build (parallel first, so that a plan run once still
+    runs the parallel build), one untimed call of each (JIT compile or cache load) and then
+    TRIALS timed calls of each; then the faster build, by its best time, takes every call (the
+    parallel one only if strictly faster). Concurrent runs may time a few calls more; any build
+    they take gives the same bytes."""
+
+    __slots__ = ("parallel", "serial", "best", "calls", "chosen")
+
+    def __init__(self, parallel, serial):
+        self.parallel, self.serial = parallel, serial
+        self.best = [float("inf"), float("inf")]  # parallel, serial
+        self.calls, self.chosen = 0, None
+
+    def __call__(self, *args):
+        chosen = self.chosen
+        if chosen is not None:
+            return chosen(*args)
+        n = self.calls
+        self.calls = n + 1
+        build = self.serial if n % 2 else self.parallel
+        if n < 2:
+            return build(*args)
+        start = time.perf_counter()
+        result = build(*args)
+        self.best[n % 2] = min(self.best[n % 2], time.perf_counter() - start)
+        if n + 1 >= 2 * (TRIALS + 1):
+            self.chosen = self.parallel if self.best[0] < self.best[1] else self.serial
+        return result
+
+    def decided(self) -> str | None:
+        """"parallel" or "serial" once chosen, else None."""
+        if self.chosen is None:
+            return None
+        return "parallel" if self.chosen is self.parallel else "serial"
+
+
+class Launch:
+    """A kernel call that takes the serial build below its work threshold and, from it, the build
+    measured faster for that work (``Trial``)."""
+
+    __slots__ = ("parallel", "serial", "work", "threshold", "trials")
 
     def __init__(self, parallel, serial, name: str):
         self.parallel, self.serial = parallel, serial
         self.work, self.threshold = WORK[name]
+        self.trials: dict = {}
 
     def __call__(self, *args):
+        work = self.work(*args)  # pick's first test inline: one Python call less per kernel call
+        if work < self.threshold:
+            return self.serial(*args)
         return self.pick(*args)(*args)
 
     def pick(self, *args):
-        """The build a call with these arguments takes (their shapes decide: a step that calls
-        a kernel on the same shapes run after run picks it once, see ``steps.PreparedCalls``)."""
-        return self.parallel if self.work(*args) >= self.threshold else self.serial
+        """The build a call with these arguments takes: the serial one below the threshold, else
+        the Trial of its work size (its shapes decide: a step that calls a kernel on the same
+        shapes run after run picks it once, see ``steps.PreparedCalls``)."""
+        work = self.work(*args)
+        if work < self.threshold:
+            return self.serial
+        trial = self.trials.get(work)
+        if trial is None:
+            trial = self.trials.setdefault(work, Trial(self.parallel, self.serial))
+        return trial.chosen or trial
 
     def force_serial(self) -> None:
         """Take the serial twin for every call (a plan whose threads belong to BLAS)."""
@@ -217,6 +282,6 @@ def placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-__all__ = ["Launch", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
-           "MIN_PARALLEL_CSR_RQ_WORK",
+__all__ = ["Launch", "TRIALS", "Trial", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS",
+           "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
            "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
