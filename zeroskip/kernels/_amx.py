@@ -135,6 +135,21 @@ def _release(builder):
     builder.call(_declare(builder, "llvm.x86.tilerelease", []), [])
 
 
+def _block_signature(sums, xg, wt, start_rows, taps):
+    """The conv tiles' Numba signature (sums, xg, wt, start_rows, taps, n0, p0, row_words, groups)
+    for these array types, or None when they do not match (Numba then reports the call)."""
+    if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
+                   (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
+        return None
+    return types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp,
+                      types.intp)
+
+
+def _block_arrays(context, builder, signature, args):
+    """The conv tiles' five array arguments, as LLVM array structs."""
+    return [context.make_array(signature.args[i])(context, builder, args[i]) for i in range(5)]
+
+
 def _amx_conv_ir(a_tiles, b_tiles):
     """The conv's tile for a_tiles × b_tiles C tiles (16·a_tiles channels × 16·b_tiles positions
     per pass; a_tiles·b_tiles = 4): a_tiles tiles of w and the rest of the 8 for x, taken in turn.
@@ -146,15 +161,12 @@ def _amx_conv_ir(a_tiles, b_tiles):
 
     @intrinsic
     def amx_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words, groups):
-        if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
-                       (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
+        sig = _block_signature(sums, xg, wt, start_rows, taps)
+        if sig is None:
             return None
-        sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp,
-                         types.intp)
 
         def codegen(context, builder, signature, args):
-            sa, xa, wa, ba, ta = (context.make_array(signature.args[i])(context, builder, args[i])
-                                  for i in range(5))
+            sa, xa, wa, ba, ta = _block_arrays(context, builder, signature, args)
             n0_v, p0_v, row_words_v = args[5:8]  # groups: the tile reads whole blocks anyway
             load, store, product = _configure(builder)
             rows = cgutils.unpack_tuple(builder, sa.shape)[0]
@@ -260,15 +272,12 @@ def _vnni_conv_ir(rows):
 
     @intrinsic
     def vnni_conv_block(typingctx, sums, xg, wt, start_rows, taps, n0, p0, row_words, groups):
-        if not (_typed((sums, types.int32), (xg, types.int32), (wt, types.int8),
-                       (start_rows, types.int32), (taps, types.int64)) and wt.ndim == 4):
+        sig = _block_signature(sums, xg, wt, start_rows, taps)
+        if sig is None:
             return None
-        sig = types.void(sums, xg, wt, start_rows, taps, types.intp, types.intp, types.intp,
-                         types.intp)
 
         def codegen(context, builder, signature, args):
-            sa, xa, wa, ba, ta = (context.make_array(signature.args[i])(context, builder, args[i])
-                                  for i in range(5))
+            sa, xa, wa, ba, ta = _block_arrays(context, builder, signature, args)
             n0_v, p0_v, row_words_v, groups_v = args[5:]
             dpbusd = declare_dpbusd(builder)
             n_rows = cgutils.unpack_tuple(builder, sa.shape)[0]
