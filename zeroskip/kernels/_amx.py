@@ -37,6 +37,11 @@ when the CPU has AMX and the request succeeded; ``RUNS`` when the JIT is on as w
 keeps the broadcast tile (_broadcast.py), the quad tile or the dot-product tiles, which give the
 same integers.
 
+**Without AMX** (AMD Zen 4 and 5, Intel CPUs without AMX or whose OS refuses it), a CPU with
+AVX-512 VNNI runs the conv on the VNNI tile instead (``_vnni_conv_ir``): the same packed weights
+and input, 4 output channels × 64 positions in 16 zmm accumulators, ``vpdpbusd`` on each
+channel's broadcast weight word. ``conv_block`` is the tile the conv runs.
+
 The leading underscore keeps the kernel collector (``kernels/__init__.py``) from looking here: helpers
 only. docs/kernels.md, "conv2d_dense_rq_i8", has the figures.
 """
@@ -256,17 +261,20 @@ xg[(16·kb + g)·row_words + taps[t] + p0 + p] (conv_amx.py; rows a multiple of 
 
 
 VNNI_ROWS = 4
-"""Output channels per pass of the VNNI tile: 4 channels × 4 zmm of 16 positions = 16 accumulators."""
+"""Output channels per pass of the VNNI tile: 4 channels × 4 zmm of 16 positions, 16
+accumulators (4, 5 and 6 ran alike; docs/kernels.md, "Without AMX: the VNNI tile")."""
 
 
 def _vnni_conv_ir(rows):
-    """The conv's tile where AVX-512 VNNI runs and AMX does not: the same sums as the AMX tile, from
-    the same packed weights, as an outer product in zmm registers. For each pass of ``rows``
-    channels, every (tap, block, group) step loads the 64 positions' words of one channel group (4
-    zmm at the tap's offset, ``row_words``·(16·kb + g) further), broadcasts each channel's weight word
-    wt[t, kb, n, 4g : 4g + 4] and adds their 4-byte dot products with ``vpdpbusd``: per step 4 loads,
-    ``rows`` broadcasts and 4·rows products into 4·rows accumulators. The groups past ``groups`` in
-    the last block hold zero weights and are skipped (the stem's folded taps fill 4 of 16)."""
+    """The conv's tile where AVX-512 VNNI runs and AMX does not: the same sums as the AMX tile,
+    from the same packed weights, as an outer product in zmm registers. For each pass of ``rows``
+    channels, every (tap, block, group) step loads the 64 positions' words of one channel group
+    (4 zmm at the tap's offset, ``row_words``·(16·kb + g) further), broadcasts each channel's
+    weight word wt[t, kb, n, 4g : 4g + 4] and adds their 4-byte dot products with ``vpdpbusd``:
+    per step 4 loads, ``rows`` broadcasts and 4·rows products into 4·rows accumulators. The
+    groups past ``groups`` in the last block hold zero weights and are skipped (the stem's folded
+    taps fill 4 of 16). The sums' rows must be a multiple of ``rows`` (the tasks hand out blocks
+    of AMX_ROWS)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), _i64
     vec = ir.VectorType(i32, LANES)
 
@@ -322,8 +330,8 @@ def _vnni_conv_ir(rows):
                                 for v in range(PIXEL_VECTORS):
                                     builder.store(builder.call(dpbusd, [
                                         builder.load(accs[j][v]), xs[v], weights]), accs[j][v])
-                out = builder.bitcast(builder.gep(sa.data, [builder.mul(j0, i64(BROADCAST_PIXELS))]),
-                                      vec.as_pointer())
+                out = builder.bitcast(builder.gep(sa.data, [builder.mul(
+                    j0, i64(BROADCAST_PIXELS))]), vec.as_pointer())
                 store_accumulators(builder, accs, out)
             return context.get_dummy_value()
 
