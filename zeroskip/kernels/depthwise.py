@@ -83,7 +83,7 @@ def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, 
     requantize_row(acc.reshape(OH * OW), m0n, shift_n, y_zero_point, lo, hi, y.reshape(OH * OW))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, sh, sw, dh, dw, m0n, shift_n,
                        y_zero_point, lo, hi):
     """_plane_3x3_rq on the depthwise row tile (_dwtile.py, AVX-512 VNNI + VBMI): the plane starts
