@@ -191,7 +191,8 @@ def pack_group(x, xg, c4, fill, flip, sh, sw, pt, pl, Hq, Wq, stride, used):
     the byte ``fill`` (the input's zero point) outside x: _planes.pad_phases's layout, here with the
     4 channels in one word (the stride-1 phase is the padded plane itself). Only the phases whose
     bit a·sw + b is set in ``used`` are written (``used_phases``: a 1×1 stride-2 conv reads one of
-    its four); the others' words are left as they were, read only for dropped positions."""
+    its four); the others' words are left as they were, read only for dropped positions. Column
+    stride 2 goes through ``_pack_stride2`` (each row packed once, then dealt to the phases)."""
     H, W = x.shape[1], x.shape[2]
     f = np.int64(fill) & 0xFF
     pad = np.int32((f | (f << 8) | (f << 16) | (f << 24)) ^ np.int64(flip) & 0xFFFFFFFF)

@@ -11,7 +11,9 @@ same 64 channels at that tap are another, packed at plan time (``pack_tap_weight
 Output positions run at the phases' row pitch, and the columns past OW are computed and dropped, as
 in the quad conv. A conv of at most 4 input channels (the stem) has one group; its column taps are
 folded into the x tile's rows instead, one word apart (``pack_folded_weights``, ``fold_offsets``).
-docs/kernels.md, "conv2d_dense_rq_i8", has the loop order and the figures.
+A CPU with AVX-512 VNNI and no AMX runs the same kernel on a register tile instead
+(``_amx.conv_block``: 4 output channels × 64 positions of ``vpdpbusd`` over the same packed input
+and weights). docs/kernels.md, "conv2d_dense_rq_i8", has the loop order and the figures.
 """
 
 from __future__ import annotations
