@@ -57,10 +57,39 @@ def test_launch_keeps_the_build_measured_faster_per_work_size():
             launch(big, None, None, 0, 0, 255, None)
         assert calls[:trials] == ["parallel", "serial"] * (TRIALS + 1)
         assert calls[trials:] == [fast] * 3, (slow, calls)
-        assert launch.pick(big, None, None, 0, 0, 255, None) is builds[fast]
+        trial = launch.pick(big, None, None, 0, 0, 255, None)
+        assert trial.decided() == fast
         calls.clear()  # another work size is measured on its own
         launch(bigger, None, None, 0, 0, 255, None)
         assert calls == ["parallel"]
+
+
+def test_a_trial_times_both_builds_again_at_its_rechecks():
+    """A choice made while the machine was busy is corrected: at each of RECHECKS the builds are
+    timed again (TRIALS calls of each), and the choice follows the best times over every window."""
+    from zeroskip.engine.plan.launch import RECHECKS, TRIALS, Trial
+
+    calls, delay = [], {"parallel": 0.003, "serial": 0.0015}  # busy at first: parallel is slower
+
+    def build(tag):
+        return lambda: (calls.append(tag), _timed_recorder([], tag, delay[tag])())
+
+    trial = Trial(build("parallel"), build("serial"))
+    for _ in range(2 * (TRIALS + 1)):
+        trial()
+    assert trial.decided() == "serial"
+    delay["parallel"] = 0.0  # the machine is free again
+    while trial.calls < RECHECKS[0]:
+        trial()
+    assert set(calls[2 * (TRIALS + 1):]) == {"serial"}
+    calls.clear()
+    for _ in range(2 * TRIALS):
+        trial()
+    assert calls == ["parallel", "serial"] * TRIALS or calls == ["serial", "parallel"] * TRIALS
+    assert trial.decided() == "parallel"
+    calls.clear()
+    trial()
+    assert calls == ["parallel"]
 
 
 def test_gemm_work_is_its_multiply_accumulates():

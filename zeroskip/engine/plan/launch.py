@@ -6,13 +6,14 @@ A parallel kernel call under Numba's TBB layer costs ~5 µs when its workers are
 "Threads"). Below a kernel's threshold, a plan that may use several threads calls its serial twin
 instead (the same loops, the same bytes). At or above it the choice is **measured**: the first calls
 of each work size alternate the two builds (``Trial``: one untimed call of each, then TRIALS timed
-calls of each), and the faster one takes every later call (the serial one only if faster by
-SERIAL_MARGIN). Thresholds alone, measured on one CPU, left the default thread count slower than one
-thread on another: on a 2-vCPU AMD EPYC (Zen 5) the digits MLP's int8 GEMMs at 450 rows ran 8 %
-slower on two threads than on one (interleaved, best of 30), above every threshold. Both builds give
-the same bytes, so the choice never changes an output. The thresholds stay as the floor below which
-the parallel build is never tried. They were measured on the 2-vCPU Intel machine under TBB, 2
-threads against the serial twin, with a 0.5 ms pause before each call (best of 3 medians):
+calls of each), and the faster one takes the later calls (the serial one only if faster by
+SERIAL_MARGIN), until RECHECKS times both again. Thresholds alone, measured on one CPU, left the
+default thread count slower than one thread on another: on a 2-vCPU AMD EPYC (Zen 5) the digits
+MLP's int8 GEMMs at 450 rows ran 8 % slower on two threads than on one (interleaved, best of 30),
+above every threshold. Both builds give the same bytes, so the choice never changes an output. The
+thresholds stay as the floor below which the parallel build is never tried. They were measured on
+the 2-vCPU Intel machine under TBB, 2 threads against the serial twin, with a 0.5 ms pause before
+each call (best of 3 medians):
 
 * ``requantize_dense_i8`` (memory-bound, like the other elementwise, pooling and layout kernels):
   serial 12, 27, 40, 71, 117, 462 µs against parallel 30, 43, 53, 64, 92, 256 µs at 2^12, 2^15,
@@ -203,34 +204,47 @@ than the serial one (int8 ResNet-18 at two threads: 10 of 20 convs measured 0.37
 that way, and ran 6.0 ms where the same plan with parallel convs ran 4.8)."""
 
 
+RECHECKS = (64, 512)
+"""Call counts at which a Trial times both builds again (TRIALS calls of each), keeping each
+build's best time over every window: a choice made while the machine was busy is corrected once
+it is not (the README's table had sparse-i8 on ResNet-18 at two threads at 16.6 ms in one run and
+9.5 in the next, with the same plan)."""
+
+
 class Trial:
     """The build that calls of one work size take, chosen by timing them: the first calls alternate
     the parallel and the serial build (parallel first, so that a plan run once still runs the
     parallel build), one untimed call of each (JIT compile or cache load) and then TRIALS timed
     calls of each; then the faster build, by its best time, takes every call (the serial one only if
-    faster by SERIAL_MARGIN). Concurrent runs may time a few calls more; any build they take gives
-    the same bytes."""
+    faster by SERIAL_MARGIN), until the next of RECHECKS times both again. Concurrent runs may time
+    a few calls more; any build they take gives the same bytes."""
 
-    __slots__ = ("parallel", "serial", "best", "calls", "chosen")
+    __slots__ = ("parallel", "serial", "best", "calls", "chosen", "timed_until", "checks")
 
     def __init__(self, parallel, serial):
         self.parallel, self.serial = parallel, serial
         self.best = [float("inf"), float("inf")]  # parallel, serial
         self.calls, self.chosen = 0, None
+        self.timed_until = 2 * (TRIALS + 1)  # the first window, after the two untimed calls
+        self.checks = RECHECKS
 
     def __call__(self, *args):
-        chosen = self.chosen
-        if chosen is not None:
-            return chosen(*args)
         n = self.calls
         self.calls = n + 1
+        chosen = self.chosen
+        if chosen is not None and n >= self.timed_until:
+            checks = self.checks
+            if not checks or n < checks[0]:
+                return chosen(*args)
+            self.checks = checks[1:]  # a recheck window opens (not pop: two threads may be here)
+            self.timed_until = n + 2 * TRIALS
         build = self.serial if n % 2 else self.parallel
         if n < 2:
             return build(*args)
         start = time.perf_counter()
         result = build(*args)
         self.best[n % 2] = min(self.best[n % 2], time.perf_counter() - start)
-        if n + 1 >= 2 * (TRIALS + 1):
+        if n + 1 >= self.timed_until:
             self.chosen = self.serial if self.best[0] > SERIAL_MARGIN * self.best[1] \
                 else self.parallel
         return result
@@ -269,7 +283,7 @@ class Launch:
         trial = self.trials.get(work)
         if trial is None:
             trial = self.trials.setdefault(work, Trial(self.parallel, self.serial))
-        return trial.chosen or trial
+        return trial  # itself, not its choice: its rechecks need every call
 
     def force_serial(self) -> None:
         """Take the serial twin for every call (a plan whose threads belong to BLAS)."""
@@ -288,7 +302,7 @@ def placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-__all__ = ["Launch", "SERIAL_MARGIN", "TRIALS", "Trial", "pick", "placeholder",
+__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "TRIALS", "Trial", "pick", "placeholder",
            "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
            "MIN_PARALLEL_CSR_RQ_WORK", "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS",
            "MIN_PARALLEL_MACS", "WORK"]
