@@ -129,7 +129,7 @@ class Layer:
                                              0, 0, 255, self.yq)
 
     def amx_args(self):
-        """conv2d_dense_rq_i8's arguments, its buffers allocated as AmxConv's plan does."""
+        """conv2d_dense_rq_i8's arguments, its buffers allocated as PackedDenseConv's plan does."""
         from zeroskip.kernels import _quads, conv_amx
 
         w4 = self.wq.reshape(self.N, self.C, self.kh, self.kw)

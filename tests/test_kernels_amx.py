@@ -1,6 +1,7 @@
-"""The dense int8 conv on AMX tiles (kernels/conv_amx.py) and the dense GEMM's AMX tile
+"""The dense int8 conv over the packed input (kernels/conv_amx.py) and the dense GEMM's AMX tile
 (kernels/_amx.py) against the integer reference, with every tile this CPU runs: the AMX tile (CPUs
-with AMX whose OS grants it) and the plain-loop tile (everywhere).
+with AMX whose OS grants it), the VNNI register tile (AVX-512 VNNI) and the plain-loop tile
+(everywhere).
 
 The bytes must equal the reference's exactly: uint8 and int8 activations, extreme values, pads at
 the zero point, strides, dilations, input channels that fill no whole block of 64, output channels

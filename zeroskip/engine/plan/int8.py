@@ -459,12 +459,13 @@ class QuadConv(ConvAccumulator):
                                 tail)
 
 
-class AmxConv(ConvAccumulator):
-    """The dense conv on AMX tiles (kernels/conv_amx.py: the quad conv's packed input, no im2row,
-    16 channels × 16 positions × 64 input channels per instruction), for a requantizing conv of one
-    group that is not pointwise, on a CPU whose OS lets this process use AMX (``fits``). Its weights
-    are packed once here: per tap (``pack_tap_weights``), or, for at most 4 input channels, with
-    the column taps folded into the tile's rows (``pack_folded_weights``: the stem)."""
+class PackedDenseConv(ConvAccumulator):
+    """The dense conv over the packed input (kernels/conv_amx.py: the quad conv's packed words, no
+    im2row), on AMX tiles (16 channels × 16 positions × 64 input channels per instruction) or,
+    without AMX, on the VNNI register tile (4 channels × 64 positions of ``vpdpbusd``), for a
+    requantizing conv of one group that is not pointwise (``fits``). Its weights are packed once
+    here: per tap (``pack_tap_weights``), or, for at most 4 input channels, with the column taps
+    folded into the tile's rows (``pack_folded_weights``: the stem)."""
 
     takes_residual = True
 
@@ -483,7 +484,7 @@ class AmxConv(ConvAccumulator):
         return requantizes and CONV_AVAILABLE and node.attrs["group"] == 1 \
             and not is_pointwise(node, w4.shape[2], w4.shape[3]) \
             and (w4.shape[1] % 4 == 0
-                 or fold_fits(w4.shape[1], w4.shape[3], *AmxConv._column_steps(node)))
+                 or fold_fits(w4.shape[1], w4.shape[3], *PackedDenseConv._column_steps(node)))
 
     @staticmethod
     def _column_steps(node: Node) -> tuple:
@@ -492,6 +493,7 @@ class AmxConv(ConvAccumulator):
                 tuple(node.attrs["dilations"] or (1, 1))[-1])
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
+        from ...kernels._amx import AVAILABLE
         from ...kernels.conv_amx import fold_fits, pack_folded_weights, pack_tap_weights
 
         super().__init__(node, w4)
@@ -499,14 +501,15 @@ class AmxConv(ConvAccumulator):
         self.folded = fold_fits(w4.shape[1], w4.shape[3], sw, dw)
         self.tiles = pack_folded_weights(w4, sw) if self.folded else pack_tap_weights(w4)
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
-        self.amx_kernel = ctx.kernel("conv2d_dense_rq_i8")
+        self.dense_kernel = ctx.kernel("conv2d_dense_rq_i8")
         self.name = "conv2d_dense_rq_i8"
-        self.reason = ("dense int8 conv on AMX tiles (tdpbsud: 16 channels × 16 positions × 64 "
-                       "input channels), no im2row, Q31 requantization in the epilogue")
-        if self.folded:
-            self.reason = ("dense int8 conv on AMX tiles, its column taps folded into the tile's "
-                           "rows (≤ 4 input channels: one word per position and tap), no im2row, "
-                           "Q31 requantization in the epilogue")
+        # the CPU's flags, not the JIT, name the tile: a plan explains itself alike without it
+        tile = ("AMX tiles (tdpbsud: 16 channels × 16 positions × 64 input channels)"
+                if AVAILABLE else "VNNI registers (vpdpbusd: 4 channels × 64 positions)")
+        folded = (", its column taps folded into the x rows (≤ 4 input channels: one word per "
+                  "position and tap)" if self.folded else "")
+        self.reason = (f"dense int8 conv on {tile}{folded}, no im2row, Q31 requantization in the "
+                       "epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._amx import TILE_ROWS
@@ -526,7 +529,7 @@ class AmxConv(ConvAccumulator):
                             * BROADCAST_PIXELS) if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (self.tiles, q["bias"], self.w_sums)
         mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
-        return whole_image_call(self.amx_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
+        return whole_image_call(self.dense_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 geo + (pitch, self.folded))
 
 
@@ -699,8 +702,8 @@ def conv_accumulator(node: Node, w4: np.ndarray, ctx: PlanContext, choose: Calla
         return QuadConv(node, w4, ctx), choice
     if choice.csr:
         return CsrConv(node, w4, ctx, requantizes), choice
-    if AmxConv.fits(node, w4, requantizes):
-        return AmxConv(node, w4, ctx), choice
+    if PackedDenseConv.fits(node, w4, requantizes):
+        return PackedDenseConv(node, w4, ctx), choice
     return Im2rowConv(node, w4, ctx, requantizes), choice
 
 

@@ -268,22 +268,25 @@ class Launch:
         self.trials: dict = {}
 
     def __call__(self, *args):
-        work = self.work(*args)  # pick's first test inline: one Python call less per kernel call
+        work = self.work(*args)  # pick's body inline: one Python call less per kernel call
         if work < self.threshold:
             return self.serial(*args)
-        return self.pick(*args)(*args)
+        return self._trial(work)(*args)
 
     def pick(self, *args):
         """The build a call with these arguments takes: the serial one below the threshold, else
         the Trial of its work size (its shapes decide: a step that calls a kernel on the same
         shapes run after run picks it once, see ``steps.PreparedCalls``)."""
         work = self.work(*args)
-        if work < self.threshold:
-            return self.serial
+        return self.serial if work < self.threshold else self._trial(work)
+
+    def _trial(self, work):
+        """The Trial of a work size, made at its first call. Itself, not its choice: its rechecks
+        need every call."""
         trial = self.trials.get(work)
         if trial is None:
             trial = self.trials.setdefault(work, Trial(self.parallel, self.serial))
-        return trial  # itself, not its choice: its rechecks need every call
+        return trial
 
     def force_serial(self) -> None:
         """Take the serial twin for every call (a plan whose threads belong to BLAS)."""
