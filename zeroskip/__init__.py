@@ -4,14 +4,16 @@ The data path (see docs/ and DESIGN.md): ONNX -> ``import_onnx`` -> ``Model`` ->
 (``.zsk``) -> ``Session(model, mode)`` -> ``run(feeds)``.
 """
 
-from .errors import InputError, ModelFormatError, UnsupportedModelError, ZeroskipError
+from .errors import (CompressionError, InputError, ModelFormatError, UnsupportedModelError,
+                     ZeroskipError)
 from .model import CSR, Dense, Graph, Model, Node, QuantParams, ValueInfo
 
 from ._version import __version__  # noqa: F401 - zeroskip.__version__
 
 __all__ = [
-    "CSR", "Dense", "Graph", "InputError", "Model", "ModelFormatError", "Node", "QuantParams",
-    "Session", "UnsupportedModelError", "ValueInfo", "ZeroskipError", "import_onnx", "load", "save",
+    "CSR", "CompressionError", "Dense", "Graph", "InputError", "Model", "ModelFormatError", "Node",
+    "QuantParams", "Session", "UnsupportedModelError", "ValueInfo", "ZeroskipError", "import_onnx",
+    "load", "prune", "quantize", "save",
 ]
 
 
@@ -34,6 +36,20 @@ def import_onnx(model_or_path):
     from .formats.onnx import import_onnx as _import
 
     return _import(model_or_path)
+
+
+def prune(model, sparsity=0.9, structure="unstructured", scope="global", exclude=(),
+          importance="l1"):
+    """A copy of float ``model`` with its Conv/Gemm/MatMul weights pruned (``compress.pruning``).
+
+    structure: "unstructured", "channel" (whole output channels, cut out of the model where the
+    graph allows), "n:m" such as "2:4", or "block:RxC" such as "block:1x4"; scope: "global" (one
+    threshold across layers), "layer" (the same sparsity in each) or a dict layer -> sparsity;
+    exclude: node names or op types left alone; importance: "l1" or "l2".
+    """
+    from .compress.pruning import prune as _prune
+
+    return _prune(model, sparsity, structure, scope, exclude, importance)
 
 
 def __getattr__(name):

@@ -19,3 +19,8 @@ class UnsupportedModelError(ZeroskipError):
 
 class InputError(ZeroskipError):
     """The arrays given to ``Session.run`` do not match the model's inputs."""
+
+
+class CompressionError(ZeroskipError):
+    """An argument of ``prune``, ``quantize`` or ``low_rank`` (a sparsity, a structure, a method,
+    calibration data) breaks its rule. The input model is left as it was."""

@@ -2,7 +2,7 @@
 
 Everything here follows docs/quantization.md: the Q31 multiplier and shift of section 3, the folded
 bias of section 2, the accumulator-range check of section 4 and the clamp bounds of a fused
-activation. The weight quantizer that writes int8 weights lives in ``zeroskip.compress.quantize``.
+activation. The weight quantizer that writes int8 weights lives in ``zeroskip.compress.weights``.
 Nothing here runs per inference.
 
 **The weight contract.** int8 weights that reach a kernel may be anything in [−128, 127]. zeroskip's

@@ -1,5 +1,15 @@
-"""Compression: pruning, calibration and quantization of a float Model (DESIGN.md).
+"""Compression: pruning, calibration, quantization and low-rank factorization of a float Model.
 
-Imports numpy, model and reference only, never engine or formats: the dependency runs the other
-way (the ONNX importer re-quantizes weights with ``compress.quantize``).
+    model = zeroskip.import_onnx("model.onnx")
+    pruned = zeroskip.prune(model, 0.9)                  # compress.pruning
+    int8 = zeroskip.quantize(pruned, calibration=x)      # compress.quantization, compress.calibration
+
+``weights`` holds the weight quantizer that the ONNX importer also uses; ``schedule`` the gradual
+pruning schedule; ``masks`` the pruning selection on plain arrays, for a user's own training loop.
+Everything here takes a Model and returns a new one (DESIGN.md, "The way data flows"); the input
+model is never modified.
 """
+
+from .pruning import masks, prune
+
+__all__ = ["masks", "prune"]

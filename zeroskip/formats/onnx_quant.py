@@ -64,7 +64,7 @@ Choices
   weight is converted exactly to ``q − zero_point`` whenever every value of it lies in [−128, 127]
   (an int8 weight with zero point 0 stays as it is, −128 included; a uint8 weight with zero point
   128 becomes ``q − 128``). Otherwise (a uint8 weight with zero point 0, say) it is
-  **re-quantized** from its real values by zeroskip's own quantizer (``compress.quantize``:
+  **re-quantized** from its real values by zeroskip's own quantizer (``compress.weights``:
   symmetric int8 in [−127, 127], scale ``max|w| / 127``, 1.0 for an all-zero channel, round half
   to even) with the same granularity, and ``metadata["weights"][name]["requantized"]`` is set to
   true.
@@ -87,7 +87,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import quantmath
-from ..compress.quantize import choose_weight_scales, quantize_weights
+from ..compress.weights import choose_weight_scales, quantize_weights
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model import Dense, QuantParams
 from ..ops import normalize_attrs

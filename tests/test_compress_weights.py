@@ -1,4 +1,4 @@
-"""zeroskip's weight quantizer (``zeroskip.compress.quantize``, docs/quantization.md §1).
+"""zeroskip's weight quantizer (``zeroskip.compress.weights``, docs/quantization.md §1).
 
 q_w = clip(round_half_even(w / w_scale[n]), −127, 127) with w_scale[n] = max|w[n,...]| / 127 (1.0 for
 an all-zero channel): per-channel scales, the extreme value at ±127 exactly, ties to even, pruned
@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from zeroskip.compress.quantize import WEIGHT_MAX, choose_weight_scales, quantize_weights
+from zeroskip.compress.weights import WEIGHT_MAX, choose_weight_scales, quantize_weights
 
 
 def _peaks(w, axis):
