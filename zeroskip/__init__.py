@@ -52,6 +52,21 @@ def prune(model, sparsity=0.9, structure="unstructured", scope="global", exclude
     return _prune(model, sparsity, structure, scope, exclude, importance)
 
 
+def quantize(model, calibration, method="minmax", activations="uint8", per_channel=True,
+             keep_float=(), percentile=99.99, progress=True):
+    """An int8 copy of float ``model``, calibrated on ``calibration`` (``compress.quantization``).
+
+    calibration: an array (batch first), a feed dict, or an iterable of either, streamed; method:
+    "minmax", "percentile", "mse" or "entropy"; activations: "uint8" or "int8"; per_channel: one
+    weight scale per output channel; keep_float: node names or op types left in float. The
+    per-layer SQNR report is in ``metadata["quantization"]["layers"]``, worst first.
+    """
+    from .compress.quantization import quantize as _quantize
+
+    return _quantize(model, calibration, method, activations, per_channel, keep_float,
+                     percentile, progress)
+
+
 def __getattr__(name):
     if name == "Session":
         from .engine.session import Session
