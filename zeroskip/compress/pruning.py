@@ -225,18 +225,20 @@ def _select(groups: dict, targets: dict, struct: Structure, scope) -> dict:
     if not names:
         return {}
     scores = np.concatenate([groups[x].score for x in names])
-    owner = np.concatenate([np.full(len(groups[x].score), i) for i, x in enumerate(names)])
-    local = np.concatenate([np.arange(len(groups[x].score)) for x in names])
+    sizes = np.array([len(groups[x].score) for x in names])
+    start = np.concatenate([[0], np.cumsum(sizes)])  # layer i's groups: scores[start[i]:start[i+1]]
     want = _count(targets[names[0]], len(scores))
-    order = np.argsort(scores, kind="stable")
     caps = np.array([groups[x].cap for x in names])
-    if np.all(caps == np.array([len(groups[x].score) for x in names])):
-        chosen = order[:want]
+    if np.all(caps == sizes):
+        # No caps: the ``want`` lowest scores, found by partition (O(n), not a sort).
+        chosen = (np.argpartition(scores, want - 1)[:want] if 0 < want < len(scores)
+                  else np.arange(want))
     else:
         # Walk the pooled order, skipping groups of layers that reached their cap.
+        owner = np.repeat(np.arange(len(names)), sizes)
         taken = np.zeros(len(names), np.int64)
         picked = []
-        for idx in order:
+        for idx in np.argsort(scores, kind="stable"):
             if len(picked) == want:
                 break
             layer = owner[idx]
@@ -244,7 +246,9 @@ def _select(groups: dict, targets: dict, struct: Structure, scope) -> dict:
                 taken[layer] += 1
                 picked.append(idx)
         chosen = np.array(picked, np.int64)
-    return {x: np.sort(local[chosen[owner[chosen] == i]]) for i, x in enumerate(names)}
+    chosen = np.sort(chosen)  # grouped by layer, in order within each
+    bounds = np.searchsorted(chosen, start)
+    return {x: chosen[bounds[i]:bounds[i + 1]] - start[i] for i, x in enumerate(names)}
 
 
 def _count(sparsity: float, total: int) -> int:
