@@ -250,3 +250,78 @@ def test_demo_accuracy_matches_a_numpy_forward_pass():
     got = session.run({session.inputs[0].name: x})[session.outputs[0].name]
     np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-5)
     assert (got.argmax(1) == labels).mean() == (h.argmax(1) == labels).mean()
+
+
+def _digits_like(tmp_path):
+    """A float 20->32->16->10 MLP (.zsk), calibration and labelled eval data it classifies."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    import compress_models as cm
+
+    model = cm.mlp()
+    src = tmp_path / "mlp.zsk"
+    zeroskip.save(model, src)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 20)).astype(np.float32)
+    labels = zeroskip.Session(model, "dense-f32").run({"x": x})["y"].argmax(1)
+    np.save(tmp_path / "calib.npy", x[:100])
+    np.save(tmp_path / "x.npy", x[100:])
+    np.save(tmp_path / "y.npy", labels[100:])
+    return model, src
+
+
+def test_convert_prunes_quantizes_and_reports(tmp_path):
+    import json
+
+    model, src = _digits_like(tmp_path)
+    out, report = tmp_path / "out.zsk", tmp_path / "report.json"
+    result = zeroskip_cmd("convert", src, out, "--prune", "0.5", "--scope", "layer", "--quantize",
+                          "--calibration", tmp_path / "calib.npy", "--method", "mse", "--eval",
+                          tmp_path / "x.npy", tmp_path / "y.npy", "--report", report)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("node "))
+    assert lines[header].split() == ["node", "op", "shape", "sparsity", "stored", "before", "after",
+                                     "SQNR", "dB"]
+    rows = {line.split()[0]: line.split() for line in lines[header + 2:header + 5]}
+    assert set(rows) == {"g1", "m2", "g3"}
+    assert all(r[1] == "QGemm" and r[3] == "50.0" for r in rows.values())
+    assert "top-1 accuracy, input model: 100.00 %" in result.stdout
+    saved = zeroskip.load(out)
+    assert saved.metadata["quantization"]["method"] == "mse"
+    data = json.loads(report.read_text())
+    x, y = np.load(tmp_path / "x.npy"), np.load(tmp_path / "y.npy")
+    got = zeroskip.Session(saved, "dense-i8").run({"x": x})["y"].argmax(1)
+    assert data["accuracy"] == {"input": 1.0, "output": float(np.mean(got == y))}
+    assert [r["node"] for r in data["layers"]] == ["g1", "m2", "g3"]
+    for r in data["layers"]:
+        assert r["sparsity"] == pytest.approx(0.5, abs=0.01) and r["bytes_after"] < r["bytes_before"]
+        assert r["sqnr_db"] > 10
+    assert data["pruning"]["scope"] == "layer"
+
+
+def test_convert_low_rank_and_channel_pruning(tmp_path):
+    model, src = _digits_like(tmp_path)
+    out = tmp_path / "thin.zsk"
+    result = zeroskip_cmd("convert", src, out, "--low-rank", "0.7", "--prune", "0.25",
+                          "--structure", "channel", "--scope", "layer")
+    assert result.returncode == 0, result.stderr
+    saved = zeroskip.load(out)
+    assert any(r["factorized"] for r in saved.metadata["low_rank"]["layers"])
+    assert saved.metadata["pruning"]["structure"] == "channel"
+    assert "/factor" in result.stdout  # the first half of a factorized layer has its own row
+
+
+@pytest.mark.parametrize("args, kind, words", [
+    (["--quantize"], "CompressionError", "--quantize needs --calibration"),
+    (["--structure", "2:4"], "CompressionError", "--structure needs --prune"),
+    (["--prune", "1.5"], "CompressionError", "sparsity=1.5"),
+    (["--prune", "0.5", "--structure", "block:3x3"], "CompressionError", "block 3x3 does not divide"),
+    (["--quantize", "--calibration", "missing.npy"], "InputError", "cannot read"),
+])
+def test_convert_compression_errors_exit_2_and_write_nothing(tmp_path, args, kind, words):
+    _, src = _digits_like(tmp_path)
+    out = tmp_path / "never.zsk"
+    result = zeroskip_cmd("convert", src, out, *args, cwd=tmp_path)
+    assert_clean_error(result, kind)
+    assert words in result.stderr
+    assert not out.exists()

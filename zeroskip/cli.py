@@ -58,11 +58,114 @@ def _read_inputs(specs: list[str], session) -> dict:
 
 # -- commands -----------------------------------------------------------------------------------
 def cmd_convert(args) -> int:
-    model = _open_model(args.input)
+    """Import, optionally factorize, prune and quantize (in that order), save, and report."""
+    from .report import compression_rows, compression_table
+
+    source = _open_model(args.input)
+    compressing = args.prune is not None or args.quantize or args.low_rank is not None
+    for flag, given in (("--structure", args.structure), ("--scope", args.scope),
+                        ("--method", args.method), ("--activations", args.activations),
+                        ("--calibration", args.calibration)):
+        if given is not None and not compressing:
+            raise zeroskip.CompressionError(f"{flag} needs --prune, --quantize or --low-rank")
+    if args.quantize and args.calibration is None:
+        raise zeroskip.CompressionError("--quantize needs --calibration FILE (.npy samples, batch "
+                                        "first, or an .npz of inputs by name)")
+    calibration = _load_arrays("--calibration", args.calibration) if args.calibration else None
+    evaluation = None
+    if args.eval:
+        x, y = (_load_arrays("--eval", path) for path in args.eval)
+        evaluation = (x, np.asarray(y).reshape(-1))
+    model = source
+    if args.low_rank is not None:
+        from .compress import low_rank
+
+        model = low_rank(model, energy=args.low_rank)
+    if args.prune is not None:
+        model = zeroskip.prune(model, args.prune, args.structure or "unstructured",
+                               args.scope or "global")
+    if args.quantize:
+        model = zeroskip.quantize(model, calibration, method=args.method or "minmax",
+                                  activations=args.activations or "uint8",
+                                  progress=sys.stderr.isatty())
     zeroskip.save(model, args.output)
-    print(f"wrote {args.output}: {len(model.graph.nodes)} nodes, "
+    saved = zeroskip.load(args.output)
+    print(f"wrote {args.output}: {len(saved.graph.nodes)} nodes, "
           f"{_size(os.path.getsize(args.output))}")
+    report = {"input": args.input, "output": args.output,
+              "bytes": os.path.getsize(args.output)}
+    if compressing:
+        rows = compression_rows(source, saved)
+        print()
+        print(compression_table(rows))
+        report["layers"] = rows
+        for key in ("pruning", "quantization", "low_rank"):
+            if key in saved.metadata:
+                report[key] = saved.metadata[key]
+    if evaluation is not None:
+        report["accuracy"] = {}
+        for label, m in (("input", source), ("output", saved)):
+            acc = _top1(m, *evaluation)
+            report["accuracy"][label] = acc
+            print(f"top-1 accuracy, {label} model: {acc * 100:.2f} % "
+                  f"({len(evaluation[1])} samples)")
+    if args.report:
+        _write_json(args.report, report)
+        print(f"wrote {args.report}")
     return 0
+
+
+def _load_arrays(flag: str, path: str):
+    """An .npy array, or an .npz's arrays as a feed dict."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise zeroskip.InputError(f"{flag}: cannot read {path} ({err})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    return loaded
+
+
+def _top1(model, x, labels) -> float:
+    """Share of samples whose largest output is the label (the model's first output, (N, C))."""
+    session = zeroskip.Session(model, mode="auto" if _is_int8(model) else "dense-f32")
+    feeds = x if isinstance(x, dict) else {session.inputs[0].name: x}
+    out = next(iter(session.run(feeds).values()))
+    if out.ndim != 2 or len(out) != len(labels):
+        raise zeroskip.InputError(f"--eval: the model's output has shape {_shape(out.shape)}, "
+                                  f"expected ({len(labels)}, classes) for {len(labels)} labels")
+    return float(np.mean(out.argmax(axis=1) == labels))
+
+
+def _is_int8(model) -> bool:
+    return any(t.quant is not None for t in model.graph.initializers.values())
+
+
+def _write_json(path: str, value) -> None:
+    """Write JSON atomically (a temporary file beside it, then a rename)."""
+    import json
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def cmd_inspect(args) -> int:
@@ -183,10 +286,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zeroskip {zeroskip.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("convert", help="convert an ONNX model to .zsk",
-                            description="Import an ONNX model and save it as a validated .zsk file.")
-    p.add_argument("input", help="model.onnx")
+    p = commands.add_parser(
+        "convert", help="convert an ONNX model to .zsk, optionally pruned and quantized",
+        description="Import an ONNX (or .zsk) model and save it as a validated .zsk file. With the "
+                    "compression flags it is first factorized (--low-rank), then pruned (--prune), "
+                    "then quantized (--quantize), and a per-layer table is printed.")
+    p.add_argument("input", help="model.onnx (or a float .zsk)")
     p.add_argument("output", help="model.zsk (written atomically)")
+    p.add_argument("--prune", type=float, metavar="SPARSITY",
+                   help="prune to this sparsity, in [0, 1)")
+    p.add_argument("--structure", metavar="S",
+                   help="unstructured (default), channel, n:m such as 2:4, or block:RxC")
+    p.add_argument("--scope", choices=("global", "layer"),
+                   help="one threshold across layers (global, default) or per layer")
+    p.add_argument("--quantize", action="store_true", help="quantize to int8 (needs --calibration)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration inputs: .npy (batch first) or .npz (inputs by name)")
+    p.add_argument("--method", choices=("minmax", "percentile", "mse", "entropy"),
+                   help="how calibration chooses activation ranges (default: minmax)")
+    p.add_argument("--activations", choices=("uint8", "int8"),
+                   help="activation type (default: uint8)")
+    p.add_argument("--low-rank", type=float, metavar="ENERGY",
+                   help="factorize each layer keeping this share of its singular-value energy")
+    p.add_argument("--eval", nargs=2, metavar=("X", "Y"),
+                   help="inputs (.npy/.npz) and labels (.npy): print both models' top-1 accuracy")
+    p.add_argument("--report", metavar="FILE", help="write the report as JSON (atomically)")
     p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("inspect", help="print a model's nodes and weights",

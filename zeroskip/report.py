@@ -50,6 +50,46 @@ def weight_table(model) -> str:
     return table(rows, ["node", "op", "weight", "shape", "layout", "density", "dtype", "bytes"])
 
 
+def compression_rows(before, after) -> list[dict]:
+    """One row per weight layer of the compressed model ``after``: its sparsity, stored form and
+    bytes, the bytes of the same node's weight in ``before`` (None for a node it did not have),
+    and the SQNR the quantizer measured (None when not quantized)."""
+    old = {n.name: n for n in before.graph.nodes}
+    sqnr = {r["node"]: r["sqnr_db"] for r in after.metadata.get("quantization", {}).get("layers", [])}
+    rows = []
+    for node in after.graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul", "QConv", "QGemm") or len(node.inputs) < 2:
+            continue
+        w = after.graph.initializers.get(node.inputs[1])
+        if w is None:
+            continue
+        source = old.get(node.name)
+        w0 = None if source is None or len(source.inputs) < 2 else \
+            before.graph.initializers.get(source.inputs[1])
+        rows.append({"node": node.name, "op": node.op, "shape": list(w.shape),
+                     "sparsity": 1.0 - w.density, "stored": w.layout, "dtype": str(w.dtype),
+                     "bytes_before": None if w0 is None else w0.nbytes, "bytes_after": w.nbytes,
+                     "sqnr_db": sqnr.get(node.name)})
+    return rows
+
+
+def compression_table(rows: list[dict]) -> str:
+    """The table ``zeroskip convert`` prints after compressing, with a total."""
+    lines = []
+    for r in rows:
+        lines.append([r["node"], r["op"], shape_text(r["shape"]), f"{r['sparsity'] * 100:.1f} %",
+                      f"{r['stored']} {r['dtype']}",
+                      "-" if r["bytes_before"] is None else size_text(r["bytes_before"]),
+                      size_text(r["bytes_after"]),
+                      "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"])
+    before = sum(r["bytes_before"] or 0 for r in rows)
+    after = sum(r["bytes_after"] for r in rows)
+    lines.append(["total", "", f"{len(rows)} layers", "", "", size_text(before), size_text(after),
+                  ""])
+    return table(lines, ["node", "op", "shape", "sparsity", "stored", "before", "after",
+                         "SQNR dB"])
+
+
 def summary(model) -> str:
     """A few lines about a model: its inputs, outputs, ops and weights."""
     graph = model.graph
