@@ -39,13 +39,9 @@ def _read_inputs(specs: list[str], session) -> dict:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = None, spec
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise zeroskip.InputError(f"--input {spec}: cannot read {path} ({err})") from None
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                feeds.update({key: loaded[key] for key in loaded.files})
+        loaded = _load_arrays(f"--input {spec}", path)
+        if isinstance(loaded, dict):
+            feeds.update(loaded)
             continue
         if name is None:
             remaining = [n for n in unnamed if n not in feeds]

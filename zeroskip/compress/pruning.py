@@ -89,7 +89,7 @@ def parse_structure(structure) -> Structure:
                            f"'channel', 'n:m' (such as '2:4') or 'block:RxC' (such as 'block:1x4')")
 
 
-def _check_sparsity(value, what="sparsity") -> float:
+def check_sparsity(value, what="sparsity") -> float:
     try:
         s = float(value)
     except (TypeError, ValueError):
@@ -144,11 +144,11 @@ def _targets(matrices: dict, sparsity, scope) -> dict:
         if unknown:
             raise CompressionError(f"scope names {unknown[0]!r}, which is not a prunable layer "
                                    f"(known: {', '.join(sorted(matrices)) or 'none'})")
-        return {name: _check_sparsity(s, f"scope[{name!r}]") for name, s in scope.items()}
+        return {name: check_sparsity(s, f"scope[{name!r}]") for name, s in scope.items()}
     if scope not in SCOPES:
         raise CompressionError(f"scope={scope!r}: expected 'global', 'layer' or a dict of "
                                f"layer name -> sparsity")
-    s = _check_sparsity(sparsity)
+    s = check_sparsity(sparsity)
     return {name: s for name in matrices}
 
 
@@ -270,19 +270,26 @@ class _Layer:
     out_axis: int  # the axis of the stored weight that holds output channels
 
 
+def named_nodes(graph, items, argument: str) -> set:
+    """The names of the nodes that ``items`` (a node name or op type, or a list of them) picks;
+    each item must pick something (CompressionError naming ``argument`` otherwise)."""
+    items = (items,) if isinstance(items, str) else tuple(items)
+    names = {node.name for node in graph.nodes}
+    ops = {node.op for node in graph.nodes}
+    for item in items:
+        if not isinstance(item, str) or (item not in names and item not in ops):
+            raise CompressionError(f"{argument}={item!r}: no node has that name or op type")
+    return {node.name for node in graph.nodes if node.name in items or node.op in items}
+
+
 def prunable_layers(model: Model, exclude=()) -> list[_Layer]:
     """The Conv/Gemm/MatMul nodes with a float constant weight, minus ``exclude`` (node names or op
     types, each of which must match something)."""
     graph = model.graph
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    names = {node.name for node in graph.nodes}
-    ops = {node.op for node in graph.nodes}
-    for item in exclude:
-        if not isinstance(item, str) or (item not in names and item not in ops):
-            raise CompressionError(f"exclude={item!r}: no node has that name or op type")
+    excluded = named_nodes(graph, exclude, "exclude")
     layers = []
     for node in graph.nodes:
-        if node.op not in PRUNABLE or node.name in exclude or node.op in exclude:
+        if node.op not in PRUNABLE or node.name in excluded:
             continue
         tensor = graph.initializers.get(node.inputs[1])
         if tensor is None or tensor.quant is not None or tensor.dtype.kind != "f":

@@ -42,6 +42,7 @@ from ..model import Dense, Graph, Model, Node, QuantParams, ValueInfo
 from ..ops import QUANTIZED_OPS, normalize_attrs
 from ..shapes import infer_shapes
 from .calibration import ACTIVATIONS, METHODS, Observer, activation_params, sqnr_db
+from .pruning import named_nodes
 from .weights import choose_weight_scales, quantize_weights
 
 CALIBRATION_BATCH = 32
@@ -85,7 +86,7 @@ def quantize(model: Model, calibration, method="minmax", activations="uint8", pe
 
     float_model = optimize(model)
     graph = float_model.graph
-    keep = _keep_float(graph, keep_float)
+    keep = named_nodes(graph, keep_float, "keep_float")
     shapes = infer_shapes(graph)
     steps, observe = _plan(graph, shapes, keep)
     if not any(s.kind == "linear" for s in steps):
@@ -137,16 +138,6 @@ def _check_arguments(model, method, activations, percentile):
     if quantized:
         raise CompressionError(f"model: is already quantized ({quantized[0]!r}); quantize the "
                                f"float model")
-
-
-def _keep_float(graph: Graph, keep_float) -> set:
-    items = (keep_float,) if isinstance(keep_float, str) else tuple(keep_float)
-    names = {n.name for n in graph.nodes}
-    ops = {n.op for n in graph.nodes}
-    for item in items:
-        if not isinstance(item, str) or (item not in names and item not in ops):
-            raise CompressionError(f"keep_float={item!r}: no node has that name or op type")
-    return {n.name for n in graph.nodes if n.name in items or n.op in items}
 
 
 # --------------------------------------------------------------------------------------------------

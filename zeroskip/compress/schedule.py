@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CompressionError
-from .pruning import _check_sparsity
+from .pruning import check_sparsity
 
 
 def polynomial(initial: float, final: float, steps: int, power: float = 3) -> np.ndarray:
     """The sparsities s_0 = initial … s_steps = final (``steps + 1`` float64 values, never
     decreasing)."""
-    initial = _check_sparsity(initial, "initial")
-    final = _check_sparsity(final, "final")
+    initial = check_sparsity(initial, "initial")
+    final = check_sparsity(final, "final")
     if final < initial:
         raise CompressionError(f"final={final} is below initial={initial}: a schedule only prunes more")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:

@@ -779,7 +779,8 @@ def _check_csr_in_memory(name: str, tensor: CSR):
 
 
 def _encode_quant(name: str, quant, ndim: int):
-    """QuantParams as JSON: float32 scales as exact JSON numbers, integer zero points.
+    """QuantParams as JSON: float32 scales as the shortest JSON numbers that read back as exactly
+    the same float32, and integer zero points.
 
     A negative axis is stored as its non-negative equivalent; the values' rules are checked by the
     reader's own parser on the finished header.
@@ -806,5 +807,7 @@ def _encode_quant(name: str, quant, ndim: int):
         if not (math.isfinite(s) and s > 0):
             raise ModelFormatError(f"{where}: scale[{i}] = {float(s)!r} is not finite and > 0 "
                                    f"(as float32)")
-    return {"axis": axis, "scale": [float(s) for s in scales],
+    # The shortest decimal that reads back as the same float32 (about 9 digits, not float64's 17):
+    # the header of a per-channel model is mostly its scales.
+    return {"axis": axis, "scale": [float(str(s)) for s in scales],
             "zero_point": [int(z) for z in zero_point.reshape(-1)]}
