@@ -89,6 +89,20 @@ def mlp(seed=2) -> Model:
     return _model(nodes, inits, (20,))
 
 
+def reduce_mean(keepdims=1, seed=4) -> Model:
+    """x (N,4,6,6) -> conv 3x3 (8) -> ReLU -> ReduceMean over H, W (torch's adaptive_avg_pool2d
+    export) [-> Flatten] -> fc (5, 8)."""
+    rng = np.random.default_rng(seed)
+    inits = {"c.w": _w(rng, 8, 4, 3, 3), "c.b": _w(rng, 8, scale=0.1), "fc.w": _w(rng, 5, 8)}
+    nodes = [node("c", "Conv", ["x", "c.w", "c.b"], pads=[1, 1, 1, 1]),
+             node("r", "Relu", ["c"]),
+             node("mean", "ReduceMean", ["r"], axes=[-2, -1], keepdims=keepdims)]
+    if keepdims:
+        nodes.append(node("flat", "Flatten", ["mean"]))
+    nodes.append(node("fc", "Gemm", ["flat" if keepdims else "mean", "fc.w"], ["y"], transB=1))
+    return _model(nodes, inits, (4, 6, 6))
+
+
 MODELS = {"cnn": cnn, "residual": residual, "mlp": mlp}
 
 

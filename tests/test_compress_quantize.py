@@ -133,6 +133,23 @@ def test_activations_are_fused_and_integers_pass_through_shape_ops():
     assert len(m2.inputs) == 3 and q.graph.initializers[m2.inputs[2]].dtype == np.int32
 
 
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_a_spatial_reduce_mean_becomes_an_integer_global_average_pool(keepdims):
+    model = cm.reduce_mean(keepdims)
+    q = _quantize(model)
+    ops = [n.op for n in q.graph.nodes]
+    want = ["QuantizeLinear", "QConv", "QGlobalAveragePool"] + (["Flatten"] if keepdims else
+                                                                ["Squeeze"]) + ["QGemm",
+                                                                                "DequantizeLinear"]
+    assert ops == want
+    assert "mean" in {r["node"] for r in q.metadata["quantization"]["layers"]}
+    feeds = cm.feeds(model, count=8)
+    got = {mode: zeroskip.Session(q, mode).run(feeds)["y"] for mode in INT8_MODES}
+    for mode in INT8_MODES[1:]:
+        assert np.array_equal(got[mode], got["reference"]), mode
+    assert sqnr_db(zeroskip.Session(model, "dense-f32").run(feeds)["y"], got["dense-i8"]) > 25
+
+
 def test_keep_float_leaves_layers_in_float_with_quantize_dequantize_at_the_edges():
     model = cm.cnn()
     q = _quantize(model, keep_float=("c2", "fc"))

@@ -192,6 +192,8 @@ def _plan(graph: Graph, shapes: dict, keep: set) -> tuple[list[_Step], set]:
                         "GlobalAveragePool": "gap"}.get(node.op)
                 if kind is None and node.op in _SHAPE_OPS:
                     kind = "shape"
+                if kind is None and _spatial_mean(node, shapes):
+                    kind = "gap"
                 if kind is not None:
                     step = _Step(kind, node, node.outputs[0])
         if step is None:
@@ -211,6 +213,17 @@ def _plan(graph: Graph, shapes: dict, keep: set) -> tuple[list[_Step], set]:
             integer[step.out] = step.out
             observe.add(step.out)
     return steps, observe
+
+
+def _spatial_mean(node: Node, shapes: dict) -> bool:
+    """A ReduceMean over the two spatial axes of an NCHW tensor: a global average pool (torch's
+    exporter writes adaptive_avg_pool2d(1) this way)."""
+    if node.op != "ReduceMean" or not node.attrs.get("axes"):
+        return False
+    x = shapes.get(node.inputs[0])
+    if x is None or x.shape is None or len(x.shape) != 4:
+        return False
+    return sorted(a % 4 for a in node.attrs["axes"]) == [2, 3]
 
 
 def _linear_ok(node: Node, shapes: dict, init: dict) -> bool:
@@ -436,12 +449,19 @@ def _emit(float_model: Model, steps, params, activations, per_channel, method):
         elif step.kind in ("avgpool", "gap"):
             op = "QAveragePool" if step.kind == "avgpool" else "QGlobalAveragePool"
             x = e.q_input(node.inputs[0])
-            attrs = dict(node.attrs, **e.q_attrs("x", node.inputs[0]), **y)
-            e.nodes.append(Node(node.name, op, [x], [e.q_output(step.out)],
-                                normalize_attrs(op, attrs)))
+            own = node.attrs if node.op != "ReduceMean" else {}
+            attrs = dict(own, **e.q_attrs("x", node.inputs[0]), **y)
+            squeeze = node.op == "ReduceMean" and not node.attrs.get("keepdims", 1)
+            out = e.fresh(f"{step.out}_pooled") if squeeze else e.q_output(step.out)
+            e.nodes.append(Node(node.name, op, [x], [out], normalize_attrs(op, attrs)))
+            if squeeze:  # keepdims=0: (N, C, 1, 1) -> (N, C), integers unchanged
+                e.nodes.append(Node(e.fresh(f"{node.name}/squeeze"), "Squeeze", [out],
+                                    [e.q_output(step.out)],
+                                    normalize_attrs("Squeeze", {"axes": [2, 3]})))
         else:
             e.nodes.append(_linear(e, step, init, y, clip, per_channel, method, weights_meta))
-        layers.append((node.name, e.nodes[-1].op, step.out))
+        layers.append((node.name, e.nodes[-1].op if step.kind != "gap" else "QGlobalAveragePool",
+                       step.out, e.int_name[step.out]))
     for v in float_model.graph.outputs:
         e.f_input(v.name)
     used = {n for node in e.nodes for n in node.inputs}
@@ -535,15 +555,13 @@ def _report(float_model, result, layers, kept_rows, shapes, params, activations)
     if not kept_rows:
         return []
     graph = result.graph
-    by_name = {n.name: n for n in graph.nodes}
     probes, out_of, nodes = {}, {}, list(graph.nodes)
-    for name, op, value in layers:
-        node = by_name[name]
+    for name, op, value, int_value in layers:
+        scale, zp = params[value]
         probe = f"{value}/report"
-        nodes.append(Node(f"{name}/report", "DequantizeLinear", [node.outputs[0]], [probe],
-                          normalize_attrs("DequantizeLinear", dict(
-                              x_scale=node.attrs["y_scale"],
-                              x_zero_point=node.attrs["y_zero_point"]))))
+        nodes.append(Node(f"{name}/report", "DequantizeLinear", [int_value], [probe],
+                          normalize_attrs("DequantizeLinear", dict(x_scale=scale,
+                                                                   x_zero_point=zp))))
         probes[name] = probe
         out_of[name] = (op, value)
     outs = list(graph.outputs) + [ValueInfo(p, shapes[out_of[n][1]].shape, "float32")
