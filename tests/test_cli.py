@@ -359,3 +359,16 @@ def test_convert_compression_errors_exit_2_and_write_nothing(tmp_path, args, kin
     assert_clean_error(result, kind)
     assert words in result.stderr
     assert not out.exists()
+
+
+def test_demo_says_when_it_is_compiling(capsys):
+    import time as _time
+
+    from zeroskip.demo import compile_notice
+
+    with compile_notice("slow work", after=0.01):
+        _time.sleep(0.2)
+    with compile_notice("quick work", after=5.0):
+        pass
+    err = capsys.readouterr().err
+    assert "compiling Numba kernels for slow work" in err and "quick work" not in err

@@ -19,7 +19,10 @@ For each network the demo shows:
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
@@ -65,6 +68,23 @@ def load_model(name: str):
 
     with resources.as_file(data_path(f"{name}.zsk")) as path:
         return load(path, verify="eager")
+
+
+@contextmanager
+def compile_notice(label: str, after: float = 1.0):
+    """Say on stderr that Numba is compiling, if ``label``'s work takes longer than ``after``
+    seconds (only a cold kernel cache makes a first run of these small models that slow)."""
+    def note():
+        print(f"  compiling Numba kernels for {label} (first use; cached afterwards)...",
+              file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after, note)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _median_seconds(run) -> float:
@@ -143,8 +163,9 @@ def measure(name: str, shape, threads=None, progress=None) -> list[dict]:
             size = path.stat().st_size
         model = load_model(variant)
         start = time.perf_counter()
-        session = Session(model, mode=mode, threads=threads)
-        accuracy = _accuracy(session, x, labels)
+        with compile_notice(f"{variant} in {mode}"):
+            session = Session(model, mode=mode, threads=threads)
+            accuracy = _accuracy(session, x, labels)
         first = time.perf_counter() - start
         feeds = {session.inputs[0].name: x}
         rows.append({"variant": variant, "mode": mode, "accuracy": accuracy, "bytes": size,
@@ -181,8 +202,10 @@ def run_demo(threads: int | None = None) -> int:
     start = time.perf_counter()
     for name, shape in NETWORKS.items():
         print(f"== {name} ==\n")
+        with compile_notice(f"the stages of {name}"):
+            stages = pipeline(name, shape, threads)
         print("The pipeline, stage by stage:")
-        print(table(pipeline(name, shape, threads),
+        print(table(stages,
                     ["stage", "weights kept", "file (KB)", "accuracy", "how"]))
         print()
         with tqdm(total=len(RUNS), leave=False, disable=None) as bar:
