@@ -203,6 +203,8 @@ def test_calibration_takes_arrays_feed_dicts_and_one_shot_iterators():
         assert sb[1] == pytest.approx(sa[1], rel=1e-5) and sc[1] == pytest.approx(sa[1], rel=1e-5)
     assert a.metadata["quantization"]["calibration_batches"] == 4  # 100 rows in batches of 32
     assert c.metadata["quantization"]["calibration_batches"] == 100
+    assert a.metadata["quantization"]["calibration_rows"] == c.metadata["quantization"][
+        "calibration_rows"] == 100
     assert c.metadata["quantization"]["report_rows"] == cal_rows()
 
 

@@ -92,27 +92,23 @@ def quantize(model: Model, calibration, method="minmax", activations="uint8", pe
     if not any(s.kind == "linear" for s in steps):
         raise CompressionError("model: has no Conv, Gemm or MatMul with a constant weight to "
                                "quantize (or keep_float names them all)")
-    observers, kept_rows, batches = _calibrate(float_model, shapes, sorted(observe), calibration,
-                                               progress)
+    observers, kept_rows, batches, rows = _calibrate(float_model, shapes, sorted(observe),
+                                                     calibration, progress)
     params = {}
     for name in sorted(observe):
         lo, hi = observers[name].range(method, percentile=percentile)
         params[name] = activation_params(lo, hi, activations)
     result, layers = _emit(float_model, steps, params, activations, per_channel, method)
-    report = _report(float_model, result, layers, kept_rows, shapes, params, activations)
+    report = _report(float_model, result, layers, kept_rows, shapes, params)
     meta = result.metadata
     meta["quantization"] = {
         "method": method, "activations": activations,
         "weights": "per-channel" if per_channel else "per-tensor",
         **({"percentile": float(percentile)} if method == "percentile" else {}),
-        "calibration_batches": batches, "calibration_rows": observers_rows(observers),
+        "calibration_batches": batches, "calibration_rows": rows,
         "report_rows": _rows(kept_rows), "keep_float": sorted(keep), "layers": report}
     result.graph.check()
     return result
-
-
-def observers_rows(observers) -> int:
-    return int(max((o.count for o in observers.values()), default=0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +308,7 @@ def _calibrate(float_model: Model, shapes: dict, observe: list, calibration, pro
     kept: dict[str, list] = {name: [] for name in input_names}
     total = len(calibration) if isinstance(calibration, (list, tuple)) else (
         -(-len(calibration) // CALIBRATION_BATCH) if isinstance(calibration, np.ndarray) else None)
-    batches = 0
+    batches = rows = 0
     for i, feeds in enumerate(tqdm(_batches(calibration, input_names), total=total,
                                    desc="calibrating", unit="batch", disable=not progress,
                                    leave=False)):
@@ -332,13 +328,14 @@ def _calibrate(float_model: Model, shapes: dict, observe: list, calibration, pro
         for name in observe:
             observers[name].update(values[name])
         batches += 1
+        rows += len(arrays[input_names[0]]) if input_names[0] in arrays else 0
         room = REPORT_ROWS - _rows(kept)
         if room > 0 and set(arrays) == set(kept):
             for name in input_names:
                 kept[name].append(arrays[name][:room])
     if batches == 0:
         raise CompressionError("calibration: has no batches; give at least one sample")
-    return observers, {k: np.concatenate(v) for k, v in kept.items() if v}, batches
+    return observers, {k: np.concatenate(v) for k, v in kept.items() if v}, batches, rows
 
 
 def _rows(kept) -> int:
@@ -547,7 +544,7 @@ def _linear(e: _Emitter, step: _Step, init, y, clip, per_channel, method, weight
 # the SQNR report
 # --------------------------------------------------------------------------------------------------
 
-def _report(float_model, result, layers, kept_rows, shapes, params, activations) -> list[dict]:
+def _report(float_model, result, layers, kept_rows, shapes, params) -> list[dict]:
     """Per quantized layer: the SQNR (dB) of its dequantized int8 output against the float output,
     on the kept calibration rows; worst first."""
     from ..engine.session import Session
