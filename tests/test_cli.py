@@ -140,43 +140,104 @@ def test_errors_exit_2_without_traceback(mlp_files):
 
 
 def _bench_rows(stdout: str) -> dict:
-    """runner name -> its cells, from the table ``zeroskip bench`` prints."""
+    """(runner, batch, threads) -> its cells, from the table ``zeroskip bench`` prints."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("runner")) + 2
+    header = next(i for i, line in enumerate(lines) if line.startswith("runner "))
     rows = {}
-    for line in lines[start:]:
-        if not line or line.startswith("plan:"):
-            break
+    for line in lines[header + 2:]:
         cells = line.split()
-        rows[cells[0]] = cells[1:]
+        if not cells or cells[0].startswith("median,"):
+            break
+        # median, p10–p90, samples/s, vs, 1st run, max |Δ| (the file size may be two words)
+        rows[(cells[0], int(cells[1]), cells[2])] = cells[3:8] + cells[-1:]
     return rows
 
 
-def test_bench_times_each_mode_against_onnxruntime(mlp_files):
+def test_bench_times_every_mode_and_peer_for_each_batch_and_thread_count(mlp_files):
+    import json
+
     tmp, onnx_path, _ = mlp_files
-    result = zeroskip_cmd("bench", onnx_path, "--mode", "sparse-f32", "--mode", "dense-f32",
-                          "--batch", "5", "--rounds", "3")
+    out, png = tmp / "bench.json", tmp / "bench.png"
+    result = zeroskip_cmd("bench", onnx_path, "--modes", "sparse-f32,dense-f32", "--batch", "1,5",
+                          "--threads", "1,2", "--repeat", "3", "--json", out, "--plot", png)
     assert result.returncode == 0, result.stderr
-    assert "x 5×8; 3 interleaved rounds" in result.stdout
     rows = _bench_rows(result.stdout)
-    assert list(rows) == ["onnxruntime", "dense-f32", "sparse-f32"]  # baseline first
-    assert rows["onnxruntime"][4] == "1.00×"
-    for name, cells in rows.items():
-        plan_ms, first_ms, best_ms, median_ms = map(float, cells[:4])
-        assert 0 < best_ms <= median_ms, name
-        assert float(cells[4].rstrip("×")) > 0, name
-        assert float(cells[5]) <= 1e-5, name  # every mode computes the same function
+    runners = ["dense-f32", "sparse-f32", "onnxruntime", "onnxruntime-int8", "numpy"]
+    assert list(rows) == [(r, b, t) for b in (1, 5) for t in ("1", "2") for r in runners]
+    for key, cells in rows.items():
+        median = float(cells[0])
+        p10, p90 = map(float, cells[1].split("–"))
+        assert 0 < p10 <= median <= p90, key
+        assert float(cells[2]) == pytest.approx(key[1] / median * 1e3, rel=0.05)  # samples/s
+        if key[0] == "dense-f32":
+            assert cells[3] == "1.00×"
+        if key[0] != "onnxruntime-int8":
+            assert float(cells[5]) <= 1e-5, key  # every float runner computes the same function
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "model", "settings", "rows", "notes"}
+    assert {"cpu", "cores", "isa", "blas", "numpy", "numba", "zeroskip"} <= set(data["machine"])
+    assert data["settings"] == {"modes": ["dense-f32", "sparse-f32"],
+                                "peers": ["onnxruntime", "onnxruntime-int8", "numpy"],
+                                "batches": [1, 5], "threads": [1, 2], "repeat": 3}
+    assert len(data["rows"]) == len(rows)
+    row = data["rows"][0]
+    assert set(row) == {"runner", "kind", "batch", "threads", "median_ms", "p10_ms", "p90_ms",
+                        "best_ms", "throughput", "speedup", "baseline", "plan_ms", "first_run_ms",
+                        "file_bytes", "max_diff"}
+    assert row["file_bytes"] == os.path.getsize(onnx_path)
+    for r in data["rows"]:
+        assert r["throughput"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3)
+        base = next(b for b in data["rows"] if b["runner"] == "dense-f32"
+                    and (b["batch"], b["threads"]) == (r["batch"], r["threads"]))
+        assert r["speedup"] == pytest.approx(base["median_ms"] / r["median_ms"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_without_onnxruntime_uses_dense_f32_and_real_inputs(mlp_files):
+def test_bench_skips_a_missing_peer_with_a_note(mlp_files, tmp_path):
     tmp, onnx_path, x = mlp_files
-    result = zeroskip_cmd("bench", onnx_path, "--no-onnxruntime", "--rounds", "2", "--input",
-                          tmp / "x.npy")
+    zsk = tmp / "mlp.zsk"
+    assert zeroskip_cmd("convert", onnx_path, zsk).returncode == 0
+    result = zeroskip_cmd("bench", zsk, "--repeat", "2", "--input", tmp / "x.npy")
     assert result.returncode == 0, result.stderr
-    rows = _bench_rows(result.stdout)
-    assert list(rows) == ["dense-f32", "sparse-f32", "auto"]
-    assert rows["dense-f32"][4] == "1.00×"
-    assert f"x {x.shape[0]}×8" in result.stdout
+    assert [k[0] for k in _bench_rows(result.stdout)] == ["dense-f32", "sparse-f32", "auto", "numpy"]
+    assert "note: no ONNX file to give onnxruntime (the model is a .zsk): pass --onnx FILE" in \
+        result.stdout
+    assert all(k[1] == x.shape[0] for k in _bench_rows(result.stdout))
+    # onnxruntime not installed: the same, with its own note (in process, the import hidden)
+    import builtins
+
+    import zeroskip.bench as bench
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.startswith("onnxruntime"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    model = zeroskip.import_onnx(onnx_path)
+    builtins.__import__ = no_onnxruntime
+    try:
+        data = bench.bench_matrix(model, ["dense-f32"], ["onnxruntime", "onnxruntime-int8"], [2],
+                                  [1], 2, onnx_path=onnx_path)
+    finally:
+        builtins.__import__ = real_import
+    assert [r["runner"] for r in data["rows"]] == ["dense-f32"]
+    assert any("onnxruntime is not installed" in n for n in data["notes"])
+
+
+def test_bench_modes_all_and_peers_none(mlp_files):
+    tmp, onnx_path, _ = mlp_files
+    result = zeroskip_cmd("bench", onnx_path, "--modes", "all", "--peers", "none", "--repeat", "2")
+    assert result.returncode == 0, result.stderr
+    assert [k[0] for k in _bench_rows(result.stdout)] == ["dense-f32", "sparse-f32", "auto"]
+    for args, words in ((["--batch", "0"], "--batch 0"), (["--threads", "x"], "--threads x"),
+                        (["--modes", "fast"], "'fast' is not a mode"),
+                        (["--peers", "tvm"], "'tvm' is not a peer"),
+                        (["--batch", "2", "--input", tmp / "x.npy"], "not both")):
+        bad = zeroskip_cmd("bench", onnx_path, *args)
+        assert_clean_error(bad, "InputError")
+        assert words in bad.stderr
 
 
 def test_bench_refuses_inputs_it_cannot_make_up(tmp_path):
@@ -185,10 +246,10 @@ def test_bench_refuses_inputs_it_cannot_make_up(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m"])])
     path = tmp_path / "two_dynamic.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    result = zeroskip_cmd("bench", path, "--rounds", "1")
+    result = zeroskip_cmd("bench", path, "--repeat", "1")
     assert_clean_error(result, "InputError")
     assert "input 'x': dimension 1 is unknown and not the batch" in result.stderr
-    assert_clean_error(zeroskip_cmd("bench", path, "--rounds", "0", "--input",
+    assert_clean_error(zeroskip_cmd("bench", path, "--repeat", "0", "--input",
                                     tmp_path / "missing.npy"), "InputError")
 
 

@@ -221,28 +221,111 @@ def cmd_bench(args) -> int:
     from . import bench
 
     model = _open_model(args.file)
-    modes = args.mode or bench.default_modes(model)
-    if "dense-f32" in modes:  # the baseline when onnxruntime is not there
-        modes = ["dense-f32"] + [m for m in modes if m != "dense-f32"]
+    modes = _bench_modes(args, model)
+    batches = _int_list("--batch", args.batch) if args.batch else None
+    threads = _int_list("--threads", args.threads) if args.threads else [None]
+    peers = _bench_peers(args)
+    repeat = args.repeat if args.repeat is not None else args.rounds
+    if repeat is None:
+        repeat = 20
+    if repeat < 1:
+        raise zeroskip.InputError(f"--repeat must be at least 1, got {repeat}")
+    inputs = None
     if args.input:
-        feeds = _read_inputs(args.input, zeroskip.Session(model, mode="reference"))
-    else:
-        feeds = bench.synthetic_inputs(model.graph.inputs, args.batch)
-    if args.rounds < 1:
-        raise zeroskip.InputError(f"--rounds must be at least 1, got {args.rounds}")
-    onnx_path = args.file if args.file.lower().endswith(".onnx") and not args.no_onnxruntime \
-        else None
+        if batches is not None:
+            raise zeroskip.InputError("give --batch or --input, not both: real inputs have their "
+                                      "own batch")
+        inputs = _read_inputs(args.input, zeroskip.Session(model, mode="reference"))
+        first = next(iter(inputs.values()))
+        batches = [int(np.shape(first)[0]) if np.ndim(first) else 1]
+    batches = batches or [1]
+    onnx_path = args.onnx or (args.file if args.file.lower().endswith(".onnx") else None)
     if args.profile:
-        return _bench_profile(bench, model, modes, feeds, args, onnx_path)
-    runners = bench.make_runners(model, modes, feeds, args.threads, onnx_path)
-    bench.measure(runners, args.rounds, progress=sys.stderr.isatty())
-    shapes = ", ".join(f"{name} {_shape(v.shape)}" for name, v in feeds.items())
-    print(f"{os.path.basename(args.file)}: {shapes}; {args.rounds} interleaved rounds, threads "
-          f"{args.threads or 'default'}")
-    print(bench.bench_table(bench.rows(runners)))
-    print("plan: Session() (passes, packing, kernel choice); first run: includes JIT compile or "
-          "cache load; best/median: the steady-state runs")
+        feeds = inputs if inputs is not None else bench.synthetic_inputs(model.graph.inputs,
+                                                                         batches[0])
+        args.threads = threads[0]
+        args.rounds = repeat
+        return _bench_profile(bench, model, modes, feeds, args,
+                              onnx_path if "onnxruntime" in peers else None)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise zeroskip.InputError("--plot needs matplotlib: pip install 'zeroskip[plot]'") \
+                from None
+    result = bench.bench_matrix(model, modes, peers, batches, threads, repeat,
+                                model_bytes=os.path.getsize(args.file), onnx_path=onnx_path,
+                                inputs=inputs, progress=sys.stderr.isatty())
+    shapes = ", ".join(f"{v.name} {_shape(v.shape)}" for v in model.graph.inputs)
+    machine = result["machine"]
+    print(f"{os.path.basename(args.file)}: {shapes}; {repeat} interleaved rounds per batch and "
+          f"thread count; {machine['cpu']}, {machine['cores']} cores, "
+          f"{' '.join(machine['isa']) or 'no SIMD extensions found'}")
+    print(bench.matrix_table(result["rows"]))
+    print("median, p10–p90: over the timed runs; samples/s: batch / median; vs: the median of "
+          f"{result['rows'][0]['baseline']} at the same batch and threads over this row's; 1st run: "
+          "JIT compile or cache load, apart from the timings")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    if args.json:
+        _write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot_matrix(result, args.plot)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    """"1,64" -> [1, 64]: positive integers."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise zeroskip.InputError(f"{flag} {text}: expected positive integers separated by "
+                                  f"commas, such as 1,64") from None
+    if not values or min(values) < 1:
+        raise zeroskip.InputError(f"{flag} {text}: expected positive integers separated by "
+                                  f"commas, such as 1,64")
+    return values
+
+
+def _bench_modes(args, model) -> list[str]:
+    from . import bench
+
+    modes = list(args.mode or [])
+    if args.modes:
+        if args.modes == "all":
+            modes += [m for m in MODES if m != "reference" and m not in modes
+                      and (m.endswith("f32") or m == "auto" or _is_int8(model))]
+        else:
+            for mode in args.modes.split(","):
+                if mode not in MODES:
+                    raise zeroskip.InputError(f"--modes: {mode!r} is not a mode; choose from "
+                                              f"{', '.join(MODES)} or all")
+                modes.append(mode)
+    modes = modes or bench.default_modes(model)
+    if "dense-f32" in modes:  # the baseline of every speed-up
+        modes = ["dense-f32"] + [m for m in modes if m != "dense-f32"]
+    return list(dict.fromkeys(modes))
+
+
+def _bench_peers(args) -> list[str]:
+    from .bench import PEERS
+
+    if args.peers is None:
+        peers = ["onnxruntime", "onnxruntime-int8", "numpy"]
+    elif args.peers == "none":
+        peers = []
+    else:
+        peers = []
+        for peer in args.peers.split(","):
+            if peer not in PEERS:
+                raise zeroskip.InputError(f"--peers: {peer!r} is not a peer; choose from "
+                                          f"{', '.join(PEERS)} or none")
+            peers += [peer] + (["onnxruntime-int8"] if peer == "onnxruntime" else [])
+    if args.no_onnxruntime:
+        peers = [p for p in peers if not p.startswith("onnxruntime")]
+    return list(dict.fromkeys(peers))
 
 
 def _bench_profile(bench, model, modes, feeds, args, onnx_path) -> int:
@@ -334,26 +417,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("bench", help="time a model in several modes, side by side",
-                            description="Time one model in several modes in one process, in "
-                                        "interleaved rounds, as speed-ups over a baseline "
-                                        "(onnxruntime for an .onnx file when it is installed, "
-                                        "else dense-f32), with planning and first-run (JIT) time "
-                                        "apart.")
+    p = commands.add_parser("bench", help="time a model in several modes and peers, side by side",
+                            description="Time one model in several modes, and peers (onnxruntime "
+                                        "on its ONNX file and on onnxruntime's own int8 "
+                                        "quantization of it, plain numpy), in one process, in "
+                                        "interleaved rounds, for each batch and thread count; "
+                                        "as speed-ups over dense-f32, with planning and "
+                                        "first-run (JIT) time apart.")
     p.add_argument("file", help="a .zsk or .onnx file")
+    p.add_argument("--modes", metavar="all|MODE,MODE",
+                   help="modes to time, comma-separated, or all (every kernel mode that fits the "
+                        "model, and auto; default: the dense and sparse modes that apply, and auto)")
     p.add_argument("--mode", action="append", choices=MODES, metavar="MODE",
-                   help="a mode to time; repeat for several (default: the dense and sparse modes "
-                        "that apply, and auto)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="batch size of the random inputs (default: 1)")
+                   help="a mode to time; repeat for several (as --modes)")
+    p.add_argument("--batch", metavar="B,B", help="batch sizes of the random inputs, "
+                                                  "comma-separated (default: 1)")
+    p.add_argument("--threads", metavar="T,T",
+                   help="thread counts, comma-separated (default: each library's own)")
+    p.add_argument("--peers", metavar="P,P",
+                   help="onnxruntime (the ONNX file, and onnxruntime's int8 quantization of a "
+                        "float one), onnxruntime-int8, numpy, or none (default: all)")
+    p.add_argument("--onnx", metavar="FILE",
+                   help="the ONNX file the onnxruntime peers run, for a .zsk model")
     p.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE",
                    help="real inputs instead of random ones, as for 'run'")
-    p.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default: 20)")
-    p.add_argument("--threads", type=int, default=None, help="number of threads")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="interleaved rounds per batch and thread count (default: 20)")
+    p.add_argument("--rounds", type=int, default=None, help=argparse.SUPPRESS)  # older name
     p.add_argument("--no-onnxruntime", action="store_true",
-                   help="do not time onnxruntime, even for an .onnx file")
+                   help="do not time onnxruntime (as --peers without it)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write every row, the settings and the machine as JSON (atomically)")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG bar chart (the plot extra)")
     p.add_argument("--profile", action="store_true",
-                   help="where the time goes: a per-node table for each mode (median of --rounds "
+                   help="where the time goes: a per-node table for each mode (median of --repeat "
                         "runs), beside onnxruntime's own profile of an .onnx file")
     p.set_defaults(func=cmd_bench)
 
