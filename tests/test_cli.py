@@ -13,9 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 import zeroskip
 
 
-def zeroskip_cmd(*args, cwd=None):
+def zeroskip_cmd(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "zeroskip", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300,
+                          env=None if env is None else dict(os.environ, **env))
 
 
 def write_mlp_onnx(path, *, op="Gemm"):

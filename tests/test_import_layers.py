@@ -30,7 +30,7 @@ ROOT = Path(zeroskip.__file__).parent
 FOUNDATION = ("zeroskip._version", "zeroskip.errors", "zeroskip.geometry", "zeroskip.model",
               "zeroskip.ops", "zeroskip.quantmath", "zeroskip.shapes")
 API = ("zeroskip", "zeroskip.__main__", "zeroskip.bench", "zeroskip.cli", "zeroskip.dask",
-       "zeroskip.demo", "zeroskip.report")
+       "zeroskip.demo", "zeroskip.report", "zeroskip.sweep")
 STAGES = (  # top of the data path first
     ("formats.onnx", ("zeroskip.formats.onnx", "zeroskip.formats.onnx_quant",
                       "zeroskip.formats.onnx_common")),

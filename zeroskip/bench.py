@@ -552,13 +552,12 @@ def _cpu_name() -> str | None:
 def plot_matrix(result: dict, path) -> None:
     """A bar chart of median latency (p10–p90 as error bars) per runner, one panel per (batch,
     threads) pair, written atomically as a PNG (needs matplotlib, the ``plot`` extra)."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .report import save_figure
 
     rows = result["rows"]
     pairs = sorted({(r["batch"], r["threads"] or 0) for r in rows})
@@ -576,16 +575,7 @@ def plot_matrix(result: dict, path) -> None:
         ax.set_title(f"batch {batch}, threads {threads or 'default'}")
     fig.suptitle(f"{result['machine']['cpu']}: zeroskip modes (blue) and peers (grey)")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=100)
 
 
 __all__ = ["NumpyPeer", "PEERS", "Runner", "bench_matrix", "bench_table", "default_modes", "make_runners", "measure",

@@ -1,4 +1,4 @@
-"""The ``zeroskip`` command: convert, inspect, run, bench, demo.
+"""The ``zeroskip`` command: convert, inspect, run, bench, sweep, demo.
 
 Any ``ZeroskipError`` (and any unreadable input file) prints one line and exits with code 2; ``--debug``
 shows the traceback instead.
@@ -247,12 +247,7 @@ def cmd_bench(args) -> int:
         args.rounds = repeat
         return _bench_profile(bench, model, modes, feeds, args,
                               onnx_path if "onnxruntime" in peers else None)
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise zeroskip.InputError("--plot needs matplotlib: pip install 'zeroskip[plot]'") \
-                from None
+    _need_matplotlib(args)
     result = bench.bench_matrix(model, modes, peers, batches, threads, repeat,
                                 model_bytes=os.path.getsize(args.file), onnx_path=onnx_path,
                                 inputs=inputs, progress=sys.stderr.isatty())
@@ -265,15 +260,30 @@ def cmd_bench(args) -> int:
     print("median, p10–p90: over the timed runs; samples/s: batch / median; vs: the median of "
           f"{result['rows'][0]['baseline']} at the same batch and threads over this row's; 1st run: "
           "JIT compile or cache load, apart from the timings")
+    return _finish(args, result, bench.plot_matrix)
+
+
+def _finish(args, result: dict, plot) -> int:
+    """The notes of a bench or sweep, then its --json and --plot files."""
     for note in result["notes"]:
         print(f"note: {note}")
     if args.json:
         _write_json(args.json, result)
         print(f"wrote {args.json}")
     if args.plot:
-        bench.plot_matrix(result, args.plot)
+        plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _need_matplotlib(args) -> None:
+    """--plot needs the plot extra: say so before measuring anything."""
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise zeroskip.InputError("--plot needs matplotlib: pip install 'zeroskip[plot]'") \
+                from None
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -349,6 +359,68 @@ def _bench_profile(bench, model, modes, feeds, args, onnx_path) -> int:
     print("\neff GMAC/s: the dense layer's multiply-accumulates per second; useful: those with a "
           "nonzero weight")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    """Dense against CSR kernels per layer across sparsities, and the break-even sparsities."""
+    from . import sweep
+
+    if args.sparsities and args.densities:
+        raise zeroskip.InputError("give --sparsities or --densities, not both")
+    if args.densities:
+        levels = [1.0 - d for d in _float_list("--densities", args.densities)]
+    else:
+        levels = _float_list("--sparsities", args.sparsities) if args.sparsities else \
+            list(sweep.SPARSITIES)
+    if len(levels) < 2:
+        raise zeroskip.InputError("the sweep needs at least two sparsities to find a crossing")
+    batch = _int_list("--batch", args.batch)[0] if args.batch else 1
+    kinds = args.kinds.split(",") if args.kinds else list(sweep.KINDS)
+    for kind in kinds:
+        if kind not in sweep.KINDS:
+            raise zeroskip.InputError(f"--kinds: {kind!r} is not f32 or i8")
+    if os.path.exists(args.target):
+        layers = sweep.model_layers(_open_model(args.target), batch)
+        if not layers:
+            raise zeroskip.InputError(f"{args.target}: no Conv, Gemm or MatMul layer with a "
+                                      f"constant weight and a known input shape")
+    else:
+        layer = sweep.parse_shape(args.target)
+        if layer["op"] == "Conv":
+            layer["x_shape"] = (batch,) + layer["x_shape"][1:]
+        layers = [layer]
+    if args.layer:
+        layers = [x for x in layers if x["name"] in args.layer]
+        if not layers:
+            raise zeroskip.InputError(f"--layer: no layer named {', '.join(args.layer)}")
+    _need_matplotlib(args)
+    result = sweep.sweep(layers, levels, kinds, _int_list("--threads", args.threads)[0]
+                         if args.threads else None, progress=sys.stderr.isatty())
+    from .bench import machine_info
+
+    result["machine"] = machine_info()
+    result["settings"] = {"target": args.target, "sparsities": levels, "kinds": kinds,
+                          "batch": batch, "threads": args.threads}
+    print(f"{args.target}: {len(layers)} layers, batch {batch}, threads "
+          f"{args.threads or 'default'}; {result['machine']['cpu']}")
+    print(sweep.sweep_table(result))
+    print("dense/sparse ms: the best of auto's timing runs of the dense and the sparse mode's "
+          "kernel on the layer's own shapes; these timings are auto's cached ones, so auto picks "
+          "what this table shows")
+    return _finish(args, result, sweep.plot_sweep)
+
+
+def _float_list(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise zeroskip.InputError(f"{flag} {text}: expected numbers in [0, 1) separated by "
+                                  f"commas") from None
+    if not values or not all(0.0 <= v < 1.0 or (flag == "--densities" and v == 1.0)
+                             for v in values):
+        raise zeroskip.InputError(f"{flag} {text}: expected numbers in [0, 1) separated by "
+                                  f"commas")
+    return values
 
 
 def cmd_demo(args) -> int:
@@ -460,6 +532,26 @@ def build_parser() -> argparse.ArgumentParser:
                                         "print accuracy, latency and file size.")
     p.add_argument("--threads", type=int, default=None, help="number of threads")
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser(
+        "sweep", help="will pruning help on my CPU? dense vs CSR per layer across sparsities",
+        description="Time the dense and the sparse mode's kernels (f32 and i8) on each weight "
+                    "layer of a model, or on one layer shape, across sparsities, and print the "
+                    "break-even sparsity of each layer and kernel pair. The timings are auto's "
+                    "own, read from and written to its per-machine cache.")
+    p.add_argument("target", help="a .zsk or .onnx file, or a shape: gemm:MxKxN or "
+                                  "conv:CxHxW:NxKhxKw[:sS][:pP]")
+    p.add_argument("--sparsities", metavar="S,S",
+                   help="sparsities to time (default: 0,0.5,0.7,0.8,0.9,0.95,0.98)")
+    p.add_argument("--densities", metavar="D,D", help="or the densities (1 − sparsity)")
+    p.add_argument("--kinds", metavar="f32,i8", help="kernel pairs (default: f32,i8)")
+    p.add_argument("--batch", metavar="B", help="batch of the layers' inputs (default: 1)")
+    p.add_argument("--threads", metavar="T", help="number of threads (default: Numba's)")
+    p.add_argument("--layer", action="append", metavar="NAME",
+                   help="only this layer of the model; repeat for several")
+    p.add_argument("--json", metavar="FILE", help="write the timings and break-evens as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write latency against sparsity as a PNG")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -50,6 +50,26 @@ def weight_table(model) -> str:
     return table(rows, ["node", "op", "weight", "shape", "layout", "density", "dtype", "bytes"])
 
 
+def save_figure(fig, path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically (a temporary file beside it, then a rename),
+    and close it."""
+    import os
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def compression_rows(before, after) -> list[dict]:
     """One row per weight layer of the compressed model ``after``: its sparsity, stored form and
     bytes, the bytes of the same node's weight in ``before`` (None for a node it did not have),

@@ -29,9 +29,9 @@ run a quantized model's integer kernels; ``auto`` picks per node from timings on
 (engine/tuning.py).
 """
 
-from .build import build_plan, build_step, kernel_step
+from .build import build_plan, build_step, kernel_step, step_in_mode
 from .registry import FAMILIES, FLOAT_MODES, INT8_MODES, MODES, check_mode, is_quantized
 from .steps import Plan, Scratch, Step
 
 __all__ = ["FAMILIES", "FLOAT_MODES", "INT8_MODES", "MODES", "Plan", "Scratch", "Step",
-           "build_plan", "build_step", "check_mode", "is_quantized", "kernel_step"]
+           "build_plan", "build_step", "check_mode", "is_quantized", "kernel_step", "step_in_mode"]

@@ -57,6 +57,12 @@ def kernel_step(node: Node, ctx: PlanContext) -> Step | None:
     return step
 
 
+def step_in_mode(model: Model, node: Node, mode: str, serial: bool = False) -> Step | None:
+    """``node``'s kernel step in ``mode`` for a one-node ``model`` (None: no kernel): what ``auto``
+    times to choose between a dense and a CSR kernel, and what ``zeroskip sweep`` times."""
+    return kernel_step(node, PlanContext(model, mode, serial, kernel_step))
+
+
 def build_step(node: Node, ctx: PlanContext) -> Step:
     """``kernel_step``, or the float64 reference op when no family takes the node."""
     step, declines = _first_taker(node, ctx)
