@@ -5,7 +5,7 @@
 Prints milliseconds per image for one Python thread on a ``threads=1`` session, one Python thread on
 a ``threads=WORKERS`` session, and WORKERS Python threads sharing one ``threads=1`` session (the
 kernels release the GIL; ``Session.run`` is pure and its scratch is per thread). Two rounds, so the
-spread shows. Build the models with ``python bench/make_models.py OUTDIR``.
+spread shows. Build the models with ``python bench/models.py OUTDIR``.
 """
 
 from __future__ import annotations

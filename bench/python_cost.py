@@ -10,7 +10,7 @@ runs show that Python warm, with nothing evicting it from the caches. Prints, fo
 number of steps and kernel calls, and the warm Python of the no-op session. The gap between the
 two Python figures is what the kernels' eviction of the interpreter's code and data costs.
 docs/kernels.md, "Python between kernels", has the figures. Build the models with
-``python bench/make_models.py OUTDIR``.
+``python bench/models.py OUTDIR``.
 """
 
 from __future__ import annotations

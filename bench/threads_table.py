@@ -6,7 +6,7 @@ For each model, every runner (onnxruntime and each zeroskip mode, at 1 and at 2 
 once and then timed in interleaved rounds by ``zeroskip.bench.measure`` (each round runs every
 runner twice and times the second run). Prints one markdown row per model and thread count: best
 times in ms, and for each zeroskip mode its speed-up from 1 to 2 threads. Build the models with
-``python bench/make_models.py OUTDIR``.
+``python bench/models.py OUTDIR``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""ResNet-18- and MobileNetV2-shaped ONNX models with random weights, for whole-model benchmarks such as
-``zeroskip bench``.
+"""ResNet-18-, ResNet-50- and MobileNetV2-shaped CNNs and an MLP as ONNX models with random weights,
+for whole-model benchmarks such as ``zeroskip bench``.
 
-Four variants of each network, built with ``onnx.helper`` (no torch, nothing downloaded):
+Built with ``onnx.helper`` (no torch, nothing downloaded). For each CNN, onnxruntime's variants:
 
 - ``resnet18.onnx``, ``mobilenetv2.onnx``: float32, each Conv followed by its own BatchNormalization
   (both engines fold it at load);
@@ -16,11 +16,18 @@ The weights are random (He-initialized, BatchNormalization statistics near ident
 mean nothing and accuracy cannot be measured; speed, and how closely zeroskip agrees with onnxruntime on
 the same file, can. ``zeroskip bench`` times every mode against onnxruntime in one run, as ratios:
 
-    python bench/make_models.py /tmp/zsmodels [--seed 0] [--activations int8]
-    zeroskip bench /tmp/zsmodels/resnet18_pruned90_int8.onnx --threads 1 --rounds 10
+And, with ``--zeroskip``, zeroskip's own pipeline on every network (the MLP too), so the whole
+chain is measured at real scale: ``zeroskip.prune`` (global magnitude) at 0, 50, 80, 90 and 95 %
+sparsity, then ``zeroskip.quantize`` (min-max on random images), as ``{net}_zs{SS}.zsk`` (float,
+pruned to SS %) and ``{net}_zs{SS}_int8.zsk``.
 
-Needs onnx and onnxruntime (the ``test`` extra). Importable too: ``from make_models import resnet18``
-(or ``mobilenetv2``).
+    python bench/models.py /tmp/zsmodels [--seed 0] [--activations int8] [--nets resnet18,resnet50]
+    python bench/models.py /tmp/zsmodels --zeroskip --nets resnet50,mlp
+    zeroskip bench /tmp/zsmodels/resnet50_zs90_int8.zsk --onnx /tmp/zsmodels/resnet50.onnx
+
+Needs onnx and onnxruntime (the ``test`` extra). Importable too: ``from models import resnet18``
+(or ``resnet50``, ``mobilenetv2``, ``mlp``); every builder takes ``image`` and ``width`` so that
+tests can build small versions of the same graphs.
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ CLASSES = 1000
 class _Graph:
     """Nodes and initializers of a graph under construction, with one random generator for weights."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, image: int = 224):
         self.rng = np.random.default_rng(seed)
+        self.image = image
         self.nodes, self.inits = [], []
 
     def add(self, op, name, inputs, **attrs) -> str:
@@ -83,7 +91,8 @@ class _Graph:
         b = self.weight("fc.bias", self.rng.normal(0, 0.01, CLASSES))
         self.nodes.append(helper.make_node("Gemm", [x, w, b], ["logits"], name="fc", transB=1))
         graph = helper.make_graph(
-            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+            self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["N", 3, self.image, self.image])],
             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="zeroskip-bench")
@@ -91,7 +100,12 @@ class _Graph:
         return model
 
 
-def resnet18(seed: int = 0) -> onnx.ModelProto:
+def _scaled(channels: int, width: float) -> int:
+    """Channels times ``width``, at least 4."""
+    return max(4, int(round(channels * width)))
+
+
+def resnet18(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.ModelProto:
     """A float32 ResNet-18 with random weights: input ``input`` (N, 3, 224, 224), output ``logits``
     (N, 1000), N dynamic; torchvision's layers, each BatchNormalization a node of its own.
 
@@ -99,6 +113,10 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
     ----------
     seed : int
         Seed of the weights and BatchNormalization statistics.
+    image : int
+        Height and width of the input (224: ImageNet's).
+    width : float
+        Multiplier of every conv's channel count (1.0: the real network).
 
     Returns
     -------
@@ -106,11 +124,12 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
         Opset 17, checked by ``onnx.checker``. Nodes are named after torchvision's modules
         (``layer2.0.conv1``, ``layer2.0.downsample``, ``fc``), the first conv ``stem``.
     """
-    g = _Graph(seed)
-    x = g.conv_bn("input", "stem", 3, STAGES[0], 7, stride=2)
+    g = _Graph(seed, image)
+    stages = [_scaled(c, width) for c in STAGES]
+    x = g.conv_bn("input", "stem", 3, stages[0], 7, stride=2)
     x = g.add("MaxPool", "stem.pool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
-    c_in = STAGES[0]
-    for stage, c_out in enumerate(STAGES, start=1):
+    c_in = stages[0]
+    for stage, c_out in enumerate(stages, start=1):
         for block in range(2):
             name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
             y = g.conv_bn(x, f"{name}.conv1", c_in, c_out, 3, stride)
@@ -122,17 +141,67 @@ def resnet18(seed: int = 0) -> onnx.ModelProto:
     return g.classifier(x, c_in, "resnet18")
 
 
-def mobilenetv2(seed: int = 0) -> onnx.ModelProto:
+def resnet50(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.ModelProto:
+    """A float32 ResNet-50 with random weights, as ``resnet18`` (input, output, ``seed``,
+    ``image``, ``width``): bottleneck blocks (1x1 reduce, 3x3, 1x1 expand by 4) in stages of 3, 4,
+    6 and 3, the stride on the 3x3 of each stage's first block (torchvision's v1.5), a 1x1
+    ``downsample`` where the shape changes. Convs ``layer{s}.{b}.conv{1,2,3}``."""
+    g = _Graph(seed, image)
+    stages = [_scaled(c, width) for c in STAGES]
+    x = g.conv_bn("input", "stem", 3, stages[0], 7, stride=2)
+    x = g.add("MaxPool", "stem.pool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+    c_in = stages[0]
+    for stage, (mid, blocks) in enumerate(zip(stages, (3, 4, 6, 3)), start=1):
+        c_out = mid * 4
+        for block in range(blocks):
+            name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
+            y = g.conv_bn(x, f"{name}.conv1", c_in, mid, 1)
+            y = g.conv_bn(y, f"{name}.conv2", mid, mid, 3, stride)
+            y = g.conv_bn(y, f"{name}.conv3", mid, c_out, 1, act=None)
+            if stride != 1 or c_in != c_out:
+                x = g.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, act=None)
+            x = g.add("Relu", f"{name}.relu", [g.add("Add", f"{name}.add", [y, x])])
+            c_in = c_out
+    return g.classifier(x, c_in, "resnet50")
+
+
+def mlp(seed: int = 0, sizes=(784, 300, 100, 10)) -> onnx.ModelProto:
+    """A float32 MLP with random weights, as torch exports a stack of ``nn.Linear`` and ReLU: Gemm
+    (transB=1) and Relu, input ``input`` (N, sizes[0]), output ``logits`` (N, sizes[-1]); the
+    default is LeNet-300-100 on 28x28 images. Layers ``fc1`` … ``fcN``."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "input"
+    for i, (k, n) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        w, b = f"fc{i}.weight", f"fc{i}.bias"
+        inits += [numpy_helper.from_array(rng.normal(0, np.sqrt(2.0 / k), (n, k)).astype(
+            np.float32), w), numpy_helper.from_array(rng.normal(0, 0.01, n).astype(np.float32), b)]
+        last = i == len(sizes) - 1
+        nodes.append(helper.make_node("Gemm", [x, w, b], ["logits" if last else f"fc{i}"],
+                                      name=f"fc{i}", transB=1))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"fc{i}"], [f"relu{i}"], name=f"relu{i}"))
+            x = f"relu{i}"
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="zeroskip-bench")
+    onnx.checker.check_model(model)
+    return model
+
+
+def mobilenetv2(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.ModelProto:
     """A float32 MobileNetV2 (width 1.0) with random weights: input ``input`` (N, 3, 224, 224), output
     ``logits`` (N, 1000), N dynamic; ReLU6 as Clip(0, 6), each BatchNormalization a node of its own.
-    ``seed`` and the checks as for ``resnet18``. The 3x3/s2 conv is ``stem``; inverted-residual
+    ``seed``, ``image``, ``width`` and the checks as for ``resnet18``. The 3x3/s2 conv is ``stem``; inverted-residual
     block i (1 to 17) has convs ``block{i}.expand`` (absent when t = 1), ``block{i}.depthwise`` and
     ``block{i}.project``; then the 1x1 conv ``head`` to 1280 channels and the Gemm ``fc``.
     """
-    g = _Graph(seed)
-    x = g.conv_bn("input", "stem", 3, 32, 3, stride=2, act="relu6")
-    c_in, block = 32, 0
+    g = _Graph(seed, image)
+    c_in, block = _scaled(32, width), 0
+    x = g.conv_bn("input", "stem", 3, c_in, 3, stride=2, act="relu6")
     for t, c_out, repeats, first_stride in INVERTED_RESIDUALS:
+        c_out = _scaled(c_out, width)
         for r in range(repeats):
             block, stride, hidden = block + 1, first_stride if r == 0 else 1, c_in * t
             name = f"block{block}"
@@ -141,8 +210,9 @@ def mobilenetv2(seed: int = 0) -> onnx.ModelProto:
             y = g.conv_bn(y, f"{name}.project", hidden, c_out, 1, act=None)
             x = g.add("Add", f"{name}.add", [x, y]) if stride == 1 and c_in == c_out else y
             c_in = c_out
-    x = g.conv_bn(x, "head", c_in, 1280, 1, act="relu6")
-    return g.classifier(x, 1280, "mobilenetv2")
+    head = _scaled(1280, width)
+    x = g.conv_bn(x, "head", c_in, head, 1, act="relu6")
+    return g.classifier(x, head, "mobilenetv2")
 
 
 def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
@@ -198,7 +268,7 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
     Parameters
     ----------
     model : onnx.ModelProto
-        A float model with one input, ``input`` of shape (N, 3, 224, 224).
+        A float model with one input, ``input`` (N first, the other dimensions known).
     calibration_batches : int
         Number of calibration batches, each one random normal image (batch 1, seeded by ``seed``).
     per_channel : bool
@@ -215,7 +285,7 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
                                           quant_pre_process, quantize_static)
 
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((calibration_batches, 1, 3, 224, 224)).astype(np.float32)
+    images = rng.standard_normal((calibration_batches, *_input_shape(model, 1))).astype(np.float32)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -243,6 +313,40 @@ def quantize(model: onnx.ModelProto, calibration_batches: int = 8, per_channel: 
         return onnx.load(dst)
 
 
+def _input_shape(model: onnx.ModelProto, batch: int) -> tuple:
+    """The shape of the model's first input with ``batch`` for its dynamic first dimension."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return (batch,) + tuple(d.dim_value for d in dims[1:])
+
+
+SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
+"""The sparsities of zeroskip's own pipeline variants."""
+
+
+def zeroskip_variants(model: onnx.ModelProto, sparsities=SPARSITIES, calibration_rows: int = 8,
+                      seed: int = 0) -> dict:
+    """zeroskip's pipeline on ``model``: {"zs{SS}": float Model pruned to SS %, "zs{SS}_int8": it
+    quantized}. Pruning is ``zeroskip.prune`` (global magnitude over every Conv and Gemm; none at
+    0 %), quantization ``zeroskip.quantize`` (min-max, uint8, per-channel) on random normal
+    inputs."""
+    import zeroskip
+
+    source = zeroskip.import_onnx(model)
+    x = np.random.default_rng(seed).standard_normal(
+        _input_shape(model, calibration_rows)).astype(np.float32)
+    out = {}
+    for s in sparsities:
+        tag = f"zs{int(round(s * 100)):02d}"
+        pruned = zeroskip.prune(source, s) if s > 0 else source
+        out[tag] = pruned
+        out[f"{tag}_int8"] = zeroskip.quantize(pruned, x, progress=False)
+    return out
+
+
+BUILDERS = {"resnet18": resnet18, "mobilenetv2": mobilenetv2, "resnet50": resnet50}
+"""The CNNs, by name; ``mlp`` comes only with ``--zeroskip`` (onnxruntime's variants are CNN-only)."""
+
+
 def main(argv=None) -> None:
     """Write the four variants of each network into OUTDIR and print their file sizes, parameter
     counts (initializer elements) and conv weight densities."""
@@ -253,26 +357,43 @@ def main(argv=None) -> None:
     parser.add_argument("--activations", choices=("uint8", "int8"), default="uint8",
                         help="the int8 models' activation type (default: uint8; int8 is "
                              "onnxruntime's own default, and its files get a _s8 suffix)")
+    parser.add_argument("--nets", default="resnet18,mobilenetv2",
+                        help="networks, comma-separated, of resnet18, mobilenetv2, resnet50, mlp "
+                             "(default: resnet18,mobilenetv2)")
+    parser.add_argument("--zeroskip", action="store_true",
+                        help="also write zeroskip's pipeline variants: pruned by zeroskip.prune "
+                             "at 0/50/80/90/95 %% and quantized by zeroskip.quantize (.zsk)")
     args = parser.parse_args(argv)
     suffix = "" if args.activations == "uint8" else "_s8"
     os.makedirs(args.outdir, exist_ok=True)
-    models = {}
-    for net, build, only_pointwise in (("resnet18", resnet18, False), ("mobilenetv2", mobilenetv2, True)):
-        dense = build(args.seed)
-        pruned = prune(dense, 0.1, only_pointwise=only_pointwise)
-        models.update({net: dense, f"{net}_pruned90": pruned,
-                       f"{net}_int8{suffix}": quantize(dense, seed=args.seed,
-                                                       activations=args.activations),
-                       f"{net}_pruned90_int8{suffix}": quantize(pruned, seed=args.seed,
-                                                                activations=args.activations)})
-    for name, model in models.items():
-        path = os.path.join(args.outdir, f"{name}.onnx")
-        onnx.save(model, path)
-        weights = [w for w in map(numpy_helper.to_array, model.graph.initializer) if w.ndim == 4]
-        nonzero = sum(np.count_nonzero(w) for w in weights) / sum(w.size for w in weights)
-        params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-        print(f"{path}: {os.path.getsize(path) / 1e6:6.1f} MB, {params / 1e6:5.2f} M parameters, "
-              f"{len(model.graph.node)} nodes, conv weights {nonzero:.1%} nonzero")
+    for net in args.nets.split(","):
+        if net not in BUILDERS and net != "mlp":
+            parser.error(f"unknown network {net!r}")
+        dense = mlp(args.seed) if net == "mlp" else BUILDERS[net](args.seed)
+        models = {net: dense}
+        if net != "mlp":
+            pruned = prune(dense, 0.1, only_pointwise=net == "mobilenetv2")
+            models.update({f"{net}_pruned90": pruned,
+                           f"{net}_int8{suffix}": quantize(dense, seed=args.seed,
+                                                           activations=args.activations),
+                           f"{net}_pruned90_int8{suffix}": quantize(
+                               pruned, seed=args.seed, activations=args.activations)})
+        for name, model in models.items():
+            path = os.path.join(args.outdir, f"{name}.onnx")
+            onnx.save(model, path)
+            weights = [w for w in map(numpy_helper.to_array, model.graph.initializer)
+                       if w.ndim in (2, 4) and w.size > 1]
+            nonzero = sum(np.count_nonzero(w) for w in weights) / sum(w.size for w in weights)
+            params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+            print(f"{path}: {os.path.getsize(path) / 1e6:6.1f} MB, {params / 1e6:5.2f} M "
+                  f"parameters, {len(model.graph.node)} nodes, weights {nonzero:.1%} nonzero")
+        if args.zeroskip:
+            import zeroskip
+
+            for tag, variant in zeroskip_variants(dense, seed=args.seed).items():
+                path = os.path.join(args.outdir, f"{net}_{tag}.zsk")
+                zeroskip.save(variant, path)
+                print(f"{path}: {os.path.getsize(path) / 1e6:6.1f} MB")
 
 
 if __name__ == "__main__":
