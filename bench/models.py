@@ -84,6 +84,13 @@ class _Graph:
             return self.add("Clip", f"{name}.relu6", [y, "relu6.min", "relu6.max"])
         return self.add("Relu", f"{name}.relu", [y]) if act == "relu" else y
 
+    def residual(self, x, y, name, c_in, c_out, stride) -> str:
+        """ReLU(y + x), x through a 1x1 ``downsample`` conv (and BatchNormalization) where the
+        block changes the shape."""
+        if stride != 1 or c_in != c_out:
+            x = self.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, act=None)
+        return self.add("Relu", f"{name}.relu", [self.add("Add", f"{name}.add", [y, x])])
+
     def classifier(self, x, c_in, name) -> onnx.ModelProto:
         """GlobalAveragePool, Flatten and Gemm ``fc`` to ``logits`` after ``x``; the checked model."""
         x = self.add("Flatten", "flatten", [self.add("GlobalAveragePool", "avgpool", [x])], axis=1)
@@ -134,10 +141,7 @@ def resnet18(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.ModelP
             name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
             y = g.conv_bn(x, f"{name}.conv1", c_in, c_out, 3, stride)
             y = g.conv_bn(y, f"{name}.conv2", c_out, c_out, 3, act=None)
-            if stride != 1 or c_in != c_out:
-                x = g.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, act=None)
-            x = g.add("Relu", f"{name}.relu", [g.add("Add", f"{name}.add", [y, x])])
-            c_in = c_out
+            x, c_in = g.residual(x, y, name, c_in, c_out, stride), c_out
     return g.classifier(x, c_in, "resnet18")
 
 
@@ -158,10 +162,7 @@ def resnet50(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.ModelP
             y = g.conv_bn(x, f"{name}.conv1", c_in, mid, 1)
             y = g.conv_bn(y, f"{name}.conv2", mid, mid, 3, stride)
             y = g.conv_bn(y, f"{name}.conv3", mid, c_out, 1, act=None)
-            if stride != 1 or c_in != c_out:
-                x = g.conv_bn(x, f"{name}.downsample", c_in, c_out, 1, stride, act=None)
-            x = g.add("Relu", f"{name}.relu", [g.add("Add", f"{name}.add", [y, x])])
-            c_in = c_out
+            x, c_in = g.residual(x, y, name, c_in, c_out, stride), c_out
     return g.classifier(x, c_in, "resnet50")
 
 
