@@ -182,10 +182,75 @@ def cmd_inspect(args) -> int:
 
 def cmd_run(args) -> int:
     session = zeroskip.Session(_open_model(args.file), mode=args.mode, threads=args.threads)
+    if args.dask:
+        return _run_on_dask(args, session)
     feeds = _read_inputs(args.input, session)
     start = time.perf_counter()
     outputs = session.run(feeds)
     elapsed = time.perf_counter() - start
+    _summarize(outputs)
+    print(f"ran in {elapsed * 1e3:.2f} ms (mode {session.mode})")
+    if args.output:
+        _save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _run_on_dask(args, session) -> int:
+    """``run --dask SCHEDULER``: the input (one .npy, memory-mapped) in chunks of --batch rows,
+    scored on Dask with a progress bar; the outputs as with a plain run."""
+    try:
+        import dask.array as da
+        import distributed
+    except ImportError:
+        raise zeroskip.InputError("--dask needs Dask: pip install 'zeroskip[dask]'") from None
+    from tqdm import tqdm
+
+    from . import dask as zs_dask
+
+    if len(args.input) != 1 or "=" in args.input[0] or not args.input[0].endswith(".npy"):
+        raise zeroskip.InputError("--dask takes one --input, an .npy of the model's single input "
+                                  "(it is memory-mapped, not read whole)")
+    try:
+        x = np.load(args.input[0], mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise zeroskip.InputError(f"--input {args.input[0]}: cannot read it ({err})") from None
+    batch = args.batch or 256
+    if batch < 1:
+        raise zeroskip.InputError(f"--batch must be at least 1, got {batch}")
+    lazy = zs_dask.run(session, da.from_array(x, chunks=(batch,) + x.shape[1:]), batch=batch)
+    name = session.outputs[0].name
+    cluster = None
+    target = args.dask
+    if target.startswith("local"):
+        workers = int(target.partition(":")[2] or 2)
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+        target = cluster
+    start = time.perf_counter()
+    try:
+        with distributed.Client(target) as client:
+            blocks = lazy.to_delayed().ravel()
+            futures = client.compute(list(blocks))
+            for _ in tqdm(distributed.as_completed(futures), total=len(futures), desc="chunks",
+                          disable=not sys.stderr.isatty()):
+                pass
+            result = np.concatenate(client.gather(futures))
+    finally:
+        if cluster is not None:
+            cluster.close()
+    elapsed = time.perf_counter() - start
+    outputs = {name: result}
+    _summarize(outputs)
+    print(f"ran {len(result)} rows in {elapsed:.2f} s on Dask ({args.dask}), "
+          f"{len(result) / elapsed:.1f} rows/s, chunks of {batch} (mode {session.mode})")
+    if args.output:
+        _save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _summarize(outputs: dict) -> None:
     for name, value in outputs.items():
         line = f"{name}: shape {_shape(value.shape)} {value.dtype}"
         if value.size and value.dtype.kind in "fiu":
@@ -194,11 +259,6 @@ def cmd_run(args) -> int:
             top = value.argmax(axis=1)[:10]
             line += "  argmax[:10] " + " ".join(str(int(t)) for t in top)
         print(line)
-    print(f"ran in {elapsed * 1e3:.2f} ms (mode {session.mode})")
-    if args.output:
-        _save_npz(args.output, outputs)
-        print(f"wrote {args.output}")
-    return 0
 
 
 def _save_npz(path: str, arrays: dict) -> None:
@@ -487,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="reference", choices=MODES,
                    help="execution mode (default: reference)")
     p.add_argument("--threads", type=int, default=None, help="number of threads")
+    p.add_argument("--dask", metavar="SCHEDULER",
+                   help="score on Dask: a scheduler address (tcp://host:8786), or local:N for N "
+                        "worker processes on this machine (the dask extra)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --dask: rows per task (default: 256)")
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("bench", help="time a model in several modes and peers, side by side",
