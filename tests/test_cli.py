@@ -434,3 +434,23 @@ def test_demo_says_when_it_is_compiling(capsys):
         pass
     err = capsys.readouterr().err
     assert "compiling Numba kernels for slow work" in err and "quick work" not in err
+
+
+def test_reports_are_written_atomically_with_ordinary_permissions(tmp_path):
+    from zeroskip.formats.zsk import default_file_mode
+    from zeroskip.report import atomic_write
+
+    path = tmp_path / "r.json"
+    atomic_write(path, lambda f: f.write("{}"), binary=False)
+    assert path.read_text() == "{}" and (path.stat().st_mode & 0o777) == default_file_mode()
+    os.chmod(path, 0o640)
+    atomic_write(path, lambda f: f.write("[]"), binary=False)
+    assert (path.stat().st_mode & 0o777) == 0o640  # a replaced file keeps its own
+
+    def fails(f):
+        f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fails, binary=False)
+    assert path.read_text() == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

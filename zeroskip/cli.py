@@ -139,21 +139,16 @@ def _is_int8(model) -> bool:
 
 
 def _write_json(path: str, value) -> None:
-    """Write JSON atomically (a temporary file beside it, then a rename)."""
+    """Write JSON atomically (``report.atomic_write``)."""
     import json
-    import tempfile
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .report import atomic_write
+
+    def write(f):
+        json.dump(value, f, indent=2, default=_json_default)
+        f.write("\n")
+
+    atomic_write(path, write, binary=False)
 
 
 def _json_default(value):
@@ -263,18 +258,9 @@ def _summarize(outputs: dict) -> None:
 
 def _save_npz(path: str, arrays: dict) -> None:
     """Write an .npz atomically, so an existing file is never left half-written."""
-    import tempfile
+    from .report import atomic_write
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def cmd_bench(args) -> int:
@@ -310,7 +296,8 @@ def cmd_bench(args) -> int:
     _need_matplotlib(args)
     result = bench.bench_matrix(model, modes, peers, batches, threads, repeat,
                                 model_bytes=os.path.getsize(args.file), onnx_path=onnx_path,
-                                inputs=inputs, progress=sys.stderr.isatty())
+                                inputs=inputs, progress=sys.stderr.isatty(),
+                                onnx_is_other_file=bool(args.onnx))
     shapes = ", ".join(f"{v.name} {_shape(v.shape)}" for v in model.graph.inputs)
     machine = result["machine"]
     print(f"{os.path.basename(args.file)}: {shapes}; {repeat} interleaved rounds per batch and "

@@ -50,24 +50,37 @@ def weight_table(model) -> str:
     return table(rows, ["node", "op", "weight", "shape", "layout", "density", "dtype", "bytes"])
 
 
-def save_figure(fig, path, dpi: int = 100) -> None:
-    """Write a matplotlib figure as PNG atomically (a temporary file beside it, then a rename),
-    and close it."""
+def atomic_write(path, write, binary: bool = True) -> None:
+    """Write ``path`` atomically: ``write(file)`` into a temporary file beside it, which then
+    replaces ``path`` with the permissions a plain write would give (an existing file's own, else
+    0o666 less the umask). On any failure ``path`` is left as it was."""
     import os
     import tempfile
 
-    import matplotlib.pyplot as plt
+    from .formats.zsk import file_mode
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(str(path))}.",
+                               suffix=".tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
-    finally:
-        plt.close(fig)
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically (``atomic_write``), and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def compression_rows(before, after) -> list[dict]:

@@ -569,17 +569,14 @@ def save(model: Model, path) -> None:
     head, arrays, data_length = _encode(model)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777  # replacing a file keeps its permissions
-    except OSError:
-        mode = None  # a new file gets what open() would give it: 0o666 less the umask
+    mode = file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_chunks(f, _chunks(head, arrays, data_length))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode() if mode is None else mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -588,7 +585,17 @@ def save(model: Model, path) -> None:
     _fsync_directory(directory)
 
 
-def _default_mode() -> int:
+def file_mode(path) -> int:
+    """The permissions an atomic save gives ``path``: an existing file's own (replacing a file keeps
+    them), else what open() would give a new one (0o666 less the umask). mkstemp's temporary file
+    is 0o600, which the rename would otherwise keep."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return default_file_mode()
+
+
+def default_file_mode() -> int:
     """0o666 less the process's umask (read from /proc where possible: os.umask sets it too)."""
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/self/status") as status:
