@@ -118,3 +118,14 @@ def test_bad_arguments_are_refused_naming_them(kwargs, pattern):
     with pytest.raises(zeroskip.CompressionError, match=pattern):
         low_rank(model, **kwargs)
     _assert_unchanged(model, before)
+
+
+def test_compress_is_reachable_from_the_package_alone():
+    import subprocess
+    import sys
+
+    code = ("import zeroskip; print(zeroskip.compress.low_rank.__name__, "
+            "zeroskip.compress.masks.__name__, zeroskip.compress.schedule.polynomial.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["low_rank", "masks", "polynomial"], \
+        out.stderr

@@ -72,4 +72,8 @@ def __getattr__(name):
         from .engine.session import Session
 
         return Session
+    if name == "compress":  # zeroskip.compress.low_rank, .masks, .schedule after `import zeroskip`
+        import importlib
+
+        return importlib.import_module(".compress", __name__)
     raise AttributeError(f"module 'zeroskip' has no attribute {name!r}")

@@ -11,7 +11,8 @@ Everything here takes a Model and returns a new one (DESIGN.md, "The way data fl
 model is never modified.
 """
 
+from . import schedule
 from .lowrank import low_rank
 from .pruning import masks, prune
 
-__all__ = ["low_rank", "masks", "prune"]
+__all__ = ["low_rank", "masks", "prune", "schedule"]
