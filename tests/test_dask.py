@@ -8,6 +8,7 @@ import os
 
 import dask
 import dask.array as da
+import distributed  # the test extra installs it: these tests run everywhere the suite does
 import numpy as np
 import pytest
 
@@ -16,9 +17,6 @@ import zeroskip.dask as zs_dask
 
 import compress_models as cm
 from test_cli import zeroskip_cmd
-
-distributed = pytest.importorskip("distributed")  # in the test extra: present in CI
-
 
 @pytest.fixture(scope="module")
 def client():
