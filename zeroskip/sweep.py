@@ -10,8 +10,11 @@ The timings are ``auto``'s own: each point is timed by ``engine.tuning.measure_l
 the planner builds (``engine.plan.step_in_mode``), under the key auto looks up, and stored in auto's
 per-machine cache (``BreakEvenTable.get_layer``); a point already in the cache is read from it, not
 timed again. So a model whose layer has one of these shapes and densities is planned by ``auto``
-from the very numbers the sweep printed: the two never disagree. The break-even is the same
-Theil–Sen crossing (``tuning.crossing``) auto uses for its shape classes.
+from the very numbers the sweep printed: the two never disagree. (One case is keyed apart: inside a
+model, a GEMM that reads another GEMM's output gets it transposed, "Activations between layers" in
+docs/kernels.md, and auto times that layout separately; the sweep times every layer on an ordinary
+input.) The break-even is the same Theil–Sen crossing (``tuning.crossing``) auto uses for its shape
+classes.
 """
 
 from __future__ import annotations
