@@ -16,7 +16,7 @@ import pytest
 import zeroskip
 from zeroskip import CSR, Dense, Graph, Model, ModelFormatError, Node, QuantParams, ValueInfo
 from zeroskip.formats import zsk
-from zeroskip.ops import normalize_attrs
+from zeroskip.ops import ATTR_TYPES, attr_type_error, normalize_attrs
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -441,8 +441,10 @@ SAVE_ERRORS = {
     "not a tensor": (lambda: tensor_model(np.zeros(3)),
                      "tensor 't': expected Dense or CSR, not ndarray"),
     "nan attribute": (lambda: attr_model(float("nan")),
-                      "node 'act' (LeakyRelu) attrs: not serializable as JSON: NaN and "
-                      "infinities are not allowed"),
+                      "node 'act' (LeakyRelu): attribute 'alpha' must be a number, not nan"),
+    "infinite attribute": (lambda: attr_model(float("inf")),
+                           "node 'act' (LeakyRelu) attrs: not serializable as JSON: NaN and "
+                           "infinities are not allowed"),
     "graph input dtype": (lambda: io_model("complex64"),
                           "graph input 'x': dtype 'complex64' is not allowed (allowed: float32, "
                           "float64, float16, int8, uint8, int16, uint16, int32, int64, bool)"),
@@ -500,7 +502,8 @@ RULES = {
     "V16": ("zero point float", "zero point bool", "zero point range", "zero point range int32"),
     "V17": ("input defined twice", "node name twice", "output defined twice", "empty output"),
     "V18": ("arity", "output arity", "required input empty", "unknown op", "unknown attribute",
-            "missing required attribute"),
+            "missing required attribute", "attribute list for int", "attribute string for number",
+            "attribute null", "attribute bool"),
     "V19": ("missing tensor", "node order", "cycle", "output not produced"),
     # found on first access to a tensor's arrays (BAD_CONTENTS)
     "V20": ("dense crc", "csr data crc", "csr indices crc"),
@@ -801,6 +804,17 @@ BAD_FILES = {
                           "node 'fc1' (Gemm): unknown attribute 'gamma'"),
     "missing required attribute": (lambda: nodes(lambda n: n["relu"].update(op="Concat")),
                                    "node 'relu' (Concat): missing required attribute 'axis'"),
+    "attribute list for int": (lambda: nodes(lambda n: n["fc1"]["attrs"].update(transB=[1])),
+                               "node 'fc1' (Gemm): attribute 'transB' must be an integer at least "
+                               "0, not [1]"),
+    "attribute string for number": (lambda: nodes(lambda n: n["fc1"]["attrs"].update(alpha="2")),
+                                    "node 'fc1' (Gemm): attribute 'alpha' must be a number, "
+                                    "not '2'"),
+    "attribute null": (lambda: nodes(lambda n: n["fc1"]["attrs"].update(transB=None)),
+                       "node 'fc1' (Gemm): attribute 'transB' must be an integer at least 0, "
+                       "not null"),
+    "attribute bool": (lambda: nodes(lambda n: n["fc1"]["attrs"].update(beta=True)),
+                       "node 'fc1' (Gemm): attribute 'beta' must be a number, not True"),
     "node inputs type": (lambda: nodes(lambda n: n["fc1"].update(inputs=["x", 1])),
                          "node 'fc1': key 'inputs' must be a list of strings"),
     "node attrs type": (lambda: nodes(lambda n: n["fc1"].update(attrs=[])),
@@ -1093,3 +1107,23 @@ def test_no_thread_gets_arrays_while_another_is_verifying_them():
         for t in threads:
             t.join()
         assert outcomes == ["refused", "refused"]
+
+
+@pytest.mark.parametrize("name", sorted(ATTR_TYPES))
+def test_every_attribute_has_a_type_that_refuses_the_others(name):
+    kind, nullable, smallest = ATTR_TYPES[name]
+    good = {"int": max(smallest or 0, 1), "number": 0.5, "str": "NOTSET",
+            "ints": [max(smallest or 0, 1)] * 2}[kind]
+    assert attr_type_error(name, good) is None
+    assert (attr_type_error(name, None) is None) == nullable
+    wrong = [{"a": 1}, True] + ([[1], "1"] if kind in ("int", "number") else []) + \
+        ([1.5] if kind in ("int", "ints") else []) + ([7] if kind in ("str", "ints") else [])
+    if kind == "number":
+        wrong.append(float("nan"))
+    if kind == "ints":
+        wrong += [[True], ["1"], [1.0]]
+    if smallest is not None:
+        wrong.append(smallest - 1 if kind == "int" else [smallest - 1])
+    for value in wrong:
+        why = attr_type_error(name, value)
+        assert why is not None and why.startswith("must be "), (name, value)

@@ -18,7 +18,7 @@ from typing import Callable, Union
 import numpy as np
 
 from .errors import ModelFormatError
-from .ops import OPS, REQUIRED, VARIADIC
+from .ops import OPS, REQUIRED, VARIADIC, attr_type_error
 
 DTYPES = ("float32", "float64", "float16", "int8", "uint8", "int16", "uint16", "int32", "int64",
           "bool")
@@ -282,6 +282,10 @@ class Graph:
             missing = [k for k, v in spec.attrs.items() if v is REQUIRED and k not in node.attrs]
             if missing:
                 raise ModelFormatError(f"{where}: missing required attribute {missing[0]!r}")
+            for key, value in node.attrs.items():
+                why = attr_type_error(key, value)
+                if why is not None:  # a kernel compiled for a list where an int belongs would crash
+                    raise ModelFormatError(f"{where}: attribute {key!r} {why}")
             for key in _DTYPE_ATTRS.get(node.op, ()):
                 if key in node.attrs and node.attrs[key] not in DTYPES:
                     raise ModelFormatError(f"{where}: attribute {key}={node.attrs[key]!r} is not "

@@ -11,6 +11,7 @@ validator (which checks arity and attribute names), shape inference and the refe
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 REQUIRED = object()
@@ -150,3 +151,62 @@ def normalize_attrs(op: str, attrs: dict) -> dict:
         else:
             out[name] = default
     return out
+
+
+# -- attribute types ----------------------------------------------------------------------------
+# What each attribute's value must be, by name (a name means the same thing in every op that has
+# it): "int", "number" (an int or a float), "str", "ints" (a list of ints), each with whether None
+# is allowed, and for ints the smallest value. Bools are not ints here: JSON's true is no stride.
+_INT, _NUM, _STR, _INTS = "int", "number", "str", "ints"
+ATTR_TYPES: dict[str, tuple] = {
+    # (kind, None allowed, smallest value of an int or of each int of a list)
+    "allowzero": (_INT, False, 0), "ceil_mode": (_INT, False, 0), "coerce_2d": (_INT, False, 0),
+    "count_include_pad": (_INT, False, 0), "keepdims": (_INT, False, 0),
+    "noop_with_empty_axes": (_INT, False, 0), "transA": (_INT, False, 0),
+    "transB": (_INT, False, 0), "group": (_INT, False, 1), "size": (_INT, False, 1),
+    "axis": (_INT, False, None), "start": (_INT, False, None), "end": (_INT, True, None),
+    "alpha": (_NUM, False, None), "beta": (_NUM, False, None), "bias": (_NUM, False, None),
+    "epsilon": (_NUM, False, None), "value": (_NUM, False, None),
+    "min": (_NUM, True, None), "max": (_NUM, True, None),
+    "clip_min": (_NUM, True, None), "clip_max": (_NUM, True, None),
+    "x_scale": (_NUM, False, None), "y_scale": (_NUM, False, None),
+    "a_scale": (_NUM, False, None), "b_scale": (_NUM, False, None),
+    "x_zero_point": (_INT, False, None), "y_zero_point": (_INT, False, None),
+    "a_zero_point": (_INT, False, None), "b_zero_point": (_INT, False, None),
+    "auto_pad": (_STR, False, None), "mode": (_STR, False, None), "dtype": (_STR, False, None),
+    "to": (_STR, False, None), "y_dtype": (_STR, False, None),
+    "kernel_shape": (_INTS, True, 1), "strides": (_INTS, True, 1), "dilations": (_INTS, True, 1),
+    "pads": (_INTS, True, 0), "axes": (_INTS, True, None), "perm": (_INTS, True, 0),
+}
+"""The type of every attribute of ``OPS``: ``attr_type_error`` checks a node's attributes by it."""
+
+_KIND_WORDS = {_INT: "an integer", _NUM: "a number", _STR: "a string",
+               _INTS: "a list of integers"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def attr_type_error(name: str, value) -> str | None:
+    """Why ``value`` cannot be attribute ``name`` (ATTR_TYPES), or None if it can."""
+    kind, nullable, smallest = ATTR_TYPES[name]
+    bound = "" if smallest is None or kind in (_NUM, _STR) else (
+        f" (each at least {smallest})" if kind == _INTS else f" at least {smallest}")
+    want = f"must be {_KIND_WORDS[kind]}{bound}{', or null' if nullable else ''}"
+    if value is None:
+        return None if nullable else f"{want}, not null"
+    if kind == _INT:
+        ok = _is_int(value) and (smallest is None or value >= smallest)
+    elif kind == _NUM:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+        # (NaN fails: it is not equal to itself)
+    elif kind == _STR:
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(
+            _is_int(v) and (smallest is None or v >= smallest) for v in value)
+    if ok:
+        return None
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{want}, not {shown}"
