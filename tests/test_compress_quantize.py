@@ -77,9 +77,7 @@ def test_float_zeros_stay_zero_and_an_all_zero_channel_is_safe():
     node_of = {n.name: n for n in q.graph.nodes}
     for layer in ("c1", "c2", "dw", "pw", "fc"):
         w_int = q.graph.initializers[node_of[layer].inputs[1]]
-        w_float = model.graph.initializers[f"{layer}.w"].to_numpy()
-        if layer == "fc":
-            w_float = w_float  # Gemm transB=1: already (N, K)
+        w_float = model.graph.initializers[f"{layer}.w"].to_numpy()  # fc: transB=1, (N, K)
         np.testing.assert_array_equal(w_int.to_numpy() == 0, w_float == 0, err_msg=layer)
     scale = q.graph.initializers[node_of["c2"].inputs[1]].quant.scale
     assert scale[3] == 1.0 and np.all(np.isfinite(scale))

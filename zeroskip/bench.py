@@ -430,25 +430,17 @@ def _onnxruntime_quantize(source, target, calibration: dict) -> None:
 
 
 def _numpy_runner(model: Model, feeds, threads) -> Runner:
+    from .engine.session import blas_threads
+
     peer = NumpyPeer(model)
 
     def run():
-        with _blas_threads(threads):
+        with blas_threads(threads):
             return peer.run(feeds)
 
     runner = Runner("numpy", run, kind="peer")
     runner.first_s, runner.outputs = _timed(run)
     return runner
-
-
-def _blas_threads(threads):
-    from contextlib import nullcontext
-
-    if not threads:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 class NumpyPeer:

@@ -93,6 +93,31 @@ def check_accumulator_range(K: int, max_abs_product: int, bias) -> None:
             f"int32 accumulator could overflow: K={K} × {max_abs_product} + max|bias'| = {worst} ≥ 2^31")
 
 
+def check_layer_accumulator(q_weight, x_zero_point: int, bias, x_dtype) -> None:
+    """``check_accumulator_range`` for one QConv/QGemm: q_weight [N, ...] int8, the activation's
+    zero point and dtype, bias [N] int32 or None; the folded bias is b − x_zp·Σ_k q_w."""
+    q = np.asarray(q_weight).astype(np.int64)
+    n_out = q.shape[0]
+    b = np.zeros(n_out, np.int64) if bias is None else np.asarray(bias).astype(np.int64)
+    folded = b - int(x_zero_point) * q.reshape(n_out, -1).sum(axis=1)
+    check_accumulator_range(int(np.prod(q.shape[1:])), MAX_ABS_PRODUCT[np.dtype(x_dtype)], folded)
+
+
+def bias_scales(x_scale: float, w_scale, n_out: int) -> np.ndarray:
+    """The int32 bias's scales x_scale·w_scale[n] as float32 [N] (per-tensor weights broadcast),
+    computed in float64 and rounded once, as onnxruntime writes them."""
+    w = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (n_out,))
+    return (np.float64(x_scale) * w).astype(np.float32)
+
+
+def quantize_bias(real, scales) -> np.ndarray | None:
+    """round_half_even(real / scale) as int32, or None when a value does not fit int32."""
+    q = np.rint(np.asarray(real, np.float64) / np.asarray(scales, np.float32).astype(np.float64))
+    if not np.all(np.abs(q) <= INT32_MAX):
+        return None
+    return q.astype(np.int32)
+
+
 def clamp_bounds(y_dtype, y_scale, y_zero_point, clip_min=None, clip_max=None) -> tuple[int, int]:
     """(lo, hi): the output type's range narrowed by a fused activation (quantization.md §3).
 
@@ -123,5 +148,6 @@ def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:
     return round(a_ratio * 2 ** shift), round(b_ratio * 2 ** shift), shift
 
 
-__all__ = ["INT32_MAX", "MAX_ABS_PRODUCT", "TYPE_RANGE", "add_multipliers", "check_accumulator_range",
+__all__ = ["INT32_MAX", "MAX_ABS_PRODUCT", "TYPE_RANGE", "add_multipliers", "bias_scales",
+           "check_accumulator_range", "check_layer_accumulator", "quantize_bias",
            "clamp_bounds", "fold_bias", "quantize_multiplier"]

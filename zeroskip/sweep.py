@@ -20,7 +20,6 @@ classes.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -123,28 +122,14 @@ def layer_model(layer: dict, sparsity: float, kind: str, seed: int = 0) -> Model
     return Model(graph)
 
 
-@contextmanager
-def _threads(threads):
-    """Numba's thread count set to ``threads`` (None: as it is) and BLAS on one thread, as while
-    ``auto`` times a plan."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    before = numba.get_num_threads()
-    if threads:
-        numba.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield numba.get_num_threads()
-    finally:
-        numba.set_num_threads(before)
-
-
 def time_point(layer: dict, sparsity: float, kind: str, threads=None) -> dict | None:
     """Dense and sparse seconds of one layer at one sparsity (auto's cache entry, measured now if
     the cache has none); None when either mode has no kernel for the layer."""
+    import numba
+
     from .engine import tuning
     from .engine.plan import step_in_mode
+    from .engine.session import timing_context
 
     model = layer_model(layer, sparsity, kind)
     node = model.graph.nodes[0]
@@ -153,8 +138,8 @@ def time_point(layer: dict, sparsity: float, kind: str, threads=None) -> dict | 
     modes = ("dense-f32", "sparse-f32") if kind == "f32" else ("dense-i8", "sparse-i8")
     density = tensors["w"].density
     serial = threads == 1
-    with _threads(threads) as count:
-        table = tuning.BreakEvenTable(threads=count)
+    with timing_context(threads):  # what auto times in, so the key and the numbers are auto's
+        table = tuning.BreakEvenTable(threads=numba.get_num_threads())
         key = tuning.layer_key(node, tensors, x_info, density)
         entry = table.get_layer(key, lambda: tuning.measure_layer(
             node, tensors, *x_info, modes,

@@ -516,23 +516,18 @@ def _linear(e: _Emitter, step: _Step, init, y, clip, per_channel, method, weight
     inputs = [x, w_name]
     b_int = None
     if bias is not None:
-        target = (np.float64(x_scale) * np.broadcast_to(w_scale.astype(np.float64), (n_out,))
-                  ).astype(np.float32)
-        qb = np.rint(bias / target.astype(np.float64))
-        if not np.all(np.abs(qb) <= quantmath.INT32_MAX):
+        target = quantmath.bias_scales(x_scale, w_scale, n_out)
+        b_int = quantmath.quantize_bias(bias, target)
+        if b_int is None:
             raise CompressionError(f"node {node.name!r}: its bias does not fit int32 at scale "
                                    f"x_scale·w_scale; keep it in float with keep_float="
                                    f"({node.name!r},)")
-        b_int = qb.astype(np.int32)
         b_name = e.fresh(f"{node.name}.bias_int32")
         e.initializers[b_name] = Dense(b_int, QuantParams(target, np.zeros(n_out, np.int32), 0))
         weights_meta[b_name] = {"origin": "zeroskip.quantize", "granularity": "per-channel"}
         inputs.append(b_name)
-    rowsum = q.reshape(n_out, -1).astype(np.int64).sum(axis=1)
-    folded = (np.zeros(n_out, np.int64) if b_int is None else b_int.astype(np.int64)) - x_zp * rowsum
     try:
-        quantmath.check_accumulator_range(int(q[0].size), quantmath.MAX_ABS_PRODUCT[np.dtype(
-            e.dtype)], folded)
+        quantmath.check_layer_accumulator(q, x_zp, b_int, e.dtype)
     except UnsupportedModelError as err:
         raise CompressionError(f"node {node.name!r} ({node.op}): {err}; keep it in float with "
                                f"keep_float=({node.name!r},)") from None

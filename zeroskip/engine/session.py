@@ -152,10 +152,7 @@ class Session:
         with self._plans_lock:  # two threads meeting a new class plan it once
             plan = self._plans.get(batch)
             if plan is None:
-                measures = self.mode == "auto" and self.threads != 1  # auto times parallel kernels
-                # BLAS on one thread while auto times: as it runs beside parallel Numba kernels
-                with _running(self.threads if self.mode == "auto" else None, measures,
-                              1 if self.mode == "auto" else None):
+                with timing_context(self.threads) if self.mode == "auto" else _NOTHING:
                     plan = build_plan(self.model, self.mode, serial=self.threads == 1,
                                       batch=1 if batch is None else batch)
                 self._plans[batch] = plan
@@ -259,19 +256,26 @@ _LAUNCH_LOCK = threading.Lock()
 _NOTHING = nullcontext()
 
 
-def _running(threads: int | None, parallel: bool, blas_threads: int | None = None):
+def timing_context(threads: int | None):
+    """The context ``auto`` times a plan's layers in: Numba on ``threads`` (None: as it is) with
+    the launch lock where parallel kernels need it, and BLAS on one thread, as it runs beside
+    parallel Numba kernels. ``zeroskip sweep`` times in it too, so its timings are auto's."""
+    return _running(threads, threads != 1, 1)
+
+
+def _running(threads: int | None, parallel: bool, blas: int | None = None):
     """The context a run needs: Numba's thread count, the launch lock, BLAS's thread count. When
     none of them has anything to do (a one-thread plan, or default threads and no BLAS under a
     layer that takes concurrent launches), a shared empty context: the three generator-based
     ones cost ~3 µs a run, a tenth of the digits MLP's run at batch 1."""
-    if threads is None and blas_threads is None and not (parallel and _serial_launches()):
+    if threads is None and blas is None and not (parallel and _serial_launches()):
         return _NOTHING
-    return _all_of(threads, parallel, blas_threads)
+    return _all_of(threads, parallel, blas)
 
 
 @contextmanager
-def _all_of(threads: int | None, parallel: bool, blas_threads: int | None):
-    with _threads(threads), _launch_guard(parallel), _blas_threads(blas_threads):
+def _all_of(threads: int | None, parallel: bool, blas: int | None):
+    with _threads(threads), _launch_guard(parallel), blas_threads(blas):
         yield
 
 
@@ -295,7 +299,7 @@ def _blas_libraries() -> list:
 
 
 @contextmanager
-def _blas_threads(count: int | None):
+def blas_threads(count: int | None):
     """Run with at most ``count`` BLAS threads (None: leave BLAS alone), so that a session's
     ``threads`` bounds numpy's sgemm in the float plans too. Each library's count is read and set
     directly (a few µs) and put back after the run. The setting is process-wide: two sessions

@@ -95,7 +95,6 @@ from ..reference.ops.quantized import quantize_linear
 from .onnx_common import DEFAULT_DOMAINS, Pending, conv_attrs
 
 ACT_DTYPES = ("uint8", "int8")
-INT32_MAX = quantmath.INT32_MAX
 W_RANGE = quantmath.TYPE_RANGE[np.dtype(np.int8)]
 """An imported weight's q − zero_point is kept exactly when it lies in [−128, 127]: the kernels take
 any int8 weight (docs/quantization.md §1). Outside that range it is re-quantized."""
@@ -646,8 +645,7 @@ class QuantImport:
         kind, name, value = bias
         n_out = w_tensor.shape[0]
         where = f"{self.imp.where}: node {node_name!r}: bias {name!r}"
-        w_scale = np.broadcast_to(w_tensor.quant.scale.astype(np.float64), (n_out,))
-        target = (np.float64(x.scale) * w_scale).astype(np.float32)  # as onnxruntime writes it
+        target = quantmath.bias_scales(x.scale, w_tensor.quant.scale, n_out)
         if kind == "int":
             q = np.asarray(value)
             if q.dtype != np.int32:
@@ -675,10 +673,9 @@ class QuantImport:
                     else src_scale * (q.astype(np.int64) - src_zp))
             if real.shape != (n_out,):
                 raise ModelFormatError(f"{where}: shape {list(np.shape(value))} is not ({n_out},)")
-            qf = np.rint(real / target.astype(np.float64))
-            if not np.all(np.abs(qf) <= INT32_MAX):
+            q32 = quantmath.quantize_bias(real, target)
+            if q32 is None:
                 raise UnsupportedModelError(f"{where}: does not fit int32 at scale x_scale·w_scale")
-            q32 = qf.astype(np.int32)
             if q is None or not np.array_equal(q32, q):
                 meta["requantized"] = True
         meta["sparsity"] = _sparsity(q32)
@@ -690,14 +687,10 @@ class QuantImport:
         ``quantmath.check_accumulator_range``: K·max|q_w·q_x| + max|b − x_zp·Σ_k q_w| < 2^31 with
         max|q_w·q_x| = ``quantmath.MAX_ABS_PRODUCT`` (255·128 for uint8 activations, 128·128 for
         int8, since weights may be anything in [−128, 127])."""
-        q = w_tensor.to_numpy().astype(np.int64)
-        n_out = q.shape[0]
-        k = int(np.prod(q.shape[1:]))
-        rowsum = q.reshape(n_out, -1).sum(axis=1)
-        b = np.zeros(n_out, np.int64) if b_tensor is None else b_tensor.to_numpy().astype(np.int64)
-        folded = b - x.zero_point * rowsum
         try:
-            quantmath.check_accumulator_range(k, quantmath.MAX_ABS_PRODUCT[np.dtype(x.dtype)], folded)
+            quantmath.check_layer_accumulator(w_tensor.to_numpy(), x.zero_point,
+                                              None if b_tensor is None else b_tensor.to_numpy(),
+                                              x.dtype)
         except UnsupportedModelError as err:
             raise UnsupportedModelError(f"{self.imp.where}: node {node_name!r} ({op}): {err}") from None
 
