@@ -74,11 +74,71 @@ def test_inputs_and_outputs_describe_the_model():
      "input 'x': expected dtype float32 and shape (N, 6), got dtype int32"),
     ({"x": np.array([["a"] * 6])},
      "input 'x': expected dtype float32 and shape (N, 6), got dtype <U1"),
+    ({"x": np.zeros((0, 6), np.float32)},
+     "input 'x': shape (0, 6) has no elements; a run needs at least one sample"),
+    ({"x": np.zeros((2, 6), bool)},
+     "input 'x': expected dtype float32 and shape (N, 6), got dtype bool"),
+    ({"x": np.zeros((2, 6), np.complex64)},
+     "input 'x': expected dtype float32 and shape (N, 6), got dtype complex64"),
 ])
 def test_bad_feeds_raise_input_error_naming_the_input(feeds, message):
     with pytest.raises(InputError) as info:
         Session(mlp_model()).run(feeds)
     assert str(info.value) == message
+
+
+def test_a_session_runs_correctly_after_each_bad_feed():
+    session = Session(mlp_model(density=0.5), mode="sparse-f32")
+    x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    want = session.run({"x": x})["y"]
+    bad = [{"z": x}, {}, {"x": x[0]}, {"x": x[:, :5]}, {"x": x.astype(np.int32)}, {"x": x[:0]},
+           [x], {"x": object()}, {"x": [[1.0] * 6, [2.0] * 5]}]
+    for feeds in bad:
+        with pytest.raises(InputError):
+            session.run(feeds)
+        assert session.run({"x": x})["y"].tobytes() == want.tobytes()
+
+
+DEMO = os.path.join(os.path.dirname(zeroskip.__file__), "data")
+
+
+@pytest.mark.parametrize("mode", ["reference", "dense-f32", "dense-i8", "sparse-i8", "auto"])
+def test_any_layout_of_the_same_values_gives_the_same_outputs(mode):
+    """Fortran order, a strided view, a read-only array, float64 and float16 feeds holding the
+    same float32 values: the session reads values, not memory layouts (feeds are never written)."""
+    session = Session(os.path.join(DEMO, "digits_cnn_pruned_int8.zsk"), mode=mode)
+    x = np.random.default_rng(4).random((3, 1, 8, 8)).astype(np.float16).astype(np.float32)
+    want = session.run({"image": x})["logits"]
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    wide = np.zeros((3, 1, 8, 16), np.float32)
+    wide[..., ::2] = x
+    for same in (np.asfortranarray(x), wide[..., ::2], frozen, x.astype(np.float64),
+                 x.astype(np.float16), x[::-1][::-1]):
+        before = same.copy()
+        assert session.run({"image": same})["logits"].tobytes() == want.tobytes()
+        assert np.array_equal(same, before)
+
+
+def test_nan_and_inf_in_an_int8_models_input_quantize_like_zero_and_the_range_ends():
+    """The documented rule (docs/security.md): quantizing NaN gives the zero point (real 0), +inf
+    the largest and -inf the smallest integer, identically in every int8 path; float modes
+    propagate NaN as IEEE arithmetic does."""
+    path = os.path.join(DEMO, "digits_cnn_pruned_int8.zsk")
+    x = np.random.default_rng(6).random((4, 1, 8, 8)).astype(np.float32)
+    hostile, stand_in = x.copy(), x.copy()
+    hostile[:, :, ::3, ::2] = np.nan
+    hostile[:, :, 1::3, ::2] = np.inf
+    hostile[:, :, 2::3, ::2] = -np.inf
+    stand_in[:, :, ::3, ::2] = 0.0
+    stand_in[:, :, 1::3, ::2] = 3e38
+    stand_in[:, :, 2::3, ::2] = -3e38
+    want = Session(path, mode="reference").run({"image": stand_in})["logits"]
+    assert np.isfinite(want).all()
+    for mode in ("reference", "dense-i8", "sparse-i8", "auto"):
+        got = Session(path, mode=mode, threads=1).run({"image": hostile})["logits"]
+        assert got.tobytes() == want.tobytes(), mode
+    assert np.isnan(Session(path, mode="dense-f32").run({"image": hostile})["logits"]).any()
 
 
 def test_feeds_must_be_a_dict():

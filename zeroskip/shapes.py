@@ -46,6 +46,12 @@ class _Rule(Exception):
 
 def infer_shapes(graph: Graph) -> dict[str, ValueInfo]:
     """Shape and dtype of every value: graph inputs (as declared), initializers, node outputs."""
+    return {name: ValueInfo(name, _public_shape(v.shape), v.dtype)
+            for name, v in _infer(graph).items()}
+
+
+def _infer(graph: Graph) -> dict[str, _Value]:
+    """What is known of every value, its unknown sizes still named."""
     values: dict[str, _Value] = {}
     for vi in graph.inputs:
         shape = None if vi.shape is None else tuple(
@@ -72,7 +78,52 @@ def infer_shapes(graph: Graph) -> dict[str, ValueInfo]:
         results = result if isinstance(result, tuple) else (result,) * len(node.outputs)
         for name, value in zip(node.outputs, results):
             values[name] = value
-    return {name: ValueInfo(name, _public_shape(v.shape), v.dtype) for name, v in values.items()}
+    return values
+
+
+def batch_coupling(graph: Graph) -> str | None:
+    """Why the samples of a batch are not independent of each other, or None when they are.
+
+    They are when every graph input has a dynamic first axis (its batch), every node keeps that
+    batch on the first axis of what it computes from it, touching no other axis with it, and
+    every graph output has it first. Then running a batch in chunks and concatenating the
+    outputs gives the same result as one run: what ``Session.run`` does with a batch too large
+    for memory. Decided from the shapes alone (their unknown sizes stay named), so a rule that
+    cannot be proved counts as a coupling.
+    """
+    for vi in graph.inputs:
+        if not vi.shape or vi.shape[0] is not None:
+            return f"graph input {vi.name!r} has no dynamic first (batch) axis"
+    batch = {f"{vi.name}:0" for vi in graph.inputs}
+    values = _infer(graph)
+
+    def batched(name):
+        shape = values[name].shape if name else None
+        return shape is not None and len(shape) > 0 and shape[0] in batch
+
+    for node in graph.nodes:
+        where = f"node {node.name!r} ({node.op})"
+        fed = [name for name in node.inputs if batched(name)]
+        if not fed:
+            continue
+        attrs = normalize_attrs(node.op, node.attrs)
+        rank = len(values[fed[0]].shape)
+        axes = [attrs["axis"]] if isinstance(attrs.get("axis"), int) else []
+        axes += attrs["axes"] if isinstance(attrs.get("axes"), (list, tuple)) else []
+        if any(a % rank == 0 for a in axes if -rank <= a < rank):
+            return f"{where} works along the batch axis"
+        if node.op == "Shape":
+            continue  # its output is a shape, not samples
+        for name in node.outputs:
+            shape = values[name].shape
+            if shape is None or not shape or shape[0] not in batch:
+                return f"{where}: output {name!r} does not keep the batch first"
+            if any(d in batch for d in shape[1:]):
+                return f"{where}: output {name!r} has the batch on another axis too"
+    for vi in graph.outputs:
+        if not batched(vi.name):
+            return f"graph output {vi.name!r} does not have the batch first"
+    return None
 
 
 def _initializer_value(tensor) -> _Value:
@@ -100,6 +151,13 @@ def _known(d) -> bool:
 def _product(dims):
     """Product of sizes: an int if all are known, else None."""
     return math.prod(dims) if all(_known(d) for d in dims) else None
+
+
+def _fold(dims):
+    """The size of ``dims`` flattened into one axis: their product, or the one unknown size
+    among 1s (Flatten of (N,C,H,W) at axis 1 keeps the name of N)."""
+    rest = [d for d in dims if d != 1]
+    return rest[0] if len(rest) == 1 else _product(dims)
 
 
 def _broadcast(*shapes):
@@ -296,7 +354,7 @@ def _flatten(x, *, axis):
     if x.shape is None:
         return _Value((None, None), x.dtype)
     axis = _axis(axis, len(x.shape), "Flatten axis", inclusive=True)
-    return _Value((_product(x.shape[:axis]), _product(x.shape[axis:])), x.dtype)
+    return _Value((_fold(x.shape[:axis]), _fold(x.shape[axis:])), x.dtype)
 
 
 def _reshape(x, target, *, allowzero):
@@ -578,4 +636,4 @@ def layer_macs(op: str, weight_size: int, out_shape, density: float | None):
     return effective, effective * (1.0 if density is None else density)
 
 
-__all__ = ["MAC_OPS", "infer_shapes", "layer_macs"]
+__all__ = ["MAC_OPS", "batch_coupling", "infer_shapes", "layer_macs"]

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, ZeroskipError
+from ..budget import ENV as MEMORY_ENV, over_budget, show_bytes
+from ..errors import InputError, ModelFormatError, UnsupportedModelError, ZeroskipError
 from ..model import Model, ValueInfo
+from ..shapes import batch_coupling
+from .memory import estimate
 from .plan import MODES, build_plan
 from .profile import Profile, profile_plan
 from .tuning import batch_class
@@ -74,6 +77,21 @@ class Session:
         graph = self.model.graph
         graph.check()
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
+        # peak-memory estimates per fed shapes (engine/memory.py), and whether a batch too large
+        # for memory may run in chunks: checked at the declared shapes before anything is planned
+        self._estimates = None  # (not kept for the declared shapes)
+        self._coupling = batch_coupling(graph)
+        need = self._estimate(tuple(tuple(1 if d is None else d for d in v.shape)
+                                    for v in self._inputs))
+        self._estimates: dict = {}
+        budget = over_budget(need.total)
+        if budget is not None:
+            shapes = ", ".join(f"{v.name}{_show_shape(v.shape)}" for v in self._inputs)
+            raise UnsupportedModelError(
+                f"graph inputs {shapes}: a run at these shapes (dynamic sizes as 1) needs about "
+                f"{show_bytes(need.total)} (weights {show_bytes(need.weights)}, activations "
+                f"{show_bytes(need.activations)} at node {need.node!r}), more than the "
+                f"{show_bytes(budget)} available ({MEMORY_ENV} sets the limit)")
         # auto times kernels at the batch it runs: one plan per batch class (tuning.batch_class)
         # when the batch is dynamic, planned when a batch of that class first arrives
         self._batch_axes = {v.name: v.shape.index(None) for v in self._inputs
@@ -106,8 +124,23 @@ class Session:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
-        """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order."""
-        plan, values = self._start(feeds)
+        """Map ``{input name: array}`` to ``{output name: array}``, outputs in the model's order.
+
+        A batch whose run would not fit in memory (``zeroskip.budget``) runs in chunks of the
+        largest batch that fits, when the model's samples are independent, and is refused with an
+        InputError otherwise."""
+        checked = self._check_feeds(feeds)
+        chunk = self._chunk(checked)
+        if chunk is None:
+            return self._run_checked(checked)
+        batch = next(iter(checked.values())).shape[0]
+        parts = [self._run_checked({name: array[start:start + chunk]
+                                    for name, array in checked.items()})
+                 for start in range(0, batch, chunk)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _run_checked(self, checked: dict) -> dict[str, np.ndarray]:
+        plan, values = self._start(checked)
         with self._running(plan):
             for i, step in enumerate(plan.steps):
                 self._run_step(i, step, values)
@@ -123,18 +156,76 @@ class Session:
         weight density, median time, share of the run and GMAC/s, and the executor's own cost."""
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
-        self.run(feeds)  # JIT compile or cache load, scratch arrays: not part of the profile
-        plan, values = self._start(feeds)
+        checked = self._check_feeds(feeds)
+        if self._chunk(checked) is not None:
+            raise InputError(f"profile() runs its feeds in one piece, and a batch of "
+                             f"{next(iter(checked.values())).shape[0]} does not fit in memory")
+        self._run_checked(checked)  # JIT compile or cache load, scratch: not part of the profile
+        plan, values = self._start(checked)
         with self._running(plan):
             return profile_plan(plan, values, self._run_step, repeats)
 
-    def _start(self, feeds: dict):
-        """(the plan for these feeds' batch, the values a run starts from: constants and inputs)."""
-        checked = self._check_feeds(feeds)
+    def _start(self, checked: dict):
+        """(the plan for checked feeds' batch, the values a run starts from: constants, inputs)."""
         plan = self._plan_for(self._batch_class(checked))
         values = dict(plan.constants)
         values.update(checked)
         return plan, values
+
+    # -- memory: a run's peak, estimated before it starts ----------------------------------------
+    def _estimate(self, shapes: tuple):
+        """The peak-memory estimate of a run at ``shapes`` (one per input, in order), kept."""
+        need = None if self._estimates is None else self._estimates.get(shapes)
+        if need is None:
+            if self._estimates is not None and len(self._estimates) >= 64:
+                self._estimates.clear()  # a stream of ever new shapes keeps a bounded cache
+            try:
+                need = estimate(self.model.graph,
+                                {v.name: shape for v, shape in zip(self._inputs, shapes)},
+                                self.mode)
+            except ModelFormatError as err:
+                if self._estimates is None:  # the declared shapes: the model is at fault
+                    raise
+                raise InputError(str(err)) from None  # fed shapes the nodes cannot take
+            if self._estimates is not None:
+                self._estimates[shapes] = need
+        return need
+
+    def _chunk(self, checked: dict) -> int | None:
+        """None when a run of ``checked`` fits in memory, else the batch of the chunks to run it
+        in; InputError when it cannot be split or even one sample does not fit."""
+        shapes = tuple(array.shape for array in checked.values())
+        need = self._estimate(shapes)
+        budget = over_budget(need.activations + need.outputs)
+        if budget is None:
+            return None
+        name, batch = self._inputs[0].name, shapes[0][0] if shapes[0] else 1
+        why = (f"input {name!r}: a batch of {batch} needs about {show_bytes(need.activations)} "
+               f"at its peak (node {need.node!r}), more than the {show_bytes(budget)} available "
+               f"({MEMORY_ENV} sets the limit)")
+        # chunks keep room for the whole batch's outputs twice (theirs and the concatenation)
+        reserve = 2 * need.outputs if self._coupling is None else 0
+        fits = self._largest_batch(shapes, budget - reserve) if self._batch_axes_all(shapes) else 0
+        if fits < 1:
+            raise InputError(f"{why}, and even a batch of 1 does not fit" if self._batch_axes_all(
+                shapes) else f"{why}; its batch is fixed")
+        if self._coupling is not None:
+            raise InputError(f"{why}, and it cannot run in chunks ({self._coupling}): the largest "
+                             f"batch that fits is {fits}")
+        return fits
+
+    def _batch_axes_all(self, shapes) -> bool:
+        """Whether every input has a dynamic first axis, all fed at the same size."""
+        return all(v.shape and v.shape[0] is None for v in self._inputs) and \
+            len({shape[0] for shape in shapes}) == 1
+
+    def _largest_batch(self, shapes, room: int) -> int:
+        """The largest batch (at most the fed one) whose run's peak fits in ``room`` bytes. The
+        peak grows linearly with the batch (every activation is batch-sized): a line through the
+        estimates at batches 1 and 2 gives it."""
+        one, two = (self._estimate(tuple((b,) + shape[1:] for shape in shapes)) for b in (1, 2))
+        per_sample = max(1, two.activations - one.activations)
+        return int(min(shapes[0][0], (room - one.activations + per_sample) // per_sample))
 
     # -- plans: one, or in auto with a dynamic batch one per batch class --------------------------
     def _batch_class(self, checked: dict) -> int | None:
@@ -364,6 +455,9 @@ def _check_array(info: IOInfo, value, float_dtype=np.float64) -> np.ndarray:
         if want_dim is not None and want_dim != got_dim:
             raise wrong(f"shape {_show_shape(array.shape)} (dimension {axis} is {got_dim}, not "
                         f"{want_dim})")
+    if array.size == 0:
+        raise InputError(f"input {info.name!r}: shape {_show_shape(array.shape)} has no elements; "
+                         f"a run needs at least one sample")
     if array.dtype.kind == "f":
         # Round to the declared precision first, so float64 feeds give float32 models' answers.
         return array.astype(info.dtype).astype(float_dtype, copy=False)

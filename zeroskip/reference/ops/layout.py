@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ...budget import over_budget, show_bytes
 from ...errors import InputError
 
 
@@ -211,6 +212,11 @@ def constant_of_shape(shape, *, value=0.0, dtype="float32"):
         target = np.dtype(dtype)
     except TypeError:
         raise InputError(f"expected a numpy dtype name, got {dtype!r}") from None
+    nbytes = math.prod(dims) * (8 if target.kind == "f" else target.itemsize)
+    budget = over_budget(nbytes)
+    if budget is not None:  # a shape computed at run time: check before touching the memory
+        raise InputError(f"a tensor of shape {tuple(dims)} needs {show_bytes(nbytes)}, more than "
+                         f"the {show_bytes(budget)} available")
     if target.kind == "f":
         return np.full(dims, np.asarray(value, dtype=target), dtype=np.float64)
     return np.full(dims, value, dtype=target)

@@ -45,10 +45,13 @@ def _quantize(y, y_scale, y_zero_point, y_dtype, clip_min=None, clip_max=None) -
 
 
 def quantize_linear(x, *, y_scale, y_zero_point, y_dtype):
-    """q = clamp(round_half_even(x / y_scale) + y_zp), the division in float32 as ONNX does it."""
+    """q = clamp(round_half_even(x / y_scale) + y_zp), the division in float32 as ONNX does it.
+
+    NaN gives the zero point (real 0); ±inf, and values whose quotient overflows float32, give
+    the ends of the range."""
     x = np.asarray(x, dtype=np.float32)
     info = np.iinfo(np.dtype(y_dtype))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = np.rint(x / np.float32(y_scale)).astype(np.float64) + int(y_zero_point)
     return np.clip(np.nan_to_num(q, nan=int(y_zero_point)), info.min, info.max).astype(np.int64)
 
