@@ -10,9 +10,9 @@ The data path, top to bottom (DESIGN.md, "The way data flows")::
 
 A module may import modules of its own stage or of a stage below it, never one above it, and
 ``kernels`` and ``reference`` never import each other. The foundation (errors, the IR in model and
-ops, window geometry, quantization math, shape inference, the version) sits beside the path: every
-stage may import it, and it imports nothing but itself. The public API (the package root, the CLI,
-bench, demo, report) sits above the path and may import anything.
+ops, window geometry, quantization math, shape inference, the memory budget, the version) sits
+beside the path: every stage may import it, and it imports nothing but itself. The public API (the
+package root, the CLI, bench, demo, report) sits above the path and may import anything.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import zeroskip
 
 ROOT = Path(zeroskip.__file__).parent
 
-FOUNDATION = ("zeroskip._version", "zeroskip.errors", "zeroskip.geometry", "zeroskip.model",
-              "zeroskip.ops", "zeroskip.quantmath", "zeroskip.shapes")
+FOUNDATION = ("zeroskip._version", "zeroskip.budget", "zeroskip.errors", "zeroskip.geometry",
+              "zeroskip.model", "zeroskip.ops", "zeroskip.quantmath", "zeroskip.shapes")
 API = ("zeroskip", "zeroskip.__main__", "zeroskip.bench", "zeroskip.cli", "zeroskip.dask",
        "zeroskip.demo", "zeroskip.report", "zeroskip.sweep")
 STAGES = (  # top of the data path first

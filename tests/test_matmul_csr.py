@@ -52,8 +52,7 @@ def _rows(session, op="MatMul"):
 
 # -- float ----------------------------------------------------------------------------------------
 A_SHAPES = {"2-D": (["N", K], (7, K)), "3-D": (["N", 5, K], (3, 5, K)),
-            "4-D": (["N", 2, 3, K], (2, 2, 3, K)), "1-D": ([K], (K,)),
-            "empty batch": (["N", K], (0, K))}
+            "4-D": (["N", 2, 3, K], (2, 2, 3, K)), "1-D": ([K], (K,))}
 
 
 @pytest.mark.parametrize("a", list(A_SHAPES))
@@ -72,6 +71,13 @@ def test_sparse_f32_runs_matmul_on_csr_close_to_the_reference(a):
         got = session.run({"x": x})["y"]
         assert got.flags.c_contiguous
         assert_f32_close(got, want, K=K, magnitude=magnitude, mode=mode, a=a, N=N)
+
+
+def test_an_empty_batch_is_refused_in_every_float_mode():
+    model, _ = _matmul_model(["N", K])
+    for mode in ("reference", "sparse-f32", "dense-f32"):
+        with pytest.raises(zeroskip.InputError, match=r"input .x.: shape \(0, 40\) has no elements"):
+            zeroskip.Session(model, mode=mode).run({"x": randn((0, K), 5)})
 
 
 def test_sparse_f32_mlp_of_matmuls_matches_dense_f32():

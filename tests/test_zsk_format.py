@@ -366,7 +366,7 @@ def test_failed_rename_leaves_no_temp_files(tmp_path, monkeypatch):
         raise PermissionError("no")
 
     monkeypatch.setattr(zsk.os, "replace", refuse)
-    with pytest.raises(PermissionError):
+    with pytest.raises(zeroskip.SaveError, match=r"cannot save the model to '.*m\.zsk': no$"):
         zsk.save(dense_model(), target)
     assert target.read_bytes() == b"precious" and os.listdir(tmp_path) == ["m.zsk"]
 
@@ -1112,14 +1112,17 @@ def test_no_thread_gets_arrays_while_another_is_verifying_them():
 @pytest.mark.parametrize("name", sorted(ATTR_TYPES))
 def test_every_attribute_has_a_type_that_refuses_the_others(name):
     kind, nullable, smallest = ATTR_TYPES[name]
-    good = {"int": max(smallest or 0, 1), "number": 0.5, "str": "NOTSET",
+    good = {"int": max(smallest or 0, 1), "number": 0.5, "scale": 0.5, "str": "NOTSET",
             "ints": [max(smallest or 0, 1)] * 2}[kind]
     assert attr_type_error(name, good) is None
     assert (attr_type_error(name, None) is None) == nullable
-    wrong = [{"a": 1}, True] + ([[1], "1"] if kind in ("int", "number") else []) + \
+    wrong = [{"a": 1}, True] + ([[1], "1"] if kind in ("int", "number", "scale") else []) + \
         ([1.5] if kind in ("int", "ints") else []) + ([7] if kind in ("str", "ints") else [])
-    if kind == "number":
-        wrong.append(float("nan"))
+    if kind in ("number", "scale"):
+        wrong += [float("nan"), 10**400]  # (an int no float holds)
+    if kind == "scale":  # finite and > 0 as float32: no zero, sign, overflow or underflow
+        wrong += [0, 0.0, -1.0, float("inf"), 1e39, 1e-46]
+        assert attr_type_error(name, 3.4e38) is None and attr_type_error(name, 1.5e-45) is None
     if kind == "ints":
         wrong += [[True], ["1"], [1.0]]
     if smallest is not None:

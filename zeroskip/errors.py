@@ -24,3 +24,9 @@ class InputError(ZeroskipError):
 class CompressionError(ZeroskipError):
     """An argument of ``prune``, ``quantize`` or ``low_rank`` (a sparsity, a structure, a method,
     calibration data) breaks its rule. The input model is left as it was."""
+
+
+class SaveError(ZeroskipError, OSError):
+    """``save`` could not write the file (a missing or read-only directory, a full disk...). The
+    message names the path and the reason; ``errno`` is the system's. Also an ``OSError``, so code
+    that caught the system's error around ``save`` still catches it."""

@@ -155,9 +155,10 @@ def normalize_attrs(op: str, attrs: dict) -> dict:
 
 # -- attribute types ----------------------------------------------------------------------------
 # What each attribute's value must be, by name (a name means the same thing in every op that has
-# it): "int", "number" (an int or a float), "str", "ints" (a list of ints), each with whether None
-# is allowed, and for ints the smallest value. Bools are not ints here: JSON's true is no stride.
-_INT, _NUM, _STR, _INTS = "int", "number", "str", "ints"
+# it): "int", "number" (an int or a float), "scale" (a number finite and > 0 as float32, as a
+# tensor's scales are), "str", "ints" (a list of ints), each with whether None is allowed, and for
+# ints the smallest value. Bools are not ints here: JSON's true is no stride.
+_INT, _NUM, _SCALE, _STR, _INTS = "int", "number", "scale", "str", "ints"
 ATTR_TYPES: dict[str, tuple] = {
     # (kind, None allowed, smallest value of an int or of each int of a list)
     "allowzero": (_INT, False, 0), "ceil_mode": (_INT, False, 0), "coerce_2d": (_INT, False, 0),
@@ -169,8 +170,8 @@ ATTR_TYPES: dict[str, tuple] = {
     "epsilon": (_NUM, False, None), "value": (_NUM, False, None),
     "min": (_NUM, True, None), "max": (_NUM, True, None),
     "clip_min": (_NUM, True, None), "clip_max": (_NUM, True, None),
-    "x_scale": (_NUM, False, None), "y_scale": (_NUM, False, None),
-    "a_scale": (_NUM, False, None), "b_scale": (_NUM, False, None),
+    "x_scale": (_SCALE, False, None), "y_scale": (_SCALE, False, None),
+    "a_scale": (_SCALE, False, None), "b_scale": (_SCALE, False, None),
     "x_zero_point": (_INT, False, None), "y_zero_point": (_INT, False, None),
     "a_zero_point": (_INT, False, None), "b_zero_point": (_INT, False, None),
     "auto_pad": (_STR, False, None), "mode": (_STR, False, None), "dtype": (_STR, False, None),
@@ -181,17 +182,31 @@ ATTR_TYPES: dict[str, tuple] = {
 """The type of every attribute of ``OPS``: ``attr_type_error`` checks a node's attributes by it."""
 
 _KIND_WORDS = {_INT: "an integer", _NUM: "a number", _STR: "a string",
-               _INTS: "a list of integers"}
+               _SCALE: "a number finite and > 0 as float32", _INTS: "a list of integers"}
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _as_float(value) -> float | None:
+    """``value`` as a Python float, or None for an int too large for one."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _positive_float32(value) -> bool:
+    """Whether ``value`` is finite and > 0 once rounded to float32 (no overflow, no underflow)."""
+    real = _as_float(value)
+    return real is not None and 1.401298464324817e-45 <= real <= 3.4028234663852886e38
+
+
 def attr_type_error(name: str, value) -> str | None:
     """Why ``value`` cannot be attribute ``name`` (ATTR_TYPES), or None if it can."""
     kind, nullable, smallest = ATTR_TYPES[name]
-    bound = "" if smallest is None or kind in (_NUM, _STR) else (
+    bound = "" if smallest is None or kind in (_NUM, _SCALE, _STR) else (
         f" (each at least {smallest})" if kind == _INTS else f" at least {smallest}")
     want = f"must be {_KIND_WORDS[kind]}{bound}{', or null' if nullable else ''}"
     if value is None:
@@ -199,8 +214,11 @@ def attr_type_error(name: str, value) -> str | None:
     if kind == _INT:
         ok = _is_int(value) and (smallest is None or value >= smallest)
     elif kind == _NUM:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-        # (NaN fails: it is not equal to itself)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value \
+            and _as_float(value) is not None  # (NaN is not equal to itself)
+    elif kind == _SCALE:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+            _positive_float32(value)
     elif kind == _STR:
         ok = isinstance(value, str)
     else:

@@ -128,11 +128,17 @@ def clamp_bounds(y_dtype, y_scale, y_zero_point, clip_min=None, clip_max=None) -
     """
     lo, hi = TYPE_RANGE[np.dtype(y_dtype)]
     zp, scale = int(y_zero_point), float(y_scale)
-    if clip_min is not None and np.isfinite(clip_min):
-        lo = max(lo, zp + int(np.rint(float(clip_min) / scale)))
-    if clip_max is not None and np.isfinite(clip_max):
-        hi = min(hi, zp + int(np.rint(float(clip_max) / scale)))
-    return int(lo), int(hi)
+    def step(bound) -> int:  # bound / y_scale, held in ±2^40 (past the type either way)
+        return int(np.clip(np.rint(float(bound) / scale), -2.0**40, 2.0**40))
+
+    type_lo, type_hi = lo, hi
+    with np.errstate(over="ignore"):  # a huge bound over a tiny scale is infinite: clipped
+        if clip_min is not None and math.isfinite(clip_min):
+            lo = max(lo, zp + step(clip_min))
+        if clip_max is not None and math.isfinite(clip_max):
+            hi = min(hi, zp + step(clip_max))
+    # a bound past the type's other end saturates there (Clip(min=1e9) gives the type's max)
+    return int(min(lo, type_hi)), int(max(hi, type_lo))
 
 
 def add_multipliers(a_ratio: float, b_ratio: float) -> tuple[int, int, int]:

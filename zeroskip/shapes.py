@@ -78,7 +78,28 @@ def _infer(graph: Graph) -> dict[str, _Value]:
         results = result if isinstance(result, tuple) else (result,) * len(node.outputs)
         for name, value in zip(node.outputs, results):
             values[name] = value
+        _check_zero_points(where, attrs, inputs, results[0])
     return values
+
+
+_ZERO_POINT_OF = {"x_zero_point": 0, "a_zero_point": 0, "b_zero_point": 1, "y_zero_point": None}
+"""Whose integers a zero-point attribute belongs to: an input's (by position) or the output's."""
+
+
+def _check_zero_points(where, attrs, inputs, output):
+    """A zero point attribute lies in the range of the integer type it shifts (a kernel keeps
+    it in that type's arithmetic)."""
+    for key, position in _ZERO_POINT_OF.items():
+        if key not in attrs:
+            continue
+        owner = output if position is None else (
+            inputs[position] if position < len(inputs) else None)
+        if owner is None or owner.dtype not in DTYPES or np.dtype(owner.dtype).kind not in "iu":
+            continue
+        info = np.iinfo(np.dtype(owner.dtype))
+        if not info.min <= attrs[key] <= info.max:
+            raise ModelFormatError(f"{where}: attribute {key} = {attrs[key]!r} is outside the "
+                                   f"range of {owner.dtype} [{info.min}, {info.max}]")
 
 
 def batch_coupling(graph: Graph) -> str | None:

@@ -24,9 +24,9 @@ import zlib
 
 import numpy as np
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, SaveError, ZeroskipError
 from ..model import CSR, DTYPES, Dense, Graph, Model, Node, QuantParams, ValueInfo, index_dtype
-from ..ops import OPS, REQUIRED
+from ..ops import OPS, REQUIRED, normalize_attrs
 
 MAGIC = b"\x89ZSK\r\n\x1a\n"
 VERSION = 1
@@ -541,13 +541,15 @@ def _parse_node(i: int, item) -> Node:
 
 
 def _check_graph(graph: Graph):
-    """``Graph.check`` (ops, arity, attribute names, topological order), plus required attributes."""
+    """``Graph.check`` (ops, arity, attribute names, topological order), plus required attributes;
+    an optional attribute left out takes its op's default."""
     graph.check()
     for node in graph.nodes:
         for attr, default in OPS[node.op].attrs.items():
             if default is REQUIRED and attr not in node.attrs:
                 raise ModelFormatError(f"node {node.name!r} ({node.op}): missing required "
                                        f"attribute {attr!r}")
+        node.attrs = normalize_attrs(node.op, node.attrs)
 
 
 # ================================================================================================
@@ -560,29 +562,128 @@ def dumps(model: Model) -> bytes:
     return b"".join(_chunks(head, arrays, data_length))
 
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so a killed save's temporary file is left in place
+    fcntl = None
+
+_TEMPORARY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")  # tempfile's random names
+
+
 def save(model: Model, path) -> None:
     """Write ``model`` to ``path`` atomically: a temporary file in the same directory, fsync, rename.
 
-    The model is validated and encoded before the disk is touched; on any failure the temporary file
-    is removed and an existing ``path`` is left as it was.
+    The model is validated and encoded before the disk is touched. If writing fails, a
+    ``SaveError`` names ``path`` and the reason, the temporary file is removed, and an existing
+    ``path`` is left as it was. A process killed at any moment leaves ``path`` either the old file
+    or the new one, whole.
+
+    A save killed before its rename (SIGKILL, power loss) cannot remove its temporary file,
+    ``.NAME.XXXXXXXX.tmp`` beside ``path``. Each save holds an exclusive ``flock`` on its temporary
+    file until the rename, and the system drops that lock when the process dies; so a save first
+    deletes the temporary files of the same ``path`` whose lock it can take: those of killed saves,
+    never that of a save running in another process. Where there is no ``flock`` (Windows), they are
+    left in place for the user to delete.
     """
     head, arrays, data_length = _encode(model)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
     mode = file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    _remove_stale_temporaries(directory, prefix)
     try:
-        with os.fdopen(fd, "wb") as f:
+        fd, tmp = _locked_temporary(directory, prefix)
+    except OSError as err:
+        raise _save_error(path, directory, err) from err
+    try:
+        with open(fd, "wb", closefd=False) as f:
             _write_chunks(f, _chunks(head, arrays, data_length))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        os.fsync(fd)
+        if fcntl is None:  # Windows cannot rename a file while it is open
+            os.close(fd)
+            fd = None
+            os.chmod(tmp, mode)
+        else:
+            os.fchmod(fd, mode)
+        os.replace(tmp, path)  # the lock is held until the rename is done
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _save_error(path, directory, err) from err
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)
     _fsync_directory(directory)
+
+
+def _save_error(path: str, directory: str, err: OSError) -> SaveError:
+    """A SaveError naming ``path`` and what went wrong, with the system's errno."""
+    if isinstance(err, FileNotFoundError) and not os.path.isdir(directory):
+        reason = f"the directory {directory!r} does not exist"
+    elif isinstance(err, NotADirectoryError):
+        reason = f"{directory!r} is not a directory"
+    elif isinstance(err, PermissionError) and not os.access(directory, os.W_OK | os.X_OK):
+        reason = f"no permission to create a file in the directory {directory!r}"
+    elif isinstance(err, IsADirectoryError):
+        reason = "it is a directory"
+    else:
+        reason = err.strerror or str(err)
+    error = SaveError(f"cannot save the model to {path!r}: {reason}")
+    error.errno = err.errno
+    return error
+
+
+def _locked_temporary(directory: str, prefix: str) -> tuple[int, str]:
+    """A new temporary file in ``directory`` (fd, path), under this process's exclusive flock.
+
+    Between its creation and the lock, another save's ``_remove_stale_temporaries`` may take the
+    file for a killed save's and delete it: the lock is taken, then the name checked to still be
+    this file, else a new file is made."""
+    for _ in range(100):
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        if fcntl is None:
+            return fd, tmp
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits at most for another save's check of this file
+            if os.path.samestat(os.fstat(fd), os.stat(tmp, follow_symlinks=False)):
+                return fd, tmp
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+    raise OSError(f"could not create a temporary file in {directory!r}")
+
+
+def _remove_stale_temporaries(directory: str, prefix: str) -> None:
+    """Delete the temporary files ``prefix + 8 random characters + .tmp`` that killed saves left in
+    ``directory``: those no process holds a flock on (a running save holds one on its own). Best
+    effort: a file it cannot open, lock or delete is left."""
+    if fcntl is None:
+        return
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        tag = name[len(prefix):-len(".tmp")]
+        if not (name.startswith(prefix) and name.endswith(".tmp") and len(tag) == 8
+                and set(tag) <= _TEMPORARY_CHARS):
+            continue
+        with contextlib.suppress(OSError):
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a save is writing it
+                if os.path.samestat(os.fstat(fd), os.stat(entry.path, follow_symlinks=False)):
+                    os.unlink(entry.path)
+            finally:
+                os.close(fd)
 
 
 def file_mode(path) -> int:

@@ -103,6 +103,49 @@ def _prepare_numba() -> None:
 _prepare_numba()
 
 
+def _ensure_cache_location() -> None:
+    """Give Numba's disk cache a place to go when it has none, before any kernel is decorated.
+
+    Numba picks the cache of a ``cache=True`` function when it is decorated, from its locators in
+    order: ``$NUMBA_CACHE_DIR``; the ``__pycache__`` beside the source file, if writable; the
+    user-wide cache (``$XDG_CACHE_HOME/numba``, else ``~/.cache/numba``), if writable. So an install
+    whose package directory is read-only needs nothing from us: the kernels cache under the user's
+    cache directory (tests/test_reliability.py checks it). But when none of them is writable (a
+    read-only package *and* a read-only or missing home, as in a container with a read-only root
+    file system), Numba raises RuntimeError("cannot cache function ...: no locator available") at
+    the first kernel's decoration, and every Numba mode fails. Then the kernels cache in a private
+    temporary directory (0700, so no other user can plant compiled code there), removed at exit:
+    each process compiles its kernels again, but it runs. Set in Numba's config, not the
+    environment, so that child processes look for a lasting cache of their own.
+    """
+    try:
+        import numba
+        from numba.core import caching
+
+        if numba.config.CACHE_DIR or getattr(numba.config, "CACHE_LOCATOR_CLASSES", None):
+            return  # the user's choice
+        impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+        # the locators probe exactly what a kernel here will get: this file's directory
+        if any(locator.from_function(_ensure_cache_location, __file__) is not None
+               for locator in impl._locator_classes):
+            return
+    except Exception:  # noqa: BLE001 - Numba's internals differ: leave the choice to Numba
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    try:
+        directory = tempfile.mkdtemp(prefix="zeroskip-numba-")
+    except OSError:
+        return  # nowhere to write at all: Numba's own error will say so
+    numba.config.CACHE_DIR = directory
+    atexit.register(shutil.rmtree, directory, True)
+
+
+_ensure_cache_location()
+
+
 _SERIAL: dict = {}
 
 

@@ -3,7 +3,10 @@ builder takes the node (registry.py), else the reference op."""
 
 from __future__ import annotations
 
-from ...model import Model, Node
+from dataclasses import replace
+
+from ...model import Graph, Model, Node
+from ...ops import OPS, normalize_attrs
 from ..passes import dequantize_model, optimize
 # the step-builder modules register themselves in registry.BUILDERS when imported
 from . import f32_csr, f32_dense, int8, onnx_integer, quant_pool_add  # noqa: F401
@@ -19,6 +22,7 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
     session runs on one thread, so the steps call the kernels' serial twins
     (kernels.serial_kernel); ``batch``: the batch auto times layers at when it is dynamic."""
     check_mode(model, mode)
+    model = with_default_attrs(model)
     if mode == "reference":
         tensors = model.graph.initializers
         constants = {name: reference_constant(t) for name, t in tensors.items()}
@@ -46,6 +50,16 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
         for launch in plan.launches:  # BLAS has the threads: the Numba steps run serially
             launch.force_serial()
     return plan
+
+
+def with_default_attrs(model: Model) -> Model:
+    """``model`` with every node's attributes completed by its op's defaults: a file or a caller
+    may leave an optional one out, and the step builders read every attribute of their op."""
+    graph = model.graph
+    if all(len(node.attrs) == len(OPS[node.op].attrs) for node in graph.nodes):
+        return model  # (attribute names were checked against the op's by Graph.check)
+    nodes = [replace(node, attrs=normalize_attrs(node.op, node.attrs)) for node in graph.nodes]
+    return Model(Graph(nodes, graph.inputs, graph.outputs, graph.initializers), model.metadata)
 
 
 def kernel_step(node: Node, ctx: PlanContext) -> Step | None:
