@@ -7,7 +7,8 @@ and built here: a pooled, residual CNN with wide CSR weights in float and int8).
 one to three mutations:
 
 - bytes: flip bytes anywhere, or truncate or extend the file (not re-sealed: the checks of the
-  prefix, the header CRC and the lengths see these);
+  prefix, the header CRC and the lengths see these), or change bytes of the header's JSON text
+  and fix its CRC (the JSON parser sees these);
 - header fields, rewritten with hostile values (negative, huge, NaN-like, the wrong JSON type,
   empty): tensor shapes, dtypes, buffer offsets and lengths, scales, zero points, graph input
   shapes, node inputs and outputs (dangling names, cycles, duplicates), ops and attributes;
@@ -189,6 +190,19 @@ def m_flip_bytes(rng, f, blob):
     for _ in range(rng.integers(1, 9)):
         data[rng.integers(len(data))] ^= 1 << rng.integers(8)
     return bytes(data), "flip bytes (not re-sealed)"
+
+
+def m_header_bytes(rng, f, blob):
+    """Bytes of the header's JSON text changed, then its CRC fixed: the JSON parser's turn."""
+    _, _, _, length = PREFIX.unpack_from(blob, 0)
+    data = bytearray(blob)
+    if length == 0 or PREFIX.size + length > len(data):
+        return blob, "no header"
+    for _ in range(rng.integers(1, 5)):
+        data[PREFIX.size + int(rng.integers(length))] = int(rng.choice(
+            [rng.integers(256), ord("{"), ord("}"), ord('"'), ord("-"), ord("9"), ord(",")]))
+    struct.pack_into("<I", data, 12, zlib.crc32(data[PREFIX.size:PREFIX.size + length]))
+    return bytes(data), "header text changed, header CRC fixed"
 
 
 def m_truncate(rng, f, blob):
@@ -421,14 +435,16 @@ def _dtype(rng):
     return names[rng.integers(len(names))]
 
 
-RAW = {"flip_bytes": m_flip_bytes, "truncate": m_truncate, "extend": m_extend}
+RAW = {"flip_bytes": m_flip_bytes, "truncate": m_truncate, "extend": m_extend,
+       "header_bytes": m_header_bytes}
 SEALED = {"flip_data": m_flip_data, "cut_data": m_cut_data, "tensor_field": m_tensor_field,
           "buffer_field": m_buffer_field, "quant": m_quant, "value_shape": m_value_shape,
           "node_wiring": m_node_wiring, "node_op": m_node_op, "node_attr": m_node_attr,
           "csr": m_csr, "header_any": m_header_any}
-WEIGHTS = {"flip_bytes": 1, "truncate": 1, "extend": 0.5, "flip_data": 1, "cut_data": 0.5,
-           "tensor_field": 2, "buffer_field": 2, "quant": 2, "value_shape": 2, "node_wiring": 2,
-           "node_op": 1, "node_attr": 3, "csr": 3, "header_any": 2}
+WEIGHTS = {"flip_bytes": 1, "truncate": 1, "extend": 0.5, "header_bytes": 1, "flip_data": 1,
+           "cut_data": 0.5, "tensor_field": 2, "buffer_field": 2, "quant": 2, "value_shape": 2,
+           "node_wiring": 2, "node_op": 1, "node_attr": 3, "csr": 3, "header_any": 2}
+"""How often each mutation is chosen (relative)."""
 
 
 @dataclass

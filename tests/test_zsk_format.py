@@ -504,7 +504,8 @@ RULES = {
     "V18": ("arity", "output arity", "required input empty", "unknown op", "unknown attribute",
             "missing required attribute", "attribute list for int", "attribute string for number",
             "attribute null", "attribute bool"),
-    "V19": ("missing tensor", "node order", "cycle", "output not produced"),
+    "V19": ("missing tensor", "node order", "cycle", "output not produced",
+            "quantized weight not constant"),
     # found on first access to a tensor's arrays (BAD_CONTENTS)
     "V20": ("dense crc", "csr data crc", "csr indices crc"),
     "V21": ("bool byte",),
@@ -551,6 +552,15 @@ def assemble(header, section, raw=None, version=1) -> bytes:
 
 def edit_header(edit) -> bytes:
     header, section = split(good())
+    edit(header)
+    return assemble(header, section)
+
+
+def demo_edit(name: str, edit) -> bytes:
+    """Demo model ``name`` with ``edit`` applied to its header."""
+    path = os.path.join(os.path.dirname(zeroskip.__file__), "data", f"{name}.zsk")
+    with open(path, "rb") as f:
+        header, section = split(f.read())
     edit(header)
     return assemble(header, section)
 
@@ -823,6 +833,11 @@ BAD_FILES = {
                        "node 0: key 'name' must be a string, got number"),
     "output not produced": (lambda: graph(lambda g: g["outputs"][0].update(name="zz")),
                             "graph output 'zz' is not produced by any node"),
+    "quantized weight not constant": (
+        lambda: demo_edit("digits_mlp_int8", lambda h: h["graph"]["nodes"][2]["inputs"].__setitem__(
+            1, h["graph"]["nodes"][1]["outputs"][0])),
+        "node '/fc2/Gemm' (QGemm): input 1 ('/relu1/Relu_output_0_quantized') must be an initializer "
+        "(the weight and bias of a quantized layer are constants)"),
     "input dtype": (lambda: graph(lambda g: g["inputs"][0].update(dtype="complex64")),
                     f"graph input 'x': dtype 'complex64' is not allowed (allowed: {ALLOWED})"),
     "output dtype": (lambda: graph(lambda g: g["outputs"][0].update(dtype="object")),

@@ -256,7 +256,8 @@ class Graph:
 
         Rules: node names and value names are unique; every op is known and has its arity; every node
         input is a graph input, an initializer or an earlier node's output (so the graph is acyclic and
-        in topological order); every graph output is produced.
+        in topological order), and a quantized layer's weight and bias are initializers; every graph
+        output is produced.
         """
         defined = set()
         for vi in self.inputs:
@@ -295,6 +296,10 @@ class Graph:
                     if i < spec.inputs[0]:
                         raise ModelFormatError(f"{where}: required input {i} is empty")
                     continue
+                if i in _CONSTANT_INPUTS.get(node.op, ()) and name not in self.initializers:
+                    raise ModelFormatError(f"{where}: input {i} ({name!r}) must be an initializer "
+                                           f"(the weight and bias of a quantized layer are "
+                                           f"constants)")
                 if name not in defined:
                     if name in later:
                         raise ModelFormatError(
@@ -309,6 +314,9 @@ class Graph:
             if vi.name not in defined:
                 raise ModelFormatError(f"graph output {vi.name!r} is not produced by any node")
 
+
+_CONSTANT_INPUTS = {"QConv": (1, 2), "QGemm": (1, 2)}
+"""Inputs (by position) that must be initializers."""
 
 _DTYPE_ATTRS = {"Cast": ("to",), "ConstantOfShape": ("dtype",)}
 """Attributes that name a dtype, which must be in DTYPES."""

@@ -40,7 +40,8 @@ def _quantize(y, y_scale, y_zero_point, y_dtype, clip_min=None, clip_max=None) -
         y = np.clip(y, -np.inf if clip_min is None else clip_min,
                     np.inf if clip_max is None else clip_max)
     info = np.iinfo(np.dtype(y_dtype))
-    q = np.rint(y / np.float64(np.float32(y_scale))) + int(y_zero_point)
+    with np.errstate(over="ignore"):  # a huge real over a tiny scale saturates below
+        q = np.rint(y / np.float64(np.float32(y_scale))) + int(y_zero_point)
     return np.clip(q, info.min, info.max).astype(np.int64)
 
 
