@@ -230,10 +230,10 @@ def m_cut_data(rng, f):
 
 
 def m_tensor_field(rng, f):
-    found = tensors(f.header)
-    if not found:
+    picked = _pick(rng, tensors(f.header))
+    if picked is None:
         return "no tensors"
-    name, tensor = found[rng.integers(len(found))]
+    name, tensor = picked
     key = ["shape", "dtype", "layout", "quant", "buffers"][rng.integers(5)]
     if key == "shape" and isinstance(tensor.get("shape"), list) and tensor["shape"] and \
             rng.random() < 0.7:
@@ -250,10 +250,10 @@ def m_tensor_field(rng, f):
 
 
 def m_buffer_field(rng, f):
-    found = buffers(f.header)
-    if not found:
+    picked = _pick(rng, buffers(f.header))
+    if picked is None:
         return "no buffers"
-    name, role, buf = found[rng.integers(len(found))]
+    name, role, buf = picked
     key = ["offset", "length", "dtype", "crc32"][rng.integers(4)]
     if key == "dtype":
         buf[key] = _dtype(rng)
@@ -284,10 +284,9 @@ def m_quant(rng, f):
 
 
 def m_value_shape(rng, f):
-    found = values(f.header)
-    if not found:
+    vi = _pick(rng, values(f.header))
+    if vi is None:
         return "no graph values"
-    vi = found[rng.integers(len(found))]
     if isinstance(vi.get("shape"), list) and vi["shape"] and rng.random() < 0.8:
         axis = int(rng.integers(len(vi["shape"])))
         vi["shape"][axis] = [None, 0, -1, 2**31, 2**40, 2**62, 7, 2**16, "N"][rng.integers(9)]
@@ -329,12 +328,11 @@ def m_node_wiring(rng, f):
 
 
 def m_node_op(rng, f):
-    found = nodes(f.header)
-    if not found:
+    n = _pick(rng, nodes(f.header))
+    if n is None:
         return "no nodes"
     from zeroskip.ops import OPS
 
-    n = found[rng.integers(len(found))]
     ops = sorted(OPS)
     n["op"] = ops[rng.integers(len(ops))] if rng.random() < 0.8 else _hostile(rng)
     return f"node {n.get('name')!r} op = {n['op']!r}"
@@ -422,6 +420,11 @@ def m_header_any(rng, f):
         return f"added a key beside {path}"
     parent[key] = _hostile(rng)
     return f"{path} = {str(parent[key])[:80]}"
+
+
+def _pick(rng, items):
+    """A random element of ``items``, or None when there is none."""
+    return items[rng.integers(len(items))] if items else None
 
 
 def _hostile(rng):
