@@ -79,11 +79,10 @@ class Session:
         self._inputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in graph.inputs]
         # peak-memory estimates per fed shapes (engine/memory.py), and whether a batch too large
         # for memory may run in chunks: checked at the declared shapes before anything is planned
-        self._estimates = None  # (not kept for the declared shapes)
+        self._estimates: dict = {}
         self._coupling = batch_coupling(graph)
         need = self._estimate(tuple(tuple(1 if d is None else d for d in v.shape)
-                                    for v in self._inputs))
-        self._estimates: dict = {}
+                                    for v in self._inputs), declared=True)
         budget = over_budget(need.total)
         if budget is not None:
             shapes = ", ".join(f"{v.name}{_show_shape(v.shape)}" for v in self._inputs)
@@ -173,22 +172,23 @@ class Session:
         return plan, values
 
     # -- memory: a run's peak, estimated before it starts ----------------------------------------
-    def _estimate(self, shapes: tuple):
-        """The peak-memory estimate of a run at ``shapes`` (one per input, in order), kept."""
-        need = None if self._estimates is None else self._estimates.get(shapes)
+    def _estimate(self, shapes: tuple, declared: bool = False):
+        """The peak-memory estimate of a run at ``shapes`` (one per input, in order), kept per
+        shapes. Shapes the nodes cannot take are the model's fault when they are the ``declared``
+        ones (ModelFormatError), else the feeds' (InputError)."""
+        need = self._estimates.get(shapes)
         if need is None:
-            if self._estimates is not None and len(self._estimates) >= 64:
-                self._estimates.clear()  # a stream of ever new shapes keeps a bounded cache
             try:
                 need = estimate(self.model.graph,
                                 {v.name: shape for v, shape in zip(self._inputs, shapes)},
                                 self.mode)
             except ModelFormatError as err:
-                if self._estimates is None:  # the declared shapes: the model is at fault
+                if declared:
                     raise
-                raise InputError(str(err)) from None  # fed shapes the nodes cannot take
-            if self._estimates is not None:
-                self._estimates[shapes] = need
+                raise InputError(str(err)) from None
+            if len(self._estimates) >= 64:  # a stream of ever new shapes keeps a bounded cache
+                self._estimates.clear()
+            self._estimates[shapes] = need
         return need
 
     def _chunk(self, checked: dict) -> int | None:
