@@ -15,7 +15,7 @@ from zeroskip.budget import ENV, memory_budget, over_budget, parse_size, show_by
 from zeroskip.engine.memory import estimate
 from zeroskip.engine.plan import MODES
 from zeroskip.ops import normalize_attrs
-from zeroskip.shapes import batch_coupling
+from zeroskip.shapes import batch_coupling, infer_shapes
 
 DATA = Path(zeroskip.__file__).parent / "data"
 
@@ -119,6 +119,40 @@ def test_a_shape_computed_at_run_time_is_checked_before_it_is_allocated(monkeypa
                                          r"65536\) needs 32\.0 GiB, more than the 1\.0 GiB"):
         session.run({"dims": np.array([1 << 16, 1 << 16])})
     assert session.run({"dims": np.array([3, 1])})["y"].shape == (3, 1)
+
+
+def test_a_chain_of_concats_on_a_shape_is_sized_without_tracking_its_elements(monkeypatch):
+    """Each Concat(s, s) doubles a shape vector: 30 of them describe 2**31 integers, which shape
+    inference must size without listing them, and a session must refuse to make."""
+    nodes = [node("shape", "Shape", ["x"], ["s0"])]
+    for i in range(30):
+        nodes.append(node(f"cat{i}", "Concat", [f"s{i}", f"s{i}"], [f"s{i + 1}"], axis=0))
+    graph = Graph(nodes, [ValueInfo("x", (None, 4), "float32")],
+                  [ValueInfo("s30", (None,), "int64")])
+    assert infer_shapes(graph)["s30"].shape == (2**31,)
+    monkeypatch.setenv(ENV, "1G")
+    with pytest.raises(UnsupportedModelError, match="more than the 1.0 GiB available"):
+        Session(Model(graph))
+
+
+def test_a_reshape_to_billions_of_axes_is_refused():
+    graph = Graph([node("r", "Reshape", ["x", "dims"], ["y"])],
+                  [ValueInfo("x", (None, 4), "float32"), ValueInfo("dims", (2**40,), "int64")],
+                  [ValueInfo("y", None, "float32")])
+    with pytest.raises(zeroskip.ModelFormatError,
+                       match=r"node 'r' \(Reshape\): the target shape has 1099511627776 entries: "
+                             r"at most 64 axes"):
+        Session(Model(graph))
+
+
+def test_a_pool_without_its_kernel_is_refused():
+    graph = Graph([node("p", "MaxPool", ["x"], ["y"], kernel_shape=None)],
+                  [ValueInfo("x", (None, 1, 4, 4), "float32")],
+                  [ValueInfo("y", (None, 1, 4, 4), "float32")])
+    for mode in MODES[:3]:
+        with pytest.raises(zeroskip.ModelFormatError, match=r"node 'p' \(MaxPool\): kernel_shape "
+                                                            r"is required"):
+            Session(Model(graph), mode=mode)
 
 
 # -- chunks ----------------------------------------------------------------------------------------

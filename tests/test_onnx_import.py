@@ -454,14 +454,6 @@ def test_non_default_domain_refused():
         import_onnx(m)
 
 
-@pytest.mark.parametrize("opset", [6, 23])
-def test_opset_out_of_range_refused(opset):
-    m = make_model([node("Relu", ["x"], ["y"])], [("x", [2])], [("y", [2])], opset=opset,
-                   check=False)
-    with pytest.raises(UnsupportedModelError, match=f"ONNX opset {opset} is not supported"):
-        import_onnx(m)
-
-
 def test_non_float32_input_refused():
     m = make_model([node("Relu", ["x"], ["y"], name="r")], [("x", [2], np.float64)],
                    [("y", [2], np.float64)])

@@ -28,6 +28,10 @@ from .geometry import geometry
 MAX_ELEMENTS = 64
 """Integer tensors up to this size have their elements tracked (shape arithmetic is tiny)."""
 
+MAX_RANK = 64
+"""The most axes a value may have (a hostile Reshape target could ask for billions); the bound
+``zeroskip.ops`` puts on list attributes such as pads and perm, and the ONNX importer's."""
+
 
 @dataclass(frozen=True)
 class _Value:
@@ -300,6 +304,8 @@ def _conv(x, w, b=None, **attrs):
 def _pool(x, **attrs):
     if x.shape is None:
         return _unknown_rank(x)
+    if attrs["kernel_shape"] is None:
+        raise _Rule("kernel_shape is required")
     kernel = list(attrs["kernel_shape"])
     if len(x.shape) != len(kernel) + 2:
         raise _Rule(f"input {_public_shape(x.shape)} must have {len(kernel)} spatial axes "
@@ -383,6 +389,8 @@ def _reshape(x, target, *, allowzero):
         raise _Rule(f"the target shape must be 1-D, got shape {_public_shape(target.shape)}")
     if target.elements is None:
         rank = target.shape[0] if target.shape is not None else None
+        if _known(rank) and rank > MAX_RANK:
+            raise _Rule(f"the target shape has {rank} entries: at most {MAX_RANK} axes")
         return _Value((None,) * rank if _known(rank) else None, x.dtype)
     dims = list(target.elements)
     if dims.count(-1) > 1:
@@ -455,7 +463,8 @@ def _concat(*xs, axis):
             raise _Rule(f"axis {i} differs between inputs: {[_public_shape(s) for s in shapes]}")
         out.append(sizes.pop() if sizes else dims[0] if len(set(dims)) == 1 else None)
     elements = None
-    if rank == 1 and all(x.elements is not None for x in xs):
+    if rank == 1 and all(x.elements is not None for x in xs) and \
+            sum(len(x.elements) for x in xs) <= MAX_ELEMENTS:  # (a chain of Concats doubles them)
         elements = tuple(e for x in xs for e in x.elements)
     return _Value(tuple(out), xs[0].dtype, elements)
 

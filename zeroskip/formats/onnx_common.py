@@ -37,14 +37,20 @@ class Pending:
 
 
 def show(value) -> str:
-    """A short text form of an attribute value for messages: lists inline, big tensors by shape."""
+    """A short text form of an attribute value for messages: lists inline (the first 8 entries),
+    big tensors by shape, long strings cut, protos and the like by type."""
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(show(v) for v in value) + "]"
+        more = f",... ({len(value)} entries)" if len(value) > 8 else ""
+        return "[" + ",".join(show(v) for v in value[:8]) + more + "]"
     if isinstance(value, np.ndarray):
         return show(value.tolist()) if value.size <= 8 else f"<tensor {list(value.shape)}>"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    if isinstance(value, str):
+        return value if len(value) <= 40 else value[:37] + "..."
+    if value is None or isinstance(value, (int, np.integer, bool)):
+        return str(value)
+    return f"<{type(value).__name__}>"
 
 
 class OnnxNode:
@@ -62,7 +68,8 @@ class OnnxNode:
         self.opset = importer.opset
         self.inputs = list(proto.input)
         self.outputs = list(proto.output)
-        self.attrs = {a.name: importer.attr_value(a) for a in proto.attribute}
+        owner = f"node {name!r} ({proto.op_type})"
+        self.attrs = {a.name: importer.attr_value(a, owner) for a in proto.attribute}
         self.issues = []
 
     def input(self, i) -> str:

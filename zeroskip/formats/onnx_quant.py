@@ -109,7 +109,9 @@ MS_OPS = frozenset({"QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearA
                     "QLinearMul"})
 """com.microsoft ops this importer maps; any other op of that domain is refused."""
 
-_INTEGER_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+DEFAULT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+                         "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"})
+"""Default-domain ops this module converts (the float importer converts the others it knows)."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,7 @@ class QConst:
 def handles(proto) -> bool:
     """Whether ``proto`` is a node this module converts (otherwise the float importer does)."""
     if proto.domain in DEFAULT_DOMAINS:
-        return proto.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
-                                 "QLinearMatMul") or proto.op_type in _INTEGER_OPS
+        return proto.op_type in DEFAULT_OPS
     return proto.domain == MS_DOMAIN and proto.op_type in MS_OPS
 
 
@@ -218,9 +219,13 @@ class QuantImport:
         block = n.take("block_size", 0)
         if block:
             n.bad_attr("block_size", block)
+        if n.op == "DequantizeLinear":
+            _float32_only(n, "output_dtype")  # opset 23: the real output's type
+            return
         out_dtype = n.take("output_dtype", 0)
         if out_dtype and n.imp.onnx.helper.tensor_dtype_to_np_dtype(out_dtype).name not in ACT_DTYPES:
             n.bad_attr("output_dtype", out_dtype)
+        _float32_only(n, "precision")  # opset 23; zeroskip divides in float32 (ONNX's default)
 
     def _DequantizeLinear(self, n):
         q = n.const(0)
@@ -237,11 +242,16 @@ class QuantImport:
         """DQ of a constant (a QDQ weight or bias): a real constant, its integers remembered."""
         axis = int(n.take("axis", 1))
         n.take("block_size")
+        _float32_only(n, "output_dtype")
         scale = self._const(n, 1, "x_scale")
         zp = n.const(2) if n.input(2) else np.zeros(np.shape(scale) if scale is not None else (),
                                                     q.dtype)
         if scale is None or zp is None:
             return [self._pending(n, "DequantizeLinear", n.inputs[:1], n.outputs, {})]
+        if zp.dtype != q.dtype:  # ONNX gives both the one type T
+            raise ModelFormatError(f"{self.imp.where}: node {n.name!r} (DequantizeLinear): zero "
+                                   f"point {n.input(2)!r} is {zp.dtype} but {n.input(0)!r} is "
+                                   f"{q.dtype}; they must have one type")
         scale = np.asarray(scale, dtype=np.float32)
         check_scale(self.imp.where, n.name, n.input(1), scale)
         if scale.size == 1 and zp.size == 1 and (scale.ndim == 0 or q.ndim == 0
@@ -693,6 +703,13 @@ class QuantImport:
                                               x.dtype)
         except UnsupportedModelError as err:
             raise UnsupportedModelError(f"{self.imp.where}: node {node_name!r} ({op}): {err}") from None
+
+
+def _float32_only(n, key):
+    """Pop an element-type attribute that zeroskip honours only as 0 (the default) or float32."""
+    value = n.take(key, 0)
+    if value not in (0, n.imp.onnx.TensorProto.FLOAT):
+        n.bad_attr(key, value)
 
 
 def _sparsity(array) -> float:
