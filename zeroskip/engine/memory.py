@@ -15,9 +15,8 @@ float64 and int64), 4 for floats in the other modes, the stored size for integer
 scratch is what its largest implementation holds besides its inputs and outputs: a converted
 copy of its input, and its output in wide elements twice (accumulator and epilogue), five times
 in ``reference``, whose quantizing epilogue copies at each of scale, rint, zero point, clip and
-cast. A conv adds its padded input and two copies of its im2col matrix (``N·P·(C/G)·K`` elements
-for P output pixels and K taps: the reference builds it from a strided view in two steps); a pool
-adds its padded input and its windows. The estimate is meant to bound what a run allocates from
+cast. A conv adds its padded input and its im2col matrix (``N·P·(C/G)·K`` elements for P output
+pixels and K taps); a pool adds its padded input and its windows. The estimate is meant to bound what a run allocates from
 above (tests/test_memory.py checks it against tracemalloc for the reference); sizes that only data
 decide (the shape fed to a ConstantOfShape) are checked by the op itself.
 """
@@ -108,9 +107,8 @@ def _scratch(node, values, size, mode) -> int:
         if w is None or w.shape is None or None in w.shape:
             return base
         kernel = w.shape[2:]
-        # im2col: (C/G)·K values per output pixel and output channel group, built in two copies
-        cols = 2 * y.shape[0] * math.prod(y.shape[2:]) * w.shape[1] * math.prod(kernel) * \
-            attrs["group"]
+        # im2col: (C/G)·K values per output pixel and output channel group
+        cols = y.shape[0] * math.prod(y.shape[2:]) * w.shape[1] * math.prod(kernel) * attrs["group"]
     else:
         kernel = attrs["kernel_shape"] if node.op != "LRN" else [attrs["size"]]
         cols = math.prod(y.shape) * math.prod(kernel)

@@ -40,11 +40,14 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", kernel_shape=None, strides=None, pa
     begins, _, out = geometry(x.shape[2:], kernel, strides_, dilations_, pads, auto_pad)
     extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilations_)]
     xp = pad_for_windows(x, begins, out, strides_, extents, 0.0)
-    # im2col: windows (N,C,*out,*kernel) -> cols (N,G,P,C/G·K), P = prod(out), K = prod(kernel)
-    cols = windows(xp, kernel, strides_, dilations_, out)
+    # im2col: windows (N,C,*out,*kernel) -> cols (N,G,P,C/G·K), P = prod(out), K = prod(kernel);
+    # splitting C and moving it are views of the windows, so the last reshape is the one copy
+    view = windows(xp, kernel, strides_, dilations_, out)
     pixels, taps = int(np.prod(out)), int(np.prod(kernel))
-    cols = cols.reshape(n_batch, group, c_group, pixels, taps).transpose(0, 1, 3, 2, 4)
-    cols = cols.reshape(n_batch, group, pixels, c_group * taps)
+    spatial = len(kernel)
+    view = view.reshape((n_batch, group, c_group) + view.shape[2:])
+    order = (0, 1) + tuple(range(3, 3 + spatial)) + (2,) + tuple(range(3 + spatial, 3 + 2 * spatial))
+    cols = view.transpose(order).reshape(n_batch, group, pixels, c_group * taps)
     # cols (N,G,P,C/G·K) @ wt (G,C/G·K,M/G) -> y (N,G,P,M/G)
     wt = w.reshape(group, m_out // group, c_group * taps).transpose(0, 2, 1)
     y = cols @ wt
