@@ -53,7 +53,9 @@ def weight_table(model) -> str:
 def atomic_write(path, write, binary: bool = True) -> None:
     """Write ``path`` atomically: ``write(file)`` into a temporary file beside it, which then
     replaces ``path`` with the permissions a plain write would give (an existing file's own, else
-    0o666 less the umask). On any failure ``path`` is left as it was."""
+    0o666 less the umask). On any failure ``path`` is left as it was; a process killed before the
+    rename leaves its temporary file (``zeroskip.save`` cleans up after killed saves of models,
+    which are large; reports and plots are not)."""
     import os
     import tempfile
 
@@ -65,6 +67,8 @@ def atomic_write(path, write, binary: bool = True) -> None:
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
     except BaseException:
