@@ -46,8 +46,8 @@ def memory_budget() -> int | None:
 def parse_size(text: str, what: str) -> int:
     """``"1536"``, ``"512M"``, ``"2G"`` (binary units, optional ``B`` or ``iB``) -> bytes."""
     body = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = body[-1:] if body[-1:] in _UNITS and body[-1:] else ""
-    number = body[:-1] if unit else body
+    unit = body[-1:] if body[-1:] in ("K", "M", "G", "T") else ""
+    number = body[:len(body) - len(unit)]
     try:
         value = float(number)
     except ValueError:
@@ -60,11 +60,13 @@ def parse_size(text: str, what: str) -> int:
 
 def show_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    raise AssertionError("unreachable")
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} TiB"
 
 
 def over_budget(nbytes: int) -> int | None:

@@ -16,9 +16,10 @@ scratch is what its largest implementation holds besides its inputs and outputs:
 copy of its input, and its output in wide elements twice (accumulator and epilogue), five times
 in ``reference``, whose quantizing epilogue copies at each of scale, rint, zero point, clip and
 cast. A conv adds its padded input and its im2col matrix (``N·P·(C/G)·K`` elements for P output
-pixels and K taps); a pool adds its padded input and its windows. The estimate is meant to bound what a run allocates from
-above (tests/test_memory.py checks it against tracemalloc for the reference); sizes that only data
-decide (the shape fed to a ConstantOfShape) are checked by the op itself.
+pixels and K taps); a pool adds its padded input and its windows. Weights count at their dense
+size. The estimate is meant to bound what a run allocates from above (tests/test_memory.py checks
+it against tracemalloc for the reference); sizes that only data decide (the shape fed to a
+ConstantOfShape) are checked by the op itself.
 """
 
 from __future__ import annotations
