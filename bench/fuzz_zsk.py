@@ -1,10 +1,11 @@
 """A structure-aware fuzzer for ``.zsk`` files: mutate valid files, re-seal them, load them, run them.
 
     python bench/fuzz_zsk.py [--cases 10000] [--seed 0] [--workers 2] [--out DIR] [--timeout 5]
+                             [--add MODEL.zsk ...]
 
 It starts from valid files of every kind (the demo models: dense, CSR, int8 per channel, convs;
-and built here: a pooled, residual CNN with wide CSR weights in float and int8). Each case applies
-one to three mutations:
+and built here: a pooled, residual CNN with wide CSR weights in float and int8), and any others
+given with ``--add``. Each case applies one to three mutations:
 
 - bytes: flip bytes anywhere, or truncate or extend the file (not re-sealed: the checks of the
   prefix, the header CRC and the lengths see these), or change bytes of the header's JSON text
@@ -744,8 +745,15 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--out", default="fuzz-failures", help="where failing files are saved")
+    parser.add_argument("--add", nargs="*", default=[], metavar="FILE.zsk",
+                        help="more valid files to start from (your own models); a name with "
+                             "'int8' in it is also run in the int8 modes")
     args = parser.parse_args(argv)
-    result = fuzz(args.cases, args.seed, args.workers, args.timeout, args.out, args.first)
+    seeds = seed_files()
+    for path in args.add:
+        seeds[Path(path).stem] = Path(path).read_bytes()
+    result = fuzz(args.cases, args.seed, args.workers, args.timeout, args.out, args.first,
+                  seeds=seeds)
     print(f"{args.cases} cases in {result['seconds']:.0f} s (seed {args.seed}): "
           + ", ".join(f"{k} {v}" for k, v in sorted(result["outcomes"].items())))
     print(f"{'mutation':<14} " + " ".join(f"{k:>10}" for k in

@@ -151,9 +151,13 @@ def test_an_optional_attribute_left_out_takes_its_default(name, node, attr, mode
      "attribute 'y_scale' must be a number finite and > 0 as float32, not 1e+39"),
     ("digits_cnn_int8", "/conv1/Conv", "clip_max", 10**400,
      "attribute 'clip_max' must be a number, or null, not 1000000000000000000000000000000000000"),
+    ("digits_cnn_int8", "/conv2/Conv", "strides", [2, 2**64],  # (found on a ResNet-18 file)
+     "attribute 'strides' must be a list of integers (each at least 1, at most 16777216), or "
+     "null, not [2, 18446744073709551616]"),
 ])
 def test_a_quantization_attribute_out_of_range_is_refused(name, node, attr, value, message):
-    """Found by the fuzzer: OverflowError in a kernel call or in the clamp bounds."""
+    """Found by the fuzzer: OverflowError in a kernel call or in the clamp bounds, and a scratch
+    array sized by a stride of 2**64."""
     def change(header):
         node_of(header, node)["attrs"][attr] = value
     with pytest.raises(ModelFormatError, match=r"^node '[^']+' \(\w+\): " + _escape(message)):

@@ -16,7 +16,7 @@ import pytest
 import zeroskip
 from zeroskip import CSR, Dense, Graph, Model, ModelFormatError, Node, QuantParams, ValueInfo
 from zeroskip.formats import zsk
-from zeroskip.ops import ATTR_TYPES, attr_type_error, normalize_attrs
+from zeroskip.ops import ATTR_TYPES, MAX_WINDOW, WINDOW_ATTRS, attr_type_error, normalize_attrs
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -1142,6 +1142,9 @@ def test_every_attribute_has_a_type_that_refuses_the_others(name):
         wrong += [[True], ["1"], [1.0]]
     if smallest is not None:
         wrong.append(smallest - 1 if kind == "int" else [smallest - 1])
+    if name in WINDOW_ATTRS:  # found by the fuzzer: strides [2, 2**64] asked for a huge scratch
+        wrong.append(MAX_WINDOW + 1 if kind == "int" else [1, MAX_WINDOW + 1])
+        assert attr_type_error(name, MAX_WINDOW if kind == "int" else [MAX_WINDOW]) is None
     for value in wrong:
         why = attr_type_error(name, value)
         assert why is not None and why.startswith("must be "), (name, value)

@@ -203,16 +203,31 @@ def _positive_float32(value) -> bool:
     return real is not None and 1.401298464324817e-45 <= real <= 3.4028234663852886e38
 
 
+MAX_WINDOW = 1 << 24
+"""The largest entry of a window attribute (WINDOW_ATTRS): far above any real network's, and small
+enough that the sizes and indices computed from it (a stride's phases, a padded plane) stay far
+inside int64 and never ask for an absurd allocation."""
+WINDOW_ATTRS = ("kernel_shape", "strides", "dilations", "pads", "size")
+
+
+def _in_range(value, smallest, largest) -> bool:
+    return _is_int(value) and (smallest is None or value >= smallest) and (
+        largest is None or value <= largest)
+
+
 def attr_type_error(name: str, value) -> str | None:
     """Why ``value`` cannot be attribute ``name`` (ATTR_TYPES), or None if it can."""
     kind, nullable, smallest = ATTR_TYPES[name]
-    bound = "" if smallest is None or kind in (_NUM, _SCALE, _STR) else (
-        f" (each at least {smallest})" if kind == _INTS else f" at least {smallest}")
+    largest = MAX_WINDOW if name in WINDOW_ATTRS else None
+    limits = ([f"at least {smallest}"] if smallest is not None else []) + (
+        [f"at most {largest}"] if largest is not None else [])
+    bound = "" if not limits or kind in (_NUM, _SCALE, _STR) else (
+        f" (each {', '.join(limits)})" if kind == _INTS else f" {', '.join(limits)}")
     want = f"must be {_KIND_WORDS[kind]}{bound}{', or null' if nullable else ''}"
     if value is None:
         return None if nullable else f"{want}, not null"
     if kind == _INT:
-        ok = _is_int(value) and (smallest is None or value >= smallest)
+        ok = _in_range(value, smallest, largest)
     elif kind == _NUM:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value \
             and _as_float(value) is not None  # (NaN is not equal to itself)
@@ -223,7 +238,7 @@ def attr_type_error(name: str, value) -> str | None:
         ok = isinstance(value, str)
     else:
         ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(
-            _is_int(v) and (smallest is None or v >= smallest) for v in value)
+            _in_range(v, smallest, largest) for v in value)
     if ok:
         return None
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."

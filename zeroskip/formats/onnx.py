@@ -70,7 +70,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import ModelFormatError, UnsupportedModelError
 from ..model import DTYPES, Dense, Graph, Model, Node, ValueInfo
-from ..ops import OPS, VARIADIC, normalize_attrs
+from ..ops import MAX_WINDOW, OPS, VARIADIC, normalize_attrs
 from ..shapes import MAX_RANK, infer_shapes
 from . import onnx_quant
 from .onnx_common import DEFAULT_DOMAINS, OnnxNode, Pending, conv_attrs, show
@@ -100,11 +100,6 @@ NEWER_DEFINITIONS = {
 """Op definitions newer than MAX_OPSET that the importer reads; any other op whose definition at
 the model's opset is newer than MAX_OPSET is refused, naming the op and its version."""
 
-MAX_WINDOW = 1 << 24
-"""The largest entry of kernel_shape, strides, dilations and pads (and LRN's size): 16M, far above
-any real network's, and small enough that sizes and indices computed from them stay far inside
-int64. A larger one is a hostile or broken file (ModelFormatError)."""
-
 MAX_ELEMENTS = 1 << 32
 """The most elements any graph input or computed value may have per sample (dynamic sizes counted
 as 1): 16 GiB of float32 in one tensor, beyond any model zeroskip runs on a CPU; a file that
@@ -124,8 +119,6 @@ FOLDABLE = frozenset({"ConstantOfShape", "Shape", "Gather", "Unsqueeze", "Squeez
 _MALFORMED = (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError)
 """What a handler raises on a node that does not make sense (turned into a ModelFormatError)."""
 
-_WINDOW_ATTRS = ("kernel_shape", "strides", "dilations", "pads", "size")
-"""Attributes bounded by MAX_WINDOW."""
 
 _ISSUE_TITLES = {
     "ops": "unsupported ops",
@@ -977,8 +970,7 @@ class _Importer:
 
         nodes = [Node(p.name, p.op, p.inputs, p.outputs, p.attrs) for p in pending]
         body = Graph(nodes=nodes, inputs=ir_inputs, outputs=[], initializers=initializers)
-        self._checked(body.check)  # names, arity, attribute types: before anything reads them
-        self._check_windows(nodes)
+        self._checked(body.check)  # names, arity, attribute types and ranges (ops.MAX_WINDOW)
         known = self._checked(lambda: infer_shapes(body))  # static shapes must fit together
         self._check_sizes(body, known)
         self._fallback_shapes = self._output_ranks(nodes, graph_outputs, known)
@@ -993,19 +985,6 @@ class _Importer:
             return check()
         except ModelFormatError as err:
             raise ModelFormatError(f"{self.where}: {err}") from None
-
-    def _check_windows(self, nodes):
-        """ModelFormatError for a window attribute with an entry beyond ±MAX_WINDOW."""
-        for node in nodes:
-            for key in _WINDOW_ATTRS:
-                value = node.attrs.get(key)
-                entries = value if isinstance(value, (list, tuple)) else [value]
-                big = [v for v in entries if isinstance(v, int) and abs(v) > MAX_WINDOW]
-                if big:
-                    raise ModelFormatError(
-                        f"{self.where}: node {node.name!r} ({node.op}): attribute {key}="
-                        f"{show(value)} is out of range: every entry must lie within "
-                        f"±{MAX_WINDOW} (2**24)")
 
     def _check_sizes(self, ir, known):
         """UnsupportedModelError for a graph input or node output of more than MAX_RANK axes or
