@@ -87,6 +87,24 @@ def test_bad_feeds_raise_input_error_naming_the_input(feeds, message):
     assert str(info.value) == message
 
 
+def test_a_size_of_zero_the_model_declares_runs_and_an_empty_set_has_its_onnx_reduction():
+    """Only a batch of 0 (a 0 on a dynamic axis) is refused; ONNX reduces empty sets: sum 0, max
+    −inf (integers: the type's minimum)."""
+    graph = Graph(nodes=[node("sum", "ReduceSum", ["x"], ["s"], axes=[1], keepdims=0),
+                         node("max", "ReduceMax", ["x"], ["m"], axes=[1], keepdims=0)],
+                  inputs=[ValueInfo("x", (None, 0, 3), "float32")],
+                  outputs=[ValueInfo("s", (None, 3), "float32"),
+                           ValueInfo("m", (None, 3), "float32")])
+    got = Session(Model(graph)).run({"x": np.zeros((2, 0, 3), np.float32)})
+    assert np.array_equal(got["s"], np.zeros((2, 3), np.float32))
+    assert np.array_equal(got["m"], np.full((2, 3), -np.inf, np.float32))
+    with pytest.raises(InputError, match=r"^input 'x': shape \(0, 0, 3\) has no elements"):
+        Session(Model(graph)).run({"x": np.zeros((0, 0, 3), np.float32)})
+    from zeroskip.reference.ops.reduce import reduce_max
+
+    assert reduce_max(np.zeros((2, 0), np.int64), axes=[1], keepdims=0).tolist() == [-2**63] * 2
+
+
 def test_a_session_runs_correctly_after_each_bad_feed():
     session = Session(mlp_model(density=0.5), mode="sparse-f32")
     x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)

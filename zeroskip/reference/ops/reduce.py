@@ -39,11 +39,12 @@ def reduce_sum(x, *, axes=None, keepdims=1, noop_with_empty_axes=0):
 
 
 def reduce_max(x, *, axes=None, keepdims=1, noop_with_empty_axes=0):
-    """y = max of x over ``axes`` (all axes if None, unless noop_with_empty_axes: then y = x)."""
+    """y = max of x over ``axes`` (all axes if None, unless noop_with_empty_axes: then y = x).
+    The max of an empty set is −inf, or the type's minimum for integers (as ONNX defines it)."""
+    x = np.asarray(x)
     reduced = _axes(x, axes, noop_with_empty_axes)
     if reduced is None:
-        return np.asarray(x)
-    if any(np.shape(x)[a] == 0 for a in reduced):
-        raise InputError(f"expected non-empty axes to take the maximum over, got shape "
-                         f"{np.shape(x)}")
-    return np.asarray(np.max(x, axis=reduced, keepdims=bool(keepdims)))
+        return x
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min if x.dtype.kind in "iu" \
+        else False
+    return np.asarray(np.max(x, axis=reduced, keepdims=bool(keepdims), initial=lowest))
