@@ -124,6 +124,8 @@ class ZskFile:
 
     header: dict
     data: bytearray
+    keep_crc: set = field(default_factory=set)
+    """(tensor, role) of buffers whose CRC a mutation set on purpose: sealing leaves it."""
 
     @classmethod
     def parse(cls, blob: bytes) -> "ZskFile":
@@ -134,11 +136,13 @@ class ZskFile:
 
     def seal(self) -> bytes:
         """The file with every buffer's CRC-32, ``data_length`` and the header CRC made to match
-        (a buffer whose offset or length is not a usable int keeps its CRC)."""
+        (a buffer whose offset or length is not a usable int, or in ``keep_crc``, keeps its CRC)."""
         header = self.header
         if isinstance(header, dict):
             header["data_length"] = len(self.data)
-            for _, _, buf in buffers(header):
+            for name, role, buf in buffers(header):
+                if (name, role) in self.keep_crc:
+                    continue
                 off, length = buf.get("offset"), buf.get("length")
                 if _int(off) and _int(length) and 0 <= off and 0 <= length and \
                         off + length <= len(self.data):
@@ -262,6 +266,8 @@ def m_buffer_field(rng, f):
         buf[key] += int(rng.choice([-64, -8, -1, 1, 8, 64, 4096]))
     else:
         buf[key] = _hostile(rng)
+    if key == "crc32":
+        f.keep_crc.add((name, role))  # (else sealing would put the right one back)
     return f"tensor {name!r} buffer {role} {key} = {buf[key]!r}"
 
 

@@ -183,12 +183,7 @@ def cmd_run(args) -> int:
     start = time.perf_counter()
     outputs = session.run(feeds)
     elapsed = time.perf_counter() - start
-    _summarize(outputs)
-    print(f"ran in {elapsed * 1e3:.2f} ms (mode {session.mode})")
-    if args.output:
-        _save_npz(args.output, outputs)
-        print(f"wrote {args.output}")
-    return 0
+    return _report_run(args, outputs, f"ran in {elapsed * 1e3:.2f} ms (mode {session.mode})")
 
 
 def _run_on_dask(args, session) -> int:
@@ -235,10 +230,16 @@ def _run_on_dask(args, session) -> int:
         if cluster is not None:
             cluster.close()
     elapsed = time.perf_counter() - start
-    outputs = {name: result}
+    return _report_run(args, {name: result},
+                       f"ran {len(result)} rows in {elapsed:.2f} s on Dask ({args.dask}), "
+                       f"{len(result) / elapsed:.1f} rows/s, chunks of {batch} "
+                       f"(mode {session.mode})")
+
+
+def _report_run(args, outputs: dict, timing: str) -> int:
+    """``run``'s ending, local or on Dask: each output summarized, the timing, --output saved."""
     _summarize(outputs)
-    print(f"ran {len(result)} rows in {elapsed:.2f} s on Dask ({args.dask}), "
-          f"{len(result) / elapsed:.1f} rows/s, chunks of {batch} (mode {session.mode})")
+    print(timing)
     if args.output:
         _save_npz(args.output, outputs)
         print(f"wrote {args.output}")

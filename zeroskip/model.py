@@ -275,7 +275,7 @@ class Graph:
             spec = OPS.get(node.op)
             if spec is None:
                 raise ModelFormatError(f"{where}: unknown op {node.op!r}")
-            _check_arity(where, "inputs", len(node.inputs), spec.inputs)
+            check_inputs(where, node.op, node.inputs)
             _check_arity(where, "outputs", len(node.outputs), spec.outputs)
             unknown = sorted(set(node.attrs) - set(spec.attrs))
             if unknown:
@@ -292,9 +292,7 @@ class Graph:
                     raise ModelFormatError(f"{where}: attribute {key}={node.attrs[key]!r} is not "
                                            f"one of the dtypes {', '.join(DTYPES)}")
             for i, name in enumerate(node.inputs):
-                if name == "":
-                    if i < spec.inputs[0]:
-                        raise ModelFormatError(f"{where}: required input {i} is empty")
+                if name == "":  # (an optional one: check_inputs refused a required one empty)
                     continue
                 if i in _CONSTANT_INPUTS.get(node.op, ()) and name not in self.initializers:
                     raise ModelFormatError(f"{where}: input {i} ({name!r}) must be an initializer "
@@ -320,6 +318,16 @@ _CONSTANT_INPUTS = {"QConv": (1, 2), "QGemm": (1, 2)}
 
 _DTYPE_ATTRS = {"Cast": ("to",), "ConstantOfShape": ("dtype",)}
 """Attributes that name a dtype, which must be in DTYPES."""
+
+
+def check_inputs(where: str, op: str, inputs) -> None:
+    """ModelFormatError (prefixed ``where``) unless a node of IR op ``op`` with ``inputs`` has as
+    many as the op takes and none of its required ones is empty ("")."""
+    bounds = OPS[op].inputs
+    _check_arity(where, "inputs", len(inputs), bounds)
+    empty = [i for i in range(min(bounds[0], len(inputs))) if inputs[i] == ""]
+    if empty:
+        raise ModelFormatError(f"{where}: required input {empty[0]} is empty")
 
 
 def _check_arity(where, what, count, bounds):

@@ -8,11 +8,10 @@ def shape_text(shape) -> str:
 
 
 def size_text(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    raise AssertionError("unreachable")
+    """1536 -> '1.5 KiB' (``budget.show_bytes``, the one byte formatter)."""
+    from .budget import show_bytes
+
+    return show_bytes(int(nbytes))
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -69,11 +69,11 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import ModelFormatError, UnsupportedModelError
-from ..model import DTYPES, Dense, Graph, Model, Node, ValueInfo
-from ..ops import MAX_WINDOW, OPS, VARIADIC, normalize_attrs
+from ..model import DTYPES, Dense, Graph, Model, Node, ValueInfo, check_inputs
+from ..ops import MAX_WINDOW, OPS, normalize_attrs
 from ..shapes import MAX_RANK, infer_shapes
 from . import onnx_quant
-from .onnx_common import DEFAULT_DOMAINS, OnnxNode, Pending, conv_attrs, show
+from .onnx_common import DEFAULT_DOMAINS, OnnxNode, Pending, conv_attrs
 
 MIN_OPSET = 7
 MAX_OPSET = 22
@@ -1082,7 +1082,7 @@ class _Importer:
                                        f"({_short(err)})") from None
             for node in nodes:
                 if node.op in OPS and not node.issues:
-                    self._check_arity(name, n.op, OPS[node.op].inputs, node.inputs)
+                    check_inputs(f"{self.where}: node {name!r} ({n.op})", node.op, node.inputs)
             return nodes
         if proto.domain not in DEFAULT_DOMAINS:
             return Pending(name, proto.op_type, list(proto.input), list(proto.output), {},
@@ -1114,7 +1114,7 @@ class _Importer:
         inputs = list(inputs)
         while inputs and inputs[-1] == "":
             inputs.pop()
-        self._check_arity(name, n.op, OPS[op].inputs, inputs)  # before anything reads them
+        check_inputs(f"{self.where}: node {name!r} ({n.op})", op, inputs)  # before they are read
         node = Pending(name, op, inputs, n.outputs[:1], attrs, n.issues)
         if self.quant.act and not node.issues:
             self.quant.after(node)  # MaxPool/shape ops on integer tensors
@@ -1142,19 +1142,6 @@ class _Importer:
         for i, (formal, value) in enumerate(zip(schema.inputs, inputs)):
             if formal.option == single and not value:
                 raise ModelFormatError(f"{where}: required input {i} ({formal.name}) is empty")
-
-    def _check_arity(self, name, op, bounds, inputs):
-        """ModelFormatError unless ``inputs`` (trailing empty ones dropped) fit the IR op's
-        arity."""
-        low, high = bounds
-        where = f"{self.where}: node {name!r} ({op})"
-        if not low <= len(inputs) <= high:
-            want = f"at least {low}" if high == VARIADIC else f"{low}" if low == high else \
-                f"{low} to {high}"
-            raise ModelFormatError(f"{where}: has {len(inputs)} inputs, expected {want}")
-        empty = [i for i in range(low) if not inputs[i]]
-        if empty:
-            raise ModelFormatError(f"{where}: required input {empty[0]} is empty")
 
     def _constant(self, n):
         value = None
@@ -1385,5 +1372,4 @@ def _issue_message(issues) -> str:
 
 
 __all__ = ["FOLDABLE", "IMPORT_ROOM", "MAX_ELEMENTS", "MAX_OPSET", "MAX_RANK", "MAX_WINDOW",
-           "MIN_OPSET",
-           "NEWER_DEFINITIONS", "SUPPORTED_OPS", "UPGRADE_TO", "import_onnx"]
+           "MIN_OPSET", "NEWER_DEFINITIONS", "SUPPORTED_OPS", "UPGRADE_TO", "import_onnx"]

@@ -24,9 +24,9 @@ import zlib
 
 import numpy as np
 
-from ..errors import ModelFormatError, SaveError, ZeroskipError
+from ..errors import ModelFormatError, SaveError
 from ..model import CSR, DTYPES, Dense, Graph, Model, Node, QuantParams, ValueInfo, index_dtype
-from ..ops import OPS, REQUIRED, normalize_attrs
+from ..ops import normalize_attrs
 
 MAGIC = b"\x89ZSK\r\n\x1a\n"
 VERSION = 1
@@ -541,14 +541,10 @@ def _parse_node(i: int, item) -> Node:
 
 
 def _check_graph(graph: Graph):
-    """``Graph.check`` (ops, arity, attribute names, topological order), plus required attributes;
-    an optional attribute left out takes its op's default."""
+    """``Graph.check`` (ops, arity, attribute names, types and required ones, topological order);
+    then an optional attribute left out takes its op's default."""
     graph.check()
     for node in graph.nodes:
-        for attr, default in OPS[node.op].attrs.items():
-            if default is REQUIRED and attr not in node.attrs:
-                raise ModelFormatError(f"node {node.name!r} ({node.op}): missing required "
-                                       f"attribute {attr!r}")
         node.attrs = normalize_attrs(node.op, node.attrs)
 
 
