@@ -141,7 +141,6 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     chunks = (positions + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
     groups, per = amx_tasks(n_pad, B * chunks)
     direct = pitch == OW  # no dropped columns: the chunks are runs of y
-    rq = (m0, shift, y_zero_point, lo, hi)
     y3 = y.reshape((B, N, OH * OW))
     for t in prange(B * chunks * groups):
         b, rest = t // (chunks * groups), t % (chunks * groups)
@@ -150,7 +149,8 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         n_begin, sums = task_sums(g, per, n_pad)
         conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
-            store_chunk(sums[n - n_begin], count, n, b, p0, rq, direct, y3, yw)
+            store_chunk(sums[n - n_begin], count, n, b, p0, m0[n], shift[n], y_zero_point, lo,
+                        hi, direct, y3, yw)
     finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 
 

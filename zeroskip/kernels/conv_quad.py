@@ -81,7 +81,6 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     blocks, per = channel_groups(N, B * chunks)  # tasks: (image, chunk, block of channels)
     group_words = C4 // groups * stride
     direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
-    rq = (m0, shift, y_zero_point, lo, hi)
     y3 = y.reshape((B, N, OH * OW))  # once: 40 ns a reshape
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
@@ -91,7 +90,8 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, count, n, b, p0, rq, direct, y3, yw)
+            store_chunk(sums, count, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, direct,
+                        y3, yw)
     finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 
 

@@ -399,28 +399,29 @@ def _broadcast_tasks(M, N):
     return chunks, groups, per * BROADCAST_ROWS
 
 
-def _store_sums(sums, out, n, c, rq):
+def _store_sums(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
     """The broadcast GEMM's epilogue for output channel n, pixels c .. c + len(sums): the int32 sums
-    as they are (an int32 out: matmul_dense_i8), or requantized (rq = (m0, shift, y_zero_point,
-    lo, hi); an 8-bit out: matmul_dense_rq_i8). Compiled, the choice is made by out's type (the
-    overload below). A residual is added after the tiles, over whole rows (add_residual_rows)."""
+    as they are (an int32 out: matmul_dense_i8, which ignores the rest), or requantized with
+    channel n's m0n, shift_n (an 8-bit out: matmul_dense_rq_i8). Compiled, the choice is made by
+    out's type (the overload below). Scalars, not the tuple (m0, shift, …): unpacked here, once
+    per tile, a tuple of arrays cost their reference counts each time (_quads.store_chunk). A
+    residual is added after the tiles, over whole rows (add_residual_rows)."""
     row = out[n, c:c + sums.shape[0]]
     if out.dtype == np.int32:
         row[:] = sums
         return
-    m0, shift, y_zero_point, lo, hi = rq
-    requantize_row(sums, m0[n], shift[n], y_zero_point, lo, hi, row)
+    requantize_row(sums, m0n, shift_n, y_zero_point, lo, hi, row)
 
 
 @overload(_store_sums, inline="always")
-def _store_sums_compiled(sums, out, n, c, rq):
+def _store_sums_compiled(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
     if out.dtype == types.int32:
-        def store(sums, out, n, c, rq):
+        def store(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
             out[n, c:c + sums.shape[0]] = sums
         return store
 
-    def store_requantized(sums, out, n, c, rq):
-        requantize_row(sums, rq[0][n], rq[1][n], rq[2], rq[3], rq[4], out[n, c:c + sums.shape[0]])
+    def store_requantized(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
+        requantize_row(sums, m0n, shift_n, y_zero_point, lo, hi, out[n, c:c + sums.shape[0]])
     return store_requantized
 
 
@@ -473,6 +474,7 @@ def _broadcast_packed(xp, M, w, start, out, rq):
     group of channels (one parallel loop), each tile of 4 channels stored as it is summed; the
     last N mod 4 channels by scalar dot products over the same words."""
     N = w.shape[0]
+    m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
     chunks, groups, per = _broadcast_tasks(M, N)
     tiled = N - N % BROADCAST_ROWS
     for t in prange(chunks * groups):
@@ -483,12 +485,13 @@ def _broadcast_packed(xp, M, w, start, out, rq):
         for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
             broadcast_tile(sums, xp[ci], w, start, n0)
             for j in range(BROADCAST_ROWS):
-                _store_sums(sums[j, :count], out, n0 + j, c, rq)
+                _store_sums(sums[j, :count], out, n0 + j, c, m0[n0 + j], shift[n0 + j],
+                            y_zero_point, lo, hi)
     for n in prange(tiled, N):
         sums_n = np.empty(M, np.int32)
         for m in range(M):
             sums_n[m] = start[n] + _packed_dot(xp, m, w[n])
-        _store_sums(sums_n, out, n, 0, rq)
+        _store_sums(sums_n, out, n, 0, m0[n], shift[n], y_zero_point, lo, hi)
 
 
 @njit(cache=True, inline="always")
@@ -498,6 +501,7 @@ def _amx_packed(xp, M, N, wt, start, out, rq):
     tiles wt (1, K_pad/64, N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block
     of channels (one parallel loop), each block summed by one tile call and stored."""
     n_pad, k_pad = wt.shape[2], wt.shape[1] * 64
+    m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
     chunks = xp.shape[0]
     groups, per = amx_tasks(n_pad, chunks)
     start_rows = start_rows_jit(start, n_pad)
@@ -511,7 +515,8 @@ def _amx_packed(xp, M, N, wt, start, out, rq):
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS,
                        TILE_ROWS)
         for j in range(min(N - n_begin, sums.shape[0])):
-            _store_sums(sums[j, :count], out, n_begin + j, c, rq)
+            _store_sums(sums[j, :count], out, n_begin + j, c, m0[n_begin + j],
+                        shift[n_begin + j], y_zero_point, lo, hi)
 
 
 @njit(cache=True, inline="always")
