@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._runs import item_bytes, pad_row
 from .quant import requantize_row
 
 INT32_MIN, INT32_MAX = np.int32(-2 ** 31), np.int32(2 ** 31 - 1)
@@ -34,8 +35,15 @@ neutral for float32; a dense tap loop would vectorize the same way."""
 
 _U = np.uint64
 
+SHORT_ROW_BYTES = 64
+"""Padded rows up to this many bytes are written by ``_runs.pad_row`` (one masked load and store
+each where the CPU has AVX-512 BW), longer ones by a flat fill and vectorized row copies. One
+thread, all planes, uint8: 384×14×14 0.050 → 0.024 ms, 192×28×28 0.034 → 0.022, 144×56×56
+0.038 → 0.031; at 96×112×112 (114-byte rows, 2.5 MB in and out) the masked rows took 0.067 ms
+against 0.045."""
 
-@njit(cache=True)
+
+@njit(cache=True, inline="always")
 def pad_plane(x, xq, pt, pl, fill, flip=None):
     """xq [Hp,Wp] = x [H,W] shifted by (pt, pl), ``fill`` outside x (xq may crop x's tail); with
     ``flip`` (an integer of x's type), each copied value xor ``flip`` (``fill`` as given: the
@@ -53,6 +61,26 @@ def pad_plane(x, xq, pt, pl, fill, flip=None):
     r1 = max(r0, min(pt + H, Hp))
     u0 = min(max(pl, 0), Wp)                     # xq columns u0..u1 hold x columns u0−pl..u1−pl
     u1 = max(u0, min(pl + W, Wp))
+    if Wp * item_bytes(xq) <= SHORT_ROW_BYTES:
+        _pad_short_rows(x, xq, r0, r1, u0, u1, pt, pl, fill, flip)
+    else:
+        _pad_long_rows(x, xq, r0, r1, u0, u1, pt, pl, fill, flip)
+
+
+@njit(cache=True)
+def _pad_short_rows(x, xq, r0, r1, u0, u1, pt, pl, fill, flip):
+    """pad_plane's rows one at a time, each in one pass (_runs.pad_row: one masked load and store
+    where the CPU has AVX-512 BW)."""
+    for r in range(xq.shape[0]):
+        inside = r0 <= r < r1
+        pad_row(xq, r, x, r - pt if inside else 0, u0 - pl, u0, u1 - u0 if inside else 0, fill,
+                flip)
+
+
+@njit(cache=True)
+def _pad_long_rows(x, xq, r0, r1, u0, u1, pt, pl, fill, flip):
+    """pad_plane's rows as a flat fill of the whole plane, then x's rows copied over it."""
+    Hp, Wp = xq.shape
     flat = xq.reshape(Hp * Wp)
     for i in range(_U(Hp * Wp)):
         flat[i] = fill

@@ -84,18 +84,18 @@ def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, 
 
 
 @njit(cache=True, inline="always")
-def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, sh, sw, dh, dw, m0n, shift_n,
-                       y_zero_point, lo, hi):
+def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, OH, OW, sh, sw, dh, dw, m0n,
+                       shift_n, y_zero_point, lo, hi):
     """_plane_3x3_rq on the depthwise row tile (_dwtile.py, AVX-512 VNNI + VBMI): the plane starts
     at xf[base] (the whole padded workspace, flat, its bytes unsigned: int8 planes padded as
     x + 128), ``words`` its three tap-row words (_dwtile.row_words), ``start`` bias' (− 128·Σ w
-    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32. One tile
+    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32; y [OH·OW] —
+    the output plane, flat (a reshape per plane cost more than its requantization). One tile
     call sums the whole plane at the pitch OW (a row's last step spills into the next row's first
     outputs, which that row then writes), then one flat loop requantizes it: per row, a 28-output
     row leaves the vectorized loop of 32 unused (1.7 ns an output, against 0.3). The tile's
     64-byte loads may reach past the plane, never past xf: the rows whose loads would (the last
     plane's last rows) are summed in plain loops."""
-    OH, OW = y.shape
     blocks = (OW + LANES - 1) // LANES
     step, row_step, out_step = LANES * sw, dh * Wp, sh * Wp
     reach = 2 * row_step + (blocks - 1) * step + WINDOW  # bytes a row's loads span
@@ -111,7 +111,7 @@ def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, sh, sw, dh, 
                     s += (np.int32(xf[row + i * row_step + u * sw + j * dw]) & 0xFF) \
                         * np.int32(w9[3 * i + j])
             acc[oh * OW + u] = s
-    requantize_row(acc[:OH * OW], m0n, shift_n, y_zero_point, lo, hi, y.reshape(OH * OW))
+    requantize_row(acc[:OH * OW], m0n, shift_n, y_zero_point, lo, hi, y)
 
 
 @njit(cache=True, inline="always")
@@ -215,6 +215,8 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
         idx, xf = permutation(sw, dw), xp.reshape(xp.size)
         words, start = row_words(w), unsigned_bias(x, w, bias, None)  # bias' − 128·Σw for int8
         planes = B * C
+        OH = y.shape[2]
+        y3 = y.reshape((B, N, OH * OW))  # once: a reshape per plane cost 10–20 ns
         tasks = min(planes, DW3_TASKS)  # runs of planes: one accumulator allocated per run
         for t in prange(tasks):
             acc = np.empty(y.shape[2] * OW + LANES, np.int32)
@@ -223,7 +225,7 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
                 pad_plane(x[bi, c], xp[bi, c], pt, pl, fill, flip)
                 for n in range(c * mult, (c + 1) * mult):
                     _plane_3x3_rq_vnni(w[n], words[n], start[n], xf, plane * Hp * Wp, Wp, idx,
-                                       acc, y[bi, n], sh, sw, dh, dw, m0[n], shift[n],
+                                       acc, y3[bi, n], OH, OW, sh, sw, dh, dw, m0[n], shift[n],
                                        y_zero_point, lo, hi)
         return
     if kh == 3 and kw == 3:
