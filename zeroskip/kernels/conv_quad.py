@@ -72,8 +72,9 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
                        pitch, stride, used)
     for b in range(B):
         xg[b, C4 * stride:copy_words] = 0  # the slack the last chunk's dropped positions read
-    for t in prange(B * (copies - 1)):
-        shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
+    if copies > 1:  # an empty parallel loop still costs a launch
+        for t in prange(B * (copies - 1)):
+            shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     r, add = residual_parts(residual, y)
     positions = (OH - 1) * pitch + OW

@@ -487,11 +487,12 @@ def _broadcast_packed(xp, M, w, start, out, rq):
             for j in range(BROADCAST_ROWS):
                 _store_sums(sums[j, :count], out, n0 + j, c, m0[n0 + j], shift[n0 + j],
                             y_zero_point, lo, hi)
-    for n in prange(tiled, N):
-        sums_n = np.empty(M, np.int32)
-        for m in range(M):
-            sums_n[m] = start[n] + _packed_dot(xp, m, w[n])
-        _store_sums(sums_n, out, n, 0, m0[n], shift[n], y_zero_point, lo, hi)
+    if tiled < N:  # an empty parallel loop still costs a launch (1–2 µs, more with idle workers)
+        for n in prange(tiled, N):
+            sums_n = np.empty(M, np.int32)
+            for m in range(M):
+                sums_n[m] = start[n] + _packed_dot(xp, m, w[n])
+            _store_sums(sums_n, out, n, 0, m0[n], shift[n], y_zero_point, lo, hi)
 
 
 @njit(cache=True, inline="always")
