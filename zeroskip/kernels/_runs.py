@@ -54,7 +54,8 @@ pad_row_portable = njit(cache=True, inline="always")(pad_row_loops)
 
 
 def _low_bits(builder, n):
-    """An i64 with its n lowest bits set, for 0 ≤ n ≤ 64 (a shift by 64 is undefined: selected out)."""
+    """An i64 with its n lowest bits set, for 0 ≤ n ≤ 64 (a shift by 64 is undefined in LLVM; the
+    select takes all ones there)."""
     i64 = ir.IntType(64)
     shifted = builder.sub(builder.shl(i64(1), n), i64(1))
     return builder.select(builder.icmp_signed(">=", n, i64(CHUNK)), ir.Constant(i64, -1), shifted)

@@ -455,7 +455,7 @@ def _packed_planar(xt, k_words):
 
 @njit(cache=True, inline="always")
 def _chunk_dot(chunk, lane, wn):
-    """Σ_k (byte k of the words of pixel ``lane`` in one packed chunk (K/4, BROADCAST_PIXELS))·wn[k]:
+    """Σ_k (byte k of pixel ``lane``'s words in one packed chunk (K/4, BROADCAST_PIXELS))·wn[k]:
     the tile's sum without its start (the bytes are unsigned: int8 x arrives as x + 128, which
     unsigned_bias's start takes back)."""
     s = np.int32(0)
@@ -506,9 +506,8 @@ def _broadcast_planar(xt, w, start, out, rq):
     chunk of pixels (pack_planar_chunk) into a buffer of its own, then runs its group of channels
     on it, and the last group also the last N mod 4 channels. Packing all chunks first had cost a
     second parallel loop, and each task then read a chunk that the other thread may have packed
-    (MobileNetV2's pointwise convs at two threads, the kernel alone, best of 3 medians: 32→192 at
-    28×28 0.030 → 0.025 ms, 96→576 at 14×14 0.037 → 0.033). With several groups a chunk is packed
-    once per group: K/4 × 64 words, a few KB."""
+    (docs/kernels.md, "The planar pointwise GEMM", has the figures). With several groups a chunk
+    is packed once per group: K/4 × 64 words, a few KB."""
     K, M = xt.shape
     N = w.shape[0]
     m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
