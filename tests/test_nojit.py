@@ -42,7 +42,7 @@ THREADS = (1, 2)
 FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
-                   "im2col_dense_f32", "bias_act_dense_f32"} \
+                   "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32"} \
     | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
@@ -50,7 +50,8 @@ every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is t
 epilogues must equal), im2col + sgemm + bias_act is the float conv's numpy BLAS baseline in
 bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU
 and convs over groups of 4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below
-has not. Plans take the
+has not; plans take the lanes conv for one-group float convs with K ≥ 64 (conv_lanes.lanes_pay),
+and the CNN's have K = 27 and 16. Plans take the
 AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
 
 
@@ -126,7 +127,26 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     KERNELS["requantize_dense_i8"](acc, m0, shift, 17, 2, 250, y)
     outputs["direct|requantize_dense_i8"] = y
     outputs["direct|conv2d_quad_rq_i8"] = _quad_conv()
+    outputs["direct|conv2d_lanes_f32"] = _lanes_conv()
     return outputs, kernels
+
+
+def _lanes_conv() -> np.ndarray:
+    """conv2d_lanes_f32 on a 3×3 stride-2 conv, 5 → 35 channels (a last block of 3), 2 images,
+    rows of 8 (a last tile of 1 position), clamped as a Relu6."""
+    from zeroskip.kernels._fma import pack_lanes
+    from zeroskip.kernels.conv_lanes import LANE_SLACK_PIXELS, lane_offsets
+
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((35, 5, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 5, 13, 16)).astype(np.float32)
+    b = rng.standard_normal(35).astype(np.float32)
+    hp, wp = 15, 17  # output 7×8, pads 1 all round
+    xp = np.zeros((2, 5 * hp * wp + 2 * LANE_SLACK_PIXELS), np.float32)
+    y = np.zeros((2, 35, 7, 8), np.float32)
+    KERNELS["conv2d_lanes_f32"](pack_lanes(w), lane_offsets(5, 3, 3, hp, wp, 1, 1), b, x, xp, y,
+                                3, 3, 2, 2, 1, 1, 1, 1, 0.0, 6.0)
+    return y
 
 
 def _quad_conv() -> np.ndarray:

@@ -187,6 +187,122 @@ fma_tile = TILES[NATIVE][0] if RUNS else fma_tile_portable
 """The tile the dense float conv runs: vector FMAs where the CPU has them, plain loops elsewhere."""
 
 
+# -- the lane tile: output channels in the vector lanes (conv_lanes.py) ----------------------------
+LANE_PIXELS = 7
+"""Output positions of one row per lane tile, each an activation broadcast per k. Seven: a row of
+ResNet's 56, 28, 14 and 7 splits into whole tiles. The kernel alone, one thread, in one run against
+other shapes of the same tile (ms, ResNet-18's 3×3 layers at 28×28 / 14×14 / 7×7): 7 × 2 vectors
+1.14 / 1.08 / 1.09, 8 × 2 1.27 / 1.20 / 1.21, 6 × 2 1.23 / 1.38 / 1.96, 4 × 4 1.14 / 1.30 / 1.62,
+7 × 3 1.25 / 1.20 / 1.16, 14 × 2 (31 registers: it spilled) 2.76 / 2.73 / 5.35."""
+
+LANE_VECTORS = 2
+"""zmm vectors of 16 output channels per lane tile: 14 accumulators, 2 weight loads and 7
+broadcasts per 14 FMAs."""
+
+LANE_CHANNELS = 16 * LANE_VECTORS
+"""Output channels per lane tile, and per block of the lane-packed weight (``pack_lanes``)."""
+
+
+def lane_tile_loops(sums, xp, offsets, wb, w0, base, step):
+    """The lane tile in plain loops: sums [LANE_PIXELS, LANE_CHANNELS] with
+    sums[r, l] = Σ_k wb[w0 + k·LANE_CHANNELS + l] · xp[offsets[k] + base + r·step], one k after
+    another, each product added with one rounding (fma32), as the vector tile's FMAs do, and as
+    the FMA tile adds the same products for the same output: the same bytes."""
+    pixels, lanes = sums.shape
+    for r in range(pixels):
+        for l in range(lanes):
+            sums[r, l] = 0
+    for k in range(offsets.shape[0]):
+        run = offsets[k] + base
+        at = w0 + k * lanes
+        for r in range(pixels):
+            x = xp[run + r * step]
+            for l in range(lanes):
+                sums[r, l] = fma32(wb[at + l], x, sums[r, l])
+
+
+def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: int = 16):
+    """An intrinsic computing lane_tile_loops for sums [pixels, lanes·vectors]: pixels·vectors
+    accumulators of ``lanes`` float32 lanes (output channels), from zero, in registers over every
+    k; per k, ``vectors`` loads of the block's weights and one broadcast per pixel."""
+    i64, f32 = ir.IntType(64), ir.FloatType()
+    vec = ir.VectorType(f32, lanes)
+
+    @intrinsic
+    def lane_tile(typingctx, sums, xp, offsets, wb, w0, base, step):
+        if not (isinstance(sums, types.Array) and sums.dtype == types.float32
+                and sums.layout == "C" and sums.ndim == 2
+                and isinstance(xp, types.Array) and xp.dtype == types.float32
+                and xp.layout == "C" and xp.ndim == 1
+                and isinstance(offsets, types.Array) and offsets.dtype == types.int64
+                and offsets.layout == "C" and offsets.ndim == 1
+                and isinstance(wb, types.Array) and wb.dtype == types.float32
+                and wb.layout == "C" and wb.ndim == 1):
+            return None
+        sig = types.void(sums, xp, offsets, wb, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            sa, xa, oa, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+                              for i in range(4))
+            w0, base, step = args[4], args[5], args[6]
+            fma = builder.module.declare_intrinsic(
+                f"llvm.fma.v{lanes}f32", fnty=ir.FunctionType(vec, [vec, vec, vec]))
+            undef = ir.Constant(vec, ir.Undefined)
+            spread = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            zero = ir.Constant(vec, [0.0] * lanes)
+            accs = [[cgutils.alloca_once_value(builder, zero) for v in range(vectors)]
+                    for r in range(pixels)]
+            count = cgutils.unpack_tuple(builder, oa.shape)[0]
+            weights = builder.gep(wa.data, [w0])
+            with cgutils.for_range(builder, count) as loop:
+                k = loop.index
+                run = builder.add(builder.load(builder.gep(oa.data, [k])), base)
+                ws = builder.bitcast(builder.gep(weights, [builder.mul(k, i64(lanes * vectors))]),
+                                     vec.as_pointer())
+                w = [builder.load(builder.gep(ws, [i64(v)]), align=4) for v in range(vectors)]
+                for r in range(pixels):
+                    x = builder.load(builder.gep(xa.data, [builder.add(run, builder.mul(step,
+                                                                                        i64(r)))]))
+                    x = builder.shuffle_vector(builder.insert_element(undef, x, i64(0)), undef,
+                                               spread)
+                    for v in range(vectors):
+                        acc = accs[r][v]
+                        builder.store(builder.call(fma, [w[v], x, builder.load(acc)]), acc)
+            store_accumulators(builder, accs, builder.bitcast(sa.data, vec.as_pointer()))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return lane_tile
+
+
+lane_tile_portable = njit(cache=True, inline="always")(lane_tile_loops)
+
+LANE_TILES = {"loops": lane_tile_portable}
+"""The lane tile variants this CPU runs, by name (the tests run the lanes conv around each)."""
+if RUNS and HAS_AVX512:
+    LANE_TILES["zmm"] = lane_tile_ir()
+
+lane_tile = LANE_TILES.get("zmm", lane_tile_portable)
+"""The tile the lanes conv runs: zmm FMAs with AVX-512, plain loops elsewhere (where plans do not
+take the lanes conv: with AVX2's 16 ymm registers its 14 accumulators would not fit beside the
+weights)."""
+
+
+def pack_lanes(w):
+    """wb [blocks·K·LANE_CHANNELS] float32: a one-group weight w (N, C, kh, kw) as the lane tile
+    reads it. Blocks of LANE_CHANNELS output channels (zero rows pad the last), and in a block the
+    LANE_CHANNELS weights at each k = c·kh·kw + i·kw + j adjacent: block b's weight k, channel l
+    at (b·K + k)·LANE_CHANNELS + l, blocks = ⌈N / LANE_CHANNELS⌉."""
+    n_out = w.shape[0]
+    blocks = -(-n_out // LANE_CHANNELS)
+    rows = np.zeros((blocks * LANE_CHANNELS, w[0].size), np.float32)
+    rows[:n_out] = w.reshape(n_out, -1)
+    # (blocks, lanes, K) -> (blocks, K, lanes)
+    return np.ascontiguousarray(
+        rows.reshape(blocks, LANE_CHANNELS, -1).transpose(0, 2, 1)).reshape(-1)
+
+
 def pack_rows(w, groups):
     """wp [groups·blocks·K·FMA_ROWS] float32: the weight w (N, C/g, kh, kw) as the tiles read it.
     Each group's N/g channels in blocks of FMA_ROWS (zero rows pad the last block), and in a block

@@ -129,6 +129,11 @@ def _work_conv_dense_f32(wp, offsets, b, x, xq, y, *_):
     return _conv_work(offsets.shape[0], y)
 
 
+def _work_conv_lanes_f32(wb, offsets, b, x, xp, y, *_):
+    # the same tile rate as conv2d_dense_f32's (an estimate, not timed)
+    return _conv_work(offsets.shape[0], y)
+
+
 def _work_depthwise_f32(w, b, x, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
@@ -171,6 +176,7 @@ WORK = {
     "conv2d_quad_rq_i8": (_work_conv_quad_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_dense_rq_i8": (_work_conv_dense_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_dense_f32": (_work_conv_dense_f32, MIN_PARALLEL_MACS),
+    "conv2d_lanes_f32": (_work_conv_lanes_f32, MIN_PARALLEL_MACS),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),

@@ -1,0 +1,163 @@
+"""The lanes conv (kernels/conv_lanes.py: output channels in the vector lanes) against its float64
+reference and, byte for byte, against the dense direct conv (conv2d_dense_f32), around every lane
+tile this CPU runs (kernels/_fma.py: the zmm tile with AVX-512, the plain-loop tile everywhere);
+the lane-packed weight; and where plans take it.
+
+Both convs add each output's products in the same k order, each rounded once (an FMA), so they
+must agree exactly on random floats, not only within the float32 bound.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernel_checks import assert_exact, assert_f32_close
+from test_kernels_conv import CONV_CASES, _conv_ids, _plan
+from test_kernels_conv_dense import run_dense
+from zeroskip.kernels import KERNELS, _fma, conv_lanes
+from zeroskip.kernels._copies import renamed_copy
+from zeroskip.reference import REFERENCES
+from zeroskip.reference.kernels.conv_lanes import BLOCK_LANES, unpack_lanes
+
+_BUILT: dict = {}
+
+ONE_GROUP = [case for case in CONV_CASES if case[-1] == 1]
+LANES_CASES = ONE_GROUP + [
+    (2, 9, 13, 12, 33, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1),    # 33 channels: a 1-channel block
+    (1, 6, 29, 31, 64, 3, 3, [2, 2], [0, 1, 1, 0], [1, 1], 1),    # stride 2, rows of 15: 3 tiles
+    (1, 12, 14, 14, 40, 1, 1, [2, 2], [0, 0, 0, 0], [1, 1], 1),   # a strided 1×1 (downsample)
+    (1, 3, 16, 15, 8, 7, 7, [2, 2], [3, 3, 3, 3], [1, 1], 1),     # the stem's geometry in small
+    (1, 5, 12, 12, 32, 3, 3, [1, 3], [2, 0, 1, 2], [2, 1], 1),    # stride 3 across, dilation 2 down
+]
+
+
+def kernel_with_tile(name: str):
+    """conv2d_lanes_f32 around the tile _fma.LANE_TILES[name], compiled serially (the kernel itself
+    for the tile it runs); as Python under NUMBA_DISABLE_JIT."""
+    tile = _fma.LANE_TILES[name]
+    if tile is conv_lanes.lane_tile:
+        return KERNELS["conv2d_lanes_f32"]
+    if name not in _BUILT:
+        copy = renamed_copy(conv_lanes._conv2d_lanes_f32, f"_{name}", lane_tile=tile)
+        _BUILT[name] = copy if numba.config.DISABLE_JIT else numba.njit(cache=True)(copy)
+    return _BUILT[name]
+
+
+def run_lanes(w, b, x, case, tile, lo=-np.inf, hi=np.inf):
+    """The lanes conv with ``tile`` on one case, its workspace and output pre-filled with garbage
+    (NaN); returns (y, wb)."""
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    q = _plan(x.shape, kh, kw, s, p, d)
+    wb = _fma.pack_lanes(w)
+    offsets = conv_lanes.lane_offsets(C, kh, kw, q["Hp"], q["Wp"], d[0], d[1])
+    xp = np.full((B, C * q["Hp"] * q["Wp"] + conv_lanes.LANE_SLACK_PIXELS * s[1]), np.nan,
+                 np.float32)
+    y = np.full((B, N, q["OH"], q["OW"]), np.nan, np.float32)
+    kernel_with_tile(tile)(wb, offsets, b, x, xp, y, kh, kw, s[0], s[1], d[0], d[1], q["pt"],
+                           q["pl"], lo, hi)
+    return y, wb
+
+
+def check_case(case, tile, seed, lo=-np.inf, hi=np.inf):
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((N, C, kh, kw)).astype(np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    y, wb = run_lanes(w, b, x, case, tile, lo, hi)
+    geo = dict(kernel_shape=(kh, kw), strides=s, pads=p, dilations=d)
+    want = REFERENCES["conv2d_lanes_f32"](wb, b, x, **geo, lo=lo, hi=hi)
+    mag = REFERENCES["conv2d_lanes_f32"](np.abs(wb), np.abs(b), np.abs(x), **geo)
+    assert_f32_close(y, want, K=C * kh * kw + 1, magnitude=mag, case=_conv_ids(case), tile=tile,
+                     seed=seed)
+    dense, _ = run_dense(w, b, x, case, "loops", lo, hi)
+    assert_exact(y, dense, case=_conv_ids(case), tile=tile, seed=seed)
+
+
+@pytest.mark.parametrize("tile", sorted(_fma.LANE_TILES))
+@pytest.mark.parametrize("case", LANES_CASES, ids=_conv_ids)
+def test_conv2d_lanes_f32_matches_the_reference_and_the_dense_conv(case, tile):
+    check_case(case, tile, seed=len(_conv_ids(case)))
+
+
+@pytest.mark.parametrize("tile", sorted(_fma.LANE_TILES))
+def test_conv2d_lanes_f32_clamps_and_takes_a_batch(tile):
+    # a fused Relu6-like clamp, 3 images, 70 channels (a last block of 6), rows of 9 (a last tile
+    # of 2 positions)
+    case = (3, 4, 11, 9, 70, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    check_case(case, tile, seed=5, lo=0.0, hi=6.0)
+
+
+@given(B=st.integers(1, 2), C=st.integers(1, 7), H=st.integers(1, 12), W=st.integers(1, 17),
+       N=st.integers(1, 40), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       d=st.integers(1, 2), seed=st.integers(0, 2 ** 16))
+def test_conv2d_lanes_f32_on_random_shapes(B, C, H, W, N, kh, kw, sh, sw, pads, d, seed):
+    if H + pads[0] + pads[2] < (kh - 1) * d + 1 or W + pads[1] + pads[3] < (kw - 1) * d + 1:
+        return  # no output position: nothing to compute (the planner refuses such a conv)
+    case = (B, C, H, W, N, kh, kw, [sh, sw], pads, [d, d], 1)
+    for tile in _fma.LANE_TILES:
+        check_case(case, tile, seed)
+
+
+def test_every_lane_tile_gives_the_plain_loops_bytes():
+    # the tile alone at a block's offset, on random floats and offsets, with a stride of 3
+    rng = np.random.default_rng(4)
+    K, P, L = 41, _fma.LANE_PIXELS, _fma.LANE_CHANNELS
+    xp = rng.standard_normal(5000).astype(np.float32)
+    offsets = rng.integers(0, 4000, K).astype(np.int64)
+    wb = rng.standard_normal(2 * K * L).astype(np.float32)
+    want = np.zeros((P, L))
+    for k in range(K):
+        want += np.outer(xp[offsets[k] + 13 + 3 * np.arange(P)], wb[(K + k) * L:(K + k + 1) * L])
+    results = {}
+    for name, tile in _fma.LANE_TILES.items():
+        got = np.full((P, L), np.nan, np.float32)
+
+        @numba.njit
+        def call(sums, xp, offsets, wb):
+            tile(sums, xp, offsets, wb, K * L, 13, 3)  # the second block, base 13, step 3
+
+        call(got, xp, offsets, wb)
+        assert_f32_close(got, want, K=K, magnitude=np.abs(want) + 1, tile=name)
+        results[name] = got
+    for name, got in results.items():
+        assert_exact(got, results["loops"], tile=name)
+
+
+@pytest.mark.parametrize("n_out", [1, 31, 32, 33, 70])
+def test_lane_packed_weight_round_trip_and_layout(n_out):
+    L = _fma.LANE_CHANNELS
+    assert BLOCK_LANES == L
+    rng = np.random.default_rng(n_out)
+    w = rng.standard_normal((n_out, 3, 2, 2)).astype(np.float32)
+    wb = _fma.pack_lanes(w)
+    np.testing.assert_array_equal(unpack_lanes(wb, n_out, 3, 2, 2), w)
+    K, blocks = 12, -(-n_out // L)
+    assert wb.shape == (blocks * K * L,)
+    for n in range(n_out):  # by hand: channel n is lane l of block b; its weight k at (b·K + k)·L + l
+        b, l = divmod(n, L)
+        for k in range(K):
+            assert wb[(b * K + k) * L + l] == w[n].reshape(-1)[k]
+    if n_out % L:  # the padding lanes of a last, partial block are zero
+        assert not wb.reshape(blocks, K, L)[-1, :, n_out % L:].any()
+
+
+def test_lane_offsets_by_hand():
+    offsets = conv_lanes.lane_offsets(2, 2, 3, 5, 7, 2, 3)
+    want = [c * 35 + i * 2 * 7 + j * 3 for c in range(2) for i in range(2) for j in range(3)]
+    np.testing.assert_array_equal(offsets, want)
+    assert offsets.dtype == np.int64
+
+
+def test_where_the_lanes_conv_pays():
+    k, width = conv_lanes.LANES_MIN_K, conv_lanes.LANES_MAX_WIDTH
+    fits = conv_lanes.FITS_CPU
+    assert conv_lanes.lanes_pay(k, width) == fits
+    assert conv_lanes.lanes_pay(4608, 7) == fits
+    assert not conv_lanes.lanes_pay(k - 1, width)     # a short K: the transposed stores dominate
+    assert not conv_lanes.lanes_pay(4608, width + 1)  # long rows: the positions' tile wastes little

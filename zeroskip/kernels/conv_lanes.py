@@ -1,0 +1,131 @@
+"""Dense float32 direct convolution with the output channels in the vector lanes: the small planes'
+conv.
+
+conv_dense.py puts output positions in the lanes: a tile is 64 consecutive positions at the padded
+phases' pitch, and on a 7×7 output (61 positions at pitch 9) or a 14×14 one (222 at pitch 16) a
+third of its lanes hold columns past the row or positions past the plane, computed and dropped.
+Here a tile is LANE_CHANNELS = 32 output channels (2 zmm vectors) × LANE_PIXELS = 7 positions of
+one output row. Per weight k = (c, i, j): the block's 32 weights at k are 2 vector loads (the
+weight is packed so, ``_fma.pack_lanes``), each of the 7 input values the row's positions read is
+broadcast (a scalar load: any address, so a stride costs nothing), and 14 FMAs add the products
+into 14 accumulators, which stay in registers over all K = C·kh·kw weights. Rows of 56, 28, 14
+and 7 split into whole tiles; the only waste is a last block of fewer than 32 channels.
+
+The input is copied once into padded planes (``_planes.pad_plane``: no boundary test in any inner
+loop); position (oh, ow) reads weight k's input at offsets[k] + oh·sh·Wp + ow·sw. The tile's sums,
+a position per row and a channel per column, go to y transposed: bias, clamp, one output row's 7
+columns per channel. Each output's products are added in the same k order, each rounded once, as
+conv2d_dense_f32 adds them: the two kernels give the same bytes. docs/kernels.md,
+"conv2d_lanes_f32", has the figures and where plans take it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._cpu import HAS_AVX512
+from ._fma import HAS_FMA, LANE_CHANNELS, LANE_PIXELS, lane_tile
+from ._planes import pad_plane
+
+LANE_SLACK_PIXELS = LANE_PIXELS - 1
+"""Positions past a row's last that its last tile computes and drops: the padded input has
+(LANE_PIXELS − 1)·sw zeroed floats past its last plane for their reads."""
+
+
+LANES_MAX_WIDTH = 28
+"""Output rows up to this wide take the lanes conv (``lanes_pay``). The two kernels alone, one
+thread, ms (conv2d_dense_f32 / conv2d_lanes_f32): 3×3 at 7×7 512→512 1.57 / 1.18, 14×14 256→256
+1.42 / 1.09, 28×28 128→128 1.29 / 1.13, stride 2 to 14×14 128→256 0.76 / 0.57; but at 56×56
+64→64 1.22 / 1.16 and with two threads 0.71 / 0.74, and the 7×7 stride-2 stem (112 wide, K = 147)
+1.30 / 1.38: where rows are long, the positions' tile wastes little."""
+
+LANES_MIN_K = 64
+"""Weights per output below which the lanes conv does not pay (``lanes_pay``): its transposed
+stores cost about a nanosecond per output, which a short K does not hide (1×1 32→192 at 28×28:
+0.10 ms against 0.18; 96→576 at 14×14, K = 96: 0.22 against 0.16, the lanes conv faster)."""
+
+FITS_CPU = HAS_AVX512 and HAS_FMA
+"""Whether plans take the lanes conv here: its zmm tile needs AVX-512 (with AVX2's 16 registers
+its 14 accumulators would not fit beside the weights). The CPU's flags, not whether the JIT is on:
+a plan picks the same kernels under NUMBA_DISABLE_JIT=1, where the plain-loop tile runs."""
+
+
+def lanes_pay(k: int, ow: int) -> bool:
+    """Whether a one-group float conv with K = C·kh·kw weights per output and rows ``ow`` wide
+    takes the lanes conv (on a CPU where it ``FITS_CPU``): rows up to LANES_MAX_WIDTH, K at least
+    LANES_MIN_K. ResNet-18: every conv but the stem and the 56×56 layers."""
+    return FITS_CPU and ow <= LANES_MAX_WIDTH and k >= LANES_MIN_K
+
+
+def lane_offsets(c_in, kh, kw, hp, wp, dh, dw):
+    """offsets [C·kh·kw] int64: where weight k = c·kh·kw + i·kw + j reads output position (0, 0)
+    in the flat padded planes (c·hp·wp + i·dh·wp + j·dw), planes of hp × wp. Built by the plan from
+    the geometry, once per input shape."""
+    c, i, j = np.meshgrid(np.arange(c_in, dtype=np.int64), np.arange(kh, dtype=np.int64),
+                          np.arange(kw, dtype=np.int64), indexing="ij")
+    return np.ascontiguousarray((c * (hp * wp) + i * (dh * wp) + j * dw).reshape(-1))
+
+
+@njit(cache=True, inline="always")
+def _store_lanes(sums, channels, count, b, n0, y, oh, ow0, lo, hi):
+    """The tile's sums (a position per row, a channel per column) into y [N, OH, OW]: channels n0
+    .. n0+channels, positions ow0 .. ow0+count of row oh, bias added, clamped to [lo, hi]."""
+    for l in range(channels):
+        v, row = b[n0 + l], y[n0 + l, oh]
+        for r in range(count):
+            row[ow0 + r] = min(max(sums[r, l] + v, lo), hi)
+
+
+def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):
+    # W (N, C, kh, kw) lane-packed * x (B,C,H,W) -> y (B,N,OH,OW), float32, one group
+    """y[b,n,oh,ow] = clamp(b[n] + Σ_(c,i,j) w[n,c,i,j]·x[b, c, oh·sh + i·dh − pt, ow·sw + j·dw − pl],
+    lo, hi) with zeros outside x: conv2d_dense_f32's bytes, for one group.
+
+    Loop nest: prange (image, channel): pad the plane into xp; prange tasks (image, block of
+    LANE_CHANNELS channels, output row): per LANE_PIXELS positions of the row, the lane tile over
+    all K = C·kh·kw weights in k order, then the sums biased, clamped and stored, transposed.
+    Tasks run a block's rows one after another, so its weights (K·128 bytes) stay in L2.
+    wb — the weight packed by ``_fma.pack_lanes``; offsets [K] int64 — ``lane_offsets`` for the
+    padded planes' shape; b [N] float32 — bias (zeros if none); x [B,C,H,W] float32;
+    xp [B, C·Hp·Wp + (LANE_PIXELS−1)·sw] float32 — workspace, Hp = (OH−1)·sh + (kh−1)·dh + 1,
+    Wp = (OW−1)·sw + (kw−1)·dw + 1; y [B,N,OH,OW] float32 — output; kh, kw, sh, sw, dh, dw, pt,
+    pl — geometry (pads top, left); lo, hi — fused activation bounds (−inf/inf for none).
+    Preconditions: offsets = lane_offsets(C, kh, kw, Hp, Wp, dh, dw); shapes as above.
+    Work: 2·B·N'·OH·⌈OW/LANE_PIXELS⌉·LANE_PIXELS·K flops, N' = N rounded up to whole blocks;
+    reads x once and writes xp once; each tile reads 7 values per k from xp (L1/L2) and its
+    block's K·LANE_CHANNELS weights.
+    """
+    B, C = x.shape[0], x.shape[1]
+    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Hp, Wp = (OH - 1) * sh + (kh - 1) * dh + 1, (OW - 1) * sw + (kw - 1) * dw + 1
+    S = Hp * Wp
+    for t in prange(B * C):
+        bi, c = t // C, t % C
+        pad_plane(x[bi, c], xp[bi][c * S:(c + 1) * S].reshape((Hp, Wp)), pt, pl,
+                  np.float32(0.0))
+    for bi in range(B):
+        xp[bi, C * S:] = 0  # read by the dropped positions of the last row's last tile
+    K = offsets.shape[0]
+    blocks = (N + LANE_CHANNELS - 1) // LANE_CHANNELS
+    tiles = (OW + LANE_PIXELS - 1) // LANE_PIXELS
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    for t in prange(B * blocks * OH):
+        bi, rest = t // (blocks * OH), t % (blocks * OH)
+        block, oh = rest // OH, rest % OH
+        n0 = block * LANE_CHANNELS
+        channels = min(LANE_CHANNELS, N - n0)
+        sums = np.empty((LANE_PIXELS, LANE_CHANNELS), np.float32)
+        for tile in range(tiles):
+            ow0 = tile * LANE_PIXELS
+            lane_tile(sums, xp[bi], offsets, wb, n0 * K, oh * sh * Wp + ow0 * sw, sw)
+            _store_lanes(sums, channels, min(LANE_PIXELS, OW - ow0), b, n0, y[bi], oh, ow0, lo32,
+                         hi32)
+
+
+conv2d_lanes_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_f32)
+
+KERNELS = {"conv2d_lanes_f32": conv2d_lanes_f32}
+
+__all__ = ["FITS_CPU", "KERNELS", "LANES_MAX_WIDTH", "LANES_MIN_K", "LANE_SLACK_PIXELS",
+           "conv2d_lanes_f32", "lane_offsets", "lanes_pay"]
