@@ -30,9 +30,17 @@ def _check_shape_dtype(got, want, dtype, context):
 
 
 def assert_exact(got, want, *, dtype=None, extra: dict | None = None, **context) -> None:
-    """Integer results must be identical; on failure show the first mismatch and its neighbours."""
+    """Integer results must be identical, and two float results bit for bit (NaN where NaN is,
+    the same sign of zero; an integer result against a float reference compares as integers); on
+    failure show the first mismatch and its neighbours."""
     got, want = _check_shape_dtype(got, want, dtype, context)
-    bad = np.argwhere(got.astype(np.int64) != want.astype(np.int64))
+    if got.dtype.kind == "f" and want.dtype.kind == "f":
+        assert got.dtype == want.dtype, \
+            f"dtype: got {got.dtype}, want {want.dtype} bit for bit ({_describe(context)})"
+        bits = np.dtype(f"i{got.dtype.itemsize}")
+        bad = np.argwhere(np.ascontiguousarray(got).view(bits) != np.ascontiguousarray(want).view(bits))
+    else:
+        bad = np.argwhere(got.astype(np.int64) != want.astype(np.int64))
     if len(bad):
         index = tuple(int(i) for i in bad[0])
         lines = [f"{len(bad)} of {got.size} elements differ ({_describe(context)})",

@@ -9,6 +9,8 @@ must agree exactly on random floats, not only within the float32 bound.
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 import pytest
@@ -104,26 +106,40 @@ def test_conv2d_lanes_f32_on_random_shapes(B, C, H, W, N, kh, kw, sh, sw, pads, 
         check_case(case, tile, seed)
 
 
-def test_every_lane_tile_gives_the_plain_loops_bytes():
-    # the tile alone at a block's offset, on random floats and offsets, with a stride of 3
-    rng = np.random.default_rng(4)
-    K, P, L = 41, _fma.LANE_PIXELS, _fma.LANE_CHANNELS
+@pytest.mark.parametrize("channels, count", [(32, 7), (19, 7), (32, 3), (5, 1), (17, 6)])
+def test_every_lane_tile_gives_the_plain_loops_bytes(channels, count):
+    # the tile alone at a block's offset, on random floats and offsets, with a stride of 3, into a
+    # flat output of planes 50 apart: the sums biased and clamped, each channel's ``count``
+    # positions written and nothing else (NaN elsewhere)
+    rng = np.random.default_rng(channels * 8 + count)
+    K, P, L, plane, at = 41, _fma.LANE_PIXELS, _fma.LANE_CHANNELS, 50, 21
     xp = rng.standard_normal(5000).astype(np.float32)
     offsets = rng.integers(0, 4000, K).astype(np.int64)
     wb = rng.standard_normal(2 * K * L).astype(np.float32)
-    want = np.zeros((P, L))
+    b = rng.standard_normal(L + 3 + channels).astype(np.float32)  # n0 = L + 3: a block's bias
+    lo, hi = np.float32(-3.0), np.float32(2.5)
+    sums = np.zeros((P, L))
     for k in range(K):
-        want += np.outer(xp[offsets[k] + 13 + 3 * np.arange(P)], wb[(K + k) * L:(K + k + 1) * L])
+        sums += np.outer(xp[offsets[k] + 13 + 3 * np.arange(P)], wb[(K + k) * L:(K + k + 1) * L])
+    want = np.full(at + L * plane + 8, np.nan)
+    for l in range(channels):
+        want[at + l * plane:at + l * plane + count] = sums[:count, l] + b[L + 3 + l]
     results = {}
     for name, tile in _fma.LANE_TILES.items():
-        got = np.full((P, L), np.nan, np.float32)
+        got = np.full(want.shape, np.nan, np.float32)
 
         @numba.njit
-        def call(sums, xp, offsets, wb):
-            tile(sums, xp, offsets, wb, K * L, 13, 3)  # the second block, base 13, step 3
+        def call(sums, xp, offsets, wb, b, yf):
+            # the second block (w0 = K·L), base 13, step 3
+            tile(sums, xp, offsets, wb, K * L, 13, 3, b, L + 3, yf, at, plane, lo, hi, channels,
+                 count)
 
-        call(got, xp, offsets, wb)
-        assert_f32_close(got, want, K=K, magnitude=np.abs(want) + 1, tile=name)
+        call(np.empty((P, L), np.float32), xp, offsets, wb, b, got)
+        written = ~np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(got), ~written, err_msg=name)
+        assert_f32_close(got[written], np.clip(want[written], lo, hi), K=K + 1,
+                         magnitude=np.abs(want[written]) + 1, tile=name)
+        assert (got[written] >= lo).all() and (got[written] <= hi).all()
         results[name] = got
     for name, got in results.items():
         assert_exact(got, results["loops"], tile=name)
@@ -155,9 +171,43 @@ def test_lane_offsets_by_hand():
 
 
 def test_where_the_lanes_conv_pays():
-    k, width = conv_lanes.LANES_MIN_K, conv_lanes.LANES_MAX_WIDTH
     fits = conv_lanes.FITS_CPU
-    assert conv_lanes.lanes_pay(k, width) == fits
-    assert conv_lanes.lanes_pay(4608, 7) == fits
-    assert not conv_lanes.lanes_pay(k - 1, width)     # a short K: the transposed stores dominate
-    assert not conv_lanes.lanes_pay(4608, width + 1)  # long rows: the positions' tile wastes little
+    for n_out in (32, 64, 512, 29, 144, 160, 1000):  # an eighth or less of a block empty
+        assert conv_lanes.lanes_pay(n_out) == fits, n_out
+    for n_out in (0, 1, 16, 24, 28, 40, 70):  # more: a block computes all its 32 lanes
+        assert not conv_lanes.lanes_pay(n_out), n_out
+
+
+def test_plans_take_the_lanes_conv_where_it_pays():
+    # a one-group conv of 64 channels and one of 24 (a block 1/4 empty), and a grouped one
+    import zeroskip
+    from onnx_builders import make_model, node, randn
+
+    nodes = [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             node("Conv", ["c1", "w2", "b2"], ["c2"]),
+             node("Conv", ["c2", "w3", "b3"], ["y"], pads=[1, 1, 1, 1], group=2)]
+    inits = {"w1": randn((64, 5, 3, 3), 1), "b1": randn(64, 2), "w2": randn((24, 64, 1, 1), 3),
+             "b2": randn(24, 4), "w3": randn((24, 12, 3, 3), 5), "b3": randn(24, 6)}
+    model = zeroskip.import_onnx(make_model(nodes, [("x", [1, 5, 9, 9])], [("y", [1, 24, 9, 9])],
+                                            inits))
+    session = zeroskip.Session(model, mode="dense-f32")
+    kernels = [step.kernel for step in session._plan.steps]
+    lanes = "conv2d_lanes_f32" if conv_lanes.FITS_CPU else "conv2d_dense_f32"
+    assert kernels == [lanes, "conv2d_dense_f32", "conv2d_dense_f32"]
+    x = randn((1, 5, 9, 9), 7)
+    got = session.run({"x": x})["y"]
+    want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_plan_of_lanes_convs_keeps_its_threads_for_numba():
+    # a float CNN whose convs all take the lanes conv and whose classifier is numpy's sgemm: the
+    # convs are the heavy layers, so Numba, not BLAS, gets the threads (steps.blas_owns_threads)
+    from zeroskip.engine.plan.steps import Plan, Step
+
+    conv, gemm = (types.SimpleNamespace(name=n, op=o) for n, o in (("c", "Conv"), ("g", "Gemm")))
+    plan = Plan("dense-f32", [Step(conv, "conv2d_lanes_f32", "", None),
+                              Step(gemm, "gemm_dense_f32 (numpy BLAS)", "", None)])
+    assert plan.uses_blas and not plan.blas_owns_threads
+    only_blas = Plan("dense-f32", [Step(gemm, "gemm_dense_f32 (numpy BLAS)", "", None)])
+    assert only_blas.blas_owns_threads

@@ -50,8 +50,9 @@ every QGemm/QConv requantizes in its kernel's epilogue (requantize_dense_i8 is t
 epilogues must equal), im2col + sgemm + bias_act is the float conv's numpy BLAS baseline in
 bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU
 and convs over groups of 4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below
-has not; plans take the lanes conv for one-group float convs with K ≥ 64 (conv_lanes.lanes_pay),
-and the CNN's have K = 27 and 16. Plans take the
+has not; plans take the lanes conv for one-group float convs on AVX-512 CPUs whose output channels
+fill whole blocks of 32 but for an eighth (conv_lanes.lanes_pay), and the CNN's have 8 and 12. Plans
+take the
 AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
 
 

@@ -33,17 +33,13 @@ LANE_SLACK_PIXELS = LANE_PIXELS - 1
 (LANE_PIXELS − 1)·sw zeroed floats past its last plane for their reads."""
 
 
-LANES_MAX_WIDTH = 28
-"""Output rows up to this wide take the lanes conv (``lanes_pay``). The two kernels alone, one
-thread, ms (conv2d_dense_f32 / conv2d_lanes_f32): 3×3 at 7×7 512→512 1.57 / 1.18, 14×14 256→256
-1.42 / 1.09, 28×28 128→128 1.29 / 1.13, stride 2 to 14×14 128→256 0.76 / 0.57; but at 56×56
-64→64 1.22 / 1.16 and with two threads 0.71 / 0.74, and the 7×7 stride-2 stem (112 wide, K = 147)
-1.30 / 1.38: where rows are long, the positions' tile wastes little."""
-
-LANES_MIN_K = 64
-"""Weights per output below which the lanes conv does not pay (``lanes_pay``): its transposed
-stores cost about a nanosecond per output, which a short K does not hide (1×1 32→192 at 28×28:
-0.10 ms against 0.18; 96→576 at 14×14, K = 96: 0.22 against 0.16, the lanes conv faster)."""
+LANES_MAX_PADDING = 1 / 8
+"""The most zero channels, as a fraction of N, that the weight's last block of LANE_CHANNELS may
+hold for plans to take the lanes conv (``lanes_pay``): a block computes all 32 lanes. The two
+kernels alone, one thread, ms (conv2d_dense_f32 / conv2d_lanes_f32): N = 24 from 144 channels at
+56×56 (a third of the block empty) 0.17 / 0.21, N = 16 from 32 at 112×112 0.16 / 0.20; but N =
+144 from 24 at 56×56 (1/9 empty) 0.20 / 0.17, and with whole blocks 3×3 64→64 at 56×56 1.24 /
+1.12, the 7×7 stem 1.34 / 1.20, 1×1 16→96 at 112×112 0.42 / 0.33."""
 
 FITS_CPU = HAS_AVX512 and HAS_FMA
 """Whether plans take the lanes conv here: its zmm tile needs AVX-512 (with AVX2's 16 registers
@@ -51,11 +47,13 @@ its 14 accumulators would not fit beside the weights). The CPU's flags, not whet
 a plan picks the same kernels under NUMBA_DISABLE_JIT=1, where the plain-loop tile runs."""
 
 
-def lanes_pay(k: int, ow: int) -> bool:
-    """Whether a one-group float conv with K = C·kh·kw weights per output and rows ``ow`` wide
-    takes the lanes conv (on a CPU where it ``FITS_CPU``): rows up to LANES_MAX_WIDTH, K at least
-    LANES_MIN_K. ResNet-18: every conv but the stem and the 56×56 layers."""
-    return FITS_CPU and ow <= LANES_MAX_WIDTH and k >= LANES_MIN_K
+def lanes_pay(n_out: int) -> bool:
+    """Whether a one-group float conv of ``n_out`` output channels takes the lanes conv: on a CPU
+    where it ``FITS_CPU``, and unless its last block of LANE_CHANNELS would be more than
+    LANES_MAX_PADDING empty. Every conv of ResNet-18; MobileNetV2's but the 16- and 24-channel
+    projections (its depthwise convs have their own kernel)."""
+    padding = -n_out % LANE_CHANNELS
+    return FITS_CPU and n_out > 0 and padding <= LANES_MAX_PADDING * n_out
 
 
 def lane_offsets(c_in, kh, kw, hp, wp, dh, dw):
@@ -65,16 +63,6 @@ def lane_offsets(c_in, kh, kw, hp, wp, dh, dw):
     c, i, j = np.meshgrid(np.arange(c_in, dtype=np.int64), np.arange(kh, dtype=np.int64),
                           np.arange(kw, dtype=np.int64), indexing="ij")
     return np.ascontiguousarray((c * (hp * wp) + i * (dh * wp) + j * dw).reshape(-1))
-
-
-@njit(cache=True, inline="always")
-def _store_lanes(sums, channels, count, b, n0, y, oh, ow0, lo, hi):
-    """The tile's sums (a position per row, a channel per column) into y [N, OH, OW]: channels n0
-    .. n0+channels, positions ow0 .. ow0+count of row oh, bias added, clamped to [lo, hi]."""
-    for l in range(channels):
-        v, row = b[n0 + l], y[n0 + l, oh]
-        for r in range(count):
-            row[ow0 + r] = min(max(sums[r, l] + v, lo), hi)
 
 
 def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):
@@ -110,6 +98,7 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
     blocks = (N + LANE_CHANNELS - 1) // LANE_CHANNELS
     tiles = (OW + LANE_PIXELS - 1) // LANE_PIXELS
     lo32, hi32 = np.float32(lo), np.float32(hi)
+    yf, plane = y.reshape(-1), OH * OW  # once: 40 ns a reshape
     for t in prange(B * blocks * OH):
         bi, rest = t // (blocks * OH), t % (blocks * OH)
         block, oh = rest // OH, rest % OH
@@ -118,14 +107,14 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
         sums = np.empty((LANE_PIXELS, LANE_CHANNELS), np.float32)
         for tile in range(tiles):
             ow0 = tile * LANE_PIXELS
-            lane_tile(sums, xp[bi], offsets, wb, n0 * K, oh * sh * Wp + ow0 * sw, sw)
-            _store_lanes(sums, channels, min(LANE_PIXELS, OW - ow0), b, n0, y[bi], oh, ow0, lo32,
-                         hi32)
+            lane_tile(sums, xp[bi], offsets, wb, n0 * K, oh * sh * Wp + ow0 * sw, sw, b, n0, yf,
+                      (bi * N + n0) * plane + oh * OW + ow0, plane, lo32, hi32, channels,
+                      min(LANE_PIXELS, OW - ow0))
 
 
 conv2d_lanes_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_f32)
 
 KERNELS = {"conv2d_lanes_f32": conv2d_lanes_f32}
 
-__all__ = ["FITS_CPU", "KERNELS", "LANES_MAX_WIDTH", "LANES_MIN_K", "LANE_SLACK_PIXELS",
-           "conv2d_lanes_f32", "lane_offsets", "lanes_pay"]
+__all__ = ["FITS_CPU", "KERNELS", "LANES_MAX_PADDING", "LANE_SLACK_PIXELS", "conv2d_lanes_f32",
+           "lane_offsets", "lanes_pay"]

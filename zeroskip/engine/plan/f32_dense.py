@@ -98,9 +98,11 @@ def conv(node: Node, ctx: PlanContext):
 def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr: bool,
               lead=lambda reason: reason) -> Step:
     """The float Conv step of both families. Depthwise convs take the depthwise kernel's dense
-    taps; the others the direct conv over the input's padded phases, over every weight
-    (conv2d_dense_f32) or over the nonzeros (conv2d_csr_f32, ``csr``). ``lead`` words the reason
-    (the f32-csr family's choice leads it)."""
+    taps; the others a direct conv: over the nonzeros (conv2d_csr_f32, ``csr``), or over every
+    weight, one group with output channels in the vector lanes where that pays
+    (conv2d_lanes_f32, ``_lanes_pay``), else with output positions in the lanes over the input's
+    padded phases (conv2d_dense_f32). ``lead`` words the reason (the f32-csr family's choice leads
+    it)."""
     group, (n_out, c_group, kh, kw) = node.attrs["group"], w.shape
     out, lo, hi = ctx.activation(node)
     lo, hi = float_bounds(lo, hi)
@@ -118,6 +120,27 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
             kernel(taps, bias, x, xp, ws, y, *geo, lo, hi)
 
         reason = "depthwise conv: dense taps, one shifted axpy per tap (no im2col)"
+    elif not csr and group == 1 and _lanes_pay(n_out):
+        from ...kernels._fma import pack_lanes
+        from ...kernels.conv_lanes import LANE_SLACK_PIXELS, lane_offsets
+
+        packed = pack_lanes(np.asarray(w, np.float32))
+        wb = aligned_empty(packed.shape, np.float32)  # each k's 32 weights on whole lines
+        wb[:] = packed
+        kernel, name = ctx.kernel("conv2d_lanes_f32"), "conv2d_lanes_f32"
+        tap_offsets: dict = {}
+
+        def call(x, y, g, geo):  # the input's padded planes, flat per image, and the slack
+            key = (g["hp"], g["wp"], g["dh"], g["dw"])
+            offsets = tap_offsets.get(key)
+            if offsets is None:  # once per input shape
+                offsets = tap_offsets[key] = lane_offsets(c_group, kh, kw, *key)
+            xp = scratch.get("xp", (x.shape[0], channels * g["hp"] * g["wp"]
+                                    + LANE_SLACK_PIXELS * g["sw"]), np.float32)
+            kernel(wb, offsets, bias, x, xp, y, *geo, lo, hi)
+
+        reason = ("dense-f32: direct conv, 32 output channels in the vector lanes × 7 positions "
+                  "of a row (no im2col)")
     elif csr:
         indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
         kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
@@ -135,16 +158,8 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
         packed = pack_rows(np.asarray(w, np.float32), group)
         kernel, name = ctx.kernel("conv2d_dense_f32"), "conv2d_dense_f32"
         offsets = TapStarts(np.arange(c_group * kh * kw), c_group, kh, kw)
-        lanes = LanesConv(w, ctx) if group == 1 else None
-        reason = "dense-f32: direct conv, channel blocks × positions in vector registers " \
-                 "(no im2col)"
-        if lanes is not None:
-            name, reason = lanes.name_and_reason(node, ctx, name, reason)
 
         def call(x, y, g, geo):  # the input's padded phases, flat per image, and the slack
-            if lanes is not None and lanes.runs(g):
-                lanes(x, y, g, geo, bias, lo, hi, scratch)
-                return
             if kh == kw == 1 and (g["sh"], g["sw"]) != (1, 1) and g["pt"] == g["pl"] == 0:
                 # a strided 1×1 conv reads one phase of sh·sw: take it, and run at stride 1
                 sub = x[:, :, ::g["sh"], ::g["sw"]]
@@ -154,6 +169,9 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
             rows, wq = phase_shape(g, kh, kw)
             xq = scratch.get("xq", (x.shape[0], channels * rows * wq + FMA_SLACK), np.float32)
             kernel(packed, offsets(g), bias, x, xq, y, *geo, group, lo, hi)
+
+        reason = "dense-f32: direct conv, channel blocks × positions in vector registers " \
+                 "(no im2col)"
 
     def run(values):
         x = np.ascontiguousarray(conv_input(node, values[x_name], channels), dtype=np.float32)
@@ -165,59 +183,13 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
     return Step(node, name, lead(reason + ctx.fused_note(node)), run, density)
 
 
-class LanesConv:
-    """The lanes conv (kernels/conv_lanes.py: 32 output channels in the vector lanes × 7 positions
-    of a row) for a one-group float conv, at the input shapes where it pays (``lanes_pay``: rows up
-    to 28 wide, K ≥ 64, AVX-512); the direct conv over the positions takes the others. Its packed
-    weight and each shape's tap offsets are made at the first run that takes it, so a model whose
-    convs never do keeps one packed copy."""
+def _lanes_pay(n_out: int) -> bool:
+    """Whether a one-group dense float conv of ``n_out`` channels takes the lanes conv
+    (kernels/conv_lanes.py, ``lanes_pay``: an AVX-512 CPU, and at most an eighth of its last block
+    of 32 channels empty)."""
+    from ...kernels.conv_lanes import lanes_pay  # Numba only once a conv is planned
 
-    def __init__(self, w: np.ndarray, ctx: PlanContext):
-        from ...kernels.conv_lanes import FITS_CPU
-
-        self.w = w
-        self.kh, self.kw = w.shape[2], w.shape[3]
-        self.k = w.shape[1] * self.kh * self.kw
-        self.kernel = ctx.kernel("conv2d_lanes_f32") if FITS_CPU else None
-        self._packed = None
-        self._offsets: dict = {}
-
-    def name_and_reason(self, node: Node, ctx: PlanContext, name: str, reason: str) -> tuple:
-        """(kernel name, reason) for explain(): the lanes conv's where the plan's input shape is
-        known and takes it, both names where it is not known."""
-        if self.kernel is None:
-            return name, reason
-        lanes = ("dense-f32: direct conv, 32 output channels in the vector lanes × 7 positions "
-                 "of a row (no im2col)")
-        shape = ctx.input_shape(node)
-        if shape is None:
-            return (f"conv2d_lanes_f32 or {name}",
-                    f"{lanes} on rows up to 28 wide, else {reason.removeprefix('dense-f32: ')}")
-        if self.runs(conv_geometry(node, shape, self.kh, self.kw)):
-            return "conv2d_lanes_f32", lanes
-        return name, reason
-
-    def runs(self, g: dict) -> bool:
-        """Whether the lanes conv takes an input of geometry ``g``."""
-        from ...kernels.conv_lanes import lanes_pay
-
-        return self.kernel is not None and lanes_pay(self.k, g["ow"])
-
-    def __call__(self, x, y, g, geo, bias, lo, hi, scratch):
-        from ...kernels._fma import pack_lanes
-        from ...kernels.conv_lanes import LANE_SLACK_PIXELS, lane_offsets
-
-        if self._packed is None:  # two threads may both pack it: the same array either way
-            packed = pack_lanes(np.asarray(self.w, np.float32))
-            self._packed = aligned_empty(packed.shape, np.float32)  # whole lines per k
-            self._packed[:] = packed
-        key = (g["hp"], g["wp"], g["dh"], g["dw"])
-        offsets = self._offsets.get(key)
-        if offsets is None:
-            offsets = self._offsets[key] = lane_offsets(self.w.shape[1], self.kh, self.kw, *key)
-        xp = scratch.get("xp", (x.shape[0], self.w.shape[1] * g["hp"] * g["wp"]
-                                + LANE_SLACK_PIXELS * g["sw"]), np.float32)
-        self.kernel(self._packed, offsets, bias, x, xp, y, *geo, lo, hi)
+    return lanes_pay(n_out)
 
 
 @builds("f32-dense", "Add")

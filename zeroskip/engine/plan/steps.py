@@ -62,7 +62,7 @@ class Plan:
         int8), so its Numba steps (bias and activation, adds, pools) are light. The two must not
         both have threads: OpenBLAS's workers spin for a while after each sgemm and took the
         second core from the Numba kernels that followed (docs/kernels.md, "Threads")."""
-        heavy = ("conv2d_dense", "csr", "depthwise", "_i8")
+        heavy = ("conv2d_", "csr", "depthwise", "_i8")
         return self.uses_blas and not any(h in step.kernel for step in self.steps for h in heavy)
 
     def explain(self) -> list[dict]:
