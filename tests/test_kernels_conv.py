@@ -112,7 +112,7 @@ def test_every_kernel_has_a_reference():
             "im2row_dense_i8", "channels_last_dense_i8", "depthwise_dense_f32", "depthwise_dense_i8", "maxpool_dense_i8",
             "maxpool_dense_f32",
             "avgpool_dense_i8", "global_avgpool_dense_i8", "add_dense_i8", "bias_act_dense_f32",
-            "clamp_dense_f32", "add_dense_f32"}
+            "clamp_dense_f32", "add_dense_f32", "global_avgpool_dense_f32"}
     assert mine <= set(KERNELS) and mine <= set(REFERENCES)
 
 
@@ -574,6 +574,25 @@ def test_global_avgpool_saturates_and_rounds_ties():
     m0, shift = quantize_multiplier(1000.0 / 4)
     KERNELS["global_avgpool_dense_i8"](x, y, 0, int(m0), int(shift), 0, -128, 127)
     assert y.ravel().tolist() == [127, -128]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 7), (1, 17, 14, 14), (1, 2, 3, 5),
+                                   (2, 5, 1, 6)])
+def test_global_avgpool_dense_f32(shape):
+    # within float32's rounding of the float64 mean: the kernel sums in float64 and rounds once
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 10 + 3).astype(np.float32)
+    y = np.full((*shape[:2], 1, 1), np.nan, np.float32)
+    KERNELS["global_avgpool_dense_f32"](x, y)
+    want = REFERENCES["global_avgpool_dense_f32"](x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=2 ** -23, atol=1e-6 * np.abs(x).max())
+    # a plane of 4·k + 1 values (the partial sums' tail) and one of equal values: the exact mean
+    x = np.full((1, 2, 3, 3), 0.25, np.float32)
+    x[0, 1] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    y = np.zeros((1, 2, 1, 1), np.float32)
+    KERNELS["global_avgpool_dense_f32"](x, y)
+    assert y.ravel().tolist() == [0.25, 4.0]
 
 
 # ----------------------------------------------------------------------------- elementwise

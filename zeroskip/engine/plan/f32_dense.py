@@ -303,6 +303,25 @@ def maxpool(node: Node, ctx: PlanContext):
     return Step(node, "maxpool_dense_f32", "window max per plane, pads never win", run)
 
 
+@builds("f32-dense", "GlobalAveragePool")
+def global_avgpool(node: Node, ctx: PlanContext):
+    """Float GlobalAveragePool over 2-D planes: each plane's mean, summed in float64 (other inputs:
+    the reference op)."""
+    kernel = ctx.kernel("global_avgpool_dense_f32")
+    reference = reference_step(node, ctx.tensors, cast="float32").run
+    x_name, out = node.inputs[0], node.outputs[0]
+
+    def run(values):
+        x = values[x_name]
+        if x.ndim != 4 or x.dtype.kind != "f" or x.shape[2] * x.shape[3] == 0:
+            return reference(values)
+        y = np.empty(x.shape[:2] + (1, 1), np.float32)
+        kernel(np.ascontiguousarray(x, np.float32), y)
+        values[out] = y
+
+    return Step(node, "global_avgpool_dense_f32", "plane means, summed in float64", run)
+
+
 @builds("f32-dense", "BatchNormalization")
 def batchnorm(node: Node, ctx: PlanContext):
     """A BatchNormalization no pass could fold (its producer is not a float Conv/Gemm, e.g. between

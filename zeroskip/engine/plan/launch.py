@@ -192,6 +192,7 @@ WORK = {
     "maxpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
     "avgpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
     "global_avgpool_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "global_avgpool_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
     "im2col_dense_f32": (_second_size, MIN_PARALLEL_ELEMENTS),
     "im2col_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),
     "im2row_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),

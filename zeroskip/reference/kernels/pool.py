@@ -66,7 +66,13 @@ def global_avgpool_dense_i8(x, x_zero_point, multiplier, shift, y_zero_point, lo
     return np.clip(t + int(y_zero_point), lo, hi)
 
 
+def global_avgpool_dense_f32(x):
+    """y [B,C,1,1] float64 = the mean of each plane of x, in float64."""
+    return np.mean(np.asarray(x, dtype=np.float64), axis=(2, 3), keepdims=True)
+
+
 REFERENCES = {
+    "global_avgpool_dense_f32": global_avgpool_dense_f32,
     "maxpool_dense_f32": maxpool_dense_f32,
     "maxpool_dense_i8": maxpool_dense_i8,
     "avgpool_dense_i8": avgpool_dense_i8,
