@@ -336,6 +336,10 @@ DW_CASES = [
     (1, 3, 1, 2, 2, 1, 3, [1, 1], [0, 2, 0, 2], [1, 1]),       # 1×3 wider than the input
     (2, 5, 2, 11, 9, 3, 3, [2, 1], [1, 0, 2, 1], [1, 2]),      # 3×3 fused loop: mult 2, mixed
     (1, 4, 3, 3, 4, 3, 3, [1, 3], [2, 3, 2, 3], [2, 1]),       # 3×3 mostly padding, mult 3
+    (1, 3, 2, 5, 40, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),      # 3×3 rows over 28: the row loop
+    (1, 3, 1, 7, 66, 3, 3, [1, 2], [1, 0, 1, 1], [1, 1]),      # (rows of 40 and of 33)
+    (2, 2, 1, 9, 20, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),      # 3×3 in blocks of 16: rows of 20
+    (1, 3, 1, 6, 56, 3, 3, [2, 2], [0, 0, 1, 1], [1, 1]),      # and of 28 at stride 2
 ]
 
 
@@ -373,6 +377,30 @@ def test_depthwise(case, density):
     KERNELS["depthwise_dense_i8"](wq, bias, xq, zp, xp, ws, acc, *args)
     want = REFERENCES["depthwise_dense_i8"](wq, bias, xq, zp, **geo)
     assert_exact(acc, want, dtype=np.int32, case=_dw_ids(case), zp=zp, extra={"bias'": bias})
+
+
+@pytest.mark.parametrize("W, s", [(7, 1), (14, 1), (20, 1), (28, 2), (40, 1)])
+def test_depthwise_f32_writes_nothing_past_its_output(W, s):
+    # y a view of a longer buffer: the words after it must keep their sentinel (a block of 16
+    # outputs reaches past a row's end; its stores must be masked there)
+    rng = np.random.default_rng(W)
+    B, C, H = 1, 3, 5
+    q = _plan((B, C, H, W), 3, 3, [s, s], [1, 1, 1, 1], [1, 1])
+    size = B * C * q["OH"] * q["OW"]
+    buffer = np.full(size + 40, -7.0, np.float32)
+    y = buffer[:size].reshape(B, C, q["OH"], q["OW"])
+    w = rng.standard_normal((C, 9)).astype(np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), np.float32)
+    ws = np.empty((B, C, q["OH"] * q["P"]), np.float32)
+    KERNELS["depthwise_dense_f32"](w, b, x, xp, ws, y, 3, 3, s, s, 1, 1, q["pt"], q["pl"],
+                                   -np.inf, np.inf)
+    assert (buffer[size:] == -7.0).all()
+    geo = dict(kernel_shape=(3, 3), strides=[s, s], pads=[1, 1, 1, 1], dilations=[1, 1])
+    want = REFERENCES["depthwise_dense_f32"](w, b, x, **geo)
+    mag = REFERENCES["depthwise_dense_f32"](np.abs(w), np.abs(b), np.abs(x), **geo)
+    assert_f32_close(y, want, K=10, magnitude=mag, W=W, s=s)
 
 
 def _quantized_depthwise(rng, case, n_out, x_type, y_type):

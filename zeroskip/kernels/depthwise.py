@@ -72,6 +72,76 @@ def _planes_3x3(w, b, x, xp, y, bi, c, mult, sh, sw, dh, dw, pt, pl, fill, lo, h
         _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
 
 
+DW_BLOCK = 16
+"""Outputs per block of the float 3×3 depthwise rows (``_plane_3x3_blocks``): one zmm of float32."""
+
+DW_BLOCK_MAX_WIDTH = 28
+"""Output rows up to this wide run in blocks (``_plane_3x3_blocks``); wider ones keep the row
+loop, whose own vector body then covers most of the row. The sums alone, one thread, ns a plane
+(row loop / blocks): 14×14 123 / 101, 7×7 83 / 59, but 56×56 836 / 1033."""
+
+
+@njit(cache=True, inline="always")
+def _tap_sum_3x3(w0, w1, w2, w3, w4, w5, w6, w7, w8, b, xf, r0, r1, r2, u, c1, c2, lo, hi):
+    """One output of the 3×3 depthwise conv: the taps at flat rows r0, r1, r2 of xf, column u
+    (columns u + c1, u + c2 for j = 1, 2), grouped as _rows_3x3 groups them, biased and clamped."""
+    s = b + (w0 * xf[r0 + u] + w1 * xf[r0 + c1 + u] + w2 * xf[r0 + c2 + u] + w3 * xf[r1 + u])
+    s = s + (w4 * xf[r1 + c1 + u] + w5 * xf[r1 + c2 + u] + w6 * xf[r2 + u] + w7 * xf[r2 + c1 + u])
+    return min(max(s + w8 * xf[r2 + c2 + u], lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _rows_3x3_blocks(w, b, xf, base, Wp, yf, out, OH, OW, sh, sw, dh, dw, lo, hi):
+    """The float 3×3 depthwise plane whose padded input starts at xf[base] (rows of Wp) into
+    yf[out .. out + OH·OW] (flat, rows of OW), at column step ``sw`` (inlined: a literal step
+    reaches LLVM). Each output row runs in blocks of DW_BLOCK outputs, a loop of constant trip
+    count whose loads and stores past the row are masked off: it vectorizes whatever OW is, where
+    the row loop's own vector body wants 64 outputs or so and a row of 7, 14 or 28 ran in its
+    scalar remainder (384 planes of 14×14, one thread: 0.19 ms in-model, where onnxruntime's
+    NCHWc kernel takes 0.03). The same sums as _rows_3x3."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+    c1, c2 = _U(dw), _U(2 * dw)
+    blocks = (OW + DW_BLOCK - 1) // DW_BLOCK
+    n = _U(OW)
+    for oh in range(OH):
+        r0 = _U(base + oh * sh * Wp)
+        r1, r2 = r0 + _U(dh * Wp), r0 + _U(2 * dh * Wp)
+        o = _U(out + oh * OW)
+        for blk in range(_U(blocks)):
+            first = blk * _U(DW_BLOCK)
+            for k in range(_U(DW_BLOCK)):
+                if first + k < n:
+                    yf[o + first + k] = _tap_sum_3x3(w0, w1, w2, w3, w4, w5, w6, w7, w8, b, xf,
+                                                     r0, r1, r2, (first + k) * sw, c1, c2, lo, hi)
+
+
+@njit(cache=True)
+def _plane_3x3_blocks(w, b, xf, base, Wp, yf, out, OH, OW, sh, sw, dh, dw, lo, hi):
+    """_rows_3x3_blocks with stride 2 as a constant step (its loads vectorize as shuffles), other
+    strides as a variable."""
+    if sw == 2:
+        _rows_3x3_blocks(w, b, xf, base, Wp, yf, out, OH, OW, sh, _U(2), dh, dw, lo, hi)
+    else:
+        _rows_3x3_blocks(w, b, xf, base, Wp, yf, out, OH, OW, sh, _U(sw), dh, dw, lo, hi)
+
+
+@njit(cache=True)
+def _planes_3x3_f32(w, b, x, xp, xf, y, yf, bi, c, mult, sh, sw, dh, dw, pt, pl, lo, hi):
+    """One parallel iteration of the float 3×3 loop: pad plane (bi, c) into xp (zeros) while it
+    is in L1, then its ``mult`` output channels: in blocks (_plane_3x3_blocks) for rows up to
+    DW_BLOCK_MAX_WIDTH outputs, else a row per pass (_plane_3x3); xf and yf are xp and y, flat."""
+    C, Hp, Wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    pad_plane(x[bi, c], xp[bi, c], pt, pl, np.float32(0.0))
+    base = (bi * C + c) * Hp * Wp
+    for n in range(c * mult, (c + 1) * mult):
+        if OW <= DW_BLOCK_MAX_WIDTH:
+            _plane_3x3_blocks(w[n], b[n], xf, base, Wp, yf, (bi * C * mult + n) * OH * OW, OH,
+                              OW, sh, sw, dh, dw, lo, hi)
+        else:
+            _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
+
+
 @njit(cache=True)
 def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, lo, hi):
     """_plane_3x3's int32 plane into the scratch acc [OH,OW], requantized from there (L1/L2) into
@@ -126,7 +196,8 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     """y[b,n,oh,ow] = clamp(b[n] + Σ_(i,j) w[n, i·kw+j]·xp[b, n//mult, oh·sh+i·dh, ow·sw+j·dw], lo, hi)
 
     Loop nest, 3×3: prange (b,c): pad x[b,c] into xp[b,c]; its mult output channels n; output
-    rows oh; one vectorized pass over ow with the 9 taps, bias and clamp.
+    rows oh; one vectorized pass over ow (in blocks of DW_BLOCK outputs for rows up to
+    DW_BLOCK_MAX_WIDTH, _rows_3x3_blocks) with the 9 taps, bias and clamp.
     Other sizes: prange (b,c) pad x into xp; prange (b,n): row tiles of ACC_TILE in
     ws; the kh·kw taps; one axpy of the shifted plane into the tile (as conv2d_csr_f32).
     w [N, kh·kw] float32 — taps, row-major (i, j); b [N] float32 — bias (zeros if none)
@@ -140,9 +211,10 @@ def _depthwise_dense_f32(w, b, x, xp, ws, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
     N, OW = y.shape[1], y.shape[3]
     mult = N // C
     if kh == 3 and kw == 3:
+        xf, yf = xp.reshape(-1), y.reshape(-1)  # once: 40 ns a reshape
         for t in prange(B * C):
-            _planes_3x3(w, b, x, xp, y, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
-                        np.float32(0.0), lo, hi)
+            _planes_3x3_f32(w, b, x, xp, xf, y, yf, t // C, t % C, mult, sh, sw, dh, dw, pt, pl,
+                            lo, hi)
         return
     pad_planes(x, xp, pt, pl, np.float32(0.0))
     P, rows, offs, taps = _tile_geometry(OW, Hp, Wp, kh, kw, sh, sw, dh, dw)
