@@ -7,8 +7,11 @@ the kernel's Python function) is in ``extra_info`` as ``compile_s``. ``extra_inf
 C/g·kh·kw), so dense, sparse and int8 share one axis: GFLOP/s = eff_flops / time.
 
 Paths (each a whole conv layer, output included):
-- ``dense-f32``: conv2d_dense_f32, the direct dense conv that dense-f32 sessions run (bias and
-  ReLU fused);
+- ``dense-f32``: conv2d_dense_f32, the direct dense conv with output positions in the vector
+  lanes (bias and ReLU fused), which dense-f32 sessions run for grouped convs, convs of few
+  channels, and every conv without AVX-512;
+- ``dense-f32-lanes``: conv2d_lanes_f32, the direct dense conv with output channels in the lanes,
+  which they run for the other convs on AVX-512 CPUs (the same bytes), skipped elsewhere;
 - ``im2col-sgemm-f32``: im2col_dense_f32 + numpy float32 BLAS (OpenBLAS sgemm) +
   bias_act_dense_f32, the numpy BLAS baseline (dense-f32 sessions ran it before the direct conv);
 - ``sparse-f32``: conv2d_csr_f32 (bias and ReLU fused);
@@ -113,6 +116,20 @@ class Layer:
             self._dense_args = self.dense_f32_args()
         serial_kernel("conv2d_dense_f32")(*self._dense_args)
 
+    def lanes_f32_args(self):
+        """conv2d_lanes_f32's arguments, its packed weight and workspace as the plan makes them."""
+        from zeroskip.engine.plan.geometry import _conv_geometry_of
+        from zeroskip.kernels._fma import pack_lanes
+        from zeroskip.kernels.conv_lanes import LANE_SLACK_PIXELS, lane_offsets
+
+        g = _conv_geometry_of((self.s, self.s), (1, 1), (self.p,) * 4, "NOTSET", self.x.shape[2:],
+                              self.kh, self.kw)
+        offsets = lane_offsets(self.C, self.kh, self.kw, g["hp"], g["wp"], 1, 1)
+        xp = np.empty((1, self.C * g["hp"] * g["wp"] + LANE_SLACK_PIXELS * self.s), np.float32)
+        wb = pack_lanes(self.w.reshape(self.N, self.C, self.kh, self.kw))
+        return (wb, offsets, self.b, self.x, xp, self.y, *self.geo[:4], 1, 1, self.p, self.p,
+                np.float32(0.0), np.float32(np.inf))
+
     def sparse_f32_args(self):
         starts, xq = self._phases(np.float32)
         return (self.indptr, starts, self.data, self.b, self.x, xq, self.y, *self.geo[:4], 1, 1,
@@ -211,7 +228,8 @@ CONV_SHAPES = [s for s in SHAPES if s[-1] == 1]
 DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
 
 
-@pytest.mark.parametrize("path", ["dense-f32", "im2col-sgemm-f32", "sparse-f32", "sparse-i8",
+@pytest.mark.parametrize("path", ["dense-f32", "dense-f32-lanes", "im2col-sgemm-f32", "sparse-f32",
+                                  "sparse-i8",
                                   "dense-i8-amx",
                                   "dense-i8-rows", "dense-i8-planar", "ort-conv-f32"])
 @pytest.mark.parametrize("density", DENSITIES)
@@ -226,6 +244,15 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
         extra["compile_s"] = compile_seconds(path, conv_dense._conv2d_dense_f32, args)
         extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
         call = lambda: serial_kernel("conv2d_dense_f32")(*args)  # noqa: E731
+    elif path == "dense-f32-lanes":
+        from zeroskip.kernels import conv_lanes
+
+        if not conv_lanes.FITS_CPU or groups != 1:
+            pytest.skip("the lanes conv runs one-group convs on AVX-512 CPUs")
+        args = layer.lanes_f32_args()
+        extra["compile_s"] = compile_seconds(path, conv_lanes._conv2d_lanes_f32, args)
+        extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
+        call = lambda: serial_kernel("conv2d_lanes_f32")(*args)  # noqa: E731
     elif path == "im2col-sgemm-f32":
         call = layer.im2col_sgemm_f32
         extra.update(nnz=N * layer.K, flops=extra["eff_flops"])
