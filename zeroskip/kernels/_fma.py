@@ -191,7 +191,8 @@ fma_tile = TILES[NATIVE][0] if RUNS else fma_tile_portable
 LANE_PIXELS = 7
 """Output positions of one row per lane tile, each an activation broadcast per k. Seven: a row of
 ResNet's 56, 28, 14 and 7 splits into whole tiles. The kernel alone, one thread, in one run against
-other shapes of the same tile (ms, ResNet-18's 3×3 layers at 28×28 / 14×14 / 7×7): 7 × 2 vectors
+other shapes of the same tile, with the epilogue still a loop over the values (ms, ResNet-18's 3×3
+layers at 28×28 / 14×14 / 7×7): 7 × 2 vectors
 1.14 / 1.08 / 1.09, 8 × 2 1.27 / 1.20 / 1.21, 6 × 2 1.23 / 1.38 / 1.96, 4 × 4 1.14 / 1.30 / 1.62,
 7 × 3 1.25 / 1.20 / 1.16, 14 × 2 (31 registers: it spilled) 2.76 / 2.73 / 5.35."""
 

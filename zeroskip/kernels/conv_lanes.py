@@ -1,5 +1,5 @@
-"""Dense float32 direct convolution with the output channels in the vector lanes: the small planes'
-conv.
+"""Dense float32 direct convolution with the output channels in the vector lanes: what dense-f32
+plans run for one-group convs on AVX-512 CPUs (``lanes_pay``).
 
 conv_dense.py puts output positions in the lanes: a tile is 64 consecutive positions at the padded
 phases' pitch, and on a 7×7 output (61 positions at pitch 9) or a 14×14 one (222 at pitch 16) a
@@ -8,13 +8,13 @@ Here a tile is LANE_CHANNELS = 32 output channels (2 zmm vectors) × LANE_PIXELS
 one output row. Per weight k = (c, i, j): the block's 32 weights at k are 2 vector loads (the
 weight is packed so, ``_fma.pack_lanes``), each of the 7 input values the row's positions read is
 broadcast (a scalar load: any address, so a stride costs nothing), and 14 FMAs add the products
-into 14 accumulators, which stay in registers over all K = C·kh·kw weights. Rows of 56, 28, 14
-and 7 split into whole tiles; the only waste is a last block of fewer than 32 channels.
+into 14 accumulators, which stay in registers over all K = C·kh·kw weights. Rows of 112, 56, 28,
+14 and 7 split into whole tiles; the only waste is a last block of fewer than 32 channels.
 
 The input is copied once into padded planes (``_planes.pad_plane``: no boundary test in any inner
 loop); position (oh, ow) reads weight k's input at offsets[k] + oh·sh·Wp + ow·sw. The tile's sums,
-a position per row and a channel per column, go to y transposed: bias, clamp, one output row's 7
-columns per channel. Each output's products are added in the same k order, each rounded once, as
+a position per vector and a channel per lane, are biased and clamped, transposed in registers, and
+stored as one output row's 7 columns per channel (``_fma.lane_tile_ir``). Each output's products are added in the same k order, each rounded once, as
 conv2d_dense_f32 adds them: the two kernels give the same bytes. docs/kernels.md,
 "conv2d_lanes_f32", has the figures and where plans take it.
 """
