@@ -211,3 +211,96 @@ def test_a_plan_of_lanes_convs_keeps_its_threads_for_numba():
     assert plan.uses_blas and not plan.blas_owns_threads
     only_blas = Plan("dense-f32", [Step(gemm, "gemm_dense_f32 (numpy BLAS)", "", None)])
     assert only_blas.blas_owns_threads
+
+
+# ----------------------------------------------------------------------------- the int8 lanes conv
+import kernel_checks as checks  # noqa: E402
+from kernel_checks import extreme_values  # noqa: E402
+from zeroskip.kernels import _lanes, _quads  # noqa: E402
+from zeroskip.reference.kernels.conv_lanes import unpack_lane_words  # noqa: E402
+
+I8_CASES = [
+    # B, C, H, W, N, kh, kw, stride, pad, dilation
+    (1, 4, 5, 5, 1, 3, 3, 1, 1, 1),       # one column group, one channel
+    (1, 8, 9, 9, 33, 3, 3, 1, 1, 1),      # a last block of 1 channel; rows of 9: tiles of 7 and 2
+    (2, 16, 10, 7, 40, 3, 3, 2, 1, 1),    # two images, stride 2, a non-square plane
+    (1, 16, 14, 14, 12, 1, 1, 2, 0, 1),   # 1×1 stride 2 (a ResNet downsample)
+    (1, 8, 11, 11, 4, 3, 3, 1, 2, 2),     # dilation 2
+    (1, 12, 20, 20, 7, 7, 7, 2, 3, 1),    # a 7×7 stride-2 conv
+    (1, 32, 7, 7, 64, 3, 3, 1, 1, 1),     # a 7×7 plane, two whole blocks
+    (1, 8, 3, 3, 2, 5, 5, 1, 2, 1),       # a kernel larger than the input
+]
+
+
+def _i8_ids(case):
+    B, C, H, W, N, kh, kw, s, p, d = case
+    return f"B{B}C{C}{H}x{W}N{N}k{kh}x{kw}s{s}p{p}d{d}"
+
+
+def i8_kernel_with_tile(name: str):
+    """conv2d_lanes_rq_i8 around the tile _lanes.LANE_TILES_I8[name], compiled serially; the kernel
+    itself for the tile it runs."""
+    return checks.kernel_with_tile(KERNELS["conv2d_lanes_rq_i8"], conv_lanes._conv2d_lanes_rq_i8,
+                                   "lane_tile_i8", _lanes.LANE_TILES_I8, name)
+
+
+def run_lanes_i8(case, x_type, seed, tile, residual=False):
+    """The int8 lanes conv (with ``tile``) and the reference on one random case, workspaces
+    pre-filled with garbage; returns (got, want)."""
+    B, C, H, W, N, kh, kw, s, p, d = case
+    rng = np.random.default_rng(seed)
+    w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
+        rng, (N, C, kh, kw), (B, C, H, W), 1.0, x_type, seed)
+    oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
+    ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
+    hq, pitch, stride, _, copy_words = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, C // 4,
+                                                           False)
+    columns = np.arange(C // 4 * kh * kw, dtype=np.int64)
+    offsets = _quads.quad_offsets(columns, kh, kw, hq, pitch, s, s, d, d, stride, 1, copy_words)
+    wl = _lanes.pack_lane_words(w)
+    np.testing.assert_array_equal(unpack_lane_words(wl, N, C, kh, kw), w)
+    xg = np.full((B, copy_words), -1, np.int32)
+    acc = np.full((B, N, oh * ow), 12345, np.int32)
+    y = np.empty((B, N, oh, ow), y_type)
+    extra, want_residual = (), None
+    if residual:
+        r = extreme_values(rng, y.shape, *checks.TYPE_RANGE[y_type]).astype(y_type)
+        params = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)),
+                  int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
+                  int(rng.integers(lo, hi + 1)), lo, hi)
+        extra, want_residual = ((r,) + params,), (r,) + params
+    i8_kernel_with_tile(tile)(wl, offsets, bias, w_sums, x, x_zp, xg, acc, m0, shift, y_zp, lo,
+                              hi, y, kh, kw, s, s, d, d, p, p, pitch, *extra)
+    want = REFERENCES["conv2d_lanes_rq_i8"](
+        wl, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw), strides=(s, s),
+        pads=(p, p, p, p), dilations=(d, d), residual=want_residual)
+    return y, want
+
+
+@pytest.mark.parametrize("tile", sorted(_lanes.LANE_TILES_I8))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("case", I8_CASES, ids=_i8_ids)
+def test_conv2d_lanes_rq_i8_matches_the_reference(case, x_type, tile):
+    for seed in (1, 2):  # an odd and an even seed: y of x's type and of the other
+        got, want = run_lanes_i8(case, x_type, seed, tile)
+        assert_exact(got, want, case=_i8_ids(case), seed=seed, tile=tile)
+
+
+@pytest.mark.parametrize("tile", sorted(_lanes.LANE_TILES_I8))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_conv2d_lanes_rq_i8_with_a_fused_residual(x_type, tile):
+    got, want = run_lanes_i8((2, 8, 9, 8, 35, 3, 3, 1, 1, 1), x_type, 3, tile, residual=True)
+    assert_exact(got, want, tile=tile)
+
+
+@given(B=st.integers(1, 2), C4=st.integers(1, 3), H=st.integers(1, 10), W=st.integers(1, 16),
+       N=st.integers(1, 40), kh=st.integers(1, 3), kw=st.integers(1, 3), s=st.integers(1, 2),
+       p=st.integers(0, 2), d=st.integers(1, 2), seed=st.integers(0, 2 ** 16),
+       signed=st.booleans())
+def test_conv2d_lanes_rq_i8_on_random_shapes(B, C4, H, W, N, kh, kw, s, p, d, seed, signed):
+    if H + 2 * p < (kh - 1) * d + 1 or W + 2 * p < (kw - 1) * d + 1:
+        return  # no output position
+    case = (B, 4 * C4, H, W, N, kh, kw, s, p, d)
+    for tile in _lanes.LANE_TILES_I8:
+        got, want = run_lanes_i8(case, np.int8 if signed else np.uint8, seed, tile)
+        assert_exact(got, want, case=_i8_ids(case), seed=seed, tile=tile)

@@ -132,8 +132,11 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     pointwise = [k for k in kernels if k == ("matmul_planar_rq_i8" if HAS_AVX512_VNNI else
                                              "channels_last_dense_i8 + matmul_dense_rq_i8")]
     assert len(pointwise) == 3 and len(kernels) == 5, kernels
-    # the 3×3 conv over 3 channels (folded) and the 1×1 stride-2 conv (8 channels)
-    assert kernels.count("conv2d_dense_rq_i8") == (2 if _amx.CONV_AVAILABLE else 0), kernels
+    # the 3×3 conv over 3 channels (folded) and the 1×1 stride-2 conv (8 channels), which
+    # takes the lanes conv where AVX-512 VNNI runs without AMX
+    packed = kernels.count("conv2d_dense_rq_i8") + kernels.count("conv2d_lanes_rq_i8")
+    assert packed == (2 if _amx.CONV_AVAILABLE else 0), kernels
+    assert ("conv2d_lanes_rq_i8" in kernels) == (HAS_AVX512_VNNI and not _amx.AVAILABLE), kernels
     got = session.run({input_name: x})
     sparse = zeroskip.Session(model, mode="sparse-i8")
     kernels = [row["kernel"] for row in sparse.explain() if row["op"] in ("QConv", "QLinearConv")]

@@ -42,7 +42,8 @@ THREADS = (1, 2)
 FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
-                   "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32"} \
+                   "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32",
+                   "conv2d_lanes_rq_i8"} \
     | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
@@ -51,7 +52,8 @@ epilogues must equal), im2col + sgemm + bias_act is the float conv's numpy BLAS 
 bench/ (dense-f32 plans run the direct conv), and the quad-sparse conv needs an AVX-512 VNNI CPU
 and convs over groups of 4 channels (engine/plan/int8.py, ``QuadConv.fits``), which the CNN below
 has not; plans take the lanes conv for one-group float convs on AVX-512 CPUs whose output channels
-fill whole blocks of 32 but for an eighth (conv_lanes.lanes_pay), and the CNN's have 8 and 12. Plans
+fill whole blocks of 32 but for an eighth (conv_lanes.lanes_pay), and the CNN's have 8 and 12; the int8 lanes conv takes one-group QConvs of a multiple of 4
+input channels on AVX-512 VNNI CPUs without AMX, and the CNN's one-group QConv has 3. Plans
 take the
 AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
 
@@ -129,7 +131,33 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     outputs["direct|requantize_dense_i8"] = y
     outputs["direct|conv2d_quad_rq_i8"] = _quad_conv()
     outputs["direct|conv2d_lanes_f32"] = _lanes_conv()
+    outputs["direct|conv2d_lanes_rq_i8"] = _lanes_conv_i8()
     return outputs, kernels
+
+
+def _lanes_conv_i8() -> np.ndarray:
+    """conv2d_lanes_rq_i8 on a 3×3 stride-2 conv of 8 int8 channels to 35 (a last block of 3),
+    output 5×5 (one tile of 7 positions, 5 kept), with a residual."""
+    from zeroskip.kernels._lanes import pack_lane_words
+    from zeroskip.kernels._quads import quad_layout, quad_offsets
+
+    rng = np.random.default_rng(13)
+    w = rng.integers(-128, 128, (35, 8, 3, 3)).astype(np.int8)
+    x = rng.integers(-128, 128, (1, 8, 9, 9)).astype(np.int8)
+    hq, pitch, stride, _, copy_words = quad_layout(5, 5, 3, 3, 2, 2, 1, 1, 2, False)
+    offsets = quad_offsets(np.arange(18, dtype=np.int64), 3, 3, hq, pitch, 2, 2, 1, 1, stride, 1,
+                           copy_words)
+    xg = np.zeros((1, copy_words), np.int32)
+    acc = np.zeros((1, 35, 25), np.int32)
+    bias = rng.integers(-5000, 5000, 35).astype(np.int32)
+    w_sums = w.reshape(35, -1).astype(np.int64).sum(axis=1)
+    m0, shift = np.full(35, 1 << 30, np.int32), np.full(35, 38, np.int32)
+    y = np.zeros((1, 35, 5, 5), np.int8)
+    r = rng.integers(-128, 128, y.shape).astype(np.int8)
+    KERNELS["conv2d_lanes_rq_i8"](pack_lane_words(w), offsets, bias, w_sums, x, -3, xg, acc, m0,
+                                  shift, 4, -128, 127, y, 3, 3, 2, 2, 1, 1, 1, 1, pitch,
+                                  (r, 4, -2, 1 << 19, 3 << 18, 20, -1, -128, 127))
+    return y
 
 
 def _lanes_conv() -> np.ndarray:

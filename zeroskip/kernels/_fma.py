@@ -229,7 +229,7 @@ def lane_tile_loops(sums, xp, offsets, wb, w0, base, step, b, n0, yf, at, plane,
             yf[o + r] = min(max(sums[r, l] + v, lo), hi)
 
 
-def _transposed(builder, rows, lanes):
+def transposed_pairs(builder, rows, lanes):
     """LLVM IR: 8 vectors of ``lanes`` (16) floats, a position per row and a channel per lane, as
     8 vectors each holding two channels' 8 positions: vector j = [rows[0..8][2j], rows[0..8][2j+1]].
     Three rounds of two-source shuffles (24 in all), each built from what its sources hold."""
@@ -261,7 +261,7 @@ def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: 
     accumulators of ``lanes`` float32 lanes (output channels), from zero, in registers over every
     k, with per k ``vectors`` loads of the block's weights and one broadcast per position; then the
     bias (a masked load) and the clamp on the accumulators, a transpose in registers
-    (``_transposed``: each channel's positions in 8 lanes), and one masked store of ``count``
+    (``transposed_pairs``: each channel's positions in 8 lanes), and one masked store of ``count``
     values per channel. The epilogue had been a loop over the tile's 224 values, one at a time:
     on short K it took longer than the sums (1×1 16→96 at 112×112, one thread: 1.24 ms)."""
     i1, i8, i16, i32, i64, f32 = (ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32),
@@ -339,7 +339,7 @@ def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: 
                     s = builder.select(builder.fcmp_ordered(">", lo_v, s), lo_v, s)
                     rows.append(builder.select(builder.fcmp_ordered("<", hi_v, s), hi_v, s))
                 rows += [undef] * (8 - pixels)
-                for j, pair in enumerate(_transposed(builder, rows, lanes)):
+                for j, pair in enumerate(transposed_pairs(builder, rows, lanes)):
                     for h in range(2):
                         l = 2 * j + h
                         part = builder.shuffle_vector(pair, undef, ir.Constant(

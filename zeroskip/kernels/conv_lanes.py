@@ -24,9 +24,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._broadcast import sign_flip, unsigned_bias
 from ._cpu import HAS_AVX512
 from ._fma import HAS_FMA, LANE_CHANNELS, LANE_PIXELS, lane_tile
+from ._lanes import LANE_CHANNELS_I8, LANE_PIXELS_I8, lane_tile_i8
 from ._planes import pad_plane
+from ._quads import QUAD_SLACK, pack_group_jit, used_phases
+from .elementwise import add_residual, residual_parts
+from .quant import requantize_row
 
 LANE_SLACK_PIXELS = LANE_PIXELS - 1
 """Positions past a row's last that its last tile computes and drops: the padded input has
@@ -114,7 +119,81 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
 
 conv2d_lanes_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_f32)
 
-KERNELS = {"conv2d_lanes_f32": conv2d_lanes_f32}
+
+@njit(cache=True)
+def _block_starts(start, blocks):
+    """start [N] int32 padded with zeros to whole blocks of LANE_CHANNELS_I8 (the int8 tile loads
+    a block's starting sums as whole vectors). A serial helper: a slice assignment in the parallel
+    kernel's body would be a parallel loop of its own."""
+    out = np.zeros(blocks * LANE_CHANNELS_I8, np.int32)
+    for n in range(start.shape[0]):
+        out[n] = start[n]
+    return out
+
+
+def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, acc, m0, shift,
+                        y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch,
+                        residual=None):
+    # W (N, C, kh, kw) int8 as lane words * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
+    """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
+    with x_zero_point outside x: conv2d_dense_rq_i8's bytes, one group, with the output channels
+    in the vector lanes (_lanes.py).
+
+    Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
+    _quads.pack_group, the natural pitch); prange tasks (image, block of 32 output channels,
+    output row): per 7 positions of the row, the lane tile over every weight column (4 channels
+    at one tap) into the int32 plane acc, transposed in registers; then prange (image, channel):
+    the plane requantized into y (requantize_row) and, with a residual, added to it.
+    wl — _lanes.pack_lane_words(w4); offsets [C/4·kh·kw] int64 — where each column's words start
+    in xg (_quads.quad_offsets of every column, one copy, the natural pitch); bias [N] int32 —
+    bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
+    x [B,C,H,W] uint8|int8, C a multiple of 4; x_zero_point; xg [B, C/4·S + QUAD_SLACK] int32 —
+    the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (as
+    conv2d_quad_rq_i8's); acc [B, N, OH·OW] int32 — the sums' workspace
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; y [B,N,OH,OW] uint8|int8 — out
+    geometry ints as conv2d_csr_i8's; pitch — the packed rows' (OW + (kw−1)·dw // sw); residual —
+    None, or a QAdd fused into the epilogue (elementwise.residual_parts).
+    Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (the sums wrap modulo 2^32 otherwise).
+    Work: 2·B·N'·OH·⌈OW/7⌉·7·C·kh·kw int ops, N' = N rounded up to whole blocks of 32.
+    """
+    B, C = x.shape[0], x.shape[1]
+    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Hq, C4 = OH + (kh - 1) * dh // sh, C // 4
+    stride = (xg.shape[1] - QUAD_SLACK) // C4
+    flip = sign_flip(x)
+    used = used_phases(kh, kw, sh, sw, dh, dw)
+    for t in prange(B * C4):
+        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
+                       pitch, stride, used)
+    for b in range(B):
+        xg[b, C4 * stride:] = 0  # read by the dropped positions of the last row's last tile
+    blocks = (N + LANE_CHANNELS_I8 - 1) // LANE_CHANNELS_I8
+    starts = _block_starts(unsigned_bias(x, None, bias, w_sums), blocks)
+    r, add = residual_parts(residual, y)
+    K = offsets.shape[0]
+    tiles = (OW + LANE_PIXELS_I8 - 1) // LANE_PIXELS_I8
+    plane = OH * OW
+    sums = acc.reshape(-1)  # once: 40 ns a reshape
+    for t in prange(B * blocks * OH):
+        b, rest = t // (blocks * OH), t % (blocks * OH)
+        block, oh = rest // OH, rest % OH
+        n0 = block * LANE_CHANNELS_I8
+        for tile in range(tiles):
+            ow0 = tile * LANE_PIXELS_I8
+            lane_tile_i8(xg[b], offsets, wl, n0 * K, oh * pitch + ow0, starts, n0, sums,
+                         (b * N + n0) * plane + oh * OW + ow0, plane,
+                         min(LANE_CHANNELS_I8, N - n0), min(LANE_PIXELS_I8, OW - ow0))
+    y2, r2 = y.reshape((B * N, plane)), r.reshape((B * N, plane))
+    for t in prange(B * N):
+        n = t % N
+        requantize_row(sums[t * plane:(t + 1) * plane], m0[n], shift[n], y_zero_point, lo, hi,
+                       y2[t])
+        add_residual(y2[t], r2[t], add)
+
+
+conv2d_lanes_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_rq_i8)
+
+KERNELS = {"conv2d_lanes_f32": conv2d_lanes_f32, "conv2d_lanes_rq_i8": conv2d_lanes_rq_i8}
 
 __all__ = ["FITS_CPU", "KERNELS", "LANES_MAX_PADDING", "LANE_SLACK_PIXELS", "conv2d_lanes_f32",
-           "lane_offsets", "lanes_pay"]
+           "conv2d_lanes_rq_i8", "lane_offsets", "lanes_pay"]

@@ -499,8 +499,12 @@ class PackedDenseConv(ConvAccumulator):
         super().__init__(node, w4)
         sw, dw = self._column_steps(node)
         self.folded = fold_fits(w4.shape[1], w4.shape[3], sw, dw)
-        self.tiles = pack_folded_weights(w4, sw) if self.folded else pack_tap_weights(w4)
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
+        if self.lanes_fit(w4, self.folded):
+            self._init_lanes(w4, ctx)
+            return
+        self.lanes = False
+        self.tiles = pack_folded_weights(w4, sw) if self.folded else pack_tap_weights(w4)
         self.dense_kernel = ctx.kernel("conv2d_dense_rq_i8")
         self.name = "conv2d_dense_rq_i8"
         # the CPU's flags, not the JIT, name the tile: a plan explains itself alike without it
@@ -511,11 +515,54 @@ class PackedDenseConv(ConvAccumulator):
         self.reason = (f"dense int8 conv on {tile}{folded}, no im2row, Q31 requantization in the "
                        "epilogue")
 
+    @staticmethod
+    def lanes_fit(w4: np.ndarray, folded: bool) -> bool:
+        """Whether the lanes conv (kernels/conv_lanes.py, conv2d_lanes_rq_i8) takes this conv: a
+        CPU with AVX-512 VNNI whose OS grants no AMX (with AMX the tiles stay), a multiple of 4
+        input channels (not the folded stem). The CPU's flags, not whether the JIT is on."""
+        from ...kernels._amx import AVAILABLE
+        from ...kernels._cpu import HAS_AVX512_VNNI
+
+        return HAS_AVX512_VNNI and not AVAILABLE and not folded and w4.shape[1] % 4 == 0
+
+    def _init_lanes(self, w4: np.ndarray, ctx: PlanContext):
+        from ...kernels._lanes import pack_lane_words
+
+        words = pack_lane_words(w4)
+        self.lanes, self.words = True, aligned_empty(words.shape, np.int32)
+        self.words[:] = words  # each column's 32 words on two whole lines
+        self.lanes_kernel = ctx.kernel("conv2d_lanes_rq_i8")
+        self.name = "conv2d_lanes_rq_i8"
+        self.reason = ("dense int8 conv with 32 output channels in the vector lanes × 7 positions "
+                       "of a row (vpdpbusd on the packed input's 4-channel words), no im2row, Q31 "
+                       "requantization in the epilogue")
+
+    def _prepare_lanes(self, shape: tuple, dtype, q: dict) -> tuple:
+        """The lanes conv's call for inputs of ``shape``: the packed input at its natural pitch,
+        one offset per weight column (4 channels at one tap), the int32 sums' plane."""
+        from ...kernels._quads import quad_layout, quad_offsets
+
+        g, geo = self.geometry(shape)
+        y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
+        shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
+        hq, pitch, stride, _, copy_words = quad_layout(*shape8, self.channels // 4, False)
+        columns = np.arange(self.channels // 4 * self.kh * self.kw, dtype=np.int64)
+        offsets = quad_offsets(columns, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
+                               g["dw"], stride, 1, copy_words)
+        xg = aligned_empty((shape[0], copy_words), np.int32)
+        acc = aligned_empty((shape[0], self.n_out, g["oh"] * g["ow"]), np.int32)
+        head = (self.words, offsets, q["bias"], self.w_sums)
+        mid = (q["x_zp"], xg, acc) + requantize_args(q)
+        return whole_image_call(self.lanes_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
+                                geo + (pitch,))
+
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._amx import TILE_ROWS
         from ...kernels._broadcast import BROADCAST_PIXELS
         from ...kernels._quads import quad_layout
 
+        if self.lanes:
+            return self._prepare_lanes(shape, dtype, q)
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
         shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])

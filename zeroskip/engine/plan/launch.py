@@ -134,6 +134,12 @@ def _work_conv_lanes_f32(wb, offsets, b, x, xp, y, *_):
     return _conv_work(offsets.shape[0], y)
 
 
+def _work_conv_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zp, xg, acc, m0, shift, y_zp, lo, hi,
+                           y, *_):
+    # each column of 4 channels costs one vpdpbusd per 16 channels, as the VNNI tile's step does
+    return _conv_work(offsets.shape[0] * 0.25, y)
+
+
 def _work_depthwise_f32(w, b, x, xp, ws, y, *_):
     return _conv_work(w.shape[1], y)
 
@@ -177,6 +183,7 @@ WORK = {
     "conv2d_dense_rq_i8": (_work_conv_dense_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_dense_f32": (_work_conv_dense_f32, MIN_PARALLEL_MACS),
     "conv2d_lanes_f32": (_work_conv_lanes_f32, MIN_PARALLEL_MACS),
+    "conv2d_lanes_rq_i8": (_work_conv_lanes_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),

@@ -1,0 +1,151 @@
+"""The int8 lane tile of conv_lanes.py: 32 output channels in the vector lanes × 7 positions of an
+output row, over the quad conv's packed input (``_quads.pack_group``: 4 channels' bytes per word).
+
+    acc[at + l·plane + r] = starts[n0 + l] + Σ_{k} dot4(xg[offsets[k] + base + r], wl[w0 + 32k + l])
+    for l < channels, r < count
+
+Weight column k = c4·kh·kw + i·kw + j is 4 input channels at one tap. A block's 32 output channels'
+words at column k are adjacent (``pack_lane_words``): 2 zmm loads. Each of the row's 7 positions
+reads one word of the packed input, broadcast, and ``vpdpbusd`` adds its 4 unsigned bytes times
+each channel's 4 signed weight bytes into the channel's int32 lane: 14 accumulators, 2 loads, 7
+broadcasts and 14 ``vpdpbusd`` per column. The int32 sums, a position per vector and a channel per
+lane, are transposed in registers (``_fma.transposed_pairs``) and each channel's positions stored with
+one masked store into an int32 plane, which the kernel then requantizes row by row
+(``quant.requantize_row``), exactly as the other int8 convs do.
+
+Exact: unsigned activation bytes times signed weight bytes, added in int32 with no saturation;
+int8 activations are packed as x + 128 and the sums start from bias' − 128·Σ w (the quad conv's
+trick, exact modulo 2³², and the true sums are within int32 by the plan's bound).
+``lane_tile_i8_loops`` is the same arithmetic in plain loops: the tile on CPUs without AVX-512
+VNNI, and the one to read first. The leading underscore keeps the kernel collector
+(``kernels/__init__.py``) from looking here: helpers only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._broadcast import RUNS, declare_dpbusd
+from ._fma import transposed_pairs
+from ._quads import signed_byte
+
+LANE_PIXELS_I8 = 7
+"""Output positions of one row per int8 lane tile (a row of 56, 28, 14 or 7 splits into whole
+tiles), as the float lane tile's."""
+
+LANE_CHANNELS_I8 = 32
+"""Output channels per int8 lane tile: 2 zmm of 16 int32 lanes."""
+
+
+def lane_tile_i8_loops(xg, offsets, wl, w0, base, starts, n0, acc, at, plane, channels, count):
+    """The int8 lane tile in plain loops (module docstring): channel n0 + l's sum at position r
+    into acc[at + l·plane + r], for l < channels and r < count, wrapped to int32 as vpdpbusd's
+    sums wrap (the plan's bound keeps the true sums within int32)."""
+    for l in range(channels):
+        for r in range(count):
+            s = np.int64(starts[n0 + l])
+            for k in range(offsets.shape[0]):
+                a = np.int64(xg[offsets[k] + base + r])
+                w = np.int64(wl[w0 + k * LANE_CHANNELS_I8 + l])
+                s += ((a & 0xFF) * signed_byte(w, 0) + ((a >> 8) & 0xFF) * signed_byte(w, 1)
+                      + ((a >> 16) & 0xFF) * signed_byte(w, 2)
+                      + ((a >> 24) & 0xFF) * signed_byte(w, 3))
+            acc[at + l * plane + r] = np.int32(((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31)
+
+
+lane_tile_i8_portable = njit(cache=True, inline="always")(lane_tile_i8_loops)
+
+
+def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_I8 // 16):
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    lanes = 16
+    vec, half = ir.VectorType(i32, lanes), ir.VectorType(i32, 8)
+
+    @intrinsic
+    def lane_tile_i8(typingctx, xg, offsets, wl, w0, base, starts, n0, acc, at, plane, channels,
+                     count):
+        arrays = (xg, offsets, wl, starts, acc)
+        if not (all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1
+                    for a in arrays) and offsets.dtype == types.int64
+                and all(a.dtype == types.int32 for a in (xg, wl, starts, acc))):
+            return None
+        sig = types.void(xg, offsets, wl, types.intp, types.intp, starts, types.intp, acc,
+                         types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            xa, oa, wa, sa, aa = (context.make_array(signature.args[i])(context, builder, args[i])
+                                  for i in (0, 1, 2, 5, 7))
+            w0, base, n0, at, plane, channels, count = (args[3], args[4], args[6], args[8],
+                                                        args[9], args[10], args[11])
+            dpbusd = declare_dpbusd(builder)
+            undef = ir.Constant(vec, ir.Undefined)
+            spread = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            # the block's starting sums: starts holds whole blocks (zeros past N)
+            first = builder.bitcast(builder.gep(sa.data, [n0]), vec.as_pointer())
+            start = [builder.load(builder.gep(first, [i64(v)]), align=4) for v in range(vectors)]
+            accs = [[cgutils.alloca_once_value(builder, start[v]) for v in range(vectors)]
+                    for r in range(pixels)]
+            weights = builder.gep(wa.data, [w0])
+            with cgutils.for_range(builder, cgutils.unpack_tuple(builder, oa.shape)[0]) as loop:
+                k = loop.index
+                run = builder.add(builder.load(builder.gep(oa.data, [k])), base)
+                ws = builder.bitcast(builder.gep(weights, [builder.mul(k, i64(lanes * vectors))]),
+                                     vec.as_pointer())
+                w = [builder.load(builder.gep(ws, [i64(v)]), align=4) for v in range(vectors)]
+                for r in range(pixels):
+                    word = builder.load(builder.gep(xa.data, [builder.add(run, i64(r))]))
+                    x = builder.shuffle_vector(builder.insert_element(undef, word, i64(0)), undef,
+                                               spread)
+                    for v in range(vectors):
+                        a = accs[r][v]
+                        builder.store(builder.call(dpbusd, [builder.load(a), x, w[v]]), a)
+            store = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.mask.storeu.d.256",
+                fnty=ir.FunctionType(ir.VoidType(), [i32.as_pointer(), half, i8]))
+            out = builder.gep(aa.data, [at])
+            mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i8)
+            for v in range(vectors):
+                rows = [builder.load(accs[r][v]) for r in range(pixels)] + [undef] * (8 - pixels)
+                for j, pair in enumerate(transposed_pairs(builder, rows, lanes)):
+                    for h in range(2):
+                        l = lanes * v + 2 * j + h
+                        part = builder.shuffle_vector(pair, undef, ir.Constant(
+                            ir.VectorType(i32, 8), list(range(8 * h, 8 * h + 8))))
+                        with builder.if_then(builder.icmp_signed("<", i64(l), channels)):
+                            builder.call(store, [builder.gep(out, [builder.mul(i64(l), plane)]),
+                                                 part, mask])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return lane_tile_i8
+
+
+LANE_TILES_I8 = {"loops": lane_tile_i8_portable}
+"""The int8 lane tile variants this CPU runs, by name (the tests compare each with the reference)."""
+if RUNS:
+    LANE_TILES_I8["vnni"] = _lane_tile_i8_ir()
+
+lane_tile_i8 = LANE_TILES_I8.get("vnni", lane_tile_i8_portable)
+"""The tile the int8 lanes conv runs: vpdpbusd where the CPU has AVX-512 VNNI, plain loops
+elsewhere (where plans do not take it) and as Python under NUMBA_DISABLE_JIT=1."""
+
+
+def pack_lane_words(w4):
+    """wl [blocks·K4·32] int32: the int8 weight w4 (N, C, kh, kw), C a multiple of 4, as the lane
+    tile reads it. Word column k = c4·kh·kw + i·kw + j holds channel n's weights on input channels
+    4c4 .. 4c4+3 at tap (i, j), byte b on channel 4c4 + b; blocks of 32 output channels (zero words
+    past N), and in a block the 32 channels' words at each column adjacent: channel n = 32·blk + l
+    at (blk·K4 + k)·32 + l."""
+    n_out, channels, kh, kw = w4.shape
+    words = np.ascontiguousarray(np.asarray(w4, np.int8).reshape(
+        n_out, channels // 4, 4, kh * kw).transpose(0, 1, 3, 2)).view("<i4").reshape(n_out, -1)
+    blocks = -(-n_out // LANE_CHANNELS_I8)
+    rows = np.zeros((blocks * LANE_CHANNELS_I8, words.shape[1]), np.int32)
+    rows[:n_out] = words
+    return np.ascontiguousarray(
+        rows.reshape(blocks, LANE_CHANNELS_I8, -1).transpose(0, 2, 1)).reshape(-1)
