@@ -256,6 +256,32 @@ def transposed_pairs(builder, rows, lanes):
     return out
 
 
+def lane_products(builder, offsets, xs, weights, base, step, accs, add_product):
+    """LLVM IR: a lane tile's loop over its weights k (``offsets``, the array of where each k's
+    inputs start): per k, the block's len(accs[0]) weight vectors loaded from ``weights`` (a
+    pointer to the block's first, the k's vectors adjacent), and for each position r the input
+    element xs[offsets[k] + base + r·step] broadcast and added into accs[r][v] by
+    ``add_product(acc, x, w)`` (an FMA for float, vpdpbusd for int8). The float and int8 lane
+    tiles' shared loop."""
+    i64 = ir.IntType(64)
+    vec = accs[0][0].type.pointee
+    lanes, vectors = vec.count, len(accs[0])
+    undef = ir.Constant(vec, ir.Undefined)
+    spread = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    count = cgutils.unpack_tuple(builder, offsets.shape)[0]
+    with cgutils.for_range(builder, count) as loop:
+        k = loop.index
+        run = builder.add(builder.load(builder.gep(offsets.data, [k])), base)
+        ws = builder.bitcast(builder.gep(weights, [builder.mul(k, i64(lanes * vectors))]),
+                             vec.as_pointer())
+        w = [builder.load(builder.gep(ws, [i64(v)]), align=4) for v in range(vectors)]
+        for r, row in enumerate(accs):
+            x = builder.load(builder.gep(xs, [builder.add(run, builder.mul(step, i64(r)))]))
+            x = builder.shuffle_vector(builder.insert_element(undef, x, i64(0)), undef, spread)
+            for v, acc in enumerate(row):
+                builder.store(add_product(builder.load(acc), x, w[v]), acc)
+
+
 def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: int = 16):
     """An intrinsic computing lane_tile_loops (the same arguments; ``sums`` unused): pixels·vectors
     accumulators of ``lanes`` float32 lanes (output channels), from zero, in registers over every
@@ -300,19 +326,8 @@ def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: 
             zero = ir.Constant(vec, [0.0] * lanes)
             accs = [[cgutils.alloca_once_value(builder, zero) for v in range(vectors)]
                     for r in range(pixels)]
-            weights = builder.gep(wa.data, [w0])
-            with cgutils.for_range(builder, cgutils.unpack_tuple(builder, oa.shape)[0]) as loop:
-                k = loop.index
-                run = builder.add(builder.load(builder.gep(oa.data, [k])), base)
-                ws = builder.bitcast(builder.gep(weights, [builder.mul(k, i64(lanes * vectors))]),
-                                     vec.as_pointer())
-                w = [builder.load(builder.gep(ws, [i64(v)]), align=4) for v in range(vectors)]
-                for r in range(pixels):
-                    x = splat(builder.load(builder.gep(xa.data, [builder.add(
-                        run, builder.mul(step, i64(r)))])))
-                    for v in range(vectors):
-                        acc = accs[r][v]
-                        builder.store(builder.call(fma, [w[v], x, builder.load(acc)]), acc)
+            lane_products(builder, oa, xa.data, builder.gep(wa.data, [w0]), base, step, accs,
+                          lambda acc, x, w: builder.call(fma, [w, x, acc]))
             # the epilogue: bias (masked: the block's channels past N are not read), clamp as
             # min(max(s + b, lo), hi) with Python's select semantics, transpose, masked stores
             load_ps = builder.module.declare_intrinsic(

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._broadcast import RUNS, declare_dpbusd
-from ._fma import transposed_pairs
+from ._fma import lane_products, transposed_pairs
 from ._quads import signed_byte
 
 LANE_PIXELS_I8 = 7
@@ -83,26 +83,13 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                                                         args[9], args[10], args[11])
             dpbusd = declare_dpbusd(builder)
             undef = ir.Constant(vec, ir.Undefined)
-            spread = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
             # the block's starting sums: starts holds whole blocks (zeros past N)
             first = builder.bitcast(builder.gep(sa.data, [n0]), vec.as_pointer())
             start = [builder.load(builder.gep(first, [i64(v)]), align=4) for v in range(vectors)]
             accs = [[cgutils.alloca_once_value(builder, start[v]) for v in range(vectors)]
                     for r in range(pixels)]
-            weights = builder.gep(wa.data, [w0])
-            with cgutils.for_range(builder, cgutils.unpack_tuple(builder, oa.shape)[0]) as loop:
-                k = loop.index
-                run = builder.add(builder.load(builder.gep(oa.data, [k])), base)
-                ws = builder.bitcast(builder.gep(weights, [builder.mul(k, i64(lanes * vectors))]),
-                                     vec.as_pointer())
-                w = [builder.load(builder.gep(ws, [i64(v)]), align=4) for v in range(vectors)]
-                for r in range(pixels):
-                    word = builder.load(builder.gep(xa.data, [builder.add(run, i64(r))]))
-                    x = builder.shuffle_vector(builder.insert_element(undef, word, i64(0)), undef,
-                                               spread)
-                    for v in range(vectors):
-                        a = accs[r][v]
-                        builder.store(builder.call(dpbusd, [builder.load(a), x, w[v]]), a)
+            lane_products(builder, oa, xa.data, builder.gep(wa.data, [w0]), base, i64(1), accs,
+                          lambda acc, x, w: builder.call(dpbusd, [acc, x, w]))
             store = builder.module.declare_intrinsic(
                 "llvm.x86.avx512.mask.storeu.d.256",
                 fnty=ir.FunctionType(ir.VoidType(), [i32.as_pointer(), half, i8]))
