@@ -129,12 +129,11 @@ def test_every_lane_tile_gives_the_plain_loops_bytes(channels, count):
         got = np.full(want.shape, np.nan, np.float32)
 
         @numba.njit
-        def call(sums, xp, offsets, wb, b, yf):
+        def call(xp, offsets, wb, b, yf):
             # the second block (w0 = K·L), base 13, step 3
-            tile(sums, xp, offsets, wb, K * L, 13, 3, b, L + 3, yf, at, plane, lo, hi, channels,
-                 count)
+            tile(xp, offsets, wb, K * L, 13, 3, b, L + 3, yf, at, plane, lo, hi, channels, count)
 
-        call(np.empty((P, L), np.float32), xp, offsets, wb, b, got)
+        call(xp, offsets, wb, b, got)
         written = ~np.isnan(want)
         np.testing.assert_array_equal(np.isnan(got), ~written, err_msg=name)
         assert_f32_close(got[written], np.clip(want[written], lo, hi), K=K + 1,

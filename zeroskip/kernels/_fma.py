@@ -204,18 +204,17 @@ LANE_CHANNELS = 16 * LANE_VECTORS
 """Output channels per lane tile, and per block of the lane-packed weight (``pack_lanes``)."""
 
 
-def lane_tile_loops(sums, xp, offsets, wb, w0, base, step, b, n0, yf, at, plane, lo, hi,
-                    channels, count):
-    """The lane tile in plain loops. First the sums [LANE_PIXELS, LANE_CHANNELS],
+def lane_tile_loops(xp, offsets, wb, w0, base, step, b, n0, yf, at, plane, lo, hi, channels,
+                    count):
+    """The lane tile in plain loops. First the sums [LANE_PIXELS, LANE_CHANNELS] (its own scratch:
+    the vector tile keeps them in registers, and the kernel allocates nothing per task for it),
     sums[r, l] = Σ_k wb[w0 + k·LANE_CHANNELS + l] · xp[offsets[k] + base + r·step], one k after
     another, each product added with one rounding (fma32), as the vector tile's FMAs do, and as
     the positions' tile adds the same products for the same output: the same bytes. Then the
     epilogue: channel n0 + l's sum at position r, biased and clamped, min(max(s + b[n0 + l], lo),
     hi), to yf[at + l·plane + r] for l < channels and r < count (yf is the flat output)."""
-    pixels, lanes = sums.shape
-    for r in range(pixels):
-        for l in range(lanes):
-            sums[r, l] = 0
+    pixels, lanes = LANE_PIXELS, LANE_CHANNELS
+    sums = np.zeros((pixels, lanes), np.float32)
     for k in range(offsets.shape[0]):
         run = offsets[k] + base
         w = w0 + k * lanes
@@ -283,7 +282,7 @@ def lane_products(builder, offsets, xs, weights, base, step, accs, add_product):
 
 
 def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: int = 16):
-    """An intrinsic computing lane_tile_loops (the same arguments; ``sums`` unused): pixels·vectors
+    """An intrinsic computing lane_tile_loops (the same arguments): pixels·vectors
     accumulators of ``lanes`` float32 lanes (output channels), from zero, in registers over every
     k, with per k ``vectors`` loads of the block's weights and one broadcast per position; then the
     bias (a masked load) and the clamp on the accumulators, a transpose in registers
@@ -296,24 +295,23 @@ def lane_tile_ir(pixels: int = LANE_PIXELS, vectors: int = LANE_VECTORS, lanes: 
     assert pixels <= 8 and lanes == 16
 
     @intrinsic
-    def lane_tile(typingctx, sums, xp, offsets, wb, w0, base, step, b, n0, yf, at, plane, lo,
-                  hi, channels, count):
-        arrays = (sums, xp, offsets, wb, b, yf)
-        if not (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
-                and sums.ndim == 2 and all(a.ndim == 1 for a in arrays[1:])
-                and offsets.dtype == types.int64
-                and all(a.dtype == types.float32 for a in (sums, xp, wb, b, yf))
+    def lane_tile(typingctx, xp, offsets, wb, w0, base, step, b, n0, yf, at, plane, lo, hi,
+                  channels, count):
+        arrays = (xp, offsets, wb, b, yf)
+        if not (all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1
+                    for a in arrays) and offsets.dtype == types.int64
+                and all(a.dtype == types.float32 for a in (xp, wb, b, yf))
                 and lo == hi == types.float32):
             return None
-        sig = types.void(sums, xp, offsets, wb, types.intp, types.intp, types.intp, b,
-                         types.intp, yf, types.intp, types.intp, types.float32, types.float32,
-                         types.intp, types.intp)
+        sig = types.void(xp, offsets, wb, types.intp, types.intp, types.intp, b, types.intp, yf,
+                         types.intp, types.intp, types.float32, types.float32, types.intp,
+                         types.intp)
 
         def codegen(context, builder, signature, args):
             xa, oa, wa, ba, ya = (context.make_array(signature.args[i])(context, builder, args[i])
-                                  for i in (1, 2, 3, 7, 9))
-            w0, base, step, n0, at, plane, lo, hi, channels, count = (args[4], args[5], args[6],
-                                                                     *args[8:9], *args[10:])
+                                  for i in (0, 1, 2, 6, 8))
+            w0, base, step, n0, at, plane, lo, hi, channels, count = (args[3], args[4], args[5],
+                                                                     args[7], *args[9:])
             fma = builder.module.declare_intrinsic(
                 f"llvm.fma.v{lanes}f32", fnty=ir.FunctionType(vec, [vec, vec, vec]))
             undef = ir.Constant(vec, ir.Undefined)

@@ -109,10 +109,9 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
         block, oh = rest // OH, rest % OH
         n0 = block * LANE_CHANNELS
         channels = min(LANE_CHANNELS, N - n0)
-        sums = np.empty((LANE_PIXELS, LANE_CHANNELS), np.float32)
         for tile in range(tiles):
             ow0 = tile * LANE_PIXELS
-            lane_tile(sums, xp[bi], offsets, wb, n0 * K, oh * sh * Wp + ow0 * sw, sw, b, n0, yf,
+            lane_tile(xp[bi], offsets, wb, n0 * K, oh * sh * Wp + ow0 * sw, sw, b, n0, yf,
                       (bi * N + n0) * plane + oh * OW + ow0, plane, lo32, hi32, channels,
                       min(LANE_PIXELS, OW - ow0))
 
