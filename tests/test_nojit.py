@@ -148,14 +148,13 @@ def _lanes_conv_i8() -> np.ndarray:
     offsets = quad_offsets(np.arange(18, dtype=np.int64), 3, 3, hq, pitch, 2, 2, 1, 1, stride, 1,
                            copy_words)
     xg = np.zeros((1, copy_words), np.int32)
-    acc = np.zeros((1, 35, 25), np.int32)
     bias = rng.integers(-5000, 5000, 35).astype(np.int32)
     w_sums = w.reshape(35, -1).astype(np.int64).sum(axis=1)
     m0, shift = np.full(35, 1 << 30, np.int32), np.full(35, 38, np.int32)
     y = np.zeros((1, 35, 5, 5), np.int8)
     r = rng.integers(-128, 128, y.shape).astype(np.int8)
-    KERNELS["conv2d_lanes_rq_i8"](pack_lane_words(w), offsets, bias, w_sums, x, -3, xg, acc, m0,
-                                  shift, 4, -128, 127, y, 3, 3, 2, 2, 1, 1, 1, 1, pitch,
+    KERNELS["conv2d_lanes_rq_i8"](pack_lane_words(w), offsets, bias, w_sums, x, -3, xg, m0, shift,
+                                  4, -128, 127, y, 3, 3, 2, 2, 1, 1, 1, 1, pitch,
                                   (r, 4, -2, 1 << 19, 3 << 18, 20, -1, -128, 127))
     return y
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from ..budget import ENV as MEMORY_ENV, over_budget, show_bytes
 from ..errors import InputError, ModelFormatError, UnsupportedModelError, ZeroskipError
 from ..model import Model, ValueInfo
 from ..shapes import batch_coupling
+from .awake import SPIN_MIN_RUN_S, kept_awake, spinning_allowed
 from .memory import estimate
 from .plan import MODES, build_plan
 from .profile import Profile, profile_plan
@@ -97,6 +99,7 @@ class Session:
                             if mode == "auto" and None in v.shape}
         self._plans: dict = {}
         self._plans_lock = threading.Lock()
+        self._run_seconds: dict = {}  # id(plan) -> its last run's time (whether spinners pay)
         self._plan = self._plan_for(1 if self._batch_axes else None)
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
@@ -141,8 +144,10 @@ class Session:
     def _run_checked(self, checked: dict) -> dict[str, np.ndarray]:
         plan, values = self._start(checked)
         with self._running(plan):
+            start = time.perf_counter()
             for i, step in enumerate(plan.steps):
                 self._run_step(i, step, values)
+            self._run_seconds[id(plan)] = time.perf_counter() - start
         # Outputs are C-contiguous (a GEMM's may be the transpose of its kernel's (N,M) result).
         # A constant output is copied, so a caller who changes it cannot change the next run's.
         return {v.name: np.array(values[v.name], dtype=v.dtype, order="C", copy=True)
@@ -255,7 +260,11 @@ class Session:
         # BLAS gets the threads when the plan's weighted layers all run on it (its Numba steps are
         # then serial), else one thread: the Numba kernels have them (Plan.blas_owns_threads)
         blas = (self.threads if plan.blas_owns_threads else 1) if plan.uses_blas else None
-        return _running(self.threads if parallel else None, parallel, blas)
+        # spinners keep the other CPUs awake (engine/awake.py) once a run of this plan has been
+        # long enough for them to pay
+        awake = _awake_threads(self.threads) if parallel and self._run_seconds.get(
+            id(plan), -1.0) >= SPIN_MIN_RUN_S else 1
+        return _running(self.threads if parallel else None, parallel, blas, awake)
 
     def _run_step(self, i: int, step, values: dict) -> None:
         """Run step ``i``, then free the activations whose last reader it was."""
@@ -354,19 +363,33 @@ def timing_context(threads: int | None):
     return _running(threads, threads != 1, 1)
 
 
-def _running(threads: int | None, parallel: bool, blas: int | None = None):
-    """The context a run needs: Numba's thread count, the launch lock, BLAS's thread count. When
-    none of them has anything to do (a one-thread plan, or default threads and no BLAS under a
-    layer that takes concurrent launches), a shared empty context: the three generator-based
+def _running(threads: int | None, parallel: bool, blas: int | None = None, awake: int = 1):
+    """The context a run needs: Numba's thread count, the launch lock, BLAS's thread count, and
+    the spinners that keep ``awake`` − 1 other CPUs awake (engine/awake.py). When none of them
+    has anything to do (a one-thread plan, or default threads and no BLAS under a layer that
+    takes concurrent launches, and no spinners), a shared empty context: the generator-based
     ones cost ~3 µs a run, a tenth of the digits MLP's run at batch 1."""
-    if threads is None and blas is None and not (parallel and _serial_launches()):
+    if threads is None and blas is None and awake < 2 \
+            and not (parallel and _serial_launches()):
         return _NOTHING
-    return _all_of(threads, parallel, blas)
+    return _all_of(threads, parallel, blas, awake)
+
+
+def _awake_threads(threads: int | None) -> int:
+    """The thread count a parallel run keeps awake: its own (Numba's when None; no more than
+    Numba's pool, which has one thread per CPU unless NUMBA_NUM_THREADS says otherwise), or 1
+    where spinning is off."""
+    if not spinning_allowed():
+        return 1
+    import numba
+
+    return numba.get_num_threads() if threads is None \
+        else min(threads, numba.config.NUMBA_NUM_THREADS)
 
 
 @contextmanager
-def _all_of(threads: int | None, parallel: bool, blas: int | None):
-    with _threads(threads), _launch_guard(parallel), blas_threads(blas):
+def _all_of(threads: int | None, parallel: bool, blas: int | None, awake: int = 1):
+    with _threads(threads), _launch_guard(parallel), blas_threads(blas), kept_awake(awake):
         yield
 
 

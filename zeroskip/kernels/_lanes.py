@@ -1,17 +1,21 @@
 """The int8 lane tile of conv_lanes.py: 32 output channels in the vector lanes × 7 positions of an
-output row, over the quad conv's packed input (``_quads.pack_group``: 4 channels' bytes per word).
+output row, over the quad conv's packed input (``_quads.pack_group``: 4 channels' bytes per word),
+requantized in registers.
 
-    acc[at + l·plane + r] = starts[n0 + l] + Σ_{k} dot4(xg[offsets[k] + base + r], wl[w0 + 32k + l])
-    for l < channels, r < count
+    s[l, r] = starts[n0 + l] + Σ_{k} dot4(xg[offsets[k] + base + r], wl[w0 + 32k + l])
+    y[at + l·plane + r] = requantize(s[l, r], m0s[n0 + l], shifts[n0 + l])     l < channels, r < count
 
 Weight column k = c4·kh·kw + i·kw + j is 4 input channels at one tap. A block's 32 output channels'
 words at column k are adjacent (``pack_lane_words``): 2 zmm loads. Each of the row's 7 positions
 reads one word of the packed input, broadcast, and ``vpdpbusd`` adds its 4 unsigned bytes times
 each channel's 4 signed weight bytes into the channel's int32 lane: 14 accumulators, 2 loads, 7
-broadcasts and 14 ``vpdpbusd`` per column. The int32 sums, a position per vector and a channel per
-lane, are transposed in registers (``_fma.transposed_pairs``) and each channel's positions stored with
-one masked store into an int32 plane, which the kernel then requantizes row by row
-(``quant.requantize_row``), exactly as the other int8 convs do.
+broadcasts and 14 ``vpdpbusd`` per column. The epilogue requantizes the accumulators where they
+are, a channel per lane (each lane's multiplier and shift are one vector load per 16 channels):
+quant.requantize_row's arithmetic in 64-bit lanes, the zero point added and the clamp applied;
+then the values, a position per vector, are transposed in registers (``_fma.transposed_pairs``)
+and each channel's positions stored as bytes with one masked store. The int32 sums never leave
+the registers: an earlier version stored them into an int32 plane that a third parallel loop
+requantized (4 bytes written and read again per output, and one more parallel region per conv).
 
 Exact: unsigned activation bytes times signed weight bytes, added in int32 with no saturation;
 int8 activations are packed as x + 128 and the sums start from bias' − 128·Σ w (the quad conv's
@@ -32,6 +36,7 @@ from numba.extending import intrinsic
 from ._broadcast import RUNS, declare_dpbusd
 from ._fma import lane_products, transposed_pairs
 from ._quads import signed_byte
+from .quant import requantize_one
 
 LANE_PIXELS_I8 = 7
 """Output positions of one row per int8 lane tile (a row of 56, 28, 14 or 7 splits into whole
@@ -41,10 +46,11 @@ LANE_CHANNELS_I8 = 32
 """Output channels per int8 lane tile: 2 zmm of 16 int32 lanes."""
 
 
-def lane_tile_i8_loops(xg, offsets, wl, w0, base, starts, n0, acc, at, plane, channels, count):
-    """The int8 lane tile in plain loops (module docstring): channel n0 + l's sum at position r
-    into acc[at + l·plane + r], for l < channels and r < count, wrapped to int32 as vpdpbusd's
-    sums wrap (the plan's bound keeps the true sums within int32)."""
+def lane_tile_i8_loops(xg, offsets, wl, w0, base, starts, m0s, shifts, n0, y_zero_point, lo, hi,
+                       y, at, channels, plane, count):
+    """The int8 lane tile in plain loops (module docstring): channel n0 + l's sum at position r,
+    wrapped to int32 as vpdpbusd's sums wrap (the plan's bound keeps the true sums within int32),
+    requantized into y[at + l·plane + r], for l < channels and r < count."""
     for l in range(channels):
         for r in range(count):
             s = np.int64(starts[n0 + l])
@@ -54,54 +60,90 @@ def lane_tile_i8_loops(xg, offsets, wl, w0, base, starts, n0, acc, at, plane, ch
                 s += ((a & 0xFF) * signed_byte(w, 0) + ((a >> 8) & 0xFF) * signed_byte(w, 1)
                       + ((a >> 16) & 0xFF) * signed_byte(w, 2)
                       + ((a >> 24) & 0xFF) * signed_byte(w, 3))
-            acc[at + l * plane + r] = np.int32(((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31)
+            s = ((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31
+            y[at + l * plane + r] = requantize_one(s, m0s[n0 + l], shifts[n0 + l], y_zero_point,
+                                                   lo, hi)
 
 
 lane_tile_i8_portable = njit(cache=True, inline="always")(lane_tile_i8_loops)
 
 
+def _requantized(builder, s, m0, shift, nudge, y_zero_point, lo, hi):
+    """LLVM IR: quant.requantize_row's arithmetic on a vector of int32 sums s, a channel per lane,
+    in 64-bit lanes: clamp(y_zp + (s·m0 + nudge − (s·m0 < 0)) >> shift, lo, hi), as int32 (the
+    other operands are int64 vectors of s's lane count; nudge = 2^(shift−1))."""
+    wide = ir.VectorType(ir.IntType(64), s.type.count)
+    p = builder.mul(builder.sext(s, wide), m0)
+    t = builder.ashr(builder.sub(builder.add(p, nudge), builder.zext(
+        builder.icmp_signed("<", p, ir.Constant(wide, [0] * s.type.count)), wide)), shift)
+    t = builder.add(t, y_zero_point)
+    t = builder.select(builder.icmp_signed("<", t, lo), lo, t)
+    t = builder.select(builder.icmp_signed(">", t, hi), hi, t)
+    return builder.trunc(t, s.type)
+
+
 def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_I8 // 16):
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     lanes = 16
-    vec, half = ir.VectorType(i32, lanes), ir.VectorType(i32, 8)
+    vec, wide = ir.VectorType(i32, lanes), ir.VectorType(i64, lanes)
+    bytes16 = ir.VectorType(i8, 16)
 
     @intrinsic
-    def lane_tile_i8(typingctx, xg, offsets, wl, w0, base, starts, n0, acc, at, plane, channels,
-                     count):
-        arrays = (xg, offsets, wl, starts, acc)
+    def lane_tile_i8(typingctx, xg, offsets, wl, w0, base, starts, m0s, shifts, n0, y_zero_point,
+                     lo, hi, y, at, channels, plane, count):
+        arrays = (xg, offsets, wl, starts, m0s, shifts, y)
         if not (all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1
                     for a in arrays) and offsets.dtype == types.int64
-                and all(a.dtype == types.int32 for a in (xg, wl, starts, acc))):
+                and all(a.dtype == types.int32 for a in (xg, wl, starts, m0s, shifts))
+                and y.dtype in (types.uint8, types.int8)):
             return None
-        sig = types.void(xg, offsets, wl, types.intp, types.intp, starts, types.intp, acc,
-                         types.intp, types.intp, types.intp, types.intp)
+        sig = types.void(xg, offsets, wl, types.intp, types.intp, starts, m0s, shifts, types.intp,
+                         types.int64, types.int64, types.int64, y, types.intp, types.intp,
+                         types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
-            xa, oa, wa, sa, aa = (context.make_array(signature.args[i])(context, builder, args[i])
-                                  for i in (0, 1, 2, 5, 7))
-            w0, base, n0, at, plane, channels, count = (args[3], args[4], args[6], args[8],
-                                                        args[9], args[10], args[11])
+            xa, oa, wa, sa, ma, ha, ya = (
+                context.make_array(signature.args[i])(context, builder, args[i])
+                for i in (0, 1, 2, 5, 6, 7, 12))
+            w0, base, n0 = args[3], args[4], args[8]
+            y_zero_point, lo, hi = args[9], args[10], args[11]
+            at, channels, plane, count = args[13:]
             dpbusd = declare_dpbusd(builder)
             undef = ir.Constant(vec, ir.Undefined)
-            # the block's starting sums: starts holds whole blocks (zeros past N)
-            first = builder.bitcast(builder.gep(sa.data, [n0]), vec.as_pointer())
-            start = [builder.load(builder.gep(first, [i64(v)]), align=4) for v in range(vectors)]
-            accs = [[cgutils.alloca_once_value(builder, start[v]) for v in range(vectors)]
+
+            def block(array, v):  # the block's vector v of a per-channel array (whole blocks)
+                first = builder.bitcast(builder.gep(array.data, [n0]), vec.as_pointer())
+                return builder.load(builder.gep(first, [i64(v)]), align=4)
+
+            def splat(value):
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(wide, ir.Undefined), value, i64(0)),
+                    ir.Constant(wide, ir.Undefined), ir.Constant(vec, [0] * lanes))
+
+            accs = [[cgutils.alloca_once_value(builder, block(sa, v)) for v in range(vectors)]
                     for r in range(pixels)]
             lane_products(builder, oa, xa.data, builder.gep(wa.data, [w0]), base, i64(1), accs,
                           lambda acc, x, w: builder.call(dpbusd, [acc, x, w]))
             store = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.storeu.d.256",
-                fnty=ir.FunctionType(ir.VoidType(), [i32.as_pointer(), half, i8]))
-            out = builder.gep(aa.data, [at])
-            mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i8)
+                "llvm.x86.avx512.mask.storeu.b.128",
+                fnty=ir.FunctionType(ir.VoidType(), [i8.as_pointer(), bytes16, i16]))
+            out = builder.bitcast(builder.gep(ya.data, [at]), i8.as_pointer())
+            mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i16)
+            zp_v, lo_v, hi_v = splat(y_zero_point), splat(lo), splat(hi)
+            one = ir.Constant(wide, [1] * lanes)
             for v in range(vectors):
-                rows = [builder.load(accs[r][v]) for r in range(pixels)] + [undef] * (8 - pixels)
+                m0 = builder.sext(block(ma, v), wide)
+                shift = builder.sext(block(ha, v), wide)
+                nudge = builder.shl(one, builder.sub(shift, one))
+                rows = [_requantized(builder, builder.load(accs[r][v]), m0, shift, nudge, zp_v,
+                                     lo_v, hi_v) for r in range(pixels)]
+                rows += [undef] * (8 - pixels)
                 for j, pair in enumerate(transposed_pairs(builder, rows, lanes)):
                     for h in range(2):
                         l = lanes * v + 2 * j + h
-                        part = builder.shuffle_vector(pair, undef, ir.Constant(
-                            ir.VectorType(i32, 8), list(range(8 * h, 8 * h + 8))))
+                        part = builder.trunc(builder.shuffle_vector(pair, undef, ir.Constant(
+                            ir.VectorType(i32, 16), list(range(8 * h, 8 * h + 8)) + [16] * 8)),
+                            bytes16)
                         with builder.if_then(builder.icmp_signed("<", i64(l), channels)):
                             builder.call(store, [builder.gep(out, [builder.mul(i64(l), plane)]),
                                                  part, mask])

@@ -30,8 +30,12 @@ from ._fma import HAS_FMA, LANE_CHANNELS, LANE_PIXELS, lane_tile
 from ._lanes import LANE_CHANNELS_I8, LANE_PIXELS_I8, lane_tile_i8
 from ._planes import pad_plane
 from ._quads import QUAD_SLACK, pack_group_jit, used_phases
-from .elementwise import add_residual, residual_parts
-from .quant import requantize_row
+from .elementwise import add_residual, has_residual, residual_parts
+
+LANE_TASKS_I8 = 16
+"""Tasks that the int8 lanes conv's parallel loop makes at least, where the rows allow
+(``_row_groups``): 8 per thread on 2 (a constant, not the thread count: a kernel that asks Numba
+for it cannot be cached on disk)."""
 
 LANE_SLACK_PIXELS = LANE_PIXELS - 1
 """Positions past a row's last that its last tile computes and drops: the padded input has
@@ -120,19 +124,27 @@ conv2d_lanes_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_f32
 
 
 @njit(cache=True)
-def _block_starts(start, blocks):
-    """start [N] int32 padded with zeros to whole blocks of LANE_CHANNELS_I8 (the int8 tile loads
-    a block's starting sums as whole vectors). A serial helper: a slice assignment in the parallel
-    kernel's body would be a parallel loop of its own."""
-    out = np.zeros(blocks * LANE_CHANNELS_I8, np.int32)
-    for n in range(start.shape[0]):
-        out[n] = start[n]
+def _by_blocks(values, blocks, fill):
+    """values [N] int32 padded with ``fill`` to whole blocks of LANE_CHANNELS_I8 (the int8 tile
+    loads a block's per-channel values as whole vectors). A serial helper: a slice assignment in
+    the parallel kernel's body would be a parallel loop of its own."""
+    out = np.full(blocks * LANE_CHANNELS_I8, fill, np.int32)
+    for n in range(values.shape[0]):
+        out[n] = values[n]
     return out
 
 
-def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, acc, m0, shift,
-                        y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch,
-                        residual=None):
+@njit(cache=True)
+def _row_groups(tasks, rows):
+    """How many groups of consecutive output rows each of ``tasks`` (image, block of channels)
+    splits into: enough for LANE_TASKS_I8 tasks in all, and no more, so that a task runs several
+    rows (its fused residual added over one span of each channel's plane, not row by row: rows of
+    7 took 0.1 ms more per 512×7×7 conv) and a call makes few tasks."""
+    return max(1, min(rows, (LANE_TASKS_I8 + tasks - 1) // tasks))
+
+
+def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point,
+                        lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, residual=None):
     # W (N, C, kh, kw) int8 as lane words * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: conv2d_dense_rq_i8's bytes, one group, with the output channels
@@ -140,15 +152,15 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, acc, m0,
 
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
     _quads.pack_group, the natural pitch); prange tasks (image, block of 32 output channels,
-    output row): per 7 positions of the row, the lane tile over every weight column (4 channels
-    at one tap) into the int32 plane acc, transposed in registers; then prange (image, channel):
-    the plane requantized into y (requantize_row) and, with a residual, added to it.
+    group of output rows, ``_row_groups``): per 7 positions of a row, the lane tile over every weight column (4 channels
+    at one tap), its int32 sums requantized in registers and stored as bytes into y; with a
+    residual, then the task's rows of y added to it. Two parallel regions per call.
     wl — _lanes.pack_lane_words(w4); offsets [C/4·kh·kw] int64 — where each column's words start
     in xg (_quads.quad_offsets of every column, one copy, the natural pitch); bias [N] int32 —
     bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
     x [B,C,H,W] uint8|int8, C a multiple of 4; x_zero_point; xg [B, C/4·S + QUAD_SLACK] int32 —
     the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (as
-    conv2d_quad_rq_i8's); acc [B, N, OH·OW] int32 — the sums' workspace
+    conv2d_quad_rq_i8's)
     m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch — the packed rows' (OW + (kw−1)·dw // sw); residual —
     None, or a QAdd fused into the epilogue (elementwise.residual_parts).
@@ -167,27 +179,30 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, acc, m0,
     for b in range(B):
         xg[b, C4 * stride:] = 0  # read by the dropped positions of the last row's last tile
     blocks = (N + LANE_CHANNELS_I8 - 1) // LANE_CHANNELS_I8
-    starts = _block_starts(unsigned_bias(x, None, bias, w_sums), blocks)
+    starts = _by_blocks(unsigned_bias(x, None, bias, w_sums), blocks, 0)
+    m0s, shifts = _by_blocks(m0, blocks, 0), _by_blocks(shift, blocks, 1)  # no shift by −1
     r, add = residual_parts(residual, y)
     K = offsets.shape[0]
     tiles = (OW + LANE_PIXELS_I8 - 1) // LANE_PIXELS_I8
     plane = OH * OW
-    sums = acc.reshape(-1)  # once: 40 ns a reshape
-    for t in prange(B * blocks * OH):
-        b, rest = t // (blocks * OH), t % (blocks * OH)
-        block, oh = rest // OH, rest % OH
-        n0 = block * LANE_CHANNELS_I8
-        for tile in range(tiles):
-            ow0 = tile * LANE_PIXELS_I8
-            lane_tile_i8(xg[b], offsets, wl, n0 * K, oh * pitch + ow0, starts, n0, sums,
-                         (b * N + n0) * plane + oh * OW + ow0, plane,
-                         min(LANE_CHANNELS_I8, N - n0), min(LANE_PIXELS_I8, OW - ow0))
+    yf = y.reshape(-1)  # once: 40 ns a reshape
     y2, r2 = y.reshape((B * N, plane)), r.reshape((B * N, plane))
-    for t in prange(B * N):
-        n = t % N
-        requantize_row(sums[t * plane:(t + 1) * plane], m0[n], shift[n], y_zero_point, lo, hi,
-                       y2[t])
-        add_residual(y2[t], r2[t], add)
+    groups = _row_groups(B * blocks, OH)
+    rows = (OH + groups - 1) // groups
+    for t in prange(B * blocks * groups):
+        b, rest = t // (blocks * groups), t % (blocks * groups)
+        n0 = rest // groups * LANE_CHANNELS_I8
+        oh0, oh1 = rest % groups * rows, min(OH, (rest % groups + 1) * rows)
+        channels = min(LANE_CHANNELS_I8, N - n0)
+        for oh in range(oh0, oh1):
+            for tile in range(tiles):
+                ow0 = tile * LANE_PIXELS_I8
+                lane_tile_i8(xg[b], offsets, wl, n0 * K, oh * pitch + ow0, starts, m0s, shifts,
+                             n0, y_zero_point, lo, hi, yf, (b * N + n0) * plane + oh * OW + ow0,
+                             channels, plane, min(LANE_PIXELS_I8, OW - ow0))
+        if has_residual(add):  # over the task's rows of each channel, while they are in cache
+            for n in range(b * N + n0, b * N + n0 + channels):
+                add_residual(y2[n, oh0 * OW:oh1 * OW], r2[n, oh0 * OW:oh1 * OW], add)
 
 
 conv2d_lanes_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_rq_i8)

@@ -539,7 +539,7 @@ class PackedDenseConv(ConvAccumulator):
 
     def _prepare_lanes(self, shape: tuple, dtype, q: dict) -> tuple:
         """The lanes conv's call for inputs of ``shape``: the packed input at its natural pitch,
-        one offset per weight column (4 channels at one tap), the int32 sums' plane."""
+        one offset per weight column (4 channels at one tap)."""
         from ...kernels._quads import quad_layout, quad_offsets
 
         g, geo = self.geometry(shape)
@@ -550,9 +550,8 @@ class PackedDenseConv(ConvAccumulator):
         offsets = quad_offsets(columns, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
                                g["dw"], stride, 1, copy_words)
         xg = aligned_empty((shape[0], copy_words), np.int32)
-        acc = aligned_empty((shape[0], self.n_out, g["oh"] * g["ow"]), np.int32)
         head = (self.words, offsets, q["bias"], self.w_sums)
-        mid = (q["x_zp"], xg, acc) + requantize_args(q)
+        mid = (q["x_zp"], xg) + requantize_args(q)
         return whole_image_call(self.lanes_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 geo + (pitch,))
 

@@ -134,8 +134,8 @@ def _work_conv_lanes_f32(wb, offsets, b, x, xp, y, *_):
     return _conv_work(offsets.shape[0], y)
 
 
-def _work_conv_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zp, xg, acc, m0, shift, y_zp, lo, hi,
-                           y, *_):
+def _work_conv_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, y,
+                           *_):
     # each column of 4 channels costs one vpdpbusd per 16 channels, as the VNNI tile's step does
     return _conv_work(offsets.shape[0] * 0.25, y)
 
