@@ -243,9 +243,10 @@ def i8_kernel_with_tile(name: str):
                                    "lane_tile_i8", _lanes.LANE_TILES_I8, name)
 
 
-def run_lanes_i8(case, x_type, seed, tile, residual=False):
+def run_lanes_i8(case, x_type, seed, tile, residual=False, padded=False):
     """The int8 lanes conv (with ``tile``) and the reference on one random case, workspaces
-    pre-filled with garbage; returns (got, want)."""
+    pre-filled with garbage; with ``padded``, m0 and shift as a plan passes them
+    (conv_lanes.lane_multipliers); returns (got, want)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     rng = np.random.default_rng(seed)
     w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
@@ -267,7 +268,8 @@ def run_lanes_i8(case, x_type, seed, tile, residual=False):
                   int(rng.integers(1, 2 ** 20)), int(rng.integers(1, 2 ** 20)), 20,
                   int(rng.integers(lo, hi + 1)), lo, hi)
         extra, want_residual = ((r,) + params,), (r,) + params
-    i8_kernel_with_tile(tile)(wl, offsets, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi,
+    m0_k, shift_k = conv_lanes.lane_multipliers(m0, shift) if padded else (m0, shift)
+    i8_kernel_with_tile(tile)(wl, offsets, bias, w_sums, x, x_zp, xg, m0_k, shift_k, y_zp, lo, hi,
                               y, kh, kw, s, s, d, d, p, p, pitch, *extra)
     want = REFERENCES["conv2d_lanes_rq_i8"](
         wl, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw), strides=(s, s),
@@ -281,6 +283,19 @@ def run_lanes_i8(case, x_type, seed, tile, residual=False):
 def test_conv2d_lanes_rq_i8_matches_the_reference(case, x_type, tile):
     for seed in (1, 2):  # an odd and an even seed: y of x's type and of the other
         got, want = run_lanes_i8(case, x_type, seed, tile)
+        assert_exact(got, want, case=_i8_ids(case), seed=seed, tile=tile)
+
+
+@pytest.mark.parametrize("tile", sorted(_lanes.LANE_TILES_I8))
+@pytest.mark.parametrize("case", [I8_CASES[0], (1, 8, 9, 8, 35, 3, 3, 1, 1, 1)], ids=_i8_ids)
+def test_conv2d_lanes_rq_i8_takes_multipliers_padded_by_the_plan(case, tile):
+    """m0 and shift padded to whole blocks of 32 (lane_multipliers, as the plan passes them) give
+    the reference's bytes too, with a last block of 3 channels."""
+    m0, shift = conv_lanes.lane_multipliers(np.arange(1, 36, dtype=np.int32),
+                                            np.arange(1, 36, dtype=np.int32))
+    assert m0.shape == shift.shape == (64,) and not m0[35:].any() and (shift[35:] == 1).all()
+    for seed in (1, 2):
+        got, want = run_lanes_i8(case, np.int8, seed, tile, padded=True)
         assert_exact(got, want, case=_i8_ids(case), seed=seed, tile=tile)
 
 

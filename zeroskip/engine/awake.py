@@ -19,9 +19,9 @@ second CPU the spinner gives way to it: 13.8 against 13.1 ms paused, 11.3 agains
 back, where OpenMP's spinning workers (GOMP_SPINCOUNT) made the paused runs 117 ms.
 
 Spinners start on the first long parallel run (SPIN_MIN_RUN_S) and then sleep on an Event between
-runs; sessions running at once share them (a count of runs in progress). Off on one-thread plans (their kernels
-never enter the pool), under NUMBA_DISABLE_JIT (the loop would hold the GIL), where the platform
-has no sched_yield, and when ZEROSKIP_SPIN=0.
+runs; sessions running at once share them (a count of runs in progress). Off on one-thread plans
+(their kernels never enter the pool), under NUMBA_DISABLE_JIT (the loop would hold the GIL), where
+the platform has no sched_yield, and when ZEROSKIP_SPIN=0.
 """
 
 from __future__ import annotations

@@ -104,12 +104,14 @@ def pack_planar_chunk(xt, c, count, xp, flip):
 pack_planar_chunk_jit = njit(cache=True, inline="always")(pack_planar_chunk)
 
 
-def splat(builder, value):
-    """LLVM IR: the int32 ``value`` in all LANES lanes of a <16 x i32> (one vpbroadcastd)."""
-    vec = ir.VectorType(ir.IntType(32), LANES)
+def splat(builder, value, vector_type=None):
+    """LLVM IR: ``value`` in every lane of ``vector_type`` (default <16 x i32>: the int32 ``value``
+    in all LANES lanes, one vpbroadcastd)."""
+    vec = vector_type or ir.VectorType(ir.IntType(32), LANES)
     undef = ir.Constant(vec, ir.Undefined)
     one = builder.insert_element(undef, value, ir.IntType(32)(0))
-    return builder.shuffle_vector(one, undef, ir.Constant(vec, [0] * LANES))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), vec.count),
+                                                          [0] * vec.count))
 
 
 def store_accumulators(builder, accs, out):

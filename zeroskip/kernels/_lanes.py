@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._broadcast import RUNS, declare_dpbusd
+from ._broadcast import RUNS, declare_dpbusd, splat
 from ._fma import lane_products, transposed_pairs
 from ._quads import signed_byte
 from .quant import requantize_one
@@ -115,11 +115,6 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                 first = builder.bitcast(builder.gep(array.data, [n0]), vec.as_pointer())
                 return builder.load(builder.gep(first, [i64(v)]), align=4)
 
-            def splat(value):
-                return builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(wide, ir.Undefined), value, i64(0)),
-                    ir.Constant(wide, ir.Undefined), ir.Constant(vec, [0] * lanes))
-
             accs = [[cgutils.alloca_once_value(builder, block(sa, v)) for v in range(vectors)]
                     for r in range(pixels)]
             lane_products(builder, oa, xa.data, builder.gep(wa.data, [w0]), base, i64(1), accs,
@@ -129,7 +124,7 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                 fnty=ir.FunctionType(ir.VoidType(), [i8.as_pointer(), bytes16, i16]))
             out = builder.bitcast(builder.gep(ya.data, [at]), i8.as_pointer())
             mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i16)
-            zp_v, lo_v, hi_v = splat(y_zero_point), splat(lo), splat(hi)
+            zp_v, lo_v, hi_v = (splat(builder, value, wide) for value in (y_zero_point, lo, hi))
             one = ir.Constant(wide, [1] * lanes)
             for v in range(vectors):
                 m0 = builder.sext(block(ma, v), wide)

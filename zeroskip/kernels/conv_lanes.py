@@ -152,16 +152,19 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shif
 
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
     _quads.pack_group, the natural pitch); prange tasks (image, block of 32 output channels,
-    group of output rows, ``_row_groups``): per 7 positions of a row, the lane tile over every weight column (4 channels
-    at one tap), its int32 sums requantized in registers and stored as bytes into y; with a
-    residual, then the task's rows of y added to it. Two parallel regions per call.
+    group of output rows, ``_row_groups``): per 7 positions of a row, the lane tile over every
+    weight column (4 channels at one tap), its int32 sums requantized in registers and stored as
+    bytes into y; with a residual, then the task's rows of y added to it. Two parallel regions
+    per call.
     wl — _lanes.pack_lane_words(w4); offsets [C/4·kh·kw] int64 — where each column's words start
     in xg (_quads.quad_offsets of every column, one copy, the natural pitch); bias [N] int32 —
     bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
     x [B,C,H,W] uint8|int8, C a multiple of 4; x_zero_point; xg [B, C/4·S + QUAD_SLACK] int32 —
     the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (as
     conv2d_quad_rq_i8's)
-    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; y [B,N,OH,OW] uint8|int8 — out
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's (m0 and shift may come padded to
+    whole blocks of 32 channels, ``lane_multipliers``: the plan pads them once, not every call);
+    y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch — the packed rows' (OW + (kw−1)·dw // sw); residual —
     None, or a QAdd fused into the epilogue (elementwise.residual_parts).
     Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (the sums wrap modulo 2^32 otherwise).
@@ -180,7 +183,9 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shif
         xg[b, C4 * stride:] = 0  # read by the dropped positions of the last row's last tile
     blocks = (N + LANE_CHANNELS_I8 - 1) // LANE_CHANNELS_I8
     starts = _by_blocks(unsigned_bias(x, None, bias, w_sums), blocks, 0)
-    m0s, shifts = _by_blocks(m0, blocks, 0), _by_blocks(shift, blocks, 1)  # no shift by −1
+    whole = blocks * LANE_CHANNELS_I8
+    m0s = m0 if m0.shape[0] >= whole else _by_blocks(m0, blocks, 0)
+    shifts = shift if shift.shape[0] >= whole else _by_blocks(shift, blocks, 1)  # no shift by −1
     r, add = residual_parts(residual, y)
     K = offsets.shape[0]
     tiles = (OW + LANE_PIXELS_I8 - 1) // LANE_PIXELS_I8
@@ -207,7 +212,16 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shif
 
 conv2d_lanes_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_rq_i8)
 
+
+def lane_multipliers(m0, shift):
+    """(m0, shift) [N] int32 padded to whole blocks of LANE_CHANNELS_I8 as the int8 lanes conv pads
+    them (multiplier 0 and shift 1 past N), for a plan to pass it once and for all."""
+    whole = -(-len(m0) // LANE_CHANNELS_I8) * LANE_CHANNELS_I8
+    m0s, shifts = np.zeros(whole, np.int32), np.ones(whole, np.int32)
+    m0s[:len(m0)], shifts[:len(shift)] = m0, shift
+    return m0s, shifts
+
 KERNELS = {"conv2d_lanes_f32": conv2d_lanes_f32, "conv2d_lanes_rq_i8": conv2d_lanes_rq_i8}
 
 __all__ = ["FITS_CPU", "KERNELS", "LANES_MAX_PADDING", "LANE_SLACK_PIXELS", "conv2d_lanes_f32",
-           "conv2d_lanes_rq_i8", "lane_offsets", "lanes_pay"]
+           "conv2d_lanes_rq_i8", "lane_multipliers", "lane_offsets", "lanes_pay"]

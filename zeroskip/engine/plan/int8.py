@@ -541,6 +541,7 @@ class PackedDenseConv(ConvAccumulator):
         """The lanes conv's call for inputs of ``shape``: the packed input at its natural pitch,
         one offset per weight column (4 channels at one tap)."""
         from ...kernels._quads import quad_layout, quad_offsets
+        from ...kernels.conv_lanes import lane_multipliers
 
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
@@ -551,7 +552,8 @@ class PackedDenseConv(ConvAccumulator):
                                g["dw"], stride, 1, copy_words)
         xg = aligned_empty((shape[0], copy_words), np.int32)
         head = (self.words, offsets, q["bias"], self.w_sums)
-        mid = (q["x_zp"], xg) + requantize_args(q)
+        m0, shift, *rest = requantize_args(q)
+        mid = (q["x_zp"], xg) + lane_multipliers(m0, shift) + tuple(rest)  # padded once, here
         return whole_image_call(self.lanes_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 geo + (pitch,))
 
