@@ -102,7 +102,9 @@ TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
 def random_conv_case(rng, w_shape, x_shape, density, x_type, seed):
     """A requantizing int8 conv's random operands: (w, x, x_zp, bias', w_sums, m0, shift, y_type,
     lo, hi, y_zp). Weights and activations put a quarter of their values at the ends of their
-    ranges; every third channel's multiplier is a power of two (its sums hit the rounding's ties);
+    ranges; among the first 16 channels every third one's multiplier is a power of two (its sums
+    hit the rounding's ties), the channels from 16 on have tie-free ones (the kernels' short
+    requantization, chosen per channel or per vector of 16 channels);
     the output type is x's for odd seeds and the other 8-bit type for even ones."""
     N = w_shape[0]
     w = extreme_values(rng, w_shape, -128, 127).astype(np.int8)
@@ -112,8 +114,10 @@ def random_conv_case(rng, w_shape, x_shape, density, x_type, seed):
     w2 = w.reshape(N, -1).astype(np.int64)
     bias = (rng.integers(-2 ** 16, 2 ** 16, N) - x_zp * w2.sum(axis=1)).astype(np.int32)
     m0 = rng.integers(2 ** 30, 2 ** 31 - 1, N).astype(np.int32)
-    m0[::3] = 2 ** 30  # a multiplier of 2^(30−shift): many sums fall on rounding ties, both signs
+    m0[:16:3] = 2 ** 30  # a multiplier of 2^(30−shift): many sums fall on rounding ties, both signs
     shift = rng.integers(31, 42, N).astype(np.int32)
+    m0[16:] |= 1  # past the first 16 channels, tie-free ones (quant.tie_free): the short form
+    shift[16:] = rng.integers(33, 42, max(N - 16, 0))
     y_type = x_type if seed % 2 else (np.int8 if x_type == np.uint8 else np.uint8)
     lo, hi = TYPE_RANGE[y_type]
     return w, x, x_zp, bias, w2.sum(axis=1), m0, shift, y_type, lo, hi, int(rng.integers(lo, hi + 1))

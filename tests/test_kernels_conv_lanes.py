@@ -21,6 +21,7 @@ from kernel_checks import assert_exact, assert_f32_close
 from test_kernels_conv import CONV_CASES, _conv_ids, _plan
 from test_kernels_conv_dense import run_dense
 from zeroskip.kernels import KERNELS, _fma, conv_lanes
+from zeroskip.kernels.quant import tie_free
 from zeroskip.kernels._copies import renamed_copy
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_lanes import BLOCK_LANES, unpack_lanes
@@ -293,7 +294,9 @@ def test_conv2d_lanes_rq_i8_takes_multipliers_padded_by_the_plan(case, tile):
     the reference's bytes too, with a last block of 3 channels."""
     m0, shift = conv_lanes.lane_multipliers(np.arange(1, 36, dtype=np.int32),
                                             np.arange(1, 36, dtype=np.int32))
-    assert m0.shape == shift.shape == (64,) and not m0[35:].any() and (shift[35:] == 1).all()
+    assert m0.shape == shift.shape == (64,) and (m0[35:] == conv_lanes.PAD_M0).all()
+    assert (shift[35:] == conv_lanes.PAD_SHIFT).all() and tie_free(conv_lanes.PAD_M0,
+                                                                   conv_lanes.PAD_SHIFT)
     for seed in (1, 2):
         got, want = run_lanes_i8(case, np.int8, seed, tile, padded=True)
         assert_exact(got, want, case=_i8_ids(case), seed=seed, tile=tile)

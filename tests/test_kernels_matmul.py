@@ -23,7 +23,8 @@ from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, mat
 from zeroskip.kernels.matmul_dense import (PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8,
                                            matmul_planar_rq_i8)
 from zeroskip.kernels.elementwise import add_dense_i8
-from zeroskip.kernels.quant import dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8
+from zeroskip.kernels.quant import (dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8,
+                                    tie_free)
 from zeroskip.model import index_dtype
 from zeroskip.reference.kernels import matmul_csr as ref_csr
 from zeroskip.reference.kernels import matmul_dense as ref_dense
@@ -239,6 +240,36 @@ def test_requantize_random_multipliers(y_type):
     m0, shift = quantmath.quantize_multiplier(real)
     lo, hi = TYPE_RANGE[y_type]
     for zp in (lo, 0 if y_type is np.int8 else 128, hi):
+        got, want = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+        assert_exact(got, want, dtype=y_type, extra={"acc": acc, "m0": m0[:, None]}, zp=zp)
+
+
+@pytest.mark.parametrize("layout", ["rows", "strided"])
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_requantize_tie_free_multipliers_at_the_boundary(y_type, layout):
+    """quant.tie_free picks the short form (round half up, no sign term) only where no int32 sum
+    can be a tie: r − z ≥ 33 for m0 = odd·2^z. At r − z = 32 the sum −2^31 is one (−odd/2), so
+    the boundary is tight; each multiplier meets the sums that are ties for it (odd multiples of
+    2^(r−z−1)), the extremes and random ones, in contiguous rows (the vector form on AVX-512) and
+    strided ones (the loops)."""
+    rng = np.random.default_rng(3)
+    m0s, shifts, rows = [], [], []
+    for r in (33, 34, 45, 62):
+        for z in sorted({min(30, max(0, r - d)) for d in (34, 33, 32, 31)}):
+            m0s.append(2 ** 30 + (2 ** z if z < 30 else 0))
+            shifts.append(r)
+            assert tie_free(m0s[-1], r) == (r - z >= 33)
+            unit = 2 ** (r - z - 1)
+            ties = [k * unit for k in range(-(2 ** 31 // unit), 2 ** 31 // unit + 1, 1)
+                    if k % 2 and -2 ** 31 <= k * unit < 2 ** 31][:40]
+            row = ties + [-2 ** 31, 2 ** 31 - 1, -1, 0, 1] + list(rng.integers(-2 ** 31, 2 ** 31, 60))
+            rows.append(row[:100] + [0] * (100 - len(row[:100])))
+    acc = np.array(rows, np.int64).astype(np.int32)
+    m0, shift = np.array(m0s, np.int32), np.array(shifts, np.int32)
+    if layout == "strided":
+        acc = np.repeat(acc, 2, axis=1)[:, ::2]
+    lo, hi = TYPE_RANGE[y_type]
+    for zp in (lo, hi, (lo + hi) // 2):
         got, want = _requantize(acc, m0, shift, zp, lo, hi, y_type)
         assert_exact(got, want, dtype=y_type, extra={"acc": acc, "m0": m0[:, None]}, zp=zp)
 

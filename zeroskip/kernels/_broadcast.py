@@ -31,6 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._cpu import HAS_AVX512_VNNI
+from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
+                       tie_free)
 
 BROADCAST_ROWS = 4
 """Output channels per broadcast tile (broadcast weight words per step)."""
@@ -104,16 +106,6 @@ def pack_planar_chunk(xt, c, count, xp, flip):
 pack_planar_chunk_jit = njit(cache=True, inline="always")(pack_planar_chunk)
 
 
-def splat(builder, value, vector_type=None):
-    """LLVM IR: ``value`` in every lane of ``vector_type`` (default <16 x i32>: the int32 ``value``
-    in all LANES lanes, one vpbroadcastd)."""
-    vec = vector_type or ir.VectorType(ir.IntType(32), LANES)
-    undef = ir.Constant(vec, ir.Undefined)
-    one = builder.insert_element(undef, value, ir.IntType(32)(0))
-    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), vec.count),
-                                                          [0] * vec.count))
-
-
 def store_accumulators(builder, accs, out):
     """LLVM IR: a register tile's accumulators (accs[j][v], allocas of one vector type) stored
     row after row at the vector pointer ``out``: vector j·len(accs[0]) + v holds accs[j][v]."""
@@ -131,56 +123,134 @@ def declare_dpbusd(builder):
                                             fnty=ir.FunctionType(vec, [vec, vec, vec]))
 
 
-def _broadcast_tile_ir():
+def _tile_sums(context, builder, xa, wa, ba, n0_v):
+    """LLVM IR: the tile's accumulators (allocas, accs[j][v] = pixels 16v .. 16v+15 of channel
+    n0 + j), summed over every step: bias, then the K/4 steps of broadcast weight words times
+    packed activation words (vpdpbusd)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(i32, LANES)
+    dpbusd = declare_dpbusd(builder)
+    steps = cgutils.unpack_tuple(builder, xa.shape)[0]       # K/4
+    k_bytes = cgutils.unpack_tuple(builder, wa.shape)[1]     # K
+    w_bytes = builder.bitcast(wa.data, i8.as_pointer())
+    accs, w_rows = [], []
+    for j in range(BROADCAST_ROWS):
+        n = builder.add(n0_v, i64(j))
+        start = splat(builder, builder.load(builder.gep(ba.data, [n])))
+        row = []
+        for _ in range(PIXEL_VECTORS):
+            acc = cgutils.alloca_once(builder, vec)
+            builder.store(start, acc)
+            row.append(acc)
+        accs.append(row)
+        w_rows.append(builder.gep(w_bytes, [builder.mul(n, k_bytes)]))
+    x_vectors = builder.bitcast(xa.data, vec.as_pointer())
+    with cgutils.for_range(builder, steps) as loop:
+        k4 = loop.index
+        first = builder.mul(k4, i64(PIXEL_VECTORS))
+        xs = [builder.load(builder.gep(x_vectors, [builder.add(first, i64(v))]), align=4)
+              for v in range(PIXEL_VECTORS)]
+        for j in range(BROADCAST_ROWS):
+            word = builder.bitcast(builder.gep(w_rows[j], [builder.mul(k4, i64(4))]),
+                                   i32.as_pointer())
+            weights = splat(builder, builder.load(word, align=1))
+            for v in range(PIXEL_VECTORS):
+                builder.store(builder.call(dpbusd, [builder.load(accs[j][v]), xs[v],
+                                                    weights]), accs[j][v])
+    return accs
+
+
+def _is_tile_input(xp, w):
+    return (isinstance(xp, types.Array) and xp.dtype == types.int32 and xp.layout == "C"
+            and isinstance(w, types.Array) and w.dtype == types.int8 and w.layout == "C")
+
+
+def _broadcast_tile_ir():
+    vec = ir.VectorType(ir.IntType(32), LANES)
 
     @intrinsic
     def broadcast_tile(typingctx, sums, xp, w, bias, n0):
         if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
-                and isinstance(xp, types.Array) and xp.dtype == types.int32 and xp.layout == "C"
-                and isinstance(w, types.Array) and w.dtype == types.int8 and w.layout == "C"):
+                and _is_tile_input(xp, w)):
             return None
         sig = types.void(sums, xp, w, bias, types.intp)
 
         def codegen(context, builder, signature, args):
             sa, xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in range(4))
-            n0_v = args[4]
-            dpbusd = declare_dpbusd(builder)
-            steps = cgutils.unpack_tuple(builder, xa.shape)[0]       # K/4
-            k_bytes = cgutils.unpack_tuple(builder, wa.shape)[1]     # K
-            w_bytes = builder.bitcast(wa.data, i8.as_pointer())
-            accs, w_rows = [], []
-            for j in range(BROADCAST_ROWS):
-                n = builder.add(n0_v, i64(j))
-                start = splat(builder, builder.load(builder.gep(ba.data, [n])))
-                row = []
-                for _ in range(PIXEL_VECTORS):
-                    acc = cgutils.alloca_once(builder, vec)
-                    builder.store(start, acc)
-                    row.append(acc)
-                accs.append(row)
-                w_rows.append(builder.gep(w_bytes, [builder.mul(n, k_bytes)]))
-            x_vectors = builder.bitcast(xa.data, vec.as_pointer())
-            with cgutils.for_range(builder, steps) as loop:
-                k4 = loop.index
-                first = builder.mul(k4, i64(PIXEL_VECTORS))
-                xs = [builder.load(builder.gep(x_vectors, [builder.add(first, i64(v))]), align=4)
-                      for v in range(PIXEL_VECTORS)]
-                for j in range(BROADCAST_ROWS):
-                    word = builder.bitcast(builder.gep(w_rows[j], [builder.mul(k4, i64(4))]),
-                                           i32.as_pointer())
-                    weights = splat(builder, builder.load(word, align=1))
-                    for v in range(PIXEL_VECTORS):
-                        builder.store(builder.call(dpbusd, [builder.load(accs[j][v]), xs[v],
-                                                            weights]), accs[j][v])
+            accs = _tile_sums(context, builder, xa, wa, ba, args[4])
             store_accumulators(builder, accs, builder.bitcast(sa.data, vec.as_pointer()))
             return context.get_dummy_value()
 
         return sig, codegen
 
     return broadcast_tile
+
+
+def _broadcast_tile_rq_ir():
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    wide = ir.VectorType(i64, LANES)
+    bytes16 = ir.VectorType(i8, LANES)
+
+    @intrinsic
+    def broadcast_tile_rq(typingctx, xp, w, bias, n0, m0, shift, y_zero_point, lo, hi, out, c,
+                          count):
+        if not (_is_tile_input(xp, w) and isinstance(out, types.Array) and out.ndim == 2
+                and out.layout == "C" and out.dtype in (types.uint8, types.int8)
+                and all(isinstance(a, types.Array) and a.dtype == types.int32 and a.ndim == 1
+                        and a.layout == "C" for a in (bias, m0, shift))):
+            return None
+        sig = types.void(xp, w, bias, types.intp, m0, shift, types.int64, types.int64,
+                         types.int64, out, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
+                          for i in range(3))
+            ma, ha = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in (4, 5))
+            oa = context.make_array(signature.args[9])(context, builder, args[9])
+            n0_v, y_zero_point, lo, hi, c, count = args[3], args[6], args[7], args[8], *args[10:]
+            accs = _tile_sums(context, builder, xa, wa, ba, n0_v)
+            store = declare_masked_byte_store(builder)
+            pitch = cgutils.unpack_tuple(builder, oa.shape)[1]      # M
+            out = builder.bitcast(oa.data, i8.as_pointer())
+            zp_v, lo_v, hi_v = (splat(builder, value, wide) for value in (y_zero_point, lo, hi))
+            one = ir.Constant(wide, [1] * LANES)
+            masks = []
+            for v in range(PIXEL_VECTORS):  # lanes of vector v below count: min(max(count − 16v, 0), 16)
+                left = builder.sub(count, i64(LANES * v))
+                left = builder.select(builder.icmp_signed("<", left, i64(0)), i64(0), left)
+                left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES), left)
+                masks.append(builder.trunc(builder.sub(builder.shl(i64(1), left), i64(1)), i16))
+            zp_n, lo_n, hi_n = (splat(builder, builder.trunc(value, i32))
+                                for value in (y_zero_point, lo, hi))
+            for j in range(BROADCAST_ROWS):
+                n = builder.add(n0_v, i64(j))
+                m0, shift = (builder.load(builder.gep(a.data, [n])) for a in (ma, ha))
+                row = builder.gep(out, [builder.add(builder.mul(n, pitch), c)])
+                with builder.if_else(tie_free(builder, builder.sext(m0, i64),
+                                              builder.sext(shift, i64))) as (fast, general):
+                    with fast:
+                        m0_n, shift_n = splat(builder, m0), splat(builder, shift)
+                        for v in range(PIXEL_VECTORS):
+                            q = requantized_tie_free(builder, builder.load(accs[j][v]), m0_n,
+                                                     shift_n, zp_n, lo_n, hi_n)
+                            builder.call(store, [builder.gep(row, [i64(LANES * v)]),
+                                                 builder.trunc(q, bytes16), masks[v]])
+                    with general:
+                        m0_v, shift_v = (splat(builder, builder.sext(value, i64), wide)
+                                         for value in (m0, shift))
+                        nudge = builder.shl(one, builder.sub(shift_v, one))
+                        for v in range(PIXEL_VECTORS):
+                            q = requantized(builder, builder.load(accs[j][v]), m0_v, shift_v,
+                                            nudge, zp_v, lo_v, hi_v)
+                            builder.call(store, [builder.gep(row, [i64(LANES * v)]),
+                                                 builder.trunc(q, bytes16), masks[v]])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return broadcast_tile_rq
 
 
 def _unavailable(sums, xp, w, bias, n0):
@@ -198,6 +268,16 @@ Python)."""
 broadcast_tile = _broadcast_tile_ir() if RUNS else unavailable_tile
 """The tile, as a Numba intrinsic: sums (BROADCAST_ROWS, BROADCAST_PIXELS) int32 ← bias[n0 + j] +
 the K/4 steps over xp, w's rows n0 .. n0 + BROADCAST_ROWS."""
+
+
+def _unavailable_rq(xp, w, bias, n0, m0, shift, y_zero_point, lo, hi, out, c, count):
+    raise RuntimeError("the broadcast tile needs AVX-512 VNNI")
+
+
+broadcast_tile_rq = _broadcast_tile_rq_ir() if RUNS else njit(cache=True)(_unavailable_rq)
+"""The tile requantized in its registers: out[n0 + j, c + p] ← requantize(the tile's sum for
+channel n0 + j, pixel p; m0[n0 + j], shift[n0 + j]) for j < BROADCAST_ROWS, p < count (≤ 64),
+stored with masked byte stores; the int32 sums never reach memory."""
 
 
 BROADCAST_MIN_ROWS = 17

@@ -29,7 +29,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
-from ._broadcast import declare_dpbusd, splat
+from ._broadcast import declare_dpbusd
+from ._requant import splat
 from ._quads import signed_byte, word
 
 LANES = 16

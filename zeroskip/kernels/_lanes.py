@@ -11,7 +11,8 @@ reads one word of the packed input, broadcast, and ``vpdpbusd`` adds its 4 unsig
 each channel's 4 signed weight bytes into the channel's int32 lane: 14 accumulators, 2 loads, 7
 broadcasts and 14 ``vpdpbusd`` per column. The epilogue requantizes the accumulators where they
 are, a channel per lane (each lane's multiplier and shift are one vector load per 16 channels):
-quant.requantize_row's arithmetic in 64-bit lanes, the zero point added and the clamp applied;
+quant.requantize_row's arithmetic (``_requant``: the short form where all 16 channels are
+tie-free, else in 64-bit lanes), the zero point added and the clamp applied;
 then the values, a position per vector, are transposed in registers (``_fma.transposed_pairs``)
 and each channel's positions stored as bytes with one masked store. The int32 sums never leave
 the registers: an earlier version stored them into an int32 plane that a third parallel loop
@@ -33,7 +34,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._broadcast import RUNS, declare_dpbusd, splat
+from ._broadcast import RUNS, declare_dpbusd
+from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
+                       tie_free)
 from ._fma import lane_products, transposed_pairs
 from ._quads import signed_byte
 from .quant import requantize_one
@@ -66,20 +69,6 @@ def lane_tile_i8_loops(xg, offsets, wl, w0, base, starts, m0s, shifts, n0, y_zer
 
 
 lane_tile_i8_portable = njit(cache=True, inline="always")(lane_tile_i8_loops)
-
-
-def _requantized(builder, s, m0, shift, nudge, y_zero_point, lo, hi):
-    """LLVM IR: quant.requantize_row's arithmetic on a vector of int32 sums s, a channel per lane,
-    in 64-bit lanes: clamp(y_zp + (s·m0 + nudge − (s·m0 < 0)) >> shift, lo, hi), as int32 (the
-    other operands are int64 vectors of s's lane count; nudge = 2^(shift−1))."""
-    wide = ir.VectorType(ir.IntType(64), s.type.count)
-    p = builder.mul(builder.sext(s, wide), m0)
-    t = builder.ashr(builder.sub(builder.add(p, nudge), builder.zext(
-        builder.icmp_signed("<", p, ir.Constant(wide, [0] * s.type.count)), wide)), shift)
-    t = builder.add(t, y_zero_point)
-    t = builder.select(builder.icmp_signed("<", t, lo), lo, t)
-    t = builder.select(builder.icmp_signed(">", t, hi), hi, t)
-    return builder.trunc(t, s.type)
 
 
 def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_I8 // 16):
@@ -119,20 +108,16 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                     for r in range(pixels)]
             lane_products(builder, oa, xa.data, builder.gep(wa.data, [w0]), base, i64(1), accs,
                           lambda acc, x, w: builder.call(dpbusd, [acc, x, w]))
-            store = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.storeu.b.128",
-                fnty=ir.FunctionType(ir.VoidType(), [i8.as_pointer(), bytes16, i16]))
+            store = declare_masked_byte_store(builder)
             out = builder.bitcast(builder.gep(ya.data, [at]), i8.as_pointer())
             mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i16)
             zp_v, lo_v, hi_v = (splat(builder, value, wide) for value in (y_zero_point, lo, hi))
+            zp_n, lo_n, hi_n = (splat(builder, builder.trunc(value, i32))
+                                for value in (y_zero_point, lo, hi))
             one = ir.Constant(wide, [1] * lanes)
-            for v in range(vectors):
-                m0 = builder.sext(block(ma, v), wide)
-                shift = builder.sext(block(ha, v), wide)
-                nudge = builder.shl(one, builder.sub(shift, one))
-                rows = [_requantized(builder, builder.load(accs[r][v]), m0, shift, nudge, zp_v,
-                                     lo_v, hi_v) for r in range(pixels)]
-                rows += [undef] * (8 - pixels)
+
+            def store_rows(v, rows):  # rows[r]: position r's bytes of the vector's 16 channels
+                rows = rows + [undef] * (8 - pixels)
                 for j, pair in enumerate(transposed_pairs(builder, rows, lanes)):
                     for h in range(2):
                         l = lanes * v + 2 * j + h
@@ -142,6 +127,22 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                         with builder.if_then(builder.icmp_signed("<", i64(l), channels)):
                             builder.call(store, [builder.gep(out, [builder.mul(i64(l), plane)]),
                                                  part, mask])
+
+            for v in range(vectors):
+                m0, shift = block(ma, v), block(ha, v)
+                every = builder.icmp_unsigned("==", builder.bitcast(tie_free(
+                    builder, builder.sext(m0, wide), builder.sext(shift, wide)), i16), i16(-1))
+                with builder.if_else(every) as (fast, general):
+                    with fast:  # all 16 channels tie-free: the short form
+                        store_rows(v, [requantized_tie_free(builder, builder.load(accs[r][v]), m0,
+                                                            shift, zp_n, lo_n, hi_n)
+                                       for r in range(pixels)])
+                    with general:
+                        m0_w, shift_w = builder.sext(m0, wide), builder.sext(shift, wide)
+                        nudge = builder.shl(one, builder.sub(shift_w, one))
+                        store_rows(v, [requantized(builder, builder.load(accs[r][v]), m0_w,
+                                                   shift_w, nudge, zp_v, lo_v, hi_v)
+                                       for r in range(pixels)])
             return context.get_dummy_value()
 
         return sig, codegen

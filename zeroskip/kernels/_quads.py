@@ -27,7 +27,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, splat, word
+from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
+from ._requant import splat
 from .elementwise import add_residual, has_residual
 from .quant import requantize_row
 

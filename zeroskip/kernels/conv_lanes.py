@@ -123,6 +123,12 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
 conv2d_lanes_f32 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_f32)
 
 
+PAD_M0, PAD_SHIFT = 2 ** 30 + 1, 40
+"""The multiplier of the padding channels past N, whose outputs are never stored: a tie-free one
+(quant.tie_free), so that a block's last vector of 16 channels can still take the tile's short
+requantization."""
+
+
 @njit(cache=True)
 def _by_blocks(values, blocks, fill):
     """values [N] int32 padded with ``fill`` to whole blocks of LANE_CHANNELS_I8 (the int8 tile
@@ -184,8 +190,8 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shif
     blocks = (N + LANE_CHANNELS_I8 - 1) // LANE_CHANNELS_I8
     starts = _by_blocks(unsigned_bias(x, None, bias, w_sums), blocks, 0)
     whole = blocks * LANE_CHANNELS_I8
-    m0s = m0 if m0.shape[0] >= whole else _by_blocks(m0, blocks, 0)
-    shifts = shift if shift.shape[0] >= whole else _by_blocks(shift, blocks, 1)  # no shift by −1
+    m0s = m0 if m0.shape[0] >= whole else _by_blocks(m0, blocks, PAD_M0)
+    shifts = shift if shift.shape[0] >= whole else _by_blocks(shift, blocks, PAD_SHIFT)
     r, add = residual_parts(residual, y)
     K = offsets.shape[0]
     tiles = (OW + LANE_PIXELS_I8 - 1) // LANE_PIXELS_I8
@@ -215,9 +221,9 @@ conv2d_lanes_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_lanes_r
 
 def lane_multipliers(m0, shift):
     """(m0, shift) [N] int32 padded to whole blocks of LANE_CHANNELS_I8 as the int8 lanes conv pads
-    them (multiplier 0 and shift 1 past N), for a plan to pass it once and for all."""
+    them (PAD_M0 and PAD_SHIFT past N), for a plan to pass it once and for all."""
     whole = -(-len(m0) // LANE_CHANNELS_I8) * LANE_CHANNELS_I8
-    m0s, shifts = np.zeros(whole, np.int32), np.ones(whole, np.int32)
+    m0s, shifts = np.full(whole, PAD_M0, np.int32), np.full(whole, PAD_SHIFT, np.int32)
     m0s[:len(m0)], shifts[:len(shift)] = m0, shift
     return m0s, shifts
 

@@ -40,8 +40,8 @@ from numba.extending import intrinsic, overload
 from ._amx import (ONE_TAP, TILE_ROWS, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks,
                    start_rows_jit, task_sums, tile_weights)
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
-                         broadcast_tile, channel_groups, never_fits, pack_chunk_jit, pack_planar_chunk_jit,
-                         sign_flip, unsigned_bias)
+                         broadcast_tile, broadcast_tile_rq, channel_groups, never_fits, pack_chunk_jit,
+                         pack_planar_chunk_jit, sign_flip, unsigned_bias)
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from .elementwise import add_residual_rows, residual_parts
@@ -425,6 +425,34 @@ def _store_sums_compiled(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
     return store_requantized
 
 
+def _tile_stored(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi):
+    """The broadcast tile for channels n0 .. n0 + BROADCAST_ROWS, pixels c .. c + count of out,
+    with _store_sums's epilogue. Compiled with an 8-bit out (the overload below), the tile
+    requantizes in its registers and stores bytes (broadcast_tile_rq): on MobileNetV2's 16→96 1×1
+    conv at 112×112 the int32 sums' round trip through ``sums`` and requantize_row had cost more
+    than the sums."""
+    broadcast_tile(sums, xp, w, start, n0)
+    for j in range(BROADCAST_ROWS):
+        _store_sums(sums[j, :count], out, n0 + j, c, m0[n0 + j], shift[n0 + j], y_zero_point,
+                    lo, hi)
+
+
+@overload(_tile_stored, inline="always")
+def _tile_stored_compiled(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo,
+                          hi):
+    if out.dtype == types.int32:
+        def as_sums(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi):
+            broadcast_tile(sums, xp, w, start, n0)
+            for j in range(BROADCAST_ROWS):
+                out[n0 + j, c:c + count] = sums[j, :count]
+        return as_sums
+
+    def requantized(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi):
+        broadcast_tile_rq(xp, w, start, n0, m0, shift, np.int64(y_zero_point), np.int64(lo),
+                          np.int64(hi), out, c, count)
+    return requantized
+
+
 @njit(cache=True, inline="always")
 def _packed_rows(x, k_words):
     """x (M, K) packed into chunks of BROADCAST_PIXELS pixels for the tiles, (chunks, k_words,
@@ -488,10 +516,8 @@ def _broadcast_packed(xp, M, w, start, out, rq):
         count = min(BROADCAST_PIXELS, M - c)
         sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
         for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
-            broadcast_tile(sums, xp[ci], w, start, n0)
-            for j in range(BROADCAST_ROWS):
-                _store_sums(sums[j, :count], out, n0 + j, c, m0[n0 + j], shift[n0 + j],
-                            y_zero_point, lo, hi)
+            _tile_stored(sums, xp[ci], w, start, n0, out, c, count, m0, shift, y_zero_point, lo,
+                         hi)
     if tiled < N:  # an empty parallel loop still costs a launch (1–2 µs, more with idle workers)
         for n in prange(tiled, N):
             sums_n = np.empty(M, np.int32)
@@ -522,10 +548,7 @@ def _broadcast_planar(xt, w, start, out, rq):
         pack_planar_chunk_jit(xt, c, count, xp, flip)
         sums = np.empty((BROADCAST_ROWS, BROADCAST_PIXELS), np.int32)
         for n0 in range(g * per, min(tiled, (g + 1) * per), BROADCAST_ROWS):
-            broadcast_tile(sums, xp, w, start, n0)
-            for j in range(BROADCAST_ROWS):
-                _store_sums(sums[j, :count], out, n0 + j, c, m0[n0 + j], shift[n0 + j],
-                            y_zero_point, lo, hi)
+            _tile_stored(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi)
         if g == groups - 1:  # the channels past the last whole tile, by dot products
             for n in range(tiled, N):
                 for p in range(count):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
+
+from ._requant import requantize_row_ir
 
 ELEMENTWISE_BLOCK = 4096
 """Elements per parallel iteration of the flat kernels (16 KB of float32, half of Zen 3's L1D).
@@ -31,16 +34,51 @@ def _requantize_dense_i8(acc, m0, shift, y_zero_point, lo, hi, y):
 
 
 @njit(cache=True, inline="always")
+def tie_free(m0n, shift_n):
+    """Whether no int32 sum can fall on a rounding tie of requantize_row with (m0n, shift_n), so
+    that round half up gives the same as round half away from zero (docs/quantization.md §3,
+    "Tie-free multipliers"). A tie needs acc·m0 ≡ 2^(r−1) mod 2^r; with m0 = odd·2^z that makes
+    acc an odd multiple of 2^(r−z−1), impossible for −2^31 ≤ acc < 2^31 once r − z ≥ 33, that is
+    once m0 has a set bit among its lowest r − 32. (r − z = 32 is not enough: acc = −2^31.) Then
+    also r > 32, which the fast forms need (they shift by 32, then by r − 32). Typical layers
+    (M < 2^−2, m0 a rounding to 31 bits) are tie-free; m0 = 2^30 rarely is."""
+    r = np.int64(shift_n)
+    return r >= 33 and (np.int64(m0n) & ((np.int64(2) << (r - 33)) - 1)) != 0
+
+
 def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
     """y_n[m] = clamp(y_zp + round_half_away(acc_n[m]·m0n·2^−shift_n), lo, hi) for one output
-    channel's row: requantize_dense_i8's loop, and the epilogue of the int8 GEMM that requantizes
-    (matmul_dense_rq_i8). The rows are indexed from 0: no negative-index check, so it vectorizes."""
+    channel's row: requantize_dense_i8's loop, and the epilogue of every int8 kernel that
+    requantizes a row of sums. Compiled (the overload below), contiguous rows on AVX-512 CPUs go
+    to ``_requant.requantize_row_ir``, 16 values per step; other rows to these loops, indexed from
+    0 (no negative-index check, so they vectorize). A tie-free multiplier (tie_free) takes the
+    shorter form, the same bytes: no sign term, and 32-bit values after the shift by 32."""
     m0n, r = np.int64(m0n), np.int64(shift_n)
     nudge = np.int64(1) << (r - 1)
+    if tie_free(m0n, r):
+        low, zp, lo32, hi32 = np.int32(r - 32), np.int32(y_zero_point), np.int32(lo), np.int32(hi)
+        for m in range(acc_n.shape[0]):
+            t = np.int32((np.int64(acc_n[m]) * m0n + nudge) >> 32) >> low
+            y_n[m] = min(max(t + zp, lo32), hi32)
+        return
     for m in range(acc_n.shape[0]):
         p = np.int64(acc_n[m]) * m0n
         t = (p + nudge - (p < 0)) >> r
         y_n[m] = min(max(t + y_zero_point, lo), hi)
+
+
+_requantize_row_loops = njit(cache=True, inline="always")(requantize_row)
+
+
+@overload(requantize_row, inline="always")
+def _requantize_row_compiled(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
+    if requantize_row_ir is not None and acc_n.layout == "C" and y_n.layout == "C":
+        def in_vectors(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
+            requantize_row_ir(acc_n, np.int64(m0n), np.int64(shift_n), np.int64(y_zero_point),
+                              np.int64(lo), np.int64(hi), y_n)
+        return in_vectors
+    return lambda acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n: _requantize_row_loops(
+        acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n)
 
 
 @njit(cache=True, inline="always")
