@@ -250,8 +250,7 @@ def test_requantize_tie_free_multipliers_at_the_boundary(y_type, layout):
     """quant.tie_free picks the short form (round half up, no sign term) only where no int32 sum
     can be a tie: r − z ≥ 33 for m0 = odd·2^z. At r − z = 32 the sum −2^31 is one (−odd/2), so
     the boundary is tight; each multiplier meets the sums that are ties for it (odd multiples of
-    2^(r−z−1)), the extremes and random ones, in contiguous rows (the vector form on AVX-512) and
-    strided ones (the loops)."""
+    2^(r−z−1)), the extremes and random ones, in contiguous rows and strided ones."""
     rng = np.random.default_rng(3)
     m0s, shifts, rows = [], [], []
     for r in (33, 34, 45, 62):

@@ -1,6 +1,5 @@
 """Requantization in LLVM IR: quant.requantize_row's arithmetic on vectors of int32 sums, for the
-tiles that requantize in their registers (the broadcast GEMM tile, the int8 lane tile) and for
-requantize_row itself on AVX-512 CPUs (``requantize_row_ir``).
+tiles that requantize in their registers (the broadcast GEMM tile, the int8 lane tile).
 
 Two forms, the same bytes (docs/quantization.md §3):
 
@@ -18,14 +17,7 @@ helpers only.
 
 from __future__ import annotations
 
-import numba
-import numpy as np
 from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
-
-from ._cpu import FEATURES, HAS_AVX512
 
 LANES = 16
 """int32 values per zmm."""
@@ -113,72 +105,3 @@ def declare_masked_byte_store(builder):
 
 
 
-
-RUNS = HAS_AVX512 and bool(FEATURES.get("avx512bw", False)) and not numba.config.DISABLE_JIT
-"""Whether ``requantize_row_ir`` runs here: AVX-512 BW (masked byte stores) and the JIT."""
-
-
-def _requantize_row_ir():
-    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-    vec, wide, bytes16 = (ir.VectorType(i32, LANES), ir.VectorType(i64, LANES),
-                          ir.VectorType(i8, LANES))
-
-    @intrinsic
-    def requantize_row_ir(typingctx, acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
-        if not (isinstance(acc_n, types.Array) and acc_n.ndim == 1 and acc_n.layout == "C"
-                and acc_n.dtype == types.int32 and isinstance(y_n, types.Array)
-                and y_n.ndim == 1 and y_n.layout == "C"
-                and y_n.dtype in (types.uint8, types.int8)):
-            return None
-        sig = types.void(acc_n, types.int64, types.int64, types.int64, types.int64, types.int64,
-                         y_n)
-
-        def codegen(context, builder, signature, args):
-            aa = context.make_array(signature.args[0])(context, builder, args[0])
-            ya = context.make_array(signature.args[6])(context, builder, args[6])
-            m0, shift, y_zero_point, lo, hi = args[1:6]
-            count = cgutils.unpack_tuple(builder, ya.shape)[0]
-            load = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.loadu.d.512",
-                fnty=ir.FunctionType(vec, [i8.as_pointer(), vec, i16]))
-            store = declare_masked_byte_store(builder)
-            src = builder.bitcast(aa.data, i32.as_pointer())
-            dst = builder.bitcast(ya.data, i8.as_pointer())
-            blocks = builder.udiv(builder.add(count, i64(LANES - 1)), i64(LANES))
-
-            def each_block(requantize):
-                with cgutils.for_range(builder, blocks) as loop:
-                    first = builder.mul(loop.index, i64(LANES))
-                    left = builder.sub(count, first)
-                    left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES),
-                                          left)
-                    bits = builder.trunc(builder.sub(builder.shl(i64(1), left), i64(1)), i16)
-                    s = builder.call(load, [builder.bitcast(builder.gep(src, [first]),
-                                                            i8.as_pointer()),
-                                            ir.Constant(vec, None), bits])
-                    builder.call(store, [builder.gep(dst, [first]),
-                                         builder.trunc(requantize(s), bytes16), bits])
-
-            with builder.if_else(tie_free(builder, m0, shift)) as (fast, general):
-                with fast:
-                    m0_v, shift_v, zp_v, lo_v, hi_v = (
-                        splat(builder, builder.trunc(value, i32))
-                        for value in (m0, shift, y_zero_point, lo, hi))
-                    each_block(lambda s: requantized_tie_free(builder, s, m0_v, shift_v, zp_v,
-                                                              lo_v, hi_v))
-                with general:
-                    m0_v, shift_v, zp_v, lo_v, hi_v = (
-                        splat(builder, value, wide) for value in (m0, shift, y_zero_point, lo, hi))
-                    nudge = builder.shl(_constant(wide, 1), builder.sub(shift_v, _constant(wide, 1)))
-                    each_block(lambda s: requantized(builder, s, m0_v, shift_v, nudge, zp_v, lo_v,
-                                                     hi_v))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return requantize_row_ir
-
-
-requantize_row_ir = _requantize_row_ir() if RUNS else None
-"""quant.requantize_row on contiguous rows, as a Numba intrinsic: 16 values per step, the last
-step masked, each row's form chosen once (tie-free or general); None where it cannot run."""

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import overload
-
-from ._requant import requantize_row_ir
 
 ELEMENTWISE_BLOCK = 4096
 """Elements per parallel iteration of the flat kernels (16 KB of float32, half of Zen 3's L1D).
@@ -46,13 +43,18 @@ def tie_free(m0n, shift_n):
     return r >= 33 and (np.int64(m0n) & ((np.int64(2) << (r - 33)) - 1)) != 0
 
 
+@njit(cache=True, inline="always")
 def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
     """y_n[m] = clamp(y_zp + round_half_away(acc_n[m]·m0n·2^−shift_n), lo, hi) for one output
     channel's row: requantize_dense_i8's loop, and the epilogue of every int8 kernel that
-    requantizes a row of sums. Compiled (the overload below), contiguous rows on AVX-512 CPUs go
-    to ``_requant.requantize_row_ir``, 16 values per step; other rows to these loops, indexed from
-    0 (no negative-index check, so they vectorize). A tie-free multiplier (tie_free) takes the
-    shorter form, the same bytes: no sign term, and 32-bit values after the shift by 32."""
+    requantizes a row of sums. The rows are indexed from 0: no negative-index check, so the loops
+    vectorize. A tie-free multiplier (tie_free) takes the shorter form, the same bytes: no sign
+    term, and 32-bit values after the shift by 32.
+
+    An LLVM IR form of this loop (16 sums per step, the tile's short form, a masked tail) was
+    tried and left out: behind a call or inlined, it made the serial build of MobileNetV2's stem
+    conv (kernels.serial_kernel, one thread) 0.25–0.35 ms slower (0.5–0.8 → 0.8–1.2 ms), for 1–3 %
+    on the depthwise convs; the tiles that requantize in their registers keep it."""
     m0n, r = np.int64(m0n), np.int64(shift_n)
     nudge = np.int64(1) << (r - 1)
     if tie_free(m0n, r):
@@ -65,20 +67,6 @@ def requantize_row(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
         p = np.int64(acc_n[m]) * m0n
         t = (p + nudge - (p < 0)) >> r
         y_n[m] = min(max(t + y_zero_point, lo), hi)
-
-
-_requantize_row_loops = njit(cache=True, inline="always")(requantize_row)
-
-
-@overload(requantize_row, inline="always")
-def _requantize_row_compiled(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
-    if requantize_row_ir is not None and acc_n.layout == "C" and y_n.layout == "C":
-        def in_vectors(acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n):
-            requantize_row_ir(acc_n, np.int64(m0n), np.int64(shift_n), np.int64(y_zero_point),
-                              np.int64(lo), np.int64(hi), y_n)
-        return in_vectors
-    return lambda acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n: _requantize_row_loops(
-        acc_n, m0n, shift_n, y_zero_point, lo, hi, y_n)
 
 
 @njit(cache=True, inline="always")
