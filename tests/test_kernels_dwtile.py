@@ -17,6 +17,8 @@ import pytest
 from kernel_checks import assert_exact
 from zeroskip.kernels import _dwtile, depthwise
 from zeroskip.kernels._copies import renamed_copy
+from zeroskip.kernels.quant import tie_free
+from zeroskip.reference.kernels import quant as ref_quant
 from zeroskip.reference import REFERENCES
 
 TYPE_RANGE = {np.uint8: (0, 255), np.int8: (-128, 127)}
@@ -139,27 +141,48 @@ def test_fits_and_the_permutation_by_hand():
     assert words.view(np.uint32).tolist() == [0x03FE01, 0x7F0080, 0x070605]
 
 
+TILE_CASES = {  # start, bytes and weights drawn below, (m0, shift), in what each case checks
+    "wrap": (None, 256, 128, (2 ** 30 + 1, 54)),  # start + Σ wraps past an int32 edge: 0 and 255
+    "tie-free": (0, 256, 128, (1_518_500_249, 42)),           # M ≈ 2^−10.5: outputs spread over the range
+    "ties": (3, 4, 3, (2 ** 30, 31)),                         # M = 1/2 on small sums: odd ones are ties
+}
+
+
 @pytest.mark.parametrize("tile", sorted(_dwtile.TILES))
 @pytest.mark.parametrize("sw,dw", [(1, 1), (2, 1), (1, 2), (3, 1)])
-def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw):
-    """The tile (both variants) against the formula, at rows of 2 output rows × 3 steps of 16,
-    int8 bytes read as unsigned, with a start that wraps: start + Σ at the int32 edge."""
+@pytest.mark.parametrize("case", sorted(TILE_CASES))
+def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw, case):
+    """The tile (both variants) against the formula, at 2 output rows × 3 steps of 16 of which
+    the row keeps 45, bytes read as unsigned, requantized (zero point 128): sums that wrap at the
+    int32 edge as vpdpbusd's do; a tie-free multiplier (the short form) with the outputs spread;
+    m0 = 2^30 at M = 1/2 (rounding ties of both signs: the general form). The bytes past each
+    row's width are left as they were."""
+    start, x_top, w_top, (m0, shift) = TILE_CASES[case]
     rng = np.random.default_rng(sw * 10 + dw)
-    xf = rng.integers(0, 256, 4000).astype(np.uint8)
-    w = rng.integers(-128, 128, 9).astype(np.int8)
+    xf = rng.integers(0, x_top, 4000).astype(np.uint8)
+    w = rng.integers(-w_top, w_top, 9).astype(np.int8)
     words, idx = _dwtile.row_words(w[None])[0], _dwtile.permutation(sw, dw)
-    base, row_step, out_step, pitch = 7, 90 * dw, 90 * sw, 50
-    start = np.int32(2 ** 31 - 1000)
-    sums = np.zeros(2 * pitch, np.int32)
-    _run_tile(_dwtile.TILES[tile], sums, xf, base, row_step, idx, words, start, 3, 16 * sw, 2,
-              out_step, pitch)
-    for r in range(2):
-        for u in range(48):
-            total = int(start) + sum(int(w[3 * i + j]) * int(xf[base + r * out_step + i * row_step
-                                                               + u * sw + j * dw])
-                                     for i in range(3) for j in range(3))
-            want = (total + 2 ** 31) % 2 ** 32 - 2 ** 31
-            assert sums[r * pitch + u] == want, (tile, r, u)
+    base, row_step, out_step, width = 7, 90 * dw, 90 * sw, 45
+    assert tie_free(m0, shift) == (case != "ties")
+    sums = np.array([[sum(int(w[3 * i + j]) * int(xf[base + r * out_step + i * row_step
+                                                     + u * sw + j * dw])
+                          for i in range(3) for j in range(3))
+                      for u in range(width)] for r in range(2)])
+    if start is None:  # about half of the sums wrap, past the top or the bottom
+        middle = int(np.median(sums))
+        start = 2 ** 31 - 1 - middle if middle >= 0 else -2 ** 31 - middle
+    y = np.full(2 * width + 5, 77, np.uint8)
+    _run_tile(_dwtile.TILES[tile], y, xf, base, row_step, idx, words, np.int32(start), 3, 16 * sw,
+              2, out_step, width, m0, shift, 128, 0, 255)
+    totals = start + sums
+    wrapped = ((totals + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+    want = ref_quant.requantize_dense_i8(wrapped.reshape(1, -1), np.array([m0], np.int32),
+                                         np.array([shift], np.int32), 128, 0, 255)[0]
+    assert_exact(y[:2 * width], want, tile=tile, case=case)
+    assert (y[2 * width:] == 77).all()
+    spread = {"wrap": {0, 255} <= set(want.tolist()), "tie-free": len(set(want.tolist())) > 20,
+              "ties": (wrapped % 2 == 1).any() and (wrapped < 0).any()}
+    assert spread[case]  # each case meets what it is there for
 
 
 _RUNNERS: dict = {}
@@ -168,7 +191,9 @@ _RUNNERS: dict = {}
 def _run_tile(tile, *args):
     runner = _RUNNERS.get(tile)
     if runner is None:
-        def run(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, pitch):
-            tile(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, pitch)
+        def run(y, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, width,
+                m0n, shift_n, y_zero_point, lo, hi):
+            tile(y, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, width,
+                 m0n, shift_n, y_zero_point, lo, hi)
         runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
     runner(*args)

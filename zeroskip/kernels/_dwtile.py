@@ -2,8 +2,8 @@
 outputs of a row per step, three ``vpdpbusd`` (one per tap row) where the plain loops spend nine
 multiplies.
 
-    sums[r·pitch + u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xf[base + r·out_step + i·row_step + u·sw + j·dw]
-    for r < rows, u < 16·blocks
+    s[r, u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xf[base + r·out_step + i·row_step + u·sw + j·dw]
+    y[r·width + u] = requantize(s[r, u], m0n, shift_n)          for r < rows, u < width ≤ 16·blocks
 
 The plane is padded (depthwise.py's ``pad_plane``) and its bytes are unsigned (int8 activations are
 padded as x + 128, and ``start`` is bias' − 128·Σ w, as the broadcast tile does: exact modulo 2^32).
@@ -13,7 +13,10 @@ one load, then ``vpermb`` (AVX-512 VBMI) moves each output's three bytes into it
 4th byte any one of them, its weight 0), and ``vpdpbusd`` multiplies them by the row's three
 weights, broadcast as one word (bytes w[i,0], w[i,1], w[i,2], 0), adding the three products to the
 lane with no rounding or saturation. A 16-output step is 3 loads, 3 shuffles and 3 dot products,
-where the plain loop (``depthwise._rows_3x3``) widens and multiplies nine times.
+where the plain loop (``depthwise._rows_3x3``) widens and multiplies nine times. The sums are
+requantized where they are (``_requant``: the short form when the channel's multiplier is
+tie-free) and each step's outputs stored as bytes, masked to the row's width: the int32 plane
+that requantize_row read back is gone.
 
 ``dw3_tile_loops`` is the same arithmetic in plain loops: what the tests compare the tile with, and
 the one to read first. docs/kernels.md, "The depthwise row tile", has the figures.
@@ -30,7 +33,9 @@ from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
-from ._requant import splat
+from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
+                       tie_free)
+from .quant import requantize_one
 from ._quads import signed_byte, word
 
 LANES = 16
@@ -67,72 +72,103 @@ def row_words(w):
     return words
 
 
-def dw3_tile_loops(sums, xf, base, row_step, idx, words, start, blocks, step, rows, out_step,
-                   pitch):
-    """The tile in plain loops: sums[r·pitch + 16v + u] for r < rows, v < blocks (module docstring;
-    ``step`` = 16·sw bytes between steps, ``out_step`` = sh·Wp bytes between output rows, ``idx``
-    = permutation(sw, dw), ``words`` = a row of row_words(w)). The window's bytes are unsigned, the words'
-    signed; the int32 sums wrap as vpdpbusd's do."""
+def dw3_tile_loops(y, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, width,
+                   m0n, shift_n, y_zero_point, lo, hi):
+    """The tile in plain loops: output row r's first ``width`` (≤ 16·blocks) sums, requantized
+    with (m0n, shift_n) into y[r·width + u], for r < rows (module docstring; ``step`` = 16·sw
+    bytes between steps, ``out_step`` = sh·Wp bytes between output rows, ``idx`` =
+    permutation(sw, dw), ``words`` = a row of row_words(w)). The window's bytes are unsigned, the
+    words' signed; the int32 sums wrap as vpdpbusd's do."""
     for r in range(rows):
-        for v in range(blocks):
-            at = r * pitch + v * LANES
-            for u in range(LANES):
-                sums[at + u] = start
+        for u in range(width):
+            v, lane = u // LANES, u % LANES
+            s = np.int64(start)
             for i in range(3):
                 row = base + r * out_step + i * row_step + v * step
-                w = words[i]
-                for u in range(LANES):
-                    for b in range(4):
-                        sums[at + u] += (np.int32(xf[row + idx[4 * u + b]]) & 0xFF) \
-                            * signed_byte(w, b)
+                for b in range(4):
+                    s += (np.int64(xf[row + idx[4 * lane + b]]) & 0xFF) * signed_byte(words[i], b)
+            s = ((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31
+            y[r * width + u] = requantize_one(s, m0n, shift_n, y_zero_point, lo, hi)
 
 
 dw3_tile_portable = njit(cache=True, inline="always")(dw3_tile_loops)
 
 
 def _dw3_tile_ir():
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     vec, window = ir.VectorType(i32, LANES), ir.VectorType(i8, WINDOW)
+    wide, bytes16 = ir.VectorType(i64, LANES), ir.VectorType(i8, LANES)
 
     @intrinsic
-    def dw3_tile(typingctx, sums, xf, base, row_step, idx, words, start, blocks, step, rows,
-                 out_step, pitch):
-        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
+    def dw3_tile(typingctx, y, xf, base, row_step, idx, words, start, blocks, step, rows,
+                 out_step, width, m0n, shift_n, y_zero_point, lo, hi):
+        if not (isinstance(y, types.Array) and y.dtype in (types.uint8, types.int8)
+                and y.layout == "C" and y.ndim == 1
                 and isinstance(xf, types.Array) and xf.dtype in (types.uint8, types.int8)
                 and xf.layout == "C" and isinstance(idx, types.Array) and idx.dtype == types.uint8
                 and isinstance(words, types.Array) and words.dtype == types.int32):
             return None
-        sig = types.void(sums, xf, types.intp, types.intp, idx, words, types.int32, types.intp,
-                         types.intp, types.intp, types.intp, types.intp)
+        sig = types.void(y, xf, types.intp, types.intp, idx, words, types.int32, types.intp,
+                         types.intp, types.intp, types.intp, types.intp, types.int64,
+                         types.int64, types.int64, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
-            sa, xa, ia, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+            ya, xa, ia, wa = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in (0, 1, 4, 5))
-            base, row_step, start, blocks, step, rows, out_step, pitch = (
+            base, row_step, start, blocks, step, rows, out_step, width = (
                 args[2], args[3], args[6], args[7], args[8], args[9], args[10], args[11])
+            m0, shift, y_zero_point, lo, hi = args[12:]
             permute = builder.module.declare_intrinsic(
                 "llvm.x86.avx512.permvar.qi.512", fnty=ir.FunctionType(window, [window, window]))
             dpbusd = declare_dpbusd(builder)
+            store = declare_masked_byte_store(builder)
             order = builder.load(builder.bitcast(ia.data, window.as_pointer()), align=1)
             weights = [splat(builder, builder.load(builder.gep(wa.data, [i64(i)])))
                        for i in range(3)]
             x_bytes = builder.bitcast(xa.data, i8.as_pointer())
+            y_bytes = builder.bitcast(ya.data, i8.as_pointer())
             first = splat(builder, start)
-            with cgutils.for_range(builder, rows) as row_loop:
-                r = row_loop.index
-                line = builder.add(base, builder.mul(r, out_step))
-                out = builder.bitcast(builder.gep(sa.data, [builder.mul(r, pitch)]),
-                                      vec.as_pointer())
-                with cgutils.for_range(builder, blocks) as loop:
-                    at = builder.add(line, builder.mul(loop.index, step))
-                    acc = first
-                    for i in range(3):
-                        row = builder.add(at, builder.mul(row_step, i64(i)))
-                        loaded = builder.load(builder.bitcast(builder.gep(x_bytes, [row]),
-                                                              window.as_pointer()), align=1)
-                        taps = builder.bitcast(builder.call(permute, [loaded, order]), vec)
-                        acc = builder.call(dpbusd, [acc, taps, weights[i]])
-                    builder.store(acc, builder.gep(out, [loop.index]), align=4)
+
+            def sums(line, v):  # the 16 sums of step v of the output row starting at xf[line]
+                at = builder.add(line, builder.mul(v, step))
+                acc = first
+                for i in range(3):
+                    row = builder.add(at, builder.mul(row_step, i64(i)))
+                    loaded = builder.load(builder.bitcast(builder.gep(x_bytes, [row]),
+                                                          window.as_pointer()), align=1)
+                    taps = builder.bitcast(builder.call(permute, [loaded, order]), vec)
+                    acc = builder.call(dpbusd, [acc, taps, weights[i]])
+                return acc
+
+            def each_step(requantize):
+                with cgutils.for_range(builder, rows) as row_loop:
+                    r = row_loop.index
+                    line = builder.add(base, builder.mul(r, out_step))
+                    out = builder.gep(y_bytes, [builder.mul(r, width)])
+                    with cgutils.for_range(builder, blocks) as loop:
+                        left = builder.sub(width, builder.mul(loop.index, i64(LANES)))
+                        left = builder.select(builder.icmp_signed(">", left, i64(LANES)),
+                                              i64(LANES), left)
+                        mask = builder.trunc(builder.sub(builder.shl(i64(1), left), i64(1)), i16)
+                        q = requantize(sums(line, loop.index))
+                        builder.call(store, [builder.gep(out, [builder.mul(loop.index,
+                                                                           i64(LANES))]),
+                                             builder.trunc(q, bytes16), mask])
+
+            with builder.if_else(tie_free(builder, m0, shift)) as (fast, general):
+                with fast:
+                    m0_v, shift_v, zp_v, lo_v, hi_v = (
+                        splat(builder, builder.trunc(value, i32))
+                        for value in (m0, shift, y_zero_point, lo, hi))
+                    each_step(lambda s: requantized_tie_free(builder, s, m0_v, shift_v, zp_v,
+                                                             lo_v, hi_v))
+                with general:
+                    m0_v, shift_v, zp_v, lo_v, hi_v = (
+                        splat(builder, value, wide) for value in (m0, shift, y_zero_point, lo, hi))
+                    nudge = builder.shl(ir.Constant(wide, [1] * LANES),
+                                        builder.sub(shift_v, ir.Constant(wide, [1] * LANES)))
+                    each_step(lambda s: requantized(builder, s, m0_v, shift_v, nudge, zp_v, lo_v,
+                                                    hi_v))
             return context.get_dummy_value()
 
         return sig, codegen
