@@ -34,7 +34,7 @@ import pytest
 import zeroskip
 from onnx_builders import make_model, node, pruned, randn
 from quant_builders import calibration, quantize, quantize_dynamic
-from zeroskip.kernels import KERNELS, _amx
+from zeroskip.kernels import KERNELS, _amx, _dwtile
 from zeroskip.kernels._cpu import HAS_AVX512_VNNI
 
 DATA = pathlib.Path(zeroskip.__file__).parent / "data"
@@ -44,6 +44,7 @@ INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
                    "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32",
                    "conv2d_lanes_rq_i8"} \
+    | ({"depthwise_nhwc_rq_i8"} if _dwtile.CPU_HAS else set()) \
     | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
 """Kernels that no plan here calls, called directly instead: the int8 dense conv takes im2row,
@@ -54,8 +55,11 @@ and convs over groups of 4 channels (engine/plan/int8.py, ``QuadConv.fits``), wh
 has not; plans take the lanes conv for one-group float convs on AVX-512 CPUs whose output channels
 fill whole blocks of 32 but for an eighth (conv_lanes.lanes_pay), and the CNN's have 8 and 12; the int8 lanes conv takes one-group QConvs of a multiple of 4
 input channels on AVX-512 VNNI CPUs without AMX, and the CNN's one-group QConv has 3. Plans
-take the
-AMX conv only where the OS grants AMX, and the planar 1×1 GEMM only on AVX-512 VNNI CPUs."""
+take the AMX conv only where the OS grants AMX, the planar 1×1 GEMM only on AVX-512 VNNI CPUs,
+and the channels-last depthwise conv, where the 3×3 row tile runs (AVX-512 VNNI + VBMI), only
+below 7-wide outputs or for kernels other than 3×3 (the CNN's 5×5 has two outputs per channel,
+which that kernel does not take). The kernels that no plan reaches are called directly, and
+their bytes compared as the plans' are."""
 
 
 def _cnn():
@@ -132,7 +136,23 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     outputs["direct|conv2d_quad_rq_i8"] = _quad_conv()
     outputs["direct|conv2d_lanes_f32"] = _lanes_conv()
     outputs["direct|conv2d_lanes_rq_i8"] = _lanes_conv_i8()
+    outputs["direct|depthwise_nhwc_rq_i8"] = _nhwc_depthwise()
     return outputs, kernels
+
+
+def _nhwc_depthwise() -> np.ndarray:
+    """depthwise_nhwc_rq_i8 on a 3×3 stride-2 depthwise conv of 20 uint8 channels at 9×9, pads 1
+    (output 5×5), tie-free multipliers and m0 = 2^30 ones side by side."""
+    rng = np.random.default_rng(17)
+    w_taps = rng.integers(-128, 128, (9, 20)).astype(np.int8)
+    xh = rng.integers(0, 256, (1, 9, 9, 20)).astype(np.uint8)
+    bias = rng.integers(-5000, 5000, 20).astype(np.int32)
+    m0 = np.where(np.arange(20) % 2 == 0, 1 << 30, 1_518_500_249).astype(np.int32)
+    shift = np.full(20, 39, np.int32)
+    y = np.zeros((1, 20, 5, 5), np.uint8)
+    KERNELS["depthwise_nhwc_rq_i8"](w_taps, bias, xh, 9, m0, shift, 100, 0, 255, y, 3, 3, 2, 2,
+                                    1, 1, 1, 1)
+    return y
 
 
 def _lanes_conv_i8() -> np.ndarray:

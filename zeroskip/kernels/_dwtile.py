@@ -2,21 +2,22 @@
 outputs of a row per step, three ``vpdpbusd`` (one per tap row) where the plain loops spend nine
 multiplies.
 
-    s[r, u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xf[base + r·out_step + i·row_step + u·sw + j·dw]
-    y[r·width + u] = requantize(s[r, u], m0n, shift_n)          for r < rows, u < width ≤ 16·blocks
+    s[r, u] = start + Σ_{i<3} Σ_{j<3} w[i,j] · xpad[r·sh + i·dh, u·sw + j·dw]
+    y[r·OW + u] = requantize(s[r, u], m0n, shift_n)          for r < OH, u < OW
 
-The plane is padded (depthwise.py's ``pad_plane``) and its bytes are unsigned (int8 activations are
-padded as x + 128, and ``start`` is bias' − 128·Σ w, as the broadcast tile does: exact modulo 2^32).
-For a tap row i and 16 consecutive outputs, the bytes that output u needs, xf[r + u·sw + j·dw] for
-j = 0, 1, 2, all sit in the 64 bytes from r = base + i·row_step + 16·v·sw (15·sw + 2·dw < 64):
-one load, then ``vpermb`` (AVX-512 VBMI) moves each output's three bytes into its int32 lane (the
-4th byte any one of them, its weight 0), and ``vpdpbusd`` multiplies them by the row's three
-weights, broadcast as one word (bytes w[i,0], w[i,1], w[i,2], 0), adding the three products to the
-lane with no rounding or saturation. A 16-output step is 3 loads, 3 shuffles and 3 dot products,
-where the plain loop (``depthwise._rows_3x3``) widens and multiplies nine times. The sums are
-requantized where they are (``_requant``: the short form when the channel's multiplier is
-tie-free) and each step's outputs stored as bytes, masked to the row's width: the int32 plane
-that requantize_row read back is gone.
+xpad is the plane as if padded with the zero point (pt rows above, pl columns to the left); the
+tile reads the plane itself. Its bytes are taken as unsigned (int8 activations as x + 128, with
+``start`` bias' − 128·Σ w, as the broadcast tile does: exact modulo 2^32). For a tap row i and 16
+consecutive outputs, the bytes that output u needs, columns 16·v·sw − pl + u·sw + j·dw for
+j = 0, 1, 2, all sit in the 64 bytes from column 16·v·sw − pl (15·sw + 2·dw < 64): one masked
+load (the bytes outside the row, or all of them for a row outside the plane, come from a vector
+of the zero point), then ``vpermb`` (AVX-512 VBMI) moves each output's three bytes into its int32
+lane (the 4th byte any one of them, its weight 0), and ``vpdpbusd`` multiplies them by the row's
+three weights, broadcast as one word (bytes w[i,0], w[i,1], w[i,2], 0), adding the three products
+to the lane with no rounding or saturation. A 16-output step is 3 loads, 3 shuffles and 3 dot
+products, where the plain loop (``depthwise._rows_3x3``) widens and multiplies nine times. The
+sums are requantized where they are (``_requant``: the short form when the channel's multiplier
+is tie-free) and each step's outputs stored as bytes, masked to the row's width.
 
 ``dw3_tile_loops`` is the same arithmetic in plain loops: what the tests compare the tile with, and
 the one to read first. docs/kernels.md, "The depthwise row tile", has the figures.
@@ -72,23 +73,25 @@ def row_words(w):
     return words
 
 
-def dw3_tile_loops(y, xf, base, row_step, idx, words, start, blocks, step, rows, out_step, width,
-                   m0n, shift_n, y_zero_point, lo, hi):
-    """The tile in plain loops: output row r's first ``width`` (≤ 16·blocks) sums, requantized
-    with (m0n, shift_n) into y[r·width + u], for r < rows (module docstring; ``step`` = 16·sw
-    bytes between steps, ``out_step`` = sh·Wp bytes between output rows, ``idx`` =
-    permutation(sw, dw), ``words`` = a row of row_words(w)). The window's bytes are unsigned, the
-    words' signed; the int32 sums wrap as vpdpbusd's do."""
-    for r in range(rows):
-        for u in range(width):
+def dw3_tile_loops(y, x, base, H, W, idx, words, start, x_fill, flip, blocks, OH, OW, sh, sw, dh,
+                   dw, pt, pl, m0n, shift_n, y_zero_point, lo, hi):
+    """The tile in plain loops (module docstring): the plane x[base : base + H·W] (flat, unpadded),
+    its OH × OW outputs requantized with (m0n, shift_n) into y[oh·OW + u]. Output u of row oh
+    reads, for tap row i, the byte at column 16·sw·⌊u/16⌋ − pl + idx[4·(u mod 16) + b] of input row
+    oh·sh − pt + i·dh, and x_fill where that is outside the plane; each byte xor ``flip`` (0x80
+    for int8 x: read as x + 128), times byte b of words[i]. The int32 sums wrap as vpdpbusd's do."""
+    for r in range(OH):
+        for u in range(OW):
             v, lane = u // LANES, u % LANES
             s = np.int64(start)
             for i in range(3):
-                row = base + r * out_step + i * row_step + v * step
+                row = r * sh - pt + i * dh
                 for b in range(4):
-                    s += (np.int64(xf[row + idx[4 * lane + b]]) & 0xFF) * signed_byte(words[i], b)
+                    col = v * LANES * sw - pl + np.int64(idx[4 * lane + b])
+                    a = x[base + row * W + col] if 0 <= row < H and 0 <= col < W else x_fill
+                    s += ((np.int64(a) ^ flip) & 0xFF) * signed_byte(words[i], b)
             s = ((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31
-            y[r * width + u] = requantize_one(s, m0n, shift_n, y_zero_point, lo, hi)
+            y[r * OW + u] = requantize_one(s, m0n, shift_n, y_zero_point, lo, hi)
 
 
 dw3_tile_portable = njit(cache=True, inline="always")(dw3_tile_loops)
@@ -100,57 +103,75 @@ def _dw3_tile_ir():
     wide, bytes16 = ir.VectorType(i64, LANES), ir.VectorType(i8, LANES)
 
     @intrinsic
-    def dw3_tile(typingctx, y, xf, base, row_step, idx, words, start, blocks, step, rows,
-                 out_step, width, m0n, shift_n, y_zero_point, lo, hi):
-        if not (isinstance(y, types.Array) and y.dtype in (types.uint8, types.int8)
-                and y.layout == "C" and y.ndim == 1
-                and isinstance(xf, types.Array) and xf.dtype in (types.uint8, types.int8)
-                and xf.layout == "C" and isinstance(idx, types.Array) and idx.dtype == types.uint8
-                and isinstance(words, types.Array) and words.dtype == types.int32):
+    def dw3_tile(typingctx, y, x, base, H, W, idx, words, start, x_fill, flip, blocks, OH, OW, sh,
+                 sw, dh, dw, pt, pl, m0n, shift_n, y_zero_point, lo, hi):
+        if not (all(isinstance(a, types.Array) and a.layout == "C" and a.ndim == 1
+                    for a in (y, x, idx, words))
+                and y.dtype in (types.uint8, types.int8) and x.dtype in (types.uint8, types.int8)
+                and idx.dtype == types.uint8 and words.dtype == types.int32):
             return None
-        sig = types.void(y, xf, types.intp, types.intp, idx, words, types.int32, types.intp,
-                         types.intp, types.intp, types.intp, types.intp, types.int64,
-                         types.int64, types.int64, types.int64, types.int64)
+        sig = types.void(y, x, *[types.int64] * 3, idx, words, types.int32,
+                         *[types.int64] * 16)
 
         def codegen(context, builder, signature, args):
             ya, xa, ia, wa = (context.make_array(signature.args[i])(context, builder, args[i])
-                              for i in (0, 1, 4, 5))
-            base, row_step, start, blocks, step, rows, out_step, width = (
-                args[2], args[3], args[6], args[7], args[8], args[9], args[10], args[11])
-            m0, shift, y_zero_point, lo, hi = args[12:]
+                              for i in (0, 1, 5, 6))
+            base, H, W = args[2:5]
+            start, x_fill, flip, blocks, OH, OW, sh, sw, dh, dw, pt, pl = args[7:19]
+            m0, shift, y_zero_point, lo, hi = args[19:]
             permute = builder.module.declare_intrinsic(
                 "llvm.x86.avx512.permvar.qi.512", fnty=ir.FunctionType(window, [window, window]))
+            load = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.mask.loadu.b.512",
+                fnty=ir.FunctionType(window, [i8.as_pointer(), window, i64]))
             dpbusd = declare_dpbusd(builder)
             store = declare_masked_byte_store(builder)
             order = builder.load(builder.bitcast(ia.data, window.as_pointer()), align=1)
             weights = [splat(builder, builder.load(builder.gep(wa.data, [i64(i)])))
                        for i in range(3)]
-            x_bytes = builder.bitcast(xa.data, i8.as_pointer())
+            fill_v, flip_v = (splat(builder, builder.trunc(value, i8), window)
+                              for value in (x_fill, flip))
+            plane = builder.gep(builder.bitcast(xa.data, i8.as_pointer()), [base])
             y_bytes = builder.bitcast(ya.data, i8.as_pointer())
             first = splat(builder, start)
+            ones = i64(-1)
 
-            def sums(line, v):  # the 16 sums of step v of the output row starting at xf[line]
-                at = builder.add(line, builder.mul(v, step))
+            def low_bits(n):  # (1 << n) − 1 for 0 ≤ n ≤ 64
+                return builder.select(builder.icmp_signed(">=", n, i64(WINDOW)), ones,
+                                      builder.sub(builder.shl(i64(1), n), i64(1)))
+
+            def clamp(n, top):
+                n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)
+                return builder.select(builder.icmp_signed(">", n, top), top, n)
+
+            def sums(r, v):  # the 16 sums of step v of output row r
+                col0 = builder.sub(builder.mul(v, builder.mul(sw, i64(LANES))), pl)
+                inside = builder.and_(  # the window's bytes within the row: [−col0, W − col0)
+                    low_bits(clamp(builder.sub(W, col0), i64(WINDOW))),
+                    builder.not_(low_bits(clamp(builder.neg(col0), i64(WINDOW)))))
                 acc = first
                 for i in range(3):
-                    row = builder.add(at, builder.mul(row_step, i64(i)))
-                    loaded = builder.load(builder.bitcast(builder.gep(x_bytes, [row]),
-                                                          window.as_pointer()), align=1)
-                    taps = builder.bitcast(builder.call(permute, [loaded, order]), vec)
-                    acc = builder.call(dpbusd, [acc, taps, weights[i]])
+                    row = builder.add(builder.sub(builder.mul(r, sh), pt),
+                                      builder.mul(dh, i64(i)))
+                    valid = builder.and_(builder.icmp_signed(">=", row, i64(0)),
+                                         builder.icmp_signed("<", row, H))
+                    at = builder.gep(plane, [builder.add(builder.mul(row, W), col0)])
+                    loaded = builder.call(load, [at, fill_v,
+                                                 builder.select(valid, inside, i64(0))])
+                    taps = builder.call(permute, [builder.xor(loaded, flip_v), order])
+                    acc = builder.call(dpbusd, [acc, builder.bitcast(taps, vec), weights[i]])
                 return acc
 
             def each_step(requantize):
-                with cgutils.for_range(builder, rows) as row_loop:
+                with cgutils.for_range(builder, OH) as row_loop:
                     r = row_loop.index
-                    line = builder.add(base, builder.mul(r, out_step))
-                    out = builder.gep(y_bytes, [builder.mul(r, width)])
+                    out = builder.gep(y_bytes, [builder.mul(r, OW)])
                     with cgutils.for_range(builder, blocks) as loop:
-                        left = builder.sub(width, builder.mul(loop.index, i64(LANES)))
+                        left = builder.sub(OW, builder.mul(loop.index, i64(LANES)))
                         left = builder.select(builder.icmp_signed(">", left, i64(LANES)),
                                               i64(LANES), left)
-                        mask = builder.trunc(builder.sub(builder.shl(i64(1), left), i64(1)), i16)
-                        q = requantize(sums(line, loop.index))
+                        mask = builder.trunc(low_bits(left), i16)
+                        q = requantize(sums(r, loop.index))
                         builder.call(store, [builder.gep(out, [builder.mul(loop.index,
                                                                            i64(LANES))]),
                                              builder.trunc(q, bytes16), mask])

@@ -19,7 +19,7 @@ from numba import njit, prange
 from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
                       conv_channel_rq, pad_plane, pad_planes, tap_offsets)
 from ._broadcast import unsigned_bias
-from ._dwtile import LANES, WINDOW, dw3_tile, fits, permutation, row_words
+from ._dwtile import LANES, dw3_tile, fits, permutation, row_words
 from ._dwtile import RUNS as DW3_RUNS
 from .quant import requantize_one, requantize_row
 
@@ -154,41 +154,6 @@ def _plane_3x3_rq(w, b, xq, acc, y, sh, sw, dh, dw, m0n, shift_n, y_zero_point, 
 
 
 @njit(cache=True, inline="always")
-def _plane_3x3_rq_vnni(w9, words, start, xf, base, Wp, idx, acc, y, OH, OW, sh, sw, dh, dw, m0n,
-                       shift_n, y_zero_point, lo, hi):
-    """_plane_3x3_rq on the depthwise row tile (_dwtile.py, AVX-512 VNNI + VBMI): the plane starts
-    at xf[base] (the whole padded workspace, flat, its bytes unsigned: int8 planes padded as
-    x + 128), ``words`` its three tap-row words (_dwtile.row_words), ``start`` bias' (− 128·Σ w
-    for int8 x), ``idx`` the tile's permutation for (sw, dw); acc [OH·OW + 16] int32; y [OH·OW] —
-    the output plane, flat (a reshape per plane cost more than its requantization). One tile
-    call sums and requantizes the whole plane, each step's bytes stored masked to the row's
-    width (it had summed into acc at the pitch OW, and one flat loop requantized acc into y:
-    384×14×14, one thread, 0.180 → 0.168 ms; 96→56×56 stride 2 0.527 → 0.398). The tile's 64-byte loads may reach past the plane,
-    never past xf: the rows whose loads would (the last plane's last rows) are summed in plain
-    loops into acc and requantized from there."""
-    blocks = (OW + LANES - 1) // LANES
-    step, row_step, out_step = LANES * sw, dh * Wp, sh * Wp
-    reach = 2 * row_step + (blocks - 1) * step + WINDOW  # bytes a row's loads span
-    room = xf.size - base - reach  # the last output row whose loads stay inside xf starts here
-    whole = OH if room >= (OH - 1) * out_step else max(0, room // out_step + 1)
-    dw3_tile(y, xf, base, row_step, idx, words, start, blocks, step, whole, out_step, OW,
-             np.int64(m0n), np.int64(shift_n), np.int64(y_zero_point), np.int64(lo), np.int64(hi))
-    if whole == OH:
-        return
-    for oh in range(whole, OH):  # plain loops for the other rows
-        row = base + oh * out_step
-        for u in range(OW):
-            s = start
-            for i in range(3):
-                for j in range(3):
-                    s += (np.int32(xf[row + i * row_step + u * sw + j * dw]) & 0xFF) \
-                        * np.int32(w9[3 * i + j])
-            acc[oh * OW + u] = s
-    requantize_row(acc[whole * OW:OH * OW], m0n, shift_n, y_zero_point, lo, hi,
-                   y[whole * OW:OH * OW])
-
-
-@njit(cache=True, inline="always")
 def _tile_geometry(OW, Hp, Wp, kh, kw, sh, sw, dh, dw):
     """The tile loop's (accumulator pitch, rows per tile, tap offsets, tap indices) for one plane."""
     P = accumulator_pitch(OW, Wp, sh, sw)
@@ -274,9 +239,10 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
 
     The planar loops of depthwise_dense_i8, with each piece of int32 sums requantized while it is
-    in cache: 3×3, one plane at a time (_plane_3x3_rq, or on AVX-512 VNNI + VBMI CPUs the row tile
-    of _dwtile.py: _plane_3x3_rq_vnni, prange over runs of planes); other sizes, one tile of rows at
-    a time (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
+    in cache: 3×3, one plane at a time (_plane_3x3_rq; on AVX-512 VNNI + VBMI CPUs the row tile of
+    _dwtile.py instead, one call per plane, prange over runs of planes, reading x unpadded and
+    requantizing in its registers: xp is not used); other sizes, one tile of rows at a time
+    (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
     144×56×56 0.51 against 0.50 (the pass it saves was not what cost).
     Arguments as depthwise_dense_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 —
     output, overwritten. Preconditions as the two kernels'.
@@ -286,23 +252,22 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     N, OW = y.shape[1], y.shape[3]
     mult = N // C
     if kh == 3 and kw == 3 and DW3_RUNS and fits(sw, dw):  # the row tile: 3 vpdpbusd per 16
-        flip = sign_flip8(x)  # int8 planes padded as x + 128, their sums started 128·Σw lower
-        fill = x.dtype.type(x_zero_point) ^ flip
-        idx, xf = permutation(sw, dw), xp.reshape(xp.size)
-        words, start = row_words(w), unsigned_bias(x, w, bias, None)  # bias' − 128·Σw for int8
-        planes = B * C
-        OH = y.shape[2]
+        flip = np.int64(sign_flip8(x)) & 0xFF  # int8 x read as x + 128, sums started 128·Σw lower
+        idx, words = permutation(sw, dw), row_words(w)
+        start = unsigned_bias(x, w, bias, None)  # bias' − 128·Σw for int8
+        H, W = x.shape[2], x.shape[3]
+        OH, planes = y.shape[2], B * C
+        xs = np.ascontiguousarray(x).reshape(x.size)
         y3 = y.reshape((B, N, OH * OW))  # once: a reshape per plane cost 10–20 ns
-        tasks = min(planes, DW3_TASKS)  # runs of planes: one accumulator allocated per run
-        for t in prange(tasks):
-            acc = np.empty(y.shape[2] * OW + LANES, np.int32)
+        blocks = (OW + LANES - 1) // LANES
+        tasks = min(planes, DW3_TASKS)
+        for t in prange(tasks):  # runs of planes
             for plane in range(t * planes // tasks, (t + 1) * planes // tasks):
                 bi, c = plane // C, plane % C
-                pad_plane(x[bi, c], xp[bi, c], pt, pl, fill, flip)
                 for n in range(c * mult, (c + 1) * mult):
-                    _plane_3x3_rq_vnni(w[n], words[n], start[n], xf, plane * Hp * Wp, Wp, idx,
-                                       acc, y3[bi, n], OH, OW, sh, sw, dh, dw, m0[n], shift[n],
-                                       y_zero_point, lo, hi)
+                    dw3_tile(y3[bi, n], xs, plane * H * W, H, W, idx, words[n], start[n],
+                             x_zero_point, flip, blocks, OH, OW, sh, sw, dh, dw, pt, pl, m0[n],
+                             shift[n], y_zero_point, lo, hi)
         return
     if kh == 3 and kw == 3:
         for t in prange(B * C):

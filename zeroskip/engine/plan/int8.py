@@ -234,13 +234,15 @@ PLANAR_DEPTHWISE_MIN_WIDTH = 56
 vectorizes along output rows; narrower or strided ones take the channels-last kernel, which
 vectorizes over channels (kernels/depthwise.py has the timings: 144×56×56 0.41 against 0.50 ms,
 576×14×14 0.67 against 0.12 ms)."""
-ROW_TILE_MIN_WIDTH = 14
+ROW_TILE_MIN_WIDTH = 7
 """Output width from which a 3×3 int8 depthwise conv keeps the planar kernel, at any stride, where
 its row tile runs (kernels/_dwtile.py: AVX-512 VNNI and VBMI). One thread, the channels-last
 kernel (with its input copy) against the planar one on the tile: 96→56×56 stride 2 1.57 against
 0.49 ms, 144→28×28 stride 2 0.51 / 0.24, 192×28×28 0.38 / 0.20, 192→14×14 stride 2 0.17 / 0.12,
-576×14×14 0.31 / 0.25; but 576→7×7 stride 2 0.18 / 0.22 and 960×7×7 0.21 / 0.36
-(docs/kernels.md, "The depthwise row tile")."""
+576×14×14 0.31 / 0.25; then 576→7×7 stride 2 0.18 / 0.22 and 960×7×7 0.21 / 0.36 kept the 7×7
+outputs channels last (14 from here), until the tile read the unpadded planes itself and
+requantized in its registers: in MobileNetV2, one thread, the 7×7 depthwise convs 0.15–0.17 ms
+each channels last against 0.07–0.12 planar (docs/kernels.md, "The depthwise row tile")."""
 
 
 class DepthwiseConv(ConvAccumulator):
