@@ -20,8 +20,8 @@ from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
 from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
-from zeroskip.kernels.matmul_dense import (PIXELS_PER_CHUNK, matmul_dense_i8, matmul_dense_rq_i8,
-                                           matmul_planar_rq_i8)
+from zeroskip.kernels.matmul_dense import (GEMV_ROWS, PIXELS_PER_CHUNK, matmul_dense_i8,
+                                           matmul_dense_rq_i8, matmul_planar_rq_i8)
 from zeroskip.kernels.elementwise import add_dense_i8
 from zeroskip.kernels.quant import (dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8,
                                     tie_free)
@@ -430,7 +430,8 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
 
 
 RQ_SHAPES = {
-    "dense": [(1, 1, 1), (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
+    "dense": [(1, 1, 1), (1, GEMV_ROWS + 3, 40), (1, 2 * GEMV_ROWS + 1, 200),
+              (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
               (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144)],
     "planar": [(1, 1, 1), (16, 4, 16), (17, 4, 16), (64, 5, 8), (65, 9, 24), (200, 7, 18),
                (2 * PIXELS_PER_CHUNK + 3, 7, 48)],
@@ -438,7 +439,8 @@ RQ_SHAPES = {
             (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, 24),
             (2 * PIXELS_PER_BLOCK + 3, 2 * ROWS_PER_RQ_TASK + 1, 9), (3 * PIXELS_PER_BLOCK + 1, 13, 144)],
 }
-"""Per requantizing GEMM: pixel counts around its chunk (dense: PIXELS_PER_CHUNK rows of x; csr:
+"""Per requantizing GEMM: pixel counts around its chunk (dense: one row of x, the GEMV, over
+tasks of GEMV_ROWS rows of w, and PIXELS_PER_CHUNK rows of x; csr:
 PIXELS_PER_BLOCK pixels), rows around its panel or task, K tails; planar (x given transposed):
 around the fewest pixels and the 64-pixel chunks of its tiles, N mod 4 rows, and a K that is not
 a multiple of 4 (the rows' path)."""

@@ -61,6 +61,7 @@ from numba.extending import intrinsic, overload
 from ._broadcast import (BROADCAST_MIN_ROWS, BROADCAST_PIXELS, LANES, PIXEL_VECTORS, channel_groups,
                          declare_dpbusd, is_8bit, splat, store_accumulators)
 from ._cpu import FEATURES, HAS_AVX512_VNNI
+from ._scratch import words_on_lines
 
 AMX_ROWS = 32
 """Output channels per pass of the tile: two C tiles of 16 rows."""
@@ -369,7 +370,8 @@ def task_sums(g, per, n_pad):
     """(first channel, int32 sums (channels, BROADCAST_PIXELS)) of the channel group g of
     ``amx_tasks``; the last group may have no channels."""
     first = g * per
-    return first, np.empty((max(0, min(n_pad, first + per) - first), BROADCAST_PIXELS), np.int32)
+    channels = max(0, min(n_pad, first + per) - first)
+    return first, words_on_lines(channels * BROADCAST_PIXELS).reshape((channels, BROADCAST_PIXELS))
 
 
 @njit(cache=True)

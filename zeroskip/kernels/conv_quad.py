@@ -20,12 +20,12 @@ loop order and the figures.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
 from ._quads import (QUAD_PIXELS, QUAD_SLACK, finish_planes, pack_group_jit, quad_tile,
                      shift_copy_jit, store_chunk, used_phases)
+from ._scratch import words_on_lines
 from .elementwise import residual_parts
 
 
@@ -87,7 +87,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
         p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
         count = min(QUAD_PIXELS, positions - p0)
-        sums = np.empty(QUAD_PIXELS, np.int32)
+        sums = words_on_lines(QUAD_PIXELS)
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])

@@ -14,7 +14,7 @@ from .geometry import (TapStarts, conv_geometry, conv_input, max_pool, phase_sha
                        workspace_len)
 from .reference import reference_step
 from .registry import Decline, builds
-from .steps import Scratch, Step, aligned_empty
+from .steps import Scratch, Step, aligned_copy
 from .weights import csr_triple
 
 
@@ -124,9 +124,7 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
         from ...kernels._fma import pack_lanes
         from ...kernels.conv_lanes import LANE_SLACK_PIXELS, lane_offsets
 
-        packed = pack_lanes(np.asarray(w, np.float32))
-        wb = aligned_empty(packed.shape, np.float32)  # each k's 32 weights on whole lines
-        wb[:] = packed
+        wb = aligned_copy(pack_lanes(np.asarray(w, np.float32)))  # k's 32 weights on whole lines
         kernel, name = ctx.kernel("conv2d_lanes_f32"), "conv2d_lanes_f32"
         tap_offsets: dict = {}
 

@@ -22,7 +22,7 @@ from .context import Choice, PlanContext
 from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
 from .registry import builds
 from .launch import pick, placeholder
-from .steps import PreparedCalls, Scratch, Step, aligned_empty
+from .steps import PreparedCalls, Scratch, Step, aligned_copy, aligned_empty
 from .weights import csr_triple, quad_rows
 
 Q8_TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -61,7 +61,7 @@ class DenseGemm(GemmAccumulator):
 
     def __init__(self, w2: np.ndarray, ctx: PlanContext, requantizes: bool = False):
         super().__init__(w2)
-        self.w = np.ascontiguousarray(w2)
+        self.w = aligned_copy(np.asarray(w2))
         self.w_sums = weight_sums(self.w)
         self.w_pad = amx_padded(self.w)
         self.kernel = ctx.kernel("matmul_dense_i8")
@@ -210,7 +210,8 @@ def amx_padded(w2: np.ndarray):
     that tile will run (kernels/_amx.py, AMX_MIN_K), else the empty _amx.NO_PAD."""
     from ...kernels import _amx
 
-    return _amx.pad_weights(w2) if _amx.RUNS and w2.shape[1] >= _amx.AMX_MIN_K else _amx.NO_PAD
+    return aligned_copy(_amx.pad_weights(w2)) if _amx.RUNS and w2.shape[1] >= _amx.AMX_MIN_K \
+        else _amx.NO_PAD
 
 
 def planar_gemm_fits(k: int) -> bool:
@@ -506,7 +507,8 @@ class PackedDenseConv(ConvAccumulator):
             self._init_lanes(w4, ctx)
             return
         self.lanes = False
-        self.tiles = pack_folded_weights(w4, sw) if self.folded else pack_tap_weights(w4)
+        self.tiles = aligned_copy(pack_folded_weights(w4, sw) if self.folded
+                                  else pack_tap_weights(w4))  # 64-byte tile rows on whole lines
         self.dense_kernel = ctx.kernel("conv2d_dense_rq_i8")
         self.name = "conv2d_dense_rq_i8"
         # the CPU's flags, not the JIT, name the tile: a plan explains itself alike without it
@@ -530,9 +532,8 @@ class PackedDenseConv(ConvAccumulator):
     def _init_lanes(self, w4: np.ndarray, ctx: PlanContext):
         from ...kernels._lanes import pack_lane_words
 
-        words = pack_lane_words(w4)
-        self.lanes, self.words = True, aligned_empty(words.shape, np.int32)
-        self.words[:] = words  # each column's 32 words on two whole lines
+        self.lanes = True
+        self.words = aligned_copy(pack_lane_words(w4))  # each column's 32 words on two whole lines
         self.lanes_kernel = ctx.kernel("conv2d_lanes_rq_i8")
         self.name = "conv2d_lanes_rq_i8"
         self.reason = ("dense int8 conv with 32 output channels in the vector lanes × 7 positions "
@@ -609,7 +610,7 @@ class Im2rowConv(ConvAccumulator):
         self.k_pad = -(-self.k_in // step) * step
         taps_first = np.zeros((self.n_out, self.k_pad), np.int8)
         taps_first[:, :self.k_in] = w4.transpose(0, 2, 3, 1).reshape(self.n_out, -1)  # im2row order
-        self.w_groups = [np.ascontiguousarray(taps_first[g * per:(g + 1) * per])
+        self.w_groups = [aligned_copy(taps_first[g * per:(g + 1) * per])
                          for g in range(self.group)]
         self.w_pads = [amx_padded(w) for w in self.w_groups]  # the AMX tile's, once per layer
         # a 1×1, stride-1, unpadded conv of one group whose K needs no padding: the channels-last
