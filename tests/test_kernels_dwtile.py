@@ -147,18 +147,20 @@ TILE_CASES = {  # start, bytes and weights drawn below, (m0, shift), in what eac
 
 
 @pytest.mark.parametrize("tile", sorted(_dwtile.TILES))
-@pytest.mark.parametrize("sw,dw", [(1, 1), (2, 1), (1, 2), (3, 1)])
+@pytest.mark.parametrize("sh,sw,dh,dw", [(1, 1, 1, 1), (1, 2, 1, 1), (1, 1, 1, 2), (1, 3, 1, 1),
+                                         (2, 2, 1, 1), (1, 1, 2, 2), (3, 1, 1, 1)])
 @pytest.mark.parametrize("case", sorted(TILE_CASES))
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
-def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw, case, x_type):
+def test_the_tile_sums_three_rows_of_three_taps(tile, sh, sw, dh, dw, case, x_type):
     """The tile (both variants) against the formula on a 5 × 50 plane with pads of 1 and 2 (the
     fill outside, every step's window partly outside the row, a last step that is partial),
     bytes read as unsigned (int8 ones as x + 128), requantized (zero point 128): sums that wrap
     at the int32 edge as vpdpbusd's do; a tie-free multiplier (the short form) with the outputs
-    spread; m0 = 2^30 at M = 1/2 (rounding ties of both signs: the general form). The bytes past
-    the plane's outputs are left as they were."""
+    spread; m0 = 2^30 at M = 1/2 (rounding ties of both signs: the general form). The bytes before
+    and past the plane's outputs are left as they were. Row steps and dilations of 1 take the tile's rolling
+    rows (one load per input row for three outputs), any other the three loads per step."""
     start, x_top, w_top, (m0, shift) = TILE_CASES[case]
-    rng = np.random.default_rng(sw * 10 + dw)
+    rng = np.random.default_rng(sh * 1000 + dh * 100 + sw * 10 + dw)
     H, W, pt, pl, fill = 5, 50, 1, 2, 7
     flip = 0x80 if x_type is np.int8 else 0
     raw = rng.integers(0, x_top, (H, W))  # the bytes as the tile reads them, after the flip
@@ -167,25 +169,26 @@ def test_the_tile_sums_three_rows_of_three_taps(tile, sw, dw, case, x_type):
     plane[H * W:2 * H * W] = x.reshape(-1)
     w = rng.integers(-w_top, w_top, 9).astype(np.int8)
     words, idx = _dwtile.row_words(w[None])[0], _dwtile.permutation(sw, dw)
-    OH, OW = (H + 2 * pt - 2 * dw - 1) // sw + 1, (W + 2 * pl - 2 * dw - 1) // sw + 1
-    padded = np.full((H + 2 * pt + 2 * dw, W + 2 * pl + 64), fill ^ flip, np.int64)
+    OH, OW = (H + 2 * pt - 2 * dh - 1) // sh + 1, (W + 2 * pl - 2 * dw - 1) // sw + 1
+    padded = np.full((H + 2 * pt + 2 * dh, W + 2 * pl + 64), fill ^ flip, np.int64)
     padded[pt:pt + H, pl:pl + W] = raw
-    sums = np.array([[sum(int(w[3 * i + j]) * int(padded[r * sw + i * dw, u * sw + j * dw])
+    sums = np.array([[sum(int(w[3 * i + j]) * int(padded[r * sh + i * dh, u * sw + j * dw])
                           for i in range(3) for j in range(3))
                       for u in range(OW)] for r in range(OH)])
     if start is None:  # about half of the sums wrap, past the top or the bottom
         middle = int(np.median(sums))
         start = 2 ** 31 - 1 - middle if middle >= 0 else -2 ** 31 - middle
     assert tie_free(m0, shift) == (case != "ties")
-    y = np.full(OH * OW + 5, 77, np.uint8)
+    guarded = np.full(64 + OH * OW + 5, 77, np.uint8)  # 64 bytes before y and 5 after: untouched
+    y = guarded[64:]
     _run_tile(_dwtile.TILES[tile], y, plane, H * W, H, W, idx, words, np.int32(start),
-              x_type(fill), flip, -(-OW // 16), OH, OW, sw, sw, dw, dw, pt, pl, m0, shift, 128, 0,
+              x_type(fill), flip, -(-OW // 16), OH, OW, sh, sw, dh, dw, pt, pl, m0, shift, 128, 0,
               255)
     wrapped = ((start + sums + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
     want = ref_quant.requantize_dense_i8(wrapped.reshape(1, -1), np.array([m0], np.int32),
                                          np.array([shift], np.int32), 128, 0, 255)[0]
     assert_exact(y[:OH * OW], want, tile=tile, case=case)
-    assert (y[OH * OW:] == 77).all()
+    assert (y[OH * OW:] == 77).all() and (guarded[:64] == 77).all()
     spread = {"wrap": {0, 255} <= set(want.tolist()), "tie-free": len(set(want.tolist())) > 5,
               "ties": (wrapped % 2 == 1).any() and (wrapped < 0).any()}
     assert spread[case]  # each case meets what it is there for

@@ -144,52 +144,86 @@ def _dw3_tile_ir():
                 n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)
                 return builder.select(builder.icmp_signed(">", n, top), top, n)
 
-            def sums(r, v):  # the 16 sums of step v of output row r
+            def block_columns(v):  # step v's first column, and its window's bytes in a row
                 col0 = builder.sub(builder.mul(v, builder.mul(sw, i64(LANES))), pl)
-                inside = builder.and_(  # the window's bytes within the row: [−col0, W − col0)
+                inside = builder.and_(  # [−col0, W − col0)
                     low_bits(clamp(builder.sub(W, col0), i64(WINDOW))),
                     builder.not_(low_bits(clamp(builder.neg(col0), i64(WINDOW)))))
-                acc = first
-                for i in range(3):
-                    row = builder.add(builder.sub(builder.mul(r, sh), pt),
-                                      builder.mul(dh, i64(i)))
-                    valid = builder.and_(builder.icmp_signed(">=", row, i64(0)),
-                                         builder.icmp_signed("<", row, H))
-                    at = builder.gep(plane, [builder.add(builder.mul(row, W), col0)])
-                    loaded = builder.call(load, [at, fill_v,
-                                                 builder.select(valid, inside, i64(0))])
-                    taps = builder.call(permute, [builder.xor(loaded, flip_v), order])
-                    acc = builder.call(dpbusd, [acc, builder.bitcast(taps, vec), weights[i]])
-                return acc
+                return col0, inside
 
-            def each_step(requantize):
+            def taps(row, col0, inside):  # each lane's three bytes of input row ``row``
+                valid = builder.and_(builder.icmp_signed(">=", row, i64(0)),
+                                     builder.icmp_signed("<", row, H))
+                at = builder.gep(plane, [builder.add(builder.mul(row, W), col0)])
+                loaded = builder.call(load, [at, fill_v, builder.select(valid, inside, i64(0))])
+                return builder.bitcast(builder.call(permute, [builder.xor(loaded, flip_v), order]),
+                                       vec)
+
+            def store_mask(v):  # the outputs of step v within the row
+                left = builder.sub(OW, builder.mul(v, i64(LANES)))
+                left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES), left)
+                return builder.trunc(low_bits(left), i16)
+
+            def store_step(q, r, v, mask):
+                out = builder.gep(y_bytes, [builder.add(builder.mul(r, OW),
+                                                        builder.mul(v, i64(LANES)))])
+                builder.call(store, [out, builder.trunc(q, bytes16), mask])
+
+            def each_step(requantize):  # any stride: three loads per output step
                 with cgutils.for_range(builder, OH) as row_loop:
                     r = row_loop.index
-                    out = builder.gep(y_bytes, [builder.mul(r, OW)])
                     with cgutils.for_range(builder, blocks) as loop:
-                        left = builder.sub(OW, builder.mul(loop.index, i64(LANES)))
-                        left = builder.select(builder.icmp_signed(">", left, i64(LANES)),
-                                              i64(LANES), left)
-                        mask = builder.trunc(low_bits(left), i16)
-                        q = requantize(sums(r, loop.index))
-                        builder.call(store, [builder.gep(out, [builder.mul(loop.index,
-                                                                           i64(LANES))]),
-                                             builder.trunc(q, bytes16), mask])
+                        col0, inside = block_columns(loop.index)
+                        acc = first
+                        for i in range(3):
+                            row = builder.add(builder.sub(builder.mul(r, sh), pt),
+                                              builder.mul(dh, i64(i)))
+                            acc = builder.call(dpbusd, [acc, taps(row, col0, inside),
+                                                        weights[i]])
+                        store_step(requantize(acc), r, loop.index, store_mask(loop.index))
+
+            def rolling(requantize):  # sh = dh = 1: one load per input row, for three outputs
+                older, old = cgutils.alloca_once(builder, vec), cgutils.alloca_once(builder, vec)
+                with cgutils.for_range(builder, blocks) as loop:
+                    v = loop.index
+                    col0, inside = block_columns(v)
+                    mask = store_mask(v)
+                    builder.store(first, older)
+                    builder.store(first, old)
+                    # input row k − pt is tap row 2 of output k − 2, 1 of k − 1 and 0 of k
+                    with cgutils.for_range(builder, builder.add(OH, i64(2))) as row_loop:
+                        k = row_loop.index
+                        t = taps(builder.sub(k, pt), col0, inside)
+                        done = builder.call(dpbusd, [builder.load(older), t, weights[2]])
+                        builder.store(builder.call(dpbusd, [builder.load(old), t, weights[1]]),
+                                      older)
+                        builder.store(builder.call(dpbusd, [first, t, weights[0]]), old)
+                        with builder.if_then(builder.icmp_signed(">=", k, i64(2)), likely=True):
+                            store_step(requantize(done), builder.sub(k, i64(2)), v, mask)
+
+            def each_row(requantize):
+                one = builder.and_(builder.icmp_signed("==", sh, i64(1)),
+                                   builder.icmp_signed("==", dh, i64(1)))
+                with builder.if_else(one) as (unit, strided):
+                    with unit:
+                        rolling(requantize)
+                    with strided:
+                        each_step(requantize)
 
             with builder.if_else(tie_free(builder, m0, shift)) as (fast, general):
                 with fast:
                     m0_v, shift_v, zp_v, lo_v, hi_v = (
                         splat(builder, builder.trunc(value, i32))
                         for value in (m0, shift, y_zero_point, lo, hi))
-                    each_step(lambda s: requantized_tie_free(builder, s, m0_v, shift_v, zp_v,
-                                                             lo_v, hi_v))
+                    each_row(lambda s: requantized_tie_free(builder, s, m0_v, shift_v, zp_v,
+                                                            lo_v, hi_v))
                 with general:
                     m0_v, shift_v, zp_v, lo_v, hi_v = (
                         splat(builder, value, wide) for value in (m0, shift, y_zero_point, lo, hi))
                     nudge = builder.shl(ir.Constant(wide, [1] * LANES),
                                         builder.sub(shift_v, ir.Constant(wide, [1] * LANES)))
-                    each_step(lambda s: requantized(builder, s, m0_v, shift_v, nudge, zp_v, lo_v,
-                                                    hi_v))
+                    each_row(lambda s: requantized(builder, s, m0_v, shift_v, nudge, zp_v, lo_v,
+                                                   hi_v))
             return context.get_dummy_value()
 
         return sig, codegen
