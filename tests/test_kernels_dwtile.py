@@ -148,7 +148,8 @@ TILE_CASES = {  # start, bytes and weights drawn below, (m0, shift), in what eac
 
 @pytest.mark.parametrize("tile", sorted(_dwtile.TILES))
 @pytest.mark.parametrize("sh,sw,dh,dw", [(1, 1, 1, 1), (1, 2, 1, 1), (1, 1, 1, 2), (1, 3, 1, 1),
-                                         (2, 2, 1, 1), (1, 1, 2, 2), (3, 1, 1, 1)])
+                                         (2, 2, 1, 1), (2, 1, 1, 2), (1, 1, 2, 2), (2, 2, 2, 1),
+                                         (3, 1, 1, 1)])
 @pytest.mark.parametrize("case", sorted(TILE_CASES))
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
 def test_the_tile_sums_three_rows_of_three_taps(tile, sh, sw, dh, dw, case, x_type):
@@ -157,8 +158,10 @@ def test_the_tile_sums_three_rows_of_three_taps(tile, sh, sw, dh, dw, case, x_ty
     bytes read as unsigned (int8 ones as x + 128), requantized (zero point 128): sums that wrap
     at the int32 edge as vpdpbusd's do; a tie-free multiplier (the short form) with the outputs
     spread; m0 = 2^30 at M = 1/2 (rounding ties of both signs: the general form). The bytes before
-    and past the plane's outputs are left as they were. Row steps and dilations of 1 take the tile's rolling
-    rows (one load per input row for three outputs), any other the three loads per step."""
+    and past the plane's outputs are left as they were. A row dilation of 1 with a row step of 1
+    takes the tile's rolling rows (one load per input row for three outputs), with a row step of 2
+    its carried rows (an output's last row is the next one's first); any other, three loads a
+    step."""
     start, x_top, w_top, (m0, shift) = TILE_CASES[case]
     rng = np.random.default_rng(sh * 1000 + dh * 100 + sw * 10 + dw)
     H, W, pt, pl, fill = 5, 50, 1, 2, 7

@@ -19,6 +19,11 @@ products, where the plain loop (``depthwise._rows_3x3``) widens and multiplies n
 sums are requantized where they are (``_requant``: the short form when the channel's multiplier
 is tie-free) and each step's outputs stored as bytes, masked to the row's width.
 
+The loads are shared where rows repeat. At a row step and dilation of 1 the tile rolls down the
+input rows: each is loaded, flipped and permuted once, and its taps go into the three outputs that
+read it (as tap row 2, 1 and 0), three accumulators in flight; at a row step of 2 an output's
+last input row is the next output's first, carried over. Other steps load three rows per output.
+
 ``dw3_tile_loops`` is the same arithmetic in plain loops: what the tests compare the tile with, and
 the one to read first. docs/kernels.md, "The depthwise row tile", has the figures.
 """
@@ -201,14 +206,37 @@ def _dw3_tile_ir():
                         with builder.if_then(builder.icmp_signed(">=", k, i64(2)), likely=True):
                             store_step(requantize(done), builder.sub(k, i64(2)), v, mask)
 
-            def each_row(requantize):
-                one = builder.and_(builder.icmp_signed("==", sh, i64(1)),
-                                   builder.icmp_signed("==", dh, i64(1)))
-                with builder.if_else(one) as (unit, strided):
+            def carried(requantize):  # sh = 2, dh = 1: an output's last row is the next's first
+                shared = cgutils.alloca_once(builder, vec)
+                with cgutils.for_range(builder, blocks) as loop:
+                    v = loop.index
+                    col0, inside = block_columns(v)
+                    mask = store_mask(v)
+                    builder.store(taps(builder.neg(pt), col0, inside), shared)
+                    with cgutils.for_range(builder, OH) as row_loop:
+                        r = row_loop.index
+                        top = builder.sub(builder.mul(r, i64(2)), pt)
+                        middle = taps(builder.add(top, i64(1)), col0, inside)
+                        bottom = taps(builder.add(top, i64(2)), col0, inside)
+                        acc = builder.call(dpbusd, [first, builder.load(shared), weights[0]])
+                        acc = builder.call(dpbusd, [acc, middle, weights[1]])
+                        acc = builder.call(dpbusd, [acc, bottom, weights[2]])
+                        builder.store(bottom, shared)
+                        store_step(requantize(acc), r, v, mask)
+
+            def each_row(requantize):  # by the row step: rolling, carried, or three loads a step
+                unit_dilation = builder.icmp_signed("==", dh, i64(1))
+                with builder.if_else(builder.and_(builder.icmp_signed("==", sh, i64(1)),
+                                                  unit_dilation)) as (unit, other):
                     with unit:
                         rolling(requantize)
-                    with strided:
-                        each_step(requantize)
+                    with other:
+                        with builder.if_else(builder.and_(builder.icmp_signed("==", sh, i64(2)),
+                                                          unit_dilation)) as (two, strided):
+                            with two:
+                                carried(requantize)
+                            with strided:
+                                each_step(requantize)
 
             with builder.if_else(tie_free(builder, m0, shift)) as (fast, general):
                 with fast:
