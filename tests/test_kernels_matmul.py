@@ -22,6 +22,7 @@ from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, mat
                                          matmul_csr_i8, matmul_csr_rq_i8)
 from zeroskip.kernels.matmul_dense import (GEMV_ROWS, PIXELS_PER_CHUNK, matmul_dense_i8,
                                            matmul_dense_rq_i8, matmul_planar_rq_i8)
+from zeroskip.kernels import _gemv
 from zeroskip.kernels.elementwise import add_dense_i8
 from zeroskip.kernels.quant import (dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8,
                                     tie_free)
@@ -577,3 +578,38 @@ def test_matmul_dense_i8_vpmaddwd_blocks(M, N, K, x_type):
 
 # The tile variants (vpmaddwd, portable loops, the NumPy model) against each other and the
 # reference: tests/test_kernels_dense_tile.py.
+
+
+_GEMV_RUNNERS: dict = {}
+
+
+@pytest.mark.parametrize("tile", sorted(_gemv.TILES))
+@pytest.mark.parametrize("K", [1, 63, 64, 65, 200, 1280])
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_the_gemv_tile_sums_four_rows(tile, K, x_type):
+    """The one-row GEMV's tile (each variant this CPU runs: the VNNI one, the plain loops) against
+    the formula: four rows of w from n0 = 4 (rows 0–3 and 8–11 hold other values, never read)
+    times x read as unsigned (int8 x as x + 128), from start[n0 + j]; K around the 64-byte step
+    (tail only, whole steps, both); half the values at the ends of their ranges; one start at
+    2^31 − 1, whose sum wraps (as vpdpbusd's do) where the products add up to more than 0."""
+    rng = np.random.default_rng(K)
+    info = np.iinfo(x_type)
+    x = np.where(rng.random(K) < 0.5, rng.choice(np.array([info.min, info.max], x_type), K),
+                 rng.integers(info.min, int(info.max) + 1, K)).astype(x_type)
+    w = rng.choice(np.array([-128, 127, -1, 3], np.int8), (12, K))
+    start = rng.integers(-2 ** 20, 2 ** 20, 12).astype(np.int32)
+    start[5] = 2 ** 31 - 1
+    flip = 0x80 if x_type is np.int8 else 0
+    unsigned = (x.view(np.uint8).astype(np.int64) ^ flip)
+    want = start[4:8].astype(np.int64) + w[4:8].astype(np.int64) @ unsigned
+    want = ((want + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+    sums = np.full(_gemv.GEMV_TILE_ROWS, 77, np.int32)
+    runner = _GEMV_RUNNERS.get(tile)
+    if runner is None:
+        fn = _gemv.TILES[tile]
+
+        def run(sums, x, w, start, n0, flip):
+            fn(sums, x, w, start, n0, flip)
+        runner = _GEMV_RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
+    runner(sums, x, w, start, 4, flip)
+    assert_exact(sums, want, tile=tile, K=K)
