@@ -1,10 +1,12 @@
 """Whole models at 1 and 2 threads, beside onnxruntime, all in one process: the README's table.
 
     python bench/threads_table.py MODEL.onnx [MODEL.onnx ...] [--rounds 10] [--mode MODE ...]
+        [--runs-per-turn N]
 
 For each model, every runner (onnxruntime and each zeroskip mode, at 1 and at 2 threads) is built
 once and then timed in interleaved rounds by ``zeroskip.bench.measure`` (each round runs every
-runner twice and times the second run). Prints one markdown row per model and thread count: best
+runner once untimed and then ``--runs-per-turn`` times, timed: 1 times a runtime just after a
+pause, 20 one running back to back). Prints one markdown row per model and thread count: best
 times in ms, and for each zeroskip mode its speed-up from 1 to 2 threads. Build the models with
 ``python bench/models.py OUTDIR``.
 """
@@ -21,7 +23,7 @@ from zeroskip.bench import default_modes, make_runners, measure, synthetic_input
 THREADS = (1, 2)
 
 
-def table(path: str, rounds: int, modes=None) -> list[str]:
+def table(path: str, rounds: int, modes=None, runs_per_turn: int = 1) -> list[str]:
     model = zeroskip.import_onnx(path)
     modes = modes or default_modes(model)
     feeds = synthetic_inputs(model.graph.inputs, 1)
@@ -29,7 +31,7 @@ def table(path: str, rounds: int, modes=None) -> list[str]:
     for threads in THREADS:
         for runner in make_runners(model, modes, feeds, threads, path):
             runners[(runner.name, threads)] = runner
-    measure(list(runners.values()), rounds, progress=True)
+    measure(list(runners.values()), rounds, progress=True, runs_per_turn=runs_per_turn)
     best = {key: min(runner.times) * 1e3 for key, runner in runners.items()}
     name = os.path.basename(path)
     lines = []
@@ -48,12 +50,14 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--mode", action="append", dest="modes")
+    parser.add_argument("--runs-per-turn", type=int, default=1,
+                        help="timed runs back to back in each turn (default 1)")
     args = parser.parse_args(argv)
     for path in args.models:
         modes = args.modes or default_modes(zeroskip.import_onnx(path))
         print("| model | threads | onnxruntime | " + " | ".join(modes) + " |")
         print("|---" * (3 + len(modes)) + "|")
-        for line in table(path, args.rounds, modes):
+        for line in table(path, args.rounds, modes, args.runs_per_turn):
             print(line, flush=True)
     return 0
 

@@ -209,11 +209,17 @@ SETTLE_S = 0.15
 over the next 100 ms), as OpenBLAS's do after an sgemm; whatever ran next lost the second core."""
 
 
-def measure(runners: list[Runner], rounds: int, progress: bool = False) -> None:
+def measure(runners: list[Runner], rounds: int, progress: bool = False,
+            runs_per_turn: int = 1) -> None:
     """``rounds`` interleaved rounds: each gives every runner a turn, starting one further along.
     A turn is a pause (SETTLE_S, for the previous runner's threads to go idle), an untimed run (for
-    the caches), and the timed run. Without them, zeroskip's dense-i8 at 2 threads took 25–31 ms
-    right after an onnxruntime run, and 15–22 ms otherwise."""
+    the caches), and ``runs_per_turn`` timed runs back to back. Without the pause and the untimed
+    run, zeroskip's dense-i8 at 2 threads took 25–31 ms right after an onnxruntime run, and 15–22
+    ms otherwise. After the pause a virtual CPU can take tens of milliseconds to come back to
+    speed: on the 2-vCPU Intel machine the pruned int8 ResNet-18 (one thread) took 9.5, 8.3, 7.7,
+    7.6, 7.2, 7.0 ms in the six runs after a 150 ms pause, 6.0 ms each back to back (medians of 15
+    pauses), so one timed run per turn measures a runtime just woken up, and many per turn one
+    that is running steadily (bench/threads_table.py --runs-per-turn)."""
     from tqdm import tqdm
 
     for r in tqdm(range(rounds), desc="rounds", disable=not progress, leave=False):
@@ -221,7 +227,8 @@ def measure(runners: list[Runner], rounds: int, progress: bool = False) -> None:
             runner = runners[(r + i) % len(runners)]
             time.sleep(SETTLE_S)
             runner.run()
-            runner.times.append(_timed(runner.run)[0])
+            for _ in range(runs_per_turn):
+                runner.times.append(_timed(runner.run)[0])
 
 
 def rows(runners: list[Runner]) -> list[dict]:
