@@ -39,8 +39,8 @@ from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
-from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
-                       tie_free)
+from ._requant import (declare_masked_byte_load, declare_masked_byte_store, requantized,
+                       requantized_tie_free, splat, tie_free)
 from .quant import requantize_one
 from ._quads import signed_byte, word
 
@@ -126,9 +126,7 @@ def _dw3_tile_ir():
             m0, shift, y_zero_point, lo, hi = args[19:]
             permute = builder.module.declare_intrinsic(
                 "llvm.x86.avx512.permvar.qi.512", fnty=ir.FunctionType(window, [window, window]))
-            load = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.loadu.b.512",
-                fnty=ir.FunctionType(window, [i8.as_pointer(), window, i64]))
+            load = declare_masked_byte_load(builder)
             dpbusd = declare_dpbusd(builder)
             store = declare_masked_byte_store(builder)
             order = builder.load(builder.bitcast(ia.data, window.as_pointer()), align=1)

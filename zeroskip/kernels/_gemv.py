@@ -27,6 +27,7 @@ from numba.extending import intrinsic
 
 from ._broadcast import declare_dpbusd
 from ._cpu import HAS_AVX512_VNNI
+from ._requant import declare_masked_byte_load, splat
 
 GEMV_TILE_ROWS = 4
 """Rows of w per tile call: one load of x feeds four dot products."""
@@ -65,9 +66,7 @@ def _gemv_tile_ir():
             sa, xa, wa, ba = (context.make_array(signature.args[i])(context, builder, args[i])
                               for i in range(4))
             n0, flip = args[4], args[5]
-            load = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.loadu.b.512",
-                fnty=ir.FunctionType(window, [i8.as_pointer(), window, i64]))
+            load = declare_masked_byte_load(builder)
             dpbusd = declare_dpbusd(builder)
             reduce_add = builder.module.declare_intrinsic(
                 "llvm.vector.reduce.add.v16i32", fnty=ir.FunctionType(i32, [vec]))
@@ -78,10 +77,7 @@ def _gemv_tile_ir():
             rows = [builder.gep(w_bytes, [builder.mul(builder.add(n0, i64(j)), row_stride)])
                     for j in range(GEMV_TILE_ROWS)]
             zero = ir.Constant(window, [0] * STEP)
-            flip_v = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(window, ir.Undefined), builder.trunc(flip, i8),
-                                       i32(0)),
-                ir.Constant(window, ir.Undefined), ir.Constant(ir.VectorType(i32, STEP), [0] * STEP))
+            flip_v = splat(builder, builder.trunc(flip, i8), window)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0] * 16))
                     for _ in range(GEMV_TILE_ROWS)]
 

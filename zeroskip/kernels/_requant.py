@@ -95,6 +95,16 @@ def requantized_tie_free(builder, s, m0, shift, y_zero_point, lo, hi):
     return builder.select(builder.icmp_signed(">", t, hi), hi, t)
 
 
+def declare_masked_byte_load(builder):
+    """LLVM IR: the AVX-512 BW masked load of 64 bytes (bit i of the i64 mask: byte i; the bytes
+    masked off come from the passthrough vector, and no masked-off byte is read, so none faults)."""
+    i8 = ir.IntType(8)
+    window = ir.VectorType(i8, 64)
+    return builder.module.declare_intrinsic(
+        "llvm.x86.avx512.mask.loadu.b.512",
+        fnty=ir.FunctionType(window, [i8.as_pointer(), window, ir.IntType(64)]))
+
+
 def declare_masked_byte_store(builder):
     """LLVM IR: the AVX-512 BW masked store of 16 bytes (bit i of the i16 mask: byte i)."""
     i8 = ir.IntType(8)
