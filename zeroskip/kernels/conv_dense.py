@@ -37,6 +37,8 @@ def _store_rows(sums, rows, count, p0, bias, n, Wq, OW, lo, hi, y3):
         out, s, v = y3[n + j], sums[j], bias[n + j]
         for oh in range(first, last + 1):
             a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
+            if z <= a:  # the chunk starts in the row's dropped columns
+                continue
             src, dst = _U(a - p0), _U(a - oh * (Wq - OW))  # y's flat index of position a
             for i in range(_U(z - a)):
                 out[dst + i] = min(max(s[src + i] + v, lo), hi)

@@ -462,6 +462,14 @@ class QuadConv(ConvAccumulator):
                                 tail)
 
 
+FOLDED_AMX_MIN_TAPS = 10
+"""Taps (kh·kw) from which a conv of at most 4 input channels takes the folded AMX conv; below,
+im2row and the GEMM (``Im2rowConv``). One thread, the step in-model, best of 300: MobileNetV2's
+stem (3×3, stride 2, 3 → 32 at 224×224) 0.46–0.49 ms folded on AMX against 0.34 through im2row
+and the broadcast GEMM (onnxruntime 0.38); ResNet-18's (7×7, 3 → 64) 1.12–1.15 against
+1.24."""
+
+
 class PackedDenseConv(ConvAccumulator):
     """The dense conv over the packed input (kernels/conv_amx.py: the quad conv's packed words, no
     im2row), on AMX tiles (16 channels × 16 positions × 64 input channels per instruction) or,
@@ -480,14 +488,19 @@ class PackedDenseConv(ConvAccumulator):
         on its planar input where a packing tile runs, else its channels-last rows; the GEMM
         takes the AMX tile from K = 192): on
         MobileNetV2's 1×1 layers the AMX conv was 1.3–2.3× slower in-model, its packing of many
-        channel groups over small planes costing more than the products (docs/kernels.md)."""
-        from ...kernels._amx import CONV_AVAILABLE
+        channel groups over small planes costing more than the products (docs/kernels.md). On AMX
+        a folded conv of at most FOLDED_AMX_MIN_TAPS − 1 taps keeps it too: its AMX tiles would
+        be mostly padding."""
+        from ...kernels._amx import AVAILABLE, CONV_AVAILABLE
         from ...kernels.conv_amx import fold_fits
 
-        return requantizes and CONV_AVAILABLE and node.attrs["group"] == 1 \
-            and not is_pointwise(node, w4.shape[2], w4.shape[3]) \
-            and (w4.shape[1] % 4 == 0
-                 or fold_fits(w4.shape[1], w4.shape[3], *PackedDenseConv._column_steps(node)))
+        if not (requantizes and CONV_AVAILABLE and node.attrs["group"] == 1
+                and not is_pointwise(node, w4.shape[2], w4.shape[3])):
+            return False
+        folds = fold_fits(w4.shape[1], w4.shape[3], *PackedDenseConv._column_steps(node))
+        if folds and AVAILABLE and w4.shape[2] * w4.shape[3] < FOLDED_AMX_MIN_TAPS:
+            return False
+        return w4.shape[1] % 4 == 0 or folds
 
     @staticmethod
     def _column_steps(node: Node) -> tuple:
