@@ -666,10 +666,11 @@ def _gemv_rq(x0, w, bias, start, rq, y0):
     """matmul_dense_rq_i8 for one row of x (a classifier at batch 1): tasks of GEMV_ROWS rows of
     w; per 4 rows, the GEMV tile (_gemv.py: vpdpbusd over 64-byte steps of x and the rows, from
     ``start``, unsigned_bias's), requantized as they are made; the last N mod 4 rows, and every
-    row on a CPU without VNNI, by _dot from bias'. One thread, kernel alone, w in L2 / evicted from it: MobileNetV2's 1280 → 1000
-    classifier took 0.093 / 0.105 ms in the panels (their scratch per 4 rows, rows of one value
-    requantized), 0.080 / 0.084 as dot products per row (_dot, vectorized by LLVM), 0.017 /
-    0.057 on the tile; ResNet-18's 512 → 1000 0.044 / 0.046, 0.033 / 0.035, 0.010 / 0.031."""
+    row on a CPU without VNNI, by _dot from bias'. One thread, kernel alone, w in L2 / evicted
+    from it: MobileNetV2's 1280 → 1000 classifier took 0.093 / 0.105 ms in the panels (their
+    scratch per 4 rows, rows of one value requantized), 0.080 / 0.084 as dot products per row
+    (_dot, vectorized by LLVM), 0.017 / 0.057 on the tile; ResNet-18's 512 → 1000 0.044 / 0.046,
+    0.033 / 0.035, 0.010 / 0.031."""
     m0, shift, y_zero_point, lo, hi = rq
     N, K = w.shape
     flip = np.int64(sign_flip(x0)) & 0xFF  # int8 x read as x + 128
