@@ -96,7 +96,7 @@ def machine_key(threads: int) -> str:
             f"|{numba.config.THREADING_LAYER}|blas 1 thread|kernels r{KERNELS_REVISION}")
 
 
-KERNELS_REVISION = 15
+KERNELS_REVISION = 16
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -110,7 +110,9 @@ adds after the tiles, and the AMX and quad convs' input packed without per-row s
 faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 about 25 % faster;
 14: the direct dense float conv, which dense-f32 and auto's float layers now measure as dense;
 15: the lanes convs, output channels in the vector lanes: the dense float conv on AVX-512 and the
-dense int8 conv on AVX-512 VNNI without AMX, 1.1–1.4× faster on 7×7 and 14×14 planes)."""
+dense int8 conv on AVX-512 VNNI without AMX, 1.1–1.4× faster on 7×7 and 14×14 planes; 16: the
+dense GEMM tiles requantizing in their registers (pointwise int8 convs 1.1–1.6× faster) and packed
+weights on cache lines (the AMX convs up to 1.5× faster, the whole dense int8 ResNet-18 about 15 %))."""
 
 
 def _cpu_name() -> str:
