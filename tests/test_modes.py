@@ -244,6 +244,33 @@ def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp
     assert len(calls) == count  # cached: not measured again
 
 
+def test_auto_keeps_dense_when_csr_is_not_clearly_faster(monkeypatch, tmp_path):
+    """A layer whose CSR kernel measures within tuning.CSR_MARGIN of its dense one keeps dense, and
+    the reason says so; a clear CSR win still takes CSR."""
+    from zeroskip.engine import tuning
+
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
+
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+        sparse = tensors[node.inputs[1]].density < 0.5  # CSR a clear win there, a near tie else
+        return (1e-3, 0.5e-3) if sparse else (1e-3, 0.98e-3)
+
+    monkeypatch.setattr(tuning, "measure_layer", fake_measure)
+    from test_oracle import torch_mlp_gemm
+
+    onnx_model, _ = torch_mlp_gemm(density=0.1)
+    rows = [r for r in zeroskip.Session(zeroskip.import_onnx(onnx_model), mode="auto").explain()
+            if r["op"] == "Gemm"]
+    assert {r["density"] < 0.5 for r in rows} == {True, False}
+    for row in rows:
+        if row["density"] < 0.5:
+            assert row["kernel"] == "matmul_csr_f32", row
+        else:
+            assert row["kernel"] == "gemm_dense_f32 (numpy BLAS)", row
+            assert "CSR 0.98 ms" in row["reason"] and "dense (CSR not 5% faster)" in row["reason"], \
+                row
+
+
 def test_auto_times_nothing_with_the_jit_disabled(monkeypatch, tmp_path):
     """Under NUMBA_DISABLE_JIT the kernels are Python loops: auto neither times them nor writes the
     per-machine cache that compiled runs share; it takes the fixed break-even instead."""

@@ -153,11 +153,12 @@ class PlanContext:
             entry = self._table.get_layer(key, measure)
         if entry is not None:
             dense, sparse = entry["dense_s"], entry["sparse_s"]
-            faster = "CSR" if sparse < dense else "dense"
+            csr = sparse * tuning.CSR_MARGIN < dense
+            faster = "CSR" if csr else "dense" if sparse >= dense else \
+                f"dense (CSR not {tuning.CSR_MARGIN - 1:.0%} faster)"
             at = f" at batch {batch}" if batch != self.batch else ""
-            return Choice(sparse < dense, f"measured on this layer{at}: dense {dense * 1e3:.3g} "
-                                          f"ms, CSR {sparse * 1e3:.3g} ms (density "
-                                          f"{density:.3f}): {faster}")
+            return Choice(csr, f"measured on this layer{at}: dense {dense * 1e3:.3g} "
+                               f"ms, CSR {sparse * 1e3:.3g} ms (density {density:.3f}): {faster}")
         measure_class = tuning.measure_class(shape_class, modes, self._step_in_mode) if timed \
             else None
         entry = self._table.get(shape_class, measure_class)
