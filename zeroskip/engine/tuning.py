@@ -118,8 +118,8 @@ faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 abo
 14: the direct dense float conv, which dense-f32 and auto's float layers now measure as dense;
 15: the lanes convs, output channels in the vector lanes: the dense float conv on AVX-512 and the
 dense int8 conv on AVX-512 VNNI without AMX, 1.1–1.4× faster on 7×7 and 14×14 planes; 16: the
-dense GEMM tiles requantizing in their registers (pointwise int8 convs 1.1–1.6× faster) and packed
-weights on cache lines (the AMX convs up to 1.5× faster, the whole dense int8 ResNet-18 about 15 %))."""
+dense GEMM tiles requantizing in their registers (pointwise int8 convs 1.1–1.6× faster) and
+packed weights on cache lines (the AMX convs up to 1.5× faster, the dense int8 ResNet-18 15 %))."""
 
 
 def _cpu_name() -> str:

@@ -608,7 +608,7 @@ PIXELS_PER_CHUNK = 256
 stay in L1 between the tiles that write them and the requantization that reads them."""
 
 GEMV_ROWS = 64
-"""Rows of w per parallel task of a one-row GEMV (_gemv_rq): 16 tasks for a 1000-class classifier."""
+"""Rows of w per parallel task of a one-row GEMV (_gemv_rq): 16 tasks for 1000 classes."""
 
 
 def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual=None,
