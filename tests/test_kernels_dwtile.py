@@ -16,6 +16,7 @@ import pytest
 
 from kernel_checks import assert_exact
 from zeroskip.kernels import _dwtile, depthwise
+from zeroskip.kernels._broadcast import unsigned_bias
 from zeroskip.kernels._copies import renamed_copy
 from zeroskip.kernels.quant import tie_free
 from zeroskip.reference.kernels import quant as ref_quant
@@ -81,15 +82,22 @@ def _run(case, x_type, y_type, seed, variant):
     xp = np.empty((B, C, Hp, Wp), x_type)
     ws = np.empty((B, N, 1), np.int32)
     y = np.full((B, N, OH, OW), 7, y_type)
-    kernel_variant(variant)(w, bias, x, zp, xp, ws, m0, shift, y_zp, lo, hi, y, 3, 3, s, s, d, d,
-                            pt, pl)
+    extra = ()
+    if variant == PLAN_OPERANDS:  # as plans call it: the tile's operands made once, and no
+        # workspaces where the tile runs (it reads x unpadded)
+        extra = (_dwtile.row_words(w), unsigned_bias(x, w, bias, None))
+        if _dwtile.RUNS:
+            xp, ws = np.empty((B, C, 0, 0), x_type), np.empty((B, N, 0), np.int32)
+    kernel_variant("as built" if variant == PLAN_OPERANDS else variant)(
+        w, bias, x, zp, xp, ws, m0, shift, y_zp, lo, hi, y, 3, 3, s, s, d, d, pt, pl, *extra)
     want = REFERENCES["depthwise_dense_rq_i8"](w, bias, x, zp, m0, shift, y_zp, lo, hi,
                                                kernel_shape=(3, 3), strides=(s, s), pads=p,
                                                dilations=(d, d))
     return y, want
 
 
-VARIANTS = ["as built", "loops", "planar"]
+PLAN_OPERANDS = "as built, the plan's operands"
+VARIANTS = ["as built", "loops", "planar", PLAN_OPERANDS]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

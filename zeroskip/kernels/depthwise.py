@@ -14,7 +14,8 @@ indices, and that test (or the reference counting of a slice per row) stops LLVM
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
                       conv_channel_rq, pad_plane, pad_planes, tap_offsets)
@@ -232,8 +233,23 @@ def _depthwise_dense_i8(w, bias, x, x_zero_point, xp, ws, y, kh, kw, sh, sw, dh,
 depthwise_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_depthwise_dense_i8)
 
 
+def tile_operands(x, w, bias, words, start):
+    """(words, start) of the 3×3 row tile for depthwise_dense_rq_i8: the plan's, or, when it
+    passes None, made now from w and bias (_dwtile.row_words, _broadcast.unsigned_bias)."""
+    if words is None:
+        return row_words(w), unsigned_bias(x, w, bias, None)
+    return words, start
+
+
+@overload(tile_operands, inline="always")
+def _tile_operands_compiled(x, w, bias, words, start):
+    if words is None or isinstance(words, (types.NoneType, types.Omitted)):
+        return lambda x, w, bias, words, start: (row_words(w), unsigned_bias(x, w, bias, None))
+    return lambda x, w, bias, words, start: (words, start)
+
+
 def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_point, lo, hi, y,
-                           kh, kw, sh, sw, dh, dw, pt, pl):
+                           kh, kw, sh, sw, dh, dw, pt, pl, words=None, start=None):
     # w (N, kh·kw) int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
     """y[b,n] = requantize(depthwise_dense_i8's acc[b,n]) (m0, shift, y_zero_point, lo, hi as in
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
@@ -241,11 +257,15 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     The planar loops of depthwise_dense_i8, with each piece of int32 sums requantized while it is
     in cache: 3×3, one plane at a time (_plane_3x3_rq; on AVX-512 VNNI + VBMI CPUs the row tile of
     _dwtile.py instead, one call per plane, prange over runs of planes, reading x unpadded and
-    requantizing in its registers: xp is not used); other sizes, one tile of rows at a time
-    (conv_channel_rq). One thread, against the two kernels: 32×112×112 0.41 against 0.41 ms,
-    144×56×56 0.51 against 0.50 (the pass it saves was not what cost).
+    requantizing in its registers: xp and ws are not used, and may be empty, (B, C, 0, 0) and
+    (B, N, 0)); other sizes, one tile of rows at a time (conv_channel_rq). One thread, against the
+    two kernels: 32×112×112 0.41 against 0.41 ms, 144×56×56 0.51 against 0.50 (the pass it saves
+    was not what cost).
     Arguments as depthwise_dense_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 —
-    output, overwritten. Preconditions as the two kernels'.
+    output, overwritten; words [N, 3] int32, start [N] int32 — the row tile's tap-row words
+    (_dwtile.row_words(w)) and starting sums (_broadcast.unsigned_bias for x's type), made once
+    by the plan; None: made here, per call (2–3.5 µs at 960 channels). Preconditions as the two
+    kernels'.
     Work: depthwise_dense_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
     B, C, Hp, Wp = xp.shape
@@ -253,8 +273,8 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     mult = N // C
     if kh == 3 and kw == 3 and DW3_RUNS and fits(sw, dw):  # the row tile: 3 vpdpbusd per 16
         flip = np.int64(sign_flip8(x)) & 0xFF  # int8 x read as x + 128, sums started 128·Σw lower
-        idx, words = permutation(sw, dw), row_words(w)
-        start = unsigned_bias(x, w, bias, None)  # bias' − 128·Σw for int8
+        idx = permutation(sw, dw)
+        words, start = tile_operands(x, w, bias, words, start)  # start: bias' − 128·Σw for int8
         H, W = x.shape[2], x.shape[3]
         OH, planes = y.shape[2], B * C
         xs = np.ascontiguousarray(x).reshape(x.size)

@@ -280,6 +280,13 @@ class DepthwiseConv(ConvAccumulator):
         xp, ws = self.planes(x.shape, x.dtype, g)
         self.kernel(self.w, bias, x, x_zp, xp, ws, acc, *geo)
 
+    def row_tile_runs(self, g) -> bool:
+        """Whether the planar kernel runs this conv on its 3×3 row tile (kernels/_dwtile.py), which
+        reads x unpadded: the JIT on, an AVX-512 VNNI + VBMI CPU, a step the window holds."""
+        from ...kernels import _dwtile
+
+        return (self.kh, self.kw) == (3, 3) and _dwtile.RUNS and _dwtile.fits(g["sw"], g["dw"])
+
     def channels_last_pays(self, g) -> bool:
         from ...kernels import _dwtile
 
@@ -306,7 +313,16 @@ class DepthwiseConv(ConvAccumulator):
                 return y
             return call, y_shape
         w, bias = self.w, q["bias"]
-        mid, tail = (q["x_zp"],) + self.planes(shape, dtype, g) + rq, geo
+        if self.row_tile_runs(g):  # no padded planes; the tile's words and starting sums made once
+            from ...kernels._broadcast import unsigned_bias
+            from ...kernels._dwtile import row_words
+
+            empty = (np.empty((shape[0], self.channels, 0, 0), dtype),
+                     np.empty((shape[0], self.n_out, 0), np.int32))
+            mid, tail = (q["x_zp"],) + empty + rq, geo + (row_words(w),
+                                                          unsigned_bias(x_, w, bias, None))
+        else:
+            mid, tail = (q["x_zp"],) + self.planes(shape, dtype, g) + rq, geo
         planar = pick(self.rq_kernel, w, bias, x_, *mid, y_, *tail)
 
         def call(x, residual=None):
