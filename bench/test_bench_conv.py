@@ -150,18 +150,18 @@ class Layer:
         from zeroskip.kernels import _quads, conv_amx
 
         w4 = self.wq.reshape(self.N, self.C, self.kh, self.kw)
-        folded = conv_amx.fold_fits(self.C, self.kw, self.s, 1)
-        wt = conv_amx.pack_folded_weights(w4, self.s) if folded else conv_amx.pack_tap_weights(w4)
-        groups = 1 if folded else wt.shape[1] * 16
+        gathered = conv_amx.gather_fits(self.C)
+        wt = conv_amx.pack_gathered_weights(w4) if gathered else conv_amx.pack_tap_weights(w4)
+        groups = 1 if gathered else wt.shape[1] * 16
         _, pitch, _, _, words = _quads.quad_layout(self.OH, self.OW, self.kh, self.kw, self.s,
                                                    self.s, 1, 1, groups, False)
-        xg = np.empty((1, words + 16 * folded), np.int32)
+        xg = np.empty((1, words), np.int32)
         positions = (self.OH - 1) * pitch + self.OW
         yw = np.empty((1, self.N, -(-positions // 64) * 64), np.uint8)
         y = np.empty((1, self.N, self.OH, self.OW), np.uint8)
         w_sums = w4.reshape(self.N, -1).astype(np.int64).sum(axis=1)
         return (wt, self.bias, w_sums, self.xq, 3, xg, self.m0, self.shift, 0, 0, 255, yw, y,
-                *self.geo, pitch, folded, None)  # None: no residual
+                *self.geo, pitch, gathered, None)  # None: no residual
 
     def pointwise_i8(self, planar: bool):
         """(call, its GEMM's arguments) of a requantizing 1×1 conv as the dense plan runs it: the
@@ -266,7 +266,7 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
     elif path == "dense-i8-amx":
         from zeroskip.kernels import _amx, conv_amx
 
-        if not _amx.RUNS or (C % 4 and not conv_amx.fold_fits(C, kw, stride, 1)) or groups != 1:
+        if not _amx.RUNS or (C % 4 and not conv_amx.gather_fits(C)) or groups != 1:
             pytest.skip("the AMX conv needs AMX (granted by the OS) and one group of a multiple "
                         "of 4 input channels, or at most 4")
         args = layer.amx_args()

@@ -32,19 +32,19 @@ def kernel_with_tile(name: str):
                                    "conv_block", _amx.TILES, name)
 
 
-def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, folded=False):
+def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, gathered=False):
     """The kernel (with ``tile``) and the reference on one random case; returns (got, want).
-    ``folded``: the column taps folded into the x tile's rows (at most 4 input channels)."""
+    ``gathered``: the taps gathered into the x tile's rows (at most 4 input channels)."""
     B, C, H, W, N, kh, kw, s, p, d = case
     rng = np.random.default_rng(seed)
     w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
         rng, (N, C, kh, kw), (B, C, H, W), density, x_type, seed)
     oh = (H + 2 * p - d * (kh - 1) - 1) // s + 1
     ow = (W + 2 * p - d * (kw - 1) - 1) // s + 1
-    if folded:
-        wt = conv_amx.pack_folded_weights(w, s)
+    if gathered:
+        wt = conv_amx.pack_gathered_weights(w)
         _, pitch, stride, _, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, 1, False)
-        xg = np.full((B, stride + stride_pad + _quads.QUAD_SLACK + _amx.TILE_ROWS), -1, np.int32)
+        xg = np.full((B, stride + stride_pad + _quads.QUAD_SLACK), -1, np.int32)
     else:
         wt = conv_amx.pack_tap_weights(w)
         groups4 = wt.shape[1] * _amx.TILE_ROWS
@@ -61,10 +61,10 @@ def run_conv(case, density, x_type, seed, tile, residual=False, stride_pad=0, fo
                   int(rng.integers(lo, hi + 1)), lo, hi)
         extra, want_residual = ((r,) + params,), (r,) + params
     kernel_with_tile(tile)(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, yw, y, kh, kw,
-                           s, s, d, d, p, p, pitch, folded, *extra)
+                           s, s, d, d, p, p, pitch, gathered, *extra)
     want = REFERENCES["conv2d_dense_rq_i8"](
         wt, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
-        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), folded=folded,
+        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), gathered=gathered,
         residual=want_residual)
     return y, want
 
@@ -84,14 +84,17 @@ CASES = [
 ]
 
 
-FOLDED_CASES = [
-    # B, C, H, W, N, kh, kw, stride, pad, dilation: at most 4 input channels, column dilation 1
-    (1, 3, 30, 30, 64, 7, 7, 2, 3, 1),     # the stem: 7×7 stride 2 over 3 channels
+GATHERED_CASES = [
+    # B, C, H, W, N, kh, kw, stride, pad, dilation: at most 4 input channels
+    (1, 3, 30, 30, 64, 7, 7, 2, 3, 1),     # the stem: 7×7 stride 2 over 3 channels, 49 taps
     (2, 1, 9, 11, 5, 3, 3, 1, 1, 1),       # one channel, two images
-    (1, 4, 12, 12, 40, 5, 5, 2, 2, 1),     # 4 channels, N = 32 + 8
+    (1, 4, 12, 12, 40, 5, 5, 2, 2, 1),     # 4 channels, N = 32 + 8, 25 taps
     (1, 2, 10, 10, 33, 3, 3, 1, 2, 1),     # two channels, pads wider than the taps need
-    (1, 3, 8, 8, 8, 1, 1, 1, 0, 1),        # 1×1: one tap a row
-    (1, 3, 6, 40, 16, 1, 16, 1, 0, 1),     # 16 column taps: every row of the x tile
+    (1, 3, 8, 8, 8, 1, 1, 1, 0, 1),        # 1×1: one tap
+    (1, 3, 6, 40, 16, 1, 16, 1, 0, 1),     # 16 taps: one whole tile
+    (1, 3, 30, 30, 32, 3, 3, 2, 1, 1),     # MobileNetV2's stem: 3×3 stride 2
+    (1, 3, 13, 13, 8, 3, 3, 1, 2, 2),      # dilation 2
+    (1, 1, 9, 40, 8, 1, 17, 1, 0, 1),      # 17 taps: a second tile of one row
 ]
 
 
@@ -119,35 +122,43 @@ def test_conv2d_dense_rq_i8_adds_the_residual_in_its_epilogue(case, tile):
 
 @pytest.mark.parametrize("tile", sorted(_amx.TILES))
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8])
-@pytest.mark.parametrize("case", FOLDED_CASES, ids=_ids)
-def test_folded_conv_matches_the_reference(case, x_type, tile):
-    assert conv_amx.fold_fits(case[1], case[6], case[7], 1)
+@pytest.mark.parametrize("case", GATHERED_CASES, ids=_ids)
+def test_gathered_conv_matches_the_reference(case, x_type, tile):
+    assert conv_amx.gather_fits(case[1])
     for seed, density in enumerate((1.0, 0.5)):
-        got, want = run_conv(case, density, x_type, seed, tile, folded=True)
+        got, want = run_conv(case, density, x_type, seed, tile, gathered=True)
         assert_exact(got, want, case=_ids(case), density=density, tile=tile)
-    got, want = run_conv(case, 1.0, x_type, 2, tile, residual=True, folded=True)
+    got, want = run_conv(case, 1.0, x_type, 2, tile, residual=True, gathered=True)
     assert_exact(got, want, case=_ids(case), tile=tile, residual=True)
 
 
-def test_fold_fits_by_hand():
-    assert conv_amx.fold_fits(3, 7, 2, 1) and conv_amx.fold_fits(4, 16, 1, 1)
-    assert not conv_amx.fold_fits(5, 3, 1, 1)       # more than one word a position
-    assert not conv_amx.fold_fits(3, 3, 1, 2)       # dilated columns are not one word apart
-    assert not conv_amx.fold_fits(1, 17, 1, 1)      # more taps than the tile has rows
-    assert conv_amx.fold_fits(1, 17, 2, 1)          # 9 and 8 taps per column phase
+def test_gather_fits_by_hand():
+    assert conv_amx.gather_fits(3) and conv_amx.gather_fits(4) and conv_amx.gather_fits(1)
+    assert not conv_amx.gather_fits(5)              # more than one word a position
 
 
-def test_folded_weights_by_hand():
-    """Tap (i, j) of a stride-2 conv goes to tile i·2 + j mod 2, row j // 2: bytes 4·(j // 2) + c."""
+def test_gathered_weights_by_hand():
+    """Tap t = i·kw + j goes to tile t // 16, bytes 4·(t mod 16) + c."""
     w = np.zeros((2, 3, 7, 7), np.int8)
-    w[1, 2, 3, 5] = -9      # tile 3·2 + 1 = 7, bytes 4·2 + 2 = 10
-    w[0, 0, 0, 6] = 11      # tile 0, bytes 4·3 + 0 = 12
-    wt = conv_amx.pack_folded_weights(w, 2)
-    assert wt.shape == (14, 1, 32, 64)
-    assert wt[7, 0, 1, 10] == -9 and wt[0, 0, 0, 12] == 11 and np.count_nonzero(wt) == 2
-    offsets = conv_amx.fold_offsets(7, 10, 12, 2, 2, 1)
-    assert offsets.tolist() == [((i % 2 * 2 + b) * 10 + i // 2) * 12
-                                for i in range(7) for b in range(2)]
+    w[1, 2, 3, 5] = -9      # tap 26: tile 1, bytes 4·10 + 2 = 42
+    w[0, 0, 0, 6] = 11      # tap 6: tile 0, bytes 24
+    w[0, 1, 6, 6] = 5       # tap 48: tile 3, bytes 0 + 1
+    wt = conv_amx.pack_gathered_weights(w)
+    assert wt.shape == (1, 4, 32, 64)
+    assert wt[0, 1, 1, 42] == -9 and wt[0, 0, 0, 24] == 11 and wt[0, 3, 0, 1] == 5
+    assert np.count_nonzero(wt) == 3
+
+
+def test_gather_taps_copies_each_taps_words():
+    """Both forms of the gather (the IR one compiled, the plain loops as Python) against NumPy."""
+    xg = np.arange(1000, dtype=np.int32) * 7 - 3000
+    taps = np.array([5, 0, 300, 17, 64], np.int64)
+    want = np.concatenate([xg[t + 33:t + 33 + 64] for t in taps])
+    for gather in (numba.njit(lambda xt, xg, taps, p0: _amx.gather_taps(xt, xg, taps, p0)),
+                   _amx.gather_taps_loops):
+        xt = np.full(5 * 64 + 64, -1, np.int32)
+        gather(xt, xg, taps, 33)
+        assert np.array_equal(xt[:5 * 64], want) and (xt[5 * 64:] == -1).all()
 
 
 def test_a_padded_group_stride_changes_nothing():
@@ -162,7 +173,7 @@ def test_a_padded_group_stride_changes_nothing():
        density=st.sampled_from([0.05, 0.5, 1.0]), signed=st.booleans(), seed=st.integers(0, 99))
 def test_conv2d_dense_rq_i8_on_random_shapes(case, density, signed, seed):
     """Convs of a multiple of 4 channels through the tap tiles; convs of at most 4 channels through
-    the folded ones (with column dilation 1; their rows may be dilated)."""
+    the gathered ones."""
     B, C, H, W, N, kh, kw, s, p, d = case
     if (H + 2 * p - d * (kh - 1) - 1) < 0 or (W + 2 * p - d * (kw - 1) - 1) < 0:
         return  # no output position: the conv itself is invalid (the plan refuses it)
@@ -171,9 +182,9 @@ def test_conv2d_dense_rq_i8_on_random_shapes(case, density, signed, seed):
         if C % 4 == 0:
             got, want = run_conv(case, density, x_type, seed, tile)
             assert_exact(got, want, case=_ids(case), tile=tile)
-        if C <= 4 and d == 1:
-            got, want = run_conv(case, density, x_type, seed, tile, folded=True)
-            assert_exact(got, want, case=_ids(case), tile=tile, folded=True)
+        if C <= 4:
+            got, want = run_conv(case, density, x_type, seed, tile, gathered=True)
+            assert_exact(got, want, case=_ids(case), tile=tile, gathered=True)
 
 
 @given(n=st.integers(1, 70), c4=st.integers(1, 20), kh=st.integers(1, 3), kw=st.integers(1, 3),

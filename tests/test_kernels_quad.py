@@ -246,3 +246,36 @@ def _run_tile(tile, sums, xg, offsets, words, start):
             tile(sums, xg, offsets, words, 0, offsets.shape[0], 0, start)
         runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
     runner(sums, xg, offsets, words, start)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8])
+@pytest.mark.parametrize("direct", [False, True])
+def test_store_chunk_matches_requantize_row(direct, y_type):
+    """The convs' epilogue as the kernels call it (_quads.store_chunk: the IR form on AVX-512
+    CPUs) against requantize_row, NumPy-sliced: channels with a power-of-two multiplier (rounding
+    ties of both signs: the general form) and tie-free ones (the short form), extreme sums, a
+    count short of the chunk, and nothing written past it or outside the channel's row."""
+    from zeroskip.kernels.quant import requantize_row
+
+    rng = np.random.default_rng(7)
+    B, N, S, L = 2, 5, 200, 64
+    lo, hi = (0, 255) if y_type == np.uint8 else (-128, 127)
+    sums = extreme_values(rng, (N, L), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+    sums[1] = np.arange(-32, 32) * 2 ** 19   # exact halves of 2^20: ties under m0 = 2^30, r = 51
+    m0 = np.array([2 ** 30, 2 ** 30, 1_518_500_250, 2 ** 31 - 1, 1_073_741_825], np.int32)
+    shift = np.array([40, 51, 45, 60, 33], np.int32)
+    store = numba.njit(lambda sums, j, count, n, b, p0, m0n, shift_n, zp, lo, hi, direct, y3, yw:
+                       _quads.store_chunk(sums, j, count, n, b, p0, m0n, shift_n, zp, lo, hi,
+                                          direct, y3, yw))
+    for n in range(N):
+        for b, p0, count in ((0, 0, L), (1, 64, 37), (1, 128, 1)):
+            out = np.full((B, N, S), 77, y_type)
+            store(sums, n, count, n, b, p0, m0[n], shift[n], 3, lo, hi, direct,
+                  out if direct else np.full((B, N, S), 77, y_type), out if not direct else
+                  np.full((B, N, S), 77, y_type))
+            width = count if direct else L
+            want = np.full((B, N, S), 77, y_type)
+            row = np.empty(width, y_type)
+            requantize_row(sums[n, :width].copy(), m0[n], shift[n], 3, lo, hi, row)
+            want[b, n, p0:p0 + width] = row
+            assert_exact(out, want, n=n, b=b, p0=p0, count=count, direct=direct)

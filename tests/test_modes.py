@@ -121,8 +121,8 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     """A 1×1 stride-1 int8 conv in dense-i8 runs its GEMM on the channels-last copy of its input,
     with no im2row (where AVX-512 VNNI's tiles run: on its planar input, packed straight into
     their words), and in sparse-i8 the requantizing CSR GEMM on its planar input, with no padded
-    planes; other convs keep their kernels (on a CPU with AMX: the AMX conv, but im2row for the
-    folded 3×3); the outputs equal the reference mode's, exactly."""
+    planes; other convs keep their kernels (the AMX or VNNI conv, its taps gathered for the 3×3
+    over 3 channels); the outputs equal the reference mode's, exactly."""
     from zeroskip.kernels import _amx
     from zeroskip.kernels._cpu import HAS_AVX512_VNNI
 
@@ -132,11 +132,11 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     pointwise = [k for k in kernels if k == ("matmul_planar_rq_i8" if HAS_AVX512_VNNI else
                                              "channels_last_dense_i8 + matmul_dense_rq_i8")]
     assert len(pointwise) == 3 and len(kernels) == 5, kernels
-    # the 3×3 conv over 3 channels (folded, on the VNNI tile; with AMX it takes im2row: too few
-    # taps for AMX tiles, int8.FOLDED_AMX_MIN_TAPS) and the 1×1 stride-2 conv (8 channels), which
-    # takes the lanes conv where AVX-512 VNNI runs without AMX
+    # the 3×3 conv over 3 channels (its taps gathered into the AMX or VNNI tile's rows) and the
+    # 1×1 stride-2 conv (8 channels), which takes the lanes conv where AVX-512 VNNI runs without
+    # AMX
     packed = kernels.count("conv2d_dense_rq_i8") + kernels.count("conv2d_lanes_rq_i8")
-    assert packed == ((1 if _amx.AVAILABLE else 2) if _amx.CONV_AVAILABLE else 0), kernels
+    assert packed == (2 if _amx.CONV_AVAILABLE else 0), kernels
     assert ("conv2d_lanes_rq_i8" in kernels) == (HAS_AVX512_VNNI and not _amx.AVAILABLE), kernels
     got = session.run({input_name: x})
     sparse = zeroskip.Session(model, mode="sparse-i8")

@@ -64,8 +64,7 @@ their bytes compared as the plans' are."""
 
 def _cnn():
     """The float CNN; weights w4 (1×1 conv) and w5 (Gemm) are pruned, so sparse kernels skip zeros.
-    Its first conv is 5×5: with AMX, convs over at most 4 channels take the folded AMX conv from 10
-    taps (int8.FOLDED_AMX_MIN_TAPS), and a 3×3 one im2row."""
+    Its first conv is 5×5 over 3 channels: 25 taps, two tiles of gathered taps in the AMX conv."""
     nodes = [
         node("Conv", ["x", "w1", "b1"], ["c1"], pads=[2, 2, 2, 2]), node("Relu", ["c1"], ["r1"]),
         node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=8),
@@ -77,7 +76,7 @@ def _cnn():
         node("AveragePool", ["r4"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         node("GlobalAveragePool", ["a"], ["g"]), node("Flatten", ["g"], ["f"]),
         node("Gemm", ["f", "w5", "b5"], ["y"], transB=1)]
-    inits = {"w1": randn((8, 3, 5, 5), 1, 0.2), "b1": randn(8, 2, 0.1),  # 5×5: the folded AMX conv
+    inits = {"w1": randn((8, 3, 5, 5), 1, 0.2), "b1": randn(8, 2, 0.1),  # 5×5: 25 gathered taps
              "w2": randn((8, 1, 3, 3), 3, 0.3), "b2": randn(8, 4, 0.1),
              "w3": randn((16, 1, 5, 5), 5, 0.2), "b3": randn(16, 6, 0.1),  # 2 outputs per plane
              "w4": pruned((12, 16, 1, 1), 0.4, seed=7, scale=0.5), "b4": randn(12, 8, 0.1),

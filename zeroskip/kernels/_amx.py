@@ -261,6 +261,54 @@ amx_conv_block = _amx_conv_ir(2, 2) if RUNS else amx_conv_block_portable
 xg[(16·kb + g)·row_words + taps[t] + p0 + p] (conv_amx.py; rows a multiple of AMX_ROWS)."""
 
 
+def gather_taps_loops(xt, xg, taps, p0):
+    """xt[t·64 + p] = xg[taps[t] + p0 + p] for every tap t and p < BROADCAST_PIXELS: one chunk's
+    words of each tap of a conv of at most 4 input channels, a row of the x tile each (rows of 64
+    words, as the GEMM's packed chunk; conv_amx.py). The plain loops: the one to read first."""
+    for t in range(taps.shape[0]):
+        for p in range(BROADCAST_PIXELS):
+            xt[t * BROADCAST_PIXELS + p] = xg[taps[t] + p0 + p]
+
+
+@intrinsic
+def _gather_taps_ir(typingctx, xt, xg, taps, p0):
+    """gather_taps_loops in LLVM IR: per tap, 4 unaligned zmm loads and 4 stores. Numba's loop
+    did not vectorize (one chunk of the 7×7 stem's 49 taps: 0.4 µs; the stem's 202 chunks 0.17 ms
+    in-model); LLVM keeps a vector load and store as they are written."""
+    if not (_typed((xt, types.int32), (xg, types.int32), (taps, types.int64)) and xt.ndim == 1
+            and xg.ndim == 1):
+        return None
+    sig = types.void(xt, xg, taps, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ta, xa, oa = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in range(3))
+        vec = ir.VectorType(ir.IntType(32), LANES)
+        n_taps = cgutils.unpack_tuple(builder, oa.shape)[0]
+        with cgutils.for_range(builder, n_taps) as tap:
+            start = builder.add(builder.load(builder.gep(oa.data, [tap.index])), args[3])
+            src = builder.bitcast(builder.gep(xa.data, [start]), vec.as_pointer())
+            dst = builder.bitcast(builder.gep(ta.data, [builder.mul(
+                tap.index, _i64(BROADCAST_PIXELS))]), vec.as_pointer())
+            for v in range(PIXEL_VECTORS):
+                builder.store(builder.load(builder.gep(src, [_i64(v)]), align=4),
+                              builder.gep(dst, [_i64(v)]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def gather_taps(xt, xg, taps, p0):
+    """gather_taps_loops; compiled, the IR copy (``_gather_taps_ir``: plain vector loads and
+    stores, which LLVM lowers to whatever widths the CPU has)."""
+    gather_taps_loops(xt, xg, taps, p0)
+
+
+@overload(gather_taps)
+def _gather_taps_compiled(xt, xg, taps, p0):
+    return lambda xt, xg, taps, p0: _gather_taps_ir(xt, xg, taps, p0)
+
+
 VNNI_ROWS = 4
 """Output channels per pass of the VNNI tile: 4 channels × 4 zmm of 16 positions, 16
 accumulators (4, 5 and 6 ran alike; docs/kernels.md, "Without AMX: the VNNI tile")."""

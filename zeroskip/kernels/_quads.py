@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
-from ._requant import splat
+from ._cpu import HAS_AVX512_VNNI
+from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
+                       tie_free)
 from .elementwise import add_residual, has_residual
 from .quant import requantize_row
 
@@ -331,21 +333,95 @@ shift_copy_jit = njit(cache=True)(shift_copy)
 
 
 # -- the epilogue of the convs over the packed input (conv_quad.py, conv_amx.py) --------------------
-@njit(cache=True, inline="always")
-def store_chunk(sums, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, direct, y3, yw):
-    """One output channel's sums over a chunk of positions from p0, requantized (channel n's m0n,
-    shift_n; requantize_row): straight into y3[b, n] (the (B, N, OH·OW) view of y) when ``direct``
-    (pitch = OW: no dropped columns; the first ``count`` sums), else all of them (it vectorizes)
-    into the wide rows yw[b, n]. A residual is added later, over whole planes (``finish_plane``):
-    with the QAdd's arguments anywhere in the tile loop, that loop compiled 0.3 ms slower on a
-    64×56×56 conv even where the add never ran. Scalars, not the tuple (m0, shift, …): a tuple of
-    arrays unpacked here, once per tile, cost its arrays' reference counts each time, 25–30 ns a
-    call (one thread, 64→64 3×3 at 56×56, 10 % dense: the quad conv 0.43 → 0.36 ms)."""
+def store_chunk_loops(sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, direct, y3,
+                      yw):
+    """One output channel's sums (row j of sums) over a chunk of positions from p0, requantized
+    (channel n's m0n, shift_n; requantize_row): straight into y3[b, n] (the (B, N, OH·OW) view of
+    y) when ``direct`` (pitch = OW: no dropped columns; the first ``count`` sums), else all of
+    them into the wide rows yw[b, n]. A residual is added later, over whole planes
+    (``finish_plane``): with the QAdd's arguments anywhere in the tile loop, that loop compiled
+    0.3 ms slower on a 64×56×56 conv even where the add never ran. Scalars, not the tuple (m0,
+    shift, …): a tuple of arrays unpacked once per tile cost its arrays' reference counts each
+    time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk`` is what the
+    kernels call."""
     if direct:
-        requantize_row(sums[:count], m0n, shift_n, y_zero_point, lo, hi, y3[b, n, p0:p0 + count])
+        requantize_row(sums[j, :count], m0n, shift_n, y_zero_point, lo, hi,
+                       y3[b, n, p0:p0 + count])
     else:
-        requantize_row(sums, m0n, shift_n, y_zero_point, lo, hi,
-                       yw[b, n, p0:p0 + sums.shape[0]])
+        requantize_row(sums[j], m0n, shift_n, y_zero_point, lo, hi,
+                       yw[b, n, p0:p0 + sums.shape[1]])
+
+
+@intrinsic
+def _store_chunk_ir(typingctx, sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi,
+                    direct, y3, yw):
+    """store_chunk_loops in LLVM IR, 16 sums per step: a scalar branch on quant.tie_free, then
+    _requant.requantized_tie_free (or the general ``requantized``) and a masked store of 16 bytes
+    (the bytes past the count are not written). The output row, y3's or yw's, is selected in the
+    IR from (direct, b, n, p0): no array views and no branch in the kernel's loop. sums [rows, L]
+    int32, C-contiguous, L a multiple of 16 (the chunks' 64); y3, yw [B, N, S] 8-bit,
+    C-contiguous.
+
+    Why: a kernel's serial build (the one a one-thread run takes) keeps the reference counts of
+    the arrays handed to an inlined helper inside its loop. Through a helper with a view of each
+    channel's sums and output row, the stores took 0.66 of the AMX stem's 1.0 ms (13 000 calls a
+    run; 0.2–0.3 in the parallel build); called as this intrinsic, the stem's serial build went
+    1.07 → 0.68 ms."""
+    arrays_ok = all(isinstance(a, types.Array) and a.layout == "C" for a in (sums, y3, yw))
+    if not (arrays_ok and sums.dtype == types.int32 and sums.ndim == 2 and y3.ndim == 3
+            and yw.ndim == 3 and y3.dtype == yw.dtype and y3.dtype in (types.uint8, types.int8)):
+        return None
+    sig = types.void(sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, direct, y3, yw)
+
+    def codegen(context, builder, signature, args):
+        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        vec, wide = ir.VectorType(i32, LANES), ir.VectorType(i64, LANES)
+        sa, ya, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+                      for i in (0, 12, 13))
+        j_v, count_v, n_v, b_v, p0_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 11))
+        direct_v = context.cast(builder, args[11], signature.args[11], types.boolean)
+        width = cgutils.unpack_tuple(builder, sa.shape)[1]
+
+        def row_of(array):  # &array[b, n, p0]
+            _, n_out, size = cgutils.unpack_tuple(builder, array.shape)
+            at = builder.add(builder.mul(builder.add(builder.mul(b_v, n_out), n_v), size), p0_v)
+            return builder.gep(array.data, [at])
+
+        dst = builder.select(direct_v, row_of(ya), row_of(wa))
+        count_v = builder.select(direct_v, count_v, width)
+        src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, width)]), vec.as_pointer())
+        store = declare_masked_byte_store(builder)
+        narrow = [splat(builder, builder.trunc(v, i32)) for v in (m0_v, shift_v, zp_v, lo_v, hi_v)]
+        wide_ops = [splat(builder, v, wide) for v in (m0_v, shift_v, builder.shl(
+            i64(1), builder.sub(shift_v, i64(1))), zp_v, lo_v, hi_v)]
+
+        def each_step(requantize):
+            with cgutils.for_range(builder, builder.udiv(width, i64(LANES))) as step:
+                first = builder.mul(step.index, i64(LANES))
+                left = builder.sub(count_v, first)
+                valid = builder.select(builder.icmp_signed("<", left, i64(0)), i64(0),
+                                       builder.select(builder.icmp_signed(">", left, i64(LANES)),
+                                                      i64(LANES), left))
+                mask = builder.trunc(builder.sub(builder.shl(i64(1), valid), i64(1)), i16)
+                s = builder.load(builder.gep(src, [step.index]), align=4)
+                q = builder.trunc(requantize(s), ir.VectorType(i8, LANES))
+                builder.call(store, [builder.gep(dst, [first]), q, mask])
+
+        with builder.if_else(tie_free(builder, m0_v, shift_v)) as (short, general):
+            with short:
+                each_step(lambda s: requantized_tie_free(builder, s, *narrow))
+            with general:
+                each_step(lambda s: requantized(builder, s, *wide_ops))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+store_chunk = (_store_chunk_ir if HAS_AVX512_VNNI and not config.DISABLE_JIT
+               else njit(cache=True)(store_chunk_loops))
+"""The epilogue of the quad and AMX convs' tiles (store_chunk_loops' bytes): the IR form on
+AVX-512 CPUs (its masked byte stores are AVX-512 BW's), else the loops."""
 
 
 @njit(cache=True, inline="always")

@@ -9,8 +9,9 @@ packed input with the groups' stride as the row pitch; the weights of 16 output 
 same 64 channels at that tap are another, packed at plan time (``pack_tap_weights``). One
 ``tdpbsud`` multiplies the two into 16 channels × 16 positions of int32 sums (kernels/_amx.py).
 Output positions run at the phases' row pitch, and the columns past OW are computed and dropped, as
-in the quad conv. A conv of at most 4 input channels (the stem) has one group; its column taps are
-folded into the x tile's rows instead, one word apart (``pack_folded_weights``, ``fold_offsets``).
+in the quad conv. A conv of at most 4 input channels (the stem) has one group; its taps are the x
+tile's rows instead, each task copying its chunk's words of every tap into rows of 64 words
+(``_amx.gather_taps``), 16 taps per tile (``pack_gathered_weights``).
 A CPU with AVX-512 VNNI and no AMX runs the same kernel on a register tile instead
 (``_amx.conv_block``: 4 output channels × 64 positions of ``vpdpbusd`` over the same packed input
 and weights). docs/kernels.md, "conv2d_dense_rq_i8", has the loop order and the figures.
@@ -21,9 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._amx import AMX_ROWS, TILE_ROWS, amx_tasks, conv_block, start_rows_jit, task_sums
+from ._amx import (AMX_ROWS, ONE_TAP, TILE_ROWS, amx_tasks, conv_block, gather_taps, pad_weights,
+                   start_rows_jit, task_sums)
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
 from ._quads import QUAD_SLACK, finish_planes, pack_group_jit, store_chunk, used_phases
+from ._scratch import words_on_lines
 from .elementwise import residual_parts
 
 
@@ -54,40 +57,25 @@ def tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw):
     return offsets
 
 
-def fold_fits(channels: int, kw: int, sw: int, dw: int) -> bool:
-    """Whether a conv's column taps fold into the rows of its x tile (``pack_folded_weights``): at
-    most 4 input channels (one word a position), no column dilation, at most 16 taps per phase."""
-    return channels <= 4 and dw == 1 and -(-kw // sw) <= TILE_ROWS
+def gather_fits(channels: int) -> bool:
+    """Whether a conv's taps are gathered into the x tile's rows (``pack_gathered_weights``): at
+    most 4 input channels, one word per position and tap."""
+    return channels <= 4
 
 
-def pack_folded_weights(w4, sw):
-    """wt (kh·sw, 1, N_pad, 64) int8 for a conv of at most 4 input channels whose column taps fold
-    into the x tile's rows: wt[i·sw + b, 0, n, 4r + c] = w4[n, c, i, b + sw·r], zero where
-    b + sw·r ≥ kw, past C and past N (N_pad = N rounded up to AMX_ROWS)."""
+def pack_gathered_weights(w4):
+    """wt (1, ⌈T/16⌉, N_pad, 64) int8 for a conv of at most 4 input channels whose T = kh·kw taps
+    are gathered into the x tile's rows: wt[0, t // 16, n, 4·(t mod 16) + c] = w4[n, c, i, j] for
+    tap t = i·kw + j, zero past C (each tap's word has 4 bytes), past T and past N (N_pad = N
+    rounded up to AMX_ROWS): the GEMM's layout (``_amx.pad_weights``) over 4 bytes per tap."""
     N, C, kh, kw = w4.shape
-    n_pad = -(-N // AMX_ROWS) * AMX_ROWS
-    wt = np.zeros((kh * sw, 1, n_pad, 4 * TILE_ROWS), np.int8)
-    for i in range(kh):
-        for j in range(kw):
-            b, r = j % sw, j // sw
-            wt[i * sw + b, 0, :N, 4 * r:4 * r + C] = w4[:, :, i, j]
-    return wt
-
-
-@njit(cache=True)
-def fold_offsets(kh, Hq, pitch, sh, sw, dh):
-    """offsets [kh·sw] int64 of a folded conv: entry i·sw + b is where its column taps b, b + sw,
-    b + 2·sw, … of kernel row i start (phase ((i·dh) mod sh, b), row (i·dh)//sh); tap b + sw·r is
-    r words further, row r of the x tile."""
-    offsets = np.empty(kh * sw, np.int64)
-    for i in range(kh):
-        for b in range(sw):
-            offsets[i * sw + b] = (((i * dh) % sh * sw + b) * Hq + (i * dh) // sh) * pitch
-    return offsets
+    taps = np.zeros((N, kh * kw, 4), np.int8)
+    taps[:, :, :C] = w4.reshape(N, C, kh * kw).transpose(0, 2, 1)
+    return pad_weights(taps.reshape(N, 4 * kh * kw))
 
 
 def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point, lo, hi,
-                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, folded, residual=None):
+                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, gathered, residual=None):
     # W (N, C, kh, kw) int8 packed per tap * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: the bytes of im2row + matmul_dense_rq_i8, one group only.
@@ -98,42 +86,40 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     loops) over every tap and every 64 input channels into the block's int32 sums, requantized at
     once into the wide rows yw; then prange (image, channel): each row's OW valid columns copied
     into y and, with a residual, added to it.
-    A conv with no dropped columns (pitch = OW) requantizes straight into y. ``folded`` (at most 4
-    input channels, ``fold_fits``): one group, its last channel repeated up to 4 (the repeats meet
-    zero weights), and the x tile's rows are the column taps of one kernel row, one word apart
-    (``fold_offsets``).
-    wt — pack_tap_weights(w4), or pack_folded_weights(w4, sw) when folded; bias [N] int32 — bias';
-    w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
-    x [B,C,H,W] uint8|int8, C a multiple of 4 (at most 4 when folded); x_zero_point; xg [B,
+    A conv with no dropped columns (pitch = OW) requantizes straight into y. ``gathered`` (at most
+    4 input channels, ``gather_fits``): one group, its last channel repeated up to 4 (the repeats
+    meet zero weights), and each task first copies its chunk's words of every tap into rows of 64
+    words (``_amx.gather_taps``), which the tile reads as the GEMM reads its packed chunk: 16 taps per
+    tile, where a tile over channel groups would use one row of 16.
+    wt — pack_tap_weights(w4), or pack_gathered_weights(w4) when gathered; bias [N] int32 —
+    bias'; w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
+    x [B,C,H,W] uint8|int8, C a multiple of 4 (at most 4 when gathered); x_zero_point; xg [B,
     16·⌈C/64⌉·S + QUAD_SLACK] int32 — the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4
     channels (as conv2d_quad_rq_i8's, with room for whole blocks of 16 groups: the groups past C/4
-    meet zero weights and are never written); folded, [B, S + QUAD_SLACK + 16]
+    meet zero weights and are never written); gathered, [B, S + QUAD_SLACK]
     m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
     wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch ≥ OW + (kw−1)·dw // sw; residual — None, or a QAdd
     fused into the epilogue (elementwise.residual_parts).
     Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (the sums wrap modulo 2^32 otherwise).
-    Work: 2·B·⌈P/64⌉·64·N_pad·16·⌈C/64⌉·kh·kw int ops for P = (OH−1)·pitch + OW positions.
+    Work: 2·B·⌈P/64⌉·64·N_pad·16·⌈C/64⌉·kh·kw int ops for P = (OH−1)·pitch + OW positions
+    (gathered: 2·B·⌈P/64⌉·64·N_pad·64·⌈kh·kw/16⌉).
     """
     B, C = x.shape[0], x.shape[1]
     N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    Hq, C4 = OH + (kh - 1) * dh // sh, C // 4
-    n_pad = wt.shape[2]
-    stride = (xg.shape[1] - QUAD_SLACK) // (wt.shape[1] * TILE_ROWS)
+    Hq, C4 = OH + (kh - 1) * dh // sh, max(1, C // 4)
+    n_pad, blocks = wt.shape[2], wt.shape[1]
+    stride = (xg.shape[1] - QUAD_SLACK) // (1 if gathered else blocks * TILE_ROWS)
     flip = sign_flip(x)
     used = used_phases(kh, kw, sh, sw, dh, dw)
-    if folded:  # one group; the x tile's rows are its column taps, one word apart
-        for b in prange(B):
-            pack_group_jit(x[b], xg[b], 0, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch, stride,
-                           used)
-        taps = fold_offsets(kh, Hq, pitch, sh, sw, dh)
-        row_words, groups_used = 1, (kw + sw - 1) // sw  # x tile rows with a column tap
-    else:
-        for t in prange(B * C4):
-            pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl,
-                           Hq, pitch, stride, used)
-        taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
-        row_words, groups_used = stride, C4 - TILE_ROWS * (wt.shape[1] - 1)  # in the last block
+    for t in prange(B * C4):
+        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
+                       pitch, stride, used)
+    taps = tap_offsets(kh, kw, Hq, pitch, sh, sw, dh, dw)
+    if gathered:  # rows of the x tile: taps, 64 words apart (the chunk's copy, xt)
+        row_words, groups_used = BROADCAST_PIXELS, kh * kw - TILE_ROWS * (blocks - 1)
+    else:  # rows of the x tile: channel groups, ``stride`` words apart
+        row_words, groups_used = stride, C4 - TILE_ROWS * (blocks - 1)  # in the last block
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
     r, add = residual_parts(residual, y)
@@ -147,9 +133,14 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
         count = min(BROADCAST_PIXELS, positions - p0)
         n_begin, sums = task_sums(g, per, n_pad)
-        conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
+        if gathered:
+            xt = words_on_lines(blocks * TILE_ROWS * BROADCAST_PIXELS)
+            gather_taps(xt, xg[b], taps, p0)
+            conv_block(sums, xt, wt, start_rows, ONE_TAP, n_begin, 0, row_words, groups_used)
+        else:
+            conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
-            store_chunk(sums[n - n_begin], count, n, b, p0, m0[n], shift[n], y_zero_point, lo,
+            store_chunk(sums, n - n_begin, count, n, b, p0, m0[n], shift[n], y_zero_point, lo,
                         hi, direct, y3, yw)
     finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 
@@ -158,5 +149,5 @@ conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_r
 
 KERNELS = {"conv2d_dense_rq_i8": conv2d_dense_rq_i8}
 
-__all__ = ["KERNELS", "conv2d_dense_rq_i8", "fold_fits", "fold_offsets", "pack_folded_weights",
+__all__ = ["KERNELS", "conv2d_dense_rq_i8", "gather_fits", "pack_gathered_weights",
            "pack_tap_weights", "tap_offsets"]

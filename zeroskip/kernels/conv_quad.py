@@ -87,11 +87,12 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
         p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
         count = min(QUAD_PIXELS, positions - p0)
-        sums = words_on_lines(QUAD_PIXELS)
+        sums = words_on_lines(QUAD_PIXELS).reshape((1, QUAD_PIXELS))
+        row, xb = sums[0], xg[b]  # views made once per task, not per channel
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
-            quad_tile(sums, xg[b], offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, count, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, direct,
+            quad_tile(row, xb, offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
+            store_chunk(sums, 0, count, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, direct,
                         y3, yw)
     finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
 

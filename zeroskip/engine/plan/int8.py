@@ -478,85 +478,65 @@ class QuadConv(ConvAccumulator):
                                 tail)
 
 
-FOLDED_AMX_MIN_TAPS = 10
-"""Taps (kh·kw) from which a conv of at most 4 input channels takes the folded AMX conv; below,
-im2row and the GEMM (``Im2rowConv``). One thread, the step in-model, best of 300: MobileNetV2's
-stem (3×3, stride 2, 3 → 32 at 224×224) 0.46–0.49 ms folded on AMX against 0.34 through im2row
-and the broadcast GEMM (onnxruntime 0.38); ResNet-18's (7×7, 3 → 64) 1.12–1.15 against
-1.24."""
-
-
 class PackedDenseConv(ConvAccumulator):
     """The dense conv over the packed input (kernels/conv_amx.py: the quad conv's packed words, no
     im2row), on AMX tiles (16 channels × 16 positions × 64 input channels per instruction) or,
     without AMX, on the VNNI register tile (4 channels × 64 positions of ``vpdpbusd``), for a
     requantizing conv of one group that is not pointwise (``fits``). Its weights are packed once
-    here: per tap (``pack_tap_weights``), or, for at most 4 input channels, with the column taps
-    folded into the tile's rows (``pack_folded_weights``: the stem)."""
+    here: per tap (``pack_tap_weights``), or, for at most 4 input channels, with 16 taps per tile
+    (``pack_gathered_weights``: the stem, whose taps each chunk gathers into the tile's rows)."""
 
     takes_residual = True
 
     @staticmethod
     def fits(node: Node, w4: np.ndarray, requantizes: bool) -> bool:
         """A requantizing conv of one group that is not pointwise, with a multiple of 4 input
-        channels or few enough to fold (``fold_fits``), and its AMX or VNNI tile usable here
+        channels or at most 4 (``gather_fits``), and its AMX or VNNI tile usable here
         (``_amx.CONV_AVAILABLE``). A pointwise conv keeps the GEMM (``Im2rowConv``:
         on its planar input where a packing tile runs, else its channels-last rows; the GEMM
         takes the AMX tile from K = 192): on
         MobileNetV2's 1×1 layers the AMX conv was 1.3–2.3× slower in-model, its packing of many
-        channel groups over small planes costing more than the products (docs/kernels.md). On AMX
-        a folded conv of at most FOLDED_AMX_MIN_TAPS − 1 taps keeps it too: its AMX tiles would
-        be mostly padding."""
-        from ...kernels._amx import AVAILABLE, CONV_AVAILABLE
-        from ...kernels.conv_amx import fold_fits
+        channel groups over small planes costing more than the products (docs/kernels.md)."""
+        from ...kernels._amx import CONV_AVAILABLE
+        from ...kernels.conv_amx import gather_fits
 
         if not (requantizes and CONV_AVAILABLE and node.attrs["group"] == 1
                 and not is_pointwise(node, w4.shape[2], w4.shape[3])):
             return False
-        folds = fold_fits(w4.shape[1], w4.shape[3], *PackedDenseConv._column_steps(node))
-        if folds and AVAILABLE and w4.shape[2] * w4.shape[3] < FOLDED_AMX_MIN_TAPS:
-            return False
-        return w4.shape[1] % 4 == 0 or folds
-
-    @staticmethod
-    def _column_steps(node: Node) -> tuple:
-        """(stride, dilation) along the columns."""
-        return (tuple(node.attrs["strides"] or (1, 1))[-1],
-                tuple(node.attrs["dilations"] or (1, 1))[-1])
+        return w4.shape[1] % 4 == 0 or gather_fits(w4.shape[1])
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
         from ...kernels._amx import AVAILABLE
-        from ...kernels.conv_amx import fold_fits, pack_folded_weights, pack_tap_weights
+        from ...kernels.conv_amx import gather_fits, pack_gathered_weights, pack_tap_weights
 
         super().__init__(node, w4)
-        sw, dw = self._column_steps(node)
-        self.folded = fold_fits(w4.shape[1], w4.shape[3], sw, dw)
+        self.gathered = gather_fits(w4.shape[1])
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
-        if self.lanes_fit(w4, self.folded):
+        if self.lanes_fit(w4, self.gathered):
             self._init_lanes(w4, ctx)
             return
         self.lanes = False
-        self.tiles = aligned_copy(pack_folded_weights(w4, sw) if self.folded
+        self.tiles = aligned_copy(pack_gathered_weights(w4) if self.gathered
                                   else pack_tap_weights(w4))  # 64-byte tile rows on whole lines
         self.dense_kernel = ctx.kernel("conv2d_dense_rq_i8")
         self.name = "conv2d_dense_rq_i8"
         # the CPU's flags, not the JIT, name the tile: a plan explains itself alike without it
         tile = ("AMX tiles (tdpbsud: 16 channels × 16 positions × 64 input channels)"
                 if AVAILABLE else "VNNI registers (vpdpbusd: 4 channels × 64 positions)")
-        folded = (", its column taps folded into the x rows (≤ 4 input channels: one word per "
-                  "position and tap)" if self.folded else "")
-        self.reason = (f"dense int8 conv on {tile}{folded}, no im2row, Q31 requantization in the "
-                       "epilogue")
+        gathered = (", 16 taps per x tile, gathered per chunk of 64 positions (≤ 4 input "
+                    "channels: one word per position and tap)" if self.gathered else "")
+        self.reason = (f"dense int8 conv on {tile}{gathered}, no im2row, Q31 requantization in "
+                       "the epilogue")
 
     @staticmethod
-    def lanes_fit(w4: np.ndarray, folded: bool) -> bool:
+    def lanes_fit(w4: np.ndarray, gathered: bool) -> bool:
         """Whether the lanes conv (kernels/conv_lanes.py, conv2d_lanes_rq_i8) takes this conv: a
         CPU with AVX-512 VNNI whose OS grants no AMX (with AMX the tiles stay), a multiple of 4
-        input channels (not the folded stem). The CPU's flags, not whether the JIT is on."""
+        input channels (not the gathered stem). The CPU's flags, not whether the JIT is on."""
         from ...kernels._amx import AVAILABLE
         from ...kernels._cpu import HAS_AVX512_VNNI
 
-        return HAS_AVX512_VNNI and not AVAILABLE and not folded and w4.shape[1] % 4 == 0
+        return HAS_AVX512_VNNI and not AVAILABLE and not gathered and w4.shape[1] % 4 == 0
 
     def _init_lanes(self, w4: np.ndarray, ctx: PlanContext):
         from ...kernels._lanes import pack_lane_words
@@ -599,18 +579,17 @@ class PackedDenseConv(ConvAccumulator):
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
         shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
-        # the packed input's groups: whole blocks of 16, or folded one group, whose x tile's last
-        # row reads 15 words past the first
-        groups = 1 if self.folded else self.tiles.shape[1] * TILE_ROWS
+        # the packed input's groups: whole blocks of 16, or one (gathered taps)
+        groups = 1 if self.gathered else self.tiles.shape[1] * TILE_ROWS
         _, pitch, _, _, copy_words = quad_layout(*shape8, groups, False)
-        xg = aligned_empty((shape[0], copy_words + TILE_ROWS * self.folded), np.int32)
+        xg = aligned_empty((shape[0], copy_words), np.int32)
         positions = (g["oh"] - 1) * pitch + g["ow"]
         yw = aligned_empty((shape[0], self.n_out, -(-positions // BROADCAST_PIXELS)
                             * BROADCAST_PIXELS) if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (self.tiles, q["bias"], self.w_sums)
         mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
         return whole_image_call(self.dense_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
-                                geo + (pitch, self.folded))
+                                geo + (pitch, self.gathered))
 
 
 class Im2rowConv(ConvAccumulator):

@@ -19,28 +19,28 @@ def tiles_to_dense(wt, n_out, channels, kh, kw):
     return np.ascontiguousarray(full[:n_out, :channels].reshape(n_out, channels, kh, kw))
 
 
-def folded_to_dense(wt, n_out, channels, kh, kw, sw):
-    """The (n_out, channels, kh, kw) int8 weight of pack_folded_weights' tiles: wt[i·sw + b, 0, n,
-    4r + c] holds w[n, c, i, b + sw·r]. Everything else must be zero: checked here."""
+def gathered_to_dense(wt, n_out, channels, kh, kw):
+    """The (n_out, channels, kh, kw) int8 weight of pack_gathered_weights' tiles: wt[0, t // 16, n,
+    4·(t mod 16) + c] holds w[n, c, i, j] for tap t = i·kw + j. Everything else must be zero:
+    checked here."""
     wt = np.array(wt, np.int8)
     w = np.zeros((n_out, channels, kh, kw), np.int8)
-    for i in range(kh):
-        for j in range(kw):
-            row = wt[i * sw + j % sw, 0, :n_out, 4 * (j // sw):4 * (j // sw) + channels]
-            w[:, :, i, j] = row
-            row[:] = 0
-    assert not wt.any(), "the folded tiles hold more than the weight"
+    for t in range(kh * kw):
+        row = wt[0, t // 16, :n_out, 4 * (t % 16):4 * (t % 16) + channels]
+        w[:, :, t // kw, t % kw] = row
+        row[:] = 0
+    assert not wt.any(), "the gathered tiles hold more than the weight"
     return w
 
 
 def conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
-                       kernel_shape, strides, pads, dilations, folded=False, residual=None):
+                       kernel_shape, strides, pads, dilations, gathered=False, residual=None):
     """q_y [B,N,OH,OW] int64: conv2d_csr_rq_i8's reference on the tiles' dense weight (N = len(bias),
-    one group; ``folded``: pack_folded_weights' tiles). For int8 x the kernel starts its sums from
+    one group; ``gathered``: pack_gathered_weights' tiles). For int8 x the kernel starts its sums from
     bias' − 128·w_sums: checked here."""
     kh, kw = kernel_shape
     channels = np.asarray(x).shape[1]
-    w = (folded_to_dense(wt, len(bias), channels, kh, kw, strides[1]) if folded else
+    w = (gathered_to_dense(wt, len(bias), channels, kh, kw) if gathered else
          tiles_to_dense(wt, len(bias), channels, kh, kw)).reshape(len(bias), -1)
     return dense_conv2d_rq_i8(w, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi,
                               kernel_shape=kernel_shape, strides=strides, pads=pads,
