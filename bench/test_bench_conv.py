@@ -157,10 +157,9 @@ class Layer:
                                                    self.s, 1, 1, groups, False)
         xg = np.empty((1, words), np.int32)
         positions = (self.OH - 1) * pitch + self.OW
-        yw = np.empty((1, self.N, -(-positions // 64) * 64), np.uint8)
         y = np.empty((1, self.N, self.OH, self.OW), np.uint8)
         w_sums = w4.reshape(self.N, -1).astype(np.int64).sum(axis=1)
-        return (wt, self.bias, w_sums, self.xq, 3, xg, self.m0, self.shift, 0, 0, 255, yw, y,
+        return (wt, self.bias, w_sums, self.xq, 3, xg, self.m0, self.shift, 0, 0, 255, y,
                 *self.geo, pitch, gathered, None)  # None: no residual
 
     def pointwise_i8(self, planar: bool):

@@ -55,9 +55,7 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
     offsets = _quads.quad_offsets(qcols, kh, kw, hq, pitch, s, s, d, d, stride, copies,
                                   copy_words)
     xg = np.full((B, copies * copy_words), -1, np.int32)
-    y = np.empty((B, N, oh, ow), y_type)
-    positions = (oh - 1) * pitch + ow
-    yw = np.full((B, N, -(-positions // 64) * 64), 77, y_type)
+    y = np.full((B, N, oh, ow), 77, y_type)  # every byte must be written
     extra = ()
     want_residual = None
     if residual:
@@ -68,7 +66,7 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
         extra = ((r,) + params,)
         want_residual = (r,) + params
     kernel_with_tile(tile)(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
-                           hi, yw, y, kh, kw, s, s, d, d, p, p, g, pitch, copies, *extra)
+                           hi, y, kh, kw, s, s, d, d, p, p, g, pitch, copies, *extra)
     want = REFERENCES["conv2d_quad_rq_i8"](
         qptr, qcols, words, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
         strides=(s, s), pads=(p, p, p, p), dilations=(d, d), groups=g, residual=want_residual)
@@ -249,33 +247,34 @@ def _run_tile(tile, sums, xg, offsets, words, start):
 
 
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
-@pytest.mark.parametrize("direct", [False, True])
-def test_store_chunk_matches_requantize_row(direct, y_type):
+@pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),
+                                           (1, 70, 1), (30, 3, 28)])
+def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type):
     """The convs' epilogue as the kernels call it (_quads.store_chunk: the IR form on AVX-512
-    CPUs) against requantize_row, NumPy-sliced: channels with a power-of-two multiplier (rounding
-    ties of both signs: the general form) and tie-free ones (the short form), extreme sums, a
-    count short of the chunk, and nothing written past it or outside the channel's row."""
-    from zeroskip.kernels.quant import requantize_row
+    CPUs) against requantize_one position by position: channels with a power-of-two multiplier
+    (rounding ties of both signs: the general form) and tie-free ones (the short form), extreme
+    sums; chunks that start anywhere in a row, span one to 16 rows per 16 positions (pitch 1 to
+    58), and run past the last row; only row p // pitch, column p mod pitch < OW of channel n of
+    image b is written."""
+    from zeroskip.kernels.quant import requantize_one
 
     rng = np.random.default_rng(7)
-    B, N, S, L = 2, 5, 200, 64
+    B, N, L = 2, 5, 64
     lo, hi = (0, 255) if y_type == np.uint8 else (-128, 127)
     sums = extreme_values(rng, (N, L), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
     sums[1] = np.arange(-32, 32) * 2 ** 19   # exact halves of 2^20: ties under m0 = 2^30, r = 51
     m0 = np.array([2 ** 30, 2 ** 30, 1_518_500_250, 2 ** 31 - 1, 1_073_741_825], np.int32)
     shift = np.array([40, 51, 45, 60, 33], np.int32)
-    store = numba.njit(lambda sums, j, count, n, b, p0, m0n, shift_n, zp, lo, hi, direct, y3, yw:
-                       _quads.store_chunk(sums, j, count, n, b, p0, m0n, shift_n, zp, lo, hi,
-                                          direct, y3, yw))
+    store = numba.njit(lambda sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch:
+                       _quads.store_chunk(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch))
+    last = (OH - 1) * pitch + OW  # positions of the plane; chunks start at multiples of 64
     for n in range(N):
-        for b, p0, count in ((0, 0, L), (1, 64, 37), (1, 128, 1)):
-            out = np.full((B, N, S), 77, y_type)
-            store(sums, n, count, n, b, p0, m0[n], shift[n], 3, lo, hi, direct,
-                  out if direct else np.full((B, N, S), 77, y_type), out if not direct else
-                  np.full((B, N, S), 77, y_type))
-            width = count if direct else L
-            want = np.full((B, N, S), 77, y_type)
-            row = np.empty(width, y_type)
-            requantize_row(sums[n, :width].copy(), m0[n], shift[n], 3, lo, hi, row)
-            want[b, n, p0:p0 + width] = row
-            assert_exact(out, want, n=n, b=b, p0=p0, count=count, direct=direct)
+        for b, p0 in ((0, 0), (1, 64 * ((last - 1) // 64)), (1, 64 * (last // 128))):
+            y = np.full((B, N, OH, OW), 77, y_type)
+            store(sums, n, n, b, p0, m0[n], shift[n], 3, lo, hi, y, pitch)
+            want = np.full((B, N, OH, OW), 77, y_type)
+            for p in range(L):
+                oh, ow = divmod(p0 + p, pitch)
+                if oh < OH and ow < OW:
+                    want[b, n, oh, ow] = requantize_one(sums[n, p], m0[n], shift[n], 3, lo, hi)
+            assert_exact(y, want, n=n, b=b, p0=p0)

@@ -32,7 +32,7 @@ from ._cpu import HAS_AVX512_VNNI
 from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
                        tie_free)
 from .elementwise import add_residual, has_residual
-from .quant import requantize_row
+from .quant import requantize_one
 
 QUAD_PIXELS = LANES * PIXEL_VECTORS
 """Output positions per quad tile: 4 zmm accumulators of 16 int32 lanes."""
@@ -333,80 +333,93 @@ shift_copy_jit = njit(cache=True)(shift_copy)
 
 
 # -- the epilogue of the convs over the packed input (conv_quad.py, conv_amx.py) --------------------
-def store_chunk_loops(sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, direct, y3,
-                      yw):
-    """One output channel's sums (row j of sums) over a chunk of positions from p0, requantized
-    (channel n's m0n, shift_n; requantize_row): straight into y3[b, n] (the (B, N, OH·OW) view of
-    y) when ``direct`` (pitch = OW: no dropped columns; the first ``count`` sums), else all of
-    them into the wide rows yw[b, n]. A residual is added later, over whole planes
-    (``finish_plane``): with the QAdd's arguments anywhere in the tile loop, that loop compiled
-    0.3 ms slower on a 64×56×56 conv even where the add never ran. Scalars, not the tuple (m0,
-    shift, …): a tuple of arrays unpacked once per tile cost its arrays' reference counts each
-    time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk`` is what the
-    kernels call."""
-    if direct:
-        requantize_row(sums[j, :count], m0n, shift_n, y_zero_point, lo, hi,
-                       y3[b, n, p0:p0 + count])
-    else:
-        requantize_row(sums[j], m0n, shift_n, y_zero_point, lo, hi,
-                       yw[b, n, p0:p0 + sums.shape[1]])
+def store_chunk_loops(sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch):
+    """One output channel's sums (row j of sums) over a chunk of positions p0 .. p0 + L − 1 at the
+    phases' row ``pitch``, requantized (channel n's m0n, shift_n; requantize_one) into y[b, n]
+    ([B, N, OH, OW]): position p is row p // pitch, column p mod pitch, and the columns from OW
+    on, and the rows from OH on, are dropped. A residual is added later, over whole planes
+    (``add_residual_planes``): with the QAdd's arguments anywhere in the tile loop, that loop
+    compiled 0.3 ms slower on a 64×56×56 conv even where the add never ran. Scalars, not the
+    tuple (m0, shift, …): a tuple of arrays unpacked once per tile cost its arrays' reference
+    counts each time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk`` is
+    what the kernels call."""
+    OH, OW = y.shape[2], y.shape[3]
+    for p in range(sums.shape[1]):
+        oh, ow = (p0 + p) // pitch, (p0 + p) % pitch
+        if oh < OH and ow < OW:
+            y[b, n, oh, ow] = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
 
 
 @intrinsic
-def _store_chunk_ir(typingctx, sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi,
-                    direct, y3, yw):
+def _store_chunk_ir(typingctx, sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch):
     """store_chunk_loops in LLVM IR, 16 sums per step: a scalar branch on quant.tie_free, then
-    _requant.requantized_tie_free (or the general ``requantized``) and a masked store of 16 bytes
-    (the bytes past the count are not written). The output row, y3's or yw's, is selected in the
-    IR from (direct, b, n, p0): no array views and no branch in the kernel's loop. sums [rows, L]
-    int32, C-contiguous, L a multiple of 16 (the chunks' 64); y3, yw [B, N, S] 8-bit,
-    C-contiguous.
+    _requant.requantized_tie_free (or the general ``requantized``), and each step's 16 bytes
+    stored into y's rows with masked stores, one per output row the 16 positions touch (a row's
+    dropped columns and the rows past OH masked off). No array views, no branch in the kernel's
+    loop, and no wide-row workspace: the sums go straight to y. sums [rows, L] int32,
+    C-contiguous, L a multiple of 16 (the chunks' 64); y [B, N, OH, OW] 8-bit, C-contiguous.
 
-    Why: a kernel's serial build (the one a one-thread run takes) keeps the reference counts of
-    the arrays handed to an inlined helper inside its loop. Through a helper with a view of each
-    channel's sums and output row, the stores took 0.66 of the AMX stem's 1.0 ms (13 000 calls a
-    run; 0.2–0.3 in the parallel build); called as this intrinsic, the stem's serial build went
-    1.07 → 0.68 ms."""
-    arrays_ok = all(isinstance(a, types.Array) and a.layout == "C" for a in (sums, y3, yw))
-    if not (arrays_ok and sums.dtype == types.int32 and sums.ndim == 2 and y3.ndim == 3
-            and yw.ndim == 3 and y3.dtype == yw.dtype and y3.dtype in (types.uint8, types.int8)):
+    Why IR: a kernel's serial build (the one a one-thread run takes) keeps the reference counts
+    of the arrays handed to an inlined helper inside its loop. Through a helper with a view of
+    each channel's sums and output row, the stores took 0.66 of the AMX stem's 1.0 ms (13 000
+    calls a run; 0.2–0.3 in the parallel build); called as an intrinsic, the stem's serial build
+    went 1.07 → 0.68 ms. Writing y's rows here, where the sums went to wide rows of the phases'
+    pitch and a parallel loop then copied each row's valid columns, saves that copy and, at two
+    threads, its parallel region (docs/kernels.md, "The epilogue")."""
+    if not (isinstance(sums, types.Array) and sums.layout == "C" and sums.dtype == types.int32
+            and sums.ndim == 2 and isinstance(y, types.Array) and y.layout == "C"
+            and y.ndim == 4 and y.dtype in (types.uint8, types.int8)):
         return None
-    sig = types.void(sums, j, count, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, direct, y3, yw)
+    sig = types.void(sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch)
 
     def codegen(context, builder, signature, args):
         i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
         vec, wide = ir.VectorType(i32, LANES), ir.VectorType(i64, LANES)
-        sa, ya, wa = (context.make_array(signature.args[i])(context, builder, args[i])
-                      for i in (0, 12, 13))
-        j_v, count_v, n_v, b_v, p0_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
-            context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 11))
-        direct_v = context.cast(builder, args[11], signature.args[11], types.boolean)
+        sa = context.make_array(signature.args[0])(context, builder, args[0])
+        ya = context.make_array(signature.args[10])(context, builder, args[10])
+        j_v, n_v, b_v, p0_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 10))
+        pitch_v = context.cast(builder, args[11], signature.args[11], types.int64)
         width = cgutils.unpack_tuple(builder, sa.shape)[1]
-
-        def row_of(array):  # &array[b, n, p0]
-            _, n_out, size = cgutils.unpack_tuple(builder, array.shape)
-            at = builder.add(builder.mul(builder.add(builder.mul(b_v, n_out), n_v), size), p0_v)
-            return builder.gep(array.data, [at])
-
-        dst = builder.select(direct_v, row_of(ya), row_of(wa))
-        count_v = builder.select(direct_v, count_v, width)
+        _, n_out, oh_v, ow_v = cgutils.unpack_tuple(builder, ya.shape)
+        plane = builder.gep(ya.data, [builder.mul(builder.add(builder.mul(b_v, n_out), n_v),
+                                                  builder.mul(oh_v, ow_v))])
         src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, width)]), vec.as_pointer())
         store = declare_masked_byte_store(builder)
         narrow = [splat(builder, builder.trunc(v, i32)) for v in (m0_v, shift_v, zp_v, lo_v, hi_v)]
         wide_ops = [splat(builder, v, wide) for v in (m0_v, shift_v, builder.shl(
             i64(1), builder.sub(shift_v, i64(1))), zp_v, lo_v, hi_v)]
 
+        def clamp16(v):  # v limited to 0 .. 16
+            v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
+            return builder.select(builder.icmp_signed(">", v, i64(LANES)), i64(LANES), v)
+
+        def lanes_below(v):  # the i64 mask of lanes 0 .. v − 1, v in 0 .. 16
+            return builder.sub(builder.shl(i64(1), v), i64(1))
+
+        def store_rows(q, bytes_):
+            """The 16 bytes of positions q .. q + 15 into the rows they fall in."""
+            first = builder.sdiv(q, pitch_v)
+            last = builder.sdiv(builder.add(q, i64(LANES - 1)), pitch_v)
+            last = builder.select(builder.icmp_signed(">", last, builder.sub(oh_v, i64(1))),
+                                  builder.sub(oh_v, i64(1)), last)
+            rows = builder.sub(builder.add(last, i64(1)), first)
+            rows = builder.select(builder.icmp_signed("<", rows, i64(0)), i64(0), rows)
+            with cgutils.for_range(builder, rows) as row:
+                r = builder.add(first, row.index)
+                row_start = builder.mul(r, pitch_v)           # position of column 0 of row r
+                begin = clamp16(builder.sub(row_start, q))    # its first lane
+                end = clamp16(builder.sub(builder.add(row_start, ow_v), q))  # past its last
+                mask = builder.and_(lanes_below(end), builder.not_(lanes_below(begin)))
+                # lane l is column q + l − row_start of row r
+                at = builder.sub(builder.add(builder.mul(r, ow_v), q), row_start)
+                builder.call(store, [builder.gep(plane, [at]), bytes_, builder.trunc(mask, i16)])
+
         def each_step(requantize):
             with cgutils.for_range(builder, builder.udiv(width, i64(LANES))) as step:
-                first = builder.mul(step.index, i64(LANES))
-                left = builder.sub(count_v, first)
-                valid = builder.select(builder.icmp_signed("<", left, i64(0)), i64(0),
-                                       builder.select(builder.icmp_signed(">", left, i64(LANES)),
-                                                      i64(LANES), left))
-                mask = builder.trunc(builder.sub(builder.shl(i64(1), valid), i64(1)), i16)
                 s = builder.load(builder.gep(src, [step.index]), align=4)
-                q = builder.trunc(requantize(s), ir.VectorType(i8, LANES))
-                builder.call(store, [builder.gep(dst, [first]), q, mask])
+                q = builder.add(p0_v, builder.mul(step.index, i64(LANES)))
+                store_rows(q, builder.trunc(requantize(s), ir.VectorType(i8, LANES)))
 
         with builder.if_else(tie_free(builder, m0_v, shift_v)) as (short, general):
             with short:
@@ -425,27 +438,13 @@ AVX-512 CPUs (its masked byte stores are AVX-512 BW's), else the loops."""
 
 
 @njit(cache=True, inline="always")
-def finish_plane(y_plane, wide_rows, r_plane, add, pitch, direct):
-    """The epilogue of one output plane (image, channel) after the tiles: unless ``direct``, its
-    OW valid columns of each wide row (at ``pitch``) into y_plane; then the residual r_plane added
-    over the whole plane in one run (row by row, the add's vectorized int64 loop ran 7–56 values
-    at a time: ResNet-18's fused residuals cost 2–3 ns per output)."""
-    OH, OW = y_plane.shape
-    if not direct:
-        for oh in range(OH):
-            row, wide = y_plane[oh], wide_rows[oh * pitch:oh * pitch + OW]
-            for i in range(OW):  # a loop: a slice assignment checks for overlap
-                row[i] = wide[i]
-    add_residual(y_plane.reshape(OH * OW), r_plane.reshape(OH * OW), add)
-
-
-@njit(cache=True, inline="always")
-def finish_planes(y, yw, r, add, pitch, direct):
-    """finish_plane over every (image, channel) plane of y [B,N,OH,OW] (one parallel loop), unless
-    there is nothing to do: no dropped columns (``direct``) and no residual. The quad and AMX
-    convs' last step."""
-    B, N = y.shape[0], y.shape[1]
-    if not direct or has_residual(add):
+def add_residual_planes(y, r, add):
+    """The fused QAdd's residual r added to y [B,N,OH,OW] plane by plane (one parallel loop; none
+    without a residual), over each whole plane in one run (row by row, the add's vectorized int64
+    loop ran 7–56 values at a time: ResNet-18's fused residuals cost 2–3 ns per output). The quad
+    and AMX convs' last step."""
+    B, N, OH, OW = y.shape
+    if has_residual(add):
         for t in prange(B * N):
-            finish_plane(y[t // N, t % N], yw[t // N, t % N], r[t // N, t % N], add, pitch,
-                         direct)
+            add_residual(y[t // N, t % N].reshape(OH * OW), r[t // N, t % N].reshape(OH * OW),
+                         add)

@@ -25,7 +25,8 @@ from numba import njit, prange
 from ._amx import (AMX_ROWS, ONE_TAP, TILE_ROWS, amx_tasks, conv_block, gather_taps, pad_weights,
                    start_rows_jit, task_sums)
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import QUAD_SLACK, finish_planes, pack_group_jit, store_chunk, used_phases
+from ._quads import (QUAD_SLACK, add_residual_planes, pack_group_jit, store_chunk,
+                     used_phases)
 from ._scratch import words_on_lines
 from .elementwise import residual_parts
 
@@ -75,7 +76,7 @@ def pack_gathered_weights(w4):
 
 
 def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero_point, lo, hi,
-                        yw, y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, gathered, residual=None):
+                        y, kh, kw, sh, sw, dh, dw, pt, pl, pitch, gathered, residual=None):
     # W (N, C, kh, kw) int8 packed per tap * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW)
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: the bytes of im2row + matmul_dense_rq_i8, one group only.
@@ -83,22 +84,21 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel groups,
     _quads.pack_group); prange tasks (image, chunk of BROADCAST_PIXELS output positions at the
     phases' pitch, block of output channels): the tile (_amx.conv_block: AMX, VNNI or plain
-    loops) over every tap and every 64 input channels into the block's int32 sums, requantized at
-    once into the wide rows yw; then prange (image, channel): each row's OW valid columns copied
-    into y and, with a residual, added to it.
-    A conv with no dropped columns (pitch = OW) requantizes straight into y. ``gathered`` (at most
-    4 input channels, ``gather_fits``): one group, its last channel repeated up to 4 (the repeats
-    meet zero weights), and each task first copies its chunk's words of every tap into rows of 64
-    words (``_amx.gather_taps``), which the tile reads as the GEMM reads its packed chunk: 16 taps per
-    tile, where a tile over channel groups would use one row of 16.
+    loops) over every tap and every 64 input channels into the block's int32 sums, requantized
+    into y's rows (_quads.store_chunk: the positions in dropped columns are not stored); then,
+    with a residual, prange (image, channel): the residual added to y.
+    ``gathered`` (at most 4 input channels, ``gather_fits``): one group, its last channel
+    repeated up to 4 (the repeats meet zero weights), and each task first copies its chunk's
+    words of every tap into rows of 64 words (``_amx.gather_taps``), which the tile reads as the
+    GEMM reads its packed chunk: 16 taps per tile, where a tile over channel groups would use one
+    row of 16.
     wt — pack_tap_weights(w4), or pack_gathered_weights(w4) when gathered; bias [N] int32 —
     bias'; w_sums [N] int64 — Σ_k q_w[n,k] (int8 x)
     x [B,C,H,W] uint8|int8, C a multiple of 4 (at most 4 when gathered); x_zero_point; xg [B,
     16·⌈C/64⌉·S + QUAD_SLACK] int32 — the packed input's workspace, S ≥ sh·sw·Hq·pitch words per 4
     channels (as conv2d_quad_rq_i8's, with room for whole blocks of 16 groups: the groups past C/4
     meet zero weights and are never written); gathered, [B, S + QUAD_SLACK]
-    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
-    wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch ≥ OW + (kw−1)·dw // sw; residual — None, or a QAdd
     fused into the epilogue (elementwise.residual_parts).
     Preconditions: K·max|q_w·q_x| + max|bias'| < 2^31 (the sums wrap modulo 2^32 otherwise).
@@ -126,12 +126,9 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     positions = (OH - 1) * pitch + OW
     chunks = (positions + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
     groups, per = amx_tasks(n_pad, B * chunks)
-    direct = pitch == OW  # no dropped columns: the chunks are runs of y
-    y3 = y.reshape((B, N, OH * OW))
     for t in prange(B * chunks * groups):
         b, rest = t // (chunks * groups), t % (chunks * groups)
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
-        count = min(BROADCAST_PIXELS, positions - p0)
         n_begin, sums = task_sums(g, per, n_pad)
         if gathered:
             xt = words_on_lines(blocks * TILE_ROWS * BROADCAST_PIXELS)
@@ -140,9 +137,9 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         else:
             conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
-            store_chunk(sums, n - n_begin, count, n, b, p0, m0[n], shift[n], y_zero_point, lo,
-                        hi, direct, y3, yw)
-    finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
+            store_chunk(sums, n - n_begin, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, y,
+                        pitch)
+    add_residual_planes(y, r, add)
 
 
 conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)

@@ -23,14 +23,14 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, finish_planes, pack_group_jit, quad_tile,
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, add_residual_planes, pack_group_jit, quad_tile,
                      shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines
 from .elementwise import residual_parts
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
-                       y_zero_point, lo, hi, yw, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
+                       y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
                        pitch, copies, residual=None):
     # W (N, C/g·kh·kw) quads of int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) 8-bit
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
@@ -40,9 +40,8 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     groups, _quads.pack_group), and its shifted copies when the layout has them
     (_quads.quad_layout); prange tasks (image, chunk of QUAD_PIXELS output positions at the
     phases' pitch, block of output channels): per channel, the quad tile over its quads into 64
-    int32 sums, requantized at once into the wide rows yw; then prange (image, channel): each
-    row's OW valid columns copied into y and, with a residual, added to it. A conv with no dropped
-    columns (pitch = OW) requantizes straight into y.
+    int32 sums, requantized into y's rows (_quads.store_chunk: the positions in dropped columns
+    are not stored); then, with a residual, prange (image, channel): the residual added to y.
     qptr [N+1] int64 — each output channel's first quad; offsets [nq] int64 — where each quad's
     words start in its group's part of xg (``_quads.quad_offsets``, by the plan once per input
     shape); words [nq] int32 — its 4 weights, byte b the weight on input channel 4·c4 + b
@@ -50,8 +49,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     x [B,C,H,W] uint8|int8; x_zero_point; xg [B, copies·(C/4·S + QUAD_SLACK)] int32 — the packed
     input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (Hq = OH + (kh−1)·dh // sh rows of
     the phases of conv2d_csr_i8, each of pitch ≥ OW + (kw−1)·dw // sw words)
-    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; yw [B, N, ⌈P/64⌉·64] y.dtype — the
-    wide rows' workspace (unused when pitch = OW); y [B,N,OH,OW] uint8|int8 — out
+    m0, shift, y_zero_point, lo, hi — as requantize_dense_i8's; y [B,N,OH,OW] uint8|int8 — out
     geometry ints as conv2d_csr_i8's; pitch, copies — the layout of xg (_quads.quad_layout: the
     offsets must be quad_offsets' for it); residual — None, or a QAdd fused into the epilogue
     (elementwise.residual_parts).
@@ -81,20 +79,16 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
     blocks, per = channel_groups(N, B * chunks)  # tasks: (image, chunk, block of channels)
     group_words = C4 // groups * stride
-    direct = pitch == OW  # no dropped columns (a 1×1 stride-2 conv): the chunks are runs of y
-    y3 = y.reshape((B, N, OH * OW))  # once: 40 ns a reshape
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
         p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
-        count = min(QUAD_PIXELS, positions - p0)
         sums = words_on_lines(QUAD_PIXELS).reshape((1, QUAD_PIXELS))
         row, xb = sums[0], xg[b]  # views made once per task, not per channel
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(row, xb, offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, 0, count, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, direct,
-                        y3, yw)
-    finish_planes(y, yw, r, add, pitch, direct)  # the valid columns of the wide rows, residual
+            store_chunk(sums, 0, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, y, pitch)
+    add_residual_planes(y, r, add)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)

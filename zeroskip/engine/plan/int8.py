@@ -457,7 +457,7 @@ class QuadConv(ConvAccumulator):
                        f"4-byte dot products (vpdpbusd), Q31 requantization in the epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
-        from ...kernels._quads import QUAD_PIXELS, aligned_pays, quad_layout, quad_offsets
+        from ...kernels._quads import aligned_pays, quad_layout, quad_offsets
 
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
@@ -468,11 +468,8 @@ class QuadConv(ConvAccumulator):
         offsets = quad_offsets(qcols, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
                                g["dw"], stride, copies, copy_words)
         xg = aligned_empty((shape[0], copies * copy_words), np.int32)
-        positions = (g["oh"] - 1) * pitch + g["ow"]
-        yw = aligned_empty((shape[0], self.n_out, -(-positions // QUAD_PIXELS) * QUAD_PIXELS)
-                           if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (qptr, offsets, words, q["bias"], self.w_sums)
-        mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
+        mid = (q["x_zp"], xg) + requantize_args(q)
         tail = geo + (self.group, pitch, copies)
         return whole_image_call(self.quad_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 tail)
@@ -571,7 +568,6 @@ class PackedDenseConv(ConvAccumulator):
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._amx import TILE_ROWS
-        from ...kernels._broadcast import BROADCAST_PIXELS
         from ...kernels._quads import quad_layout
 
         if self.lanes:
@@ -583,11 +579,8 @@ class PackedDenseConv(ConvAccumulator):
         groups = 1 if self.gathered else self.tiles.shape[1] * TILE_ROWS
         _, pitch, _, _, copy_words = quad_layout(*shape8, groups, False)
         xg = aligned_empty((shape[0], copy_words), np.int32)
-        positions = (g["oh"] - 1) * pitch + g["ow"]
-        yw = aligned_empty((shape[0], self.n_out, -(-positions // BROADCAST_PIXELS)
-                            * BROADCAST_PIXELS) if pitch != g["ow"] else (1, 1, 1), y_dtype)
         head = (self.tiles, q["bias"], self.w_sums)
-        mid = (q["x_zp"], xg) + requantize_args(q) + (yw,)
+        mid = (q["x_zp"], xg) + requantize_args(q)
         return whole_image_call(self.dense_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),
                                 geo + (pitch, self.gathered))
 

@@ -109,12 +109,12 @@ def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xq, m0, shift, y_
 
 
 def _work_conv_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
-                          hi, yw, y, *_):
+                          hi, y, *_):
     # each quad costs one vpdpbusd per 16 positions, about as much as a direct conv's nonzero
     return _conv_work(words.shape[0] / y.shape[1], y)
 
 
-def _work_conv_dense_rq_i8(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, yw, y, *_):
+def _work_conv_dense_rq_i8(wt, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo, hi, y, *_):
     # the VNNI tile: each tap's 4 channels cost one vpdpbusd per 16 positions, as a quad does; one
     # tdpbsud does 16·16·64 products at about the cost of 16 vpdpbusd, so AMX's cost a 64th (an
     # estimate from the tiles' speeds, not a timed threshold)
