@@ -246,12 +246,13 @@ def _run_tile(tile, sums, xg, offsets, words, start):
     runner(sums, xg, offsets, words, start)
 
 
+@pytest.mark.parametrize("form", ["compiled", "loops"])
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),
                                            (1, 70, 1), (30, 3, 28)])
-def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type):
+def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form):
     """The convs' epilogue as the kernels call it (_quads.store_chunk: the IR form on AVX-512
-    CPUs) against requantize_one position by position: channels with a power-of-two multiplier
+    CPUs; and its plain loops, as Python) against requantize_one position by position: channels with a power-of-two multiplier
     (rounding ties of both signs: the general form) and tie-free ones (the short form), extreme
     sums; chunks that start anywhere in a row, span one to 16 rows per 16 positions (pitch 1 to
     58), and run past the last row; only row p // pitch, column p mod pitch < OW of channel n of
@@ -265,8 +266,17 @@ def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type):
     sums[1] = np.arange(-32, 32) * 2 ** 19   # exact halves of 2^20: ties under m0 = 2^30, r = 51
     m0 = np.array([2 ** 30, 2 ** 30, 1_518_500_250, 2 ** 31 - 1, 1_073_741_825], np.int32)
     shift = np.array([40, 51, 45, 60, 33], np.int32)
-    store = numba.njit(lambda sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch:
-                       _quads.store_chunk(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch))
+    @numba.njit
+    def store(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch):
+        first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
+        _quads.store_chunk(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch)
+
+    if form == "loops":
+        def store(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch):  # noqa: F811
+            first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
+            _quads.store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y,
+                                     pitch)
+
     last = (OH - 1) * pitch + OW  # positions of the plane; chunks start at multiples of 64
     for n in range(N):
         for b, p0 in ((0, 0), (1, 64 * ((last - 1) // 64)), (1, 64 * (last // 128))):

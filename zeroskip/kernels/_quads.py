@@ -333,31 +333,42 @@ shift_copy_jit = njit(cache=True)(shift_copy)
 
 
 # -- the epilogue of the convs over the packed input (conv_quad.py, conv_amx.py) --------------------
-def store_chunk_loops(sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch):
+@njit(cache=True, inline="always")
+def chunk_rows(p0, width, pitch, OH):
+    """(first row, rows) of the output that positions p0 .. p0 + width − 1 at ``pitch`` touch,
+    rows past OH left out: computed once per task, so that the epilogue divides by nothing."""
+    first = p0 // pitch
+    return first, max(0, min(OH, (p0 + width - 1) // pitch + 1) - first)
+
+
+def store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi, y,
+                      pitch):
     """One output channel's sums (row j of sums) over a chunk of positions p0 .. p0 + L − 1 at the
     phases' row ``pitch``, requantized (channel n's m0n, shift_n; requantize_one) into y[b, n]
     ([B, N, OH, OW]): position p is row p // pitch, column p mod pitch, and the columns from OW
-    on, and the rows from OH on, are dropped. A residual is added later, over whole planes
-    (``add_residual_planes``): with the QAdd's arguments anywhere in the tile loop, that loop
-    compiled 0.3 ms slower on a 64×56×56 conv even where the add never ran. Scalars, not the
-    tuple (m0, shift, …): a tuple of arrays unpacked once per tile cost its arrays' reference
-    counts each time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk`` is
-    what the kernels call."""
-    OH, OW = y.shape[2], y.shape[3]
-    for p in range(sums.shape[1]):
-        oh, ow = (p0 + p) // pitch, (p0 + p) % pitch
-        if oh < OH and ow < OW:
-            y[b, n, oh, ow] = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
+    on, and the rows from OH on, are dropped. (first, rows): ``chunk_rows``. A residual is added
+    later, over whole planes (``add_residual_planes``): with the QAdd's arguments anywhere in the
+    tile loop, that loop compiled 0.3 ms slower on a 64×56×56 conv even where the add never ran.
+    Scalars, not the tuple (m0, shift, …): a tuple of arrays unpacked once per tile cost its
+    arrays' reference counts each time (25–30 ns a call). The plain loops, the one to read
+    first; ``store_chunk`` is what the kernels call."""
+    OW = y.shape[3]
+    for r in range(first, first + rows):
+        for ow in range(OW):
+            p = r * pitch + ow - p0
+            if 0 <= p < sums.shape[1]:
+                y[b, n, r, ow] = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
 
 
 @intrinsic
-def _store_chunk_ir(typingctx, sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch):
-    """store_chunk_loops in LLVM IR, 16 sums per step: a scalar branch on quant.tie_free, then
-    _requant.requantized_tie_free (or the general ``requantized``), and each step's 16 bytes
-    stored into y's rows with masked stores, one per output row the 16 positions touch (a row's
-    dropped columns and the rows past OH masked off). No array views, no branch in the kernel's
-    loop, and no wide-row workspace: the sums go straight to y. sums [rows, L] int32,
-    C-contiguous, L a multiple of 16 (the chunks' 64); y [B, N, OH, OW] 8-bit, C-contiguous.
+def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi,
+                    y, pitch):
+    """store_chunk_loops in LLVM IR for chunks of 64 sums: a scalar branch on quant.tie_free, then
+    _requant.requantized_tie_free (or the general ``requantized``) on the 4 vectors of 16, and for
+    each output row the chunk touches, 4 masked stores of 16 bytes (lane l of vector v is
+    position p0 + 16v + l; the lanes outside the row's OW columns are masked off). No array
+    views, no branch in the kernel's loop, no division, and no wide-row workspace: the sums go
+    straight to y. sums [rows, 64] int32, C-contiguous; y [B, N, OH, OW] 8-bit, C-contiguous.
 
     Why IR: a kernel's serial build (the one a one-thread run takes) keeps the reference counts
     of the arrays handed to an inlined helper inside its loop. Through a helper with a view of
@@ -370,25 +381,38 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo
             and sums.ndim == 2 and isinstance(y, types.Array) and y.layout == "C"
             and y.ndim == 4 and y.dtype in (types.uint8, types.int8)):
         return None
-    sig = types.void(sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo, hi, y, pitch)
+    sig = types.void(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi, y, pitch)
 
     def codegen(context, builder, signature, args):
         i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        vec, wide = ir.VectorType(i32, LANES), ir.VectorType(i64, LANES)
+        vec, wide, out = (ir.VectorType(i32, LANES), ir.VectorType(i64, LANES),
+                          ir.VectorType(i8, LANES))
         sa = context.make_array(signature.args[0])(context, builder, args[0])
-        ya = context.make_array(signature.args[10])(context, builder, args[10])
-        j_v, n_v, b_v, p0_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
-            context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 10))
-        pitch_v = context.cast(builder, args[11], signature.args[11], types.int64)
-        width = cgutils.unpack_tuple(builder, sa.shape)[1]
+        ya = context.make_array(signature.args[12])(context, builder, args[12])
+        j_v, n_v, b_v, p0_v, first_v, rows_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 12))
+        pitch_v = context.cast(builder, args[13], signature.args[13], types.int64)
         _, n_out, oh_v, ow_v = cgutils.unpack_tuple(builder, ya.shape)
         plane = builder.gep(ya.data, [builder.mul(builder.add(builder.mul(b_v, n_out), n_v),
                                                   builder.mul(oh_v, ow_v))])
-        src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, width)]), vec.as_pointer())
+        src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, i64(QUAD_PIXELS))]),
+                              vec.as_pointer())
         store = declare_masked_byte_store(builder)
         narrow = [splat(builder, builder.trunc(v, i32)) for v in (m0_v, shift_v, zp_v, lo_v, hi_v)]
         wide_ops = [splat(builder, v, wide) for v in (m0_v, shift_v, builder.shl(
             i64(1), builder.sub(shift_v, i64(1))), zp_v, lo_v, hi_v)]
+        kept = [cgutils.alloca_once(builder, out) for _ in range(PIXEL_VECTORS)]
+
+        def requantize_all(requantize):
+            for v in range(PIXEL_VECTORS):
+                s = builder.load(builder.gep(src, [i64(v)]), align=4)
+                builder.store(builder.trunc(requantize(s), out), kept[v])
+
+        with builder.if_else(tie_free(builder, m0_v, shift_v)) as (short, general):
+            with short:
+                requantize_all(lambda s: requantized_tie_free(builder, s, *narrow))
+            with general:
+                requantize_all(lambda s: requantized(builder, s, *wide_ops))
 
         def clamp16(v):  # v limited to 0 .. 16
             v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
@@ -397,35 +421,16 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, m0n, shift_n, y_zero_point, lo
         def lanes_below(v):  # the i64 mask of lanes 0 .. v − 1, v in 0 .. 16
             return builder.sub(builder.shl(i64(1), v), i64(1))
 
-        def store_rows(q, bytes_):
-            """The 16 bytes of positions q .. q + 15 into the rows they fall in."""
-            first = builder.sdiv(q, pitch_v)
-            last = builder.sdiv(builder.add(q, i64(LANES - 1)), pitch_v)
-            last = builder.select(builder.icmp_signed(">", last, builder.sub(oh_v, i64(1))),
-                                  builder.sub(oh_v, i64(1)), last)
-            rows = builder.sub(builder.add(last, i64(1)), first)
-            rows = builder.select(builder.icmp_signed("<", rows, i64(0)), i64(0), rows)
-            with cgutils.for_range(builder, rows) as row:
-                r = builder.add(first, row.index)
-                row_start = builder.mul(r, pitch_v)           # position of column 0 of row r
-                begin = clamp16(builder.sub(row_start, q))    # its first lane
-                end = clamp16(builder.sub(builder.add(row_start, ow_v), q))  # past its last
-                mask = builder.and_(lanes_below(end), builder.not_(lanes_below(begin)))
-                # lane l is column q + l − row_start of row r
-                at = builder.sub(builder.add(builder.mul(r, ow_v), q), row_start)
-                builder.call(store, [builder.gep(plane, [at]), bytes_, builder.trunc(mask, i16)])
-
-        def each_step(requantize):
-            with cgutils.for_range(builder, builder.udiv(width, i64(LANES))) as step:
-                s = builder.load(builder.gep(src, [step.index]), align=4)
-                q = builder.add(p0_v, builder.mul(step.index, i64(LANES)))
-                store_rows(q, builder.trunc(requantize(s), ir.VectorType(i8, LANES)))
-
-        with builder.if_else(tie_free(builder, m0_v, shift_v)) as (short, general):
-            with short:
-                each_step(lambda s: requantized_tie_free(builder, s, *narrow))
-            with general:
-                each_step(lambda s: requantized(builder, s, *wide_ops))
+        with cgutils.for_range(builder, rows_v) as row:
+            r = builder.add(first_v, row.index)
+            begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
+            for v in range(PIXEL_VECTORS):
+                lane0 = builder.sub(begin, i64(LANES * v))       # ... in vector v's lanes
+                mask = builder.and_(lanes_below(clamp16(builder.add(lane0, ow_v))),
+                                    builder.not_(lanes_below(clamp16(lane0))))
+                at = builder.sub(builder.mul(r, ow_v), lane0)    # where vector v's lane 0 goes
+                builder.call(store, [builder.gep(plane, [at]), builder.load(kept[v]),
+                                     builder.trunc(mask, i16)])
         return context.get_dummy_value()
 
     return sig, codegen

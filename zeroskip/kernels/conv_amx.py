@@ -25,7 +25,7 @@ from numba import njit, prange
 from ._amx import (AMX_ROWS, ONE_TAP, TILE_ROWS, amx_tasks, conv_block, gather_taps, pad_weights,
                    start_rows_jit, task_sums)
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import (QUAD_SLACK, add_residual_planes, pack_group_jit, store_chunk,
+from ._quads import (QUAD_SLACK, add_residual_planes, chunk_rows, pack_group_jit, store_chunk,
                      used_phases)
 from ._scratch import words_on_lines
 from .elementwise import residual_parts
@@ -129,6 +129,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     for t in prange(B * chunks * groups):
         b, rest = t // (chunks * groups), t % (chunks * groups)
         p0, g = rest // groups * BROADCAST_PIXELS, rest % groups
+        first, rows = chunk_rows(p0, BROADCAST_PIXELS, pitch, OH)  # the output rows it touches
         n_begin, sums = task_sums(g, per, n_pad)
         if gathered:
             xt = words_on_lines(blocks * TILE_ROWS * BROADCAST_PIXELS)
@@ -137,8 +138,8 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         else:
             conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
-            store_chunk(sums, n - n_begin, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, y,
-                        pitch)
+            store_chunk(sums, n - n_begin, n, b, p0, first, rows, m0[n], shift[n], y_zero_point,
+                        lo, hi, y, pitch)
     add_residual_planes(y, r, add)
 
 

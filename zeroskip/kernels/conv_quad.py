@@ -23,8 +23,8 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, add_residual_planes, pack_group_jit, quad_tile,
-                     shift_copy_jit, store_chunk, used_phases)
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, add_residual_planes, chunk_rows, pack_group_jit,
+                     quad_tile, shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines
 from .elementwise import residual_parts
 
@@ -82,12 +82,14 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     for t in prange(B * chunks * blocks):
         b, rest = t // (chunks * blocks), t % (chunks * blocks)
         p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
+        first, rows = chunk_rows(p0, QUAD_PIXELS, pitch, OH)  # the output rows it touches
         sums = words_on_lines(QUAD_PIXELS).reshape((1, QUAD_PIXELS))
         row, xb = sums[0], xg[b]  # views made once per task, not per channel
         for n in range(block * per, min(N, (block + 1) * per)):
             base = n // (N // groups) * group_words
             quad_tile(row, xb, offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, 0, n, b, p0, m0[n], shift[n], y_zero_point, lo, hi, y, pitch)
+            store_chunk(sums, 0, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo, hi,
+                        y, pitch)
     add_residual_planes(y, r, add)
 
 
