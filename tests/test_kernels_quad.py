@@ -246,17 +246,48 @@ def _run_tile(tile, sums, xg, offsets, words, start):
     runner(sums, xg, offsets, words, start)
 
 
-@pytest.mark.parametrize("form", ["compiled", "loops"])
+def _store_forms():
+    """The epilogue's forms, each as f(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch,
+    residual): the kernels' (_quads.store_chunk, the IR form on AVX-512 CPUs), the plain loops
+    compiled (what CPUs without AVX-512 run) and as Python (NUMBA_DISABLE_JIT)."""
+    def as_python(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch, residual):
+        first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
+        _quads.store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y,
+                                 pitch, residual)
+
+    loops = numba.njit(_quads.store_chunk_loops)
+
+    @numba.njit
+    def compiled(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch, residual):
+        first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
+        _quads.store_chunk(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch,
+                           residual)
+
+    @numba.njit
+    def compiled_loops(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch, residual):
+        first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
+        loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch, residual)
+
+    return {"compiled": compiled, "compiled loops": compiled_loops, "python": as_python}
+
+
+STORE_FORMS = _store_forms()
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("form", sorted(STORE_FORMS))
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),
                                            (1, 70, 1), (30, 3, 28)])
-def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form):
-    """The convs' epilogue as the kernels call it (_quads.store_chunk: the IR form on AVX-512
-    CPUs; and its plain loops, as Python) against requantize_one position by position: channels with a power-of-two multiplier
-    (rounding ties of both signs: the general form) and tie-free ones (the short form), extreme
-    sums; chunks that start anywhere in a row, span one to 16 rows per 16 positions (pitch 1 to
-    58), and run past the last row; only row p // pitch, column p mod pitch < OW of channel n of
-    image b is written."""
+def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form, residual):
+    """The convs' epilogue (each form, ``_store_forms``) against requantize_one position by
+    position: channels with a power-of-two multiplier (rounding ties of both signs: the general
+    form) and tie-free ones (the short form), extreme sums; chunks that start anywhere in a row,
+    span one to 16 rows per 16 positions (pitch 1 to 58), and run past the last row; only row
+    p // pitch, column p mod pitch < OW of channel n of image b is written. With a residual (of
+    the other 8-bit type than y, extreme values, a shift that ties), each value is then
+    qadd_value's sum with the residual's."""
+    from zeroskip.kernels.elementwise import qadd_value
     from zeroskip.kernels.quant import requantize_one
 
     rng = np.random.default_rng(7)
@@ -266,25 +297,22 @@ def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form):
     sums[1] = np.arange(-32, 32) * 2 ** 19   # exact halves of 2^20: ties under m0 = 2^30, r = 51
     m0 = np.array([2 ** 30, 2 ** 30, 1_518_500_250, 2 ** 31 - 1, 1_073_741_825], np.int32)
     shift = np.array([40, 51, 45, 60, 33], np.int32)
-    @numba.njit
-    def store(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch):
-        first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
-        _quads.store_chunk(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch)
-
-    if form == "loops":
-        def store(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch):  # noqa: F811
-            first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
-            _quads.store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y,
-                                     pitch)
-
+    r_type = np.int8 if y_type == np.uint8 else np.uint8
+    r = extreme_values(rng, (B, N, OH, OW), *((-128, 127) if r_type == np.int8 else (0, 255)))
+    r = r.astype(r_type)
+    params = (5, -7, 1 << 20, 3 << 20, 21, 2, lo + 1, hi - 2)  # ties wherever d_a + 3·d_b is odd
+    extra = (r,) + params if residual else None
+    store = STORE_FORMS[form]
     last = (OH - 1) * pitch + OW  # positions of the plane; chunks start at multiples of 64
     for n in range(N):
         for b, p0 in ((0, 0), (1, 64 * ((last - 1) // 64)), (1, 64 * (last // 128))):
             y = np.full((B, N, OH, OW), 77, y_type)
-            store(sums, n, n, b, p0, m0[n], shift[n], 3, lo, hi, y, pitch)
+            store(sums, n, n, b, p0, m0[n], shift[n], 3, lo, hi, y, pitch, extra)
             want = np.full((B, N, OH, OW), 77, y_type)
             for p in range(L):
                 oh, ow = divmod(p0 + p, pitch)
                 if oh < OH and ow < OW:
-                    want[b, n, oh, ow] = requantize_one(sums[n, p], m0[n], shift[n], 3, lo, hi)
+                    q = requantize_one(sums[n, p], m0[n], shift[n], 3, lo, hi)
+                    want[b, n, oh, ow] = qadd_value(q, r[b, n, oh, ow], *params) if residual \
+                        else q
             assert_exact(y, want, n=n, b=b, p0=p0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import config, njit, prange, types
+from numba import config, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -31,7 +31,7 @@ from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
 from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
                        tie_free)
-from .elementwise import add_residual, has_residual
+from .elementwise import qadd_value
 from .quant import requantize_one
 
 QUAD_PIXELS = LANES * PIXEL_VECTORS
@@ -342,46 +342,82 @@ def chunk_rows(p0, width, pitch, OH):
 
 
 def store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi, y,
-                      pitch):
+                      pitch, residual=None):
     """One output channel's sums (row j of sums) over a chunk of positions p0 .. p0 + L − 1 at the
     phases' row ``pitch``, requantized (channel n's m0n, shift_n; requantize_one) into y[b, n]
     ([B, N, OH, OW]): position p is row p // pitch, column p mod pitch, and the columns from OW
-    on, and the rows from OH on, are dropped. (first, rows): ``chunk_rows``. A residual is added
-    later, over whole planes (``add_residual_planes``): with the QAdd's arguments anywhere in the
-    tile loop, that loop compiled 0.3 ms slower on a 64×56×56 conv even where the add never ran.
-    Scalars, not the tuple (m0, shift, …): a tuple of arrays unpacked once per tile cost its
-    arrays' reference counts each time (25–30 ns a call). The plain loops, the one to read
-    first; ``store_chunk`` is what the kernels call."""
+    on, and the rows from OH on, are dropped. (first, rows): ``chunk_rows``. With a residual
+    (elementwise.residual_parts' tuple: r, of y's shape, and the QAdd's parameters), each value
+    is then added to r's as the QAdd would add them (elementwise.qadd_value). Scalars, not the
+    tuple (m0, shift, …): a tuple of arrays unpacked once per tile cost its arrays' reference
+    counts each time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk``
+    is what the kernels call."""
     OW = y.shape[3]
     for r in range(first, first + rows):
         for ow in range(OW):
             p = r * pitch + ow - p0
             if 0 <= p < sums.shape[1]:
-                y[b, n, r, ow] = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
+                q = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
+                if residual is None:
+                    y[b, n, r, ow] = q
+                else:
+                    y[b, n, r, ow] = qadd_value(q, residual[0][b, n, r, ow], residual[1],
+                                                residual[2], residual[3], residual[4],
+                                                residual[5], residual[6], residual[7],
+                                                residual[8])
+
+
+def _no_residual(residual) -> bool:
+    return residual is None or isinstance(residual, (types.NoneType, types.Omitted))
+
+
+def _qadd_ir(builder, qa, qb, params):
+    """LLVM IR: elementwise.qadd_value on vectors of 16 int32 lanes qa (the conv's requantized
+    values) and qb (the residual's), in 64-bit lanes: clamp(y_zp + round_half_away(((qa − a_zp)·A
+    + (qb − b_zp)·B) / 2^R), lo, hi), as int32. params: the 8 int64 scalars of residual_parts'
+    tuple after r (a_zp, b_zp, A, B, R, y_zp, lo, hi)."""
+    wide = ir.VectorType(ir.IntType(64), LANES)
+    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = (splat(builder, v, wide) for v in params)
+    p = builder.add(builder.mul(builder.sub(builder.sext(qa, wide), a_zp), a_mult),
+                    builder.mul(builder.sub(builder.sext(qb, wide), b_zp), b_mult))
+    nudge = builder.shl(splat(builder, ir.IntType(64)(1), wide),
+                        builder.sub(shift, splat(builder, ir.IntType(64)(1), wide)))
+    negative = builder.zext(builder.icmp_signed("<", p, ir.Constant(wide, [0] * LANES)), wide)
+    t = builder.add(builder.ashr(builder.sub(builder.add(p, nudge), negative), shift), y_zp)
+    t = builder.select(builder.icmp_signed("<", t, lo), lo, t)
+    t = builder.select(builder.icmp_signed(">", t, hi), hi, t)
+    return builder.trunc(t, qa.type)
 
 
 @intrinsic
 def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi,
-                    y, pitch):
+                    y, pitch, residual):
     """store_chunk_loops in LLVM IR for chunks of 64 sums: a scalar branch on quant.tie_free, then
     _requant.requantized_tie_free (or the general ``requantized``) on the 4 vectors of 16, and for
     each output row the chunk touches, 4 masked stores of 16 bytes (lane l of vector v is
-    position p0 + 16v + l; the lanes outside the row's OW columns are masked off). No array
-    views, no branch in the kernel's loop, no division, and no wide-row workspace: the sums go
-    straight to y. sums [rows, 64] int32, C-contiguous; y [B, N, OH, OW] 8-bit, C-contiguous.
+    position p0 + 16v + l; the lanes outside the row's OW columns are masked off). With a
+    residual, each stored vector first loads the residual's bytes at the same lanes (a masked
+    load) and adds them as the QAdd (``_qadd_ir``). No array views, no branch in the kernel's
+    loop, no division, no wide-row workspace and no pass over y afterwards: the sums go straight
+    to y. sums [rows, 64] int32, C-contiguous; y [B, N, OH, OW] 8-bit, C-contiguous; residual
+    None or residual_parts' tuple, r C-contiguous of y's shape.
 
     Why IR: a kernel's serial build (the one a one-thread run takes) keeps the reference counts
     of the arrays handed to an inlined helper inside its loop. Through a helper with a view of
     each channel's sums and output row, the stores took 0.66 of the AMX stem's 1.0 ms (13 000
     calls a run; 0.2–0.3 in the parallel build); called as an intrinsic, the stem's serial build
     went 1.07 → 0.68 ms. Writing y's rows here, where the sums went to wide rows of the phases'
-    pitch and a parallel loop then copied each row's valid columns, saves that copy and, at two
-    threads, its parallel region (docs/kernels.md, "The epilogue")."""
-    if not (isinstance(sums, types.Array) and sums.layout == "C" and sums.dtype == types.int32
-            and sums.ndim == 2 and isinstance(y, types.Array) and y.layout == "C"
-            and y.ndim == 4 and y.dtype in (types.uint8, types.int8)):
+    pitch and a parallel loop then copied each row's valid columns and added the residual, saves
+    that pass and, at two threads, its parallel region (docs/kernels.md, "The epilogue")."""
+    plain = _no_residual(residual)
+    arrays = [sums, y] + ([] if plain else [residual[0]])
+    if not (all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+            and sums.dtype == types.int32 and sums.ndim == 2 and y.ndim == 4
+            and all(a.dtype in (types.uint8, types.int8) for a in arrays[1:])
+            and (plain or (residual[0].ndim == 4 and len(residual) == 9))):
         return None
-    sig = types.void(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi, y, pitch)
+    sig = types.void(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi, y, pitch,
+                     residual)
 
     def codegen(context, builder, signature, args):
         i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -393,8 +429,20 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             context.cast(builder, args[i], signature.args[i], types.int64) for i in range(1, 12))
         pitch_v = context.cast(builder, args[13], signature.args[13], types.int64)
         _, n_out, oh_v, ow_v = cgutils.unpack_tuple(builder, ya.shape)
-        plane = builder.gep(ya.data, [builder.mul(builder.add(builder.mul(b_v, n_out), n_v),
-                                                  builder.mul(oh_v, ow_v))])
+        plane_start = builder.mul(builder.add(builder.mul(b_v, n_out), n_v),
+                                  builder.mul(oh_v, ow_v))
+        plane = builder.gep(ya.data, [plane_start])
+        if not plain:
+            rt = signature.args[14]
+            ra = context.make_array(rt[0])(context, builder, builder.extract_value(args[14], 0))
+            r_plane = builder.gep(ra.data, [plane_start])
+            params = [context.cast(builder, builder.extract_value(args[14], i), rt[i],
+                                   types.int64) for i in range(1, 9)]
+            r_signed = rt[0].dtype == types.int8
+            load = builder.module.declare_intrinsic(
+                "llvm.x86.avx512.mask.loadu.b.128", fnty=ir.FunctionType(out, [
+                    i8.as_pointer(), out, i16]))
+        y_signed = signature.args[12].dtype == types.int8
         src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, i64(QUAD_PIXELS))]),
                               vec.as_pointer())
         store = declare_masked_byte_store(builder)
@@ -421,16 +469,28 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         def lanes_below(v):  # the i64 mask of lanes 0 .. v − 1, v in 0 .. 16
             return builder.sub(builder.shl(i64(1), v), i64(1))
 
+        def widened(bytes_, signed):
+            return (builder.sext if signed else builder.zext)(bytes_, vec)
+
         with cgutils.for_range(builder, rows_v) as row:
             r = builder.add(first_v, row.index)
             begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
             for v in range(PIXEL_VECTORS):
                 lane0 = builder.sub(begin, i64(LANES * v))       # ... in vector v's lanes
-                mask = builder.and_(lanes_below(clamp16(builder.add(lane0, ow_v))),
-                                    builder.not_(lanes_below(clamp16(lane0))))
+                mask = builder.trunc(builder.and_(
+                    lanes_below(clamp16(builder.add(lane0, ow_v))),
+                    builder.not_(lanes_below(clamp16(lane0)))), i16)
                 at = builder.sub(builder.mul(r, ow_v), lane0)    # where vector v's lane 0 goes
-                builder.call(store, [builder.gep(plane, [at]), builder.load(kept[v]),
-                                     builder.trunc(mask, i16)])
+                if plain:
+                    builder.call(store, [builder.gep(plane, [at]), builder.load(kept[v]), mask])
+                    continue
+                with builder.if_then(builder.icmp_unsigned("!=", mask, i16(0))):
+                    rb = builder.call(load, [builder.gep(r_plane, [at]),
+                                             ir.Constant(out, [0] * LANES), mask])
+                    total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
+                                     widened(rb, r_signed), params)
+                    builder.call(store, [builder.gep(plane, [at]), builder.trunc(total, out),
+                                         mask])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -439,17 +499,4 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
 store_chunk = (_store_chunk_ir if HAS_AVX512_VNNI and not config.DISABLE_JIT
                else njit(cache=True)(store_chunk_loops))
 """The epilogue of the quad and AMX convs' tiles (store_chunk_loops' bytes): the IR form on
-AVX-512 CPUs (its masked byte stores are AVX-512 BW's), else the loops."""
-
-
-@njit(cache=True, inline="always")
-def add_residual_planes(y, r, add):
-    """The fused QAdd's residual r added to y [B,N,OH,OW] plane by plane (one parallel loop; none
-    without a residual), over each whole plane in one run (row by row, the add's vectorized int64
-    loop ran 7–56 values at a time: ResNet-18's fused residuals cost 2–3 ns per output). The quad
-    and AMX convs' last step."""
-    B, N, OH, OW = y.shape
-    if has_residual(add):
-        for t in prange(B * N):
-            add_residual(y[t // N, t % N].reshape(OH * OW), r[t // N, t % N].reshape(OH * OW),
-                         add)
+AVX-512 CPUs (its masked byte loads and stores are AVX-512 BW's), else the loops."""

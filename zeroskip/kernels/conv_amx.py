@@ -25,10 +25,9 @@ from numba import njit, prange
 from ._amx import (AMX_ROWS, ONE_TAP, TILE_ROWS, amx_tasks, conv_block, gather_taps, pad_weights,
                    start_rows_jit, task_sums)
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import (QUAD_SLACK, add_residual_planes, chunk_rows, pack_group_jit, store_chunk,
+from ._quads import (QUAD_SLACK, chunk_rows, pack_group_jit, store_chunk,
                      used_phases)
 from ._scratch import words_on_lines
-from .elementwise import residual_parts
 
 
 def pack_tap_weights(w4):
@@ -85,8 +84,8 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
     _quads.pack_group); prange tasks (image, chunk of BROADCAST_PIXELS output positions at the
     phases' pitch, block of output channels): the tile (_amx.conv_block: AMX, VNNI or plain
     loops) over every tap and every 64 input channels into the block's int32 sums, requantized
-    into y's rows (_quads.store_chunk: the positions in dropped columns are not stored); then,
-    with a residual, prange (image, channel): the residual added to y.
+    into y's rows (_quads.store_chunk: the positions in dropped columns are not stored), a
+    residual, if any, added to each value on the way.
     ``gathered`` (at most 4 input channels, ``gather_fits``): one group, its last channel
     repeated up to 4 (the repeats meet zero weights), and each task first copies its chunk's
     words of every tap into rows of 64 words (``_amx.gather_taps``), which the tile reads as the
@@ -122,7 +121,6 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
         row_words, groups_used = stride, C4 - TILE_ROWS * (blocks - 1)  # in the last block
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     start_rows = start_rows_jit(start, n_pad)
-    r, add = residual_parts(residual, y)
     positions = (OH - 1) * pitch + OW
     chunks = (positions + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
     groups, per = amx_tasks(n_pad, B * chunks)
@@ -139,8 +137,7 @@ def _conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, xg, m0, shift, y_zero
             conv_block(sums, xg[b], wt, start_rows, taps, n_begin, p0, row_words, groups_used)
         for n in range(n_begin, min(N, n_begin + sums.shape[0])):
             store_chunk(sums, n - n_begin, n, b, p0, first, rows, m0[n], shift[n], y_zero_point,
-                        lo, hi, y, pitch)
-    add_residual_planes(y, r, add)
+                        lo, hi, y, pitch, residual)
 
 
 conv2d_dense_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_dense_rq_i8)

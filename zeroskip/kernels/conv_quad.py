@@ -23,10 +23,9 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, add_residual_planes, chunk_rows, pack_group_jit,
+from ._quads import (QUAD_PIXELS, QUAD_SLACK, chunk_rows, pack_group_jit,
                      quad_tile, shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines
-from .elementwise import residual_parts
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
@@ -41,7 +40,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     (_quads.quad_layout); prange tasks (image, chunk of QUAD_PIXELS output positions at the
     phases' pitch, block of output channels): per channel, the quad tile over its quads into 64
     int32 sums, requantized into y's rows (_quads.store_chunk: the positions in dropped columns
-    are not stored); then, with a residual, prange (image, channel): the residual added to y.
+    are not stored), a residual, if any, added to each value on the way.
     qptr [N+1] int64 — each output channel's first quad; offsets [nq] int64 — where each quad's
     words start in its group's part of xg (``_quads.quad_offsets``, by the plan once per input
     shape); words [nq] int32 — its 4 weights, byte b the weight on input channel 4·c4 + b
@@ -74,7 +73,6 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
         for t in prange(B * (copies - 1)):
             shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
-    r, add = residual_parts(residual, y)
     positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
     blocks, per = channel_groups(N, B * chunks)  # tasks: (image, chunk, block of channels)
@@ -89,8 +87,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
             base = n // (N // groups) * group_words
             quad_tile(row, xb, offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
             store_chunk(sums, 0, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo, hi,
-                        y, pitch)
-    add_residual_planes(y, r, add)
+                        y, pitch, residual)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)
