@@ -274,7 +274,14 @@ def _store_forms():
 STORE_FORMS = _store_forms()
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+ADD_PARAMS = {
+    "ties": (5, -7, 1 << 20, 3 << 20, 21, 2, 1, -2),   # ties wherever d_a + 3·d_b is odd
+    "wide": (-3, 200, (1 << 43) + (1 << 21) + 5, 1 << 44, 45, -1, 0, 0),  # both 22-bit halves
+}
+"""QAdd parameters (a_zp, b_zp, A, B, R, y_zp, and lo, hi as offsets into the type's range)."""
+
+
+@pytest.mark.parametrize("residual", [None, "ties", "wide"])
 @pytest.mark.parametrize("form", sorted(STORE_FORMS))
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),
@@ -285,8 +292,9 @@ def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form, residua
     form) and tie-free ones (the short form), extreme sums; chunks that start anywhere in a row,
     span one to 16 rows per 16 positions (pitch 1 to 58), and run past the last row; only row
     p // pitch, column p mod pitch < OW of channel n of image b is written. With a residual (of
-    the other 8-bit type than y, extreme values, a shift that ties), each value is then
-    qadd_value's sum with the residual's."""
+    the other 8-bit type than y, extreme values; multipliers whose sums tie, and ones that fill
+    both 22-bit halves of the IR's split products, up to 2^44), each value is then qadd_value's
+    sum with the residual's."""
     from zeroskip.kernels.elementwise import qadd_value
     from zeroskip.kernels.quant import requantize_one
 
@@ -300,7 +308,11 @@ def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form, residua
     r_type = np.int8 if y_type == np.uint8 else np.uint8
     r = extreme_values(rng, (B, N, OH, OW), *((-128, 127) if r_type == np.int8 else (0, 255)))
     r = r.astype(r_type)
-    params = (5, -7, 1 << 20, 3 << 20, 21, 2, lo + 1, hi - 2)  # ties wherever d_a + 3·d_b is odd
+    if residual:
+        a_zp, b_zp, a_mult, b_mult, shift_r, y_zp, lo_in, hi_in = ADD_PARAMS[residual]
+        b_zp = int(np.clip(b_zp, *((-128, 127) if r_type == np.int8 else (0, 255))))
+        a_zp = int(np.clip(a_zp, lo, hi))
+        params = (a_zp, b_zp, a_mult, b_mult, shift_r, y_zp % 100, lo + lo_in, hi + hi_in)
     extra = (r,) + params if residual else None
     store = STORE_FORMS[form]
     last = (OH - 1) * pitch + OW  # positions of the plane; chunks start at multiples of 64

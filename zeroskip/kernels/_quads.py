@@ -373,20 +373,39 @@ def _no_residual(residual) -> bool:
 
 def _qadd_ir(builder, qa, qb, params):
     """LLVM IR: elementwise.qadd_value on vectors of 16 int32 lanes qa (the conv's requantized
-    values) and qb (the residual's), in 64-bit lanes: clamp(y_zp + round_half_away(((qa − a_zp)·A
-    + (qb − b_zp)·B) / 2^R), lo, hi), as int32. params: the 8 int64 scalars of residual_parts'
-    tuple after r (a_zp, b_zp, A, B, R, y_zp, lo, hi)."""
-    wide = ir.VectorType(ir.IntType(64), LANES)
-    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = (splat(builder, v, wide) for v in params)
-    p = builder.add(builder.mul(builder.sub(builder.sext(qa, wide), a_zp), a_mult),
-                    builder.mul(builder.sub(builder.sext(qb, wide), b_zp), b_mult))
-    nudge = builder.shl(splat(builder, ir.IntType(64)(1), wide),
-                        builder.sub(shift, splat(builder, ir.IntType(64)(1), wide)))
+    values) and qb (the residual's): clamp(y_zp + round_half_away(p / 2^R), lo, hi) for
+    p = (qa − a_zp)·A + (qb − b_zp)·B, as int32. params: the 8 int64 scalars of residual_parts'
+    tuple after r (a_zp, b_zp, A, B, R, y_zp, lo, hi), with 0 ≤ A, B ≤ 2^44 (quantmath.
+    add_multipliers). The products are made in 32-bit lanes, 16 at a time: with A = A₁·2^22 + A₀
+    (A₀ < 2^22) and d = q − zp (|d| ≤ 255), p = (d_a·A₁ + d_b·B₁)·2^22 + (d_a·A₀ + d_b·B₀), each
+    sum within ±2·255·2^22 < 2^31; only the sum, the rounding and the shift take 64-bit lanes.
+    qadd_value's 64-bit products (vpmullq, 3 µops each) had made the fused add slower than the
+    separate pass over the plane."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec, wide = qa.type, ir.VectorType(i64, LANES)
+    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = params
+    low_bits = i64((1 << 22) - 1)
+
+    def halves(m):  # (m >> 22, m & (2^22 − 1)) in every 32-bit lane
+        return (splat(builder, builder.trunc(builder.lshr(m, i64(22)), i32)),
+                splat(builder, builder.trunc(builder.and_(m, low_bits), i32)))
+
+    (a1, a0), (b1, b0) = halves(a_mult), halves(b_mult)
+    da = builder.sub(qa, splat(builder, builder.trunc(a_zp, i32)))
+    db = builder.sub(qb, splat(builder, builder.trunc(b_zp, i32)))
+    high = builder.add(builder.mul(da, a1), builder.mul(db, b1))
+    low = builder.add(builder.mul(da, a0), builder.mul(db, b0))
+    p = builder.add(builder.shl(builder.sext(high, wide), splat(builder, i64(22), wide)),
+                    builder.sext(low, wide))
+    one = splat(builder, i64(1), wide)
+    r = splat(builder, shift, wide)
     negative = builder.zext(builder.icmp_signed("<", p, ir.Constant(wide, [0] * LANES)), wide)
-    t = builder.add(builder.ashr(builder.sub(builder.add(p, nudge), negative), shift), y_zp)
-    t = builder.select(builder.icmp_signed("<", t, lo), lo, t)
-    t = builder.select(builder.icmp_signed(">", t, hi), hi, t)
-    return builder.trunc(t, qa.type)
+    t = builder.ashr(builder.sub(builder.add(p, builder.shl(one, builder.sub(r, one))), negative),
+                     r)
+    t = builder.add(builder.trunc(t, vec), splat(builder, builder.trunc(y_zp, i32)))
+    lo_v, hi_v = splat(builder, builder.trunc(lo, i32)), splat(builder, builder.trunc(hi, i32))
+    t = builder.select(builder.icmp_signed("<", t, lo_v), lo_v, t)
+    return builder.select(builder.icmp_signed(">", t, hi_v), hi_v, t)
 
 
 @intrinsic
@@ -396,8 +415,8 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
     _requant.requantized_tie_free (or the general ``requantized``) on the 4 vectors of 16, and for
     each output row the chunk touches, 4 masked stores of 16 bytes (lane l of vector v is
     position p0 + 16v + l; the lanes outside the row's OW columns are masked off). With a
-    residual, each stored vector first loads the residual's bytes at the same lanes (a masked
-    load) and adds them as the QAdd (``_qadd_ir``). No array views, no branch in the kernel's
+    residual, the residual's bytes at the same lanes are loaded first (masked loads, row by row)
+    and each vector is added to them as the QAdd adds (``_qadd_ir``; A, B ≤ 2^44). No array views, no branch in the kernel's
     loop, no division, no wide-row workspace and no pass over y afterwards: the sums go straight
     to y. sums [rows, 64] int32, C-contiguous; y [B, N, OH, OW] 8-bit, C-contiguous; residual
     None or residual_parts' tuple, r C-contiguous of y's shape.
@@ -472,25 +491,35 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         def widened(bytes_, signed):
             return (builder.sext if signed else builder.zext)(bytes_, vec)
 
-        with cgutils.for_range(builder, rows_v) as row:
-            r = builder.add(first_v, row.index)
-            begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
+        def each_row_vector(body):
+            """body(v, mask, at) for each output row the chunk touches and each vector v: mask,
+            the i16 mask of v's lanes in the row's OW columns; at, where v's lane 0 goes."""
+            with cgutils.for_range(builder, rows_v) as row:
+                r = builder.add(first_v, row.index)
+                begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
+                for v in range(PIXEL_VECTORS):
+                    lane0 = builder.sub(begin, i64(LANES * v))       # ... in vector v's lanes
+                    mask = builder.trunc(builder.and_(
+                        lanes_below(clamp16(builder.add(lane0, ow_v))),
+                        builder.not_(lanes_below(clamp16(lane0)))), i16)
+                    body(v, mask, builder.sub(builder.mul(r, ow_v), lane0))
+
+        if not plain:  # the residual's bytes at the same lanes, row by row; then the QAdd
+            residual_bytes = [cgutils.alloca_once_value(builder, ir.Constant(out, [0] * LANES))
+                              for _ in range(PIXEL_VECTORS)]
+
+            def gather(v, mask, at):
+                builder.store(builder.call(load, [builder.gep(r_plane, [at]), builder.load(
+                    residual_bytes[v]), mask]), residual_bytes[v])
+
+            each_row_vector(gather)
             for v in range(PIXEL_VECTORS):
-                lane0 = builder.sub(begin, i64(LANES * v))       # ... in vector v's lanes
-                mask = builder.trunc(builder.and_(
-                    lanes_below(clamp16(builder.add(lane0, ow_v))),
-                    builder.not_(lanes_below(clamp16(lane0)))), i16)
-                at = builder.sub(builder.mul(r, ow_v), lane0)    # where vector v's lane 0 goes
-                if plain:
-                    builder.call(store, [builder.gep(plane, [at]), builder.load(kept[v]), mask])
-                    continue
-                with builder.if_then(builder.icmp_unsigned("!=", mask, i16(0))):
-                    rb = builder.call(load, [builder.gep(r_plane, [at]),
-                                             ir.Constant(out, [0] * LANES), mask])
-                    total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
-                                     widened(rb, r_signed), params)
-                    builder.call(store, [builder.gep(plane, [at]), builder.trunc(total, out),
-                                         mask])
+                total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
+                                 widened(builder.load(residual_bytes[v]), r_signed), params)
+                builder.store(builder.trunc(total, out), kept[v])
+
+        each_row_vector(lambda v, mask, at: builder.call(
+            store, [builder.gep(plane, [at]), builder.load(kept[v]), mask]))
         return context.get_dummy_value()
 
     return sig, codegen
