@@ -285,12 +285,13 @@ ADD_PARAMS = {
 @pytest.mark.parametrize("form", sorted(STORE_FORMS))
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),
-                                           (1, 70, 1), (30, 3, 28)])
+                                           (1, 70, 1), (30, 3, 28), (28, 28, 28), (7, 7, 7)])
 def test_store_chunk_matches_requantize_one(pitch, OH, OW, y_type, form, residual):
     """The convs' epilogue (each form, ``_store_forms``) against requantize_one position by
     position: channels with a power-of-two multiplier (rounding ties of both signs: the general
     form) and tie-free ones (the short form), extreme sums; chunks that start anywhere in a row,
-    span one to 16 rows per 16 positions (pitch 1 to 58), and run past the last row; only row
+    span one to 16 rows per 16 positions (pitch 1 to 58), and run past the last row, and chunks
+    of a plane with no dropped columns (pitch = OW: one run of y); only row
     p // pitch, column p mod pitch < OW of channel n of image b is written. With a residual (of
     the other 8-bit type than y, extreme values; multipliers whose sums tie, and ones that fill
     both 22-bit halves of the IR's split products, up to 2^44), each value is then qadd_value's

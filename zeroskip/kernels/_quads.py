@@ -468,7 +468,13 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         narrow = [splat(builder, builder.trunc(v, i32)) for v in (m0_v, shift_v, zp_v, lo_v, hi_v)]
         wide_ops = [splat(builder, v, wide) for v in (m0_v, shift_v, builder.shl(
             i64(1), builder.sub(shift_v, i64(1))), zp_v, lo_v, hi_v)]
-        kept = [cgutils.alloca_once(builder, out) for _ in range(PIXEL_VECTORS)]
+        held = ir.ArrayType(out, PIXEL_VECTORS)
+        kept_all = cgutils.alloca_once(builder, held)  # the 4 vectors' bytes, indexed at run time
+
+        def slot(array, v):  # &array[v], v an int or an i64 value
+            return builder.gep(array, [i32(0), v if isinstance(v, ir.Value) else i32(v)])
+
+        kept = [slot(kept_all, v) for v in range(PIXEL_VECTORS)]
 
         def requantize_all(requantize):
             for v in range(PIXEL_VECTORS):
@@ -492,34 +498,53 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             return (builder.sext if signed else builder.zext)(bytes_, vec)
 
         def each_row_vector(body):
-            """body(v, mask, at) for each output row the chunk touches and each vector v: mask,
-            the i16 mask of v's lanes in the row's OW columns; at, where v's lane 0 goes."""
+            """body(v, mask, at) for each output row the chunk touches and each vector v (an i64
+            value) that holds some of the row's OW columns: mask, the i16 mask of v's lanes in
+            them; at, where v's lane 0 goes. Vectors with no lane in the row are skipped: a
+            28-wide row of a 64-position chunk meets 2 of the 4."""
             with cgutils.for_range(builder, rows_v) as row:
                 r = builder.add(first_v, row.index)
                 begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
-                for v in range(PIXEL_VECTORS):
-                    lane0 = builder.sub(begin, i64(LANES * v))       # ... in vector v's lanes
+                low = builder.select(builder.icmp_signed("<", begin, i64(0)), i64(0), begin)
+                end = builder.add(begin, ow_v)
+                end = builder.select(builder.icmp_signed(">", end, i64(QUAD_PIXELS)),
+                                     i64(QUAD_PIXELS), end)
+                v0 = builder.ashr(low, i64(4))
+                count = builder.sub(builder.ashr(builder.add(end, i64(LANES - 1)), i64(4)), v0)
+                count = builder.select(builder.icmp_signed(">", end, low), count, i64(0))
+                with cgutils.for_range(builder, count) as k:
+                    v = builder.add(v0, k.index)
+                    lane0 = builder.sub(begin, builder.mul(v, i64(LANES)))  # in v's lanes
                     mask = builder.trunc(builder.and_(
                         lanes_below(clamp16(builder.add(lane0, ow_v))),
                         builder.not_(lanes_below(clamp16(lane0)))), i16)
                     body(v, mask, builder.sub(builder.mul(r, ow_v), lane0))
 
         if not plain:  # the residual's bytes at the same lanes, row by row; then the QAdd
-            residual_bytes = [cgutils.alloca_once_value(builder, ir.Constant(out, [0] * LANES))
-                              for _ in range(PIXEL_VECTORS)]
+            gathered_all = cgutils.alloca_once_value(builder, ir.Constant(held, None))
 
             def gather(v, mask, at):
                 builder.store(builder.call(load, [builder.gep(r_plane, [at]), builder.load(
-                    residual_bytes[v]), mask]), residual_bytes[v])
+                    slot(gathered_all, v)), mask]), slot(gathered_all, v))
 
             each_row_vector(gather)
             for v in range(PIXEL_VECTORS):
                 total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
-                                 widened(builder.load(residual_bytes[v]), r_signed), params)
+                                 widened(builder.load(slot(gathered_all, v)), r_signed), params)
                 builder.store(builder.trunc(total, out), kept[v])
 
-        each_row_vector(lambda v, mask, at: builder.call(
-            store, [builder.gep(plane, [at]), builder.load(kept[v]), mask]))
+        # no dropped columns (pitch = OW: a 1×1 stride-2 downsample): the chunk is one run of y
+        direct = builder.icmp_signed("==", pitch_v, ow_v)
+        with builder.if_else(direct) as (run, rows_apart):
+            with run:
+                left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the end
+                for v in range(PIXEL_VECTORS):
+                    mask = lanes_below(clamp16(builder.sub(left, i64(LANES * v))))
+                    builder.call(store, [builder.gep(plane, [builder.add(p0_v, i64(LANES * v))]),
+                                         builder.load(kept[v]), builder.trunc(mask, i16)])
+            with rows_apart:
+                each_row_vector(lambda v, mask, at: builder.call(
+                    store, [builder.gep(plane, [at]), builder.load(slot(kept_all, v)), mask]))
         return context.get_dummy_value()
 
     return sig, codegen
