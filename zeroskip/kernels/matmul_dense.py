@@ -46,6 +46,7 @@ from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from ._gemv import GEMV_TILE_ROWS, gemv_tile
 from ._gemv import RUNS as GEMV_TILE_RUNS
+from ._quads import store_chunk
 from ._scratch import words_on_lines
 from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_one, requantize_row
@@ -428,6 +429,34 @@ def _store_sums_compiled(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
     return store_requantized
 
 
+def _store_block(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+    """The AMX GEMM's epilogue for one task: rows j < ``rows`` of sums (channels n_begin + j,
+    pixels c .. c + count) through _store_sums. Compiled with an 8-bit out (the overload below),
+    each row goes through the convs' IR epilogue (_quads.store_chunk, out seen as one row of
+    pixels per channel): called per channel, _store_sums' view of each row and its inlined
+    arrays cost their reference counts in the serial build (as the AMX stem's stores did,
+    _quads._store_chunk_ir)."""
+    for j in range(rows):
+        _store_sums(sums[j, :count], out, n_begin + j, c, m0[n_begin + j], shift[n_begin + j],
+                    y_zero_point, lo, hi)
+
+
+@overload(_store_block, inline="always")
+def _store_block_compiled(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+    if out.dtype == types.int32:
+        def as_sums(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+            for j in range(rows):
+                out[n_begin + j, c:c + count] = sums[j, :count]
+        return as_sums
+
+    def requantized(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+        planes = out.reshape((1, out.shape[0], 1, out.shape[1]))
+        for j in range(rows):
+            store_chunk(sums, j, n_begin + j, 0, c, 0, 1, m0[n_begin + j], shift[n_begin + j],
+                        y_zero_point, lo, hi, planes, out.shape[1], None)
+    return requantized
+
+
 def _tile_stored(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi):
     """The broadcast tile for channels n0 .. n0 + BROADCAST_ROWS, pixels c .. c + count of out,
     with _store_sums's epilogue. Compiled with an 8-bit out (the overload below), the tile
@@ -583,9 +612,8 @@ def _amx_packed(xp, M, N, wt, start, out, rq):
         # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS,
                        TILE_ROWS)
-        for j in range(min(N - n_begin, sums.shape[0])):
-            _store_sums(sums[j, :count], out, n_begin + j, c, m0[n_begin + j],
-                        shift[n_begin + j], y_zero_point, lo, hi)
+        _store_block(sums, min(N - n_begin, sums.shape[0]), out, n_begin, c, count, m0, shift,
+                     y_zero_point, lo, hi)
 
 
 @njit(cache=True, inline="always")
