@@ -69,11 +69,15 @@ AMX_K = 64
 """Values of k per tile step: one 64-byte tile row."""
 TILE_ROWS = 16
 TILE_BYTES = 64
-AMX_MIN_K = 192
-"""The GEMM's shortest K for the AMX tile. Below it the packing of x into words costs more than the
-tile saves over the broadcast tile (one thread: the stem's K = 148 at M = 12 544 1.75 against
-1.59 ms, K = 64 at M = 3136 0.25 against 0.23; K = 192 at M = 784 0.074 against 0.078, and from
-K = 1024 on 1.4–1.6× faster)."""
+AMX_MIN_K = 64
+"""The GEMM's shortest K for the AMX tile: one whole tile row. Below it the broadcast tile is
+faster (one thread, planar 1×1 convs, best of 7 × 20 calls: 16 → 96 at 112×112 0.44 ms on AMX
+against 0.25, 24 → 144 at 56×56 0.16 against 0.10). From 64 on, since the tile's sums go through
+the convs' IR epilogue (``matmul_dense._store_block``), AMX is as fast or faster: MobileNetV2's
+1×1 shapes with K = 64–160, 0.07–0.46 ms each, 0.718 ms together on the broadcast tile, 0.623 on
+AMX (144 → 24 at 56×56 0.076 → 0.060, 160 → 960 at 7×7 0.046 → 0.029). It had been 192 while the
+sums were stored per channel through Numba loops (the stem's K = 148 at M = 12 544 1.75 against
+1.59 ms then)."""
 
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
