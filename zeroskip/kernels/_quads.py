@@ -353,18 +353,16 @@ def store_chunk_loops(sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point
     counts each time (25–30 ns a call). The plain loops, the one to read first; ``store_chunk``
     is what the kernels call."""
     OW = y.shape[3]
-    for r in range(first, first + rows):
-        for ow in range(OW):
-            p = r * pitch + ow - p0
-            if 0 <= p < sums.shape[1]:
-                q = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
-                if residual is None:
-                    y[b, n, r, ow] = q
-                else:
-                    y[b, n, r, ow] = qadd_value(q, residual[0][b, n, r, ow], residual[1],
-                                                residual[2], residual[3], residual[4],
-                                                residual[5], residual[6], residual[7],
-                                                residual[8])
+    for p in range(sums.shape[1]):
+        r, ow = (p0 + p) // pitch, (p0 + p) % pitch
+        if first <= r < first + rows and ow < OW:
+            q = requantize_one(sums[j, p], m0n, shift_n, y_zero_point, lo, hi)
+            if residual is None:
+                y[b, n, r, ow] = q
+            else:
+                y[b, n, r, ow] = qadd_value(q, residual[0][b, n, r, ow], residual[1],
+                                            residual[2], residual[3], residual[4], residual[5],
+                                            residual[6], residual[7], residual[8])
 
 
 def _no_residual(residual) -> bool:
