@@ -25,8 +25,7 @@ from numba import njit, prange
 from ._amx import (AMX_ROWS, ONE_TAP, TILE_ROWS, amx_tasks, conv_block, gather_taps, pad_weights,
                    start_rows_jit, task_sums)
 from ._broadcast import BROADCAST_PIXELS, sign_flip, unsigned_bias
-from ._quads import (QUAD_SLACK, chunk_rows, pack_group_jit, store_chunk,
-                     used_phases)
+from ._quads import QUAD_SLACK, chunk_rows, pack_group_jit, store_chunk, used_phases
 from ._scratch import words_on_lines
 
 
