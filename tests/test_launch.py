@@ -2,6 +2,7 @@
 and above its threshold by timing both builds."""
 
 import numpy as np
+import pytest
 
 from zeroskip.engine.plan.launch import (MIN_PARALLEL_CSR_RQ_WORK, MIN_PARALLEL_ELEMENTS,
                                          MIN_PARALLEL_MACS, WORK, Launch)
@@ -148,3 +149,18 @@ def test_direct_conv_work_is_useful_macs_plus_outputs():
     assert work(None, None, data, None, None, 0, None, y) >= threshold == MIN_PARALLEL_CONV_WORK
     small = np.zeros((1, 8, 9, 9), np.int32)  # a toy conv: serial
     assert work(None, None, np.zeros(8 * 27, np.int8), None, None, 0, None, small) < threshold
+
+
+@pytest.mark.parametrize("serial_s, kept", [(0.0002, "parallel"), (0.00008, "serial")])
+def test_a_tie_keeps_the_parallel_build_only_on_long_calls(serial_s, kept):
+    """A parallel build within SERIAL_MARGIN of the serial one is kept on calls of SHORT_CALL_S or
+    more (another runtime's spinning threads may have slowed its trials); on shorter calls the
+    faster build is kept (a tie there gains nothing and costs a region)."""
+    from zeroskip.engine.plan.launch import SERIAL_MARGIN, SHORT_CALL_S, TRIALS, Trial
+
+    assert 1.08 < SERIAL_MARGIN and (serial_s >= SHORT_CALL_S) == (kept == "parallel")
+    trial = Trial(_timed_recorder([], "parallel", serial_s * 1.08),
+                  _timed_recorder([], "serial", serial_s))
+    for _ in range(2 * (TRIALS + 1)):
+        trial()
+    assert trial.decided() == kept, trial.best

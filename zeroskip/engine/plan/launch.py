@@ -215,7 +215,15 @@ SERIAL_MARGIN = 1.1
 that only ties is kept. In a benchmark that interleaves runtimes, another runtime's threads may
 still spin on the second core while a trial times the parallel build, which then looks no faster
 than the serial one (int8 ResNet-18 at two threads: 10 of 20 convs measured 0.37 against 0.37 ms
-that way, and ran 6.0 ms where the same plan with parallel convs ran 4.8)."""
+that way, and ran 6.0 ms where the same plan with parallel convs ran 4.8). Only for calls whose
+serial build takes SHORT_CALL_S or more: below, the faster build is kept."""
+
+SHORT_CALL_S = 1e-4
+"""A serial best time under which a Trial keeps whichever build was faster, with no margin: a
+parallel build that ties on a short call gains nothing and costs its region. The digits MLP's
+first int8 GEMM (7.4 million MACs) measured 49 µs parallel against 47 serial and kept the
+parallel one, and the MLP ran 5–12 % slower at the default two threads than at one (0.20–0.24
+against 0.18–0.19 ms); with the faster build kept, 0.19–0.20 against 0.19."""
 
 
 RECHECKS = (64, 512)
@@ -229,8 +237,9 @@ class Trial:
     """The build that calls of one work size take, chosen by timing them: the first calls alternate
     the parallel and the serial build (parallel first, so that a plan run once still runs the
     parallel build), one untimed call of each (JIT compile or cache load) and then TRIALS timed
-    calls of each; then the faster build, by its best time, takes every call (the serial one only if
-    faster by SERIAL_MARGIN), until the next of RECHECKS times both again. Concurrent runs may time
+    calls of each; then the faster build, by its best time, takes every call (the serial one, on
+    calls of SHORT_CALL_S or more, only if faster by SERIAL_MARGIN), until the next of RECHECKS
+    times both again. Concurrent runs may time
     a few calls more; any build they take gives the same bytes."""
 
     __slots__ = ("parallel", "serial", "best", "calls", "chosen", "timed_until", "checks")
@@ -259,8 +268,8 @@ class Trial:
         result = build(*args)
         self.best[n % 2] = min(self.best[n % 2], time.perf_counter() - start)
         if n + 1 >= self.timed_until:
-            self.chosen = self.serial if self.best[0] > SERIAL_MARGIN * self.best[1] \
-                else self.parallel
+            margin = SERIAL_MARGIN if self.best[1] >= SHORT_CALL_S else 1.0
+            self.chosen = self.serial if self.best[0] > margin * self.best[1] else self.parallel
         return result
 
     def decided(self) -> str | None:
@@ -319,7 +328,7 @@ def placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "TRIALS", "Trial", "pick", "placeholder",
+__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "SHORT_CALL_S", "TRIALS", "Trial", "pick", "placeholder",
            "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
            "MIN_PARALLEL_CSR_RQ_WORK", "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS",
            "MIN_PARALLEL_MACS", "WORK"]
