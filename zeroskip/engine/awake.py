@@ -10,13 +10,13 @@ whole next run to go at one thread's speed, though the TBB workers answer within
 are awake (kernels/__init__.py). onnxruntime's own workers spin between ops; Numba's sleep, and
 their CPU with them.
 
-So while a run of parallel kernels is under way, threads − 1 *spinners* (kernels/_spin.py) keep
-the other CPUs busy with a loop that only yields the CPU, under Linux's SCHED_IDLE policy
-(``_idle_priority``): any thread that wants the CPU, a threading layer's worker or another
-process, takes it at once, and the CPU never goes idle. The same model, paused runs: 7.7–8.7 ms with the spinner against
-11.5–12.6 without (back to back 6.4–6.6 against 6.8–6.9). With another process busy on the
-second CPU the spinner gives way to it: 13.8 against 13.1 ms paused, 11.3 against 11.5 back to
-back, where OpenMP's spinning workers (GOMP_SPINCOUNT) made the paused runs 117 ms.
+So while a run of parallel kernels is under way, threads − 1 *spinners* (kernels/_spin.py) keep the
+other CPUs busy with a loop that only yields the CPU, under Linux's SCHED_IDLE policy
+(``_idle_priority``): any thread that wants the CPU, a threading layer's worker or another process,
+takes it at once, and the CPU never goes idle. The same model, paused runs: 7.7–8.7 ms with the
+spinner against 11.5–12.6 without (back to back 6.4–6.6 against 6.8–6.9). With another process busy
+on the second CPU the spinner gives way to it: 13.8 against 13.1 ms paused, 11.3 against 11.5 back
+to back, where OpenMP's spinning workers (GOMP_SPINCOUNT) made the paused runs 117 ms.
 
 Spinners start on the first long parallel run (SPIN_MIN_RUN_S) and then sleep on an Event between
 runs; sessions running at once share them (a count of runs in progress). Off on one-thread plans

@@ -15,10 +15,10 @@ unsigned bytes and a 16 × 16 int32 tile C,
 ``vpdpbusd`` does 64. A is 16 output channels' weights at one tap, 64 bytes each (``wt``, packed by
 the plan). B is 16 rows of 16 activation words, each word 4 input bytes of one position: row g at
 ``row_words``·g words from the tap's offset. For the conv the words are the packed input's
-(``_quads.pack_group``), a row per channel group (for at most 4 channels a row per tap, gathered
-by conv_amx.py); for the GEMM they are the broadcast tile's packed chunk
-(``_broadcast.pack_chunk``: xp[k4, p] holds x[c + p, 4k4 : 4k4 + 4]), a row per 4 values of k. C is then 16 channels × 16 positions, already in
-the output's (channel, position) order.
+(``_quads.pack_group``), a row per channel group (for at most 4 channels a row per tap, gathered by
+conv_amx.py); for the GEMM they are the broadcast tile's packed chunk (``_broadcast.pack_chunk``:
+xp[k4, p] holds x[c + p, 4k4 : 4k4 + 4]), a row per 4 values of k. C is then 16 channels × 16
+positions, already in the output's (channel, position) order.
 
 One call sums a block of channels over 64 positions, 32 channels × 32 positions at a time: four C
 tiles (tmm0–3), two of weights (tmm4–5), two of activations (tmm6–7). Per tap and block of 64
@@ -326,8 +326,8 @@ def _vnni_conv_ir(rows):
     weight word wt[t, kb, n, 4g : 4g + 4] and adds their 4-byte dot products with ``vpdpbusd``:
     per step 4 loads, ``rows`` broadcasts and 4·rows products into 4·rows accumulators. The
     groups past ``groups`` in the last block hold zero weights and are skipped (the stem's 49
-    gathered taps fill 1 row of the last block). The sums' rows must be a multiple of ``rows`` (the tasks hand out blocks
-    of AMX_ROWS)."""
+    gathered taps fill 1 row of the last block). The sums' rows must be a multiple of ``rows``
+    (the tasks hand out blocks of AMX_ROWS)."""
     i8, i32, i64 = ir.IntType(8), ir.IntType(32), _i64
     vec = ir.VectorType(i32, LANES)
 

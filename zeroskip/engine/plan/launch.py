@@ -328,7 +328,8 @@ def placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "SHORT_CALL_S", "TRIALS", "Trial", "pick", "placeholder",
-           "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS",
-           "MIN_PARALLEL_CSR_RQ_WORK", "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS",
-           "MIN_PARALLEL_MACS", "WORK"]
+__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "SHORT_CALL_S", "TRIALS", "Trial", "pick",
+           "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
+           "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
+           "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS",
+           "WORK"]

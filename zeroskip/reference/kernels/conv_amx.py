@@ -35,9 +35,9 @@ def gathered_to_dense(wt, n_out, channels, kh, kw):
 
 def conv2d_dense_rq_i8(wt, bias, w_sums, x, x_zero_point, m0, shift, y_zero_point, lo, hi, *,
                        kernel_shape, strides, pads, dilations, gathered=False, residual=None):
-    """q_y [B,N,OH,OW] int64: conv2d_csr_rq_i8's reference on the tiles' dense weight (N = len(bias),
-    one group; ``gathered``: pack_gathered_weights' tiles). For int8 x the kernel starts its sums from
-    bias' − 128·w_sums: checked here."""
+    """q_y [B,N,OH,OW] int64: conv2d_csr_rq_i8's reference on the tiles' dense weight (N =
+    len(bias), one group; ``gathered``: pack_gathered_weights' tiles). For int8 x the kernel starts
+    its sums from bias' − 128·w_sums: checked here."""
     kh, kw = kernel_shape
     channels = np.asarray(x).shape[1]
     w = (gathered_to_dense(wt, len(bias), channels, kh, kw) if gathered else
