@@ -266,7 +266,10 @@ def _store_forms():
     @numba.njit
     def compiled_loops(sums, j, n, b, p0, m0n, shift_n, zp, lo, hi, y, pitch, residual):
         first, rows = _quads.chunk_rows(p0, sums.shape[1], pitch, y.shape[2])
-        loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch, residual)
+        if residual is None:  # left out, as the kernels leave it when they have none (Omitted)
+            loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch)
+        else:
+            loops(sums, j, n, b, p0, first, rows, m0n, shift_n, zp, lo, hi, y, pitch, residual)
 
     return {"compiled": compiled, "compiled loops": compiled_loops, "python": as_python}
 

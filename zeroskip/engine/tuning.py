@@ -103,7 +103,7 @@ timings move by a few percent from run to run, and on a tie the dense kernel is 
 measured dense 0.31 ms against CSR 0.307 and ran CSR, and the whole `auto` run was 10 % slower
 than dense-i8's."""
 
-KERNELS_REVISION = 16
+KERNELS_REVISION = 17
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -119,7 +119,9 @@ faster on 7×7 and 14×14 planes), which made the whole dense int8 ResNet-18 abo
 15: the lanes convs, output channels in the vector lanes: the dense float conv on AVX-512 and the
 dense int8 conv on AVX-512 VNNI without AMX, 1.1–1.4× faster on 7×7 and 14×14 planes; 16: the
 dense GEMM tiles requantizing in their registers (pointwise int8 convs 1.1–1.6× faster) and
-packed weights on cache lines (the AMX convs up to 1.5× faster, the dense int8 ResNet-18 15 %))."""
+packed weights on cache lines (the AMX convs up to 1.5× faster, the dense int8 ResNet-18 15 %);
+17: the packed convs' IR epilogue and the gathered stem (the AMX convs 1.3–2× faster at one
+thread), the AMX GEMM from K = 64)."""
 
 
 def _cpu_name() -> str:

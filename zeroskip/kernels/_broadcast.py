@@ -31,8 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
-                       tie_free)
+from ._requant import (declare_masked_byte_store, lanes_below, requantized,
+                       requantized_tie_free, splat, tie_free)
 
 BROADCAST_ROWS = 4
 """Output channels per broadcast tile (broadcast weight words per step)."""
@@ -221,7 +221,7 @@ def _broadcast_tile_rq_ir():
                 left = builder.sub(count, i64(LANES * v))
                 left = builder.select(builder.icmp_signed("<", left, i64(0)), i64(0), left)
                 left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES), left)
-                masks.append(builder.trunc(builder.sub(builder.shl(i64(1), left), i64(1)), i16))
+                masks.append(builder.trunc(lanes_below(builder, left), i16))
             zp_n, lo_n, hi_n = (splat(builder, builder.trunc(value, i32))
                                 for value in (y_zero_point, lo, hi))
             for j in range(BROADCAST_ROWS):

@@ -39,8 +39,8 @@ from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
-from ._requant import (declare_masked_byte_load, declare_masked_byte_store, requantized,
-                       requantized_tie_free, splat, tie_free)
+from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
+                       requantized, requantized_tie_free, splat, tie_free)
 from .quant import requantize_one
 from ._quads import signed_byte, word
 
@@ -141,7 +141,7 @@ def _dw3_tile_ir():
 
             def low_bits(n):  # (1 << n) − 1 for 0 ≤ n ≤ 64
                 return builder.select(builder.icmp_signed(">=", n, i64(WINDOW)), ones,
-                                      builder.sub(builder.shl(i64(1), n), i64(1)))
+                                      lanes_below(builder, n))
 
             def clamp(n, top):
                 n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)

@@ -27,7 +27,7 @@ from numba.extending import intrinsic
 
 from ._broadcast import declare_dpbusd
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import declare_masked_byte_load, splat
+from ._requant import declare_masked_byte_load, lanes_below, splat
 
 GEMV_TILE_ROWS = 4
 """Rows of w per tile call: one load of x feeds four dot products."""
@@ -95,7 +95,7 @@ def _gemv_tile_ir():
                 step(builder.mul(loop.index, i64(STEP)), i64(-1))
             tail = builder.srem(K, i64(STEP))
             with builder.if_then(builder.icmp_signed(">", tail, i64(0))):
-                step(builder.mul(whole, i64(STEP)), builder.sub(builder.shl(i64(1), tail), i64(1)))
+                step(builder.mul(whole, i64(STEP)), lanes_below(builder, tail))
             start_p = builder.bitcast(ba.data, i32.as_pointer())
             sums_p = builder.bitcast(sa.data, i32.as_pointer())
             for j in range(GEMV_TILE_ROWS):

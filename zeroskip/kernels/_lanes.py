@@ -35,8 +35,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._broadcast import RUNS, declare_dpbusd
-from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
-                       tie_free)
+from ._requant import (declare_masked_byte_store, lanes_below, requantized,
+                       requantized_tie_free, splat, tie_free)
 from ._fma import lane_products, transposed_pairs
 from ._quads import signed_byte
 from .quant import requantize_one
@@ -110,7 +110,7 @@ def _lane_tile_i8_ir(pixels: int = LANE_PIXELS_I8, vectors: int = LANE_CHANNELS_
                           lambda acc, x, w: builder.call(dpbusd, [acc, x, w]))
             store = declare_masked_byte_store(builder)
             out = builder.bitcast(builder.gep(ya.data, [at]), i8.as_pointer())
-            mask = builder.trunc(builder.sub(builder.shl(i64(1), count), i64(1)), i16)
+            mask = builder.trunc(lanes_below(builder, count), i16)
             zp_v, lo_v, hi_v = (splat(builder, value, wide) for value in (y_zero_point, lo, hi))
             zp_n, lo_n, hi_n = (splat(builder, builder.trunc(value, i32))
                                 for value in (y_zero_point, lo, hi))

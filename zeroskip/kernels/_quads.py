@@ -29,8 +29,8 @@ from numba.extending import intrinsic
 
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import (declare_masked_byte_store, requantized, requantized_tie_free, splat,
-                       tie_free)
+from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
+                       requantized, requantized_tie_free, splat, tie_free)
 from .elementwise import qadd_value
 from .quant import requantize_one
 
@@ -457,9 +457,7 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             params = [context.cast(builder, builder.extract_value(args[14], i), rt[i],
                                    types.int64) for i in range(1, 9)]
             r_signed = rt[0].dtype == types.int8
-            load = builder.module.declare_intrinsic(
-                "llvm.x86.avx512.mask.loadu.b.128", fnty=ir.FunctionType(out, [
-                    i8.as_pointer(), out, i16]))
+            load = declare_masked_byte_load(builder, LANES)
         y_signed = signature.args[12].dtype == types.int8
         src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, i64(QUAD_PIXELS))]),
                               vec.as_pointer())
@@ -490,9 +488,6 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
             return builder.select(builder.icmp_signed(">", v, i64(LANES)), i64(LANES), v)
 
-        def lanes_below(v):  # the i64 mask of lanes 0 .. v − 1, v in 0 .. 16
-            return builder.sub(builder.shl(i64(1), v), i64(1))
-
         def widened(bytes_, signed):
             return (builder.sext if signed else builder.zext)(bytes_, vec)
 
@@ -515,8 +510,8 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                     v = builder.add(v0, k.index)
                     lane0 = builder.sub(begin, builder.mul(v, i64(LANES)))  # in v's lanes
                     mask = builder.trunc(builder.and_(
-                        lanes_below(clamp16(builder.add(lane0, ow_v))),
-                        builder.not_(lanes_below(clamp16(lane0)))), i16)
+                        lanes_below(builder, clamp16(builder.add(lane0, ow_v))),
+                        builder.not_(lanes_below(builder, clamp16(lane0)))), i16)
                     body(v, mask, builder.sub(builder.mul(r, ow_v), lane0))
 
         if not plain:  # the residual's bytes at the same lanes, row by row; then the QAdd
@@ -538,7 +533,7 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             with run:
                 left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the end
                 for v in range(PIXEL_VECTORS):
-                    mask = lanes_below(clamp16(builder.sub(left, i64(LANES * v))))
+                    mask = lanes_below(builder, clamp16(builder.sub(left, i64(LANES * v))))
                     builder.call(store, [builder.gep(plane, [builder.add(p0_v, i64(LANES * v))]),
                                          builder.load(kept[v]), builder.trunc(mask, i16)])
             with rows_apart:

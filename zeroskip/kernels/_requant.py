@@ -95,14 +95,22 @@ def requantized_tie_free(builder, s, m0, shift, y_zero_point, lo, hi):
     return builder.select(builder.icmp_signed(">", t, hi), hi, t)
 
 
-def declare_masked_byte_load(builder):
-    """LLVM IR: the AVX-512 BW masked load of 64 bytes (bit i of the i64 mask: byte i; the bytes
-    masked off come from the passthrough vector, and no masked-off byte is read, so none faults)."""
+def declare_masked_byte_load(builder, width=64):
+    """LLVM IR: the AVX-512 BW masked load of ``width`` bytes, 64 or 16 (bit i of the mask, an
+    i64 or an i16: byte i; the bytes masked off come from the passthrough vector, and no
+    masked-off byte is read, so none faults)."""
     i8 = ir.IntType(8)
-    window = ir.VectorType(i8, 64)
+    window = ir.VectorType(i8, width)
     return builder.module.declare_intrinsic(
-        "llvm.x86.avx512.mask.loadu.b.512",
-        fnty=ir.FunctionType(window, [i8.as_pointer(), window, ir.IntType(64)]))
+        f"llvm.x86.avx512.mask.loadu.b.{8 * width}",
+        fnty=ir.FunctionType(window, [i8.as_pointer(), window, ir.IntType(width)]))
+
+
+def lanes_below(builder, count):
+    """LLVM IR: the i64 mask of lanes 0 .. count − 1 (count an i64 from 0 to 63; 64 would shift
+    by the width): a masked load's or store's bits for a tail."""
+    i64 = ir.IntType(64)
+    return builder.sub(builder.shl(i64(1), count), i64(1))
 
 
 def declare_masked_byte_store(builder):
