@@ -172,6 +172,8 @@ def _pack_strided(p0, p1, p2, p3, xg, at, pad, flip, sh, sw, pt, pl, Hq, Wq, use
     size = Hq * Wq
     row = np.empty(W, np.int32)  # one input row's words
     for a in range(sh):
+        if not (used >> (a * sw)) & ((1 << sw) - 1):
+            continue  # no phase of this row phase is read (a 1×1 stride-2 conv reads one of 4)
         for u in range(Hq):
             h, o = u * sh + a - pt, u * Wq
             inside = 0 <= h < H
