@@ -293,6 +293,20 @@ def test_demo_runs_every_variant_and_mode():
     assert "The demo took" in result.stdout
 
 
+def test_demo_times_each_variant_only_once_its_kernels_have_chosen_their_builds():
+    """With several threads a kernel's first calls alternate its parallel and serial builds
+    (launch.Trial); the demo's timed runs must all come after that, on the build kept."""
+    from zeroskip.demo import REPEATS, _median_seconds
+    from zeroskip.engine.plan.launch import Trial
+
+    calls = []
+    trial = Trial(lambda: calls.append("parallel"), lambda: calls.append("serial"))
+    _median_seconds(trial)
+    assert trial.decided() is not None
+    timed = calls[-REPEATS:]
+    assert len(set(timed)) == 1 and timed[0] == trial.decided(), calls
+
+
 def test_demo_variants_are_what_they_say():
     """The pruned variants are 10 % dense over their pruned layers, and the int8 variants' integer
     modes give the integer reference's bytes."""

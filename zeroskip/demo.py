@@ -27,6 +27,8 @@ from importlib import resources
 
 import numpy as np
 
+from .engine.plan.launch import TRIALS
+
 IMAGES = "digits_test.npz"
 NETWORKS = {  # name: input shape of one image
     "digits_mlp": (64,),
@@ -43,6 +45,11 @@ RUNS = [  # (variant suffix, mode)
     ("_pruned_int8", "auto"),
 ]
 REPEATS = 7
+WARMUP = 2 * (TRIALS + 1)
+"""Untimed runs before the REPEATS timed ones: with several threads, each kernel's first
+WARMUP calls alternate its parallel and serial builds to choose one
+(engine/plan/launch.py, Trial). Timed during them, the pruned int8 CNN in auto took 4.4–4.7 ms at
+the default two threads against 4.1 at one; past them, 2.2."""
 SLOWER = 1.1
 """A row is explained when it takes this much longer than dense-f32 (below it is noise)."""
 ONE_SHOT = 0.9
@@ -88,6 +95,8 @@ def compile_notice(label: str, after: float = 1.0):
 
 
 def _median_seconds(run) -> float:
+    for _ in range(WARMUP):
+        run()
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()
@@ -227,8 +236,8 @@ def run_demo(threads: int | None = None) -> int:
             for r in slower:
                 print("- " + why_slower(r, base_s * 1e3))
         print()
-    print(f"batch: median of {REPEATS} runs of the whole batch; vs dense-f32: the float model's "
-          f"dense-f32 time over this row's; 1st run: planning, and the JIT compile when the kernel "
+    print(f"batch: median of {REPEATS} runs of the whole batch after {WARMUP} untimed ones; "
+          f"vs dense-f32: the float model's dense-f32 time over this row's; 1st run: planning, and the JIT compile when the kernel "
           f"cache is cold. Threads: {threads or 'default'}. The demo took "
           f"{time.perf_counter() - start:.1f} s.")
     return 0
