@@ -29,7 +29,8 @@ def timed_by_batch(monkeypatch, tmp_path):
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False,
+                     serial_step_in_mode=None):
         calls.append((node.name, x_shape[0]))
         return (1e-3, 2e-3) if x_shape[0] == 1 else (2e-3, 1e-3)
 

@@ -394,7 +394,8 @@ def test_auto_times_a_gemm_on_the_layout_its_producer_hands_on(monkeypatch, tmp_
     seen = {}
     real = tuning.measure_layer
 
-    def measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+    def measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False,
+                serial_step_in_mode=None):
         seen[node.name] = transposed
         return real(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=transposed)
 

@@ -223,7 +223,8 @@ def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
     calls = []
 
-    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False,
+                     serial_step_in_mode=None):
         calls.append((node.name, tuple(x_shape)))
         dense_first = tensors[node.inputs[1]].density < 0.5  # the opposite of a density rule
         return (1e-3, 2e-3) if dense_first else (2e-3, 1e-3)
@@ -251,7 +252,8 @@ def test_auto_keeps_dense_when_csr_is_not_clearly_faster(monkeypatch, tmp_path):
 
     monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
 
-    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False):
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False,
+                     serial_step_in_mode=None):
         sparse = tensors[node.inputs[1]].density < 0.5  # CSR a clear win there, a near tie else
         return (1e-3, 0.5e-3) if sparse else (1e-3, 0.98e-3)
 

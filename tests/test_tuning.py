@@ -51,3 +51,32 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("ZEROSKIP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert tuning.cache_dir() == str(tmp_path / "xdg" / "zeroskip")
+
+
+def test_multi_thread_timings_take_each_modes_faster_build_serial_twins_first(monkeypatch):
+    """A multi-thread plan's layer timing is, per mode, the faster of its steps and of the steps on
+    the serial twins, which are timed first (after a parallel call they would run slower)."""
+    order = []
+
+    class FakeStep:
+        def __init__(self, tag, seconds):
+            self.tag, self.seconds = tag, seconds
+
+        def run(self, values):
+            order.append(self.tag)
+            clock["now"] += self.seconds
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: clock["now"])
+    times = {("dense-i8", False): 2.0, ("sparse-i8", False): 1.0,   # the plan's steps
+             ("dense-i8", True): 1.5, ("sparse-i8", True): 3.0}     # their serial twins
+
+    def steps(serial):
+        return lambda model, node, mode: FakeStep((mode, serial), times[(mode, serial)])
+
+    modes = ("dense-i8", "sparse-i8")
+    got = tuning._time_modes(None, None, {}, modes, steps(False), steps(True))
+    assert got == (1.5, 1.0)
+    first_plan_step = order.index(("dense-i8", False))
+    assert set(order[:first_plan_step]) == {("dense-i8", True), ("sparse-i8", True)}
+    assert tuning._time_modes(None, None, {}, modes, steps(False)) == (2.0, 1.0)  # one thread

@@ -143,7 +143,9 @@ def time_point(layer: dict, sparsity: float, kind: str, threads=None) -> dict | 
         key = tuning.layer_key(node, tensors, x_info, density)
         entry = table.get_layer(key, lambda: tuning.measure_layer(
             node, tensors, *x_info, modes,
-            lambda m, n, mode: step_in_mode(m, n, mode, serial=serial)))
+            lambda m, n, mode: step_in_mode(m, n, mode, serial=serial),
+            serial_step_in_mode=None if serial else
+            lambda m, n, mode: step_in_mode(m, n, mode, serial=True)))
     if entry is None:
         return None
     return {"dense_s": entry["dense_s"], "sparse_s": entry["sparse_s"], "density": density}

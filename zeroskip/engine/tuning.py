@@ -103,7 +103,7 @@ timings move by a few percent from run to run, and on a tie the dense kernel is 
 measured dense 0.31 ms against CSR 0.307 and ran CSR, and the whole `auto` run was 10 % slower
 than dense-i8's."""
 
-KERNELS_REVISION = 17
+KERNELS_REVISION = 18
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -121,7 +121,8 @@ dense int8 conv on AVX-512 VNNI without AMX, 1.1–1.4× faster on 7×7 and 14×
 dense GEMM tiles requantizing in their registers (pointwise int8 convs 1.1–1.6× faster) and
 packed weights on cache lines (the AMX convs up to 1.5× faster, the dense int8 ResNet-18 15 %);
 17: the packed convs' IR epilogue and the gathered stem (the AMX convs 1.3–2× faster at one
-thread), the AMX GEMM from K = 64)."""
+thread), the AMX GEMM from K = 64; 18: multi-thread plans time each kernel's serial twin too,
+``_time_modes``)."""
 
 
 def _cpu_name() -> str:
@@ -266,18 +267,31 @@ def layer_key(node: Node, tensors: dict, x_info, density: float, transposed: boo
             f"{x_info[1]} {json.dumps(attrs, sort_keys=True)} d{density:.2f}")
 
 
-def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode
-                ) -> tuple[float, float] | None:
-    """(seconds in modes[0], seconds in modes[1]) of ``node``'s step; None if either has no kernel."""
+def _time_modes(model: Model, node: Node, values: dict, modes, step_in_mode,
+                serial_step_in_mode=None) -> tuple[float, float] | None:
+    """(seconds in modes[0], seconds in modes[1]) of ``node``'s step; None if either has no kernel.
+
+    ``serial_step_in_mode`` (multi-thread plans): the same steps on the kernels' serial twins,
+    timed first, and each mode's time is the faster of the two: a multi-thread run takes whichever
+    build is faster for the layer (launch.Trial), and the steps' own timing runs the serial build
+    only right after the parallel one, when TBB's worker still spins and slows it (the digits
+    MLP's 64→256 int8 GEMM at 512 rows: dense 50.9 µs on one thread, 58.6 timed that way, so
+    at two threads auto took CSR, 54.1, and the whole MLP ran 8–10 % slower than on one thread)."""
     steps = [step_in_mode(model, node, mode) for mode in modes]
     if any(step is None for step in steps):
         return None
-    dense, sparse = best_times([lambda: steps[0].run(values), lambda: steps[1].run(values)])
+    serial = [float("inf")] * 2
+    if serial_step_in_mode is not None:
+        twins = [serial_step_in_mode(model, node, mode) for mode in modes]
+        serial = best_times([lambda: twins[0].run(values), lambda: twins[1].run(values)])
+    timed = best_times([lambda: steps[0].run(values), lambda: steps[1].run(values)])
+    dense, sparse = (min(a, b) for a, b in zip(timed, serial))
     return dense, sparse
 
 
 def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mode,
-                  transposed: bool = False) -> tuple[float, float] | None:
+                  transposed: bool = False, serial_step_in_mode=None
+                  ) -> tuple[float, float] | None:
     """(dense seconds, CSR seconds) of ``node`` on a random input of ``x_shape``, built by
     ``step_in_mode`` in the two ``modes`` (dense first). None when either has no kernel for this
     node (it runs the reference op whatever auto picks). ``transposed``: the input comes as the
@@ -294,7 +308,8 @@ def measure_layer(node: Node, tensors: dict, x_shape, x_dtype, modes, step_in_mo
     weights = {name: tensors[name] for name in node.inputs[1:] if name}
     graph = Graph([node], [ValueInfo(node.inputs[0], tuple(x_shape), str(x.dtype))],
                   [ValueInfo(node.outputs[0], None, "float32")], weights)
-    return _time_modes(Model(graph), node, {node.inputs[0]: x}, modes, step_in_mode)
+    return _time_modes(Model(graph), node, {node.inputs[0]: x}, modes, step_in_mode,
+                       serial_step_in_mode)
 
 
 def measure_class(shape_class: str, modes, step_in_mode) -> Callable[[float], tuple[float, float]]:

@@ -147,8 +147,10 @@ class PlanContext:
         if x_info is not None:
             transposed = node.inputs[0] in self.transposed
             key = tuning.layer_key(node, self.tensors, x_info, density, transposed)
+            twins = None if self.serial else self._serial_step_in_mode
             measure = (lambda: tuning.measure_layer(node, self.tensors, *x_info, modes,
-                                                    self._step_in_mode, transposed=transposed)) \
+                                                    self._step_in_mode, transposed=transposed,
+                                                    serial_step_in_mode=twins)) \
                 if timed else None
             entry = self._table.get_layer(key, measure)
         if entry is not None:
@@ -176,6 +178,10 @@ class PlanContext:
     def _step_in_mode(self, model: Model, node: Node, mode: str):
         """``node``'s kernel step in ``mode`` for a one-node ``model`` (None: no kernel)."""
         return self.kernel_step(node, PlanContext(model, mode, self.serial, self.kernel_step))
+
+    def _serial_step_in_mode(self, model: Model, node: Node, mode: str):
+        """``_step_in_mode`` on the kernels' serial twins (a one-thread plan's steps)."""
+        return self.kernel_step(node, PlanContext(model, mode, True, self.kernel_step))
 
     def input_shape(self, node: Node):
         """The shape of ``node``'s first input with the plan's batch, or None if not all known."""
