@@ -67,8 +67,9 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     for t in prange(B * C4):
         pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
                        pitch, stride, used)
-    for b in range(B):
-        xg[b, C4 * stride:copy_words] = 0  # the slack the last chunk's dropped positions read
+    for b in range(B):  # the slack the last chunk's dropped positions read, word by word: in a
+        for i in range(C4 * stride, copy_words):  # parallel kernel a slice assignment in a loop
+            xg[b, i] = 0                          # is a parallel launch per image (450 a batch)
     if copies > 1:  # an empty parallel loop still costs a launch
         for t in prange(B * (copies - 1)):
             shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
