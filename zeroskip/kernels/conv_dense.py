@@ -21,6 +21,7 @@ from numba import njit, prange
 from ._broadcast import MIN_TASKS, channel_groups
 from ._fma import FMA_PIXELS, FMA_ROWS, fma_tile
 from ._planes import pad_phases
+from ._scratch import zero_tails
 
 
 _U = np.uint64
@@ -77,8 +78,7 @@ def _conv2d_dense_f32(wp, offsets, b, x, xq, y, kh, kw, sh, sw, dh, dw, pt, pl, 
         bi, c = t // C, t % C
         pad_phases(x[bi, c], xq[bi][c * S:(c + 1) * S].reshape((sh * sw * Hq, Wq)),
                    sh, sw, pt, pl, np.float32(0.0))
-    for bi in range(B):
-        xq[bi, C * S:] = 0  # the slack that the last chunk's dropped positions read
+    zero_tails(xq, C * S)  # the slack that the last chunk's dropped positions read
     per, K = N // groups, offsets.shape[0]
     blocks = (per + FMA_ROWS - 1) // FMA_ROWS
     positions = (OH - 1) * Wq + OW

@@ -30,6 +30,7 @@ from ._fma import HAS_FMA, LANE_CHANNELS, LANE_PIXELS, lane_tile
 from ._lanes import LANE_CHANNELS_I8, LANE_PIXELS_I8, lane_tile_i8
 from ._planes import pad_plane
 from ._quads import QUAD_SLACK, pack_group_jit, used_phases
+from ._scratch import zero_tails
 from .elementwise import add_residual, has_residual, residual_parts
 
 LANE_TASKS_I8 = 16
@@ -101,8 +102,7 @@ def _conv2d_lanes_f32(wb, offsets, b, x, xp, y, kh, kw, sh, sw, dh, dw, pt, pl, 
         bi, c = t // C, t % C
         pad_plane(x[bi, c], xp[bi][c * S:(c + 1) * S].reshape((Hp, Wp)), pt, pl,
                   np.float32(0.0))
-    for bi in range(B):
-        xp[bi, C * S:] = 0  # read by the dropped positions of the last row's last tile
+    zero_tails(xp, C * S)  # read by the dropped positions of the last row's last tile
     K = offsets.shape[0]
     blocks = (N + LANE_CHANNELS - 1) // LANE_CHANNELS
     tiles = (OW + LANE_PIXELS - 1) // LANE_PIXELS
@@ -185,8 +185,7 @@ def _conv2d_lanes_rq_i8(wl, offsets, bias, w_sums, x, x_zero_point, xg, m0, shif
     for t in prange(B * C4):
         pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
                        pitch, stride, used)
-    for b in range(B):
-        xg[b, C4 * stride:] = 0  # read by the dropped positions of the last row's last tile
+    zero_tails(xg, C4 * stride)  # read by the dropped positions of the last row's last tile
     blocks = (N + LANE_CHANNELS_I8 - 1) // LANE_CHANNELS_I8
     starts = _by_blocks(unsigned_bias(x, None, bias, w_sums), blocks, 0)
     whole = blocks * LANE_CHANNELS_I8

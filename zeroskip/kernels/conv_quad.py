@@ -25,7 +25,7 @@ from numba import njit, prange
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
 from ._quads import (QUAD_PIXELS, QUAD_SLACK, chunk_rows, pack_group_jit,
                      quad_tile, shift_copy_jit, store_chunk, used_phases)
-from ._scratch import words_on_lines
+from ._scratch import words_on_lines, zero_tails
 
 
 def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
@@ -67,9 +67,7 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     for t in prange(B * C4):
         pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
                        pitch, stride, used)
-    for b in range(B):  # the slack the last chunk's dropped positions read, word by word: in a
-        for i in range(C4 * stride, copy_words):  # parallel kernel a slice assignment in a loop
-            xg[b, i] = 0                          # is a parallel launch per image (450 a batch)
+    zero_tails(xg[:, :copy_words], C4 * stride)  # the slack dropped positions read
     if copies > 1:  # an empty parallel loop still costs a launch
         for t in prange(B * (copies - 1)):
             shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
