@@ -238,6 +238,6 @@ def run_demo(threads: int | None = None) -> int:
         print()
     print(f"batch: median of {REPEATS} runs of the whole batch after {WARMUP} untimed ones; "
           f"vs dense-f32: the float model's dense-f32 time over this row's; 1st run: planning, "
-          f"and the JIT compile when the kernel cache is cold. Threads: {threads or 'default'}. The demo took "
-          f"{time.perf_counter() - start:.1f} s.")
+          f"and the JIT compile when the kernel cache is cold. Threads: {threads or 'default'}. "
+          f"The demo took {time.perf_counter() - start:.1f} s.")
     return 0
