@@ -251,6 +251,8 @@ class Session:
                 with timing_context(self.threads) if self.mode == "auto" else _NOTHING:
                     plan = build_plan(self.model, self.mode, serial=self.threads == 1,
                                       batch=1 if batch is None else batch)
+                if plan.uses_numba and not plan.serial:
+                    _restart_team()  # a forked child's parallel regions back on the team
                 self._plans[batch] = plan
         return plan
 
@@ -391,6 +393,12 @@ def _awake_threads(threads: int | None) -> int:
 def _all_of(threads: int | None, parallel: bool, blas: int | None, awake: int = 1):
     with _threads(threads), _launch_guard(parallel), blas_threads(blas), kept_awake(awake):
         yield
+
+
+def _restart_team() -> None:
+    from ..kernels import _team
+
+    _team.restart()
 
 
 def _serial_launches() -> bool:

@@ -146,6 +146,23 @@ def _ensure_cache_location() -> None:
 _ensure_cache_location()
 
 
+def _start_team() -> None:
+    """Parallel regions on the team of kernels/_team.py (on Linux x86-64, unless ZEROSKIP_TEAM=0):
+    before any parallel kernel is linked. If it cannot start, Numba's threading layer runs them."""
+    from . import _team
+
+    try:
+        _team.install()
+    except Exception as error:  # noqa: BLE001 - an optimization only
+        import warnings
+
+        warnings.warn(f"zeroskip: parallel regions stay on Numba's threading layer ({error})",
+                      RuntimeWarning, stacklevel=2)
+
+
+_start_team()
+
+
 _SERIAL: dict = {}
 
 
