@@ -109,8 +109,8 @@ def test_launches_from_two_threads_each_run_once_on_the_team_or_the_layer(case):
 
 def test_sleeping_workers_wake_for_the_next_region(case):
     x, expected = case
-    deadline = time.monotonic() + 2.0
-    while _team._state[_team.SLEEPERS] < _team.stats()["workers"] and time.monotonic() < deadline:
+    until = time.monotonic() + 2.0
+    while _team._state[_team.SLEEPERS] < _team.stats()["workers"] and time.monotonic() < until:
         time.sleep(0.01)
     assert _team._state[_team.SLEEPERS] == _team.stats()["workers"]  # idle past SPIN_S: asleep
     before = _team.stats()["worker_chunks"]
@@ -134,8 +134,8 @@ def test_the_launcher_runs_every_chunk_when_no_worker_comes(case):
     finally:
         _team._state[_team.WORKERS] = 0
         _team.restart()
-    deadline = time.monotonic() + 2.0
-    while not _team.active() and time.monotonic() < deadline:
+    until = time.monotonic() + 2.0
+    while not _team.active() and time.monotonic() < until:
         time.sleep(0.01)
     assert _team.active()
 
@@ -144,8 +144,8 @@ def _child(queue, x, expected):
     out = _run(x)
     alive_before = _team.active()
     _team.restart()
-    deadline = time.monotonic() + 2.0
-    while not _team.active() and time.monotonic() < deadline:
+    until = time.monotonic() + 2.0
+    while not _team.active() and time.monotonic() < until:
         time.sleep(0.01)
     again = _run(x)
     queue.put((np.array_equal(out, expected), alive_before, _team.active(),

@@ -50,7 +50,7 @@ from numba.extending import intrinsic
 TEAM_ENV = "ZEROSKIP_TEAM"
 """Set to 0 to leave every parallel region to Numba's threading layer."""
 
-SPIN_S = 100e-6
+SPIN_S = 1e-3
 """How long a worker spins after its last chunk before it sleeps. Between two parallel regions of
 a batch-1 run there are 1–60 µs of serial steps and Python; a sleeping worker takes 5–50 µs to
 wake (a futex wake, and on a VM the CPU's own wake-up: engine/awake.py)."""
