@@ -55,9 +55,12 @@ threads have work."""
 def channel_groups(units, chunks):
     """(groups, units per group): ``units`` units of output channels (single channels, or a tile's
     rows) split into enough groups that chunks × groups reaches MIN_TASKS; at least one group, at
-    most one per unit."""
+    most one per unit, and none empty: 10 units in 8 groups of 2 were 5 groups of channels and 3
+    empty tasks, and a thread's static half of the loop got 8 units against the other's 2 (the
+    planar AMX GEMM 960→320 at 7×7, two threads, kernel alone: 29.4 → 26.8 µs)."""
     groups = max(1, min(units, (MIN_TASKS + chunks - 1) // max(chunks, 1)))
-    return groups, (units + groups - 1) // groups
+    per = (units + groups - 1) // groups
+    return (units + per - 1) // per, per
 
 
 SIGN_FLIP = np.int32(-0x7F7F7F80)
