@@ -394,3 +394,58 @@ def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
         assert seen == [want], session.mode
         for key, value in Session(session.model).run(feeds).items():
             np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_choice_alternates_its_plans_then_keeps_the_faster():
+    """RunChoice: RUN_CHECK_RUNS timed runs of each plan, alternated, then the one with the best
+    run for good (the parallel plan on a tie; the twin dropped when the parallel plan wins)."""
+    from zeroskip.engine.session import RUN_CHECK_RUNS, RunChoice
+
+    for parallel_s, serial_s, kept in ((2.0, 1.0, "one thread"), (1.0, 2.0, "parallel"),
+                                       (1.0, 1.0, "parallel")):
+        plan, twin = object(), object()
+        choice = RunChoice(plan, twin)
+        seen = []
+        for _ in range(2 * RUN_CHECK_RUNS):
+            assert choice.decided() is None
+            ran = choice.next()
+            seen.append(ran)
+            choice.record(ran, parallel_s if ran is plan else serial_s)
+        assert seen == [plan, twin] * RUN_CHECK_RUNS
+        assert choice.decided() == kept
+        assert choice.next() is (twin if kept == "one thread" else plan)
+        choice.record(choice.next(), 0.0)  # later runs change nothing
+        assert choice.decided() == kept
+        assert (choice.plans[1] is None) == (kept == "parallel")
+
+
+def test_short_parallel_runs_are_checked_against_the_one_thread_plan(monkeypatch):
+    """A parallel plan whose runs are short races its one-thread twin after its Trials, and keeps
+    the faster; every run on either gives the one-thread session's bytes. The demo's untimed runs
+    cover the race, so its timed runs all take the plan kept."""
+    import zeroskip.engine.session as session_module
+    from zeroskip.demo import WARMUP
+
+    data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_pruned_int8.zsk")
+    x = np.random.default_rng(0).random((450, 64), dtype=np.float32) * 16
+    one = Session(data, mode="dense-i8", threads=1)
+    two = Session(data, mode="dense-i8", threads=2)
+    want = one.run({one.inputs[0].name: x})["logits"]
+    for faster in ("one thread", "parallel"):
+        session = Session(data, mode="dense-i8", threads=2)
+        record = session_module.RunChoice.record
+
+        def rigged(self, plan, seconds, faster=faster):  # the race's outcome, whatever the machine
+            record(self, plan, seconds + (plan.serial == (faster == "parallel")))
+
+        monkeypatch.setattr(session_module.RunChoice, "record", rigged)
+        monkeypatch.setattr(session_module, "RUN_CHECK_MAX_S", 10.0)  # a slow machine races too
+        for _ in range(WARMUP):
+            np.testing.assert_array_equal(session.run({session.inputs[0].name: x})["logits"], want)
+        choice = session._choices[id(session._plan)]
+        assert choice.decided() == faster
+        assert choice.next().serial == (faster == "one thread")
+        np.testing.assert_array_equal(session.run({session.inputs[0].name: x})["logits"], want)
+        monkeypatch.undo()
+    assert two._choices.get(id(two._plan)) is None  # a session that has not run has not raced
+    assert one._choices == {} or one._choices[id(one._plan)] is False  # one thread: never races

@@ -27,7 +27,7 @@ from importlib import resources
 
 import numpy as np
 
-from .engine.plan.launch import TRIALS
+from .engine.session import RUN_CHECK_AFTER, RUN_CHECK_RUNS
 
 IMAGES = "digits_test.npz"
 NETWORKS = {  # name: input shape of one image
@@ -45,11 +45,12 @@ RUNS = [  # (variant suffix, mode)
     ("_pruned_int8", "auto"),
 ]
 REPEATS = 7
-WARMUP = 2 * (TRIALS + 1)
+WARMUP = RUN_CHECK_AFTER + 2 * RUN_CHECK_RUNS
 """Untimed runs before the REPEATS timed ones: with several threads, each kernel's first
-WARMUP calls alternate its parallel and serial builds to choose one
-(engine/plan/launch.py, Trial). Timed during them, the pruned int8 CNN in auto took 4.4–4.7 ms at
-the default two threads against 4.1 at one; past them, 2.2."""
+2·(TRIALS + 1) calls alternate its parallel and serial builds to choose one (engine/plan/launch.py,
+Trial), and then a short run's plan alternates with its one-thread twin (engine/session.py,
+RunChoice). Timed during the Trials, the pruned int8 CNN in auto took 4.4–4.7 ms at the default
+two threads against 4.1 at one; past them, 2.2."""
 SLOWER = 1.1
 """A row is explained when it takes this much longer than dense-f32 (below it is noise)."""
 ONE_SHOT = 0.9
