@@ -16,14 +16,17 @@ process symbol ``zeroskip_team_state``, so that the kernels cache on disk):
 * A launch takes the team (``BUSY`` 0 → 1 by compare-and-swap). If another thread has it (a
   second Python thread, a region inside a region), or no worker is alive, or the region does not
   fit, the threading layer runs the region, as it did before.
-* It writes the job's fields, then publishes ``CLAIM = generation << 32 | 0``.
-* Every participant (the launching thread, and the workers below ``num_threads − 1``) claims
-  chunk ``i`` by compare-and-swap of ``CLAIM`` from ``(g, i)`` to ``(g, i + 1)``, runs it, and
-  adds one to ``DONE``. A late worker finds nothing left; a worker that is not scheduled at all
-  (another process has its CPU) costs nothing, since the launcher runs every chunk itself: no
-  static share waits for a thread that is not there (OpenMP's spinning team, which does, ran 2×
-  slower than one thread when another process took a CPU). The generation in the claim word
-  means that a worker that saw an old job can never claim a chunk of a new one.
+* It writes the job's fields, then publishes ``CLAIM = generation << 32`` (no chunk claimed).
+* Every participant (the launching thread, and the workers below ``num_threads − 1``) claims a
+  chunk by compare-and-swap of ``CLAIM``, setting the chunk's bit, runs it, and adds one to
+  ``DONE``: first its own chunk (the launcher chunk 0, worker w chunk w + 1), so that while all
+  are there each thread takes the same share of every region (measured within noise against
+  first come, first served), then any chunk still free. A late worker finds nothing left; a
+  worker that is not scheduled at all (another process has its CPU) costs nothing, since the
+  launcher runs every chunk itself: no static share waits for a thread that is not there
+  (OpenMP's spinning team, which does, ran 2× slower than one thread when another process took a
+  CPU). The generation in the claim word means that a worker that saw an old job can never claim
+  a chunk of a new one.
 * The launcher returns when ``DONE`` reaches the chunk count, and frees the team.
 
 Each chunk is the same call of ``fn`` that the threading layer would make, so the results are
@@ -66,7 +69,7 @@ ResNet-18 at two threads, back to back: the same with a PAUSE_S of 1 ms (2.57–
 2.59–2.62)."""
 
 # The words of the state, each written by several threads on a cache line of its own.
-CLAIM = 0          # generation << 32 | next chunk
+CLAIM = 0          # generation << 32 | a bit per chunk claimed
 DONE = 8           # chunks finished in this generation
 BUSY = 16          # 1 while a launch holds the team
 SLEEPERS = 24      # workers waiting on FUTEX
@@ -254,18 +257,33 @@ def _layer_parallel_for(typingctx, fn, arrays, dims, steps, data, ndim, narrays,
     return types.void(*([types.int64] * 8)), codegen
 
 
+MAX_CHUNKS = 32
+"""Chunks a region may have on the team: one bit each in the claim word (Numba's schedule makes
+one per thread)."""
+
+
 @njit(inline="always")
-def _claim_and_run(generation):
-    """Claim and run chunks of job ``generation`` until none is left; how many this thread ran."""
+def _claim_and_run(generation, preferred):
+    """Claim and run chunks of job ``generation`` until none is left, chunk ``preferred`` first if
+    it is still free, then the lowest free one; how many this thread ran."""
     ran = 0
     while True:
         word = _load(CLAIM)
-        if (word >> 32) & _LOW != generation or word & _LOW >= _load(TOTAL):
+        if (word >> 32) & _LOW != generation:
             return ran
-        if _cas(CLAIM, word, word + 1) == word:
+        total = _load(TOTAL)
+        claimed = word & _LOW
+        chunk = preferred
+        if chunk >= total or (claimed >> chunk) & 1:
+            chunk = 0
+            while chunk < total and (claimed >> chunk) & 1:
+                chunk += 1
+            if chunk == total:
+                return ran
+        if _cas(CLAIM, word, word | (1 << chunk)) == word:
             # the job cannot end before DONE counts this chunk: its fields stay as they are
             _run_chunk(_load(FN), _load(ARGS), _load(DIMS), _load(STEPS), _load(DATA),
-                       _load(NDIM), _load(NARRAYS), word & _LOW)
+                       _load(NDIM), _load(NARRAYS), chunk)
             _add(DONE, 1)
             ran += 1
 
@@ -283,7 +301,7 @@ def worker_loop(index):
             seen = generation
             if index < _load(NTHREADS) - 1:  # a job for fewer threads leaves this worker idle
                 start = _ticks()
-                ran = _claim_and_run(generation)
+                ran = _claim_and_run(generation, index + 1)
                 if ran > 0:
                     end = _ticks()
                     _add(WORKER_CHUNKS, ran)
@@ -311,7 +329,7 @@ def _launch(fn, arrays, dims, steps, data, ndim, narrays, threads):
     """parallel_for on the team (the module's docstring has the protocol)."""
     total = _peek(dims)
     if (threads < 2 or _load(WORKERS) == 0 or narrays > MAX_ARRAYS or ndim >= MAX_DIMS
-            or total > _LOW or _cas(BUSY, 0, 1) != 0):
+            or total > MAX_CHUNKS or _cas(BUSY, 0, 1) != 0):
         _add(FALLBACKS, 1)
         _layer_parallel_for(fn, arrays, dims, steps, data, ndim, narrays, threads)
         return
@@ -333,7 +351,7 @@ def _launch(fn, arrays, dims, steps, data, ndim, narrays, threads):
     if _load(SLEEPERS) > 0:
         _add(FUTEX, 1)
         _futex_wake()
-    _claim_and_run(generation)
+    _claim_and_run(generation, 0)
     own = _ticks()
     waited = 0
     while _load(DONE) < total:  # a chunk a worker claimed and still runs
@@ -363,6 +381,7 @@ _state = None          # the words, 64-byte aligned (None: no team in this proce
 _threads: list = []
 _pid = None
 _tick_rate = 0.0       # cycle-counter ticks per second
+_install_entry: list = []  # the compiled launcher, kept alive
 
 
 def supported() -> bool:
@@ -400,21 +419,18 @@ def install() -> bool:
     state = raw[first:first + WORDS]
     ll.add_symbol(_LAYER_SYMBOL, module.parallel_for)
     ll.add_symbol(_STATE_SYMBOL, state.ctypes.data)
-    _state = state
-    _tick_rate = _measure_tick_rate()
-    state[SPIN_TICKS] = int(_tick_rate * SPIN_S)
-    state[PAUSE_TICKS] = int(_tick_rate * PAUSE_S)
+    rate = _measure_tick_rate()
+    state[SPIN_TICKS] = int(rate * SPIN_S)
+    state[PAUSE_TICKS] = int(rate * PAUSE_S)
     entry = cfunc(types.void(*([types.int64] * 8)), cache=True)(_parallel_for)
     worker_loop.compile((types.int64,))  # here, not in the first worker (the import lock)
     _start_workers(numba.config.NUMBA_NUM_THREADS - 1)
     ll.add_symbol("numba_parallel_for", entry.address)
+    _state, _tick_rate = state, rate  # installed: nothing above failed
+    _install_entry.append(entry)  # keep its code alive
     atexit.register(_stop)
     os.register_at_fork(after_in_child=_forget_workers)
-    _install_entry.append(entry)  # keep its code alive
     return True
-
-
-_install_entry: list = []
 
 
 def _measure_tick_rate() -> float:
@@ -492,9 +508,9 @@ def stats() -> dict:
     rate = _tick_rate or 1.0
     s = _state
     return {"launches": int(s[LAUNCHES]), "fallbacks": int(s[FALLBACKS]),
-            "worker_chunks": int(s[WORKER_CHUNKS]), "main_s": s[MAIN_TICKS] / rate,
-            "wait_s": s[WAIT_TICKS] / rate, "worker_s": s[WORKER_TICKS] / rate,
-            "join_s": s[JOIN_TICKS] / rate, "workers": int(s[WORKERS])}
+            "worker_chunks": int(s[WORKER_CHUNKS]), "main_s": float(s[MAIN_TICKS] / rate),
+            "wait_s": float(s[WAIT_TICKS] / rate), "worker_s": float(s[WORKER_TICKS] / rate),
+            "join_s": float(s[JOIN_TICKS] / rate), "workers": int(s[WORKERS])}
 
 
 __all__ = ["SPIN_S", "TEAM_ENV", "active", "install", "restart", "stats", "stop", "supported"]
