@@ -280,11 +280,17 @@ STORE_FORMS = _store_forms()
 ADD_PARAMS = {
     "ties": (5, -7, 1 << 20, 3 << 20, 21, 2, 1, -2),   # ties wherever d_a + 3·d_b is odd
     "wide": (-3, 200, (1 << 43) + (1 << 21) + 5, 1 << 44, 45, -1, 0, 0),  # both 22-bit halves
+    # the 32-bit rounding (R in _quads.NARROW_ADD_SHIFTS) at its ends, with ties of both signs
+    # and products whose low 22 bits are all zero (the borrow from H)
+    "narrow ties": (5, -7, 1 << 29, 3 << 29, 30, 2, 1, -2),
+    "narrow first": (0, 3, 3 << 22, 1 << 23, 24, 0, 0, 0),   # (3·d_a + 2·d_b) / 4
+    "narrow last": (-3, 200, 1 << 44, 1 << 44, 53, 1, 0, 0),  # (d_a + d_b) / 512: ties at ±256
+    "past narrow": (-3, 200, 1 << 44, (1 << 44) - 1, 54, 1, 0, 0),
 }
 """QAdd parameters (a_zp, b_zp, A, B, R, y_zp, and lo, hi as offsets into the type's range)."""
 
 
-@pytest.mark.parametrize("residual", [None, "ties", "wide"])
+@pytest.mark.parametrize("residual", [None, *ADD_PARAMS])
 @pytest.mark.parametrize("form", sorted(STORE_FORMS))
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("pitch, OH, OW", [(9, 7, 7), (16, 14, 14), (58, 56, 56), (5, 5, 5),

@@ -371,6 +371,34 @@ def _no_residual(residual) -> bool:
     return residual is None or isinstance(residual, (types.NoneType, types.Omitted))
 
 
+NARROW_ADD_SHIFTS = (24, 53)
+"""The QAdd shifts R for which _qadd_ir rounds in 32-bit lanes (_qadd_round_narrow); quantmath.
+add_multipliers gives R = 43 − ⌊log₂ max(a_scale, b_scale)/y_scale⌋: 42–44 for a residual add of
+like scales."""
+
+
+def _qadd_round_narrow(builder, high, low, shift):
+    """LLVM IR: round_half_away(p / 2^R) for p = high·2^22 + low (vectors of 16 int32 lanes, as
+    _qadd_ir makes them) and 24 ≤ R ≤ 53, in 32-bit lanes. With H = high + (low >> 22) and
+    l₀ = low mod 2^22, p = H·2^22 + l₀ (0 ≤ l₀ < 2^22), so p < 0 exactly when H < 0, and for
+    s = R − 22 ≥ 2 the rounding's floor((p + 2^(R−1) − [p < 0]) / 2^R) is
+    floor((H − δ + 2^(s−1)) / 2^s), δ = [H < 0 and l₀ = 0] (the −1 borrows from H only when l₀
+    is 0), taken as ((H − δ) >> 1 + 2^(s−2)) >> (s − 1) so that no sum leaves int32: |H| ≤
+    2·255·2^22 + 2^9 < 2^31 − 2^23, and 2^(s−2) ≤ 2^29 for R ≤ 53. The 64-bit lanes of the
+    general form take twice the registers and µops for each of six steps."""
+    i32 = ir.IntType(32)
+    vec = high.type
+    s = builder.trunc(builder.sub(shift, ir.IntType(64)(22)), i32)
+    big = builder.add(high, builder.ashr(low, splat(builder, i32(22))))
+    spare = builder.and_(low, splat(builder, i32((1 << 22) - 1)))
+    zero = ir.Constant(vec, [0] * LANES)
+    borrow = builder.and_(builder.icmp_signed("<", big, zero),
+                          builder.icmp_signed("==", spare, zero))
+    halved = builder.ashr(builder.sub(big, builder.zext(borrow, vec)), splat(builder, i32(1)))
+    half = builder.shl(splat(builder, i32(1)), splat(builder, builder.sub(s, i32(2))))
+    return builder.ashr(builder.add(halved, half), splat(builder, builder.sub(s, i32(1))))
+
+
 def _qadd_ir(builder, qa, qb, params):
     """LLVM IR: elementwise.qadd_value on vectors of 16 int32 lanes qa (the conv's requantized
     values) and qb (the residual's): clamp(y_zp + round_half_away(p / 2^R), lo, hi) for
@@ -395,14 +423,26 @@ def _qadd_ir(builder, qa, qb, params):
     db = builder.sub(qb, splat(builder, builder.trunc(b_zp, i32)))
     high = builder.add(builder.mul(da, a1), builder.mul(db, b1))
     low = builder.add(builder.mul(da, a0), builder.mul(db, b0))
-    p = builder.add(builder.shl(builder.sext(high, wide), splat(builder, i64(22), wide)),
-                    builder.sext(low, wide))
-    one = splat(builder, i64(1), wide)
-    r = splat(builder, shift, wide)
-    negative = builder.zext(builder.icmp_signed("<", p, ir.Constant(wide, [0] * LANES)), wide)
-    t = builder.ashr(builder.sub(builder.add(p, builder.shl(one, builder.sub(r, one))), negative),
-                     r)
-    t = builder.add(builder.trunc(t, vec), splat(builder, builder.trunc(y_zp, i32)))
+    narrow = builder.and_(builder.icmp_signed(">=", shift, i64(NARROW_ADD_SHIFTS[0])),
+                          builder.icmp_signed("<=", shift, i64(NARROW_ADD_SHIFTS[1])))
+    with builder.if_else(narrow, likely=True) as (then, otherwise):
+        with then:
+            t_narrow = _qadd_round_narrow(builder, high, low, shift)
+            narrow_block = builder.block
+        with otherwise:
+            p = builder.add(builder.shl(builder.sext(high, wide), splat(builder, i64(22), wide)),
+                            builder.sext(low, wide))
+            one = splat(builder, i64(1), wide)
+            r = splat(builder, shift, wide)
+            negative = builder.zext(builder.icmp_signed("<", p, ir.Constant(wide, [0] * LANES)),
+                                    wide)
+            t_wide = builder.trunc(builder.ashr(builder.sub(builder.add(
+                p, builder.shl(one, builder.sub(r, one))), negative), r), vec)
+            wide_block = builder.block
+    t = builder.phi(vec)
+    t.add_incoming(t_narrow, narrow_block)
+    t.add_incoming(t_wide, wide_block)
+    t = builder.add(t, splat(builder, builder.trunc(y_zp, i32)))
     lo_v, hi_v = splat(builder, builder.trunc(lo, i32)), splat(builder, builder.trunc(hi, i32))
     t = builder.select(builder.icmp_signed("<", t, lo_v), lo_v, t)
     return builder.select(builder.icmp_signed(">", t, hi_v), hi_v, t)
