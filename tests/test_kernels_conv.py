@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_checks import assert_exact, assert_f32_close, residual_for
+from kernel_checks import assert_exact, assert_f32_close, extreme_values, residual_for
 from zeroskip.kernels import KERNELS
 from zeroskip.kernels._planes import tap_starts
 from zeroskip.quantmath import quantize_multiplier
@@ -670,6 +670,29 @@ def test_add_dense_i8_lengths(dtype):
         KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, 5, lo, hi)
         want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, 5, lo, hi)
         assert_exact(y, want, dtype=dtype, L=L, extra={"a": a, "b": b})
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("R", [1, 20, 23, 24, 25, 30, 43, 52, 53, 54, 62])
+def test_add_dense_i8_every_shift(R, dtype):
+    """The QAdd at every kind of shift R, from 1 to 62 (those around 24 and 53 are where the
+    convs' IR epilogue changes its rounding, _quads.NARROW_ADD_SHIFTS): multipliers up to 2^44
+    that fill both 22-bit halves, multipliers that are multiples of 2^(R−1) (ties of both signs),
+    inputs at the ends of their range; the same bytes as the reference."""
+    rng = np.random.default_rng(R)
+    lo, hi = I8_RANGE[dtype]
+    L = 4099
+    a = extreme_values(rng, L, lo, hi).astype(dtype)
+    b = extreme_values(rng, L, lo, hi).astype(dtype)
+    top = min(2**44, 2 ** (R + 9))
+    tie = 2 ** min(R - 1, 42)  # A = tie, B = 3·tie: p / 2^R = (d_a + 3·d_b) / 2 while R ≤ 43
+    for A, B in ((int(rng.integers(1, top)), int(rng.integers(1, top))), (top, top - 1),
+                 (tie, 3 * tie)):
+        for a_zp, b_zp, y_zp in ((3, -5, 0), (lo, hi, (lo + hi) // 2)):
+            y = np.zeros(L, dtype)
+            KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, y_zp, lo, hi)
+            want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, y_zp, lo, hi)
+            assert_exact(y, want, dtype=dtype, R=R, A=A, B=B, extra={"a": a, "b": b})
 
 
 def test_add_dense_i8_ties():
