@@ -247,12 +247,13 @@ def _run_tile(tile, sums, xg, wt, start, offsets):
 # -- the GEMM's AMX tile ---------------------------------------------------------------------------
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8])
 @pytest.mark.parametrize("shape", [(17, 192, 1), (100, 196, 33), (130, 576, 64), (64, 1028, 70),
-                                   (70, 64, 5), (200, 144, 24)],
+                                   (70, 64, 5), (200, 144, 24), (49, 960, 160), (1, 64, 40)],
                          ids=lambda s: "M{}K{}N{}".format(*s))
 def test_dense_gemms_with_a_long_k_match_the_reference(shape, x_type):
     """matmul_dense_i8, matmul_dense_rq_i8 and matmul_planar_rq_i8 at K ≥ AMX_MIN_K, where an
     AMX CPU takes the AMX tile (K not a multiple of 64, N not of 32: the padded weights; with and
-    without the plan's padded copy): the reference's integers."""
+    without the plan's padded copy; one chunk of positions, M ≤ 64, and a 7×7 plane's): the
+    reference's integers."""
     M, K, N = shape
     rng = np.random.default_rng(M + K + N)
     x = extreme_values(rng, (M, K), *TYPE_RANGE[x_type]).astype(x_type)
