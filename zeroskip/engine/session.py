@@ -269,9 +269,10 @@ class Session:
         return plan
 
     def _choice_for(self, plan):
-        """The plan's RunChoice once it has run RUN_CHECK_AFTER times (None before): for a parallel
-        plan whose runs take under RUN_CHECK_MAX_S, a choice between it and its one-thread twin;
-        False for every other plan, which then always runs as planned."""
+        """The plan's RunChoice once it has run RUN_CHECK_AFTER times (False before, and asked
+        again at its next run): for a parallel plan whose runs take under RUN_CHECK_MAX_S, a
+        choice between it and its one-thread twin (planned now, as a ``threads=1`` session would
+        plan it); False, kept, for every other plan, which then always runs as planned."""
         if self.threads == 1 or plan.serial or not plan.uses_numba:
             self._choices[id(plan)] = False
             return False
