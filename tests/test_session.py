@@ -444,8 +444,10 @@ def test_short_parallel_runs_are_checked_against_the_one_thread_plan(monkeypatch
             np.testing.assert_array_equal(session.run({session.inputs[0].name: x})["logits"], want)
         choice = session._choices[id(session._plan)]
         assert choice.decided() == faster
+        assert {row["run"] for row in session.explain()} == {faster}
         assert choice.next().serial == (faster == "one thread")
         np.testing.assert_array_equal(session.run({session.inputs[0].name: x})["logits"], want)
         monkeypatch.undo()
     assert two._choices.get(id(two._plan)) is None  # a session that has not run has not raced
+    assert all("run" not in row for row in two.explain())
     assert one._choices == {} or one._choices[id(one._plan)] is False  # one thread: never races

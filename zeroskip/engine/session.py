@@ -319,7 +319,9 @@ class Session:
         In auto with a dynamic batch the choice is made per batch class (1, 8, 64 or 512: the nearest
         in log scale, ``tuning.batch_class``), and each row also says its class under "batch":
         with ``batch`` given, the rows of that batch's class (planned now if need be), else those
-        of every class planned so far. Other sessions have one plan, and no "batch" key."""
+        of every class planned so far. Other sessions have one plan, and no "batch" key. Once a
+        plan's short runs have raced its one-thread twin (``RunChoice``), its rows say which one
+        runs under "run": "parallel" or "one thread"."""
         if batch is not None:
             if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
                 raise ZeroskipError(f"batch must be a positive integer, not {batch!r}")
@@ -329,7 +331,12 @@ class Session:
             classes = sorted(self._plans, key=lambda c: -1 if c is None else c)
         rows = []
         for cls in classes:
-            for row in self._plans[cls].explain():
+            plan = self._plans[cls]
+            choice = self._choices.get(id(plan))
+            raced = choice.decided() if choice else None
+            for row in plan.explain():
+                if raced is not None:  # a short run's race (RunChoice) has kept this plan's runs
+                    row = dict(row, run=raced)
                 rows.append(row if cls is None else dict(row, batch=cls))
         return rows
 
