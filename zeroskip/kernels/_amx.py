@@ -430,11 +430,16 @@ def task_sums(g, per, n_pad):
 def start_rows_jit(start, n_pad):
     """(n_pad, 16) int32: each channel's starting sum repeated 16 times (one row of a C tile), zero
     past len(start). Serial loops: in a parallel kernel, a slice assignment inside a loop would
-    become one parallel launch per channel."""
-    rows = np.zeros((n_pad, 16), np.int32)
-    for n in range(start.shape[0]):
+    become one parallel launch per channel. Every word written once, through a flat view (zeros
+    and then the rows had written them twice: 1.64 → 0.81 µs at 384 channels, 6.5 → 2.9 at 1280,
+    on every call of an AMX GEMM or conv)."""
+    rows = np.empty((n_pad, 16), np.int32)
+    flat = rows.reshape(-1)
+    count = start.shape[0]
+    for n in range(n_pad):
+        value = start[n] if n < count else np.int32(0)
         for i in range(16):
-            rows[n, i] = start[n]
+            flat[16 * n + i] = value
     return rows
 
 
