@@ -16,8 +16,14 @@ from numba import njit, prange
 from zeroskip.kernels import _team
 
 pytestmark = pytest.mark.skipif(
-    not _team.active() or numba.config.NUMBA_NUM_THREADS < 2,
+    not _team.supported(),
     reason="no team in this process (not Linux x86-64, one CPU, the JIT off, or ZEROSKIP_TEAM=0)")
+
+
+def test_the_team_is_up_where_it_is_supported():
+    """zeroskip.kernels installed the team at import, and its workers are in their loops."""
+    assert _team.active()
+    assert _team.stats()["workers"] == numba.config.NUMBA_NUM_THREADS - 1
 
 
 def _hashes(x, out, reps):

@@ -427,7 +427,7 @@ def install() -> bool:
     state[PAUSE_TICKS] = int(rate * PAUSE_S)
     entry = cfunc(types.void(*([types.int64] * 8)), cache=True)(_parallel_for)
     worker_loop.compile((types.int64,))  # here, not in the first worker (the import lock)
-    _start_workers(numba.config.NUMBA_NUM_THREADS - 1)
+    _start_workers(numba.config.NUMBA_NUM_THREADS - 1, state)
     ll.add_symbol("numba_parallel_for", entry.address)
     _state, _tick_rate = state, rate  # installed: nothing above failed
     _install_entry.append(entry)  # keep its code alive
@@ -444,14 +444,20 @@ def _measure_tick_rate() -> float:
     return (c1 - c0) / (t1 - t0)
 
 
-def _start_workers(count: int) -> None:
+def _start_workers(count: int, state) -> None:
+    """Start ``count`` workers and wait (up to a second) until each has entered its loop, so that
+    the first regions after this find them."""
     global _pid
     _pid = os.getpid()
+    alive = int(state[WORKERS])
     for index in range(count):
         thread = threading.Thread(target=worker_loop, args=(index,), daemon=True,
                                   name=f"zeroskip-team-{index}")
         thread.start()
         _threads.append(thread)
+    until = time.monotonic() + 1.0
+    while state[WORKERS] < alive + count and time.monotonic() < until:
+        time.sleep(1e-4)
 
 
 def _forget_workers() -> None:
@@ -470,7 +476,7 @@ def restart() -> None:
     if _state is not None and not any(t.is_alive() for t in _threads):
         _threads.clear()
         _state[STOP] = 0
-        _start_workers(numba.config.NUMBA_NUM_THREADS - 1)
+        _start_workers(numba.config.NUMBA_NUM_THREADS - 1, _state)
 
 
 def _stop(timeout: float = 1.0) -> None:
