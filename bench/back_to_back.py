@@ -16,7 +16,6 @@ now", has the figures. Build the models with ``python bench/models.py OUTDIR``.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import time
 

@@ -169,7 +169,9 @@ def test_bench_times_every_mode_and_peer_for_each_batch_and_thread_count(mlp_fil
         median = float(cells[0])
         p10, p90 = map(float, cells[1].split("–"))
         assert 0 < p10 <= median <= p90, key
-        assert float(cells[2]) == pytest.approx(key[1] / median * 1e3, rel=0.05)  # samples/s
+        # samples/s, against the median as printed: to 3 decimals, which at the MLP's 0.008 ms
+        # is itself 6 % off (the JSON rows below are checked exactly)
+        assert float(cells[2]) == pytest.approx(key[1] / median * 1e3, rel=0.01 + 0.0005 / median)
         if key[0] == "dense-f32":
             assert cells[3] == "1.00×"
         if key[0] != "onnxruntime-int8":

@@ -150,8 +150,7 @@ class Session:
         if choice is None:
             choice = self._choice_for(plan)
         ran = plan if choice is False else choice.next()
-        values = dict(ran.constants)
-        values.update(checked)
+        values = _start_values(ran, checked)
         before = time.perf_counter()
         with self._running(ran):
             start = time.perf_counter()
@@ -184,9 +183,7 @@ class Session:
     def _start(self, checked: dict):
         """(the plan for checked feeds' batch, the values a run starts from: constants, inputs)."""
         plan = self._plan_for(self._batch_class(checked))
-        values = dict(plan.constants)
-        values.update(checked)
-        return plan, values
+        return plan, _start_values(plan, checked)
 
     # -- memory: a run's peak, estimated before it starts ----------------------------------------
     def _estimate(self, shapes: tuple, declared: bool = False):
@@ -396,6 +393,13 @@ def _threads(count: int | None):
         yield
     finally:
         numba.set_num_threads(before)
+
+
+def _start_values(plan, checked: dict) -> dict:
+    """The values a run of ``plan`` starts from: its constants, then the checked feeds."""
+    values = dict(plan.constants)
+    values.update(checked)
+    return values
 
 
 RUN_CHECK_MAX_S = 2e-3
