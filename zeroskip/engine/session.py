@@ -23,6 +23,8 @@ from .memory import estimate
 from .plan import MODES, build_plan
 from .plan.launch import TRIALS
 from .profile import Profile, profile_plan
+from .replay import REPLAY_MAX_RUN_S, Recorder, Refused, Replay, Unsettled, replay_of, signature
+from .replay import enabled as replay_enabled
 from .tuning import batch_class
 
 @dataclass(frozen=True)
@@ -103,6 +105,9 @@ class Session:
         self._run_seconds: dict = {}  # id(plan) -> its last run's time (whether spinners pay)
         self._choices: dict = {}  # id(plan) -> its RunChoice, or False: runs as planned
         self._runs: dict = {}  # id(plan) -> runs before its RunChoice is made
+        # recorded runs (engine/replay.py), per thread: (id(plan), feeds' signature) -> state
+        self._replay = replay_enabled()
+        self._replay_local = threading.local()
         self._plan = self._plan_for(1 if self._batch_axes else None)
         self._outputs = [IOInfo(v.name, tuple(v.shape), np.dtype(v.dtype)) for v in
                          _plan_outputs(self.model, self._plan)]
@@ -150,20 +155,103 @@ class Session:
         if choice is None:
             choice = self._choice_for(plan)
         ran = plan if choice is False else choice.next()
+        recorder = None
+        states, key = self._replay_states(plan, ran, checked)
+        if states is not None:
+            state = states.get(key)
+            if isinstance(state, Replay):
+                if not state.due():
+                    return self._replayed(ran, choice, state, checked)
+                state.close()  # its Trials recheck in the next runs, which record anew
+                del states[key]
+                state = None
+            if state is None or isinstance(state, Recorder):
+                recorder = Recorder(ran, checked)
         values = _start_values(ran, checked)
         before = time.perf_counter()
         with self._running(ran):
             start = time.perf_counter()
-            for i, step in enumerate(ran.steps):
-                self._run_step(i, step, values)
+            if recorder is None:
+                for i, step in enumerate(ran.steps):
+                    self._run_step(i, step, values)
+            else:
+                recorder.run(values, self._frees)
             self._run_seconds[id(ran)] = time.perf_counter() - start
         if choice is not False:
             choice.record(ran, time.perf_counter() - before)
-        # Outputs are C-contiguous (a GEMM's may be the transpose of its kernel's (N,M) result).
-        # A constant output is copied, so a caller who changes it cannot change the next run's.
+        if recorder is not None:
+            self._recorded(states, key, recorder)
+        return self._outputs_of(ran, values, copy=recorder is not None)
+
+    def _outputs_of(self, plan, values: dict, copy: bool = False) -> dict[str, np.ndarray]:
+        """The run's outputs, C-contiguous (a GEMM's may be the transpose of its kernel's (N,M)
+        result). A constant output is copied, so a caller who changes it cannot change the next
+        run's, and so is every output with ``copy`` (a recorded or replayed run's, whose arrays
+        the next replay writes again)."""
         return {v.name: np.array(values[v.name], dtype=v.dtype, order="C", copy=True)
-                if v.name in ran.constants else
+                if copy or v.name in plan.constants else
                 np.asarray(values[v.name], dtype=v.dtype, order="C") for v in self._outputs}
+
+    # -- recorded runs (engine/replay.py) --------------------------------------------------------
+    def _replay_states(self, plan, ran, checked: dict):
+        """(this thread's replay states, the key of ``ran``, the plan that runs for ``plan``, at
+        ``checked``'s signature), or (None, None) where no run of it is recorded: replays off, a
+        step that cannot be replayed, which plan runs not decided yet (a RunChoice to be made or
+        racing), runs too long to gain, a feed not C-contiguous. A state is a Recorder (one run
+        recorded), a Replay, or the reason a replay was refused (str)."""
+        if not (self._replay and ran.replayable):
+            return None, None
+        choice = self._choices.get(id(plan))
+        if choice is None or (choice is not False and choice.chosen is None):
+            return None, None
+        if self._run_seconds.get(id(ran), REPLAY_MAX_RUN_S) >= REPLAY_MAX_RUN_S:
+            return None, None
+        sig = signature(checked)
+        if sig is None:
+            return None, None
+        states = getattr(self._replay_local, "states", None)
+        if states is None or len(states) >= 16:  # a stream of new shapes keeps a bounded cache
+            states = self._replay_local.states = {}
+        return states, (id(ran), sig)
+
+    def _recorded(self, states: dict, key, recorder) -> None:
+        """A recorded run's state: compared with the one before it, a Replay (or the reason
+        there is none); else it waits for the next."""
+        first = states.get(key)
+        if not isinstance(first, Recorder) or first.plan is not recorder.plan:
+            states[key] = recorder
+            return
+        try:
+            states[key] = replay_of(first, recorder, [v.name for v in self._outputs])
+        except Unsettled:
+            states[key] = recorder
+        except Refused as err:
+            states[key] = str(err)
+
+    def _replayed(self, plan, choice, replay, checked: dict) -> dict[str, np.ndarray]:
+        """A run of ``plan`` as ``replay``'s kernel calls."""
+        before = time.perf_counter()
+        with self._running(plan):
+            start = time.perf_counter()
+            values = replay.run(checked)
+            self._run_seconds[id(plan)] = time.perf_counter() - start
+        if choice is not False:
+            choice.record(plan, time.perf_counter() - before)
+        return self._outputs_of(plan, values, copy=True)
+
+    def replays(self) -> list[dict]:
+        """This thread's recorded runs: per plan and input signature, whether its runs replay
+        (engine/replay.py) and, where they do not, why."""
+        rows = []
+        for (_, sig), state in (getattr(self._replay_local, "states", None) or {}).items():
+            shapes = {name: shape for name, shape, *_ in sig}
+            if isinstance(state, Replay):
+                rows.append(dict(inputs=shapes, replays=True, calls=len(state.calls)))
+            elif isinstance(state, str):
+                rows.append(dict(inputs=shapes, replays=False, why=state))
+            else:
+                rows.append(dict(inputs=shapes, replays=False, why="recording"))
+        return rows
 
     def profile(self, feeds: dict, repeats: int = 20) -> Profile:
         """Where the time goes: ``repeats`` runs of ``feeds`` (after one warm-up run), timed step by

@@ -36,11 +36,11 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
         if node.name in ctx.fused_into:
             producer = ctx.fused_into[node.name]
             steps.append(Step(node, "fused", f"clamp applied in {producer!r}'s epilogue",
-                              lambda values: None))
+                              lambda values: None, replay="kernels"))
         elif node.name in ctx.residual_into:
             steps.append(Step(node, "fused", f"added in {ctx.residual_into[node.name]!r}'s "
                                              f"epilogue, as its output is requantized",
-                              lambda values: None))
+                              lambda values: None, replay="kernels"))
         else:
             steps.append(build_step(node, ctx))
             if node.name in ctx.residual_adds and node.name not in ctx.residual_taken:

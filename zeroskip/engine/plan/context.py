@@ -14,7 +14,7 @@ from ...model import Model, Node
 from ...shapes import infer_shapes, layer_macs
 from .. import tuning
 from ..passes import find_fusions, find_residual_adds
-from .launch import Launch
+from .launch import Launch, Serial
 from .registry import Decline
 from .weights import constant
 
@@ -81,12 +81,13 @@ class PlanContext:
         return self.constants.get(name) if name else None
 
     def kernel(self, name: str):
-        """The kernel a step calls: its serial twin in a one-thread plan; else a ``Launch`` that
-        takes the parallel build only for calls with enough work to pay for it (launch.py)."""
+        """The kernel a step calls: its serial twin in a one-thread plan (a ``Serial``, which notes
+        its calls in a run being recorded); else a ``Launch`` that takes the parallel build only
+        for calls with enough work to pay for it (launch.py)."""
         from ...kernels import KERNELS, serial_kernel
 
         if self.serial:
-            return serial_kernel(name)
+            return Serial(serial_kernel(name))
         launch = Launch(KERNELS[name], serial_kernel(name), name)
         self.launches.append(launch)
         return launch

@@ -69,12 +69,20 @@ class DenseGemm(GemmAccumulator):
             self.name = "matmul_dense_rq_i8"
             self.reason += ", Q31 requantization in the GEMM's epilogue"
             self.rq_kernel = ctx.kernel("matmul_dense_rq_i8")
+            # a GEMM's input that is the transpose of the GEMM before's (N, M) output goes to
+            # the planar GEMM as that (K, M) matrix, where a tile packs it: no copy to rows
+            self.planar_kernel = ctx.kernel("matmul_planar_rq_i8") \
+                if planar_gemm_fits(self.k_in) else None
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(np.ascontiguousarray(x), self.w, bias, acc, self.w_pad)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
+        if self.planar_kernel is not None and not x.flags.c_contiguous and x.T.flags.c_contiguous:
+            self.planar_kernel(x.T, self.w, q["bias"], q["m0"], q["shift"], q["y_zp"], q["lo"],
+                               q["hi"], yt, None, self.w_sums, self.w_pad)
+            return
         self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
                        q["lo"], q["hi"], yt, None, self.w_sums, self.w_pad)
 
@@ -93,14 +101,30 @@ class CsrGemm(GemmAccumulator):
             self.name = "matmul_csr_rq_i8"
             self.reason += ", Q31 requantization in the epilogue"
             self.rq_kernel = ctx.kernel("matmul_csr_rq_i8")
+            self.transpose = ctx.kernel("channels_last_dense_i8")
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
         self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
-        self.rq_kernel(*self.csr, q["bias"], np.ascontiguousarray(x.T), q["m0"], q["shift"],
+        self.rq_kernel(*self.csr, q["bias"], self.rows_to_columns(x), q["m0"], q["shift"],
                        q["y_zp"], q["lo"], q["hi"], yt)
+
+    def rows_to_columns(self, x: np.ndarray) -> np.ndarray:
+        """x (M, K) as the C-contiguous (K, M) matrix the CSR kernels read: x.T itself when x is
+        the transpose of the GEMM before's output; from rows, transposed by a kernel into a
+        scratch array (channels_last_dense_i8 on x as one image of M channels of K×1 pixels), so
+        that a recorded run replays it (engine/replay.py); else a NumPy copy."""
+        xt = x.T
+        if xt.flags.c_contiguous:
+            return xt
+        if not x.flags.c_contiguous:
+            return np.ascontiguousarray(xt)
+        m, k = x.shape
+        out = self.scratch.get("xt", (k, m), x.dtype)
+        self.transpose(x.reshape(1, m, k, 1), out.reshape(1, k, 1, m))
+        return out
 
 
 def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext, requantizes: bool = False):
@@ -830,7 +854,8 @@ def layer_quant(node: Node, ctx: PlanContext) -> dict:
 
 def requantized_step(node: Node, accumulator, choice: Choice, run, density: float) -> Step:
     """The Step of a QGemm/QConv: its accumulator, whose name and reason say where it requantizes."""
-    return Step(node, accumulator.name, choice.lead(accumulator.reason), run, density)
+    return Step(node, accumulator.name, choice.lead(accumulator.reason), run, density,
+                replay="kernels")
 
 
 @builds("int8", "QGemm")

@@ -62,6 +62,7 @@ each call (best of 3 medians):
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -233,6 +234,43 @@ it is not (the README's table had sparse-i8 on ResNet-18 at two threads at 16.6 
 9.5 in the next, with the same plan)."""
 
 
+class _Recording(threading.local):
+    """What a run being recorded (engine/replay.py) notes on this thread: ``calls``, a list that
+    every kernel call appends (build, args) to, or None when no run is recorded; ``trials``, the
+    Trials those calls went through; ``unsettled``, set when a call went through a Trial still
+    timing its builds (a run that a replay could not repeat: its build would change)."""
+
+    calls = None
+    trials = None
+    unsettled = False
+
+
+RECORDING = _Recording()
+
+
+def note_call(build, args) -> None:
+    """Note a call of ``build`` (a kernel build, not a Trial) on ``args`` in the run being
+    recorded on this thread, if any."""
+    calls = RECORDING.calls
+    if calls is not None:
+        calls.append((build, args))
+
+
+class Serial:
+    """A kernel's serial build as a plan calls it, noting its calls in a recorded run."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build):
+        self.build = build
+
+    def __call__(self, *args):
+        calls = RECORDING.calls
+        if calls is not None:
+            calls.append((self.build, args))
+        return self.build(*args)
+
+
 class Trial:
     """The build that calls of one work size take, chosen by timing them: the first calls alternate
     the parallel and the serial build (parallel first, so that a plan run once still runs the
@@ -258,9 +296,15 @@ class Trial:
         if chosen is not None and n >= self.timed_until:
             checks = self.checks
             if not checks or n < checks[0]:
+                calls = RECORDING.calls
+                if calls is not None:  # a recorded run: its replays call the chosen build
+                    calls.append((chosen, args))
+                    RECORDING.trials.append(self)
                 return chosen(*args)
             self.checks = checks[1:]  # a recheck window opens (not pop: two threads may be here)
             self.timed_until = n + 2 * TRIALS
+        if RECORDING.calls is not None:
+            RECORDING.unsettled = True
         build = self.serial if n % 2 else self.parallel
         if n < 2:
             return build(*args)
@@ -278,30 +322,45 @@ class Trial:
             return None
         return "parallel" if self.chosen is self.parallel else "serial"
 
+    def calls_before_check(self) -> float:
+        """Calls left before the next recheck window opens (inf when none is left)."""
+        return self.checks[0] - self.calls if self.checks else float("inf")
+
+    def skip(self, calls: int) -> None:
+        """Count ``calls`` made without this Trial (a replay's calls of its chosen build), so that
+        its rechecks come when they would have."""
+        self.calls += calls
+
 
 class Launch:
     """A kernel call that takes the serial build below its work threshold and, from it, the build
     measured faster for that work (``Trial``)."""
 
-    __slots__ = ("parallel", "serial", "work", "threshold", "trials")
+    __slots__ = ("parallel", "serial", "work", "threshold", "trials", "_serial")
 
     def __init__(self, parallel, serial, name: str):
         self.parallel, self.serial = parallel, serial
         self.work, self.threshold = WORK[name]
         self.trials: dict = {}
+        self._serial = None
 
     def __call__(self, *args):
         work = self.work(*args)  # pick's body inline: one Python call less per kernel call
         if work < self.threshold:
+            note_call(self.serial, args)
             return self.serial(*args)
         return self._trial(work)(*args)
 
     def pick(self, *args):
-        """The build a call with these arguments takes: the serial one below the threshold, else
-        the Trial of its work size (its shapes decide: a step that calls a kernel on the same
-        shapes run after run picks it once, see ``steps.PreparedCalls``)."""
+        """The build a call with these arguments takes: the serial one below the threshold (as a
+        ``Serial``), else the Trial of its work size (its shapes decide: a step that calls a
+        kernel on the same shapes run after run picks it once, see ``steps.PreparedCalls``)."""
         work = self.work(*args)
-        return self.serial if work < self.threshold else self._trial(work)
+        if work >= self.threshold:
+            return self._trial(work)
+        if self._serial is None or self._serial.build is not self.serial:
+            self._serial = Serial(self.serial)
+        return self._serial
 
     def _trial(self, work):
         """The Trial of a work size, made at its first call. Itself, not its choice: its rechecks
@@ -328,7 +387,7 @@ def placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-__all__ = ["Launch", "RECHECKS", "SERIAL_MARGIN", "SHORT_CALL_S", "TRIALS", "Trial", "pick",
+__all__ = ["Launch", "RECHECKS", "RECORDING", "Serial", "note_call", "SERIAL_MARGIN", "SHORT_CALL_S", "TRIALS", "Trial", "pick",
            "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
            "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
            "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS",

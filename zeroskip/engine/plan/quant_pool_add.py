@@ -33,7 +33,7 @@ def quantize(node: Node, ctx: PlanContext):
         values[out] = y
 
     return Step(node, "quantize_dense_f32", "graph edge: float32 -> 8 bits, round half to even as "
-                "ONNX QuantizeLinear", run)
+                "ONNX QuantizeLinear", run, replay="kernels")
 
 
 @builds("int8", "DequantizeLinear")
@@ -43,13 +43,22 @@ def dequantize(node: Node, ctx: PlanContext):
     x_name, out = node.inputs[0], node.outputs[0]
 
     def run(values):
-        q = np.ascontiguousarray(values[x_name])
+        q = values[x_name]
         check_q8(node, q)
+        if q.ndim == 2 and not q.flags.c_contiguous and q.T.flags.c_contiguous:
+            # a GEMM's output (the transpose of its kernel's (N, M) result): dequantized as it
+            # lies, handed on transposed, no copy
+            yt = np.empty(q.T.shape, np.float32)
+            kernel(q.T.reshape(-1), scale, zp, yt.reshape(-1))
+            values[out] = yt.T
+            return
+        q = np.ascontiguousarray(q)
         y = np.empty(q.shape, np.float32)
         kernel(q.reshape(-1), scale, zp, y.reshape(-1))
         values[out] = y
 
-    return Step(node, "dequantize_dense_i8", "graph edge: 8 bits -> float32", run)
+    return Step(node, "dequantize_dense_i8", "graph edge: 8 bits -> float32", run,
+                replay="kernels")
 
 
 def _planes(node: Node, values: dict, x_name: str) -> np.ndarray:
@@ -71,7 +80,8 @@ def qmaxpool(node: Node, ctx: PlanContext):
     def run(values):
         values[out] = max_pool(node, kernel, _planes(node, values, x_name))
 
-    return Step(node, "maxpool_dense_i8", "max of the integers (same scale in and out)", run)
+    return Step(node, "maxpool_dense_i8", "max of the integers (same scale in and out)", run,
+                replay="kernels")
 
 
 @builds("int8", "QAveragePool")
@@ -93,7 +103,7 @@ def qavgpool(node: Node, ctx: PlanContext):
         values[out] = y
 
     return Step(node, "avgpool_dense_i8", "integer window sums, divided with round half away "
-                "from zero", run)
+                "from zero", run, replay="kernels")
 
 
 @builds("int8", "QGlobalAveragePool")
@@ -124,7 +134,8 @@ def qglobal_avgpool(node: Node, ctx: PlanContext):
             kernel(x, y, x_zp, m0, shift, y_zp, int(lo), int(hi))
         values[out] = y
 
-    return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run)
+    return Step(node, "global_avgpool_dense_i8", "integer plane sums, one requantization", run,
+                replay="kernels")
 
 
 def _fixed_operands(node: Node, ctx: PlanContext) -> dict:
@@ -172,4 +183,5 @@ def qadd(node: Node, ctx: PlanContext):
                lo, hi)
         values[out] = y
 
-    return Step(node, "add_dense_i8", "two input scales on one fixed-point base, one rounding", run)
+    return Step(node, "add_dense_i8", "two input scales on one fixed-point base, one rounding", run,
+                replay="kernels")

@@ -13,6 +13,11 @@ from .steps import Step
 from .weights import weight_density
 
 
+VIEW_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+"""Ops whose reference result is a view of their first input where its layout allows (a recorded
+run checks that it was: engine/replay.py), given constant shape or axes operands."""
+
+
 def reference_step(node: Node, tensors: dict, reason: str = "reference op (float64 NumPy)",
                    cast: str | None = None) -> Step:
     """A step that runs the reference op; ``cast`` rounds float outputs to that dtype (and keeps a
@@ -41,7 +46,9 @@ def reference_step(node: Node, tensors: dict, reason: str = "reference op (float
                 value = value.astype(q_dtype)
             values[name] = value
 
-    return Step(node, "reference", reason, run, weight_density(node, tensors))
+    view = node.op in VIEW_OPS and all(not name or name in tensors for name in inputs[1:])
+    return Step(node, "reference", reason, run, weight_density(node, tensors),
+                replay="view" if view else "")
 
 
 def fallback_step(node: Node, ctx, why: str = "") -> Step:

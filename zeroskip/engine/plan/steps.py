@@ -21,6 +21,12 @@ class Step:
 
     ``kernel`` names what runs (a kernel of ``zeroskip.kernels``, numpy, or "reference") and
     ``reason`` says why it was chosen; ``Session.explain`` shows both.
+
+    ``replay`` says whether a recorded run may stand for the step (engine/replay.py): "kernels"
+    when all its run does, once its calls are prepared for an input's shape and type, is call
+    kernels (through ``PlanContext.kernel``) on the arrays it reads, arrays it allocates and
+    views of them, with arguments that only shapes decide; "view" when its outputs are views of
+    its inputs; "" (the default) otherwise: NumPy arithmetic, data-dependent arguments or checks.
     """
 
     node: Node
@@ -28,6 +34,7 @@ class Step:
     reason: str
     run: Callable[[dict], None]
     density: float | None = None
+    replay: str = ""
 
 
 @dataclass
@@ -64,6 +71,11 @@ class Plan:
         second core from the Numba kernels that followed (docs/kernels.md, "Threads")."""
         heavy = ("conv2d_", "csr", "depthwise", "_i8")
         return self.uses_blas and not any(h in step.kernel for step in self.steps for h in heavy)
+
+    @functools.cached_property
+    def replayable(self) -> bool:
+        """Whether every step may be stood for by a recorded run (``Step.replay``)."""
+        return self.uses_numba and all(step.replay for step in self.steps)
 
     def explain(self) -> list[dict]:
         return [dict(node=s.node.name, op=s.node.op,

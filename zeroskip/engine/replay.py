@@ -1,0 +1,236 @@
+"""Recorded runs: a short run replayed as its list of kernel calls, with no Python steps between.
+
+At batch 1 a network's kernels are short, and the Python around them is not: each step looks up
+its prepared call, checks its input, allocates its output and goes through the launch's Trial, and
+all of it runs cold because the kernels evict the interpreter from the caches. On the int8
+MobileNetV2-shaped model that was 0.30 ms of a 3.1 ms run on one thread and 0.37 of 2.3 on two
+(``bench/python_cost.py``). Once a plan's choices are settled, a run at a given input shape makes
+the same kernel calls, on the same builds, with the same arguments, every time, except for the
+input and the freshly allocated activations. So the session records one run's calls and from then
+on replays them: the activations of the recorded run become buffers that every replay writes
+again, the input is put in place of the recorded one, and the outputs are copied out.
+
+That is only right when the calls are the whole of the run. What makes sure of it:
+
+* **Only steps that declare it** (``Step.replay``): "kernels" steps, whose run is kernel calls on
+  arrays they read, allocate or view, with arguments only shapes decide (the int8 convs and GEMMs,
+  QuantizeLinear, DequantizeLinear, the pools, QAdd); "view" steps, whose outputs are views of
+  their inputs (Flatten and Reshape by a constant shape). A plan with any other step never replays.
+* **Two runs recorded and compared.** Every kernel argument is either the same object in both runs
+  (a weight, a scratch array, a prepared constant: *persistent*), or an array that this run made:
+  the input, an activation some earlier step stored, or an output the step itself stores. An array
+  made in Python on the way (a copy of a non-contiguous input, a conversion) is none of those: the
+  step's replay would read last run's copy, and the plan does not replay at that shape. Arguments
+  that are not arrays must be equal in both runs, arrays of the same shape, type and strides, and
+  each step must make the same calls on the same builds. A "kernels" step's stored outputs must be
+  arrays its own calls took; a "view" step's, views of its inputs.
+* **Settled choices.** A run whose calls went through a Trial still timing its two builds is not
+  recorded (``RECORDING.unsettled``); a replay stops before the next recheck of a Trial it calls
+  and hands the calls it made on to it (``Trial.skip``), so that rechecks come when they would.
+* **Per thread and per input signature**: the recorded scratch arrays are the recording thread's;
+  inputs must be C-contiguous, and a new shape, type or layout records anew.
+
+Outputs are bit-identical to the steps' own (the same kernels on the same bytes); the tests run
+every replaying model on new inputs against a session that never replays.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+
+from .plan.launch import RECORDING
+
+REPLAY_MAX_RUN_S = 0.02
+"""A plan records its runs for replay only while they take less than this: the Python it saves is
+~5 µs a step, which a longer run would not notice, and a replay keeps every activation allocated."""
+
+REPLAY_MAX_BYTES = 64 << 20
+"""The most a replay may keep allocated in activations (a run at batch 1 of ResNet-18: ~3 MB)."""
+
+ENV = "ZEROSKIP_REPLAY"
+"""Set to 0 to run every step as planned (no recorded runs)."""
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+class Unsettled(Exception):
+    """A recorded run went through a Trial that had not chosen its build yet: record again later."""
+
+
+class Refused(Exception):
+    """The plan cannot be replayed at this input signature; the message says why."""
+
+
+def signature(checked: dict):
+    """The key of a replay: per feed its name, shape, dtype, strides and writability; None when
+    a feed is not C-contiguous (a replay puts the new feed in place of the old by its buffer)."""
+    if not all(a.flags.c_contiguous for a in checked.values()):
+        return None
+    return tuple((name, a.shape, a.dtype.str, a.strides, a.flags.writeable)
+                 for name, a in checked.items())
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    """The array that owns ``array``'s memory (views followed to their base)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _leaves(args, path=()):
+    """(path, value) for every argument, tuples opened: a fused residual's arrays are in one."""
+    for i, value in enumerate(args):
+        if isinstance(value, tuple):
+            yield from _leaves(value, path + (i,))
+        else:
+            yield path + (i,), value
+
+
+class Recorder:
+    """One run of a plan, step by step: each step's kernel calls (build, args), the inputs of its
+    "view" steps and the values each step stored (under any name: a step with a fused
+    activation or QAdd stores that node's output)."""
+
+    def __init__(self, plan, checked: dict):
+        self.plan = plan
+        self.feeds = dict(checked)
+        self.steps: list = []
+        self.trials: list = []
+        self.unsettled = False
+        self.values: dict = {}
+
+    def run(self, values: dict, frees: list) -> None:
+        """Run the plan's steps on ``values`` (as Session does), recording them."""
+        try:
+            RECORDING.trials, RECORDING.unsettled = self.trials, False
+            for i, step in enumerate(self.plan.steps):
+                calls = RECORDING.calls = []
+                ins = [values.get(n) for n in step.node.inputs] if step.replay == "view" else ()
+                before = dict(values)
+                step.run(values)
+                # what it stored: a fused step stores its activation's or its QAdd's output
+                stored = [v for k, v in values.items() if before.get(k) is not v]
+                self.steps.append((calls, ins, stored))
+                for name in frees[i]:
+                    values.pop(name, None)
+            self.values = values
+        finally:
+            self.unsettled = RECORDING.unsettled
+            RECORDING.calls = RECORDING.trials = None
+            RECORDING.unsettled = False
+
+
+class Replay:
+    """A recorded run's kernel calls, to run again on new feeds of the same signature."""
+
+    def __init__(self, plan, calls: list, feeds: dict, outputs: dict, trials: Counter):
+        self.plan = plan              # kept alive: the replay states are keyed by its id
+        self.calls = calls            # [(build, args)], the recorded run's, in order
+        self.feeds = feeds            # call index -> [(arg index, feed name, offset, view)]
+        self.outputs = outputs        # graph output name -> the recorded run's array
+        self.trials = trials          # Trial -> its calls per run
+        self.left = min((t.calls_before_check() // n for t, n in trials.items()),
+                        default=float("inf"))
+        self.runs = 0
+
+    def due(self) -> bool:
+        """Whether a Trial this replay calls is due to recheck: the replay then ends (``close``)."""
+        return self.runs >= self.left
+
+    def close(self) -> None:
+        """Hand the calls the replays made on to their Trials (their rechecks then come)."""
+        for trial, per_run in self.trials.items():
+            trial.skip(per_run * self.runs)
+        self.runs = 0
+
+    def run(self, checked: dict) -> dict:
+        """Make the recorded calls on ``checked`` feeds; the recorded output arrays (which the
+        next replay overwrites: the caller copies them)."""
+        self.runs += 1
+        calls = self.calls
+        if self.feeds:
+            calls = list(calls)
+            for index, places in self.feeds.items():
+                build, args = calls[index]
+                args = list(args)
+                for position, name, offset, like in places:
+                    feed = checked[name]
+                    args[position] = feed if offset < 0 else np.ndarray(
+                        like.shape, like.dtype, buffer=feed, offset=offset, strides=like.strides)
+                calls[index] = (build, tuple(args))
+        for build, args in calls:
+            build(*args)
+        return self.outputs
+
+
+def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
+    """The Replay of ``second``'s calls, checked against ``first`` (the module's docstring);
+    Unsettled or Refused when it cannot be."""
+    if first.unsettled or second.unsettled:
+        raise Unsettled()
+    feed_roots = {id(_root(a)): (name, a) for name, a in second.feeds.items()}
+    produced: set = set()     # roots of the arrays earlier steps stored
+    kept: dict = {}           # id -> root of every array the replay keeps written
+    calls, feeds = [], {}
+    for step, (calls_a, _, _), (calls_b, ins, outs) in zip(second.plan.steps, first.steps,
+                                                           second.steps):
+        where = f"step {step.node.name!r} ({step.node.op})"
+        if len(calls_a) != len(calls_b):
+            raise Refused(f"{where}: another number of kernel calls from run to run")
+        outs_roots = {id(_root(o)) for o in outs if isinstance(o, np.ndarray)}
+        taken: set = set()
+        for (build_a, args_a), (build_b, args_b) in zip(calls_a, calls_b):
+            if build_a is not build_b:
+                raise Refused(f"{where}: another kernel build from run to run")
+            leaves_a, leaves_b = list(_leaves(args_a)), list(_leaves(args_b))
+            if [p for p, _ in leaves_a] != [p for p, _ in leaves_b]:
+                raise Refused(f"{where}: other arguments from run to run")
+            for (path, a), (_, b) in zip(leaves_a, leaves_b):
+                if not isinstance(b, np.ndarray):
+                    if type(a) is not type(b) or not a == b:
+                        raise Refused(f"{where}: an argument that changes from run to run")
+                    continue
+                if not isinstance(a, np.ndarray) or (a.shape, a.dtype, a.strides) != (
+                        b.shape, b.dtype, b.strides):
+                    raise Refused(f"{where}: an array argument that changes from run to run")
+                root_a, root_b = _root(a), _root(b)
+                if root_a is root_b:
+                    continue  # persistent: a weight, a scratch array, a prepared constant
+                key = id(root_b)
+                if key in feed_roots:
+                    if len(path) != 1:
+                        raise Refused(f"{where}: an input inside a tuple argument")
+                    name, feed = feed_roots[key]
+                    offset = b.__array_interface__["data"][0] - feed.__array_interface__["data"][0]
+                    same = offset == 0 and b.shape == feed.shape and b.strides == feed.strides
+                    feeds.setdefault(len(calls), []).append(
+                        (path[0], name, -1 if same else offset, b))
+                elif key in produced or key in outs_roots:
+                    taken.add(key)
+                    kept[key] = root_b
+                else:
+                    raise Refused(f"{where}: a kernel reads an array made in Python during the "
+                                  f"run (a copy of its input?)")
+            calls.append((build_b, args_b))
+        if step.replay == "view":
+            in_roots = {id(_root(x)) for x in ins if isinstance(x, np.ndarray)}
+            if calls_b or not outs_roots <= in_roots:
+                raise Refused(f"{where}: its output is not a view of its input")
+        elif not outs_roots <= taken:
+            raise Refused(f"{where}: an output that none of its kernels wrote")
+        produced |= outs_roots
+    values = second.values
+    outputs = {}
+    for name in output_names:
+        array = values.get(name)
+        if not isinstance(array, np.ndarray) or id(_root(array)) in feed_roots:
+            raise Refused(f"graph output {name!r} is not an array a kernel wrote")
+        outputs[name] = array
+    if sum(root.nbytes for root in kept.values()) > REPLAY_MAX_BYTES:
+        raise Refused("its activations take more than REPLAY_MAX_BYTES")
+    return Replay(second.plan, calls, feeds, outputs, Counter(second.trials))
