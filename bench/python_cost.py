@@ -8,7 +8,9 @@ own code, the executor's loop, allocating outputs. In the second, every kernel i
 runs show that Python warm, with nothing evicting it from the caches. Prints, for the fastest of
 ``--runs`` runs: the run, its kernels, the Python between them (and its share of the run), the
 number of steps and kernel calls, and the warm Python of the no-op session. The gap between the
-two Python figures is what the kernels' eviction of the interpreter's code and data costs.
+two Python figures is what the kernels' eviction of the interpreter's code and data costs. These
+sessions run their steps (ZEROSKIP_REPLAY=0); a third, as a user's, replays its runs once recorded
+(engine/replay.py): its fastest run is the last column.
 docs/kernels.md, "Python between kernels", has the figures. Build the models with
 ``python bench/models.py OUTDIR``.
 """
@@ -21,6 +23,7 @@ import time
 
 import zeroskip
 from zeroskip.bench import synthetic_inputs
+from zeroskip.engine import replay
 from zeroskip.engine.plan import context
 from zeroskip.engine.plan.launch import Launch
 
@@ -67,8 +70,18 @@ def session_with(model, mode: str, threads: int, wrap) -> zeroskip.Session:
 def measure(path: str, mode: str, threads: int, runs: int) -> str:
     model = zeroskip.import_onnx(path)
     feeds = synthetic_inputs(model.graph.inputs, 1)
-    timed = session_with(model, mode, threads, KernelClock)
-    idle = session_with(model, mode, threads, lambda kernel: _no_op)
+    os.environ[replay.ENV] = "0"
+    try:
+        timed = session_with(model, mode, threads, KernelClock)
+        idle = session_with(model, mode, threads, lambda kernel: _no_op)
+    finally:
+        del os.environ[replay.ENV]
+    replaying = zeroskip.Session(model, mode=mode, threads=threads)
+    replayed = []
+    for _ in range(runs + 40):  # its Trials and race settle, two runs are recorded
+        start = time.perf_counter()
+        replaying.run(feeds)
+        replayed.append(time.perf_counter() - start)
     for session in (timed, idle):
         session.run(feeds)
         session.run(feeds)
@@ -89,7 +102,8 @@ def measure(path: str, mode: str, threads: int, runs: int) -> str:
     python = wall - kernels
     return (f"| {os.path.basename(path)} | {mode} | {threads} | {wall * 1e3:.2f} | "
             f"{kernels * 1e3:.2f} | {python * 1e3:.2f} ({python / wall:.1%}) | "
-            f"{len(timed._plan.steps)} / {calls} | {min(idle_times) * 1e3:.2f} |")
+            f"{len(timed._plan.steps)} / {calls} | {min(idle_times) * 1e3:.2f} | "
+            f"{min(replayed[-runs:]) * 1e3:.2f} |")
 
 
 def main(argv=None) -> int:
@@ -100,8 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args(argv)
     print("| model | mode | threads | run ms | kernels ms | Python between ms (share) | "
-          "steps / kernel calls | no-op kernels: run ms |")
-    print("|---" * 8 + "|")
+          "steps / kernel calls | no-op kernels: run ms | replayed: run ms |")
+    print("|---" * 9 + "|")
     for path in args.models:
         for threads in args.threads or [1, 2]:
             print(measure(path, args.mode, threads, args.runs), flush=True)

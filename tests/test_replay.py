@@ -1,0 +1,314 @@
+"""Recorded runs (engine/replay.py): what a replay repeats, what the check refuses, and sessions
+whose runs replay giving the bytes of sessions that never do, on new inputs every run."""
+
+import os
+import threading
+from importlib import resources
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import zeroskip
+from zeroskip.engine import replay as rp
+from zeroskip.engine.plan.launch import RECHECKS, TRIALS, Serial, Trial
+from zeroskip.engine.plan.steps import Plan, Step
+
+
+# -- the check, on plans of Python "kernels" ---------------------------------------------------
+def _double(x, y):
+    y[...] = 2 * x
+
+
+def _add(x, y, c):
+    y[...] = x + c
+
+
+DOUBLE, ADD = Serial(_double), Serial(_add)
+
+
+def _step(name, run, replay="kernels", inputs=("x",), outputs=("y",)):
+    node = SimpleNamespace(name=name, op="Test", inputs=list(inputs), outputs=list(outputs))
+    return Step(node, "test", "", run, replay=replay)
+
+
+def _chain(first):
+    """x -> ``first`` (writes h) -> h + 1 -> y."""
+    def second(values):
+        y = np.empty_like(values["h"])
+        ADD(values["h"], y, 1.0)
+        values["y"] = y
+    return Plan("test", [_step("first", first, outputs=("h",)),
+                         _step("second", second, inputs=("h",))])
+
+
+def _doubled(values):
+    h = np.empty_like(values["x"])
+    DOUBLE(values["x"], h)
+    values["h"] = h
+
+
+def _recorded(plan, x):
+    recorder = rp.Recorder(plan, {"x": x})
+    recorder.run({"x": x}, [()] * len(plan.steps))
+    return recorder
+
+
+def _replay(plan, runs=2):
+    rng = np.random.default_rng(0)
+    recorders = [_recorded(plan, rng.standard_normal(6).astype(np.float32)) for _ in range(runs)]
+    return rp.replay_of(recorders[-2], recorders[-1], ["y"])
+
+
+def test_a_replay_makes_the_recorded_calls_on_the_new_input():
+    replay = _replay(_chain(_doubled))
+    assert len(replay.calls) == 2
+    for seed in range(3):
+        x = np.random.default_rng(10 + seed).standard_normal(6).astype(np.float32)
+        assert np.array_equal(replay.run({"x": x})["y"], 2 * x + 1)
+
+
+def test_a_view_of_the_input_is_made_again_from_the_new_input():
+    def tail_doubled(values):  # a kernel reading a view that starts 8 bytes into the input
+        x = values["x"]
+        h = np.empty(4, np.float32)
+        DOUBLE(x.reshape(3, 2)[1:].reshape(-1), h)
+        values["h"] = h
+
+    replay = _replay(_chain(tail_doubled))
+    (index, places), = replay.feeds.items()
+    assert index == 0 and places[0][2] == 8
+    x = np.arange(6, dtype=np.float32)
+    assert np.array_equal(replay.run({"x": x})["y"], 2 * x[2:] + 1)
+
+
+def test_a_copy_made_in_python_is_refused():
+    def copied(values):
+        h = np.empty_like(values["x"])
+        DOUBLE(values["x"].copy(), h)
+        values["h"] = h
+
+    with pytest.raises(rp.Refused, match="'first' .*a kernel reads an array made in Python"):
+        _replay(_chain(copied))
+
+
+def test_an_output_numpy_computed_is_refused():
+    def numpy_made(values):
+        values["h"] = values["x"] * 2
+
+    with pytest.raises(rp.Refused, match="'first' .*an output that none of its kernels wrote"):
+        _replay(_chain(numpy_made))
+
+
+def test_an_argument_that_depends_on_the_data_is_refused():
+    def scaled(values):
+        h = np.empty_like(values["x"])
+        ADD(values["x"], h, float(values["x"].sum()))
+        values["h"] = h
+
+    with pytest.raises(rp.Refused, match="an argument that changes from run to run"):
+        _replay(_chain(scaled))
+
+
+def test_a_view_step_whose_output_is_a_copy_is_refused():
+    def view(values):
+        values["h"] = values["x"].reshape(2, 3)
+
+    def copy(values):
+        values["h"] = values["x"].reshape(2, 3).copy()
+
+    def second(values):
+        y = np.empty(values["h"].shape, np.float32)
+        ADD(values["h"], y, 1.0)
+        values["y"] = y
+
+    for run, refused in ((view, False), (copy, True)):
+        plan = Plan("test", [_step("flatten", run, replay="view", outputs=("h",)),
+                             _step("second", second, inputs=("h",))])
+        if refused:
+            with pytest.raises(rp.Refused, match="not a view of its input"):
+                _replay(plan)
+        else:
+            x = np.arange(6, dtype=np.float32)
+            assert np.array_equal(_replay(plan).run({"x": x})["y"], x.reshape(2, 3) + 1)
+
+
+def test_a_graph_output_that_is_the_input_is_refused():
+    plan = Plan("test", [_step("identity", lambda values: values.update(y=values["x"]),
+                               replay="view")])
+    with pytest.raises(rp.Refused, match="graph output 'y'"):
+        _replay(plan)
+
+
+def test_a_trial_still_timing_leaves_the_run_unsettled():
+    trial = Trial(_double, _double)
+
+    def timed(values):
+        h = np.empty_like(values["x"])
+        trial(values["x"], h)
+        values["h"] = h
+
+    with pytest.raises(rp.Unsettled):
+        _replay(_chain(timed))
+    for _ in range(2 * (TRIALS + 1)):
+        trial(np.zeros(1, np.float32), np.zeros(1, np.float32))
+    replay = _replay(_chain(timed))
+    assert replay.calls[0][0] is trial.chosen
+
+
+def test_a_replay_ends_before_its_trials_recheck_and_hands_its_calls_on():
+    trial = Trial(_double, _double)
+    for _ in range(2 * (TRIALS + 1)):
+        trial(np.zeros(1, np.float32), np.zeros(1, np.float32))
+
+    def timed(values):
+        h = np.empty_like(values["x"])
+        trial(values["x"], h)
+        values["h"] = h
+
+    replay = _replay(_chain(timed))
+    calls = trial.calls
+    assert replay.left == RECHECKS[0] - calls
+    x = np.ones(6, np.float32)
+    while not replay.due():
+        replay.run({"x": x})
+    assert trial.calls == calls  # the replays went around the Trial
+    replay.close()
+    assert trial.calls == RECHECKS[0]  # the next call through it opens its recheck window
+
+
+# -- sessions ----------------------------------------------------------------------------------
+def _bundled(name):
+    return zeroskip.load(resources.files("zeroskip.data") / f"{name}.zsk")
+
+
+def _never_replaying(model, mode):
+    os.environ[rp.ENV] = "0"
+    try:
+        return zeroskip.Session(model, mode=mode, threads=1)
+    finally:
+        del os.environ[rp.ENV]
+
+
+def _feeds(model, batch, seed):
+    rng = np.random.default_rng(seed)
+    return {v.name: rng.standard_normal((batch,) + tuple(v.shape[1:])).astype(np.float32)
+            for v in model.graph.inputs}
+
+
+@pytest.mark.parametrize("name", ["digits_mlp_int8", "digits_mlp_pruned_int8", "digits_cnn_int8",
+                                  "digits_cnn_pruned_int8"])
+@pytest.mark.parametrize("mode", ["dense-i8", "sparse-i8", "auto"])
+@pytest.mark.parametrize("threads,batch", [(1, 1), (2, 1), (2, 450)])
+def test_replayed_runs_give_the_bytes_of_runs_never_replayed(name, mode, threads, batch):
+    model = _bundled(name)
+    session, reference = zeroskip.Session(model, mode=mode, threads=threads), \
+        _never_replaying(model, mode)
+    kept = []
+    for seed in range(30):
+        feeds = _feeds(model, batch, seed)
+        out = session.run(feeds)
+        expected = reference.run(feeds)
+        assert out.keys() == expected.keys()
+        for key in out:
+            assert np.array_equal(out[key], expected[key]), (seed, key)
+        kept.append({k: (v, v.copy()) for k, v in out.items()})
+    rows = session.replays()
+    assert rows and all(row["replays"] for row in rows), rows
+    for outputs in kept:  # no output handed out was written again by a later replay
+        for array, copy in outputs.values():
+            assert np.array_equal(array, copy)
+    assert reference.replays() == []
+
+
+def test_replays_are_per_thread():
+    model = _bundled("digits_cnn_pruned_int8")
+    session, reference = zeroskip.Session(model, mode="auto", threads=2), \
+        _never_replaying(model, "auto")
+    failures = []
+
+    def worker(offset):
+        for seed in range(offset, offset + 25):
+            feeds = _feeds(model, 3, seed)
+            got, want = session.run(feeds), reference.run(feeds)
+            if not all(np.array_equal(got[k], want[k]) for k in want):
+                failures.append(seed)
+        rows.append(session.replays())
+
+    rows: list = []
+    threads = [threading.Thread(target=worker, args=(100 * i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len(rows) == 3 and all(r and r[0]["replays"] for r in rows)
+
+
+def test_a_new_shape_records_anew_and_a_non_contiguous_feed_runs_the_steps():
+    model = _bundled("digits_mlp_int8")
+    session, reference = zeroskip.Session(model, mode="auto", threads=1), \
+        _never_replaying(model, "auto")
+    for batch in (1, 5):
+        for seed in range(20):
+            feeds = _feeds(model, batch, seed)
+            assert np.array_equal(session.run(feeds)["logits"], reference.run(feeds)["logits"])
+    assert sorted(row["inputs"]["input"][0] for row in session.replays()) == [1, 5]
+    wide = np.random.default_rng(7).standard_normal((5, 128)).astype(np.float32)
+    feeds = {"input": wide[:, ::2]}
+    assert np.array_equal(session.run(feeds)["logits"], reference.run(feeds)["logits"])
+
+
+def test_a_plan_with_a_step_that_cannot_replay_never_records():
+    model = _bundled("digits_mlp_int8")
+    session = zeroskip.Session(model, mode="dense-f32", threads=1)
+    for seed in range(20):
+        session.run(_feeds(model, 2, seed))
+    assert session.replays() == []
+
+
+ORT_MODELS = ["cnn", "residual", "pointwise", "depthwise_multiplier", "padded"]
+
+
+@pytest.fixture(scope="module")
+def quantized_models():
+    """The int8 versions of tests/quant_builders.py's CNNs (a fused residual QAdd, a QAdd that runs
+    as a step, pointwise GEMMs on planar input, depthwise convs, pools, Flatten), by
+    onnxruntime's quantization tool."""
+    import logging
+
+    pytest.importorskip("onnxruntime")
+    from quant_builders import FLOAT_MODELS, quantize
+
+    logging.disable(logging.WARNING)
+    try:
+        models = {}
+        for name in ORT_MODELS:
+            model, input_name, shape = FLOAT_MODELS[name]()
+            models[name] = zeroskip.import_onnx(quantize(model, "qdq", "uint8", True, input_name,
+                                                         shape))
+        return models
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("name", ORT_MODELS)
+@pytest.mark.parametrize("mode", ["dense-i8", "sparse-i8", "auto"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_models, name, mode,
+                                                                    threads):
+    model = quantized_models[name]
+    session, reference = zeroskip.Session(model, mode=mode, threads=threads), \
+        _never_replaying(model, mode)
+    for batch in (1, 3):
+        for seed in range(25):
+            feeds = _feeds(model, batch, seed)
+            out, expected = session.run(feeds), reference.run(feeds)
+            for key in expected:
+                assert np.array_equal(out[key], expected[key]), (batch, seed, key)
+    rows = session.replays()
+    if name == "padded":  # its int8 Pad runs as the reference op (NumPy): never recorded
+        assert rows == [] and any(step.node.op == "Pad" and not step.replay
+                                  for step in session._plan.steps)
+    else:
+        assert len(rows) == 2 and all(row["replays"] for row in rows), rows
