@@ -433,9 +433,13 @@ def test_property_i8_pipeline(M, N, K, density, seed, x_type, y_type, log_real, 
 RQ_SHAPES = {
     "dense": [(1, 1, 1), (1, GEMV_ROWS + 3, 40), (1, 2 * GEMV_ROWS + 1, 200),
               (PIXELS_PER_CHUNK - 1, 5, 16), (PIXELS_PER_CHUNK, 8, 33),
-              (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144)],
+              (2 * PIXELS_PER_CHUNK + 3, 7, 48), (3 * PIXELS_PER_CHUNK + 1, 13, 144),
+              (65, 33, 64)],
     "planar": [(1, 1, 1), (16, 4, 16), (17, 4, 16), (64, 5, 8), (65, 9, 24), (200, 7, 18),
-               (2 * PIXELS_PER_CHUNK + 3, 7, 48)],
+               (2 * PIXELS_PER_CHUNK + 3, 7, 48),
+               # the AMX tile's (K ≥ AMX_MIN_K), its residual added in its epilogue: several
+               # chunks with K > N and N < AMX_ROWS, one chunk of 7×7, K = 64 with N ≥ K
+               (196, 24, 144), (49, 40, 192), (70, 66, 64)],
     "csr": [(1, 1, 1), (PIXELS_PER_BLOCK - 1, ROWS_PER_RQ_TASK - 1, 16),
             (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, 24),
             (2 * PIXELS_PER_BLOCK + 3, 2 * ROWS_PER_RQ_TASK + 1, 9), (3 * PIXELS_PER_BLOCK + 1, 13, 144)],
