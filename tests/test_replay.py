@@ -312,3 +312,23 @@ def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_mo
                                   for step in session._plan.steps)
     else:
         assert len(rows) == 2 and all(row["replays"] for row in rows), rows
+
+
+def test_two_inputs_that_share_their_memory_are_refused():
+    def both(values):
+        h = np.empty_like(values["x"])
+        ADD(values["x"], h, 1.0)
+        y = np.empty_like(h)
+        ADD(values["z"], y, 2.0)
+        values["h"], values["y"] = h, y
+
+    plan = Plan("test", [_step("both", both, inputs=("x", "z"), outputs=("h", "y"))])
+    base = np.arange(12, dtype=np.float32)
+    recorders = []
+    for _ in range(2):
+        feeds = {"x": base[:6], "z": base[6:]}
+        recorder = rp.Recorder(plan, feeds)
+        recorder.run(dict(feeds), [()])
+        recorders.append(recorder)
+    with pytest.raises(rp.Refused, match="two inputs are views of one array"):
+        rp.replay_of(*recorders, ["y"])

@@ -174,6 +174,8 @@ def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
     if first.unsettled or second.unsettled:
         raise Unsettled()
     feed_roots = {id(_root(a)): (name, a) for name, a in second.feeds.items()}
+    if len(feed_roots) < len(second.feeds):
+        raise Refused("two inputs are views of one array")
     produced: set = set()     # roots of the arrays earlier steps stored
     kept: dict = {}           # id -> root of every array the replay keeps written
     calls, feeds = [], {}

@@ -194,11 +194,11 @@ class Session:
 
     # -- recorded runs (engine/replay.py) --------------------------------------------------------
     def _replay_states(self, plan, ran, checked: dict):
-        """(this thread's replay states, the key of ``ran``, the plan that runs for ``plan``, at
-        ``checked``'s signature), or (None, None) where no run of it is recorded: replays off, a
-        step that cannot be replayed, which plan runs not decided yet (a RunChoice to be made or
-        racing), runs too long to gain, a feed not C-contiguous. A state is a Recorder (one run
-        recorded), a Replay, or the reason a replay was refused (str)."""
+        """(this thread's replay states, the key of a run of ``ran`` on ``checked``), or (None,
+        None) where such a run is not recorded: replays off, a step that cannot be replayed, no
+        decision yet between ``plan`` (the batch class's) and its one-thread twin (``ran`` is
+        the one that runs), runs too long to gain, a feed not C-contiguous. A state is a Recorder
+        (one run recorded), a Replay, or the reason a replay was refused (str)."""
         if not (self._replay and ran.replayable):
             return None, None
         choice = self._choices.get(id(plan))
