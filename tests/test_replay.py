@@ -332,3 +332,27 @@ def test_two_inputs_that_share_their_memory_are_refused():
         recorders.append(recorder)
     with pytest.raises(rp.Refused, match="two inputs are views of one array"):
         rp.replay_of(*recorders, ["y"])
+
+
+def test_feeds_that_are_views_of_one_array_are_each_read():
+    """Runs fed slices of one array: the input's memory is the same array from run to run, and
+    must still be read as the input (not kept as a constant)."""
+    model = _bundled("digits_cnn_pruned_int8")
+    session, reference = zeroskip.Session(model, mode="auto", threads=2), \
+        _never_replaying(model, "auto")
+    images = _feeds(model, 3 * 30, 5)["image"]
+    for i in range(30):
+        feeds = {"image": images[3 * i:3 * i + 3]}
+        assert np.array_equal(session.run(feeds)["logits"], reference.run(feeds)["logits"]), i
+    assert session.replays()[0]["replays"]
+
+
+def test_a_float_feed_of_the_declared_type_is_not_copied_and_not_written():
+    model = _bundled("digits_mlp_int8")
+    session = zeroskip.Session(model, mode="dense-i8", threads=1)
+    x = _feeds(model, 4, 3)["input"]
+    kept = x.copy()
+    for _ in range(20):
+        session.run({"input": x})
+    assert np.array_equal(x, kept)
+    assert session._check_feeds({"input": x})["input"] is x

@@ -201,10 +201,8 @@ def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
                         b.shape, b.dtype, b.strides):
                     raise Refused(f"{where}: an array argument that changes from run to run")
                 root_a, root_b = _root(a), _root(b)
-                if root_a is root_b:
-                    continue  # persistent: a weight, a scratch array, a prepared constant
                 key = id(root_b)
-                if key in feed_roots:
+                if key in feed_roots:  # first: two runs may be fed views of one array
                     if len(path) != 1:
                         raise Refused(f"{where}: an input inside a tuple argument")
                     name, feed = feed_roots[key]
@@ -212,6 +210,8 @@ def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
                     same = offset == 0 and b.shape == feed.shape and b.strides == feed.strides
                     feeds.setdefault(len(calls), []).append(
                         (path[0], name, -1 if same else offset, b))
+                elif root_a is root_b:
+                    continue  # persistent: a weight, a scratch array, a prepared constant
                 elif key in produced or key in outs_roots:
                     taken.add(key)
                     kept[key] = root_b

@@ -683,7 +683,9 @@ def _check_array(info: IOInfo, value, float_dtype=np.float64) -> np.ndarray:
                          f"a run needs at least one sample")
     if array.dtype.kind == "f":
         # Round to the declared precision first, so float64 feeds give float32 models' answers.
-        return array.astype(info.dtype).astype(float_dtype, copy=False)
+        # A feed of the declared type is used as it is (no step writes into its inputs): its copy
+        # was 0.03–0.07 ms of a 2.2 ms MobileNetV2 run (150 528 values).
+        return array.astype(info.dtype, copy=False).astype(float_dtype, copy=False)
     if array.dtype.kind in "iu":
         return array.astype(np.int64)
     return array
