@@ -617,3 +617,34 @@ def test_the_gemv_tile_sums_four_rows(tile, K, x_type):
         runner = _GEMV_RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
     runner(sums, x, w, start, 4, flip)
     assert_exact(sums, want, tile=tile, K=K)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["xu8", "xs8"])
+@pytest.mark.parametrize("M,N,K", [(49, 40, 192), (196, 24, 144), (70, 66, 64), (65, 9, 24),
+                                   (17, 4, 6)])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["alone", "residual"])
+def test_planar_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_residual):
+    """matmul_planar_rq_i8 on (B, K, M) images: each image's bytes are the reference's on that
+    image (AMX shapes, whose tasks then span the images, a broadcast-tile one, a K that is not a
+    multiple of 4), with the residual per image, in both builds."""
+    from zeroskip.kernels import serial_kernel
+
+    B = 3
+    rng = np.random.default_rng(M + 7 * N + 11 * K)
+    w, _, bias = _i8_case(M, N, K, 0.7, x_type, M + N * K)
+    lo_x, hi_x = TYPE_RANGE[x_type]
+    xt3 = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_type)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
+    zp = sum(TYPE_RANGE[y_type]) // 2
+    lo, hi = TYPE_RANGE[y_type]
+    residual = residual_for(rng, (B, N, M), y_type, zp) if with_residual else None
+    want = np.stack([ref_dense.matmul_planar_rq_i8(
+        xt3[b], w, bias, m0, shift, zp, lo, hi,
+        None if residual is None else (residual[0][b],) + residual[1:]) for b in range(B)])
+    ends = (lo, hi) if residual is None else residual[-2:]
+    assert (want == ends[0]).any() and (want == ends[1]).any()
+    for kernel in (matmul_planar_rq_i8, serial_kernel("matmul_planar_rq_i8")):
+        y3 = np.full((B, N, M), 77, dtype=y_type)
+        kernel(xt3, w, bias, m0, shift, zp, lo, hi, y3, residual)
+        assert_exact(y3, want, dtype=y_type, M=M, N=N, K=K)

@@ -501,17 +501,45 @@ def _packed_rows(x, k_words):
     return xp
 
 
+def as_images(a):
+    """A 2-D array as one image (1, rows, columns); a 3-D one as it is: the planar GEMM takes one
+    image's (K, M) or a batch's (B, K, M)."""
+    return a.reshape((1,) + a.shape) if a.ndim == 2 else a
+
+
+@overload(as_images, inline="always")
+def _as_images_compiled(a):
+    if a.ndim == 2:
+        return lambda a: a.reshape((1, a.shape[0], a.shape[1]))
+    return lambda a: a
+
+
+def as_rows(a):
+    """A 2- or 3-D array's rows, (rows, columns): the residual's QAdd goes row by row."""
+    return a.reshape((-1, a.shape[-1]))
+
+
+@overload(as_rows, inline="always")
+def _as_rows_compiled(a):
+    if a.ndim == 2:
+        return lambda a: a
+    return lambda a: a.reshape((a.shape[0] * a.shape[1], a.shape[2]))
+
+
 @njit(cache=True, inline="always")
-def _packed_planar(xt, k_words):
-    """_packed_rows's chunks from x transposed, xt (K, M) (pack_planar_chunk)."""
-    K, M = xt.shape
-    chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+def _packed_planar(xt3, k_words):
+    """_packed_rows's chunks from x transposed, image by image: xt3 (B, K, M), each image's chunks
+    after the last one's (pack_planar_chunk)."""
+    B, K, M = xt3.shape
+    per_image = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
+    chunks = B * per_image
     xp = words_on_lines(chunks * k_words * BROADCAST_PIXELS).reshape((chunks, k_words,
                                                                    BROADCAST_PIXELS))
-    flip = sign_flip(xt)
+    flip = sign_flip(xt3)
     for ci in prange(chunks):
-        c = ci * BROADCAST_PIXELS
-        pack_planar_chunk_jit(xt, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
+        c = ci % per_image * BROADCAST_PIXELS
+        pack_planar_chunk_jit(xt3[ci // per_image], c, min(BROADCAST_PIXELS, M - c),
+                              xp[ci, :K // 4], flip)
     return xp
 
 
@@ -593,11 +621,12 @@ def _broadcast_planar(xt, w, start, out, rq):
 
 
 @njit(cache=True, inline="always")
-def _amx_packed(xp, M, N, wt, start, out, rq):
-    """out = start + w @ xᵀ on the AMX conv tile with one tap (kernels/_amx.py) from x's packed
-    chunks xp (_packed_rows or _packed_planar, wt.shape[1]·16 words per pixel) and w's padded
-    tiles wt (1, K_pad/64, N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block
-    of channels (one parallel loop), each block summed by one tile call and stored.
+def _amx_packed(xp, M, N, wt, start, out3, rq):
+    """out3[b] = start + w @ x[b]ᵀ for each image b of out3 (B, N, M) on the AMX conv tile with
+    one tap (kernels/_amx.py), from the images' packed chunks xp (_packed_rows or _packed_planar,
+    wt.shape[1]·16 words per pixel, ⌈M/64⌉ per image) and w's padded tiles wt (1, K_pad/64,
+    N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block of channels (one
+    parallel loop over every image's), each block summed by one tile call and stored.
 
     Task order: a thread's share of the loop is a contiguous run of tasks. Taken chunk by chunk,
     two threads write the two ends of every row of out (a 14×14 plane: pixels 0–127 and
@@ -613,19 +642,20 @@ def _amx_packed(xp, M, N, wt, start, out, rq):
     start_rows = start_rows_jit(start, n_pad)
     x_words = xp.reshape((chunks, k_pad // 4 * BROADCAST_PIXELS))  # the tile's flat words
     by_group = n_pad >= k_pad  # the task order (above)
+    per_image = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
     for t in prange(chunks * groups):
         if by_group:
             g, ci = t // chunks, t % chunks
         else:
             ci, g = t // groups, t % groups
-        c = ci * BROADCAST_PIXELS
+        c = ci % per_image * BROADCAST_PIXELS
         count = min(BROADCAST_PIXELS, M - c)
         n_begin, sums = task_sums(g, per, n_pad)
         # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS,
                        TILE_ROWS)
-        _store_block(sums, min(N - n_begin, sums.shape[0]), out, n_begin, c, count, m0, shift,
-                     y_zero_point, lo, hi)
+        _store_block(sums, min(N - n_begin, sums.shape[0]), out3[ci // per_image], n_begin, c,
+                     count, m0, shift, y_zero_point, lo, hi)
 
 
 @njit(cache=True, inline="always")
@@ -640,7 +670,8 @@ def _amx_gemm(x, w, bias, out, rq, w_sums, w_pad):
     """_amx_packed on x (M, K)'s rows, packed here, and the plan's padded w (else padded now)."""
     wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
     xp = _packed_rows(x, wt.shape[1] * 16)
-    _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums), out, rq)
+    _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums),
+                as_images(out), rq)
 
 
 PIXELS_PER_CHUNK = 256
@@ -745,20 +776,30 @@ def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residu
     (K ≥ AMX_MIN_K, K % 4 == 0) or the broadcast tile (AVX-512 VNNI, K % 4 == 0) as in
     matmul_dense_rq_i8; elsewhere xt is copied to rows and matmul_dense_rq_i8's dot-product
     tile runs (the plan takes this kernel only where a tile runs).
-    xt [K,M] uint8|int8 — x transposed, C-contiguous; the rest as matmul_dense_rq_i8's.
-    Work: 2·M·N·K int ops and N·M requantizations; reads xt once; writes N·M bytes.
+    A batch of images goes in one call: xt (B, K, M), y (B, N, M), the residual's r like y. On
+    AMX every image's chunks share one parallel loop; on MobileNetV2 at batch 8 the pointwise
+    convs had been eight calls per layer, and those on 7×7 to 28×28 planes gained nothing from a
+    second thread (one to thirteen chunks a call).
+    xt [K,M] or [B,K,M] uint8|int8 — x transposed, C-contiguous; the rest as
+    matmul_dense_rq_i8's, with y [N,M] or [B,N,M] as xt.
+    Work: 2·B·M·N·K int ops and B·N·M requantizations; reads xt once; writes B·N·M bytes.
     """
     r, add = residual_parts(residual, y)
     rq = (m0, shift, y_zero_point, lo, hi)
-    if amx_fits_planar(xt, w):
+    xt3, y3 = as_images(xt), as_images(y)
+    x0 = xt3[0]  # one image's (K, M): what the tiles' fit and the starting sums look at
+    if amx_fits_planar(x0, w):  # every image's chunks in one parallel loop
         wt = tile_weights(w, w_pad)
-        _amx_packed(_packed_planar(xt, wt.shape[1] * 16), xt.shape[1], w.shape[0], wt,
-                    unsigned_bias(xt, w, bias, w_sums), y, rq)
-    elif broadcast_fits_planar(xt, w):
-        _broadcast_planar(xt, w, unsigned_bias(xt, w, bias, w_sums), y, rq)
+        _amx_packed(_packed_planar(xt3, wt.shape[1] * 16), xt3.shape[2], w.shape[0], wt,
+                    unsigned_bias(x0, w, bias, w_sums), y3, rq)
+    elif broadcast_fits_planar(x0, w):
+        start = unsigned_bias(x0, w, bias, w_sums)
+        for b in range(xt3.shape[0]):
+            _broadcast_planar(xt3[b], w, start, y3[b], rq)
     else:
-        _panels_rq(np.ascontiguousarray(xt.T), w, bias, rq, y)
-    add_residual_rows(y, r, add)
+        for b in range(xt3.shape[0]):
+            _panels_rq(np.ascontiguousarray(xt3[b].T), w, bias, rq, y3[b])
+    add_residual_rows(as_rows(y), as_rows(r), add)
 
 
 matmul_planar_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_planar_rq_i8)

@@ -731,20 +731,20 @@ class Im2rowConv(ConvAccumulator):
         return call, y_shape
 
     def _prepare_planar(self, shape: tuple, dtype, q: dict) -> tuple:
-        """A 1×1 conv on matmul_planar_rq_i8: each image's (C, H·W) input is the GEMM's xᵀ."""
+        """A 1×1 conv on matmul_planar_rq_i8: each image's (C, H·W) input is the GEMM's xᵀ, and
+        the batch goes in one call, (B, C, H·W)."""
         batch, _, h, w_ = shape
         y_shape, y_dtype = (batch, self.n_out, h, w_), q["y_dtype"]
+        xs, planes = (batch, self.k_in, h * w_), (batch, self.n_out, h * w_)
         args = (self.w_groups[0], q["bias"]) + requantize_args(q)
-        gemm = pick(self.planar_kernel, placeholder((self.k_in, h * w_), dtype), *args,
-                    placeholder((self.n_out, h * w_), y_dtype))
-        w_sums, w_pad, planes = weight_sums(self.w_groups[0]), self.w_pads[0], (self.n_out, h * w_)
+        gemm = pick(self.planar_kernel, placeholder(xs, dtype), *args, placeholder(planes, y_dtype))
+        w_sums, w_pad = weight_sums(self.w_groups[0]), self.w_pads[0]
 
         def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
-            for b in range(batch):
-                extra = image_residual(residual, b, planes) or (None,)
-                gemm(x[b].reshape(self.k_in, h * w_), *args, y[b].reshape(planes), *extra,
-                     w_sums, w_pad)
+            extra = (None,) if residual is None else \
+                image_residual((residual[0].reshape(planes), residual[1]))
+            gemm(x.reshape(xs), *args, y.reshape(planes), *extra, w_sums, w_pad)
             return y
         return call, y_shape
 

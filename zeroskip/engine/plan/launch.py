@@ -80,8 +80,8 @@ def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
     return x.shape[0] * x.shape[1] * w.shape[0]
 
 
-def _macs_planar(xt, w, *_):        # matmul_planar_rq_i8(xt (K,M), w (N,K), ...)
-    return xt.shape[0] * xt.shape[1] * w.shape[0]
+def _macs_planar(xt, w, *_):        # matmul_planar_rq_i8(xt (K,M) or (B,K,M), w (N,K), ...)
+    return xt.size * w.shape[0]
 
 
 def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M), yt, ...)
