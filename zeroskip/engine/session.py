@@ -211,6 +211,9 @@ class Session:
             return None, None
         states = getattr(self._replay_local, "states", None)
         if states is None or len(states) >= 16:  # a stream of new shapes keeps a bounded cache
+            for state in (states or {}).values():
+                if isinstance(state, Replay):
+                    state.close()  # its Trials count the calls it made
             states = self._replay_local.states = {}
         return states, (id(ran), sig)
 
