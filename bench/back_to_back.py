@@ -9,7 +9,8 @@ Prints the best, first quartile and median of ``--runs`` runs after ``--warmup``
 warm-up also lets every Trial of ``engine/plan/launch.py`` choose its build). ``--trials`` also
 prints, for each Trial, its kernel, the best times it measured for the parallel and the serial
 build, and the build it kept, and how many gaps between parallel calls within a run were longer
-than 10 µs (TBB's workers are asleep after such a gap). docs/kernels.md, "What a region costs
+than 10 µs (TBB's workers are asleep after such a gap); with ``--trials`` the session runs its
+steps (ZEROSKIP_REPLAY=0), since a replayed run makes its kernel calls around the Trials. docs/kernels.md, "What a region costs
 now", has the figures. Build the models with ``python bench/models.py OUTDIR``.
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 
 import zeroskip
 from zeroskip.bench import synthetic_inputs
+from zeroskip.engine import replay
 from zeroskip.engine.plan import launch
 
 
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
                         help="report each Trial's times and choice, and the gaps")
     args = parser.parse_args(argv)
     log: list = []
-    if args.trials:
+    if args.trials:  # the steps' own runs: a replayed run goes around its Trials
+        os.environ[replay.ENV] = "0"
         _record_trials(log)
     model = zeroskip.import_onnx(args.model) if args.model.endswith(".onnx") else args.model
     session = zeroskip.Session(model, mode=args.mode, threads=args.threads)
