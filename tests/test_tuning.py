@@ -80,3 +80,31 @@ def test_multi_thread_timings_take_each_modes_faster_build_serial_twins_first(mo
     first_plan_step = order.index(("dense-i8", False))
     assert set(order[:first_plan_step]) == {("dense-i8", True), ("sparse-i8", True)}
     assert tuning._time_modes(None, None, {}, modes, steps(False)) == (2.0, 1.0)  # one thread
+
+
+def test_a_close_call_is_timed_twice_and_each_mode_keeps_its_better_time(monkeypatch):
+    """A slow spell on one mode's runs of the first timing does not decide a close layer: both
+    modes are timed again and each keeps its best; a clear call is timed once."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(tuning.time, "perf_counter", lambda: clock["now"])
+    calls = {"dense-i8": 0, "sparse-i8": 0}
+
+    class FakeStep:
+        def __init__(self, mode, seconds):
+            self.mode, self.seconds = mode, seconds
+
+        def run(self, values):
+            calls[self.mode] += 1
+            slow = self.mode == "dense-i8" and calls[self.mode] <= tuning.REPEATS + 1
+            clock["now"] += self.seconds * (1.8 if slow else 1.0)
+
+    modes = ("dense-i8", "sparse-i8")
+    close = {"dense-i8": 1.0, "sparse-i8": 1.2}
+    got = tuning._time_modes(None, None, {}, modes,
+                             lambda model, node, mode: FakeStep(mode, close[mode]))
+    assert got == pytest.approx((1.0, 1.2)) and calls["sparse-i8"] == 2 * (tuning.REPEATS + 1)
+    calls.update({"dense-i8": 0, "sparse-i8": 0})
+    clear = {"dense-i8": 1.0, "sparse-i8": 5.0}
+    got = tuning._time_modes(None, None, {}, modes,
+                             lambda model, node, mode: FakeStep(mode, clear[mode]))
+    assert got == pytest.approx((1.8, 5.0)) and calls["sparse-i8"] == tuning.REPEATS + 1
