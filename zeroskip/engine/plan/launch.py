@@ -52,6 +52,11 @@ each call (best of 3 medians):
 * the depthwise convs, with the same work measure and threshold: the pruned int8
   MobileNetV2-shaped model at 2 threads, dense-i8, best of 16 runs with depthwise thresholds of
   2^15, 2^17, 2^19, 2^21, 2^23: 16.7, 18.5, 21.2, 21.0, 22.0 ms;
+* the dense int8 conv (``conv2d_dense_rq_i8``, AMX tiles or the VNNI tile) from 2^15: its work
+  counts a 64-channel block's products at a quarter of an output's epilogue, and ResNet-18's
+  1×1 stride-2 downsamples (0.10, 0.075 and 0.05 million of work) stayed serial under 2^17 though
+  their parallel build is faster in the run (2026-12-04, two threads, Trials with the threshold
+  lowered: 37.5 against 54.5 µs, 29.0 against 46.4);
 * the channels-last depthwise (``depthwise_nhwc_rq_i8``), whose tasks are blocks of output rows
   and, in small planes, of channels, each writing whole cache lines of the NCHW planes: serial 87,
   94, 122, 157, 227 µs against parallel 54, 76, 82, 122, 160 µs at 0.28, 0.38, 0.47, 0.75, 1.13
@@ -71,6 +76,7 @@ MIN_PARALLEL_ELEMENTS = 1 << 17
 MIN_PARALLEL_ADD_ELEMENTS = 1 << 17
 MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
+MIN_PARALLEL_DENSE_CONV_WORK = 1 << 15
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
 MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
 MIN_PARALLEL_CSR_F32_MACS = 1 << 19
@@ -181,7 +187,7 @@ WORK = {
     "conv2d_csr_i8": (_work_conv_csr_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_csr_rq_i8": (_work_conv_csr_rq_i8, MIN_PARALLEL_CONV_WORK),
     "conv2d_quad_rq_i8": (_work_conv_quad_rq_i8, MIN_PARALLEL_CONV_WORK),
-    "conv2d_dense_rq_i8": (_work_conv_dense_rq_i8, MIN_PARALLEL_CONV_WORK),
+    "conv2d_dense_rq_i8": (_work_conv_dense_rq_i8, MIN_PARALLEL_DENSE_CONV_WORK),
     "conv2d_dense_f32": (_work_conv_dense_f32, MIN_PARALLEL_MACS),
     "conv2d_lanes_f32": (_work_conv_lanes_f32, MIN_PARALLEL_MACS),
     "conv2d_lanes_rq_i8": (_work_conv_lanes_rq_i8, MIN_PARALLEL_CONV_WORK),
@@ -389,6 +395,6 @@ def placeholder(shape, dtype):
 
 __all__ = ["Launch", "RECHECKS", "RECORDING", "SERIAL_MARGIN", "SHORT_CALL_S", "Serial", "TRIALS",
            "Trial", "note_call", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
-           "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
+           "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK", "MIN_PARALLEL_DENSE_CONV_WORK",
            "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS",
            "WORK"]
