@@ -45,7 +45,8 @@ from .plan.launch import RECORDING
 
 REPLAY_MAX_RUN_S = 0.02
 """A plan records its runs for replay only while they take less than this: the Python it saves is
-~5 µs a step, which a longer run would not notice, and a replay keeps every activation allocated."""
+~5 µs a step, which a longer run would not notice, and a replay keeps every activation
+allocated."""
 
 REPLAY_MAX_BYTES = 64 << 20
 """The most a replay may keep allocated in activations (a few MB for ResNet-18 or MobileNetV2 at

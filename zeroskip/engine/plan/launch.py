@@ -394,7 +394,7 @@ def placeholder(shape, dtype):
 
 
 __all__ = ["Launch", "RECHECKS", "RECORDING", "SERIAL_MARGIN", "SHORT_CALL_S", "Serial", "TRIALS",
-           "Trial", "note_call", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS", "MIN_PARALLEL_CONV_WORK",
-           "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK", "MIN_PARALLEL_DENSE_CONV_WORK",
-           "MIN_PARALLEL_NHWC_DEPTHWISE_WORK", "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS",
-           "WORK"]
+           "Trial", "note_call", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS",
+           "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
+           "MIN_PARALLEL_DENSE_CONV_WORK", "MIN_PARALLEL_NHWC_DEPTHWISE_WORK",
+           "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]
