@@ -23,6 +23,7 @@ from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, mat
 from zeroskip.kernels.matmul_dense import (GEMV_ROWS, PIXELS_PER_CHUNK, matmul_dense_i8,
                                            matmul_dense_rq_i8, matmul_planar_rq_i8)
 from zeroskip.kernels import _gemv
+from zeroskip.kernels._requant import FOLD_MAX_SHIFT
 from zeroskip.kernels.elementwise import add_dense_i8
 from zeroskip.kernels.quant import (dequantize_dense_i8, quantize_dense_f32, requantize_dense_i8,
                                     tie_free)
@@ -504,6 +505,55 @@ def test_requantizing_gemms_add_a_fused_residual_as_the_qadd_would(gemm, M, N, K
     assert np.array_equal(reference, want) and np.array_equal(kernel.reshape(want.shape), want)
     assert M * N < 64 or ((got == residual[-2]).any() and (got == residual[-1]).any())
     assert_exact(got, want, dtype=y_type, M=M, N=N, K=K)
+
+
+def _edge_multipliers(N, rng):
+    """(m0, shift) for N channels around the register epilogues' choices (_requant.
+    requantized_bytes): tie-free multipliers with r from 33 to 62, across FOLD_MAX_SHIFT (the
+    zero point folded into the nudge up to it), and multipliers that are not tie-free (m0 = 2^30,
+    and r − z = 32), which take the general form."""
+    shifts = [33, 40, FOLD_MAX_SHIFT - 1, FOLD_MAX_SHIFT, FOLD_MAX_SHIFT + 1, 62]
+    m0 = (rng.integers(2 ** 30, 2 ** 31, N) | 1).astype(np.int64)
+    shift = np.array([shifts[n % len(shifts)] for n in range(N)], np.int64)
+    m0[5::7] = 2 ** 30                                   # not tie-free at any r
+    edge = np.arange(N) % 11 == 3                        # r − z = 32: z = r − 32, not tie-free
+    m0[edge] = 2 ** 30 + 2 ** np.minimum(shift[edge] - 32, 29)
+    assert any(tie_free(m, r) for m, r in zip(m0, shift))
+    assert not all(tie_free(m, r) for m, r in zip(m0, shift))
+    return m0.astype(np.int32), shift.astype(np.int32)
+
+
+@pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("gemm,M,N,K", [("planar", 130, 44, 16), ("planar", 130, 44, 64),
+                                        ("dense", 130, 44, 16), ("dense", 130, 44, 64)],
+                         ids=["planar-broadcast", "planar-amx", "dense-broadcast", "dense-amx"])
+def test_register_epilogues_at_the_edges_of_int32_and_the_shifts(gemm, M, N, K, y_type):
+    """The tiles that requantize in their registers (the broadcast tile, the AMX tiles' store
+    through _quads.store_chunk) against requantize_dense_i8 on the int32 sums: sums within 2^22
+    of ±2^31 (the bias takes them there), multipliers on both sides of FOLD_MAX_SHIFT and of the
+    tie-free test, zero points at both ends of the type (folded into the nudge, they must not
+    overflow the high word), and the type's full range or a narrowed one (the packs saturate,
+    then one clamp on the bytes)."""
+    rng = np.random.default_rng(M + N + K)
+    w, xt, _ = _i8_case(M, N, K, 1.0, np.uint8, N * K)
+    big = 2 ** 31 - 2 ** 22
+    bias = np.where(np.arange(N) % 2 == 0, big, -big).astype(np.int32)
+    bias[2::4] = rng.integers(-2 ** 20, 2 ** 20, len(bias[2::4]))
+    x = np.ascontiguousarray(xt.T)
+    acc, _ = _run_dense_i8(w, x, bias)
+    assert acc.max() > 2 ** 31 - 2 ** 23 and acc.min() < -(2 ** 31 - 2 ** 23)
+    m0, shift = _edge_multipliers(N, rng)
+    shift[2::4] = 44  # the channels of small sums: outputs spread about the zero point
+    run, operand = _RQ_RUNS[gemm]
+    type_lo, type_hi = TYPE_RANGE[y_type]
+    for zp in (type_lo, type_hi, (type_lo + type_hi) // 2):
+        for lo, hi in ((type_lo, type_hi), (type_lo + 7, type_hi - 9)):
+            want, _ = _requantize(acc, m0, shift, zp, lo, hi, y_type)
+            got, _ = run(w, x if operand == "x" else xt, bias, m0, shift, zp, lo, hi, y_type)
+            assert_exact(got, want, dtype=y_type, extra={"acc": acc, "shift": shift[:, None]},
+                         zp=zp, lo=lo, hi=hi)
+            # both clamps act, and values between them (not every channel saturates)
+            assert (want == lo).any() and (want == hi).any() and len(np.unique(want)) >= 20
 
 
 @given(real=st.floats(2.0 ** -32, 2.0 ** 30, exclude_max=True))

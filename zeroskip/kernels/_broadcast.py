@@ -31,8 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import (declare_masked_byte_store, lanes_below, requantized,
-                       requantized_tie_free, splat, tie_free)
+from ._requant import declare_masked_byte_store, lanes_up_to, requantized_bytes, splat
 
 BROADCAST_ROWS = 4
 """Output channels per broadcast tile (broadcast weight words per step)."""
@@ -191,9 +190,7 @@ def _broadcast_tile_ir():
 
 
 def _broadcast_tile_rq_ir():
-    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-    wide = ir.VectorType(i64, LANES)
-    bytes16 = ir.VectorType(i8, LANES)
+    i8, i64 = ir.IntType(8), ir.IntType(64)
 
     @intrinsic
     def broadcast_tile_rq(typingctx, xp, w, bias, n0, m0, shift, y_zero_point, lo, hi, out, c,
@@ -214,41 +211,19 @@ def _broadcast_tile_rq_ir():
             oa = context.make_array(signature.args[9])(context, builder, args[9])
             n0_v, y_zero_point, lo, hi, c, count = args[3], args[6], args[7], args[8], *args[10:]
             accs = _tile_sums(context, builder, xa, wa, ba, n0_v)
-            store = declare_masked_byte_store(builder)
+            store = declare_masked_byte_store(builder, BROADCAST_PIXELS)
             pitch = cgutils.unpack_tuple(builder, oa.shape)[1]      # M
             out = builder.bitcast(oa.data, i8.as_pointer())
-            zp_v, lo_v, hi_v = (splat(builder, value, wide) for value in (y_zero_point, lo, hi))
-            one = ir.Constant(wide, [1] * LANES)
-            masks = []
-            for v in range(PIXEL_VECTORS):  # lanes of vector v below count: min(max(count − 16v, 0), 16)
-                left = builder.sub(count, i64(LANES * v))
-                left = builder.select(builder.icmp_signed("<", left, i64(0)), i64(0), left)
-                left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES), left)
-                masks.append(builder.trunc(lanes_below(builder, left), i16))
-            zp_n, lo_n, hi_n = (splat(builder, builder.trunc(value, i32))
-                                for value in (y_zero_point, lo, hi))
+            mask = lanes_up_to(builder, count)
+            signed = signature.args[9].dtype == types.int8
             for j in range(BROADCAST_ROWS):
                 n = builder.add(n0_v, i64(j))
-                m0, shift = (builder.load(builder.gep(a.data, [n])) for a in (ma, ha))
+                m0, shift = (builder.sext(builder.load(builder.gep(a.data, [n])), i64)
+                             for a in (ma, ha))
                 row = builder.gep(out, [builder.add(builder.mul(n, pitch), c)])
-                with builder.if_else(tie_free(builder, builder.sext(m0, i64),
-                                              builder.sext(shift, i64))) as (fast, general):
-                    with fast:
-                        m0_n, shift_n = splat(builder, m0), splat(builder, shift)
-                        for v in range(PIXEL_VECTORS):
-                            q = requantized_tie_free(builder, builder.load(accs[j][v]), m0_n,
-                                                     shift_n, zp_n, lo_n, hi_n)
-                            builder.call(store, [builder.gep(row, [i64(LANES * v)]),
-                                                 builder.trunc(q, bytes16), masks[v]])
-                    with general:
-                        m0_v, shift_v = (splat(builder, builder.sext(value, i64), wide)
-                                         for value in (m0, shift))
-                        nudge = builder.shl(one, builder.sub(shift_v, one))
-                        for v in range(PIXEL_VECTORS):
-                            q = requantized(builder, builder.load(accs[j][v]), m0_v, shift_v,
-                                            nudge, zp_v, lo_v, hi_v)
-                            builder.call(store, [builder.gep(row, [i64(LANES * v)]),
-                                                 builder.trunc(q, bytes16), masks[v]])
+                q = requantized_bytes(builder, [builder.load(acc) for acc in accs[j]], m0, shift,
+                                      y_zero_point, lo, hi, signed)
+                builder.call(store, [row, q, mask])
             return context.get_dummy_value()
 
         return sig, codegen

@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
 from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
-                       requantized, requantized_tie_free, splat, tie_free)
+                       lanes_up_to, requantized_bytes, splat)
 from .elementwise import qadd_value
 from .quant import requantize_one
 
@@ -481,8 +481,7 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
 
     def codegen(context, builder, signature, args):
         i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        vec, wide, out = (ir.VectorType(i32, LANES), ir.VectorType(i64, LANES),
-                          ir.VectorType(i8, LANES))
+        vec, out = ir.VectorType(i32, LANES), ir.VectorType(i8, LANES)
         sa = context.make_array(signature.args[0])(context, builder, args[0])
         ya = context.make_array(signature.args[12])(context, builder, args[12])
         j_v, n_v, b_v, p0_v, first_v, rows_v, m0_v, shift_v, zp_v, lo_v, hi_v = (
@@ -504,27 +503,19 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, i64(QUAD_PIXELS))]),
                               vec.as_pointer())
         store = declare_masked_byte_store(builder)
-        narrow = [splat(builder, builder.trunc(v, i32)) for v in (m0_v, shift_v, zp_v, lo_v, hi_v)]
-        wide_ops = [splat(builder, v, wide) for v in (m0_v, shift_v, builder.shl(
-            i64(1), builder.sub(shift_v, i64(1))), zp_v, lo_v, hi_v)]
         held = ir.ArrayType(out, PIXEL_VECTORS)
-        kept_all = cgutils.alloca_once(builder, held)  # the 4 vectors' bytes, indexed at run time
+        chunk = ir.VectorType(i8, QUAD_PIXELS)
+        kept_chunk = cgutils.alloca_once(builder, chunk)  # the chunk's 64 bytes, 64-byte aligned
+        kept_all = builder.bitcast(kept_chunk, held.as_pointer())  # as 4 vectors, indexed at run time
 
         def slot(array, v):  # &array[v], v an int or an i64 value
             return builder.gep(array, [i32(0), v if isinstance(v, ir.Value) else i32(v)])
 
         kept = [slot(kept_all, v) for v in range(PIXEL_VECTORS)]
-
-        def requantize_all(requantize):
-            for v in range(PIXEL_VECTORS):
-                s = builder.load(builder.gep(src, [i64(v)]), align=4)
-                builder.store(builder.trunc(requantize(s), out), kept[v])
-
-        with builder.if_else(tie_free(builder, m0_v, shift_v)) as (short, general):
-            with short:
-                requantize_all(lambda s: requantized_tie_free(builder, s, *narrow))
-            with general:
-                requantize_all(lambda s: requantized(builder, s, *wide_ops))
+        builder.store(requantized_bytes(
+            builder, [builder.load(builder.gep(src, [i64(v)]), align=4)
+                      for v in range(PIXEL_VECTORS)],
+            m0_v, shift_v, zp_v, lo_v, hi_v, y_signed), kept_chunk)
 
         def clamp16(v):  # v limited to 0 .. 16
             v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
@@ -572,12 +563,12 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         # no dropped columns (pitch = OW: a 1×1 stride-2 downsample): the chunk is one run of y
         direct = builder.icmp_signed("==", pitch_v, ow_v)
         with builder.if_else(direct) as (run, rows_apart):
-            with run:
+            with run:  # one store of the chunk's 64 bytes, masked past the plane's end
                 left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the end
-                for v in range(PIXEL_VECTORS):
-                    mask = lanes_below(builder, clamp16(builder.sub(left, i64(LANES * v))))
-                    builder.call(store, [builder.gep(plane, [builder.add(p0_v, i64(LANES * v))]),
-                                         builder.load(kept[v]), builder.trunc(mask, i16)])
+                builder.call(declare_masked_byte_store(builder, QUAD_PIXELS), [
+                    builder.gep(plane, [p0_v]),
+                    builder.load(kept_chunk),
+                    lanes_up_to(builder, left)])
             with rows_apart:
                 each_row_vector(lambda v, mask, at: builder.call(
                     store, [builder.gep(plane, [at]), builder.load(slot(kept_all, v)), mask]))
