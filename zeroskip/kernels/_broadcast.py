@@ -31,7 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import declare_masked_byte_store, lanes_up_to, requantized_bytes, splat
+from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_up_to,
+                       requantized_bytes, splat)
 
 BROADCAST_ROWS = 4
 """Output channels per broadcast tile (broadcast weight words per step)."""
@@ -105,7 +106,7 @@ def pack_planar_chunk(xt, c, count, xp, flip):
             out[p] = 0
 
 
-pack_planar_chunk_jit = njit(cache=True, inline="always")(pack_planar_chunk)
+pack_planar_chunk_loops = njit(cache=True, inline="always")(pack_planar_chunk)
 
 
 def store_accumulators(builder, accs, out):
@@ -242,6 +243,58 @@ unavailable_tile = njit(cache=True)(_unavailable)
 RUNS = HAS_AVX512_VNNI and not numba.config.DISABLE_JIT
 """Whether the broadcast tile runs here: an AVX-512 VNNI CPU, and the JIT (LLVM IR does not run as
 Python)."""
+
+def _interleaved(builder, a, b):
+    """LLVM IR: the elements of vectors a and b alternately, a[0], b[0], a[1], b[1], ..."""
+    count = a.type.count
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * count),
+                                                    [i // 2 + count * (i % 2)
+                                                     for i in range(2 * count)]))
+
+
+@intrinsic
+def _pack_planar_chunk_ir(typingctx, xt, c, count, xp, flip):
+    """pack_planar_chunk in LLVM IR: per word row k4, the 4 rows' bytes c .. c + count as 4
+    masked 64-byte loads (the bytes past count come in as the flip byte, so that after the xor
+    they are 0), xor-ed with the flip, interleaved byte by byte (rows 0 and 1, rows 2 and 3) and
+    then word by word, and stored as 64 words: a few shuffles per 256 bytes, where the loop of
+    ``word`` widened, shifted and or-ed each pixel's bytes (MobileNetV2's 384 → 64 1×1 conv at
+    14×14: its packing 8.2 µs of the GEMM's 17.7 at one thread)."""
+    if not (isinstance(xt, types.Array) and xt.ndim == 2 and xt.layout == "C"
+            and xt.dtype in (types.uint8, types.int8) and isinstance(xp, types.Array)
+            and xp.ndim == 2 and xp.layout == "C" and xp.dtype == types.int32):
+        return None
+    sig = types.void(xt, types.intp, types.intp, xp, types.int32)
+
+    def codegen(context, builder, signature, args):
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        window = ir.VectorType(i8, BROADCAST_PIXELS)
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        pa = context.make_array(signature.args[3])(context, builder, args[3])
+        c, count, flip = args[1], args[2], args[4]
+        pitch = cgutils.unpack_tuple(builder, xa.shape)[1]               # M
+        rows = cgutils.unpack_tuple(builder, pa.shape)[0]                # K/4
+        load = declare_masked_byte_load(builder, BROADCAST_PIXELS)
+        mask = lanes_up_to(builder, count)
+        flip_v = splat(builder, builder.trunc(flip, i8), window)
+        first = builder.gep(builder.bitcast(xa.data, i8.as_pointer()), [c])
+        words = builder.bitcast(pa.data, ir.VectorType(i32, BROADCAST_PIXELS).as_pointer())
+        with cgutils.for_range(builder, rows) as loop:
+            k = builder.mul(loop.index, i64(4))
+            a, b, c2, d = (builder.xor(builder.call(load, [builder.gep(first, [builder.mul(
+                builder.add(k, i64(i)), pitch)]), flip_v, mask]), flip_v) for i in range(4))
+            pairs = [builder.bitcast(_interleaved(builder, u, v), ir.VectorType(
+                ir.IntType(16), BROADCAST_PIXELS)) for u, v in ((a, b), (c2, d))]
+            builder.store(builder.bitcast(_interleaved(builder, *pairs), words.type.pointee),
+                          builder.gep(words, [loop.index]), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+pack_planar_chunk_jit = _pack_planar_chunk_ir if RUNS else pack_planar_chunk_loops
+"""pack_planar_chunk as the kernels call it: the IR form on AVX-512 (its masked loads are
+AVX-512 BW's), else the loops."""
 
 broadcast_tile = _broadcast_tile_ir() if RUNS else unavailable_tile
 """The tile, as a Numba intrinsic: sums (BROADCAST_ROWS, BROADCAST_PIXELS) int32 ← bias[n0 + j] +
