@@ -37,7 +37,8 @@ def kernel_variant(name: str):
         compile_ = (lambda f: f) if numba.config.DISABLE_JIT else numba.njit(cache=True)
         if name == "loops":
             copy = renamed_copy(depthwise._depthwise_dense_rq_i8, "_loops", DW3_RUNS=True,
-                                dw3_tile=_dwtile.dw3_tile_portable)
+                                dw3_tile=_dwtile.dw3_tile_portable,
+                                dw3_plane_tile=_dwtile.dw3_plane_tile_portable)
         else:
             copy = renamed_copy(depthwise._depthwise_dense_rq_i8, "_planar", DW3_RUNS=False)
         kernel = _VARIANTS[name] = compile_(copy)
@@ -53,6 +54,13 @@ CASES = [
     (1, 2, 1, 9, 130, 2, (1, 1, 1, 1), 1),      # a wide row: 5 steps at stride 2
     (1, 3, 3, 5, 20, 3, (1, 2, 1, 2), 1),       # stride 3 (15·3 + 2 < 64), multiplier 3
     (1, 2, 1, 3, 3, 1, (1, 1, 1, 1), 1),        # every step partial, mostly pads
+    # outputs at most PLANE_MAX_WIDTH wide: the plane tile (64 outputs of the flat plane a group)
+    (2, 3, 2, 7, 7, 1, (1, 1, 1, 1), 1),        # MobileNetV2's 7×7: one group, 49 outputs
+    (1, 4, 1, 8, 8, 2, (0, 0, 1, 1), 1),        # stride 2, TF pads: 4×4 from a 64-byte plane
+    (1, 3, 1, 9, 10, 1, (0, 0, 0, 0), 1),       # no pads: 7×8 = 56 outputs
+    (1, 2, 1, 30, 5, 1, (1, 1, 1, 1), 1),       # 150 outputs: 3 groups, windows inside the plane
+    (1, 2, 3, 11, 11, 1, (2, 2, 2, 2), 2),      # dilation 2, multiplier 3
+    (1, 2, 1, 40, 8, 1, (1, 1, 1, 1), 1),       # 8 wide, 320 outputs in 5 whole groups
 ]
 
 
@@ -135,6 +143,28 @@ def test_the_plan_takes_the_planar_kernel_where_the_tile_pays(monkeypatch):
     assert pays(3, 14, 1) and pays(3, 56, 2) and pays(3, 28, 1) and not pays(3, 56, 1)
 
 
+def test_plane_table_by_hand():
+    """plane_table: group g's window starts at its first tap inside the plane, each lane's taps
+    are their bytes' places in it (FILL outside the plane and for the 4th byte); none for outputs
+    wider than PLANE_MAX_WIDTH or a group whose taps span more than PLANE_WINDOW bytes."""
+    idx, ws = _dwtile.plane_table(7, 7, 7, 7, 1, 1, 1, 1, 1, 1)  # 7×7, pads of 1
+    assert idx.shape == (1, 12, 64) and ws.tolist() == [0]
+    fill = _dwtile.FILL
+    # output 0 (lane 0 of vector 0): tap row 0 above the plane; row 1 = pad, x[0,0], x[0,1]
+    assert idx[0, 0, :4].tolist() == [fill] * 4 and idx[0, 1, :4].tolist() == [fill, 0, 1, fill]
+    # output 8 = (1, 1), vector 0 lane 8: row 2 reads x[2, 0..2] = bytes 14, 15, 16
+    assert idx[0, 2, 32:36].tolist() == [14, 15, 16, fill]
+    assert (idx[0, 9:12, 4:] == fill).all()  # vector 3 holds output 48 only
+    idx, ws = _dwtile.plane_table(30, 5, 30, 5, 1, 1, 1, 1, 1, 1)
+    # output 64 = (12, 4): its first tap (11, 3); output 128 = (25, 3): (24, 2)
+    assert ws.tolist() == [0, 11 * 5 + 3, 24 * 5 + 2]
+    assert idx.max() == fill and idx[idx != fill].max() < _dwtile.PLANE_WINDOW
+    assert _dwtile.plane_table(14, 14, 14, 14, 1, 1, 1, 1, 1, 1)[0].shape[0] == 0  # too wide
+    # 8 wide at stride 2 from 16 columns: a group's 8 rows read 17 rows of 16, past the window
+    assert _dwtile.plane_table(16, 16, 8, 8, 2, 2, 1, 1, 1, 1)[0].shape[0] == 0
+    assert _dwtile.plane_table(8, 8, 4, 4, 2, 2, 1, 1, 0, 0)[0].shape[0] == 1
+
+
 def test_fits_and_the_permutation_by_hand():
     """fits: 15·sw + 2·dw < 64 (the 16th output's last tap inside the 64-byte window)."""
     assert _dwtile.fits(1, 1) and _dwtile.fits(2, 1) and _dwtile.fits(3, 1)
@@ -215,5 +245,59 @@ def _run_tile(tile, *args):
                 dw, pt, pl, m0n, shift_n, y_zero_point, lo, hi):
             tile(y, x, base, H, W, idx, words, start, x_fill, flip, blocks, OH, OW, sh, sw, dh,
                  dw, pt, pl, m0n, shift_n, y_zero_point, lo, hi)
+        runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
+    runner(*args)
+
+
+@pytest.mark.parametrize("tile", ["loops", "vnni"])
+@pytest.mark.parametrize("case", sorted(TILE_CASES))
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+def test_the_plane_tile_sums_three_rows_of_three_taps(tile, case, x_type):
+    """The plane tile (both variants) against the formula on a 21 × 6 plane at stride 1 with pads
+    of 1 and 2 (the fill outside, 3 groups of 64 outputs, the last one partial, windows from
+    inside the plane), requantized with zero point 128 (wrapped sums, a tie-free multiplier, ties
+    of both signs), between guard bytes that stay as they were."""
+    if tile == "vnni" and not _dwtile.RUNS:
+        pytest.skip("the plane tile's IR needs AVX-512 VNNI + VBMI and the JIT")
+    start, x_top, w_top, (m0, shift) = TILE_CASES[case]
+    rng = np.random.default_rng(len(case) + 7 * (x_type is np.int8))
+    H, W, pt, pl, fill = 21, 6, 1, 2, 7
+    flip = 0x80 if x_type is np.int8 else 0
+    raw = rng.integers(0, x_top, (H, W))
+    x = (raw ^ flip).astype(np.uint8).view(x_type)
+    plane = np.full(3 * H * W, 99, np.uint8).view(x_type)  # neighbours: never read
+    plane[H * W:2 * H * W] = x.reshape(-1)
+    w = rng.integers(-w_top, w_top, 9).astype(np.int8)
+    OH, OW = H + 2 * pt - 2, W + 2 * pl - 2
+    idx, ws = _dwtile.plane_table(H, W, OH, OW, 1, 1, 1, 1, pt, pl)
+    assert idx.shape[0] == -(-OH * OW // 64) == 3
+    padded = np.full((H + 2 * pt, W + 2 * pl), fill ^ flip, np.int64)
+    padded[pt:pt + H, pl:pl + W] = raw
+    sums = np.array([[sum(int(w[3 * i + j]) * int(padded[r + i, u + j])
+                          for i in range(3) for j in range(3))
+                      for u in range(OW)] for r in range(OH)])
+    if start is None:
+        middle = int(np.median(sums))
+        start = 2 ** 31 - 1 - middle if middle >= 0 else -2 ** 31 - middle
+    words = np.zeros((3, 3), np.int32)
+    words[1] = _dwtile.row_words(w[None])[0]  # channel 1 of 3
+    guarded = np.full(64 + OH * OW + 70, 77, np.uint8)  # 64 bytes before y and 70 after
+    tile_fn = _dwtile.dw3_plane_tile_portable if tile == "loops" else _dwtile.dw3_plane_tile
+    _run_plane_tile(tile_fn, guarded, 64, plane, H * W, H * W, idx, ws, words, 1,
+                    np.int32(start), x_type(fill), flip, OH * OW, m0, shift, 128, 0, 255)
+    wrapped = ((start + sums + 2 ** 31) % 2 ** 32 - 2 ** 31).astype(np.int32)
+    want = ref_quant.requantize_dense_i8(wrapped.reshape(1, -1), np.array([m0], np.int32),
+                                         np.array([shift], np.int32), 128, 0, 255)[0]
+    assert_exact(guarded[64:64 + OH * OW], want, tile=tile, case=case)
+    assert (guarded[64 + OH * OW:] == 77).all() and (guarded[:64] == 77).all()
+
+
+def _run_plane_tile(tile, *args):
+    runner = _RUNNERS.get(tile)
+    if runner is None:
+        def run(y, y_base, x, base, HW, idx, ws, words, n, start, x_fill, flip, total, m0n,
+                shift_n, y_zero_point, lo, hi):
+            tile(y, y_base, x, base, HW, idx, ws, words, n, start, x_fill, flip, total, m0n,
+                 shift_n, y_zero_point, lo, hi)
         runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
     runner(*args)

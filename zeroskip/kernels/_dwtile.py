@@ -40,7 +40,8 @@ from numba.extending import intrinsic
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
 from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
-                       requantized, requantized_tie_free, splat, tie_free)
+                       lanes_up_to, requantized, requantized_bytes, requantized_tie_free, splat,
+                       tie_free)
 from .quant import requantize_one
 from ._quads import signed_byte, word
 
@@ -257,6 +258,166 @@ def _dw3_tile_ir():
     return dw3_tile
 
 
+PLANE_OUTPUTS = 4 * LANES
+"""Outputs per group of the plane tile: 4 zmm of int32 sums, packed into one 64-byte store."""
+PLANE_WINDOW = 2 * WINDOW - 1
+"""Input bytes a plane tile group can read: two 64-byte loads, less the last byte, which holds
+the fill (the zero point) for the taps outside the plane."""
+FILL = PLANE_WINDOW
+"""The index of the fill byte in the plane tile's two-register window."""
+
+
+PLANE_MAX_WIDTH = LANES // 2
+"""The widest output rows that take the plane tile: there the row tile leaves at least half of
+its 16 lanes empty. One thread, the row tile against the plane tile: 960×7×7 29.4 against 20.4 µs;
+384×14×14 20.6 / 25.2, 576×14×14 29.5 / 36.3, 192×28×28 33.7 / 37.1 (the row tile's rows share
+their loads between three outputs, where each plane tile group permutes 12 times)."""
+
+
+@njit(cache=True)
+def plane_table(H, W, OH, OW, sh, sw, dh, dw, pt, pl):
+    """The plane tile's table for a 3×3 depthwise conv of this geometry, or an empty one (0 groups)
+    for outputs wider than PLANE_MAX_WIDTH, or where some group's taps span more than
+    PLANE_WINDOW bytes of the plane: (idx [G, 12, 64] uint8,
+    ws [G] int64). Group g holds outputs 64g .. 64g + 63 of the flat output plane (oh·OW + ow),
+    and reads the window of plane bytes from ws[g]; idx[g, 3v + i] is the ``vpermi2b`` index
+    vector of tap row i for outputs 64g + 16v .. 64g + 16v + 15: byte 4l + b of it, tap b of lane
+    l's row i (b < 3), the byte's place in the window, or FILL for a tap outside the plane and for
+    b = 3 (its weight 0)."""
+    if OW > PLANE_MAX_WIDTH:
+        return np.zeros((0, 12, 4 * LANES), np.uint8), np.zeros(0, np.int64)
+    total = OH * OW
+    groups = (total + PLANE_OUTPUTS - 1) // PLANE_OUTPUTS
+    idx = np.full((groups, 12, 4 * LANES), FILL, np.uint8)
+    ws = np.zeros(groups, np.int64)
+    for g in range(groups):
+        first, last = H * W, -1
+        for p in range(PLANE_OUTPUTS * g, min(total, PLANE_OUTPUTS * (g + 1))):
+            oh, ow = p // OW, p % OW
+            for i in range(3):
+                h = oh * sh - pt + i * dh
+                for b in range(3):
+                    w = ow * sw - pl + b * dw
+                    if 0 <= h < H and 0 <= w < W:
+                        first, last = min(first, h * W + w), max(last, h * W + w)
+        if last < 0:
+            first = 0
+        elif last - first >= PLANE_WINDOW:
+            return np.zeros((0, 12, 4 * LANES), np.uint8), np.zeros(0, np.int64)
+        ws[g] = first
+        for p in range(PLANE_OUTPUTS * g, min(total, PLANE_OUTPUTS * (g + 1))):
+            oh, ow = p // OW, p % OW
+            v, lane = (p % PLANE_OUTPUTS) // LANES, p % LANES
+            for i in range(3):
+                h = oh * sh - pt + i * dh
+                for b in range(3):
+                    w = ow * sw - pl + b * dw
+                    if 0 <= h < H and 0 <= w < W:
+                        idx[g, 3 * v + i, 4 * lane + b] = h * W + w - first
+    return idx, ws
+
+
+def dw3_plane_tile_loops(y, y_base, x, base, HW, idx, ws, words, n, start, x_fill, flip, total,
+                         m0n, shift_n, y_zero_point, lo, hi):
+    """The plane tile in plain loops: output p of the flat plane y[y_base : y_base + total]
+    (group g = p // 64, vector v, lane l) sums, over tap rows i and bytes b, byte b of channel n's
+    tap-row word words[n, i] times window byte
+    k = idx[g, 3v + i, 4l + b] of group g: the plane's byte x[base + ws[g] + k] if k < FILL and it
+    lies in the plane (of HW bytes), else x_fill; each xor ``flip``. Then requantized, as the row
+    tile's."""
+    for p in range(total):
+        g, v, lane = p // PLANE_OUTPUTS, (p % PLANE_OUTPUTS) // LANES, p % LANES
+        s = np.int64(start)
+        for i in range(3):
+            for b in range(4):
+                k = np.int64(idx[g, 3 * v + i, 4 * lane + b])
+                at = ws[g] + k
+                a = x[base + at] if k < FILL and at < HW else x_fill
+                s += ((np.int64(a) ^ flip) & 0xFF) * signed_byte(words[n, i], b)
+        s = ((s + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31
+        y[y_base + p] = requantize_one(s, m0n, shift_n, y_zero_point, lo, hi)
+
+
+dw3_plane_tile_portable = njit(cache=True, inline="always")(dw3_plane_tile_loops)
+
+
+@intrinsic
+def _dw3_plane_tile_ir(typingctx, y, y_base, x, base, HW, idx, ws, words, n, start, x_fill, flip,
+                       total, m0n, shift_n, y_zero_point, lo, hi):
+    """dw3_plane_tile_loops on AVX-512 VBMI + VNNI: per group of 64 outputs, two masked 64-byte
+    loads of the window (the bytes outside the plane, and the last one, come in as the fill),
+    then per 16 outputs and tap row one ``vpermi2b`` (each lane's three taps from 128 bytes) and
+    one ``vpdpbusd``; the 4 vectors of sums requantized together (_requant.requantized_bytes) and
+    stored as one masked 64-byte run of the output plane. Where an output row is 7 wide, the row
+    tile fills 7 of its 16 lanes; here 49 of 64. Offsets, not views: a view of the output plane
+    and of the channel's words per call would cost reference counts in the kernel's loop."""
+    if not (all(isinstance(a, types.Array) and a.layout == "C" for a in (y, x, idx, ws, words))
+            and y.ndim == 1 and x.ndim == 1 and idx.ndim == 3 and ws.ndim == 1 and words.ndim == 2
+            and y.dtype in (types.uint8, types.int8) and x.dtype in (types.uint8, types.int8)
+            and idx.dtype == types.uint8 and ws.dtype == types.int64
+            and words.dtype == types.int32):
+        return None
+    sig = types.void(y, types.int64, x, types.int64, types.int64, idx, ws, words, types.int64,
+                     types.int32, *[types.int64] * 8)
+
+    def codegen(context, builder, signature, args):
+        i8, i64 = ir.IntType(8), ir.IntType(64)
+        vec, window = ir.VectorType(ir.IntType(32), LANES), ir.VectorType(i8, WINDOW)
+        ya, xa, ia, wsa, wa = (context.make_array(signature.args[i])(context, builder, args[i])
+                               for i in (0, 2, 5, 6, 7))
+        y_base, base, HW, n = args[1], args[3], args[4], args[8]
+        start, x_fill, flip, total, m0, shift, y_zero_point, lo, hi = args[9:]
+        permute = builder.module.declare_intrinsic(
+            "llvm.x86.avx512.vpermi2var.qi.512",
+            fnty=ir.FunctionType(window, [window, window, window]))
+        load = declare_masked_byte_load(builder)
+        dpbusd = declare_dpbusd(builder)
+        store = declare_masked_byte_store(builder, PLANE_OUTPUTS)
+        weights = [splat(builder, builder.load(builder.gep(wa.data, [
+            builder.add(builder.mul(n, i64(3)), i64(i))]))) for i in range(3)]
+        fill_v, flip_v = (splat(builder, builder.trunc(value, i8), window)
+                          for value in (x_fill, flip))
+        plane = builder.gep(builder.bitcast(xa.data, i8.as_pointer()), [base])
+        y_bytes = builder.gep(builder.bitcast(ya.data, i8.as_pointer()), [y_base])
+        orders = builder.bitcast(ia.data, window.as_pointer())
+        first = splat(builder, start)
+        signed = signature.args[0].dtype == types.int8
+
+        def bytes_in(count, top):  # lanes_up_to(clamp(count, 0, top))
+            count = builder.select(builder.icmp_signed("<", count, i64(0)), i64(0), count)
+            return lanes_up_to(builder, builder.select(builder.icmp_signed(">", count, i64(top)),
+                                                       i64(top), count))
+
+        groups = cgutils.unpack_tuple(builder, ia.shape)[0]
+        with cgutils.for_range(builder, groups) as loop:
+            g = loop.index
+            w0 = builder.load(builder.gep(wsa.data, [g]))
+            left = builder.sub(HW, w0)
+            low, high = (builder.xor(builder.call(load, [
+                builder.gep(plane, [builder.add(w0, i64(offset))]), fill_v,
+                bytes_in(builder.sub(left, i64(offset)), top)]), flip_v)
+                for offset, top in ((0, WINDOW), (WINDOW, WINDOW - 1)))
+            p0 = builder.mul(g, i64(PLANE_OUTPUTS))
+            accs = []
+            for v in range(4):  # a vector past the plane's last output is not summed (7×7: 49)
+                acc = cgutils.alloca_once_value(builder, first)
+                with builder.if_then(builder.icmp_signed("<", builder.add(p0, i64(LANES * v)),
+                                                         total), likely=True):
+                    for i in range(3):
+                        order = builder.load(builder.gep(orders, [builder.add(
+                            builder.mul(g, i64(12)), i64(3 * v + i))]), align=1)
+                        taps = builder.bitcast(builder.call(permute, [low, order, high]), vec)
+                        builder.store(builder.call(dpbusd, [builder.load(acc), taps,
+                                                            weights[i]]), acc)
+                accs.append(builder.load(acc))
+            q = requantized_bytes(builder, accs, m0, shift, y_zero_point, lo, hi, signed)
+            builder.call(store, [builder.gep(y_bytes, [p0]), q,
+                                 bytes_in(builder.sub(total, p0), PLANE_OUTPUTS)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 CPU_HAS = HAS_AVX512_VNNI and HAS_AVX512_VBMI
 """Whether this CPU has the tile's instructions: what plans decide by, so that they pick the same
 kernels with NUMBA_DISABLE_JIT=1."""
@@ -267,6 +428,10 @@ the kernel then runs its plain planar loops, the same bytes)."""
 dw3_tile = _dw3_tile_ir() if RUNS else dw3_tile_portable
 """The tile the depthwise kernel runs: vpermb + vpdpbusd where the CPU has them, plain loops
 elsewhere."""
+
+dw3_plane_tile = _dw3_plane_tile_ir if RUNS else dw3_plane_tile_portable
+"""The plane tile the depthwise kernel runs where its table has groups (plane_table): vpermi2b +
+vpdpbusd where the CPU has them, plain loops elsewhere."""
 
 TILES = {"loops": dw3_tile_portable}
 """The tile variants this CPU runs, by name (the tests compare each with the reference)."""

@@ -20,7 +20,8 @@ from numba.extending import overload
 from ._planes import (ACC_TILE, INT32_MAX, INT32_MIN, accumulator_pitch, conv_channel,
                       conv_channel_rq, pad_plane, pad_planes, tap_offsets)
 from ._broadcast import unsigned_bias
-from ._dwtile import LANES, dw3_tile, fits, permutation, row_words
+from ._dwtile import (LANES, dw3_plane_tile, dw3_tile, fits, permutation, plane_table,
+                      row_words)
 from ._dwtile import RUNS as DW3_RUNS
 from .quant import requantize_one, requantize_row
 
@@ -241,6 +242,26 @@ def tile_operands(x, w, bias, words, start):
     return words, start
 
 
+NO_PLANE_TABLE = (np.zeros((0, 12, 64), np.uint8), np.zeros(0, np.int64))
+"""depthwise_dense_rq_i8's ``table`` for a conv that keeps the row tile: no groups."""
+
+
+def plane_operands(table, H, W, OH, OW, sh, sw, dh, dw, pt, pl):
+    """The plane tile's (idx, ws) for depthwise_dense_rq_i8: the plan's ``table``, or, when it
+    passes None, made now (_dwtile.plane_table; no groups where the plane tile does not fit)."""
+    if table is None:
+        return plane_table(H, W, OH, OW, sh, sw, dh, dw, pt, pl)
+    return table
+
+
+@overload(plane_operands, inline="always")
+def _plane_operands_compiled(table, H, W, OH, OW, sh, sw, dh, dw, pt, pl):
+    if table is None or isinstance(table, (types.NoneType, types.Omitted)):
+        return lambda table, H, W, OH, OW, sh, sw, dh, dw, pt, pl: plane_table(
+            H, W, OH, OW, sh, sw, dh, dw, pt, pl)
+    return lambda table, H, W, OH, OW, sh, sw, dh, dw, pt, pl: table
+
+
 @overload(tile_operands, inline="always")
 def _tile_operands_compiled(x, w, bias, words, start):
     if words is None or isinstance(words, (types.NoneType, types.Omitted)):
@@ -249,7 +270,7 @@ def _tile_operands_compiled(x, w, bias, words, start):
 
 
 def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_point, lo, hi, y,
-                           kh, kw, sh, sw, dh, dw, pt, pl, words=None, start=None):
+                           kh, kw, sh, sw, dh, dw, pt, pl, words=None, start=None, table=None):
     # w (N, kh·kw) int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) uint8|int8
     """y[b,n] = requantize(depthwise_dense_i8's acc[b,n]) (m0, shift, y_zero_point, lo, hi as in
     requantize_dense_i8): the two kernels in turn, the same bytes, in one pass.
@@ -281,6 +302,17 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
         y3 = y.reshape((B, N, OH * OW))  # once: a reshape per plane cost 10–20 ns
         blocks = (OW + LANES - 1) // LANES
         tasks = min(planes, DW3_TASKS)
+        order, starts = plane_operands(table, H, W, OH, OW, sh, sw, dh, dw, pt, pl)
+        if order.shape[0] > 0:  # the plane tile: 64 outputs of the flat plane per group
+            ys = y.reshape(y.size)
+            for t in prange(tasks):
+                for plane in range(t * planes // tasks, (t + 1) * planes // tasks):
+                    bi, c = plane // C, plane % C
+                    for n in range(c * mult, (c + 1) * mult):
+                        dw3_plane_tile(ys, (bi * N + n) * OH * OW, xs, plane * H * W, H * W,
+                                       order, starts, words, n, start[n], x_zero_point, flip,
+                                       OH * OW, m0[n], shift[n], y_zero_point, lo, hi)
+            return
         for t in prange(tasks):  # runs of planes
             for plane in range(t * planes // tasks, (t + 1) * planes // tasks):
                 bi, c = plane // C, plane % C

@@ -337,14 +337,16 @@ class DepthwiseConv(ConvAccumulator):
                 return y
             return call, y_shape
         w, bias = self.w, q["bias"]
-        if self.row_tile_runs(g):  # no padded planes; the tile's words and starting sums made once
+        if self.row_tile_runs(g):  # no padded planes; the tile's words and starting sums made
+            # once, and the plane tile's table (no groups where the output rows are wide)
             from ...kernels._broadcast import unsigned_bias
-            from ...kernels._dwtile import row_words
+            from ...kernels._dwtile import plane_table, row_words
 
             empty = (np.empty((shape[0], self.channels, 0, 0), dtype),
                      np.empty((shape[0], self.n_out, 0), np.int32))
+            table = plane_table(shape[2], shape[3], y_shape[2], y_shape[3], *geo[2:])
             mid, tail = (q["x_zp"],) + empty + rq, geo + (row_words(w),
-                                                          unsigned_bias(x_, w, bias, None))
+                                                          unsigned_bias(x_, w, bias, None), table)
         else:
             mid, tail = (q["x_zp"],) + self.planes(shape, dtype, g) + rq, geo
         planar = pick(self.rq_kernel, w, bias, x_, *mid, y_, *tail)
