@@ -48,7 +48,7 @@ from ._gemv import GEMV_TILE_ROWS, gemv_tile
 from ._gemv import RUNS as GEMV_TILE_RUNS
 from ._quads import store_chunk
 from ._scratch import words_on_lines
-from .elementwise import add_residual_rows, residual_parts
+from .elementwise import add_residual, add_residual_rows, residual_parts
 from .quant import requantize_one, requantize_row
 
 X_ROWS_PER_TILE = 2
@@ -429,32 +429,58 @@ def _store_sums_compiled(sums, out, n, c, m0n, shift_n, y_zero_point, lo, hi):
     return store_requantized
 
 
-def _store_block(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+def _store_block(sums, rows, out4, b, n_begin, c, count, m0, shift, y_zero_point, lo, hi,
+                 residual4):
     """The AMX GEMM's epilogue for one task: rows j < ``rows`` of sums (channels n_begin + j,
-    pixels c .. c + count) through _store_sums. Compiled with an 8-bit out (the overload below),
-    each row goes through the convs' IR epilogue (_quads.store_chunk, out seen as one row of
-    pixels per channel): called per channel, _store_sums' view of each row and its inlined
-    arrays cost their reference counts in the serial build (as the AMX stem's stores did,
+    pixels c .. c + count of image b of out4, the output seen as (B, N, 1, M)) through
+    _store_sums, then, with a residual (``residual_planes``), added to it as the QAdd adds.
+    Compiled with an 8-bit out (the overload below), each row goes through the convs' IR
+    epilogue (_quads.store_chunk, out seen as one row of pixels per channel, the residual added in
+    its registers): called per channel, _store_sums' view of each row and its inlined arrays cost
+    their reference counts in the serial build (as the AMX stem's stores did,
     _quads._store_chunk_ir)."""
     for j in range(rows):
-        _store_sums(sums[j, :count], out, n_begin + j, c, m0[n_begin + j], shift[n_begin + j],
-                    y_zero_point, lo, hi)
+        n = n_begin + j
+        _store_sums(sums[j, :count], out4[b, :, 0, :], n, c, m0[n], shift[n], y_zero_point, lo,
+                    hi)
+        if residual4 is not None:
+            add_residual(out4[b, n, 0, c:c + count], residual4[0][b, n, 0, c:c + count],
+                         residual4[1:])
 
 
 @overload(_store_block, inline="always")
-def _store_block_compiled(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
-    if out.dtype == types.int32:
-        def as_sums(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
+def _store_block_compiled(sums, rows, out4, b, n_begin, c, count, m0, shift, y_zero_point, lo,
+                          hi, residual4):
+    if out4.dtype == types.int32:
+        def as_sums(sums, rows, out4, b, n_begin, c, count, m0, shift, y_zero_point, lo, hi,
+                    residual4):
             for j in range(rows):
-                out[n_begin + j, c:c + count] = sums[j, :count]
+                out4[b, n_begin + j, 0, c:c + count] = sums[j, :count]
         return as_sums
 
-    def requantized(sums, rows, out, n_begin, c, count, m0, shift, y_zero_point, lo, hi):
-        planes = out.reshape((1, out.shape[0], 1, out.shape[1]))
+    def requantized(sums, rows, out4, b, n_begin, c, count, m0, shift, y_zero_point, lo, hi,
+                    residual4):
         for j in range(rows):
-            store_chunk(sums, j, n_begin + j, 0, c, 0, 1, m0[n_begin + j], shift[n_begin + j],
-                        y_zero_point, lo, hi, planes, out.shape[1], None)
+            store_chunk(sums, j, n_begin + j, b, c, 0, 1, m0[n_begin + j], shift[n_begin + j],
+                        y_zero_point, lo, hi, out4, out4.shape[3], residual4)
     return requantized
+
+
+def residual_planes(residual, shape4):
+    """A requantizing GEMM's ``residual`` (None, or residual_parts' tuple with r of y's shape) with
+    r seen as ``shape4`` (B, N, 1, M), the output's shape for _quads.store_chunk."""
+    if residual is None:
+        return None
+    return (residual[0].reshape(shape4),) + tuple(residual[1:])
+
+
+@overload(residual_planes, inline="always")
+def _residual_planes_compiled(residual, shape4):
+    if residual is None or isinstance(residual, (types.NoneType, types.Omitted)):
+        return lambda residual, shape4: None
+    return lambda residual, shape4: (residual[0].reshape(shape4), residual[1], residual[2],
+                                     residual[3], residual[4], residual[5], residual[6],
+                                     residual[7], residual[8])
 
 
 def _tile_stored(sums, xp, w, start, n0, out, c, count, m0, shift, y_zero_point, lo, hi):
@@ -621,12 +647,17 @@ def _broadcast_planar(xt, w, start, out, rq):
 
 
 @njit(cache=True, inline="always")
-def _amx_packed(xp, M, N, wt, start, out3, rq):
+def _amx_packed(xp, M, N, wt, start, out3, rq, residual=None):
     """out3[b] = start + w @ x[b]ᵀ for each image b of out3 (B, N, M) on the AMX conv tile with
     one tap (kernels/_amx.py), from the images' packed chunks xp (_packed_rows or _packed_planar,
     wt.shape[1]·16 words per pixel, ⌈M/64⌉ per image) and w's padded tiles wt (1, K_pad/64,
     N_pad, 64), with _store_sums's epilogue: tasks of a chunk and a block of channels (one
-    parallel loop over every image's), each block summed by one tile call and stored.
+    parallel loop over every image's), each block summed by one tile call and stored; with a
+    ``residual`` (residual_parts' tuple, r of out3's shape), each stored chunk is added to r's in
+    the same epilogue (_quads.store_chunk's QAdd), in the task that wrote it. Added afterwards, a
+    parallel loop over rows had read, at two threads, half of each row from the other core
+    (MobileNetV2's 192 → 32 1×1 convs at 28×28 with their residual, 0.028 ms at one thread, had
+    taken 0.034–0.041 at two).
 
     Task order: a thread's share of the loop is a contiguous run of tasks. Taken chunk by chunk,
     two threads write the two ends of every row of out (a 14×14 plane: pixels 0–127 and
@@ -638,6 +669,8 @@ def _amx_packed(xp, M, N, wt, start, out3, rq):
     n_pad, k_pad = wt.shape[2], wt.shape[1] * 64
     m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
     chunks = xp.shape[0]
+    shape4 = (out3.shape[0], out3.shape[1], 1, out3.shape[2])
+    out4, residual4 = out3.reshape(shape4), residual_planes(residual, shape4)
     groups, per = amx_tasks(n_pad, chunks)
     start_rows = start_rows_jit(start, n_pad)
     x_words = xp.reshape((chunks, k_pad // 4 * BROADCAST_PIXELS))  # the tile's flat words
@@ -654,8 +687,8 @@ def _amx_packed(xp, M, N, wt, start, out3, rq):
         # the conv's tile with one tap: x tile row g of block kb is xp[ci] row 16·kb + g
         amx_conv_block(sums, x_words[ci], wt, start_rows, ONE_TAP, n_begin, 0, BROADCAST_PIXELS,
                        TILE_ROWS)
-        _store_block(sums, min(N - n_begin, sums.shape[0]), out3[ci // per_image], n_begin, c,
-                     count, m0, shift, y_zero_point, lo, hi)
+        _store_block(sums, min(N - n_begin, sums.shape[0]), out4, ci // per_image, n_begin, c,
+                     count, m0, shift, y_zero_point, lo, hi, residual4)
 
 
 @njit(cache=True, inline="always")
@@ -666,12 +699,13 @@ def _broadcast_gemm(x, w, bias, out, rq, w_sums):
 
 
 @njit(cache=True, inline="always")
-def _amx_gemm(x, w, bias, out, rq, w_sums, w_pad):
-    """_amx_packed on x (M, K)'s rows, packed here, and the plan's padded w (else padded now)."""
+def _amx_gemm(x, w, bias, out, rq, w_sums, w_pad, residual=None):
+    """_amx_packed on x (M, K)'s rows, packed here, and the plan's padded w (else padded now);
+    the residual, if any, added in its epilogue."""
     wt = tile_weights(w, w_pad)                 # (1, K_pad/64, N_pad, 64)
     xp = _packed_rows(x, wt.shape[1] * 16)
     _amx_packed(xp, x.shape[0], w.shape[0], wt, unsigned_bias(x, w, bias, w_sums),
-                as_images(out), rq)
+                as_images(out), rq, residual)
 
 
 PIXELS_PER_CHUNK = 256
@@ -692,8 +726,9 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     rows of x at a time, the tiles write their sums to a small scratch that stays in L1, and the
     chunk is requantized from there into y. Unfused, a layer with a short K (MobileNetV2's 1×1
     convs: K = 16–32 against N = 96–192) wrote and read back 4 bytes per output where y takes 1.
-    residual — None, or a QAdd of y and an (N,M) array fused into the epilogue, added once the
-    rows are requantized (elementwise.residual_parts, add_residual_rows).
+    residual — None, or a QAdd of y and an (N,M) array fused into the epilogue: on the AMX tile
+    each task's chunk as it is stored (_amx_packed), elsewhere once the rows are requantized
+    (elementwise.residual_parts, add_residual_rows).
     w_sums — None, or Σ_k w[n,k] [N] int64, computed once by the plan: the broadcast tile's
     starting sums for int8 x (_broadcast.unsigned_bias), summed per call when None.
     Preconditions as matmul_dense_i8's and requantize_dense_i8's.
@@ -701,9 +736,10 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     """
     r, add = residual_parts(residual, y)
     rq = (m0, shift, y_zero_point, lo, hi)
-    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
-        _amx_gemm(x, w, bias, y, rq, w_sums, w_pad)
-    elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
+    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile, the residual in its epilogue
+        _amx_gemm(x, w, bias, y, rq, w_sums, w_pad, residual)
+        return
+    if broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, y, rq, w_sums)
     elif x.shape[0] == 1:  # a classifier at batch 1
         _gemv_rq(x[0], w, bias, unsigned_bias(x, w, bias, w_sums), rq, y[:, 0])
@@ -788,11 +824,12 @@ def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residu
     rq = (m0, shift, y_zero_point, lo, hi)
     xt3, y3 = as_images(xt), as_images(y)
     x0 = xt3[0]  # one image's (K, M): what the tiles' fit and the starting sums look at
-    if amx_fits_planar(x0, w):  # every image's chunks in one parallel loop
+    if amx_fits_planar(x0, w):  # every image's chunks in one parallel loop, the residual too
         wt = tile_weights(w, w_pad)
         _amx_packed(_packed_planar(xt3, wt.shape[1] * 16), xt3.shape[2], w.shape[0], wt,
-                    unsigned_bias(x0, w, bias, w_sums), y3, rq)
-    elif broadcast_fits_planar(x0, w):
+                    unsigned_bias(x0, w, bias, w_sums), y3, rq, residual)
+        return
+    if broadcast_fits_planar(x0, w):
         start = unsigned_bias(x0, w, bias, w_sums)
         for b in range(xt3.shape[0]):
             _broadcast_planar(xt3[b], w, start, y3[b], rq)
