@@ -673,10 +673,11 @@ def test_add_dense_i8_lengths(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
-@pytest.mark.parametrize("R", [1, 20, 23, 24, 25, 30, 43, 52, 53, 54, 62])
+@pytest.mark.parametrize("R", [1, 20, 23, 24, 25, 30, 31, 32, 43, 51, 52, 53, 54, 62])
 def test_add_dense_i8_every_shift(R, dtype):
     """The QAdd at every kind of shift R, from 1 to 62 (those around 24 and 53 are where the
-    convs' IR epilogue changes its rounding, _quads.NARROW_ADD_SHIFTS): multipliers up to 2^44
+    convs' IR epilogue changes its rounding, _quads.NARROW_ADD_SHIFTS; 31 and 52 bound the
+    16-bit products of _requant.qadd_bytes, QADD_SHIFTS): multipliers up to 2^44
     that fill both 22-bit halves, multipliers that are multiples of 2^(R−1) (ties of both signs),
     inputs at the ends of their range; the same bytes as the reference."""
     rng = np.random.default_rng(R)
@@ -693,6 +694,34 @@ def test_add_dense_i8_every_shift(R, dtype):
             KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, y_zp, lo, hi)
             want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, y_zp, lo, hi)
             assert_exact(y, want, dtype=dtype, R=R, A=A, B=B, extra={"a": a, "b": b})
+
+
+@pytest.mark.parametrize("R", [31, 43, 52])
+@pytest.mark.parametrize("types_", [(np.uint8, np.int8, np.uint8), (np.int8, np.uint8, np.int8),
+                                    (np.int8, np.int8, np.uint8), (np.uint8, np.uint8, np.int8)],
+                         ids=["u8+s8=u8", "s8+u8=s8", "s8+s8=u8", "u8+u8=s8"])
+def test_add_dense_i8_mixed_types(types_, R):
+    """Operands and output of different 8-bit types (each read and written as its own type:
+    qadd_bytes flips int8 bytes to q + 128 per operand and packs to the output's type), in
+    place too (y is a), at a length with a tail past the 64-byte steps."""
+    rng = np.random.default_rng(R + len(types_))
+    a_t, b_t, y_t = types_
+    L = 4096 + 77
+    a = extreme_values(rng, L, *I8_RANGE[a_t]).astype(a_t)
+    b = extreme_values(rng, L, *I8_RANGE[b_t]).astype(b_t)
+    lo, hi = I8_RANGE[y_t]
+    top = min(2 ** 44, 2 ** (R - 3))  # outputs about d/8: spread over the type where R ≤ 47
+    A, B = int(rng.integers(top // 4, top)), int(rng.integers(1, top))
+    a_zp, b_zp, y_zp = (int(rng.integers(*I8_RANGE[t], endpoint=True)) for t in types_)
+    y = np.zeros(L, y_t)
+    KERNELS["add_dense_i8"](a, b, y, a_zp, b_zp, A, B, R, y_zp, lo + 2, hi - 3)
+    want = REFERENCES["add_dense_i8"](a, b, a_zp, b_zp, A, B, R, y_zp, lo + 2, hi - 3)
+    assert_exact(y, want, dtype=y_t, R=R, extra={"a": a, "b": b})
+    assert R > 47 or len(np.unique(want)) > 20
+    if a_t is y_t:
+        same = a.copy()
+        KERNELS["add_dense_i8"](same, b, same, a_zp, b_zp, A, B, R, y_zp, lo + 2, hi - 3)
+        assert_exact(same, want, dtype=y_t, in_place=True)
 
 
 def test_add_dense_i8_ties():

@@ -29,8 +29,8 @@ from numba.extending import intrinsic
 
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
-from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
-                       lanes_up_to, requantized_bytes, splat)
+from ._requant import (QADD_SHIFTS, declare_masked_byte_load, declare_masked_byte_store,
+                       lanes_below, lanes_up_to, qadd_bytes, requantized_bytes, splat)
 from .elementwise import qadd_value
 from .quant import requantize_one
 
@@ -448,6 +448,13 @@ def _qadd_ir(builder, qa, qb, params):
     return builder.select(builder.icmp_signed(">", t, hi_v), hi_v, t)
 
 
+def _shuffle_bytes(builder, a, b):
+    """LLVM IR: byte vectors a and b of one length, one after the other."""
+    count = a.type.count
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * count),
+                                                    list(range(2 * count))))
+
+
 @intrinsic
 def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi,
                     y, pitch, residual):
@@ -547,6 +554,9 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                         builder.not_(lanes_below(builder, clamp16(lane0)))), i16)
                     body(v, mask, builder.sub(builder.mul(r, ow_v), lane0))
 
+        # no dropped columns (pitch = OW: a 1×1 stride-2 downsample, a GEMM): one run of y
+        direct = builder.icmp_signed("==", pitch_v, ow_v)
+        left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the plane's end
         if not plain:  # the residual's bytes at the same lanes, row by row; then the QAdd
             gathered_all = cgutils.alloca_once_value(builder, ir.Constant(held, None))
 
@@ -554,17 +564,40 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                 builder.store(builder.call(load, [builder.gep(r_plane, [at]), builder.load(
                     slot(gathered_all, v)), mask]), slot(gathered_all, v))
 
-            each_row_vector(gather)
-            for v in range(PIXEL_VECTORS):
-                total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
-                                 widened(builder.load(slot(gathered_all, v)), r_signed), params)
-                builder.store(builder.trunc(total, out), kept[v])
+            with builder.if_else(direct) as (run, rows_apart):
+                with run:  # one masked load of 64 bytes
+                    run_bytes = builder.call(declare_masked_byte_load(builder), [
+                        builder.gep(r_plane, [p0_v]), ir.Constant(chunk, None),
+                        lanes_up_to(builder, left)])
+                    run_block = builder.block
+                with rows_apart:  # 16 bytes at a time, then the four as one vector (a load of
+                    each_row_vector(gather)  # 64 bytes would wait on the four 16-byte stores)
+                    halves = [_shuffle_bytes(builder, builder.load(slot(gathered_all, 2 * h)),
+                                             builder.load(slot(gathered_all, 2 * h + 1)))
+                              for h in range(2)]
+                    apart_bytes = _shuffle_bytes(builder, *halves)
+                    apart_block = builder.block
+            gathered = builder.phi(chunk)
+            gathered.add_incoming(run_bytes, run_block)
+            gathered.add_incoming(apart_bytes, apart_block)
+            with builder.if_else(builder.and_(
+                    builder.icmp_signed(">=", params[4], i64(QADD_SHIFTS[0])),
+                    builder.icmp_signed("<=", params[4], i64(QADD_SHIFTS[1]))),
+                    likely=True) as (fast, other):
+                with fast:  # all 64 at once, 16-bit products (_requant.qadd_bytes)
+                    builder.store(qadd_bytes(builder, builder.load(kept_chunk), gathered,
+                                             y_signed, r_signed, y_signed, params), kept_chunk)
+                with other:
+                    builder.store(gathered, builder.bitcast(gathered_all, chunk.as_pointer()),
+                                  align=16)
+                    for v in range(PIXEL_VECTORS):
+                        total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
+                                         widened(builder.load(slot(gathered_all, v)), r_signed),
+                                         params)
+                        builder.store(builder.trunc(total, out), kept[v])
 
-        # no dropped columns (pitch = OW: a 1×1 stride-2 downsample): the chunk is one run of y
-        direct = builder.icmp_signed("==", pitch_v, ow_v)
         with builder.if_else(direct) as (run, rows_apart):
             with run:  # one store of the chunk's 64 bytes, masked past the plane's end
-                left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the end
                 builder.call(declare_masked_byte_store(builder, QUAD_PIXELS), [
                     builder.gep(plane, [p0_v]),
                     builder.load(kept_chunk),

@@ -223,3 +223,101 @@ def lanes_up_to(builder, count):
 
 
 
+
+
+QADD_SHIFTS = (31, 52)
+"""The QAdd shifts R for which ``qadd_bytes`` runs (elementwise.qadd_value's arithmetic in 16-bit
+products): quantmath.add_multipliers gives R = 43 − ⌊log₂ max(a_scale, b_scale)/y_scale⌋, 42–44
+for a residual add of like scales. Others take the 64-bit form."""
+
+
+def qadd_fits(shift) -> bool:
+    """Whether ``qadd_bytes`` takes a QAdd of shift R (QADD_SHIFTS)."""
+    return QADD_SHIFTS[0] <= shift <= QADD_SHIFTS[1]
+
+
+def _lane_shuffle(builder, a, b, per_lane, half):
+    """LLVM IR: vpunpckl* (half 0) or vpunpckh* (half 1) of a and b: in each 128-bit lane of
+    ``per_lane`` elements, the elements of the lane's low (or high) half of a and b alternately."""
+    count = a.type.count
+    order = []
+    for lane in range(count // per_lane):
+        for i in range(per_lane // 2):
+            at = lane * per_lane + half * per_lane // 2 + i
+            order += [at, count + at]
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(order)),
+                                                    order))
+
+
+def qadd_bytes(builder, qa, qb, a_signed, b_signed, y_signed, params):
+    """LLVM IR: elementwise.qadd_value on 64 pairs of bytes at once (qa, qb: <64 x i8>, of the
+    operands' types), as one <64 x i8> of the output type: clamp(y_zp + round_half_away(p / 2^R),
+    lo, hi) for p = (qa − a_zp)·A + (qb − b_zp)·B, exact for 0 ≤ A, B < 2^44 and R in
+    QADD_SHIFTS (params: the i64 scalars a_zp, b_zp, A, B, R, y_zp, lo, hi).
+
+    The differences d = q − zp fit int16, so each pair (d_a, d_b) sits in one 32-bit lane and
+    ``vpmaddwd`` forms d_a·A_k + d_b·B_k for the 15-bit pieces A = A₂·2^30 + A₁·2^15 + A₀: three
+    products per 16 lanes, each exact in int32 (< 2·255·2^15), where 32-bit ``vpmulld`` takes 2
+    µops and the 64-bit product 3. With t_k the three sums, p = t₂·2^30 + t₁·2^15 + t₀; carrying
+    t₀'s and then t₁'s high bits up gives p = H·2^30 + L with 0 ≤ L < 2^30, so p < 0 exactly when
+    H < 0, and for s = R − 30 the rounding floor((p + 2^(R−1) − [p < 0]) / 2^R) is
+    (H − δ + 2^(s−1) + y_zp·2^s) >> s with δ = [H < 0 and L = 0] (the −1 borrows from H only when
+    L is 0), the zero point added there (|H| < 2^24, |y_zp|·2^s < 2^30 for s ≤ 22). Bytes become
+    words and words pairs by in-lane unpacks (int8 bytes as q + 128, the zero point 128 higher),
+    and the packs that turn the sums back into bytes undo exactly that order, saturating to the
+    output type; the clamp to [lo, hi] is then one max and one min on the bytes."""
+    i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    bytes64, words, vec = (ir.VectorType(i8, 4 * LANES), ir.VectorType(i16, 2 * LANES),
+                           ir.VectorType(i32, LANES))
+    a_zp, b_zp, a_mult, b_mult, shift, y_zp, lo, hi = params
+    zero = ir.Constant(bytes64, [0] * 4 * LANES)
+    flip = splat(builder, i8(-128), bytes64)
+
+    def differences(q, zp, signed):  # (low, high) halves of each lane, as int16 q − zp
+        if signed:
+            q, zp = builder.xor(q, flip), builder.add(zp, i64(128))
+        zp_w = splat(builder, builder.trunc(zp, i16), words)
+        return [builder.sub(builder.bitcast(_lane_shuffle(builder, q, zero, 16, half), words),
+                            zp_w) for half in (0, 1)]
+
+    da, db = differences(qa, a_zp, a_signed), differences(qb, b_zp, b_signed)
+    pairs = [builder.bitcast(_lane_shuffle(builder, da[h], db[h], 8, half), words)
+             for h in (0, 1) for half in (0, 1)]
+    madd = builder.module.declare_intrinsic("llvm.x86.avx512.pmaddw.d.512",
+                                            fnty=ir.FunctionType(vec, [words, words]))
+    mask15 = i64((1 << 15) - 1)
+
+    def piece(k):  # (A_k, B_k) in the words of every lane
+        a_k = builder.and_(builder.lshr(a_mult, i64(15 * k)), mask15)
+        b_k = builder.and_(builder.lshr(b_mult, i64(15 * k)), mask15)
+        return builder.bitcast(splat(builder, builder.trunc(
+            builder.or_(a_k, builder.shl(b_k, i64(16))), i32)), words)
+
+    pieces = [piece(k) for k in range(3)]
+    s = builder.sub(shift, i64(30))
+    s_v = splat(builder, builder.trunc(s, i32))
+    offset = splat(builder, builder.trunc(builder.add(
+        builder.shl(i64(1), builder.sub(s, i64(1))), builder.shl(y_zp, s)), i32))
+    low15, fifteen = splat(builder, i32((1 << 15) - 1)), splat(builder, i32(15))
+    zero_v = ir.Constant(vec, [0] * LANES)
+    results = []
+    for pair in pairs:
+        t0, t1, t2 = (builder.call(madd, [pair, pieces[k]]) for k in range(3))
+        u1 = builder.add(t1, builder.ashr(t0, fifteen))
+        high = builder.add(t2, builder.ashr(u1, fifteen))
+        rest_zero = builder.icmp_signed("==", builder.or_(builder.and_(t0, low15),
+                                                          builder.and_(u1, low15)), zero_v)
+        borrow = builder.and_(rest_zero, builder.icmp_signed("<", high, zero_v))
+        results.append(builder.ashr(builder.add(builder.sub(high, builder.zext(borrow, vec)),
+                                                offset), s_v))
+    to_words = builder.module.declare_intrinsic(
+        "llvm.x86.avx512.packssdw.512", fnty=ir.FunctionType(words, [vec, vec]))
+    to_bytes = builder.module.declare_intrinsic(
+        f"llvm.x86.avx512.{'packsswb' if y_signed else 'packuswb'}.512",
+        fnty=ir.FunctionType(bytes64, [words, words]))
+    packed = builder.call(to_bytes, [builder.call(to_words, results[:2]),
+                                     builder.call(to_words, results[2:])])
+    compare = builder.icmp_signed if y_signed else builder.icmp_unsigned
+    lo_b, hi_b = (splat(builder, builder.trunc(v, i8), bytes64) for v in (lo, hi))
+    t = builder.select(compare("<", packed, lo_b), lo_b, packed)
+    return builder.select(compare(">", t, hi_b), hi_b, t)

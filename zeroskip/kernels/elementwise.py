@@ -7,8 +7,14 @@ p / 2^r); pool.py shares it.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from llvmlite import ir
+from numba import config, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from ._cpu import HAS_AVX512_VNNI
+from ._requant import (QADD_SHIFTS, declare_masked_byte_load, declare_masked_byte_store,
+                       lanes_up_to, qadd_bytes)
 
 ELEMENTWISE_BLOCK = 4096
 """Elements per parallel iteration: large enough that the prange overhead vanishes, small enough to
@@ -21,6 +27,64 @@ turned every load and store into single-byte inserts and extracts (4× slower)."
 def rounding_shift(p, r):
     """round(p / 2^r), ties away from zero, for int64 p and 1 ≤ r ≤ 62: (p + 2^(r−1) − [p<0]) >> r."""
     return (p + (np.int64(1) << (r - 1)) - np.int64(p < 0)) >> r
+
+
+def qadd_run_loops(y, a, b, a_zero_point, b_zero_point, a_multiplier, b_multiplier, shift,
+                   y_zero_point, lo, hi):
+    """y[e] = qadd_value(a[e], b[e], …) for every e of the 1-D arrays y, a, b (of one length; y may
+    be a): the plain loop, and what the IR form below computes 64 at a time."""
+    for e in range(y.shape[0]):
+        y[e] = qadd_value(a[e], b[e], a_zero_point, b_zero_point, a_multiplier, b_multiplier,
+                          shift, y_zero_point, lo, hi)
+
+
+@intrinsic
+def _qadd_run_ir(typingctx, y, a, b, a_zero_point, b_zero_point, a_multiplier, b_multiplier,
+                 shift, y_zero_point, lo, hi):
+    """qadd_run_loops 64 elements at a time: masked 64-byte loads of a and b, _requant.
+    qadd_bytes, a masked 64-byte store (the tail masked); for shifts in QADD_SHIFTS only (the
+    caller tests ``qadd_fits``)."""
+    if not (all(isinstance(v, types.Array) and v.ndim == 1 and v.layout == "C"
+                and v.dtype in (types.uint8, types.int8) for v in (y, a, b))):
+        return None
+    sig = types.void(y, a, b, *[types.int64] * 8)
+
+    def codegen(context, builder, signature, args):
+        i8, i64 = ir.IntType(8), ir.IntType(64)
+        chunk = ir.VectorType(i8, 64)
+        arrays = [context.make_array(signature.args[i])(context, builder, args[i])
+                  for i in range(3)]
+        data = [builder.bitcast(v.data, i8.as_pointer()) for v in arrays]
+        params = list(args[3:])
+        signed = [signature.args[i].dtype == types.int8 for i in range(3)]
+        count = cgutils.unpack_tuple(builder, arrays[0].shape)[0]
+        load = declare_masked_byte_load(builder)
+        store = declare_masked_byte_store(builder, 64)
+        undef = ir.Constant(chunk, None)
+        with cgutils.for_range(builder, builder.udiv(builder.add(count, i64(63)), i64(64))) as loop:
+            at = builder.mul(loop.index, i64(64))
+            mask = lanes_up_to(builder, builder.sub(count, at))
+            qa, qb = (builder.call(load, [builder.gep(d, [at]), undef, mask]) for d in data[1:])
+            builder.call(store, [builder.gep(data[0], [at]), qadd_bytes(
+                builder, qa, qb, signed[1], signed[2], signed[0], params), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+QADD_RUNS = HAS_AVX512_VNNI and not config.DISABLE_JIT
+"""Whether the QAdd runs 64 elements at a time here (its masked byte loads and stores are
+AVX-512 BW's; LLVM IR does not run as Python)."""
+
+qadd_loops = njit(cache=True, inline="always")(qadd_run_loops)
+qadd_run = _qadd_run_ir if QADD_RUNS else qadd_loops
+"""qadd_run_loops as the kernels call it, where ``qadd_fits`` (C-contiguous rows)."""
+
+
+@njit(cache=True, inline="always")
+def qadd_fits(shift):
+    """Whether ``qadd_run`` takes a QAdd of this shift (_requant.QADD_SHIFTS): 16-bit products."""
+    return QADD_SHIFTS[0] <= shift <= QADD_SHIFTS[1]
 
 
 def _add_dense_i8(a, b, y, a_zero_point, b_zero_point, a_multiplier, b_multiplier, shift,
@@ -43,13 +107,17 @@ def _add_dense_i8(a, b, y, a_zero_point, b_zero_point, a_multiplier, b_multiplie
     2-vCPU machine (was 0.60), ~0.65 ns per element (bench/test_bench_pool.py).
     """
     L = y.shape[0]
+    fast = qadd_fits(shift)
     for blk in prange((L + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK):
         e0 = blk * ELEMENTWISE_BLOCK
         ab, bb = a[e0:e0 + ELEMENTWISE_BLOCK], b[e0:e0 + ELEMENTWISE_BLOCK]
         yb = y[e0:e0 + ELEMENTWISE_BLOCK]
-        for e in range(yb.shape[0]):
-            yb[e] = qadd_value(ab[e], bb[e], a_zero_point, b_zero_point, a_multiplier,
-                               b_multiplier, shift, y_zero_point, lo, hi)
+        if fast:
+            qadd_run(yb, ab, bb, a_zero_point, b_zero_point, a_multiplier, b_multiplier, shift,
+                     y_zero_point, lo, hi)
+        else:
+            qadd_loops(yb, ab, bb, a_zero_point, b_zero_point, a_multiplier, b_multiplier, shift,
+                       y_zero_point, lo, hi)
 
 
 add_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_add_dense_i8)
@@ -117,10 +185,20 @@ def _add_residual_compiled(y, r, add):
     if add is None or isinstance(add, types.NoneType):
         return lambda y, r, add: None
 
+    if not (y.layout == "C" and r.layout == "C"):
+        def add_strided(y, r, add):
+            for e in range(y.shape[0]):
+                y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
+                                  add[6], add[7])
+        return add_strided
+
     def add_rows(y, r, add):
-        for e in range(y.shape[0]):
-            y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
-                              add[6], add[7])
+        if qadd_fits(add[4]):
+            qadd_run(y, y, r, add[0], add[1], add[2], add[3], add[4], add[5], add[6], add[7])
+        else:
+            for e in range(y.shape[0]):
+                y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
+                                  add[6], add[7])
     return add_rows
 
 
