@@ -110,7 +110,7 @@ falls on one mode's runs only is then cached for good. The digits MLP's pruned 6
 512 rows, one thread, once measured dense 79 µs against CSR 67.5 (every other measurement: dense
 43–50), and `auto` ran 23 % slower than dense-i8 until the entry was measured again."""
 
-KERNELS_REVISION = 21
+KERNELS_REVISION = 22
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -133,7 +133,8 @@ thread), the AMX GEMM from K = 64; 18: multi-thread plans time each kernel's ser
 GEMM, with no copy to rows: the digits MLP's 256→128 layer at 512 rows, two threads, had
 measured dense 0.164 ms against CSR 0.036, and `auto` ran 1.2× slower than dense-i8; 20: close
 calls timed twice, ``CONFIRM_RATIO``; 21: the dense tiles' epilogue packs 64 bytes at a time
-with the zero point in the nudge, pointwise int8 convs 1.1–1.3× faster)."""
+with the zero point in the nudge, pointwise int8 convs 1.1–1.3× faster; 22: the planar pack in
+IR, the depthwise plane tile for outputs up to 8 wide, the QAdd on 16-bit products)."""
 
 
 def _cpu_name() -> str:
