@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
 from ._requant import (QADD_SHIFTS, declare_masked_byte_load, declare_masked_byte_store,
-                       lanes_below, lanes_up_to, qadd_bytes, requantized_bytes, splat)
+                       lanes_up_to, qadd_bytes, requantized_bytes, splat)
 from .elementwise import qadd_value
 from .quant import requantize_one
 
@@ -448,13 +448,6 @@ def _qadd_ir(builder, qa, qb, params):
     return builder.select(builder.icmp_signed(">", t, hi_v), hi_v, t)
 
 
-def _shuffle_bytes(builder, a, b):
-    """LLVM IR: byte vectors a and b of one length, one after the other."""
-    count = a.type.count
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * count),
-                                                    list(range(2 * count))))
-
-
 @intrinsic
 def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi,
                     y, pitch, residual):
@@ -487,7 +480,7 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                      residual)
 
     def codegen(context, builder, signature, args):
-        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
         vec, out = ir.VectorType(i32, LANES), ir.VectorType(i8, LANES)
         sa = context.make_array(signature.args[0])(context, builder, args[0])
         ya = context.make_array(signature.args[12])(context, builder, args[12])
@@ -505,11 +498,9 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             params = [context.cast(builder, builder.extract_value(args[14], i), rt[i],
                                    types.int64) for i in range(1, 9)]
             r_signed = rt[0].dtype == types.int8
-            load = declare_masked_byte_load(builder, LANES)
         y_signed = signature.args[12].dtype == types.int8
         src = builder.bitcast(builder.gep(sa.data, [builder.mul(j_v, i64(QUAD_PIXELS))]),
                               vec.as_pointer())
-        store = declare_masked_byte_store(builder)
         held = ir.ArrayType(out, PIXEL_VECTORS)
         chunk = ir.VectorType(i8, QUAD_PIXELS)
         kept_chunk = cgutils.alloca_once(builder, chunk)  # the chunk's 64 bytes, 64-byte aligned
@@ -524,62 +515,45 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                       for v in range(PIXEL_VECTORS)],
             m0_v, shift_v, zp_v, lo_v, hi_v, y_signed), kept_chunk)
 
-        def clamp16(v):  # v limited to 0 .. 16
-            v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
-            return builder.select(builder.icmp_signed(">", v, i64(LANES)), i64(LANES), v)
-
         def widened(bytes_, signed):
             return (builder.sext if signed else builder.zext)(bytes_, vec)
 
-        def each_row_vector(body):
-            """body(v, mask, at) for each output row the chunk touches and each vector v (an i64
-            value) that holds some of the row's OW columns: mask, the i16 mask of v's lanes in
-            them; at, where v's lane 0 goes. Vectors with no lane in the row are skipped: a
-            28-wide row of a 64-position chunk meets 2 of the 4."""
+        def clamp64(v):  # v limited to 0 .. 64
+            v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
+            return builder.select(builder.icmp_signed(">", v, i64(QUAD_PIXELS)),
+                                  i64(QUAD_PIXELS), v)
+
+        def each_row(body):
+            """body(mask, at) for each output row the chunk touches: mask, the i64 mask of the
+            chunk's lanes in the row's OW columns; at, where in the plane lane 0 would go (the
+            row's column 0 less its lane; masked-off lanes are not touched, wherever they
+            point). One masked 64-byte access a row, where 16-byte ones per vector had cost a
+            loop, a mask each and, for the residual, a 64-byte load waiting on four 16-byte
+            stores."""
             with cgutils.for_range(builder, rows_v) as row:
                 r = builder.add(first_v, row.index)
                 begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
-                low = builder.select(builder.icmp_signed("<", begin, i64(0)), i64(0), begin)
-                end = builder.add(begin, ow_v)
-                end = builder.select(builder.icmp_signed(">", end, i64(QUAD_PIXELS)),
-                                     i64(QUAD_PIXELS), end)
-                v0 = builder.ashr(low, i64(4))
-                count = builder.sub(builder.ashr(builder.add(end, i64(LANES - 1)), i64(4)), v0)
-                count = builder.select(builder.icmp_signed(">", end, low), count, i64(0))
-                with cgutils.for_range(builder, count) as k:
-                    v = builder.add(v0, k.index)
-                    lane0 = builder.sub(begin, builder.mul(v, i64(LANES)))  # in v's lanes
-                    mask = builder.trunc(builder.and_(
-                        lanes_below(builder, clamp16(builder.add(lane0, ow_v))),
-                        builder.not_(lanes_below(builder, clamp16(lane0)))), i16)
-                    body(v, mask, builder.sub(builder.mul(r, ow_v), lane0))
+                mask = builder.and_(lanes_up_to(builder, clamp64(builder.add(begin, ow_v))),
+                                    builder.not_(lanes_up_to(builder, clamp64(begin))))
+                body(mask, builder.sub(builder.mul(r, ow_v), begin))
 
         # no dropped columns (pitch = OW: a 1×1 stride-2 downsample, a GEMM): one run of y
         direct = builder.icmp_signed("==", pitch_v, ow_v)
         left = builder.sub(builder.mul(oh_v, ow_v), p0_v)  # positions from p0 to the plane's end
+        load64, store64 = declare_masked_byte_load(builder), declare_masked_byte_store(builder,
+                                                                                       QUAD_PIXELS)
         if not plain:  # the residual's bytes at the same lanes, row by row; then the QAdd
-            gathered_all = cgutils.alloca_once_value(builder, ir.Constant(held, None))
-
-            def gather(v, mask, at):
-                builder.store(builder.call(load, [builder.gep(r_plane, [at]), builder.load(
-                    slot(gathered_all, v)), mask]), slot(gathered_all, v))
-
+            gathered_at = cgutils.alloca_once_value(builder, ir.Constant(chunk, None))
             with builder.if_else(direct) as (run, rows_apart):
                 with run:  # one masked load of 64 bytes
-                    run_bytes = builder.call(declare_masked_byte_load(builder), [
+                    builder.store(builder.call(load64, [
                         builder.gep(r_plane, [p0_v]), ir.Constant(chunk, None),
-                        lanes_up_to(builder, left)])
-                    run_block = builder.block
-                with rows_apart:  # 16 bytes at a time, then the four as one vector (a load of
-                    each_row_vector(gather)  # 64 bytes would wait on the four 16-byte stores)
-                    halves = [_shuffle_bytes(builder, builder.load(slot(gathered_all, 2 * h)),
-                                             builder.load(slot(gathered_all, 2 * h + 1)))
-                              for h in range(2)]
-                    apart_bytes = _shuffle_bytes(builder, *halves)
-                    apart_block = builder.block
-            gathered = builder.phi(chunk)
-            gathered.add_incoming(run_bytes, run_block)
-            gathered.add_incoming(apart_bytes, apart_block)
+                        lanes_up_to(builder, left)]), gathered_at)
+                with rows_apart:  # one masked load a row, merged into the lanes before
+                    each_row(lambda mask, at: builder.store(builder.call(load64, [
+                        builder.gep(r_plane, [at]), builder.load(gathered_at), mask]),
+                        gathered_at))
+            gathered = builder.load(gathered_at)
             with builder.if_else(builder.and_(
                     builder.icmp_signed(">=", params[4], i64(QADD_SHIFTS[0])),
                     builder.icmp_signed("<=", params[4], i64(QADD_SHIFTS[1]))),
@@ -588,11 +562,10 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                     builder.store(qadd_bytes(builder, builder.load(kept_chunk), gathered,
                                              y_signed, r_signed, y_signed, params), kept_chunk)
                 with other:
-                    builder.store(gathered, builder.bitcast(gathered_all, chunk.as_pointer()),
-                                  align=16)
+                    others = builder.bitcast(gathered_at, held.as_pointer())
                     for v in range(PIXEL_VECTORS):
                         total = _qadd_ir(builder, widened(builder.load(kept[v]), y_signed),
-                                         widened(builder.load(slot(gathered_all, v)), r_signed),
+                                         widened(builder.load(slot(others, v)), r_signed),
                                          params)
                         builder.store(builder.trunc(total, out), kept[v])
 
@@ -602,9 +575,9 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
                     builder.gep(plane, [p0_v]),
                     builder.load(kept_chunk),
                     lanes_up_to(builder, left)])
-            with rows_apart:
-                each_row_vector(lambda v, mask, at: builder.call(
-                    store, [builder.gep(plane, [at]), builder.load(slot(kept_all, v)), mask]))
+            with rows_apart:  # one masked store a row
+                each_row(lambda mask, at: builder.call(store64, [
+                    builder.gep(plane, [at]), builder.load(kept_chunk), mask]))
         return context.get_dummy_value()
 
     return sig, codegen
