@@ -451,13 +451,14 @@ def _qadd_ir(builder, qa, qb, params):
 @intrinsic
 def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_zero_point, lo, hi,
                     y, pitch, residual):
-    """store_chunk_loops in LLVM IR for chunks of 64 sums: a scalar branch on quant.tie_free, then
-    _requant.requantized_tie_free (or the general ``requantized``) on the 4 vectors of 16, and for
-    each output row the chunk touches, a masked store of 16 bytes per vector that meets the row
-    (lane l of vector v is position p0 + 16v + l; the lanes outside the row's OW columns are masked
-    off); a plane with no dropped columns (pitch = OW) takes the chunk as one run. With a residual,
-    the residual's bytes at the same lanes are loaded first (masked loads, row by row) and each
-    vector is added to them as the QAdd adds (``_qadd_ir``; A, B ≤ 2^44). No array views, no branch
+    """store_chunk_loops in LLVM IR for chunks of 64 sums: the 64 requantized and packed to bytes
+    at once (_requant.requantized_bytes: a scalar branch between its short and general forms),
+    then for each output row the chunk touches, one masked 64-byte store (lane l is position
+    p0 + l; the lanes outside the row's OW columns are masked off, and are not touched wherever
+    they point); a plane with no dropped columns (pitch = OW) takes the chunk as one run. With a
+    residual, the residual's bytes at the same lanes are loaded first (one masked load a row,
+    merged into one register) and added as the QAdd adds (_requant.qadd_bytes for shifts in
+    QADD_SHIFTS, else ``_qadd_ir`` per vector; A, B ≤ 2^44). No array views, no branch
     in the kernel's loop, no division, no wide-row workspace and no pass over y afterwards: the
     sums go straight to y. sums [rows, 64] int32, C-contiguous; y [B, N, OH, OW] 8-bit,
     C-contiguous; residual None or residual_parts' tuple, r C-contiguous of y's shape.

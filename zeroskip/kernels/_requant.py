@@ -11,6 +11,12 @@ Two forms, the same bytes (docs/quantization.md §3):
   r − 32 in 32-bit lanes, so the zero point and the clamp take 16 values per operation. About 11
   instructions per 16 values against 22.
 
+Both run per vector of 16 in the lane tiles (the depthwise row tile, the lanes convs). The tiles
+whose vectors are 64 consecutive positions of one channel (the broadcast tile, the AMX and quad
+convs' ``store_chunk``, the depthwise plane tile) take ``requantized_bytes``: the zero point
+folded into the nudge and the 64 values packed to bytes at once. ``qadd_bytes`` is the residual
+QAdd on 64 bytes with 16-bit products (docs/quantization.md §5).
+
 The leading underscore keeps the kernel collector (``kernels/__init__.py``) from looking here:
 helpers only.
 """
@@ -222,18 +228,10 @@ def lanes_up_to(builder, count):
                           lanes_below(builder, count))
 
 
-
-
-
 QADD_SHIFTS = (31, 52)
 """The QAdd shifts R for which ``qadd_bytes`` runs (elementwise.qadd_value's arithmetic in 16-bit
 products): quantmath.add_multipliers gives R = 43 − ⌊log₂ max(a_scale, b_scale)/y_scale⌋, 42–44
 for a residual add of like scales. Others take the 64-bit form."""
-
-
-def qadd_fits(shift) -> bool:
-    """Whether ``qadd_bytes`` takes a QAdd of shift R (QADD_SHIFTS)."""
-    return QADD_SHIFTS[0] <= shift <= QADD_SHIFTS[1]
 
 
 def _lane_shuffle(builder, a, b, per_lane, half):
