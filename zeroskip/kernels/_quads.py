@@ -505,7 +505,7 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         held = ir.ArrayType(out, PIXEL_VECTORS)
         chunk = ir.VectorType(i8, QUAD_PIXELS)
         kept_chunk = cgutils.alloca_once(builder, chunk)  # the chunk's 64 bytes, 64-byte aligned
-        kept_all = builder.bitcast(kept_chunk, held.as_pointer())  # as 4 vectors, indexed at run time
+        kept_all = builder.bitcast(kept_chunk, held.as_pointer())  # as 4 vectors of 16
 
         def slot(array, v):  # &array[v], v an int or an i64 value
             return builder.gep(array, [i32(0), v if isinstance(v, ir.Value) else i32(v)])
