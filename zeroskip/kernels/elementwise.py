@@ -96,15 +96,15 @@ def _add_dense_i8(a, b, y, a_zero_point, b_zero_point, a_multiplier, b_multiplie
     B = round(b_scale/y_scale·2^R) on one common base 2^R (plan: A, B < 2^44), so the sum is exact
     in int64 (|q − zp| ≤ 255: < 2^53) and is rounded once, half away from zero (§5, §3). Saturates
     to [lo, hi]: the type's range, narrowed by a fused Relu (lo = y_zp) or Relu6/Clip.
-    Loop nest: prange over blocks of ELEMENTWISE_BLOCK elements; each block's loop runs on slices
-    from index 0, so no index can be negative and the loop vectorizes (8 int64 lanes per AVX-512
-    register, vpmullq; AVX2 emulates the 64-bit multiply).
-    a, b [L] uint8|int8 — inputs (flat views of equal shapes); y [L] uint8|int8 — output
+    Loop nest: prange over blocks of ELEMENTWISE_BLOCK elements; each block runs on slices from
+    index 0. On AVX-512 with 31 ≤ R ≤ 52 (the plan's usual 42–44) a block goes 64 elements a step
+    with 16-bit products (``qadd_run``, _requant.qadd_bytes); otherwise the plain loop, which
+    vectorizes in 8 int64 lanes (vpmullq; AVX2 emulates the 64-bit multiply).
+    a, b [L] uint8|int8 — inputs (flat, C-contiguous, of equal shapes); y [L] uint8|int8 — output
     a_zero_point, b_zero_point, y_zero_point int; a_multiplier, b_multiplier int64 — A, B;
     shift int — R in [1, 62]; lo, hi int — clamp bounds
-    Work: 2 int64 multiplies per element; 3 bytes moved per element. The int64 arithmetic, not the
-    memory, bounds it: 200 704 elements (ResNet-18's 64×56×56) in 0.13–0.17 ms on one core of the
-    2-vCPU machine (was 0.60), ~0.65 ns per element (bench/test_bench_pool.py).
+    Work: 3 bytes moved per element. 200 704 elements (ResNet-18's 64×56×56), one core of the
+    2-vCPU machine: 36.5 µs 64 at a time (0.18 ns per element), 0.13–0.17 ms in int64 lanes.
     """
     L = y.shape[0]
     fast = qadd_fits(shift)
@@ -185,20 +185,15 @@ def _add_residual_compiled(y, r, add):
     if add is None or isinstance(add, types.NoneType):
         return lambda y, r, add: None
 
-    if not (y.layout == "C" and r.layout == "C"):
-        def add_strided(y, r, add):
-            for e in range(y.shape[0]):
-                y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
-                                  add[6], add[7])
-        return add_strided
+    if not (y.layout == "C" and r.layout == "C"):  # strided rows: the plain loop
+        return lambda y, r, add: qadd_loops(y, y, r, add[0], add[1], add[2], add[3], add[4],
+                                            add[5], add[6], add[7])
 
     def add_rows(y, r, add):
         if qadd_fits(add[4]):
             qadd_run(y, y, r, add[0], add[1], add[2], add[3], add[4], add[5], add[6], add[7])
         else:
-            for e in range(y.shape[0]):
-                y[e] = qadd_value(y[e], r[e], add[0], add[1], add[2], add[3], add[4], add[5],
-                                  add[6], add[7])
+            qadd_loops(y, y, r, add[0], add[1], add[2], add[3], add[4], add[5], add[6], add[7])
     return add_rows
 
 
