@@ -294,11 +294,15 @@ class DepthwiseConv(ConvAccumulator):
                 conv_geometry(node, tuple(shape), self.kh, self.kw))
             self.name = {True: "channels_last_dense_i8 + depthwise_nhwc_rq_i8", False: planar,
                          None: f"depthwise_nhwc_rq_i8 or {planar}"}[self.layout]
+            from ...kernels._dwtile import PLANE_MAX_WIDTH
+
             self.reason = ("depthwise conv: channels last (the channels in the vector lanes, "
                            "Q31 requantization in the epilogue) when the output is narrower than "
                            f"{ROW_TILE_MIN_WIDTH} (a 3×3 conv on the row tile) or strided or "
                            f"narrower than {PLANAR_DEPTHWISE_MIN_WIDTH}, else planar (along output "
-                           "rows, Q31 requantization from cache)")
+                           "rows, Q31 requantization from cache; a 3×3 conv's outputs at most "
+                           f"{PLANE_MAX_WIDTH} wide on the plane tile, 64 outputs of the flat "
+                           "plane a step)")
 
     def accumulate(self, x, x_zp, bias, acc, g, geo):
         xp, ws = self.planes(x.shape, x.dtype, g)
