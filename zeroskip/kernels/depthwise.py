@@ -285,8 +285,10 @@ def _depthwise_dense_rq_i8(w, bias, x, x_zero_point, xp, ws, m0, shift, y_zero_p
     Arguments as depthwise_dense_i8's, then the requantization's; y [B,N,OH,OW] uint8|int8 —
     output, overwritten; words [N, 3] int32, start [N] int32 — the row tile's tap-row words
     (_dwtile.row_words(w)) and starting sums (_broadcast.unsigned_bias for x's type), made once
-    by the plan; None: made here, per call (2–3.5 µs at 960 channels). Preconditions as the two
-    kernels'.
+    by the plan; None: made here, per call (2–3.5 µs at 960 channels); table — the plane tile's
+    (idx, ws) (_dwtile.plane_table: 3×3 outputs at most 8 wide take the plane tile, 64 outputs of
+    the flat plane per step, and its table has groups; NO_PLANE_TABLE keeps the row tile), made
+    once by the plan, or None: made here. Preconditions as the two kernels'.
     Work: depthwise_dense_i8's, and B·N·OH·OW requantizations; writes 1 byte per output.
     """
     B, C, Hp, Wp = xp.shape
