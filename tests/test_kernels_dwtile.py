@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kernel_checks import assert_exact
-from zeroskip.kernels import _dwtile, depthwise
+from zeroskip.kernels import _dwtile, _requant, depthwise
 from zeroskip.kernels._broadcast import unsigned_bias
 from zeroskip.kernels._copies import renamed_copy
 from zeroskip.kernels.quant import tie_free
@@ -181,6 +181,7 @@ TILE_CASES = {  # start, bytes and weights drawn below, (m0, shift), in what eac
     "wrap": (None, 256, 128, (2 ** 30 + 1, 54)),  # start + Σ wraps past an int32 edge: 0 and 255
     "tie-free": (0, 256, 128, (1_518_500_249, 42)),     # M ≈ 2^−10.5: outputs spread over the range
     "ties": (3, 4, 3, (2 ** 30, 31)),                   # M = 1/2 on small sums: odd ones are ties
+    "unfolded": (None, 256, 128, (2 ** 30 + 1, 55)),    # tie-free past FOLD_MAX_SHIFT: general form
 }
 
 
@@ -220,6 +221,7 @@ def test_the_tile_sums_three_rows_of_three_taps(tile, sh, sw, dh, dw, case, x_ty
         middle = int(np.median(sums))
         start = 2 ** 31 - 1 - middle if middle >= 0 else -2 ** 31 - middle
     assert tie_free(m0, shift) == (case != "ties")
+    assert (shift > _requant.FOLD_MAX_SHIFT) == (case == "unfolded")
     guarded = np.full(64 + OH * OW + 5, 77, np.uint8)  # 64 bytes before y and 5 after: untouched
     y = guarded[64:]
     _run_tile(_dwtile.TILES[tile], y, plane, H * W, H, W, idx, words, np.int32(start),
@@ -231,7 +233,8 @@ def test_the_tile_sums_three_rows_of_three_taps(tile, sh, sw, dh, dw, case, x_ty
     assert_exact(y[:OH * OW], want, tile=tile, case=case)
     assert (y[OH * OW:] == 77).all() and (guarded[:64] == 77).all()
     spread = {"wrap": {0, 255} <= set(want.tolist()), "tie-free": len(set(want.tolist())) > 5,
-              "ties": (wrapped % 2 == 1).any() and (wrapped < 0).any()}
+              "ties": (wrapped % 2 == 1).any() and (wrapped < 0).any(),
+              "unfolded": len(set(want.tolist())) > 1}
     assert spread[case]  # each case meets what it is there for
 
 

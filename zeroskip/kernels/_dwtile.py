@@ -39,9 +39,9 @@ from numba.extending import intrinsic
 
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
-from ._requant import (declare_masked_byte_load, declare_masked_byte_store, lanes_below,
-                       lanes_up_to, requantized, requantized_bytes, requantized_tie_free, splat,
-                       tie_free)
+from ._requant import (declare_masked_byte_load, declare_masked_byte_store, fold_fits,
+                       folded_nudge, lanes_below, lanes_up_to, requantized, requantized_bytes,
+                       requantized_folded, splat)
 from .quant import requantize_one
 from ._quads import signed_byte, word
 
@@ -237,13 +237,12 @@ def _dw3_tile_ir():
                             with strided:
                                 each_step(requantize)
 
-            with builder.if_else(tie_free(builder, m0, shift)) as (fast, general):
-                with fast:
-                    m0_v, shift_v, zp_v, lo_v, hi_v = (
-                        splat(builder, builder.trunc(value, i32))
-                        for value in (m0, shift, y_zero_point, lo, hi))
-                    each_row(lambda s: requantized_tie_free(builder, s, m0_v, shift_v, zp_v,
-                                                            lo_v, hi_v))
+            with builder.if_else(fold_fits(builder, m0, shift)) as (fast, general):
+                with fast:  # the zero point in the nudge (_requant.requantized_folded)
+                    nudge, low = folded_nudge(builder, shift, y_zero_point)
+                    lo_v, hi_v = (splat(builder, builder.trunc(value, i32)) for value in (lo, hi))
+                    each_row(lambda s: requantized_folded(builder, s, m0, nudge, low, lo_v,
+                                                          hi_v))
                 with general:
                     m0_v, shift_v, zp_v, lo_v, hi_v = (
                         splat(builder, value, wide) for value in (m0, shift, y_zero_point, lo, hi))
