@@ -41,13 +41,17 @@ def _cpu_ticks(thread: threading.Thread) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
 def test_spinners_spin_inside_kept_awake_and_sleep_outside(monkeypatch):
     """Inside, the spinner yields over and over (its count of sched_yield calls grows, however
-    little CPU the other tests leave it: it runs under SCHED_IDLE); outside, it sleeps."""
+    little CPU the other tests leave it: it runs under SCHED_IDLE, so with both cores busy it may
+    wait a while for a turn: up to 10 s here); outside, it sleeps."""
     monkeypatch.delenv(awake.SPIN_ENV, raising=False)
     before = awake._SPINNERS.spins
     with awake.kept_awake(2):
         assert awake.spinner_count() >= 1
         spinner = awake._SPINNERS.threads[0]
+        deadline = time.monotonic() + 10.0
         time.sleep(0.3)
+        while awake._SPINNERS.spins <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
     time.sleep(0.05)  # the spinner returns to its Event
     assert awake._SPINNERS.spins > before
     before = _cpu_ticks(spinner)
