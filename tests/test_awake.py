@@ -48,9 +48,9 @@ def test_spinners_spin_inside_kept_awake_and_sleep_outside(monkeypatch):
     with awake.kept_awake(2):
         assert awake.spinner_count() >= 1
         spinner = awake._SPINNERS.threads[0]
-        deadline = time.monotonic() + 10.0
+        until = time.monotonic() + 10.0
         time.sleep(0.3)
-        while awake._SPINNERS.spins <= before and time.monotonic() < deadline:
+        while awake._SPINNERS.spins <= before and time.monotonic() < until:
             time.sleep(0.05)
     time.sleep(0.05)  # the spinner returns to its Event
     assert awake._SPINNERS.spins > before
