@@ -40,8 +40,8 @@ from numba.extending import intrinsic
 from ._cpu import HAS_AVX512_VBMI, HAS_AVX512_VNNI
 from ._broadcast import declare_dpbusd
 from ._requant import (declare_masked_byte_load, declare_masked_byte_store, fold_fits,
-                       folded_nudge, lanes_below, lanes_up_to, requantized, requantized_bytes,
-                       requantized_folded, splat)
+                       folded_nudge, lanes_between, lanes_clamped, lanes_up_to, requantized,
+                       requantized_bytes, requantized_folded, splat)
 from .quant import requantize_one
 from ._quads import signed_byte, word
 
@@ -138,22 +138,10 @@ def _dw3_tile_ir():
             plane = builder.gep(builder.bitcast(xa.data, i8.as_pointer()), [base])
             y_bytes = builder.bitcast(ya.data, i8.as_pointer())
             first = splat(builder, start)
-            ones = i64(-1)
-
-            def low_bits(n):  # (1 << n) − 1 for 0 ≤ n ≤ 64
-                return builder.select(builder.icmp_signed(">=", n, i64(WINDOW)), ones,
-                                      lanes_below(builder, n))
-
-            def clamp(n, top):
-                n = builder.select(builder.icmp_signed("<", n, i64(0)), i64(0), n)
-                return builder.select(builder.icmp_signed(">", n, top), top, n)
 
             def block_columns(v):  # step v's first column, and its window's bytes in a row
                 col0 = builder.sub(builder.mul(v, builder.mul(sw, i64(LANES))), pl)
-                inside = builder.and_(  # [−col0, W − col0)
-                    low_bits(clamp(builder.sub(W, col0), i64(WINDOW))),
-                    builder.not_(low_bits(clamp(builder.neg(col0), i64(WINDOW)))))
-                return col0, inside
+                return col0, lanes_between(builder, builder.neg(col0), builder.sub(W, col0))
 
             def taps(row, col0, inside):  # each lane's three bytes of input row ``row``
                 valid = builder.and_(builder.icmp_signed(">=", row, i64(0)),
@@ -166,7 +154,7 @@ def _dw3_tile_ir():
             def store_mask(v):  # the outputs of step v within the row
                 left = builder.sub(OW, builder.mul(v, i64(LANES)))
                 left = builder.select(builder.icmp_signed(">", left, i64(LANES)), i64(LANES), left)
-                return builder.trunc(low_bits(left), i16)
+                return builder.trunc(lanes_up_to(builder, left), i16)
 
             def store_step(q, r, v, mask):
                 out = builder.gep(y_bytes, [builder.add(builder.mul(r, OW),
@@ -382,11 +370,6 @@ def _dw3_plane_tile_ir(typingctx, y, y_base, x, base, HW, idx, ws, words, n, sta
         first = splat(builder, start)
         signed = signature.args[0].dtype == types.int8
 
-        def bytes_in(count, top):  # lanes_up_to(clamp(count, 0, top))
-            count = builder.select(builder.icmp_signed("<", count, i64(0)), i64(0), count)
-            return lanes_up_to(builder, builder.select(builder.icmp_signed(">", count, i64(top)),
-                                                       i64(top), count))
-
         groups = cgutils.unpack_tuple(builder, ia.shape)[0]
         with cgutils.for_range(builder, groups) as loop:
             g = loop.index
@@ -394,7 +377,7 @@ def _dw3_plane_tile_ir(typingctx, y, y_base, x, base, HW, idx, ws, words, n, sta
             left = builder.sub(HW, w0)
             low, high = (builder.xor(builder.call(load, [
                 builder.gep(plane, [builder.add(w0, i64(offset))]), fill_v,
-                bytes_in(builder.sub(left, i64(offset)), top)]), flip_v)
+                lanes_clamped(builder, builder.sub(left, i64(offset)), top)]), flip_v)
                 for offset, top in ((0, WINDOW), (WINDOW, WINDOW - 1)))
             p0 = builder.mul(g, i64(PLANE_OUTPUTS))
             accs = []
@@ -411,7 +394,7 @@ def _dw3_plane_tile_ir(typingctx, y, y_base, x, base, HW, idx, ws, words, n, sta
                 accs.append(builder.load(acc))
             q = requantized_bytes(builder, accs, m0, shift, y_zero_point, lo, hi, signed)
             builder.call(store, [builder.gep(y_bytes, [p0]), q,
-                                 bytes_in(builder.sub(total, p0), PLANE_OUTPUTS)])
+                                 lanes_clamped(builder, builder.sub(total, p0), PLANE_OUTPUTS)])
         return context.get_dummy_value()
 
     return sig, codegen

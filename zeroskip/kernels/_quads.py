@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from ._broadcast import LANES, PIXEL_VECTORS, RUNS, declare_dpbusd, word
 from ._cpu import HAS_AVX512_VNNI
 from ._requant import (QADD_SHIFTS, declare_masked_byte_load, declare_masked_byte_store,
-                       lanes_up_to, qadd_bytes, requantized_bytes, splat)
+                       lanes_between, lanes_up_to, qadd_bytes, requantized_bytes, splat)
 from .elementwise import qadd_value
 from .quant import requantize_one
 
@@ -519,11 +519,6 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
         def widened(bytes_, signed):
             return (builder.sext if signed else builder.zext)(bytes_, vec)
 
-        def clamp64(v):  # v limited to 0 .. 64
-            v = builder.select(builder.icmp_signed("<", v, i64(0)), i64(0), v)
-            return builder.select(builder.icmp_signed(">", v, i64(QUAD_PIXELS)),
-                                  i64(QUAD_PIXELS), v)
-
         def each_row(body):
             """body(mask, at) for each output row the chunk touches: mask, the i64 mask of the
             chunk's lanes in the row's OW columns; at, where in the plane lane 0 would go (the
@@ -534,9 +529,8 @@ def _store_chunk_ir(typingctx, sums, j, n, b, p0, first, rows, m0n, shift_n, y_z
             with cgutils.for_range(builder, rows_v) as row:
                 r = builder.add(first_v, row.index)
                 begin = builder.sub(builder.mul(r, pitch_v), p0_v)  # the chunk's lane of column 0
-                mask = builder.and_(lanes_up_to(builder, clamp64(builder.add(begin, ow_v))),
-                                    builder.not_(lanes_up_to(builder, clamp64(begin))))
-                body(mask, builder.sub(builder.mul(r, ow_v), begin))
+                body(lanes_between(builder, begin, builder.add(begin, ow_v)),
+                     builder.sub(builder.mul(r, ow_v), begin))
 
         # no dropped columns (pitch = OW: a 1×1 stride-2 downsample, a GEMM): one run of y
         direct = builder.icmp_signed("==", pitch_v, ow_v)

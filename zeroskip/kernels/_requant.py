@@ -78,24 +78,9 @@ def requantized_tie_free(builder, s, m0, shift, y_zero_point, lo, hi):
     halves), shifted right by r − 32, offset and clamped in 32-bit lanes, 16 at a time: the shift
     by 32 and then by r − 32 is the shift by r. With no tie, round half up is round half away, so
     the − [p < 0] term goes. About 11 instructions per 16 values, against 22 for ``requantized``."""
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    half, words = ir.VectorType(i64, s.type.count // 2), ir.VectorType(i32, s.type.count // 2)
-
-    def parts(v):  # (even lanes, odd lanes) sign-extended to int64
-        q = builder.bitcast(v, half)
-        return (builder.sext(builder.trunc(q, words), half),
-                builder.ashr(q, _constant(half, 32)))
-
-    shifts = builder.bitcast(shift, half)
-    nudges = (builder.shl(_constant(half, 1), builder.sub(builder.and_(shifts, _constant(
-        half, 0xFFFFFFFF)), _constant(half, 1))),
-        builder.shl(_constant(half, 1), builder.sub(builder.lshr(shifts, _constant(half, 32)),
-                                                    _constant(half, 1))))
-    sums = [builder.bitcast(builder.add(builder.mul(a, b), n), s.type)
-            for a, b, n in zip(parts(s), parts(m0), nudges)]
-    high = builder.shuffle_vector(sums[0], sums[1], ir.Constant(
-        ir.VectorType(i32, s.type.count),
-        [i + 1 + s.type.count * (i % 2) - i % 2 for i in range(s.type.count)]))
+    one = _constant(ir.VectorType(ir.IntType(64), s.type.count // 2), 1)
+    nudges = [builder.shl(one, builder.sub(r, one)) for r in _halves(builder, shift)]
+    high = _high_words(builder, s, _halves(builder, m0), nudges)
     t = builder.add(builder.ashr(high, builder.sub(shift, _constant(s.type, 32))), y_zero_point)
     t = builder.select(builder.icmp_signed("<", t, lo), lo, t)
     return builder.select(builder.icmp_signed(">", t, hi), hi, t)
@@ -112,21 +97,34 @@ def _shuffle(builder, a, b, order):
                                                     order))
 
 
+def _halves(builder, v):
+    """The even and the odd lanes of <16 x i32> v, each sign-extended to <8 x i64> (what vpmuldq
+    multiplies: the low words as they are, the odd ones moved down)."""
+    half = ir.VectorType(ir.IntType(64), v.type.count // 2)
+    q = builder.bitcast(v, half)
+    return (builder.sext(builder.trunc(q, ir.VectorType(ir.IntType(32), v.type.count // 2)), half),
+            builder.ashr(q, _constant(half, 32)))
+
+
+def _high_words(builder, s, m0s, nudges):
+    """LLVM IR: the high words of s·m0 + nudge in 64 bits, for <16 x i32> s, as <16 x i32>: m0s
+    and nudges are the (even lanes, odd lanes) pairs of <8 x i64> factors and addends. Two
+    vpmuldq, two 64-bit adds and one vpermt2d gathering the high words in lane order."""
+    sums = [builder.bitcast(builder.add(builder.mul(part, m0), nudge), s.type)
+            for part, m0, nudge in zip(_halves(builder, s), m0s, nudges)]
+    count = s.type.count
+    return _shuffle(builder, sums[0], sums[1], [i + 1 + count * (i % 2) - i % 2
+                                                for i in range(count)])
+
+
 def _high_words_shifted(builder, s, m0, nudge, low):
     """LLVM IR: ((s·m0 + nudge) >> 32) >> low for <16 x i32> s, with the channel's scalars m0 (an
-    int32 value as i64), nudge (i64) and low = r − 32 (i32): vpmuldq on the even lanes and on the
-    odd ones moved down, the nudge added in 64 bits, the high words of both gathered (vpermt2d)
-    and shifted (vpsrad): 7 instructions for 16 values."""
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    half, words = ir.VectorType(i64, LANES // 2), ir.VectorType(i32, LANES // 2)
-    q = builder.bitcast(s, half)
+    int32 value as i64), nudge (i64) and low = r − 32 (i32): ``_high_words`` and one vpsrad, 7
+    instructions for 16 values."""
+    half = ir.VectorType(ir.IntType(64), s.type.count // 2)
     m0_w, nudge_w = splat(builder, m0, half), splat(builder, nudge, half)
-    sums = [builder.bitcast(builder.add(builder.mul(part, m0_w), nudge_w), s.type)
-            for part in (builder.sext(builder.trunc(q, words), half),
-                         builder.ashr(q, _constant(half, 32)))]
-    high = _shuffle(builder, sums[0], sums[1], [i + 1 + LANES * (i % 2) - i % 2
-                                                for i in range(LANES)])
-    return builder.ashr(high, splat(builder, low))
+    return builder.ashr(_high_words(builder, s, (m0_w, m0_w), (nudge_w, nudge_w)),
+                        splat(builder, low))
 
 
 def fold_fits(builder, m0, shift):
@@ -246,6 +244,21 @@ def lanes_up_to(builder, count):
     i64 = ir.IntType(64)
     return builder.select(builder.icmp_signed(">=", count, i64(64)), i64(-1),
                           lanes_below(builder, count))
+
+
+def lanes_clamped(builder, count, top=64):
+    """LLVM IR: lanes_up_to(count) for any i64 count, taken as 0 below 0 and as ``top`` (at most
+    64) above it: a masked access's lanes that lie before an end."""
+    i64 = ir.IntType(64)
+    count = builder.select(builder.icmp_signed("<", count, i64(0)), i64(0), count)
+    return lanes_up_to(builder, builder.select(builder.icmp_signed(">", count, i64(top)),
+                                               i64(top), count))
+
+
+def lanes_between(builder, first, end):
+    """LLVM IR: the i64 mask of lanes first .. end − 1 within 0 .. 63 (i64 bounds, any values): the
+    lanes of a 64-byte access that fall in a row, wherever the row starts."""
+    return builder.and_(lanes_clamped(builder, end), builder.not_(lanes_clamped(builder, first)))
 
 
 QADD_SHIFTS = (31, 52)
