@@ -16,6 +16,9 @@ Paths (each a whole conv layer, output included):
   bias_act_dense_f32, the numpy BLAS baseline (dense-f32 sessions ran it before the direct conv);
 - ``sparse-f32``: conv2d_csr_f32 (bias and ReLU fused);
 - ``sparse-i8``: conv2d_csr_i8 + requantize_dense_i8 (uint8 in, uint8 out);
+- ``sparse-i8-quad``: conv2d_quad_rq_i8, the quad-sparse conv (4 output channels per activation
+  load, requantized in its epilogue) in the layout QuadConv's plan makes, skipped where the CPU has
+  no AVX-512 VNNI (plans do not take it there);
 - ``dense-i8-amx``: conv2d_dense_rq_i8, the dense int8 conv on AMX tiles (requantized in its
   epilogue; at most 4 input channels folded), skipped with its reason where AMX is not available;
 - depthwise shapes: ``depthwise-f32``, ``depthwise-i8`` (+ requantize);
@@ -145,6 +148,26 @@ class Layer:
         serial_kernel("requantize_dense_i8")(self.acc.reshape(self.N, -1), self.m0, self.shift,
                                              0, 0, 255, self.yq)
 
+    def quad_args(self):
+        """conv2d_quad_rq_i8's arguments, its quads and packed input laid out as QuadConv's plan
+        lays them out (the aligned layout where it pays)."""
+        from zeroskip.engine.plan.steps import aligned_empty
+        from zeroskip.engine.plan.weights import quad_blocks
+        from zeroskip.kernels import _quads
+
+        w4 = self.wq.reshape(self.N, self.C // self.g, self.kh, self.kw)
+        shape8 = (self.OH, self.OW, self.kh, self.kw, self.s, self.s, 1, 1)
+        hq, pitch, stride, copies, words = _quads.quad_layout(*shape8, self.C // 4,
+                                                              _quads.aligned_pays(*shape8))
+        cptr, qcols, wptr, quads = quad_blocks(w4, self.g)
+        offsets = _quads.quad_offsets(qcols, self.kh, self.kw, hq, pitch, self.s, self.s, 1, 1,
+                                      stride, copies, words)
+        xg = aligned_empty((1, copies * words), np.int32)
+        y = np.empty((1, self.N, self.OH, self.OW), np.uint8)
+        w_sums = w4.reshape(self.N, -1).astype(np.int64).sum(axis=1)
+        return (cptr, offsets, wptr, quads, self.bias, w_sums, self.xq, 3, xg, self.m0,
+                self.shift, 0, 0, 255, y, *self.geo, self.g, pitch, copies, None)  # no residual
+
     def amx_args(self):
         """conv2d_dense_rq_i8's arguments, its buffers allocated as PackedDenseConv's plan does."""
         from zeroskip.kernels import _quads, conv_amx
@@ -228,7 +251,7 @@ DW_SHAPES = [s for s in SHAPES if s[-1] != 1]
 
 
 @pytest.mark.parametrize("path", ["dense-f32", "dense-f32-lanes", "im2col-sgemm-f32", "sparse-f32",
-                                  "sparse-i8",
+                                  "sparse-i8", "sparse-i8-quad",
                                   "dense-i8-amx",
                                   "dense-i8-rows", "dense-i8-planar", "ort-conv-f32"])
 @pytest.mark.parametrize("density", DENSITIES)
@@ -262,6 +285,16 @@ def test_conv(benchmark, name, C, H, W, N, kh, kw, stride, pad, groups, density,
     elif path == "sparse-i8":
         extra["compile_s"] = compile_seconds(path, conv_csr._conv2d_csr_i8, layer.sparse_i8_args())
         call = layer.sparse_i8
+    elif path == "sparse-i8-quad":
+        from zeroskip.kernels import conv_quad
+        from zeroskip.kernels._cpu import HAS_AVX512_VNNI
+
+        if not HAS_AVX512_VNNI or (C // groups) % 4:
+            pytest.skip("plans take the quad conv on AVX-512 VNNI CPUs, for groups of a multiple "
+                        "of 4 input channels")
+        args = layer.quad_args()
+        extra["compile_s"] = compile_seconds(path, conv_quad._conv2d_quad_rq_i8, args)
+        call = lambda: serial_kernel("conv2d_quad_rq_i8")(*args)  # noqa: E731
     elif path == "dense-i8-amx":
         from zeroskip.kernels import _amx, conv_amx
 

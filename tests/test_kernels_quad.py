@@ -2,8 +2,9 @@
 this CPU runs: the vpdpbusd tile (AVX-512 VNNI) and the plain-loop tile (everywhere).
 
 A quad is 4 weights of one output channel on 4 consecutive input channels at one tap; the plan
-keeps the quads that hold a nonzero (engine/plan/weights.quad_rows) and the kernel multiplies each
-with the 4 channels' interleaved activation bytes. The bytes must equal the reference's exactly:
+keeps the quads that hold a nonzero, by blocks of 4 output channels and classes of the channels
+that share a quad column (engine/plan/weights.quad_blocks), and the kernel multiplies each with the
+4 channels' interleaved activation bytes. The bytes must equal the reference's exactly:
 for uint8 and int8 activations, extreme values, pads at the zero point, strides, dilations, groups,
 a fused residual add, and a batch of several images.
 """
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 import kernel_checks as checks
 from kernel_checks import assert_exact, extreme_values
-from zeroskip.engine.plan.weights import quad_rows
+from zeroskip.engine.plan.weights import quad_blocks
 from zeroskip.kernels import KERNELS, _quads, conv_quad
 from zeroskip.reference import REFERENCES
 from zeroskip.reference.kernels.conv_quad import quads_to_dense
@@ -48,7 +49,7 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
     w, x, x_zp, bias, w_sums, m0, shift, y_type, lo, hi, y_zp = checks.random_conv_case(
         rng, (N, C // g, kh, kw), (B, C, H, W), density, x_type, seed)
     oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
-    qptr, qcols, words = quad_rows(w)
+    cptr, qcols, wptr, words = quad_blocks(w, g)
     _, pitch, stride, copies, _ = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d, C // 4, aligned)
     stride += stride_pad
     copy_words = C // 4 * stride + _quads.QUAD_SLACK
@@ -65,11 +66,12 @@ def run_quad(case, density, x_type, seed, tile, residual=False, stride_pad=0, al
                   int(rng.integers(lo, hi + 1)), lo, hi)
         extra = ((r,) + params,)
         want_residual = (r,) + params
-    kernel_with_tile(tile)(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
-                           hi, y, kh, kw, s, s, d, d, p, p, g, pitch, copies, *extra)
+    kernel_with_tile(tile)(cptr, offsets, wptr, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp,
+                           lo, hi, y, kh, kw, s, s, d, d, p, p, g, pitch, copies, *extra)
     want = REFERENCES["conv2d_quad_rq_i8"](
-        qptr, qcols, words, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi, kernel_shape=(kh, kw),
-        strides=(s, s), pads=(p, p, p, p), dilations=(d, d), groups=g, residual=want_residual)
+        cptr, qcols, wptr, words, bias, w_sums, x, x_zp, m0, shift, y_zp, lo, hi,
+        kernel_shape=(kh, kw), strides=(s, s), pads=(p, p, p, p), dilations=(d, d), groups=g,
+        residual=want_residual)
     return y, want
 
 
@@ -86,6 +88,8 @@ CASES = [
     (1, 32, 7, 7, 40, 3, 3, 1, 1, 1, 1),     # a 7×7 plane: one chunk of positions, channel blocks
     (1, 8, 30, 30, 3, 3, 3, 1, 1, 1, 1),     # several chunks, some starting in the dropped columns
     (1, 8, 3, 3, 2, 5, 5, 1, 2, 1, 1),       # a kernel larger than the input
+    (1, 8, 9, 9, 10, 3, 3, 1, 1, 1, 2),      # groups of 5 output channels: blocks of 4 and of 1
+    (1, 16, 6, 6, 9, 3, 3, 1, 1, 1, 1),      # blocks of 4, 4 and 1 channels
 ]
 
 
@@ -140,31 +144,44 @@ def test_conv2d_quad_rq_i8_on_random_shapes(case, density, signed, seed, aligned
         assert_exact(got, want, case=_ids(case), tile=tile, aligned=aligned)
 
 
-@given(n=st.integers(1, 6), c4=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(1, 3),
-       density=st.floats(0, 1), seed=st.integers(0, 99))
-def test_quad_rows_round_trip(n, c4, kh, kw, density, seed):
-    """quad_rows keeps every nonzero, in quads whose words decode (by the reference's own reading of
-    the layout) to the weight itself, and no empty quad."""
+@given(n=st.integers(1, 10), c4=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       groups=st.sampled_from([1, 2]), density=st.floats(0, 1), seed=st.integers(0, 99))
+def test_quad_blocks_round_trip(n, c4, kh, kw, groups, density, seed):
+    """quad_blocks keeps every nonzero, in words that decode (by the reference's own reading of the
+    layout) to the weight itself; no word is empty; within a class the columns ascend and every
+    channel of the class has a quad there, and no block holds a channel past its group's last."""
     rng = np.random.default_rng(seed)
-    w = rng.integers(-128, 128, (n, 4 * c4, kh, kw)).astype(np.int8)
+    w = rng.integers(-128, 128, (n * groups, 4 * c4, kh, kw)).astype(np.int8)
     w[rng.random(w.shape) >= density] = 0
-    qptr, qcols, words = quad_rows(w)
-    assert qptr[0] == 0 and qptr[-1] == len(qcols) == len(words)
-    assert np.all(words != 0)
-    assert np.array_equal(quads_to_dense(qptr, qcols, words, 4 * c4, kh, kw), w)
-    for r in range(n):  # columns ascending within each output channel
-        assert np.all(np.diff(qcols[qptr[r]:qptr[r + 1]]) > 0)
+    cptr, qcols, wptr, words = quad_blocks(w, groups)
+    blocks = groups * -(-n // 4)
+    assert len(cptr) == 15 * blocks + 1 and len(wptr) == 15 * blocks
+    assert cptr[0] == 0 and cptr[-1] == len(qcols) and np.all(np.diff(cptr) >= 0)
+    assert np.all(words != 0) and len(words) == sum(
+        bin(k % 15 + 1).count("1") * (cptr[k + 1] - cptr[k]) for k in range(15 * blocks))
+    assert np.array_equal(quads_to_dense(cptr, qcols, wptr, words, n * groups, groups, 4 * c4, kh,
+                                         kw), w)
+    for k in range(15 * blocks):
+        assert np.all(np.diff(qcols[cptr[k]:cptr[k + 1]]) > 0)
+        if k + 1 < 15 * blocks:  # words of consecutive classes follow each other
+            assert wptr[k + 1] == wptr[k] + bin(k % 15 + 1).count("1") * (cptr[k + 1] - cptr[k])
 
 
 def test_quad_word_layout_by_hand():
-    """Channel 4·c4 + b of tap (i, j) is byte b of quad column c4·kh·kw + i·kw + j."""
-    w = np.zeros((2, 8, 3, 3), np.int8)
+    """Channel 4·c4 + b of tap (i, j) is byte b of quad column c4·kh·kw + i·kw + j; the channels of
+    a block that share a column are one entry of their class, their words in channel order."""
+    w = np.zeros((6, 8, 3, 3), np.int8)
     w[1, 5, 2, 1] = -7      # c4 = 1, byte 1, tap 2·3 + 1 = 7: column 9 + 7 = 16
     w[1, 4, 2, 1] = 100     # the same quad, byte 0
     w[0, 3, 0, 0] = -128    # c4 = 0, byte 3, column 0
-    qptr, qcols, words = quad_rows(w)
-    assert qptr.tolist() == [0, 1, 2] and qcols.tolist() == [0, 16]
-    assert words.view(np.uint32).tolist() == [0x80000000, (0xF9 << 8) | 100]
+    w[2, 0, 0, 0] = 1       # channel 2 shares column 0 with channel 0: class 0b101
+    w[5, 0, 0, 0] = 2       # block 1 (channels 4, 5), channel 1 of it: class 0b10
+    cptr, qcols, wptr, words = quad_blocks(w, 1)
+    counts = np.diff(cptr).tolist()
+    assert counts == [0, 1, 0, 0, 1] + [0] * 10 + [0, 1] + [0] * 13  # classes 0b10, 0b101; 0b10
+    assert qcols.tolist() == [16, 0, 0]
+    assert wptr[[1, 4, 16]].tolist() == [0, 1, 3]
+    assert words.view(np.uint32).tolist() == [(0xF9 << 8) | 100, 0x80000000, 1, 2]
 
 
 def test_quad_offsets_by_hand():
@@ -185,7 +202,7 @@ def test_the_aligned_layout_puts_every_quad_on_a_cache_line(case):
     B, C, H, W, N, kh, kw, s, p, d, g = case
     oh, ow, hq, wq = _geometry(H, W, kh, kw, s, p, d)
     w = np.ones((N, C // g, kh, kw), np.int8)
-    _, qcols, _ = quad_rows(w)
+    _, qcols, _, _ = quad_blocks(w, g)
     for aligned in (False, True):
         hq_, pitch, stride, copies, copy_words = _quads.quad_layout(oh, ow, kh, kw, s, s, d, d,
                                                                     C // 4, aligned)
@@ -221,29 +238,38 @@ def test_shift_copy_by_hand():
 
 def test_the_tile_wraps_modulo_2_to_the_32_like_vpdpbusd():
     """Both tiles give the same int32 sums, wrapped, when the true sum leaves int32 (the plan's
-    bound keeps real layers inside it; the int8 path's x + 128 start relies on the wrap)."""
+    bound keeps real layers inside it; the int8 path's x + 128 start relies on the wrap): every
+    channel of a block, from class 0b1111 (all four) and from class 0b0100 (channel 2 alone)."""
     n = 70000  # 70000 · 4 · 255 · 128 > 2^31
     xg = np.full(n + 2 * _quads.QUAD_PIXELS, -1, np.int32)  # every byte 255
-    offsets = np.zeros(n, np.int64)
-    words = np.full(n, np.int32(-0x7F7F7F80), np.int32)  # every byte −128
-    want = np.int64(2 ** 30) + n * 4 * 255 * -128
-    want = np.int32((want + 2 ** 31) % 2 ** 32 - 2 ** 31)
+    offsets = np.zeros(2 * n, np.int64)
+    cptr = np.zeros(16, np.int64)
+    cptr[4:] = n       # class 0b0100: entries 0 .. n − 1
+    cptr[15] = 2 * n   # class 0b1111: entries n .. 2n − 1
+    wptr = np.zeros(15, np.int64)
+    wptr[4:] = n       # class 0b1111's words after class 0b0100's n
+    words = np.full(5 * n, np.int32(-0x7F7F7F80), np.int32)  # every byte −128
+    starts = np.array([2 ** 30, -5, 7, 0], np.int32)
     for name, tile in _quads.TILES.items():
-        sums = np.empty(_quads.QUAD_PIXELS, np.int32)
-        _run_tile(tile, sums, xg, offsets, words, np.int32(2 ** 30))
-        assert np.all(sums == want), name
+        sums = np.empty((4, _quads.QUAD_PIXELS), np.int32)
+        _run_tile(tile, sums, xg, offsets, wptr, words, cptr, starts)
+        for c in range(4):
+            want = int(starts[c]) + n * (2 if c == 2 else 1) * 4 * 255 * -128
+            want = np.int32((want + 2 ** 31) % 2 ** 32 - 2 ** 31)
+            assert np.all(sums[c] == want), (name, c)
 
 
 _RUNNERS: dict = {}
 
 
-def _run_tile(tile, sums, xg, offsets, words, start):
+def _run_tile(tile, sums, xg, offsets, wptr, words, cptr, starts):
     runner = _RUNNERS.get(tile)
     if runner is None:
-        def run(sums, xg, offsets, words, start):
-            tile(sums, xg, offsets, words, 0, offsets.shape[0], 0, start)
+        def run(sums, xg, offsets, wptr, words, cptr, starts):
+            tile(sums, xg, offsets, wptr, words, cptr, 0, 0, starts[0], starts[1], starts[2],
+                 starts[3])
         runner = _RUNNERS[tile] = run if numba.config.DISABLE_JIT else numba.njit(run)
-    runner(sums, xg, offsets, words, start)
+    runner(sums, xg, offsets, wptr, words, cptr, starts)
 
 
 def _store_forms():

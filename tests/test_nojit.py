@@ -200,14 +200,14 @@ def _lanes_conv() -> np.ndarray:
 
 def _quad_conv() -> np.ndarray:
     """conv2d_quad_rq_i8 on a 3×3 stride-2 conv of 8 int8 channels, with a residual."""
-    from zeroskip.engine.plan.weights import quad_rows
+    from zeroskip.engine.plan.weights import quad_blocks
     from zeroskip.kernels._quads import quad_layout, quad_offsets
 
     rng = np.random.default_rng(11)
     w = rng.integers(-128, 128, (6, 8, 3, 3)).astype(np.int8)
     w[rng.random(w.shape) < 0.6] = 0
     x = rng.integers(-128, 128, (1, 8, 9, 9)).astype(np.int8)
-    qptr, qcols, words = quad_rows(w)
+    cptr, qcols, wptr, words = quad_blocks(w, 1)
     # output 5×5, the aligned layout: rows of 16 words, 2 copies (tap columns 0 and 1)
     hq, pitch, stride, copies, copy_words = quad_layout(5, 5, 3, 3, 2, 2, 1, 1, 2, True)
     offsets = quad_offsets(qcols, 3, 3, hq, pitch, 2, 2, 1, 1, stride, copies, copy_words)
@@ -217,8 +217,8 @@ def _quad_conv() -> np.ndarray:
     m0, shift = np.full(6, 1 << 30, np.int32), np.full(6, 38, np.int32)
     y = np.zeros((1, 6, 5, 5), np.int8)
     r = rng.integers(-128, 128, y.shape).astype(np.int8)
-    KERNELS["conv2d_quad_rq_i8"](qptr, offsets, words, bias, w_sums, x, -3, xg, m0, shift, 4,
-                                 -128, 127, y, 3, 3, 2, 2, 1, 1, 1, 1, 1, pitch, copies,
+    KERNELS["conv2d_quad_rq_i8"](cptr, offsets, wptr, words, bias, w_sums, x, -3, xg, m0, shift,
+                                 4, -128, 127, y, 3, 3, 2, 2, 1, 1, 1, 1, 1, pitch, copies,
                                  (r, 4, -2, 1 << 19, 3 << 18, 20, -1, -128, 127))
     return y
 

@@ -1,7 +1,7 @@
-"""The quad tile of the block-sparse int8 conv (conv_quad.py): one output channel, 64 positions.
+"""The quad tile of the block-sparse int8 conv (conv_quad.py): 4 output channels, 64 positions.
 
-    sums[p] = start + Σ_{q ∈ [first, end)} Σ_{b<4} byte_b(words[q]) · byte_b(xg[offsets[q] + p0 + p])
-    for p < QUAD_PIXELS
+    sums[c, p] = start_c + Σ_{quads q of channel n0 + c} Σ_{b<4} byte_b(word_q) · byte_b(xg[offset_q + p0 + p])
+    for c < 4, p < QUAD_PIXELS
 
 A *quad* is 4 weights of one output channel that sit on 4 consecutive input channels at the same
 tap. A pruned conv keeps the quads that hold any nonzero (about a third of them at 90 % unstructured
@@ -9,14 +9,20 @@ sparsity, 1 − 0.9^4), each as one int32 word of its 4 signed bytes. The input 
 way: word t of channel group c4 holds the 4 activation bytes of channels 4·c4 .. 4·c4+3 at flat
 position t of their padded phases (``pack_group``). Then a quad's 4 products at one output
 position are one 4-byte dot product, which ``vpdpbusd`` (AVX-512 VNNI) does for 16 positions at
-once, and a quad at the 64 positions p0 .. p0+63 is 4 contiguous zmm loads at offsets[q] + p0 (the
+once, and a quad at the 64 positions p0 .. p0+63 is 4 contiguous zmm loads at offset_q + p0 (the
 tap's shift is part of the offset; docs/kernels.md, "The quad-sparse conv").
 
-Per quad the tile does 2 scalar loads (offset, word), a broadcast, 4 zmm loads and 4 ``vpdpbusd``
-into 4 of its 8 accumulators (two sets, the quads taken alternately): 256 multiply-accumulates, exact (unsigned activation bytes times signed weight
-bytes, the 4 products added to the int32 lane with no saturation; int8 activations go through as
-x + 128 like the broadcast tile's, ``_broadcast.SIGN_FLIP``). ``quad_tile_loops`` is the same
-arithmetic in plain loops: the tile on CPUs without AVX-512 VNNI, and the one to read first.
+The tile takes a *block* of 4 output channels (``QUAD_BLOCK``) at once, so that the 4 loads of a
+quad column serve every channel of the block that has a quad there: one channel per column, a load
+per ``vpdpbusd``, ran at 1.4 cycles a ``vpdpbusd`` on a Zen 4 core (2.2 when the loads split cache
+lines); two or more at 1.0–1.2, the multiplier's own rate. The plan (engine/plan/weights.quad_blocks)
+sorts the block's columns by *class*, the set of its channels that have the quad (a 4-bit mask,
+15 classes), so that each class is a loop with no branch: per column the offset (a scalar load), 4
+zmm loads, and per channel of the class a broadcast word and 4 ``vpdpbusd`` into that channel's 4
+accumulators (16 in all). Exact: unsigned activation bytes times signed weight bytes, the 4 products
+added to the int32 lane with no saturation; int8 activations go through as x + 128 like the
+broadcast tile's (``_broadcast.SIGN_FLIP``). ``quad_tile_loops`` is the same arithmetic in plain
+loops: the tile on CPUs without AVX-512 VNNI, and the one to read first.
 """
 
 from __future__ import annotations
@@ -41,27 +47,52 @@ QUAD_SLACK = QUAD_PIXELS
 plane's valid ones, whose sums are dropped): the packed input is allocated with them, zeroed."""
 
 
+QUAD_BLOCK = 4
+"""Output channels per quad tile: the channels that share each column's activation loads."""
+QUAD_CLASSES = (1 << QUAD_BLOCK) - 1
+"""A block's classes: the non-empty subsets of its channels, class m holding channel c if bit c of m
+is set (m = 1 … 15)."""
+
+
 @njit(cache=True, inline="always")
 def signed_byte(word, b):
     """Byte b of an int32 word as a signed value (−128 .. 127)."""
     return (((word >> (8 * b)) & 0xFF) ^ 0x80) - 0x80
 
 
-def quad_tile_loops(sums, xg, offsets, words, first, end, p0, start):
-    """The quad tile in plain loops: sums [QUAD_PIXELS] int32 ← start + the quads first .. end−1
-    (module docstring). Each activation word's bytes are unsigned, each weight word's signed; the
-    int32 sums wrap as vpdpbusd's do (the plan's bound keeps the true sums within int32)."""
-    for p in range(QUAD_PIXELS):
-        sums[p] = start
-    for q in range(first, end):
-        base = offsets[q] + p0
-        w = words[q]
-        w0, w1, w2, w3 = (signed_byte(w, 0), signed_byte(w, 1), signed_byte(w, 2),
-                          signed_byte(w, 3))
+@njit(cache=True, inline="always")
+def block_starts(start, n0, count):
+    """The tile's 4 starting sums of the block of ``count`` channels from n0: start[n0 + c], 0 past
+    the block's channels (their sums are computed from no quad and dropped)."""
+    return (start[n0], start[n0 + 1] if count > 1 else np.int32(0),
+            start[n0 + 2] if count > 2 else np.int32(0), start[n0 + 3] if count > 3 else np.int32(0))
+
+
+def quad_tile_loops(sums, xg, offsets, wptr, words, cptr, k, p0, s0, s1, s2, s3):
+    """The quad tile in plain loops: sums [QUAD_BLOCK, QUAD_PIXELS] int32 ← s_c + block k's quads
+    of channel c (module docstring; the layout is engine/plan/weights.quad_blocks'). Each
+    activation word's bytes are unsigned, each weight word's signed; the int32 sums wrap as
+    vpdpbusd's do (the plan's bound keeps the true sums within int32)."""
+    starts = (s0, s1, s2, s3)
+    for c in range(QUAD_BLOCK):
         for p in range(QUAD_PIXELS):
-            a = xg[base + p]
-            sums[p] += ((a & 0xFF) * w0 + ((a >> 8) & 0xFF) * w1 + ((a >> 16) & 0xFF) * w2
-                        + ((a >> 24) & 0xFF) * w3)
+            sums[c, p] = starts[c]
+    for m in range(1, QUAD_CLASSES + 1):
+        first, end = cptr[k * QUAD_CLASSES + m - 1], cptr[k * QUAD_CLASSES + m]
+        w = wptr[k * QUAD_CLASSES + m - 1]
+        for e in range(first, end):
+            base = offsets[e] + p0
+            for c in range(QUAD_BLOCK):
+                if not (m >> c) & 1:
+                    continue
+                word_ = words[w]
+                w += 1
+                w0, w1, w2, w3 = (signed_byte(word_, 0), signed_byte(word_, 1),
+                                  signed_byte(word_, 2), signed_byte(word_, 3))
+                for p in range(QUAD_PIXELS):
+                    a = xg[base + p]
+                    sums[c, p] += ((a & 0xFF) * w0 + ((a >> 8) & 0xFF) * w1
+                                   + ((a >> 16) & 0xFF) * w2 + ((a >> 24) & 0xFF) * w3)
 
 
 quad_tile_portable = njit(cache=True, inline="always")(quad_tile_loops)
@@ -71,57 +102,58 @@ def _quad_tile_ir():
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(i32, LANES)
 
+    def is_array(t, dtype, layout="A"):
+        return isinstance(t, types.Array) and t.dtype == dtype and layout in ("A", t.layout)
+
     @intrinsic
-    def quad_tile(typingctx, sums, xg, offsets, words, first, end, p0, start):
-        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and sums.layout == "C"
-                and isinstance(xg, types.Array) and xg.dtype == types.int32 and xg.layout == "C"
-                and isinstance(offsets, types.Array) and offsets.dtype == types.int64
-                and isinstance(words, types.Array) and words.dtype == types.int32):
+    def quad_tile(typingctx, sums, xg, offsets, wptr, words, cptr, k, p0, s0, s1, s2, s3):
+        if not (is_array(sums, types.int32, "C") and sums.ndim == 2
+                and is_array(xg, types.int32, "C") and is_array(offsets, types.int64)
+                and is_array(wptr, types.int64) and is_array(words, types.int32)
+                and is_array(cptr, types.int64)):
             return None
-        sig = types.void(sums, xg, offsets, words, types.intp, types.intp, types.intp, types.int32)
+        sig = types.void(sums, xg, offsets, wptr, words, cptr, types.intp, types.intp,
+                         types.int32, types.int32, types.int32, types.int32)
 
         def codegen(context, builder, signature, args):
-            sa, xa, oa, wa = (context.make_array(signature.args[i])(context, builder, args[i])
-                              for i in range(4))
-            first, end, p0, start = args[4:]
+            sa, xa, oa, pa, wa, ca = (context.make_array(signature.args[i])(context, builder,
+                                                                            args[i])
+                                      for i in range(6))
+            k, p0 = args[6:8]
             dpbusd = declare_dpbusd(builder)
-            zero = ir.Constant(vec, [0] * LANES)
-            # two sets of accumulators, the quads taken alternately: vpdpbusd's latency (5 cycles)
-            # would otherwise bound the loop at one quad per 5 cycles
-            accs = [[cgutils.alloca_once_value(builder, splat(builder, start) if s == 0 else zero)
-                     for _ in range(PIXEL_VECTORS)] for s in range(2)]
-            o_stride = cgutils.unpack_tuple(builder, oa.strides)[0]
-            w_stride = cgutils.unpack_tuple(builder, wa.strides)[0]
-            o_bytes = builder.bitcast(oa.data, ir.IntType(8).as_pointer())
-            w_bytes = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
 
-            def quad(q, into):
-                offset = builder.load(builder.bitcast(
-                    builder.gep(o_bytes, [builder.mul(q, o_stride)]), i64.as_pointer()))
-                quad_word = builder.load(builder.bitcast(
-                    builder.gep(w_bytes, [builder.mul(q, w_stride)]), i32.as_pointer()))
-                weights = splat(builder, quad_word)
-                vectors = builder.bitcast(builder.gep(xa.data, [builder.add(offset, p0)]),
-                                          vec.as_pointer())
-                for v in range(PIXEL_VECTORS):
-                    x = builder.load(builder.gep(vectors, [i64(v)]), align=4)
-                    builder.store(builder.call(dpbusd, [builder.load(into[v]), x, weights]),
-                                  into[v])
+            def element(array, index, ty):  # array[index] of a 1-D array, by its stride
+                stride = cgutils.unpack_tuple(builder, array.strides)[0]
+                at = builder.gep(builder.bitcast(array.data, ir.IntType(8).as_pointer()),
+                                 [builder.mul(index, stride)])
+                return builder.load(builder.bitcast(at, ty.as_pointer()))
 
-            pairs = builder.sdiv(builder.sub(end, first), i64(2))
-            with cgutils.for_range(builder, pairs) as loop:
-                q = builder.add(first, builder.mul(loop.index, i64(2)))
-                quad(q, accs[0])
-                quad(builder.add(q, i64(1)), accs[1])
-            last = builder.add(first, builder.mul(pairs, i64(2)))
-            with builder.if_then(builder.icmp_signed("<", last, end)):
-                quad(last, accs[0])
-            for v in range(PIXEL_VECTORS):
-                builder.store(builder.add(builder.load(accs[0][v]), builder.load(accs[1][v])),
-                              accs[0][v])
+            # accs[c][v]: positions 16v .. 16v+15 of channel c, in registers (16 zmm)
+            accs = [[cgutils.alloca_once_value(builder, splat(builder, start))
+                     for _ in range(PIXEL_VECTORS)] for start in args[8:12]]
+            for m in range(1, QUAD_CLASSES + 1):
+                channels = [c for c in range(QUAD_BLOCK) if (m >> c) & 1]
+                at = builder.add(builder.mul(k, i64(QUAD_CLASSES)), i64(m - 1))
+                first = element(ca, at, i64)
+                count = builder.sub(element(ca, builder.add(at, i64(1)), i64), first)
+                w0 = element(pa, at, i64)
+                with cgutils.for_range(builder, count) as loop:
+                    offset = element(oa, builder.add(first, loop.index), i64)
+                    vectors = builder.bitcast(builder.gep(xa.data, [builder.add(offset, p0)]),
+                                              vec.as_pointer())
+                    xs = [builder.load(builder.gep(vectors, [i64(v)]), align=4)
+                          for v in range(PIXEL_VECTORS)]
+                    w = builder.add(w0, builder.mul(loop.index, i64(len(channels))))
+                    for r, c in enumerate(channels):
+                        weights = splat(builder, element(wa, builder.add(w, i64(r)), i32))
+                        for v in range(PIXEL_VECTORS):
+                            builder.store(builder.call(dpbusd, [builder.load(accs[c][v]), xs[v],
+                                                                weights]), accs[c][v])
             out = builder.bitcast(sa.data, vec.as_pointer())
-            for v in range(PIXEL_VECTORS):
-                builder.store(builder.load(accs[0][v]), builder.gep(out, [i64(v)]), align=4)
+            for c in range(QUAD_BLOCK):
+                for v in range(PIXEL_VECTORS):
+                    builder.store(builder.load(accs[c][v]),
+                                  builder.gep(out, [i64(c * PIXEL_VECTORS + v)]), align=4)
             return context.get_dummy_value()
 
         return sig, codegen

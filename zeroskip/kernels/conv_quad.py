@@ -2,16 +2,17 @@
 channels at the same tap, run as 4-byte dot products (``vpdpbusd`` on AVX-512 VNNI CPUs).
 
 A pruned conv's weight keeps, per output channel, the quads that hold a nonzero, each as one int32
-word of 4 signed bytes (``quad_rows`` in engine/plan/weights.py builds them from any int8 weight at
-plan time: nothing in the file needs to be block-pruned). The input is packed once
+word of 4 signed bytes, and takes the output channels 4 at a time (a block), each column of quads
+once for all the block's channels that have it (``quad_blocks`` in engine/plan/weights.py builds
+them from any int8 weight at plan time: nothing in the file needs to be block-pruned). The input is packed once
 (``_quads.pack_group``): each plane padded into its phases, as the direct sparse conv does
 (``_planes.pad_phases``), so that every tap is a contiguous run of the flat phases at a fixed offset
 from the output position, and each 4 channels' phases interleaved into int32 words: word t of
 channel group c4 holds the 4 channels' bytes at flat position t.
 
-Then a quad at 64 consecutive output positions is 4 contiguous zmm loads at the quad's offset (its
-channel group's words, shifted by its tap) and 4 ``vpdpbusd`` against its broadcast weight word: no
-im2row, and the 3×3 taps are shifted loads over the same packed grid (``_quads.quad_tile``). Output
+Then a quad column at 64 consecutive output positions is 4 contiguous zmm loads at its offset (its
+channel group's words, shifted by its tap) and 4 ``vpdpbusd`` per channel of the block that has
+it, against the channel's broadcast weight word: no im2row, and the 3×3 taps are shifted loads over the same packed grid (``_quads.quad_tile``). Output
 positions run at the phases' row pitch: OW plus the taps' reach, or that rounded up to 16 words,
 with shifted copies of the packed input, so that every load is aligned (``_quads.quad_layout``).
 The columns past OW are computed and dropped. docs/kernels.md, "The quad-sparse conv", has the
@@ -23,12 +24,12 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_PIXELS, QUAD_SLACK, chunk_rows, pack_group_jit,
-                     quad_tile, shift_copy_jit, store_chunk, used_phases)
+from ._quads import (QUAD_BLOCK, QUAD_PIXELS, QUAD_SLACK, block_starts, chunk_rows,
+                     pack_group_jit, quad_tile, shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines, zero_tails
 
 
-def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
+def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
                        y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
                        pitch, copies, residual=None):
     # W (N, C/g·kh·kw) quads of int8 * x (B,C,H,W) uint8|int8, requantized -> y (B,N,OH,OW) 8-bit
@@ -38,12 +39,15 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel
     groups, _quads.pack_group), and its shifted copies when the layout has them
     (_quads.quad_layout); prange tasks (image, chunk of QUAD_PIXELS output positions at the
-    phases' pitch, block of output channels): per channel, the quad tile over its quads into 64
-    int32 sums, requantized into y's rows (_quads.store_chunk: the positions in dropped columns
-    are not stored), a residual, if any, added to each value on the way.
-    qptr [N+1] int64 — each output channel's first quad; offsets [nq] int64 — where each quad's
-    words start in its group's part of xg (``_quads.quad_offsets``, by the plan once per input
-    shape); words [nq] int32 — its 4 weights, byte b the weight on input channel 4·c4 + b
+    phases' pitch, run of blocks of 4 output channels): per block, the quad tile over its quad
+    columns into 4 × 64 int32 sums, each channel's requantized into y's rows
+    (_quads.store_chunk: the positions in dropped columns are not stored), a residual, if any,
+    added to each value on the way.
+    cptr, wptr [blocks·15(+1)] int64, words [nq] int32 — the quads by block and class
+    (engine/plan/weights.quad_blocks: a block is 4 output channels of one group, the last of a
+    group may have fewer; each word holds 4 weights, byte b the weight on input channel
+    4·c4 + b); offsets [entries] int64 — where each entry's words start in its group's part of
+    xg (``_quads.quad_offsets`` of the entries' columns, by the plan once per input shape)
     bias [N] int32 — bias' (q_b − x_zp·Σ_k q_w); w_sums [N] int64 — Σ_k q_w[n,k] (for int8 x)
     x [B,C,H,W] uint8|int8; x_zero_point; xg [B, copies·(C/4·S + QUAD_SLACK)] int32 — the packed
     input's workspace, S ≥ sh·sw·Hq·pitch words per 4 channels (Hq = OH + (kh−1)·dh // sh rows of
@@ -55,7 +59,8 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     Preconditions: C/g % 4 == 0; offsets within a group's words; K·max|q_w·q_x| + max|bias'| <
     2^31 (the plan checks them).
     Work: 2·B·⌈P/64⌉·64·4·nq int ops for P = (OH−1)·pitch + OW positions; reads x once, writes
-    xg once per copy, reads xg once per quad per chunk (from L1: a chunk's window of every channel group).
+    xg once per copy, reads xg once per entry per chunk (from L1: a chunk's window of every channel
+    group).
     """
     B, C = x.shape[0], x.shape[1]
     N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
@@ -74,19 +79,26 @@ def _conv2d_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zero_point, xg, 
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
-    blocks, per = channel_groups(N, B * chunks)  # tasks: (image, chunk, block of channels)
+    per_group = N // groups
+    group_blocks = (per_group + QUAD_BLOCK - 1) // QUAD_BLOCK
+    runs, per = channel_groups(groups * group_blocks, B * chunks)  # tasks: (image, chunk, run)
     group_words = C4 // groups * stride
-    for t in prange(B * chunks * blocks):
-        b, rest = t // (chunks * blocks), t % (chunks * blocks)
-        p0, block = rest // blocks * QUAD_PIXELS, rest % blocks
+    for t in prange(B * chunks * runs):
+        b, rest = t // (chunks * runs), t % (chunks * runs)
+        p0, run = rest // runs * QUAD_PIXELS, rest % runs
         first, rows = chunk_rows(p0, QUAD_PIXELS, pitch, OH)  # the output rows it touches
-        sums = words_on_lines(QUAD_PIXELS).reshape((1, QUAD_PIXELS))
-        row, xb = sums[0], xg[b]  # views made once per task, not per channel
-        for n in range(block * per, min(N, (block + 1) * per)):
-            base = n // (N // groups) * group_words
-            quad_tile(row, xb, offsets, words, qptr[n], qptr[n + 1], p0 + base, start[n])
-            store_chunk(sums, 0, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo, hi,
-                        y, pitch, residual)
+        sums = words_on_lines(QUAD_BLOCK * QUAD_PIXELS).reshape((QUAD_BLOCK, QUAD_PIXELS))
+        xb = xg[b]  # a view made once per task, not per block
+        for k in range(run * per, min(groups * group_blocks, (run + 1) * per)):
+            g, j = k // group_blocks, k % group_blocks
+            n0, count = g * per_group + QUAD_BLOCK * j, min(QUAD_BLOCK, per_group - QUAD_BLOCK * j)
+            s = block_starts(start, n0, count)
+            quad_tile(sums, xb, offsets, wptr, words, cptr, k, p0 + g * group_words, s[0], s[1],
+                      s[2], s[3])
+            for c in range(count):
+                n = n0 + c
+                store_chunk(sums, c, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo,
+                            hi, y, pitch, residual)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)

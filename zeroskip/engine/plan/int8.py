@@ -23,7 +23,7 @@ from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspa
 from .registry import builds
 from .launch import pick, placeholder
 from .steps import PreparedCalls, Scratch, Step, aligned_copy, aligned_empty
-from .weights import csr_triple, quad_rows
+from .weights import csr_triple, quad_blocks
 
 Q8_TYPES = {"uint8": np.uint8, "int8": np.int8}
 
@@ -478,13 +478,15 @@ class QuadConv(ConvAccumulator):
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
         super().__init__(node, w4)
-        self.quads = quad_rows(w4)
+        self.quads = quad_blocks(w4, self.group)
         self.w_sums = weight_sums(w4.reshape(self.n_out, -1))
         self.quad_kernel = ctx.kernel("conv2d_quad_rq_i8")
         self.name = "conv2d_quad_rq_i8"
-        self.reason = (f"block-sparse int8 conv over the {len(self.quads[2])} quads (4 input "
+        self.reason = (f"block-sparse int8 conv over the {len(self.quads[3])} quads (4 input "
                        f"channels at one tap) that hold the {np.count_nonzero(w4)} nonzeros, "
-                       f"4-byte dot products (vpdpbusd), Q31 requantization in the epilogue")
+                       f"4-byte dot products (vpdpbusd), 4 output channels per activation load "
+                       f"({len(self.quads[1])} loads of quad columns), Q31 requantization in the "
+                       f"epilogue")
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         from ...kernels._quads import aligned_pays, quad_layout, quad_offsets
@@ -494,11 +496,11 @@ class QuadConv(ConvAccumulator):
         shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
         hq, pitch, stride, copies, copy_words = quad_layout(*shape8, self.channels // 4,
                                                             aligned_pays(*shape8))
-        qptr, qcols, words = self.quads
+        cptr, qcols, wptr, words = self.quads
         offsets = quad_offsets(qcols, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
                                g["dw"], stride, copies, copy_words)
         xg = aligned_empty((shape[0], copies * copy_words), np.int32)
-        head = (qptr, offsets, words, q["bias"], self.w_sums)
+        head = (cptr, offsets, wptr, words, q["bias"], self.w_sums)
         mid = (q["x_zp"], xg) + requantize_args(q)
         tail = geo + (self.group, pitch, copies)
         return whole_image_call(self.quad_kernel, head, (shape, dtype), mid, (y_shape, y_dtype),

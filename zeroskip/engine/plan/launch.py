@@ -115,8 +115,8 @@ def _work_conv_csr_rq_i8(indptr, indices, data, bias, x, x_zp, xq, m0, shift, y_
     return _conv_work(data.shape[0] / y.shape[1], y)
 
 
-def _work_conv_quad_rq_i8(qptr, offsets, words, bias, w_sums, x, x_zp, xg, m0, shift, y_zp, lo,
-                          hi, y, *_):
+def _work_conv_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zp, xg, m0, shift,
+                          y_zp, lo, hi, y, *_):
     # each quad costs one vpdpbusd per 16 positions, about as much as a direct conv's nonzero
     return _conv_work(words.shape[0] / y.shape[1], y)
 

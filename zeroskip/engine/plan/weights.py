@@ -54,17 +54,53 @@ def csr_triple(matrix: np.ndarray):
     return csr.indptr, csr.indices, np.ascontiguousarray(csr.data)
 
 
-def quad_rows(w4: np.ndarray):
-    """(qptr, qcols, words) of a conv weight w4 (N, C/g, kh, kw) int8 with C/g % 4 == 0, for the
-    quad-sparse conv (kernels/conv_quad.py): per output channel n, from qptr[n] to qptr[n+1], the
-    quads that hold a nonzero, in column order. Quad column q = c4·kh·kw + i·kw + j is the 4 weights
-    w4[n, 4c4 : 4c4+4, i, j], stored as one int32 word whose byte b is the weight on channel 4c4+b.
-    Built from the values at plan time: valid by construction."""
+def _quad_grid(w4: np.ndarray) -> np.ndarray:
+    """(N, C/g/4·kh·kw) int32: the quad words of w4 (N, C/g, kh, kw) int8, column q = c4·kh·kw +
+    i·kw + j, byte b of each word the weight on input channel 4c4 + b."""
     n_out, c_group, kh, kw = w4.shape
     taps = np.ascontiguousarray(
         np.asarray(w4, np.int8).reshape(n_out, c_group // 4, 4, kh * kw).transpose(0, 1, 3, 2))
-    grid = taps.view("<i4").reshape(n_out, -1)  # (N, C/g/4·kh·kw): byte b of a word = channel 4c4+b
-    rows, qcols = np.nonzero(grid)  # row-major: by channel, then by column
-    qptr = np.zeros(n_out + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_out), out=qptr[1:])
-    return qptr, qcols.astype(np.int64), np.ascontiguousarray(grid[rows, qcols], np.int32)
+    return taps.view("<i4").reshape(n_out, -1)
+
+
+def quad_blocks(w4: np.ndarray, groups: int):
+    """(cptr, qcols, wptr, words): the quads of a conv weight w4 (N, C/g, kh, kw) int8, C/g % 4 ==
+    0, laid out for the quad conv's block tile (kernels/_quads.py, docs/kernels.md).
+
+    Each group's output channels are taken 4 at a time (blocks; a group's last block may hold
+    fewer), block j of group g the channels g·N/g + 4j + c, c < 4. An *entry* is a quad column
+    that holds a nonzero in at least one channel of the block; its *class* is the bit mask of the
+    channels that have it (bit c for channel c). Entries are sorted by block, then class, then
+    column:
+      - class m (1 … 15) of block k holds entries cptr[15k + m − 1] .. cptr[15k + m];
+      - qcols[e]: entry e's quad column (where its activation words are: ``_quads.quad_offsets``);
+      - each entry of class m has popcount(m) words, the quads of its channels in channel order:
+        entry cptr[15k + m − 1] + i starts at words[wptr[15k + m − 1] + i·popcount(m)].
+    The tile then loads an entry's activations once for every channel that has it. Built from
+    the values at plan time: valid by construction."""
+    from ...kernels._quads import QUAD_BLOCK, QUAD_CLASSES
+
+    grid = _quad_grid(w4)
+    n_out, columns = grid.shape
+    per_group = n_out // groups
+    blocks_per_group = -(-per_group // QUAD_BLOCK)
+    padded = np.zeros((groups, blocks_per_group * QUAD_BLOCK, columns), np.int32)
+    padded[:, :per_group] = grid.reshape(groups, per_group, columns)
+    padded = padded.reshape(-1, QUAD_BLOCK, columns)  # (blocks, 4, columns)
+    bits = (1 << np.arange(QUAD_BLOCK)).reshape(1, -1, 1)
+    masks = ((padded != 0) * bits).sum(axis=1)  # (blocks, columns)
+    blocks, qcols = np.nonzero(masks)  # by block, then column
+    classes = blocks * QUAD_CLASSES + masks[blocks, qcols] - 1
+    order = np.argsort(classes, kind="stable")  # by block and class; columns stay ascending
+    blocks, qcols, classes = blocks[order], qcols[order], classes[order]
+    n_classes = len(padded) * QUAD_CLASSES
+    cptr = np.zeros(n_classes + 1, np.int64)
+    np.cumsum(np.bincount(classes, minlength=n_classes), out=cptr[1:])
+    quads = padded[blocks, :, qcols]  # (entries, 4): the block's 4 words at each entry's column
+    present = quads != 0
+    starts = np.zeros(len(qcols) + 1, np.int64)
+    np.cumsum(present.sum(axis=1), out=starts[1:])
+    wptr = starts[cptr[:-1]]
+    return (cptr, qcols.astype(np.int64), np.ascontiguousarray(wptr),
+            np.ascontiguousarray(quads[present], np.int32))
+
