@@ -157,9 +157,9 @@ class Layer:
 
         w4 = self.wq.reshape(self.N, self.C // self.g, self.kh, self.kw)
         shape8 = (self.OH, self.OW, self.kh, self.kw, self.s, self.s, 1, 1)
-        hq, pitch, stride, copies, words = _quads.quad_layout(*shape8, self.C // 4,
-                                                              _quads.aligned_pays(*shape8))
         cptr, qcols, wptr, quads = quad_blocks(w4, self.g)
+        aligned = _quads.aligned_pays(*shape8, len(qcols) / (self.C // 4))
+        hq, pitch, stride, copies, words = _quads.quad_layout(*shape8, self.C // 4, aligned)
         offsets = _quads.quad_offsets(qcols, self.kh, self.kw, hq, pitch, self.s, self.s, 1, 1,
                                       stride, copies, words)
         xg = aligned_empty((1, copies * words), np.int32)

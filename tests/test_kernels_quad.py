@@ -234,6 +234,12 @@ def test_shift_copy_by_hand():
     for s in (1, 2):
         _quads.shift_copy(xg, s, 6)
     assert xg.tolist() == [1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 0, 3, 4, 5, 6, 0, 0]
+    pieces = np.zeros(3 * 6, np.int32)  # the same copies, piece by piece (the kernel's tasks)
+    pieces[:6] = [1, 2, 3, 4, 5, 6]
+    for s in (1, 2):
+        for first in (4, 0, 3):  # overlapping, out of order, and one running past the end
+            _quads.shift_copy(pieces, s, 6, first, first + 3)
+    assert pieces.tolist() == xg.tolist()
 
 
 def test_the_tile_wraps_modulo_2_to_the_32_like_vpdpbusd():

@@ -24,7 +24,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ._broadcast import channel_groups, sign_flip, unsigned_bias
-from ._quads import (QUAD_BLOCK, QUAD_PIXELS, QUAD_SLACK, block_starts, chunk_rows,
+from ._quads import (QUAD_BLOCK, QUAD_PIXELS, QUAD_SLACK, SHIFT_PIECE, block_starts, chunk_rows,
                      pack_group_jit, quad_tile, shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines, zero_tails
 
@@ -74,8 +74,11 @@ def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point
                        pitch, stride, used)
     zero_tails(xg[:, :copy_words], C4 * stride)  # the slack dropped positions read
     if copies > 1:  # an empty parallel loop still costs a launch
-        for t in prange(B * (copies - 1)):
-            shift_copy_jit(xg[t // (copies - 1)], t % (copies - 1) + 1, copy_words)
+        pieces = (copy_words + SHIFT_PIECE - 1) // SHIFT_PIECE
+        for t in prange(B * (copies - 1) * pieces):
+            b, rest = t // ((copies - 1) * pieces), t % ((copies - 1) * pieces)
+            first = rest % pieces * SHIFT_PIECE
+            shift_copy_jit(xg[b], rest // pieces + 1, copy_words, first, first + SHIFT_PIECE)
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS

@@ -494,9 +494,10 @@ class QuadConv(ConvAccumulator):
         g, geo = self.geometry(shape)
         y_shape, y_dtype = self._output_shape_for(shape, g), q["y_dtype"]
         shape8 = (g["oh"], g["ow"], self.kh, self.kw, g["sh"], g["sw"], g["dh"], g["dw"])
-        hq, pitch, stride, copies, copy_words = quad_layout(*shape8, self.channels // 4,
-                                                            aligned_pays(*shape8))
         cptr, qcols, wptr, words = self.quads
+        loads = len(qcols) / (self.channels // 4)  # per group of 4 input channels, per chunk
+        hq, pitch, stride, copies, copy_words = quad_layout(*shape8, self.channels // 4,
+                                                            aligned_pays(*shape8, loads))
         offsets = quad_offsets(qcols, self.kh, self.kw, hq, pitch, g["sh"], g["sw"], g["dh"],
                                g["dw"], stride, copies, copy_words)
         xg = aligned_empty((shape[0], copies * copy_words), np.int32)
