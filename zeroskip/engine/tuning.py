@@ -110,7 +110,7 @@ falls on one mode's runs only is then cached for good. The digits MLP's pruned 6
 512 rows, one thread, once measured dense 79 µs against CSR 67.5 (every other measurement: dense
 43–50), and `auto` ran 23 % slower than dense-i8 until the entry was measured again."""
 
-KERNELS_REVISION = 23
+KERNELS_REVISION = 24
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
