@@ -152,11 +152,13 @@ def test_dpbusd_tile_at_the_largest_products():
 
 SHAPES = [(1, 1, 1), (2, 4, 16), (2, 4, 17), (7, 7, 7), (16, 16, 16), (17, 17, 17), (63, 63, 63),
           (1, 63, 17), (63, 1, 7), (17, 7, 63), (2, 16, 1), (16, 2, 63), (7, 17, 2), (5, 9, 100),
-          (3, 5, 48), (4, 8, 80), (3, 9, 61)]  # VNNI: 32 + 16, 2·32 + 16, 32 + 16 + 13
+          (3, 5, 48), (4, 8, 80), (3, 9, 61),  # VNNI: 32 + 16, 2·32 + 16, 32 + 16 + 13
+          (4, 4, 16), (8, 12, 33), (11, 6, 64), (300, 9, 20)]  # widened: whole tiles, edges, chunks
 
 
 def _tile_variants():
-    names = ["python", "portable"] + (["avx2"] if RUNS_AVX2 else []) + (["vnni"] if RUNS_VNNI else [])
+    names = (["python", "portable"] + (["avx2", "wide"] if RUNS_AVX2 else [])
+             + (["vnni"] if RUNS_VNNI else []))
     return [pytest.param(name, id=name) for name in names]
 
 
@@ -303,3 +305,42 @@ def test_without_the_broadcast_tile_the_gemms_compile_and_run_their_own_tile():
     assert_exact(yt, REFERENCES["matmul_dense_i8"](x, w, bias), dtype=np.int32)
     with pytest.raises(RuntimeError, match="AVX-512 VNNI"):
         njit(_broadcast._unavailable)(None, None, None, None, 0)
+
+
+_WIDE_RQ: dict = {}
+
+
+@needs_avx2
+@pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["u8", "s8"])
+@pytest.mark.parametrize("M,N,K", [(5, 4, 16), (300, 10, 37), (258, 7, 64), (9, 3, 20)])
+def test_the_requantizing_gemm_on_the_widened_tile_gives_the_reference(M, N, K, x_type):
+    """matmul_dense_rq_i8 built to take the widened tile (what AVX2 CPUs without VNNI, and int8 x
+    with it, run where the broadcast tile does not fit): chunks of 256 rows and a last one, the
+    N mod 4 rows on the narrow panel, a K mod 16 tail, with and without a fused residual, at 1
+    and 2 threads."""
+    from kernel_checks import residual_for
+    from zeroskip import quantmath
+    from zeroskip.kernels._copies import renamed_copy
+
+    if "rq" not in _WIDE_RQ:
+        _WIDE_RQ["rq"] = njit(parallel=True)(renamed_copy(
+            matmul_dense._matmul_dense_rq_i8, "_wide_test", broadcast_fits=_broadcast.never_fits,
+            wide_fits=matmul_dense.always_wide))
+    gemm = _WIDE_RQ["rq"]
+    seed = M * 131 + N * 7 + K
+    x, w, bias = _case(M, N, K, x_type, seed)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -14))
+    rq = (m0, shift, 3, 0, 255)
+    residual = residual_for(np.random.default_rng(seed), (N, M), np.uint8, 3)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            for extra in ((), (residual,)):
+                y = np.full((N, M), 7, np.uint8)
+                gemm(x, w, bias, *rq, y, *extra)
+                want = REFERENCES["matmul_dense_rq_i8"](x, w, bias, *rq, *extra)
+                assert_exact(y, want, dtype=np.uint8, M=M, N=N, K=K, threads=threads,
+                             residual=bool(extra))
+    finally:
+        numba.set_num_threads(before)
