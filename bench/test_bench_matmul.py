@@ -74,7 +74,7 @@ def _ort_session(kind, M, N, K, w):
 
 
 @pytest.mark.parametrize("kernel", ["numpy-sgemm", "ort-matmul-f32", "ort-matmulinteger-u8s8",
-                                    "matmul_dense_i8"])
+                                    "matmul_dense_i8", "matmul_dense_i8-avx2-wide"])
 @pytest.mark.parametrize("name,M,N,K", SHAPES, ids=[s[0] for s in SHAPES])
 def test_dense(benchmark, name, M, N, K, kernel):
     benchmark.group = name
@@ -90,10 +90,22 @@ def test_dense(benchmark, name, M, N, K, kernel):
     elif kernel == "ort-matmulinteger-u8s8":
         sess, x = _ort_session("i8", M, N, K, np.ascontiguousarray(wq.T)), rng.integers(0, 256, (M, K)).astype(np.uint8)
         call = lambda: sess.run(None, {"x": x})  # noqa: E731
+    elif kernel == "matmul_dense_i8-avx2-wide":
+        # the widened vpmaddwd tile that CPUs with AVX2 and no VNNI run, whatever this one runs
+        # (its parallel build: one thread here, as the other rows). For the AVX2 figure on an
+        # AVX-512 CPU, run with NUMBA_CPU_NAME=haswell OPENBLAS_CORETYPE=Haswell
+        # (docs/kernels.md, "The widened tile").
+        if not matmul_dense.HAS_AVX2:
+            pytest.skip("the widened tile needs AVX2")
+        x = rng.integers(0, 256, (M, K)).astype(np.uint8)
+        bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
+        gemm = matmul_dense.gemm_with_tile("wide")
+        gemm(x, wq, bias, yt)
+        call = lambda: gemm(x, wq, bias, yt)  # noqa: E731
     else:
         x = rng.integers(0, 256, (M, K)).astype(np.uint8)
         bias, yt = np.zeros(N, np.int32), np.empty((N, M), np.int32)
-        args = (x, wq, bias, yt)
+        args = (x, wq, bias, yt, None)  # None: no AMX padding from a plan (padded per call)
         extra["compile_s"] = compile_seconds(kernel, matmul_dense._matmul_dense_i8, args)
         call = lambda: serial_kernel("matmul_dense_i8")(*args)  # noqa: E731
     _run(benchmark, call, M, N, K, N * K, extra)
