@@ -160,6 +160,13 @@ def _pad_row_compiled(dst, r, src, sr, su, u, count, fill, flip=None):
             pad_row_masked(dst, r, src, sr, su, u, count, dst.dtype.type(fill), flip)
         return masked
 
+    if flip is None or isinstance(flip, (types.NoneType, types.Omitted)):
+        # no flip, decided here: inlined, the loops' own ``flip is None`` is not pruned, and
+        # typing its xor with None failed (every CPU without AVX-512 BW)
+        def plain(dst, r, src, sr, su, u, count, fill, flip=None):
+            pad_row_portable(dst, r, src, sr, su, u, count, fill)
+        return plain
+
     def loops(dst, r, src, sr, su, u, count, fill, flip=None):
         pad_row_portable(dst, r, src, sr, su, u, count, fill, flip)
     return loops
