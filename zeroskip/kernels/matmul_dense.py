@@ -342,20 +342,21 @@ Python)."""
 
 # ------------------------------------------- the widened tile: AVX2 without VNNI (and int8 x with it)
 
-WIDE_X_ROWS = 4
+WIDE_X_ROWS = 1
 """Rows of x per widened tile (``_wide_tile``)."""
-WIDE_W_ROWS = 4
-"""Rows of w per widened tile and per panel: 4 × 4 accumulators. On 16 ymm registers LLVM keeps
-some of them in memory, and it still beat 2 × 4 (M = 128, K = N = 1024, one thread, compiled for
-Haswell: 1.26 against 1.58 ms)."""
+WIDE_W_ROWS = 8
+"""Rows of w per widened tile and per panel: 1 × 8 accumulators, the x row in a register and each
+w row a memory operand of its vpmaddwd. Compiled for Haswell's 16 ymm registers (M = 144,
+K = 1024, N = 1080, one thread, ms): 1 × 8 1.83, 1 × 10 1.85, 2 × 5 2.07, 2 × 4 2.05, 4 × 2 1.97,
+2 × 6 2.77, 3 × 4 2.95, 4 × 4 2.37, 1 × 12 3.90 (the larger tiles spill accumulators)."""
 
 
 @intrinsic
 def _wide_tile(typingctx, x16, w16, m, steps):
     """The WIDE_X_ROWS × WIDE_W_ROWS sums Σ_{k < K_PER_STEP·steps} x16[m+i,k]·w16[j,k] in int32, in
     order i·WIDE_W_ROWS + j: the dot-product tile of _madd_tile on operands already widened to
-    int16 (x16 (M, K) and the panel's w16 (WIDE_W_ROWS, K), both C-contiguous): per step, 8 loads
-    of 16 int16 and 16 vpmaddwd, with no widening in the loop. Requires AVX2 (the host's)."""
+    int16 (x16 (M, K) and the panel's w16 (WIDE_W_ROWS, K), both C-contiguous): per step, 9 loads
+    of 16 int16 and 8 vpmaddwd, with no widening in the loop. Requires AVX2 (the target's)."""
     if not (isinstance(x16, types.Array) and isinstance(w16, types.Array)
             and x16.layout == w16.layout == "C" and x16.dtype == w16.dtype == types.int16):
         return None
@@ -398,7 +399,7 @@ def _wide_tile(typingctx, x16, w16, m, steps):
 @njit(cache=True, inline="always")
 def _wide_panel(x16, x, w16, w, bias, out, n, first, end, K):
     """out[j, m − first] = bias[n+j] + Σ_k x[m,k]·w[n+j,k] for j < WIDE_W_ROWS and rows m of x
-    from first to end: whole widened tiles (w16 holds w's rows n .. n+3 as int16), the K mod 16
+    from first to end: whole widened tiles (w16 holds w's rows n .. n+7 as int16), the K mod 16
     tail and the rows left over by scalar dot products."""
     steps = K // K_PER_STEP
     k0 = steps * K_PER_STEP
@@ -438,15 +439,16 @@ def _widened_rows(x):
 @njit(cache=True, inline="always")
 def _wide_gemm(x, w, bias, yt):
     """matmul_dense_i8 on the widened tile: prange panels of WIDE_W_ROWS rows of w, each widened
-    into a scratch of its own; the last N mod 4 rows by the narrow panel (_panel)."""
+    into a scratch of its own; the last N mod 8 rows by the narrow panels (_panel)."""
     M, K = x.shape
     N = w.shape[0]
     x16 = _widened_rows(x)
     panels = N // WIDE_W_ROWS
     for p in prange(panels + (1 if N % WIDE_W_ROWS else 0)):
         n = p * WIDE_W_ROWS
-        if p == panels:
-            _panel(x, w, bias, yt, n, K)
+        if p == panels:  # the last N mod 8 rows, 4 at a time
+            for n4 in range(n, N, W_ROWS_PER_TILE):
+                _panel(x, w, bias, yt, n4, K)
             continue
         w16 = np.empty((WIDE_W_ROWS, K), np.int16)
         _widen_panel(w, n, w16)
@@ -911,7 +913,7 @@ def _panels_rq(x, w, bias, rq, y):
 @njit(cache=True, inline="always")
 def _wide_panels_rq(x, w, bias, rq, y):
     """_panels_rq on the widened tile (x widened once, each panel of w into its own scratch); the
-    last N mod 4 rows of w by the narrow panel."""
+    last N mod 8 rows of w by the narrow panels."""
     M, K = x.shape
     N = w.shape[0]
     m0, shift, y_zero_point, lo, hi = rq
@@ -928,8 +930,9 @@ def _wide_panels_rq(x, w, bias, rq, y):
             width = min(PIXELS_PER_CHUNK, M - c)
             if rows == WIDE_W_ROWS:
                 _wide_panel(x16, x, w16, w, bias, sums, n, c, c + width, K)
-            else:
-                _panel(x[c:c + width], w[n:], bias[n:], sums, 0, K)
+            else:  # the last N mod 8 rows, 4 at a time
+                for j4 in range(0, rows, W_ROWS_PER_TILE):
+                    _panel(x[c:c + width], w[n:], bias[n:], sums, j4, K)
             for j in range(rows):
                 requantize_row(sums[j, :width], m0[n + j], shift[n + j], y_zero_point, lo,
                                hi, y[n + j, c:c + width])
