@@ -93,8 +93,7 @@ def test_dense(benchmark, name, M, N, K, kernel):
     elif kernel == "matmul_dense_i8-avx2-wide":
         # the widened vpmaddwd tile that CPUs with AVX2 and no VNNI run, whatever this one runs
         # (its parallel build: one thread here, as the other rows). For the AVX2 figure on an
-        # AVX-512 CPU, run with NUMBA_CPU_NAME=haswell OPENBLAS_CORETYPE=Haswell
-        # (docs/kernels.md, "The widened tile").
+        # AVX-512 CPU, compile for Haswell: the command in docs/kernels.md, "The widened tile".
         if not matmul_dense.HAS_AVX2:
             pytest.skip("the widened tile needs AVX2")
         x = rng.integers(0, 256, (M, K)).astype(np.uint8)

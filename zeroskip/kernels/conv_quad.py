@@ -4,15 +4,16 @@ channels at the same tap, run as 4-byte dot products (``vpdpbusd`` on AVX-512 VN
 A pruned conv's weight keeps, per output channel, the quads that hold a nonzero, each as one int32
 word of 4 signed bytes, and takes the output channels 4 at a time (a block), each column of quads
 once for all the block's channels that have it (``quad_blocks`` in engine/plan/weights.py builds
-them from any int8 weight at plan time: nothing in the file needs to be block-pruned). The input is packed once
-(``_quads.pack_group``): each plane padded into its phases, as the direct sparse conv does
-(``_planes.pad_phases``), so that every tap is a contiguous run of the flat phases at a fixed offset
-from the output position, and each 4 channels' phases interleaved into int32 words: word t of
-channel group c4 holds the 4 channels' bytes at flat position t.
+them from any int8 weight at plan time: nothing in the file needs to be block-pruned). The input
+is packed once (``_quads.pack_group``): each plane padded into its phases, as the direct sparse
+conv does (``_planes.pad_phases``), so that every tap is a contiguous run of the flat phases at a
+fixed offset from the output position, and each 4 channels' phases interleaved into int32 words:
+word t of channel group c4 holds the 4 channels' bytes at flat position t.
 
 Then a quad column at 64 consecutive output positions is 4 contiguous zmm loads at its offset (its
 channel group's words, shifted by its tap) and 4 ``vpdpbusd`` per channel of the block that has
-it, against the channel's broadcast weight word: no im2row, and the 3×3 taps are shifted loads over the same packed grid (``_quads.quad_tile``). Output
+it, against the channel's broadcast weight word: no im2row, and the 3×3 taps are shifted loads
+over the same packed grid (``_quads.quad_tile``). Output
 positions run at the phases' row pitch: OW plus the taps' reach, or that rounded up to 16 words,
 with shifted copies of the packed input, so that every load is aligned (``_quads.quad_layout``).
 The columns past OW are computed and dropped. docs/kernels.md, "The quad-sparse conv", has the
