@@ -222,6 +222,34 @@ def test_conv2d_csr_rq_i8_is_the_conv_then_requantize(case):
         assert_exact(added, want_added, dtype=y_type, case=_conv_ids(case), residual=True)
 
 
+def test_conv2d_csr_rq_i8_writes_nothing_past_y_when_a_block_starts_in_a_dropped_column():
+    """Rows of pitch 43 for 41 outputs: position 128, where a row block starts (of 64 or 128
+    positions, AVX2 or AVX-512), is column 42 of row 2, the last dropped one. The epilogue sliced
+    the block's sums to −1 there, from their end, and wrote 127 values from y[2, 42] on: into the
+    next rows, the next plane, and past the last plane (a corrupted heap on AVX2). y is the head
+    of a larger buffer here, so that a write past it shows."""
+    case = (2, 3, 5, 41, 4, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    B, C, H, W, N, kh, kw, s, p, d, g = case
+    rng = np.random.default_rng(41)
+    q = _plan((B, C, H, W), kh, kw, s, p, d)
+    w = _sparse(rng, (N, C * kh * kw), 0.5, np.int8)
+    x, x_zp = _quant_input(rng, (B, C, H, W), np.uint8)
+    bias = rng.integers(-2**16, 2**16, N).astype(np.int32)
+    acc, csr = _run_conv_i8(w, bias, x, x_zp, case)
+    m0, shift, y_zp, lo, hi = _requantization(rng, acc, N, np.uint8)
+    xq = np.empty((B, C) + q["phases"], x.dtype)
+    size = B * N * q["OH"] * q["OW"]
+    buffer = np.full(size + 4096, 77, np.uint8)
+    y = buffer[:size].reshape(B, N, q["OH"], q["OW"])
+    KERNELS["conv2d_csr_rq_i8"](csr[0], _starts(csr[1], case), csr[2], bias, x, x_zp, xq, m0,
+                                shift, y_zp, lo, hi, y, kh, kw, 1, 1, 1, 1, q["pt"], q["pl"], g)
+    assert np.all(buffer[size:] == 77), "the kernel wrote past y"
+    want = REFERENCES["conv2d_csr_rq_i8"](*csr, bias, x, x_zp, m0, shift, y_zp, lo, hi,
+                                          kernel_shape=(kh, kw), strides=s, pads=p, dilations=d,
+                                          groups=g)
+    assert_exact(y, want, dtype=np.uint8)
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[2], CONV_CASES[4], CONV_CASES[5]], ids=_conv_ids)
 def test_conv2d_csr_f32_agrees_with_onnx_conv_reference(case):
     """Geometry conventions (pads order, dilation, groups) match reference.OPS['Conv'], with Relu."""

@@ -58,6 +58,8 @@ def _channel(xf, starts, data, start, end, b, acc, y, Wq, lo, hi):
         count = _block(xf, starts, data, start, end, b, acc, Wq, OH, OW, p0)
         for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
             a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
+            if z <= a:  # the block starts in the row's dropped columns
+                continue
             run, out = acc[a - p0:z - p0], y[oh, a - oh * Wq:z - oh * Wq]
             for i in range(z - a):
                 out[i] = min(max(run[i], lo), hi)
@@ -71,6 +73,8 @@ def _channel_rq(xf, starts, data, start, end, b, acc, y, Wq, m0n, shift_n, y_zer
         count = _block(xf, starts, data, start, end, b, acc, Wq, OH, OW, p0)
         for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
             a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
+            if z <= a:  # the block starts in the row's dropped columns: z − p0 < 0 would slice
+                continue  # acc from its end (a negative bound), and write past y's empty slice
             requantize_row(acc[a - p0:z - p0], m0n, shift_n, y_zero_point, lo, hi,
                            y[oh, a - oh * Wq:z - oh * Wq])
 
