@@ -3,6 +3,7 @@ whose runs replay giving the bytes of sessions that never do, on new inputs ever
 
 import os
 import threading
+import time
 from importlib import resources
 from types import SimpleNamespace
 
@@ -204,17 +205,28 @@ def test_replayed_runs_give_the_bytes_of_runs_never_replayed(name, mode, threads
     model = _bundled(name)
     session, reference = zeroskip.Session(model, mode=mode, threads=threads), \
         _never_replaying(model, mode)
-    kept = []
+    kept, seconds = [], []
     for seed in range(30):
         feeds = _feeds(model, batch, seed)
         out = session.run(feeds)
+        start = time.perf_counter()
         expected = reference.run(feeds)
+        seconds.append(time.perf_counter() - start)
         assert out.keys() == expected.keys()
         for key in out:
             assert np.array_equal(out[key], expected[key]), (seed, key)
         kept.append({k: (v, v.copy()) for k, v in out.items()})
     rows = session.replays()
-    assert rows and all(row["replays"] for row in rows), rows
+    run_s = float(np.median(seconds))
+    # only runs shorter than REPLAY_MAX_RUN_S are recorded: the CNNs at batch 450 are on the
+    # slower paths of CPUs without AVX-512 (then nothing is recorded, and the bytes above are all
+    # there is to check); near the limit either is right
+    if run_s < rp.REPLAY_MAX_RUN_S / 2:
+        assert rows and all(row["replays"] for row in rows), rows
+    elif run_s > 2 * rp.REPLAY_MAX_RUN_S:
+        assert rows == [], (run_s, rows)
+    else:
+        assert all(row["replays"] for row in rows), rows
     for outputs in kept:  # no output handed out was written again by a later replay
         for array, copy in outputs.values():
             assert np.array_equal(array, copy)

@@ -65,6 +65,7 @@ class DenseGemm(GemmAccumulator):
         self.w_sums = weight_sums(self.w)
         self.w_pad = amx_padded(self.w)
         self.kernel = ctx.kernel("matmul_dense_i8")
+        self.transpose = ctx.kernel("channels_last_dense_i8")
         if requantizes:  # the int32 sums requantized in the GEMM's epilogue, never stored
             self.name = "matmul_dense_rq_i8"
             self.reason += ", Q31 requantization in the GEMM's epilogue"
@@ -76,15 +77,31 @@ class DenseGemm(GemmAccumulator):
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
-        self.kernel(np.ascontiguousarray(x), self.w, bias, acc, self.w_pad)
+        self.kernel(self.columns_to_rows(x), self.w, bias, acc, self.w_pad)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         if self.planar_kernel is not None and not x.flags.c_contiguous and x.T.flags.c_contiguous:
             self.planar_kernel(x.T, self.w, q["bias"], q["m0"], q["shift"], q["y_zp"], q["lo"],
                                q["hi"], yt, None, self.w_sums, self.w_pad)
             return
-        self.rq_kernel(np.ascontiguousarray(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
+        self.rq_kernel(self.columns_to_rows(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
                        q["lo"], q["hi"], yt, None, self.w_sums, self.w_pad)
+
+    def columns_to_rows(self, x: np.ndarray) -> np.ndarray:
+        """x (M, K) as the C-contiguous rows the dense GEMM reads: x itself, or, when x is the
+        transpose of the GEMM before's (K, M) output (a CPU without the planar GEMM), transposed
+        by a kernel into a scratch array (channels_last_dense_i8 on x.T as one image of K
+        channels of M×1 pixels), so that a recorded run replays it (engine/replay.py: a NumPy copy
+        made during the run kept the MLP's fc2 from replaying on AVX2); else a NumPy copy."""
+        if x.flags.c_contiguous:
+            return x
+        xt = x.T
+        if not xt.flags.c_contiguous:
+            return np.ascontiguousarray(x)
+        m, k = x.shape
+        rows = self.scratch.get("rows", (m, k), x.dtype)
+        self.transpose(xt.reshape(1, k, m, 1), rows.reshape(1, m, 1, k))
+        return rows
 
 
 class CsrGemm(GemmAccumulator):
