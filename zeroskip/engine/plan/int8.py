@@ -52,6 +52,23 @@ class GemmAccumulator:
         """x (M,K) 8-bit, yt (N,M) 8-bit (overwritten), q the layer's ``layer_quant``."""
         raise NotImplementedError("an accumulator built with requantizes overrides this")
 
+    def contiguous(self, a: np.ndarray, key: str) -> np.ndarray:
+        """The 8-bit matrix a (R, S) C-contiguous, as the kernels read it: a itself; when a is the
+        transpose of a C-contiguous (S, R) matrix (x rows for the CSR GEMM, or the GEMM before's
+        (K, M) output for the dense one), transposed by a kernel into the scratch array ``key``
+        (channels_last_dense_i8 on that matrix as one image of S channels of R×1 pixels, the
+        accumulator's ``transpose``), so that a recorded run replays it (engine/replay.py: a NumPy
+        copy made during the run kept the MLP's fc2 from replaying on AVX2); else a NumPy copy."""
+        if a.flags.c_contiguous:
+            return a
+        at = a.T
+        if not at.flags.c_contiguous:
+            return np.ascontiguousarray(a)
+        r, c = a.shape
+        out = self.scratch.get(key, (r, c), a.dtype)
+        self.transpose(at.reshape(1, c, r, 1), out.reshape(1, r, 1, c))
+        return out
+
 
 class DenseGemm(GemmAccumulator):
     """The dense int8 GEMM of a layer: w (N,K) int8 in [−128, 127], prepacked once."""
@@ -77,31 +94,15 @@ class DenseGemm(GemmAccumulator):
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
-        self.kernel(self.columns_to_rows(x), self.w, bias, acc, self.w_pad)
+        self.kernel(self.contiguous(x, "rows"), self.w, bias, acc, self.w_pad)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         if self.planar_kernel is not None and not x.flags.c_contiguous and x.T.flags.c_contiguous:
             self.planar_kernel(x.T, self.w, q["bias"], q["m0"], q["shift"], q["y_zp"], q["lo"],
                                q["hi"], yt, None, self.w_sums, self.w_pad)
             return
-        self.rq_kernel(self.columns_to_rows(x), self.w, q["bias"], q["m0"], q["shift"], q["y_zp"],
-                       q["lo"], q["hi"], yt, None, self.w_sums, self.w_pad)
-
-    def columns_to_rows(self, x: np.ndarray) -> np.ndarray:
-        """x (M, K) as the C-contiguous rows the dense GEMM reads: x itself, or, when x is the
-        transpose of the GEMM before's (K, M) output (a CPU without the planar GEMM), transposed
-        by a kernel into a scratch array (channels_last_dense_i8 on x.T as one image of K
-        channels of M×1 pixels), so that a recorded run replays it (engine/replay.py: a NumPy copy
-        made during the run kept the MLP's fc2 from replaying on AVX2); else a NumPy copy."""
-        if x.flags.c_contiguous:
-            return x
-        xt = x.T
-        if not xt.flags.c_contiguous:
-            return np.ascontiguousarray(x)
-        m, k = x.shape
-        rows = self.scratch.get("rows", (m, k), x.dtype)
-        self.transpose(xt.reshape(1, k, m, 1), rows.reshape(1, m, 1, k))
-        return rows
+        self.rq_kernel(self.contiguous(x, "rows"), self.w, q["bias"], q["m0"], q["shift"],
+                       q["y_zp"], q["lo"], q["hi"], yt, None, self.w_sums, self.w_pad)
 
 
 class CsrGemm(GemmAccumulator):
@@ -125,23 +126,8 @@ class CsrGemm(GemmAccumulator):
         self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
-        self.rq_kernel(*self.csr, q["bias"], self.rows_to_columns(x), q["m0"], q["shift"],
+        self.rq_kernel(*self.csr, q["bias"], self.contiguous(x.T, "xt"), q["m0"], q["shift"],
                        q["y_zp"], q["lo"], q["hi"], yt)
-
-    def rows_to_columns(self, x: np.ndarray) -> np.ndarray:
-        """x (M, K) as the C-contiguous (K, M) matrix the CSR kernels read: x.T itself when x is
-        the transpose of the GEMM before's output; from rows, transposed by a kernel into a
-        scratch array (channels_last_dense_i8 on x as one image of M channels of K×1 pixels), so
-        that a recorded run replays it (engine/replay.py); else a NumPy copy."""
-        xt = x.T
-        if xt.flags.c_contiguous:
-            return xt
-        if not x.flags.c_contiguous:
-            return np.ascontiguousarray(xt)
-        m, k = x.shape
-        out = self.scratch.get("xt", (k, m), x.dtype)
-        self.transpose(x.reshape(1, m, k, 1), out.reshape(1, k, 1, m))
-        return out
 
 
 def gemm_accumulator(w2: np.ndarray, csr: bool, ctx: PlanContext, requantizes: bool = False):
