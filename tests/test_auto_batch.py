@@ -17,8 +17,9 @@ def test_batch_class_is_the_nearest_in_log_scale(batch, cls):
     assert tuning.batch_class(batch) == cls
 
 
-@pytest.mark.parametrize("cls, macs, timed", [(1, 1e12, 1), (64, 1e12, 64), (512, None, 64),
-                                              (512, 2**27 / 512, 512), (512, 2**27 / 512 + 1, 64)])
+@pytest.mark.parametrize("cls, macs, timed", [
+    (1, 1e12, 1), (64, 1e12, 64), (512, None, 64),
+    (512, tuning.MAX_TIMED_MACS / 512, 512), (512, tuning.MAX_TIMED_MACS / 512 + 1, 64)])
 def test_the_large_class_is_timed_at_its_batch_only_where_that_is_cheap(cls, macs, timed):
     assert tuning.timing_batch(cls, macs) == timed
 

@@ -51,10 +51,13 @@ int8 GEMM, K = N = 1024: dense wins at M = 1, CSR at M = 128). In large layers i
 layer at 2 threads, dense 0.061 against CSR 0.053 ms at M = 64, but 0.23 against 0.095 ms at the
 demo's 450 rows. Hence the class 512, timed at 512 only where that is cheap (``timing_batch``)."""
 
-MAX_TIMED_MACS = 1 << 27
+MAX_TIMED_MACS = 1 << 28
 """A layer of the class 512 is timed at 512 only when its dense multiply-accumulates stay below
-this (about 1 ms of dense int8); larger layers, whose per-call cost is long amortized at 64, are
-timed at 64."""
+this (about 1–2 ms of dense int8); larger layers, whose per-call cost is long amortized at 64, are
+timed at 64. At 2^27 the demo's pruned int8 CNN (conv3: 0.40 M MACs an image) was timed at 64,
+where the dense lanes conv's per-call cost still weighed (0.214 ms against the quad conv's 0.184,
+3.3 µs an image) and at its 450 images it is the faster (0.90 against 1.30 ms, 2.0 µs an image):
+`auto` ran 9–18 % behind dense-i8 (Zen 4, two threads)."""
 
 
 def batch_class(batch: int) -> int:
@@ -110,7 +113,7 @@ falls on one mode's runs only is then cached for good. The digits MLP's pruned 6
 512 rows, one thread, once measured dense 79 µs against CSR 67.5 (every other measurement: dense
 43–50), and `auto` ran 23 % slower than dense-i8 until the entry was measured again."""
 
-KERNELS_REVISION = 24
+KERNELS_REVISION = 25
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
