@@ -169,6 +169,17 @@ def pad_planes(x, xp, pt, pl, fill):
         pad_plane(x[t // C, t % C], xp[t // C, t % C], pt, pl, fill)
 
 
+@njit(cache=True, inline="always")
+def row_run(p0, count, oh, Wq, OW):
+    """(a, z): the positions a .. z − 1 of output row oh that a block of ``count`` positions from
+    p0 holds, at the phases' pitch Wq (p = oh·Wq + ow; the columns ow ≥ OW are dropped), with
+    z ≥ a: empty (z = a) when the block starts in the row's dropped columns. The convs' epilogues
+    slice their sums [a − p0, z − p0) and y's row [a − oh·Wq, z − oh·Wq) by it: an end below the
+    start had sliced the sums from their end and written past y (conv2d_csr_rq_i8 on AVX2)."""
+    a = max(p0, oh * Wq)
+    return a, max(a, min(p0 + count, oh * Wq + OW))
+
+
 @njit(cache=True)
 def accumulator_pitch(OW, Wp, sh, sw):
     """Row pitch of the accumulator: the padded width Wp for stride 1 (wide rows), else OW."""

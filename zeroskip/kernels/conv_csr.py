@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._planes import pad_phases
+from ._planes import pad_phases, row_run
 from ._rows import PIXELS_PER_BLOCK, row_block
 from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_row
@@ -57,9 +57,7 @@ def _channel(xf, starts, data, start, end, b, acc, y, Wq, lo, hi):
     for p0 in range(0, (OH - 1) * Wq + OW, PIXELS_PER_BLOCK):
         count = _block(xf, starts, data, start, end, b, acc, Wq, OH, OW, p0)
         for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
-            a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
-            if z <= a:  # the block starts in the row's dropped columns
-                continue
+            a, z = row_run(p0, count, oh, Wq, OW)
             run, out = acc[a - p0:z - p0], y[oh, a - oh * Wq:z - oh * Wq]
             for i in range(z - a):
                 out[i] = min(max(run[i], lo), hi)
@@ -72,9 +70,7 @@ def _channel_rq(xf, starts, data, start, end, b, acc, y, Wq, m0n, shift_n, y_zer
     for p0 in range(0, (OH - 1) * Wq + OW, PIXELS_PER_BLOCK):
         count = _block(xf, starts, data, start, end, b, acc, Wq, OH, OW, p0)
         for oh in range(p0 // Wq, (p0 + count - 1) // Wq + 1):
-            a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
-            if z <= a:  # the block starts in the row's dropped columns: z − p0 < 0 would slice
-                continue  # acc from its end (a negative bound), and write past y's empty slice
+            a, z = row_run(p0, count, oh, Wq, OW)
             requantize_row(acc[a - p0:z - p0], m0n, shift_n, y_zero_point, lo, hi,
                            y[oh, a - oh * Wq:z - oh * Wq])
 

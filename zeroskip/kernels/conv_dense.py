@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from ._broadcast import MIN_TASKS, channel_groups
 from ._fma import FMA_PIXELS, FMA_ROWS, fma_tile
-from ._planes import pad_phases
+from ._planes import pad_phases, row_run
 from ._scratch import zero_tails
 
 
@@ -37,8 +37,8 @@ def _store_rows(sums, rows, count, p0, bias, n, Wq, OW, lo, hi, y3):
     for j in range(rows):
         out, s, v = y3[n + j], sums[j], bias[n + j]
         for oh in range(first, last + 1):
-            a, z = max(p0, oh * Wq), min(p0 + count, oh * Wq + OW)
-            if z <= a:  # the chunk starts in the row's dropped columns
+            a, z = row_run(p0, count, oh, Wq, OW)
+            if z == a:  # the chunk starts in the row's dropped columns
                 continue
             src, dst = _U(a - p0), _U(a - oh * (Wq - OW))  # y's flat index of position a
             for i in range(_U(z - a)):

@@ -114,16 +114,16 @@ class CsrGemm(GemmAccumulator):
         super().__init__(w2)
         self.csr = csr_triple(w2)
         self.kernel = ctx.kernel("matmul_csr_i8")
+        self.transpose = ctx.kernel("channels_last_dense_i8")
         self.reason = f"int8 CSR weights ({len(self.csr[2])} nonzeros), int32 accumulation"
         if requantizes:  # the int32 sums requantized from L1, never stored
             self.name = "matmul_csr_rq_i8"
             self.reason += ", Q31 requantization in the epilogue"
             self.rq_kernel = ctx.kernel("matmul_csr_rq_i8")
-            self.transpose = ctx.kernel("channels_last_dense_i8")
 
     def __call__(self, x: np.ndarray, bias: np.ndarray, acc: np.ndarray) -> None:
         """x (M,K) 8-bit, bias (N,) int32, acc (N,M) int32 (overwritten)."""
-        self.kernel(*self.csr, bias, np.ascontiguousarray(x.T), acc)
+        self.kernel(*self.csr, bias, self.contiguous(x.T, "xt"), acc)
 
     def requantized(self, x: np.ndarray, q: dict, yt: np.ndarray) -> None:
         self.rq_kernel(*self.csr, q["bias"], self.contiguous(x.T, "xt"), q["m0"], q["shift"],
