@@ -42,6 +42,8 @@ from ._amx import (ONE_TAP, TILE_ROWS, amx_conv_block, amx_fits, amx_fits_planar
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
                          broadcast_tile, broadcast_tile_rq, channel_groups, never_fits, pack_chunk_jit,
                          pack_planar_chunk_jit, sign_flip, unsigned_bias)
+from ._amx import RUNS as AMX_RUNS
+from ._broadcast import RUNS as BROADCAST_RUNS
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from ._gemv import GEMV_TILE_ROWS, gemv_tile
@@ -501,9 +503,9 @@ def _matmul_dense_i8(x, w, bias, yt, w_pad=None):
     Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
     K = x.shape[1]
-    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
+    if AMX_RUNS and amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
         _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), None, w_pad)
-    elif broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
+    elif BROADCAST_RUNS and broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), None)
     elif wide_fits(x, w):  # AVX2 (int8 x, or no VNNI): the widened tile
         _wide_gemm(x, w, bias, yt)
@@ -534,12 +536,12 @@ _panel = njit(cache=True)(_panel_loops)
 matmul_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_i8)
 
 @njit(cache=True, inline="always")
-def _broadcast_tasks(M, N):
-    """(chunks, channel groups, channels per group) of the broadcast tile's tasks for an (M, N)
-    output: chunks of BROADCAST_PIXELS pixels, times groups of whole tiles of channels
-    (_broadcast.channel_groups)."""
+def _broadcast_tasks(M, N, images):
+    """(chunks per image, channel groups, channels per group) of the broadcast tile's tasks for
+    ``images`` (M, N) outputs: chunks of BROADCAST_PIXELS pixels, times groups of whole tiles of
+    channels (_broadcast.channel_groups, from the chunks of every image)."""
     chunks = (M + BROADCAST_PIXELS - 1) // BROADCAST_PIXELS
-    groups, per = channel_groups(N // BROADCAST_ROWS, chunks)
+    groups, per = channel_groups(N // BROADCAST_ROWS, images * chunks)
     return chunks, groups, per * BROADCAST_ROWS
 
 
@@ -736,7 +738,7 @@ def _broadcast_packed(xp, M, w, start, out, rq):
     last N mod 4 channels by scalar dot products over the same words."""
     N = w.shape[0]
     m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
-    chunks, groups, per = _broadcast_tasks(M, N)
+    chunks, groups, per = _broadcast_tasks(M, N, 1)
     tiled = N - N % BROADCAST_ROWS
     for t in prange(chunks * groups):
         ci, g = t // groups, t % groups
@@ -756,22 +758,25 @@ def _broadcast_packed(xp, M, w, start, out, rq):
 
 
 @njit(cache=True, inline="always")
-def _broadcast_planar(xt, w, start, out, rq):
-    """_broadcast_packed on x transposed, xt (K, M), in one parallel loop: each task packs its own
-    chunk of pixels (pack_planar_chunk) into a buffer of its own, then runs its group of channels
-    on it, and the last group also the last N mod 4 channels. Packing all chunks first had cost a
-    second parallel loop, and each task then read a chunk that the other thread may have packed
-    (docs/kernels.md, "The planar pointwise GEMM", has the figures). With several groups a chunk
-    is packed once per group: K/4 × 64 words, a few KB."""
-    K, M = xt.shape
+def _broadcast_planar(xt3, w, start, out3, rq):
+    """_broadcast_packed on x transposed, xt3 (B, K, M) (each image's xᵀ) into out3 (B, N, M),
+    in one parallel loop over every image's tasks: each task packs its own chunk of pixels
+    (pack_planar_chunk) into a buffer of its own, then runs its group of channels on it, and the
+    last group also the last N mod 4 channels. Packing all chunks first had cost a second parallel
+    loop, and each task then read a chunk that the other thread may have packed (docs/kernels.md,
+    "The planar pointwise GEMM", has the figures). With several groups a chunk is packed once per
+    group: K/4 × 64 words, a few KB. One loop for the batch: a loop per image had been eight
+    launches per layer at batch 8, each with one to thirteen chunks on 7×7 to 28×28 planes."""
+    B, K, M = xt3.shape
     N = w.shape[0]
     m0, shift, y_zero_point, lo, hi = rq  # once: _store_sums takes scalars
-    chunks, groups, per = _broadcast_tasks(M, N)
+    per_image, groups, per = _broadcast_tasks(M, N, B)
     tiled = N - N % BROADCAST_ROWS
-    flip = sign_flip(xt)
-    for t in prange(chunks * groups):
+    flip = sign_flip(xt3)
+    for t in prange(B * per_image * groups):
         ci, g = t // groups, t % groups
-        c = ci * BROADCAST_PIXELS
+        b, c = ci // per_image, ci % per_image * BROADCAST_PIXELS
+        xt, out = xt3[b], out3[b]
         count = min(BROADCAST_PIXELS, M - c)
         xp = np.empty((K // 4, BROADCAST_PIXELS), np.int32)
         pack_planar_chunk_jit(xt, c, count, xp, flip)
@@ -876,10 +881,10 @@ def _matmul_dense_rq_i8(x, w, bias, m0, shift, y_zero_point, lo, hi, y, residual
     """
     r, add = residual_parts(residual, y)
     rq = (m0, shift, y_zero_point, lo, hi)
-    if amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile, the residual in its epilogue
+    if AMX_RUNS and amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile, the residual in its end
         _amx_gemm(x, w, bias, y, rq, w_sums, w_pad, residual)
         return
-    if broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
+    if BROADCAST_RUNS and broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
         _broadcast_gemm(x, w, bias, y, rq, w_sums)
     elif x.shape[0] == 1:  # a classifier at batch 1
         _gemv_rq(x[0], w, bias, unsigned_bias(x, w, bias, w_sums), rq, y[:, 0])
@@ -994,15 +999,13 @@ def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residu
     rq = (m0, shift, y_zero_point, lo, hi)
     xt3, y3 = as_images(xt), as_images(y)
     x0 = xt3[0]  # one image's (K, M): what the tiles' fit and the starting sums look at
-    if amx_fits_planar(x0, w):  # every image's chunks in one parallel loop, the residual too
+    if AMX_RUNS and amx_fits_planar(x0, w):  # every image's chunks in one loop, the residual too
         wt = tile_weights(w, w_pad)
         _amx_packed(_packed_planar(xt3, wt.shape[1] * 16), xt3.shape[2], w.shape[0], wt,
                     unsigned_bias(x0, w, bias, w_sums), y3, rq, residual)
         return
-    if broadcast_fits_planar(x0, w):
-        start = unsigned_bias(x0, w, bias, w_sums)
-        for b in range(xt3.shape[0]):
-            _broadcast_planar(xt3[b], w, start, y3[b], rq)
+    if BROADCAST_RUNS and broadcast_fits_planar(x0, w):
+        _broadcast_planar(xt3, w, unsigned_bias(x0, w, bias, w_sums), y3, rq)
     else:
         for b in range(xt3.shape[0]):
             _panels_rq(np.ascontiguousarray(xt3[b].T), w, bias, rq, y3[b])
