@@ -698,3 +698,35 @@ def test_planar_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_res
         y3 = np.full((B, N, M), 77, dtype=y_type)
         kernel(xt3, w, bias, m0, shift, zp, lo, hi, y3, residual)
         assert_exact(y3, want, dtype=y_type, M=M, N=N, K=K)
+
+
+@pytest.mark.parametrize("x_type,y_type", [(np.uint8, np.uint8), (np.int8, np.int8)],
+                         ids=["u8", "s8"])
+@pytest.mark.parametrize("M,N,K", [(PIXELS_PER_BLOCK + 5, ROWS_PER_RQ_TASK + 3, 24), (49, 5, 40),
+                                   (2, 9, 16)])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["alone", "residual"])
+def test_csr_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_residual):
+    """matmul_csr_rq_i8 on (B, K, M) images (a sparse 1×1 conv's batch): each image's bytes are
+    the reference's on that image, with slices of pixels and groups of rows that do not divide
+    evenly, a Gemm-like M below DOT_BELOW_PIXELS, and the residual per image, in both builds."""
+    from zeroskip.kernels import serial_kernel
+
+    B = 3
+    rng = np.random.default_rng(M + 5 * N + 13 * K)
+    w, _, bias = _i8_case(M, N, K, 0.3, x_type, M * N + K)
+    indptr, indices, data = _csr(w, np.int32)
+    lo_x, hi_x = TYPE_RANGE[x_type]
+    xt3 = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_type)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
+    zp = sum(TYPE_RANGE[y_type]) // 2
+    lo, hi = TYPE_RANGE[y_type]
+    residual = residual_for(rng, (B, N, M), y_type, zp) if with_residual else None
+    want = np.stack([ref_csr.matmul_csr_rq_i8(
+        indptr, indices, data, bias, xt3[b], m0, shift, zp, lo, hi,
+        None if residual is None else (residual[0][b],) + residual[1:]) for b in range(B)])
+    ends = (lo, hi) if residual is None else residual[-2:]
+    assert (want == ends[0]).any() and (want == ends[1]).any()
+    for kernel in (matmul_csr_rq_i8, serial_kernel("matmul_csr_rq_i8")):
+        y3 = np.full((B, N, M), 77, dtype=y_type)
+        kernel(indptr, indices, data, bias, xt3, m0, shift, zp, lo, hi, y3, residual)
+        assert_exact(y3, want, dtype=y_type, M=M, N=N, K=K)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._batch import as_images, as_rows
 from ._rows import PIXELS_PER_BLOCK, row_block
 from .elementwise import add_residual_rows, residual_parts
 from .quant import requantize_row
@@ -151,28 +152,35 @@ def _matmul_csr_rq_i8(indptr, indices, data, bias, xt, m0, shift, y_zero_point, 
     has tasks for every thread); per row, the slice's sums (as matmul_csr_i8), then
     requantize_row. The xt columns of the slice stay in cache for the task's rows.
     Preconditions as matmul_csr_i8's and requantize_dense_i8's; yt [N,M] uint8|int8, C-contiguous.
-    residual — None, or a QAdd of yt and an (N,M) array fused into the epilogue, added once the
-    rows are requantized (elementwise.residual_parts, add_residual_rows).
-    Work: 2·M·nnz int ops and N·M requantizations; reads xt nnz·M bytes, writes yt N·M bytes.
+    A batch of images goes in one call: xt (B, K, M), yt (B, N, M), the residual's r like yt,
+    every image's tasks in the one parallel loop (a call per image had been eight launches per
+    layer at batch 8, as the planar GEMM's).
+    residual — None, or a QAdd of yt and an array of yt's shape fused into the epilogue, added
+    once the rows are requantized (elementwise.residual_parts, add_residual_rows).
+    Work: 2·B·M·nnz int ops and B·N·M requantizations; reads xt nnz·M bytes per image, writes yt
+    B·N·M bytes.
     """
-    N, M = yt.shape
     r, add = residual_parts(residual, yt)
+    xt3, yt3 = as_images(xt), as_images(yt)
+    B, N, M = yt3.shape
     groups = (N + ROWS_PER_RQ_TASK - 1) // ROWS_PER_RQ_TASK
     slices = (M + PIXELS_PER_BLOCK - 1) // PIXELS_PER_BLOCK
-    for task in prange(groups * slices):
-        group, p0 = task // slices, task % slices * PIXELS_PER_BLOCK
+    for task in prange(B * groups * slices):
+        b, group = task // (groups * slices), task // slices % groups
+        p0 = task % slices * PIXELS_PER_BLOCK
+        xb, yb = xt3[b], yt3[b]
         count = min(PIXELS_PER_BLOCK, M - p0)
         sums = np.empty(PIXELS_PER_BLOCK, np.int32)
         for n in range(group * ROWS_PER_RQ_TASK, min(N, (group + 1) * ROWS_PER_RQ_TASK)):
             start, end = np.int64(indptr[n]), np.int64(indptr[n + 1])
             if count < DOT_BELOW_PIXELS:  # a Gemm at batch 1 or 2
                 for m in range(count):
-                    sums[m] = _dot_i8(indices, data, xt, start, end, p0 + m, bias[n])
+                    sums[m] = _dot_i8(indices, data, xb, start, end, p0 + m, bias[n])
             else:
-                row_block(sums, 0, xt, indices, data, start, end, p0, count, True, bias[n])
+                row_block(sums, 0, xb, indices, data, start, end, p0, count, True, bias[n])
             requantize_row(sums[:count], m0[n], shift[n], y_zero_point, lo, hi,
-                           yt[n, p0:p0 + count])
-    add_residual_rows(yt, r, add)
+                           yb[n, p0:p0 + count])
+    add_residual_rows(as_rows(yt), as_rows(r), add)
 
 
 matmul_csr_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_csr_rq_i8)

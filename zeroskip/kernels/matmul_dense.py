@@ -43,6 +43,7 @@ from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broad
                          broadcast_tile, broadcast_tile_rq, channel_groups, never_fits, pack_chunk_jit,
                          pack_planar_chunk_jit, sign_flip, unsigned_bias)
 from ._amx import RUNS as AMX_RUNS
+from ._batch import as_images, as_rows
 from ._broadcast import RUNS as BROADCAST_RUNS
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
@@ -667,31 +668,6 @@ def _packed_rows(x, k_words):
         c = ci * BROADCAST_PIXELS
         pack_chunk_jit(xw, c, min(BROADCAST_PIXELS, M - c), xp[ci, :K // 4], flip)
     return xp
-
-
-def as_images(a):
-    """A 2-D array as one image (1, rows, columns); a 3-D one as it is: the planar GEMM takes one
-    image's (K, M) or a batch's (B, K, M)."""
-    return a.reshape((1,) + a.shape) if a.ndim == 2 else a
-
-
-@overload(as_images, inline="always")
-def _as_images_compiled(a):
-    if a.ndim == 2:
-        return lambda a: a.reshape((1, a.shape[0], a.shape[1]))
-    return lambda a: a
-
-
-def as_rows(a):
-    """A 2- or 3-D array's rows, (rows, columns): the residual's QAdd goes row by row."""
-    return a.reshape((-1, a.shape[-1]))
-
-
-@overload(as_rows, inline="always")
-def _as_rows_compiled(a):
-    if a.ndim == 2:
-        return lambda a: a
-    return lambda a: a.reshape((a.shape[0] * a.shape[1], a.shape[2]))
 
 
 @njit(cache=True, inline="always")

@@ -415,19 +415,19 @@ class CsrConv(ConvAccumulator):
 
     def prepare_requantized(self, shape: tuple, dtype, q: dict) -> tuple:
         y_dtype, rq = q["y_dtype"], requantize_args(q)
-        if self.pointwise:  # the GEMM on each image's (C, H·W) plane
+        if self.pointwise:  # the GEMM on the images' (C, H·W) planes, the batch in one call
             y_shape = (shape[0], self.n_out) + shape[2:]
-            x_plane, y_plane = (self.channels, -1), (self.n_out, -1)
-            head = self.csr + (q["bias"],)
             pixels = math.prod(shape[2:])
-            gemm = pick(self.rq_kernel, *head, placeholder((self.channels, pixels), dtype), *rq,
-                        placeholder((self.n_out, pixels), y_dtype))
+            xs, planes = (shape[0], self.channels, pixels), (shape[0], self.n_out, pixels)
+            head = self.csr + (q["bias"],)
+            gemm = pick(self.rq_kernel, *head, placeholder(xs, dtype), *rq,
+                        placeholder(planes, y_dtype))
 
             def call(x, residual=None):
                 y = np.empty(y_shape, y_dtype)
-                for b in range(y_shape[0]):
-                    gemm(*head, x[b].reshape(x_plane), *rq, y[b].reshape(y_plane),
-                         *image_residual(residual, b, y_plane))
+                extra = () if residual is None else \
+                    image_residual((residual[0].reshape(planes), residual[1]))
+                gemm(*head, x.reshape(xs), *rq, y.reshape(planes), *extra)
                 return y
             return call, y_shape
         g, geo = self.geometry(shape)

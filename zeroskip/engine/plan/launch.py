@@ -95,7 +95,8 @@ def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M
 
 
 def _work_csr_rq(indptr, indices, data, bias, xt, m0, shift, y_zp, lo, hi, yt, *_):
-    return data.shape[0] * xt.shape[1] + yt.size  # products, and requantizations
+    # xt (K,M) or a batch's (B,K,M): products over every image, and requantizations
+    return data.shape[0] * (xt.size // xt.shape[-2]) + yt.size
 
 
 def _conv_work(nnz_per_channel: float, y) -> float:
