@@ -29,6 +29,11 @@ from ._quads import (QUAD_BLOCK, QUAD_PIXELS, QUAD_SLACK, SHIFT_PIECE, block_sta
                      pack_group_jit, quad_tile, shift_copy_jit, store_chunk, used_phases)
 from ._scratch import words_on_lines, zero_tails
 
+WAVE_WORDS = 1 << 17
+"""Packed words (512 KB) per wave of images: a batch is packed and run a wave at a time, so that the
+words a wave's tasks read are still in L2 (packing every image first, at batch 8, had put several
+MB of words between a pack and its reads)."""
+
 
 def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point, xg, m0, shift,
                        y_zero_point, lo, hi, y, kh, kw, sh, sw, dh, dw, pt, pl, groups,
@@ -37,11 +42,12 @@ def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point
     """y[b,n] = requantize(bias'[n] + Σ_(c,i,j) q_w[n,c,i,j]·x[b, g(n)·C/g + c, oh·sh+i·dh−pt, ow·sw+j·dw−pl])
     with x_zero_point outside x: conv2d_csr_rq_i8's bytes, from the weight's nonzero quads.
 
-    Loop nest: pack each 4 planes' padded phases into the words of xg (prange over channel
+    Loop nest: per wave of images (as many as fit in WAVE_WORDS packed words, at least one):
+    pack each 4 planes' padded phases into the words of xg (prange over the wave's channel
     groups, _quads.pack_group), and its shifted copies when the layout has them
     (_quads.quad_layout); prange tasks (image, chunk of QUAD_PIXELS output positions at the
-    phases' pitch, run of blocks of 4 output channels): per block, the quad tile over its quad
-    columns into 4 × 64 int32 sums, each channel's requantized into y's rows
+    phases' pitch, run of blocks of 4 output channels, _chunk_blocks): per block, the quad tile
+    over its quad columns into 4 × 64 int32 sums, each channel's requantized into y's rows
     (_quads.store_chunk: the positions in dropped columns are not stored), a residual, if any,
     added to each value on the way.
     cptr, wptr [blocks·15(+1)] int64, words [nq] int32 — the quads by block and class
@@ -70,39 +76,56 @@ def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point
     stride = (copy_words - QUAD_SLACK) // C4
     flip = sign_flip(x)
     used = used_phases(kh, kw, sh, sw, dh, dw)
-    for t in prange(B * C4):
-        pack_group_jit(x[t // C4], xg[t // C4], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq,
-                       pitch, stride, used)
-    zero_tails(xg[:, :copy_words], C4 * stride)  # the slack dropped positions read
-    if copies > 1:  # an empty parallel loop still costs a launch
-        pieces = (copy_words + SHIFT_PIECE - 1) // SHIFT_PIECE
-        for t in prange(B * (copies - 1) * pieces):
-            b, rest = t // ((copies - 1) * pieces), t % ((copies - 1) * pieces)
-            first = rest % pieces * SHIFT_PIECE
-            shift_copy_jit(xg[b], rest // pieces + 1, copy_words, first, first + SHIFT_PIECE)
     start = unsigned_bias(x, None, bias, w_sums)  # bias' − 128·Σ_k w[n,k] for int8 x
     positions = (OH - 1) * pitch + OW
     chunks = (positions + QUAD_PIXELS - 1) // QUAD_PIXELS
     per_group = N // groups
     group_blocks = (per_group + QUAD_BLOCK - 1) // QUAD_BLOCK
-    runs, per = channel_groups(groups * group_blocks, B * chunks)  # tasks: (image, chunk, run)
     group_words = C4 // groups * stride
-    for t in prange(B * chunks * runs):
-        b, rest = t // (chunks * runs), t % (chunks * runs)
-        p0, run = rest // runs * QUAD_PIXELS, rest % runs
-        first, rows = chunk_rows(p0, QUAD_PIXELS, pitch, OH)  # the output rows it touches
-        sums = words_on_lines(QUAD_BLOCK * QUAD_PIXELS).reshape((QUAD_BLOCK, QUAD_PIXELS))
-        xb = xg[b]  # a view made once per task, not per block
-        for k in range(run * per, min(groups * group_blocks, (run + 1) * per)):
-            g, j = k // group_blocks, k % group_blocks
-            n0, count = g * per_group + QUAD_BLOCK * j, min(QUAD_BLOCK, per_group - QUAD_BLOCK * j)
-            s = block_starts(start, n0, count)
-            quad_tile(sums, xb, offsets, wptr, words, cptr, k, p0 + g * group_words, s[0], s[1],
-                      s[2], s[3])
-            for c in range(count):
-                n = n0 + c
-                store_chunk(sums, c, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo,
-                            hi, y, pitch, residual)
+    pieces = (copy_words + SHIFT_PIECE - 1) // SHIFT_PIECE
+    wave = max(1, min(B, WAVE_WORDS // xg.shape[1]))  # images packed, then run, at a time
+    for b0 in range(0, B, wave):
+        images = min(wave, B - b0)
+        for t in prange(images * C4):
+            b = b0 + t // C4
+            pack_group_jit(x[b], xg[b], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch,
+                           stride, used)
+        zero_tails(xg[b0:b0 + images, :copy_words], C4 * stride)  # the slack dropped positions read
+        if copies > 1:  # an empty parallel loop still costs a launch
+            for t in prange(images * (copies - 1) * pieces):
+                b, rest = b0 + t // ((copies - 1) * pieces), t % ((copies - 1) * pieces)
+                first = rest % pieces * SHIFT_PIECE
+                shift_copy_jit(xg[b], rest // pieces + 1, copy_words, first, first + SHIFT_PIECE)
+        runs, per = channel_groups(groups * group_blocks, images * chunks)  # (image, chunk, run)
+        for t in prange(images * chunks * runs):
+            b, rest = b0 + t // (chunks * runs), t % (chunks * runs)
+            run = rest % runs
+            _chunk_blocks(cptr, offsets, wptr, words, start, xg[b], m0, shift, y_zero_point, lo,
+                          hi, y, residual, b, rest // runs * QUAD_PIXELS, run * per,
+                          min(groups * group_blocks, (run + 1) * per), per_group, group_blocks,
+                          group_words, pitch, OH)
+
+
+@njit(cache=True, inline="always")
+def _chunk_blocks(cptr, offsets, wptr, words, start, xb, m0, shift, y_zero_point, lo, hi, y,
+                  residual, b, p0, k_begin, k_end, per_group, group_blocks, group_words, pitch,
+                  OH):
+    """One task's work: blocks k_begin .. k_end of output channels (4 each, numbered across the
+    groups) at the chunk of QUAD_PIXELS positions from p0 of image b, whose packed words are xb:
+    per block the quad tile into 4 × 64 int32 sums, each channel's requantized into y's rows
+    (_quads.store_chunk), a residual, if any, added on the way."""
+    first, rows = chunk_rows(p0, QUAD_PIXELS, pitch, OH)  # the output rows it touches
+    sums = words_on_lines(QUAD_BLOCK * QUAD_PIXELS).reshape((QUAD_BLOCK, QUAD_PIXELS))
+    for k in range(k_begin, k_end):
+        g, j = k // group_blocks, k % group_blocks
+        n0, count = g * per_group + QUAD_BLOCK * j, min(QUAD_BLOCK, per_group - QUAD_BLOCK * j)
+        s = block_starts(start, n0, count)
+        quad_tile(sums, xb, offsets, wptr, words, cptr, k, p0 + g * group_words, s[0], s[1], s[2],
+                  s[3])
+        for c in range(count):
+            n = n0 + c
+            store_chunk(sums, c, n, b, p0, first, rows, m0[n], shift[n], y_zero_point, lo, hi, y,
+                        pitch, residual)
 
 
 conv2d_quad_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_conv2d_quad_rq_i8)

@@ -504,6 +504,9 @@ def _matmul_dense_i8(x, w, bias, yt, w_pad=None):
     Work: 2·M·N·K int ops; reads w once and x N/W_ROWS_PER_TILE times (from L2), writes yt N·M·4 bytes.
     """
     K = x.shape[1]
+    # AMX_RUNS, BROADCAST_RUNS: module constants, so that Numba drops the branch of a tile the CPU
+    # cannot run before it compiles it (its fits() is False there all the same, but only at run
+    # time): a cold compile of matmul_planar_rq_i8 on a CPU without AMX 14.6 → 8.8 s a signature
     if AMX_RUNS and amx_fits(x, w):  # AMX, K % 4 == 0: the AMX tile
         _amx_gemm(x, w, bias, yt, (bias, bias, 0, 0, 0), None, w_pad)
     elif BROADCAST_RUNS and broadcast_fits(x, w):  # AVX-512 VNNI, K % 4 == 0: the broadcast tile
