@@ -121,8 +121,9 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     """A 1×1 stride-1 int8 conv in dense-i8 runs its GEMM on the channels-last copy of its input,
     with no im2row (where AVX-512 VNNI's tiles run: on its planar input, packed straight into
     their words), and in sparse-i8 the requantizing CSR GEMM on its planar input, with no padded
-    planes; other convs keep their kernels (the AMX or VNNI conv, its taps gathered for the 3×3
-    over 3 channels); the outputs equal the reference mode's, exactly."""
+    planes (an expand-shaped one the quad conv, where it runs); other convs keep their kernels
+    (the AMX or VNNI conv, its taps gathered for the 3×3 over 3 channels); the outputs equal the
+    reference mode's, exactly."""
     from zeroskip.kernels import _amx
     from zeroskip.kernels._cpu import HAS_AVX512_VNNI
 
@@ -141,7 +142,11 @@ def test_pointwise_convs_take_their_input_as_the_rows(fmt):
     got = session.run({input_name: x})
     sparse = zeroskip.Session(model, mode="sparse-i8")
     kernels = [row["kernel"] for row in sparse.explain() if row["op"] in ("QConv", "QLinearConv")]
-    assert kernels.count("matmul_csr_rq_i8") == 3 and len(kernels) == 5, kernels
+    # the 1×1 convs 16→32, 32→8, 16→8: an expand-shaped one (no fewer outputs than inputs) takes
+    # the quad conv where AVX-512 VNNI runs it (QuadConv.fits)
+    expand = "conv2d_quad_rq_i8" if HAS_AVX512_VNNI else "matmul_csr_rq_i8"
+    assert kernels[1:4] == [expand, "matmul_csr_rq_i8", "matmul_csr_rq_i8"], kernels
+    assert len(kernels) == 5, kernels
     for mode, other in (("reference", zeroskip.Session(model, mode="reference")), ("sparse-i8", sparse)):
         other = other.run({input_name: x})
         for key in got:

@@ -113,7 +113,7 @@ falls on one mode's runs only is then cached for good. The digits MLP's pruned 6
 512 rows, one thread, once measured dense 79 µs against CSR 67.5 (every other measurement: dense
 43–50), and `auto` ran 23 % slower than dense-i8 until the entry was measured again."""
 
-KERNELS_REVISION = 25
+KERNELS_REVISION = 26
 """Part of the timing cache's key: raised when a kernel's speed changes enough to move a choice
 (2: the VNNI tile of the dense int8 GEMM, and BLAS on one thread while auto times; 3: the float32
 CSR GEMM's register block, and pointwise int8 convs on the requantizing CSR GEMM; 4: the register
@@ -137,7 +137,10 @@ GEMM, with no copy to rows: the digits MLP's 256→128 layer at 512 rows, two th
 measured dense 0.164 ms against CSR 0.036, and `auto` ran 1.2× slower than dense-i8; 20: close
 calls timed twice, ``CONFIRM_RATIO``; 21: the dense tiles' epilogue packs 64 bytes at a time
 with the zero point in the nudge, pointwise int8 convs 1.1–1.3× faster; 22: the planar pack in
-IR, the depthwise plane tile for outputs up to 8 wide, the QAdd on 16-bit products)."""
+IR, the depthwise plane tile for outputs up to 8 wide, the QAdd on 16-bit products; 23 and 24:
+the quad conv's 4-channel tile, its aligned layout only where it pays; 25: the 512 class timed
+up to 2^28 MACs; 26: a batch in one parallel loop (the planar and CSR GEMMs) and in waves (the
+quad conv), and expand-shaped pointwise convs on the quad conv)."""
 
 
 def _cpu_name() -> str:

@@ -467,17 +467,21 @@ class QuadConv(ConvAccumulator):
 
     @staticmethod
     def fits(node: Node, w4: np.ndarray, requantizes: bool) -> bool:
-        """A requantizing conv that is not pointwise, groups of a multiple of 4 input channels, and
-        a CPU with AVX-512 VNNI (elsewhere the quads' plain-loop tile spends 4 multiplies where the
-        direct conv spends one per nonzero). A pointwise conv keeps the CSR GEMM on its planar
-        input, which needs no packed copy: 1.0–3× faster than the quads on MobileNetV2's 1×1
-        layers at 90 % sparsity (docs/kernels.md). The CPU's flag, not whether the JIT is on: a
-        plan picks the same kernels with NUMBA_DISABLE_JIT=1, where the kernel runs its plain-loop
-        tile as Python."""
+        """A requantizing conv, groups of a multiple of 4 input channels, and a CPU with AVX-512
+        VNNI (elsewhere the quads' plain-loop tile spends 4 multiplies where the direct conv spends
+        one per nonzero); a pointwise conv only if it has at least as many output channels as
+        input channels. The other pointwise convs (a MobileNetV2 block's project conv: many input
+        channels, few outputs) keep the CSR GEMM on their planar input, which needs no packed
+        copy and there was 1.2–1.5× faster than the quads at 90 % sparsity; on the expand convs
+        and the head the 4-channel quad tile was as fast or up to 1.5× faster (docs/kernels.md,
+        "Pointwise convs on quads"). The CPU's flag, not whether the JIT is on: a plan picks the
+        same kernels with NUMBA_DISABLE_JIT=1, where the kernel runs its plain-loop tile as
+        Python."""
         from ...kernels._cpu import HAS_AVX512_VNNI
 
-        return (requantizes and HAS_AVX512_VNNI and w4.shape[1] % 4 == 0
-                and not is_pointwise(node, w4.shape[2], w4.shape[3]))
+        n_out, c_group = w4.shape[:2]
+        return (requantizes and HAS_AVX512_VNNI and c_group % 4 == 0
+                and (not is_pointwise(node, w4.shape[2], w4.shape[3]) or n_out >= c_group))
 
     def __init__(self, node: Node, w4: np.ndarray, ctx: PlanContext):
         super().__init__(node, w4)
