@@ -669,6 +669,37 @@ def test_the_gemv_tile_sums_four_rows(tile, K, x_type):
     assert_exact(sums, want, tile=tile, K=K)
 
 
+def _batch_case(seed, B, K, M, N, x_type, y_type, with_residual):
+    """A batch's (B, K, M) input of x_type, requantize arguments for y_type and, if asked, a
+    residual of y's (B, N, M) shape: what the batched requantizing GEMMs take."""
+    rng = np.random.default_rng(seed)
+    lo_x, hi_x = TYPE_RANGE[x_type]
+    xt3 = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_type)
+    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
+    zp = sum(TYPE_RANGE[y_type]) // 2
+    rq = (m0, shift, zp) + tuple(TYPE_RANGE[y_type])
+    return xt3, rq, residual_for(rng, (B, N, M), y_type, zp) if with_residual else None
+
+
+def _image_of(residual, b):
+    """Image b's part of a batch's residual tuple (None stays None)."""
+    return None if residual is None else (residual[0][b],) + residual[1:]
+
+
+def _check_batch(name, kernel, before, xt3, after, rq, residual, want, **context):
+    """kernel(*before, xt3, *after, *rq, y3, residual) on the batch, in both builds (``name``'s
+    serial twin too), gives ``want``, whose values reach both ends of the output's range, so that
+    the clamp is tested as well."""
+    from zeroskip.kernels import serial_kernel
+
+    ends = rq[-2:] if residual is None else residual[-2:]
+    assert (want == ends[0]).any() and (want == ends[1]).any()
+    for build in (kernel, serial_kernel(name)):
+        y3 = np.full(want.shape, 77, dtype=want.dtype)
+        build(*before, xt3, *after, *rq, y3, residual)
+        assert_exact(y3, want, dtype=want.dtype, kernel=name, **context)
+
+
 @pytest.mark.parametrize("y_type", [np.uint8, np.int8], ids=["u8", "s8"])
 @pytest.mark.parametrize("x_type", [np.uint8, np.int8], ids=["xu8", "xs8"])
 @pytest.mark.parametrize("M,N,K", [(49, 40, 192), (196, 24, 144), (70, 66, 64), (65, 9, 24),
@@ -678,26 +709,13 @@ def test_planar_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_res
     """matmul_planar_rq_i8 on (B, K, M) images: each image's bytes are the reference's on that
     image (AMX shapes, whose tasks then span the images, a broadcast-tile one, a K that is not a
     multiple of 4), with the residual per image, in both builds."""
-    from zeroskip.kernels import serial_kernel
-
-    B = 3
-    rng = np.random.default_rng(M + 7 * N + 11 * K)
     w, _, bias = _i8_case(M, N, K, 0.7, x_type, M + N * K)
-    lo_x, hi_x = TYPE_RANGE[x_type]
-    xt3 = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_type)
-    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
-    zp = sum(TYPE_RANGE[y_type]) // 2
-    lo, hi = TYPE_RANGE[y_type]
-    residual = residual_for(rng, (B, N, M), y_type, zp) if with_residual else None
-    want = np.stack([ref_dense.matmul_planar_rq_i8(
-        xt3[b], w, bias, m0, shift, zp, lo, hi,
-        None if residual is None else (residual[0][b],) + residual[1:]) for b in range(B)])
-    ends = (lo, hi) if residual is None else residual[-2:]
-    assert (want == ends[0]).any() and (want == ends[1]).any()
-    for kernel in (matmul_planar_rq_i8, serial_kernel("matmul_planar_rq_i8")):
-        y3 = np.full((B, N, M), 77, dtype=y_type)
-        kernel(xt3, w, bias, m0, shift, zp, lo, hi, y3, residual)
-        assert_exact(y3, want, dtype=y_type, M=M, N=N, K=K)
+    xt3, rq, residual = _batch_case(M + 7 * N + 11 * K, 3, K, M, N, x_type, y_type,
+                                    with_residual)
+    want = np.stack([ref_dense.matmul_planar_rq_i8(xt3[b], w, bias, *rq, _image_of(residual, b))
+                     for b in range(len(xt3))]).astype(y_type)
+    _check_batch("matmul_planar_rq_i8", matmul_planar_rq_i8, (), xt3, (w, bias), rq, residual,
+                 want, M=M, N=N, K=K)
 
 
 @pytest.mark.parametrize("x_type,y_type", [(np.uint8, np.uint8), (np.int8, np.int8)],
@@ -709,24 +727,11 @@ def test_csr_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_residu
     """matmul_csr_rq_i8 on (B, K, M) images (a sparse 1×1 conv's batch): each image's bytes are
     the reference's on that image, with slices of pixels and groups of rows that do not divide
     evenly, a Gemm-like M below DOT_BELOW_PIXELS, and the residual per image, in both builds."""
-    from zeroskip.kernels import serial_kernel
-
-    B = 3
-    rng = np.random.default_rng(M + 5 * N + 13 * K)
     w, _, bias = _i8_case(M, N, K, 0.3, x_type, M * N + K)
-    indptr, indices, data = _csr(w, np.int32)
-    lo_x, hi_x = TYPE_RANGE[x_type]
-    xt3 = rng.integers(lo_x, hi_x + 1, (B, K, M)).astype(x_type)
-    m0, shift = quantmath.quantize_multiplier(np.full(N, 2.0 ** -9))
-    zp = sum(TYPE_RANGE[y_type]) // 2
-    lo, hi = TYPE_RANGE[y_type]
-    residual = residual_for(rng, (B, N, M), y_type, zp) if with_residual else None
-    want = np.stack([ref_csr.matmul_csr_rq_i8(
-        indptr, indices, data, bias, xt3[b], m0, shift, zp, lo, hi,
-        None if residual is None else (residual[0][b],) + residual[1:]) for b in range(B)])
-    ends = (lo, hi) if residual is None else residual[-2:]
-    assert (want == ends[0]).any() and (want == ends[1]).any()
-    for kernel in (matmul_csr_rq_i8, serial_kernel("matmul_csr_rq_i8")):
-        y3 = np.full((B, N, M), 77, dtype=y_type)
-        kernel(indptr, indices, data, bias, xt3, m0, shift, zp, lo, hi, y3, residual)
-        assert_exact(y3, want, dtype=y_type, M=M, N=N, K=K)
+    head = _csr(w, np.int32) + (bias,)
+    xt3, rq, residual = _batch_case(M + 5 * N + 13 * K, 3, K, M, N, x_type, y_type,
+                                    with_residual)
+    want = np.stack([ref_csr.matmul_csr_rq_i8(*head, xt3[b], *rq, _image_of(residual, b))
+                     for b in range(len(xt3))]).astype(y_type)
+    _check_batch("matmul_csr_rq_i8", matmul_csr_rq_i8, head, xt3, (), rq, residual, want, M=M,
+                 N=N, K=K)
