@@ -90,7 +90,7 @@ def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point
             b = b0 + t // C4
             pack_group_jit(x[b], xg[b], t % C4, x_zero_point, flip, sh, sw, pt, pl, Hq, pitch,
                            stride, used)
-        zero_tails(xg[b0:b0 + images, :copy_words], C4 * stride)  # the slack dropped positions read
+        zero_tails(xg[b0:b0 + images, :copy_words], C4 * stride)  # the slack dropped columns read
         if copies > 1:  # an empty parallel loop still costs a launch
             for t in prange(images * (copies - 1) * pieces):
                 b, rest = b0 + t // ((copies - 1) * pieces), t % ((copies - 1) * pieces)

@@ -37,14 +37,14 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._amx import RUNS as AMX_RUNS
 from ._amx import (ONE_TAP, TILE_ROWS, amx_conv_block, amx_fits, amx_fits_planar, amx_tasks,
                    start_rows_jit, task_sums, tile_weights)
+from ._batch import as_images, as_rows
+from ._broadcast import RUNS as BROADCAST_RUNS
 from ._broadcast import (BROADCAST_PIXELS, BROADCAST_ROWS, broadcast_fits, broadcast_fits_planar,
                          broadcast_tile, broadcast_tile_rq, channel_groups, never_fits, pack_chunk_jit,
                          pack_planar_chunk_jit, sign_flip, unsigned_bias)
-from ._amx import RUNS as AMX_RUNS
-from ._batch import as_images, as_rows
-from ._broadcast import RUNS as BROADCAST_RUNS
 from ._copies import renamed_copy
 from ._cpu import HAS_AVX2, HAS_VNNI
 from ._gemv import GEMV_TILE_ROWS, gemv_tile
