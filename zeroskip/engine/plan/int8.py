@@ -216,12 +216,15 @@ class ConvAccumulator:
 def image_residual(residual, image=None, shape=None, channels=slice(None)) -> tuple:
     """A requantizing kernel's optional last argument for ``residual`` = (r, parameters) or None:
     () without one; else the kernel's residual tuple (kernels/elementwise.residual_parts), r whole,
-    or image ``image``'s ``channels`` viewed as ``shape`` (the array the kernel writes)."""
+    or image ``image``'s ``channels``, viewed as ``shape`` when given (the array the kernel
+    writes: one image's, or the batch's planes)."""
     if residual is None:
         return ()
     r, params = residual
     if image is not None:
-        r = r[image, channels].reshape(shape)
+        r = r[image, channels]
+    if shape is not None:
+        r = r.reshape(shape)
     return ((r,) + params,)
 
 
@@ -425,9 +428,8 @@ class CsrConv(ConvAccumulator):
 
             def call(x, residual=None):
                 y = np.empty(y_shape, y_dtype)
-                extra = () if residual is None else \
-                    image_residual((residual[0].reshape(planes), residual[1]))
-                gemm(*head, x.reshape(xs), *rq, y.reshape(planes), *extra)
+                gemm(*head, x.reshape(xs), *rq, y.reshape(planes),
+                     *image_residual(residual, shape=planes))
                 return y
             return call, y_shape
         g, geo = self.geometry(shape)
@@ -758,8 +760,7 @@ class Im2rowConv(ConvAccumulator):
 
         def call(x, residual=None):
             y = np.empty(y_shape, y_dtype)
-            extra = (None,) if residual is None else \
-                image_residual((residual[0].reshape(planes), residual[1]))
+            extra = image_residual(residual, shape=planes) or (None,)
             gemm(x.reshape(xs), *args, y.reshape(planes), *extra, w_sums, w_pad)
             return y
         return call, y_shape
