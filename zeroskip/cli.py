@@ -169,8 +169,10 @@ def cmd_inspect(args) -> int:
             raise zeroskip.InputError(f"--batch must be at least 1, got {args.batch}")
         rows = zeroskip.Session(model, mode=args.mode).explain(batch=args.batch)
         print()
+        chunk = rows[0].get("chunk") if rows else None
         print(f"plan for mode {args.mode}" + ("" if args.batch is None else
-                                                f", batch {args.batch}") + ":")
+                                                f", batch {args.batch}") +
+              ("" if chunk is None else f", run in chunks of {chunk} (the cache)") + ":")
         print(plan_table(rows))
     return 0
 

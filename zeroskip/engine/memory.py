@@ -63,9 +63,9 @@ def estimate(graph: Graph, shapes: dict[str, tuple], mode: str) -> Estimate:
         info = values.get(name) if name else None
         if info is None or info.shape is None or any(d is None for d in info.shape):
             return 0
-        return math.prod(info.shape) * _itemsize(info.dtype, mode)
+        return math.prod(info.shape) * itemsize(info.dtype, mode)
 
-    weights = sum(t.size * _itemsize(str(t.dtype), mode) for t in graph.initializers.values())
+    weights = sum(t.size * itemsize(str(t.dtype), mode) for t in graph.initializers.values())
     last = {}
     for i, node in enumerate(graph.nodes):
         for name in node.inputs:
@@ -84,7 +84,9 @@ def estimate(graph: Graph, shapes: dict[str, tuple], mode: str) -> Estimate:
     return Estimate(weights, peak, where, sum(size(vi.name) for vi in graph.outputs))
 
 
-def _itemsize(dtype: str, mode: str) -> int:
+def itemsize(dtype: str, mode: str) -> int:
+    """Bytes of one element of ``dtype`` in ``mode``: 8 in reference, at least 4 for floats (the
+    plans compute in float32), the stored size for integers."""
     if mode == "reference":
         return 8
     kind = np.dtype(dtype)
@@ -120,4 +122,4 @@ def _scratch(node, values, size, mode) -> int:
     return base + (math.prod(x.shape[:spatial]) * math.prod(grown) + cols) * wide
 
 
-__all__ = ["Estimate", "estimate"]
+__all__ = ["Estimate", "estimate", "itemsize"]

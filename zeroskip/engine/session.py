@@ -19,6 +19,7 @@ from ..errors import InputError, ModelFormatError, UnsupportedModelError, Zerosk
 from ..model import Model, ValueInfo
 from ..shapes import batch_coupling
 from .awake import SPIN_MIN_RUN_S, kept_awake, spinning_allowed
+from .chunks import cache_chunk, sample_bytes
 from .memory import estimate
 from .plan import MODES, build_plan
 from .plan.launch import TRIALS
@@ -86,6 +87,7 @@ class Session:
         # for memory may run in chunks: checked at the declared shapes before anything is planned
         self._estimates: dict = {}
         self._coupling = batch_coupling(graph)
+        self._sample_bytes = None  # the bytes a sample's hungriest step moves (engine/chunks.py)
         need = self._estimate(tuple(tuple(1 if d is None else d for d in v.shape)
                                     for v in self._inputs), declared=True)
         budget = over_budget(need.total)
@@ -138,7 +140,8 @@ class Session:
 
         A batch whose run would not fit in memory (``zeroskip.budget``) runs in chunks of the
         largest batch that fits, when the model's samples are independent, and is refused with an
-        InputError otherwise."""
+        InputError otherwise. A batch whose layers would overflow the CPU's last-level cache runs
+        in cache-sized chunks (engine/chunks.py), with the same outputs."""
         checked = self._check_feeds(feeds)
         chunk = self._chunk(checked)
         if chunk is None:
@@ -263,7 +266,7 @@ class Session:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
         checked = self._check_feeds(feeds)
-        if self._chunk(checked) is not None:
+        if self._memory_chunk(checked) is not None:
             raise InputError(f"profile() runs its feeds in one piece, and a batch of "
                              f"{next(iter(checked.values())).shape[0]} does not fit in memory")
         self._run_checked(checked)  # JIT compile or cache load, scratch: not part of the profile
@@ -297,6 +300,27 @@ class Session:
         return need
 
     def _chunk(self, checked: dict) -> int | None:
+        """The batch of the chunks a run of ``checked`` goes in, None to run it whole: those that
+        fit in memory (``_memory_chunk``), and within them those that fit in the cache
+        (engine/chunks.py), when the samples are independent."""
+        fits = self._memory_chunk(checked)
+        shapes = tuple(array.shape for array in checked.values())
+        if not self._batch_axes_all(shapes):
+            return fits
+        cached = self._cache_chunk(shapes[0][0] if fits is None else fits)
+        return fits if cached is None else cached
+
+    def _cache_chunk(self, batch: int) -> int | None:
+        """The chunks a batch of independent samples runs in to stay in the cache, None for
+        whole (engine/chunks.py)."""
+        if self._coupling is not None:
+            return None
+        if self._sample_bytes is None:
+            self._sample_bytes = sample_bytes(self.model.graph, self._plan.steps,
+                                              self._plan.constants, self.mode)
+        return cache_chunk(batch, self._sample_bytes)
+
+    def _memory_chunk(self, checked: dict) -> int | None:
         """None when a run of ``checked`` fits in memory, else the batch of the chunks to run it
         in; InputError when it cannot be split or even one sample does not fit."""
         shapes = tuple(array.shape for array in checked.values())
@@ -409,11 +433,16 @@ class Session:
         with ``batch`` given, the rows of that batch's class (planned now if need be), else those
         of every class planned so far. Other sessions have one plan, and no "batch" key. Once a
         plan's short runs have raced its one-thread twin (``RunChoice``), its rows say which one
-        runs under "run": "parallel" or "one thread"."""
+        runs under "run": "parallel" or "one thread". With ``batch`` given, a batch that runs in
+        cache-sized chunks (engine/chunks.py) shows the plan of its chunks' class, and the chunk
+        under "chunk"."""
+        chunk = None
         if batch is not None:
             if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
                 raise ZeroskipError(f"batch must be a positive integer, not {batch!r}")
-            classes = [batch_class(batch) if self._batch_axes else None]
+            if all(v.shape and v.shape[0] is None for v in self._inputs):
+                chunk = self._cache_chunk(batch)
+            classes = [batch_class(chunk or batch) if self._batch_axes else None]
             self._plan_for(classes[0])
         else:
             classes = sorted(self._plans, key=lambda c: -1 if c is None else c)
@@ -425,6 +454,8 @@ class Session:
             for row in plan.explain():
                 if raced is not None:  # a short run's race (RunChoice) has kept this plan's runs
                     row = dict(row, run=raced)
+                if chunk is not None:  # the batch runs in cache-sized chunks of this plan
+                    row = dict(row, chunk=chunk)
                 rows.append(row if cls is None else dict(row, batch=cls))
         return rows
 
