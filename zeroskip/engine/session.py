@@ -262,7 +262,10 @@ class Session:
     def profile(self, feeds: dict, repeats: int = 20) -> Profile:
         """Where the time goes: ``repeats`` runs of ``feeds`` (after one warm-up run), timed step by
         step. Returns a ``Profile`` (engine/profile.py): per node its op, input shape, kernel,
-        weight density, median time, share of the run and GMAC/s, and the executor's own cost."""
+        weight density, median time, share of the run and GMAC/s, and the executor's own cost.
+        The feeds run in one piece, also where ``run`` would split them into cache-sized chunks
+        (engine/chunks.py): profile a chunk's batch (``explain(batch=...)`` names it) to see
+        those runs."""
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ZeroskipError(f"repeats must be a positive integer, not {repeats!r}")
         checked = self._check_feeds(feeds)
