@@ -146,3 +146,15 @@ def test_coupled_samples_are_never_split(monkeypatch):
     monkeypatch.setenv(CHUNK_ENV, "1")
     y = session.run({"x": np.ones((6, 4), np.float32)})["y"]
     np.testing.assert_allclose(y, np.full((6, 4), 1 / 6, np.float32), rtol=1e-6)
+
+
+def test_bench_notes_the_chunks_a_mode_runs_in(monkeypatch):
+    from zeroskip import bench
+
+    model = zeroskip.load(DATA / "digits_cnn_int8.zsk")
+    monkeypatch.setenv(CHUNK_ENV, "4")
+    data = bench.bench_matrix(model, ["dense-i8", "reference"], [], [10, 3], [1], 2)
+    assert Session(model, mode="dense-i8").chunk_of(images(model, 10)) == 4
+    assert [n for n in data["notes"] if "chunks" in n] == [
+        "batch 10: dense-i8 in chunks of 4, reference in chunks of 4 (a batch whose layers would "
+        "overflow the cache or memory runs in chunks; ZEROSKIP_CHUNK=0 runs it whole)"]

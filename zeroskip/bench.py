@@ -43,6 +43,7 @@ class Runner:
     outputs: dict | None = None
     kind: str = "mode"  # or "peer"
     file_bytes: int | None = None  # the size of the model file this runner runs
+    chunk: int | None = None  # a mode's runs go in chunks of this batch (Session.chunk_of)
 
 
 def default_modes(model: Model) -> list[str]:
@@ -99,6 +100,7 @@ def make_runners(model: Model, modes, feeds, threads=None, onnx_path=None) -> li
         setup, session = _timed(lambda mode=mode: Session(model, mode=mode, threads=threads))
         runner = Runner(mode, lambda session=session: session.run(feeds), setup)
         runner.first_s, runner.outputs = _timed(runner.run)
+        runner.chunk = session.chunk_of(feeds)
         runners.append(runner)
     return runners
 
@@ -302,6 +304,11 @@ def bench_matrix(model: Model, modes, peers, batches, threads_list, repeat: int,
                 runners.append(runner)
             if "numpy" in peers:
                 runners.append(_numpy_runner(model, feeds, threads))
+            chunked = ", ".join(f"{r.name} in chunks of {r.chunk}" for r in runners if r.chunk)
+            note = (f"batch {batch}: {chunked} (a batch whose layers would overflow the cache "
+                    f"or memory runs in chunks; ZEROSKIP_CHUNK=0 runs it whole)")
+            if chunked and note not in notes:
+                notes.append(note)
             measure(runners, repeat, progress)
             rows += [row_of(r, runners, batch, threads) for r in runners]
     return {"machine": machine_info(), "model": {"inputs": [

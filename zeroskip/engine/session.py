@@ -302,6 +302,11 @@ class Session:
             self._estimates[shapes] = need
         return need
 
+    def chunk_of(self, feeds: dict) -> int | None:
+        """The batch of the chunks ``run(feeds)`` goes in, None when it runs whole: chunks that fit
+        in memory (``zeroskip.budget``), and within them in the cache (engine/chunks.py)."""
+        return self._chunk(self._check_feeds(feeds))
+
     def _chunk(self, checked: dict) -> int | None:
         """The batch of the chunks a run of ``checked`` goes in, None to run it whole: those that
         fit in memory (``_memory_chunk``), and within them those that fit in the cache
