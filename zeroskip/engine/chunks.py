@@ -13,16 +13,18 @@ a second stream. Measured on the Zen 4 machine of docs/benchmarks.md (32 MB L3, 
   and at two threads 369, 317, 299, 262 in chunks of 32, 16, 8, 4.
 
 So a run whose hungriest step would move more than 1/CACHE_SHARE of the last-level cache runs
-in chunks that stay under it, as few as can, all of one size but the last. Smaller is not better without end: a sparse layer
-reads its weights once a chunk, and the pruned ResNet ran slower in chunks of 1 than as a whole
-batch of 8 (batch 8: 59 against 55.5 ms at one thread).
+in chunks that stay under it, as few as can, all of one size but the last. Smaller is not
+better without end: a sparse layer reads its weights once a chunk, and the pruned ResNet ran
+slower in chunks of 1 than as a whole batch of 8 (batch 8: 59 against 55.5 ms at one thread).
+docs/benchmarks.md, "Batch 64: cache-sized chunks", has the rule against whole batches.
 
 The bytes a sample needs are counted at batch 1 from the graph's shapes, step by step through
 the plan: a step's activations read and written, in the mode's element sizes (the constants and
 a fused step's aliases are not counted). Chunks run one after another through ``Session.run``,
 each at its own batch (so ``auto`` plans and times the chunk's batch class, not the whole
 batch's), and their outputs are concatenated: a sample's result does not depend on the others
-in its batch, which ``shapes.batch_coupling`` checks, so the bytes are those of a whole run.
+in its batch, which ``shapes.batch_coupling`` checks, so an int8 run gives a whole run's bytes
+(a float run's may differ in the last place: a BLAS row's sum order depends on the batch).
 
 ``ZEROSKIP_CHUNK`` overrides the rule: ``0`` runs every batch whole, a positive integer N runs
 batches larger than N in chunks of at most N.
