@@ -74,7 +74,8 @@ def _conv_graph():
     rng = np.random.default_rng(1)
     init = {"w1": zeroskip.Dense(rng.standard_normal((8, 3, 3, 3)).astype(np.float32)),
             "w2": zeroskip.Dense(rng.standard_normal((4, 8, 1, 1)).astype(np.float32))}
-    nodes = [Node("c1", "Conv", ["x", "w1"], ["h"], normalize_attrs("Conv", {"pads": [1, 1, 1, 1]})),
+    nodes = [Node("c1", "Conv", ["x", "w1"], ["h"],
+                  normalize_attrs("Conv", {"pads": [1, 1, 1, 1]})),
              Node("r", "Relu", ["h"], ["a"], {}),
              Node("c2", "Conv", ["a", "w2"], ["y"], normalize_attrs("Conv", {}))]
     return Graph(nodes, [ValueInfo("x", (None, 3, 16, 16), "float32")],
@@ -136,7 +137,8 @@ def test_inspect_says_when_a_batch_runs_in_chunks(monkeypatch, capsys):
     monkeypatch.setenv(CHUNK_ENV, "4")
     assert main(["inspect", str(DATA / "digits_cnn_int8.zsk"), "--plan", "--mode", "dense-i8",
                  "--batch", "10"]) == 0
-    assert "plan for mode dense-i8, batch 10, run in chunks of 4 (the cache):" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plan for mode dense-i8, batch 10, run in chunks of 4 (the cache):" in out
 
 
 def test_coupled_samples_are_never_split(monkeypatch):

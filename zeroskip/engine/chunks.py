@@ -14,8 +14,9 @@ a second stream. Measured on the Zen 4 machine of docs/benchmarks.md (32 MB L3, 
 
 So a run whose hungriest step would move more than 1/CACHE_SHARE of the last-level cache runs
 in chunks that stay under it, as few as can, all of one size but the last. Smaller is not
-better without end: a sparse layer reads its weights once a chunk, and the pruned ResNet ran
-slower in chunks of 1 than as a whole batch of 8 (batch 8: 59 against 55.5 ms at one thread).
+better without end: a sparse layer reads its weights once a chunk, and the pruned ResNet's
+batch of 8 in chunks of 1 took 51.3 ms against 43.2 whole at two threads (76.5 against 78.2 at
+one: even).
 docs/benchmarks.md, "Batch 64: cache-sized chunks", has the rule against whole batches.
 
 The bytes a sample needs are counted at batch 1 from the graph's shapes, step by step through
