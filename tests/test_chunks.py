@@ -33,8 +33,17 @@ def test_sysfs_cache_sizes_parse(text, want):
     assert chunks._cache_size(text) == want
 
 
-def test_the_last_level_cache_is_the_largest_data_cache():
-    size = chunks.last_level_cache()
+def test_the_last_level_cache_is_the_largest_data_cache(tmp_path):
+    for index, (kind, size) in enumerate([("Data", "48K"), ("Instruction", "64M"),
+                                          ("Unified", "2048K"), ("Unified", "36M")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "type").write_text(kind + "\n")
+        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
+    (tmp_path / "index9").mkdir()  # unreadable entries are passed over
+    (tmp_path / "index9" / "type").write_text("Unified\n")
+    assert chunks.last_level_cache(str(tmp_path)) == 36 << 20  # not the 64M instruction cache
+    assert chunks.last_level_cache(str(tmp_path / "none")) == chunks.DEFAULT_CACHE_BYTES
+    size = chunks.last_level_cache()  # this machine's
     assert size >= 64 << 10 and size % 1024 == 0
 
 

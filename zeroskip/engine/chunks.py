@@ -33,14 +33,12 @@ batches larger than N in chunks of at most N.
 
 from __future__ import annotations
 
-import math
 import os
 from functools import lru_cache
 
 from ..errors import ZeroskipError
-from ..model import Graph, ValueInfo
-from ..shapes import infer_shapes
-from .memory import itemsize
+from ..model import Graph
+from .memory import value_bytes
 
 CACHE_SHARE = 2
 """A chunk's hungriest step moves at most 1/CACHE_SHARE of the last-level cache. The measurements
@@ -54,11 +52,10 @@ DEFAULT_CACHE_BYTES = 8 << 20
 CHUNK_ENV = "ZEROSKIP_CHUNK"
 
 
-@lru_cache(maxsize=1)
-def last_level_cache() -> int:
+@lru_cache(maxsize=4)
+def last_level_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """Bytes of the largest data or unified cache of CPU 0, from Linux sysfs
-    (``/sys/devices/system/cpu/cpu0/cache/index*/size``); DEFAULT_CACHE_BYTES elsewhere."""
-    root = "/sys/devices/system/cpu/cpu0/cache"
+    (``root/index*/type`` and ``size``); DEFAULT_CACHE_BYTES elsewhere."""
     sizes = []
     try:
         entries = os.listdir(root)
@@ -102,21 +99,15 @@ def sample_bytes(graph: Graph, steps, constants, mode: str) -> int:
     """The most bytes one step of ``steps`` (a plan's) reads and writes for one sample: its node's
     activation inputs and outputs at batch 1 (graph inputs with a dynamic first axis fed at 1),
     in ``mode``'s element sizes. 0 when the shapes are not known before a run."""
-    fed = Graph(graph.nodes, [ValueInfo(vi.name, None if vi.shape is None else tuple(
-        1 if i == 0 and d is None else d for i, d in enumerate(vi.shape)), vi.dtype)
-        for vi in graph.inputs], graph.outputs, graph.initializers)
+    at_one = {vi.name: tuple(1 if i == 0 and d is None else d for i, d in enumerate(vi.shape))
+              for vi in graph.inputs if vi.shape is not None}
     try:
-        values = infer_shapes(fed)
+        size = value_bytes(graph, at_one, mode)[1]
     except ZeroskipError:
         return 0
-
-    def size(name) -> int:
-        info = values.get(name) if name and name not in constants else None
-        if info is None or info.shape is None or any(d is None for d in info.shape):
-            return 0
-        return math.prod(info.shape) * itemsize(info.dtype, mode)
-
-    return max((sum(size(name) for name in set(step.node.inputs) | set(step.node.outputs))
+    constant = set(constants)
+    return max((sum(size(name) for name in (set(step.node.inputs) | set(step.node.outputs))
+                    - constant)
                 for step in steps if step.kernel != "fused"), default=0)
 
 

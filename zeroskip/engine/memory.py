@@ -52,18 +52,26 @@ class Estimate:
         return self.weights + self.activations
 
 
-def estimate(graph: Graph, shapes: dict[str, tuple], mode: str) -> Estimate:
-    """The peak of a run of ``graph`` in ``mode`` with inputs of ``shapes`` ({name: shape})."""
-    fed = Graph(graph.nodes, [ValueInfo(vi.name, tuple(shapes.get(vi.name, vi.shape)), vi.dtype)
+def value_bytes(graph: Graph, shapes: dict[str, tuple], mode: str):
+    """(values, size): the inferred shape and dtype of every value of ``graph`` run with inputs
+    of ``shapes`` ({name: shape}; the others as declared), and size(name), the bytes of a value
+    in ``mode`` (0 when its shape is not known before the run)."""
+    fed = Graph(graph.nodes, [ValueInfo(vi.name, shapes.get(vi.name, vi.shape), vi.dtype)
                               for vi in graph.inputs], graph.outputs, graph.initializers)
     values = infer_shapes(fed)
 
     def size(name) -> int:
-        """Bytes of a value (0 when its shape is not known before the run)."""
         info = values.get(name) if name else None
         if info is None or info.shape is None or any(d is None for d in info.shape):
             return 0
         return math.prod(info.shape) * itemsize(info.dtype, mode)
+    return values, size
+
+
+def estimate(graph: Graph, shapes: dict[str, tuple], mode: str) -> Estimate:
+    """The peak of a run of ``graph`` in ``mode`` with inputs of ``shapes`` ({name: shape})."""
+    values, size = value_bytes(graph, {name: tuple(shape) for name, shape in shapes.items()},
+                               mode)
 
     weights = sum(t.size * itemsize(str(t.dtype), mode) for t in graph.initializers.values())
     last = {}
@@ -122,4 +130,4 @@ def _scratch(node, values, size, mode) -> int:
     return base + (math.prod(x.shape[:spatial]) * math.prod(grown) + cols) * wide
 
 
-__all__ = ["Estimate", "estimate", "itemsize"]
+__all__ = ["Estimate", "estimate", "itemsize", "value_bytes"]
