@@ -146,6 +146,27 @@ def test_block_pruning_keeps_or_zeroes_whole_blocks(block, scope):
     assert zeroed == int(np.floor(0.75 * total_blocks + 0.5))
 
 
+@pytest.mark.parametrize("block", ["block:1x4", "block:4x1"])
+def test_a_block_pruned_model_is_saved_bsr_and_runs_the_same_from_the_file(block, tmp_path):
+    """.zsk's bsr layout (docs/format.md) holds the blocks pruning made: the Gemm's weight (outputs,
+    inputs) in the pruned block's shape, the MatMul's (inputs, outputs) in its transpose, and a
+    session on the loaded file gives the same bytes as one on the model before saving."""
+    r, c = map(int, block.split(":")[1].split("x"))
+    pruned = zeroskip.prune(cm.mlp(), 0.75, structure=block, exclude=("g3",))
+    path = tmp_path / "m.zsk"
+    zeroskip.save(pruned, path)
+    loaded = zeroskip.load(path, verify="eager")
+    for name, want in (("g1.w", (r, c)), ("m2.w", (c, r))):
+        tensor = loaded.graph.initializers[name]
+        assert tensor.layout == "bsr" and tensor.block == want, (name, tensor.layout)
+        np.testing.assert_array_equal(tensor.to_numpy(), _array(pruned, name))
+    assert loaded.graph.initializers["g3.w"].layout == "dense"
+    x = cm.feeds(pruned)
+    for mode in ("dense-f32", "sparse-f32", "auto"):
+        got, want = (zeroskip.Session(m, mode=mode).run(x)["y"] for m in (loaded, pruned))
+        np.testing.assert_array_equal(got, want, err_msg=mode)
+
+
 def test_a_block_that_does_not_divide_a_weight_is_refused_naming_it():
     model = cm.cnn()
     before = _snapshot(model)

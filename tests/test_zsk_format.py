@@ -1,4 +1,4 @@
-"""The .zsk v1 format (docs/format.md): round trips, determinism, layout choice, atomic saves, and
+"""The .zsk format, versions 1 and 2 (docs/format.md): round trips, determinism, layout choice, atomic saves, and
 crafted bad files for every validation rule of the spec (V1, V2, ...: see ``RULES``), each with its
 exact ModelFormatError message."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import zeroskip
-from zeroskip import CSR, Dense, Graph, Model, ModelFormatError, Node, QuantParams, ValueInfo
+from zeroskip import BSR, CSR, Dense, Graph, Model, ModelFormatError, Node, QuantParams, ValueInfo
 from zeroskip.formats import zsk
 from zeroskip.ops import ATTR_TYPES, MAX_WINDOW, WINDOW_ATTRS, attr_type_error, normalize_attrs
 
@@ -100,8 +100,24 @@ def big_sparse_model(density=0.1, shape=(64, 300)) -> Model:
     return Model(graph, {"producer": "tests"})
 
 
+def block_sparse(rng, shape, block, density, dtype=np.float32):
+    """A (rows, cols) array whose nonzeros fill about ``density`` of its r×c blocks."""
+    (rows, cols), (r, c) = shape, block
+    keep = rng.random((rows // r, 1, cols // c, 1)) < density
+    w = rng.standard_normal((rows // r, r, cols // c, c)) * keep
+    return (w * 40 if np.dtype(dtype).kind == "i" else w).astype(dtype).reshape(rows, cols)
+
+
+def bsr_model(block=(1, 4)) -> Model:
+    """big_sparse_model's Gemm on a weight pruned in 1×4 blocks (a tenth of them kept): stored bsr."""
+    rng = np.random.default_rng(4)
+    model = big_sparse_model()
+    model.graph.initializers["w"] = Dense(block_sparse(rng, (64, 300), block, 0.1))
+    return model
+
+
 MODELS = {"sample": sample_model, "per_tensor": per_tensor_model, "dense": dense_model,
-          "big_sparse": big_sparse_model}
+          "big_sparse": big_sparse_model, "bsr": bsr_model}
 
 
 def assert_same_model(got: Model, want: Model):
@@ -126,7 +142,7 @@ def assert_same_model(got: Model, want: Model):
 
 
 def tensor_arrays(tensor):
-    if isinstance(tensor, CSR):
+    if isinstance(tensor, (CSR, BSR)):
         return [tensor.indptr, tensor.indices, tensor.data]
     return [tensor.array]
 
@@ -324,6 +340,96 @@ def test_all_zero_and_empty_weights_round_trip():
     assert_same_model(zsk.loads(zsk.dumps(model), verify="eager"), model)
 
 
+def test_block_sparse_weight_is_stored_bsr_in_a_version_2_file():
+    model = bsr_model()
+    data = zsk.dumps(model)
+    entry = stored(model)["w"]
+    assert entry["layout"] == "bsr" and entry["block"] == [1, 4]
+    w = model.graph.initializers["w"].to_numpy()
+    blocks = int(np.count_nonzero(w.reshape(64, 75, 4).any(axis=2)))
+    assert entry["buffers"]["indices"]["length"] == blocks  # uint8: 75 block columns
+    assert entry["buffers"]["data"]["length"] == blocks * 4 * 4  # float32 1×4 blocks
+    assert struct.unpack_from("<I", data, 8)[0] == 2 and json.loads(
+        data[24:24 + struct.unpack_from("<Q", data, 16)[0]])["version"] == 2
+    csr_bytes = zsk._sparse_bytes(64, 300, int(np.count_nonzero(w)), 1, np.dtype(np.float32))
+    assert len(data) < len(zsk.dumps(big_sparse_model())) and entry["buffers"]["data"]["length"] < (
+        csr_bytes)
+    loaded = zsk.loads(data, verify="eager").graph.initializers["w"]
+    assert loaded.layout == "bsr" and loaded.block == (1, 4) and loaded.data.shape == (blocks, 1, 4)
+    assert np.array_equal(loaded.to_numpy(), w) and loaded.nnz == np.count_nonzero(w)
+    assert zsk.dumps(zsk.loads(data)) == data
+
+
+def test_a_file_with_no_bsr_tensor_stays_version_1():
+    for build in (sample_model, big_sparse_model, dense_model):
+        data = zsk.dumps(build())
+        assert struct.unpack_from("<I", data, 8)[0] == 1, build.__name__
+
+
+@pytest.mark.parametrize("block", [(1, 4), (4, 1), (2, 2), (8, 1), (1, 8), (4, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int8])
+def test_the_writer_finds_the_block_of_a_block_pruned_weight(block, dtype):
+    rng = np.random.default_rng(sum(block))
+    w = block_sparse(rng, (64, 96), block, 0.15, dtype)
+    model = big_sparse_model(shape=(64, 96))
+    quant = QuantParams(np.full(64, 0.5, np.float32), np.zeros(64, np.int8), axis=0)
+    model.graph.initializers["w"] = Dense(w, quant if dtype == np.int8 else None)
+    entry = stored(model)["w"]
+    # a sparser layout of the same blocks may tie or win (4×4 blocks are 2×2 and 4×1 blocks too),
+    # never a coarser one than the weight has, and never csr or dense
+    assert entry["layout"] == "bsr"
+    r, c = entry["block"]
+    assert block[0] % r == 0 and block[1] % c == 0 and r * c > 1
+    assert_same_model(zsk.loads(zsk.dumps(model), verify="eager"), model)
+
+
+def test_unstructured_sparsity_stays_csr_and_a_4d_conv_weight_may_be_bsr():
+    assert stored(big_sparse_model(density=0.1))["w"]["layout"] == "csr"
+    rng = np.random.default_rng(5)
+    # a conv weight (32, 16, 3, 3) pruned by groups of 4 output channels: (4, 1) blocks of its
+    # matrix (32, 144)
+    keep = rng.random((8, 1, 144)) < 0.1
+    w4 = (rng.standard_normal((8, 4, 144)) * keep).astype(np.float32).reshape(32, 16, 3, 3)
+    model = dense_model()
+    model.graph.initializers["c"] = Dense(w4)
+    entry = stored(model)["c"]
+    assert entry["layout"] == "bsr" and entry["block"] == [4, 1] and entry["shape"] == [32, 16, 3, 3]
+    assert_same_model(zsk.loads(zsk.dumps(model), verify="eager"), model)
+
+
+def test_bsr_is_written_canonically_whatever_its_form_in_memory():
+    model = bsr_model()
+    w = model.graph.initializers["w"].to_numpy()
+    want = zsk.dumps(model)
+    ref = BSR.from_dense(w, (1, 4))
+    assert ref.nnz == np.count_nonzero(w) and ref.blocks == np.count_nonzero(
+        w.reshape(64, 75, 4).any(axis=2))
+    wide = bsr_model()  # int64 indices, an all-zero block stored in row 0, a coarser block
+    row0 = BSR.from_dense(w[:1], (1, 4))
+    zero_col = next(j for j in range(75) if j not in set(row0.indices.tolist()))
+    cols = np.sort(np.concatenate([row0.indices, [zero_col]])).astype(np.int64)
+    data0 = w[0].reshape(75, 1, 4)[cols]
+    rest = BSR.from_dense(w[1:], (1, 4))
+    indptr = np.concatenate([[0], rest.indptr.astype(np.int64) + len(cols)])
+    wide.graph.initializers["w"] = BSR(indptr, np.concatenate([cols, rest.indices]),
+                                       np.concatenate([data0, rest.data]), w.shape, (1, 4))
+    coarse = bsr_model()
+    coarse.graph.initializers["w"] = BSR.from_dense(w, (2, 4))
+    as_csr = bsr_model()
+    as_csr.graph.initializers["w"] = CSR.from_dense(w)
+    assert zsk.dumps(wide) == zsk.dumps(coarse) == zsk.dumps(as_csr) == want
+    # and a bsr in memory is written dense or csr when that is smaller
+    unstructured = big_sparse_model(density=0.1)
+    u = unstructured.graph.initializers["w"].to_numpy()
+    unstructured.graph.initializers["w"] = BSR.from_dense(u, (1, 4))
+    assert stored(unstructured)["w"]["layout"] == "csr"
+
+
+def test_bsr_from_dense_refuses_a_block_that_does_not_divide():
+    with pytest.raises(ValueError, match="block 3x4 does not divide the matrix"):
+        BSR.from_dense(np.ones((8, 8), np.float32), (3, 4))
+
+
 # -- atomic, validated saves ---------------------------------------------------------------------
 
 def invalid_model() -> Model:
@@ -439,7 +545,7 @@ SAVE_ERRORS = {
                      "tensor 't': dtype 'object' is not allowed (allowed: float32, float64, "
                      "float16, int8, uint8, int16, uint16, int32, int64, bool)"),
     "not a tensor": (lambda: tensor_model(np.zeros(3)),
-                     "tensor 't': expected Dense or CSR, not ndarray"),
+                     "tensor 't': expected Dense, CSR or BSR, not ndarray"),
     "nan attribute": (lambda: attr_model(float("nan")),
                       "node 'act' (LeakyRelu): attribute 'alpha' must be a number, not nan"),
     "infinite attribute": (lambda: attr_model(float("inf")),
@@ -475,7 +581,7 @@ def test_numpy_scalars_in_attrs_and_metadata_are_saved_as_json_numbers():
 RULES = {
     "V1": ("empty file", "short file"),
     "V2": ("bad magic",),
-    "V3": ("unknown version", "format name", "header version"),
+    "V3": ("unknown version", "version 0", "format name", "header version"),
     "V4": ("header over limit", "header past end", "huge header length"),
     "V5": ("header crc",),
     "V6": ("not utf-8", "not json", "NaN in json", "1e400 in json", "duplicate key", "deep nesting"),
@@ -483,18 +589,19 @@ RULES = {
            "data_length type", "data_length bool", "layout type", "tensor not object",
            "tensor missing key", "tensor unknown key", "empty tensor name", "buffers missing role",
            "buffers extra role", "quant missing key", "node inputs type", "node attrs type",
-           "node name type", "graph missing key"),
+           "node name type", "graph missing key", "bsr without block", "block on csr"),
     "V8": ("data_length too big", "truncated data", "trailing bytes"),
-    "V9": ("unknown layout",),
+    "V9": ("unknown layout", "bsr in version 1"),
     "V10": ("dtype not allowed", "dtype not string", "data dtype", "index dtype", "input dtype",
             "output dtype", "cast to"),
     "V11": ("negative dim", "float dim", "shape not list", "too many dims", "huge dim",
             "empty but unrepresentable", "csr bytes overflow", "csr without axes",
-            "csr too many elements", "input shape"),
+            "csr too many elements", "input shape", "block not a pair", "block zero",
+            "block huge", "block not dividing", "bsr without axes"),
     "V12": ("offset type", "negative offset", "crc over 32 bits", "unaligned offset",
             "buffer outside file", "buffer far outside", "overlapping buffers"),
     "V13": ("dense length", "absurd shape", "indptr length", "indices length", "data length",
-            "nnz over size"),
+            "nnz over size", "bsr indptr length", "bsr data length"),
     "V14": ("quant on float", "axis out of range", "negative axis", "axis type", "scale length",
             "per-tensor length", "zero_point length"),
     "V15": ("scale zero", "scale negative", "scale float32 overflow", "scale float32 underflow",
@@ -509,8 +616,9 @@ RULES = {
     # found on first access to a tensor's arrays (BAD_CONTENTS)
     "V20": ("dense crc", "csr data crc", "csr indices crc"),
     "V21": ("bool byte",),
-    "V22": ("indptr[0]", "indptr decreasing", "indptr end", "indptr beyond nnz"),
-    "V23": ("column out of range", "unsorted row", "duplicate column"),
+    "V22": ("indptr[0]", "indptr decreasing", "indptr end", "indptr beyond nnz", "bsr indptr end"),
+    "V23": ("column out of range", "unsorted row", "duplicate column", "bsr block column out of range",
+            "bsr unsorted block row"),
 }
 """Rule id of docs/format.md -> the crafted bad files (keys of BAD_FILES, BAD_CONTENTS) that break it."""
 RULE_OF = {case: rule for rule, cases in RULES.items() for case in cases}
@@ -614,6 +722,17 @@ def deleter(key):
     return change
 
 
+def good_bsr() -> bytes:
+    return zsk.dumps(bsr_model())
+
+
+def bsr_edit(edit, version=2) -> bytes:
+    """bsr_model's file (tensor 'w' stored bsr, 1×4 blocks) with ``edit`` applied to its header."""
+    header, section = split(good_bsr())
+    edit(header)
+    return assemble(header, section, version=version)
+
+
 def trailing_bytes():
     return good() + bytes(64)
 
@@ -628,8 +747,10 @@ BAD_FILES = {
     "empty file": (lambda: b"", "file is 0 bytes, shorter than the 24-byte prefix"),
     "short file": (lambda: good()[:23], "file is 23 bytes, shorter than the 24-byte prefix"),
     "bad magic": (lambda: b"PK\x03\x04" + good()[4:], "not a .zsk file: bad magic bytes"),
-    "unknown version": (lambda: patch_bytes(good(), 8, struct.pack("<I", 2)),
-                        "unsupported format version 2 (this reader knows version 1)"),
+    "unknown version": (lambda: patch_bytes(good(), 8, struct.pack("<I", 3)),
+                        "unsupported format version 3 (this reader knows versions 1, 2)"),
+    "version 0": (lambda: patch_bytes(good(), 8, struct.pack("<I", 0)),
+                  "unsupported format version 0 (this reader knows versions 1, 2)"),
     "header over limit": (lambda: patch_bytes(good(), 16, struct.pack("<Q", (64 << 20) + 1)),
                           "header length 67108865 exceeds the limit of 67108864 bytes"),
     "header past end": (lambda: good()[:1000],
@@ -673,8 +794,35 @@ BAD_FILES = {
     "trailing bytes": (trailing_bytes,
                        "data section: the header declares 384 bytes but the file holds 448"),
     # tensor entries
-    "unknown layout": (lambda: tensor("w")(setter("layout", "bsr")),
-                       "tensor 'w': unknown layout 'bsr' (this reader knows dense, csr)"),
+    "unknown layout": (lambda: tensor("w")(setter("layout", "coo")),
+                       "tensor 'w': unknown layout 'coo' (this reader knows dense, csr, bsr)"),
+    "bsr in version 1": (lambda: bsr_edit(lambda h: h.update(version=1), version=1),
+                         "tensor 'w': layout 'bsr' needs format version 2, and the file is "
+                         "version 1"),
+    "bsr without block": (lambda: bsr_edit(lambda h: h["tensors"]["w"].pop("block")),
+                          "tensor 'w': missing key 'block'"),
+    "block on csr": (lambda: tensor("w")(setter("block", [1, 4])),
+                     "tensor 'w': unknown key 'block'"),
+    "block not a pair": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(block=[4])),
+                         "tensor 'w': block must be [rows, columns], two integers in [1, 65536], "
+                         "got [4]"),
+    "block zero": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(block=[0, 4])),
+                   "tensor 'w': block must be [rows, columns], two integers in [1, 65536], got "
+                   "[0, 4]"),
+    "block huge": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(block=[1, 2 ** 20])),
+                   "tensor 'w': block must be [rows, columns], two integers in [1, 65536], got "
+                   "[1, 1048576]"),
+    "block not dividing": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(block=[1, 8])),
+                           "tensor 'w': block 1x8 does not divide the matrix (64, 300) of shape "
+                           "[64, 300]"),
+    "bsr without axes": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(shape=[])),
+                         "tensor 'w': a bsr tensor needs at least one axis"),
+    "bsr indptr length": (lambda: bsr_edit(lambda h: h["tensors"]["w"].update(block=[2, 4])),
+                          "tensor 'w' buffer 'indptr': length 130 != 33 elements (rows / 2 + 1) "
+                          "× 2 bytes"),
+    "bsr data length": (lambda: bsr_edit(lambda h: h["tensors"]["w"]["buffers"]["data"].update(
+        length=h["tensors"]["w"]["buffers"]["data"]["length"] - 4)),
+        re.compile(r"tensor 'w': data holds \d+ values but indices holds \d+ \(1·4 per block\)")),
     "layout type": (lambda: tensor("w")(setter("layout", 1)),
                     "tensor 'w': key 'layout' must be a string, got number"),
     "tensor not object": (lambda: edit_header(lambda h: h["tensors"].update(b=[1])),
@@ -892,9 +1040,9 @@ def test_the_crafting_helpers_make_a_good_file_from_a_good_file():
 
 # -- crafted bad contents: found on first access (lazy) or at load (eager) ------------------------
 
-def edit_buffer(name, role, change, fix_crc=True) -> bytes:
+def edit_buffer(name, role, change, fix_crc=True, base=good) -> bytes:
     """Apply ``change`` to a copy of a buffer's array, write it back, and (by default) fix its CRC."""
-    header, section = split(good())
+    header, section = split(base())
     entry = header["tensors"][name]["buffers"][role]
     offset, length = entry["offset"], entry["length"]
     array = np.frombuffer(bytes(section[offset:offset + length]), dtype=entry["dtype"]).copy()
@@ -902,7 +1050,7 @@ def edit_buffer(name, role, change, fix_crc=True) -> bytes:
     section[offset:offset + length] = array.tobytes()
     if fix_crc:
         entry["crc32"] = zlib.crc32(array.tobytes())
-    return assemble(header, section)
+    return assemble(header, section, version=struct.unpack_from("<I", base(), 8)[0])
 
 
 def put(index, value):
@@ -940,6 +1088,15 @@ BAD_CONTENTS = {
     "duplicate column": (lambda: edit_buffer("w", "indices", put(5, 1)), "w",
                          "tensor 'w': row 3: column indices are not strictly increasing (unsorted "
                          "or duplicate) at position 5"),
+    "bsr indptr end": (lambda: edit_buffer("w", "indptr", put(64, 0), base=good_bsr), "w",
+                       re.compile(r"tensor 'w': indptr decreases at block row 63 \(\d+ -> 0\)")),
+    "bsr block column out of range": (
+        lambda: edit_buffer("w", "indices", put(0, 75), base=good_bsr), "w",
+        "tensor 'w': block column index 75 at position 0 (block row 0) is out of range [0, 75)"),
+    "bsr unsorted block row": (
+        lambda: edit_buffer("w", "indices", put(slice(0, 2), [9, 9]), base=good_bsr), "w",
+        "tensor 'w': block row 0: block column indices are not strictly increasing (unsorted or "
+        "duplicate) at position 1"),
     "bool byte": (lambda: bad_bool_file(), "flags",
                   "tensor 'flags': bool value at position 2 is the byte 7, not 0 or 1"),
 }

@@ -6,12 +6,12 @@ The data path (see docs/ and DESIGN.md): ONNX -> ``import_onnx`` -> ``Model`` ->
 
 from .errors import (CompressionError, InputError, ModelFormatError, SaveError,
                      UnsupportedModelError, ZeroskipError)
-from .model import CSR, Dense, Graph, Model, Node, QuantParams, ValueInfo
+from .model import BSR, CSR, Dense, Graph, Model, Node, QuantParams, ValueInfo
 
 from ._version import __version__  # noqa: F401 - zeroskip.__version__
 
 __all__ = [
-    "CSR", "CompressionError", "Dense", "Graph", "InputError", "Model", "ModelFormatError", "Node",
+    "BSR", "CSR", "CompressionError", "Dense", "Graph", "InputError", "Model", "ModelFormatError", "Node",
     "QuantParams", "SaveError", "Session", "UnsupportedModelError", "ValueInfo", "ZeroskipError",
     "import_onnx", "load", "prune", "quantize", "save",
 ]

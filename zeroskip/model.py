@@ -1,4 +1,4 @@
-"""The model IR: tensors (``Dense``, ``CSR``) with optional ``QuantParams``, and ``Node``/``Graph``/``Model``.
+"""The model IR: tensors (``Dense``, ``CSR``, ``BSR``) with optional ``QuantParams``, and ``Node``/``Graph``/``Model``.
 
 Every step of the data path takes a ``Model`` and returns one: ONNX import, pruning, quantization,
 ``.zsk`` save and load, and the Session's planner. Nodes are kept in topological order, ops and their
@@ -218,7 +218,107 @@ class CSR(_Tensor):
         return dense.reshape(self._shape)
 
 
-Tensor = Union[Dense, CSR]
+class BSR(_Tensor):
+    """A tensor of shape (N, d1, d2, ...) stored as the block-sparse matrix (N, d1·d2·...): the
+    matrix cut into blocks of ``block`` = (r, c) (r rows, c columns; r divides N, c the columns),
+    and only the blocks that hold a nonzero kept, as SciPy's ``bsr_matrix``:
+    indptr [N/r + 1] — block row i's blocks are ``data[indptr[i]:indptr[i+1]]``
+    indices [nb] — their block-column numbers, sorted and unique within each block row
+    data [nb, r, c] — their values, each block in C order
+    A 1×4 block of a Gemm's or a 1×1 conv's weight holds one output's weights on 4 consecutive
+    inputs (pruning's ``block:1x4`` makes such weights; docs/format.md, "Layouts")."""
+
+    layout = "bsr"
+
+    def __init__(self, indptr, indices, data, shape, block, quant: QuantParams | None = None, *,
+                 verify=None):
+        super().__init__(quant, verify)
+        self._indptr = np.asarray(indptr)
+        self._indices = np.asarray(indices)
+        self.block = tuple(int(b) for b in block)
+        self._data = np.asarray(data).reshape((-1,) + self.block)
+        self._shape = tuple(int(d) for d in shape)
+
+    @classmethod
+    def from_dense(cls, array, block, quant: QuantParams | None = None) -> "BSR":
+        """The BSR form of ``array`` (ndim >= 1) in blocks of ``block`` = (r, c), which must divide
+        its matrix shape; only the blocks with a nonzero are kept, with the smallest index types."""
+        array = np.asarray(array)
+        matrix = (array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
+                  if array.ndim else array.reshape(1, 1))
+        return cls.from_matrix(matrix, array.shape, block, quant)
+
+    @classmethod
+    def from_matrix(cls, matrix, shape, block, quant: QuantParams | None = None) -> "BSR":
+        """As ``from_dense``, from the tensor's matrix (N, d1·d2·...): a 2-d array or a SciPy sparse
+        matrix (a CSR tensor's, with no densifying)."""
+        from scipy.sparse import bsr_matrix
+
+        r, c = (int(b) for b in block)
+        if r < 1 or c < 1 or matrix.shape[0] % r or matrix.shape[1] % c:
+            raise ValueError(f"block {r}x{c} does not divide the matrix {matrix.shape}")
+        blocks = bsr_matrix(matrix, blocksize=(r, c))
+        blocks.sort_indices()
+        keep = blocks.data.reshape(len(blocks.data), r * c).any(axis=1)  # no all-zero block
+        rows = np.repeat(np.arange(matrix.shape[0] // r), np.diff(blocks.indptr))[keep]
+        counts = np.bincount(rows, minlength=matrix.shape[0] // r)
+        nb = int(keep.sum())
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype(nb))
+        indices = blocks.indices[keep].astype(index_dtype(max(matrix.shape[1] // c - 1, 0)))
+        data = np.ascontiguousarray(blocks.data[keep], dtype=matrix.dtype)
+        return cls(indptr, indices, data, shape, (r, c), quant)
+
+    @property
+    def indptr(self) -> np.ndarray:
+        self._checked()
+        return self._indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        self._checked()
+        return self._indices
+
+    @property
+    def data(self) -> np.ndarray:
+        self._checked()
+        return self._data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        rows = self._shape[0] if self._shape else 1
+        return rows, (self.size // rows if rows else 0)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def blocks(self) -> int:
+        """How many blocks are stored."""
+        return int(self._data.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.data))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._indptr.nbytes + self._indices.nbytes + self._data.nbytes)
+
+    def to_numpy(self) -> np.ndarray:
+        rows, cols = self.matrix_shape
+        r, c = self.block
+        dense = np.zeros((rows // r, cols // c, r, c), dtype=self.dtype)
+        row_of = np.repeat(np.arange(rows // r), np.diff(self.indptr.astype(np.int64)))
+        dense[row_of, self.indices.astype(np.int64)] = self.data
+        return dense.transpose(0, 2, 1, 3).reshape(self._shape)
+
+
+Tensor = Union[Dense, CSR, BSR]
 
 
 @dataclass
@@ -358,8 +458,11 @@ class Model:
                 tensor = self.graph.initializers.get(name)
                 if tensor is None:
                     continue
+                layout = tensor.layout
+                if isinstance(tensor, BSR):
+                    layout = f"bsr {tensor.block[0]}x{tensor.block[1]}"
                 rows.append(dict(node=node.name, op=node.op, tensor=name, shape=tensor.shape,
-                                 layout=tensor.layout, dtype=str(tensor.dtype),
+                                 layout=layout, dtype=str(tensor.dtype),
                                  density=tensor.density, nbytes=tensor.nbytes,
                                  quantized=tensor.quant is not None))
         return rows

@@ -1,4 +1,6 @@
-"""The ``.zsk`` v1 file format: write, read and validate (the spec is docs/format.md).
+"""The ``.zsk`` file format, versions 1 and 2: write, read and validate (the spec is
+docs/format.md). Version 2 adds the block-sparse layout ``bsr``; a file is written as version 1
+unless a tensor in it is stored ``bsr``, so that a version-1 reader still reads every other file.
 
 Reading costs O(header): the file is memory-mapped, every tensor is a ``np.frombuffer`` view at its
 declared offset, and every rule that needs only the header is checked at once. Rules that must read a
@@ -25,11 +27,16 @@ import zlib
 import numpy as np
 
 from ..errors import ModelFormatError, SaveError
-from ..model import CSR, DTYPES, Dense, Graph, Model, Node, QuantParams, ValueInfo, index_dtype
+from ..model import BSR, CSR, DTYPES, Dense, Graph, Model, Node, QuantParams, ValueInfo, index_dtype
 from ..ops import normalize_attrs
 
 MAGIC = b"\x89ZSK\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+"""The newest version this module reads and writes."""
+VERSIONS = (1, 2)
+"""The versions this reader knows."""
+BSR_VERSION = 2
+"""The first version with the ``bsr`` layout."""
 PREFIX = struct.Struct("<8sIIQ")  # magic, version, header CRC-32, header length
 ALIGN = 64
 MAX_HEADER = 64 << 20
@@ -38,12 +45,22 @@ MAX_NDIM = 32
 MAX_DIM = 1 << 62
 """Shapes with more axes or a larger axis are refused before any size is computed."""
 
-ROLES = {"dense": ("data",), "csr": ("indptr", "indices", "data")}
+ROLES = {"dense": ("data",), "csr": ("indptr", "indices", "data"),
+         "bsr": ("indptr", "indices", "data")}
 """Each layout's buffers, in the order they are written."""
 INDEX_DTYPES = ("uint8", "uint16", "int32", "int64")
 INTEGER_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "int64")
 HEADER_KEYS = ("format", "version", "data_length", "graph", "tensors", "metadata")
 TENSOR_KEYS = ("layout", "dtype", "shape", "buffers", "quant")
+BSR_TENSOR_KEYS = TENSOR_KEYS + ("block",)
+"""A ``bsr`` tensor's keys: its block's [rows, columns] too."""
+MAX_BLOCK = 1 << 16
+"""The largest side of a ``bsr`` block a reader accepts."""
+BSR_BLOCKS = tuple(sorted(((r, c) for r in (1, 2, 4, 8) for c in (1, 2, 4, 8) if r * c > 1),
+                          key=lambda block: (-block[0] * block[1], block)))
+"""The block shapes a writer tries for ``bsr``, in order: larger blocks first, so that of two
+layouts of the same bytes (padding evens out a few index bytes) the one with fewer, larger blocks
+is kept: (8, 8), (4, 8), (8, 4), (2, 8), (4, 4), (8, 2), (1, 8), … (1, 2), (2, 1)."""
 BUFFER_KEYS = ("offset", "length", "dtype", "crc32")
 QUANT_KEYS = ("axis", "scale", "zero_point")
 GRAPH_KEYS = ("inputs", "outputs", "nodes")
@@ -93,8 +110,8 @@ def _check_verify_mode(verify):
 
 
 def _read(buf, verify: str) -> Model:
-    header, data_start = _read_prefix_and_header(buf)
-    graph_json, tensor_specs, metadata = _parse_header(header, len(buf) - data_start)
+    header, data_start, version = _read_prefix_and_header(buf)
+    graph_json, tensor_specs, metadata = _parse_header(header, len(buf) - data_start, version)
     initializers = {name: _build_tensor(buf, data_start, spec) for name, spec in tensor_specs.items()}
     graph = _build_graph(graph_json, initializers)
     if verify == "eager":
@@ -105,23 +122,24 @@ def _read(buf, verify: str) -> Model:
 
 def _touch(tensor):
     """Access a tensor's arrays, which runs its pending verification."""
-    if isinstance(tensor, CSR):
+    if isinstance(tensor, (CSR, BSR)):
         tensor.indptr
     else:
         tensor.array
 
 
-def _read_prefix_and_header(buf) -> tuple[object, int]:
-    """Check the fixed prefix and the header's CRC; return the parsed JSON and the data offset."""
+def _read_prefix_and_header(buf) -> tuple[object, int, int]:
+    """Check the fixed prefix and the header's CRC; return the parsed JSON, the data offset and the
+    format version."""
     size = len(buf)
     if size < PREFIX.size:
         raise ModelFormatError(f"file is {size} bytes, shorter than the {PREFIX.size}-byte prefix")
     magic, version, crc, length = PREFIX.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ModelFormatError("not a .zsk file: bad magic bytes")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise ModelFormatError(f"unsupported format version {version} "
-                               f"(this reader knows version {VERSION})")
+                               f"(this reader knows versions {', '.join(map(str, VERSIONS))})")
     if length > MAX_HEADER:
         raise ModelFormatError(f"header length {length} exceeds the limit of {MAX_HEADER} bytes")
     if PREFIX.size + length > size:
@@ -131,7 +149,7 @@ def _read_prefix_and_header(buf) -> tuple[object, int]:
     got = zlib.crc32(raw)
     if got != crc:
         raise ModelFormatError(f"header CRC-32 mismatch (stored {crc:08x}, computed {got:08x})")
-    return _parse_json(raw), _pad(PREFIX.size + length)
+    return _parse_json(raw), _pad(PREFIX.size + length), version
 
 
 def _parse_json(raw: bytes):
@@ -219,27 +237,31 @@ def _want_count(value, where, key) -> int:
 # -- the header ----------------------------------------------------------------------------------
 
 class _TensorSpec:
-    """A tensor's header entry, checked: layout, dtype, shape, buffers by role, quantization."""
+    """A tensor's header entry, checked: layout, dtype, shape, buffers by role, quantization, and a
+    ``bsr`` tensor's block (rows, columns; None for the other layouts)."""
 
-    def __init__(self, name, layout, dtype, shape, buffers, quant):
+    def __init__(self, name, layout, dtype, shape, buffers, quant, block=None):
         self.name, self.layout, self.dtype, self.shape = name, layout, dtype, shape
         self.buffers, self.quant = buffers, quant  # buffers: role -> (offset, length, dtype, crc)
+        self.block = block
 
 
-def _parse_header(header, data_bytes: int):
+def _parse_header(header, data_bytes: int, version: int = VERSION):
     """Check every structural rule of the header; return (graph JSON, tensor specs, metadata).
 
-    ``data_bytes`` is how many bytes the file holds after the data section's start.
+    ``data_bytes`` is how many bytes the file holds after the data section's start; ``version`` is
+    the prefix's.
     """
     where = "header"
     if not isinstance(header, dict):
         raise ModelFormatError(f"header: expected a JSON object, got {_json_type(header)}")
+    prefix_version = version
     fmt, version, data_length, graph, tensors, metadata = _fields(header, HEADER_KEYS, where)
     if fmt != "zsk":
         raise ModelFormatError(f'header: key \'format\' must be "zsk", got {fmt!r}')
-    if not _is_int(version) or version != VERSION:
+    if not _is_int(version) or version != prefix_version:
         raise ModelFormatError(f"header: version {version!r} does not match the prefix's "
-                               f"version {VERSION}")
+                               f"version {prefix_version}")
     _want_count(data_length, where, "data_length")
     if data_length != data_bytes:
         raise ModelFormatError(f"data section: the header declares {data_length} bytes but the file "
@@ -247,7 +269,8 @@ def _parse_header(header, data_bytes: int):
     _want(graph, dict, where, "graph")
     _want(tensors, dict, where, "tensors")
     _want(metadata, dict, where, "metadata")
-    specs = {name: _parse_tensor(name, tensors[name], data_length) for name in sorted(tensors)}
+    specs = {name: _parse_tensor(name, tensors[name], data_length, version)
+             for name in sorted(tensors)}
     _check_overlaps(specs)
     return graph, specs, metadata
 
@@ -274,18 +297,24 @@ def _parse_dtype(dtype, where, allowed=DTYPES, what="dtype") -> str:
     return dtype
 
 
-def _parse_tensor(name: str, entry, data_length: int) -> _TensorSpec:
+def _parse_tensor(name: str, entry, data_length: int, version: int = VERSION) -> _TensorSpec:
     where = f"tensor {name!r}"
     if name == "":
         raise ModelFormatError("tensor '': a tensor name must not be empty")
-    layout, dtype, shape, buffers, quant = _fields(entry, TENSOR_KEYS, where)
+    bsr = isinstance(entry, dict) and entry.get("layout") == "bsr"
+    layout, dtype, shape, buffers, quant, *block = _fields(
+        entry, BSR_TENSOR_KEYS if bsr else TENSOR_KEYS, where)
     if not isinstance(layout, str):
         raise ModelFormatError(f"{where}: key 'layout' must be a string, got {_json_type(layout)}")
     if layout not in ROLES:
         raise ModelFormatError(f"{where}: unknown layout {layout!r} "
                                f"(this reader knows {', '.join(ROLES)})")
+    if bsr and version < BSR_VERSION:
+        raise ModelFormatError(f"{where}: layout 'bsr' needs format version {BSR_VERSION}, and the "
+                               f"file is version {version}")
     dtype = _parse_dtype(dtype, where)
     shape = _parse_shape(shape, where)
+    block = _parse_block(where, block[0], shape) if bsr else None
     roles = ROLES[layout]
     found = _fields(buffers, roles, f"{where} buffers")
     parsed = {role: _parse_buffer(f"{where} buffer {role!r}", buf, data_length)
@@ -293,13 +322,30 @@ def _parse_tensor(name: str, entry, data_length: int) -> _TensorSpec:
     if layout == "dense":
         _check_length(f"{where} buffer 'data'", parsed["data"], math.prod(shape), "elements")
     else:
-        _check_csr_buffers(where, parsed, dtype, shape)
+        _check_csr_buffers(where, parsed, dtype, shape, block)
     for role in roles:
         if role == "data" and parsed[role][2] != dtype:
             raise ModelFormatError(f"{where} buffer 'data': dtype {parsed[role][2]!r} differs from "
                                    f"the tensor's dtype {dtype!r}")
     _check_representable(where, shape, dtype)
-    return _TensorSpec(name, layout, dtype, shape, parsed, _parse_quant(where, quant, dtype, shape))
+    return _TensorSpec(name, layout, dtype, shape, parsed, _parse_quant(where, quant, dtype, shape),
+                       block)
+
+
+def _parse_block(where, block, shape) -> tuple[int, int]:
+    """A ``bsr`` tensor's block: [rows, columns], integers in [1, MAX_BLOCK] that divide the
+    tensor's matrix (shape[0], prod(shape[1:]))."""
+    if not (isinstance(block, list) and len(block) == 2
+            and all(_is_int(b) and 1 <= b <= MAX_BLOCK for b in block)):
+        raise ModelFormatError(f"{where}: block must be [rows, columns], two integers in [1, "
+                               f"{MAX_BLOCK}], got {_short(block)}")
+    if not shape:
+        raise ModelFormatError(f"{where}: a bsr tensor needs at least one axis")
+    rows, cols = shape[0], math.prod(shape[1:])
+    if rows % block[0] or cols % block[1]:
+        raise ModelFormatError(f"{where}: block {block[0]}x{block[1]} does not divide the matrix "
+                               f"({rows}, {cols}) of shape {_short(list(shape))}")
+    return block[0], block[1]
 
 
 def _check_representable(where, shape, dtype):
@@ -334,27 +380,33 @@ def _check_length(where, buffer, count: int, what: str):
         raise ModelFormatError(f"{where}: length {buffer[1]} != {count} {what} × {itemsize} bytes")
 
 
-def _check_csr_buffers(where, buffers, dtype, shape):
+def _check_csr_buffers(where, buffers, dtype, shape, block=None):
+    """The buffers' dtypes and lengths of a ``csr`` tensor, or of a ``bsr`` one (``block`` its
+    (r, c)): its matrix of blocks has rows/r rows and cols/c columns, each entry r·c values."""
     if not shape:
         raise ModelFormatError(f"{where}: a csr tensor needs at least one axis")
     rows, cols = shape[0], math.prod(shape[1:])
     if rows * cols > MAX_DIM:  # NumPy's sizes and flat indices are int64
         raise ModelFormatError(f"{where}: shape {list(shape)} has {rows * cols} elements, more than "
                                f"2**62")
+    r, c = block or (1, 1)
     for role in ("indptr", "indices"):
         _parse_dtype(buffers[role][2], f"{where} buffer {role!r}", INDEX_DTYPES, "index dtype")
-    _check_length(f"{where} buffer 'indptr'", buffers["indptr"], rows + 1, "elements (rows + 1)")
+    what = "elements (rows + 1)" if block is None else f"elements (rows / {r} + 1)"
+    _check_length(f"{where} buffer 'indptr'", buffers["indptr"], rows // r + 1, what)
     index_size = np.dtype(buffers["indices"][2]).itemsize
     nnz, rest = divmod(buffers["indices"][1], index_size)
     if rest:
         raise ModelFormatError(f"{where} buffer 'indices': length {buffers['indices'][1]} is not a "
                                f"multiple of {index_size} bytes")
     data_size = np.dtype(buffers["data"][2]).itemsize
-    if buffers["data"][1] != nnz * data_size:
+    if buffers["data"][1] != nnz * r * c * data_size:
+        per = "" if block is None else f" ({r}·{c} per block)"
         raise ModelFormatError(f"{where}: data holds {buffers['data'][1] / data_size:g} values but "
-                               f"indices holds {nnz}")
-    if nnz > rows * cols:
-        raise ModelFormatError(f"{where}: {nnz} nonzeros exceed rows × cols = {rows * cols}")
+                               f"indices holds {nnz}{per}")
+    if nnz > (rows // r) * (cols // c):
+        what = "nonzeros exceed rows × cols" if block is None else "blocks exceed the matrix's"
+        raise ModelFormatError(f"{where}: {nnz} {what} = {(rows // r) * (cols // c)}")
 
 
 def _check_overlaps(specs: dict):
@@ -432,13 +484,18 @@ def _build_tensor(buf, data_start: int, spec: _TensorSpec):
             _check_bools(spec.name, views["data"])
 
         return Dense(views["data"].reshape(spec.shape), spec.quant, verify=verify)
-    cols = math.prod(spec.shape[1:])
+    bsr = spec.layout == "bsr"
+    cols = math.prod(spec.shape[1:]) // (spec.block[1] if bsr else 1)  # a bsr's block columns
 
     def verify():
         _check_crcs(spec.name, crcs)
         _check_bools(spec.name, views["data"])
-        _check_csr_contents(spec.name, views["indptr"], views["indices"], cols)
+        _check_csr_contents(spec.name, views["indptr"], views["indices"], cols,
+                            "block " if bsr else "")
 
+    if bsr:
+        return BSR(views["indptr"], views["indices"], views["data"], spec.shape, spec.block,
+                   spec.quant, verify=verify)
     return CSR(views["indptr"], views["indices"], views["data"], spec.shape, spec.quant,
                verify=verify)
 
@@ -462,9 +519,11 @@ def _check_bools(name, data: np.ndarray):
                                f"{int(raw[k])}, not 0 or 1")
 
 
-def _check_csr_contents(name, indptr: np.ndarray, indices: np.ndarray, cols: int):
+def _check_csr_contents(name, indptr: np.ndarray, indices: np.ndarray, cols: int,
+                        unit: str = ""):
     """The CSR invariants: indptr starts at 0, never decreases and ends at nnz; every row's column
-    indices lie in [0, cols) and strictly increase (sorted, no duplicates).
+    indices lie in [0, cols) and strictly increase (sorted, no duplicates). A BSR's are the same
+    over its matrix of blocks (``unit`` "block ": rows and columns of blocks, nnz its blocks).
 
     Comparisons stay in the arrays' own dtypes, so the check allocates only bool arrays.
     """
@@ -475,16 +534,17 @@ def _check_csr_contents(name, indptr: np.ndarray, indices: np.ndarray, cols: int
     down = np.flatnonzero(indptr[1:] < indptr[:-1])
     if down.size:
         r = int(down[0])
-        raise ModelFormatError(f"{where}: indptr decreases at row {r} "
+        raise ModelFormatError(f"{where}: indptr decreases at {unit}row {r} "
                                f"({int(indptr[r])} -> {int(indptr[r + 1])})")
     if int(indptr[-1]) != nnz:
-        raise ModelFormatError(f"{where}: indptr[-1] = {int(indptr[-1])}, expected nnz = {nnz}")
+        raise ModelFormatError(f"{where}: indptr[-1] = {int(indptr[-1])}, expected "
+                               f"{'nnz' if not unit else 'blocks'} = {nnz}")
     if nnz == 0:
         return
     if int(indices.min()) < 0 or int(indices.max()) >= cols:
         k = int(np.flatnonzero((indices < 0) | (indices >= cols))[0])
-        raise ModelFormatError(f"{where}: column index {int(indices[k])} at position {k} "
-                               f"(row {_row_of(indptr, k)}) is out of range [0, {cols})")
+        raise ModelFormatError(f"{where}: {unit}column index {int(indices[k])} at position {k} "
+                               f"({unit}row {_row_of(indptr, k)}) is out of range [0, {cols})")
     increasing = indices[1:] > indices[:-1]
     starts = indptr[1:-1]
     starts = starts[(starts > 0) & (starts < nnz)]
@@ -492,8 +552,8 @@ def _check_csr_contents(name, indptr: np.ndarray, indices: np.ndarray, cols: int
     bad = np.flatnonzero(~increasing)
     if bad.size:
         k = int(bad[0]) + 1
-        raise ModelFormatError(f"{where}: row {_row_of(indptr, k)}: column indices are not strictly "
-                               f"increasing (unsorted or duplicate) at position {k}")
+        raise ModelFormatError(f"{where}: {unit}row {_row_of(indptr, k)}: {unit}column indices are "
+                               f"not strictly increasing (unsorted or duplicate) at position {k}")
 
 
 def _row_of(indptr, k: int) -> int:
@@ -743,7 +803,7 @@ def _encode(model: Model) -> tuple[bytes, list, int]:
             raise ModelFormatError(f"tensor {name!r}: a tensor name must be a non-empty string")
     tensors, arrays, position = {}, [], 0
     for name in sorted(graph.initializers):
-        layout, dtype, shape, buffers, quant = _encode_tensor(name, graph.initializers[name])
+        layout, dtype, shape, buffers, quant, block = _encode_tensor(name, graph.initializers[name])
         entries = {}
         for role, array in buffers.items():
             entries[role] = {"offset": position, "length": array.nbytes, "dtype": array.dtype.name,
@@ -752,7 +812,11 @@ def _encode(model: Model) -> tuple[bytes, list, int]:
             position = _pad(position + array.nbytes)
         tensors[name] = {"layout": layout, "dtype": dtype, "shape": list(shape),
                          "buffers": entries, "quant": quant}
-    header = {"format": "zsk", "version": VERSION, "data_length": position,
+        if block is not None:
+            tensors[name]["block"] = list(block)
+    # version 1 unless a tensor needs version 2's bsr: a version-1 reader reads the rest
+    version = BSR_VERSION if any(t["layout"] == "bsr" for t in tensors.values()) else 1
+    header = {"format": "zsk", "version": version, "data_length": position,
               "graph": {"inputs": [_encode_value("input", vi) for vi in graph.inputs],
                         "outputs": [_encode_value("output", vi) for vi in graph.outputs],
                         "nodes": [_encode_node(node) for node in graph.nodes]},
@@ -760,11 +824,11 @@ def _encode(model: Model) -> tuple[bytes, list, int]:
     raw = _dump_json(header, "header")
     # Guard: the header must pass the reader's own structural rules, so whatever is written loads.
     parsed = json.loads(raw)
-    _parse_header(parsed, position)
+    _parse_header(parsed, position, version)
     _parse_graph(parsed["graph"])
     if len(raw) > MAX_HEADER:
         raise ModelFormatError(f"header: {len(raw)} bytes exceed the limit of {MAX_HEADER}")
-    return PREFIX.pack(MAGIC, VERSION, zlib.crc32(raw), len(raw)) + raw, arrays, position
+    return PREFIX.pack(MAGIC, version, zlib.crc32(raw), len(raw)) + raw, arrays, position
 
 
 def _dump_json(value, where: str) -> bytes:
@@ -811,15 +875,17 @@ def _encode_node(node: Node) -> dict:
 
 
 def _encode_tensor(name: str, tensor):
-    """Check an in-memory tensor; return (layout, dtype, shape, {role: LE array}, quant JSON).
+    """Check an in-memory tensor; return (layout, dtype, shape, {role: LE array}, quant JSON,
+    block: a bsr tensor's (r, c), else None).
 
-    A weight (ndim >= 2, float, int8 or uint8) is stored dense or CSR, whichever is smaller on disk.
-    The CSR written is canonical (no stored zeros, narrowest index types), so the bytes depend on the
-    values only, not on the layout in memory.
+    A weight (ndim >= 2, float, int8 or uint8) is stored dense, CSR or BSR, whichever is smallest on
+    disk (``_smallest_layout``). The CSR and BSR written are canonical (no stored zeros, no all-zero
+    block, narrowest index types), so the bytes depend on the values only, not on the layout in
+    memory.
     """
     where = f"tensor {name!r}"
-    if not isinstance(tensor, (Dense, CSR)):
-        raise ModelFormatError(f"{where}: expected Dense or CSR, not {type(tensor).__name__}")
+    if not isinstance(tensor, (Dense, CSR, BSR)):
+        raise ModelFormatError(f"{where}: expected Dense, CSR or BSR, not {type(tensor).__name__}")
     dtype = tensor.dtype.name
     if dtype not in DTYPES:
         raise ModelFormatError(f"{where}: dtype {dtype!r} is not allowed "
@@ -830,35 +896,95 @@ def _encode_tensor(name: str, tensor):
         _check_csr_in_memory(name, tensor)
         if np.count_nonzero(tensor.data) == tensor.nnz:  # already canonical but for index widths
             csr = tensor
+    elif isinstance(tensor, BSR):
+        _check_bsr_in_memory(name, tensor)
     quant = _encode_quant(name, tensor.quant, len(shape))
     values = None if csr is not None else tensor.to_numpy()
+    rows, cols = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
     nnz = csr.nnz if csr is not None else int(np.count_nonzero(values))
-    if _csr_is_smaller(shape, tensor.dtype, nnz):
+
+    def nonzeros():  # their coordinates in the matrix (rows, cols)
+        if csr is not None:
+            return (np.repeat(np.arange(rows), np.diff(csr.indptr.astype(np.int64))),
+                    csr.indices.astype(np.int64))
+        return np.nonzero(values.reshape(rows, cols))
+
+    layout, block = _smallest_layout(shape, tensor.dtype, nnz, nonzeros)
+    if layout == "csr":
         csr = csr if csr is not None else CSR.from_dense(values)
-        rows, cols = csr.matrix_shape
         buffers = {"indptr": csr.indptr.astype(index_dtype(nnz), copy=False),
                    "indices": csr.indices.astype(index_dtype(max(cols - 1, 0)), copy=False),
                    "data": csr.data}
-        layout = "csr"
+    elif layout == "bsr":
+        if csr is not None:
+            from scipy.sparse import csr_matrix
+
+            matrix = csr_matrix((csr.data, csr.indices, csr.indptr), shape=(rows, cols))
+        else:
+            matrix = values.reshape(rows, cols)
+        bsr = BSR.from_matrix(matrix, shape, block)
+        buffers = {"indptr": bsr.indptr, "indices": bsr.indices, "data": bsr.data}
     else:
-        buffers, layout = {"data": tensor.to_numpy() if values is None else values}, "dense"
+        buffers = {"data": tensor.to_numpy() if values is None else values}
     buffers = {role: np.ascontiguousarray(a, dtype=_le(a.dtype)).reshape(-1)
                for role, a in buffers.items()}
-    return layout, dtype, shape, buffers, quant
+    return layout, dtype, shape, buffers, quant, block
 
 
-def _csr_is_smaller(shape: tuple, dtype: np.dtype, nnz: int) -> bool:
-    """Whether CSR takes fewer bytes than dense, padding included (a tie stays dense).
+def _sparse_bytes(rows: int, cols: int, entries: int, per_entry: int, dtype: np.dtype) -> int:
+    """Bytes on disk, padding included, of a CSR (or a BSR's matrix of blocks) with ``rows`` rows,
+    ``cols`` columns and ``entries`` stored entries of ``per_entry`` values each."""
+    return (_pad((rows + 1) * index_dtype(entries).itemsize)
+            + _pad(entries * index_dtype(max(cols - 1, 0)).itemsize)
+            + _pad(entries * per_entry * dtype.itemsize))
 
-    Only weights may become CSR: ndim >= 2, and a float, int8 or uint8 dtype.
+
+def _smallest_layout(shape: tuple, dtype: np.dtype, nnz: int, nonzeros) -> tuple:
+    """("dense" | "csr" | "bsr", a bsr's block or None): the layout that takes the fewest bytes
+    on disk, padding included, for a tensor with ``nnz`` nonzeros, which ``nonzeros()`` gives as
+    (rows, columns) of its matrix (shape[0], prod(shape[1:])), asked only if a bsr could win; a tie
+    keeps the earlier of dense, csr, then the bsr blocks in BSR_BLOCKS' order (r, c ∈ {1, 2, 4,
+    8}, each dividing the matrix).
+
+    Only weights may become sparse: ndim >= 2, and a float, int8 or uint8 dtype.
     """
     if len(shape) < 2 or not (dtype.kind == "f" or dtype.name in ("int8", "uint8")):
-        return False
+        return "dense", None
     rows, cols = shape[0], math.prod(shape[1:])
-    csr = (_pad((rows + 1) * index_dtype(nnz).itemsize)
-           + _pad(nnz * index_dtype(max(cols - 1, 0)).itemsize)
-           + _pad(nnz * dtype.itemsize))
-    return csr < _pad(rows * cols * dtype.itemsize)
+    best = (_pad(rows * cols * dtype.itemsize), "dense", None)
+    best = min(best, (_sparse_bytes(rows, cols, nnz, 1, dtype), "csr", None),
+               key=lambda option: option[0])
+    if nnz * dtype.itemsize >= best[0]:  # no bsr can be smaller: its data alone would not be
+        return best[1:]
+    counts = _block_counts(rows, cols, *nonzeros())
+    for r, c in BSR_BLOCKS:
+        if (r, c) in counts:
+            size = _sparse_bytes(rows // r, cols // c, counts[(r, c)], r * c, dtype)
+            if size < best[0]:
+                best = (size, "bsr", (r, c))
+    return best[1:]
+
+
+def _block_counts(rows: int, cols: int, rows_at, cols_at) -> dict:
+    """{(r, c): how many r×c blocks hold a nonzero} for the blocks of BSR_BLOCKS that divide the
+    matrix (rows, cols), from its nonzeros' coordinates in row-major order. One sort per block
+    height (the keys (row // r, column) of a height of 1 are in order already); then for each
+    width the blocks are the changes of (row // r, column // c) along that order: on a pruned
+    ResNet-18 0.2 s a save, where a np.unique per block shape took 3.3."""
+    rows_at, cols_at = np.asarray(rows_at, np.int64), np.asarray(cols_at, np.int64)
+    counts = {}
+    for r in sorted({r for r, _ in BSR_BLOCKS}):
+        if rows % r:
+            continue
+        key = rows_at // r * cols + cols_at  # < rows·cols ≤ 2**62
+        if r > 1:
+            key = np.sort(key, kind="stable")  # timsort: merges the rows' sorted runs
+        block_row, column = np.divmod(key, cols) if cols else (key, key)
+        for c in sorted({c for height, c in BSR_BLOCKS if height == r}):
+            if cols % c == 0:
+                blocks = block_row * (cols // c) + column // c  # non-decreasing
+                counts[(r, c)] = int(np.count_nonzero(np.diff(blocks))) + int(len(blocks) > 0)
+    return counts
 
 
 def _check_csr_in_memory(name: str, tensor: CSR):
@@ -880,6 +1006,29 @@ def _check_csr_in_memory(name: str, tensor: CSR):
         raise ModelFormatError(f"{where}: data holds {data.size} values but indices holds "
                                f"{len(indices)}")
     _check_csr_contents(name, indptr, indices, cols)
+
+
+def _check_bsr_in_memory(name: str, tensor: BSR):
+    """Enough of the BSR rules that ``to_numpy`` is safe and means what it says."""
+    where = f"tensor {name!r}"
+    shape, (r, c) = tensor.shape, tensor.block
+    if not shape:
+        raise ModelFormatError(f"{where}: a bsr tensor needs at least one axis")
+    rows, cols = shape[0], math.prod(shape[1:])
+    if r < 1 or c < 1 or rows % r or cols % c:
+        raise ModelFormatError(f"{where}: block {r}x{c} does not divide the matrix ({rows}, {cols})")
+    indptr, indices, data = tensor.indptr, tensor.indices, tensor.data
+    for role, array in (("indptr", indptr), ("indices", indices)):
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ModelFormatError(f"{where}: {role} must be a 1-d integer array, got "
+                                   f"{array.ndim}-d {array.dtype}")
+    if len(indptr) != rows // r + 1:
+        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows / {r} + "
+                               f"1 = {rows // r + 1}")
+    if data.shape != (len(indices), r, c):
+        raise ModelFormatError(f"{where}: data has shape {data.shape}, expected ({len(indices)}, "
+                               f"{r}, {c})")
+    _check_csr_contents(name, indptr, indices, cols // c, "block ")
 
 
 def _encode_quant(name: str, quant, ndim: int):
