@@ -149,3 +149,24 @@ def test_golden_file_saves_back_to_the_same_bytes(name, tmp_path):
     zeroskip.save(zeroskip.load(path), tmp_path / "again.zsk")
     assert (tmp_path / "again.zsk").read_bytes() == data
     assert dumps(loads(data, verify="eager")) == data
+
+
+def test_auto_names_the_sparse_kernel_it_measured(monkeypatch, tmp_path):
+    """auto's reason names the sparse kernel it timed against dense: the quad conv as "BSR 1×4"
+    (on AVX-512 VNNI CPUs), the direct conv as "CSR"; never CSR for a layer that runs quads."""
+    from zeroskip.engine import tuning
+
+    monkeypatch.setenv("ZEROSKIP_CACHE_DIR", str(tmp_path))
+
+    def fake_measure(node, tensors, x_shape, x_dtype, modes, step_in_mode, transposed=False,
+                     serial_step_in_mode=None):
+        return 1e-3, 0.25e-3  # sparse a clear win everywhere
+
+    monkeypatch.setattr(tuning, "measure_layer", fake_measure)
+    model, _ = golden("int8")
+    row = {r["node"]: r for r in zeroskip.Session(model, "auto").explain()}["conv3.y"]
+    quads = row["kernel"] == "conv2d_quad_rq_i8"
+    assert row["kernel"] in ("conv2d_csr_rq_i8", "conv2d_quad_rq_i8"), row
+    sparse = "BSR 1×4" if quads else "CSR"
+    assert f"dense 1 ms, {sparse} 0.25 ms (density" in row["reason"], row
+    assert f"): {sparse}; " in row["reason"], row

@@ -124,8 +124,10 @@ class PlanContext:
             del self.residual_into[entry[0].name]
 
     # -- CSR or dense ----------------------------------------------------------------------------
-    def choose_csr(self, density: float, shape_class: str, node: Node | None = None) -> Choice:
-        """CSR or dense for a layer of ``shape_class`` (e.g. "conv i8") at ``density``.
+    def choose_csr(self, density: float, shape_class: str, node: Node | None = None,
+                   sparse: str = "CSR") -> Choice:
+        """CSR or dense for a layer of ``shape_class`` (e.g. "conv i8") at ``density``; ``sparse``
+        names the sparse mode's kernel in the reason (an int8 conv on quads: "BSR 1×4").
 
         A sparse mode takes CSR, a dense one the dense kernel. ``auto`` decides from timings on this
         CPU (engine/tuning.py): of ``node`` itself, both kernels on its own shapes, when its input
@@ -155,13 +157,15 @@ class PlanContext:
                 if timed else None
             entry = self._table.get_layer(key, measure)
         if entry is not None:
-            dense, sparse = entry["dense_s"], entry["sparse_s"]
-            csr = sparse * tuning.CSR_MARGIN < dense
-            faster = "CSR" if csr else "dense" if sparse >= dense else \
-                f"dense (CSR not {tuning.CSR_MARGIN - 1:.0%} faster)"
+            dense = entry["dense_s"]
+            sparse_s = entry["sparse_s"]
+            csr = sparse_s * tuning.CSR_MARGIN < dense
+            faster = sparse if csr else "dense" if sparse_s >= dense else \
+                f"dense ({sparse} not {tuning.CSR_MARGIN - 1:.0%} faster)"
             at = f" at batch {batch}" if batch != self.batch else ""
-            return Choice(csr, f"measured on this layer{at}: dense {dense * 1e3:.3g} "
-                               f"ms, CSR {sparse * 1e3:.3g} ms (density {density:.3f}): {faster}")
+            return Choice(csr, f"measured on this layer{at}: dense {dense * 1e3:.3g} ms, "
+                               f"{sparse} {sparse_s * 1e3:.3g} ms (density {density:.3f}): "
+                               f"{faster}")
         measure_class = tuning.measure_class(shape_class, modes, self._step_in_mode) if timed \
             else None
         entry = self._table.get(shape_class, measure_class)

@@ -166,7 +166,8 @@ def conv_integer(node: Node, ctx: PlanContext):
                 fallback, Choice(False)
         # the offset form needs Σ (x − x_zp) per window: the im2row rows hold it
         conv, choice = conv_accumulator(node, w8, ctx,
-                                        lambda: ctx.choose_csr(nonzero_share(w8), "conv i8"),
+                                        lambda sparse: ctx.choose_csr(nonzero_share(w8),
+                                                                      "conv i8", sparse=sparse),
                                         im2row_only=offset is not None)
 
         def run(values):
