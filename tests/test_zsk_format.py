@@ -544,6 +544,17 @@ SAVE_ERRORS = {
     "object dtype": (lambda: tensor_model(Dense(np.array([{}], dtype=object))),
                      "tensor 't': dtype 'object' is not allowed (allowed: float32, float64, "
                      "float16, int8, uint8, int16, uint16, int32, int64, bool)"),
+    "bsr block not dividing": (lambda: tensor_model(BSR([0, 0, 0], np.zeros(0, np.int32),
+                                                        np.zeros((0, 1, 4), np.float32), (2, 10),
+                                                        (1, 4))),
+                               "tensor 't': block 1x4 does not divide the matrix (2, 10)"),
+    "bsr unsorted": (lambda: tensor_model(BSR([0, 2], [1, 0], np.ones((2, 1, 4), np.float32),
+                                              (1, 8), (1, 4))),
+                     "tensor 't': block row 0: block column indices are not strictly increasing "
+                     "(unsorted or duplicate) at position 1"),
+    "bsr blocks over data": (lambda: tensor_model(BSR([0, 2], [0, 1], np.ones((1, 1, 4), np.float32),
+                                                      (1, 8), (1, 4))),
+                             "tensor 't': data has shape (1, 1, 4), expected (2, 1, 4)"),
     "not a tensor": (lambda: tensor_model(np.zeros(3)),
                      "tensor 't': expected Dense, CSR or BSR, not ndarray"),
     "nan attribute": (lambda: attr_model(float("nan")),

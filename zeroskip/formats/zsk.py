@@ -246,16 +246,15 @@ class _TensorSpec:
         self.block = block
 
 
-def _parse_header(header, data_bytes: int, version: int = VERSION):
+def _parse_header(header, data_bytes: int, prefix_version: int = VERSION):
     """Check every structural rule of the header; return (graph JSON, tensor specs, metadata).
 
-    ``data_bytes`` is how many bytes the file holds after the data section's start; ``version`` is
-    the prefix's.
+    ``data_bytes`` is how many bytes the file holds after the data section's start;
+    ``prefix_version`` is the version the file's prefix gives (the header's must be the same).
     """
     where = "header"
     if not isinstance(header, dict):
         raise ModelFormatError(f"header: expected a JSON object, got {_json_type(header)}")
-    prefix_version = version
     fmt, version, data_length, graph, tensors, metadata = _fields(header, HEADER_KEYS, where)
     if fmt != "zsk":
         raise ModelFormatError(f'header: key \'format\' must be "zsk", got {fmt!r}')
