@@ -167,6 +167,46 @@ def test_a_block_pruned_model_is_saved_bsr_and_runs_the_same_from_the_file(block
         np.testing.assert_array_equal(got, want, err_msg=mode)
 
 
+@pytest.mark.parametrize("block", ["block:1x4", "block:2x2", "block:4x1"])
+def test_a_conv_block_is_outputs_by_input_channels_at_one_tap(block):
+    """On a conv weight (N, C, kh, kw) a block:RxC block is R output channels × C consecutive input
+    channels at one tap (i, j): the 4-byte groups of the quad conv, not C consecutive (c, i, j)."""
+    r, c = map(int, block.split(":")[1].split("x"))
+    model = cm.cnn()
+    pruned = zeroskip.prune(model, 0.75, structure=block, scope="layer",
+                            exclude=("c1", "dw", "fc"))
+    w = _array(pruned, "c2.w")  # (16, 8, 3, 3)
+    n, ch, kh, kw = w.shape
+    blocks = w.reshape(n // r, r, ch // c, c, kh, kw)
+    nonzero = np.count_nonzero(blocks, axis=(1, 3))  # per (output block, channel block, tap)
+    assert np.all((nonzero == 0) | (nonzero == r * c))
+    assert np.sum(nonzero == 0) == int(np.floor(0.75 * nonzero.size + 0.5))
+    # the blocks' importance is their own weights' mean |w|: every kept block outranks every
+    # removed one
+    mag = np.abs(_array(model, "c2.w")).reshape(n // r, r, ch // c, c, kh, kw).mean(axis=(1, 3))
+    assert mag[nonzero > 0].min() >= mag[nonzero == 0].max()
+
+
+def test_a_conv_pruned_in_channel_blocks_is_saved_in_them(tmp_path):
+    """block:1x4 on a conv leaves whole groups of 4 input channels at one tap, which .zsk stores as
+    bsr blocks [1, 4, 1, 1]; the loaded model runs the same bytes in the int8-free modes too."""
+    pruned = zeroskip.prune(cm.cnn(), 0.75, structure="block:1x4", scope="layer",
+                            exclude=("c1", "dw", "fc"))
+    path = tmp_path / "cnn.zsk"
+    zeroskip.save(pruned, path)
+    loaded = zeroskip.load(path, verify="eager")
+    c2 = loaded.graph.initializers["c2.w"]  # (16, 8, 3, 3); pw.w is too small to gain from it
+    assert c2.layout == "bsr" and c2.block == (1, 4, 1, 1), c2.layout
+    assert c2.blocks == 16 * 2 * 9 // 4  # a quarter of the blocks kept, each whole
+    for name in ("c2.w", "pw.w"):
+        np.testing.assert_array_equal(loaded.graph.initializers[name].to_numpy(),
+                                      _array(pruned, name))
+    x = cm.feeds(pruned)
+    for mode in ("dense-f32", "sparse-f32", "auto"):
+        got, want = (zeroskip.Session(m, mode=mode).run(x)["y"] for m in (loaded, pruned))
+        np.testing.assert_array_equal(got, want, err_msg=mode)
+
+
 def test_a_block_that_does_not_divide_a_weight_is_refused_naming_it():
     model = cm.cnn()
     before = _snapshot(model)

@@ -219,14 +219,17 @@ class CSR(_Tensor):
 
 
 class BSR(_Tensor):
-    """A tensor of shape (N, d1, d2, ...) stored as the block-sparse matrix (N, d1·d2·...): the
-    matrix cut into blocks of ``block`` = (r, c) (r rows, c columns; r divides N, c the columns),
-    and only the blocks that hold a nonzero kept, as SciPy's ``bsr_matrix``:
-    indptr [N/r + 1] — block row i's blocks are ``data[indptr[i]:indptr[i+1]]``
-    indices [nb] — their block-column numbers, sorted and unique within each block row
-    data [nb, r, c] — their values, each block in C order
-    A 1×4 block of a Gemm's or a 1×1 conv's weight holds one output's weights on 4 consecutive
-    inputs (pruning's ``block:1x4`` makes such weights; docs/format.md, "Layouts")."""
+    """A tensor of shape (N, d1, d2, ...) stored in blocks of ``block`` = (b0, b1, ...), one size
+    per axis, each dividing its axis: the tensor is a grid of blocks (N/b0, d1/b1, ...), the grid
+    is the matrix (N/b0, (d1/b1)·(d2/b2)·...), and only the blocks that hold a nonzero are kept,
+    in CSR order over that matrix:
+    indptr [N/b0 + 1] — the blocks of grid row i are ``data[indptr[i]:indptr[i+1]]``
+    indices [nb] — their columns in the grid's matrix, sorted and unique within each row
+    data [nb, b0, b1, ...] — their values
+    For a 2-d tensor this is SciPy's ``bsr_matrix``. A conv weight (N, C, kh, kw) in blocks
+    (1, 4, 1, 1) holds one output channel's weights on 4 consecutive input channels at one tap:
+    what pruning's ``block:1x4`` removes, and the quads of the quad conv (docs/format.md,
+    "Layouts")."""
 
     layout = "bsr"
 
@@ -241,32 +244,41 @@ class BSR(_Tensor):
 
     @classmethod
     def from_dense(cls, array, block, quant: QuantParams | None = None) -> "BSR":
-        """The BSR form of ``array`` (ndim >= 1) in blocks of ``block`` = (r, c), which must divide
-        its matrix shape; only the blocks with a nonzero are kept, with the smallest index types."""
+        """The BSR form of ``array`` (ndim >= 1) in blocks of ``block`` (one size per axis, each
+        dividing its axis); only the blocks with a nonzero are kept, with the smallest index
+        types."""
         array = np.asarray(array)
-        matrix = (array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
-                  if array.ndim else array.reshape(1, 1))
-        return cls.from_matrix(matrix, array.shape, block, quant)
+        at = np.nonzero(array)
+        return cls.from_coordinates(at, array[at], array.shape, block, quant)
 
     @classmethod
-    def from_matrix(cls, matrix, shape, block, quant: QuantParams | None = None) -> "BSR":
-        """As ``from_dense``, from the tensor's matrix (N, d1·d2·...): a 2-d array or a SciPy sparse
-        matrix (a CSR tensor's, with no densifying)."""
-        from scipy.sparse import bsr_matrix
-
-        r, c = (int(b) for b in block)
-        if r < 1 or c < 1 or matrix.shape[0] % r or matrix.shape[1] % c:
-            raise ValueError(f"block {r}x{c} does not divide the matrix {matrix.shape}")
-        blocks = bsr_matrix(matrix, blocksize=(r, c))
-        blocks.sort_indices()
-        keep = blocks.data.reshape(len(blocks.data), r * c).any(axis=1)  # no all-zero block
-        rows = np.repeat(np.arange(matrix.shape[0] // r), np.diff(blocks.indptr))[keep]
-        counts = np.bincount(rows, minlength=matrix.shape[0] // r)
-        nb = int(keep.sum())
+    def from_coordinates(cls, at, values, shape, block, quant: QuantParams | None = None
+                         ) -> "BSR":
+        """As ``from_dense``, from the nonzeros alone: ``at`` their coordinates (one array per
+        axis, as np.nonzero gives them), ``values`` theirs (so a CSR tensor is never densified)."""
+        shape, block = tuple(int(d) for d in shape), tuple(int(b) for b in block)
+        if len(block) != len(shape) or not shape or any(
+                b < 1 or d % b for d, b in zip(shape, block)):
+            raise ValueError(f"block {list(block)} does not divide the shape {list(shape)}")
+        values = np.asarray(values)
+        grid = [d // b for d, b in zip(shape, block)]
+        grid_cols = int(np.prod(grid[1:], dtype=np.int64))
+        if len(values) == 0:
+            nb, keys, inverse, within = 0, np.zeros(0, np.int64), None, None
+        else:
+            at = [np.asarray(a, np.int64) for a in at]
+            cols = (np.ravel_multi_index([a // b for a, b in zip(at[1:], block[1:])], grid[1:])
+                    if len(shape) > 1 else 0)
+            keys, inverse = np.unique(at[0] // block[0] * grid_cols + cols, return_inverse=True)
+            within = np.ravel_multi_index([a % b for a, b in zip(at, block)], block)
+            nb = len(keys)
+        data = np.zeros((nb, int(np.prod(block))), values.dtype)
+        if nb:
+            data[inverse.reshape(-1), within] = values
+        counts = np.bincount(keys // max(grid_cols, 1), minlength=grid[0])
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype(nb))
-        indices = blocks.indices[keep].astype(index_dtype(max(matrix.shape[1] // c - 1, 0)))
-        data = np.ascontiguousarray(blocks.data[keep], dtype=matrix.dtype)
-        return cls(indptr, indices, data, shape, (r, c), quant)
+        indices = (keys % max(grid_cols, 1)).astype(index_dtype(max(grid_cols - 1, 0)))
+        return cls(indptr, indices, data, shape, block, quant)
 
     @property
     def indptr(self) -> np.ndarray:
@@ -286,6 +298,11 @@ class BSR(_Tensor):
     @property
     def shape(self) -> tuple[int, ...]:
         return self._shape
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The tensor's shape in blocks."""
+        return tuple(d // b for d, b in zip(self._shape, self.block))
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -310,12 +327,15 @@ class BSR(_Tensor):
         return int(self._indptr.nbytes + self._indices.nbytes + self._data.nbytes)
 
     def to_numpy(self) -> np.ndarray:
-        rows, cols = self.matrix_shape
-        r, c = self.block
-        dense = np.zeros((rows // r, cols // c, r, c), dtype=self.dtype)
-        row_of = np.repeat(np.arange(rows // r), np.diff(self.indptr.astype(np.int64)))
+        grid, ndim = self.grid, len(self._shape)
+        cols = int(np.prod(grid[1:], dtype=np.int64))
+        dense = np.zeros((grid[0], cols) + self.block, dtype=self.dtype)
+        row_of = np.repeat(np.arange(grid[0]), np.diff(self.indptr.astype(np.int64)))
         dense[row_of, self.indices.astype(np.int64)] = self.data
-        return dense.transpose(0, 2, 1, 3).reshape(self._shape)
+        # (grid0, grid1, ..., b0, b1, ...) -> (grid0, b0, grid1, b1, ...) -> the tensor
+        dense = dense.reshape(tuple(grid) + self.block)
+        order = [axis for pair in zip(range(ndim), range(ndim, 2 * ndim)) for axis in pair]
+        return dense.transpose(order).reshape(self._shape)
 
 
 Tensor = Union[Dense, CSR, BSR]
@@ -460,7 +480,7 @@ class Model:
                     continue
                 layout = tensor.layout
                 if isinstance(tensor, BSR):
-                    layout = f"bsr {tensor.block[0]}x{tensor.block[1]}"
+                    layout = "bsr " + "x".join(map(str, tensor.block))
                 rows.append(dict(node=node.name, op=node.op, tensor=name, shape=tensor.shape,
                                  layout=layout, dtype=str(tensor.dtype),
                                  density=tensor.density, nbytes=tensor.nbytes,

@@ -8,7 +8,8 @@ structure          a group is                       its importance
 =================  ===============================  =========================================
 ``unstructured``   one weight                       |w| ("l1") or w² ("l2")
 ``channel``        one row: an output channel       mean |w| or √mean w² over the row
-``block:RxC``      R rows × C columns               mean |w| or √mean w² over the block
+``block:RxC``      R rows × C columns (a conv: R    mean |w| or √mean w² over the block
+                   outputs × C inputs at one tap)
 ``n:m``            m consecutive weights of a row   the n largest |w| of each group are kept
 =================  ===============================  =========================================
 
@@ -18,6 +19,12 @@ layers' groups pooled (``scope="global"``, one threshold across layers, as torch
 ``global_unstructured``). Importance is a *mean* over the group, so that rows and blocks of layers
 with different fan-ins compare fairly under one global threshold. A layer always keeps at least
 one channel. ``n:m`` fixes the sparsity at 1 − n/m in every layer, so it ignores ``sparsity``.
+
+The columns of a conv weight (N, C, kh, kw) run over (c, i, j) for ``n:m``, and over (i, j, c),
+the input channels fastest, for ``block:RxC``: a block is R output channels × C consecutive input
+channels at one tap, the 4-byte groups that the quad conv (docs/kernels.md) multiplies in one
+instruction and skips whole when they are zero, and that ``.zsk`` stores as blocks [R, C, 1, 1]
+(docs/format.md). For a Gemm or a 1×1 conv both orders are the same.
 
 ``prune`` applies the masks to a float Model. ``channel`` really shrinks the model where the graph
 allows it: the layer loses its pruned outputs (weight rows, bias), and everything that reads them
@@ -123,7 +130,13 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
                                    f"(outputs first), got {w.dtype} of shape {list(w.shape)}")
         if not np.all(np.isfinite(w)):
             raise CompressionError(f"weight {name!r}: has NaN or infinite values")
-        matrices[name] = w.reshape(w.shape[0], -1).astype(np.float64)
+        if struct.kind == "block" and w.ndim >= 3 and (w.shape[0] % struct.rows
+                                                         or w.shape[1] % struct.cols):
+            raise CompressionError(
+                f"weight {name!r} of shape {list(w.shape)} (outputs, inputs, taps): block "
+                f"{struct.rows}x{struct.cols} does not divide its outputs and input channels; "
+                f"leave the layer out with exclude=, or choose another block")
+        matrices[name] = _channels_last(w, struct).reshape(w.shape[0], -1).astype(np.float64)
     targets = _targets(matrices, sparsity, scope)
     groups = {name: _groups(name, w, struct, importance) for name, w in matrices.items()
               if name in targets}
@@ -133,8 +146,25 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
         keep = np.ones(w.shape, bool)
         if name in groups:
             keep = groups[name].keep(removed[name])
-        out[name] = keep.reshape(np.shape(weights[name]))
+        shape = np.shape(weights[name])
+        out[name] = _channels_first(keep.reshape(_channels_last(np.empty(shape, bool),
+                                                                struct).shape), struct)
     return out
+
+
+def _channels_last(w: np.ndarray, struct) -> np.ndarray:
+    """A conv weight (N, C, kh, ...) as (N, kh, ..., C) for ``block`` structures, whose blocks
+    take consecutive input channels at one tap; every other weight and structure as it is."""
+    if struct.kind != "block" or w.ndim < 3:
+        return w
+    return w.transpose(0, *range(2, w.ndim), 1)
+
+
+def _channels_first(keep: np.ndarray, struct) -> np.ndarray:
+    """The inverse of ``_channels_last``: (N, kh, ..., C) back to (N, C, kh, ...)."""
+    if struct.kind != "block" or keep.ndim < 3:
+        return keep
+    return keep.transpose(0, keep.ndim - 1, *range(1, keep.ndim - 1))
 
 
 def _targets(matrices: dict, sparsity, scope) -> dict:

@@ -53,14 +53,15 @@ INTEGER_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "int64")
 HEADER_KEYS = ("format", "version", "data_length", "graph", "tensors", "metadata")
 TENSOR_KEYS = ("layout", "dtype", "shape", "buffers", "quant")
 BSR_TENSOR_KEYS = TENSOR_KEYS + ("block",)
-"""A ``bsr`` tensor's keys: its block's [rows, columns] too."""
+"""A ``bsr`` tensor's keys: its block's size along each axis too."""
 MAX_BLOCK = 1 << 16
 """The largest side of a ``bsr`` block a reader accepts."""
 BSR_BLOCKS = tuple(sorted(((r, c) for r in (1, 2, 4, 8) for c in (1, 2, 4, 8) if r * c > 1),
                           key=lambda block: (-block[0] * block[1], block)))
-"""The block shapes a writer tries for ``bsr``, in order: larger blocks first, so that of two
-layouts of the same bytes (padding evens out a few index bytes) the one with fewer, larger blocks
-is kept: (8, 8), (4, 8), (8, 4), (2, 8), (4, 4), (8, 2), (1, 8), … (1, 2), (2, 1)."""
+"""The (axis 0, axis 1) sizes of the blocks a writer tries for ``bsr`` (1 along every other axis),
+in order: larger blocks first, so that of two layouts of the same bytes (padding evens out a few
+index bytes) the one with fewer, larger blocks is kept: (8, 8), (4, 8), (8, 4), (2, 8), (4, 4),
+(8, 2), (1, 8), … (1, 2), (2, 1)."""
 BUFFER_KEYS = ("offset", "length", "dtype", "crc32")
 QUANT_KEYS = ("axis", "scale", "zero_point")
 GRAPH_KEYS = ("inputs", "outputs", "nodes")
@@ -302,7 +303,7 @@ def _parse_tensor(name: str, entry, data_length: int, version: int = VERSION) ->
         raise ModelFormatError("tensor '': a tensor name must not be empty")
     bsr = isinstance(entry, dict) and entry.get("layout") == "bsr"
     layout, dtype, shape, buffers, quant, *block = _fields(
-        entry, BSR_TENSOR_KEYS if bsr else TENSOR_KEYS, where)
+        entry, BSR_TENSOR_KEYS if bsr else TENSOR_KEYS, where)  # block: [the key's value] if bsr
     if not isinstance(layout, str):
         raise ModelFormatError(f"{where}: key 'layout' must be a string, got {_json_type(layout)}")
     if layout not in ROLES:
@@ -331,20 +332,18 @@ def _parse_tensor(name: str, entry, data_length: int, version: int = VERSION) ->
                        block)
 
 
-def _parse_block(where, block, shape) -> tuple[int, int]:
-    """A ``bsr`` tensor's block: [rows, columns], integers in [1, MAX_BLOCK] that divide the
-    tensor's matrix (shape[0], prod(shape[1:]))."""
-    if not (isinstance(block, list) and len(block) == 2
-            and all(_is_int(b) and 1 <= b <= MAX_BLOCK for b in block)):
-        raise ModelFormatError(f"{where}: block must be [rows, columns], two integers in [1, "
-                               f"{MAX_BLOCK}], got {_short(block)}")
+def _parse_block(where, block, shape) -> tuple[int, ...]:
+    """A ``bsr`` tensor's block: one integer in [1, MAX_BLOCK] per axis, each dividing its axis."""
     if not shape:
         raise ModelFormatError(f"{where}: a bsr tensor needs at least one axis")
-    rows, cols = shape[0], math.prod(shape[1:])
-    if rows % block[0] or cols % block[1]:
-        raise ModelFormatError(f"{where}: block {block[0]}x{block[1]} does not divide the matrix "
-                               f"({rows}, {cols}) of shape {_short(list(shape))}")
-    return block[0], block[1]
+    if not (isinstance(block, list) and len(block) == len(shape)
+            and all(_is_int(b) and 1 <= b <= MAX_BLOCK for b in block)):
+        raise ModelFormatError(f"{where}: block must be one integer in [1, {MAX_BLOCK}] per axis "
+                               f"({len(shape)}), got {_short(block)}")
+    if any(d % b for d, b in zip(shape, block)):
+        raise ModelFormatError(f"{where}: block {_short(block)} does not divide the shape "
+                               f"{_short(list(shape))}")
+    return tuple(block)
 
 
 def _check_representable(where, shape, dtype):
@@ -381,14 +380,16 @@ def _check_length(where, buffer, count: int, what: str):
 
 def _check_csr_buffers(where, buffers, dtype, shape, block=None):
     """The buffers' dtypes and lengths of a ``csr`` tensor, or of a ``bsr`` one (``block`` its
-    (r, c)): its matrix of blocks has rows/r rows and cols/c columns, each entry r·c values."""
+    size along each axis): the matrix of its grid of blocks, (rows/b0, the other axes' blocks),
+    each entry prod(block) values."""
     if not shape:
         raise ModelFormatError(f"{where}: a csr tensor needs at least one axis")
     rows, cols = shape[0], math.prod(shape[1:])
     if rows * cols > MAX_DIM:  # NumPy's sizes and flat indices are int64
         raise ModelFormatError(f"{where}: shape {list(shape)} has {rows * cols} elements, more than "
                                f"2**62")
-    r, c = block or (1, 1)
+    per = math.prod(block) if block else 1
+    r, c = (block[0], per // block[0]) if block else (1, 1)  # rows, columns of the grid's matrix
     for role in ("indptr", "indices"):
         _parse_dtype(buffers[role][2], f"{where} buffer {role!r}", INDEX_DTYPES, "index dtype")
     what = "elements (rows + 1)" if block is None else f"elements (rows / {r} + 1)"
@@ -399,10 +400,10 @@ def _check_csr_buffers(where, buffers, dtype, shape, block=None):
         raise ModelFormatError(f"{where} buffer 'indices': length {buffers['indices'][1]} is not a "
                                f"multiple of {index_size} bytes")
     data_size = np.dtype(buffers["data"][2]).itemsize
-    if buffers["data"][1] != nnz * r * c * data_size:
-        per = "" if block is None else f" ({r}·{c} per block)"
+    if buffers["data"][1] != nnz * per * data_size:
+        each = "" if block is None else f" ({per} per block)"
         raise ModelFormatError(f"{where}: data holds {buffers['data'][1] / data_size:g} values but "
-                               f"indices holds {nnz}{per}")
+                               f"indices holds {nnz}{each}")
     if nnz > (rows // r) * (cols // c):
         what = "nonzeros exceed rows × cols" if block is None else "blocks exceed the matrix's"
         raise ModelFormatError(f"{where}: {nnz} {what} = {(rows // r) * (cols // c)}")
@@ -484,7 +485,7 @@ def _build_tensor(buf, data_start: int, spec: _TensorSpec):
 
         return Dense(views["data"].reshape(spec.shape), spec.quant, verify=verify)
     bsr = spec.layout == "bsr"
-    cols = math.prod(spec.shape[1:]) // (spec.block[1] if bsr else 1)  # a bsr's block columns
+    cols = math.prod(spec.shape[1:]) // (math.prod(spec.block[1:]) if bsr else 1)  # a bsr's grid
 
     def verify():
         _check_crcs(spec.name, crcs)
@@ -902,26 +903,21 @@ def _encode_tensor(name: str, tensor):
     rows, cols = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
     nnz = csr.nnz if csr is not None else int(np.count_nonzero(values))
 
-    def nonzeros():  # their coordinates in the matrix (rows, cols)
-        if csr is not None:
-            return (np.repeat(np.arange(rows), np.diff(csr.indptr.astype(np.int64))),
-                    csr.indices.astype(np.int64))
-        return np.nonzero(values.reshape(rows, cols))
+    def nonzeros():  # their coordinates (one array per axis, in row-major order) and values
+        if csr is None:
+            at = np.nonzero(values)
+            return at, values[at]
+        row = np.repeat(np.arange(rows), np.diff(csr.indptr.astype(np.int64)))
+        return (row, *np.unravel_index(csr.indices.astype(np.int64), shape[1:])), csr.data
 
-    layout, block = _smallest_layout(shape, tensor.dtype, nnz, nonzeros)
+    layout, block = _smallest_layout(shape, tensor.dtype, nnz, lambda: nonzeros()[0])
     if layout == "csr":
         csr = csr if csr is not None else CSR.from_dense(values)
         buffers = {"indptr": csr.indptr.astype(index_dtype(nnz), copy=False),
                    "indices": csr.indices.astype(index_dtype(max(cols - 1, 0)), copy=False),
                    "data": csr.data}
     elif layout == "bsr":
-        if csr is not None:
-            from scipy.sparse import csr_matrix
-
-            matrix = csr_matrix((csr.data, csr.indices, csr.indptr), shape=(rows, cols))
-        else:
-            matrix = values.reshape(rows, cols)
-        bsr = BSR.from_matrix(matrix, shape, block)
+        bsr = BSR.from_coordinates(*nonzeros(), shape, block)
         buffers = {"indptr": bsr.indptr, "indices": bsr.indices, "data": bsr.data}
     else:
         buffers = {"data": tensor.to_numpy() if values is None else values}
@@ -940,10 +936,10 @@ def _sparse_bytes(rows: int, cols: int, entries: int, per_entry: int, dtype: np.
 
 def _smallest_layout(shape: tuple, dtype: np.dtype, nnz: int, nonzeros) -> tuple:
     """("dense" | "csr" | "bsr", a bsr's block or None): the layout that takes the fewest bytes
-    on disk, padding included, for a tensor with ``nnz`` nonzeros, which ``nonzeros()`` gives as
-    (rows, columns) of its matrix (shape[0], prod(shape[1:])), asked only if a bsr could win; a tie
-    keeps the earlier of dense, csr, then the bsr blocks in BSR_BLOCKS' order (r, c ∈ {1, 2, 4,
-    8}, each dividing the matrix).
+    on disk, padding included, for a tensor with ``nnz`` nonzeros, whose coordinates
+    ``nonzeros()`` gives (one array per axis, row-major order), asked only if a bsr could win; a
+    tie keeps the earlier of dense, csr, then the bsr blocks: r × c along axes 0 and 1 (1 along
+    the others) in BSR_BLOCKS' order, each dividing its axes.
 
     Only weights may become sparse: ndim >= 2, and a float, int8 or uint8 dtype.
     """
@@ -955,33 +951,36 @@ def _smallest_layout(shape: tuple, dtype: np.dtype, nnz: int, nonzeros) -> tuple
                key=lambda option: option[0])
     if nnz * dtype.itemsize >= best[0]:  # no bsr can be smaller: its data alone would not be
         return best[1:]
-    counts = _block_counts(rows, cols, *nonzeros())
+    counts = _block_counts(shape, nonzeros())
     for r, c in BSR_BLOCKS:
         if (r, c) in counts:
             size = _sparse_bytes(rows // r, cols // c, counts[(r, c)], r * c, dtype)
             if size < best[0]:
-                best = (size, "bsr", (r, c))
+                best = (size, "bsr", (r, c) + (1,) * (len(shape) - 2))
     return best[1:]
 
 
-def _block_counts(rows: int, cols: int, rows_at, cols_at) -> dict:
-    """{(r, c): how many r×c blocks hold a nonzero} for the blocks of BSR_BLOCKS that divide the
-    matrix (rows, cols), from its nonzeros' coordinates in row-major order. One sort per block
-    height (the keys (row // r, column) of a height of 1 are in order already); then for each
-    width the blocks are the changes of (row // r, column // c) along that order: on a pruned
-    ResNet-18 0.2 s a save, where a np.unique per block shape took 3.3."""
-    rows_at, cols_at = np.asarray(rows_at, np.int64), np.asarray(cols_at, np.int64)
+def _block_counts(shape: tuple, at) -> dict:
+    """{(r, c): how many blocks of r along axis 0, c along axis 1 (1 along the others) hold a
+    nonzero} for the (r, c) of BSR_BLOCKS that divide ``shape``, from the nonzeros' coordinates
+    ``at``. One sort per r, by (axis 0 // r, the axes past 1, axis 1): along that order the block
+    (axis 0 // r, axes past 1, axis 1 // c) of every width c never decreases, so the blocks are its
+    changes (on a pruned ResNet-18 0.2 s a save, where a np.unique per block shape took 3.3)."""
+    rows, channels, taps = shape[0], shape[1], math.prod(shape[2:])
+    first, second = (np.asarray(a, np.int64) for a in at[:2])
+    rest = (np.ravel_multi_index([np.asarray(a, np.int64) for a in at[2:]], shape[2:])
+            if len(shape) > 2 and len(first) else 0)
     counts = {}
     for r in sorted({r for r, _ in BSR_BLOCKS}):
         if rows % r:
             continue
-        key = rows_at // r * cols + cols_at  # < rows·cols ≤ 2**62
-        if r > 1:
-            key = np.sort(key, kind="stable")  # timsort: merges the rows' sorted runs
-        block_row, column = np.divmod(key, cols) if cols else (key, key)
+        key = (first // r * taps + rest) * channels + second  # < rows·cols ≤ 2**62
+        if r > 1 or len(shape) > 2:  # row-major order is this order only for r = 1 of a matrix
+            key = np.sort(key, kind="stable")  # timsort: merges the sorted runs
+        outer, second_at = np.divmod(key, channels) if channels else (key, key)
         for c in sorted({c for height, c in BSR_BLOCKS if height == r}):
-            if cols % c == 0:
-                blocks = block_row * (cols // c) + column // c  # non-decreasing
+            if channels % c == 0:
+                blocks = outer * (channels // c) + second_at // c  # non-decreasing
                 counts[(r, c)] = int(np.count_nonzero(np.diff(blocks))) + int(len(blocks) > 0)
     return counts
 
@@ -1010,24 +1009,25 @@ def _check_csr_in_memory(name: str, tensor: CSR):
 def _check_bsr_in_memory(name: str, tensor: BSR):
     """Enough of the BSR rules that ``to_numpy`` is safe and means what it says."""
     where = f"tensor {name!r}"
-    shape, (r, c) = tensor.shape, tensor.block
+    shape, block = tensor.shape, tensor.block
     if not shape:
         raise ModelFormatError(f"{where}: a bsr tensor needs at least one axis")
-    rows, cols = shape[0], math.prod(shape[1:])
-    if r < 1 or c < 1 or rows % r or cols % c:
-        raise ModelFormatError(f"{where}: block {r}x{c} does not divide the matrix ({rows}, {cols})")
+    if len(block) != len(shape) or any(b < 1 or d % b for d, b in zip(shape, block)):
+        raise ModelFormatError(f"{where}: block {list(block)} does not divide the shape "
+                               f"{list(shape)}")
     indptr, indices, data = tensor.indptr, tensor.indices, tensor.data
     for role, array in (("indptr", indptr), ("indices", indices)):
         if array.ndim != 1 or array.dtype.kind not in "iu":
             raise ModelFormatError(f"{where}: {role} must be a 1-d integer array, got "
                                    f"{array.ndim}-d {array.dtype}")
-    if len(indptr) != rows // r + 1:
-        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows / {r} + "
-                               f"1 = {rows // r + 1}")
-    if data.shape != (len(indices), r, c):
-        raise ModelFormatError(f"{where}: data has shape {data.shape}, expected ({len(indices)}, "
-                               f"{r}, {c})")
-    _check_csr_contents(name, indptr, indices, cols // c, "block ")
+    grid = tensor.grid
+    if len(indptr) != grid[0] + 1:
+        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows / "
+                               f"{block[0]} + 1 = {grid[0] + 1}")
+    if data.shape != (len(indices),) + block:
+        raise ModelFormatError(f"{where}: data has shape {data.shape}, expected "
+                               f"{(len(indices),) + block}")
+    _check_csr_contents(name, indptr, indices, math.prod(grid[1:]), "block ")
 
 
 def _encode_quant(name: str, quant, ndim: int):
