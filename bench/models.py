@@ -7,7 +7,11 @@ Built with ``onnx.helper`` (no torch, nothing downloaded). For each CNN, onnxrun
   (both engines fold it at load);
 - ``resnet18_pruned90.onnx``, ``mobilenetv2_pruned90.onnx``: magnitude-pruned to 10 % density, per
   tensor: every ResNet-18 conv but the stem; the MobileNetV2 1x1 convs only (stem and depthwise stay dense);
-- ``*_int8.onnx`` and ``*_pruned90_int8.onnx``: those quantized by onnxruntime's ``quantize_static``
+- ``resnet18_block90.onnx``, ``mobilenetv2_block90.onnx``: the same convs pruned to 10 % density in
+  blocks of 4 input channels at one tap (``prune(..., block=4)``: what ``zeroskip.prune``'s
+  ``block:1x4`` does, and the groups the quad conv skips whole);
+- ``*_int8.onnx``, ``*_pruned90_int8.onnx`` and ``*_block90_int8.onnx``: those quantized by
+  onnxruntime's ``quantize_static``
   (QDQ, uint8 activations, per-channel int8 weights, BatchNormalization folded); with
   ``--activations int8`` (onnxruntime's own default), ``*_int8_s8.onnx`` and
   ``*_pruned90_int8_s8.onnx`` instead.
@@ -217,7 +221,7 @@ def mobilenetv2(seed: int = 0, image: int = 224, width: float = 1.0) -> onnx.Mod
 
 
 def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
-          only_pointwise: bool = False) -> onnx.ModelProto:
+          only_pointwise: bool = False, block: int = 1) -> onnx.ModelProto:
     """A copy of ``model`` with each Conv's weight magnitude-pruned to ``density``, per tensor.
 
     Parameters
@@ -232,6 +236,10 @@ def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
     only_pointwise : bool
         Prune only the 1x1 convs of one group (MobileNetV2's expand and project convs); every
         other conv (a depthwise one, say) stays dense too.
+    block : int
+        1: single weights. B > 1: groups of B consecutive input channels at one tap of one output
+        channel, ranked by their mean |w|, ``round(density · groups)`` kept whole (a conv whose
+        input channels B does not divide stays dense).
 
     Returns
     -------
@@ -251,8 +259,19 @@ def prune(model: onnx.ModelProto, density: float = 0.1, skip=("stem",),
         if tensor.name not in targets:
             continue
         w = numpy_helper.to_array(tensor).copy()
-        drop = w.size - int(round(density * w.size))
-        w.reshape(-1)[np.argsort(np.abs(w), axis=None, kind="stable")[:drop]] = 0
+        if block > 1:
+            n, c = w.shape[:2]
+            if c % block:
+                continue
+            groups = np.abs(w).reshape(n, c // block, block, -1).mean(axis=2)  # (n, c/B, taps)
+            drop = groups.size - int(round(density * groups.size))
+            gone = np.zeros(groups.size, bool)
+            gone[np.argsort(groups, axis=None, kind="stable")[:drop]] = True
+            w.reshape(n, c // block, block, -1)[np.repeat(
+                gone.reshape(groups.shape)[:, :, None, :], block, axis=2)] = 0
+        else:
+            drop = w.size - int(round(density * w.size))
+            w.reshape(-1)[np.argsort(np.abs(w), axis=None, kind="stable")[:drop]] = 0
         pruned.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, tensor.name))
     return pruned
 
@@ -373,12 +392,15 @@ def main(argv=None) -> None:
         dense = mlp(args.seed) if net == "mlp" else BUILDERS[net](args.seed)
         models = {net: dense}
         if net != "mlp":
-            pruned = prune(dense, 0.1, only_pointwise=net == "mobilenetv2")
-            models.update({f"{net}_pruned90": pruned,
+            pointwise = net == "mobilenetv2"
+            pruned = prune(dense, 0.1, only_pointwise=pointwise)
+            blocked = prune(dense, 0.1, only_pointwise=pointwise, block=4)
+            models.update({f"{net}_pruned90": pruned, f"{net}_block90": blocked,
                            f"{net}_int8{suffix}": quantize(dense, seed=args.seed,
-                                                           activations=args.activations),
-                           f"{net}_pruned90_int8{suffix}": quantize(
-                               pruned, seed=args.seed, activations=args.activations)})
+                                                           activations=args.activations)})
+            for tag, variant in (("pruned90", pruned), ("block90", blocked)):
+                models[f"{net}_{tag}_int8{suffix}"] = quantize(variant, seed=args.seed,
+                                                               activations=args.activations)
         for name, model in models.items():
             path = os.path.join(args.outdir, f"{name}.onnx")
             onnx.save(model, path)

@@ -60,3 +60,32 @@ def test_zeroskip_variants_have_their_sparsity_and_exact_int8_modes():
     ref = zeroskip.Session(q).run(x)["logits"]
     for mode in ("dense-i8", "sparse-i8", "auto"):
         assert np.array_equal(zeroskip.Session(q, mode).run(x)["logits"], ref), mode
+
+
+@pytest.mark.parametrize("net", ["resnet18", "mobilenetv2"])
+def test_block_pruning_keeps_whole_groups_of_4_input_channels_at_a_tap(net):
+    """prune(..., block=4): each pruned conv keeps round(density · groups) whole groups of 4 input
+    channels at one tap, the ones with the largest mean |w|; the stem (3 channels), a conv whose
+    input channels 4 does not divide, and on MobileNetV2 every conv but the 1×1 ones, stay
+    dense."""
+    model = SMALL[net]()
+    pruned = models.prune(model, 0.1, only_pointwise=net == "mobilenetv2", block=4)
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    convs = {n.input[1]: n for n in model.graph.node if n.op_type == "Conv"}
+    checked = 0
+    for name, node in convs.items():
+        w, v = before[name], after[name]
+        pointwise = w.shape[2:] == (1, 1) and w.shape[1] > 1
+        if node.name.startswith("stem") or (net == "mobilenetv2" and not pointwise) or (
+                w.shape[1] % 4):  # a conv whose input channels 4 does not divide stays dense
+            np.testing.assert_array_equal(v, w, err_msg=name)
+            continue
+        n, c = w.shape[:2]
+        groups = np.count_nonzero(v.reshape(n, c // 4, 4, -1), axis=2)  # per (n, group, tap)
+        assert np.all((groups == 0) | (groups == 4)), name  # whole groups (no exact zeros here)
+        assert np.count_nonzero(groups) == int(round(0.1 * groups.size)), name
+        mag = np.abs(w).reshape(n, c // 4, 4, -1).mean(axis=2)
+        assert mag[groups > 0].min() >= mag[groups == 0].max(), name
+        checked += 1
+    assert checked > 0
