@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from zeroskip.engine import tuning
@@ -108,3 +109,20 @@ def test_a_close_call_is_timed_twice_and_each_mode_keeps_its_better_time(monkeyp
     got = tuning._time_modes(None, None, {}, modes,
                              lambda model, node, mode: FakeStep(mode, clear[mode]))
     assert got == pytest.approx((1.8, 5.0)) and calls["sparse-i8"] == tuning.REPEATS + 1
+
+
+def test_a_layer_pruned_in_quads_is_not_timed_as_one_pruned_unstructured():
+    """The per-layer key tells apart two weights of one density whose nonzeros fill different
+    shares of the groups of 4 input channels at a tap: the quad conv's work differs 3×."""
+    from zeroskip import Dense, Node
+    from zeroskip.ops import normalize_attrs
+
+    rng = np.random.default_rng(0)
+    unstructured = (rng.random((32, 16, 3, 3)) < 0.1).astype(np.int8)
+    quads = np.repeat(rng.random((32, 4, 1, 3, 3)) < 0.1, 4, axis=2).reshape(32, 16, 3, 3)
+    node = Node("c", "Conv", ["x", "w"], ["y"], normalize_attrs("Conv", {"pads": [1, 1, 1, 1]}))
+    keys = [tuning.layer_key(node, {"w": Dense(w.astype(np.int8))}, ((1, 16, 8, 8), "uint8"),
+                             0.1) for w in (unstructured, quads)]
+    assert keys[0] != keys[1]
+    assert tuning.quad_share(quads.astype(np.int8)) == np.mean(quads.reshape(32, 4, 4, 9).any(2))
+    assert tuning.quad_share(np.ones((8, 6), np.int8)) is None  # 6 inputs: no groups of 4
