@@ -144,35 +144,16 @@ class Dense(_Tensor):
         return self.array
 
 
-class CSR(_Tensor):
-    """A tensor of shape (N, d1, d2, ...) stored as the CSR matrix (N, d1·d2·...).
+class _Compressed(_Tensor):
+    """What CSR and BSR share: the three arrays (read only after verification), the tensor's shape,
+    its matrix (first axis, the rest flattened), dtype and bytes."""
 
-    Rows are the first axis (output channels of a weight), as in SciPy:
-    indptr [N+1] — row n's nonzeros are ``data[indptr[n]:indptr[n+1]]``
-    indices [nnz] — their column numbers, sorted and unique within each row
-    data [nnz] — their values
-    """
-
-    layout = "csr"
-
-    def __init__(self, indptr, indices, data, shape, quant: QuantParams | None = None, *,
-                 verify=None):
+    def __init__(self, indptr, indices, data, shape, quant, verify):
         super().__init__(quant, verify)
         self._indptr = np.asarray(indptr)
         self._indices = np.asarray(indices)
         self._data = np.asarray(data)
         self._shape = tuple(int(d) for d in shape)
-
-    @classmethod
-    def from_dense(cls, array, quant: QuantParams | None = None) -> "CSR":
-        """The CSR form of ``array`` (ndim >= 1), with the smallest index types that fit."""
-        array = np.asarray(array)
-        matrix = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
-        rows, cols = np.nonzero(matrix)  # row-major order: rows ascending, columns sorted per row
-        counts = np.bincount(rows, minlength=matrix.shape[0])
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype(len(rows)))
-        indices = cols.astype(index_dtype(max(matrix.shape[1] - 1, 0)))
-        return cls(indptr, indices, matrix[rows, cols], array.shape, quant)
 
     @property
     def indptr(self) -> np.ndarray:
@@ -203,12 +184,39 @@ class CSR(_Tensor):
         return self._data.dtype
 
     @property
-    def nnz(self) -> int:
-        return int(self._data.shape[0])
-
-    @property
     def nbytes(self) -> int:
         return int(self._indptr.nbytes + self._indices.nbytes + self._data.nbytes)
+
+
+class CSR(_Compressed):
+    """A tensor of shape (N, d1, d2, ...) stored as the CSR matrix (N, d1·d2·...).
+
+    Rows are the first axis (output channels of a weight), as in SciPy:
+    indptr [N+1] — row n's nonzeros are ``data[indptr[n]:indptr[n+1]]``
+    indices [nnz] — their column numbers, sorted and unique within each row
+    data [nnz] — their values
+    """
+
+    layout = "csr"
+
+    def __init__(self, indptr, indices, data, shape, quant: QuantParams | None = None, *,
+                 verify=None):
+        super().__init__(indptr, indices, data, shape, quant, verify)
+
+    @classmethod
+    def from_dense(cls, array, quant: QuantParams | None = None) -> "CSR":
+        """The CSR form of ``array`` (ndim >= 1), with the smallest index types that fit."""
+        array = np.asarray(array)
+        matrix = array.reshape(array.shape[0], -1) if array.ndim else array.reshape(1, 1)
+        rows, cols = np.nonzero(matrix)  # row-major order: rows ascending, columns sorted per row
+        counts = np.bincount(rows, minlength=matrix.shape[0])
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(index_dtype(len(rows)))
+        indices = cols.astype(index_dtype(max(matrix.shape[1] - 1, 0)))
+        return cls(indptr, indices, matrix[rows, cols], array.shape, quant)
+
+    @property
+    def nnz(self) -> int:
+        return int(self._data.shape[0])
 
     def to_numpy(self) -> np.ndarray:
         rows, cols = self.matrix_shape
@@ -218,7 +226,7 @@ class CSR(_Tensor):
         return dense.reshape(self._shape)
 
 
-class BSR(_Tensor):
+class BSR(_Compressed):
     """A tensor of shape (N, d1, d2, ...) stored in blocks of ``block`` = (b0, b1, ...), one size
     per axis, each dividing its axis: the tensor is a grid of blocks (N/b0, d1/b1, ...), the grid
     is the matrix (N/b0, (d1/b1)·(d2/b2)·...), and only the blocks that hold a nonzero are kept,
@@ -235,12 +243,9 @@ class BSR(_Tensor):
 
     def __init__(self, indptr, indices, data, shape, block, quant: QuantParams | None = None, *,
                  verify=None):
-        super().__init__(quant, verify)
-        self._indptr = np.asarray(indptr)
-        self._indices = np.asarray(indices)
         self.block = tuple(int(b) for b in block)
-        self._data = np.asarray(data).reshape((-1,) + self.block)
-        self._shape = tuple(int(d) for d in shape)
+        super().__init__(indptr, indices, np.asarray(data).reshape((-1,) + self.block), shape,
+                         quant, verify)
 
     @classmethod
     def from_dense(cls, array, block, quant: QuantParams | None = None) -> "BSR":
@@ -281,37 +286,9 @@ class BSR(_Tensor):
         return cls(indptr, indices, data, shape, block, quant)
 
     @property
-    def indptr(self) -> np.ndarray:
-        self._checked()
-        return self._indptr
-
-    @property
-    def indices(self) -> np.ndarray:
-        self._checked()
-        return self._indices
-
-    @property
-    def data(self) -> np.ndarray:
-        self._checked()
-        return self._data
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
     def grid(self) -> tuple[int, ...]:
         """The tensor's shape in blocks."""
         return tuple(d // b for d, b in zip(self._shape, self.block))
-
-    @property
-    def matrix_shape(self) -> tuple[int, int]:
-        rows = self._shape[0] if self._shape else 1
-        return rows, (self.size // rows if rows else 0)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._data.dtype
 
     @property
     def blocks(self) -> int:
@@ -321,10 +298,6 @@ class BSR(_Tensor):
     @property
     def nnz(self) -> int:
         return int(np.count_nonzero(self.data))
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._indptr.nbytes + self._indices.nbytes + self._data.nbytes)
 
     def to_numpy(self) -> np.ndarray:
         grid, ndim = self.grid, len(self._shape)
