@@ -115,14 +115,15 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
     """Keep-masks (bool arrays, True = keep) for ``weights``, a dict name -> array (N, ...).
 
     Axis 0 of each array is its output channels (torch's Linear and Conv layouts); the other axes
-    are flattened to K. ``scope`` is "global", "layer" or a dict name -> sparsity (arrays not in it
+    are flattened to K (for ``block``, axis 1 last: a conv's input channels fastest, so that a
+    block's columns are input channels at one tap). ``scope`` is "global", "layer" or a dict name -> sparsity (arrays not in it
     keep every weight). This is what ``prune`` uses, on plain arrays so that a training loop
     (gradual pruning, ``schedule.polynomial``) can apply the masks to its own tensors.
     """
     struct = parse_structure(structure)
     if importance not in IMPORTANCES:
         raise CompressionError(f"importance={importance!r}: expected one of {', '.join(IMPORTANCES)}")
-    matrices = {}
+    matrices, arranged = {}, {}
     for name, array in weights.items():
         w = np.asarray(array)
         if w.ndim < 2 or w.dtype.kind != "f":
@@ -136,7 +137,9 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
                 f"weight {name!r} of shape {list(w.shape)} (outputs, inputs, taps): block "
                 f"{struct.rows}x{struct.cols} does not divide its outputs and input channels; "
                 f"leave the layer out with exclude=, or choose another block")
-        matrices[name] = _channels_last(w, struct).reshape(w.shape[0], -1).astype(np.float64)
+        w = _channels_last(w, struct)
+        arranged[name] = w.shape  # the order of the matrix's columns, to put the mask back
+        matrices[name] = w.reshape(w.shape[0], -1).astype(np.float64)
     targets = _targets(matrices, sparsity, scope)
     groups = {name: _groups(name, w, struct, importance) for name, w in matrices.items()
               if name in targets}
@@ -146,9 +149,7 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
         keep = np.ones(w.shape, bool)
         if name in groups:
             keep = groups[name].keep(removed[name])
-        shape = np.shape(weights[name])
-        out[name] = _channels_first(keep.reshape(_channels_last(np.empty(shape, bool),
-                                                                struct).shape), struct)
+        out[name] = _channels_first(keep.reshape(arranged[name]), struct)
     return out
 
 
