@@ -116,9 +116,10 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
 
     Axis 0 of each array is its output channels (torch's Linear and Conv layouts); the other axes
     are flattened to K (for ``block``, axis 1 last: a conv's input channels fastest, so that a
-    block's columns are input channels at one tap). ``scope`` is "global", "layer" or a dict name -> sparsity (arrays not in it
-    keep every weight). This is what ``prune`` uses, on plain arrays so that a training loop
-    (gradual pruning, ``schedule.polynomial``) can apply the masks to its own tensors.
+    block's columns are input channels at one tap). ``scope`` is "global", "layer" or a dict
+    name -> sparsity (arrays not in it keep every weight). This is what ``prune`` uses, on plain
+    arrays so that a training loop (gradual pruning, ``schedule.polynomial``) can apply the masks
+    to its own tensors.
     """
     struct = parse_structure(structure)
     if importance not in IMPORTANCES:
