@@ -423,8 +423,31 @@ def test_convert_low_rank_and_channel_pruning(tmp_path):
     assert "/factor" in result.stdout  # the first half of a factorized layer has its own row
 
 
+def test_convert_block_pruning_with_exclude_stores_the_blocks(tmp_path):
+    """--exclude leaves out the layers a block does not divide (the 3-channel first conv); the
+    pruned convs are stored in their blocks (bsr [1, 4, 1, 1])."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    import compress_models as cm
+
+    src, out = tmp_path / "cnn.zsk", tmp_path / "blocks.zsk"
+    zeroskip.save(cm.cnn(), src)
+    refused = zeroskip_cmd("convert", src, out, "--prune", "0.75", "--structure", "block:1x4")
+    assert_clean_error(refused, "CompressionError")
+    assert "'c1.w'" in refused.stderr and "--exclude" in refused.stderr and not out.exists()
+    result = zeroskip_cmd("convert", src, out, "--prune", "0.75", "--structure", "block:1x4",
+                          "--scope", "layer", "--exclude", "c1", "--exclude", "dw",
+                          "--exclude", "fc")
+    assert result.returncode == 0, result.stderr
+    saved = zeroskip.load(out)
+    assert saved.graph.initializers["c2.w"].layout == "bsr"
+    assert saved.graph.initializers["c2.w"].block == (1, 4, 1, 1)
+    assert saved.graph.initializers["c1.w"].density == 1.0
+    assert "bsr 1x4x1x1" in zeroskip_cmd("inspect", out).stdout
+
+
 @pytest.mark.parametrize("args, kind, words", [
     (["--quantize"], "CompressionError", "--quantize needs --calibration"),
+    (["--exclude", "g1"], "CompressionError", "--exclude needs --prune"),
     (["--structure", "2:4"], "CompressionError", "--structure needs --prune"),
     (["--prune", "1.5"], "CompressionError", "sparsity=1.5"),
     (["--prune", "0.5", "--structure", "block:3x3"], "CompressionError", "block 3x3 does not divide"),

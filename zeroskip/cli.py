@@ -60,10 +60,12 @@ def cmd_convert(args) -> int:
     source = _open_model(args.input)
     compressing = args.prune is not None or args.quantize or args.low_rank is not None
     for flag, given in (("--structure", args.structure), ("--scope", args.scope),
-                        ("--method", args.method), ("--activations", args.activations),
-                        ("--calibration", args.calibration)):
+                        ("--method", args.method),
+                        ("--activations", args.activations), ("--calibration", args.calibration)):
         if given is not None and not compressing:
             raise zeroskip.CompressionError(f"{flag} needs --prune, --quantize or --low-rank")
+    if args.exclude and args.prune is None:
+        raise zeroskip.CompressionError("--exclude needs --prune")
     if args.quantize and args.calibration is None:
         raise zeroskip.CompressionError("--quantize needs --calibration FILE (.npy samples, batch "
                                         "first, or an .npz of inputs by name)")
@@ -79,7 +81,7 @@ def cmd_convert(args) -> int:
         model = low_rank(model, energy=args.low_rank)
     if args.prune is not None:
         model = zeroskip.prune(model, args.prune, args.structure or "unstructured",
-                               args.scope or "global")
+                               args.scope or "global", exclude=tuple(args.exclude or ()))
     if args.quantize:
         model = zeroskip.quantize(model, calibration, method=args.method or "minmax",
                                   activations=args.activations or "uint8",
@@ -500,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured (default), channel, n:m such as 2:4, or block:RxC")
     p.add_argument("--scope", choices=("global", "layer"),
                    help="one threshold across layers (global, default) or per layer")
+    p.add_argument("--exclude", action="append", metavar="NODE",
+                   help="leave this layer (a node name or an op type) unpruned; repeat for more "
+                        "(a stem of 3 input channels, say, which block:1x4 does not divide)")
     p.add_argument("--quantize", action="store_true", help="quantize to int8 (needs --calibration)")
     p.add_argument("--calibration", metavar="FILE",
                    help="calibration inputs: .npy (batch first) or .npz (inputs by name)")

@@ -137,7 +137,8 @@ def masks(weights: dict, sparsity=0.9, structure="unstructured", scope="global",
             raise CompressionError(
                 f"weight {name!r} of shape {list(w.shape)} (outputs, inputs, taps): block "
                 f"{struct.rows}x{struct.cols} does not divide its outputs and input channels; "
-                f"leave the layer out with exclude=, or choose another block")
+                f"leave the layer out with exclude= (--exclude on the command line), or choose "
+                f"another block")
         w = _channels_last(w, struct)
         arranged[name] = w.shape  # the order of the matrix's columns, to put the mask back
         matrices[name] = w.reshape(w.shape[0], -1).astype(np.float64)
@@ -217,7 +218,8 @@ def _groups(name, w, struct: Structure, importance) -> _Groups:
         if n % r or k % c:
             raise CompressionError(
                 f"weight {name!r} of shape ({n}, {k}) as (outputs, inputs): block {r}x{c} does not "
-                f"divide it; leave the layer out with exclude=, or choose another block")
+                f"divide it; leave the layer out with exclude= (--exclude on the command line), "
+                f"or choose another block")
         blocks = mag.reshape(n // r, r, k // c, c).mean(axis=(1, 3))
         score = _relative(blocks.reshape(-1) if importance == "l1" else np.sqrt(blocks.reshape(-1)))
 
