@@ -892,12 +892,10 @@ def _encode_tensor(name: str, tensor):
                                f"(allowed: {', '.join(DTYPES)})")
     shape = tuple(tensor.shape)
     csr = None
-    if isinstance(tensor, CSR):
-        _check_csr_in_memory(name, tensor)
-        if np.count_nonzero(tensor.data) == tensor.nnz:  # already canonical but for index widths
-            csr = tensor
-    elif isinstance(tensor, BSR):
-        _check_bsr_in_memory(name, tensor)
+    if isinstance(tensor, (CSR, BSR)):
+        _check_sparse_in_memory(name, tensor)
+    if isinstance(tensor, CSR) and np.count_nonzero(tensor.data) == tensor.nnz:
+        csr = tensor  # already canonical but for index widths
     quant = _encode_quant(name, tensor.quant, len(shape))
     values = None if csr is not None else tensor.to_numpy()
     rows, cols = (shape[0], math.prod(shape[1:])) if shape else (1, 1)
@@ -985,49 +983,35 @@ def _block_counts(shape: tuple, at) -> dict:
     return counts
 
 
-def _check_csr_in_memory(name: str, tensor: CSR):
-    """Enough of the CSR rules that ``to_numpy`` is safe and means what it says."""
+def _check_sparse_in_memory(name: str, tensor):
+    """Enough of the CSR or BSR rules that ``to_numpy`` is safe and means what it says: a BSR's
+    are a CSR's over its grid of blocks, each entry a block."""
     where = f"tensor {name!r}"
-    indptr, indices, data = tensor.indptr, tensor.indices, tensor.data
-    shape = tensor.shape
+    shape, bsr = tensor.shape, isinstance(tensor, BSR)
     if not shape:
-        raise ModelFormatError(f"{where}: a csr tensor needs at least one axis")
-    rows, cols = shape[0], math.prod(shape[1:])
+        raise ModelFormatError(f"{where}: a {tensor.layout} tensor needs at least one axis")
+    block = tensor.block if bsr else (1,) * len(shape)
+    if len(block) != len(shape) or any(b < 1 or d % b for d, b in zip(shape, block)):
+        raise ModelFormatError(f"{where}: block {list(block)} does not divide the shape "
+                               f"{list(shape)}")
+    grid = [d // b for d, b in zip(shape, block)]
+    rows, cols = grid[0], math.prod(grid[1:])
+    indptr, indices, data = tensor.indptr, tensor.indices, tensor.data
     for role, array in (("indptr", indptr), ("indices", indices)):
         if array.ndim != 1 or array.dtype.kind not in "iu":
             raise ModelFormatError(f"{where}: {role} must be a 1-d integer array, got "
                                    f"{array.ndim}-d {array.dtype}")
     if len(indptr) != rows + 1:
-        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows + 1 = "
-                               f"{rows + 1}")
-    if data.ndim != 1 or len(data) != len(indices):
-        raise ModelFormatError(f"{where}: data holds {data.size} values but indices holds "
-                               f"{len(indices)}")
-    _check_csr_contents(name, indptr, indices, cols)
-
-
-def _check_bsr_in_memory(name: str, tensor: BSR):
-    """Enough of the BSR rules that ``to_numpy`` is safe and means what it says."""
-    where = f"tensor {name!r}"
-    shape, block = tensor.shape, tensor.block
-    if not shape:
-        raise ModelFormatError(f"{where}: a bsr tensor needs at least one axis")
-    if len(block) != len(shape) or any(b < 1 or d % b for d, b in zip(shape, block)):
-        raise ModelFormatError(f"{where}: block {list(block)} does not divide the shape "
-                               f"{list(shape)}")
-    indptr, indices, data = tensor.indptr, tensor.indices, tensor.data
-    for role, array in (("indptr", indptr), ("indices", indices)):
-        if array.ndim != 1 or array.dtype.kind not in "iu":
-            raise ModelFormatError(f"{where}: {role} must be a 1-d integer array, got "
-                                   f"{array.ndim}-d {array.dtype}")
-    grid = tensor.grid
-    if len(indptr) != grid[0] + 1:
-        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows / "
-                               f"{block[0]} + 1 = {grid[0] + 1}")
-    if data.shape != (len(indices),) + block:
+        per = f" / {block[0]}" if bsr else ""
+        raise ModelFormatError(f"{where}: indptr has {len(indptr)} elements, expected rows{per} + "
+                               f"1 = {rows + 1}")
+    if bsr and data.shape != (len(indices),) + block:
         raise ModelFormatError(f"{where}: data has shape {data.shape}, expected "
                                f"{(len(indices),) + block}")
-    _check_csr_contents(name, indptr, indices, math.prod(grid[1:]), "block ")
+    if not bsr and (data.ndim != 1 or len(data) != len(indices)):
+        raise ModelFormatError(f"{where}: data holds {data.size} values but indices holds "
+                               f"{len(indices)}")
+    _check_csr_contents(name, indptr, indices, cols, "block " if bsr else "")
 
 
 def _encode_quant(name: str, quant, ndim: int):
