@@ -111,14 +111,25 @@ def _conv2d_quad_rq_i8(cptr, offsets, wptr, words, bias, w_sums, x, x_zero_point
                           group_words, pitch, OH)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _chunk_blocks(cptr, offsets, wptr, words, start, xb, m0, shift, y_zero_point, lo, hi, y,
                   residual, b, p0, k_begin, k_end, per_group, group_blocks, group_words, pitch,
                   OH):
     """One task's work: blocks k_begin .. k_end of output channels (4 each, numbered across the
     groups) at the chunk of QUAD_PIXELS positions from p0 of image b, whose packed words are xb:
     per block the quad tile into 4 × 64 int32 sums, each channel's requantized into y's rows
-    (_quads.store_chunk), a residual, if any, added on the way."""
+    (_quads.store_chunk), a residual, if any, added on the way.
+
+    A function of its own, not inlined into the parallel loop: the parallel build, loaded from
+    Numba's disk cache (as every run after the first loads it), ran this body inlined 1.4–1.8×
+    slower than the same kernel compiled in the process (MobileNetV2's 16 → 96 expand at
+    112×112, one thread: 0.60–0.64 against 0.33 ms, with nearly the same machine code: the same
+    832 vpdpbusd, 5 % fewer instructions in the cached build), and 1.08× slower on the
+    ResNet's 3×3 convs. Called, the cached build runs nearly as fast as a fresh one
+    (MobileNetV2's 17 quad convs in the model's sequence, both builds from the cache, one / two
+    threads: 2.94 / 1.67 ms inlined, 2.16 / 1.41 called; the serial build, which never showed
+    the difference, within 3 %). Why the loaded parallel build is slower is not known
+    (docs/kernels.md, "The quad-sparse conv")."""
     first, rows = chunk_rows(p0, QUAD_PIXELS, pitch, OH)  # the output rows it touches
     sums = words_on_lines(QUAD_BLOCK * QUAD_PIXELS).reshape((QUAD_BLOCK, QUAD_PIXELS))
     for k in range(k_begin, k_end):
