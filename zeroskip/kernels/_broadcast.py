@@ -48,7 +48,8 @@ MIN_TASKS = 8
 """Parallel tasks to aim for in the tiled kernels (the broadcast and AMX GEMMs, the quad and AMX
 convs), whose tasks are (chunk of 64 positions, group of output channels): a layer with fewer
 chunks than this (7×7 and 14×14 planes) also splits its channels (``channel_groups``), so both
-threads have work."""
+threads have work. The quad conv always cuts its channels into this many runs, and takes a run's
+chunks one after another (conv_quad.py)."""
 
 
 @njit(cache=True, inline="always")

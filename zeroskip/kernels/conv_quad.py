@@ -125,7 +125,7 @@ def _chunk_blocks(cptr, offsets, wptr, words, start, xb, m0, shift, y_zero_point
     slower than the same kernel compiled in the process (MobileNetV2's 16 → 96 expand at
     112×112, one thread: 0.60–0.64 against 0.33 ms, with nearly the same machine code: the same
     832 vpdpbusd, 5 % fewer instructions in the cached build), and 1.08× slower on the
-    ResNet's 3×3 convs. Called, the cached build runs nearly as fast as a fresh one
+    ResNet-18's quad convs. Called, the cached build runs nearly as fast as a fresh one
     (MobileNetV2's 17 quad convs in the model's sequence, both builds from the cache, one / two
     threads: 2.94 / 1.67 ms inlined, 2.16 / 1.41 called; the serial build, which never showed
     the difference, within 3 %). Why the loaded parallel build is slower is not known
