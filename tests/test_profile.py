@@ -1,5 +1,7 @@
 """``Session.profile`` and ``zeroskip bench --profile``: where the time goes, per node."""
 
+from importlib import resources
+
 import numpy as np
 import pytest
 from onnx import numpy_helper
@@ -7,6 +9,7 @@ from onnx import numpy_helper
 import zeroskip
 from onnx_builders import make_model, node, pruned, randn
 from test_cli import zeroskip_cmd
+from zeroskip.engine import replay as rp
 from zeroskip.engine.profile import layer_macs
 
 
@@ -32,6 +35,7 @@ def test_profile_has_a_row_per_step_and_counts_macs(cnn, mode):
     x = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)
     session = zeroskip.Session(cnn, mode=mode, threads=1)
     profile = session.profile({"x": x}, repeats=3)
+    assert not profile.replayed  # float plans do not replay: their steps are run one by one
     assert [r.node for r in profile.rows] == [s["node"] for s in session.explain()]
     assert all(r.ms >= 0 for r in profile.rows) and profile.repeats == 3
     assert sum(r.share for r in profile.rows) == pytest.approx(1.0)
@@ -50,6 +54,39 @@ def test_profile_has_a_row_per_step_and_counts_macs(cnn, mode):
         assert row.effective_gmacs == pytest.approx(macs / (row.ms * 1e6), rel=1e-9), row
         assert row.useful_gmacs == pytest.approx(row.effective_gmacs * density, rel=1e-3), row
     assert all(r.effective_gmacs is None for r in profile.rows if r.op not in ("Conv", "Gemm"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_replaying_session_profiles_its_recorded_calls(threads):
+    model = zeroskip.load(resources.files("zeroskip.data") / "digits_cnn_pruned_int8.zsk")
+    session = zeroskip.Session(model, mode="sparse-i8", threads=threads)
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    profile = session.profile({"image": x}, repeats=4)
+    assert profile.replayed and profile.repeats == 4
+    replay = next(state for state in session._replay_local.states.values()
+                  if isinstance(state, rp.Replay))
+    assert [r.node for r in profile.rows] == [s.node.name for s in replay.plan.steps]
+    assert len(replay.per_step) == len(profile.rows) and sum(replay.per_step) == len(replay.calls)
+    for row, calls in zip(profile.rows, replay.per_step):
+        assert (row.ms > 0) == (calls > 0), (row, calls)  # Flatten is a view: no call, 0 ms
+    assert [r.op for r in profile.rows if r.ms == 0] == ["Flatten"]
+    assert profile.overhead_ms == pytest.approx(profile.run_ms - sum(r.ms for r in profile.rows))
+    conv2 = next(r for r in profile.rows if r.node == "/conv2/Conv")
+    assert conv2.input_shape == (3, 16, 8, 8) and conv2.effective_gmacs > 0
+    # the replayed runs still give the bytes of a session that runs its steps
+    assert np.array_equal(session.run({"image": x})["logits"],
+                          zeroskip.Session(model, mode="sparse-i8", threads=1).run(
+                              {"image": x})["logits"])
+
+
+def test_a_profile_without_replays_runs_the_steps(monkeypatch):
+    monkeypatch.setenv(rp.ENV, "0")
+    model = zeroskip.load(resources.files("zeroskip.data") / "digits_cnn_pruned_int8.zsk")
+    session = zeroskip.Session(model, mode="sparse-i8", threads=1)
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    profile = session.profile({"image": x}, repeats=3)
+    assert not profile.replayed and session.replays() == []
+    assert [r.node for r in profile.rows] == [s["node"] for s in session.explain()]
 
 
 def test_layer_macs_uses_the_output_channel_axis():

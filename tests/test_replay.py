@@ -69,6 +69,21 @@ def test_a_replay_makes_the_recorded_calls_on_the_new_input():
         assert np.array_equal(replay.run({"x": x})["y"], 2 * x + 1)
 
 
+def test_a_replay_counts_each_steps_calls_and_times_them_on_request():
+    def twice(values):  # a step of two kernel calls
+        h = np.empty_like(values["x"])
+        DOUBLE(values["x"], h)
+        DOUBLE(h, h)
+        values["h"] = h
+
+    replay = _replay(_chain(twice))
+    assert replay.per_step == [2, 1]  # the profile gives each step the sum of its calls' times
+    x = np.random.default_rng(7).standard_normal(6).astype(np.float32)
+    clock = [-1.0] * 3
+    assert np.array_equal(replay.run({"x": x}, clock)["y"], 4 * x + 1)
+    assert all(0 <= t < 1 for t in clock), clock
+
+
 def test_a_view_of_the_input_is_made_again_from_the_new_input():
     def tail_doubled(values):  # a kernel reading a view that starts 8 bytes into the input
         x = values["x"]

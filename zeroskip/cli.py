@@ -401,8 +401,9 @@ def _bench_profile(bench, model, modes, feeds, args, onnx_path) -> int:
     for mode in modes:
         profile = zeroskip.Session(model, mode=mode, threads=args.threads).profile(
             feeds, repeats=args.rounds)
-        print(f"\n{mode}: run {profile.run_ms:.3f} ms, of which the executor between steps "
-              f"{profile.overhead_ms:.3f} ms")
+        how = ("each kernel call timed inside replayed runs; outside the calls"
+               if profile.replayed else "steps run one by one; the executor between steps")
+        print(f"\n{mode}: run {profile.run_ms:.3f} ms ({how} {profile.overhead_ms:.3f} ms)")
         print(bench.profile_table(profile, theirs))
     if theirs is not None:
         run = "" if theirs["run_ms"] is None else f": run {theirs['run_ms']:.3f} ms"

@@ -37,6 +37,7 @@ every replaying model on new inputs against a session that never replays.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 import numpy as np
@@ -131,9 +132,11 @@ class Recorder:
 class Replay:
     """A recorded run's kernel calls, to run again on new feeds of the same signature."""
 
-    def __init__(self, plan, calls: list, feeds: dict, outputs: dict, trials: Counter):
+    def __init__(self, plan, calls: list, feeds: dict, outputs: dict, trials: Counter,
+                 per_step: list | None = None):
         self.plan = plan              # kept alive: the replay states are keyed by its id
         self.calls = calls            # [(build, args)], the recorded run's, in order
+        self.per_step = per_step      # calls each of plan.steps made, in order (for profiles)
         self.feeds = feeds            # call index -> [(arg index, feed name, offset, view)]
         self.outputs = outputs        # graph output name -> the recorded run's array
         self.trials = trials          # Trial -> its calls per run
@@ -151,9 +154,10 @@ class Replay:
             trial.skip(per_run * self.runs)
         self.runs = 0
 
-    def run(self, checked: dict) -> dict:
+    def run(self, checked: dict, clock: list | None = None) -> dict:
         """Make the recorded calls on ``checked`` feeds; the recorded output arrays (which the
-        next replay overwrites: the caller copies them)."""
+        next replay overwrites: the caller copies them). With ``clock`` (a list as long as the
+        calls), each call's seconds are written into it (engine/profile.py)."""
         self.runs += 1
         calls = self.calls
         if self.feeds:
@@ -166,8 +170,15 @@ class Replay:
                     args[position] = feed if offset < 0 else np.ndarray(
                         like.shape, like.dtype, buffer=feed, offset=offset, strides=like.strides)
                 calls[index] = (build, tuple(args))
-        for build, args in calls:
-            build(*args)
+        if clock is None:
+            for build, args in calls:
+                build(*args)
+        else:
+            tick = time.perf_counter
+            for i, (build, args) in enumerate(calls):
+                start = tick()
+                build(*args)
+                clock[i] = tick() - start
         return self.outputs
 
 
@@ -181,9 +192,10 @@ def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
         raise Refused("two inputs are views of one array")
     produced: set = set()     # roots of the arrays earlier steps stored
     kept: dict = {}           # id -> root of every array the replay keeps written
-    calls, feeds = [], {}
+    calls, feeds, per_step = [], {}, []
     for step, (calls_a, _, _), (calls_b, ins, outs) in zip(second.plan.steps, first.steps,
                                                            second.steps):
+        per_step.append(len(calls_b))
         where = f"step {step.node.name!r} ({step.node.op})"
         if len(calls_a) != len(calls_b):
             raise Refused(f"{where}: another number of kernel calls from run to run")
@@ -238,4 +250,4 @@ def replay_of(first: Recorder, second: Recorder, output_names) -> Replay:
         outputs[name] = array
     if sum(root.nbytes for root in kept.values()) > REPLAY_MAX_BYTES:
         raise Refused("its activations take more than REPLAY_MAX_BYTES")
-    return Replay(second.plan, calls, feeds, outputs, Counter(second.trials))
+    return Replay(second.plan, calls, feeds, outputs, Counter(second.trials), per_step)

@@ -23,7 +23,7 @@ from .chunks import cache_chunk, sample_bytes
 from .memory import estimate
 from .plan import MODES, build_plan
 from .plan.launch import TRIALS
-from .profile import Profile, profile_plan
+from .profile import Profile, profile_plan, profile_replay
 from .replay import REPLAY_MAX_RUN_S, Recorder, Refused, Replay, Unsettled, replay_of, signature
 from .replay import enabled as replay_enabled
 from .tuning import batch_class
@@ -261,7 +261,9 @@ class Session:
 
     def profile(self, feeds: dict, repeats: int = 20) -> Profile:
         """Where the time goes: ``repeats`` runs of ``feeds`` (after one warm-up run), timed step by
-        step. Returns a ``Profile`` (engine/profile.py): per node its op, input shape, kernel,
+        step, or, where runs at these feeds replay their recorded kernel calls (after the runs it
+        takes them to start), each call timed inside whole replayed runs (``Profile.replayed``).
+        Returns a ``Profile`` (engine/profile.py): per node its op, input shape, kernel,
         weight density, median time, share of the run and GMAC/s, and the executor's own cost.
         The feeds run in one piece, also where ``run`` would split them into cache-sized chunks
         (engine/chunks.py): profile a chunk's batch (``explain(batch=...)`` names it) to see
@@ -273,9 +275,41 @@ class Session:
             raise InputError(f"profile() runs its feeds in one piece, and a batch of "
                              f"{next(iter(checked.values())).shape[0]} does not fit in memory")
         self._run_checked(checked)  # JIT compile or cache load, scratch: not part of the profile
+        replay = self._settled_replay(checked, repeats)
+        if replay is not None:  # time the recorded calls inside whole runs, as run makes them
+            with self._running(replay.plan):
+                return profile_replay(replay.plan, replay, checked,
+                                      _start_values(replay.plan, checked), self._run_step,
+                                      repeats)
         plan, values = self._start(checked)
         with self._running(plan):
             return profile_plan(plan, values, self._run_step, repeats)
+
+    def _settled_replay(self, checked: dict, repeats: int):
+        """The Replay that this thread's runs of ``checked`` feeds make, with ``repeats`` replays
+        left before a Trial's recheck, after as many runs as it takes (the thread-count choice and
+        the Trials settled, two runs recorded; at most PROFILE_SETTLE_RUNS); None where these runs
+        are not replayed (replays off, a step that cannot replay, runs too long to gain, a
+        refusal, a feed not C-contiguous)."""
+        sig = signature(checked)
+        if not self._replay or sig is None:
+            return None
+        plan = self._plan_for(self._batch_class(checked))
+        for _ in range(PROFILE_SETTLE_RUNS):
+            self._run_checked(checked)  # the first: after the warm-up, so not its JIT time
+            choice = self._choices.get(id(plan))
+            if choice is None or (choice is not False and choice.chosen is None):
+                continue  # before, or while, timing the plan against its one-thread twin
+            ran = plan if choice is False else choice.chosen
+            if not ran.replayable or self._run_seconds.get(id(ran), 0.0) >= 2 * REPLAY_MAX_RUN_S:
+                return None  # (a run near the limit may be recorded the next time)
+            state = (getattr(self._replay_local, "states", None) or {}).get((id(ran), sig))
+            if isinstance(state, str):
+                return None
+            if (isinstance(state, Replay) and state.per_step is not None
+                    and state.left - state.runs > repeats):
+                return state
+        return None
 
     def _start(self, checked: dict):
         """(the plan for checked feeds' batch, the values a run starts from: constants, inputs)."""
@@ -548,6 +582,11 @@ RUN_CHECK_AFTER = 2 * (TRIALS + 1)
 
 RUN_CHECK_RUNS = 5
 """Timed runs of each plan, alternated, before the faster (by its best run) is kept."""
+
+PROFILE_SETTLE_RUNS = 3 * RUN_CHECK_AFTER + 2 * RUN_CHECK_RUNS + 4
+"""Runs ``profile`` makes, at the most, for its feeds' runs to start replaying: the RunChoice
+settled (RUN_CHECK_AFTER runs, then RUN_CHECK_RUNS of each plan), the chosen plan's Trials
+settled (as many calls again), two runs recorded, and a few to spare."""
 
 
 class RunChoice:
