@@ -18,7 +18,7 @@ replay.py), the profile times those calls, one by one inside whole replayed runs
 step the sum of its calls (``profile_replay``): what ``run`` does, layer after layer, each kernel
 finding its input where the one before left it. Steps run one by one instead allocate their
 outputs afresh and leave out what one layer costs the next; on the pruned int8 MobileNetV2 at two
-threads they had put a quad-sparse expand conv at 0.31 ms where inside the run it took 0.90.
+threads they had put a quad-sparse expand conv at 0.33 ms where inside the run it took 0.90.
 """
 
 from __future__ import annotations
