@@ -292,17 +292,18 @@ class Session:
         are not replayed (replays off, a step that cannot replay, runs too long to gain, a
         refusal, a feed not C-contiguous)."""
         sig = signature(checked)
-        if not self._replay or sig is None:
-            return None
         plan = self._plan_for(self._batch_class(checked))
+        if not (self._replay and sig is not None and plan.replayable):  # (its twin's steps too)
+            return None
         for _ in range(PROFILE_SETTLE_RUNS):
             self._run_checked(checked)  # the first: after the warm-up, so not its JIT time
             choice = self._choices.get(id(plan))
-            if choice is None or (choice is not False and choice.chosen is None):
+            settled = choice is False or (choice is not None and choice.chosen is not None)
+            ran = (plan if choice is False else choice.chosen) if settled else plan
+            if self._run_seconds.get(id(ran), 0.0) >= 2 * REPLAY_MAX_RUN_S:
+                return None  # too long to be recorded (one near the limit may be, another time)
+            if not settled:
                 continue  # before, or while, timing the plan against its one-thread twin
-            ran = plan if choice is False else choice.chosen
-            if not ran.replayable or self._run_seconds.get(id(ran), 0.0) >= 2 * REPLAY_MAX_RUN_S:
-                return None  # (a run near the limit may be recorded the next time)
             state = (getattr(self._replay_local, "states", None) or {}).get((id(ran), sig))
             if isinstance(state, str):
                 return None
