@@ -275,7 +275,7 @@ class Session:
             raise InputError(f"profile() runs its feeds in one piece, and a batch of "
                              f"{next(iter(checked.values())).shape[0]} does not fit in memory")
         self._run_checked(checked)  # JIT compile or cache load, scratch: not part of the profile
-        replay = self._settled_replay(checked, repeats)
+        replay = self._settled_replay(checked)
         if replay is not None:  # time the recorded calls inside whole runs, as run makes them
             with self._running(replay.plan):
                 return profile_replay(replay.plan, replay, checked,
@@ -285,31 +285,33 @@ class Session:
         with self._running(plan):
             return profile_plan(plan, values, self._run_step, repeats)
 
-    def _settled_replay(self, checked: dict, repeats: int):
-        """The Replay that this thread's runs of ``checked`` feeds make, with ``repeats`` replays
-        left before a Trial's recheck, after as many runs as it takes (the thread-count choice and
-        the Trials settled, two runs recorded; at most PROFILE_SETTLE_RUNS); None where these runs
-        are not replayed (replays off, a step that cannot replay, runs too long to gain, a
-        refusal, a feed not C-contiguous)."""
+    def _settled_replay(self, checked: dict):
+        """The Replay that this thread's runs of ``checked`` feeds make, after as many runs as it
+        takes (the thread-count choice and the Trials settled, two runs recorded; at most
+        PROFILE_SETTLE_RUNS); None where these runs are not replayed (replays off, a step that
+        cannot replay, runs too long to gain, a refusal, a feed not C-contiguous)."""
         sig = signature(checked)
         plan = self._plan_for(self._batch_class(checked))
         if not (self._replay and sig is not None and plan.replayable):  # (its twin's steps too)
             return None
+        slow = 0
         for _ in range(PROFILE_SETTLE_RUNS):
-            self._run_checked(checked)  # the first: after the warm-up, so not its JIT time
+            self._run_checked(checked)
             choice = self._choices.get(id(plan))
             settled = choice is False or (choice is not None and choice.chosen is not None)
             ran = (plan if choice is False else choice.chosen) if settled else plan
-            if self._run_seconds.get(id(ran), 0.0) >= 2 * REPLAY_MAX_RUN_S:
-                return None  # too long to be recorded (one near the limit may be, another time)
+            # two runs in a row too long to be recorded: so are the next (one run may be long
+            # for its own reasons: auto timing its kernels, a JIT compile, the machine)
+            slow = slow + 1 if self._run_seconds.get(id(ran), 0.0) >= 2 * REPLAY_MAX_RUN_S else 0
+            if slow == 2:
+                return None
             if not settled:
                 continue  # before, or while, timing the plan against its one-thread twin
             state = (getattr(self._replay_local, "states", None) or {}).get((id(ran), sig))
             if isinstance(state, str):
                 return None
-            if (isinstance(state, Replay) and state.per_step is not None
-                    and state.left - state.runs > repeats):
-                return state
+            if isinstance(state, Replay) and state.per_step is not None:
+                return state  # (its Trials' next recheck waits for the run after the profile)
         return None
 
     def _start(self, checked: dict):
