@@ -79,8 +79,9 @@ def test_a_trial_times_both_builds_again_at_its_rechecks():
     for _ in range(2 * (TRIALS + 1)):
         trial()
     assert trial.decided() == "serial"
+    assert trial.checks == RECHECKS  # (twice its calls, 16, comes before the first of them)
     delay["parallel"] = 0.0  # the machine is free again
-    while trial.calls < RECHECKS[0]:
+    while trial.calls < trial.checks[0]:
         trial()
     assert set(calls[2 * (TRIALS + 1):]) == {"serial"}
     calls.clear()
@@ -91,6 +92,34 @@ def test_a_trial_times_both_builds_again_at_its_rechecks():
     calls.clear()
     trial()
     assert calls == ["parallel"]
+
+
+def test_a_trial_that_keeps_its_serial_build_looks_again_at_doubling_calls():
+    """While the serial build stays faster, each choice schedules a recheck at twice its calls (none
+    before the first of RECHECKS; they stay); each window calls the parallel build TRIALS times."""
+    from zeroskip.engine.plan.launch import RECHECKS, TRIALS, Trial
+
+    calls = []
+
+    def build(tag, seconds):
+        return lambda: (calls.append(tag), _timed_recorder([], tag, seconds)())
+
+    trial = Trial(build("parallel", 0.002), build("serial", 0.0))
+    decided_at = []
+    for _ in range(300):
+        chosen = trial.chosen
+        trial()
+        if trial.chosen is not None and (chosen is None or trial.calls == trial.timed_until):
+            decided_at.append(trial.calls)
+    assert trial.decided() == "serial"
+    # the rule, by hand (TRIALS = 3, RECHECKS = 64, 512): the first choice after 8 calls asks for
+    # a look at 16, but none comes before 64; a window is 6 calls and its choice, at its end (70),
+    # asks for one at 140 (choice at 146, next at 292); then 292 (298, next 596), 512 (518, next
+    # 1036), 596 (602, next 1204)
+    assert (TRIALS, RECHECKS) == (3, (64, 512))
+    assert decided_at == [8, 70, 146, 298], decided_at
+    assert trial.checks == (512, 596)
+    assert calls.count("parallel") == (TRIALS + 1) + TRIALS * (len(decided_at) - 1)
 
 
 def test_gemm_work_is_its_multiply_accumulates():

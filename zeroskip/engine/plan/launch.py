@@ -238,7 +238,14 @@ RECHECKS = (64, 512)
 """Call counts at which a Trial times both builds again (TRIALS calls of each), keeping each
 build's best time over every window: a choice made while the machine was busy is corrected once
 it is not (the README's table had sparse-i8 on ResNet-18 at two threads at 16.6 ms in one run and
-9.5 in the next, with the same plan)."""
+9.5 in the next, with the same plan). While a Trial keeps its serial build it also rechecks at
+twice the calls of its last choice, from the first of RECHECKS on (64, 140, 292, 512, 596, …):
+the serial build is the suspicious winner, since another process taking the second CPU for a
+moment slows only the parallel build (four fresh two-thread dense-i8 sessions on the int8
+MobileNetV2 had kept the serial build for 3, 3, 3 and 14 of their 56 calls after 100 runs, the
+last at 4.05 ms a run against 2.26–2.74). A window costs TRIALS calls of the slower build, so a
+right serial choice pays it log₂(calls) times. Not before the first of RECHECKS: a benchmark's
+timed runs (the demo's after 18 untimed ones) must not fall into a window."""
 
 
 class _Recording(threading.local):
@@ -321,6 +328,8 @@ class Trial:
         if n + 1 >= self.timed_until:
             margin = SERIAL_MARGIN if self.best[1] >= SHORT_CALL_S else 1.0
             self.chosen = self.serial if self.best[0] > margin * self.best[1] else self.parallel
+            if self.chosen is self.serial:  # look again at twice the calls (RECHECKS)
+                self.checks = tuple(sorted(set(self.checks) | {max(2 * (n + 1), RECHECKS[0])}))
         return result
 
     def decided(self) -> str | None:
