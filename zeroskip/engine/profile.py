@@ -78,12 +78,12 @@ def profile_plan(plan: Plan, values: dict, execute_step, repeats: int) -> Profil
     return _profile(plan, times, wall, shapes, repeats, replayed=False)
 
 
-def profile_replay(plan: Plan, replay, checked: dict, values: dict, execute_step,
-                   repeats: int) -> Profile:
-    """Time ``repeats`` runs of ``replay`` (a Replay of ``plan``: its recorded kernel calls) on
-    the ``checked`` feeds, each call on its own clock, and give each step the sum of its calls
-    (a view step, which makes none, 0). One run of ``plan`` step by step first (``values``, as
+def profile_replay(replay, checked: dict, values: dict, execute_step, repeats: int) -> Profile:
+    """Time ``repeats`` runs of ``replay`` (a Replay: its plan's recorded kernel calls) on the
+    ``checked`` feeds, each call on its own clock, and give each step the sum of its calls (a
+    view step, which makes none, 0). One run of the plan step by step first (``values``, as
     profile_plan's) reads each step's shapes, for its GMAC/s; it is not timed."""
+    plan = replay.plan
     shapes = {}
     run_values = dict(values)
     for i, step in enumerate(plan.steps):

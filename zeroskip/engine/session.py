@@ -278,9 +278,8 @@ class Session:
         replay = self._settled_replay(checked)
         if replay is not None:  # time the recorded calls inside whole runs, as run makes them
             with self._running(replay.plan):
-                return profile_replay(replay.plan, replay, checked,
-                                      _start_values(replay.plan, checked), self._run_step,
-                                      repeats)
+                return profile_replay(replay, checked, _start_values(replay.plan, checked),
+                                      self._run_step, repeats)
         plan, values = self._start(checked)
         with self._running(plan):
             return profile_plan(plan, values, self._run_step, repeats)
