@@ -18,7 +18,8 @@ import zeroskip.kernels
 import zeroskip.reference
 from zeroskip import quantmath
 from zeroskip.errors import UnsupportedModelError
-from zeroskip.kernels.matmul_csr import (PIXELS_PER_BLOCK, ROWS_PER_RQ_TASK, matmul_csr_f32,
+from zeroskip.kernels.matmul_csr import (K_PER_BLOCK, MIN_TASKS, PIXELS_PER_BLOCK,
+                                         ROWS_PER_RQ_TASK, ROWS_PER_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
 from zeroskip.kernels.matmul_dense import (GEMV_ROWS, PIXELS_PER_CHUNK, matmul_dense_i8,
                                            matmul_dense_rq_i8, matmul_planar_rq_i8)
@@ -716,6 +717,50 @@ def test_planar_gemm_takes_a_batch_in_one_call(M, N, K, x_type, y_type, with_res
                      for b in range(len(xt3))]).astype(y_type)
     _check_batch("matmul_planar_rq_i8", matmul_planar_rq_i8, (), xt3, (w, bias), rq, residual,
                  want, M=M, N=N, K=K)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 40, K_PER_BLOCK + 70), (PIXELS_PER_BLOCK + 5, ROWS_PER_TASK + 3, 24),
+                                   (49, 160, 96), (3, MIN_TASKS + 1, 16), (7, 5, 9)])
+def test_csr_f32_gemm_takes_a_batch_in_one_call(M, N, K):
+    """matmul_csr_f32 on (B, K, M) images (a sparse-f32 1×1 conv's batch): each image's bytes are
+    those of the call on that image alone, and within the float bound of the reference, in both
+    builds: one pixel (the dot products), slices of pixels and groups of rows that do not divide
+    evenly, and calls with few pixels, whose rows go in more, smaller groups (MIN_TASKS)."""
+    from zeroskip.kernels import serial_kernel
+
+    w, _, b = _f32_case(M, N, K, 0.3, M * N + K)
+    indptr, indices, data = _csr(w, np.int32)
+    rng = np.random.default_rng(M + N + K)
+    xt3 = rng.standard_normal((3, K, M)).astype(np.float32)
+    lo, hi = np.float32(-0.5), np.float32(np.inf)
+    for build in (matmul_csr_f32, serial_kernel("matmul_csr_f32")):
+        y3 = np.full((3, N, M), np.nan, np.float32)
+        build(indptr, indices, data, b, xt3, y3, lo, hi)
+        for i in range(3):
+            alone = np.full((N, M), np.nan, np.float32)
+            build(indptr, indices, data, b, np.ascontiguousarray(xt3[i]), alone, lo, hi)
+            np.testing.assert_array_equal(y3[i].view(np.int32), alone.view(np.int32))
+            want = ref_csr.matmul_csr_f32(indptr, indices, data, b, xt3[i], lo, hi)
+            magnitude = np.abs(w).astype(np.float64) @ np.abs(xt3[i]) + np.abs(b)[:, None]
+            assert_f32_close(y3[i], want, K=K, magnitude=magnitude, M=M, N=N, image=i)
+
+
+@pytest.mark.parametrize("density", [0.1, 1.0])
+def test_csr_f32_one_pixel_gives_the_bytes_of_the_row_block(density):
+    """At one pixel matmul_csr_f32 sums each output as a dot product in a register; at more, in the
+    row block over passes of K_PER_BLOCK. Both add the row's products in its order, rounding each
+    product and sum to float32: a column alone gives the bytes it gives among others."""
+    K, N = 2 * K_PER_BLOCK + 9, 37
+    w, xt, b = _f32_case(5, N, K, density, 17)
+    indptr, indices, data = _csr(w, np.uint16)
+    lo, hi = np.float32(-np.inf), np.float32(np.inf)
+    together = np.empty((N, 5), np.float32)
+    matmul_csr_f32(indptr, indices, data, b, xt, together, lo, hi)
+    for m in range(5):
+        alone = np.empty((N, 1), np.float32)
+        matmul_csr_f32(indptr, indices, data, b, np.ascontiguousarray(xt[:, m:m + 1]), alone,
+                       lo, hi)
+        np.testing.assert_array_equal(alone[:, 0].view(np.int32), together[:, m].view(np.int32))
 
 
 @pytest.mark.parametrize("x_type,y_type", [(np.uint8, np.uint8), (np.int8, np.int8)],

@@ -229,6 +229,35 @@ POINTWISE = {3: True, 4: True, 5: False, 6: False}
 """Which CONV_CASES (by index) sparse-i8 runs as a CSR GEMM on the planar input (matmul_csr_i8)."""
 
 
+F32_POINTWISE = {3: True, 4: True, 5: False, 6: True}
+"""Which CONV_CASES (by index) sparse-f32 runs as a CSR GEMM on the planar input (matmul_csr_f32):
+a 1×1 conv of one group with no pads, strided or not."""
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_float_conv_kernels_match_onnxruntime(case):
+    """A float Conv in every float mode (sparse-f32's pointwise convs on the CSR GEMM, the others
+    on the direct sparse conv) against onnxruntime, bias and a fused Relu included."""
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    rng = np.random.default_rng(int(np.prod(w_shape)))
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    w[rng.random(w.shape) < 0.6] = 0
+    bias = rng.standard_normal(w_shape[0]).astype(np.float32)
+    model = make_model([node("Conv", ["x", "w", "b"], ["c"], **attrs), node("Relu", ["c"], ["y"])],
+                       [("x", x_shape)], [("y", None)], {"w": w, "b": bias}, check=False)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    want = run_ort(model, feeds)["y"]
+    imported = zeroskip.import_onnx(model)
+    for mode in ("dense-f32", "sparse-f32"):
+        session = zeroskip.Session(imported, mode=mode)
+        kernel = session.explain()[0]["kernel"]
+        if mode == "sparse-f32" and case in F32_POINTWISE:
+            assert kernel == ("matmul_csr_f32" if F32_POINTWISE[case] else "conv2d_csr_f32"), kernel
+        got = session.run(feeds)["y"]
+        assert got.shape == want.shape and (got >= 0).all()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=mode)
+
+
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 @pytest.mark.parametrize("x_dtype,w_dtype", [(np.uint8, np.int8), (np.int8, np.int8),
                                              (np.uint8, np.uint8)])

@@ -11,10 +11,10 @@ from ...model import Node
 from ...reference import OPS as REFERENCE_OPS
 from .context import PlanContext, float_bounds
 from .geometry import (TapStarts, conv_geometry, conv_input, max_pool, phase_shape,
-                       workspace_len)
+                       pointwise_strides, workspace_len)
 from .reference import reference_step
 from .registry import Decline, builds
-from .steps import Scratch, Step, aligned_copy
+from .steps import Scratch, Step, aligned_copy, aligned_empty
 from .weights import csr_triple
 
 
@@ -139,6 +139,21 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
 
         reason = ("dense-f32: direct conv, 32 output channels in the vector lanes × 7 positions "
                   "of a row (no im2col)")
+    elif csr and pointwise_strides(node, kh, kw) is not None:
+        indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
+        kernel, name = ctx.kernel("matmul_csr_f32"), "matmul_csr_f32"
+        sh, sw = pointwise_strides(node, kh, kw)
+
+        def call(x, y, g, geo):  # the CSR GEMM on the images' planar (C, H·W), in one call
+            if (sh, sw) != (1, 1):  # a strided 1×1 conv reads every sh-th row, sw-th column
+                x = np.ascontiguousarray(x[:, :, ::sh, ::sw])
+            batch = x.shape[0]
+            kernel(indptr, indices, data, bias, x.reshape(batch, channels, -1),
+                   y.reshape(batch, n_out, -1), lo, hi)
+
+        reason = (f"sparse-f32: pointwise conv, the CSR GEMM ({len(data)} nonzeros) on each "
+                  f"image's planar input (no padded copy)")
+        density = len(data) / max(w.size, 1)
     elif csr:
         indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
         kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
@@ -174,7 +189,7 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
     def run(values):
         x = np.ascontiguousarray(conv_input(node, values[x_name], channels), dtype=np.float32)
         g = conv_geometry(node, x.shape, kh, kw)
-        y = np.empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)
+        y = aligned_empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)  # the next GEMM's xt
         call(x, y, g, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
         values[out] = y
 

@@ -45,6 +45,25 @@ def _conv_geometry_of(strides, dilations, pads, auto_pad, spatial, kh, kw) -> di
                 dh=dilations[0], dw=dilations[1], pt=begins[0], pl=begins[1])
 
 
+def pointwise_strides(node: Node, kh: int, kw: int) -> tuple | None:
+    """(sh, sw) of a 1×1 conv of one group with no explicit pads, else None: its output is the
+    input taken every sh-th row and sw-th column, and then a GEMM on each image's planar (C, H·W).
+    No auto_pad mode pads a 1×1 window (ceil(H/s) outputs need at most H input rows)."""
+    attrs = node.attrs
+    if kh != 1 or kw != 1 or attrs["group"] != 1:
+        return None
+    if attrs["auto_pad"] in ("", "NOTSET") and any(attrs["pads"] or ()):
+        return None
+    strides = tuple(attrs["strides"] or (1, 1))
+    return strides if len(strides) == 2 else None
+
+
+def is_pointwise(node: Node, kh: int, kw: int) -> bool:
+    """A 1×1 conv with stride 1, no pads and one group: y[b] (N, H·W) = W (N, C) @ x[b] (C, H·W),
+    a GEMM on the planar input as it is."""
+    return pointwise_strides(node, kh, kw) == (1, 1)
+
+
 def phase_shape(g: dict, kh: int, kw: int) -> tuple:
     """(rows, Wq) of one input plane's padded phases, the sparse convs' workspace per plane
     (kernels/_planes.py, pad_phases): sh·sw phases of Hq = OH + (kh−1)·dh // sh rows and

@@ -19,7 +19,8 @@ from ... import quantmath
 from ...errors import InputError, UnsupportedModelError
 from ...model import Node
 from .context import Choice, PlanContext
-from .geometry import TapStarts, conv_geometry, conv_input, phase_shape, workspace_len
+from .geometry import (TapStarts, conv_geometry, conv_input, is_pointwise, phase_shape,
+                       workspace_len)
 from .registry import builds
 from .launch import pick, placeholder
 from .steps import PreparedCalls, Scratch, Step, aligned_copy, aligned_empty
@@ -366,15 +367,6 @@ class DepthwiseConv(ConvAccumulator):
             planar(w, bias, x, *mid, y, *tail)
             return y
         return call, y_shape
-
-
-def is_pointwise(node: Node, kh: int, kw: int) -> bool:
-    """A 1×1 conv with stride 1, no pads and one group: y[b] (N, H·W) = W (N, C) @ x[b] (C, H·W),
-    a GEMM on the planar input as it is (for a 1×1 stride-1 conv every auto_pad mode means no
-    pads)."""
-    attrs = node.attrs
-    return (kh == kw == 1 and attrs["group"] == 1 and all(s == 1 for s in attrs["strides"] or ())
-            and (attrs["auto_pad"] not in ("", "NOTSET") or not any(attrs["pads"] or ())))
 
 
 class CsrConv(ConvAccumulator):

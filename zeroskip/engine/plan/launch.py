@@ -90,8 +90,8 @@ def _macs_planar(xt, w, *_):        # matmul_planar_rq_i8(xt (K,M) or (B,K,M), w
     return xt.size * w.shape[0]
 
 
-def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M), yt, ...)
-    return data.shape[0] * xt.shape[1]
+def _macs_csr(indptr, indices, data, bias, xt, *_):  # matmul_csr_*(..., xt (K,M) or (B,K,M), ...)
+    return data.shape[0] * (xt.size // xt.shape[-2])
 
 
 def _work_csr_rq(indptr, indices, data, bias, xt, m0, shift, y_zp, lo, hi, yt, *_):
