@@ -431,6 +431,45 @@ def test_depthwise_f32_writes_nothing_past_its_output(W, s):
     assert_f32_close(y, want, K=10, magnitude=mag, W=W, s=s)
 
 
+def _grouped_3x3_f32(w, b, x, s, p, d, lo, hi):
+    """The float 3×3 depthwise conv (multiplier 1) summed as the kernel's loops group it, in float32
+    NumPy: (b + Σ_{t<4} w_t·x_t) + Σ_{4≤t<8} w_t·x_t, + w_8·x_8, then the clamp."""
+    B, C, H, W = x.shape
+    _, _, (OH, OW) = geometry([H, W], [3, 3], s, d, p, "NOTSET")
+    xp = np.zeros((B, C, (OH - 1) * s[0] + 2 * d[0] + 1 + H, (OW - 1) * s[1] + 2 * d[1] + 1 + W),
+                  np.float32)
+    xp[:, :, p[0]:p[0] + H, p[1]:p[1] + W] = x
+    taps = [xp[:, :, i * d[0]:i * d[0] + (OH - 1) * s[0] + 1:s[0],
+               j * d[1]:j * d[1] + (OW - 1) * s[1] + 1:s[1]] for i in range(3) for j in range(3)]
+    wt = [w[:, t].reshape(1, C, 1, 1) for t in range(9)]
+    first = wt[0] * taps[0] + wt[1] * taps[1] + wt[2] * taps[2] + wt[3] * taps[3]
+    second = wt[4] * taps[4] + wt[5] * taps[5] + wt[6] * taps[6] + wt[7] * taps[7]
+    total = (b.reshape(1, C, 1, 1) + first) + second + wt[8] * taps[8]
+    return np.minimum(np.maximum(total, np.float32(lo)), np.float32(hi)).astype(np.float32)
+
+
+@pytest.mark.parametrize("H,W,s,d", [(9, 9, [2, 2], [1, 1]), (12, 56, [2, 2], [1, 1]),
+                                     (7, 113, [2, 2], [1, 1]), (8, 66, [1, 2], [1, 1]),
+                                     (10, 30, [2, 2], [1, 2]), (9, 40, [1, 1], [1, 1]),
+                                     (6, 14, [1, 1], [2, 2])])
+def test_depthwise_f32_3x3_gives_the_bytes_of_its_grouped_sum(H, W, s, d):
+    """Every float 3×3 loop (row blocks, rows, and at column stride 2 the rows split into even and
+    odd columns, in blocks or not) gives exactly the float32 sums grouped as documented."""
+    rng = np.random.default_rng(H * W + s[1])
+    B, C, p = 2, 5, [1, 1, 1, 1]
+    q = _plan((B, C, H, W), 3, 3, s, p, d)
+    w = rng.standard_normal((C, 9)).astype(np.float32)
+    x = rng.standard_normal((B, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    xp = np.empty((B, C, q["Hp"], q["Wp"]), np.float32)
+    ws = np.empty((B, C, q["OH"] * q["P"]), np.float32)
+    y = np.full((B, C, q["OH"], q["OW"]), np.nan, np.float32)
+    KERNELS["depthwise_dense_f32"](w, b, x, xp, ws, y, 3, 3, *s, *d, q["pt"], q["pl"],
+                                   np.float32(-1.5), np.float32(np.inf))
+    want = _grouped_3x3_f32(w, b, x, s, p, d, -1.5, np.inf)
+    np.testing.assert_array_equal(y.view(np.int32), want.view(np.int32))
+
+
 def _quantized_depthwise(rng, case, n_out, x_type, y_type):
     """A depthwise case's int8 operands for ``n_out`` output channels: (taps (n_out, kh·kw),
     x, x_zp, bias', the reference accumulator, the requantization (m0, shift, y_zp, lo, hi))."""
