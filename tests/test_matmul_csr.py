@@ -311,20 +311,21 @@ def _chain_model(a_shape):
 
 def test_chained_csr_gemms_pass_the_transposed_activation_without_a_copy(monkeypatch):
     """The CSR GEMM writes yt (N,M) and hands on its transpose: the next CSR GEMM reads that yt as
-    its (K,M) input, so only the graph input is copied into the scratch xt. The output is still
+    its (K,M) input, so only the graph input is copied into an aligned xt. The output is still
     C-contiguous and right."""
-    from zeroskip.engine.plan import steps
+    from zeroskip.engine.plan import f32_csr
 
     model = _chain_model(["N", K])
     x = randn((33, K), 14)
     session = zeroskip.Session(model, mode="sparse-f32", threads=1)
     assert {r["kernel"] for r in _rows(session).values()} == {"matmul_csr_f32"}
-    requested = []
-    get = steps.Scratch.get
-    monkeypatch.setattr(steps.Scratch, "get",
-                        lambda self, name, *a: requested.append(name) or get(self, name, *a))
+    made = []
+    empty = f32_csr.aligned_empty
+    monkeypatch.setattr(f32_csr, "aligned_empty",
+                        lambda shape, dtype: made.append(shape) or empty(shape, dtype))
     got = session.run({"x": x})["y"]
-    assert requested == ["xt"]  # the first layer's copy of the graph input, and no other
+    # the first layer's copy of the graph input (K, M), then each layer's yt: no other copy
+    assert made == [(K, 33), (32, 33), (N, 33)]
     assert got.flags.c_contiguous
     want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -341,6 +341,40 @@ def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_mo
         assert len(rows) == 2 and all(row["replays"] for row in rows), rows
 
 
+@pytest.fixture(scope="module")
+def float_models():
+    from quant_builders import FLOAT_MODELS
+
+    return {name: zeroskip.import_onnx(FLOAT_MODELS[name]()[0]) for name in ORT_MODELS}
+
+
+@pytest.mark.parametrize("name", ORT_MODELS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_f32_cnns_replay_the_bytes_of_their_steps(float_models, name, threads):
+    """The float CNNs in sparse-f32, whose steps (direct and pointwise CSR convs, depthwise, Add,
+    pools, the CSR Gemm) declare replays: the bytes of a session that never replays, at batch 1
+    and 3. A Gemm whose input must be copied (batch 3: x's transpose is not contiguous) or a
+    strided 1×1 conv (the pointwise model's, on its input taken every other row and column) copy
+    in Python, and the recording refuses that signature; the padded model's Pad is NumPy."""
+    model = float_models[name]
+    session, reference = zeroskip.Session(model, mode="sparse-f32", threads=threads), \
+        _never_replaying(model, "sparse-f32")
+    for batch in (1, 3):
+        for seed in range(25):
+            feeds = _feeds(model, batch, seed)
+            out, expected = session.run(feeds), reference.run(feeds)
+            for key in expected:
+                assert np.array_equal(out[key], expected[key]), (batch, seed, key)
+    rows = {row["inputs"][model.graph.inputs[0].name][0]: row for row in session.replays()}
+    if name in ("cnn", "depthwise_multiplier"):
+        assert rows[1]["replays"] and not rows[3]["replays"], rows
+        assert "made in Python" in rows[3]["why"]
+    elif name == "pointwise":
+        assert not rows[1]["replays"] and "made in Python" in rows[1]["why"], rows
+    else:  # a step of NumPy or the reference op: never recorded
+        assert rows == {}
+
+
 def test_two_inputs_that_share_their_memory_are_refused():
     def both(values):
         h = np.empty_like(values["x"])

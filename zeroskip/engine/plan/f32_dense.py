@@ -193,7 +193,7 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
         call(x, y, g, (kh, kw, g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"]))
         values[out] = y
 
-    return Step(node, name, lead(reason + ctx.fused_note(node)), run, density)
+    return Step(node, name, lead(reason + ctx.fused_note(node)), run, density, replay="kernels")
 
 
 def _lanes_pay(n_out: int) -> bool:
@@ -238,7 +238,7 @@ def add(node: Node, ctx: PlanContext):
         values[out] = y
 
     return Step(node, "add_dense_f32", "elementwise add (numpy broadcasting when shapes differ)"
-                + ctx.fused_note(node), run)
+                + ctx.fused_note(node), run, replay="kernels")
 
 
 @builds("f32-dense", "Relu", "Clip")
@@ -259,7 +259,8 @@ def clamp(node: Node, ctx: PlanContext):
         kernel(x.reshape(-1), y.reshape(-1), lo32, hi32)
         values[out] = y
 
-    return Step(node, "clamp_dense_f32", "activation with no producer to fuse into", run)
+    return Step(node, "clamp_dense_f32", "activation with no producer to fuse into", run,
+                replay="kernels")
 
 
 @builds("f32-dense", "Mul")
@@ -313,7 +314,8 @@ def maxpool(node: Node, ctx: PlanContext):
             return reference(values)
         values[out] = max_pool(node, kernel, np.ascontiguousarray(x, np.float32))
 
-    return Step(node, "maxpool_dense_f32", "window max per plane, pads never win", run)
+    return Step(node, "maxpool_dense_f32", "window max per plane, pads never win", run,
+                replay="kernels")
 
 
 @builds("f32-dense", "GlobalAveragePool")
@@ -332,7 +334,8 @@ def global_avgpool(node: Node, ctx: PlanContext):
         kernel(np.ascontiguousarray(x, np.float32), y)
         values[out] = y
 
-    return Step(node, "global_avgpool_dense_f32", "plane means, summed in float64", run)
+    return Step(node, "global_avgpool_dense_f32", "plane means, summed in float64", run,
+                replay="kernels")
 
 
 @builds("f32-dense", "BatchNormalization")

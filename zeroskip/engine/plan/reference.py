@@ -41,9 +41,9 @@ def reference_step(node: Node, tensors: dict, reason: str = "reference op (float
         for name, value in zip(outputs, results):
             value = np.asarray(value)
             if cast is not None and value.dtype.kind == "f":
-                value = value.astype(cast)
+                value = value.astype(cast, copy=False)  # a view op's result stays a view
             elif cast is not None and q_dtype is not None:
-                value = value.astype(q_dtype)
+                value = value.astype(q_dtype, copy=False)
             values[name] = value
 
     view = node.op in VIEW_OPS and all(not name or name in tensors for name in inputs[1:])
