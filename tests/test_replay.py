@@ -156,6 +156,59 @@ def test_a_graph_output_that_is_the_input_is_refused():
         _replay(plan)
 
 
+def test_activations_share_bytes_only_when_their_lifetimes_do_not_meet():
+    """A chain of five doubling steps x -> a -> b -> c -> d -> y (each array read by the next
+    call only): arrays two apart may share bytes, but no array shares with the one its call reads
+    or writes beside it, and every view keeps its address modulo a cache line. The replay's
+    outputs are still right on new inputs."""
+    names = ["a", "b", "c", "d", "y"]
+
+    def stage(src, dst):
+        def run(values):
+            out = np.empty(7, np.float64)[1:]  # 8 bytes past an allocation: a residue to keep
+            DOUBLE(values[src], out)
+            values[dst] = out
+        return _step(dst, run, inputs=(src,), outputs=(dst,))
+
+    plan = Plan("test", [stage(s, d) for s, d in zip(["x"] + names, names)])
+    rng = np.random.default_rng(1)
+    first, second = (_recorded(plan, rng.standard_normal(6)) for _ in range(2))
+    residues = [args[1].__array_interface__["data"][0] % 64
+                for calls, _, _ in second.steps for _, args in calls]
+    replay = rp.replay_of(first, second, ["y"])
+    outs = [args[1] for _, args in replay.calls]
+    spans = [(o.__array_interface__["data"][0], o.__array_interface__["data"][0] + o.nbytes)
+             for o in outs]
+    assert [o.__array_interface__["data"][0] % 64 for o in outs] == residues
+    def apart(i, j):
+        return spans[i][1] <= spans[j][0] or spans[j][1] <= spans[i][0]
+
+    assert all(apart(i, i + 1) for i in range(len(spans) - 1))  # a call's input and output
+    assert not all(apart(i, i + 2) for i in range(len(spans) - 2))  # some share
+    x = rng.standard_normal(6)
+    np.testing.assert_array_equal(replay.run({"x": x})["y"], 32 * x)
+
+
+def test_a_graph_output_made_early_keeps_its_bytes_to_the_end():
+    """x -> y (a graph output) -> h -> k -> z (another): k could take y's bytes by the calls
+    alone, but y is read after the run, so it lives to the end."""
+    def stage(src, dst):
+        def run(values):
+            out = np.empty(6, np.float64)
+            DOUBLE(values[src], out)
+            values[dst] = out
+        return _step(dst, run, inputs=(src,), outputs=(dst,))
+
+    plan = Plan("test", [stage("x", "y"), stage("y", "h"), stage("h", "k"), stage("k", "z")])
+    rng = np.random.default_rng(2)
+    first, second = (_recorded(plan, rng.standard_normal(6)) for _ in range(2))
+    replay = rp.replay_of(first, second, ["y", "z"])
+    x = rng.standard_normal(6)
+    out = replay.run({"x": x})
+    np.testing.assert_array_equal(out["y"], 2 * x)
+    np.testing.assert_array_equal(out["z"], 16 * x)
+
+
 def test_a_trial_still_timing_leaves_the_run_unsettled():
     trial = Trial(_double, _double)
 
