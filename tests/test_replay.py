@@ -372,12 +372,9 @@ def quantized_models():
         logging.disable(logging.NOTSET)
 
 
-@pytest.mark.parametrize("name", ORT_MODELS)
-@pytest.mark.parametrize("mode", ["dense-i8", "sparse-i8", "auto"])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_models, name, mode,
-                                                                    threads):
-    model = quantized_models[name]
+def _replaying_the_bytes_of_steps(model, mode, threads):
+    """A session of ``model`` that ran 25 new inputs at batch 1 and 25 at batch 3, each giving
+    the bytes of a session that never replays; the session."""
     session, reference = zeroskip.Session(model, mode=mode, threads=threads), \
         _never_replaying(model, mode)
     for batch in (1, 3):
@@ -386,6 +383,15 @@ def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_mo
             out, expected = session.run(feeds), reference.run(feeds)
             for key in expected:
                 assert np.array_equal(out[key], expected[key]), (batch, seed, key)
+    return session
+
+
+@pytest.mark.parametrize("name", ORT_MODELS)
+@pytest.mark.parametrize("mode", ["dense-i8", "sparse-i8", "auto"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_models, name, mode,
+                                                                    threads):
+    session = _replaying_the_bytes_of_steps(quantized_models[name], mode, threads)
     rows = session.replays()
     if name == "padded":  # its int8 Pad runs as the reference op (NumPy): never recorded
         assert rows == [] and any(step.node.op == "Pad" and not step.replay
@@ -410,14 +416,7 @@ def test_sparse_f32_cnns_replay_the_bytes_of_their_steps(float_models, name, thr
     strided 1×1 conv (the pointwise model's, on its input taken every other row and column) copy
     in Python, and the recording refuses that signature; the padded model's Pad is NumPy."""
     model = float_models[name]
-    session, reference = zeroskip.Session(model, mode="sparse-f32", threads=threads), \
-        _never_replaying(model, "sparse-f32")
-    for batch in (1, 3):
-        for seed in range(25):
-            feeds = _feeds(model, batch, seed)
-            out, expected = session.run(feeds), reference.run(feeds)
-            for key in expected:
-                assert np.array_equal(out[key], expected[key]), (batch, seed, key)
+    session = _replaying_the_bytes_of_steps(model, "sparse-f32", threads)
     rows = {row["inputs"][model.graph.inputs[0].name][0]: row for row in session.replays()}
     if name in ("cnn", "depthwise_multiplier"):
         assert rows[1]["replays"] and not rows[3]["replays"], rows
