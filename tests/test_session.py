@@ -213,6 +213,20 @@ def test_run_is_pure():
     assert np.array_equal(first, second) and np.array_equal(x, keep)
 
 
+@pytest.mark.parametrize("mode", ["reference", "dense-f32", "sparse-f32", "auto"])
+def test_an_output_that_is_a_view_of_the_input_is_handed_out_as_a_copy(mode):
+    """A graph whose output is a Flatten of its input: the step's result is a view of the feed,
+    and the caller gets a copy, so that changing the output cannot change the input."""
+    graph = Graph(nodes=[node("flat", "Flatten", ["x"], ["y"], axis=1)],
+                  inputs=[ValueInfo("x", (None, 2, 3), "float32")],
+                  outputs=[ValueInfo("y", (None, 6), "float32")], initializers={})
+    x = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    y = Session(Model(graph, {"producer": "tests"}), mode=mode).run({"x": x})["y"]
+    np.testing.assert_array_equal(y, x.reshape(2, 6))
+    y[...] = -1
+    np.testing.assert_array_equal(x.reshape(-1), np.arange(12))
+
+
 def test_every_ir_op_has_a_reference():
     from zeroskip.reference import OPS as REFERENCE_OPS
 

@@ -184,16 +184,25 @@ class Session:
             choice.record(ran, time.perf_counter() - before)
         if recorder is not None:
             self._recorded(states, key, recorder)
-        return self._outputs_of(ran, values, copy=recorder is not None)
+        return self._outputs_of(ran, values, copy=recorder is not None, feeds=checked)
 
-    def _outputs_of(self, plan, values: dict, copy: bool = False) -> dict[str, np.ndarray]:
+    def _outputs_of(self, plan, values: dict, copy: bool = False,
+                    feeds: dict | None = None) -> dict[str, np.ndarray]:
         """The run's outputs, C-contiguous (a GEMM's may be the transpose of its kernel's (N,M)
         result). A constant output is copied, so a caller who changes it cannot change the next
         run's, and so is every output with ``copy`` (a recorded or replayed run's, whose arrays
-        the next replay writes again)."""
-        return {v.name: np.array(values[v.name], dtype=v.dtype, order="C", copy=True)
-                if copy or v.name in plan.constants else
-                np.asarray(values[v.name], dtype=v.dtype, order="C") for v in self._outputs}
+        the next replay writes again), and an output that is a view of a feed (a Flatten of the
+        input), so that changing it cannot change the caller's input."""
+        feeds = list((feeds or {}).values())
+        out = {}
+        for v in self._outputs:
+            value = values[v.name]
+            if copy or v.name in plan.constants or any(np.may_share_memory(value, f)
+                                                       for f in feeds):
+                out[v.name] = np.array(value, dtype=v.dtype, order="C", copy=True)
+            else:
+                out[v.name] = np.asarray(value, dtype=v.dtype, order="C")
+        return out
 
     # -- recorded runs (engine/replay.py) --------------------------------------------------------
     def _replay_states(self, plan, ran, checked: dict):
