@@ -139,32 +139,32 @@ def conv_step(node: Node, ctx: PlanContext, w: np.ndarray, bias: np.ndarray, csr
 
         reason = ("dense-f32: direct conv, 32 output channels in the vector lanes × 7 positions "
                   "of a row (no im2col)")
-    elif csr and pointwise_strides(node, kh, kw) is not None:
-        indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
-        kernel, name = ctx.kernel("matmul_csr_f32"), "matmul_csr_f32"
-        sh, sw = pointwise_strides(node, kh, kw)
-
-        def call(x, y, g, geo):  # the CSR GEMM on the images' planar (C, H·W), in one call
-            if (sh, sw) != (1, 1):  # a strided 1×1 conv reads every sh-th row, sw-th column
-                x = np.ascontiguousarray(x[:, :, ::sh, ::sw])
-            batch = x.shape[0]
-            kernel(indptr, indices, data, bias, x.reshape(batch, channels, -1),
-                   y.reshape(batch, n_out, -1), lo, hi)
-
-        reason = (f"sparse-f32: pointwise conv, the CSR GEMM ({len(data)} nonzeros) on each "
-                  f"image's planar input (no padded copy)")
-        density = len(data) / max(w.size, 1)
     elif csr:
         indptr, indices, data = csr_triple(np.asarray(w.reshape(n_out, -1), dtype=np.float32))
-        kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
-        starts = TapStarts(indices, c_group, kh, kw)
-
-        def call(x, y, g, geo):  # the input's padded phases xq
-            xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw), np.float32)
-            kernel(indptr, starts(g), data, bias, x, xq, y, *geo, group, lo, hi)
-
-        reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
         density = len(data) / max(w.size, 1)
+        strides = pointwise_strides(node, kh, kw)
+        if strides is not None:  # a 1×1 conv: the CSR GEMM on the images' planar (C, H·W)
+            kernel, name = ctx.kernel("matmul_csr_f32"), "matmul_csr_f32"
+
+            def call(x, y, g, geo):  # the whole batch in one call
+                if strides != (1, 1):  # a strided 1×1 conv reads every sh-th row, sw-th column
+                    x = np.ascontiguousarray(x[:, :, ::strides[0], ::strides[1]])
+                batch = x.shape[0]
+                kernel(indptr, indices, data, bias, x.reshape(batch, channels, -1),
+                       y.reshape(batch, n_out, -1), lo, hi)
+
+            reason = (f"sparse-f32: pointwise conv, the CSR GEMM ({len(data)} nonzeros) on each "
+                      f"image's planar input (no padded copy)")
+        else:
+            kernel, name = ctx.kernel("conv2d_csr_f32"), "conv2d_csr_f32"
+            starts = TapStarts(indices, c_group, kh, kw)
+
+            def call(x, y, g, geo):  # the input's padded phases xq
+                xq = scratch.get("xq", (x.shape[0], channels) + phase_shape(g, kh, kw),
+                                 np.float32)
+                kernel(indptr, starts(g), data, bias, x, xq, y, *geo, group, lo, hi)
+
+            reason = f"sparse-f32: direct sparse conv over {len(data)} nonzeros (no im2col)"
     else:
         from ...kernels._fma import FMA_SLACK, pack_rows  # Numba only once a conv is planned
 
