@@ -156,11 +156,15 @@ def test_a_graph_output_that_is_the_input_is_refused():
         _replay(plan)
 
 
-def test_activations_share_bytes_only_when_their_lifetimes_do_not_meet():
+@pytest.mark.parametrize("serial", [True, False])
+def test_activations_share_bytes_only_when_their_lifetimes_do_not_meet(serial, monkeypatch):
     """A chain of five doubling steps x -> a -> b -> c -> d -> y (each array read by the next
-    call only): arrays two apart may share bytes, but no array shares with the one its call reads
-    or writes beside it, and every view keeps its address modulo a cache line. The replay's
-    outputs are still right on new inputs."""
+    call only): in a one-thread plan arrays two apart may share bytes, but no array shares with
+    the one its call reads or writes beside it, and every view keeps its address modulo a cache
+    line. In a plan for several threads a block cools first (COOL_BYTES, here two arrays' worth):
+    arrays two apart never share, three apart may. The replay's outputs are still right on new
+    inputs."""
+    monkeypatch.setattr(rp, "COOL_BYTES", 2 * 7 * 8)  # two of the arrays below (roots of 7 float64)
     names = ["a", "b", "c", "d", "y"]
 
     def stage(src, dst):
@@ -170,7 +174,7 @@ def test_activations_share_bytes_only_when_their_lifetimes_do_not_meet():
             values[dst] = out
         return _step(dst, run, inputs=(src,), outputs=(dst,))
 
-    plan = Plan("test", [stage(s, d) for s, d in zip(["x"] + names, names)])
+    plan = Plan("test", [stage(s, d) for s, d in zip(["x"] + names, names)], serial=serial)
     rng = np.random.default_rng(1)
     first, second = (_recorded(plan, rng.standard_normal(6)) for _ in range(2))
     residues = [args[1].__array_interface__["data"][0] % 64
@@ -184,7 +188,11 @@ def test_activations_share_bytes_only_when_their_lifetimes_do_not_meet():
         return spans[i][1] <= spans[j][0] or spans[j][1] <= spans[i][0]
 
     assert all(apart(i, i + 1) for i in range(len(spans) - 1))  # a call's input and output
-    assert not all(apart(i, i + 2) for i in range(len(spans) - 2))  # some share
+    if serial:
+        assert not all(apart(i, i + 2) for i in range(len(spans) - 2))  # some share
+    else:
+        assert all(apart(i, i + 2) for i in range(len(spans) - 2))  # not yet cooled
+        assert not all(apart(i, i + 3) for i in range(len(spans) - 3))  # cooled: some share
     x = rng.standard_normal(6)
     np.testing.assert_array_equal(replay.run({"x": x})["y"], 32 * x)
 

@@ -32,7 +32,12 @@ each call (best of 3 medians):
   one thread, and with all three parallel 0.48 (medians 0.62, 0.56, 0.56). The pruned float
   MobileNetV2-shaped model in sparse-f32: 32.3 ms on one thread, 21.8, 21.2, 23.1 ms on two at
   thresholds of 2^19, 2^20, 2^22. Parallel from 2^19 (it was 2^22 while every CSR GEMM copied its
-  activations twice);
+  activations twice), and from 2^17 since its batch-1 runs replay on buffers that cool between
+  uses (``replay.COOL_BYTES``): the same model (int8 file), two threads, alternated runs of
+  ``Session.run``, median ms at 2^19, 2^18, 2^17, 2^16: 4.75, 4.68, 4.67, 4.62 and 4.86, 4.84,
+  4.77, 4.79 (one thread 7.75–7.88); its 28×28 and 14×14 pointwise convs (0.2–0.5 million) went
+  from 1.0× to 1.3–1.6× their one-thread speed in the run, where they had lost as much in
+  remote reads as the second thread gained;
 * ``matmul_csr_rq_i8`` (the pointwise convs of a pruned MobileNetV2), whose work is useful
   multiply-accumulates plus requantized outputs: serial 16, 24, 25, 42, 43, 71, 86 µs against
   parallel 25, 28, 29, 33, 34, 50, 55 µs at 0.09, 0.20, 0.17, 0.50, 0.50, 0.57, 0.65 million (10 %
@@ -79,7 +84,7 @@ MIN_PARALLEL_CONV_WORK = 1 << 17
 MIN_PARALLEL_DENSE_CONV_WORK = 1 << 15
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
 MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
-MIN_PARALLEL_CSR_F32_MACS = 1 << 19
+MIN_PARALLEL_CSR_F32_MACS = 1 << 17
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
