@@ -21,8 +21,9 @@ from zeroskip.errors import UnsupportedModelError
 from zeroskip.kernels.matmul_csr import (K_PER_BLOCK, MIN_TASKS, PIXELS_PER_BLOCK,
                                          ROWS_PER_RQ_TASK, ROWS_PER_TASK, matmul_csr_f32,
                                          matmul_csr_i8, matmul_csr_rq_i8)
-from zeroskip.kernels.matmul_dense import (GEMV_ROWS, PIXELS_PER_CHUNK, matmul_dense_i8,
-                                           matmul_dense_rq_i8, matmul_planar_rq_i8)
+from zeroskip.kernels.matmul_dense import (COLUMNS_PER_TASK_F32, GEMV_ROWS, PIXELS_PER_CHUNK,
+                                           matmul_dense_f32, matmul_dense_i8, matmul_dense_rq_i8,
+                                           matmul_planar_rq_i8)
 from zeroskip.kernels import _gemv
 from zeroskip.kernels._requant import FOLD_MAX_SHIFT
 from zeroskip.kernels.elementwise import add_dense_i8
@@ -159,6 +160,44 @@ def test_matmul_csr_f32(M, N, K, density, index_type):
     magnitude = np.abs(w).astype(np.float64) @ np.abs(xt) + np.abs(b)[:, None]
     assert_f32_close(got, want, K=K, magnitude=magnitude, M=M, N=N, density=density, seed=seed,
                      index=np.dtype(index_type).name)
+
+
+def _dense_f32_in_order(x, w, b, lo, hi):
+    """matmul_dense_f32's documented sums in NumPy float32: each output b[n], then + x[m,k]·w[k,n]
+    for k in order, each product and sum rounded to float32; then the clamp."""
+    y = np.tile(b, (x.shape[0], 1))
+    for k in range(x.shape[1]):
+        y = y + x[:, k:k + 1] * w[k]  # float32 × float32 rows: each product, then each sum rounded
+    return np.minimum(np.maximum(y, lo), hi)
+
+
+@given(M=st.integers(1, 9), K=st.integers(1, 70), N=st.integers(1, 2 * COLUMNS_PER_TASK_F32 + 5),
+       act=st.sampled_from(["none", "relu", "relu6"]), seed=st.integers(0, 2**16))
+def test_matmul_dense_f32_sums_in_order_on_any_thread_count(M, K, N, act, seed):
+    """The few-row float GEMM: the reference's values within the float bound, and the bytes of
+    its documented order of sums (K not a multiple of its four-value passes, N not of its tasks'
+    columns), from the parallel build at one and two threads and from the serial twin."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    lo, hi = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}[act]
+    lo, hi = np.float32(lo), np.float32(hi)
+    want = _dense_f32_in_order(x, w, b, lo, hi)
+    builds = [(matmul_dense_f32, 1), (matmul_dense_f32, 2),
+              (zeroskip.kernels.serial_kernel("matmul_dense_f32"), 1)]
+    before = numba.get_num_threads()
+    try:
+        for kernel, threads in builds:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            y = np.full((M, N), np.nan, np.float32)
+            kernel(x, w, b, y, lo, hi)
+            assert_exact(y, want, M=M, K=K, N=N, threads=threads, seed=seed)
+    finally:
+        numba.set_num_threads(before)
+    reference = ref_dense.matmul_dense_f32(x, w, b, lo, hi)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(b)
+    assert_f32_close(y, reference, K=K, magnitude=magnitude, M=M, N=N, seed=seed)
 
 
 @pytest.mark.parametrize("index_type,x_type", [(np.uint8, np.uint8), (np.uint16, np.int8),

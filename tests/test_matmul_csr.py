@@ -19,6 +19,7 @@ pytest.importorskip("onnx")
 
 import zeroskip  # noqa: E402
 from zeroskip.engine.plan.context import Choice, PlanContext  # noqa: E402
+from zeroskip.engine.plan.f32_dense import KERNEL_NAME as DENSE_GEMM  # noqa: E402
 
 from kernel_checks import assert_exact, assert_f32_close  # noqa: E402
 from onnx_builders import make_model, node, pruned, randn  # noqa: E402
@@ -86,7 +87,7 @@ def test_sparse_f32_mlp_of_matmuls_matches_dense_f32():
     sparse = zeroskip.Session(model, mode="sparse-f32")
     assert {r["kernel"] for r in _rows(sparse).values()} == {"matmul_csr_f32"}
     dense = zeroskip.Session(model, mode="dense-f32")
-    assert {r["kernel"] for r in _rows(dense).values()} == {"matmul_dense_f32 (numpy BLAS)"}
+    assert {r["kernel"] for r in _rows(dense).values()} == {"matmul (numpy BLAS)"}  # only sgemms
     want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
     for session in (sparse, dense):
         np.testing.assert_allclose(session.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
@@ -110,7 +111,7 @@ def test_relu_or_clip_after_matmul_is_fused_in_both_float_modes(act):
     x = randn((4, 3, K), 9)
     want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
     for mode, kernel in (("sparse-f32", "matmul_csr_f32"),
-                         ("dense-f32", "matmul_dense_f32 (numpy BLAS)")):
+                         ("dense-f32", "matmul (numpy BLAS)")):
         session = zeroskip.Session(model, mode=mode)
         rows = {r["node"]: r for r in session.explain()}
         assert rows["mm"]["kernel"] == kernel and rows["mm"]["reason"].endswith("activation fused")
@@ -131,7 +132,7 @@ def test_auto_choice_is_honored_for_matmul(monkeypatch):
     rows = _rows(zeroskip.Session(_mlp_model(["N", K]), mode="auto"))
     assert ("gemm f32", "mm1") in asked and ("gemm f32", "mm2") in asked
     assert rows["mm1"]["kernel"] == "matmul_csr_f32"  # density 0.1
-    assert rows["mm2"]["kernel"] == "matmul_dense_f32 (numpy BLAS)"  # density 1.0
+    assert rows["mm2"]["kernel"] == DENSE_GEMM  # density 1.0, beside a CSR step
     for row in rows.values():
         assert row["reason"].startswith(f"auto: test {row['density']:.2f}; "), row
 
@@ -154,7 +155,7 @@ def test_auto_times_a_matmul_layer_on_its_own_shapes(monkeypatch, tmp_path):
     row = _rows(session)["mm"]
     assert measured and measured[0][0] == "MatMul" and all(t > 0 for t in measured[0][1])
     assert "auto: measured on this layer" in row["reason"], row
-    assert row["kernel"] in ("matmul_csr_f32", "matmul_dense_f32 (numpy BLAS)")
+    assert row["kernel"] in ("matmul_csr_f32", "matmul (numpy BLAS)")
     x = randn((2, 3, K), 7)
     np.testing.assert_allclose(session.run({"x": x})["y"],
                                zeroskip.Session(model, "dense-f32").run({"x": x})["y"],

@@ -14,6 +14,8 @@ import zeroskip
 from onnx_builders import assert_close, run_ort
 from test_oracle import CASES
 
+from zeroskip.engine.plan.f32_dense import KERNEL_NAME as DENSE_GEMM  # beside CSR steps
+
 FLOAT_MODES = ["dense-f32", "sparse-f32"]
 
 
@@ -215,7 +217,7 @@ def test_auto_choice_follows_the_measured_table(monkeypatch):
     rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
     assert {r["density"] < 0.5 for r in rows} == {True, False}
     for row in rows:
-        want = "matmul_csr_f32" if row["density"] < 0.5 else "gemm_dense_f32 (numpy BLAS)"
+        want = "matmul_csr_f32" if row["density"] < 0.5 else DENSE_GEMM
         assert row["kernel"] == want, row
         assert row["reason"].startswith(f"auto: test {row['density']:.2f}; "), row
 
@@ -242,7 +244,7 @@ def test_auto_times_each_layer_once_and_takes_the_faster_kernel(monkeypatch, tmp
     rows = [r for r in zeroskip.Session(model, mode="auto").explain() if r["op"] == "Gemm"]
     assert calls and all(shape[0] == 1 for _, shape in calls)  # a dynamic batch is timed at 1
     for row in rows:
-        want = "gemm_dense_f32 (numpy BLAS)" if row["density"] < 0.5 else "matmul_csr_f32"
+        want = DENSE_GEMM if row["density"] < 0.5 else "matmul_csr_f32"
         assert row["kernel"] == want, row
         assert "measured on this layer: dense" in row["reason"], row
     count = len(calls)
@@ -273,7 +275,7 @@ def test_auto_keeps_dense_when_csr_is_not_clearly_faster(monkeypatch, tmp_path):
         if row["density"] < 0.5:
             assert row["kernel"] == "matmul_csr_f32", row
         else:
-            assert row["kernel"] == "gemm_dense_f32 (numpy BLAS)", row
+            assert row["kernel"] == DENSE_GEMM, row
             assert "CSR 0.98 ms" in row["reason"], row
             assert "dense (CSR not 5% faster)" in row["reason"], row
 
@@ -300,7 +302,7 @@ def test_auto_times_nothing_with_the_jit_disabled(monkeypatch, tmp_path):
     assert {r["density"] < tuning.UNTIMED_BREAK_EVEN for r in rows} == {True, False}
     for row in rows:
         want = "matmul_csr_f32" if row["density"] < tuning.UNTIMED_BREAK_EVEN \
-            else "gemm_dense_f32 (numpy BLAS)"
+            else DENSE_GEMM
         assert row["kernel"] == want and "JIT disabled, nothing timed" in row["reason"], row
     assert list(tmp_path.iterdir()) == []  # nothing written
 

@@ -993,8 +993,70 @@ def _matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, y, residu
 
 matmul_planar_rq_i8 = njit(cache=True, parallel=True, nogil=True)(_matmul_planar_rq_i8)
 
+# ---------------------------------------------------------------- float32, a few rows of x
+
+_U = np.uint64
+
+COLUMNS_PER_TASK_F32 = 128
+"""Outputs per parallel task of matmul_dense_f32: eight zmm (sixteen ymm) of float32."""
+
+
+def _matmul_dense_f32(x, w, b, y, lo, hi):
+    # x (M,K) @ w (K,N) + b -> y (M,N), M small (a classifier at batch 1)
+    """y[m,n] = clamp(b[n] + Σ_k x[m,k]·w[k,n], lo, hi), the sum in k's order, each product and
+    sum rounded to float32 (no fused multiply-add): the same bytes on any number of threads, and
+    as Python under NUMBA_DISABLE_JIT=1.
+
+    The product of a few rows of x (a Gemm or MatMul at batch 1 to 3) streams w once, and its
+    time is the time to read w: MobileNetV2's classifier, 1280 × 1000, is 5 MB. Loop nest:
+    prange tasks of COLUMNS_PER_TASK_F32 outputs n; per task, every row m's outputs start at b;
+    for each k, the task's run of w's row k (contiguous) times x[m,k] is added to each row's
+    outputs, a loop over n that LLVM vectorizes (no reduction: each lane sums its own n). Two
+    threads each read half of every row of w.
+    x [M,K] float32, C-contiguous; w [K,N] float32, C-contiguous (the weights as (K,N));
+    b [N] float32 (zeros if none); y [M,N] float32, C-contiguous, overwritten; lo, hi float32.
+    Work: 2·M·K·N flops; reads w once (K·N·4 bytes).
+    """
+    M, K = x.shape
+    N = w.shape[1]
+    wf, yf = w.reshape(K * N), y.reshape(M * N)
+    tasks = (N + COLUMNS_PER_TASK_F32 - 1) // COLUMNS_PER_TASK_F32
+    for t in prange(tasks):
+        n0 = _U(t * COLUMNS_PER_TASK_F32)  # unsigned: no wraparound test, so the loops vectorize
+        count = min(_U(N) - n0, _U(COLUMNS_PER_TASK_F32))
+        for m in range(_U(M)):
+            row = m * _U(N) + n0
+            for i in range(count):
+                yf[row + i] = b[n0 + i]
+        quads = _U(K) // _U(4)
+        for q in range(quads):  # four values of k per pass: the outputs loaded and stored once
+            k = q * _U(4)
+            a0 = k * _U(N) + n0
+            a1, a2, a3 = a0 + _U(N), a0 + _U(2 * N), a0 + _U(3 * N)
+            for m in range(_U(M)):
+                v0, v1, v2, v3 = x[m, k], x[m, k + _U(1)], x[m, k + _U(2)], x[m, k + _U(3)]
+                row = m * _U(N) + n0
+                for i in range(count):
+                    s = yf[row + i] + v0 * wf[a0 + i]
+                    s = s + v1 * wf[a1 + i]
+                    s = s + v2 * wf[a2 + i]
+                    yf[row + i] = s + v3 * wf[a3 + i]
+        for k in range(quads * _U(4), _U(K)):
+            at = k * _U(N) + n0
+            for m in range(_U(M)):
+                v, row = x[m, k], m * _U(N) + n0
+                for i in range(count):
+                    yf[row + i] = yf[row + i] + v * wf[at + i]
+        for m in range(_U(M)):
+            row = m * _U(N) + n0
+            for i in range(count):
+                yf[row + i] = min(max(yf[row + i], lo), hi)
+
+
+matmul_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_matmul_dense_f32)
+
 KERNELS = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8,
-           "matmul_planar_rq_i8": matmul_planar_rq_i8}
+           "matmul_planar_rq_i8": matmul_planar_rq_i8, "matmul_dense_f32": matmul_dense_f32}
 
 _WITH_TILE: dict = {}
 

@@ -49,6 +49,10 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
     if plan.blas_owns_threads:
         for launch in plan.launches:  # BLAS has the threads: the Numba steps run serially
             launch.force_serial()
+    elif ctx.dense_products:  # Numba has the threads: small GEMMs on its kernel
+        steps = [f32_dense.with_dense_kernel(step, ctx.dense_products[step.node.name], ctx)
+                 if step.node.name in ctx.dense_products else step for step in steps]
+        plan = Plan(mode, steps, ctx.constants, serial, ctx.launches)
     return plan
 
 

@@ -4,6 +4,8 @@ numpy for the rest."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ...errors import InputError
@@ -18,56 +20,133 @@ from .steps import Scratch, Step, aligned_copy, aligned_empty
 from .weights import csr_triple
 
 
+SGEMM_FROM_ROWS = 8
+"""In a plan whose threads Numba owns, a Gemm or MatMul on a constant dense float weight runs
+matmul_dense_f32 on fewer rows of x than this (one pass over w, split between the threads, and a
+plan that may replay), numpy's sgemm from this many on. K = 1280, N = 1000 (MobileNetV2's
+classifier), one thread, hot caches, µs, the kernel against sgemm: 82 / 62 at 1 row (the kernel
+on two threads: 44), 135 / 225 at 2, 226 / 246 at 4, 379 / 362 at 8; K = N = 1024: 87 / 55, 121
+/ 237, 190 / 258, 336 / 337. A plan whose threads BLAS owns (one of only GEMMs, ``blas_owns_
+threads``) keeps sgemm throughout: the kernel would run serially there, and the plan never loads
+Numba."""
+
+KERNEL_NAME = f"matmul_dense_f32 (numpy BLAS from {SGEMM_FROM_ROWS} rows)"
+"""What the dense Gemm and MatMul steps run in a plan whose threads Numba owns."""
+
+
+class DenseProduct:
+    """y (M,N) = x (M,K) @ w (K,N) + c, clamped, for a constant float w: numpy's sgemm, or, once
+    ``use_kernel`` has given it matmul_dense_f32 (``build_plan``), that kernel on fewer than
+    SGEMM_FROM_ROWS rows of a C-contiguous float32 x. The kernel's output is a fresh array on a
+    cache line; its input is x as it lies (a copy made here would keep the plan from replaying).
+    ``vector``: c is a vector or none, as the kernel's bias must be."""
+
+    def __init__(self, w_kn: np.ndarray, c, lo, hi):
+        self.w = aligned_copy(np.asarray(w_kn, dtype=np.float32))
+        self.k_in, self.n_out = self.w.shape
+        self.c, self.lo, self.hi = c, lo, hi
+        self.vector = c is None or np.shape(c) in ((), (1,), (self.n_out,))
+        self.kernel = self.bias = None
+
+    def use_kernel(self, kernel) -> None:
+        """Run ``kernel`` (matmul_dense_f32, as PlanContext.kernel gives it) below SGEMM_FROM_ROWS."""
+        c = np.zeros(self.n_out, np.float32) if self.c is None else self.c
+        self.bias = np.ascontiguousarray(np.broadcast_to(c, (self.n_out,)), np.float32)
+        self.bounds = float_bounds(self.lo, self.hi)
+        self.kernel = kernel
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if (self.kernel is not None and x.shape[0] < SGEMM_FROM_ROWS and x.dtype == np.float32
+                and x.flags.c_contiguous):
+            y = aligned_empty((x.shape[0], self.n_out), np.float32)
+            self.kernel(x, self.w, self.bias, y, *self.bounds)
+            return y
+        y = np.asarray(x, dtype=np.float32) @ self.w
+        if self.c is not None:
+            y += self.c
+        if self.lo is not None or self.hi is not None:
+            np.clip(y, self.lo, self.hi, out=y)
+        return y
+
+
+def with_dense_kernel(step: Step, product: DenseProduct, ctx: PlanContext) -> Step:
+    """``step`` (a dense Gemm or MatMul on ``product``) as it runs in a plan whose threads Numba
+    owns: on matmul_dense_f32 below SGEMM_FROM_ROWS rows, replayable (``build_plan``)."""
+    product.use_kernel(ctx.kernel("matmul_dense_f32"))
+    return replace(step, kernel=KERNEL_NAME, replay="kernels", reason=step.reason.replace(
+        "one sgemm", f"one pass over it below {SGEMM_FROM_ROWS} rows of A, else one sgemm"))
+
+
 @builds("f32-dense", "Gemm")
 def gemm(node: Node, ctx: PlanContext):
-    """y = alpha·A·B + beta·C with constant B: prepacked once as alpha·B (K,N) contiguous."""
+    """y = alpha·A·B + beta·C with constant B: prepacked once as alpha·B (K,N) contiguous
+    (``DenseProduct``)."""
     w = ctx.const(node.inputs[1])
     if w is None or w.ndim != 2:
         return Decline("B is not a constant matrix")
     attrs = node.attrs
-    b = np.ascontiguousarray((w.T if attrs["transB"] else w) * np.float32(attrs["alpha"]))
+    b = (w.T if attrs["transB"] else w) * np.float32(attrs["alpha"])
     c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
     if len(node.inputs) > 2 and node.inputs[2] and c is None:
         return Decline("C is computed at run time")
     c = None if c is None else (c * np.float32(attrs["beta"])).astype(np.float32)
     trans_a = attrs["transA"]
     out, lo, hi = ctx.activation(node)
+    product = DenseProduct(b, c, lo, hi)
     x_name = node.inputs[0]
 
     def run(values):
         x = values[x_name]
         x = x.T if trans_a else x
-        if x.ndim != 2 or x.shape[1] != b.shape[0]:
-            raise InputError(f"node {node.name!r} (Gemm): expected A with K = {b.shape[0]}, got "
+        if x.ndim != 2 or x.shape[1] != product.k_in:
+            raise InputError(f"node {node.name!r} (Gemm): expected A with K = {product.k_in}, got "
                              f"shape {values[x_name].shape}")
-        y = np.asarray(x, dtype=np.float32) @ b
-        if c is not None:
-            y += c
-        if lo is not None or hi is not None:
-            np.clip(y, lo, hi, out=y)
-        values[out] = y
+        values[out] = product(x)
 
-    return Step(node, "gemm_dense_f32 (numpy BLAS)", "dense-f32: weights as a dense float32 (K,N) "
+    step = Step(node, "gemm_dense_f32 (numpy BLAS)", "dense-f32: weights as a dense float32 (K,N) "
                 "panel, one sgemm" + ctx.fused_note(node), run, ctx.tensors[node.inputs[1]].density)
+    return _offer(step, product, ctx)
 
 
 @builds("f32-dense", "MatMul")
 def matmul(node: Node, ctx: PlanContext):
-    """y = A @ B with constant float B (numpy's matmul broadcasting), then a fused Relu/Clip."""
+    """y = A @ B with constant float B (numpy's matmul broadcasting), then a fused Relu/Clip; a 2-D
+    B as a ``DenseProduct`` on A's leading dims flattened to rows."""
     w = ctx.const(node.inputs[1])
     if w is None or w.dtype != np.float32:
         return Decline("B is not a constant float matrix")
     out, lo, hi = ctx.activation(node)
     x_name = node.inputs[0]
+    if w.ndim != 2:
+        def run_numpy(values):
+            y = np.asarray(np.matmul(np.asarray(values[x_name], dtype=np.float32), w))
+            if lo is not None or hi is not None:
+                np.clip(y, lo, hi, out=y)
+            values[out] = y
+
+        return Step(node, "matmul (numpy BLAS)", "dense-f32: constant B, numpy matmul"
+                    + ctx.fused_note(node), run_numpy, ctx.tensors[node.inputs[1]].density)
+    product = DenseProduct(w, None, lo, hi)
+    k_in, n_out = w.shape
 
     def run(values):
-        y = np.asarray(np.matmul(np.asarray(values[x_name], dtype=np.float32), w))  # 1-D @ 1-D: 0-d
-        if lo is not None or hi is not None:
-            np.clip(y, lo, hi, out=y)
-        values[out] = y
+        x = values[x_name]
+        if x.ndim < 1 or x.shape[-1] != k_in:
+            raise InputError(f"node {node.name!r} (MatMul): expected A of shape (..., {k_in}), got "
+                             f"{x.shape}")
+        values[out] = product(x.reshape(-1, k_in)).reshape(x.shape[:-1] + (n_out,))
 
-    return Step(node, "matmul_dense_f32 (numpy BLAS)", "dense-f32: constant B, numpy matmul"
+    step = Step(node, "matmul (numpy BLAS)", "dense-f32: constant B, one sgemm"
                 + ctx.fused_note(node), run, ctx.tensors[node.inputs[1]].density)
+    return _offer(step, product, ctx)
+
+
+def _offer(step: Step, product: DenseProduct, ctx: PlanContext) -> Step:
+    """``step``, its product noted in ``ctx.dense_products`` for build_plan to hand the kernel to
+    (a bias that is not a vector keeps sgemm)."""
+    if product.vector:
+        ctx.dense_products[step.node.name] = product
+    return step
 
 
 def conv_operands(node: Node, ctx: PlanContext):

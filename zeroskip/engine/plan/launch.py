@@ -38,6 +38,11 @@ each call (best of 3 medians):
   4.77, 4.79 (one thread 7.75–7.88); its 28×28 and 14×14 pointwise convs (0.2–0.5 million) went
   from 1.0× to 1.3–1.6× their one-thread speed in the run, where they had lost as much in
   remote reads as the second thread gained;
+* ``matmul_dense_f32`` (a float Gemm or MatMul below 8 rows: a stream of its weights), one row,
+  a 0.5 ms pause before each call, best µs serial against parallel: 17.8 / 25.9 at 0.26 million
+  multiply-accumulates, 37.3 / 43.0 at 0.52, 34.7 / 31.9 at 0.51 (512 → 1000), 70.7 / 59.0 at
+  1.05, 90.0 / 73.1 at 1.28 (MobileNetV2's classifier; 82 / 44 with the worker awake): from
+  2^19, the Trials deciding the calls between it and 2^20;
 * ``matmul_csr_rq_i8`` (the pointwise convs of a pruned MobileNetV2), whose work is useful
   multiply-accumulates plus requantized outputs: serial 16, 24, 25, 42, 43, 71, 86 µs against
   parallel 25, 28, 29, 33, 34, 50, 55 µs at 0.09, 0.20, 0.17, 0.50, 0.50, 0.57, 0.65 million (10 %
@@ -85,10 +90,15 @@ MIN_PARALLEL_DENSE_CONV_WORK = 1 << 15
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
 MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
 MIN_PARALLEL_CSR_F32_MACS = 1 << 17
+MIN_PARALLEL_DENSE_F32_MACS = 1 << 19
 
 
 def _macs_dense(x, w, *_):          # matmul_dense_i8(x (M,K), w (N,K), ...)
     return x.shape[0] * x.shape[1] * w.shape[0]
+
+
+def _macs_dense_f32(x, w, *_):     # matmul_dense_f32(x (M,K), w (K,N), ...)
+    return x.shape[0] * w.size
 
 
 def _macs_planar(xt, w, *_):        # matmul_planar_rq_i8(xt (K,M) or (B,K,M), w (N,K), ...)
@@ -186,6 +196,7 @@ WORK = {
     "matmul_dense_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_dense_rq_i8": (_macs_dense, MIN_PARALLEL_MACS),
     "matmul_planar_rq_i8": (_macs_planar, MIN_PARALLEL_MACS),
+    "matmul_dense_f32": (_macs_dense_f32, MIN_PARALLEL_DENSE_F32_MACS),
     "matmul_csr_i8": (_macs_csr, MIN_PARALLEL_MACS),
     "matmul_csr_rq_i8": (_work_csr_rq, MIN_PARALLEL_CSR_RQ_WORK),
     "matmul_csr_f32": (_macs_csr, MIN_PARALLEL_CSR_F32_MACS),
@@ -411,5 +422,6 @@ def placeholder(shape, dtype):
 __all__ = ["Launch", "RECHECKS", "RECORDING", "SERIAL_MARGIN", "SHORT_CALL_S", "Serial", "TRIALS",
            "Trial", "note_call", "pick", "placeholder", "MIN_PARALLEL_ADD_ELEMENTS",
            "MIN_PARALLEL_CONV_WORK", "MIN_PARALLEL_CSR_F32_MACS", "MIN_PARALLEL_CSR_RQ_WORK",
+           "MIN_PARALLEL_DENSE_F32_MACS",
            "MIN_PARALLEL_DENSE_CONV_WORK", "MIN_PARALLEL_NHWC_DEPTHWISE_WORK",
            "MIN_PARALLEL_ELEMENTS", "MIN_PARALLEL_MACS", "WORK"]

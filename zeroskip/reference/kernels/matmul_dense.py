@@ -52,5 +52,11 @@ def matmul_planar_rq_i8(xt, w, bias, m0, shift, y_zero_point, lo, hi, residual=N
                               residual, w_sums, w_pad)
 
 
+def matmul_dense_f32(x, w, b, lo=-np.inf, hi=np.inf):
+    """y [M,N] float64 = clip(x @ w + b, lo, hi), x [M,K], w [K,N] (the weights as (K,N)), b [N]."""
+    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+    return np.clip(y, lo, hi)
+
+
 REFERENCES = {"matmul_dense_i8": matmul_dense_i8, "matmul_dense_rq_i8": matmul_dense_rq_i8,
-              "matmul_planar_rq_i8": matmul_planar_rq_i8}
+              "matmul_planar_rq_i8": matmul_planar_rq_i8, "matmul_dense_f32": matmul_dense_f32}
