@@ -362,6 +362,38 @@ def test_threads_bound_numpy_blas_during_runs_of_float_plans(threads):
     assert not Session(data, mode="dense-i8", threads=threads)._plan.uses_blas
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_f32_classifier_takes_the_few_row_kernel_beside_numba_convs(threads):
+    """In a dense-f32 CNN (Numba owns the threads) the Gemm runs matmul_dense_f32 below
+    SGEMM_FROM_ROWS rows, and the plan replays at batch 1; at SGEMM_FROM_ROWS rows it takes
+    sgemm (and does not replay). Both agree with the reference within float error, and a batch
+    of rows gives each row's bytes of that row alone below the bound."""
+    from zeroskip.engine.plan.f32_dense import KERNEL_NAME, SGEMM_FROM_ROWS
+    from quant_builders import FLOAT_MODELS
+
+    cnn, name, shape = FLOAT_MODELS["cnn"]()
+    model = zeroskip.import_onnx(cnn)
+    session = Session(model, mode="dense-f32", threads=threads)
+    assert [r["kernel"] for r in session.explain() if r["op"] == "Gemm"] == [KERNEL_NAME]
+    reference = Session(model, mode="reference")
+    rng = np.random.default_rng(4)
+    small = rng.standard_normal((SGEMM_FROM_ROWS - 1,) + shape).astype(np.float32)
+    large = rng.standard_normal((SGEMM_FROM_ROWS,) + shape).astype(np.float32)
+    for x in (small[:1], small, large):
+        for _ in range(24):  # the Trials settle, then runs are recorded (and replayed)
+            got = session.run({name: x})
+        want = reference.run({name: x})
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-4)
+    one = session.run({name: small[:1]})
+    rows = session.run({name: small})
+    for key in one:  # the first row of the batch: the bytes of that row run alone
+        np.testing.assert_array_equal(rows[key][:1], one[key])
+    replays = {tuple(r["inputs"][name]): r for r in session.replays()}
+    assert replays[(1,) + shape]["replays"], replays
+    assert "an output that none of its kernels wrote" in replays[(SGEMM_FROM_ROWS,) + shape]["why"]
+
+
 def test_blas_or_numba_owns_the_threads_never_both(monkeypatch):
     """A float plan whose weighted layers all run on BLAS gives BLAS the session's threads and
     runs its Numba steps serially; a plan with a Numba compute kernel (a CSR Gemm beside a BLAS
