@@ -133,6 +133,9 @@ def test_gemm_work_is_its_multiply_accumulates():
     yt = np.zeros((64, 128), np.uint8)
     assert rq_work(None, None, data, None, xt, None, None, 0, 0, 255, yt) == 1000 * 128 + 64 * 128
     assert rq_threshold == MIN_PARALLEL_CSR_RQ_WORK
+    dense_f32_work, _ = WORK["matmul_dense_f32"]  # x (M,K), w (K,N)
+    assert dense_f32_work(np.zeros((3, 256), np.float32), np.zeros((256, 10), np.float32)) == \
+        3 * 256 * 10
 
 
 def test_parallel_builds_give_the_serial_bytes_through_a_session(monkeypatch):

@@ -53,7 +53,12 @@ each call (best of 3 medians):
   layers"), the MLP took 0.377 ms on one thread and 0.374, 0.365, 0.394, 0.396 ms on two with
   thresholds of 2^18, 2^19, 2^20, 2^21 (best of 60 interleaved runs), and the pruned int8
   MobileNetV2-shaped model in sparse-i8 17.4 ms on one thread and 12.5, 12.1, 12.5, 14.1 ms on
-  two (best of 20). Parallel from 2^19;
+  two (best of 20). Parallel from 2^19, and from 2^17 once replays cooled their buffers
+  (``replay.COOL_BYTES``): alternated ``Session.run`` calls, two threads, median ms at 2^19,
+  2^18, 2^17: pruned int8 MobileNetV2 ``auto`` 1.746, 1.733, 1.718 and 1.734, 1.719, 1.714 (one
+  thread 2.97–2.99), ``sparse-i8`` 2.953, 2.889, 2.852 (one thread 5.24); pruned ResNet-18
+  ``auto`` 4.538 at 2^19, 4.466 at 2^17 (its 14×14 and 28×28 projects, 0.2–0.5 million, had run
+  serially);
 * the direct sparse convolutions (``conv2d_csr_*``) spend far more per useful multiply-accumulate
   (padded planes, a tile loop per output channel): their work is useful MACs + outputs, parallel
   from 2^17, which every layer of a real network reaches (under workqueue, whose launches cost
@@ -88,7 +93,7 @@ MIN_PARALLEL_MACS = 1 << 20
 MIN_PARALLEL_CONV_WORK = 1 << 17
 MIN_PARALLEL_DENSE_CONV_WORK = 1 << 15
 MIN_PARALLEL_NHWC_DEPTHWISE_WORK = 1 << 18
-MIN_PARALLEL_CSR_RQ_WORK = 1 << 19
+MIN_PARALLEL_CSR_RQ_WORK = 1 << 17
 MIN_PARALLEL_CSR_F32_MACS = 1 << 17
 MIN_PARALLEL_DENSE_F32_MACS = 1 << 19
 
