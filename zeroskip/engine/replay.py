@@ -301,9 +301,9 @@ def _share_buffers(calls: list, kept: dict, outputs: dict, cool: int = 0):
         root = kept[key]
         residue = root.__array_interface__["data"][0] % CACHE_LINE
         size = -(-root.nbytes // CACHE_LINE) * CACHE_LINE + CACHE_LINE  # whatever the residue
-        start = first[key]
+        begins = first[key]
         live = [slot for slot in live  # still live, or left too recently (cool)
-                if slot[2] >= start or begun[start] - begun[slot[2]] < cool]
+                if slot[2] >= begins or begun[begins] - begun[slot[2]] < cool]
         offset = 0
         for start, length, _ in sorted(live):  # the lowest gap that holds it
             if start - offset >= size:

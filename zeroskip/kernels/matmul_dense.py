@@ -1007,12 +1007,13 @@ def _matmul_dense_f32(x, w, b, y, lo, hi):
     sum rounded to float32 (no fused multiply-add): the same bytes on any number of threads, and
     as Python under NUMBA_DISABLE_JIT=1.
 
-    The product of a few rows of x (a Gemm or MatMul at batch 1 to 3) streams w once, and its
-    time is the time to read w: MobileNetV2's classifier, 1280 × 1000, is 5 MB. Loop nest:
-    prange tasks of COLUMNS_PER_TASK_F32 outputs n; per task, every row m's outputs start at b;
-    for each k, the task's run of w's row k (contiguous) times x[m,k] is added to each row's
-    outputs, a loop over n that LLVM vectorizes (no reduction: each lane sums its own n). Two
-    threads each read half of every row of w.
+    The product of a few rows of x (a Gemm or MatMul below f32_dense.SGEMM_FROM_ROWS = 8 rows)
+    streams w once, and its time is the time to read w: MobileNetV2's classifier, 1280 × 1000, is
+    5 MB. Loop nest: prange tasks of COLUMNS_PER_TASK_F32 outputs n; per task, every row m's
+    outputs start at b; then four values of k per pass (the outputs loaded and stored once per
+    four, the last K mod 4 one at a time), the task's run of w's row k (contiguous) times x[m,k]
+    added to each row's outputs in k's order, a loop over n that LLVM vectorizes (no reduction:
+    each lane sums its own n). Two threads each read half of every row of w.
     x [M,K] float32, C-contiguous; w [K,N] float32, C-contiguous (the weights as (K,N));
     b [N] float32 (zeros if none); y [M,N] float32, C-contiguous, overwritten; lo, hi float32.
     Work: 2·M·K·N flops; reads w once (K·N·4 bytes).
