@@ -375,6 +375,8 @@ def test_dense_f32_classifier_takes_the_few_row_kernel_beside_numba_convs(thread
     model = zeroskip.import_onnx(cnn)
     session = Session(model, mode="dense-f32", threads=threads)
     assert [r["kernel"] for r in session.explain() if r["op"] == "Gemm"] == [KERNEL_NAME]
+    reason = next(r["reason"] for r in session.explain() if r["op"] == "Gemm")
+    assert f"one pass over it below {SGEMM_FROM_ROWS} rows of A, else one sgemm" in reason, reason
     reference = Session(model, mode="reference")
     rng = np.random.default_rng(4)
     small = rng.standard_normal((SGEMM_FROM_ROWS - 1,) + shape).astype(np.float32)

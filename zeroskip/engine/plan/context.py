@@ -71,8 +71,8 @@ class PlanContext:
         self._table = None
         self._shapes = None
         self.launches: list[Launch] = []  # every parallel kernel the steps call (Plan.launches)
-        # node name -> the DenseProduct of its sgemm step, which build_plan puts on
-        # matmul_dense_f32 when Numba owns the plan's threads (f32_dense.with_dense_kernel)
+        # node name -> (the DenseProduct of its sgemm step, its reasons on sgemm and on the kernel),
+        # which build_plan puts on matmul_dense_f32 when Numba owns the threads (f32_dense._offer)
         self.dense_products: dict = {}
         # values that their steps hand on as the transpose of a C-contiguous matrix (a GEMM's
         # output): auto times their readers on such an input (steps are built in graph order)

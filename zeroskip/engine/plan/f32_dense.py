@@ -69,12 +69,15 @@ class DenseProduct:
         return y
 
 
-def with_dense_kernel(step: Step, product: DenseProduct, ctx: PlanContext) -> Step:
-    """``step`` (a dense Gemm or MatMul on ``product``) as it runs in a plan whose threads Numba
-    owns: on matmul_dense_f32 below SGEMM_FROM_ROWS rows, replayable (``build_plan``)."""
+def with_dense_kernel(step: Step, offer: tuple, ctx: PlanContext) -> Step:
+    """``step`` (a dense Gemm or MatMul) as it runs in a plan whose threads Numba owns, given its
+    ``offer`` (DenseProduct, its sgemm reason, its kernel reason) from ``_offer``: on
+    matmul_dense_f32 below SGEMM_FROM_ROWS rows, replayable, its reason after what auto's choice
+    put before it (``build_plan``)."""
+    product, sgemm_reason, reason = offer
     product.use_kernel(ctx.kernel("matmul_dense_f32"))
-    return replace(step, kernel=KERNEL_NAME, replay="kernels", reason=step.reason.replace(
-        "one sgemm", f"one pass over it below {SGEMM_FROM_ROWS} rows of A, else one sgemm"))
+    lead = step.reason[:len(step.reason) - len(sgemm_reason)]  # auto's words on its choice, if any
+    return replace(step, kernel=KERNEL_NAME, replay="kernels", reason=lead + reason)
 
 
 @builds("f32-dense", "Gemm")
@@ -103,9 +106,10 @@ def gemm(node: Node, ctx: PlanContext):
                              f"shape {values[x_name].shape}")
         values[out] = product(x)
 
-    step = Step(node, "gemm_dense_f32 (numpy BLAS)", "dense-f32: weights as a dense float32 (K,N) "
-                "panel, one sgemm" + ctx.fused_note(node), run, ctx.tensors[node.inputs[1]].density)
-    return _offer(step, product, ctx)
+    lead = "dense-f32: weights as a dense float32 (K,N) panel, "
+    step = Step(node, "gemm_dense_f32 (numpy BLAS)", lead + "one sgemm" + ctx.fused_note(node),
+                run, ctx.tensors[node.inputs[1]].density)
+    return _offer(step, product, ctx, lead)
 
 
 @builds("f32-dense", "MatMul")
@@ -136,16 +140,20 @@ def matmul(node: Node, ctx: PlanContext):
                              f"{x.shape}")
         values[out] = product(x.reshape(-1, k_in)).reshape(x.shape[:-1] + (n_out,))
 
-    step = Step(node, "matmul (numpy BLAS)", "dense-f32: constant B, one sgemm"
-                + ctx.fused_note(node), run, ctx.tensors[node.inputs[1]].density)
-    return _offer(step, product, ctx)
+    lead = "dense-f32: constant B, "
+    step = Step(node, "matmul (numpy BLAS)", lead + "one sgemm" + ctx.fused_note(node), run,
+                ctx.tensors[node.inputs[1]].density)
+    return _offer(step, product, ctx, lead)
 
 
-def _offer(step: Step, product: DenseProduct, ctx: PlanContext) -> Step:
-    """``step``, its product noted in ``ctx.dense_products`` for build_plan to hand the kernel to
-    (a bias that is not a vector keeps sgemm)."""
+def _offer(step: Step, product: DenseProduct, ctx: PlanContext, lead: str) -> Step:
+    """``step``, noted with its product, its own reason and the reason it would have on the kernel
+    (``lead``, then the kernel's rule) in ``ctx.dense_products`` for build_plan (a bias that is
+    not a vector keeps sgemm)."""
     if product.vector:
-        ctx.dense_products[step.node.name] = product
+        ctx.dense_products[step.node.name] = (
+            product, step.reason, f"{lead}one pass over it below {SGEMM_FROM_ROWS} rows of A, "
+            "else one sgemm" + ctx.fused_note(step.node))
     return step
 
 
