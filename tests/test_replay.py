@@ -309,6 +309,32 @@ def test_replayed_runs_give_the_bytes_of_runs_never_replayed(name, mode, threads
     assert reference.replays() == []
 
 
+def _scaled(x, y, scale=2.0, shift=None):
+    y[...] = x * scale if shift is None else x * scale + shift
+
+
+def test_a_replay_calls_the_compiled_entry_point_with_every_parameter():
+    import numba
+
+    if numba.config.DISABLE_JIT:  # no compiled versions: _direct keeps every build as it is
+        assert rp._direct(numba.njit(_scaled), (1, 2)) == (numba.njit(_scaled), (1, 2))
+        return
+    kernel = numba.njit(_scaled)
+    x, y = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)
+    kernel(x, y)
+    with pytest.raises(TypeError):  # the entry point takes every parameter, defaults too
+        list(kernel.overloads.values())[0].entry_point(x, y)
+    entry, args = rp._direct(kernel, (x, y))
+    assert entry is not kernel and args[:2] == (x, y) and args[2:] == (2.0, None)
+    y[...] = 0
+    entry(*args)
+    np.testing.assert_array_equal(y, 2 * x)
+    # types it was never compiled for, a Python function: the call goes through as recorded
+    assert rp._direct(kernel, (x, y, 3.0)) == (kernel, (x, y, 3.0))
+    assert rp._direct(kernel, (x.astype(np.float64), y))[0] is kernel
+    assert rp._direct(_double, (x, y)) == (_double, (x, y))
+
+
 def test_replays_are_per_thread():
     model = _bundled("digits_cnn_pruned_int8")
     session, reference = zeroskip.Session(model, mode="auto", threads=2), \
@@ -406,6 +432,11 @@ def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_mo
                                   for step in session._plan.steps)
     else:
         assert len(rows) == 2 and all(row["replays"] for row in rows), rows
+        import numba
+
+        if not numba.config.DISABLE_JIT:  # each call made straight to its compiled version
+            for state in session._replay_local.states.values():
+                assert all(not hasattr(entry, "overloads") for entry, _ in state.direct)
 
 
 @pytest.fixture(scope="module")
