@@ -335,6 +335,47 @@ def test_a_replay_calls_the_compiled_entry_point_with_every_parameter():
     assert rp._direct(_double, (x, y)) == (_double, (x, y))
 
 
+def test_a_replay_knows_whether_a_call_may_open_a_parallel_region():
+    import numba
+
+    from zeroskip.kernels import KERNELS, serial_kernel
+
+    def replay_of_builds(*builds):
+        x = np.zeros(1, np.float32)
+        return rp.Replay(None, [(b, (x, x)) for b in builds], {}, {}, rp.Counter())
+
+    parallel = KERNELS["matmul_csr_rq_i8"]
+    if numba.config.DISABLE_JIT:  # Python functions: the run context is always set up
+        assert replay_of_builds(parallel).parallel
+        return
+    twin = serial_kernel("matmul_csr_rq_i8")
+    assert not replay_of_builds(twin, twin).parallel
+    assert replay_of_builds(twin, parallel).parallel
+    assert replay_of_builds(twin, _double).parallel  # not a Numba kernel (BLAS, NumPy): kept
+
+
+def test_a_two_thread_replay_of_serial_kernels_runs_with_no_run_context():
+    import numba
+
+    model = _bundled("digits_mlp_int8")
+    session, reference = zeroskip.Session(model, mode="dense-i8", threads=2), \
+        _never_replaying(model, "dense-i8")
+    for seed in range(30):
+        session.run(_feeds(model, 1, seed))
+    replays = [s for s in session._replay_local.states.values() if isinstance(s, rp.Replay)]
+    assert len(replays) == 1
+    if numba.config.DISABLE_JIT:
+        return
+    assert not replays[0].parallel  # the MLP's GEMMs at batch 1 are far below every threshold
+
+    def no_context(plan):
+        raise AssertionError("a replay of serial kernels set up the run context")
+
+    session._running = no_context
+    feeds = _feeds(model, 1, 99)
+    assert np.array_equal(session.run(feeds)["logits"], reference.run(feeds)["logits"])
+
+
 def test_replays_are_per_thread():
     model = _bundled("digits_cnn_pruned_int8")
     session, reference = zeroskip.Session(model, mode="auto", threads=2), \

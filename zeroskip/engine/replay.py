@@ -141,6 +141,9 @@ class Replay:
         self.plan = plan              # kept alive: the replay states are keyed by its id
         self.calls = calls            # [(build, args)], the recorded run's, in order
         self.direct = [_direct(build, args) for build, args in calls]  # what run() calls
+        # whether a call may open a parallel region (or is not a Numba kernel at all: BLAS):
+        # else the run needs no thread count, launch lock or spinners (Session._replayed)
+        self.parallel = not all(_serial_twin(build) for build, _ in calls)
         self.per_step = per_step      # calls each of plan.steps made, in order (for profiles)
         self.feeds = feeds            # call index -> [(arg index, feed name, offset, view)]
         self.outputs = outputs        # graph output name -> the recorded run's array
@@ -185,6 +188,14 @@ class Replay:
                 build(*args)
                 clock[i] = tick() - start
         return self.outputs
+
+
+def _serial_twin(build) -> bool:
+    """Whether ``build`` is a Numba kernel compiled without parallel=True (kernels.serial_kernel's
+    twins, and the helpers a step calls)."""
+    options = getattr(build, "targetoptions", None)
+    return options is not None and getattr(build, "py_func", None) is not None \
+        and not options.get("parallel", False)
 
 
 def _direct(build, args: tuple):

@@ -244,9 +244,13 @@ class Session:
             states[key] = str(err)
 
     def _replayed(self, plan, choice, replay, checked: dict) -> dict[str, np.ndarray]:
-        """A run of ``plan`` as ``replay``'s kernel calls."""
+        """A run of ``plan`` as ``replay``'s kernel calls. Where none of them may open a parallel
+        region (a parallel plan whose layers all fell below their thresholds: the digits MLP at
+        batch 1), in no run context: setting it up and taking it down cost ~20 µs on a run after
+        a pause, and made the MLP's two-thread runs in ``zeroskip bench`` 1.5–1.9× slower than its
+        one-thread runs (29 against 50 µs), for the same kernel calls."""
         before = time.perf_counter()
-        with self._running(plan):
+        with self._running(plan) if replay.parallel else _NOTHING:
             start = time.perf_counter()
             values = replay.run(checked)
             self._run_seconds[id(plan)] = time.perf_counter() - start
