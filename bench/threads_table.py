@@ -7,8 +7,10 @@ For each model, every runner (onnxruntime and each zeroskip mode, at 1 and at 2 
 once and then timed in interleaved rounds by ``zeroskip.bench.measure`` (each round runs every
 runner once untimed and then ``--runs-per-turn`` times, timed: 1 times a runtime just after a
 pause, 20 one running back to back). Prints one markdown row per model and thread count: best
-times in ms, and for each zeroskip mode its speed-up from 1 to 2 threads. Build the models with
-``python bench/models.py OUTDIR``.
+times in ms, and for each zeroskip mode its speed-up from 1 to 2 threads; then how long a cache
+line took between two CPUs before and after the rounds (``handoff_ns``: 40–80 ns where they share
+a cache, 150–200 where a VM's host has put them in two core complexes, when every runtime's
+two-thread runs lose much of their gain). Build the models with ``python bench/models.py OUTDIR``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import zeroskip
-from zeroskip.bench import default_modes, make_runners, measure, synthetic_inputs
+from zeroskip.bench import SETTLE_S, default_modes, make_runners, measure, synthetic_inputs
+from zeroskip.kernels._spin import handoff_ns
 
 THREADS = (1, 2)
 
@@ -31,7 +35,11 @@ def table(path: str, rounds: int, modes=None, runs_per_turn: int = 1) -> list[st
     for threads in THREADS:
         for runner in make_runners(model, modes, feeds, threads, path):
             runners[(runner.name, threads)] = runner
+    time.sleep(SETTLE_S)  # each handoff after a pause: no runtime's worker spinning
+    before = handoff_ns()
     measure(list(runners.values()), rounds, progress=True, runs_per_turn=runs_per_turn)
+    time.sleep(SETTLE_S)
+    after = handoff_ns()
     best = {key: min(runner.times) * 1e3 for key, runner in runners.items()}
     name = os.path.basename(path)
     lines = []
@@ -42,6 +50,9 @@ def table(path: str, rounds: int, modes=None, runs_per_turn: int = 1) -> list[st
     gains = [f"{best[(m, 1)] / best[(m, 2)]:.2f}×" for m in ["onnxruntime"] + list(modes)
              if (m, 1) in best]
     lines.append(f"| {name} | 1 → 2 | " + " | ".join(gains) + " |")
+    if before is not None and after is not None:
+        lines.append(f"(a cache line between two CPUs: {before:.0f} ns before the rounds, "
+                     f"{after:.0f} after)")
     return lines
 
 

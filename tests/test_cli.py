@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -186,9 +187,11 @@ def test_bench_times_every_mode_and_peer_for_each_batch_and_thread_count(mlp_fil
     row = data["rows"][0]
     assert set(row) == {"runner", "kind", "batch", "threads", "median_ms", "p10_ms", "p90_ms",
                         "best_ms", "throughput", "speedup", "baseline", "plan_ms", "first_run_ms",
-                        "file_bytes", "max_diff"}
+                        "file_bytes", "max_diff", "handoff_ns"}
     assert row["file_bytes"] == os.path.getsize(onnx_path)
-    for r in data["rows"]:
+    for r in data["rows"]:  # a cache line's trip between CPUs, timed for the pairs on two threads
+        assert (r["handoff_ns"] is None) == (r["threads"] == 1 or (os.cpu_count() or 1) < 2
+                                             or numba.config.DISABLE_JIT)
         assert r["throughput"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3)
         base = next(b for b in data["rows"] if b["runner"] == "dense-f32"
                     and (b["batch"], b["threads"]) == (r["batch"], r["threads"]))

@@ -309,8 +309,10 @@ def bench_matrix(model: Model, modes, peers, batches, threads_list, repeat: int,
                     f"or memory runs in chunks; ZEROSKIP_CHUNK=0 runs it whole)")
             if chunked and note not in notes:
                 notes.append(note)
+            handoff = _handoff_note(threads, notes)  # after a pause: no peer's worker spins
             measure(runners, repeat, progress)
-            rows += [row_of(r, runners, batch, threads) for r in runners]
+            rows += [dict(row_of(r, runners, batch, threads), handoff_ns=handoff)
+                     for r in runners]
     return {"machine": machine_info(), "model": {"inputs": [
                 {"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
                 for v in model.graph.inputs], "nodes": len(model.graph.nodes),
@@ -318,6 +320,33 @@ def bench_matrix(model: Model, modes, peers, batches, threads_list, repeat: int,
             "settings": {"modes": list(modes), "peers": list(peers), "batches": list(batches),
                          "threads": list(threads_list), "repeat": repeat},
             "rows": rows, "notes": notes}
+
+
+HANDOFF_FAR_NS = 120.0
+"""A handoff between the run's CPUs slower than this gets a note: 40–80 ns where they share a
+cache (one core complex, one socket), 150–200 across core complexes or sockets."""
+
+
+def _handoff_note(threads, notes: list) -> float | None:
+    """How long a cache line took from one of the run's CPUs to another just before its rounds
+    (kernels/_spin.handoff_ns; None for one thread), with a note in ``notes`` when they are far
+    apart. The figure can change from minute to minute on a VM, whose host places its CPUs."""
+    import numba
+
+    count = numba.config.NUMBA_NUM_THREADS if threads is None else threads
+    if count < 2:
+        return None
+    from .kernels._spin import handoff_ns
+
+    time.sleep(SETTLE_S)
+    ns = handoff_ns()
+    if ns is not None and ns > HANDOFF_FAR_NS:
+        notes.append(f"threads {count}: a cache line took {ns:.0f} ns from one CPU to another "
+                     f"just before these rounds (40–80 where CPUs share a cache): the CPUs are "
+                     f"far apart (two core complexes or sockets, or a host that placed this VM's "
+                     f"CPUs so), and parallel runs, which pass lines between them, scale less "
+                     f"(docs/benchmarks.md, \"When two threads run at one thread's speed\")")
+    return ns
 
 
 def row_of(runner: Runner, runners: list[Runner], batch: int, threads) -> dict:
