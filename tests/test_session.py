@@ -460,12 +460,28 @@ def test_a_run_choice_alternates_its_plans_then_keeps_the_faster():
             ran = choice.next()
             seen.append(ran)
             choice.record(ran, parallel_s if ran is plan else serial_s)
-        assert seen == [plan, twin] * RUN_CHECK_RUNS
+        assert seen == ([plan, twin, twin, plan] * RUN_CHECK_RUNS)[:2 * RUN_CHECK_RUNS]
         assert choice.decided() == kept
         assert choice.next() is (twin if kept == "one thread" else plan)
         choice.record(choice.next(), 0.0)  # later runs change nothing
         assert choice.decided() == kept
         assert (choice.plans[1] is None) == (kept == "parallel")
+
+
+def test_a_run_choice_gives_each_plan_runs_in_both_places_of_a_pair():
+    """Runs that come in pairs, the first of each slow (after a pause), do not decide the race:
+    whichever place the race starts in, the faster plan is kept."""
+    from zeroskip.engine.session import RUN_CHECK_RUNS, RunChoice
+
+    for parallel_s, kept in ((1.0, "parallel"), (1.5, "one thread")):
+        for phase in (0, 1):
+            plan, twin = object(), object()
+            choice = RunChoice(plan, twin)
+            for i in range(2 * RUN_CHECK_RUNS):
+                ran = choice.next()
+                cold = 10.0 if (i + phase) % 2 == 0 else 0.0
+                choice.record(ran, (parallel_s if ran is plan else 1.2) + cold)
+            assert choice.decided() == kept, (parallel_s, phase)
 
 
 def test_short_parallel_runs_are_checked_against_the_one_thread_plan(monkeypatch):
