@@ -310,18 +310,22 @@ class Trial:
     """The build that calls of one work size take, chosen by timing them: the first calls alternate
     the parallel and the serial build (parallel first, so that a plan run once still runs the
     parallel build), one untimed call of each (JIT compile or cache load) and then TRIALS timed
-    calls of each; then the faster build, by its best time, takes every call (the serial one, on
+    calls of each, in the order parallel, serial, serial, parallel, parallel, … (a layer is called
+    once a run, and runs that come in pairs, a slow one after a pause and then a timed one, as in
+    ``zeroskip bench``, would give one build every slow call if the two simply took turns); then the faster build, by its best time, takes every call (the serial one, on
     calls of SHORT_CALL_S or more, only if faster by SERIAL_MARGIN), until the next of RECHECKS
     times both again. Concurrent runs may time
     a few calls more; any build they take gives the same bytes."""
 
-    __slots__ = ("parallel", "serial", "best", "calls", "chosen", "timed_until", "checks")
+    __slots__ = ("parallel", "serial", "best", "calls", "chosen", "timed_until", "window",
+                 "checks")
 
     def __init__(self, parallel, serial):
         self.parallel, self.serial = parallel, serial
         self.best = [float("inf"), float("inf")]  # parallel, serial
         self.calls, self.chosen = 0, None
         self.timed_until = 2 * (TRIALS + 1)  # the first window, after the two untimed calls
+        self.window = 0  # the call its window began at
         self.checks = RECHECKS
 
     def __call__(self, *args):
@@ -337,15 +341,17 @@ class Trial:
                     RECORDING.trials.append(self)
                 return chosen(*args)
             self.checks = checks[1:]  # a recheck window opens (not pop: two threads may be here)
-            self.timed_until = n + 2 * TRIALS
+            self.timed_until, self.window = n + 2 * TRIALS, n
         if RECORDING.calls is not None:
             RECORDING.unsettled = True
-        build = self.serial if n % 2 else self.parallel
+        i = n - self.window  # parallel, serial, serial, parallel, parallel, serial, ...
+        k = (i + i // 2) % 2
+        build = self.serial if k else self.parallel
         if n < 2:
             return build(*args)
         start = time.perf_counter()
         result = build(*args)
-        self.best[n % 2] = min(self.best[n % 2], time.perf_counter() - start)
+        self.best[k] = min(self.best[k], time.perf_counter() - start)
         if n + 1 >= self.timed_until:
             margin = SERIAL_MARGIN if self.best[1] >= SHORT_CALL_S else 1.0
             self.chosen = self.serial if self.best[0] > margin * self.best[1] else self.parallel
