@@ -1,5 +1,5 @@
-"""zeroskip bench's timing loop: interleaved rounds, a settle run before each timed run; the note on CPUs far
-apart (a cache line's handoff between two, timed)."""
+"""zeroskip bench's timing loop: interleaved rounds, a settle run before each timed run; the note
+on CPUs far apart (a cache line's handoff between two, timed)."""
 
 from __future__ import annotations
 

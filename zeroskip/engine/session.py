@@ -247,8 +247,8 @@ class Session:
         """A run of ``plan`` as ``replay``'s kernel calls. Where none of them may open a parallel
         region (a parallel plan whose layers all fell below their thresholds: the digits MLP at
         batch 1), in no run context: setting it up and taking it down cost ~20 µs on a run after
-        a pause, and made the MLP's two-thread runs in ``zeroskip bench`` 1.5–1.9× slower than its
-        one-thread runs (29 against 50 µs), for the same kernel calls."""
+        a pause, and made the MLP's two-thread runs in ``zeroskip bench`` slower than its one-thread
+        runs (41–57 against 27–33 µs), for the same kernel calls."""
         before = time.perf_counter()
         with self._running(plan) if replay.parallel else _NOTHING:
             start = time.perf_counter()

@@ -7,11 +7,11 @@ And a volley (``handoff_ns``): two threads hand one word back and forth, to time
 line written on one CPU takes to reach another.
 
 Compiled (``nogil``: it runs beside the run it keeps company, which holds the GIL between steps),
-with the flag read by an atomic load each time round (a plain load could be hoisted out of the
-loop) and ``sched_yield`` called as the C library's own symbol, so that it caches on disk like the
-kernels (a ctypes function in a jitted body cannot be cached). POSIX only: ``SPINS`` says whether
-this platform has it. The leading underscore keeps the kernel collector (``kernels/__init__.py``)
-from looking here: a helper, not a kernel.
+with the word read by an atomic load each time round (``_load``: a plain load could be hoisted
+out of the loop) and ``sched_yield`` called as the C library's own symbol, so that it caches on
+disk like the kernels (a ctypes function in a jitted body cannot be cached). POSIX only:
+``SPINS`` says whether this platform has it. The leading underscore keeps the kernel collector
+(``kernels/__init__.py``) from looking here: a helper, not a kernel.
 """
 
 from __future__ import annotations
@@ -26,20 +26,6 @@ from numba.extending import intrinsic
 
 SPINS = os.name == "posix"
 """Whether this platform's C library has ``sched_yield`` (every POSIX one)."""
-
-
-@intrinsic
-def _stopped(typingctx, flag):
-    """flag[0] != 0, read with an atomic (monotonic) load: never hoisted out of a loop."""
-    if not (isinstance(flag, types.Array) and flag.dtype == types.int64 and flag.ndim == 1):
-        return None
-
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        value = builder.load_atomic(array.data, "monotonic", 8)
-        return builder.icmp_signed("!=", value, ir.Constant(ir.IntType(64), 0))
-
-    return types.boolean(flag), codegen
 
 
 @intrinsic
@@ -107,11 +93,10 @@ def handoff_ns(volleys: int = 5) -> float | None:
     """The median over ``volleys`` of the time one handoff took, in ns: a thread writes a word,
     and a thread on another CPU, spinning on it, sees the new value and writes its answer; the
     two threads held on the first two CPUs this process may use (the calling thread's own CPUs
-    are given back after). On the
-    2-vCPU AMD EPYC (Zen 4) VM: 41–50 ns while the two CPUs were in one core complex (a shared
-    L3), 165–178 while the host had them in two (docs/benchmarks.md, "When two threads run at one
-    thread's speed"). None with fewer than two CPUs, or where nothing is compiled
-    (NUMBA_DISABLE_JIT: the Python loop would hold the GIL)."""
+    are given back after). On the 2-vCPU AMD EPYC (Zen 4) VM: 41–50 ns while the two CPUs were
+    in one core complex (a shared L3), 165–178 while the host had them in two
+    (docs/benchmarks.md, "When two threads run at one thread's speed"). None with fewer than two
+    CPUs, or where nothing is compiled (NUMBA_DISABLE_JIT: the Python loop would hold the GIL)."""
     import threading
     import time
 
@@ -157,7 +142,7 @@ def handoff_ns(volleys: int = 5) -> float | None:
 def spin_until(flag):
     """Yield the CPU over and over until flag[0] != 0; returns how many times it yielded."""
     n = 0
-    while not _stopped(flag):
+    while _load(flag) == 0:
         _yield_cpu()
         n += 1
     return n

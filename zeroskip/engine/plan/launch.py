@@ -311,11 +311,11 @@ class Trial:
     the parallel and the serial build (parallel first, so that a plan run once still runs the
     parallel build), one untimed call of each (JIT compile or cache load) and then TRIALS timed
     calls of each, in the order parallel, serial, serial, parallel, parallel, … (a layer is called
-    once a run, and runs that come in pairs, a slow one after a pause and then a timed one, as in
-    ``zeroskip bench``, would give one build every slow call if the two simply took turns); then the faster build, by its best time, takes every call (the serial one, on
-    calls of SHORT_CALL_S or more, only if faster by SERIAL_MARGIN), until the next of RECHECKS
-    times both again. Concurrent runs may time
-    a few calls more; any build they take gives the same bytes."""
+    once a run, and in runs that come in pairs, a slow one after a pause and then a timed one, as
+    in ``zeroskip bench``, builds that simply took turns gave one of them every slow call); then
+    the faster build, by its best time, takes every call (the serial one, on calls of
+    SHORT_CALL_S or more, only if faster by SERIAL_MARGIN), until the next of RECHECKS times both
+    again. Concurrent runs may time a few calls more; any build they take gives the same bytes."""
 
     __slots__ = ("parallel", "serial", "best", "calls", "chosen", "timed_until", "window",
                  "checks")
