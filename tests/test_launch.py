@@ -113,11 +113,35 @@ def test_a_trial_times_both_builds_again_at_its_rechecks():
     calls.clear()
     for _ in range(2 * TRIALS):
         trial()
-    assert calls == (["parallel", "serial", "serial", "parallel"] * TRIALS)[:2 * TRIALS]
+    order = ["parallel", "serial", "serial", "parallel"] if trial.phase == 0 else \
+        ["serial", "parallel", "parallel", "serial"]  # every other Trial: serial first
+    assert calls == (order * TRIALS)[:2 * TRIALS]
     assert trial.decided() == "parallel"
     calls.clear()
     trial()
     assert calls == ["parallel"]
+
+
+def test_recheck_windows_of_layers_called_in_the_same_runs_never_all_run_serial():
+    """Trials that count the same calls (a model's layers, one call each a run) open their recheck
+    windows in the same runs: in none of those runs do all of them take their serial build."""
+    from zeroskip.engine.plan.launch import RECHECKS, TRIALS, Trial
+
+    calls = []
+
+    def build(tag):
+        return lambda: calls.append(tag)
+
+    trials = [Trial(build("parallel"), build("serial")) for _ in range(4)]
+    assert {t.phase for t in trials} == {0, 1}
+    for _ in range(RECHECKS[0]):  # every one chooses, then waits for its first recheck
+        for trial in trials:
+            trial()
+    for _ in range(2 * TRIALS):  # the window: each run, one call of each layer
+        calls.clear()
+        for trial in trials:
+            trial()
+        assert "parallel" in calls and "serial" in calls, calls
 
 
 def test_a_trial_that_keeps_its_serial_build_looks_again_at_doubling_calls():
