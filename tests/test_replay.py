@@ -7,6 +7,7 @@ import time
 from importlib import resources
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 import pytest
 
@@ -314,8 +315,6 @@ def _scaled(x, y, scale=2.0, shift=None):
 
 
 def test_a_replay_calls_the_compiled_entry_point_with_every_parameter():
-    import numba
-
     if numba.config.DISABLE_JIT:  # no compiled versions: _direct keeps every build as it is
         assert rp._direct(numba.njit(_scaled), (1, 2)) == (numba.njit(_scaled), (1, 2))
         return
@@ -336,8 +335,6 @@ def test_a_replay_calls_the_compiled_entry_point_with_every_parameter():
 
 
 def test_a_replay_knows_whether_a_call_may_open_a_parallel_region():
-    import numba
-
     from zeroskip.kernels import KERNELS, serial_kernel
 
     def replay_of_builds(*builds):
@@ -355,8 +352,9 @@ def test_a_replay_knows_whether_a_call_may_open_a_parallel_region():
 
 
 def test_a_two_thread_replay_of_serial_kernels_runs_with_no_run_context():
-    import numba
-
+    if numba.config.DISABLE_JIT:
+        pytest.skip("Python kernels always run in the run context "
+                    "(test_a_replay_knows_whether_a_call_may_open_a_parallel_region)")
     model = _bundled("digits_mlp_int8")
     session, reference = zeroskip.Session(model, mode="dense-i8", threads=2), \
         _never_replaying(model, "dense-i8")
@@ -364,8 +362,6 @@ def test_a_two_thread_replay_of_serial_kernels_runs_with_no_run_context():
         session.run(_feeds(model, 1, seed))
     replays = [s for s in session._replay_local.states.values() if isinstance(s, rp.Replay)]
     assert len(replays) == 1
-    if numba.config.DISABLE_JIT:
-        return
     assert not replays[0].parallel  # the MLP's GEMMs at batch 1 are far below every threshold
 
     def no_context(plan):
@@ -473,8 +469,6 @@ def test_onnxruntime_quantized_cnns_replay_the_bytes_of_their_steps(quantized_mo
                                   for step in session._plan.steps)
     else:
         assert len(rows) == 2 and all(row["replays"] for row in rows), rows
-        import numba
-
         if not numba.config.DISABLE_JIT:  # each call made straight to its compiled version
             for state in session._replay_local.states.values():
                 assert all(not hasattr(entry, "overloads") for entry, _ in state.direct)
