@@ -89,11 +89,11 @@ HANDOFF_HITS = 2000
 """Timed exchanges per volley (two handoffs each): ~0.2 ms where the CPUs share a cache."""
 
 
-def handoff_ns(volleys: int = 5) -> float | None:
-    """The median over ``volleys`` of the time one handoff took, in ns: a thread writes a word,
-    and a thread on another CPU, spinning on it, sees the new value and writes its answer; the
-    two threads held on the first two CPUs this process may use (the calling thread's own CPUs
-    are given back after). On the 2-vCPU AMD EPYC (Zen 4) VM: 41–50 ns while the two CPUs were
+def handoff_ns(volleys: int = 5, hits: int = HANDOFF_HITS) -> float | None:
+    """The median over ``volleys`` (of ``hits`` timed exchanges each) of the time one handoff
+    took, in ns: a thread writes a word, and a thread on another CPU, spinning on it, sees the
+    new value and writes its answer; the two threads held on the first two CPUs this process may
+    use (the calling thread's own CPUs are given back after). On the 2-vCPU AMD EPYC (Zen 4) VM: 41–50 ns while the two CPUs were
     in one core complex (a shared L3), 165–178 while the host had them in two
     (docs/benchmarks.md, "When two threads run at one thread's speed"). None with fewer than two
     CPUs, or where nothing is compiled (NUMBA_DISABLE_JIT: the Python loop would hold the GIL)."""
@@ -110,7 +110,7 @@ def handoff_ns(volleys: int = 5) -> float | None:
         return None
     cpus = sorted(mask)[:2]
     _volley(np.ones(1, np.int64), 1, 0, 1)  # JIT compile or cache load
-    total = HANDOFF_WARM + HANDOFF_HITS
+    total = HANDOFF_WARM + hits
 
     def other_side(word):
         if pinned:
@@ -130,7 +130,7 @@ def handoff_ns(volleys: int = 5) -> float | None:
             _volley(word, 0, 0, HANDOFF_WARM)
             start = time.perf_counter()
             _volley(word, 0, HANDOFF_WARM, total)
-            times.append((time.perf_counter() - start) / (2 * HANDOFF_HITS))
+            times.append((time.perf_counter() - start) / (2 * hits))
             other.join()
     finally:
         if pinned:
