@@ -125,6 +125,55 @@ def test_sleeping_workers_wake_for_the_next_region(case):
     assert _team.stats()["worker_chunks"] > before
 
 
+@njit(nogil=True)
+def _cpu_now():
+    return _team._getcpu()
+
+
+def test_a_thread_moves_off_a_cpu_and_keeps_all_its_cpus():
+    """_move_off, what a worker woken on its launcher's CPU does: the thread runs elsewhere after
+    it, and may still run on every CPU it could before; with one CPU it stays (False)."""
+    import os
+
+    mask = os.sched_getaffinity(0)
+    if len(mask) < 2:
+        assert not _team._move_off(_cpu_now())
+        return
+    try:
+        for _ in range(3):
+            cpu = _cpu_now()
+            assert cpu in mask
+            assert _team._move_off(cpu)
+            assert _cpu_now() != cpu
+            assert os.sched_getaffinity(0) == mask
+        os.sched_setaffinity(0, {min(mask)})
+        assert not _team._move_off(min(mask)) and os.sched_getaffinity(0) == {min(mask)}
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def test_a_launch_that_wakes_workers_records_its_cpu(case):
+    """Each launch that wakes sleeping workers records its CPU (a worker that wakes there moves
+    off it: _move_off above; counted in ``moves``); regions give the same bytes either way."""
+    import os
+
+    x, expected = case
+    mask = os.sched_getaffinity(0)
+    assert "moves" in _team.stats()
+    for cpu in sorted(mask)[:2]:
+        try:
+            os.sched_setaffinity(0, {cpu})  # the launcher held on one CPU
+            until = time.monotonic() + 2.0  # the workers asleep: idle past SPIN_S
+            while _team._state[_team.SLEEPERS] < _team.stats()["workers"] \
+                    and time.monotonic() < until:
+                time.sleep(0.01)
+            assert _team._state[_team.SLEEPERS] == _team.stats()["workers"]
+            np.testing.assert_array_equal(_run(x, LONG), expected[LONG])
+            assert _team._state[_team.LAUNCHER_CPU] == cpu
+        finally:
+            os.sched_setaffinity(0, mask)
+
+
 def test_the_launcher_runs_every_chunk_when_no_worker_comes(case):
     x, expected = case
     _team.stop()
