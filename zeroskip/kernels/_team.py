@@ -567,7 +567,8 @@ def stats() -> dict:
     (regions left to the threading layer), ``worker_chunks`` (chunks the workers ran), and the
     seconds the launchers spent on their own chunks (``main_s``) and waiting for the workers'
     (``wait_s``), the workers spent on chunks (``worker_s``), and their summed delays between a
-    job's launch and their start on it (``join_s``)."""
+    job's launch and their start on it (``join_s``); ``moves``: wakes on a launcher's CPU that a
+    worker moved off."""
     if _state is None:
         return {}
     rate = _tick_rate or 1.0
