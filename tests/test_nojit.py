@@ -43,7 +43,7 @@ FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
                    "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32",
-                   "conv2d_lanes_rq_i8"} \
+                   "conv2d_lanes_rq_i8", "pointwise_depthwise_f32"} \
     | ({"depthwise_nhwc_rq_i8"} if _dwtile.CPU_HAS else set()) \
     | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
@@ -58,7 +58,8 @@ input channels on AVX-512 VNNI CPUs without AMX, and the CNN's one-group QConv h
 take the AMX conv only where the OS grants AMX, the planar 1×1 GEMM only on AVX-512 VNNI CPUs,
 and the channels-last depthwise conv, where the 3×3 row tile runs (AVX-512 VNNI + VBMI), only
 below 7-wide outputs or for kernels other than 3×3 (the CNN's 5×5 has two outputs per channel,
-which that kernel does not take). The kernels that no plan reaches are called directly, and
+which that kernel does not take); the CNN has no 1×1 conv read only by a 3×3 depthwise one
+(pointwise_depthwise_f32). The kernels that no plan reaches are called directly, and
 their bytes compared as the plans' are."""
 
 
@@ -138,7 +139,29 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     outputs["direct|conv2d_lanes_f32"] = _lanes_conv()
     outputs["direct|conv2d_lanes_rq_i8"] = _lanes_conv_i8()
     outputs["direct|depthwise_nhwc_rq_i8"] = _nhwc_depthwise()
+    for stride, width in ((2, 62), (1, 7)):  # stride 2 past 28 outputs a row: the split columns
+        outputs[f"direct|pointwise_depthwise_f32|{stride}"] = _pointwise_depthwise(stride, width)
     return outputs, kernels
+
+
+def _pointwise_depthwise(stride: int, width: int) -> np.ndarray:
+    """pointwise_depthwise_f32: a 6 → 5 channel 1×1 conv at 5×``width`` (half its weights zero),
+    clamped to [0, 6], then a 3×3 depthwise conv with pads 1 at ``stride``, clamped to [−1, 1]."""
+    rng = np.random.default_rng(19)
+    w = rng.standard_normal((5, 6)).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    mask = w != 0
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32)
+    indices, data = np.nonzero(mask)[1].astype(np.int32), w[mask]
+    x = rng.standard_normal((1, 6, 5, width)).astype(np.float32)
+    taps, b1, b2 = (rng.standard_normal(s).astype(np.float32) for s in ((5, 9), 5, 5))
+    oh, ow = (5 - 1) // stride + 1, (width - 1) // stride + 1
+    y = np.zeros((1, 5, oh, ow), np.float32)
+    f32 = np.float32
+    KERNELS["pointwise_depthwise_f32"](indptr, indices, data, b1, f32(0), f32(6), x, taps, b2, y,
+                                       (oh - 1) * stride + 3, (ow - 1) * stride + 3, stride,
+                                       stride, 1, 1, 1, 1, f32(-1), f32(1))
+    return y
 
 
 def _nhwc_depthwise() -> np.ndarray:

@@ -227,6 +227,36 @@ def find_residual_adds(model: Model) -> dict:
     return found
 
 
+def find_pointwise_depthwise(model: Model, fused: dict) -> dict:
+    """{Conv name: depthwise Conv node} for each float 1×1 conv of one group, stride 1 and no pads
+    whose output (after its activation, where ``fused`` (find_fusions) fuses one) is read only by a
+    3×3 depthwise conv of multiplier 1 over its channels, and is not a graph output: a
+    MobileNetV2 block's expand conv and the depthwise conv after it, which the sparse float plan
+    may run as one kernel (kernels/pointwise_depthwise.py). Shapes of constant weights only; the
+    step builders check the rest."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    readers = _readers(graph)
+    weights = graph.initializers
+    found = {}
+    for node in graph.nodes:
+        w = weights.get(node.inputs[1]) if node.op == "Conv" and len(node.inputs) > 1 else None
+        if w is None or len(w.shape) != 4 or tuple(w.shape[2:]) != (1, 1) \
+                or node.attrs["group"] != 1 or any(s != 1 for s in node.attrs["strides"] or ()) \
+                or any(node.attrs["pads"] or ()):
+            continue
+        out = fused[node.name][0].outputs[0] if node.name in fused else node.outputs[0]
+        reader = readers.get(out, [])
+        if out in outputs or node.outputs[0] in outputs or len(reader) != 1:
+            continue
+        dw = reader[0]
+        taps = weights.get(dw.inputs[1]) if dw.op == "Conv" and len(dw.inputs) > 1 else None
+        if dw.inputs[0] == out and taps is not None \
+                and tuple(taps.shape) == (w.shape[0], 1, 3, 3) and dw.attrs["group"] == w.shape[0]:
+            found[node.name] = dw
+    return found
+
+
 _FLOAT_TWIN = {"QConv": "Conv", "QGemm": "Gemm", "QAdd": "Add", "QMaxPool": "MaxPool",
                "QAveragePool": "AveragePool", "QGlobalAveragePool": "GlobalAveragePool",
                "QuantizeLinear": "Identity", "DequantizeLinear": "Identity"}

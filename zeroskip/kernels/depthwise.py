@@ -168,25 +168,33 @@ def _split_columns(xf, base, Hp, Wp, row):
 @njit(cache=True)
 def _planes_3x3_f32(w, b, x, xp, xf, y, yf, bi, c, mult, sh, sw, dh, dw, pt, pl, lo, hi):
     """One parallel iteration of the float 3×3 loop: pad plane (bi, c) into xp (zeros) while it
-    is in L1, then its ``mult`` output channels: in blocks (_plane_3x3_blocks) for rows up to
-    DW_BLOCK_MAX_WIDTH outputs, else a row per pass (_plane_3x3; at column stride 2, over the
-    plane's columns split, _plane_3x3_split); xf and yf are xp and y, flat."""
+    is in L1, then its ``mult`` output channels (padded_3x3_f32); xf and yf are xp and y, flat."""
     C, Hp, Wp = xp.shape[1], xp.shape[2], xp.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
     pad_plane(x[bi, c], xp[bi, c], pt, pl, np.float32(0.0))
-    base = (bi * C + c) * Hp * Wp
+    padded_3x3_f32(w, b, xp[bi, c], xf, (bi * C + c) * Hp * Wp, y, yf, bi, c, mult, sh, sw, dh,
+                   dw, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def padded_3x3_f32(w, b, xq, xf, base, y, yf, bi, c, mult, sh, sw, dh, dw, lo, hi):
+    """The float 3×3 outputs n ∈ [c·mult, (c+1)·mult) of image bi from one padded input plane xq
+    [Hp,Wp], which is xf[base : base + Hp·Wp] (flat): in blocks (_plane_3x3_blocks) for rows up to
+    DW_BLOCK_MAX_WIDTH outputs, else a row per pass (_plane_3x3; at column stride 2, over the
+    plane's columns split in place, _plane_3x3_split); yf is y [B,N,OH,OW], flat."""
+    Hp, Wp = xq.shape
+    N, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     if sw == 2 and dw == 1 and OW > DW_BLOCK_MAX_WIDTH:  # wide rows: split (_plane_3x3_split)
         half = _split_columns(xf, base, Hp, Wp, np.empty(Wp, np.float32))
         for n in range(c * mult, (c + 1) * mult):
-            _plane_3x3_split(w[n], b[n], xf, base, Wp, yf, (bi * C * mult + n) * OH * OW, OH, OW,
-                             sh, dh, half, lo, hi)
+            _plane_3x3_split(w[n], b[n], xf, base, Wp, yf, (bi * N + n) * OH * OW, OH, OW, sh,
+                             dh, half, lo, hi)
         return
     for n in range(c * mult, (c + 1) * mult):
         if OW <= DW_BLOCK_MAX_WIDTH:
-            _plane_3x3_blocks(w[n], b[n], xf, base, Wp, yf, (bi * C * mult + n) * OH * OW, OH,
-                              OW, sh, sw, dh, dw, lo, hi)
+            _plane_3x3_blocks(w[n], b[n], xf, base, Wp, yf, (bi * N + n) * OH * OW, OH, OW, sh,
+                              sw, dh, dw, lo, hi)
         else:
-            _plane_3x3(w[n], b[n], xp[bi, c], y[bi, n], sh, sw, dh, dw, lo, hi)
+            _plane_3x3(w[n], b[n], xq, y[bi, n], sh, sw, dh, dw, lo, hi)
 
 
 @njit(cache=True)

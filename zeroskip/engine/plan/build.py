@@ -41,10 +41,16 @@ def build_plan(model: Model, mode: str, serial: bool = False, batch: int = 1) ->
             steps.append(Step(node, "fused", f"added in {ctx.residual_into[node.name]!r}'s "
                                              f"epilogue, as its output is requantized",
                               lambda values: None, replay="kernels"))
+        elif node.name in ctx.depthwise_into:
+            steps.append(Step(node, "fused", f"run in {ctx.depthwise_into[node.name]!r}'s step, "
+                                             f"channel by channel as the 1×1 conv computes them",
+                              lambda values: None, replay="kernels"))
         else:
             steps.append(build_step(node, ctx))
             if node.name in ctx.residual_adds and node.name not in ctx.residual_taken:
                 ctx.unfuse_residual(node.name)  # its step has no epilogue to add in: the QAdd runs
+            if node.name in ctx.depthwise_pairs and node.name not in ctx.depthwise_taken:
+                ctx.unfuse_depthwise(node.name)  # its step runs alone: so does the depthwise
     plan = Plan(mode, steps, ctx.constants, serial, ctx.launches)
     if plan.blas_owns_threads:
         for launch in plan.launches:  # BLAS has the threads: the Numba steps run serially

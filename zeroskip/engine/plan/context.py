@@ -13,7 +13,7 @@ from ...errors import ZeroskipError
 from ...model import Model, Node
 from ...shapes import infer_shapes, layer_macs
 from .. import tuning
-from ..passes import find_fusions, find_residual_adds
+from ..passes import find_fusions, find_pointwise_depthwise, find_residual_adds
 from .launch import Launch, Serial
 from .registry import Decline
 from .weights import constant
@@ -68,6 +68,11 @@ class PlanContext:
         self.residual_adds = find_residual_adds(model) if mode != "reference" else {}
         self.residual_into = {add.name: conv for conv, (add, _) in self.residual_adds.items()}
         self.residual_taken: set[str] = set()
+        # 1×1 Conv name -> the depthwise Conv that reads it: pairs a float step may run as one
+        self.depthwise_pairs = find_pointwise_depthwise(model, self.fused) \
+            if mode in ("sparse-f32", "auto") else {}
+        self.depthwise_into = {dw.name: pw for pw, dw in self.depthwise_pairs.items()}
+        self.depthwise_taken: set[str] = set()
         self._table = None
         self._shapes = None
         self.launches: list[Launch] = []  # every parallel kernel the steps call (Plan.launches)
@@ -125,6 +130,20 @@ class PlanContext:
         entry = self.residual_adds.pop(conv, None)
         if entry is not None:
             del self.residual_into[entry[0].name]
+
+    def take_depthwise(self, pointwise: str):
+        """The depthwise Conv node that ``pointwise``'s step runs with it, or None: the 1×1 conv's
+        step builder takes the pair (``find_pointwise_depthwise``) by asking."""
+        entry = self.depthwise_pairs.get(pointwise)
+        if entry is not None:
+            self.depthwise_taken.add(pointwise)
+        return entry
+
+    def unfuse_depthwise(self, pointwise: str) -> None:
+        """Undo the pairing of ``pointwise`` and its depthwise conv (its step did not take it)."""
+        entry = self.depthwise_pairs.pop(pointwise, None)
+        if entry is not None:
+            del self.depthwise_into[entry.name]
 
     # -- CSR or dense ----------------------------------------------------------------------------
     def choose_csr(self, density: float, shape_class: str, node: Node | None = None,

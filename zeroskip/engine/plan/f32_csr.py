@@ -14,6 +14,7 @@ from ...errors import InputError
 from ...model import Node
 from .context import PlanContext, float_bounds
 from .f32_dense import conv_operands, conv_step
+from .geometry import conv_geometry, conv_input, is_pointwise
 from .registry import Decline, builds
 from .steps import Step, aligned_empty, is_aligned
 from .weights import csr_triple
@@ -134,4 +135,42 @@ def conv_csr(node: Node, ctx: PlanContext):
     choice = ctx.choose_csr(ctx.tensors[node.inputs[1]].density, "conv f32", node)
     if not choice.csr:
         return choice.declined()
-    return conv_step(node, ctx, *operands, csr=True, lead=choice.lead)
+    w, bias = operands
+    dw = ctx.depthwise_pairs.get(node.name)
+    if dw is not None and is_pointwise(node, *w.shape[2:]):
+        taps = conv_operands(dw, ctx)
+        if not isinstance(taps, Decline) and dw.attrs["group"] == taps[0].shape[0] == w.shape[0]:
+            return pointwise_depthwise_step(node, ctx.take_depthwise(node.name), ctx, w, bias,
+                                            *taps, choice.lead)
+    return conv_step(node, ctx, w, bias, csr=True, lead=choice.lead)
+
+
+def pointwise_depthwise_step(node: Node, dw: Node, ctx: PlanContext, w: np.ndarray,
+                             bias: np.ndarray, taps: np.ndarray, dw_bias: np.ndarray,
+                             lead) -> Step:
+    """A 1×1 conv on CSR and the 3×3 depthwise conv that reads it, as one step
+    (pointwise_depthwise_f32): each expanded channel's plane is made in a scratch and convolved at
+    once, and only the depthwise conv's output is written. The same bytes as the two steps."""
+    indptr, indices, data = csr_triple(np.asarray(w.reshape(w.shape[0], -1), np.float32))
+    n_out, k_in = w.shape[:2]
+    _, lo1, hi1 = ctx.activation(node)
+    out, lo2, hi2 = ctx.activation(dw)
+    lo1, hi1 = float_bounds(lo1, hi1)
+    lo2, hi2 = float_bounds(lo2, hi2)
+    taps = np.ascontiguousarray(taps.reshape(n_out, 9), np.float32)
+    kernel = ctx.kernel("pointwise_depthwise_f32")
+    x_name = node.inputs[0]
+
+    def run(values):
+        x = np.ascontiguousarray(conv_input(node, values[x_name], k_in), dtype=np.float32)
+        g = conv_geometry(dw, (x.shape[0], n_out) + x.shape[2:], 3, 3)
+        y = aligned_empty((x.shape[0], n_out, g["oh"], g["ow"]), np.float32)
+        kernel(indptr, indices, data, bias, lo1, hi1, x, taps, dw_bias, y, g["hp"], g["wp"],
+               g["sh"], g["sw"], g["dh"], g["dw"], g["pt"], g["pl"], lo2, hi2)
+        values[out] = y
+
+    reason = (f"sparse-f32: pointwise conv on CSR ({len(data)} nonzeros) with the depthwise conv "
+              f"{dw.name!r} after it, one expanded channel at a time in a scratch (the expanded "
+              f"tensor is never written)" + ctx.fused_note(node))
+    return Step(node, "pointwise_depthwise_f32", lead(reason), run, len(data) / max(w.size, 1),
+                replay="kernels")

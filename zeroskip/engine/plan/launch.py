@@ -185,6 +185,12 @@ def _work_depthwise_nhwc(w_taps, bias, xh, x_zp, m0, shift, y_zp, lo, hi, y, *_)
     return _conv_work(w_taps.shape[0], y)
 
 
+def _work_pointwise_depthwise_f32(indptr, indices, data, b1, lo1, hi1, x, taps, b2, y, *_):
+    # the pointwise conv's useful multiply-accumulates (a CSR GEMM's, per image's plane), then
+    # the depthwise conv's work as depthwise_dense_f32 counts it
+    return data.shape[0] * x.shape[0] * x.shape[2] * x.shape[3] + _conv_work(taps.shape[1], y)
+
+
 def _first_size(a, *_):
     return a.size
 
@@ -216,6 +222,7 @@ WORK = {
     "conv2d_lanes_rq_i8": (_work_conv_lanes_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_f32": (_work_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_i8": (_work_depthwise_i8, MIN_PARALLEL_CONV_WORK),
+    "pointwise_depthwise_f32": (_work_pointwise_depthwise_f32, MIN_PARALLEL_CONV_WORK),
     "depthwise_dense_rq_i8": (_work_depthwise_rq_i8, MIN_PARALLEL_CONV_WORK),
     "depthwise_nhwc_rq_i8": (_work_depthwise_nhwc, MIN_PARALLEL_NHWC_DEPTHWISE_WORK),
     "add_dense_i8": (_first_size, MIN_PARALLEL_ADD_ELEMENTS),
