@@ -19,11 +19,12 @@ BUILDS = {"parallel": KERNELS["pointwise_depthwise_f32"],
 
 
 def _csr(w, index_dtype):
+    """indptr, indices, data of w (N, K); the indices of ``index_dtype``, and indptr too where it
+    holds the count of nonzeros (else uint16)."""
     mask = w != 0
-    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
-    return indptr.astype(np.promote_types(index_dtype, np.uint16) if index_dtype == np.uint8
-                         and indptr[-1] > 255 else index_dtype), \
-        np.nonzero(mask)[1].astype(index_dtype), w[mask]
+    indptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
+    ptr_dtype = index_dtype if indptr[-1] <= np.iinfo(index_dtype).max else np.uint16
+    return indptr.astype(ptr_dtype), np.nonzero(mask)[1].astype(index_dtype), w[mask]
 
 
 def _case(seed, B, K, N, H, W, s, pads, d, density, index_dtype=np.int32):

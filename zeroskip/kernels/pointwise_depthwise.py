@@ -4,9 +4,9 @@ MobileNetV2's blocks expand their input with a 1×1 conv (16 → 96 channels at 
 one), clamp it, and convolve each expanded channel with its own 3×3 filter. Run as two kernels, the
 expanded tensor (4.8 MB of float32 at 112×112) goes out to memory and comes back; with two threads
 the depthwise kernel's half of the channels is not always the half its own core wrote. Here each
-task takes a run of expanded channels and, for each one, computes its plane into a padded scratch
-that stays in L1/L2 (the CSR row of that channel: one row block per row of the plane), and at once
-convolves it into the output. The expanded tensor never exists.
+task takes a run of expanded channels and, for each one, computes its plane into a scratch (the
+CSR row of that channel, row blocks over the flat plane), pads it into a second scratch, and at
+once convolves it into the output; both scratches stay in L1/L2. The expanded tensor never exists.
 
 The sums are the two kernels' sums, in their order (``matmul_csr_f32``'s row block over the
 channel's nonzeros from its bias, the clamp, then ``depthwise_dense_f32``'s 3×3 loops), so the
@@ -23,9 +23,9 @@ from ._planes import pad_plane
 from .depthwise import padded_3x3_f32
 
 TASKS = 32
-"""Runs of channels per image that one call splits its channels into (at most one channel
-each): enough for two threads to even out, few enough that each task's scratch is allocated once
-for many planes."""
+"""Parallel tasks per image: runs of channels (as many runs as channels when there are fewer),
+enough for two threads to even out, few enough that each task allocates its scratches once for
+many planes."""
 
 
 @njit(cache=True, inline="always")
@@ -44,7 +44,7 @@ def _expand_plane(indptr, indices, data, b, lo, hi, xt, n, e):
 def _pointwise_depthwise_f32(indptr, indices, data, b1, lo1, hi1, x, taps, b2, y, hp, wp, sh,
                              sw, dh, dw, pt, pl, lo2, hi2):
     # W (N,K) csr 1×1 conv of x (B,K,H,W), clamped, then the 3×3 depthwise conv -> y (B,N,OH,OW)
-    """y = depthwise_dense_f32(taps, b2, clamp(matmul_csr_f32(W, b1, x), lo1, hi1)), lo2, hi2)
+    """y = depthwise_dense_f32(taps, b2, matmul_csr_f32(W, b1, x, lo1, hi1), lo2, hi2), in one pass
 
     e[b,n] = clamp(b1[n] + Σ_{k ∈ nz(n)} W[n,k]·x[b,k], lo1, hi1), a plane of H×W (the 1×1 conv);
     y[b,n,oh,ow] = clamp(b2[n] + Σ_(i,j) taps[n, 3i+j]·ep[b,n, oh·sh+i·dh, ow·sw+j·dw], lo2, hi2)
