@@ -901,3 +901,21 @@ def test_identical_bytes_for_every_thread_count():
     finally:
         numba.set_num_threads(before)
     assert results[0] == results[-1]
+
+
+# ----------------------------------------------------------------------------- transpose
+
+
+@pytest.mark.parametrize("M, K", [(1, 1), (3, 5), (16, 64), (17, 65), (128, 1024), (130, 7)])
+@pytest.mark.parametrize("build", ["parallel", "serial"])
+def test_transpose_dense_f32(M, K, build):
+    """xt = x.T exactly, for row counts past a step of TRANSPOSE_ROWS and column counts past a
+    task's TRANSPOSE_COLUMNS (the remainder loops), with either build."""
+    from zeroskip.kernels import serial_kernel
+
+    kernel = KERNELS["transpose_dense_f32"] if build == "parallel" else \
+        serial_kernel("transpose_dense_f32")
+    x = np.random.default_rng(M * 1000 + K).standard_normal((M, K)).astype(np.float32)
+    xt = np.full((K, M), np.nan, np.float32)
+    kernel(x, xt)
+    assert np.array_equal(xt, REFERENCES["transpose_dense_f32"](x))

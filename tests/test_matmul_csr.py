@@ -312,21 +312,33 @@ def _chain_model(a_shape):
 
 def test_chained_csr_gemms_pass_the_transposed_activation_without_a_copy(monkeypatch):
     """The CSR GEMM writes yt (N,M) and hands on its transpose: the next CSR GEMM reads that yt as
-    its (K,M) input, so only the graph input is copied into an aligned xt. The output is still
-    C-contiguous and right."""
+    its (K,M) input, so only the graph input is transposed (by transpose_dense_f32, into an
+    aligned scratch xt). The output is still C-contiguous and right."""
     from zeroskip.engine.plan import f32_csr
+    from zeroskip.kernels import KERNELS
 
     model = _chain_model(["N", K])
     x = randn((33, K), 14)
     session = zeroskip.Session(model, mode="sparse-f32", threads=1)
     assert {r["kernel"] for r in _rows(session).values()} == {"matmul_csr_f32"}
-    made = []
+    made, transposed = [], []
     empty = f32_csr.aligned_empty
     monkeypatch.setattr(f32_csr, "aligned_empty",
                         lambda shape, dtype: made.append(shape) or empty(shape, dtype))
+    transpose = f32_csr.CsrProduct.__call__
+
+    def counting(self, x):
+        kernel = self.transpose
+        self.transpose = lambda a, b: transposed.append(b.shape) or kernel(a, b)
+        try:
+            return transpose(self, x)
+        finally:
+            self.transpose = kernel
+
+    monkeypatch.setattr(f32_csr.CsrProduct, "__call__", counting)
     got = session.run({"x": x})["y"]
-    # the first layer's copy of the graph input (K, M), then each layer's yt: no other copy
-    assert made == [(K, 33), (32, 33), (N, 33)]
+    # the graph input transposed once, into a scratch; then each layer's yt: no other copy
+    assert transposed == [(K, 33)] and made == [(32, 33), (N, 33)]
     assert got.flags.c_contiguous
     want = zeroskip.Session(model, mode="reference").run({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -43,7 +43,7 @@ FLOAT_MODES = ["reference", "dense-f32", "sparse-f32", "auto"]
 INT8_MODES = FLOAT_MODES + ["dense-i8", "sparse-i8"]
 NOT_IN_ANY_PLAN = {"im2col_dense_i8", "requantize_dense_i8", "conv2d_quad_rq_i8",
                    "im2col_dense_f32", "bias_act_dense_f32", "conv2d_lanes_f32",
-                   "conv2d_lanes_rq_i8", "pointwise_depthwise_f32"} \
+                   "conv2d_lanes_rq_i8", "pointwise_depthwise_f32", "transpose_dense_f32"} \
     | ({"depthwise_nhwc_rq_i8"} if _dwtile.CPU_HAS else set()) \
     | ({"conv2d_dense_rq_i8"} if not _amx.CONV_AVAILABLE else set()) \
     | ({"matmul_planar_rq_i8"} if not HAS_AVX512_VNNI else set())
@@ -59,8 +59,9 @@ take the AMX conv only where the OS grants AMX, the planar 1×1 GEMM only on AVX
 and the channels-last depthwise conv, where the 3×3 row tile runs (AVX-512 VNNI + VBMI), only
 below 7-wide outputs or for kernels other than 3×3 (the CNN's 5×5 has two outputs per channel,
 which that kernel does not take); the CNN has no 1×1 conv read only by a 3×3 depthwise one
-(pointwise_depthwise_f32). The kernels that no plan reaches are called directly, and
-their bytes compared as the plans' are."""
+(pointwise_depthwise_f32); the CSR Gemm's transpose of its input (transpose_dense_f32) runs
+inside a step named for the GEMM. The kernels that no plan reaches, or no row names, are called
+directly, and their bytes compared as the plans' are."""
 
 
 def _cnn():
@@ -139,6 +140,10 @@ def _run_all(spec: list) -> tuple[dict, dict]:
     outputs["direct|conv2d_lanes_f32"] = _lanes_conv()
     outputs["direct|conv2d_lanes_rq_i8"] = _lanes_conv_i8()
     outputs["direct|depthwise_nhwc_rq_i8"] = _nhwc_depthwise()
+    x = np.arange(17 * 37, dtype=np.float32).reshape(17, 37) / 7  # rows past a step of 16
+    xt = np.zeros((37, 17), np.float32)
+    KERNELS["transpose_dense_f32"](x, xt)
+    outputs["direct|transpose_dense_f32"] = xt
     for stride, width in ((2, 62), (1, 7)):  # stride 2 past 28 outputs a row: the split columns
         outputs[f"direct|pointwise_depthwise_f32|{stride}"] = _pointwise_depthwise(stride, width)
     return outputs, kernels

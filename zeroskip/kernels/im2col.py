@@ -190,5 +190,41 @@ def _channels_last_dense_i8(x, xh):
 
 channels_last_dense_i8 = njit(cache=True, parallel=True, nogil=True)(_channels_last_dense_i8)
 
+TRANSPOSE_ROWS = 16
+"""Rows of x whose k-th values one step writes side by side: 64 bytes of float32, one cache line of
+xt."""
+TRANSPOSE_COLUMNS = 64
+"""Columns of x (rows of xt) per parallel task."""
+
+
+def _transpose_dense_f32(x, xt):
+    # x (M,K) float32 -> xt (K,M), the CSR GEMM's activations channel-major
+    """xt[k, m] = x[m, k]: a Gemm's or MatMul's activations as the CSR GEMM reads them.
+
+    Loop nest: prange over runs of TRANSPOSE_COLUMNS columns k; per run of TRANSPOSE_ROWS rows m,
+    per k, the run's values written side by side (one cache line of xt) from as many rows of x,
+    which the cache keeps open while the task walks its columns. NumPy's copy of x.T walks one
+    side a value at a time: M = 128, K = 1024, one thread, 0.37 ms (AMD EPYC Zen 4), where the
+    CSR GEMM after it takes 0.50.
+    x [M,K] float32 — C-contiguous; xt [K,M] float32 — output, C-contiguous.
+    Work: no arithmetic; M·K values read and written.
+    """
+    M, K = x.shape
+    runs = (K + TRANSPOSE_COLUMNS - 1) // TRANSPOSE_COLUMNS
+    stepped = M - M % TRANSPOSE_ROWS
+    for t in prange(runs):
+        k0, k1 = t * TRANSPOSE_COLUMNS, min(K, (t + 1) * TRANSPOSE_COLUMNS)
+        for m0 in range(0, stepped, TRANSPOSE_ROWS):
+            for k in range(_U(k0), _U(k1)):
+                for i in range(TRANSPOSE_ROWS):
+                    xt[k, _U(m0 + i)] = x[_U(m0 + i), k]
+        for m in range(stepped, M):
+            for k in range(_U(k0), _U(k1)):
+                xt[k, _U(m)] = x[_U(m), k]
+
+
+transpose_dense_f32 = njit(cache=True, parallel=True, nogil=True)(_transpose_dense_f32)
+
 KERNELS = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
-           "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8}
+           "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8,
+           "transpose_dense_f32": transpose_dense_f32}

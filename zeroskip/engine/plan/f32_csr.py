@@ -16,7 +16,7 @@ from .context import PlanContext, float_bounds
 from .f32_dense import conv_operands, conv_step
 from .geometry import conv_geometry, conv_input, is_pointwise
 from .registry import Decline, builds
-from .steps import Step, aligned_empty, is_aligned
+from .steps import Scratch, Step, aligned_empty, is_aligned
 from .weights import csr_triple
 
 
@@ -26,14 +26,16 @@ class CsrProduct:
     The kernel computes yt (N,M) = W (N,K) csr @ xt (K,M) + b, clamped, and y is yt's transpose, a
     view with no copy. xt is x's transpose: when x is itself such a view of a C-contiguous yt
     starting on a cache line (the output of another CSR GEMM), the kernel reads that yt directly;
-    otherwise x is copied into a fresh xt that starts on a cache line as the kernel's vector loads
-    need (bench/test_bench_matmul_session.py's layer, M = 128, K = N = 1024, 90 % sparse, one
-    thread, AVX-512: the kernel 0.64 ms from aligned xt, 1.07 ms from NumPy's 16-byte alignment;
-    the 512 KB copy 0.10 ms). At one pixel the kernel's dot products load xt one value at a time,
-    and x's own row serves at any alignment. The copy goes to a fresh array, not a scratch: a
-    recorded run (engine/replay.py) repeats only the kernel calls, and would read a scratch as the
-    recorded run's copy left it; a fresh one tells the recording that this plan cannot replay.
-    yt is a fresh aligned array: it outlives the step.
+    otherwise x is transposed (transpose_dense_f32) into a scratch xt that starts on a cache line
+    as the kernel's vector loads need (bench/test_bench_matmul_session.py's layer, M = 128, K = N
+    = 1024, 90 % sparse, one thread, AVX-512: the kernel 0.64 ms from aligned xt, 1.07 ms from
+    NumPy's 16-byte alignment). The transpose is a kernel call, not NumPy's copy of x.T: on AMD
+    EPYC Zen 4, one thread, that copy took 0.37 ms and the kernel takes 0.13 (the GEMM 0.50).
+    Being a kernel call, a recorded run (engine/replay.py), which repeats only kernel calls,
+    repeats it too, so xt can be a scratch (NumPy's copy had needed a fresh array every run, and
+    had kept the plan from replaying). At one pixel the kernel's dot products load xt one value at
+    a time, and x's own row serves at any alignment. yt is a fresh aligned array: it outlives the
+    step.
     """
 
     name = "matmul_csr_f32"
@@ -47,6 +49,8 @@ class CsrProduct:
         self.bias = bias
         self.lo, self.hi = float_bounds(lo, hi)
         self.kernel = ctx.kernel(self.name)
+        self.transpose = ctx.kernel("transpose_dense_f32")
+        self.scratch = Scratch()
         from ...kernels.matmul_csr import DOT_BELOW_PIXELS_F32  # Numba once a GEMM is planned
 
         self.dot_below = DOT_BELOW_PIXELS_F32
@@ -56,8 +60,8 @@ class CsrProduct:
         xt = x.T
         if not (xt.dtype == np.float32 and xt.flags.c_contiguous
                 and (is_aligned(xt) or m < self.dot_below)):  # one pixel: scalar loads
-            xt = aligned_empty((self.k_in, m), np.float32)  # not a scratch: see the class
-            xt[...] = x.T
+            xt = self.scratch.get("xt", (self.k_in, m), np.float32)
+            self.transpose(np.ascontiguousarray(x, dtype=np.float32), xt)
         yt = aligned_empty((self.n_out, m), np.float32)
         self.kernel(*self.csr, self.bias, xt, yt, self.lo, self.hi)
         return yt.T

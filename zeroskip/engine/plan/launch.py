@@ -241,6 +241,7 @@ WORK = {
     "im2col_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),
     "im2row_dense_i8": (_third_size, MIN_PARALLEL_ELEMENTS),
     "channels_last_dense_i8": (_first_size, MIN_PARALLEL_ELEMENTS),
+    "transpose_dense_f32": (_first_size, MIN_PARALLEL_ELEMENTS),
 }
 """Every kernel's work measure and threshold (a test checks that every kernel has one)."""
 

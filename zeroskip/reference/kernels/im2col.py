@@ -62,5 +62,11 @@ def channels_last_dense_i8(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
 
 
+def transpose_dense_f32(x):
+    """xt [K, M]: x [M, K] transposed."""
+    return np.ascontiguousarray(np.asarray(x).T)
+
+
 REFERENCES = {"im2col_dense_f32": im2col_dense_f32, "im2col_dense_i8": im2col_dense_i8,
-              "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8}
+              "im2row_dense_i8": im2row_dense_i8, "channels_last_dense_i8": channels_last_dense_i8,
+              "transpose_dense_f32": transpose_dense_f32}
