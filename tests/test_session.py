@@ -516,3 +516,43 @@ def test_short_parallel_runs_are_checked_against_the_one_thread_plan(monkeypatch
     assert two._choices.get(id(two._plan)) is None  # a session that has not run has not raced
     assert all("run" not in row for row in two.explain())
     assert one._choices == {} or one._choices[id(one._plan)] is False  # one thread: never races
+
+
+def test_the_race_is_run_on_replays_and_forgets_the_loser(monkeypatch):
+    """While a plan races its one-thread twin, each records its runs and replays them, so that the
+    race is decided on replays (as the winner then runs); when it ends, the loser's recorded runs
+    are dropped. The race's outcome is rigged both ways."""
+    import zeroskip.engine.session as session_module
+    from zeroskip.engine.replay import Replay
+
+    data = os.path.join(os.path.dirname(zeroskip.__file__), "data", "digits_mlp_int8.zsk")
+    x = np.random.default_rng(1).random((450, 64), dtype=np.float32) * 16
+    want = Session(data, mode="dense-i8", threads=1).run({"input": x})["logits"]
+    for faster in ("one thread", "parallel"):
+        session = Session(data, mode="dense-i8", threads=2)
+        record, replayed = session_module.RunChoice.record, []
+
+        def rigged(self, plan, seconds, faster=faster):
+            record(self, plan, seconds + (plan.serial == (faster == "parallel")))
+
+        original = session_module.Session._replayed
+
+        def noting(self, plan, choice, replay, checked):
+            if choice is not False and choice.chosen is None:
+                replayed.append(plan.serial)  # a replay during the race
+            return original(self, plan, choice, replay, checked)
+
+        monkeypatch.setattr(session_module.RunChoice, "record", rigged)
+        monkeypatch.setattr(session_module.Session, "_replayed", noting)
+        monkeypatch.setattr(session_module, "RUN_CHECK_MAX_S", 10.0)  # a slow machine races too
+        monkeypatch.setattr(session_module, "REPLAY_MAX_RUN_S", 10.0)
+        runs = session_module.RUN_CHECK_AFTER + 2 * session_module.RUN_CHECK_RUNS + 1
+        for _ in range(runs):
+            np.testing.assert_array_equal(session.run({"input": x})["logits"], want)
+        choice = session._choices[id(session._plan)]
+        assert choice.decided() == faster
+        assert True in replayed and False in replayed, replayed  # both plans raced on replays
+        states = session._replay_local.states
+        assert [key[0] for key in states] == [id(choice.chosen)]  # the loser's runs are gone
+        assert isinstance(next(iter(states.values())), Replay)
+        monkeypatch.undo()

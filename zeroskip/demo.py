@@ -51,6 +51,13 @@ WARMUP = RUN_CHECK_AFTER + 2 * RUN_CHECK_RUNS
 Trial), and then a short run's plan alternates with its one-thread twin (engine/session.py,
 RunChoice). Timed during the Trials, the pruned int8 CNN in auto took 4.4–4.7 ms at the default
 two threads against 4.1 at one; past them, 2.2."""
+SETTLE_S = 0.15
+"""Pause before each row's session is made (as ``zeroskip bench`` pauses before each turn,
+bench.SETTLE_S): OpenBLAS's workers spin for ~0.1 s after the float rows' sgemms, and a parallel
+kernel's Trials (engine/plan/launch.py) that ran in that time found the second core taken and
+kept the serial builds. The digits MLP's int8 rows then ran on one thread at the default two
+(dense-i8 0.178–0.185 ms against 0.177 with ``--threads 1``), where their parallel replays take
+0.11–0.13."""
 SLOWER = 1.1
 """A row is explained when it takes this much longer than dense-f32 (below it is noise)."""
 ONE_SHOT = 0.9
@@ -172,6 +179,8 @@ def measure(name: str, shape, threads=None, progress=None) -> list[dict]:
         with resources.as_file(data_path(f"{variant}.zsk")) as path:
             size = path.stat().st_size
         model = load_model(variant)
+        if rows:
+            time.sleep(SETTLE_S)  # no other thread pool still spinning (SETTLE_S)
         start = time.perf_counter()
         with compile_notice(f"{variant} in {mode}"):
             session = Session(model, mode=mode, threads=threads)
