@@ -208,9 +208,9 @@ class Session:
     # -- recorded runs (engine/replay.py) --------------------------------------------------------
     def _replay_states(self, plan, ran, checked: dict):
         """(this thread's replay states, the key of a run of ``ran`` on ``checked``), or (None,
-        None) where such a run is not recorded: replays off, a step that cannot be replayed, no
-        decision yet between ``plan`` (the batch class's) and its one-thread twin (``ran`` is
-        the one that runs), runs too long to gain, a feed not C-contiguous. A state is a Recorder
+        None) where such a run is not recorded: replays off, a step that cannot be replayed, the
+        first runs of ``plan`` (the batch class's), before it may race its one-thread twin
+        (``ran`` is the one that runs), runs too long to gain, a feed not C-contiguous. A state is a Recorder
         (one run recorded), a Replay, or the reason a replay was refused (str).
 
         While the plan and its twin race (``RunChoice``), each records and replays its own runs,
