@@ -221,7 +221,8 @@ class Session:
         (``_record_choice``)."""
         if not (self._replay and ran.replayable):
             return None, None
-        if self._choices.get(id(plan)) is None:  # its first runs: Trials and JIT still settling
+        choice = self._choices.get(id(plan))
+        if choice is None:  # its first runs: Trials and JIT still settling
             return None, None
         if self._run_seconds.get(id(ran), REPLAY_MAX_RUN_S) >= REPLAY_MAX_RUN_S:
             return None, None
@@ -234,6 +235,8 @@ class Session:
                 if isinstance(state, Replay):
                     state.close()  # its Trials count the calls it made
             states = self._replay_local.states = {}
+        if choice is not False and choice.loser is not None:  # the race ended in another thread
+            _drop_states(states, choice.loser)
         return states, (id(ran), sig)
 
     def _recorded(self, states: dict, key, recorder) -> None:
@@ -272,12 +275,8 @@ class Session:
         choice.record(plan, seconds)
         if decided or choice.chosen is None:
             return
-        loser = plans[1] if choice.chosen is plans[0] else plans[0]
-        states = getattr(self._replay_local, "states", None) or {}
-        for key in [k for k in states if k[0] == id(loser)]:
-            state = states.pop(key)
-            if isinstance(state, Replay):
-                state.close()  # its Trials count the calls it made
+        choice.loser = id(plans[1] if choice.chosen is plans[0] else plans[0])
+        _drop_states(getattr(self._replay_local, "states", None) or {}, choice.loser)
 
     def replays(self) -> list[dict]:
         """This thread's recorded runs: per plan and input signature, whether its runs replay
@@ -629,6 +628,14 @@ settled (RUN_CHECK_AFTER runs, then RUN_CHECK_RUNS of each plan), the chosen pla
 settled (as many calls again), two runs recorded, and a few to spare."""
 
 
+def _drop_states(states: dict, plan_id: int) -> None:
+    """Forget a thread's recorded runs of the plan ``plan_id`` (one that lost its race)."""
+    for key in [k for k in states if k[0] == plan_id]:
+        state = states.pop(key)
+        if isinstance(state, Replay):
+            state.close()  # its Trials count the calls it made
+
+
 class RunChoice:
     """A parallel plan against its one-thread twin: ``next`` alternates them for RUN_CHECK_RUNS
     runs each, ``record`` keeps each one's best run time, and then ``next`` returns the faster one
@@ -641,12 +648,13 @@ class RunChoice:
     The digits MLP at two threads kept its parallel plan that way (best runs 68 against 152 µs)
     and then ran 41 µs against the twin's 28."""
 
-    __slots__ = ("plans", "best", "runs", "chosen")
+    __slots__ = ("plans", "best", "runs", "chosen", "loser")
 
     def __init__(self, plan, twin):
         self.plans = (plan, twin)
         self.best = [float("inf"), float("inf")]
         self.runs, self.chosen = 0, None
+        self.loser = None  # the id of the plan that lost, once chosen (Session._record_choice)
 
     def next(self):
         if self.chosen is not None:
